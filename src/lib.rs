@@ -1,0 +1,9 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![deny(missing_debug_implementations)]
+
+pub mod protocol;
+pub mod proxy;

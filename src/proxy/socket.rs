@@ -1,0 +1,154 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Safe wrappers over `sendmsg`/`recvmsg` with `SCM_RIGHTS` fd passing.
+//!
+//! This file holds the crate's fd-ownership `unsafe`; everything above it deals in
+//! [`OwnedFd`] and byte slices. The sockets are expected to be non-blocking: both calls
+//! return `WouldBlock` instead of waiting.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// Largest number of fds accepted in one `recvmsg`; more than this is a protocol violation
+/// (the kernel truncates the control data, and every fd in it is closed).
+pub const MAX_RECV_FDS: usize = 32;
+
+/// Sends the concatenation of `bufs` with `fds` attached to the first byte.
+///
+/// Returns the number of bytes written, which may be fewer than offered; the fds were sent
+/// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
+/// not a signal.
+pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
+    loop {
+        match sock.send_with_fds(bufs, fds) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    }
+}
+
+/// Receives up to `buf.len()` bytes and up to `max_fds` fds (at most [`MAX_RECV_FDS`]).
+///
+/// Every received fd is owned by the returned vector at once, so nothing leaks when the
+/// caller drops it. A message carrying more fds than `max_fds` fails with `ENOBUFS` after
+/// the kernel-delivered fds were closed. `Ok((0, _))` means the peer closed the connection.
+pub fn recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    // Always offer room for exactly MAX_RECV_FDS (an even count, so the control buffer has
+    // no alignment slack): with an odd count the kernel can deliver one fd more than
+    // vmm-sys-util reports, and that fd would leak.
+    let mut raw = [-1 as RawFd; MAX_RECV_FDS];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    let (n, nfds) = loop {
+        // SAFETY: the single iovec describes `buf`, which is exclusively borrowed for the
+        // duration of the call, so the kernel may write any bytes into it; `raw` is a
+        // valid, writable array of fds that `recv_with_fds` fills and reports the count of.
+        match unsafe { sock.recv_with_fds(&mut iov, &mut raw) } {
+            Ok(r) => break r,
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    };
+    let fds: Vec<OwnedFd> = raw[..nfds.min(MAX_RECV_FDS)]
+        .iter()
+        .map(|&fd| {
+            // SAFETY: `recv_with_fds` reported these `nfds` entries as fds the kernel just
+            // installed in our table for us; nothing else refers to them, so taking ownership
+            // here is the only owner they will have.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect();
+    if fds.len() > max_fds {
+        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+    }
+    Ok((n, fds))
+}
+
+/// Receives into `buf` without fds (`recv` with `MSG_DONTWAIT`). `Ok(0)` means EOF.
+pub fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    loop {
+        match (&*sock).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Waits until `sock` is readable (or `writable`), for at most `timeout_ms` (negative:
+/// forever). Returns whether it became ready; hang-up and errors count as ready so that the
+/// next read reports them.
+pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: if writable { libc::POLLOUT } else { libc::POLLIN },
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is a valid pollfd and the count passed is 1.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::eventfd::EventFd;
+
+    #[test]
+    fn fds_travel_with_first_byte() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let efd = EventFd::new(0).unwrap();
+        assert_eq!(send_with_fds(&a, &[b"hdr", b"body"], &[efd.as_raw_fd()]).unwrap(), 7);
+        let mut buf = [0u8; 7];
+        let (n, fds) = recv_with_fds(&b, &mut buf, 4).unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(&buf, b"hdrbody");
+        assert_eq!(fds.len(), 1);
+    }
+
+    #[test]
+    fn too_many_fds_closed_and_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let e1 = EventFd::new(0).unwrap();
+        let e2 = EventFd::new(0).unwrap();
+        send_with_fds(&a, &[b"x"], &[e1.as_raw_fd(), e2.as_raw_fd()]).unwrap();
+        let mut buf = [0u8; 1];
+        let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOBUFS));
+    }
+
+    #[test]
+    fn eof_and_would_block() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            recv(&b, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert!(!poll_fd(b.as_raw_fd(), false, 0).unwrap());
+        drop(a);
+        assert!(poll_fd(b.as_raw_fd(), false, 0).unwrap());
+        assert_eq!(recv(&b, &mut buf).unwrap(), 0);
+    }
+}
