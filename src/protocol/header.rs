@@ -75,6 +75,12 @@ pub enum DecodeError {
     /// The JSON in a VERSION message is malformed.
     #[error("version JSON: {0}")]
     Json(String),
+    /// A string that must end with a NUL byte does not.
+    #[error("{what} is not NUL-terminated")]
+    NotNulTerminated {
+        /// The field holding the string.
+        what: &'static str,
+    },
 }
 
 /// A vfio-user command number.
@@ -208,7 +214,12 @@ impl Header {
     /// A command header for a payload of `payload_len` bytes.
     ///
     /// Returns `None` when the message would not fit the 32-bit size field.
-    pub fn command(id: u16, command: Command, payload_len: usize, no_reply: bool) -> Option<Header> {
+    pub fn command(
+        id: u16,
+        command: Command,
+        payload_len: usize,
+        no_reply: bool,
+    ) -> Option<Header> {
         let size = u32::try_from(payload_len.checked_add(HEADER_SIZE)?).ok()?;
         Some(Header {
             id,
@@ -365,7 +376,10 @@ mod tests {
         h.size = 15;
         assert!(matches!(
             Header::decode(&h.to_bytes(), 64),
-            Err(DecodeError::InvalidField { field: "header.msg_size", .. })
+            Err(DecodeError::InvalidField {
+                field: "header.msg_size",
+                ..
+            })
         ));
         h.size = 65;
         assert!(matches!(
@@ -376,9 +390,15 @@ mod tests {
         h.flags = 2;
         assert!(matches!(
             Header::decode(&h.to_bytes(), 64),
-            Err(DecodeError::InvalidField { field: "header.flags (type)", .. })
+            Err(DecodeError::InvalidField {
+                field: "header.flags (type)",
+                ..
+            })
         ));
-        assert!(matches!(Header::decode(&[0; 3], 64), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            Header::decode(&[0; 3], 64),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

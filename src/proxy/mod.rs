@@ -1,7 +1,785 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The connection: socket I/O with fd passing, the send queue, the receive state machine,
-//! the pending-reply table and the event-manager subscriber.
+//! The connection ("proxy", QEMU's name): socket I/O with fd passing, the send queue, the
+//! receive state machine, the pending-reply table and the event-manager subscriber.
+//!
+//! # Sending
+//!
+//! Three kinds of message, as in QEMU's client: WAIT ([`Proxy::request`]: the caller waits
+//! for the reply, with a deadline), NOWAIT ([`Proxy::send_nowait`] then [`Proxy::wait`] or
+//! [`Proxy::wait_all`]) and ASYNC ([`Proxy::post`]: `No_reply` commands, and replies to
+//! server requests). When the send queue is empty the caller's thread writes the message
+//! itself with one non-blocking `sendmsg`; on `EAGAIN` or a partial write the rest is queued
+//! (fds only ever ride with a message's first byte) and the [`ProxySubscriber`] is kicked to
+//! drain the queue when the socket becomes writable.
+//!
+//! # Receiving
+//!
+//! Whoever holds the receive lock reads: a caller waiting for its reply takes the lock when
+//! nobody else reads and reads its own reply (no thread hop); replies for other waiters are
+//! handed to them, server requests are answered through the [`ServerRequestHandler`]. The
+//! subscriber reads only when no caller does (server requests while idle). The socket is
+//! registered edge-triggered; a reader that could not take the lock records that data is
+//! waiting, and the lock holder drains it before it lets go.
 
+mod error;
+mod recv;
 pub mod socket;
+mod subscriber;
+
+pub use error::{DisconnectReason, Error};
+pub use subscriber::{EventLoop, ProxySubscriber};
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
+use recv::{Incoming, Received, Receiver};
+
+/// Default deadline for a reply.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Deadline of each WAIT request unless given per call.
+    pub reply_timeout: Duration,
+    /// Largest message (header included) accepted from the server; larger ones are drained
+    /// and dropped, and a waiter for them fails.
+    pub max_recv_size: u32,
+    /// Most fds accepted with one message from the server.
+    pub max_recv_fds: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            max_recv_size: (1 << 20) + (64 << 10),
+            max_recv_fds: 16,
+        }
+    }
+}
+
+/// A reply from the server.
+#[derive(Debug)]
+pub struct Reply {
+    /// The reply's header.
+    pub header: Header,
+    /// The bytes after the header.
+    pub payload: Vec<u8>,
+    /// fds that came with the reply (owned: dropped fds are closed).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Serves requests the server sends to the client (DMA_READ, DMA_WRITE, ...).
+///
+/// Called on whichever thread is reading the socket, so it must not block for long and must
+/// not wait for a reply on the same connection.
+pub trait ServerRequestHandler: Send + Sync {
+    /// Handles one request. On success the reply payload (after the header) is appended to
+    /// `reply`; an `Err(errno)` becomes an error reply.
+    fn handle(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), u32>;
+}
+
+/// A NOWAIT request whose reply has not been collected yet.
+#[derive(Debug)]
+#[must_use = "a ticket's reply must be collected with Proxy::wait or Proxy::wait_all"]
+pub struct Ticket {
+    id: u16,
+    started: Instant,
+    completion: Arc<Completion>,
+}
+
+impl Ticket {
+    /// The request's message id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting,
+    Done(Result<Reply, Error>),
+    Taken,
+}
+
+#[derive(Debug)]
+struct Completion {
+    command: Command,
+    slot: Mutex<Slot>,
+    cv: Condvar,
+}
+
+impl Completion {
+    fn complete(&self, result: Result<Reply, Error>) {
+        let mut slot = lock(&self.slot);
+        if matches!(*slot, Slot::Waiting) {
+            *slot = Slot::Done(result);
+        }
+        drop(slot);
+        self.cv.notify_one();
+    }
+
+    fn is_done(&self) -> bool {
+        !matches!(*lock(&self.slot), Slot::Waiting)
+    }
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    buf: Vec<u8>,
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+#[derive(Debug, Default)]
+struct SendQueue {
+    queue: VecDeque<Outgoing>,
+}
+
+type DisconnectCallback = Box<dyn Fn(&DisconnectReason) + Send + Sync>;
+
+struct Inner {
+    sock: UnixStream,
+    config: ProxyConfig,
+    next_id: AtomicU16,
+    send: Mutex<SendQueue>,
+    recv: Mutex<Receiver>,
+    /// Readers that found the receive lock taken since its holder last drained.
+    read_requests: AtomicUsize,
+    /// Bumped whenever a reader lets go of the receive lock.
+    reader_epoch: AtomicU64,
+    pending: Mutex<HashMap<u16, Arc<Completion>>>,
+    connected: AtomicBool,
+    reason: Mutex<Option<DisconnectReason>>,
+    /// Kicks the subscriber (queue to drain, disconnect to process).
+    kick: EventFd,
+    /// Signalled once when the connection ends, for owners that poll.
+    disconnect_event: EventFd,
+    handler: Mutex<Option<Arc<dyn ServerRequestHandler>>>,
+    on_disconnect: Mutex<Vec<DisconnectCallback>>,
+    /// fd limit for messages we send (the server's `max_msg_fds`).
+    max_send_fds: AtomicUsize,
+    /// Payload limit for messages we send.
+    max_send_size: AtomicUsize,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("fd", &self.sock.as_raw_fd())
+            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One connection to a vfio-user server. Cheap to clone; safe to use from many threads.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks cannot leave the protected data half-updated
+    // in a way later users could not cope with (queues and tables stay consistent between
+    // statements), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+impl Proxy {
+    /// Connects to the server socket at `path`, waiting at most `timeout` for the server to
+    /// accept. Returns the proxy and the subscriber that must run in an event loop (a VMM's
+    /// own [`event_manager::EventManager`], or an [`EventLoop`]).
+    pub fn connect(
+        path: &Path,
+        timeout: Duration,
+        config: ProxyConfig,
+    ) -> Result<(Proxy, ProxySubscriber), Error> {
+        let sock =
+            socket::connect_with_timeout(path, timeout).map_err(|source| Error::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Proxy::from_stream(sock, config)
+    }
+
+    /// Wraps an already connected stream (for example one end of a socketpair).
+    pub fn from_stream(
+        sock: UnixStream,
+        config: ProxyConfig,
+    ) -> Result<(Proxy, ProxySubscriber), Error> {
+        sock.set_nonblocking(true)
+            .map_err(io_err("setting the socket non-blocking"))?;
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the kick eventfd"))?;
+        let disconnect_event =
+            EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the disconnect eventfd"))?;
+        let inner = Arc::new(Inner {
+            recv: Mutex::new(Receiver::new(config.max_recv_size, config.max_recv_fds)),
+            sock,
+            config,
+            next_id: AtomicU16::new(0),
+            send: Mutex::new(SendQueue::default()),
+            read_requests: AtomicUsize::new(0),
+            reader_epoch: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(true),
+            reason: Mutex::new(None),
+            kick,
+            disconnect_event,
+            handler: Mutex::new(None),
+            on_disconnect: Mutex::new(Vec::new()),
+            max_send_fds: AtomicUsize::new(1),
+            max_send_size: AtomicUsize::new(usize::MAX),
+        });
+        let subscriber = ProxySubscriber::new(Arc::clone(&inner));
+        Ok((Proxy { inner }, subscriber))
+    }
+
+    /// The connection's settings.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.inner.config
+    }
+
+    /// Sets the limits the server negotiated for what we send: fds per message and message
+    /// payload bytes. Before this, one fd per message (the protocol's default) and no size
+    /// limit apply.
+    pub fn set_send_limits(&self, max_fds: usize, max_payload: usize) {
+        self.inner.max_send_fds.store(max_fds, Ordering::Relaxed);
+        self.inner
+            .max_send_size
+            .store(max_payload, Ordering::Relaxed);
+    }
+
+    /// Installs the handler for server requests. Without one, every server request gets an
+    /// `ENOSYS` error reply.
+    pub fn set_request_handler(&self, handler: Option<Arc<dyn ServerRequestHandler>>) {
+        *lock(&self.inner.handler) = handler;
+    }
+
+    /// Registers a callback run once, on the thread that notices, when the connection ends.
+    /// Runs at once if it has already ended.
+    pub fn on_disconnect(&self, callback: impl Fn(&DisconnectReason) + Send + Sync + 'static) {
+        let mut callbacks = lock(&self.inner.on_disconnect);
+        if let Some(reason) = self.disconnect_reason() {
+            drop(callbacks);
+            callback(&reason);
+            return;
+        }
+        callbacks.push(Box::new(callback));
+    }
+
+    /// An eventfd that becomes readable when the connection ends (for an owner's event loop).
+    pub fn disconnect_event(&self) -> &EventFd {
+        &self.inner.disconnect_event
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Acquire)
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        lock(&self.inner.reason).clone()
+    }
+
+    /// Shuts the connection down: waiters fail with `Disconnected(Shutdown)`.
+    pub fn shutdown(&self) {
+        self.inner.fail(DisconnectReason::Shutdown);
+    }
+
+    /// Sends a command and waits for its reply (WAIT), with the connection's reply timeout.
+    ///
+    /// An error reply becomes [`Error::Server`] with the server's errno.
+    pub fn request(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<Reply, Error> {
+        self.request_with_timeout(command, payload, fds, self.inner.config.reply_timeout)
+    }
+
+    /// Like [`Proxy::request`] with an explicit deadline.
+    pub fn request_with_timeout(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+        timeout: Duration,
+    ) -> Result<Reply, Error> {
+        let ticket = self.send_nowait(command, payload, fds)?;
+        self.inner.wait(ticket, timeout)
+    }
+
+    /// Sends a command whose reply is collected later (NOWAIT).
+    pub fn send_nowait(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<Ticket, Error> {
+        let started = Instant::now();
+        self.inner.check_send(command, payload.len(), fds.len())?;
+        let completion = Arc::new(Completion {
+            command,
+            slot: Mutex::new(Slot::Waiting),
+            cv: Condvar::new(),
+        });
+        let id = self.inner.register(&completion)?;
+        // The header cannot overflow: check_send bounded the payload.
+        let header =
+            Header::command(id, command, payload.len(), false).ok_or(Error::MessageTooLarge {
+                command,
+                len: payload.len(),
+                limit: u32::MAX as usize - HEADER_SIZE,
+            })?;
+        if let Err(e) = self.inner.send(&header, payload, fds) {
+            lock(&self.inner.pending).remove(&id);
+            return Err(e);
+        }
+        Ok(Ticket {
+            id,
+            started,
+            completion,
+        })
+    }
+
+    /// Waits for a NOWAIT request's reply, until the connection's reply timeout has passed
+    /// since it was sent.
+    pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
+        self.inner.wait(ticket, self.inner.config.reply_timeout)
+    }
+
+    /// Waits for every reply of a batch, in order. The server processes commands in order,
+    /// so this waits in effect for the youngest; every request's result is returned, errors
+    /// included.
+    pub fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
+        tickets.into_iter().map(|t| self.wait(t)).collect()
+    }
+
+    /// Sends a command with `No_reply` set (ASYNC): nobody waits, and an error the server
+    /// meets is not reported.
+    pub fn post(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
+        self.inner.check_send(command, payload.len(), fds.len())?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let header =
+            Header::command(id, command, payload.len(), true).ok_or(Error::MessageTooLarge {
+                command,
+                len: payload.len(),
+                limit: u32::MAX as usize - HEADER_SIZE,
+            })?;
+        self.inner.send(&header, payload, fds)
+    }
+
+    /// Number of messages waiting in the send queue (for tests and statistics).
+    pub fn queued_messages(&self) -> usize {
+        lock(&self.inner.send).queue.len()
+    }
+}
+
+impl Inner {
+    fn check_send(&self, command: Command, len: usize, nfds: usize) -> Result<(), Error> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(Error::Disconnected(self.reason()));
+        }
+        let limit = self.max_send_fds.load(Ordering::Relaxed);
+        if nfds > limit {
+            return Err(Error::TooManyFds {
+                command,
+                count: nfds,
+                limit,
+            });
+        }
+        let max = self
+            .max_send_size
+            .load(Ordering::Relaxed)
+            .min(u32::MAX as usize - HEADER_SIZE);
+        if len > max {
+            return Err(Error::MessageTooLarge {
+                command,
+                len,
+                limit: max,
+            });
+        }
+        Ok(())
+    }
+
+    fn reason(&self) -> DisconnectReason {
+        lock(&self.reason)
+            .clone()
+            .unwrap_or(DisconnectReason::Shutdown)
+    }
+
+    /// Picks an id not used by any waiting request and enters the completion under it.
+    fn register(&self, completion: &Arc<Completion>) -> Result<u16, Error> {
+        let mut pending = lock(&self.pending);
+        if pending.len() > usize::from(u16::MAX) {
+            return Err(Error::TooManyPending);
+        }
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(id) {
+                v.insert(Arc::clone(completion));
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Sends one message: inline when the queue is empty, queued otherwise.
+    fn send(&self, header: &Header, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
+        let hdr = header.to_bytes();
+        log::debug!("send {header} fds={}", fds.len());
+        let mut q = lock(&self.send);
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(Error::Disconnected(self.reason()));
+        }
+        let mut sent = 0;
+        if q.queue.is_empty() {
+            match socket::send_with_fds(&self.sock, &[&hdr, payload], fds) {
+                Ok(n) if n == HEADER_SIZE + payload.len() => return Ok(()),
+                Ok(n) => sent = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    drop(q);
+                    let reason = error::io_reason(&e);
+                    self.fail(reason.clone());
+                    return Err(Error::Disconnected(reason));
+                }
+            }
+        }
+        let fds = if sent > 0 {
+            Vec::new()
+        } else {
+            socket::dup_fds(fds).map_err(io_err("duplicating fds to queue a message"))?
+        };
+        let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
+        buf.extend_from_slice(&hdr);
+        buf.extend_from_slice(payload);
+        let was_empty = q.queue.is_empty();
+        q.queue.push_back(Outgoing { buf, sent, fds });
+        drop(q);
+        if was_empty {
+            // The subscriber arms EPOLLOUT and drains; a failed kick can only mean the
+            // counter is saturated, in which case a kick is pending anyway.
+            let _ = self.kick.write(1);
+        }
+        Ok(())
+    }
+
+    /// Writes queued messages until the queue is empty (`Ok(true)`) or the socket is full.
+    fn drain_send_queue(&self) -> Result<bool, DisconnectReason> {
+        let mut q = lock(&self.send);
+        while let Some(out) = q.queue.front_mut() {
+            let rest = out.buf.get(out.sent..).unwrap_or_default();
+            let raw: Vec<RawFd> = if out.sent == 0 {
+                out.fds.iter().map(AsRawFd::as_raw_fd).collect()
+            } else {
+                Vec::new()
+            };
+            match socket::send_with_fds(&self.sock, &[rest], &raw) {
+                Ok(n) => {
+                    if n > 0 {
+                        out.fds.clear();
+                    }
+                    out.sent += n;
+                    if out.sent >= out.buf.len() {
+                        q.queue.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(error::io_reason(&e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits for a ticket's reply, reading the socket itself when no other thread does.
+    fn wait(&self, ticket: Ticket, timeout: Duration) -> Result<Reply, Error> {
+        let deadline = ticket.started + timeout;
+        let completion = &ticket.completion;
+        loop {
+            if let Some(result) = self.take(completion) {
+                return result;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return self.timed_out(&ticket, timeout);
+            }
+            let epoch = self.reader_epoch.load(Ordering::SeqCst);
+            if let Ok(mut receiver) = self.recv.try_lock() {
+                self.lead(&mut receiver, completion, deadline);
+                drop(receiver);
+                self.after_reading();
+                self.read_if_requested();
+                continue;
+            }
+            // Someone else reads: sleep until our reply is handed to us or the reader lets
+            // go of the lock (then we may have to read ourselves).
+            let mut slot = lock(&completion.slot);
+            while matches!(*slot, Slot::Waiting)
+                && self.reader_epoch.load(Ordering::SeqCst) == epoch
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                slot = completion
+                    .cv
+                    .wait_timeout(slot, deadline - now)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+    }
+
+    fn take(&self, completion: &Completion) -> Option<Result<Reply, Error>> {
+        let mut slot = lock(&completion.slot);
+        match std::mem::replace(&mut *slot, Slot::Taken) {
+            Slot::Done(result) => Some(result),
+            Slot::Taken => Some(Err(Error::Disconnected(DisconnectReason::Shutdown))),
+            Slot::Waiting => {
+                *slot = Slot::Waiting;
+                None
+            }
+        }
+    }
+
+    fn timed_out(&self, ticket: &Ticket, timeout: Duration) -> Result<Reply, Error> {
+        let mut pending = lock(&self.pending);
+        // The reply may have raced in just now.
+        if let Some(result) = self.take(&ticket.completion) {
+            return result;
+        }
+        if pending
+            .get(&ticket.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &ticket.completion))
+        {
+            pending.remove(&ticket.id);
+        }
+        drop(pending);
+        log::warn!(
+            "reply to {} (id {}) timed out after {:?}",
+            ticket.completion.command,
+            ticket.id,
+            timeout
+        );
+        Err(Error::Timeout {
+            command: ticket.completion.command,
+            id: ticket.id,
+            after: timeout,
+        })
+    }
+
+    /// Reads while holding the receive lock until `completion` is done or the deadline.
+    fn lead(&self, receiver: &mut Receiver, completion: &Completion, deadline: Instant) {
+        loop {
+            self.read_available(receiver, Some(completion));
+            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let ms = (deadline - now)
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32;
+            if let Err(e) = socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
+                self.fail(error::io_reason(&e));
+                return;
+            }
+        }
+    }
+
+    /// Reads and dispatches messages until the socket has no more data, or (when `until` is
+    /// given) until that completion is done.
+    fn read_available(&self, receiver: &mut Receiver, until: Option<&Completion>) {
+        loop {
+            match receiver.step(&self.sock) {
+                Ok(Some(incoming)) => {
+                    self.dispatch(incoming);
+                    if until.is_some_and(Completion::is_done) {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(reason) => {
+                    self.fail(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Called after letting go of the receive lock: wakes every waiter so that one of them
+    /// takes over reading if its reply has not come yet.
+    fn after_reading(&self) {
+        self.reader_epoch.fetch_add(1, Ordering::SeqCst);
+        let waiters: Vec<Arc<Completion>> = lock(&self.pending).values().cloned().collect();
+        for c in waiters {
+            let _guard = lock(&c.slot);
+            c.cv.notify_one();
+        }
+    }
+
+    /// Drains the socket to `EAGAIN` while some reader found the lock taken (the socket is
+    /// edge-triggered: that data has no other notification coming).
+    ///
+    /// Only a full drain consumes the requests; a waiter that stops reading at its own reply
+    /// leaves them for this.
+    fn read_if_requested(&self) {
+        loop {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.read_requests.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let Ok(mut receiver) = self.recv.try_lock() else {
+                return;
+            };
+            self.read_requests.store(0, Ordering::SeqCst);
+            self.read_available(&mut receiver, None);
+            drop(receiver);
+            self.after_reading();
+        }
+    }
+
+    /// Reads what is available if nobody else reads; otherwise leaves it to the reader.
+    fn read_or_defer(&self) {
+        self.read_requests.fetch_add(1, Ordering::SeqCst);
+        self.read_if_requested();
+    }
+
+    fn dispatch(&self, incoming: Incoming) {
+        match incoming {
+            Incoming::Message(msg) => {
+                log::debug!("recv {} fds={}", msg.header, msg.fds.len());
+                let is_reply = msg.header.message_type() == Some(MessageType::Reply);
+                // Older rust-vmm servers mark error replies as commands with the Error bit.
+                let legacy_error = !is_reply && msg.header.is_error();
+                if is_reply || legacy_error {
+                    self.complete_reply(msg, legacy_error);
+                } else {
+                    self.serve_request(msg);
+                }
+            }
+            Incoming::Discarded { header, why } => {
+                log::warn!("dropped message {header}: {why}");
+                if header.message_type() != Some(MessageType::Command) {
+                    if let Some(c) = lock(&self.pending).remove(&header.id) {
+                        c.complete(Err(Error::BadReply {
+                            command: c.command,
+                            what: why,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn complete_reply(&self, msg: Received, legacy_error: bool) {
+        let header = msg.header;
+        let Some(c) = lock(&self.pending).remove(&header.id) else {
+            if !legacy_error {
+                log::debug!("dropped unsolicited reply {header}");
+            } else {
+                // Not ours: a server request with the Error bit is still a request.
+                self.serve_request(msg);
+            }
+            return;
+        };
+        let result = if header.command != c.command as u16 {
+            Err(Error::BadReply {
+                command: c.command,
+                what: format!("reply carries command {}", header.command),
+            })
+        } else if header.is_error() {
+            Err(Error::Server {
+                command: c.command,
+                errno: header.error,
+            })
+        } else {
+            Ok(Reply {
+                header,
+                payload: msg.payload,
+                fds: msg.fds,
+            })
+        };
+        c.complete(result);
+    }
+
+    fn serve_request(&self, msg: Received) {
+        let header = msg.header;
+        let handler = lock(&self.handler).clone();
+        let mut payload = Vec::new();
+        let result = match (handler, header.known_command()) {
+            (Some(h), Some(_)) => h.handle(&header, &msg.payload, msg.fds, &mut payload),
+            (_, _) => Err(libc::ENOSYS as u32),
+        };
+        if header.no_reply() {
+            return;
+        }
+        let reply = match result {
+            Ok(()) => Header::reply(&header, payload.len()),
+            Err(errno) => {
+                payload.clear();
+                Some(Header::error_reply(&header, errno))
+            }
+        };
+        let Some(reply) = reply else {
+            payload.clear();
+            let e = Header::error_reply(&header, libc::E2BIG as u32);
+            let _ = self.send(&e, &[], &[]);
+            return;
+        };
+        if let Err(e) = self.send(&reply, &payload, &[]) {
+            log::warn!("cannot reply to server request {header}: {e}");
+        }
+    }
+
+    /// Ends the connection: every waiter fails with `Disconnected`, later requests fail fast,
+    /// the owner is told.
+    fn fail(&self, reason: DisconnectReason) {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        log::warn!("vfio-user connection lost: {reason}");
+        *lock(&self.reason) = Some(reason.clone());
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        lock(&self.send).queue.clear();
+        let waiters: Vec<Arc<Completion>> = lock(&self.pending).drain().map(|(_, c)| c).collect();
+        for c in waiters {
+            c.complete(Err(Error::Disconnected(reason.clone())));
+        }
+        let _ = self.disconnect_event.write(1);
+        let _ = self.kick.write(1);
+        let callbacks = std::mem::take(&mut *lock(&self.on_disconnect));
+        for cb in callbacks {
+            cb(&reason);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}

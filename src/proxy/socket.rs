@@ -92,7 +92,11 @@ pub fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
 pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
-        events: if writable { libc::POLLOUT } else { libc::POLLIN },
+        events: if writable {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN
+        },
         revents: 0,
     };
     loop {
@@ -108,6 +112,87 @@ pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
     }
 }
 
+/// Connects a Unix stream socket to `path`, waiting at most `timeout` when the server's
+/// listen backlog is full (a busy or stuck server), and returns it non-blocking.
+pub fn connect_with_timeout(
+    path: &std::path::Path,
+    timeout: std::time::Duration,
+) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long or contains NUL",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stream = UnixStream::from(owned);
+    // A blocking connect on an AF_UNIX socket waits for room in the backlog for at most
+    // SO_SNDTIMEO; without a timeout it could wait forever.
+    let timeout = if timeout.is_zero() {
+        std::time::Duration::from_millis(1)
+    } else {
+        timeout
+    };
+    stream.set_write_timeout(Some(timeout))?;
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    loop {
+        // SAFETY: `addr` is a fully initialised sockaddr_un and `len` does not exceed its
+        // size (checked against sun_path above); `stream` owns the fd.
+        let r = unsafe {
+            libc::connect(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            }
+            _ => return Err(e),
+        }
+    }
+    stream.set_write_timeout(None)?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+/// Duplicates borrowed fds (close-on-exec) so that a queued message owns what it will send.
+pub fn dup_fds(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    fds.iter()
+        .map(|&fd| {
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads the fd number; an invalid number
+            // yields EBADF, which is returned.
+            let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if new < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `new` is a fresh fd from fcntl that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(new) })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +203,10 @@ mod tests {
     fn fds_travel_with_first_byte() {
         let (a, b) = UnixStream::pair().unwrap();
         let efd = EventFd::new(0).unwrap();
-        assert_eq!(send_with_fds(&a, &[b"hdr", b"body"], &[efd.as_raw_fd()]).unwrap(), 7);
+        assert_eq!(
+            send_with_fds(&a, &[b"hdr", b"body"], &[efd.as_raw_fd()]).unwrap(),
+            7
+        );
         let mut buf = [0u8; 7];
         let (n, fds) = recv_with_fds(&b, &mut buf, 4).unwrap();
         assert_eq!(n, 7);

@@ -1,0 +1,197 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::protocol::{Command, DecodeError};
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server closed the connection (EOF or hang-up).
+    PeerClosed,
+    /// A socket error, with its errno.
+    Io(i32),
+    /// The server broke the protocol in a way the stream cannot recover from.
+    ProtocolViolation(String),
+    /// The connection was shut down locally.
+    Shutdown,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::PeerClosed => f.write_str("the server closed the connection"),
+            DisconnectReason::Io(errno) => {
+                write!(f, "socket error: {}", io::Error::from_raw_os_error(*errno))
+            }
+            DisconnectReason::ProtocolViolation(what) => {
+                write!(f, "protocol violation by the server: {what}")
+            }
+            DisconnectReason::Shutdown => f.write_str("the connection was shut down"),
+        }
+    }
+}
+
+/// Errors of the connection layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Connecting to the server's socket failed.
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The underlying error (`TimedOut` when the server did not accept in time).
+        source: io::Error,
+    },
+    /// The connection is gone; every waiter fails with this at once.
+    #[error("disconnected: {0}")]
+    Disconnected(DisconnectReason),
+    /// No reply arrived before the request's deadline.
+    #[error("reply to {command} (id {id}) timed out after {after:?}")]
+    Timeout {
+        /// The request's command.
+        command: Command,
+        /// The request's message id.
+        id: u16,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The server answered with an error reply.
+    #[error("server refused {command}: {}", errno_text(*errno))]
+    Server {
+        /// The request's command.
+        command: Command,
+        /// The errno the server sent (0: the server gave no reason).
+        errno: u32,
+    },
+    /// The server's reply could not be decoded.
+    #[error("malformed {command} reply: {source}")]
+    Decode {
+        /// The request's command.
+        command: Command,
+        /// What was wrong.
+        source: DecodeError,
+    },
+    /// The server's reply violated the protocol (wrong command, oversized, bad type bits).
+    #[error("bad reply to {command}: {what}")]
+    BadReply {
+        /// The request's command.
+        command: Command,
+        /// What was wrong.
+        what: String,
+    },
+    /// A message to send is larger than the protocol or the server allows.
+    #[error("{command} message of {len} bytes exceeds the limit of {limit}")]
+    MessageTooLarge {
+        /// The command.
+        command: Command,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More fds than the server accepts in one message.
+    #[error("{command} carries {count} fds; the server accepts at most {limit}")]
+    TooManyFds {
+        /// The command.
+        command: Command,
+        /// fds offered.
+        count: usize,
+        /// The server's `max_msg_fds`.
+        limit: usize,
+    },
+    /// All 65,536 message ids are waiting for replies.
+    #[error("too many requests waiting for replies")]
+    TooManyPending,
+    /// A local I/O error outside the socket stream (fd duplication, event setup).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The server's errno, when the error is an error reply.
+    pub fn server_errno(&self) -> Option<u32> {
+        match self {
+            Error::Server { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection is broken (a new connection is needed to go on).
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, Error::Disconnected(_))
+    }
+}
+
+fn errno_text(errno: u32) -> String {
+    if errno == 0 {
+        return "no errno given".to_string();
+    }
+    match i32::try_from(errno) {
+        Ok(e) => format!("{} (errno {errno})", io::Error::from_raw_os_error(e)),
+        Err(_) => format!("errno {errno}"),
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        use Error::*;
+        match (self, other) {
+            (Disconnected(a), Disconnected(b)) => a == b,
+            (
+                Timeout {
+                    command: c1,
+                    id: i1,
+                    after: a1,
+                },
+                Timeout {
+                    command: c2,
+                    id: i2,
+                    after: a2,
+                },
+            ) => c1 == c2 && i1 == i2 && a1 == a2,
+            (
+                Server {
+                    command: c1,
+                    errno: e1,
+                },
+                Server {
+                    command: c2,
+                    errno: e2,
+                },
+            ) => c1 == c2 && e1 == e2,
+            (
+                Decode {
+                    command: c1,
+                    source: s1,
+                },
+                Decode {
+                    command: c2,
+                    source: s2,
+                },
+            ) => c1 == c2 && s1 == s2,
+            (TooManyPending, TooManyPending) => true,
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn io_reason(e: &io::Error) -> DisconnectReason {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
+            DisconnectReason::PeerClosed
+        }
+        Some(errno) => DisconnectReason::Io(errno),
+        None => DisconnectReason::Io(libc::EIO),
+    }
+}

@@ -1,0 +1,199 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The event-manager side of a connection.
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Error, Inner};
+
+/// Drives a connection from an event loop: drains the send queue when the socket becomes
+/// writable (`EPOLLOUT` is armed only while the queue is not empty), reads server requests
+/// and replies when no caller is reading, and notices a hang-up.
+///
+/// Register it in the VMM's [`EventManager`], or run it with an [`EventLoop`].
+pub struct ProxySubscriber {
+    inner: Arc<Inner>,
+    out_armed: bool,
+    watching_socket: bool,
+}
+
+impl fmt::Debug for ProxySubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxySubscriber")
+            .field("out_armed", &self.out_armed)
+            .field("watching_socket", &self.watching_socket)
+            .finish_non_exhaustive()
+    }
+}
+
+const SOCKET_EVENTS: EventSet = EventSet::IN
+    .union(EventSet::EDGE_TRIGGERED)
+    .union(EventSet::READ_HANG_UP);
+
+impl ProxySubscriber {
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
+        ProxySubscriber {
+            inner,
+            out_armed: false,
+            watching_socket: false,
+        }
+    }
+
+    fn socket_events(&self, out: bool) -> Events {
+        let set = if out {
+            SOCKET_EVENTS | EventSet::OUT
+        } else {
+            SOCKET_EVENTS
+        };
+        Events::new(&self.inner.sock, set)
+    }
+
+    fn stop_watching(&mut self, ops: &mut EventOps) {
+        if self.watching_socket {
+            let _ = ops.remove(self.socket_events(self.out_armed));
+            let _ = ops.remove(Events::new(&self.inner.kick, EventSet::IN));
+            self.watching_socket = false;
+        }
+    }
+}
+
+impl MutEventSubscriber for ProxySubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(self.socket_events(false)) {
+            log::error!("cannot watch the vfio-user socket: {e:?}");
+            return;
+        }
+        if let Err(e) = ops.add(Events::new(&self.inner.kick, EventSet::IN)) {
+            log::error!("cannot watch the vfio-user kick eventfd: {e:?}");
+            return;
+        }
+        self.watching_socket = true;
+        // Anything queued or received before registration.
+        let _ = self.inner.kick.write(1);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.inner.kick.as_raw_fd() {
+            let _ = self.inner.kick.read();
+            // Data may have arrived before we watched the socket, or while a reader held the
+            // lock without our knowing: look again.
+            self.inner.read_or_defer();
+        } else if events
+            .event_set()
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+        {
+            self.inner.read_or_defer();
+        }
+        if !self.inner.connected.load(Ordering::Acquire) {
+            self.stop_watching(ops);
+            return;
+        }
+        match self.inner.drain_send_queue() {
+            Ok(true) if self.out_armed => {
+                if ops.modify(self.socket_events(false)).is_ok() {
+                    self.out_armed = false;
+                }
+            }
+            Ok(false) if !self.out_armed => {
+                if ops.modify(self.socket_events(true)).is_ok() {
+                    self.out_armed = true;
+                }
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                self.inner.fail(reason);
+                self.stop_watching(ops);
+            }
+        }
+    }
+}
+
+struct Stopper {
+    evt: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Stopper {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&*self.evt, EventSet::IN)) {
+            log::error!("cannot watch the event loop's stop eventfd: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// An event loop on its own thread, for users that do not own an [`EventManager`] (tests,
+/// tools). Stops and joins the thread when dropped.
+pub struct EventLoop {
+    evt: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop").finish_non_exhaustive()
+    }
+}
+
+type BoxedSubscriber = Box<dyn MutEventSubscriber + Send>;
+
+impl EventLoop {
+    /// Starts a thread running an event manager with `subscriber` registered.
+    pub fn spawn(subscriber: impl MutEventSubscriber + Send + 'static) -> Result<EventLoop, Error> {
+        let evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Io {
+            what: "creating the event loop's stop eventfd",
+            source,
+        })?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = Stopper {
+            evt: Arc::clone(&evt),
+            stop: Arc::clone(&stop),
+        };
+        let mut manager = EventManager::<BoxedSubscriber>::new().map_err(|e| Error::Io {
+            what: "creating the event manager",
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+        manager.add_subscriber(Box::new(stopper));
+        manager.add_subscriber(Box::new(subscriber));
+        let thread = std::thread::Builder::new()
+            .name("vfio-user-loop".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if let Err(e) = manager.run() {
+                        log::error!("vfio-user event loop failed: {e:?}");
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| Error::Io {
+                what: "spawning the event loop thread",
+                source,
+            })?;
+        Ok(EventLoop {
+            evt,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        let _ = self.evt.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

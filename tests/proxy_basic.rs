@@ -1,0 +1,406 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The connection layer against a scripted peer over a real socketpair.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+use common::*;
+use vfio_user_client::protocol::{Command, Header, FLAGS_ERROR, FLAGS_TYPE_COMMAND};
+use vfio_user_client::proxy::{Error, ServerRequestHandler};
+use vmm_sys_util::eventfd::EventFd;
+
+#[test]
+fn wait_request_gets_its_reply() {
+    let (proxy, _lp, peer) = pair();
+    let t = thread::spawn(move || peer.echo_forever());
+    let r = proxy.request(Command::RegionRead, b"hello", &[]).unwrap();
+    assert_eq!(r.payload, b"hello");
+    assert_eq!(r.header.command, Command::RegionRead as u16);
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+#[test]
+fn eight_threads_ten_thousand_requests_each() {
+    let (proxy, _lp, peer) = pair();
+    let t = thread::spawn(move || peer.echo_forever());
+    let workers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let p = proxy.clone();
+            thread::spawn(move || {
+                for i in 0..10_000u32 {
+                    let mut body = w.to_ne_bytes().to_vec();
+                    body.extend_from_slice(&i.to_ne_bytes());
+                    let r = p.request(Command::RegionRead, &body, &[]).unwrap();
+                    assert_eq!(r.payload, body, "worker {w} request {i}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+#[test]
+fn error_reply_carries_errno_and_stream_stays_in_step() {
+    let (proxy, _lp, mut peer) = pair();
+    let t = thread::spawn(move || {
+        let (h, _, _) = peer.read_msg().unwrap();
+        peer.send(&Header::error_reply(&h, libc::ENOSPC as u32), &[], &[]);
+        let (h, _, _) = peer.read_msg().unwrap();
+        peer.send(&Header::error_reply(&h, 0), &[], &[]);
+        // rust-vmm servers before 2026-04: type command with only the Error bit.
+        let (h, _, _) = peer.read_msg().unwrap();
+        peer.write_raw(&raw_header(h.id, Command::DmaMap, 16, FLAGS_ERROR, 22));
+        peer.echo_forever();
+    });
+    let e = proxy.request(Command::DmaMap, &[0; 32], &[]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Server {
+            command: Command::DmaMap,
+            errno: libc::ENOSPC as u32
+        }
+    );
+    assert_eq!(e.server_errno(), Some(libc::ENOSPC as u32));
+    assert!(e.to_string().contains("DMA_MAP"), "{e}");
+    let e = proxy.request(Command::DmaMap, &[0; 32], &[]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Server {
+            command: Command::DmaMap,
+            errno: 0
+        }
+    );
+    let e = proxy.request(Command::DmaMap, &[0; 32], &[]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Server {
+            command: Command::DmaMap,
+            errno: 22
+        }
+    );
+    assert_eq!(
+        proxy
+            .request(Command::RegionRead, b"ok", &[])
+            .unwrap()
+            .payload,
+        b"ok"
+    );
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+#[test]
+fn nowait_batch_reports_every_error() {
+    let (proxy, _lp, mut peer) = pair();
+    let t = thread::spawn(move || {
+        for i in 0..10 {
+            let (h, body, _) = peer.read_msg().unwrap();
+            if i % 3 == 0 {
+                peer.send(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[]);
+            } else {
+                peer.reply(&h, &body);
+            }
+        }
+    });
+    let tickets: Vec<_> = (0..10u8)
+        .map(|i| proxy.send_nowait(Command::DmaMap, &[i; 32], &[]).unwrap())
+        .collect();
+    let results = proxy.wait_all(tickets);
+    for (i, r) in results.iter().enumerate() {
+        if i % 3 == 0 {
+            assert_eq!(
+                r.as_ref().unwrap_err().server_errno(),
+                Some(libc::EINVAL as u32)
+            );
+        } else {
+            assert_eq!(r.as_ref().unwrap().payload, vec![i as u8; 32]);
+        }
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn posted_writes_overflowing_the_socket_drain_in_order() {
+    const N: u32 = 100_000;
+    let (proxy, _lp, mut peer) = pair();
+    let (go_tx, go_rx) = mpsc::channel();
+    let t = thread::spawn(move || {
+        go_rx.recv().unwrap();
+        for i in 0..N {
+            let (h, body, _) = peer.read_msg().unwrap();
+            assert!(h.no_reply());
+            assert_eq!(body, i.to_ne_bytes(), "posted write {i} out of order");
+        }
+        // The request after the posted writes is answered: nothing was lost.
+        let (h, body, _) = peer.read_msg().unwrap();
+        assert!(!h.no_reply());
+        peer.reply(&h, &body);
+        peer
+    });
+    for i in 0..N {
+        proxy
+            .post(Command::RegionWrite, &i.to_ne_bytes(), &[])
+            .unwrap();
+    }
+    // The peer has not read anything yet, so the socket buffer overflowed into the queue.
+    assert!(proxy.queued_messages() > 0);
+    go_tx.send(()).unwrap();
+    let r = proxy.request(Command::RegionRead, b"last", &[]).unwrap();
+    assert_eq!(r.payload, b"last");
+    assert_eq!(proxy.queued_messages(), 0);
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn disconnect_fails_every_waiter_at_once() {
+    let (proxy, _lp, mut peer) = pair();
+    let (tx, rx) = mpsc::channel();
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let p = proxy.clone();
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let r = p.request(Command::RegionRead, b"x", &[]);
+                tx.send(()).unwrap();
+                r
+            })
+        })
+        .collect();
+    for _ in 0..8 {
+        peer.read_msg().unwrap();
+    }
+    let told = Arc::new(EventFd::new(0).unwrap());
+    let told2 = Arc::clone(&told);
+    proxy.on_disconnect(move |_| told2.write(1).unwrap());
+    drop(peer);
+    for w in waiters {
+        let e = w.join().unwrap().unwrap_err();
+        assert!(e.is_disconnected(), "{e}");
+    }
+    drop(rx);
+    assert_eq!(told.read().unwrap(), 1);
+    assert_eq!(proxy.disconnect_event().read().unwrap(), 1);
+    // Later requests fail fast.
+    assert!(proxy
+        .request(Command::RegionRead, b"x", &[])
+        .unwrap_err()
+        .is_disconnected());
+    assert!(!proxy.is_connected());
+}
+
+#[test]
+fn silent_peer_times_out_and_late_reply_is_dropped() {
+    let (proxy, _lp, mut peer) = pair_with(short_timeout());
+    let e = proxy.request(Command::RegionRead, b"a", &[]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Timeout {
+                command: Command::RegionRead,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The late reply arrives, then the answer to the next request: the late one is drained.
+    let (h1, _, _) = peer.read_msg().unwrap();
+    peer.reply(&h1, b"late");
+    let t = thread::spawn(move || peer.echo_forever());
+    assert_eq!(
+        proxy
+            .request(Command::RegionRead, b"b", &[])
+            .unwrap()
+            .payload,
+        b"b"
+    );
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+#[test]
+fn oversized_reply_fails_its_waiter_and_is_drained() {
+    let cfg = vfio_user_client::proxy::ProxyConfig {
+        max_recv_size: 64,
+        ..short_timeout()
+    };
+    let (proxy, _lp, mut peer) = pair_with(cfg);
+    let t = thread::spawn(move || {
+        let (h, _, _) = peer.read_msg().unwrap();
+        peer.reply(&h, &[0xaa; 100]);
+        // Unknown reply id, then bad type bits: both drained.
+        peer.write_raw(&raw_header(999, Command::RegionRead, 20, 1, 0));
+        peer.write_raw(&[1, 2, 3, 4]);
+        peer.write_raw(&raw_header(998, Command::RegionRead, 20, 0xe, 0));
+        peer.write_raw(&[1, 2, 3, 4]);
+        peer.echo_forever();
+    });
+    let e = proxy.request(Command::RegionRead, b"x", &[]).unwrap_err();
+    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    assert_eq!(
+        proxy
+            .request(Command::RegionRead, b"y", &[])
+            .unwrap()
+            .payload,
+        b"y"
+    );
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+#[test]
+fn undersized_header_is_a_protocol_violation() {
+    let (proxy, _lp, mut peer) = pair();
+    let t = thread::spawn(move || {
+        let (h, _, _) = peer.read_msg().unwrap();
+        peer.write_raw(&raw_header(h.id, Command::RegionRead, 8, 1, 0));
+        peer
+    });
+    let e = proxy.request(Command::RegionRead, b"x", &[]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Disconnected(vfio_user_client::proxy::DisconnectReason::ProtocolViolation(_))
+        ),
+        "{e}"
+    );
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn server_request_without_handler_gets_enosys() {
+    let (proxy, _lp, mut peer) = pair();
+    // Unknown command number and a DMA_READ with no handler installed.
+    let mut h = Header::command(5, Command::DmaRead, 16, false).unwrap();
+    peer.send(&h, &[0; 16], &[]);
+    let (r, _, _) = peer.read_msg().unwrap();
+    assert!(r.is_error());
+    assert_eq!(r.error, libc::ENOSYS as u32);
+    assert_eq!(r.id, 5);
+    h.command = 77;
+    h.flags = FLAGS_TYPE_COMMAND;
+    peer.send(&h, &[0; 16], &[]);
+    let (r, _, _) = peer.read_msg().unwrap();
+    assert_eq!((r.error, r.command), (libc::ENOSYS as u32, 77));
+    // The stream is in step: a request still works.
+    let t = thread::spawn(move || peer.echo_forever());
+    assert_eq!(
+        proxy
+            .request(Command::RegionRead, b"z", &[])
+            .unwrap()
+            .payload,
+        b"z"
+    );
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+struct Doubler;
+
+impl ServerRequestHandler for Doubler {
+    fn handle(
+        &self,
+        _h: &Header,
+        payload: &[u8],
+        _fds: Vec<std::os::fd::OwnedFd>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), u32> {
+        if payload.is_empty() {
+            return Err(libc::EINVAL as u32);
+        }
+        reply.extend_from_slice(payload);
+        reply.extend_from_slice(payload);
+        Ok(())
+    }
+}
+
+#[test]
+fn server_request_while_caller_waits_is_served() {
+    let (proxy, _lp, mut peer) = pair();
+    proxy.set_request_handler(Some(Arc::new(Doubler)));
+    let t = thread::spawn(move || {
+        let (rq, _, _) = peer.read_msg().unwrap();
+        // Before answering, the server asks the client for something.
+        let h = Header::command(40, Command::DmaRead, 2, false).unwrap();
+        peer.send(&h, b"ab", &[]);
+        let (r, body, _) = peer.read_msg().unwrap();
+        assert_eq!((r.id, body.as_slice()), (40, &b"abab"[..]));
+        let h = Header::command(41, Command::DmaRead, 0, false).unwrap();
+        peer.send(&h, b"", &[]);
+        let (r, _, _) = peer.read_msg().unwrap();
+        assert_eq!((r.id, r.error), (41, libc::EINVAL as u32));
+        peer.reply(&rq, b"done");
+        peer
+    });
+    assert_eq!(
+        proxy
+            .request(Command::RegionWrite, b"go", &[])
+            .unwrap()
+            .payload,
+        b"done"
+    );
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn server_request_while_idle_is_served_by_the_event_loop() {
+    let (proxy, _lp, mut peer) = pair();
+    proxy.set_request_handler(Some(Arc::new(Doubler)));
+    let h = Header::command(9, Command::DmaWrite, 3, false).unwrap();
+    peer.send(&h, b"xyz", &[]);
+    let (r, body, _) = peer.read_msg().unwrap();
+    assert_eq!((r.id, body.as_slice()), (9, &b"xyzxyz"[..]));
+    drop(proxy);
+}
+
+#[test]
+fn fds_travel_with_requests_and_replies() {
+    let (proxy, _lp, mut peer) = pair();
+    proxy.set_send_limits(2, 1 << 20);
+    let e1 = EventFd::new(0).unwrap();
+    let e2 = EventFd::new(0).unwrap();
+    use std::os::fd::AsRawFd;
+    let t = thread::spawn(move || {
+        let (h, _, fds) = peer.read_msg().unwrap();
+        assert_eq!(fds.len(), 2);
+        let back = EventFd::new(0).unwrap();
+        back.write(5).unwrap();
+        let rh = Header::reply(&h, 0).unwrap();
+        peer.send(&rh, &[], &[back.as_raw_fd()]);
+        peer
+    });
+    let r = proxy
+        .request(
+            Command::DeviceSetIrqs,
+            &[0; 20],
+            &[e1.as_raw_fd(), e2.as_raw_fd()],
+        )
+        .unwrap();
+    assert_eq!(r.fds.len(), 1);
+    let e3 = EventFd::new(0).unwrap();
+    let err = proxy
+        .request(
+            Command::DeviceSetIrqs,
+            &[0; 20],
+            &[e1.as_raw_fd(), e2.as_raw_fd(), e3.as_raw_fd()],
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::TooManyFds {
+            count: 3,
+            limit: 2,
+            ..
+        }
+    ));
+    drop(t.join().unwrap());
+}
