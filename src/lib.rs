@@ -5,5 +5,12 @@
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod connection;
+mod error;
+pub mod negotiate;
 pub mod protocol;
 pub mod proxy;
+
+pub use connection::{handshake, ConnectOptions, Connection};
+pub use error::Error;
+pub use negotiate::{Capabilities, Offer};

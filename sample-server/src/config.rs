@@ -1,0 +1,116 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What the server advertises and how it misbehaves on request.
+
+/// The body of the VERSION reply after `major` and `minor`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum VersionPayload {
+    /// `{"capabilities":{...}}` built from [`ServerConfig::max_msg_fds`] and
+    /// [`ServerConfig::max_data_xfer_size`] (a `None` omits the key), NUL-terminated.
+    #[default]
+    Standard,
+    /// This JSON value, serialised and NUL-terminated, whatever it holds.
+    Json(serde_json::Value),
+    /// These bytes exactly: empty for no JSON at all, no NUL, invalid UTF-8, ...
+    Raw(Vec<u8>),
+}
+
+/// Deliberate protocol violations, all off by default, for testing a client's defences.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Reply to commands that set `No_reply` (old rust-vmm servers did).
+    pub reply_to_no_reply: bool,
+    /// Error replies carry the errno but not the Error flag.
+    pub error_without_error_flag: bool,
+    /// Error replies have type "command" with the Error flag (rust-vmm issue #143).
+    pub error_as_command_type: bool,
+    /// Read every message but never answer any, VERSION included.
+    pub never_reply: bool,
+    /// Answer VERSION, then read every message but never answer.
+    pub never_reply_after_version: bool,
+    /// Answer VERSION, then close the connection.
+    pub close_after_version: bool,
+}
+
+/// The server's configuration.
+///
+/// The defaults match libvfio-user: version `0.min(client minor, 2)`, capabilities
+/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// Major version replied (and required of the client).
+    pub major: u16,
+    /// Minor version replied; `None` replies `min(client minor, 2)`.
+    pub minor: Option<u16>,
+    /// Advertised `max_msg_fds`; `None` omits the key. Also the most fds accepted per
+    /// message (at most 32; the spec default 1 when omitted).
+    pub max_msg_fds: Option<u64>,
+    /// Advertised `max_data_xfer_size`; `None` omits the key. Also the largest region
+    /// access accepted (1 MiB when omitted).
+    pub max_data_xfer_size: Option<u64>,
+    /// Extra keys merged into the `capabilities` object of a [`VersionPayload::Standard`]
+    /// reply (e.g. `"write_multiple": true`, or a wrongly typed value).
+    pub extra_capabilities: serde_json::Map<String, serde_json::Value>,
+    /// How the VERSION reply's JSON is produced.
+    pub version_payload: VersionPayload,
+    /// Largest message accepted (header included); larger ones are drained and refused
+    /// with `EINVAL` before anything is allocated.
+    pub max_msg_size: u32,
+    /// Deliberate misbehaviour.
+    pub quirks: Quirks,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            major: 0,
+            minor: None,
+            max_msg_fds: Some(8),
+            max_data_xfer_size: Some(1 << 20),
+            extra_capabilities: serde_json::Map::new(),
+            version_payload: VersionPayload::Standard,
+            max_msg_size: (1 << 20) + 64,
+            quirks: Quirks::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The JSON-and-NUL bytes of the VERSION reply.
+    pub(crate) fn version_json_bytes(&self) -> Vec<u8> {
+        let value = match &self.version_payload {
+            VersionPayload::Raw(bytes) => return bytes.clone(),
+            VersionPayload::Json(v) => v.clone(),
+            VersionPayload::Standard => {
+                let mut caps = serde_json::Map::new();
+                if let Some(n) = self.max_msg_fds {
+                    caps.insert("max_msg_fds".into(), n.into());
+                }
+                if let Some(n) = self.max_data_xfer_size {
+                    caps.insert("max_data_xfer_size".into(), n.into());
+                }
+                for (k, v) in &self.extra_capabilities {
+                    caps.insert(k.clone(), v.clone());
+                }
+                serde_json::json!({ "capabilities": caps })
+            }
+        };
+        let mut bytes = value.to_string().into_bytes();
+        bytes.push(0);
+        bytes
+    }
+
+    /// Most fds accepted in one message.
+    pub(crate) fn recv_max_fds(&self) -> usize {
+        let n = self.max_msg_fds.unwrap_or(1);
+        usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(vfio_user_client::proxy::socket::MAX_RECV_FDS)
+    }
+
+    /// Largest region access accepted.
+    pub(crate) fn recv_max_data(&self) -> u64 {
+        self.max_data_xfer_size.unwrap_or(1 << 20)
+    }
+}

@@ -1,0 +1,753 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! One client connection: framing, command dispatch and server-to-client DMA requests.
+//!
+//! I/O is blocking, on the connection's own thread. Every reply is one `sendmsg` (header and
+//! payload as two iovecs, fds attached) unless the kernel takes it in parts.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vfio_user_client::protocol::{
+    Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IrqInfo, MessageType,
+    RegionAccess, RegionCap, RegionInfo, SetIrqs, SparseMmapArea, Version, DEVICE_FLAGS_RESET,
+    DMA_UNMAP_FLAG_ALL, FLAGS_ERROR, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK, HEADER_SIZE,
+    IRQ_INFO_EVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+};
+use vfio_user_client::proxy::socket::{recv, recv_with_fds, send_with_fds};
+
+use crate::device::Errno;
+use crate::device::ResetReason;
+use crate::dma::Segment;
+use crate::irq::IrqTable;
+use crate::memory::SharedMemory;
+use crate::server::{ClientInfo, Shared};
+
+/// Commands that may arrive while the server waits for a DMA reply; more is a flood.
+const MAX_QUEUED: usize = 4096;
+const REGION_INFO_SIZE: u32 = RegionInfo::HEAD_SIZE as u32;
+const LIBVFIO_USER_MAX_MINOR: u16 = 2;
+const MAX_CLIENT_MSG_FDS: u64 = 1024;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A received message with its body and the fds that came with its header.
+#[derive(Debug)]
+struct Message {
+    header: Header,
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// What one framed read produced.
+#[derive(Debug)]
+enum Incoming {
+    Message(Message),
+    /// A message over the size limit; its body was drained unread.
+    Oversized(Header),
+}
+
+/// A successful reply's payload and the fd to attach.
+#[derive(Debug, Default)]
+struct Reply {
+    payload: Vec<u8>,
+    fd: Option<Arc<SharedMemory>>,
+}
+
+impl Reply {
+    fn with(payload: Vec<u8>) -> Reply {
+        Reply { payload, fd: None }
+    }
+}
+
+/// The socket side of a connection, shared by the command loop and device DMA.
+#[derive(Debug)]
+pub(crate) struct Link {
+    stream: UnixStream,
+    queue: VecDeque<Incoming>,
+    next_id: u16,
+    max_msg_size: u32,
+    recv_max_fds: usize,
+    client_max_fds: u64,
+    client_max_xfer: u64,
+    broken: bool,
+}
+
+impl Link {
+    fn read_exact(&self, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match recv(&self.stream, buf)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => buf = &mut buf[n..],
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one message; `Ok(None)` is a clean end of stream between messages.
+    fn read_message(&mut self) -> io::Result<Option<Incoming>> {
+        let mut hdr = [0u8; HEADER_SIZE];
+        let (n, fds) = recv_with_fds(&self.stream, &mut hdr, self.recv_max_fds)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.read_exact(&mut hdr[n..])?;
+        match Header::decode(&hdr, self.max_msg_size) {
+            Ok(header) => {
+                let mut body = vec![0u8; header.payload_len()];
+                self.read_exact(&mut body)?;
+                Ok(Some(Incoming::Message(Message { header, body, fds })))
+            }
+            Err(DecodeError::TooLarge { .. }) => {
+                let header = Header::from_bytes(&hdr);
+                let mut left = header.payload_len();
+                let mut sink = vec![0u8; 64 * 1024];
+                while left > 0 {
+                    let n = left.min(sink.len());
+                    self.read_exact(&mut sink[..n])?;
+                    left -= n;
+                }
+                Ok(Some(Incoming::Oversized(header)))
+            }
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    fn send(&mut self, header: &Header, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        let hdr = header.to_bytes();
+        let total = HEADER_SIZE + payload.len();
+        let mut sent = send_with_fds(&self.stream, &[&hdr, payload], fds)?;
+        while sent < total {
+            let n = if sent < HEADER_SIZE {
+                send_with_fds(&self.stream, &[&hdr[sent..], payload], &[])?
+            } else {
+                send_with_fds(&self.stream, &[&payload[sent - HEADER_SIZE..]], &[])?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sent += n;
+        }
+        Ok(())
+    }
+
+    /// Sends a server command and waits for its reply, queueing client commands that arrive
+    /// meanwhile.
+    fn request(&mut self, command: Command, payload: &[u8]) -> Result<Message, Errno> {
+        if self.broken {
+            return Err(Errno::NOTCONN);
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let header = Header::command(id, command, payload.len(), false).ok_or(Errno::INVAL)?;
+        if let Err(e) = self.send(&header, payload, &[]) {
+            log::debug!("sending {command}: {e}");
+            self.broken = true;
+            return Err(Errno::NOTCONN);
+        }
+        loop {
+            match self.read_message() {
+                Ok(Some(Incoming::Message(m)))
+                    if m.header.message_type() == Some(MessageType::Reply) =>
+                {
+                    if m.header.id == id && m.header.command == command as u16 {
+                        return Ok(m);
+                    }
+                    log::debug!("discarding unexpected reply {}", m.header);
+                }
+                Ok(Some(incoming)) => {
+                    if self.queue.len() >= MAX_QUEUED {
+                        log::warn!("client flooded the server during {command}");
+                        self.broken = true;
+                        return Err(Errno::IO);
+                    }
+                    self.queue.push_back(incoming);
+                }
+                Ok(None) | Err(_) => {
+                    self.broken = true;
+                    return Err(Errno::NOTCONN);
+                }
+            }
+        }
+    }
+
+    fn chunk(&self) -> usize {
+        usize::try_from(self.client_max_xfer)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
+    fn dma_read_messages(&mut self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let chunk = self.chunk();
+        let mut at = address;
+        for part in buf.chunks_mut(chunk) {
+            let head = DmaAccess {
+                address: at,
+                count: part.len() as u64,
+            };
+            let mut payload = Vec::with_capacity(DmaAccess::HEAD_SIZE);
+            head.encode_into(&mut payload);
+            let reply = self.request(Command::DmaRead, &payload)?;
+            check_reply_error(&reply.header)?;
+            let (got, data) = DmaAccess::decode_with_data(&reply.body).map_err(|_| Errno::PROTO)?;
+            if got != head || data.len() != part.len() {
+                log::warn!(
+                    "DMA_READ reply {got:?} with {} bytes for {head:?}",
+                    data.len()
+                );
+                return Err(Errno::PROTO);
+            }
+            part.copy_from_slice(data);
+            at = at.wrapping_add(head.count);
+        }
+        Ok(())
+    }
+
+    fn dma_write_messages(&mut self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        let chunk = self.chunk();
+        let mut at = address;
+        for part in data.chunks(chunk) {
+            let head = DmaAccess {
+                address: at,
+                count: part.len() as u64,
+            };
+            let mut payload = Vec::with_capacity(DmaAccess::HEAD_SIZE + part.len());
+            head.encode_with_data(part, &mut payload);
+            let reply = self.request(Command::DmaWrite, &payload)?;
+            check_reply_error(&reply.header)?;
+            let got = DmaAccess::decode(&reply.body).map_err(|_| Errno::PROTO)?;
+            if got != head {
+                log::warn!("DMA_WRITE reply {got:?} for {head:?}");
+                return Err(Errno::PROTO);
+            }
+            at = at.wrapping_add(head.count);
+        }
+        Ok(())
+    }
+}
+
+fn check_reply_error(h: &Header) -> Result<(), Errno> {
+    if h.is_error() {
+        let errno = i32::try_from(h.error).ok().filter(|e| *e > 0 && *e < 4096);
+        return Err(Errno(errno.unwrap_or(libc::EIO)));
+    }
+    Ok(())
+}
+
+/// What a device may do while the server runs one of its callbacks: DMA to guest memory and
+/// raise interrupts.
+pub struct DeviceContext<'a> {
+    link: &'a mut Link,
+    shared: &'a Shared,
+}
+
+impl fmt::Debug for DeviceContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceContext")
+            .field("client_max_data_xfer_size", &self.link.client_max_xfer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceContext<'_> {
+    /// Reads guest memory at `address` into `buf`.
+    ///
+    /// Goes through the mmap (or file) of fd-backed windows, and through DMA_READ messages
+    /// chunked by the client's `max_data_xfer_size` for fd-less ones; may span windows.
+    /// Errors: `EFAULT` outside every window, `EPERM` without READ access, the client's errno
+    /// or `EPROTO` for a failed or malformed DMA_READ reply, `ENOTCONN` if the client left.
+    pub fn dma_read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = address.checked_add(done as u64).ok_or(Errno::FAULT)?;
+            let seg = lock(&self.shared.dma).read(at, &mut buf[done..])?;
+            done += match seg {
+                Segment::Done(n) => n,
+                Segment::Message(n) => {
+                    self.link.dma_read_messages(at, &mut buf[done..done + n])?;
+                    n
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to guest memory at `address`; see [`DeviceContext::dma_read`].
+    pub fn dma_write(&mut self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut done = 0;
+        while done < data.len() {
+            let at = address.checked_add(done as u64).ok_or(Errno::FAULT)?;
+            let seg = lock(&self.shared.dma).write(at, &data[done..])?;
+            done += match seg {
+                Segment::Done(n) => n,
+                Segment::Message(n) => {
+                    self.link.dma_write_messages(at, &data[done..done + n])?;
+                    n
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Raises `vector` of IRQ type `index`; `Ok(true)` when an eventfd was signalled,
+    /// `Ok(false)` when none is attached or the vector is masked (then it is left pending).
+    pub fn raise_irq(&mut self, index: u32, vector: u32) -> Result<bool, Errno> {
+        lock(&self.shared.irqs).raise(index, vector)
+    }
+
+    /// Whether the client attached a trigger eventfd to `vector` of `index`.
+    pub fn irq_assigned(&self, index: u32, vector: u32) -> bool {
+        lock(&self.shared.irqs).assigned(index, vector)
+    }
+
+    /// The client's `max_data_xfer_size` (1 MiB when it sent none).
+    pub fn client_max_data_xfer_size(&self) -> u64 {
+        self.link.client_max_xfer
+    }
+}
+
+/// Serves one client on `stream` until it disconnects or the stream is shut down.
+pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
+    let config = &shared.config;
+    if let Err(e) = stream.set_nonblocking(false) {
+        log::warn!("connection setup: {e}");
+        return;
+    }
+    let counts: Vec<u32> = {
+        let device = lock(&shared.device);
+        (0..device.info().num_irqs)
+            .map(|i| device.irq_count(i))
+            .collect()
+    };
+    *lock(&shared.irqs) = IrqTable::new(&counts);
+    shared.connection_started();
+    let mut conn = Conn {
+        shared,
+        link: Link {
+            stream,
+            queue: VecDeque::new(),
+            next_id: 0,
+            max_msg_size: config.max_msg_size,
+            recv_max_fds: config.recv_max_fds(),
+            client_max_fds: 1,
+            client_max_xfer: 1 << 20,
+            broken: false,
+        },
+        version_done: false,
+        close: false,
+    };
+    conn.run();
+    // Clones of the stream (kept to stop the server) must not keep the client waiting.
+    let _ = conn.link.stream.shutdown(std::net::Shutdown::Both);
+    conn.teardown();
+    shared.connection_ended();
+}
+
+struct Conn<'a> {
+    shared: &'a Shared,
+    link: Link,
+    version_done: bool,
+    close: bool,
+}
+
+impl Conn<'_> {
+    fn run(&mut self) {
+        while !self.link.broken && !self.close {
+            let incoming = match self.link.queue.pop_front() {
+                Some(m) => m,
+                None => match self.link.read_message() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::debug!("connection closed: {e}");
+                        break;
+                    }
+                },
+            };
+            match incoming {
+                Incoming::Oversized(h) if h.message_type() == Some(MessageType::Command) => {
+                    log::warn!("oversized message {h}");
+                    self.reply(&h, Err(Errno::INVAL));
+                }
+                Incoming::Oversized(_) => {}
+                Incoming::Message(m) => self.handle(m),
+            }
+        }
+    }
+
+    fn teardown(&mut self) {
+        let maps = lock(&self.shared.dma).unmap_all();
+        *lock(&self.shared.irqs) = IrqTable::default();
+        let mut device = lock(&self.shared.device);
+        for m in &maps {
+            device.dma_unmapped(m);
+        }
+        if let Err(e) = device.reset(ResetReason::LostConnection) {
+            log::warn!("reset after disconnect: {e:?}");
+        }
+    }
+
+    fn handle(&mut self, m: Message) {
+        if m.header.message_type() != Some(MessageType::Command) {
+            log::debug!("discarding unsolicited reply {}", m.header);
+            return;
+        }
+        self.shared.command_seen();
+        let header = m.header;
+        if !self.version_done {
+            let result = if header.known_command() == Some(Command::Version) {
+                self.version(m)
+            } else {
+                log::warn!("{header} before VERSION");
+                Err(Errno::INVAL)
+            };
+            let ok = result.is_ok();
+            self.reply(&header, result);
+            self.version_done = ok;
+            self.close = !ok || self.shared.config.quirks.close_after_version;
+            return;
+        }
+        let result = match header.known_command() {
+            Some(Command::DmaMap) => self.dma_map(m),
+            Some(Command::DmaUnmap) => self.dma_unmap(&m),
+            Some(Command::DeviceGetInfo) => self.device_info(&m),
+            Some(Command::DeviceGetRegionInfo) => self.region_info(&m),
+            Some(Command::DeviceGetIrqInfo) => self.irq_info(&m),
+            Some(Command::DeviceSetIrqs) => self.set_irqs(m),
+            Some(Command::RegionRead) => self.region_read(&m),
+            Some(Command::RegionWrite) => self.region_write(&m),
+            Some(Command::DeviceReset) => self.reset(),
+            _ => {
+                log::debug!("unsupported command {header}");
+                Err(Errno::INVAL)
+            }
+        };
+        if let Err(e) = result {
+            log::debug!("{header} failed: {e:?}");
+        }
+        self.reply(&header, result);
+    }
+
+    fn reply(&mut self, request: &Header, result: Result<Reply, Errno>) {
+        let quirks = &self.shared.config.quirks;
+        if quirks.never_reply || (quirks.never_reply_after_version && self.version_done) {
+            return;
+        }
+        if request.no_reply() && !quirks.reply_to_no_reply {
+            return;
+        }
+        let (header, reply) = match result {
+            Ok(reply) => match Header::reply(request, reply.payload.len()) {
+                Some(h) => (h, reply),
+                None => (
+                    Header::error_reply(request, libc::EINVAL as u32),
+                    Reply::default(),
+                ),
+            },
+            Err(e) => {
+                let mut h = Header::error_reply(request, e.0 as u32);
+                if quirks.error_without_error_flag {
+                    h.flags &= !FLAGS_ERROR;
+                }
+                if quirks.error_as_command_type {
+                    h.flags = (h.flags & !FLAGS_TYPE_MASK) | FLAGS_TYPE_COMMAND;
+                }
+                (h, Reply::default())
+            }
+        };
+        let fds: Vec<RawFd> = reply.fd.iter().map(|m| m.as_raw_fd()).collect();
+        if let Err(e) = self.link.send(&header, &reply.payload, &fds) {
+            log::debug!("sending reply {header}: {e}");
+            self.link.broken = true;
+        }
+    }
+
+    fn version(&mut self, m: Message) -> Result<Reply, Errno> {
+        let config = &self.shared.config;
+        if !m.fds.is_empty() {
+            return Err(Errno::INVAL);
+        }
+        let request = Version::decode(&m.body)?;
+        if request.major != config.major {
+            return Err(Errno::INVAL);
+        }
+        let mut max_fds = 1;
+        let mut max_xfer = 1 << 20;
+        if let Some(text) = &request.json {
+            let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Errno::INVAL)?;
+            let obj = value.as_object().ok_or(Errno::INVAL)?;
+            if let Some(caps) = obj.get("capabilities") {
+                let caps = caps.as_object().ok_or(Errno::INVAL)?;
+                for (key, v) in caps {
+                    // Known keys with the wrong type are fatal, as in libvfio-user and QEMU.
+                    let ok = match key.as_str() {
+                        "max_msg_fds" => v
+                            .as_u64()
+                            .filter(|n| *n <= MAX_CLIENT_MSG_FDS)
+                            .map(|n| max_fds = n)
+                            .is_some(),
+                        "max_data_xfer_size" => v
+                            .as_u64()
+                            .filter(|n| *n > 0)
+                            .map(|n| max_xfer = n)
+                            .is_some(),
+                        "max_dma_maps" | "pgsizes" => v.is_u64(),
+                        "write_multiple" => v.is_boolean(),
+                        "twin_socket" | "migration" => v.is_object(),
+                        _ => true,
+                    };
+                    if !ok {
+                        return Err(Errno::INVAL);
+                    }
+                }
+            }
+        }
+        self.link.client_max_fds = max_fds;
+        self.link.client_max_xfer = max_xfer;
+        self.shared.set_client(ClientInfo {
+            major: request.major,
+            minor: request.minor,
+            json: request.json,
+            max_msg_fds: max_fds,
+            max_data_xfer_size: max_xfer,
+        });
+        let mut payload = Vec::new();
+        Version {
+            major: config.major,
+            minor: config
+                .minor
+                .unwrap_or(request.minor.min(LIBVFIO_USER_MAX_MINOR)),
+            json: None,
+        }
+        .encode_into(&mut payload);
+        // Appended raw: the configuration may ask for malformed JSON.
+        payload.extend_from_slice(&config.version_json_bytes());
+        Ok(Reply::with(payload))
+    }
+
+    fn device_info(&mut self, m: &Message) -> Result<Reply, Errno> {
+        let request = DeviceInfo::decode(&m.body)?;
+        if (request.argsz as usize) < DeviceInfo::SIZE {
+            return Err(Errno::INVAL);
+        }
+        let info = lock(&self.shared.device).info();
+        let mut payload = Vec::with_capacity(DeviceInfo::SIZE);
+        DeviceInfo {
+            argsz: DeviceInfo::SIZE as u32,
+            flags: info.flags,
+            num_regions: info.num_regions,
+            num_irqs: info.num_irqs,
+        }
+        .encode_into(&mut payload);
+        Ok(Reply::with(payload))
+    }
+
+    /// libvfio-user's behaviour: a mappable region always has a SPARSE_MMAP cap; when the
+    /// request's `argsz` cannot hold it the reply says the `argsz` needed, with MMAP but
+    /// without CAPS and without the fd.
+    fn region_info(&mut self, m: &Message) -> Result<Reply, Errno> {
+        let request = RegionInfo::decode(&m.body)?;
+        if request.argsz < REGION_INFO_SIZE {
+            return Err(Errno::INVAL);
+        }
+        let index = request.index;
+        let spec = {
+            let device = lock(&self.shared.device);
+            if index >= device.info().num_regions {
+                return Err(Errno::INVAL);
+            }
+            device.region(index)
+        };
+        let mut info = RegionInfo {
+            argsz: REGION_INFO_SIZE,
+            index,
+            ..RegionInfo::default()
+        };
+        let mut fd = None;
+        if let Some(spec) = spec {
+            info.flags = spec.flags & (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE);
+            info.size = spec.size;
+            // A client that accepts no fds cannot mmap; it gets a trapped region.
+            if let Some(mm) = spec.mmap.filter(|_| self.link.client_max_fds > 0) {
+                let areas = if mm.areas.is_empty() {
+                    vec![SparseMmapArea {
+                        offset: 0,
+                        size: spec.size,
+                    }]
+                } else {
+                    mm.areas
+                };
+                info.flags |= REGION_INFO_FLAG_MMAP;
+                info.offset = mm.offset;
+                info.caps = vec![RegionCap::SparseMmap(areas)];
+                info.argsz = u32::try_from(info.encoded_len()).map_err(|_| Errno::INVAL)?;
+                if request.argsz >= info.argsz {
+                    fd = Some(mm.memory);
+                } else {
+                    info.caps.clear();
+                }
+            }
+        }
+        let mut payload = Vec::with_capacity(info.encoded_len());
+        info.encode_into(&mut payload);
+        Ok(Reply { payload, fd })
+    }
+
+    fn irq_info(&mut self, m: &Message) -> Result<Reply, Errno> {
+        let request = IrqInfo::decode(&m.body)?;
+        if (request.argsz as usize) < IrqInfo::SIZE {
+            return Err(Errno::INVAL);
+        }
+        let count = {
+            let device = lock(&self.shared.device);
+            if request.index >= device.info().num_irqs {
+                return Err(Errno::INVAL);
+            }
+            device.irq_count(request.index)
+        };
+        let mut payload = Vec::with_capacity(IrqInfo::SIZE);
+        IrqInfo {
+            argsz: IrqInfo::SIZE as u32,
+            flags: IRQ_INFO_EVENTFD,
+            index: request.index,
+            count,
+        }
+        .encode_into(&mut payload);
+        Ok(Reply::with(payload))
+    }
+
+    fn set_irqs(&mut self, m: Message) -> Result<Reply, Errno> {
+        let request = SetIrqs::decode(&m.body)?;
+        if (request.argsz as usize) < SetIrqs::HEAD_SIZE {
+            return Err(Errno::INVAL);
+        }
+        lock(&self.shared.irqs).set(&request, m.fds)?;
+        Ok(Reply::default())
+    }
+
+    /// Validates a region access head against the device and the size limits.
+    fn check_access(&self, head: &RegionAccess, need: u32) -> Result<(), Errno> {
+        if u64::from(head.count) > self.shared.config.recv_max_data() {
+            return Err(Errno::INVAL);
+        }
+        let device = lock(&self.shared.device);
+        if head.region >= device.info().num_regions {
+            return Err(Errno::INVAL);
+        }
+        let spec = device.region(head.region).ok_or(Errno::INVAL)?;
+        let end = head
+            .offset
+            .checked_add(u64::from(head.count))
+            .ok_or(Errno::INVAL)?;
+        if spec.flags & need == 0 || end > spec.size {
+            return Err(Errno::INVAL);
+        }
+        Ok(())
+    }
+
+    fn region_read(&mut self, m: &Message) -> Result<Reply, Errno> {
+        if m.body.len() != RegionAccess::HEAD_SIZE {
+            return Err(Errno::INVAL);
+        }
+        let head = RegionAccess::decode(&m.body)?;
+        self.check_access(&head, REGION_INFO_FLAG_READ)?;
+        if head.count == 0 {
+            return Ok(Reply::default());
+        }
+        let len = RegionAccess::HEAD_SIZE + head.count as usize;
+        let mut payload = Vec::with_capacity(len);
+        head.encode_into(&mut payload);
+        payload.resize(len, 0);
+        let shared = self.shared;
+        let mut ctx = DeviceContext {
+            link: &mut self.link,
+            shared,
+        };
+        lock(&shared.device).region_read(
+            &mut ctx,
+            head.region,
+            head.offset,
+            &mut payload[RegionAccess::HEAD_SIZE..],
+        )?;
+        Ok(Reply::with(payload))
+    }
+
+    fn region_write(&mut self, m: &Message) -> Result<Reply, Errno> {
+        let (head, data) = RegionAccess::decode_with_data(&m.body)?;
+        self.check_access(&head, REGION_INFO_FLAG_WRITE)?;
+        if head.count == 0 {
+            return Ok(Reply::default());
+        }
+        let shared = self.shared;
+        let mut ctx = DeviceContext {
+            link: &mut self.link,
+            shared,
+        };
+        lock(&shared.device).region_write(&mut ctx, head.region, head.offset, data)?;
+        let mut payload = Vec::with_capacity(RegionAccess::HEAD_SIZE);
+        head.encode_into(&mut payload);
+        Ok(Reply::with(payload))
+    }
+
+    fn dma_map(&mut self, mut m: Message) -> Result<Reply, Errno> {
+        let request = DmaMap::decode(&m.body)?;
+        if (request.argsz as usize) < DmaMap::SIZE || m.fds.len() > 1 {
+            return Err(Errno::INVAL);
+        }
+        let fd = m.fds.pop();
+        let added = lock(&self.shared.dma).map(
+            request.flags,
+            request.offset,
+            request.address,
+            request.size,
+            fd,
+        )?;
+        if let Some(info) = added {
+            lock(&self.shared.device).dma_mapped(&info);
+        }
+        Ok(Reply::default())
+    }
+
+    fn dma_unmap(&mut self, m: &Message) -> Result<Reply, Errno> {
+        let request = DmaUnmap::decode(&m.body)?;
+        // GET_DIRTY_BITMAP needs dirty tracking, which this server does not do.
+        if (request.argsz as usize) < DmaUnmap::SIZE || request.flags & !DMA_UNMAP_FLAG_ALL != 0 {
+            return Err(Errno::INVAL);
+        }
+        let removed = if request.flags & DMA_UNMAP_FLAG_ALL != 0 {
+            if request.address != 0 || request.size != 0 {
+                return Err(Errno::INVAL);
+            }
+            lock(&self.shared.dma).unmap_all()
+        } else {
+            vec![lock(&self.shared.dma).unmap(request.address, request.size)?]
+        };
+        let mut device = lock(&self.shared.device);
+        for info in &removed {
+            device.dma_unmapped(info);
+        }
+        let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
+        DmaUnmap {
+            argsz: DmaUnmap::SIZE as u32,
+            ..request
+        }
+        .encode_into(&mut payload);
+        Ok(Reply::with(payload))
+    }
+
+    fn reset(&mut self) -> Result<Reply, Errno> {
+        let mut device = lock(&self.shared.device);
+        if device.info().flags & DEVICE_FLAGS_RESET == 0 {
+            return Err(Errno::INVAL);
+        }
+        device.reset(ResetReason::Client)?;
+        Ok(Reply::default())
+    }
+}

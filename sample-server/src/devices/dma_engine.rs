@@ -1,0 +1,322 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A DMA engine: copies guest memory when its doorbell is rung, then interrupts.
+
+use std::sync::{Arc, Mutex};
+
+use crate::conn::{lock, DeviceContext};
+use crate::device::{
+    Device, DeviceInfo, Errno, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX,
+    IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
+};
+use crate::devices::{dwords, read_regs};
+use crate::dma::DmaMapInfo;
+use crate::pci::ConfigSpace;
+use vfio_user_client::protocol::{
+    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+};
+
+/// Largest piece copied at once (bounds the engine's buffer).
+const COPY_CHUNK: usize = 1 << 20;
+
+/// The engine's status register.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DmaEngineStatus {
+    /// No copy since reset.
+    #[default]
+    Idle = 0,
+    /// The last copy completed.
+    Done = 1,
+    /// The last copy failed; the errno register says why.
+    Error = 2,
+}
+
+#[derive(Debug, Default)]
+struct EngineState {
+    source: u64,
+    destination: u64,
+    length: u64,
+    status: DmaEngineStatus,
+    errno: u32,
+    completions: u64,
+    interrupts: u64,
+    maps_added: u64,
+    maps_removed: u64,
+    resets: u64,
+}
+
+/// The device. Region 0 (BAR0, 256 B) holds the registers (`REG_*`; writes must be aligned
+/// dwords, 64-bit registers may be written as one 8-byte access or two 4-byte halves);
+/// region 7 is the config space. IRQs: INTx 1, MSI 1, MSI-X 2, ERR 1, REQ 1.
+///
+/// Writing 1 to the doorbell copies `length` bytes from `source` to `destination` (guest
+/// addresses), through mmapped windows or DMA_READ/DMA_WRITE messages, before the doorbell
+/// write completes; then sets the status and raises MSI-X vector 0 if the client attached
+/// an eventfd to it, INTx otherwise.
+#[derive(Debug)]
+pub struct DmaEngine {
+    pci: ConfigSpace,
+    state: Arc<Mutex<EngineState>>,
+}
+
+/// A test's handle on a [`DmaEngine`].
+#[derive(Clone, Debug)]
+pub struct DmaEngineHandle {
+    state: Arc<Mutex<EngineState>>,
+}
+
+impl DmaEngine {
+    /// PCI vendor id.
+    pub const VENDOR_ID: u16 = 0x494f;
+    /// PCI device id.
+    pub const DEVICE_ID: u16 = 0x0d4a;
+    /// Size of BAR0.
+    pub const BAR0_SIZE: u64 = 256;
+    /// BAR0: source guest address (u64).
+    pub const REG_SOURCE: u64 = 0x00;
+    /// BAR0: destination guest address (u64).
+    pub const REG_DESTINATION: u64 = 0x08;
+    /// BAR0: bytes to copy (u64).
+    pub const REG_LENGTH: u64 = 0x10;
+    /// BAR0: write 1 to start the copy (u32; reads 0).
+    pub const REG_DOORBELL: u64 = 0x18;
+    /// BAR0: [`DmaEngineStatus`] (u32, read-only).
+    pub const REG_STATUS: u64 = 0x1c;
+    /// BAR0: errno of the last failure (u32, read-only).
+    pub const REG_ERRNO: u64 = 0x20;
+    /// BAR0: completed copies (low 32 bits, read-only).
+    pub const REG_COMPLETIONS: u64 = 0x24;
+
+    /// A device and the test handle on its state.
+    pub fn new() -> (DmaEngine, DmaEngineHandle) {
+        let state = Arc::new(Mutex::new(EngineState::default()));
+        let pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
+            .with_bar(0, Self::BAR0_SIZE as u32)
+            .with_interrupt_pin(1);
+        (
+            DmaEngine {
+                pci,
+                state: state.clone(),
+            },
+            DmaEngineHandle { state },
+        )
+    }
+
+    fn copy(
+        ctx: &mut DeviceContext<'_>,
+        source: u64,
+        destination: u64,
+        length: u64,
+    ) -> Result<(), Errno> {
+        source.checked_add(length).ok_or(Errno::FAULT)?;
+        destination.checked_add(length).ok_or(Errno::FAULT)?;
+        let mut buf = vec![
+            0u8;
+            usize::try_from(length)
+                .unwrap_or(usize::MAX)
+                .min(COPY_CHUNK)
+        ];
+        let mut done = 0u64;
+        while done < length {
+            let n = usize::try_from(length - done)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            ctx.dma_read(source + done, &mut buf[..n])?;
+            ctx.dma_write(destination + done, &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn set_half(reg: &mut u64, high: bool, v: u32) {
+    *reg = if high {
+        (*reg & 0xffff_ffff) | (u64::from(v) << 32)
+    } else {
+        (*reg & !0xffff_ffff) | u64::from(v)
+    };
+}
+
+impl Device for DmaEngine {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            num_regions: PCI_NUM_REGIONS,
+            num_irqs: PCI_NUM_IRQS,
+        }
+    }
+
+    fn region(&self, index: u32) -> Option<RegionSpec> {
+        let size = match index {
+            0 => Self::BAR0_SIZE,
+            PCI_CONFIG_REGION => ConfigSpace::SIZE,
+            _ => return None,
+        };
+        Some(RegionSpec {
+            flags: REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE,
+            size,
+            mmap: None,
+        })
+    }
+
+    fn irq_count(&self, index: u32) -> u32 {
+        match index {
+            IRQ_INTX | IRQ_MSI | IRQ_ERR | IRQ_REQ => 1,
+            IRQ_MSIX => 2,
+            _ => 0,
+        }
+    }
+
+    fn region_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), Errno> {
+        match index {
+            0 => {
+                let st = lock(&self.state);
+                read_regs(offset, data, |reg| match reg {
+                    0x00 => st.source as u32,
+                    0x04 => (st.source >> 32) as u32,
+                    0x08 => st.destination as u32,
+                    0x0c => (st.destination >> 32) as u32,
+                    0x10 => st.length as u32,
+                    0x14 => (st.length >> 32) as u32,
+                    Self::REG_STATUS => st.status as u32,
+                    Self::REG_ERRNO => st.errno,
+                    Self::REG_COMPLETIONS => st.completions as u32,
+                    _ => 0,
+                });
+            }
+            PCI_CONFIG_REGION => self.pci.read(offset, data),
+            _ => return Err(Errno::INVAL),
+        }
+        Ok(())
+    }
+
+    fn region_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        if index == PCI_CONFIG_REGION {
+            self.pci.write(offset, data);
+            return Ok(());
+        }
+        if index != 0 {
+            return Err(Errno::INVAL);
+        }
+        for (reg, v) in dwords(offset, data)? {
+            let job = {
+                let mut st = lock(&self.state);
+                match reg {
+                    0x00 | 0x04 => set_half(&mut st.source, reg == 0x04, v),
+                    0x08 | 0x0c => set_half(&mut st.destination, reg == 0x0c, v),
+                    0x10 | 0x14 => set_half(&mut st.length, reg == 0x14, v),
+                    _ => {}
+                }
+                (reg == Self::REG_DOORBELL && v == 1).then_some((
+                    st.source,
+                    st.destination,
+                    st.length,
+                ))
+            };
+            let Some((source, destination, length)) = job else {
+                continue;
+            };
+            let result = Self::copy(ctx, source, destination, length);
+            {
+                let mut st = lock(&self.state);
+                match result {
+                    Ok(()) => {
+                        st.status = DmaEngineStatus::Done;
+                        st.errno = 0;
+                        st.completions += 1;
+                    }
+                    Err(e) => {
+                        log::debug!("DMA engine copy failed: {e:?}");
+                        st.status = DmaEngineStatus::Error;
+                        st.errno = e.0 as u32;
+                    }
+                }
+            }
+            let (irq, vector) = if ctx.irq_assigned(IRQ_MSIX, 0) {
+                (IRQ_MSIX, 0)
+            } else {
+                (IRQ_INTX, 0)
+            };
+            if ctx.raise_irq(irq, vector).unwrap_or(false) {
+                lock(&self.state).interrupts += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, _reason: ResetReason) -> Result<(), Errno> {
+        let mut st = lock(&self.state);
+        let keep = (
+            st.completions,
+            st.interrupts,
+            st.maps_added,
+            st.maps_removed,
+            st.resets + 1,
+        );
+        *st = EngineState::default();
+        (
+            st.completions,
+            st.interrupts,
+            st.maps_added,
+            st.maps_removed,
+            st.resets,
+        ) = keep;
+        self.pci.reset();
+        Ok(())
+    }
+
+    fn dma_mapped(&mut self, _map: &DmaMapInfo) {
+        lock(&self.state).maps_added += 1;
+    }
+
+    fn dma_unmapped(&mut self, _map: &DmaMapInfo) {
+        lock(&self.state).maps_removed += 1;
+    }
+}
+
+impl DmaEngineHandle {
+    /// The status register.
+    pub fn status(&self) -> DmaEngineStatus {
+        lock(&self.state).status
+    }
+
+    /// The errno register (0 after a success).
+    pub fn errno(&self) -> u32 {
+        lock(&self.state).errno
+    }
+
+    /// Copies completed so far.
+    pub fn completions(&self) -> u64 {
+        lock(&self.state).completions
+    }
+
+    /// Completion interrupts delivered to an eventfd so far.
+    pub fn interrupts(&self) -> u64 {
+        lock(&self.state).interrupts
+    }
+
+    /// DMA windows added and removed so far, as notified to the device.
+    pub fn maps_seen(&self) -> (u64, u64) {
+        let st = lock(&self.state);
+        (st.maps_added, st.maps_removed)
+    }
+
+    /// Resets so far.
+    pub fn resets(&self) -> u64 {
+        lock(&self.state).resets
+    }
+}

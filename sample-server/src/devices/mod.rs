@@ -1,0 +1,36 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The sample devices.
+
+pub(crate) mod dma_engine;
+pub(crate) mod gpio;
+
+use crate::device::Errno;
+
+/// Splits a register write into aligned 32-bit values: `(offset, value)` pairs.
+/// Writes that are not whole, aligned dwords are `EINVAL`.
+pub(crate) fn dwords(offset: u64, data: &[u8]) -> Result<Vec<(u64, u32)>, Errno> {
+    if offset % 4 != 0 || data.len() % 4 != 0 {
+        return Err(Errno::INVAL);
+    }
+    Ok(data
+        .chunks_exact(4)
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                offset + 4 * i as u64,
+                u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
+            )
+        })
+        .collect())
+}
+
+/// Reads a byte range out of a register file laid out as native-endian dwords.
+pub(crate) fn read_regs(offset: u64, data: &mut [u8], reg: impl Fn(u64) -> u32) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = offset + i as u64;
+        let word = reg(at & !3).to_ne_bytes();
+        *b = word[(at % 4) as usize];
+    }
+}

@@ -1,0 +1,232 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The server's table of DMA windows.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use vfio_user_client::protocol::{
+    DMA_MAP_FLAG_ACCESS_FILE_IO as MAP_ACCESS_FILE_IO, DMA_MAP_FLAG_ACCESS_MMAP as MAP_ACCESS_MMAP,
+    DMA_MAP_FLAG_READ as MAP_READ, DMA_MAP_FLAG_WRITE as MAP_WRITE,
+};
+
+use crate::device::Errno;
+use crate::memory::Mmap;
+const MAP_KNOWN: u32 = MAP_READ | MAP_WRITE | MAP_ACCESS_MMAP | MAP_ACCESS_FILE_IO;
+
+/// How the server reaches a DMA window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaAccessMode {
+    /// The window's fd is mmapped.
+    Mmap,
+    /// The window's fd is read and written with `pread`/`pwrite` (the FILE_IO access bit).
+    FileIo,
+    /// No fd: DMA_READ / DMA_WRITE messages to the client.
+    Message,
+}
+
+/// The server's view of one DMA window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaMapInfo {
+    /// Guest (IOVA) address.
+    pub address: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset into the client's fd (0 without one).
+    pub offset: u64,
+    /// The DMA_MAP flags as received.
+    pub flags: u32,
+    /// How the server accesses it.
+    pub mode: DmaAccessMode,
+}
+
+impl DmaMapInfo {
+    fn end(&self) -> u64 {
+        self.address.saturating_add(self.size)
+    }
+
+    fn contains(&self, address: u64) -> bool {
+        address >= self.address && address < self.end()
+    }
+}
+
+#[derive(Debug)]
+enum Backing {
+    Mmap(Mmap),
+    File(File),
+    Message,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: DmaMapInfo,
+    /// Device and inode of the fd, to recognise an identical re-map.
+    identity: Option<(u64, u64)>,
+    backing: Backing,
+}
+
+/// What a device access found at an address.
+pub(crate) enum Segment {
+    /// Copied already, this many bytes.
+    Done(usize),
+    /// This many bytes lie in a message-based window.
+    Message(usize),
+}
+
+/// The DMA windows of the current connection, sorted by address.
+#[derive(Debug, Default)]
+pub(crate) struct DmaTable {
+    entries: Vec<Entry>,
+}
+
+impl DmaTable {
+    /// Adds a window (libvfio-user rules: identical re-map succeeds, any overlap is `EINVAL`).
+    /// Returns the new window, or `None` for an identical re-map.
+    pub(crate) fn map(
+        &mut self,
+        flags: u32,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<OwnedFd>,
+    ) -> Result<Option<DmaMapInfo>, Errno> {
+        if flags & !MAP_KNOWN != 0 || size == 0 || address.checked_add(size).is_none() {
+            return Err(Errno::INVAL);
+        }
+        let access = flags & (MAP_ACCESS_MMAP | MAP_ACCESS_FILE_IO);
+        if access == (MAP_ACCESS_MMAP | MAP_ACCESS_FILE_IO) || (access != 0 && fd.is_none()) {
+            return Err(Errno::INVAL);
+        }
+        let file = fd.map(File::from);
+        let identity = match &file {
+            Some(f) => {
+                let m = f.metadata().map_err(|e| Errno::from_io(&e))?;
+                // A window past the end of a regular file would SIGBUS the server.
+                if m.is_file() && offset.checked_add(size).is_none_or(|end| end > m.len()) {
+                    return Err(Errno::INVAL);
+                }
+                Some((m.dev(), m.ino()))
+            }
+            None => None,
+        };
+        let mode = match (&file, access) {
+            (None, _) => DmaAccessMode::Message,
+            (Some(_), MAP_ACCESS_FILE_IO) => DmaAccessMode::FileIo,
+            (Some(_), _) => DmaAccessMode::Mmap,
+        };
+        let info = DmaMapInfo {
+            address,
+            size,
+            offset,
+            flags,
+            mode,
+        };
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.info.address < info.end() && info.address < e.info.end())
+        {
+            if e.info == info && e.identity == identity {
+                return Ok(None);
+            }
+            return Err(Errno::INVAL);
+        }
+        let backing = match (file, mode) {
+            (Some(f), DmaAccessMode::Mmap) => {
+                let mut prot = 0;
+                if flags & MAP_READ != 0 {
+                    prot |= libc::PROT_READ;
+                }
+                if flags & MAP_WRITE != 0 {
+                    prot |= libc::PROT_WRITE;
+                }
+                Backing::Mmap(Mmap::new(&f, offset, size, prot).map_err(|e| Errno::from_io(&e))?)
+            }
+            (Some(f), _) => Backing::File(f),
+            (None, _) => Backing::Message,
+        };
+        let at = self.entries.partition_point(|e| e.info.address < address);
+        self.entries.insert(
+            at,
+            Entry {
+                info,
+                identity,
+                backing,
+            },
+        );
+        Ok(Some(info))
+    }
+
+    /// Removes the window that exactly matches `address` and `size`.
+    pub(crate) fn unmap(&mut self, address: u64, size: u64) -> Result<DmaMapInfo, Errno> {
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.info.address == address && e.info.size == size)
+            .ok_or(Errno::NOENT)?;
+        Ok(self.entries.remove(i).info)
+    }
+
+    /// Removes every window.
+    pub(crate) fn unmap_all(&mut self) -> Vec<DmaMapInfo> {
+        self.entries.drain(..).map(|e| e.info).collect()
+    }
+
+    /// Every window.
+    pub(crate) fn list(&self) -> Vec<DmaMapInfo> {
+        self.entries.iter().map(|e| e.info).collect()
+    }
+
+    fn find(&self, address: u64, need: u32) -> Result<(&Entry, u64), Errno> {
+        let e = self
+            .entries
+            .iter()
+            .find(|e| e.info.contains(address))
+            .ok_or(Errno::FAULT)?;
+        if e.info.flags & need == 0 {
+            return Err(Errno::PERM);
+        }
+        Ok((e, e.info.end() - address))
+    }
+
+    /// Reads as much of `buf` as the window holding `address` covers, when that window is
+    /// fd-backed; reports the length of a message-based stretch otherwise.
+    pub(crate) fn read(&self, address: u64, buf: &mut [u8]) -> Result<Segment, Errno> {
+        let (e, avail) = self.find(address, MAP_READ)?;
+        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(buf.len());
+        let off = address - e.info.address;
+        let dst = &mut buf[..n];
+        match &e.backing {
+            Backing::Mmap(m) => m
+                .read(off, dst)
+                .then_some(Segment::Done(n))
+                .ok_or(Errno::PERM),
+            Backing::File(f) => f
+                .read_exact_at(dst, e.info.offset + off)
+                .map(|()| Segment::Done(n))
+                .map_err(|e| Errno::from_io(&e)),
+            Backing::Message => Ok(Segment::Message(n)),
+        }
+    }
+
+    /// Writes as much of `data` as the window holding `address` covers; see [`Self::read`].
+    pub(crate) fn write(&self, address: u64, data: &[u8]) -> Result<Segment, Errno> {
+        let (e, avail) = self.find(address, MAP_WRITE)?;
+        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(data.len());
+        let off = address - e.info.address;
+        let src = &data[..n];
+        match &e.backing {
+            Backing::Mmap(m) => m
+                .write(off, src)
+                .then_some(Segment::Done(n))
+                .ok_or(Errno::PERM),
+            Backing::File(f) => f
+                .write_all_at(src, e.info.offset + off)
+                .map(|()| Segment::Done(n))
+                .map_err(|e| Errno::from_io(&e)),
+            Backing::Message => Ok(Segment::Message(n)),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The eventfds a client attached with DEVICE_SET_IRQS, and their mask state.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use vfio_user_client::protocol::{
+    SetIrqs, IRQ_SET_ACTION_MASK as SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER as SET_ACTION_TRIGGER,
+    IRQ_SET_ACTION_UNMASK as SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL as SET_DATA_BOOL,
+    IRQ_SET_DATA_EVENTFD as SET_DATA_EVENTFD, IRQ_SET_DATA_NONE as SET_DATA_NONE,
+};
+
+use crate::device::{Errno, IRQ_ERR, IRQ_REQ};
+const SET_DATA: u32 = SET_DATA_NONE | SET_DATA_BOOL | SET_DATA_EVENTFD;
+const SET_ACTION: u32 = SET_ACTION_MASK | SET_ACTION_UNMASK | SET_ACTION_TRIGGER;
+
+/// A test's view of one interrupt vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqVectorState {
+    /// A trigger eventfd is attached.
+    pub assigned: bool,
+    /// An unmask eventfd is attached.
+    pub unmask_assigned: bool,
+    /// The client masked the vector.
+    pub masked: bool,
+    /// Raised while masked; delivered on unmask.
+    pub pending: bool,
+    /// Times the vector was signalled on its eventfd.
+    pub signalled: u64,
+}
+
+#[derive(Debug, Default)]
+struct Vector {
+    trigger: Option<File>,
+    unmask: Option<File>,
+    masked: bool,
+    pending: bool,
+    signalled: u64,
+}
+
+impl Vector {
+    fn fire(&mut self) -> bool {
+        if self.masked {
+            self.pending = true;
+            return false;
+        }
+        match &self.trigger {
+            Some(f) => {
+                let mut f: &File = f;
+                // An eventfd write only fails when the counter would overflow, in which case
+                // the client has a signal pending anyway.
+                let _ = f.write_all(&1u64.to_ne_bytes());
+                self.signalled += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn state(&self) -> IrqVectorState {
+        IrqVectorState {
+            assigned: self.trigger.is_some(),
+            unmask_assigned: self.unmask.is_some(),
+            masked: self.masked,
+            pending: self.pending,
+            signalled: self.signalled,
+        }
+    }
+}
+
+/// Vectors per IRQ index.
+#[derive(Debug, Default)]
+pub(crate) struct IrqTable {
+    indexes: Vec<Vec<Vector>>,
+}
+
+impl IrqTable {
+    /// A table with `counts[i]` vectors for index `i`, nothing attached.
+    pub(crate) fn new(counts: &[u32]) -> IrqTable {
+        IrqTable {
+            indexes: counts
+                .iter()
+                .map(|&n| (0..n).map(|_| Vector::default()).collect())
+                .collect(),
+        }
+    }
+
+    /// Signals `vector` of `index`: `Ok(true)` if an eventfd was written.
+    pub(crate) fn raise(&mut self, index: u32, vector: u32) -> Result<bool, Errno> {
+        self.vector(index, vector).map(Vector::fire)
+    }
+
+    /// Whether a trigger eventfd is attached to `vector` of `index`.
+    pub(crate) fn assigned(&self, index: u32, vector: u32) -> bool {
+        self.indexes
+            .get(index as usize)
+            .and_then(|v| v.get(vector as usize))
+            .is_some_and(|v| v.trigger.is_some())
+    }
+
+    pub(crate) fn states(&self, index: u32) -> Vec<IrqVectorState> {
+        self.indexes
+            .get(index as usize)
+            .map(|v| v.iter().map(Vector::state).collect())
+            .unwrap_or_default()
+    }
+
+    fn vector(&mut self, index: u32, vector: u32) -> Result<&mut Vector, Errno> {
+        self.indexes
+            .get_mut(index as usize)
+            .and_then(|v| v.get_mut(vector as usize))
+            .ok_or(Errno::INVAL)
+    }
+
+    /// Applies DEVICE_SET_IRQS with libvfio-user's validation.
+    pub(crate) fn set(&mut self, req: &SetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+        let data = req.flags & SET_DATA;
+        let action = req.flags & SET_ACTION;
+        if req.flags & !(SET_DATA | SET_ACTION) != 0
+            || data.count_ones() != 1
+            || action.count_ones() != 1
+        {
+            return Err(Errno::INVAL);
+        }
+        let vectors = self
+            .indexes
+            .get_mut(req.index as usize)
+            .ok_or(Errno::INVAL)?;
+        let max = u32::try_from(vectors.len()).unwrap_or(u32::MAX);
+        if (req.index == IRQ_ERR || req.index == IRQ_REQ)
+            && (action != SET_ACTION_TRIGGER || req.count > 1)
+        {
+            return Err(Errno::INVAL);
+        }
+        if req.start >= max || req.start.checked_add(req.count).is_none_or(|end| end > max) {
+            return Err(Errno::INVAL);
+        }
+        if data != SET_DATA_EVENTFD && !fds.is_empty() {
+            return Err(Errno::INVAL);
+        }
+        if data == SET_DATA_EVENTFD && !fds.is_empty() && fds.len() != req.count as usize {
+            return Err(Errno::INVAL);
+        }
+        if data == SET_DATA_BOOL && req.bools.len() != req.count as usize {
+            return Err(Errno::INVAL);
+        }
+        let range = req.start as usize..(req.start + req.count) as usize;
+        if data == SET_DATA_NONE && action == SET_ACTION_TRIGGER && req.count == 0 {
+            for v in vectors.iter_mut() {
+                *v = Vector {
+                    signalled: v.signalled,
+                    ..Vector::default()
+                };
+            }
+            return Ok(());
+        }
+        let selected = |i: usize| -> bool {
+            data != SET_DATA_BOOL || req.bools.get(i - range.start).copied().unwrap_or(false)
+        };
+        let mut fds = fds.into_iter();
+        for i in range.clone() {
+            let v = &mut vectors[i];
+            match (data, action) {
+                (SET_DATA_EVENTFD, _) => {
+                    let fd = fds.next().map(File::from);
+                    if action == SET_ACTION_TRIGGER {
+                        v.trigger = fd;
+                    } else {
+                        v.unmask = fd;
+                    }
+                }
+                (_, SET_ACTION_TRIGGER) if selected(i) => {
+                    v.fire();
+                }
+                (_, SET_ACTION_MASK) if selected(i) => v.masked = true,
+                (_, SET_ACTION_UNMASK) if selected(i) => {
+                    v.masked = false;
+                    if std::mem::take(&mut v.pending) {
+                        v.fire();
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,541 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Migration and dirty tracking: `DEVICE_FEATURE` (16) with its feature data,
+//! `MIG_DATA_READ` (17) / `MIG_DATA_WRITE` (18), and the removed `DIRTY_PAGES` (14).
+
+use super::wire::{exact_data, len_u32, len_u64, put_u32, put_u64, Reader};
+use super::DecodeError;
+
+/// DEVICE_FEATURE flags: mask of the feature index.
+pub const DEVICE_FEATURE_MASK: u32 = 0xffff;
+/// DEVICE_FEATURE flag: get the feature's data.
+pub const DEVICE_FEATURE_GET: u32 = 1 << 16;
+/// DEVICE_FEATURE flag: set the feature's data.
+pub const DEVICE_FEATURE_SET: u32 = 1 << 17;
+/// DEVICE_FEATURE flag: ask whether the feature (and the GET/SET given with it) is supported.
+pub const DEVICE_FEATURE_PROBE: u32 = 1 << 18;
+
+/// Feature index: migration support ([`MigrationFeature`]).
+pub const FEATURE_MIGRATION: u16 = 1;
+/// Feature index: migration device state ([`MigDeviceState`]).
+pub const FEATURE_MIG_DEVICE_STATE: u16 = 2;
+/// Feature index: start dirty page logging ([`DmaLoggingStart`]).
+pub const FEATURE_DMA_LOGGING_START: u16 = 6;
+/// Feature index: stop dirty page logging (no data).
+pub const FEATURE_DMA_LOGGING_STOP: u16 = 7;
+/// Feature index: report dirty pages ([`DmaLoggingReport`]).
+pub const FEATURE_DMA_LOGGING_REPORT: u16 = 8;
+
+/// The `DEVICE_FEATURE` request and reply payload: an 8-byte head and the feature's data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceFeature {
+    /// Largest reply payload accepted, this head included; in a GET reply, the size used.
+    pub argsz: u32,
+    /// Feature index in the low 16 bits, plus `DEVICE_FEATURE_GET`/`SET`/`PROBE`.
+    pub flags: u32,
+    /// The feature data (encode it with the feature's type, e.g. [`MigDeviceState`]).
+    pub data: Vec<u8>,
+}
+
+impl DeviceFeature {
+    /// Size of the head.
+    pub const HEAD_SIZE: usize = 8;
+
+    /// A request for `feature` with `op` (`DEVICE_FEATURE_*` bits) and `data`, accepting a
+    /// reply of `reply_data` bytes of feature data (`argsz` = 8 + the larger of the two).
+    pub fn new(feature: u16, op: u32, data: Vec<u8>, reply_data: usize) -> Self {
+        let argsz = Self::HEAD_SIZE.saturating_add(data.len().max(reply_data));
+        DeviceFeature {
+            argsz: len_u32(argsz),
+            flags: (op & !DEVICE_FEATURE_MASK) | u32::from(feature),
+            data,
+        }
+    }
+
+    /// The feature index.
+    pub fn feature(&self) -> u16 {
+        (self.flags & DEVICE_FEATURE_MASK) as u16
+    }
+
+    /// Appends the payload.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.argsz);
+        put_u32(out, self.flags);
+        out.extend_from_slice(&self.data);
+    }
+
+    /// Decodes a payload; every byte after the head is feature data.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload, "device feature");
+        Ok(DeviceFeature {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            data: r.rest().to_vec(),
+        })
+    }
+}
+
+/// MIGRATION feature flag: STOP_COPY (the basic migration states).
+pub const MIGRATION_STOP_COPY: u64 = 1 << 0;
+/// MIGRATION feature flag: the P2P states.
+pub const MIGRATION_P2P: u64 = 1 << 1;
+/// MIGRATION feature flag: the PRE_COPY states.
+pub const MIGRATION_PRE_COPY: u64 = 1 << 2;
+
+/// Data of the `MIGRATION` feature (GET reply).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrationFeature {
+    /// `MIGRATION_*` flags.
+    pub flags: u64,
+}
+
+impl MigrationFeature {
+    /// Appends the data.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.flags);
+    }
+
+    /// Decodes the data; later bytes are ignored.
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(data, "migration feature");
+        Ok(MigrationFeature { flags: r.u64()? })
+    }
+}
+
+/// A migration device state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum DeviceState {
+    /// A transition failed; leave with DEVICE_RESET.
+    Error = 0,
+    /// Stopped.
+    Stop = 1,
+    /// Running.
+    Running = 2,
+    /// Stopped, saving the final state.
+    StopCopy = 3,
+    /// Loading state.
+    Resuming = 4,
+    /// Running with peer-to-peer DMA quiesced (unused by vfio-user).
+    RunningP2p = 5,
+    /// Running and saving state.
+    PreCopy = 6,
+    /// PRE_COPY with peer-to-peer DMA quiesced (unused by vfio-user).
+    PreCopyP2p = 7,
+}
+
+impl DeviceState {
+    /// The state for a wire value, if it is one.
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            0 => DeviceState::Error,
+            1 => DeviceState::Stop,
+            2 => DeviceState::Running,
+            3 => DeviceState::StopCopy,
+            4 => DeviceState::Resuming,
+            5 => DeviceState::RunningP2p,
+            6 => DeviceState::PreCopy,
+            7 => DeviceState::PreCopyP2p,
+            _ => return None,
+        })
+    }
+}
+
+/// Data of the `MIG_DEVICE_STATE` feature (SET request, GET reply).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigDeviceState {
+    /// The raw state; see [`MigDeviceState::state`].
+    pub device_state: u32,
+    /// Unused by vfio-user (data moves by MIG_DATA_* messages).
+    pub data_fd: u32,
+}
+
+impl MigDeviceState {
+    /// The state, if the value is a known one.
+    pub fn state(&self) -> Option<DeviceState> {
+        DeviceState::from_u32(self.device_state)
+    }
+
+    /// Appends the data.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.device_state);
+        put_u32(out, self.data_fd);
+    }
+
+    /// Decodes the data; later bytes are ignored.
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(data, "mig device state");
+        Ok(MigDeviceState {
+            device_state: r.u32()?,
+            data_fd: r.u32()?,
+        })
+    }
+}
+
+/// One IOVA range of [`DmaLoggingStart`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaLoggingRange {
+    /// Start address.
+    pub iova: u64,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// Data of the `DMA_LOGGING_START` feature (SET request): the ranges are inline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DmaLoggingStart {
+    /// Tracking granularity.
+    pub page_size: u64,
+    /// Ranges to track; empty = everything.
+    pub ranges: Vec<DmaLoggingRange>,
+}
+
+impl DmaLoggingStart {
+    /// Appends the data; `num_ranges` is the number of ranges.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.page_size);
+        put_u32(out, len_u32(self.ranges.len()));
+        put_u32(out, 0);
+        for range in &self.ranges {
+            put_u64(out, range.iova);
+            put_u64(out, range.length);
+        }
+    }
+
+    /// Decodes the data; `num_ranges` must fit the bytes present ([`DecodeError::TooLarge`]);
+    /// later bytes are ignored.
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(data, "dma logging start");
+        let page_size = r.u64()?;
+        let num_ranges = r.u32()?;
+        let _reserved = r.u32()?;
+        let limit = r.remaining() / 16;
+        let n = usize::try_from(num_ranges).unwrap_or(usize::MAX);
+        if n > limit {
+            return Err(DecodeError::TooLarge {
+                field: "dma logging num_ranges",
+                value: u64::from(num_ranges),
+                limit: len_u64(limit),
+            });
+        }
+        let mut ranges = Vec::with_capacity(n);
+        for _ in 0..n {
+            ranges.push(DmaLoggingRange {
+                iova: r.u64()?,
+                length: r.u64()?,
+            });
+        }
+        Ok(DmaLoggingStart { page_size, ranges })
+    }
+}
+
+/// Data of the `DMA_LOGGING_REPORT` feature: the 24-byte range in the GET request, plus the
+/// bitmap in the reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DmaLoggingReport {
+    /// Start address.
+    pub iova: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Page size each bit stands for.
+    pub page_size: u64,
+    /// Reply only: native-endian u64 words, bit *i* set = page *i* from `iova` dirty.
+    pub bitmap: Vec<u8>,
+}
+
+impl DmaLoggingReport {
+    /// Size of the request data.
+    pub const HEAD_SIZE: usize = 24;
+
+    /// Appends the data.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.iova);
+        put_u64(out, self.length);
+        put_u64(out, self.page_size);
+        out.extend_from_slice(&self.bitmap);
+    }
+
+    /// Decodes the data; every byte after the 24-byte range is bitmap.
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(data, "dma logging report");
+        Ok(DmaLoggingReport {
+            iova: r.u64()?,
+            length: r.u64()?,
+            page_size: r.u64()?,
+            bitmap: r.rest().to_vec(),
+        })
+    }
+}
+
+/// The 8-byte head of `MIG_DATA_READ` / `MIG_DATA_WRITE`.
+///
+/// Data follows in a READ reply and a WRITE request. libvfio-user pads READ replies to the
+/// requested size: decode those with [`MigData::decode_with_data_prefix`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigData {
+    /// Request: largest reply payload accepted (≥ 8 + `size`); reply: 8 + `size`.
+    pub argsz: u32,
+    /// Bytes wanted (READ request), returned (READ reply) or carried (WRITE request).
+    pub size: u32,
+}
+
+impl MigData {
+    /// Size of the head.
+    pub const HEAD_SIZE: usize = 8;
+
+    /// Appends the head.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.argsz);
+        put_u32(out, self.size);
+    }
+
+    /// Appends the head and `data`. `size` is written as set; callers keep it equal to
+    /// `data.len()`.
+    pub fn encode_with_data(&self, data: &[u8], out: &mut Vec<u8>) {
+        out.reserve(Self::HEAD_SIZE.saturating_add(data.len()));
+        self.encode_into(out);
+        out.extend_from_slice(data);
+    }
+
+    /// Decodes the head of a READ request (or a newer-spec WRITE reply); later bytes are
+    /// ignored.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload, "mig data");
+        Ok(MigData {
+            argsz: r.u32()?,
+            size: r.u32()?,
+        })
+    }
+
+    /// Decodes a head followed by exactly `size` bytes ([`DecodeError::LengthMismatch`]
+    /// otherwise), borrowed from `payload`.
+    pub fn decode_with_data(payload: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+        let head = Self::decode(payload)?;
+        let data = payload.get(Self::HEAD_SIZE..).unwrap_or(&[]);
+        let data = exact_data("mig data", Self::HEAD_SIZE, data, u64::from(head.size))?;
+        Ok((head, data))
+    }
+
+    /// Decodes a READ reply whose data may be followed by padding: at least `size` bytes must
+    /// follow the head ([`DecodeError::Short`]); the first `size` are returned.
+    pub fn decode_with_data_prefix(payload: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+        let mut r = Reader::new(payload, "mig data");
+        let head = MigData {
+            argsz: r.u32()?,
+            size: r.u32()?,
+        };
+        let data = r.bytes(usize::try_from(head.size).unwrap_or(usize::MAX))?;
+        Ok((head, data))
+    }
+}
+
+/// Old DIRTY_PAGES flag: start logging.
+pub const DIRTY_PAGES_START: u32 = 1 << 0;
+/// Old DIRTY_PAGES flag: stop logging.
+pub const DIRTY_PAGES_STOP: u32 = 1 << 1;
+/// Old DIRTY_PAGES flag: get the bitmap of a range.
+pub const DIRTY_PAGES_GET_BITMAP: u32 = 1 << 2;
+
+/// The range and bitmap of an old DIRTY_PAGES GET_BITMAP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirtyPagesRange {
+    /// Start address.
+    pub iova: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Page size each bit stands for.
+    pub pgsize: u64,
+    /// Size of the bitmap in bytes.
+    pub bitmap_size: u64,
+    /// The bitmap: empty in a request, `bitmap_size` bytes in a reply.
+    pub bitmap: Vec<u8>,
+}
+
+/// The `DIRTY_PAGES` (14) request and reply payload of spec 0.9.1 (removed in 0.9.2; decoded
+/// for completeness).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirtyPages {
+    /// Largest reply payload accepted / size of the answer.
+    pub argsz: u32,
+    /// `DIRTY_PAGES_*`.
+    pub flags: u32,
+    /// Present exactly when `DIRTY_PAGES_GET_BITMAP` is set.
+    pub range: Option<DirtyPagesRange>,
+}
+
+impl DirtyPages {
+    const RANGE_END: usize = 8 + 32;
+
+    /// Appends the payload; the range is written when `range` is `Some`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.argsz);
+        put_u32(out, self.flags);
+        if let Some(range) = &self.range {
+            put_u64(out, range.iova);
+            put_u64(out, range.size);
+            put_u64(out, range.pgsize);
+            put_u64(out, range.bitmap_size);
+            out.extend_from_slice(&range.bitmap);
+        }
+    }
+
+    /// Decodes a request or reply. With GET_BITMAP the range must be present, followed by no
+    /// bytes (request) or exactly `bitmap_size` bytes (reply).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload, "dirty pages");
+        let argsz = r.u32()?;
+        let flags = r.u32()?;
+        let range = if flags & DIRTY_PAGES_GET_BITMAP != 0 {
+            let iova = r.u64()?;
+            let size = r.u64()?;
+            let pgsize = r.u64()?;
+            let bitmap_size = r.u64()?;
+            let rest = r.rest();
+            let bitmap = if rest.is_empty() {
+                Vec::new()
+            } else {
+                exact_data("dirty pages bitmap", Self::RANGE_END, rest, bitmap_size)?.to_vec()
+            };
+            Some(DirtyPagesRange {
+                iova,
+                size,
+                pgsize,
+                bitmap_size,
+                bitmap,
+            })
+        } else {
+            None
+        };
+        Ok(DirtyPages {
+            argsz,
+            flags,
+            range,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_feature_state_set() {
+        let mut data = Vec::new();
+        MigDeviceState {
+            device_state: DeviceState::StopCopy as u32,
+            data_fd: 0,
+        }
+        .encode_into(&mut data);
+        let f = DeviceFeature::new(FEATURE_MIG_DEVICE_STATE, DEVICE_FEATURE_SET, data, 0);
+        assert_eq!(f.argsz, 16);
+        assert_eq!(f.feature(), FEATURE_MIG_DEVICE_STATE);
+        let mut out = Vec::new();
+        f.encode_into(&mut out);
+        let d = DeviceFeature::decode(&out).unwrap();
+        assert_eq!(d, f);
+        let s = MigDeviceState::decode(&d.data).unwrap();
+        assert_eq!(s.state(), Some(DeviceState::StopCopy));
+        assert_eq!(DeviceState::from_u32(8), None);
+    }
+
+    #[test]
+    fn migration_feature_and_logging() {
+        let m = MigrationFeature {
+            flags: MIGRATION_STOP_COPY | MIGRATION_PRE_COPY,
+        };
+        let mut out = Vec::new();
+        m.encode_into(&mut out);
+        assert_eq!(MigrationFeature::decode(&out), Ok(m));
+
+        let s = DmaLoggingStart {
+            page_size: 4096,
+            ranges: vec![DmaLoggingRange {
+                iova: 0,
+                length: 1 << 30,
+            }],
+        };
+        let mut out = Vec::new();
+        s.encode_into(&mut out);
+        assert_eq!(out.len(), 32);
+        assert_eq!(DmaLoggingStart::decode(&out), Ok(s));
+        out[8..12].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(matches!(
+            DmaLoggingStart::decode(&out),
+            Err(DecodeError::TooLarge {
+                value: 1000,
+                limit: 1,
+                ..
+            })
+        ));
+
+        let rep = DmaLoggingReport {
+            iova: 0,
+            length: 64 * 4096,
+            page_size: 4096,
+            bitmap: vec![0xff; 8],
+        };
+        let mut out = Vec::new();
+        rep.encode_into(&mut out);
+        assert_eq!(DmaLoggingReport::decode(&out), Ok(rep));
+    }
+
+    #[test]
+    fn mig_data_strict_and_padded() {
+        let h = MigData {
+            argsz: 8 + 3,
+            size: 3,
+        };
+        let mut out = Vec::new();
+        h.encode_with_data(&[7, 8, 9], &mut out);
+        assert_eq!(MigData::decode_with_data(&out), Ok((h, &[7u8, 8, 9][..])));
+        // libvfio-user: reply padded to the requested size.
+        out.extend_from_slice(&[0; 5]);
+        assert!(matches!(
+            MigData::decode_with_data(&out),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        assert_eq!(
+            MigData::decode_with_data_prefix(&out),
+            Ok((h, &[7u8, 8, 9][..]))
+        );
+        assert!(matches!(
+            MigData::decode_with_data_prefix(&out[..10]),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
+    #[test]
+    fn dirty_pages_old_layout() {
+        let mut p = Vec::new();
+        put_u32(&mut p, 48);
+        put_u32(&mut p, DIRTY_PAGES_GET_BITMAP);
+        for v in [0x1000u64, 0x8000, 0x1000, 1] {
+            put_u64(&mut p, v);
+        }
+        let rq = DirtyPages::decode(&p).unwrap();
+        assert_eq!(rq.range.as_ref().map(|r| r.bitmap_size), Some(1));
+        p.push(0x81);
+        let rp = DirtyPages::decode(&p).unwrap();
+        assert_eq!(
+            rp.range.as_ref().map(|r| r.bitmap.clone()),
+            Some(vec![0x81])
+        );
+        let mut out = Vec::new();
+        rp.encode_into(&mut out);
+        assert_eq!(out, p);
+        p.push(0);
+        assert!(matches!(
+            DirtyPages::decode(&p),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        let start = DirtyPages {
+            argsz: 8,
+            flags: DIRTY_PAGES_START,
+            range: None,
+        };
+        let mut out = Vec::new();
+        start.encode_into(&mut out);
+        assert_eq!(DirtyPages::decode(&out), Ok(start));
+    }
+}

@@ -1,0 +1,282 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The capability chain that follows a `DEVICE_GET_REGION_INFO` reply.
+//!
+//! Each capability starts with an 8-byte header {`id` u16, `version` u16, `next` u32}; `next`
+//! is the payload offset of the following capability, 0 at the end. The parser requires every
+//! `next` to be strictly greater than the offset of the capability holding it, so a chain
+//! visits each offset at most once and a cyclic chain is rejected rather than followed.
+
+use super::wire::{len_u32, put_u16, put_u32, put_u64, Reader};
+use super::DecodeError;
+
+/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`: the mmappable parts of a region.
+pub const REGION_CAP_SPARSE_MMAP: u16 = 1;
+/// `VFIO_REGION_INFO_CAP_TYPE`: type and subtype of a device-specific region.
+pub const REGION_CAP_TYPE: u16 = 2;
+/// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`: the MSI-X table may be mmapped (no body).
+pub const REGION_CAP_MSIX_MAPPABLE: u16 = 3;
+
+/// Size of a capability header.
+pub const REGION_CAP_HEADER_SIZE: usize = 8;
+/// Size of one sparse mmap area entry.
+pub const SPARSE_MMAP_AREA_SIZE: usize = 16;
+const SPARSE_MMAP_HEAD_SIZE: usize = 16;
+
+/// One mmappable area of a region. The mmap offset in the region's fd is the region's
+/// `offset` plus this area's `offset`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SparseMmapArea {
+    /// Offset of the area within the region.
+    pub offset: u64,
+    /// Size of the area in bytes.
+    pub size: u64,
+}
+
+/// One capability of a region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionCap {
+    /// `SPARSE_MMAP` (id 1): the areas that may be mmapped.
+    SparseMmap(Vec<SparseMmapArea>),
+    /// `TYPE` (id 2): a device-specific region's type.
+    Type {
+        /// The region type.
+        region_type: u32,
+        /// The region subtype.
+        subtype: u32,
+    },
+    /// `MSIX_MAPPABLE` (id 3): no body.
+    MsixMappable,
+    /// A capability this crate does not interpret; skipped.
+    Unknown {
+        /// The capability id.
+        id: u16,
+        /// The capability version.
+        version: u16,
+    },
+}
+
+impl RegionCap {
+    /// Bytes this capability occupies when encoded.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            RegionCap::SparseMmap(areas) => SPARSE_MMAP_HEAD_SIZE
+                .saturating_add(areas.len().saturating_mul(SPARSE_MMAP_AREA_SIZE)),
+            RegionCap::Type { .. } => 16,
+            RegionCap::MsixMappable | RegionCap::Unknown { .. } => REGION_CAP_HEADER_SIZE,
+        }
+    }
+}
+
+/// Parses the capability chain starting at payload offset `cap_offset`.
+///
+/// Offsets are from the start of `payload`; the caller bounds `payload` (for example to
+/// `argsz`). A `cap_offset` of 0 means no capabilities. Errors: a `next` at or before the
+/// capability holding it ([`DecodeError::InvalidField`]), a capability or its body past the
+/// end of `payload` ([`DecodeError::OutOfBounds`] / [`DecodeError::Short`]), and an
+/// `nr_areas` that the bytes present cannot hold ([`DecodeError::TooLarge`]).
+pub fn parse_region_caps(payload: &[u8], cap_offset: u32) -> Result<Vec<RegionCap>, DecodeError> {
+    let mut caps = Vec::new();
+    let mut at = cap_offset;
+    while at != 0 {
+        let start = usize::try_from(at).unwrap_or(usize::MAX);
+        let cap = payload.get(start..).ok_or(DecodeError::OutOfBounds {
+            field: "region cap offset",
+            value: u64::from(at),
+            len: payload.len(),
+        })?;
+        let mut r = Reader::new(cap, "region cap");
+        let id = r.u16()?;
+        let version = r.u16()?;
+        let next = r.u32()?;
+        caps.push(match id {
+            REGION_CAP_SPARSE_MMAP => {
+                let mut r = Reader::new(r.rest(), "sparse mmap cap");
+                let nr_areas = r.u32()?;
+                let _reserved = r.u32()?;
+                let limit = r.remaining() / SPARSE_MMAP_AREA_SIZE;
+                let n = usize::try_from(nr_areas).unwrap_or(usize::MAX);
+                if n > limit {
+                    return Err(DecodeError::TooLarge {
+                        field: "sparse mmap nr_areas",
+                        value: u64::from(nr_areas),
+                        limit: u64::try_from(limit).unwrap_or(u64::MAX),
+                    });
+                }
+                let mut areas = Vec::with_capacity(n);
+                for _ in 0..n {
+                    areas.push(SparseMmapArea {
+                        offset: r.u64()?,
+                        size: r.u64()?,
+                    });
+                }
+                RegionCap::SparseMmap(areas)
+            }
+            REGION_CAP_TYPE => {
+                let mut r = Reader::new(r.rest(), "type cap");
+                RegionCap::Type {
+                    region_type: r.u32()?,
+                    subtype: r.u32()?,
+                }
+            }
+            REGION_CAP_MSIX_MAPPABLE => RegionCap::MsixMappable,
+            _ => RegionCap::Unknown { id, version },
+        });
+        if next != 0 && next <= at {
+            return Err(DecodeError::InvalidField {
+                field: "region cap next (must move forward)",
+                value: u64::from(next),
+            });
+        }
+        at = next;
+    }
+    Ok(caps)
+}
+
+/// Appends `caps` as a chain whose first capability sits at payload offset `start`, which
+/// must be the payload offset that corresponds to `out`'s current end.
+///
+/// Known capabilities are written with version 1; [`RegionCap::Unknown`] as a bare header.
+pub fn encode_region_caps(caps: &[RegionCap], start: u32, out: &mut Vec<u8>) {
+    let mut at = start;
+    for (i, cap) in caps.iter().enumerate() {
+        let len = len_u32(cap.encoded_len());
+        let next = if i + 1 == caps.len() {
+            0
+        } else {
+            at.saturating_add(len)
+        };
+        let (id, version) = match cap {
+            RegionCap::SparseMmap(_) => (REGION_CAP_SPARSE_MMAP, 1),
+            RegionCap::Type { .. } => (REGION_CAP_TYPE, 1),
+            RegionCap::MsixMappable => (REGION_CAP_MSIX_MAPPABLE, 1),
+            RegionCap::Unknown { id, version } => (*id, *version),
+        };
+        put_u16(out, id);
+        put_u16(out, version);
+        put_u32(out, next);
+        match cap {
+            RegionCap::SparseMmap(areas) => {
+                put_u32(out, len_u32(areas.len()));
+                put_u32(out, 0);
+                for a in areas {
+                    put_u64(out, a.offset);
+                    put_u64(out, a.size);
+                }
+            }
+            RegionCap::Type {
+                region_type,
+                subtype,
+            } => {
+                put_u32(out, *region_type);
+                put_u32(out, *subtype);
+            }
+            RegionCap::MsixMappable | RegionCap::Unknown { .. } => {}
+        }
+        at = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap_header(out: &mut Vec<u8>, id: u16, next: u32) {
+        put_u16(out, id);
+        put_u16(out, 1);
+        put_u32(out, next);
+    }
+
+    #[test]
+    fn round_trip_chain() {
+        let caps = vec![
+            RegionCap::SparseMmap(vec![
+                SparseMmapArea {
+                    offset: 0,
+                    size: 0x1000,
+                },
+                SparseMmapArea {
+                    offset: 0x3000,
+                    size: 0x1000,
+                },
+            ]),
+            RegionCap::Unknown { id: 99, version: 7 },
+            RegionCap::Type {
+                region_type: 3,
+                subtype: 1,
+            },
+            RegionCap::MsixMappable,
+        ];
+        let mut out = vec![0u8; 32];
+        encode_region_caps(&caps, 32, &mut out);
+        assert_eq!(parse_region_caps(&out, 32), Ok(caps));
+        assert_eq!(parse_region_caps(&out, 0), Ok(vec![]));
+    }
+
+    #[test]
+    fn cyclic_chain_is_rejected() {
+        let mut p = vec![0u8; 8];
+        cap_header(&mut p, 2, 24);
+        p.extend_from_slice(&[0; 8]);
+        cap_header(&mut p, 2, 8);
+        p.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            parse_region_caps(&p, 8),
+            Err(DecodeError::InvalidField { value: 8, .. })
+        ));
+        let mut p = vec![0u8; 8];
+        cap_header(&mut p, 3, 8);
+        assert!(matches!(
+            parse_region_caps(&p, 8),
+            Err(DecodeError::InvalidField { .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_bounds_next_and_offset() {
+        let mut p = Vec::new();
+        cap_header(&mut p, 3, 100);
+        assert!(matches!(
+            parse_region_caps(&p, 200),
+            Err(DecodeError::OutOfBounds { value: 200, .. })
+        ));
+        let mut p = vec![0u8; 4];
+        cap_header(&mut p, 3, 100);
+        assert!(matches!(
+            parse_region_caps(&p, 4),
+            Err(DecodeError::OutOfBounds { value: 100, .. })
+        ));
+        // A header straddling the end.
+        let p = [0u8; 6];
+        assert!(matches!(
+            parse_region_caps(&p, 2),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
+    #[test]
+    fn nr_areas_too_large() {
+        let mut p = Vec::new();
+        cap_header(&mut p, 1, 0);
+        put_u32(&mut p, u32::MAX);
+        put_u32(&mut p, 0);
+        put_u64(&mut p, 0);
+        put_u64(&mut p, 0x1000);
+        assert_eq!(
+            parse_region_caps(&p, 0).map(|c| c.len()),
+            Ok(0),
+            "offset 0 means no caps"
+        );
+        let mut q = vec![0u8; 8];
+        q.extend_from_slice(&p);
+        assert_eq!(
+            parse_region_caps(&q, 8),
+            Err(DecodeError::TooLarge {
+                field: "sparse mmap nr_areas",
+                value: u64::from(u32::MAX),
+                limit: 1
+            })
+        );
+    }
+}
