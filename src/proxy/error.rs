@@ -195,3 +195,129 @@ pub(crate) fn io_reason(e: &io::Error) -> DisconnectReason {
         None => DisconnectReason::Io(libc::EIO),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_happened() {
+        let cases: Vec<(Error, &str)> = vec![
+            (
+                Error::Timeout {
+                    command: Command::RegionRead,
+                    id: 7,
+                    after: Duration::from_secs(5),
+                },
+                "reply to REGION_READ (id 7) timed out after 5s",
+            ),
+            (
+                Error::Server {
+                    command: Command::DmaMap,
+                    errno: libc::EINVAL as u32,
+                },
+                "server refused DMA_MAP: Invalid argument (os error 22) (errno 22)",
+            ),
+            (
+                Error::Server {
+                    command: Command::DmaMap,
+                    errno: 0,
+                },
+                "server refused DMA_MAP: no errno given",
+            ),
+            (
+                Error::Server {
+                    command: Command::DmaMap,
+                    errno: u32::MAX,
+                },
+                "server refused DMA_MAP: errno 4294967295",
+            ),
+            (
+                Error::Disconnected(DisconnectReason::PeerClosed),
+                "disconnected: the server closed the connection",
+            ),
+            (
+                Error::Disconnected(DisconnectReason::Io(libc::EIO)),
+                "disconnected: socket error: Input/output error (os error 5)",
+            ),
+            (
+                Error::Disconnected(DisconnectReason::ProtocolViolation("x".into())),
+                "disconnected: protocol violation by the server: x",
+            ),
+            (
+                Error::Disconnected(DisconnectReason::Shutdown),
+                "disconnected: the connection was shut down",
+            ),
+            (
+                Error::TooManyFds {
+                    command: Command::DeviceSetIrqs,
+                    count: 9,
+                    limit: 8,
+                },
+                "DEVICE_SET_IRQS carries 9 fds; the server accepts at most 8",
+            ),
+            (
+                Error::MessageTooLarge {
+                    command: Command::RegionWrite,
+                    len: 10,
+                    limit: 5,
+                },
+                "REGION_WRITE message of 10 bytes exceeds the limit of 5",
+            ),
+            (
+                Error::TooManyPending,
+                "too many requests waiting for replies",
+            ),
+            (
+                Error::Decode {
+                    command: Command::DeviceGetInfo,
+                    source: DecodeError::Short {
+                        what: "device info",
+                        need: 16,
+                        got: 3,
+                    },
+                },
+                "malformed DEVICE_GET_INFO reply: device info: need 16 bytes, got 3",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+            let comparable = !matches!(e, Error::TooManyFds { .. } | Error::MessageTooLarge { .. });
+            assert_eq!(e == e_clone(&e), comparable, "{e}");
+        }
+    }
+
+    fn e_clone(e: &Error) -> Error {
+        match e {
+            Error::Timeout { command, id, after } => Error::Timeout {
+                command: *command,
+                id: *id,
+                after: *after,
+            },
+            Error::Server { command, errno } => Error::Server {
+                command: *command,
+                errno: *errno,
+            },
+            Error::Disconnected(r) => Error::Disconnected(r.clone()),
+            Error::Decode { command, source } => Error::Decode {
+                command: *command,
+                source: source.clone(),
+            },
+            Error::TooManyPending => Error::TooManyPending,
+            // Variants without equality compare unequal to themselves by design.
+            _ => Error::TooManyPending,
+        }
+    }
+
+    #[test]
+    fn io_errors_map_to_reasons() {
+        let r = |errno| io_reason(&io::Error::from_raw_os_error(errno));
+        assert_eq!(r(libc::EPIPE), DisconnectReason::PeerClosed);
+        assert_eq!(r(libc::ECONNRESET), DisconnectReason::PeerClosed);
+        assert_eq!(r(libc::EBADF), DisconnectReason::Io(libc::EBADF));
+        assert_eq!(
+            io_reason(&io::Error::other("x")),
+            DisconnectReason::Io(libc::EIO)
+        );
+    }
+}
