@@ -1,0 +1,86 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A connection driven by the VMM's own event manager rather than the standalone loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vfio_user_client::protocol::{Command, RegionAccess};
+use vfio_user_client::{ConnectOptions, Connection};
+use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// The VMM's own subscriber that ends its event loop.
+struct Quit(Arc<EventFd>, Arc<AtomicBool>);
+
+impl MutEventSubscriber for Quit {
+    fn init(&mut self, ops: &mut EventOps) {
+        ops.add(Events::new(&*self.0, EventSet::IN)).unwrap();
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        self.0.read().unwrap();
+        self.1.store(true, Ordering::Release);
+    }
+}
+
+#[test]
+fn vmm_event_manager_drains_posted_writes() {
+    const N: u32 = 50_000;
+    let (dev, gpio) = GpioDevice::new(Default::default()).unwrap();
+    let server = Server::new(ServerConfig::default(), Box::new(dev))
+        .listen_temp()
+        .unwrap();
+    let (conn, subscriber) = Connection::connect_with_subscriber(
+        server.socket_path().unwrap(),
+        &ConnectOptions::default(),
+    )
+    .unwrap();
+
+    let quit = Arc::new(EventFd::new(0).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+    manager.add_subscriber(Box::new(subscriber));
+    manager.add_subscriber(Box::new(Quit(Arc::clone(&quit), Arc::clone(&stop))));
+    let vmm = thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            manager.run().unwrap();
+        }
+    });
+
+    let mut payload = Vec::new();
+    for i in 1..=N {
+        payload.clear();
+        RegionAccess {
+            offset: GpioDevice::REG_SEQUENCE,
+            region: 0,
+            count: 4,
+        }
+        .encode_with_data(&i.to_le_bytes(), &mut payload);
+        conn.proxy()
+            .post(Command::RegionWrite, &payload, &[])
+            .unwrap();
+    }
+    // A WAIT request after the posted writes: the server answers it only after them all.
+    payload.clear();
+    RegionAccess {
+        offset: GpioDevice::REG_SEQUENCE,
+        region: 0,
+        count: 4,
+    }
+    .encode_into(&mut payload);
+    conn.proxy()
+        .request(Command::RegionRead, &payload, &[])
+        .unwrap();
+    assert_eq!(gpio.sequence_writes(), u64::from(N));
+    assert_eq!(gpio.sequence_errors(), 0);
+    assert_eq!(conn.proxy().queued_messages(), 0);
+
+    drop(conn);
+    quit.write(1).unwrap();
+    vmm.join().unwrap();
+    server.stop();
+}
