@@ -589,12 +589,12 @@ impl Inner {
     }
 
     /// Reads while holding the receive lock until `completion` is done or the deadline.
+    ///
+    /// Waits for readability before each read: a leader usually arrives straight after
+    /// sending, when a read could only say `EAGAIN`. The receiver never holds a complete
+    /// message back, so an empty socket means there is nothing to dispatch.
     fn lead(&self, receiver: &mut Receiver, completion: &Completion, deadline: Instant) {
         loop {
-            self.read_available(receiver, Some(completion));
-            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
-                return;
-            }
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -603,8 +603,16 @@ impl Inner {
                 .as_micros()
                 .div_ceil(1000)
                 .min(i32::MAX as u128) as i32;
-            if let Err(e) = socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
-                self.fail(error::io_reason(&e));
+            match socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    self.fail(error::io_reason(&e));
+                    return;
+                }
+            }
+            self.read_available(receiver, Some(completion));
+            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
                 return;
             }
         }
