@@ -404,3 +404,25 @@ fn fds_travel_with_requests_and_replies() {
     ));
     drop(t.join().unwrap());
 }
+
+#[test]
+fn pending_table_is_bounded_by_the_replied_id_half() {
+    use vfio_user_client::proxy::POSTED_ID_BIT;
+    let (proxy, _lp, peer) = pair();
+    let tickets: Vec<_> = (0..POSTED_ID_BIT)
+        .map(|_| proxy.send_nowait(Command::RegionRead, b"q", &[]).unwrap())
+        .collect();
+    assert!(tickets.iter().all(|t| t.id() < POSTED_ID_BIT));
+    assert_eq!(
+        proxy
+            .send_nowait(Command::RegionRead, b"q", &[])
+            .unwrap_err(),
+        Error::TooManyPending
+    );
+    // Posted messages do not need an id from the waiting half.
+    proxy.post(Command::RegionWrite, b"p", &[]).unwrap();
+    drop(peer);
+    for r in proxy.wait_all(tickets) {
+        assert!(r.unwrap_err().is_disconnected());
+    }
+}

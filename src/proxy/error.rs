@@ -105,7 +105,7 @@ pub enum Error {
         /// The server's `max_msg_fds`.
         limit: usize,
     },
-    /// All 65,536 message ids are waiting for replies.
+    /// 32,768 requests (every id of the replied-to half) are waiting for replies.
     #[error("too many requests waiting for replies")]
     TooManyPending,
     /// A local I/O error outside the socket stream (fd duplication, event setup).

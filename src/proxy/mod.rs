@@ -46,6 +46,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
 use recv::{Incoming, Received, Receiver};
 
+/// Message ids with this bit set are used for `No_reply` messages only; at most this many
+/// requests can wait for replies at once.
+pub const POSTED_ID_BIT: u16 = 0x8000;
+
 /// Default deadline for a reply.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,7 +164,11 @@ type DisconnectCallback = Box<dyn Fn(&DisconnectReason) + Send + Sync>;
 struct Inner {
     sock: UnixStream,
     config: ProxyConfig,
+    /// Ids of requests that get a reply: `0..POSTED_ID_BIT`, skipping ids still waiting.
     next_id: AtomicU16,
+    /// Ids of `No_reply` messages: `POSTED_ID_BIT..`. Kept apart so that a server which
+    /// replies to them anyway can never complete a waiter with such a reply.
+    next_posted_id: AtomicU16,
     send: Mutex<SendQueue>,
     recv: Mutex<Receiver>,
     /// Readers that found the receive lock taken since its holder last drained.
@@ -240,6 +248,7 @@ impl Proxy {
             sock,
             config,
             next_id: AtomicU16::new(0),
+            next_posted_id: AtomicU16::new(0),
             send: Mutex::new(SendQueue::default()),
             read_requests: AtomicUsize::new(0),
             reader_epoch: AtomicU64::new(0),
@@ -379,7 +388,7 @@ impl Proxy {
     /// meets is not reported.
     pub fn post(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
         self.inner.check_send(command, payload.len(), fds.len())?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.inner.next_posted_id.fetch_add(1, Ordering::Relaxed) | POSTED_ID_BIT;
         let header =
             Header::command(id, command, payload.len(), true).ok_or(Error::MessageTooLarge {
                 command,
@@ -431,11 +440,11 @@ impl Inner {
     /// Picks an id not used by any waiting request and enters the completion under it.
     fn register(&self, completion: &Arc<Completion>) -> Result<u16, Error> {
         let mut pending = lock(&self.pending);
-        if pending.len() > usize::from(u16::MAX) {
+        if pending.len() >= usize::from(POSTED_ID_BIT) {
             return Err(Error::TooManyPending);
         }
         loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !POSTED_ID_BIT;
             if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(id) {
                 v.insert(Arc::clone(completion));
                 return Ok(id);
