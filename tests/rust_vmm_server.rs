@@ -8,12 +8,15 @@
 //! the body), so only the commands it implements are sent, and never a REGION_WRITE to a
 //! region index it does not have.
 
+mod common;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
+use common::{read_region, read_u32, write_region};
 use vfio_bindings::bindings::vfio::{
     vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
@@ -252,42 +255,6 @@ impl Running {
         drop(conn);
         thread.join().unwrap().unwrap();
     }
-}
-
-fn write_region(p: &Proxy, region: u32, offset: u64, data: &[u8]) -> Result<(), proxy::Error> {
-    let head = RegionAccess {
-        offset,
-        region,
-        count: u32::try_from(data.len()).unwrap(),
-    };
-    let mut payload = Vec::new();
-    head.encode_with_data(data, &mut payload);
-    let reply = p.request(Command::RegionWrite, &payload, &[])?;
-    assert_eq!(RegionAccess::decode(&reply.payload).unwrap(), head);
-    Ok(())
-}
-
-fn read_region(p: &Proxy, region: u32, offset: u64, count: u32) -> Result<Vec<u8>, proxy::Error> {
-    let head = RegionAccess {
-        offset,
-        region,
-        count,
-    };
-    let mut payload = Vec::new();
-    head.encode_into(&mut payload);
-    let reply = p.request(Command::RegionRead, &payload, &[])?;
-    let (got, data) = RegionAccess::decode_with_data(&reply.payload).unwrap();
-    assert_eq!(got, head);
-    Ok(data.to_vec())
-}
-
-fn read_u32(p: &Proxy, region: u32, offset: u64) -> u32 {
-    u32::from_ne_bytes(
-        read_region(p, region, offset, 4)
-            .unwrap()
-            .try_into()
-            .unwrap(),
-    )
 }
 
 fn host_page_size() -> u64 {

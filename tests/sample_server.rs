@@ -5,6 +5,8 @@
 //! capability combination the server can send, region access, posted writes, concurrency,
 //! error replies, a silent or vanishing server, reconnects and fd hygiene.
 
+mod common;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
@@ -12,6 +14,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::Duration;
 
+use common::{read_region, read_u32, write_region};
 use serde_json::{json, Value};
 use vfio_user_client::negotiate::{MigrationCaps, NegotiateError, TwinSocket};
 use vfio_user_client::protocol::{
@@ -97,38 +100,6 @@ fn device_info(p: &Proxy) -> DeviceInfo {
     DeviceInfo::request().encode_into(&mut payload);
     let reply = p.request(Command::DeviceGetInfo, &payload, &[]).unwrap();
     DeviceInfo::decode(&reply.payload).unwrap()
-}
-
-fn write_region(p: &Proxy, region: u32, offset: u64, data: &[u8]) -> Result<(), proxy::Error> {
-    let head = RegionAccess {
-        offset,
-        region,
-        count: u32::try_from(data.len()).unwrap(),
-    };
-    let mut payload = Vec::new();
-    head.encode_with_data(data, &mut payload);
-    let reply = p.request(Command::RegionWrite, &payload, &[])?;
-    assert_eq!(RegionAccess::decode(&reply.payload).unwrap(), head);
-    Ok(())
-}
-
-fn read_region(p: &Proxy, region: u32, offset: u64, count: u32) -> Result<Vec<u8>, proxy::Error> {
-    let head = RegionAccess {
-        offset,
-        region,
-        count,
-    };
-    let mut payload = Vec::new();
-    head.encode_into(&mut payload);
-    let reply = p.request(Command::RegionRead, &payload, &[])?;
-    let (got, data) = RegionAccess::decode_with_data(&reply.payload).unwrap();
-    assert_eq!(got, head);
-    Ok(data.to_vec())
-}
-
-fn read_u32(p: &Proxy, region: u32, offset: u64) -> u32 {
-    let data = read_region(p, region, offset, 4).unwrap();
-    u32::from_ne_bytes(data.try_into().unwrap())
 }
 
 fn region_write_payload(region: u32, offset: u64, data: &[u8]) -> Vec<u8> {

@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use vfio_user_client::protocol::{Command, Header, HEADER_SIZE};
-use vfio_user_client::proxy::{socket, EventLoop, Proxy, ProxyConfig};
+use vfio_user_client::protocol::{Command, Header, RegionAccess, HEADER_SIZE};
+use vfio_user_client::proxy::{self, socket, EventLoop, Proxy, ProxyConfig};
 
 pub struct Peer {
     pub sock: UnixStream,
@@ -97,4 +97,44 @@ pub fn raw_header(id: u16, command: Command, size: u32, flags: u32, error: u32) 
 
 pub fn fd_of(s: &UnixStream) -> RawFd {
     s.as_raw_fd()
+}
+
+/// REGION_WRITE through a connection, checking the echoed head.
+pub fn write_region(p: &Proxy, region: u32, offset: u64, data: &[u8]) -> Result<(), proxy::Error> {
+    let head = RegionAccess {
+        offset,
+        region,
+        count: u32::try_from(data.len()).unwrap(),
+    };
+    let mut payload = Vec::new();
+    head.encode_with_data(data, &mut payload);
+    let reply = p.request(Command::RegionWrite, &payload, &[])?;
+    assert_eq!(RegionAccess::decode(&reply.payload).unwrap(), head);
+    Ok(())
+}
+
+/// REGION_READ through a connection, checking the echoed head.
+pub fn read_region(
+    p: &Proxy,
+    region: u32,
+    offset: u64,
+    count: u32,
+) -> Result<Vec<u8>, proxy::Error> {
+    let head = RegionAccess {
+        offset,
+        region,
+        count,
+    };
+    let mut payload = Vec::new();
+    head.encode_into(&mut payload);
+    let reply = p.request(Command::RegionRead, &payload, &[])?;
+    let (got, data) = RegionAccess::decode_with_data(&reply.payload).unwrap();
+    assert_eq!(got, head);
+    Ok(data.to_vec())
+}
+
+/// A 4-byte register read.
+pub fn read_u32(p: &Proxy, region: u32, offset: u64) -> u32 {
+    let data = read_region(p, region, offset, 4).unwrap();
+    u32::from_ne_bytes(data.try_into().unwrap())
 }
