@@ -82,6 +82,10 @@ impl Connection {
     /// Connects and negotiates, returning the subscriber for the caller to register in its
     /// own [`event_manager::EventManager`]. The handshake does not need the subscriber to
     /// run yet: the caller's thread reads its own reply.
+    ///
+    /// When the connection ends (dropped, or lost) the subscriber stops watching the socket
+    /// by itself, but it keeps the socket open until the VMM removes it from its event
+    /// manager (`SubscriberOps::remove_subscriber`).
     pub fn connect_with_subscriber(
         path: impl AsRef<Path>,
         options: &ConnectOptions,
