@@ -426,3 +426,28 @@ fn pending_table_is_bounded_by_the_replied_id_half() {
         assert!(r.unwrap_err().is_disconnected());
     }
 }
+
+#[test]
+fn oversized_server_request_gets_an_error_reply() {
+    let cfg = vfio_user_client::proxy::ProxyConfig {
+        max_recv_size: 64,
+        ..short_timeout()
+    };
+    let (proxy, _lp, mut peer) = pair_with(cfg);
+    proxy.set_request_handler(Some(Arc::new(Doubler)));
+    let h = Header::command(12, Command::DmaWrite, 100, false).unwrap();
+    peer.send(&h, &[5; 100], &[]);
+    let (r, _, _) = peer.read_msg().unwrap();
+    assert_eq!((r.id, r.error), (12, libc::E2BIG as u32));
+    assert!(r.is_error());
+    let t = thread::spawn(move || peer.echo_forever());
+    assert_eq!(
+        proxy
+            .request(Command::RegionRead, b"k", &[])
+            .unwrap()
+            .payload,
+        b"k"
+    );
+    proxy.shutdown();
+    t.join().unwrap();
+}

@@ -157,7 +157,13 @@ struct Outgoing {
 #[derive(Debug, Default)]
 struct SendQueue {
     queue: VecDeque<Outgoing>,
+    /// Bytes held by `queue`.
+    bytes: usize,
 }
+
+/// Queued bytes past which a server that keeps sending requests without reading our
+/// replies is disconnected, instead of growing the queue without limit.
+const MAX_QUEUED_BYTES: usize = 256 << 20;
 
 type DisconnectCallback = Box<dyn Fn(&DisconnectReason) + Send + Sync>;
 
@@ -210,6 +216,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // in a way later users could not cope with (queues and tables stay consistent between
     // statements), so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the lock if it is free; `None` only when another thread holds it.
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        // As in `lock`: a panic elsewhere does not make the receive state unusable, and
+        // treating a poisoned lock as taken would leave the socket unread for good.
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
@@ -483,6 +500,7 @@ impl Inner {
         buf.extend_from_slice(&hdr);
         buf.extend_from_slice(payload);
         let was_empty = q.queue.is_empty();
+        q.bytes += buf.len();
         q.queue.push_back(Outgoing { buf, sent, fds });
         drop(q);
         if was_empty {
@@ -510,7 +528,9 @@ impl Inner {
                     }
                     out.sent += n;
                     if out.sent >= out.buf.len() {
+                        let len = out.buf.len();
                         q.queue.pop_front();
+                        q.bytes = q.bytes.saturating_sub(len);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -533,7 +553,7 @@ impl Inner {
                 return self.timed_out(&ticket, timeout);
             }
             let epoch = self.reader_epoch.load(Ordering::SeqCst);
-            if let Ok(mut receiver) = self.recv.try_lock() {
+            if let Some(mut receiver) = try_lock(&self.recv) {
                 self.lead(&mut receiver, completion, deadline);
                 drop(receiver);
                 self.after_reading();
@@ -604,6 +624,11 @@ impl Inner {
     /// message back, so an empty socket means there is nothing to dispatch.
     fn lead(&self, receiver: &mut Receiver, completion: &Completion, deadline: Instant) {
         loop {
+            // Another reader may have handed the reply over between our last look and
+            // taking the lock.
+            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
+                return;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -669,7 +694,7 @@ impl Inner {
             if self.read_requests.load(Ordering::SeqCst) == 0 {
                 return;
             }
-            let Ok(mut receiver) = self.recv.try_lock() else {
+            let Some(mut receiver) = try_lock(&self.recv) else {
                 return;
             };
             self.read_requests.store(0, Ordering::SeqCst);
@@ -700,7 +725,16 @@ impl Inner {
             }
             Incoming::Discarded { header, why } => {
                 log::warn!("dropped message {header}: {why}");
-                if header.message_type() != Some(MessageType::Command) {
+                if header.message_type() == Some(MessageType::Command) {
+                    if !header.no_reply() {
+                        let errno = if header.size > self.config.max_recv_size {
+                            libc::E2BIG
+                        } else {
+                            libc::EINVAL
+                        };
+                        let _ = self.send(&Header::error_reply(&header, errno as u32), &[], &[]);
+                    }
+                } else {
                     if let Some(c) = lock(&self.pending).remove(&header.id) {
                         c.complete(Err(Error::BadReply {
                             command: c.command,
@@ -745,6 +779,12 @@ impl Inner {
 
     fn serve_request(&self, msg: Received) {
         let header = msg.header;
+        if lock(&self.send).bytes > MAX_QUEUED_BYTES {
+            self.fail(DisconnectReason::ProtocolViolation(format!(
+                "the server sends requests ({header}) but does not read our replies"
+            )));
+            return;
+        }
         let handler = lock(&self.handler).clone();
         let mut payload = Vec::new();
         let result = match (handler, header.known_command()) {
@@ -781,7 +821,10 @@ impl Inner {
         log::warn!("vfio-user connection lost: {reason}");
         *lock(&self.reason) = Some(reason.clone());
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        lock(&self.send).queue.clear();
+        let mut q = lock(&self.send);
+        q.queue.clear();
+        q.bytes = 0;
+        drop(q);
         let waiters: Vec<Arc<Completion>> = lock(&self.pending).drain().map(|(_, c)| c).collect();
         for c in waiters {
             c.complete(Err(Error::Disconnected(reason.clone())));

@@ -66,7 +66,12 @@ pub fn recv_with_fds(
             // SAFETY: `recv_with_fds` reported these `nfds` entries as fds the kernel just
             // installed in our table for us; nothing else refers to them, so taking ownership
             // here is the only owner they will have.
-            unsafe { OwnedFd::from_raw_fd(fd) }
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            // vmm-sys-util's recvmsg does not pass MSG_CMSG_CLOEXEC; keep the server's fds
+            // out of programs the VMM executes (a concurrent exec can still race this).
+            // SAFETY: F_SETFD on an fd we own; the result only matters as best effort.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            owned
         })
         .collect();
     if fds.len() > max_fds {
@@ -212,6 +217,9 @@ mod tests {
         assert_eq!(n, 7);
         assert_eq!(&buf, b"hdrbody");
         assert_eq!(fds.len(), 1);
+        // SAFETY: F_GETFD on an fd owned by `fds`.
+        let flags = unsafe { libc::fcntl(fds[0].as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 
     #[test]
