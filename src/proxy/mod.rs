@@ -229,6 +229,15 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
+/// A command header; `check_send` has bounded `len`, so the size always fits.
+fn command_header(id: u16, command: Command, len: usize, no_reply: bool) -> Result<Header, Error> {
+    Header::command(id, command, len, no_reply).ok_or(Error::MessageTooLarge {
+        command,
+        len,
+        limit: u32::MAX as usize - HEADER_SIZE,
+    })
+}
+
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
@@ -370,13 +379,7 @@ impl Proxy {
             cv: Condvar::new(),
         });
         let id = self.inner.register(&completion)?;
-        // The header cannot overflow: check_send bounded the payload.
-        let header =
-            Header::command(id, command, payload.len(), false).ok_or(Error::MessageTooLarge {
-                command,
-                len: payload.len(),
-                limit: u32::MAX as usize - HEADER_SIZE,
-            })?;
+        let header = command_header(id, command, payload.len(), false)?;
         if let Err(e) = self.inner.send(&header, payload, fds) {
             lock(&self.inner.pending).remove(&id);
             return Err(e);
@@ -406,12 +409,7 @@ impl Proxy {
     pub fn post(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
         self.inner.check_send(command, payload.len(), fds.len())?;
         let id = self.inner.next_posted_id.fetch_add(1, Ordering::Relaxed) | POSTED_ID_BIT;
-        let header =
-            Header::command(id, command, payload.len(), true).ok_or(Error::MessageTooLarge {
-                command,
-                len: payload.len(),
-                limit: u32::MAX as usize - HEADER_SIZE,
-            })?;
+        let header = command_header(id, command, payload.len(), true)?;
         self.inner.send(&header, payload, fds)
     }
 

@@ -57,14 +57,10 @@ pub(crate) struct Receiver {
 }
 
 fn disconnect(e: io::Error) -> DisconnectReason {
-    match e.raw_os_error() {
-        Some(libc::ECONNRESET) | Some(libc::EPIPE) => DisconnectReason::PeerClosed,
-        Some(libc::ENOBUFS) => {
-            DisconnectReason::ProtocolViolation("more fds than allowed in one message".into())
-        }
-        Some(errno) => DisconnectReason::Io(errno),
-        None => DisconnectReason::Io(libc::EIO),
+    if e.raw_os_error() == Some(libc::ENOBUFS) {
+        return DisconnectReason::ProtocolViolation("more fds than allowed in one message".into());
     }
+    super::error::io_reason(&e)
 }
 
 impl Receiver {
