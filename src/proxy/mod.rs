@@ -27,9 +27,11 @@ mod error;
 mod recv;
 pub mod socket;
 mod subscriber;
+mod twin;
 
 pub use error::{DisconnectReason, Error};
 pub use subscriber::{EventLoop, ProxySubscriber};
+pub use twin::{ConnectionSubscriber, TwinSubscriber};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

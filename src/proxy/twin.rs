@@ -1,0 +1,295 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Twin-socket mode: the server sends its own requests (DMA_READ, DMA_WRITE) on a second
+//! socket, handed to us with the VERSION reply, so they never interleave with our requests
+//! on the main socket (libvfio-user issue #279).
+//!
+//! The second socket is read by a [`TwinSubscriber`] in the same event loop as the main
+//! socket's subscriber ([`ConnectionSubscriber`] holds both). Requests are answered through
+//! the connection's [`ServerRequestHandler`](super::ServerRequestHandler); replies go back on
+//! the second socket, queued when it is full. Either socket failing ends the connection: a
+//! lost main connection shuts the twin socket down, and an error or hang-up on the twin
+//! socket fails the connection.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::recv::{Incoming, Received, Receiver};
+use super::MAX_QUEUED_BYTES;
+use super::{error, io_err, lock, socket, DisconnectReason, Error, Inner, Proxy, ProxySubscriber};
+use crate::protocol::{Header, MessageType, HEADER_SIZE};
+
+const TWIN_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
+
+/// Reads the server's requests from the twin socket and answers them there.
+pub struct TwinSubscriber {
+    inner: Arc<Inner>,
+    sock: Arc<UnixStream>,
+    receiver: Receiver,
+    /// Replies not yet written: bytes and how much of them went out.
+    out: VecDeque<(Vec<u8>, usize)>,
+    out_bytes: usize,
+    out_armed: bool,
+    watching: bool,
+}
+
+impl fmt::Debug for TwinSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TwinSubscriber")
+            .field("fd", &self.sock.as_raw_fd())
+            .field("queued", &self.out.len())
+            .field("watching", &self.watching)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Takes `sock` as the connection's twin socket (the fd the server sent with its VERSION
+    /// reply) and returns the subscriber that serves it; it must run in the same event loop
+    /// as the main subscriber (see [`ConnectionSubscriber`]).
+    ///
+    /// The socket is shut down when the connection ends.
+    pub fn attach_twin_socket(&self, sock: UnixStream) -> Result<TwinSubscriber, Error> {
+        // getsockname fails with ENOTSOCK on anything but a socket.
+        sock.local_addr()
+            .map_err(io_err("checking the twin socket fd"))?;
+        sock.set_nonblocking(true)
+            .map_err(io_err("setting the twin socket non-blocking"))?;
+        let sock = Arc::new(sock);
+        let on_end = Arc::clone(&sock);
+        self.on_disconnect(move |_| {
+            let _ = on_end.shutdown(std::net::Shutdown::Both);
+        });
+        let config = &self.inner.config;
+        Ok(TwinSubscriber {
+            inner: Arc::clone(&self.inner),
+            receiver: Receiver::new(config.max_recv_size, config.max_recv_fds),
+            sock,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            out_armed: false,
+            watching: false,
+        })
+    }
+}
+
+impl TwinSubscriber {
+    fn events(&self, out: bool) -> Events {
+        let set = if out {
+            TWIN_EVENTS | EventSet::OUT
+        } else {
+            TWIN_EVENTS
+        };
+        Events::new(&*self.sock, set)
+    }
+
+    fn stop_watching(&mut self, ops: &mut EventOps) {
+        if self.watching {
+            let _ = ops.remove(self.events(self.out_armed));
+            self.watching = false;
+        }
+        self.out.clear();
+        self.out_bytes = 0;
+    }
+
+    /// Reads and answers every complete request available.
+    fn read(&mut self) -> Result<(), DisconnectReason> {
+        loop {
+            match self.receiver.step(&self.sock)? {
+                None => return Ok(()),
+                Some(Incoming::Message(msg)) => {
+                    log::debug!("recv (twin) {} fds={}", msg.header, msg.fds.len());
+                    if msg.header.message_type() != Some(MessageType::Command) {
+                        log::debug!(
+                            "dropped unexpected message on the twin socket {}",
+                            msg.header
+                        );
+                        continue;
+                    }
+                    if let Some((header, payload)) = answer(&self.inner, msg) {
+                        self.queue(&header, &payload)?;
+                    }
+                }
+                Some(Incoming::Discarded { header, why }) => {
+                    log::warn!("dropped message {header} on the twin socket: {why}");
+                    if header.message_type() == Some(MessageType::Command) && !header.no_reply() {
+                        let errno = if header.size > self.inner.config.max_recv_size {
+                            libc::E2BIG
+                        } else {
+                            libc::EINVAL
+                        };
+                        self.queue(&Header::error_reply(&header, errno as u32), &[])?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a reply at once if nothing waits before it, queues what does not fit.
+    fn queue(&mut self, header: &Header, payload: &[u8]) -> Result<(), DisconnectReason> {
+        log::debug!("send (twin) {header}");
+        let hdr = header.to_bytes();
+        let total = HEADER_SIZE + payload.len();
+        let mut sent = 0;
+        if self.out.is_empty() {
+            sent = match socket::send_with_fds(&self.sock, &[&hdr, payload], &[]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(error::io_reason(&e)),
+            };
+            if sent == total {
+                return Ok(());
+            }
+        }
+        if self.out_bytes > MAX_QUEUED_BYTES {
+            return Err(DisconnectReason::ProtocolViolation(format!(
+                "the server sends requests on the twin socket ({header}) but does not read \
+                 our replies"
+            )));
+        }
+        let mut buf = Vec::with_capacity(total);
+        buf.extend_from_slice(&hdr);
+        buf.extend_from_slice(payload);
+        self.out_bytes += total;
+        self.out.push_back((buf, sent));
+        Ok(())
+    }
+
+    /// Writes queued replies; `Ok(true)` when the queue is empty.
+    fn drain(&mut self) -> Result<bool, DisconnectReason> {
+        while let Some((buf, sent)) = self.out.front_mut() {
+            let rest = buf.get(*sent..).unwrap_or_default();
+            match socket::send_with_fds(&self.sock, &[rest], &[]) {
+                Ok(n) => {
+                    *sent += n;
+                    if *sent >= buf.len() {
+                        self.out_bytes = self.out_bytes.saturating_sub(buf.len());
+                        self.out.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(error::io_reason(&e)),
+            }
+        }
+        Ok(true)
+    }
+
+    fn step(&mut self, set: EventSet) -> Result<bool, DisconnectReason> {
+        if set
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+        {
+            self.read()?;
+        }
+        self.drain()
+    }
+}
+
+/// The server's answer to a request: handled by the connection's handler (`ENOSYS` without
+/// one); `None` for a `No_reply` request.
+fn answer(inner: &Inner, msg: Received) -> Option<(Header, Vec<u8>)> {
+    let header = msg.header;
+    let handler = lock(&inner.handler).clone();
+    let mut payload = Vec::new();
+    let result = match (handler, header.known_command()) {
+        (Some(h), Some(_)) => h.handle(&header, &msg.payload, msg.fds, &mut payload),
+        _ => Err(libc::ENOSYS as u32),
+    };
+    if header.no_reply() {
+        return None;
+    }
+    match result.map(|()| Header::reply(&header, payload.len())) {
+        Ok(Some(reply)) => Some((reply, payload)),
+        Ok(None) => Some((Header::error_reply(&header, libc::E2BIG as u32), Vec::new())),
+        Err(errno) => Some((Header::error_reply(&header, errno), Vec::new())),
+    }
+}
+
+impl MutEventSubscriber for TwinSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        match ops.add(self.events(false)) {
+            Ok(()) => self.watching = true,
+            Err(e) => log::error!("cannot watch the vfio-user twin socket: {e:?}"),
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if !self
+            .inner
+            .connected
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.stop_watching(ops);
+            return;
+        }
+        match self.step(events.event_set()) {
+            Ok(true) if self.out_armed => {
+                if ops.modify(self.events(false)).is_ok() {
+                    self.out_armed = false;
+                }
+            }
+            Ok(false) if !self.out_armed => {
+                if ops.modify(self.events(true)).is_ok() {
+                    self.out_armed = true;
+                }
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                self.inner.fail(reason);
+                self.stop_watching(ops);
+            }
+        }
+    }
+}
+
+/// Everything a connection needs watched: the main socket's [`ProxySubscriber`] and, in
+/// twin-socket mode, the [`TwinSubscriber`]. Register it in the VMM's event manager (or run
+/// it with an [`EventLoop`](super::EventLoop)).
+pub struct ConnectionSubscriber {
+    main: ProxySubscriber,
+    twin: Option<TwinSubscriber>,
+}
+
+impl fmt::Debug for ConnectionSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSubscriber")
+            .field("main", &self.main)
+            .field("twin", &self.twin)
+            .finish()
+    }
+}
+
+impl ConnectionSubscriber {
+    /// Both subscribers of a connection; `twin` is `None` without twin-socket mode.
+    pub fn new(main: ProxySubscriber, twin: Option<TwinSubscriber>) -> Self {
+        ConnectionSubscriber { main, twin }
+    }
+
+    /// Whether a twin socket is served.
+    pub fn has_twin(&self) -> bool {
+        self.twin.is_some()
+    }
+}
+
+impl MutEventSubscriber for ConnectionSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.main.init(ops);
+        if let Some(t) = &mut self.twin {
+            t.init(ops);
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match &mut self.twin {
+            Some(t) if events.fd() == t.sock.as_raw_fd() => t.process(events, ops),
+            _ => self.main.process(events, ops),
+        }
+    }
+}
