@@ -4,7 +4,7 @@
 //! The crate-level error: one variant per layer, each carrying that layer's own error.
 
 use crate::negotiate::NegotiateError;
-use crate::proxy;
+use crate::{dma, proxy};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,9 @@ pub enum Error {
     /// The server's VERSION reply was not acceptable.
     #[error("version negotiation failed: {0}")]
     Negotiate(#[from] NegotiateError),
+    /// A DMA map or unmap was refused, locally or by the server.
+    #[error(transparent)]
+    Dma(#[from] dma::Error),
 }
 
 impl Error {
@@ -24,12 +27,17 @@ impl Error {
         match self {
             Error::Proxy(e) => e.server_errno(),
             Error::Negotiate(_) => None,
+            Error::Dma(e) => e.failures().iter().find_map(|f| f.error.server_errno()),
         }
     }
 
     /// Whether the connection is gone (a new connection is needed to go on).
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, Error::Proxy(e) if e.is_disconnected())
+        match self {
+            Error::Proxy(e) => e.is_disconnected(),
+            Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
+            Error::Negotiate(_) => false,
+        }
     }
 }
 
@@ -38,6 +46,7 @@ impl PartialEq for Error {
         match (self, other) {
             (Error::Proxy(a), Error::Proxy(b)) => a == b,
             (Error::Negotiate(a), Error::Negotiate(b)) => a == b,
+            (Error::Dma(a), Error::Dma(b)) => a == b,
             _ => false,
         }
     }

@@ -6,11 +6,13 @@
 #![deny(missing_debug_implementations)]
 
 mod connection;
+pub mod dma;
 mod error;
 pub mod negotiate;
 pub mod protocol;
 pub mod proxy;
 
 pub use connection::{handshake, ConnectOptions, Connection};
+pub use dma::DmaMapper;
 pub use error::Error;
 pub use negotiate::{Capabilities, Offer};
