@@ -415,16 +415,38 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
     let conn = conn.unwrap();
     assert!(conn.twin_socket());
     let mut twin = Peer { sock: theirs };
-    let mem = Arc::new(memory(vec![anon(0, 0x1_0000)]));
+    let mem = Arc::new(memory(vec![anon(0, 0x10_0000)]));
     mem.write_slice(&[0x5a; 8], GuestAddress(0x100)).unwrap();
-    let mapper = DmaMapper::new(&conn, mem);
+    let big = pattern(512 << 10, 8);
+    mem.write_slice(&big, GuestAddress(0x8_0000)).unwrap();
+    let mapper = DmaMapper::new(&conn, Arc::clone(&mem));
     thread::scope(|sc| {
-        let t = sc.spawn(|| mapper.map(0, 0, 0x1_0000));
+        let t = sc.spawn(|| mapper.map(0, 0, 0x10_0000));
         accept(&mut main, 1);
         t.join().unwrap().unwrap();
     });
     assert_eq!(dma_read(&mut twin, 0x100, 8), Ok(vec![0x5a; 8]));
-    assert_eq!(dma_write(&mut twin, 0x2_0000, &[1]), Err(EFAULT));
+    assert_eq!(dma_write(&mut twin, 0x20_0000, &[1]), Err(EFAULT));
+    // Large reads go from guest memory to the socket without a copy, more than the socket
+    // holds at once; refusals still get their errno.
+    for _ in 0..3 {
+        assert_eq!(
+            dma_read(&mut twin, 0x8_0000, big.len() as u64),
+            Ok(big.clone())
+        );
+    }
+    assert_eq!(dma_read(&mut twin, 0xf_0000, 0x2_0000), Err(EFAULT));
+    assert_eq!(dma_read(&mut twin, 0, (1 << 20) + 1), Err(E2BIG));
+    let mut p = Vec::new();
+    DmaAccess {
+        address: 0,
+        count: 0x1_0000,
+    }
+    .encode_into(&mut p);
+    let h = Header::command(3, Command::DmaRead, p.len(), false).unwrap();
+    let efd = EventFd::new(0).unwrap();
+    twin.send(&h, &p, &[efd.as_raw_fd()]);
+    assert_eq!(twin.read_msg().unwrap().0.error, EINVAL);
     // The main socket saw none of it.
     main.sock.set_nonblocking(true).unwrap();
     let mut probe = [0u8; 1];

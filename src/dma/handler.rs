@@ -8,7 +8,9 @@
 //! table's read lock, and never sends a request of its own.
 
 use std::fmt;
+use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, RwLock};
 
 use vm_memory::{
@@ -20,7 +22,12 @@ use super::dirty::DirtyLog;
 use super::table::{Access, Piece, Table};
 use super::DmaRegion;
 use crate::protocol::{Command, DmaAccess, Header};
-use crate::proxy::ServerRequestHandler;
+use crate::proxy::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
+
+/// DMA_READ replies from this size up are sent straight from guest memory where the
+/// connection can (the twin socket); below it, one copy and one write are cheaper than the
+/// bookkeeping.
+const UNBUFFERED_MIN: u64 = 16 << 10;
 
 const READ: Access = Access {
     read: true,
@@ -84,14 +91,20 @@ where
         Ok(pieces)
     }
 
-    fn dma_read(&self, payload: &[u8], reply: &mut Vec<u8>) -> Result<(), u32> {
+    /// Decodes and checks a DMA_READ request.
+    fn read_request(&self, mem: &AS::M, payload: &[u8]) -> Result<(DmaAccess, Vec<Piece>), u32> {
         if payload.len() != DmaAccess::HEAD_SIZE {
             return Err(libc::EINVAL as u32);
         }
         let head = DmaAccess::decode(payload).map_err(|_| libc::EINVAL as u32)?;
+        let pieces = self.pieces(mem, head.address, head.count, READ)?;
+        Ok((head, pieces))
+    }
+
+    fn dma_read(&self, payload: &[u8], reply: &mut Vec<u8>) -> Result<(), u32> {
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
-        let pieces = self.pieces(mem, head.address, head.count, READ)?;
+        let (head, pieces) = self.read_request(mem, payload)?;
         // `count` is bounded by max_data_xfer_size above.
         reply.reserve(DmaAccess::HEAD_SIZE + head.count as usize);
         head.encode_into(reply);
@@ -143,12 +156,81 @@ where
     region.dma_access().allows(need).then_some((region, offset))
 }
 
-impl<AS> ServerRequestHandler for DmaRequestHandler<AS>
+/// DMA_READ data sent from guest memory without a copy. The memory snapshot is taken again
+/// for each write, so a queued reply does not hold up memory hot-plug; a region that went
+/// meanwhile fails the write (and with it the connection, whose stream cannot be resumed).
+struct GuestData<AS> {
+    memory: AS,
+    pieces: Vec<Piece>,
+    len: usize,
+}
+
+impl<AS> ReplyData for GuestData<AS>
 where
     AS: GuestAddressSpace + Send + Sync,
     AS::M: GuestMemoryBackend,
     <AS::M as GuestMemoryBackend>::R: DmaRegion,
 {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn send(&self, sock: &UnixStream, prefix: &[&[u8]], offset: usize) -> io::Result<usize> {
+        let fault = || io::Error::from_raw_os_error(libc::EFAULT);
+        let guard = self.memory.memory();
+        let mem: &AS::M = &guard;
+        let mut skip = offset;
+        let mut slices = Vec::with_capacity(self.pieces.len());
+        for p in &self.pieces {
+            if skip >= p.len {
+                skip -= p.len;
+                continue;
+            }
+            let (region, at) = region_for(mem, p, READ).ok_or_else(fault)?;
+            let slice = region.get_slice(at, p.len).map_err(|_| fault())?;
+            slices.push(slice.offset(skip).map_err(|_| fault())?);
+            skip = 0;
+        }
+        socket::send_volatile(sock, prefix, &slices)
+    }
+}
+
+impl<AS> ServerRequestHandler for DmaRequestHandler<AS>
+where
+    AS: GuestAddressSpace + Send + Sync + 'static,
+    AS::M: GuestMemoryBackend,
+    <AS::M as GuestMemoryBackend>::R: DmaRegion,
+{
+    fn handle_unbuffered(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        fds: &[OwnedFd],
+    ) -> Option<Result<UnbufferedReply, u32>> {
+        if header.known_command() != Some(Command::DmaRead) || !fds.is_empty() {
+            return None;
+        }
+        let guard = self.memory.memory();
+        let mem: &AS::M = &guard;
+        let (head, pieces) = match self.read_request(mem, payload) {
+            Ok(r) if r.0.count >= UNBUFFERED_MIN => r,
+            // Small, or refused: the buffered path answers (and reports the refusal).
+            _ => return None,
+        };
+        let mut reply = Vec::with_capacity(DmaAccess::HEAD_SIZE);
+        head.encode_into(&mut reply);
+        // `count` is bounded by max_data_xfer_size.
+        let data = GuestData {
+            memory: self.memory.clone(),
+            pieces,
+            len: head.count as usize,
+        };
+        Some(Ok(UnbufferedReply {
+            head: reply,
+            data: Box::new(data),
+        }))
+    }
+
     fn handle(
         &self,
         header: &Header,

@@ -31,7 +31,7 @@ mod twin;
 
 pub use error::{DisconnectReason, Error};
 pub use subscriber::{EventLoop, ProxySubscriber};
-pub use twin::{ConnectionSubscriber, TwinSubscriber};
+pub use twin::{ConnectionSubscriber, ReplyData, TwinSubscriber, UnbufferedReply};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -102,6 +102,20 @@ pub trait ServerRequestHandler: Send + Sync {
         fds: Vec<OwnedFd>,
         reply: &mut Vec<u8>,
     ) -> Result<(), u32>;
+
+    /// Optionally answers a request whose reply carries bulk data without copying that data
+    /// into a buffer: returns the reply payload's head and a [`ReplyData`] that sends the
+    /// rest straight from the handler's memory ([`UnbufferedReply`]). `None` (the default) means "use
+    /// [`handle`](Self::handle)". Used where the reader is the socket's only writer (the twin
+    /// socket).
+    fn handle_unbuffered(
+        &self,
+        _header: &Header,
+        _payload: &[u8],
+        _fds: &[OwnedFd],
+    ) -> Option<Result<UnbufferedReply, u32>> {
+        None
+    }
 }
 
 /// A NOWAIT request whose reply has not been collected yet.

@@ -29,13 +29,85 @@ use crate::protocol::{Header, MessageType, HEADER_SIZE};
 
 const TWIN_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
 
+/// Bulk reply data sent straight from memory its owner keeps alive, without being copied
+/// into a buffer first (see
+/// [`ServerRequestHandler::handle_unbuffered`](super::ServerRequestHandler::handle_unbuffered)).
+pub trait ReplyData: Send {
+    /// Bytes of data.
+    fn len(&self) -> usize;
+
+    /// Whether there is no data.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends the bytes of `prefix`, then the data from `offset` on, in one non-blocking write
+    /// (see [`socket::send_volatile`]); returns the bytes written, `prefix` included.
+    fn send(&self, sock: &UnixStream, prefix: &[&[u8]], offset: usize) -> io::Result<usize>;
+}
+
+/// A reply whose bulk data is not copied into a buffer: the payload's head, then the data.
+pub struct UnbufferedReply {
+    /// The start of the reply payload (for DMA_READ, the 16-byte address/count head).
+    pub head: Vec<u8>,
+    /// The rest of the payload.
+    pub data: Box<dyn ReplyData>,
+}
+
+impl fmt::Debug for UnbufferedReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnbufferedReply")
+            .field("head", &self.head)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
+/// A reply being written: header, buffered payload, then any unbuffered data.
+struct Outgoing {
+    header: [u8; HEADER_SIZE],
+    body: Vec<u8>,
+    data: Option<Box<dyn ReplyData>>,
+    sent: usize,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        HEADER_SIZE + self.body.len() + self.data.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// Writes what the socket takes; `Ok(())` once all of it has gone.
+    fn write(&mut self, sock: &UnixStream) -> io::Result<()> {
+        while self.sent < self.len() {
+            let buffered = HEADER_SIZE + self.body.len();
+            let mut prefix: Vec<&[u8]> = Vec::with_capacity(2);
+            if self.sent < HEADER_SIZE {
+                prefix.push(self.header.get(self.sent..).unwrap_or_default());
+            }
+            if self.sent < buffered {
+                let from = self.sent.saturating_sub(HEADER_SIZE);
+                prefix.push(self.body.get(from..).unwrap_or_default());
+            }
+            let n = match &self.data {
+                Some(d) => d.send(sock, &prefix, self.sent.saturating_sub(buffered))?,
+                None => socket::send_with_fds(sock, &prefix, &[])?,
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.sent += n;
+        }
+        Ok(())
+    }
+}
+
 /// Reads the server's requests from the twin socket and answers them there.
 pub struct TwinSubscriber {
     inner: Arc<Inner>,
     sock: Arc<UnixStream>,
     receiver: Receiver,
-    /// Replies not yet written: bytes and how much of them went out.
-    out: VecDeque<(Vec<u8>, usize)>,
+    /// Replies not yet completely written, in order.
+    out: VecDeque<Outgoing>,
     out_bytes: usize,
     out_armed: bool,
     watching: bool,
@@ -100,7 +172,8 @@ impl TwinSubscriber {
         self.out_bytes = 0;
     }
 
-    /// Reads and answers every complete request available.
+    /// Reads and answers one request (the socket is level-triggered: more data means another
+    /// event, and stopping here saves the read that would only say `EAGAIN`).
     fn read(&mut self) -> Result<(), DisconnectReason> {
         loop {
             match self.receiver.step(&self.sock)? {
@@ -114,9 +187,10 @@ impl TwinSubscriber {
                         );
                         continue;
                     }
-                    if let Some((header, payload)) = answer(&self.inner, msg) {
-                        self.queue(&header, &payload)?;
+                    if let Some(out) = answer(&self.inner, msg) {
+                        self.queue(out)?;
                     }
+                    return Ok(());
                 }
                 Some(Incoming::Discarded { header, why }) => {
                     log::warn!("dropped message {header} on the twin socket: {why}");
@@ -126,54 +200,41 @@ impl TwinSubscriber {
                         } else {
                             libc::EINVAL
                         };
-                        self.queue(&Header::error_reply(&header, errno as u32), &[])?;
+                        let reply = Header::error_reply(&header, errno as u32);
+                        self.queue(outgoing(&reply, Vec::new(), None))?;
                     }
+                    return Ok(());
                 }
             }
         }
     }
 
     /// Sends a reply at once if nothing waits before it, queues what does not fit.
-    fn queue(&mut self, header: &Header, payload: &[u8]) -> Result<(), DisconnectReason> {
-        log::debug!("send (twin) {header}");
-        let hdr = header.to_bytes();
-        let total = HEADER_SIZE + payload.len();
-        let mut sent = 0;
+    fn queue(&mut self, mut out: Outgoing) -> Result<(), DisconnectReason> {
         if self.out.is_empty() {
-            sent = match socket::send_with_fds(&self.sock, &[&hdr, payload], &[]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            match out.write(&self.sock) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(error::io_reason(&e)),
-            };
-            if sent == total {
-                return Ok(());
             }
         }
         if self.out_bytes > MAX_QUEUED_BYTES {
-            return Err(DisconnectReason::ProtocolViolation(format!(
-                "the server sends requests on the twin socket ({header}) but does not read \
-                 our replies"
-            )));
+            return Err(DisconnectReason::ProtocolViolation(
+                "the server sends requests on the twin socket but does not read our replies".into(),
+            ));
         }
-        let mut buf = Vec::with_capacity(total);
-        buf.extend_from_slice(&hdr);
-        buf.extend_from_slice(payload);
-        self.out_bytes += total;
-        self.out.push_back((buf, sent));
+        self.out_bytes += out.len();
+        self.out.push_back(out);
         Ok(())
     }
 
     /// Writes queued replies; `Ok(true)` when the queue is empty.
     fn drain(&mut self) -> Result<bool, DisconnectReason> {
-        while let Some((buf, sent)) = self.out.front_mut() {
-            let rest = buf.get(*sent..).unwrap_or_default();
-            match socket::send_with_fds(&self.sock, &[rest], &[]) {
-                Ok(n) => {
-                    *sent += n;
-                    if *sent >= buf.len() {
-                        self.out_bytes = self.out_bytes.saturating_sub(buf.len());
-                        self.out.pop_front();
-                    }
+        while let Some(out) = self.out.front_mut() {
+            match out.write(&self.sock) {
+                Ok(()) => {
+                    self.out_bytes = self.out_bytes.saturating_sub(out.len());
+                    self.out.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(error::io_reason(&e)),
@@ -192,24 +253,47 @@ impl TwinSubscriber {
     }
 }
 
-/// The server's answer to a request: handled by the connection's handler (`ENOSYS` without
-/// one); `None` for a `No_reply` request.
-fn answer(inner: &Inner, msg: Received) -> Option<(Header, Vec<u8>)> {
+fn outgoing(header: &Header, body: Vec<u8>, data: Option<Box<dyn ReplyData>>) -> Outgoing {
+    log::debug!("send (twin) {header}");
+    Outgoing {
+        header: header.to_bytes(),
+        body,
+        data,
+        sent: 0,
+    }
+}
+
+/// The answer to a server request: from the connection's handler (`ENOSYS` without one),
+/// unbuffered when the handler offers that; `None` for a `No_reply` request.
+fn answer(inner: &Inner, msg: Received) -> Option<Outgoing> {
     let header = msg.header;
     let handler = lock(&inner.handler).clone();
-    let mut payload = Vec::new();
-    let result = match (handler, header.known_command()) {
-        (Some(h), Some(_)) => h.handle(&header, &msg.payload, msg.fds, &mut payload),
+    let known = header.known_command().is_some();
+    let result = match handler {
+        Some(h) if known => match h.handle_unbuffered(&header, &msg.payload, &msg.fds) {
+            Some(r) => r.map(|u| (u.head, Some(u.data))),
+            None => {
+                let mut payload = Vec::new();
+                h.handle(&header, &msg.payload, msg.fds, &mut payload)
+                    .map(|()| (payload, None))
+            }
+        },
         _ => Err(libc::ENOSYS as u32),
     };
     if header.no_reply() {
         return None;
     }
-    match result.map(|()| Header::reply(&header, payload.len())) {
-        Ok(Some(reply)) => Some((reply, payload)),
-        Ok(None) => Some((Header::error_reply(&header, libc::E2BIG as u32), Vec::new())),
-        Err(errno) => Some((Header::error_reply(&header, errno), Vec::new())),
-    }
+    let error = |errno| outgoing(&Header::error_reply(&header, errno), Vec::new(), None);
+    Some(match result {
+        Ok((body, data)) => {
+            let len = body.len() + data.as_ref().map_or(0, |d| d.len());
+            match Header::reply(&header, len) {
+                Some(reply) => outgoing(&reply, body, data),
+                None => error(libc::E2BIG as u32),
+            }
+        }
+        Err(errno) => error(errno),
+    })
 }
 
 impl MutEventSubscriber for TwinSubscriber {
