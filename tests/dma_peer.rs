@@ -435,6 +435,26 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
             Ok(big.clone())
         );
     }
+    // A server that sends several requests before reading: the replies that do not fit
+    // wait in order until it reads.
+    for id in 0..3u16 {
+        let mut p = Vec::new();
+        DmaAccess {
+            address: 0x8_0000,
+            count: big.len() as u64,
+        }
+        .encode_into(&mut p);
+        twin.send(
+            &Header::command(id, Command::DmaRead, p.len(), false).unwrap(),
+            &p,
+            &[],
+        );
+    }
+    for id in 0..3u16 {
+        let (h, body, _) = twin.read_msg().unwrap();
+        assert_eq!((h.id, h.is_error()), (id, false));
+        assert_eq!(&body[16..], &big[..]);
+    }
     assert_eq!(dma_read(&mut twin, 0xf_0000, 0x2_0000), Err(EFAULT));
     assert_eq!(dma_read(&mut twin, 0, (1 << 20) + 1), Err(E2BIG));
     let mut p = Vec::new();

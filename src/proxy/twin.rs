@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -28,6 +29,10 @@ use super::{error, io_err, lock, socket, DisconnectReason, Error, Inner, Proxy, 
 use crate::protocol::{Header, MessageType, HEADER_SIZE};
 
 const TWIN_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
+
+/// How long answering a request may wait for the server to make room for the reply before
+/// the rest is left to the event loop (a server that stops reading must not stall the loop).
+const WRITE_WAIT: Duration = Duration::from_millis(20);
 
 /// Bulk reply data sent straight from memory its owner keeps alive, without being copied
 /// into a buffer first (see
@@ -212,10 +217,22 @@ impl TwinSubscriber {
     /// Sends a reply at once if nothing waits before it, queues what does not fit.
     fn queue(&mut self, mut out: Outgoing) -> Result<(), DisconnectReason> {
         if self.out.is_empty() {
-            match out.write(&self.sock) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(error::io_reason(&e)),
+            let deadline = Instant::now() + WRITE_WAIT;
+            loop {
+                match out.write(&self.sock) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(error::io_reason(&e)),
+                }
+                // A server reads the reply to the request it just sent: wait for it briefly
+                // here (as a blocking write would) rather than through the event loop.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                match socket::poll_fd(self.sock.as_raw_fd(), true, ms) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => return Err(error::io_reason(&e)),
+                }
             }
         }
         if self.out_bytes > MAX_QUEUED_BYTES {
