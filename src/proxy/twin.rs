@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::recv::{Incoming, Received, Receiver};
+use super::recv::{Incoming, Received};
 use super::MAX_QUEUED_BYTES;
 use super::{error, io_err, lock, socket, DisconnectReason, Error, Inner, Proxy, ProxySubscriber};
+use crate::protocol::DecodeError;
 use crate::protocol::{Header, MessageType, HEADER_SIZE};
 
 const TWIN_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
@@ -106,11 +107,226 @@ impl Outgoing {
     }
 }
 
+/// Bytes read from the twin socket at a time: a DMA_READ request, or a DMA_WRITE of a few
+/// KiB, arrives whole in one read instead of a header read and a body read.
+const CHUNK: usize = 16 << 10;
+
+/// The twin socket's framing: reads up to [`CHUNK`] bytes at a time and cuts messages out of
+/// them; the body of a message too large for that is read straight into its own buffer (or
+/// drained, when it is over the size limit). Sizes are bounded before anything is allocated,
+/// as in the main socket's receiver.
+struct Framer {
+    stash: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: Vec<OwnedFd>,
+    large: Option<Large>,
+    max_size: u32,
+    max_fds: usize,
+}
+
+/// A message whose body did not fit the stash.
+enum Large {
+    Keep {
+        header: Header,
+        buf: Vec<u8>,
+        got: usize,
+        fds: Vec<OwnedFd>,
+    },
+    Discard {
+        header: Header,
+        left: usize,
+        why: String,
+    },
+}
+
+impl Framer {
+    fn new(max_size: u32, max_fds: usize) -> Framer {
+        Framer {
+            stash: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            fds: Vec::new(),
+            large: None,
+            max_size: max_size.max(HEADER_SIZE as u32),
+            max_fds,
+        }
+    }
+
+    /// Whether bytes already read are waiting to be cut into messages (no event will come
+    /// for them).
+    fn holds_data(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// A complete message, or `None` when the socket has no more data for now.
+    fn step(&mut self, sock: &UnixStream) -> Result<Option<Incoming>, DisconnectReason> {
+        loop {
+            if self.large.is_some() {
+                return self.read_large(sock);
+            }
+            if let Some(done) = self.cut()? {
+                return Ok(Some(done));
+            }
+            if self.large.is_some() {
+                continue;
+            }
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.start > 0 {
+                self.stash.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let room = self.max_fds.saturating_sub(self.fds.len());
+            let buf = self.stash.get_mut(self.end..).unwrap_or_default();
+            match socket::recv_with_fds(sock, buf, room) {
+                Ok((0, _)) => return Err(DisconnectReason::PeerClosed),
+                Ok((n, fds)) => {
+                    self.end += n;
+                    self.fds.extend(fds);
+                }
+                Err(e) => return would_block(e),
+            }
+        }
+    }
+
+    /// Cuts a whole message out of the stash, or starts reading a large one.
+    fn cut(&mut self) -> Result<Option<Incoming>, DisconnectReason> {
+        if self.end - self.start < HEADER_SIZE {
+            return Ok(None);
+        }
+        let Some(hdr) = self
+            .stash
+            .get(self.start..self.start + HEADER_SIZE)
+            .and_then(|h| <&[u8; HEADER_SIZE]>::try_from(h).ok())
+        else {
+            return Ok(None);
+        };
+        let raw = Header::from_bytes(hdr);
+        let decoded = match Header::decode(hdr, self.max_size) {
+            Ok(h) => Ok(h),
+            Err(DecodeError::InvalidField {
+                field: "header.msg_size",
+                value,
+            }) => {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "message size {value} is smaller than the header ({raw})"
+                )))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let len = raw.payload_len();
+        let body_at = self.start + HEADER_SIZE;
+        let held = self.end - body_at;
+        if held >= len {
+            let body = self.stash.get(body_at..body_at + len).unwrap_or_default();
+            let done = match decoded {
+                Ok(header) => Incoming::Message(Received {
+                    header,
+                    payload: body.to_vec(),
+                    fds: std::mem::take(&mut self.fds),
+                }),
+                Err(why) => {
+                    self.fds.clear();
+                    Incoming::Discarded { header: raw, why }
+                }
+            };
+            self.start = body_at + len;
+            return Ok(Some(done));
+        }
+        if HEADER_SIZE + len <= self.stash.len() {
+            // The rest fits the stash: read more.
+            return Ok(None);
+        }
+        let first = self.stash.get(body_at..self.end).unwrap_or_default();
+        self.large = Some(match decoded {
+            Ok(header) => {
+                let mut buf = vec![0u8; len];
+                buf.get_mut(..held)
+                    .unwrap_or_default()
+                    .copy_from_slice(first);
+                Large::Keep {
+                    header,
+                    buf,
+                    got: held,
+                    fds: std::mem::take(&mut self.fds),
+                }
+            }
+            Err(why) => {
+                self.fds.clear();
+                Large::Discard {
+                    header: raw,
+                    left: len - held,
+                    why,
+                }
+            }
+        });
+        self.start = 0;
+        self.end = 0;
+        Ok(None)
+    }
+
+    fn read_large(&mut self, sock: &UnixStream) -> Result<Option<Incoming>, DisconnectReason> {
+        loop {
+            let done = match &mut self.large {
+                None => return Ok(None),
+                Some(Large::Keep { buf, got, .. }) => {
+                    if *got < buf.len() {
+                        let rest = buf.get_mut(*got..).unwrap_or_default();
+                        match socket::recv(sock, rest) {
+                            Ok(0) => return Err(DisconnectReason::PeerClosed),
+                            Ok(n) => *got += n,
+                            Err(e) => return would_block(e),
+                        }
+                    }
+                    *got >= buf.len()
+                }
+                Some(Large::Discard { left, .. }) => {
+                    if *left > 0 {
+                        let n = (*left).min(self.stash.len());
+                        let scratch = self.stash.get_mut(..n).unwrap_or_default();
+                        match socket::recv(sock, scratch) {
+                            Ok(0) => return Err(DisconnectReason::PeerClosed),
+                            Ok(n) => *left = left.saturating_sub(n),
+                            Err(e) => return would_block(e),
+                        }
+                    }
+                    *left == 0
+                }
+            };
+            if done {
+                return Ok(self.large.take().map(|l| match l {
+                    Large::Keep {
+                        header, buf, fds, ..
+                    } => Incoming::Message(Received {
+                        header,
+                        payload: buf,
+                        fds,
+                    }),
+                    Large::Discard { header, why, .. } => Incoming::Discarded { header, why },
+                }));
+            }
+        }
+    }
+}
+
+fn would_block<T>(e: io::Error) -> Result<Option<T>, DisconnectReason> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Ok(None),
+        _ if e.raw_os_error() == Some(libc::ENOBUFS) => Err(DisconnectReason::ProtocolViolation(
+            "more fds than allowed in one message".into(),
+        )),
+        _ => Err(error::io_reason(&e)),
+    }
+}
+
 /// Reads the server's requests from the twin socket and answers them there.
 pub struct TwinSubscriber {
     inner: Arc<Inner>,
     sock: Arc<UnixStream>,
-    receiver: Receiver,
+    receiver: Framer,
     /// Replies not yet completely written, in order.
     out: VecDeque<Outgoing>,
     out_bytes: usize,
@@ -148,7 +364,7 @@ impl Proxy {
         let config = &self.inner.config;
         Ok(TwinSubscriber {
             inner: Arc::clone(&self.inner),
-            receiver: Receiver::new(config.max_recv_size, config.max_recv_fds),
+            receiver: Framer::new(config.max_recv_size, config.max_recv_fds),
             sock,
             out: VecDeque::new(),
             out_bytes: 0,
@@ -177,8 +393,9 @@ impl TwinSubscriber {
         self.out_bytes = 0;
     }
 
-    /// Reads and answers one request (the socket is level-triggered: more data means another
-    /// event, and stopping here saves the read that would only say `EAGAIN`).
+    /// Reads and answers requests until what was read is used up (the socket is
+    /// level-triggered: more data means another event, and stopping here saves the read that
+    /// would only say `EAGAIN`).
     fn read(&mut self) -> Result<(), DisconnectReason> {
         loop {
             match self.receiver.step(&self.sock)? {
@@ -195,7 +412,9 @@ impl TwinSubscriber {
                     if let Some(out) = answer(&self.inner, msg) {
                         self.queue(out)?;
                     }
-                    return Ok(());
+                    if !self.receiver.holds_data() {
+                        return Ok(());
+                    }
                 }
                 Some(Incoming::Discarded { header, why }) => {
                     log::warn!("dropped message {header} on the twin socket: {why}");
@@ -208,7 +427,9 @@ impl TwinSubscriber {
                         let reply = Header::error_reply(&header, errno as u32);
                         self.queue(outgoing(&reply, Vec::new(), None))?;
                     }
-                    return Ok(());
+                    if !self.receiver.holds_data() {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -391,6 +612,150 @@ impl MutEventSubscriber for ConnectionSubscriber {
         match &mut self.twin {
             Some(t) if events.fd() == t.sock.as_raw_fd() => t.process(events, ops),
             _ => self.main.process(events, ops),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Command;
+    use std::io::Write;
+
+    fn msg(id: u16, payload: &[u8]) -> Vec<u8> {
+        let h = Header::command(id, Command::DmaRead, payload.len(), false).unwrap();
+        let mut v = h.to_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    fn next(f: &mut Framer, sock: &UnixStream) -> Option<(u16, Vec<u8>)> {
+        match f.step(sock).unwrap() {
+            Some(Incoming::Message(m)) => Some((m.header.id, m.payload)),
+            Some(Incoming::Discarded { header, .. }) => Some((header.id | 0x8000, Vec::new())),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn small_messages_arrive_whole_or_byte_by_byte() {
+        let (mut a, b) = pair();
+        let mut f = Framer::new(1 << 20, 4);
+        let mut all = msg(1, &[1; 16]);
+        all.extend(msg(2, &[]));
+        all.extend(msg(3, &[3; 100]));
+        a.write_all(&all).unwrap();
+        assert_eq!(next(&mut f, &b), Some((1, vec![1; 16])));
+        assert!(f.holds_data());
+        assert_eq!(next(&mut f, &b), Some((2, vec![])));
+        assert_eq!(next(&mut f, &b), Some((3, vec![3; 100])));
+        assert!(!f.holds_data());
+        assert_eq!(next(&mut f, &b), None);
+        for byte in msg(4, &[4; 5]) {
+            assert_eq!(next(&mut f, &b), None);
+            a.write_all(&[byte]).unwrap();
+        }
+        assert_eq!(next(&mut f, &b), Some((4, vec![4; 5])));
+    }
+
+    #[test]
+    fn large_messages_are_read_in_place_and_oversized_ones_drained() {
+        let (mut a, b) = pair();
+        let mut f = Framer::new(256 << 10, 4);
+        let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let huge = vec![9u8; 300 << 10];
+        let writer = std::thread::spawn(move || {
+            a.write_all(&msg(1, &big)).unwrap();
+            a.write_all(&msg(2, &huge)).unwrap();
+            a.write_all(&msg(3, &[3])).unwrap();
+            a
+        });
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            crate::proxy::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
+            while let Some(m) = next(&mut f, &b) {
+                got.push(m);
+            }
+        }
+        let _a = writer.join().unwrap();
+        let expected: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        assert_eq!(got[0], (1, expected));
+        assert_eq!(got[1], (2 | 0x8000, vec![]));
+        assert_eq!(got[2], (3, vec![3]));
+    }
+
+    #[test]
+    fn bad_headers_and_eof() {
+        let (mut a, b) = pair();
+        let mut f = Framer::new(1024, 4);
+        let mut bad = msg(1, &[]);
+        bad[4..8].copy_from_slice(&8u32.to_ne_bytes());
+        a.write_all(&bad).unwrap();
+        assert!(matches!(
+            f.step(&b),
+            Err(DisconnectReason::ProtocolViolation(_))
+        ));
+        let (mut a, b) = pair();
+        let mut f = Framer::new(1024, 4);
+        // Undefined type bits: drained, not served.
+        let mut odd = msg(5, &[1, 2]);
+        odd[8..12].copy_from_slice(&0xeu32.to_ne_bytes());
+        a.write_all(&odd).unwrap();
+        assert_eq!(next(&mut f, &b), Some((5 | 0x8000, vec![])));
+        a.write_all(&msg(6, &[6; 8])[..20]).unwrap();
+        drop(a);
+        assert_eq!(f.step(&b).unwrap_err(), DisconnectReason::PeerClosed);
+    }
+
+    proptest::proptest! {
+        /// Whatever the sizes and however the stream is cut into writes, the framer yields
+        /// the messages sent, in order, and drains the oversized ones.
+        #[test]
+        fn framing_survives_any_split(
+            sizes in proptest::collection::vec(0usize..40_000, 1..8),
+            cuts in proptest::collection::vec(1usize..50_000, 1..20),
+        ) {
+            let max = 32 << 10;
+            let (mut a, b) = pair();
+            let mut stream = Vec::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                stream.extend(msg(i as u16, &vec![i as u8; n]));
+            }
+            let writer = std::thread::spawn(move || {
+                let mut at = 0;
+                for c in cuts.iter().cycle() {
+                    if at >= stream.len() {
+                        break;
+                    }
+                    let end = (at + c).min(stream.len());
+                    a.write_all(&stream[at..end]).unwrap();
+                    at = end;
+                }
+                a
+            });
+            let mut f = Framer::new(max as u32, 4);
+            let mut got = Vec::new();
+            while got.len() < sizes.len() {
+                crate::proxy::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
+                while let Some(m) = next(&mut f, &b) {
+                    got.push(m);
+                }
+            }
+            let _a = writer.join().unwrap();
+            for (i, &n) in sizes.iter().enumerate() {
+                let id = i as u16;
+                if HEADER_SIZE + n > max {
+                    proptest::prop_assert_eq!(&got[i], &(id | 0x8000, vec![]));
+                } else {
+                    proptest::prop_assert_eq!(&got[i], &(id, vec![i as u8; n]));
+                }
+            }
         }
     }
 }
