@@ -132,9 +132,11 @@ impl DmaLimits {
 
 /// Maps guest memory for one connection's server and serves its DMA requests.
 ///
-/// Creating it installs a [`DmaRequestHandler`] on the connection. Cheap operations take the
-/// table's write lock only briefly and never across a wait, so DMA requests keep being
-/// served while a transaction waits for its replies.
+/// Creating it installs a [`DmaRequestHandler`] on the connection (replacing any other
+/// handler). Operations take the table's write lock only briefly and never across a wait, so
+/// DMA requests keep being served while a transaction waits for its replies. Dropping the
+/// mapper leaves the handler installed and the windows mapped (the server may still use
+/// them); call [`DmaMapper::unmap_all`] first to tear them down.
 pub struct DmaMapper<AS> {
     proxy: Proxy,
     limits: DmaLimits,
