@@ -51,3 +51,43 @@ impl PartialEq for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dma::{DmaFailure, DmaOp};
+    use crate::protocol::Command;
+
+    #[test]
+    fn errno_and_disconnect_through_every_layer() {
+        let refused = proxy::Error::Server {
+            command: Command::DmaMap,
+            errno: 22,
+        };
+        let gone = proxy::Error::Disconnected(proxy::DisconnectReason::PeerClosed);
+        let op = DmaOp::Map {
+            iova: 0,
+            size: 0x1000,
+        };
+        let e = Error::from(NegotiateError::ZeroPgsizes);
+        assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
+        assert_eq!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
+        let e = Error::from(proxy::Error::TooManyPending);
+        assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
+        assert_ne!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
+        let e = Error::from(dma::Error::Batch {
+            total: 2,
+            failures: vec![
+                DmaFailure { op, error: gone },
+                DmaFailure { op, error: refused },
+            ],
+        });
+        assert_eq!((e.server_errno(), e.is_disconnected()), (Some(22), true));
+        let local = Error::from(dma::Error::Empty { op });
+        assert_eq!(
+            (local.server_errno(), local.is_disconnected()),
+            (None, false)
+        );
+        assert_eq!(local, Error::Dma(dma::Error::Empty { op }));
+    }
+}

@@ -487,6 +487,55 @@ fn a_batch_mixing_maps_and_unmaps_lands_as_sent() {
 }
 
 #[test]
+fn memory_the_server_may_not_touch_and_uncommitted_failures() {
+    let env = connect(
+        ServerConfig {
+            refuse_fdless_maps: true,
+            ..ServerConfig::default()
+        },
+        &ConnectOptions::default(),
+    );
+    // A region mapped PROT_NONE grants the server nothing.
+    let none = vm_memory::mmap::MmapRegionBuilder::new(0x1000)
+        .with_mmap_prot(libc::PROT_NONE)
+        .build()
+        .unwrap();
+    let mem = Arc::new(memory(vec![
+        shared(0, 0x10_0000),
+        GuestRegionMmap::new(none, GuestAddress(0x20_0000)).unwrap(),
+    ]));
+    let mapper = DmaMapper::new(&env.conn, Arc::clone(&mem));
+    assert!(format!("{mapper:?}").contains("mappings: 0"));
+    let op = DmaOp::Map {
+        iova: 0x20_0000,
+        size: 0x1000,
+    };
+    assert_eq!(
+        mapper.map_guest_memory(),
+        Err(DmaError::NoAccess { op, gpa: 0x20_0000 })
+    );
+    assert_eq!(
+        mapper.map(0x20_0000, 0x20_0000, 0x1000),
+        Err(DmaError::NoAccess { op, gpa: 0x20_0000 })
+    );
+    assert!(mapper.is_empty());
+
+    // A transaction dropped without commit still collects its replies and undoes the refused
+    // map (the failure is logged).
+    let fdless = Arc::new(memory(vec![anon(0, 0x10_0000)]));
+    let other = DmaMapper::new(&env.conn, fdless);
+    {
+        let mut tx = other.transaction();
+        tx.map(0x1000, 0, 0x1000).unwrap();
+        assert!(format!("{tx:?}").contains("pending: 1"));
+    }
+    assert!(other.is_empty());
+    assert_eq!(env.probe.dma_map_count(), 0);
+    mapper.map(0, 0, 0x1000).unwrap();
+    assert_eq!(env.probe.dma_map_count(), 1);
+}
+
+#[test]
 fn hot_plug_add_and_remove_reach_the_server() {
     let env = connect(ServerConfig::default(), &ConnectOptions::default());
     let base = memory(vec![shared(0, 0x10_0000), anon(0x10_0000, 0x10_0000)]);

@@ -420,9 +420,15 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
     let big = pattern(512 << 10, 8);
     mem.write_slice(&big, GuestAddress(0x8_0000)).unwrap();
     let mapper = DmaMapper::new(&conn, Arc::clone(&mem));
+    // Two windows, so that the large reads below cross from one to the other.
     thread::scope(|sc| {
-        let t = sc.spawn(|| mapper.map(0, 0, 0x10_0000));
-        accept(&mut main, 1);
+        let t = sc.spawn(|| {
+            let mut tx = mapper.transaction();
+            tx.map(0, 0, 0xa_0000)?;
+            tx.map(0xa_0000, 0xa_0000, 0x6_0000)?;
+            tx.commit()
+        });
+        accept(&mut main, 2);
         t.join().unwrap().unwrap();
     });
     assert_eq!(dma_read(&mut twin, 0x100, 8), Ok(vec![0x5a; 8]));

@@ -332,6 +332,8 @@ pub struct TwinSubscriber {
     out_bytes: usize,
     out_armed: bool,
     watching: bool,
+    /// How long a reply may wait for room before it is queued ([`WRITE_WAIT`]).
+    write_wait: Duration,
 }
 
 impl fmt::Debug for TwinSubscriber {
@@ -370,6 +372,7 @@ impl Proxy {
             out_bytes: 0,
             out_armed: false,
             watching: false,
+            write_wait: WRITE_WAIT,
         })
     }
 }
@@ -438,7 +441,7 @@ impl TwinSubscriber {
     /// Sends a reply at once if nothing waits before it, queues what does not fit.
     fn queue(&mut self, mut out: Outgoing) -> Result<(), DisconnectReason> {
         if self.out.is_empty() {
-            let deadline = Instant::now() + WRITE_WAIT;
+            let deadline = Instant::now() + self.write_wait;
             loop {
                 match out.write(&self.sock) {
                     Ok(()) => return Ok(()),
@@ -711,6 +714,190 @@ mod tests {
         a.write_all(&msg(6, &[6; 8])[..20]).unwrap();
         drop(a);
         assert_eq!(f.step(&b).unwrap_err(), DisconnectReason::PeerClosed);
+    }
+
+    /// Echoes buffered requests, refuses DMA_WRITE, answers DMA_READ with 1 MiB of 7s sent
+    /// unbuffered.
+    struct TestHandler;
+
+    struct Bulk(Vec<u8>);
+
+    impl ReplyData for Bulk {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        fn send(&self, sock: &UnixStream, prefix: &[&[u8]], offset: usize) -> io::Result<usize> {
+            let mut parts = prefix.to_vec();
+            parts.push(self.0.get(offset..).unwrap_or_default());
+            socket::send_with_fds(sock, &parts, &[])
+        }
+    }
+
+    impl crate::proxy::ServerRequestHandler for TestHandler {
+        fn handle(
+            &self,
+            header: &Header,
+            payload: &[u8],
+            _fds: Vec<OwnedFd>,
+            reply: &mut Vec<u8>,
+        ) -> Result<(), u32> {
+            if header.known_command() == Some(Command::DmaWrite) {
+                return Err(libc::EPERM as u32);
+            }
+            reply.extend_from_slice(payload);
+            Ok(())
+        }
+
+        fn handle_unbuffered(
+            &self,
+            header: &Header,
+            payload: &[u8],
+            _fds: &[OwnedFd],
+        ) -> Option<Result<UnbufferedReply, u32>> {
+            (header.known_command() == Some(Command::DmaRead)).then(|| {
+                Ok(UnbufferedReply {
+                    head: payload.to_vec(),
+                    data: Box::new(Bulk(vec![7; 1 << 20])),
+                })
+            })
+        }
+    }
+
+    fn request(command: Command, id: u16, payload: &[u8], flags: u32) -> Vec<u8> {
+        let mut h = Header::command(id, command, payload.len(), false).unwrap();
+        h.flags |= flags;
+        let mut v = h.to_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn read_reply(sock: &mut UnixStream) -> (Header, Vec<u8>) {
+        use std::io::Read;
+        let mut hdr = [0u8; HEADER_SIZE];
+        sock.read_exact(&mut hdr).unwrap();
+        let h = Header::from_bytes(&hdr);
+        let mut body = vec![0u8; h.payload_len()];
+        sock.read_exact(&mut body).unwrap();
+        (h, body)
+    }
+
+    #[test]
+    fn requests_are_answered_queued_and_drained() {
+        let (main, _server_main) = UnixStream::pair().unwrap();
+        let config = crate::proxy::ProxyConfig {
+            max_recv_size: 4096,
+            ..crate::proxy::ProxyConfig::default()
+        };
+        let (proxy, _sub) = Proxy::from_stream(main, config).unwrap();
+        proxy.set_request_handler(Some(Arc::new(TestHandler)));
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut twin = proxy.attach_twin_socket(ours).unwrap();
+        assert!(format!("{twin:?}").contains("TwinSubscriber"));
+        twin.write_wait = Duration::ZERO;
+
+        // A reply that does not fit waits in the queue until the server reads.
+        theirs
+            .write_all(&request(Command::DmaRead, 1, &[1; 16], 0))
+            .unwrap();
+        assert_eq!(twin.step(EventSet::IN), Ok(false));
+        assert_eq!(twin.out.len(), 1);
+        let mut reader = theirs.try_clone().unwrap();
+        let t = std::thread::spawn(move || read_reply(&mut reader));
+        while !twin.step(EventSet::OUT).unwrap() {
+            crate::proxy::socket::poll_fd(twin.sock.as_raw_fd(), true, -1).unwrap();
+        }
+        let (h, body) = t.join().unwrap();
+        assert_eq!((h.id, h.is_error(), body.len()), (1, false, 16 + (1 << 20)));
+        assert!(body[16..].iter().all(|&b| b == 7));
+        assert_eq!(twin.out_bytes, 0);
+
+        // A reply (not a request) is dropped; No_reply requests get no answer; other
+        // failures get their errno.
+        let mut stray = request(Command::DmaRead, 2, &[], 0);
+        stray[8] = 1;
+        theirs.write_all(&stray).unwrap();
+        theirs
+            .write_all(&request(
+                Command::RegionRead,
+                3,
+                &[3; 4],
+                crate::protocol::FLAGS_NO_REPLY,
+            ))
+            .unwrap();
+        theirs
+            .write_all(&request(Command::DmaWrite, 4, &[4; 20], 0))
+            .unwrap();
+        let mut unknown = request(Command::DmaRead, 5, &[], 0);
+        unknown[2..4].copy_from_slice(&99u16.to_ne_bytes());
+        theirs.write_all(&unknown).unwrap();
+        theirs
+            .write_all(&request(Command::RegionWrite, 6, &vec![6; 8000], 0))
+            .unwrap();
+        theirs
+            .write_all(&request(Command::RegionRead, 7, &[7; 4], 0))
+            .unwrap();
+        let mut replies = Vec::new();
+        while replies.len() < 4 {
+            assert!(twin.step(EventSet::IN).unwrap());
+            if crate::proxy::socket::poll_fd(theirs.as_raw_fd(), false, 0).unwrap() {
+                replies.push(read_reply(&mut theirs));
+            } else {
+                crate::proxy::socket::poll_fd(twin.sock.as_raw_fd(), false, -1).unwrap();
+            }
+        }
+        let summary: Vec<(u16, u32)> = replies.iter().map(|(h, _)| (h.id, h.error)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (4, libc::EPERM as u32),
+                (5, libc::ENOSYS as u32),
+                (6, libc::E2BIG as u32),
+                (7, 0)
+            ]
+        );
+        assert_eq!(replies[3].1, vec![7; 4]);
+
+        // The server hanging up ends the connection.
+        drop(theirs);
+        assert_eq!(twin.step(EventSet::IN), Err(DisconnectReason::PeerClosed));
+        let sub = ConnectionSubscriber::new(_sub, Some(twin));
+        assert!(sub.has_twin());
+        assert!(format!("{sub:?}").contains("twin"));
+        let reply = UnbufferedReply {
+            head: vec![1],
+            data: Box::new(Bulk(vec![])),
+        };
+        assert!(reply.data.is_empty());
+        assert!(format!("{reply:?}").contains("data_len: 0"));
+    }
+
+    #[test]
+    fn eof_in_the_middle_of_a_large_message() {
+        let (mut a, b) = pair();
+        let mut f = Framer::new(1 << 20, 4);
+        a.write_all(&msg(1, &vec![1; 100_000])[..50_000]).unwrap();
+        drop(a);
+        let mut r = Ok(None);
+        for _ in 0..4 {
+            r = f.step(&b);
+            if r.is_err() {
+                break;
+            }
+        }
+        assert_eq!(r.unwrap_err(), DisconnectReason::PeerClosed);
+        let (mut a, b) = pair();
+        let mut f = Framer::new(20_000, 4);
+        a.write_all(&msg(1, &vec![1; 100_000])[..50_000]).unwrap();
+        drop(a);
+        let mut r = Ok(None);
+        for _ in 0..4 {
+            r = f.step(&b);
+            if r.is_err() {
+                break;
+            }
+        }
+        assert_eq!(r.unwrap_err(), DisconnectReason::PeerClosed);
     }
 
     proptest::proptest! {
