@@ -3,6 +3,8 @@
 
 //! What the server advertises and how it misbehaves on request.
 
+use vfio_user_client::protocol::IoFdsLayout;
+
 /// The body of the VERSION reply after `major` and `minor`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum VersionPayload {
@@ -36,7 +38,7 @@ pub struct Quirks {
 /// The server's configuration.
 ///
 /// The defaults match libvfio-user: version `0.min(client minor, 2)`, capabilities
-/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`.
+/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`, 48-byte REGION_IO_FDS entries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     /// Major version replied (and required of the client).
@@ -57,6 +59,10 @@ pub struct ServerConfig {
     /// Largest message accepted (header included); larger ones are drained and refused
     /// with `EINVAL` before anything is allocated.
     pub max_msg_size: u32,
+    /// Entry layout of DEVICE_GET_REGION_IO_FDS replies: libvfio-user's 48-byte entries
+    /// (the default, as the real server sends), the spec's 40-byte ones, or any other stride
+    /// (common fields only, zero-padded; at least 28 bytes are written).
+    pub io_fds_layout: IoFdsLayout,
     /// Deliberate misbehaviour.
     pub quirks: Quirks,
 }
@@ -71,6 +77,7 @@ impl Default for ServerConfig {
             extra_capabilities: serde_json::Map::new(),
             version_payload: VersionPayload::Standard,
             max_msg_size: (1 << 20) + 64,
+            io_fds_layout: IoFdsLayout::LibVfioUser,
             quirks: Quirks::default(),
         }
     }

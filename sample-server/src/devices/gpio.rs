@@ -7,26 +7,35 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use vfio_user_client::protocol::{
+    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IOEVENTFD_FLAG_DATAMATCH,
+    IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
 use crate::conn::{lock, DeviceContext};
 use crate::device::{
-    Device, DeviceInfo, Errno, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX, IRQ_MSI,
-    IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
+    Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
+    IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
 use crate::devices::{dwords, read_regs};
 use crate::memory::SharedMemory;
 use crate::pci::ConfigSpace;
-use vfio_user_client::protocol::{
-    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
-};
 
 /// Configuration of a [`GpioDevice`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpioConfig {
-    /// Number of MSI-X vectors (default 4).
+    /// Number of MSI-X vectors (default 4; SPDK's NVMe controller has 512).
     pub msix_vectors: u32,
     /// Size of the BAR1 scratch RAM (default 4 MiB).
     pub scratch_size: u64,
+    /// DEVICE_GET_INFO reports `DEVICE_FLAGS_RESET` and DEVICE_RESET works (default
+    /// `true`); when `false` the flag is absent and DEVICE_RESET is answered `EINVAL`.
+    pub resettable: bool,
+    /// Message-based reads and writes of region `.0` fail with errno `.1` (0 included: an
+    /// error reply whose `error_no` is 0) once they pass the server's validation; default
+    /// `None`. Changeable later with [`GpioHandle::set_fail_region`].
+    pub fail_region: Option<(u32, i32)>,
 }
 
 impl Default for GpioConfig {
@@ -34,6 +43,8 @@ impl Default for GpioConfig {
         GpioConfig {
             msix_vectors: 4,
             scratch_size: 4 << 20,
+            resettable: true,
+            fail_region: None,
         }
     }
 }
@@ -50,6 +61,26 @@ struct GpioState {
     trapped_accesses: u64,
     resets: u64,
     last_reset: Option<ResetReason>,
+    doorbells: u64,
+    ioeventfd_signals: [u64; GpioDevice::IOEVENTFDS],
+    fail_region: Option<(u32, i32)>,
+}
+
+impl GpioState {
+    /// Takes the signals waiting on the ioeventfds and applies them as the writes they
+    /// stand for.
+    fn drain_ioeventfds(&mut self, fds: &[Arc<EventFd>]) {
+        for (i, fd) in fds.iter().enumerate() {
+            // EAGAIN (nothing signalled) is the only error a non-blocking eventfd read has.
+            let Ok(n) = fd.read() else { continue };
+            self.ioeventfd_signals[i] += n;
+            match i {
+                GpioDevice::IOEVENTFD_OUTPUT => self.output = GpioDevice::OUTPUT_DATAMATCH,
+                GpioDevice::IOEVENTFD_DOORBELL => self.doorbells += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The device. Regions (BARs are 32-bit memory BARs in the config space):
@@ -61,8 +92,21 @@ struct GpioState {
 /// | 2 (BAR2) | 64 KiB | memfd RAM; `MAPPABLE_AREAS` are mmappable, the gap between them is trapped |
 /// | 7 | 256 B | PCI config space (vendor 0x494f, device 0x0dc8) |
 ///
-/// IRQs: INTx 1, MSI 1, MSI-X [`GpioConfig::msix_vectors`], ERR 1, REQ 1. Supports reset,
-/// which clears the registers (not the RAM).
+/// IRQs: INTx 1, MSI 1, MSI-X [`GpioConfig::msix_vectors`], ERR 1, REQ 1. Supports reset
+/// (unless [`GpioConfig::resettable`] is off), which clears the registers (not the RAM).
+///
+/// DEVICE_GET_REGION_IO_FDS: BAR0 has two ioeventfds, in this order (the index of
+/// [`GpioHandle::ioeventfd_signals`]):
+///
+/// | # | Offset | Size | Flags | Stands for |
+/// |---|---|---|---|---|
+/// | 0 | `REG_OUTPUT` | 4 | DATAMATCH [`GpioDevice::OUTPUT_DATAMATCH`] | writing that value to the output latch |
+/// | 1 | `REG_DOORBELL` | 4 | none | one doorbell write |
+///
+/// BAR1, BAR2 and config space answer with none (`count` 0, as libvfio-user answers for a
+/// region without ioeventfds); absent regions are `EINVAL`. The device takes the signals
+/// before each message-based access (and when the handle asks), so a signal and a later
+/// REGION_READ through the socket are ordered only by that.
 #[derive(Debug)]
 pub struct GpioDevice {
     config: GpioConfig,
@@ -70,6 +114,7 @@ pub struct GpioDevice {
     state: Arc<Mutex<GpioState>>,
     scratch: Arc<Mutex<Vec<u8>>>,
     mappable: Arc<SharedMemory>,
+    ioeventfds: Vec<Arc<EventFd>>,
 }
 
 /// A test's handle on a [`GpioDevice`]'s state, usable while the server owns the device.
@@ -78,6 +123,7 @@ pub struct GpioHandle {
     state: Arc<Mutex<GpioState>>,
     scratch: Arc<Mutex<Vec<u8>>>,
     mappable: Arc<SharedMemory>,
+    ioeventfds: Vec<Arc<EventFd>>,
 }
 
 impl GpioDevice {
@@ -117,6 +163,17 @@ impl GpioDevice {
     pub const REG_ID: u64 = 0x18;
     /// Value of [`GpioDevice::REG_ID`].
     pub const ID: u32 = 0x4750_494f;
+    /// BAR0: doorbell; every write counts one ring, whatever the value (also through its
+    /// ioeventfd). Reads return the rings so far (low 32 bits).
+    pub const REG_DOORBELL: u64 = 0x1c;
+    /// Number of BAR0 ioeventfds.
+    pub const IOEVENTFDS: usize = 2;
+    /// Index of the `REG_OUTPUT` ioeventfd.
+    pub const IOEVENTFD_OUTPUT: usize = 0;
+    /// Index of the `REG_DOORBELL` ioeventfd.
+    pub const IOEVENTFD_DOORBELL: usize = 1;
+    /// The datamatch value of the `REG_OUTPUT` ioeventfd.
+    pub const OUTPUT_DATAMATCH: u32 = 0xa5a5_0001;
 
     /// A device and the test handle on its state.
     pub fn new(config: GpioConfig) -> io::Result<(GpioDevice, GpioHandle)> {
@@ -124,7 +181,13 @@ impl GpioDevice {
         let scratch_len = usize::try_from(config.scratch_size)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let scratch = Arc::new(Mutex::new(vec![0u8; scratch_len]));
-        let state = Arc::new(Mutex::new(GpioState::default()));
+        let state = Arc::new(Mutex::new(GpioState {
+            fail_region: config.fail_region,
+            ..GpioState::default()
+        }));
+        let ioeventfds = (0..Self::IOEVENTFDS)
+            .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
         let pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
             .with_bar(0, Self::BAR0_SIZE as u32)
             .with_bar(
@@ -137,6 +200,7 @@ impl GpioDevice {
             state: state.clone(),
             scratch: scratch.clone(),
             mappable: mappable.clone(),
+            ioeventfds: ioeventfds.clone(),
         };
         Ok((
             GpioDevice {
@@ -145,6 +209,7 @@ impl GpioDevice {
                 state,
                 scratch,
                 mappable,
+                ioeventfds,
             },
             handle,
         ))
@@ -162,8 +227,13 @@ impl GpioDevice {
 
 impl Device for GpioDevice {
     fn info(&self) -> DeviceInfo {
+        let reset = if self.config.resettable {
+            DEVICE_FLAGS_RESET
+        } else {
+            0
+        };
         DeviceInfo {
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: DEVICE_FLAGS_PCI | reset,
             num_regions: PCI_NUM_REGIONS,
             num_irqs: PCI_NUM_IRQS,
         }
@@ -193,6 +263,30 @@ impl Device for GpioDevice {
         }
     }
 
+    fn region_io_fds(&self, index: u32) -> Result<Vec<RegionIoFd>, Errno> {
+        let fd = |i: usize, offset, flags, datamatch| RegionIoFd {
+            offset,
+            size: 4,
+            kind: IO_FD_TYPE_IOEVENTFD,
+            flags,
+            datamatch,
+            fd: self.ioeventfds[i].clone(),
+        };
+        match index {
+            0 => Ok(vec![
+                fd(
+                    Self::IOEVENTFD_OUTPUT,
+                    Self::REG_OUTPUT,
+                    IOEVENTFD_FLAG_DATAMATCH,
+                    u64::from(Self::OUTPUT_DATAMATCH),
+                ),
+                fd(Self::IOEVENTFD_DOORBELL, Self::REG_DOORBELL, 0, 0),
+            ]),
+            1 | 2 | PCI_CONFIG_REGION => Ok(Vec::new()),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
     fn irq_count(&self, index: u32) -> u32 {
         match index {
             IRQ_INTX | IRQ_MSI | IRQ_ERR | IRQ_REQ => 1,
@@ -209,6 +303,10 @@ impl Device for GpioDevice {
         data: &mut [u8],
     ) -> Result<(), Errno> {
         let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        if let Some((_, errno)) = st.fail_region.filter(|(r, _)| *r == index) {
+            return Err(Errno(errno));
+        }
         st.region_reads += 1;
         match index {
             0 => read_regs(offset, data, |reg| match reg {
@@ -218,6 +316,7 @@ impl Device for GpioDevice {
                 Self::REG_SEQUENCE_WRITES => st.sequence_writes as u32,
                 Self::REG_SEQUENCE_ERRORS => st.sequence_errors as u32,
                 Self::REG_ID => Self::ID,
+                Self::REG_DOORBELL => st.doorbells as u32,
                 _ => 0,
             }),
             1 => {
@@ -249,6 +348,10 @@ impl Device for GpioDevice {
         let mut raise = Vec::new();
         {
             let mut st = lock(&self.state);
+            st.drain_ioeventfds(&self.ioeventfds);
+            if let Some((_, errno)) = st.fail_region.filter(|(r, _)| *r == index) {
+                return Err(Errno(errno));
+            }
             st.region_writes += 1;
             match index {
                 0 => {
@@ -263,6 +366,7 @@ impl Device for GpioDevice {
                                 st.sequence = v;
                             }
                             Self::REG_IRQ_RAISE => raise.push((v >> 16, v & 0xffff)),
+                            Self::REG_DOORBELL => st.doorbells += 1,
                             _ => {}
                         }
                     }
@@ -292,6 +396,7 @@ impl Device for GpioDevice {
 
     fn reset(&mut self, reason: ResetReason) -> Result<(), Errno> {
         let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
         st.output = 0;
         st.sequence = 0;
         st.resets += 1;
@@ -357,6 +462,28 @@ impl GpioHandle {
         lock(&self.scratch)
             .get(offset..offset.checked_add(len)?)
             .map(<[u8]>::to_vec)
+    }
+
+    /// Doorbell rings so far (REGION_WRITEs to `REG_DOORBELL` and signals of its
+    /// ioeventfd), not cleared by reset.
+    pub fn doorbells(&self) -> u64 {
+        let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        st.doorbells
+    }
+
+    /// How many times BAR0 ioeventfd `i` (see [`GpioDevice`]) was signalled so far: the
+    /// eventfd is read without blocking and the count accumulates. 0 for an unknown `i`.
+    pub fn ioeventfd_signals(&self, i: usize) -> u64 {
+        let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        st.ioeventfd_signals.get(i).copied().unwrap_or(0)
+    }
+
+    /// Makes message-based accesses of `region` fail with `errno` (see
+    /// [`GpioConfig::fail_region`]); `None` stops failing them.
+    pub fn set_fail_region(&self, fail: Option<(u32, i32)>) {
+        lock(&self.state).fail_region = fail;
     }
 
     /// The memory behind BAR2, as the client's mmap sees it.
