@@ -3,6 +3,7 @@
 
 //! The crate-level error: one variant per layer, each carrying that layer's own error.
 
+use crate::device;
 use crate::negotiate::NegotiateError;
 use crate::proxy;
 
@@ -16,6 +17,9 @@ pub enum Error {
     /// The server's VERSION reply was not acceptable.
     #[error("version negotiation failed: {0}")]
     Negotiate(#[from] NegotiateError),
+    /// Discovering or using the device failed.
+    #[error(transparent)]
+    Device(#[from] device::Error),
 }
 
 impl Error {
@@ -24,12 +28,17 @@ impl Error {
         match self {
             Error::Proxy(e) => e.server_errno(),
             Error::Negotiate(_) => None,
+            Error::Device(e) => e.server_errno(),
         }
     }
 
     /// Whether the connection is gone (a new connection is needed to go on).
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, Error::Proxy(e) if e.is_disconnected())
+        match self {
+            Error::Proxy(e) => e.is_disconnected(),
+            Error::Device(e) => e.is_disconnected(),
+            Error::Negotiate(_) => false,
+        }
     }
 }
 

@@ -6,11 +6,13 @@
 #![deny(missing_debug_implementations)]
 
 mod connection;
+pub mod device;
 mod error;
 pub mod negotiate;
 pub mod protocol;
 pub mod proxy;
 
 pub use connection::{handshake, ConnectOptions, Connection};
+pub use device::{DeviceOptions, VfioUserDevice};
 pub use error::Error;
 pub use negotiate::{Capabilities, Offer};
