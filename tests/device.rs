@@ -466,3 +466,157 @@ fn connect_by_path_discovers_the_device() {
         .unwrap();
     assert_eq!(handle.output(), 7);
 }
+
+#[test]
+fn io_fds_of_the_gpio_device_in_both_layouts() {
+    use vfio_user_client::protocol::{IoFdsLayout, IOEVENTFD_FLAG_DATAMATCH};
+    for layout in [IoFdsLayout::LibVfioUser, IoFdsLayout::Spec] {
+        let config = ServerConfig {
+            io_fds_layout: layout,
+            ..ServerConfig::default()
+        };
+        let s = setup_with(GpioConfig::default(), config, &DeviceOptions::default());
+        let fds = s.dev.region_io_fds(BAR0).unwrap();
+        assert_eq!(fds.len(), GpioDevice::IOEVENTFDS);
+        let out = &fds[GpioDevice::IOEVENTFD_OUTPUT];
+        assert_eq!((out.offset, out.size), (GpioDevice::REG_OUTPUT, 4));
+        assert_eq!(out.flags, IOEVENTFD_FLAG_DATAMATCH);
+        assert_eq!(out.data, Some(u64::from(GpioDevice::OUTPUT_DATAMATCH)));
+        let bell = &fds[GpioDevice::IOEVENTFD_DOORBELL];
+        assert_eq!((bell.offset, bell.flags), (GpioDevice::REG_DOORBELL, 0));
+        // Signalling the fds as KVM would is seen by the device.
+        for (i, f) in fds.iter().enumerate() {
+            let file = std::fs::File::from(f.fd.try_clone().unwrap());
+            std::io::Write::write_all(&mut &file, &1u64.to_ne_bytes()).unwrap();
+            assert_eq!(s.handle.ioeventfd_signals(i), 1, "ioeventfd {i}");
+        }
+        assert_eq!(s.handle.output(), GpioDevice::OUTPUT_DATAMATCH);
+        // Regions without ioeventfds answer an empty list.
+        assert!(s.dev.region_io_fds(SCRATCH).unwrap().is_empty());
+        // An absent region is refused by the server.
+        assert!(matches!(
+            s.dev.region_io_fds(3),
+            Err(DeviceError::IoFdsNotSupported { index: 3, .. })
+        ));
+    }
+}
+
+#[test]
+fn a_device_without_io_fds_says_not_supported() {
+    use vfio_user_sample_server::DmaEngine;
+    let (device, _handle) = DmaEngine::new();
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let _running = server.serve_stream(server_end);
+    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
+    let e = dev.region_io_fds(0).unwrap_err();
+    assert!(
+        matches!(e, DeviceError::IoFdsNotSupported { index: 0, errno } if errno == libc::EINVAL as u32),
+        "{e}"
+    );
+}
+
+#[test]
+fn injected_server_errors_keep_their_errno() {
+    let s = setup();
+    for errno in [libc::EINVAL, libc::ENOSPC, libc::EIO, 0] {
+        s.handle.set_fail_region(Some((SCRATCH, errno)));
+        let e = s.dev.read(SCRATCH, 0, &mut [0u8; 4]).unwrap_err();
+        assert_eq!(e.server_errno(), Some(errno as u32), "{e}");
+        let e = s.dev.write(SCRATCH, 0, &[0u8; 100 << 10]).unwrap_err();
+        assert_eq!(e.server_errno(), Some(errno as u32), "{e}");
+        let e = s.dev.read(SCRATCH, 0, &mut vec![0u8; 3 << 20]).unwrap_err();
+        assert_eq!(e.server_errno(), Some(errno as u32), "{e}");
+    }
+    s.handle.set_fail_region(None);
+    s.dev.write(SCRATCH, 8, &[5; 8]).unwrap();
+    let mut b = [0u8; 8];
+    s.dev.read(SCRATCH, 8, &mut b).unwrap();
+    assert_eq!(b, [5; 8]);
+}
+
+#[test]
+fn reset_is_refused_locally_when_not_advertised() {
+    let gpio = GpioConfig {
+        resettable: false,
+        ..GpioConfig::default()
+    };
+    let s = setup_with(gpio, ServerConfig::default(), &DeviceOptions::default());
+    assert!(!s.dev.resettable());
+    let before = s.probe.commands();
+    assert!(matches!(s.dev.reset(), Err(DeviceError::ResetNotSupported)));
+    assert_eq!(s.probe.commands(), before);
+    assert_eq!(s.handle.resets(), 0);
+}
+
+#[test]
+fn disabling_an_index_without_vectors_is_not_an_error() {
+    let gpio = GpioConfig {
+        msix_vectors: 0,
+        ..GpioConfig::default()
+    };
+    let s = setup_with(gpio, ServerConfig::default(), &DeviceOptions::default());
+    assert_eq!(s.dev.irq(pci_irq::MSIX).unwrap().count, 0);
+    let before = s.probe.commands();
+    s.dev.disable_irqs(pci_irq::MSIX).unwrap();
+    s.dev
+        .set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &[])
+        .unwrap();
+    assert_eq!(s.probe.commands(), before);
+    // INTx, with its one vector, is disabled by message.
+    s.dev.disable_irqs(pci_irq::INTX).unwrap();
+    assert_eq!(s.probe.commands(), before + 1);
+}
+
+fn unmappable() -> GpioConfig {
+    GpioConfig {
+        mappable_bar2: false,
+        ..GpioConfig::default()
+    }
+}
+
+#[test]
+fn posted_writes_are_not_answered_and_stay_in_order() {
+    let s = setup_with(
+        unmappable(),
+        ServerConfig::default(),
+        &DeviceOptions::default(),
+    );
+    assert!(s.dev.posted_writes());
+    assert!(!s.dev.region(BAR2).unwrap().mappable());
+    let writes = s.handle.region_writes();
+    for v in 0..1000u32 {
+        s.dev
+            .write_posted(BAR0, GpioDevice::REG_OUTPUT, &v.to_le_bytes())
+            .unwrap();
+    }
+    // A read is answered after every earlier posted write was handled.
+    let mut out = [0u8; 4];
+    s.dev.read(BAR0, GpioDevice::REG_OUTPUT, &mut out).unwrap();
+    assert_eq!(u32::from_le_bytes(out), 999);
+    assert_eq!(s.handle.region_writes() - writes, 1000);
+    // Large posted writes are chunked too.
+    let data = pattern(100 << 10, 3);
+    s.dev.write_posted(SCRATCH, 0, &data).unwrap();
+    s.dev.read(BAR0, GpioDevice::REG_OUTPUT, &mut out).unwrap();
+    assert_eq!(s.handle.scratch(0, data.len()).unwrap(), data);
+    // A refused posted write is not reported; a synchronous one is.
+    s.handle.set_fail_region(Some((SCRATCH, libc::EIO)));
+    s.dev.write_posted(SCRATCH, 0, &[1]).unwrap();
+    assert!(s.dev.write(SCRATCH, 0, &[1]).is_err());
+}
+
+#[test]
+fn posted_writes_can_be_turned_off() {
+    let options = DeviceOptions {
+        posted_writes: false,
+        ..DeviceOptions::default()
+    };
+    let s = setup_with(unmappable(), ServerConfig::default(), &options);
+    assert!(!s.dev.posted_writes());
+    s.handle.set_fail_region(Some((SCRATCH, libc::EIO)));
+    // Sent as a synchronous write: the error is reported.
+    let e = s.dev.write_posted(SCRATCH, 0, &[1]).unwrap_err();
+    assert_eq!(e.server_errno(), Some(libc::EIO as u32));
+}

@@ -36,6 +36,10 @@ pub struct GpioConfig {
     /// error reply whose `error_no` is 0) once they pass the server's validation; default
     /// `None`. Changeable later with [`GpioHandle::set_fail_region`].
     pub fail_region: Option<(u32, i32)>,
+    /// BAR2 offers its `MAPPABLE_AREAS` for mmap (default `true`); when `false` every BAR2
+    /// access is a message, so the device has no mappable region (clients may then post
+    /// writes).
+    pub mappable_bar2: bool,
 }
 
 impl Default for GpioConfig {
@@ -45,6 +49,7 @@ impl Default for GpioConfig {
             scratch_size: 4 << 20,
             resettable: true,
             fail_region: None,
+            mappable_bar2: true,
         }
     }
 }
@@ -252,7 +257,7 @@ impl Device for GpioDevice {
             2 => Some(RegionSpec {
                 flags: rw,
                 size: Self::BAR2_SIZE,
-                mmap: Some(RegionMmap {
+                mmap: self.config.mappable_bar2.then(|| RegionMmap {
                     memory: self.mappable.clone(),
                     offset: 0,
                     areas: Self::MAPPABLE_AREAS.to_vec(),
