@@ -189,6 +189,20 @@ fn transfers_are_split_by_the_negotiated_sizes() {
     let before = s.probe.commands();
     s.dev.write(SCRATCH, 0, &data).unwrap();
     assert_eq!(s.probe.commands() - before, 32, "1 MiB in 32 KiB writes");
+
+    // With the server's 1 MiB, reads go in the default 128 KiB chunks, or as asked.
+    let s = setup();
+    let before = s.probe.commands();
+    s.dev.read(SCRATCH, 0, &mut back).unwrap();
+    assert_eq!(s.probe.commands() - before, 8, "1 MiB in 128 KiB reads");
+    let options = DeviceOptions {
+        read_chunk: 1 << 20,
+        ..DeviceOptions::default()
+    };
+    let s = setup_with(GpioConfig::default(), ServerConfig::default(), &options);
+    let before = s.probe.commands();
+    s.dev.read(SCRATCH, 0, &mut back).unwrap();
+    assert_eq!(s.probe.commands() - before, 1, "1 MiB in one read");
 }
 
 #[test]

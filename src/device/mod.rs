@@ -42,6 +42,9 @@ pub const MAX_INFO_ARGSZ: u32 = 64 << 10;
 /// Default cap on the data of one REGION_WRITE message (libvfio-user issue #306).
 pub const DEFAULT_WRITE_CHUNK: u32 = 32 << 10;
 
+/// Default cap on the data of one REGION_READ message.
+pub const DEFAULT_READ_CHUNK: u32 = 128 << 10;
+
 /// `argsz` of the first REGION_IO_FDS query: room for 16 libvfio-user entries.
 const IO_FDS_FIRST_ARGSZ: u32 = 16 + 16 * 48;
 /// Requests of one large transfer in flight at once.
@@ -80,6 +83,10 @@ pub struct DeviceOptions {
     /// `max_data_xfer_size`). Default 32 KiB: libvfio-user can fail larger single writes
     /// (its issue #306).
     pub write_chunk: u32,
+    /// Most data bytes asked for in one REGION_READ message (also bounded by the server's
+    /// `max_data_xfer_size` and our receive limit). Larger reads are split and pipelined,
+    /// so the server's work on one part overlaps ours on the previous part.
+    pub read_chunk: u32,
     /// Allow posted (No_reply) writes for [`VfioUserDevice::write_posted`]. Even when set,
     /// posted writes are off for a device with any mappable region: a posted write could
     /// then be overtaken by an access through the mapping.
@@ -92,6 +99,7 @@ impl Default for DeviceOptions {
     fn default() -> Self {
         DeviceOptions {
             write_chunk: DEFAULT_WRITE_CHUNK,
+            read_chunk: DEFAULT_READ_CHUNK,
             posted_writes: true,
             map_regions: true,
         }
@@ -315,7 +323,10 @@ impl VfioUserDevice {
         // Our own receive limit bounds read replies too (head room for the headers).
         let recv_limit = (proxy.config().max_recv_size as usize)
             .saturating_sub(HEADER_SIZE + RegionAccess::HEAD_SIZE);
-        let read_chunk = max_xfer.min(recv_limit).max(1);
+        let read_chunk = max_xfer
+            .min(recv_limit)
+            .min(options.read_chunk as usize)
+            .max(1);
         let write_chunk = max_xfer.min(options.write_chunk as usize).max(1);
         let posted_writes = options.posted_writes && !regions.iter().any(Region::mappable);
         log::debug!(
