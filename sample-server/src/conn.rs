@@ -328,6 +328,12 @@ impl DeviceContext<'_> {
         lock(&self.shared.irqs).assigned(index, vector)
     }
 
+    /// Whether `vector` of `index` is pending: raised while the client had it masked (the
+    /// bit a device shows in its MSI-X pending bit array).
+    pub fn irq_pending(&self, index: u32, vector: u32) -> bool {
+        lock(&self.shared.irqs).pending(index, vector)
+    }
+
     /// The client's `max_data_xfer_size` (1 MiB when it sent none).
     pub fn client_max_data_xfer_size(&self) -> u64 {
         self.link.client_max_xfer

@@ -101,6 +101,14 @@ impl IrqTable {
             .is_some_and(|v| v.trigger.is_some())
     }
 
+    /// Whether `vector` of `index` was raised while masked and is still pending.
+    pub(crate) fn pending(&self, index: u32, vector: u32) -> bool {
+        self.indexes
+            .get(index as usize)
+            .and_then(|v| v.get(vector as usize))
+            .is_some_and(|v| v.pending)
+    }
+
     pub(crate) fn states(&self, index: u32) -> Vec<IrqVectorState> {
         self.indexes
             .get(index as usize)

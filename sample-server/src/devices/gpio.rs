@@ -18,7 +18,7 @@ use crate::device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
     IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
-use crate::devices::{dwords, read_regs};
+use crate::devices::{dwords, read_pba, read_regs};
 use crate::memory::SharedMemory;
 use crate::pci::ConfigSpace;
 
@@ -88,17 +88,25 @@ impl GpioState {
     }
 }
 
-/// The device. Regions (BARs are 32-bit memory BARs in the config space):
+/// The device. Regions:
 ///
-/// | Index | Size | Contents |
-/// |---|---|---|
-/// | 0 (BAR0) | 256 B | registers, see the `REG_*` constants; writes must be aligned dwords |
-/// | 1 (BAR1) | 4 MiB | scratch RAM: any offset, any size |
-/// | 2 (BAR2) | 64 KiB | memfd RAM; `MAPPABLE_AREAS` are mmappable, the gap between them is trapped |
-/// | 7 | 256 B | PCI config space (vendor 0x494f, device 0x0dc8) |
+/// | Index | Size | BAR kind | Contents |
+/// |---|---|---|---|
+/// | 0 (BAR0) | 256 B | 32-bit memory | registers, see the `REG_*` constants; writes must be aligned dwords |
+/// | 1 (BAR1) | 4 MiB | 32-bit memory | scratch RAM: any offset, any size |
+/// | 2 (BAR2, with 3) | 64 KiB | 64-bit prefetchable memory | memfd RAM; `MAPPABLE_AREAS` are mmappable, the gap between them is trapped |
+/// | 4 (BAR4) | [`GpioDevice::msix_bar_size`] | 32-bit memory | MSI-X table at 0, pending bit array at [`GpioDevice::msix_pba_offset`] |
+/// | 6 | 2 KiB | expansion ROM | read-only image starting `55 aa` |
+/// | 7 | 256 B | | PCI config space (vendor 0x494f, device 0x0dc8) |
+///
+/// Capabilities: power management, MSI (1 vector, 64-bit, per-vector mask), MSI-X
+/// ([`GpioConfig::msix_vectors`] vectors; absent when 0, and BAR4 with it) and PCI Express;
+/// interrupt pin INTA.
 ///
 /// IRQs: INTx 1, MSI 1, MSI-X [`GpioConfig::msix_vectors`], ERR 1, REQ 1. Supports reset
 /// (unless [`GpioConfig::resettable`] is off), which clears the registers (not the RAM).
+/// The MSI-X table itself is the client's to emulate: BAR4 reads it as zeros and ignores
+/// writes to it; the pending bit array shows the vectors raised while the client masked them.
 ///
 /// DEVICE_GET_REGION_IO_FDS: BAR0 has two ioeventfds, in this order (the index of
 /// [`GpioHandle::ioeventfd_signals`]):
@@ -108,7 +116,7 @@ impl GpioState {
 /// | 0 | `REG_OUTPUT` | 4 | DATAMATCH [`GpioDevice::OUTPUT_DATAMATCH`] | writing that value to the output latch |
 /// | 1 | `REG_DOORBELL` | 4 | none | one doorbell write |
 ///
-/// BAR1, BAR2 and config space answer with none (`count` 0, as libvfio-user answers for a
+/// BAR1, BAR2, BAR4 and config space answer with none (`count` 0, as libvfio-user answers for a
 /// region without ioeventfds); absent regions are `EINVAL`. The device takes the signals
 /// before each message-based access (and when the handle asks), so a signal and a later
 /// REGION_READ through the socket are ordered only by that.
@@ -179,6 +187,36 @@ impl GpioDevice {
     pub const IOEVENTFD_DOORBELL: usize = 1;
     /// The datamatch value of the `REG_OUTPUT` ioeventfd.
     pub const OUTPUT_DATAMATCH: u32 = 0xa5a5_0001;
+    /// The BAR holding the MSI-X table and pending bit array.
+    pub const MSIX_BAR: u32 = 4;
+    /// Size of the expansion ROM (region 6).
+    pub const ROM_SIZE: u64 = 2048;
+
+    /// Offset of the MSI-X pending bit array in BAR4 for `vectors` vectors: after the
+    /// table, 2 KiB aligned.
+    pub fn msix_pba_offset(vectors: u32) -> u64 {
+        (16 * u64::from(vectors)).max(1).next_multiple_of(0x800)
+    }
+
+    /// Size of BAR4 for `vectors` vectors (0: no BAR4).
+    pub fn msix_bar_size(vectors: u32) -> u64 {
+        if vectors == 0 {
+            return 0;
+        }
+        let pba = u64::from(vectors).div_ceil(64) * 8;
+        (Self::msix_pba_offset(vectors) + pba)
+            .next_power_of_two()
+            .max(4096)
+    }
+
+    /// The expansion ROM image.
+    pub fn rom_image() -> Vec<u8> {
+        let mut rom: Vec<u8> = (0..Self::ROM_SIZE).map(|i| (i * 7) as u8).collect();
+        rom[0] = 0x55;
+        rom[1] = 0xaa;
+        rom[2] = (Self::ROM_SIZE / 512) as u8;
+        rom
+    }
 
     /// A device and the test handle on its state.
     pub fn new(config: GpioConfig) -> io::Result<(GpioDevice, GpioHandle)> {
@@ -193,14 +231,30 @@ impl GpioDevice {
         let ioeventfds = (0..Self::IOEVENTFDS)
             .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
-        let pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
+        let mut pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
             .with_bar(0, Self::BAR0_SIZE as u32)
             .with_bar(
                 1,
                 u32::try_from(config.scratch_size.next_power_of_two()).unwrap_or(1 << 31),
             )
-            .with_bar(2, Self::BAR2_SIZE as u32)
-            .with_interrupt_pin(1);
+            .with_bar64(2, Self::BAR2_SIZE, true)
+            .with_rom(Self::ROM_SIZE as u32)
+            .with_interrupt_pin(1)
+            .with_pm()
+            .with_msi(1, true, true);
+        if config.msix_vectors > 0 {
+            let vectors = config.msix_vectors.min(2048);
+            pci = pci
+                .with_bar(Self::MSIX_BAR as usize, Self::msix_bar_size(vectors) as u32)
+                .with_msix(
+                    vectors,
+                    Self::MSIX_BAR as u8,
+                    0,
+                    Self::MSIX_BAR as u8,
+                    Self::msix_pba_offset(vectors) as u32,
+                );
+        }
+        let pci = pci.with_pcie();
         let handle = GpioHandle {
             state: state.clone(),
             scratch: scratch.clone(),
@@ -263,6 +317,14 @@ impl Device for GpioDevice {
                     areas: Self::MAPPABLE_AREAS.to_vec(),
                 }),
             }),
+            Self::MSIX_BAR if self.config.msix_vectors > 0 => Some(spec(Self::msix_bar_size(
+                self.config.msix_vectors.min(2048),
+            ))),
+            6 => Some(RegionSpec {
+                flags: REGION_INFO_FLAG_READ,
+                size: Self::ROM_SIZE,
+                mmap: None,
+            }),
             PCI_CONFIG_REGION => Some(spec(ConfigSpace::SIZE)),
             _ => None,
         }
@@ -287,7 +349,7 @@ impl Device for GpioDevice {
                 ),
                 fd(Self::IOEVENTFD_DOORBELL, Self::REG_DOORBELL, 0, 0),
             ]),
-            1 | 2 | PCI_CONFIG_REGION => Ok(Vec::new()),
+            1 | 2 | Self::MSIX_BAR | PCI_CONFIG_REGION => Ok(Vec::new()),
             _ => Err(Errno::INVAL),
         }
     }
@@ -302,7 +364,7 @@ impl Device for GpioDevice {
 
     fn region_read(
         &mut self,
-        _ctx: &mut DeviceContext<'_>,
+        ctx: &mut DeviceContext<'_>,
         index: u32,
         offset: u64,
         data: &mut [u8],
@@ -336,6 +398,15 @@ impl Device for GpioDevice {
                 self.mappable
                     .read_at(offset, data)
                     .map_err(|e| Errno::from_io(&e))?;
+            }
+            Self::MSIX_BAR => {
+                let pba = Self::msix_pba_offset(self.config.msix_vectors.min(2048));
+                read_pba(ctx, pba, offset, data);
+            }
+            6 => {
+                let rom = Self::rom_image();
+                let start = offset as usize;
+                data.copy_from_slice(&rom[start..start + data.len()]);
             }
             PCI_CONFIG_REGION => self.pci.read(offset, data),
             _ => return Err(Errno::INVAL),
@@ -389,6 +460,8 @@ impl Device for GpioDevice {
                         .write_at(offset, data)
                         .map_err(|e| Errno::from_io(&e))?;
                 }
+                // The MSI-X table is the client's; the pending bits are read-only.
+                Self::MSIX_BAR => {}
                 PCI_CONFIG_REGION => self.pci.write(offset, data),
                 _ => return Err(Errno::INVAL),
             }
