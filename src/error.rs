@@ -5,6 +5,7 @@
 
 use crate::device;
 use crate::negotiate::NegotiateError;
+use crate::pci;
 use crate::proxy;
 
 /// Errors of this crate.
@@ -20,6 +21,9 @@ pub enum Error {
     /// Discovering or using the device failed.
     #[error(transparent)]
     Device(#[from] device::Error),
+    /// Attaching or using the device as a PCI device failed.
+    #[error(transparent)]
+    Pci(#[from] pci::Error),
 }
 
 impl Error {
@@ -29,6 +33,7 @@ impl Error {
             Error::Proxy(e) => e.server_errno(),
             Error::Negotiate(_) => None,
             Error::Device(e) => e.server_errno(),
+            Error::Pci(e) => e.server_errno(),
         }
     }
 
@@ -37,6 +42,7 @@ impl Error {
         match self {
             Error::Proxy(e) => e.is_disconnected(),
             Error::Device(e) => e.is_disconnected(),
+            Error::Pci(e) => e.is_disconnected(),
             Error::Negotiate(_) => false,
         }
     }

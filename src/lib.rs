@@ -9,6 +9,7 @@ mod connection;
 pub mod device;
 mod error;
 pub mod negotiate;
+pub mod pci;
 pub mod protocol;
 pub mod proxy;
 
@@ -16,3 +17,4 @@ pub use connection::{handshake, ConnectOptions, Connection};
 pub use device::{DeviceOptions, VfioUserDevice};
 pub use error::Error;
 pub use negotiate::{Capabilities, Offer};
+pub use pci::{AttachOptions, VfioUserPciDevice};
