@@ -22,7 +22,7 @@ use vfio_user_client::pci::{
 };
 use vfio_user_sample_server::{
     ConfigSpace, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle, Probe, Server,
-    ServerConfig, ServerHandle, IRQ_INTX, IRQ_MSI, IRQ_MSIX,
+    ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
 };
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -490,6 +490,18 @@ fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
     dev.end_of_interrupt().unwrap();
     assert!(fired(&intx));
     assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+}
+
+#[test]
+fn err_and_req_notifiers_are_connected_at_attach() {
+    let _g = shared();
+    let g = gpio();
+    for (index, kind) in [(IRQ_ERR, InterruptKind::Err), (IRQ_REQ, InterruptKind::Req)] {
+        assert!(g.probe.irq_state(index)[0].assigned, "{kind:?}");
+        assert_eq!(g.probe.raise_irq(index, 0), Ok(true));
+        assert!(fired(&g.irqs.fd(kind, 0)), "{kind:?}");
+    }
+    g.dev.detach().unwrap();
 }
 
 #[test]
