@@ -262,7 +262,7 @@ pub struct RegionIoFd {
     pub offset: u64,
     /// Size of the access that triggers it (0: any).
     pub size: u64,
-    /// `IO_FD_TYPE_*` from [`crate::protocol::device`].
+    /// `IO_FD_TYPE_*` from [`crate::protocol`].
     pub kind: u32,
     /// `IOEVENTFD_FLAG_*` (or ioregionfd flags).
     pub flags: u32,
