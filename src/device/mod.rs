@@ -1001,3 +1001,30 @@ fn get_irq(proxy: &Proxy, index: u32) -> Result<Irq, Error> {
         count: info.count,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_can_be_shared_between_vcpu_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<VfioUserDevice>();
+        shared::<Region>();
+        shared::<RegionIoFd>();
+    }
+
+    #[test]
+    fn access_heads_are_little_endian() {
+        let head = access_head(7, 0x0102_0304_0506_0708, 0x1234);
+        let decoded = RegionAccess::decode(&head).unwrap();
+        assert_eq!(
+            decoded,
+            RegionAccess {
+                offset: 0x0102_0304_0506_0708,
+                region: 7,
+                count: 0x1234
+            }
+        );
+    }
+}
