@@ -7,7 +7,7 @@
 //!   its PCI config space decoded like `lspci -vv`;
 //! * [`check`]: a conformance run of what the protocol requires of a server, each check
 //!   PASS, FAIL or SKIP with its reason;
-//! * [`bench`]: region access latency and throughput, and the DMA map rate;
+//! * [`bench`](mod@bench): region access latency and throughput, and the DMA map rate;
 //! * [`demo`]: all three against the built-in sample server.
 //!
 //! Each returns a report that renders as text (`render_text`) or serialises to JSON
