@@ -552,6 +552,9 @@ impl Checker<'_> {
             }
             Err(e) => {
                 self.record("device.info", Err(e));
+                for id in ["region.info", "region.requery", "irq.info"] {
+                    self.skip(id, "DEVICE_GET_INFO did not succeed");
+                }
                 return;
             }
         }
