@@ -51,9 +51,16 @@ const KNOWN_IDS: &[VendorEntry] = &[
 /// Where a system copy of the PCI id database may be.
 const PCI_IDS_PATHS: &[&str] = &["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
 
-/// Looks up vendor and device names: the system's `pci.ids` if there is one, else the
-/// built-in table.
+/// Looks up vendor and device names: the built-in table first (so that the names this
+/// tool prints for the sample devices do not depend on the machine), then the system's
+/// `pci.ids` if there is one.
 pub fn names(vendor: u16, device: u16) -> (Option<String>, Option<String>) {
+    let builtin = KNOWN_IDS.iter().find(|(v, _, _)| *v == vendor);
+    if let Some((_, vname, devices)) = builtin {
+        if let Some((_, dname)) = devices.iter().find(|(d, _)| *d == device) {
+            return (Some((*vname).to_string()), Some((*dname).to_string()));
+        }
+    }
     for path in PCI_IDS_PATHS {
         if let Ok(text) = std::fs::read_to_string(path) {
             let found = lookup_pci_ids(&text, vendor, device);
@@ -62,16 +69,7 @@ pub fn names(vendor: u16, device: u16) -> (Option<String>, Option<String>) {
             }
         }
     }
-    match KNOWN_IDS.iter().find(|(v, _, _)| *v == vendor) {
-        Some((_, vname, devices)) => (
-            Some((*vname).to_string()),
-            devices
-                .iter()
-                .find(|(d, _)| *d == device)
-                .map(|(_, n)| (*n).to_string()),
-        ),
-        None => (None, None),
-    }
+    (builtin.map(|(_, n, _)| (*n).to_string()), None)
 }
 
 /// Looks `vendor` and `device` up in the text of a `pci.ids` file.
