@@ -26,6 +26,9 @@ use crate::error::ProbeError;
 use crate::pci::size_text;
 use crate::session;
 
+/// Progress units of one large read or write call.
+const CALL_UNITS: u64 = 100;
+
 /// What to measure and how much.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BenchOptions {
@@ -159,7 +162,7 @@ impl Progress {
 
     fn finish(&self) {
         if self.enabled {
-            let _ = writeln!(std::io::stderr(), "\r{:70}\r", "");
+            let _ = write!(std::io::stderr(), "\r{:70}\r", "");
         }
     }
 }
@@ -225,7 +228,9 @@ pub fn measure(device: &VfioUserDevice, path: &Path, options: &BenchOptions) -> 
         notes: Vec::new(),
     };
     let samples = options.samples.max(1);
-    let total = 2 * samples as u64 + 2 * options.bytes + 2 * u64::from(options.dma_maps);
+    // Progress units: one per small request; a 1 MiB call takes about a hundred times as long.
+    let calls = options.bytes.div_ceil(1 << 20);
+    let total = 2 * samples as u64 + 2 * calls * CALL_UNITS + 2 * u64::from(options.dma_maps);
     let mut progress = Progress::new(options.progress, total);
     match pick_region(device, options.region) {
         Err(e) => report
@@ -310,7 +315,7 @@ fn regions(
             report.notes.push(format!("large reads failed: {e}"));
             return;
         }
-        progress.step("read throughput", chunk);
+        progress.step("read throughput", CALL_UNITS);
     }
     report.read_throughput = Some(throughput(calls * chunk, chunk, t.elapsed()));
     if !writable {
@@ -323,7 +328,7 @@ fn regions(
             report.notes.push(format!("large writes failed: {e}"));
             return;
         }
-        progress.step("write throughput", chunk);
+        progress.step("write throughput", CALL_UNITS);
     }
     report.write_throughput = Some(throughput(calls * chunk, chunk, t.elapsed()));
 }
