@@ -182,6 +182,17 @@ fn memfile() -> TempFile {
 
 #[test]
 fn region_info_is_asked_again_with_the_argsz_named() {
+    asked_again(false);
+}
+
+/// The crates.io `vfio_user` server's short reply sets CAPS and `cap_offset` without
+/// sending the chain: the chain must not be parsed before the re-query.
+#[test]
+fn a_short_region_info_reply_may_claim_caps() {
+    asked_again(true);
+}
+
+fn asked_again(short_claims_caps: bool) {
     let file = memfile();
     let fd = file.as_file().as_raw_fd();
     let mut asked = Vec::new();
@@ -197,13 +208,17 @@ fn region_info_is_asked_again_with_the_argsz_named() {
         }]);
         if rq.argsz < full.argsz {
             // libvfio-user: the size needed, MMAP without CAPS, no fd.
-            let short = RegionInfo {
+            let mut short = RegionInfo {
                 argsz: full.argsz,
                 flags: RW | REGION_INFO_FLAG_MMAP,
                 index: 0,
                 size: REGION_SIZE,
                 ..RegionInfo::default()
             };
+            if short_claims_caps {
+                short.flags |= REGION_INFO_FLAG_CAPS;
+                short.cap_offset = 32;
+            }
             return Answer::Reply(region_info_reply(short), Vec::new());
         }
         assert_eq!(asked, [32, full.argsz]);

@@ -146,12 +146,9 @@ fn bench_measures_the_rust_vmm_server() {
     assert!(server.state.lock().unwrap().dma_maps.is_empty());
 }
 
-/// The client library cannot discover this server's mappable region yet: the short
-/// REGION_INFO reply sets CAPS and `cap_offset` 32 without the chain (the chain comes on the
-/// re-query), and `RegionInfo::decode` parses the chain before the library looks at
-/// `argsz`. `check` re-queries by hand and passes (see above).
+/// This server's short REGION_INFO reply sets CAPS and `cap_offset` 32 without the chain
+/// (the chain comes on the re-query); the library re-asks before it parses caps.
 #[test]
-#[ignore = "vfio-user-client: RegionInfo::decode fails on the short reply of a rust-vmm server"]
 fn info_reads_a_rust_vmm_server_with_a_sparse_region() {
     let server = RustVmm::start(true);
     let r = info::run(&server.path, TIMEOUT).unwrap();

@@ -893,11 +893,12 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
                 what: format!("DEVICE_GET_REGION_INFO of region {index}"),
                 source,
             })?;
-        let info = RegionInfo::decode(&reply.payload).map_err(|e| bad(e.to_string()))?;
-        if info.index != index {
-            return Err(bad(format!("answers region {}", info.index)));
+        let head = RegionInfo::decode_head(&reply.payload).map_err(|e| bad(e.to_string()))?;
+        if head.index != index {
+            return Err(bad(format!("answers region {}", head.index)));
         }
-        if info.argsz > argsz {
+        if head.argsz > argsz {
+            let info = head;
             // The caps (and with them libvfio-user's fd) did not fit: ask once more.
             if argsz != RegionInfo::HEAD_SIZE as u32 || info.argsz > MAX_INFO_ARGSZ {
                 return Err(bad(format!("asks for argsz {} after {argsz}", info.argsz)));
@@ -905,6 +906,8 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
             argsz = info.argsz;
             continue;
         }
+        // The whole answer fitted: now the capability chain is there to parse.
+        let info = RegionInfo::decode(&reply.payload).map_err(|e| bad(e.to_string()))?;
         let fd = if info.flags & REGION_INFO_FLAG_MMAP != 0 {
             match reply.fds.pop() {
                 Some(fd) => Some(Arc::new(File::from(fd))),
