@@ -39,7 +39,8 @@ enum Answer {
 }
 
 /// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes with
-/// 4 vectors each, memory behind every region (shared by all), reads and writes honoured.
+/// 4 vectors each, 32 KiB per message (so that 64 KiB transfers are pipelined), memory
+/// behind every region (shared by all), reads and writes honoured.
 struct Script<F> {
     regions: u32,
     memory: Vec<u8>,
@@ -56,7 +57,9 @@ where
             Some(Command::Version) => Version {
                 major: 0,
                 minor: 0,
-                json: Some(r#"{"capabilities":{"max_msg_fds":8}}"#.to_string()),
+                json: Some(
+                    r#"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":32768}}"#.to_string(),
+                ),
             }
             .encode_into(&mut out),
             Some(Command::DeviceGetInfo) => DeviceInfo {
@@ -179,6 +182,17 @@ fn memfile() -> TempFile {
 
 #[test]
 fn region_info_is_asked_again_with_the_argsz_named() {
+    asked_again(false);
+}
+
+/// The crates.io `vfio_user` server's short reply sets CAPS and `cap_offset` without
+/// sending the chain: the chain must not be parsed before the re-query.
+#[test]
+fn a_short_region_info_reply_may_claim_caps() {
+    asked_again(true);
+}
+
+fn asked_again(short_claims_caps: bool) {
     let file = memfile();
     let fd = file.as_file().as_raw_fd();
     let mut asked = Vec::new();
@@ -194,13 +208,17 @@ fn region_info_is_asked_again_with_the_argsz_named() {
         }]);
         if rq.argsz < full.argsz {
             // libvfio-user: the size needed, MMAP without CAPS, no fd.
-            let short = RegionInfo {
+            let mut short = RegionInfo {
                 argsz: full.argsz,
                 flags: RW | REGION_INFO_FLAG_MMAP,
                 index: 0,
                 size: REGION_SIZE,
                 ..RegionInfo::default()
             };
+            if short_claims_caps {
+                short.flags |= REGION_INFO_FLAG_CAPS;
+                short.cap_offset = 32;
+            }
             return Answer::Reply(region_info_reply(short), Vec::new());
         }
         assert_eq!(asked, [32, full.argsz]);
@@ -693,4 +711,216 @@ fn irq_errors_name_the_vectors() {
     assert_eq!(e.server_errno(), Some(libc::EINVAL as u32));
     assert!(e.to_string().contains("IRQ index 2, vectors 1+3"), "{e}");
     assert!(matches!(dev.reset(), Err(DeviceError::ResetNotSupported)));
+}
+
+#[test]
+fn a_region_without_sparse_caps_is_mapped_whole() {
+    let file = memfile();
+    let fd = file.as_file().as_raw_fd();
+    let (dev, _t) = attach(1, move |h, body| {
+        if !is(h, Command::DeviceGetRegionInfo) {
+            return Answer::Default;
+        }
+        let rq = RegionInfo::decode(body).unwrap();
+        let mut info = RegionInfo {
+            flags: RW | REGION_INFO_FLAG_MMAP | REGION_INFO_FLAG_CAPS,
+            index: rq.index,
+            cap_offset: 32,
+            size: REGION_SIZE,
+            caps: vec![RegionCap::Type {
+                region_type: 3,
+                subtype: 1,
+            }],
+            ..RegionInfo::default()
+        };
+        info.argsz = info.encoded_len() as u32;
+        Answer::Reply(region_info_reply(info), vec![fd])
+    });
+    let dev = dev.unwrap();
+    assert_eq!(dev.flags(), DEVICE_FLAGS_PCI);
+    assert!(dev.connection().proxy().is_connected());
+    let r = dev.region(0).unwrap();
+    assert_eq!(r.index(), 0);
+    assert_eq!(r.region_type(), Some((3, 1)));
+    assert_eq!(r.caps().len(), 1);
+    assert!(r.sparse_areas().is_none());
+    assert_eq!(r.fd_offset(), 0);
+    assert_eq!(r.fd().unwrap().metadata().unwrap().len(), REGION_SIZE);
+    let areas = r.mapped_areas();
+    assert_eq!(areas.len(), 1);
+    assert_eq!((areas[0].offset(), areas[0].size()), (0, REGION_SIZE));
+}
+
+#[test]
+fn io_fds_are_asked_again_and_checked() {
+    let efd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let shadow = EventFd::new(EFD_NONBLOCK).unwrap();
+    let (raw, raw_shadow) = (efd.as_raw_fd(), shadow.as_raw_fd());
+    let entries: Vec<IoSubregion> = (0..20)
+        .map(|i| IoSubregion {
+            offset: i * 8,
+            size: 8,
+            fd_index: 0,
+            kind: vfio_user_client::protocol::IO_FD_TYPE_IOEVENTFD_SHADOW,
+            flags: 0,
+            data: Some(0),
+            shadow: Some(vfio_user_client::protocol::ShadowMem {
+                fd_index: 1,
+                offset: i * 0x1000,
+            }),
+        })
+        .collect();
+    let mut asked = Vec::new();
+    let (dev, _t) = attach(1, move |h, body| {
+        if !is(h, Command::DeviceGetRegionIoFds) {
+            return Answer::Default;
+        }
+        let rq = RegionIoFds::decode(body).unwrap();
+        asked.push(rq.argsz);
+        let full = io_fds_reply(IoFdsLayout::LibVfioUser, entries.clone(), 0);
+        let needed = u32::from_le_bytes(full[..4].try_into().unwrap());
+        if rq.argsz < needed {
+            // The size needed and the count, no entries, no fds.
+            let mut head = full[..16].to_vec();
+            head[..4].copy_from_slice(&needed.to_le_bytes());
+            return Answer::Reply(head, Vec::new());
+        }
+        assert_eq!(asked.len(), 2);
+        Answer::Reply(full, vec![raw, raw_shadow])
+    });
+    let fds = dev.unwrap().region_io_fds(0).unwrap();
+    assert_eq!(fds.len(), 20);
+    for (i, f) in fds.iter().enumerate() {
+        assert_eq!(f.offset, i as u64 * 8);
+        let (sh, off) = f.shadow.as_ref().unwrap();
+        assert_eq!(*off, i as u64 * 0x1000);
+        assert!(!std::sync::Arc::ptr_eq(sh, &f.fd));
+    }
+
+    // Wrong region, a second "ask again", a server error other than "not supported".
+    let cases: Vec<(Answer, &str)> = vec![
+        (
+            Answer::Reply(io_fds_reply(IoFdsLayout::Spec, Vec::new(), 4), Vec::new()),
+            "for region 4 instead of 0",
+        ),
+        (
+            Answer::Reply(
+                {
+                    let mut v = io_fds_reply(IoFdsLayout::Spec, Vec::new(), 0);
+                    v[..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+                    v
+                },
+                Vec::new(),
+            ),
+            "asks for argsz 1048576",
+        ),
+        (
+            Answer::Error(libc::EIO as u32),
+            "DEVICE_GET_REGION_IO_FDS of region 0",
+        ),
+    ];
+    for (answer, want) in cases {
+        let mut answer = Some(answer);
+        let (dev, _t) = attach(1, move |h, _| {
+            if is(h, Command::DeviceGetRegionIoFds) {
+                answer.take().unwrap()
+            } else {
+                Answer::Default
+            }
+        });
+        let e = dev.unwrap().region_io_fds(0).unwrap_err();
+        assert!(e.to_string().contains(want), "{e} should contain {want:?}");
+    }
+}
+
+#[test]
+fn requests_after_a_disconnect_fail_at_once() {
+    let (dev, _t) = with_bad_access(Answer::Close);
+    assert!(dev.read(0, 0, &mut [0u8; 4]).unwrap_err().is_disconnected());
+    // Every path that sends, including the pipelined ones.
+    let mut big = vec![0u8; REGION_SIZE as usize];
+    assert!(dev.read(0, 0, &mut big).unwrap_err().is_disconnected());
+    assert!(dev.write(0, 0, &big).unwrap_err().is_disconnected());
+    assert!(dev.write_posted(0, 0, &big).unwrap_err().is_disconnected());
+    let efd = EventFd::new(0).unwrap();
+    assert!(dev
+        .set_irq_eventfds(0, IrqAction::Trigger, 0, &[Some(&efd)])
+        .unwrap_err()
+        .is_disconnected());
+    assert!(dev.region_io_fds(0).unwrap_err().is_disconnected());
+    assert!(dev.disable_irqs(0).unwrap_err().is_disconnected());
+}
+
+#[test]
+fn discovery_errors_name_the_request() {
+    let cases: Vec<(Command, Answer, &str)> = vec![
+        (
+            Command::DeviceGetInfo,
+            Answer::Error(libc::EIO as u32),
+            "DEVICE_GET_INFO: ",
+        ),
+        (
+            Command::DeviceGetIrqInfo,
+            Answer::Error(libc::EIO as u32),
+            "DEVICE_GET_IRQ_INFO of IRQ index 0: ",
+        ),
+        (
+            Command::DeviceGetIrqInfo,
+            Answer::Reply(vec![0; 5], Vec::new()),
+            "bad DEVICE_GET_IRQ_INFO reply",
+        ),
+        (
+            Command::DeviceGetInfo,
+            Answer::Reply(
+                {
+                    let mut out = Vec::new();
+                    DeviceInfo {
+                        argsz: 16,
+                        flags: DEVICE_FLAGS_PCI,
+                        num_regions: 9,
+                        num_irqs: 51,
+                    }
+                    .encode_into(&mut out);
+                    out
+                },
+                Vec::new(),
+            ),
+            "51 IRQ indexes; at most 50",
+        ),
+    ];
+    for (command, answer, want) in cases {
+        let mut answer = Some(answer);
+        let e = discovery_error(move |h, _| {
+            if is(h, command) {
+                answer.take().unwrap_or(Answer::Default)
+            } else {
+                Answer::Default
+            }
+        });
+        assert!(e.to_string().contains(want), "{e} should contain {want:?}");
+    }
+}
+
+#[test]
+fn a_refused_reset_keeps_the_errno() {
+    let (dev, _t) = attach(1, |h, _| {
+        if is(h, Command::DeviceGetInfo) {
+            let mut out = Vec::new();
+            DeviceInfo {
+                argsz: 16,
+                flags: DEVICE_FLAGS_PCI | vfio_user_client::protocol::DEVICE_FLAGS_RESET,
+                num_regions: 1,
+                num_irqs: 3,
+            }
+            .encode_into(&mut out);
+            Answer::Reply(out, Vec::new())
+        } else {
+            Answer::Default
+        }
+    });
+    let dev = dev.unwrap();
+    assert!(dev.resettable());
+    let e = dev.reset().unwrap_err();
+    assert_eq!(e.server_errno(), Some(libc::EINVAL as u32));
+    assert!(e.to_string().starts_with("DEVICE_RESET: "), "{e}");
 }

@@ -146,3 +146,68 @@ pub(crate) fn map_area(
         writable,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::tempfile::TempFile;
+
+    const PAGE: u64 = 4096;
+
+    fn file(len: u64) -> (TempFile, Arc<File>) {
+        let t = TempFile::new().unwrap();
+        t.as_file().set_len(len).unwrap();
+        let f = Arc::new(t.as_file().try_clone().unwrap());
+        (t, f)
+    }
+
+    fn area(offset: u64, size: u64) -> SparseMmapArea {
+        SparseMmapArea { offset, size }
+    }
+
+    fn refusal(r: Result<MappedArea, MapRefusal>) -> String {
+        r.map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn areas_that_cannot_be_mapped_safely_are_refused() {
+        let (_t, f) = file(4 * PAGE);
+        let m = |region_offset, region_size, a, r, w| {
+            map_area(&f, region_offset, region_size, a, r, w, PAGE)
+        };
+        assert!(refusal(m(0, 2 * PAGE, area(PAGE, 2 * PAGE), true, true))
+            .contains("past the end of the region"));
+        assert!(refusal(m(0, 2 * PAGE, area(u64::MAX, 2), true, true))
+            .contains("past the end of the region"));
+        assert!(refusal(m(u64::MAX, 2 * PAGE, area(PAGE, PAGE), true, true))
+            .contains("past the end of the region"));
+        assert!(refusal(m(0, 2 * PAGE, area(0, 100), true, true)).contains("aligned"));
+        assert!(refusal(m(8, 2 * PAGE, area(0, PAGE), true, true)).contains("aligned"));
+        assert!(refusal(m(0, 2 * PAGE, area(0, 0), true, true)).contains("aligned"));
+        assert_eq!(
+            refusal(m(3 * PAGE, 2 * PAGE, area(0, 2 * PAGE), true, true)),
+            "extends past the end of the region fd (0x4000 bytes)"
+        );
+        assert!(refusal(m(0, 2 * PAGE, area(0, PAGE), false, false)).contains("neither readable"));
+    }
+
+    #[test]
+    fn a_mapping_shares_the_file() {
+        let (t, f) = file(4 * PAGE);
+        let a = map_area(&f, PAGE, 2 * PAGE, area(PAGE, PAGE), true, false, PAGE).unwrap();
+        assert_eq!((a.offset(), a.size(), a.writable()), (PAGE, PAGE, false));
+        std::os::unix::fs::FileExt::write_all_at(t.as_file(), b"shared", 2 * PAGE).unwrap();
+        let mut got = [0u8; 6];
+        a.as_volatile_slice().copy_to(&mut got[..]);
+        assert_eq!(&got, b"shared");
+        assert_eq!(a.mapping().size() as u64, PAGE);
+    }
+
+    #[test]
+    fn refusal_texts() {
+        let e = MapRefusal::Mmap(vm_memory::mmap::MmapRegionError::MapFixed).to_string();
+        assert!(e.starts_with("mmap failed"), "{e}");
+        let e = MapRefusal::Stat(std::io::Error::from_raw_os_error(libc::EBADF)).to_string();
+        assert!(e.starts_with("fstat of the region fd failed"), "{e}");
+    }
+}

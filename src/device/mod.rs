@@ -262,7 +262,7 @@ pub struct RegionIoFd {
     pub offset: u64,
     /// Size of the access that triggers it (0: any).
     pub size: u64,
-    /// `IO_FD_TYPE_*` from [`crate::protocol::device`].
+    /// `IO_FD_TYPE_*` from [`crate::protocol`].
     pub kind: u32,
     /// `IOEVENTFD_FLAG_*` (or ioregionfd flags).
     pub flags: u32,
@@ -893,11 +893,12 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
                 what: format!("DEVICE_GET_REGION_INFO of region {index}"),
                 source,
             })?;
-        let info = RegionInfo::decode(&reply.payload).map_err(|e| bad(e.to_string()))?;
-        if info.index != index {
-            return Err(bad(format!("answers region {}", info.index)));
+        let head = RegionInfo::decode_head(&reply.payload).map_err(|e| bad(e.to_string()))?;
+        if head.index != index {
+            return Err(bad(format!("answers region {}", head.index)));
         }
-        if info.argsz > argsz {
+        if head.argsz > argsz {
+            let info = head;
             // The caps (and with them libvfio-user's fd) did not fit: ask once more.
             if argsz != RegionInfo::HEAD_SIZE as u32 || info.argsz > MAX_INFO_ARGSZ {
                 return Err(bad(format!("asks for argsz {} after {argsz}", info.argsz)));
@@ -905,6 +906,8 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
             argsz = info.argsz;
             continue;
         }
+        // The whole answer fitted: now the capability chain is there to parse.
+        let info = RegionInfo::decode(&reply.payload).map_err(|e| bad(e.to_string()))?;
         let fd = if info.flags & REGION_INFO_FLAG_MMAP != 0 {
             match reply.fds.pop() {
                 Some(fd) => Some(Arc::new(File::from(fd))),
@@ -1000,4 +1003,31 @@ fn get_irq(proxy: &Proxy, index: u32) -> Result<Irq, Error> {
         flags: info.flags,
         count: info.count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_can_be_shared_between_vcpu_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<VfioUserDevice>();
+        shared::<Region>();
+        shared::<RegionIoFd>();
+    }
+
+    #[test]
+    fn access_heads_are_little_endian() {
+        let head = access_head(7, 0x0102_0304_0506_0708, 0x1234);
+        let decoded = RegionAccess::decode(&head).unwrap();
+        assert_eq!(
+            decoded,
+            RegionAccess {
+                offset: 0x0102_0304_0506_0708,
+                region: 7,
+                count: 0x1234
+            }
+        );
+    }
 }
