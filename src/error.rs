@@ -3,7 +3,9 @@
 
 //! The crate-level error: one variant per layer, each carrying that layer's own error.
 
+use crate::device;
 use crate::negotiate::NegotiateError;
+use crate::pci;
 use crate::{dma, proxy};
 
 /// Errors of this crate.
@@ -16,6 +18,12 @@ pub enum Error {
     /// The server's VERSION reply was not acceptable.
     #[error("version negotiation failed: {0}")]
     Negotiate(#[from] NegotiateError),
+    /// Discovering or using the device failed.
+    #[error(transparent)]
+    Device(#[from] device::Error),
+    /// Attaching or using the device as a PCI device failed.
+    #[error(transparent)]
+    Pci(#[from] pci::Error),
     /// A DMA map or unmap was refused, locally or by the server.
     #[error(transparent)]
     Dma(#[from] dma::Error),
@@ -27,6 +35,8 @@ impl Error {
         match self {
             Error::Proxy(e) => e.server_errno(),
             Error::Negotiate(_) => None,
+            Error::Device(e) => e.server_errno(),
+            Error::Pci(e) => e.server_errno(),
             Error::Dma(e) => e.failures().iter().find_map(|f| f.error.server_errno()),
         }
     }
@@ -35,6 +45,8 @@ impl Error {
     pub fn is_disconnected(&self) -> bool {
         match self {
             Error::Proxy(e) => e.is_disconnected(),
+            Error::Device(e) => e.is_disconnected(),
+            Error::Pci(e) => e.is_disconnected(),
             Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
             Error::Negotiate(_) => false,
         }

@@ -6,13 +6,17 @@
 #![deny(missing_debug_implementations)]
 
 mod connection;
+pub mod device;
 pub mod dma;
 mod error;
 pub mod negotiate;
+pub mod pci;
 pub mod protocol;
 pub mod proxy;
 
 pub use connection::{handshake, ConnectOptions, Connection};
+pub use device::{DeviceOptions, VfioUserDevice};
 pub use dma::DmaMapper;
 pub use error::Error;
 pub use negotiate::{Capabilities, Offer};
+pub use pci::{AttachOptions, VfioUserPciDevice};

@@ -397,7 +397,7 @@ pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, Ne
 }
 
 /// The host's page size, or 4096 if the system will not say.
-fn host_page_size() -> u64 {
+pub(crate) fn host_page_size() -> u64 {
     // SAFETY: sysconf takes no pointers and only reads a system constant; any return value,
     // including -1 for an error, is handled below.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

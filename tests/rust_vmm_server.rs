@@ -13,6 +13,7 @@ mod common;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
@@ -22,6 +23,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+use vfio_user_client::device::{pci_irq, Error as DeviceError, IrqAction};
 use vfio_user_client::negotiate::MigrationCaps;
 use vfio_user_client::protocol::{
     Command, DeviceInfo, IrqInfo as IrqInfoPayload, RegionAccess, RegionInfo, SetIrqs,
@@ -29,7 +31,7 @@ use vfio_user_client::protocol::{
     REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::proxy::{self, Proxy};
-use vfio_user_client::{ConnectOptions, Connection};
+use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempdir::TempDir;
 
@@ -59,6 +61,8 @@ struct State {
     resets: u32,
     irq: Option<File>,
     irq_index: Option<u32>,
+    /// Trigger eventfds of the MSI-X vectors, as assigned by SET_IRQS.
+    msix: Vec<Option<File>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -156,14 +160,25 @@ impl ServerBackend for Gpio {
         flags: u32,
         start: u32,
         count: u32,
-        mut fds: Vec<File>,
+        fds: Vec<File>,
     ) -> io::Result<()> {
         let want = IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER;
-        if flags & want != want || start != 0 || count != 1 || fds.len() != 1 {
+        let end = start.checked_add(count).ok_or_else(einval)?;
+        if flags & want != want || index != 2 || end > MSIX_VECTORS {
+            return Err(einval());
+        }
+        if !fds.is_empty() && fds.len() != count as usize {
             return Err(einval());
         }
         let mut st = self.state.lock();
-        st.irq = fds.pop();
+        st.msix.resize_with(MSIX_VECTORS as usize, || None);
+        let mut fds = fds.into_iter();
+        for v in start..end {
+            st.msix[v as usize] = fds.next();
+        }
+        if start == 0 && count == 1 {
+            st.irq = st.msix[0].as_ref().and_then(|f| f.try_clone().ok());
+        }
         st.irq_index = Some(index);
         Ok(())
     }
@@ -209,31 +224,38 @@ fn irqs() -> Vec<IrqInfo> {
         .collect()
 }
 
+type ServerThread = JoinHandle<Result<(), vfio_user::Error>>;
+
+/// Starts a `vfio_user::Server` on a socket in a new temporary directory.
+fn start_server() -> (PathBuf, Shared, ServerThread, TempDir) {
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vfio-user-rust-vmm-")).unwrap();
+    let path = dir.as_path().join("sock");
+    // Bound before the thread starts: a connect cannot race the listener.
+    let server = Server::new(&path, true, irqs(), regions()).unwrap();
+    let state = Shared::default();
+    state.lock().ram = vec![0; RAM_SIZE as usize];
+    let mut config = vec![0u8; CONFIG_SIZE as usize];
+    config[0..2].copy_from_slice(&VENDOR_ID.to_le_bytes());
+    config[2..4].copy_from_slice(&DEVICE_ID.to_le_bytes());
+    let mut backend = Gpio {
+        state: state.clone(),
+        config,
+    };
+    let thread = thread::spawn(move || server.run(&mut backend));
+    (path, state, thread, dir)
+}
+
 /// A running `vfio_user::Server`, our connection to it, and the backend's state.
 struct Running {
     conn: Connection,
     state: Shared,
-    thread: JoinHandle<Result<(), vfio_user::Error>>,
+    thread: ServerThread,
     _dir: TempDir,
 }
 
 impl Running {
     fn start() -> Running {
-        let dir =
-            TempDir::new_with_prefix(std::env::temp_dir().join("vfio-user-rust-vmm-")).unwrap();
-        let path = dir.as_path().join("sock");
-        // Bound before the thread starts: the connect below cannot race the listener.
-        let server = Server::new(&path, true, irqs(), regions()).unwrap();
-        let state = Shared::default();
-        state.lock().ram = vec![0; RAM_SIZE as usize];
-        let mut config = vec![0u8; CONFIG_SIZE as usize];
-        config[0..2].copy_from_slice(&VENDOR_ID.to_le_bytes());
-        config[2..4].copy_from_slice(&DEVICE_ID.to_le_bytes());
-        let mut backend = Gpio {
-            state: state.clone(),
-            config,
-        };
-        let thread = thread::spawn(move || server.run(&mut backend));
+        let (path, state, thread, dir) = start_server();
         let conn = Connection::connect(&path, &ConnectOptions::default()).unwrap();
         Running {
             conn,
@@ -500,4 +522,75 @@ fn irq_eventfd_and_reset() {
     assert_eq!(s.state.lock().resets, 1);
     assert_eq!(read_u32(p, REGS, REG_OUTPUT), 0);
     s.finish();
+}
+
+#[test]
+fn device_layer_against_the_crates_io_server() {
+    let (path, state, thread, _dir) = start_server();
+    let dev = VfioUserDevice::connect(&path, &ConnectOptions::default(), &DeviceOptions::default())
+        .unwrap();
+    assert_eq!(dev.capabilities().max_msg_fds, 1);
+    assert!(dev.is_pci());
+    assert_eq!(dev.regions().len(), NUM_REGIONS as usize);
+    assert_eq!(dev.region(RAM).unwrap().size(), RAM_SIZE);
+    assert!(!dev.region(RAM).unwrap().mappable());
+    let counts: Vec<u32> = dev.irqs().iter().map(|i| i.count).collect();
+    assert_eq!(counts, [1, 1, MSIX_VECTORS, 1, 1]);
+    // Nothing is mappable: writes may be posted.
+    assert!(dev.posted_writes());
+
+    // Reads and writes of odd sizes, and a 64 KiB write in two 32 KiB messages.
+    let data: Vec<u8> = (0..RAM_SIZE as usize).map(|i| (i * 7 + 3) as u8).collect();
+    dev.write(RAM, 0, &data).unwrap();
+    assert_eq!(state.lock().ram, data);
+    for (offset, len) in [(1u64, 1usize), (3, 3), (4095, 4097), (0, RAM_SIZE as usize)] {
+        let mut back = vec![0u8; len];
+        dev.read(RAM, offset, &mut back).unwrap();
+        assert_eq!(back, &data[offset as usize..offset as usize + len]);
+    }
+    assert!(matches!(
+        dev.read(RAM, RAM_SIZE - 1, &mut [0u8; 2]),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+    // The server refuses a write to a read-only register, with errno 0 (this server drops
+    // the backend's errno).
+    let e = dev.write(REGS, REG_ID, &[0; 4]).unwrap_err();
+    assert_eq!(e.server_errno(), Some(0), "{e}");
+
+    // Posted writes, then a read that follows them.
+    for v in 1..=100u32 {
+        dev.write_posted(REGS, REG_OUTPUT, &v.to_ne_bytes())
+            .unwrap();
+    }
+    let mut out = [0u8; 4];
+    dev.read(REGS, REG_OUTPUT, &mut out).unwrap();
+    assert_eq!(u32::from_ne_bytes(out), 100);
+
+    // MSI-X with a hole, one fd per message (the server's max_msg_fds is 1).
+    let efds: Vec<EventFd> = (0..MSIX_VECTORS)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let list: Vec<Option<&EventFd>> = efds
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i != 2).then_some(e))
+        .collect();
+    dev.set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &list)
+        .unwrap();
+    {
+        let mut st = state.lock();
+        assert_eq!(st.msix.iter().filter(|f| f.is_some()).count(), 3);
+        assert!(st.msix[2].is_none());
+        for f in st.msix.iter_mut().flatten() {
+            f.write_all(&1u64.to_ne_bytes()).unwrap();
+        }
+    }
+    for (i, e) in efds.iter().enumerate() {
+        assert_eq!(e.read().is_ok(), i != 2, "vector {i}");
+    }
+
+    dev.reset().unwrap();
+    assert_eq!(state.lock().resets, 1);
+    drop(dev);
+    thread.join().unwrap().unwrap();
 }

@@ -3,6 +3,8 @@
 
 //! What the server advertises and how it misbehaves on request.
 
+use vfio_user_client::protocol::IoFdsLayout;
+
 /// The body of the VERSION reply after `major` and `minor`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum VersionPayload {
@@ -38,7 +40,7 @@ pub struct Quirks {
 /// The server's configuration.
 ///
 /// The defaults match libvfio-user: version `0.min(client minor, 2)`, capabilities
-/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`.
+/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`, 48-byte REGION_IO_FDS entries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     /// Major version replied (and required of the client).
@@ -78,6 +80,10 @@ pub struct ServerConfig {
     /// DMA to them fails with `EFAULT`. For map/unmap benchmarks beyond the kernel's limit on
     /// mappings per process (`vm.max_map_count`, 65,530 by default).
     pub mmap_dma_windows: bool,
+    /// Entry layout of DEVICE_GET_REGION_IO_FDS replies: libvfio-user's 48-byte entries
+    /// (the default, as the real server sends), the spec's 40-byte ones, or any other stride
+    /// (common fields only, zero-padded; at least 28 bytes are written).
+    pub io_fds_layout: IoFdsLayout,
     /// Deliberate misbehaviour.
     pub quirks: Quirks,
 }
@@ -101,6 +107,7 @@ impl Default for ServerConfig {
             refuse_fdless_maps: false,
             require_2mib_alignment: false,
             mmap_dma_windows: true,
+            io_fds_layout: IoFdsLayout::LibVfioUser,
             quirks: Quirks::default(),
         }
     }

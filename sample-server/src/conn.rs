@@ -14,18 +14,18 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfio_user_client::protocol::{
-    Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IrqInfo, MessageType,
-    RegionAccess, RegionCap, RegionInfo, SetIrqs, SparseMmapArea, Version, DEVICE_FLAGS_RESET,
-    DMA_UNMAP_FLAG_ALL, FLAGS_ERROR, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK, HEADER_SIZE,
-    IRQ_INFO_EVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
+    MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs, SparseMmapArea,
+    Version, DEVICE_FLAGS_RESET, DMA_UNMAP_FLAG_ALL, FLAGS_ERROR, FLAGS_TYPE_COMMAND,
+    FLAGS_TYPE_MASK, HEADER_SIZE, IRQ_INFO_EVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+    REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::proxy::socket::{recv, recv_with_fds, send_with_fds};
+use vfio_user_client::proxy::socket::{recv, recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 use crate::device::Errno;
 use crate::device::ResetReason;
 use crate::dma::Segment;
 use crate::irq::IrqTable;
-use crate::memory::SharedMemory;
 use crate::server::{ClientInfo, Shared};
 
 /// Commands that may arrive while the server waits for a DMA reply; more is a flood.
@@ -44,6 +44,8 @@ struct Message {
     header: Header,
     body: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// More fds came than the server's `max_msg_fds`; they were closed and `fds` is empty.
+    too_many_fds: bool,
 }
 
 /// What one framed read produced.
@@ -54,20 +56,23 @@ enum Incoming {
     Oversized(Header),
 }
 
-/// A successful reply's payload and the fd to attach.
+/// Something whose fd a reply may carry.
+trait ReplyFd: AsRawFd + fmt::Debug {}
+
+impl<T: AsRawFd + fmt::Debug> ReplyFd for T {}
+
+/// A successful reply's payload and the fds to attach, kept open until it is sent.
 #[derive(Debug, Default)]
 struct Reply {
     payload: Vec<u8>,
-    fd: Option<Arc<SharedMemory>>,
-    /// The client's end of the twin socket (VERSION).
-    sock: Option<UnixStream>,
+    fds: Vec<Arc<dyn ReplyFd>>,
 }
 
 impl Reply {
     fn with(payload: Vec<u8>) -> Reply {
         Reply {
             payload,
-            ..Reply::default()
+            fds: Vec::new(),
         }
     }
 }
@@ -130,16 +135,27 @@ impl Link {
             _ => &self.stream,
         };
         let mut hdr = [0u8; HEADER_SIZE];
-        let (n, fds) = recv_with_fds(stream, &mut hdr, self.recv_max_fds)?;
+        // Room for more fds than allowed, so that an excess is refused (EINVAL) rather than
+        // fatal; beyond MAX_RECV_FDS the kernel drops the rest, which still counts as excess.
+        let (n, mut fds) = recv_with_fds(stream, &mut hdr, MAX_RECV_FDS)?;
         if n == 0 {
             return Ok(None);
+        }
+        let too_many_fds = fds.len() > self.recv_max_fds;
+        if too_many_fds {
+            fds.clear();
         }
         read_exact(stream, &mut hdr[n..])?;
         match Header::decode(&hdr, self.max_msg_size) {
             Ok(header) => {
                 let mut body = vec![0u8; header.payload_len()];
                 read_exact(stream, &mut body)?;
-                Ok(Some(Incoming::Message(Message { header, body, fds })))
+                Ok(Some(Incoming::Message(Message {
+                    header,
+                    body,
+                    fds,
+                    too_many_fds,
+                })))
             }
             Err(DecodeError::TooLarge { .. }) => {
                 let header = Header::from_bytes(&hdr);
@@ -341,6 +357,12 @@ impl DeviceContext<'_> {
         lock(&self.shared.irqs).assigned(index, vector)
     }
 
+    /// Whether `vector` of `index` is pending: raised while the client had it masked (the
+    /// bit a device shows in its MSI-X pending bit array).
+    pub fn irq_pending(&self, index: u32, vector: u32) -> bool {
+        lock(&self.shared.irqs).pending(index, vector)
+    }
+
     /// The client's `max_data_xfer_size` (1 MiB when it sent none).
     pub fn client_max_data_xfer_size(&self) -> u64 {
         self.link.client_max_xfer
@@ -439,6 +461,12 @@ impl Conn<'_> {
         }
         self.shared.command_seen();
         let header = m.header;
+        if m.too_many_fds {
+            log::warn!("{header} carried more than max_msg_fds fds");
+            self.reply(&header, Err(Errno::INVAL));
+            self.close = !self.version_done;
+            return;
+        }
         if !self.version_done {
             let result = if header.known_command() == Some(Command::Version) {
                 self.version(m)
@@ -457,6 +485,7 @@ impl Conn<'_> {
             Some(Command::DmaUnmap) => self.dma_unmap(&m),
             Some(Command::DeviceGetInfo) => self.device_info(&m),
             Some(Command::DeviceGetRegionInfo) => self.region_info(&m),
+            Some(Command::DeviceGetRegionIoFds) => self.region_io_fds(&m),
             Some(Command::DeviceGetIrqInfo) => self.irq_info(&m),
             Some(Command::DeviceSetIrqs) => self.set_irqs(m),
             Some(Command::RegionRead) => self.region_read(&m),
@@ -500,12 +529,7 @@ impl Conn<'_> {
                 (h, Reply::default())
             }
         };
-        let fds: Vec<RawFd> = reply
-            .fd
-            .iter()
-            .map(|m| m.as_raw_fd())
-            .chain(reply.sock.iter().map(|s| s.as_raw_fd()))
-            .collect();
+        let fds: Vec<RawFd> = reply.fds.iter().map(|f| f.as_raw_fd()).collect();
         if let Err(e) = self.link.send(&header, &reply.payload, &fds) {
             log::debug!("sending reply {header}: {e}");
             self.link.broken = true;
@@ -589,11 +613,11 @@ impl Conn<'_> {
         .encode_into(&mut payload);
         // Appended raw: the configuration may ask for malformed JSON.
         payload.extend_from_slice(&config.version_json_bytes(twin.as_ref().map(|_| 0)));
-        Ok(Reply {
-            payload,
-            fd: None,
-            sock: twin,
-        })
+        let fds: Vec<Arc<dyn ReplyFd>> = match twin {
+            Some(t) => vec![Arc::new(t)],
+            None => Vec::new(),
+        };
+        Ok(Reply { payload, fds })
     }
 
     fn device_info(&mut self, m: &Message) -> Result<Reply, Errno> {
@@ -634,7 +658,7 @@ impl Conn<'_> {
             index,
             ..RegionInfo::default()
         };
-        let mut fd = None;
+        let mut fds: Vec<Arc<dyn ReplyFd>> = Vec::new();
         if let Some(spec) = spec {
             info.flags = spec.flags & (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE);
             info.size = spec.size;
@@ -653,7 +677,7 @@ impl Conn<'_> {
                 info.caps = vec![RegionCap::SparseMmap(areas)];
                 info.argsz = u32::try_from(info.encoded_len()).map_err(|_| Errno::INVAL)?;
                 if request.argsz >= info.argsz {
-                    fd = Some(mm.memory);
+                    fds.push(mm.memory);
                 } else {
                     info.caps.clear();
                 }
@@ -661,11 +685,79 @@ impl Conn<'_> {
         }
         let mut payload = Vec::with_capacity(info.encoded_len());
         info.encode_into(&mut payload);
-        Ok(Reply {
-            payload,
-            fd,
-            sock: None,
-        })
+        Ok(Reply { payload, fds })
+    }
+
+    /// libvfio-user's behaviour: a region the device reports answers with its sub-regions
+    /// (`count` 0 when it has none); when the request's `argsz` cannot hold them all the
+    /// reply is the head alone, with the `argsz` needed and the full `count`, and no fds.
+    /// An fd shared by several entries is sent once. Entries needing more fds than the
+    /// client's `max_msg_fds` are left out (not in libvfio-user, which ignores that limit):
+    /// an ioeventfd is an optimisation the client can do without, as REGION_INFO treats a
+    /// client that takes no fds as unable to mmap.
+    fn region_io_fds(&mut self, m: &Message) -> Result<Reply, Errno> {
+        let request = RegionIoFds::decode(&m.body)?;
+        if request.flags != 0 || request.count != 0 {
+            return Err(Errno::INVAL);
+        }
+        let io_fds = {
+            let device = lock(&self.shared.device);
+            if request.index >= device.info().num_regions {
+                return Err(Errno::INVAL);
+            }
+            let spec = device.region(request.index).ok_or(Errno::INVAL)?;
+            if spec.flags & (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE) == 0 {
+                return Err(Errno::INVAL);
+            }
+            device.region_io_fds(request.index)?
+        };
+        if (request.argsz as usize) < RegionIoFds::HEAD_SIZE
+            || u64::from(request.argsz) > self.shared.config.recv_max_data()
+        {
+            return Err(Errno::INVAL);
+        }
+        let max_fds = usize::try_from(self.link.client_max_fds).unwrap_or(usize::MAX);
+        let mut fds: Vec<Arc<dyn ReplyFd>> = Vec::new();
+        let mut raw: Vec<RawFd> = Vec::new();
+        let mut subregions = Vec::with_capacity(io_fds.len());
+        for e in io_fds {
+            let fd = e.fd.as_raw_fd();
+            let fd_index = match raw.iter().position(|&r| r == fd) {
+                Some(i) => i,
+                None if raw.len() < max_fds => {
+                    raw.push(fd);
+                    fds.push(e.fd);
+                    raw.len() - 1
+                }
+                None => continue,
+            };
+            subregions.push(IoSubregion {
+                offset: e.offset,
+                size: e.size,
+                fd_index: u32::try_from(fd_index).map_err(|_| Errno::INVAL)?,
+                kind: e.kind,
+                flags: e.flags,
+                data: Some(e.datamatch),
+                shadow: None,
+            });
+        }
+        let reply = RegionIoFds {
+            argsz: 0,
+            flags: 0,
+            index: request.index,
+            count: u32::try_from(subregions.len()).map_err(|_| Errno::INVAL)?,
+            layout: self.shared.config.io_fds_layout,
+            subregions,
+        };
+        let mut payload = Vec::new();
+        reply.encode_into(&mut payload);
+        let argsz = u32::try_from(payload.len()).map_err(|_| Errno::INVAL)?;
+        payload[..4].copy_from_slice(&argsz.to_ne_bytes());
+        if request.argsz < argsz {
+            payload.truncate(RegionIoFds::HEAD_SIZE);
+            fds.clear();
+        }
+        Ok(Reply { payload, fds })
     }
 
     fn irq_info(&mut self, m: &Message) -> Result<Reply, Errno> {

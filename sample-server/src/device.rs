@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use vfio_user_client::protocol::{DecodeError, SparseMmapArea};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::conn::DeviceContext;
 use crate::dma::DmaMapInfo;
@@ -107,6 +108,28 @@ pub struct RegionSpec {
     pub mmap: Option<RegionMmap>,
 }
 
+/// One fd-backed sub-region of a region, as DEVICE_GET_REGION_IO_FDS reports it.
+///
+/// The client (or the VMM's hypervisor on its behalf) signals `fd` instead of sending a
+/// REGION_WRITE for a matching write; the device reads the eventfd to learn of it.
+#[derive(Clone, Debug)]
+pub struct RegionIoFd {
+    /// Offset in the region.
+    pub offset: u64,
+    /// Size of the write (0 = any).
+    pub size: u64,
+    /// `IO_FD_TYPE_*` from [`vfio_user_client::protocol`] (an ioeventfd is
+    /// `IO_FD_TYPE_IOEVENTFD`).
+    pub kind: u32,
+    /// `IOEVENTFD_FLAG_*` from [`vfio_user_client::protocol`], e.g.
+    /// `IOEVENTFD_FLAG_DATAMATCH`.
+    pub flags: u32,
+    /// The value a write must carry to signal `fd`, with `IOEVENTFD_FLAG_DATAMATCH`.
+    pub datamatch: u64,
+    /// The eventfd, owned by the device; the reply carries a duplicate.
+    pub fd: Arc<EventFd>,
+}
+
 /// Why [`Device::reset`] is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetReason {
@@ -149,6 +172,13 @@ pub trait Device: Send {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Errno>;
+
+    /// The sub-regions of region `index` (a region the device reports) that have an
+    /// ioeventfd, for DEVICE_GET_REGION_IO_FDS. An empty list answers `count` 0; the default
+    /// `EINVAL` means the device does not support the command.
+    fn region_io_fds(&self, _index: u32) -> Result<Vec<RegionIoFd>, Errno> {
+        Err(Errno::INVAL)
+    }
 
     /// Resets the device.
     fn reset(&mut self, reason: ResetReason) -> Result<(), Errno>;

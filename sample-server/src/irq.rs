@@ -101,6 +101,14 @@ impl IrqTable {
             .is_some_and(|v| v.trigger.is_some())
     }
 
+    /// Whether `vector` of `index` was raised while masked and is still pending.
+    pub(crate) fn pending(&self, index: u32, vector: u32) -> bool {
+        self.indexes
+            .get(index as usize)
+            .and_then(|v| v.get(vector as usize))
+            .is_some_and(|v| v.pending)
+    }
+
     pub(crate) fn states(&self, index: u32) -> Vec<IrqVectorState> {
         self.indexes
             .get(index as usize)
@@ -115,7 +123,11 @@ impl IrqTable {
             .ok_or(Errno::INVAL)
     }
 
-    /// Applies DEVICE_SET_IRQS with libvfio-user's validation.
+    /// Applies DEVICE_SET_IRQS with libvfio-user's validation: one DATA and one ACTION
+    /// flag; `start` below the index's vector count even when `count` is 0; `start + count`
+    /// within it; `count` 0 only with DATA_NONE + TRIGGER and `start` 0 (disables the
+    /// index); ERR/REQ: TRIGGER with `count` at most 1; fds only with DATA_EVENTFD, and then
+    /// none (de-assign the range) or exactly `count`.
     pub(crate) fn set(&mut self, req: &SetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
         let data = req.flags & SET_DATA;
         let action = req.flags & SET_ACTION;
@@ -136,6 +148,12 @@ impl IrqTable {
             return Err(Errno::INVAL);
         }
         if req.start >= max || req.start.checked_add(req.count).is_none_or(|end| end > max) {
+            return Err(Errno::INVAL);
+        }
+        // An empty range only as DATA_NONE + TRIGGER from vector 0: "disable the index".
+        if req.count == 0
+            && (req.start != 0 || data != SET_DATA_NONE || action != SET_ACTION_TRIGGER)
+        {
             return Err(Errno::INVAL);
         }
         if data != SET_DATA_EVENTFD && !fds.is_empty() {

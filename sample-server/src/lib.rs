@@ -20,8 +20,8 @@
 //! * [`ServerConfig`] shapes the VERSION reply and [`Quirks`] make the server misbehave on
 //!   purpose.
 //!
-//! The sample devices are [`GpioDevice`] (registers, a sequence checker, a 4 MiB scratch BAR
-//! and a sparsely mappable BAR) and [`DmaEngine`] (copies guest memory on a doorbell and
+//! The sample devices are [`GpioDevice`] (registers, a sequence checker, two ioeventfds, a
+//! 4 MiB scratch BAR and a sparsely mappable BAR) and [`DmaEngine`] (copies guest memory on a doorbell and
 //! raises a completion interrupt).
 //!
 //! ```
@@ -52,8 +52,8 @@ mod server;
 pub use config::{Quirks, ServerConfig, VersionPayload};
 pub use conn::DeviceContext;
 pub use device::{
-    Device, DeviceInfo, Errno, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX, IRQ_MSI,
-    IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
+    Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
+    IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
 pub use devices::dma_engine::{DmaEngine, DmaEngineHandle, DmaEngineStatus};
 pub use devices::gpio::{GpioConfig, GpioDevice, GpioHandle};

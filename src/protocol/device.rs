@@ -128,19 +128,38 @@ impl RegionInfo {
         encode_region_caps(&self.caps, Self::HEAD_SIZE as u32, out);
     }
 
+    /// Decodes the 32-byte head only, leaving `caps` empty: for a reply whose `argsz` asks
+    /// for more room, where a server may set CAPS and `cap_offset` without sending the chain
+    /// (the crates.io `vfio_user` server does).
+    pub fn decode_head(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload, "region info");
+        Ok(RegionInfo {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            index: r.u32()?,
+            cap_offset: r.u32()?,
+            size: r.u64()?,
+            offset: r.u64()?,
+            caps: Vec::new(),
+        })
+    }
+
     /// Decodes a request or reply.
     ///
     /// Caps are parsed only when the `CAPS` flag is set and `cap_offset` is not 0; the chain
     /// must then start at or after the head (`cap_offset` ≥ 32) and lie within
     /// min(`argsz`, bytes present).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(payload, "region info");
-        let argsz = r.u32()?;
-        let flags = r.u32()?;
-        let index = r.u32()?;
-        let cap_offset = r.u32()?;
-        let size = r.u64()?;
-        let offset = r.u64()?;
+        let head = Self::decode_head(payload)?;
+        let RegionInfo {
+            argsz,
+            flags,
+            index,
+            cap_offset,
+            size,
+            offset,
+            ..
+        } = head;
         let caps = if flags & REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 {
             if (cap_offset as usize) < Self::HEAD_SIZE {
                 return Err(DecodeError::InvalidField {

@@ -10,7 +10,7 @@ use crate::device::{
     Device, DeviceInfo, Errno, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX,
     IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
-use crate::devices::{dwords, read_regs};
+use crate::devices::{dwords, read_pba, read_regs};
 use crate::dma::DmaMapInfo;
 use crate::pci::ConfigSpace;
 use vfio_user_client::protocol::{
@@ -47,14 +47,19 @@ struct EngineState {
     resets: u64,
 }
 
-/// The device. Region 0 (BAR0, 256 B) holds the registers (`REG_*`; writes must be aligned
-/// dwords, 64-bit registers may be written as one 8-byte access or two 4-byte halves);
-/// region 7 is the config space. IRQs: INTx 1, MSI 1, MSI-X 2, ERR 1, REQ 1.
+/// The device. Region 0 (BAR0, 256 B, 32-bit memory) holds the registers (`REG_*`; writes
+/// must be aligned dwords, 64-bit registers may be written as one 8-byte access or two 4-byte
+/// halves), the MSI-X table at [`DmaEngine::MSIX_TABLE`] and the pending bit array at
+/// [`DmaEngine::MSIX_PBA`]; region 1 (BAR1, an I/O BAR of 64 bytes) mirrors the registers for
+/// port I/O; region 7 is the config space, with power management, MSI (1 vector, 32-bit
+/// addresses), MSI-X (2 vectors) and PCI Express capabilities and interrupt pin INTA.
+/// IRQs: INTx 1, MSI 1, MSI-X 2, ERR 1, REQ 1.
 ///
 /// Writing 1 to the doorbell copies `length` bytes from `source` to `destination` (guest
 /// addresses), through mmapped windows or DMA_READ/DMA_WRITE messages, before the doorbell
-/// write completes; then sets the status and raises MSI-X vector 0 if the client attached
-/// an eventfd to it, INTx otherwise.
+/// write completes; then sets the status and raises the completion interrupt: MSI-X vector 0
+/// if the client attached an eventfd to it, else MSI vector 0 if it attached one there, else
+/// INTx.
 #[derive(Debug)]
 pub struct DmaEngine {
     pci: ConfigSpace,
@@ -88,13 +93,24 @@ impl DmaEngine {
     pub const REG_ERRNO: u64 = 0x20;
     /// BAR0: completed copies (low 32 bits, read-only).
     pub const REG_COMPLETIONS: u64 = 0x24;
+    /// BAR0: offset of the MSI-X table (2 vectors; the client emulates it).
+    pub const MSIX_TABLE: u64 = 0x80;
+    /// BAR0: offset of the MSI-X pending bit array.
+    pub const MSIX_PBA: u64 = 0xc0;
+    /// Size of the BAR1 I/O window onto the registers.
+    pub const IO_BAR_SIZE: u64 = 64;
 
     /// A device and the test handle on its state.
     pub fn new() -> (DmaEngine, DmaEngineHandle) {
         let state = Arc::new(Mutex::new(EngineState::default()));
         let pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
             .with_bar(0, Self::BAR0_SIZE as u32)
-            .with_interrupt_pin(1);
+            .with_io_bar(1, Self::IO_BAR_SIZE as u32)
+            .with_interrupt_pin(1)
+            .with_pm()
+            .with_msi(1, false, false)
+            .with_msix(2, 0, Self::MSIX_TABLE as u32, 0, Self::MSIX_PBA as u32)
+            .with_pcie();
         (
             DmaEngine {
                 pci,
@@ -151,6 +167,7 @@ impl Device for DmaEngine {
     fn region(&self, index: u32) -> Option<RegionSpec> {
         let size = match index {
             0 => Self::BAR0_SIZE,
+            1 => Self::IO_BAR_SIZE,
             PCI_CONFIG_REGION => ConfigSpace::SIZE,
             _ => return None,
         };
@@ -171,13 +188,14 @@ impl Device for DmaEngine {
 
     fn region_read(
         &mut self,
-        _ctx: &mut DeviceContext<'_>,
+        ctx: &mut DeviceContext<'_>,
         index: u32,
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), Errno> {
         match index {
-            0 => {
+            0 if offset >= Self::MSIX_TABLE => read_pba(ctx, Self::MSIX_PBA, offset, data),
+            0 | 1 => {
                 let st = lock(&self.state);
                 read_regs(offset, data, |reg| match reg {
                     0x00 => st.source as u32,
@@ -209,8 +227,12 @@ impl Device for DmaEngine {
             self.pci.write(offset, data);
             return Ok(());
         }
-        if index != 0 {
+        if index > 1 {
             return Err(Errno::INVAL);
+        }
+        if index == 0 && offset >= Self::MSIX_TABLE {
+            // The MSI-X table is the client's; the pending bits are read-only.
+            return Ok(());
         }
         for (reg, v) in dwords(offset, data)? {
             let job = {
@@ -248,6 +270,8 @@ impl Device for DmaEngine {
             }
             let (irq, vector) = if ctx.irq_assigned(IRQ_MSIX, 0) {
                 (IRQ_MSIX, 0)
+            } else if ctx.irq_assigned(IRQ_MSI, 0) {
+                (IRQ_MSI, 0)
             } else {
                 (IRQ_INTX, 0)
             };

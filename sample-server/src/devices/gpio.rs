@@ -7,26 +7,39 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use vfio_user_client::protocol::{
+    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IOEVENTFD_FLAG_DATAMATCH,
+    IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
 use crate::conn::{lock, DeviceContext};
 use crate::device::{
-    Device, DeviceInfo, Errno, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX, IRQ_MSI,
-    IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
+    Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
+    IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
-use crate::devices::{dwords, read_regs};
+use crate::devices::{dwords, read_pba, read_regs};
 use crate::memory::SharedMemory;
 use crate::pci::ConfigSpace;
-use vfio_user_client::protocol::{
-    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
-};
 
 /// Configuration of a [`GpioDevice`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpioConfig {
-    /// Number of MSI-X vectors (default 4).
+    /// Number of MSI-X vectors (default 4; SPDK's NVMe controller has 512).
     pub msix_vectors: u32,
     /// Size of the BAR1 scratch RAM (default 4 MiB).
     pub scratch_size: u64,
+    /// DEVICE_GET_INFO reports `DEVICE_FLAGS_RESET` and DEVICE_RESET works (default
+    /// `true`); when `false` the flag is absent and DEVICE_RESET is answered `EINVAL`.
+    pub resettable: bool,
+    /// Message-based reads and writes of region `.0` fail with errno `.1` (0 included: an
+    /// error reply whose `error_no` is 0) once they pass the server's validation; default
+    /// `None`. Changeable later with [`GpioHandle::set_fail_region`].
+    pub fail_region: Option<(u32, i32)>,
+    /// BAR2 offers its `MAPPABLE_AREAS` for mmap (default `true`); when `false` every BAR2
+    /// access is a message, so the device has no mappable region (clients may then post
+    /// writes).
+    pub mappable_bar2: bool,
 }
 
 impl Default for GpioConfig {
@@ -34,6 +47,9 @@ impl Default for GpioConfig {
         GpioConfig {
             msix_vectors: 4,
             scratch_size: 4 << 20,
+            resettable: true,
+            fail_region: None,
+            mappable_bar2: true,
         }
     }
 }
@@ -50,19 +66,60 @@ struct GpioState {
     trapped_accesses: u64,
     resets: u64,
     last_reset: Option<ResetReason>,
+    doorbells: u64,
+    ioeventfd_signals: [u64; GpioDevice::IOEVENTFDS],
+    fail_region: Option<(u32, i32)>,
 }
 
-/// The device. Regions (BARs are 32-bit memory BARs in the config space):
+impl GpioState {
+    /// Takes the signals waiting on the ioeventfds and applies them as the writes they
+    /// stand for.
+    fn drain_ioeventfds(&mut self, fds: &[Arc<EventFd>]) {
+        for (i, fd) in fds.iter().enumerate() {
+            // EAGAIN (nothing signalled) is the only error a non-blocking eventfd read has.
+            let Ok(n) = fd.read() else { continue };
+            self.ioeventfd_signals[i] += n;
+            match i {
+                GpioDevice::IOEVENTFD_OUTPUT => self.output = GpioDevice::OUTPUT_DATAMATCH,
+                GpioDevice::IOEVENTFD_DOORBELL => self.doorbells += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The device. Regions:
 ///
-/// | Index | Size | Contents |
-/// |---|---|---|
-/// | 0 (BAR0) | 256 B | registers, see the `REG_*` constants; writes must be aligned dwords |
-/// | 1 (BAR1) | 4 MiB | scratch RAM: any offset, any size |
-/// | 2 (BAR2) | 64 KiB | memfd RAM; `MAPPABLE_AREAS` are mmappable, the gap between them is trapped |
-/// | 7 | 256 B | PCI config space (vendor 0x494f, device 0x0dc8) |
+/// | Index | Size | BAR kind | Contents |
+/// |---|---|---|---|
+/// | 0 (BAR0) | 256 B | 32-bit memory | registers, see the `REG_*` constants; writes must be aligned dwords |
+/// | 1 (BAR1) | 4 MiB | 32-bit memory | scratch RAM: any offset, any size |
+/// | 2 (BAR2, with 3) | 64 KiB | 64-bit prefetchable memory | memfd RAM; `MAPPABLE_AREAS` are mmappable, the gap between them is trapped |
+/// | 4 (BAR4) | [`GpioDevice::msix_bar_size`] | 32-bit memory | MSI-X table at 0, pending bit array at [`GpioDevice::msix_pba_offset`] |
+/// | 6 | 2 KiB | expansion ROM | read-only image starting `55 aa` |
+/// | 7 | 256 B | | PCI config space (vendor 0x494f, device 0x0dc8) |
 ///
-/// IRQs: INTx 1, MSI 1, MSI-X [`GpioConfig::msix_vectors`], ERR 1, REQ 1. Supports reset,
-/// which clears the registers (not the RAM).
+/// Capabilities: power management, MSI (1 vector, 64-bit, per-vector mask), MSI-X
+/// ([`GpioConfig::msix_vectors`] vectors; absent when 0, and BAR4 with it) and PCI Express;
+/// interrupt pin INTA.
+///
+/// IRQs: INTx 1, MSI 1, MSI-X [`GpioConfig::msix_vectors`], ERR 1, REQ 1. Supports reset
+/// (unless [`GpioConfig::resettable`] is off), which clears the registers (not the RAM).
+/// The MSI-X table itself is the client's to emulate: BAR4 reads it as zeros and ignores
+/// writes to it; the pending bit array shows the vectors raised while the client masked them.
+///
+/// DEVICE_GET_REGION_IO_FDS: BAR0 has two ioeventfds, in this order (the index of
+/// [`GpioHandle::ioeventfd_signals`]):
+///
+/// | # | Offset | Size | Flags | Stands for |
+/// |---|---|---|---|---|
+/// | 0 | `REG_OUTPUT` | 4 | DATAMATCH [`GpioDevice::OUTPUT_DATAMATCH`] | writing that value to the output latch |
+/// | 1 | `REG_DOORBELL` | 4 | none | one doorbell write |
+///
+/// BAR1, BAR2, BAR4 and config space answer with none (`count` 0, as libvfio-user answers for a
+/// region without ioeventfds); absent regions are `EINVAL`. The device takes the signals
+/// before each message-based access (and when the handle asks), so a signal and a later
+/// REGION_READ through the socket are ordered only by that.
 #[derive(Debug)]
 pub struct GpioDevice {
     config: GpioConfig,
@@ -70,6 +127,7 @@ pub struct GpioDevice {
     state: Arc<Mutex<GpioState>>,
     scratch: Arc<Mutex<Vec<u8>>>,
     mappable: Arc<SharedMemory>,
+    ioeventfds: Vec<Arc<EventFd>>,
 }
 
 /// A test's handle on a [`GpioDevice`]'s state, usable while the server owns the device.
@@ -78,6 +136,7 @@ pub struct GpioHandle {
     state: Arc<Mutex<GpioState>>,
     scratch: Arc<Mutex<Vec<u8>>>,
     mappable: Arc<SharedMemory>,
+    ioeventfds: Vec<Arc<EventFd>>,
 }
 
 impl GpioDevice {
@@ -117,6 +176,47 @@ impl GpioDevice {
     pub const REG_ID: u64 = 0x18;
     /// Value of [`GpioDevice::REG_ID`].
     pub const ID: u32 = 0x4750_494f;
+    /// BAR0: doorbell; every write counts one ring, whatever the value (also through its
+    /// ioeventfd). Reads return the rings so far (low 32 bits).
+    pub const REG_DOORBELL: u64 = 0x1c;
+    /// Number of BAR0 ioeventfds.
+    pub const IOEVENTFDS: usize = 2;
+    /// Index of the `REG_OUTPUT` ioeventfd.
+    pub const IOEVENTFD_OUTPUT: usize = 0;
+    /// Index of the `REG_DOORBELL` ioeventfd.
+    pub const IOEVENTFD_DOORBELL: usize = 1;
+    /// The datamatch value of the `REG_OUTPUT` ioeventfd.
+    pub const OUTPUT_DATAMATCH: u32 = 0xa5a5_0001;
+    /// The BAR holding the MSI-X table and pending bit array.
+    pub const MSIX_BAR: u32 = 4;
+    /// Size of the expansion ROM (region 6).
+    pub const ROM_SIZE: u64 = 2048;
+
+    /// Offset of the MSI-X pending bit array in BAR4 for `vectors` vectors: after the
+    /// table, 2 KiB aligned.
+    pub fn msix_pba_offset(vectors: u32) -> u64 {
+        (16 * u64::from(vectors)).max(1).next_multiple_of(0x800)
+    }
+
+    /// Size of BAR4 for `vectors` vectors (0: no BAR4).
+    pub fn msix_bar_size(vectors: u32) -> u64 {
+        if vectors == 0 {
+            return 0;
+        }
+        let pba = u64::from(vectors).div_ceil(64) * 8;
+        (Self::msix_pba_offset(vectors) + pba)
+            .next_power_of_two()
+            .max(4096)
+    }
+
+    /// The expansion ROM image.
+    pub fn rom_image() -> Vec<u8> {
+        let mut rom: Vec<u8> = (0..Self::ROM_SIZE).map(|i| (i * 7) as u8).collect();
+        rom[0] = 0x55;
+        rom[1] = 0xaa;
+        rom[2] = (Self::ROM_SIZE / 512) as u8;
+        rom
+    }
 
     /// A device and the test handle on its state.
     pub fn new(config: GpioConfig) -> io::Result<(GpioDevice, GpioHandle)> {
@@ -124,19 +224,42 @@ impl GpioDevice {
         let scratch_len = usize::try_from(config.scratch_size)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let scratch = Arc::new(Mutex::new(vec![0u8; scratch_len]));
-        let state = Arc::new(Mutex::new(GpioState::default()));
-        let pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
+        let state = Arc::new(Mutex::new(GpioState {
+            fail_region: config.fail_region,
+            ..GpioState::default()
+        }));
+        let ioeventfds = (0..Self::IOEVENTFDS)
+            .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
             .with_bar(0, Self::BAR0_SIZE as u32)
             .with_bar(
                 1,
                 u32::try_from(config.scratch_size.next_power_of_two()).unwrap_or(1 << 31),
             )
-            .with_bar(2, Self::BAR2_SIZE as u32)
-            .with_interrupt_pin(1);
+            .with_bar64(2, Self::BAR2_SIZE, true)
+            .with_rom(Self::ROM_SIZE as u32)
+            .with_interrupt_pin(1)
+            .with_pm()
+            .with_msi(1, true, true);
+        if config.msix_vectors > 0 {
+            let vectors = config.msix_vectors.min(2048);
+            pci = pci
+                .with_bar(Self::MSIX_BAR as usize, Self::msix_bar_size(vectors) as u32)
+                .with_msix(
+                    vectors,
+                    Self::MSIX_BAR as u8,
+                    0,
+                    Self::MSIX_BAR as u8,
+                    Self::msix_pba_offset(vectors) as u32,
+                );
+        }
+        let pci = pci.with_pcie();
         let handle = GpioHandle {
             state: state.clone(),
             scratch: scratch.clone(),
             mappable: mappable.clone(),
+            ioeventfds: ioeventfds.clone(),
         };
         Ok((
             GpioDevice {
@@ -145,6 +268,7 @@ impl GpioDevice {
                 state,
                 scratch,
                 mappable,
+                ioeventfds,
             },
             handle,
         ))
@@ -162,8 +286,13 @@ impl GpioDevice {
 
 impl Device for GpioDevice {
     fn info(&self) -> DeviceInfo {
+        let reset = if self.config.resettable {
+            DEVICE_FLAGS_RESET
+        } else {
+            0
+        };
         DeviceInfo {
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: DEVICE_FLAGS_PCI | reset,
             num_regions: PCI_NUM_REGIONS,
             num_irqs: PCI_NUM_IRQS,
         }
@@ -182,14 +311,46 @@ impl Device for GpioDevice {
             2 => Some(RegionSpec {
                 flags: rw,
                 size: Self::BAR2_SIZE,
-                mmap: Some(RegionMmap {
+                mmap: self.config.mappable_bar2.then(|| RegionMmap {
                     memory: self.mappable.clone(),
                     offset: 0,
                     areas: Self::MAPPABLE_AREAS.to_vec(),
                 }),
             }),
+            Self::MSIX_BAR if self.config.msix_vectors > 0 => Some(spec(Self::msix_bar_size(
+                self.config.msix_vectors.min(2048),
+            ))),
+            6 => Some(RegionSpec {
+                flags: REGION_INFO_FLAG_READ,
+                size: Self::ROM_SIZE,
+                mmap: None,
+            }),
             PCI_CONFIG_REGION => Some(spec(ConfigSpace::SIZE)),
             _ => None,
+        }
+    }
+
+    fn region_io_fds(&self, index: u32) -> Result<Vec<RegionIoFd>, Errno> {
+        let fd = |i: usize, offset, flags, datamatch| RegionIoFd {
+            offset,
+            size: 4,
+            kind: IO_FD_TYPE_IOEVENTFD,
+            flags,
+            datamatch,
+            fd: self.ioeventfds[i].clone(),
+        };
+        match index {
+            0 => Ok(vec![
+                fd(
+                    Self::IOEVENTFD_OUTPUT,
+                    Self::REG_OUTPUT,
+                    IOEVENTFD_FLAG_DATAMATCH,
+                    u64::from(Self::OUTPUT_DATAMATCH),
+                ),
+                fd(Self::IOEVENTFD_DOORBELL, Self::REG_DOORBELL, 0, 0),
+            ]),
+            1 | 2 | Self::MSIX_BAR | PCI_CONFIG_REGION => Ok(Vec::new()),
+            _ => Err(Errno::INVAL),
         }
     }
 
@@ -203,12 +364,16 @@ impl Device for GpioDevice {
 
     fn region_read(
         &mut self,
-        _ctx: &mut DeviceContext<'_>,
+        ctx: &mut DeviceContext<'_>,
         index: u32,
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), Errno> {
         let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        if let Some((_, errno)) = st.fail_region.filter(|(r, _)| *r == index) {
+            return Err(Errno(errno));
+        }
         st.region_reads += 1;
         match index {
             0 => read_regs(offset, data, |reg| match reg {
@@ -218,6 +383,7 @@ impl Device for GpioDevice {
                 Self::REG_SEQUENCE_WRITES => st.sequence_writes as u32,
                 Self::REG_SEQUENCE_ERRORS => st.sequence_errors as u32,
                 Self::REG_ID => Self::ID,
+                Self::REG_DOORBELL => st.doorbells as u32,
                 _ => 0,
             }),
             1 => {
@@ -232,6 +398,15 @@ impl Device for GpioDevice {
                 self.mappable
                     .read_at(offset, data)
                     .map_err(|e| Errno::from_io(&e))?;
+            }
+            Self::MSIX_BAR => {
+                let pba = Self::msix_pba_offset(self.config.msix_vectors.min(2048));
+                read_pba(ctx, pba, offset, data);
+            }
+            6 => {
+                let rom = Self::rom_image();
+                let start = offset as usize;
+                data.copy_from_slice(&rom[start..start + data.len()]);
             }
             PCI_CONFIG_REGION => self.pci.read(offset, data),
             _ => return Err(Errno::INVAL),
@@ -249,6 +424,10 @@ impl Device for GpioDevice {
         let mut raise = Vec::new();
         {
             let mut st = lock(&self.state);
+            st.drain_ioeventfds(&self.ioeventfds);
+            if let Some((_, errno)) = st.fail_region.filter(|(r, _)| *r == index) {
+                return Err(Errno(errno));
+            }
             st.region_writes += 1;
             match index {
                 0 => {
@@ -263,6 +442,7 @@ impl Device for GpioDevice {
                                 st.sequence = v;
                             }
                             Self::REG_IRQ_RAISE => raise.push((v >> 16, v & 0xffff)),
+                            Self::REG_DOORBELL => st.doorbells += 1,
                             _ => {}
                         }
                     }
@@ -280,6 +460,8 @@ impl Device for GpioDevice {
                         .write_at(offset, data)
                         .map_err(|e| Errno::from_io(&e))?;
                 }
+                // The MSI-X table is the client's; the pending bits are read-only.
+                Self::MSIX_BAR => {}
                 PCI_CONFIG_REGION => self.pci.write(offset, data),
                 _ => return Err(Errno::INVAL),
             }
@@ -292,6 +474,7 @@ impl Device for GpioDevice {
 
     fn reset(&mut self, reason: ResetReason) -> Result<(), Errno> {
         let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
         st.output = 0;
         st.sequence = 0;
         st.resets += 1;
@@ -357,6 +540,28 @@ impl GpioHandle {
         lock(&self.scratch)
             .get(offset..offset.checked_add(len)?)
             .map(<[u8]>::to_vec)
+    }
+
+    /// Doorbell rings so far (REGION_WRITEs to `REG_DOORBELL` and signals of its
+    /// ioeventfd), not cleared by reset.
+    pub fn doorbells(&self) -> u64 {
+        let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        st.doorbells
+    }
+
+    /// How many times BAR0 ioeventfd `i` (see [`GpioDevice`]) was signalled so far: the
+    /// eventfd is read without blocking and the count accumulates. 0 for an unknown `i`.
+    pub fn ioeventfd_signals(&self, i: usize) -> u64 {
+        let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        st.ioeventfd_signals.get(i).copied().unwrap_or(0)
+    }
+
+    /// Makes message-based accesses of `region` fail with `errno` (see
+    /// [`GpioConfig::fail_region`]); `None` stops failing them.
+    pub fn set_fail_region(&self, fail: Option<(u32, i32)>) {
+        lock(&self.state).fail_region = fail;
     }
 
     /// The memory behind BAR2, as the client's mmap sees it.

@@ -6,7 +6,8 @@
 pub(crate) mod dma_engine;
 pub(crate) mod gpio;
 
-use crate::device::Errno;
+use crate::conn::DeviceContext;
+use crate::device::{Errno, IRQ_MSIX};
 
 /// Splits a register write into aligned 32-bit values: `(offset, value)` pairs.
 /// Writes that are not whole, aligned dwords are `EINVAL`.
@@ -32,5 +33,25 @@ pub(crate) fn read_regs(offset: u64, data: &mut [u8], reg: impl Fn(u64) -> u32) 
         let at = offset + i as u64;
         let word = reg(at & !3).to_ne_bytes();
         *b = word[(at % 4) as usize];
+    }
+}
+
+/// Reads a byte range of a BAR whose MSI-X pending bit array starts at `pba`: bytes before
+/// it read as zeros (the table is the client's), bit `v` of the array is MSI-X vector `v`'s
+/// pending state.
+pub(crate) fn read_pba(ctx: &DeviceContext<'_>, pba: u64, offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = offset + i as u64;
+        *b = 0;
+        if at < pba {
+            continue;
+        }
+        let first = (at - pba) * 8;
+        for bit in 0..8u64 {
+            let vector = u32::try_from(first + bit).unwrap_or(u32::MAX);
+            if ctx.irq_pending(IRQ_MSIX, vector) {
+                *b |= 1 << bit;
+            }
+        }
     }
 }

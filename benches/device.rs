@@ -1,0 +1,211 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Region reads and writes through `VfioUserDevice`, measured against the crates.io
+//! `vfio_user` client on an identical sample server and against a raw socketpair
+//! ping-pong of the same message sizes, in one run; then posted versus synchronous 4-byte
+//! writes.
+//!
+//! Groups `device_read_<size>` and `device_write_<size>` for 4 B, 64 KiB and 1 MiB, each
+//! with `ours`, `crates.io` and `floor`; group `device_posted_4B_x1000` with `posted`
+//! (1000 posted writes and one read that waits for them) and `sync` (1000 synchronous
+//! writes). Ratios are printed at the end. Run with `cargo bench --bench device`; see
+//! BENCHMARKS.md.
+
+mod support;
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use criterion::Criterion;
+use vfio_user_client::{ConnectOptions, DeviceOptions, VfioUserDevice};
+use vfio_user_sample_server::{GpioConfig, GpioDevice, Server, ServerConfig, ServerHandle};
+
+const OURS: &str = "ours";
+const CRATES_IO: &str = "crates.io";
+const FLOOR: &str = "floor";
+const POSTED: &str = "posted";
+const SYNC: &str = "sync";
+const POSTED_GROUP: &str = "device_posted_4B_x1000";
+const POSTED_BATCH: u32 = 1000;
+
+/// BAR1 of the GPIO device: 4 MiB of scratch RAM.
+const SCRATCH: u32 = 1;
+/// Header (16) + region access head (16).
+const HEAD: usize = 32;
+
+const SIZES: [(usize, &str); 3] = [(4, "4B"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
+
+fn gpio_server(gpio: GpioConfig) -> ServerHandle {
+    let (dev, _handle) = GpioDevice::new(gpio).expect("GPIO device");
+    Server::new(ServerConfig::default(), Box::new(dev))
+        .listen_temp()
+        .expect("sample server")
+}
+
+fn group(op: &str, name: &str) -> String {
+    format!("device_{op}_{name}")
+}
+
+fn bench_ours(c: &mut Criterion) {
+    let server = gpio_server(GpioConfig::default());
+    let options = DeviceOptions::default();
+    let dev = VfioUserDevice::connect(
+        server.socket_path().expect("socket path"),
+        &ConnectOptions::default(),
+        &options,
+    )
+    .expect("attach");
+    for (size, name) in SIZES {
+        let data = vec![0x5au8; size];
+        let mut buf = vec![0u8; size];
+        dev.write(SCRATCH, 0, &data).expect("write");
+        dev.read(SCRATCH, 0, &mut buf).expect("read");
+        assert_eq!(buf, data);
+        c.benchmark_group(group("read", name))
+            .bench_function(OURS, |b| {
+                b.iter(|| dev.read(SCRATCH, 0, black_box(&mut buf)).expect("read"))
+            });
+        c.benchmark_group(group("write", name))
+            .bench_function(OURS, |b| {
+                b.iter(|| dev.write(SCRATCH, 0, black_box(&data)).expect("write"))
+            });
+    }
+    drop(dev);
+    server.stop();
+}
+
+fn bench_crates_io(c: &mut Criterion) {
+    let server = gpio_server(GpioConfig::default());
+    let path = server.socket_path().expect("socket path");
+    let mut client = match vfio_user::Client::new(path) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("{CRATES_IO}: skipped, vfio_user::Client::new failed: {e:?}");
+            return;
+        }
+    };
+    for (size, name) in SIZES {
+        let data = vec![0x5au8; size];
+        let mut buf = vec![0u8; size];
+        client.region_write(SCRATCH, 0, &data).expect("write");
+        client.region_read(SCRATCH, 0, &mut buf).expect("read");
+        assert_eq!(buf, data);
+        c.benchmark_group(group("read", name))
+            .bench_function(CRATES_IO, |b| {
+                b.iter(|| {
+                    client
+                        .region_read(SCRATCH, 0, black_box(&mut buf))
+                        .expect("read")
+                })
+            });
+        c.benchmark_group(group("write", name))
+            .bench_function(CRATES_IO, |b| {
+                b.iter(|| {
+                    client
+                        .region_write(SCRATCH, 0, black_box(&data))
+                        .expect("write")
+                })
+            });
+    }
+    drop(client);
+    server.stop();
+}
+
+/// A raw ping-pong: `request` bytes one way, `reply` bytes back, a thread doing blocking
+/// `read_exact` / `write_all` on the other end.
+fn floor(c: &mut Criterion, group: &str, request: usize, reply: usize) {
+    let (mut client, mut server) = UnixStream::pair().expect("socket pair");
+    let echo = std::thread::spawn(move || {
+        let mut rq = vec![0u8; request];
+        let rp = vec![0xa5u8; reply];
+        while server.read_exact(&mut rq).is_ok() {
+            if server.write_all(&rp).is_err() {
+                break;
+            }
+        }
+    });
+    let rq = vec![0x5au8; request];
+    let mut rp = vec![0u8; reply];
+    c.benchmark_group(group).bench_function(FLOOR, |b| {
+        b.iter(|| {
+            client.write_all(black_box(&rq)).expect("write");
+            client.read_exact(&mut rp).expect("read");
+        })
+    });
+    drop(client);
+    echo.join().expect("echo thread");
+}
+
+fn bench_floor(c: &mut Criterion) {
+    for (size, name) in SIZES {
+        floor(c, &group("read", name), HEAD, HEAD + size);
+        floor(c, &group("write", name), HEAD + size, HEAD);
+    }
+}
+
+fn bench_posted(c: &mut Criterion) {
+    // No mappable region: posted writes are allowed.
+    let server = gpio_server(GpioConfig {
+        mappable_bar2: false,
+        ..GpioConfig::default()
+    });
+    let dev = VfioUserDevice::connect(
+        server.socket_path().expect("socket path"),
+        &ConnectOptions::default(),
+        &DeviceOptions::default(),
+    )
+    .expect("attach");
+    assert!(dev.posted_writes());
+    let mut g = c.benchmark_group(POSTED_GROUP);
+    g.bench_function(POSTED, |b| {
+        b.iter(|| {
+            for v in 0..POSTED_BATCH {
+                dev.write_posted(SCRATCH, 0, black_box(&v.to_le_bytes()))
+                    .expect("posted write");
+            }
+            // Waits until the server handled every write before it.
+            let mut last = [0u8; 4];
+            dev.read(SCRATCH, 0, &mut last).expect("read");
+            assert_eq!(u32::from_le_bytes(last), POSTED_BATCH - 1);
+        })
+    });
+    g.bench_function(SYNC, |b| {
+        b.iter(|| {
+            for v in 0..POSTED_BATCH {
+                dev.write(SCRATCH, 0, black_box(&v.to_le_bytes()))
+                    .expect("write");
+            }
+        })
+    });
+    g.finish();
+    drop(dev);
+    server.stop();
+}
+
+fn main() {
+    let started = support::run_started();
+    let mut criterion = support::criterion();
+    bench_ours(&mut criterion);
+    bench_crates_io(&mut criterion);
+    bench_floor(&mut criterion);
+    bench_posted(&mut criterion);
+    criterion.final_summary();
+
+    let ids = [OURS, CRATES_IO, FLOOR];
+    let ratios = [(OURS, CRATES_IO), (OURS, FLOOR), (CRATES_IO, FLOOR)];
+    for op in ["read", "write"] {
+        for (size, name) in SIZES {
+            let bytes = (size > 4).then_some(size as u64);
+            support::report(&group(op, name), &ids, &ratios, bytes, started);
+        }
+    }
+    support::report(
+        POSTED_GROUP,
+        &[POSTED, SYNC],
+        &[(SYNC, POSTED)],
+        None,
+        started,
+    );
+}

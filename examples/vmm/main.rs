@@ -1,0 +1,640 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A small VMM built from rust-vmm crates that hot-plugs a `VfioUserPciDevice` and lets a
+//! guest drive it.
+//!
+//! * guest RAM: vm-memory `GuestMemoryMmap` over a memfd (shared with the server, which
+//!   maps it for DMA);
+//! * buses: vm-device's `IoManager`, with a PCI host bridge on ports 0xCF8..0xCFF (config
+//!   mechanism #1) and the device's BAR windows registered where the guest puts them;
+//! * events: an event-manager `EventManager` on its own thread; the device's subscriber is
+//!   added to it at hot-plug through its remote endpoint and removed at unplug;
+//! * the guest: with a usable `/dev/kvm`, real-mode code (`guest.S`) in a KVM vCPU whose
+//!   port and MMIO exits reach the buses; without it, the same steps as a Rust "guest
+//!   driver" on the same buses.
+//!
+//! The device is the sample DMA engine. The guest finds it, places BAR0 below 1 MiB,
+//! enables memory decoding and MSI-X (vector 0 programmed in the emulated table), and rings
+//! the engine's doorbell to copy a buffer; the VMM then checks the copy in guest memory and
+//! that vector 0's eventfd fired (a KVM VMM would have registered it as an irqfd).
+//!
+//! `cargo run --example vmm` (add `-- --rust-guest` to skip KVM).
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::os::fd::FromRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
+use vfio_user_client::pci::{
+    AttachOptions, BarKind, BarReprogramming, InterruptKind, InterruptProvider, PciConfig,
+    VfioUserPciDevice,
+};
+use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle};
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioAddressOffset, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_device::MutDevicePio;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+type Subscriber = Box<dyn MutEventSubscriber + Send>;
+
+/// Guest RAM: 64 KiB at 0, so that 0xd0000 is free for the BAR.
+const RAM_SIZE: usize = 0x1_0000;
+const CODE: u64 = 0x1000;
+const SOURCE: u64 = 0x2000;
+const DESTINATION: u64 = 0x3000;
+const COPY_LEN: usize = 64;
+/// The guest's mailbox: 0x500 status word, 0x504 slot, 0x508 MSI-X capability, 0x50c engine
+/// status.
+const MAILBOX: u64 = 0x500;
+/// What the guest stores at the mailbox when it is done.
+const GUEST_DONE: u16 = 0x600d;
+/// The slot of bus 0 the device is plugged into.
+const SLOT: u32 = 3;
+/// Where the guest places BAR0 (below 1 MiB, for real mode).
+const BAR0_GUEST: u64 = 0xd_0000;
+const CONFIG_ADDRESS: u16 = 0xcf8;
+/// Guest exits after which a run is declared stuck.
+const MAX_EXITS: usize = 100_000;
+
+/// `guest.S`, assembled (see the file for the commands).
+const GUEST_CODE: &[u8] = &[
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x66, 0x31, 0xdb, 0x66, 0x89, 0xd8, 0x66, 0xc1, 0xe0, 0x0b, 0x66,
+    0x0d, 0x00, 0x00, 0x00, 0x80, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed, 0x66,
+    0x3d, 0x4f, 0x49, 0x4a, 0x0d, 0x74, 0x0f, 0x66, 0x43, 0x66, 0x83, 0xfb, 0x20, 0x75, 0xd9, 0xc7,
+    0x06, 0x00, 0x05, 0xad, 0xde, 0xf4, 0x66, 0x89, 0x1e, 0x04, 0x05, 0x66, 0x89, 0xd9, 0x66, 0xc1,
+    0xe1, 0x0b, 0x66, 0x81, 0xc9, 0x00, 0x00, 0x00, 0x80, 0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x10,
+    0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xb8, 0x00, 0x00, 0x0d, 0x00, 0x66, 0xef,
+    0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x34, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66,
+    0xed, 0x66, 0x25, 0xfc, 0x00, 0x00, 0x00, 0x66, 0x89, 0xc6, 0x66, 0x85, 0xf6, 0x74, 0x21, 0x66,
+    0x89, 0xc8, 0x66, 0x09, 0xf0, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed, 0x3c,
+    0x11, 0x74, 0x14, 0x66, 0x0f, 0xb6, 0xf4, 0x66, 0x81, 0xe6, 0xfc, 0x00, 0x00, 0x00, 0xeb, 0xda,
+    0xc7, 0x06, 0x00, 0x05, 0xd1, 0xba, 0xf4, 0x66, 0x89, 0x36, 0x08, 0x05, 0x66, 0x89, 0xc8, 0x66,
+    0x09, 0xf0, 0x66, 0x83, 0xc0, 0x04, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed,
+    0x66, 0x83, 0xe0, 0xf8, 0x66, 0x89, 0xc7, 0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x04, 0xba, 0xf8,
+    0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0xb8, 0x06, 0x00, 0xef, 0xb8, 0x00, 0xd0, 0x8e, 0xd8, 0x66,
+    0xc7, 0x05, 0x00, 0x00, 0xe0, 0xfe, 0x66, 0xc7, 0x45, 0x04, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7,
+    0x45, 0x08, 0x31, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x45, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x31, 0xc0,
+    0x8e, 0xd8, 0x66, 0x89, 0xc8, 0x66, 0x09, 0xf0, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfe, 0x0c,
+    0xb8, 0x00, 0x80, 0xef, 0xb8, 0x00, 0xd0, 0x8e, 0xd8, 0x66, 0xc7, 0x06, 0x00, 0x00, 0x00, 0x20,
+    0x00, 0x00, 0x66, 0xc7, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x08, 0x00,
+    0x00, 0x30, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06,
+    0x10, 0x00, 0x40, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66,
+    0xc7, 0x06, 0x18, 0x00, 0x01, 0x00, 0x00, 0x00, 0x66, 0xa1, 0x1c, 0x00, 0x31, 0xdb, 0x8e, 0xdb,
+    0x66, 0xa3, 0x0c, 0x05, 0xc7, 0x06, 0x00, 0x05, 0x0d, 0x60, 0xf4,
+];
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The device's interrupts: one eventfd per vector. A KVM VMM would hand out irqfds here and
+/// program its MSI routes in `InterruptProvider::update`.
+#[derive(Default)]
+pub struct Interrupts {
+    fds: Mutex<HashMap<(InterruptKind, u32), Arc<EventFd>>>,
+}
+
+impl Interrupts {
+    /// The eventfd of `vector` of `kind`.
+    pub fn fd(&self, kind: InterruptKind, vector: u32) -> io::Result<Arc<EventFd>> {
+        let mut fds = lock(&self.fds);
+        if let Some(fd) = fds.get(&(kind, vector)) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        fds.insert((kind, vector), fd.clone());
+        Ok(fd)
+    }
+}
+
+impl InterruptProvider for Interrupts {
+    fn eventfd(&self, kind: InterruptKind, vector: u32) -> Option<Arc<EventFd>> {
+        self.fd(kind, vector).ok()
+    }
+}
+
+/// The PCI host bridge of bus 0: config mechanism #1 on ports 0xCF8 (address) and
+/// 0xCFC..0xCFF (data).
+#[derive(Default)]
+struct PciRoot {
+    address: u32,
+    slots: HashMap<u32, Arc<Mutex<VfioUserPciDevice>>>,
+    /// BAR moves the guest asked for; the VMM applies them after the exit (the buses cannot
+    /// be changed from inside a bus access).
+    moves: Vec<(u32, BarReprogramming)>,
+}
+
+impl PciRoot {
+    /// The slot and register the address register selects, when enabled and on bus 0,
+    /// function 0.
+    fn target(&self) -> Option<(u32, usize)> {
+        let a = self.address;
+        let (enabled, bus, slot, function) = (
+            a >> 31 == 1,
+            (a >> 16) & 0xff,
+            (a >> 11) & 0x1f,
+            (a >> 8) & 7,
+        );
+        (enabled && bus == 0 && function == 0).then_some((slot, ((a >> 2) & 0x3f) as usize))
+    }
+}
+
+impl MutDevicePio for PciRoot {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        data.fill(0xff);
+        let offset = usize::from(offset);
+        let value = if offset < 4 {
+            self.address
+        } else {
+            let Some(dev) = self
+                .target()
+                .and_then(|(slot, reg)| Some((self.slots.get(&slot)?, reg)))
+                .map(|(dev, reg)| lock(dev).read_config_register(reg))
+            else {
+                return;
+            };
+            dev
+        };
+        let bytes = value.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            if let Some(b) = bytes.get(offset % 4 + i) {
+                *d = *b;
+            }
+        }
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        let offset = usize::from(offset);
+        if offset < 4 {
+            if let (0, Ok(v)) = (offset, <[u8; 4]>::try_from(data)) {
+                self.address = u32::from_le_bytes(v);
+            }
+            return;
+        }
+        let Some((slot, reg)) = self.target() else {
+            return;
+        };
+        let Some(dev) = self.slots.get(&slot) else {
+            return;
+        };
+        let moves = lock(dev).write_config_register(reg, (offset - 4) as u64, data);
+        self.moves.extend(moves.into_iter().map(|m| (slot, m)));
+    }
+}
+
+/// An event-manager loop on its own thread, reached through its remote endpoint.
+struct EventThread {
+    endpoint: RemoteEndpoint<Subscriber>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn event_error(e: event_manager::Error) -> BoxError {
+    format!("event manager: {e:?}").into()
+}
+
+impl EventThread {
+    fn start() -> Result<EventThread, BoxError> {
+        let mut manager = EventManager::<Subscriber>::new().map_err(event_error)?;
+        let endpoint = manager.remote_endpoint();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vmm-events".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Acquire) {
+                    if let Err(e) = manager.run() {
+                        eprintln!("event loop: {e:?}");
+                        return;
+                    }
+                }
+            })?;
+        Ok(EventThread {
+            endpoint,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn add(&self, subscriber: Subscriber) -> Result<SubscriberId, BoxError> {
+        self.endpoint
+            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(subscriber)))
+            .map_err(event_error)
+    }
+
+    fn remove(&self, id: SubscriberId) -> Result<(), BoxError> {
+        self.endpoint
+            .call_blocking(move |ops| ops.remove_subscriber(id).map(drop))
+            .map_err(event_error)
+    }
+}
+
+impl Drop for EventThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.endpoint.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A plugged device and where its BAR windows are on the buses.
+struct Plugged {
+    slot: u32,
+    device: Arc<Mutex<VfioUserPciDevice>>,
+    subscriber: SubscriberId,
+    windows: Vec<(BarKind, u64)>,
+}
+
+/// The VMM: guest memory, buses, an event loop, and at most one hot-plugged device.
+pub struct Vmm {
+    memory: Arc<GuestMemoryMmap>,
+    io: IoManager,
+    root: Arc<Mutex<PciRoot>>,
+    events: EventThread,
+    interrupts: Arc<Interrupts>,
+    plugged: Option<Plugged>,
+}
+
+fn memfd_memory(size: usize) -> Result<Arc<GuestMemoryMmap>, BoxError> {
+    let name = c"vmm-guest-ram";
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(size as u64)?;
+    let memory = GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(0),
+        size,
+        Some(FileOffset::new(file, 0)),
+    )])?;
+    Ok(Arc::new(memory))
+}
+
+impl Vmm {
+    /// Guest RAM, the buses with the PCI host bridge, and the event loop.
+    pub fn new() -> Result<Vmm, BoxError> {
+        let memory = memfd_memory(RAM_SIZE)?;
+        let root = Arc::new(Mutex::new(PciRoot::default()));
+        let mut io = IoManager::new();
+        io.register_pio(PioRange::new(PioAddress(CONFIG_ADDRESS), 8)?, root.clone())?;
+        Ok(Vmm {
+            memory,
+            io,
+            root,
+            events: EventThread::start()?,
+            interrupts: Arc::new(Interrupts::default()),
+            plugged: None,
+        })
+    }
+
+    /// Hot-plugs the device served at `socket` into the bus's slot while the event loop
+    /// runs. Its BARs are left for the guest to place.
+    pub fn hot_plug(&mut self, socket: &Path) -> Result<(), BoxError> {
+        let (device, subscriber) = VfioUserPciDevice::attach_with_subscriber(
+            socket,
+            self.memory.clone(),
+            self.interrupts.clone(),
+            &AttachOptions::default(),
+        )?;
+        let subscriber = self.events.add(Box::new(subscriber))?;
+        let device = Arc::new(Mutex::new(device));
+        lock(&self.root).slots.insert(SLOT, device.clone());
+        self.plugged = Some(Plugged {
+            slot: SLOT,
+            device,
+            subscriber,
+            windows: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Carries out the BAR moves the guest asked for: the window moves on its bus, then the
+    /// device is told.
+    fn apply_bar_moves(&mut self) -> Result<(), BoxError> {
+        let moves = std::mem::take(&mut lock(&self.root).moves);
+        for (slot, m) in moves {
+            let Some(p) = self.plugged.as_mut().filter(|p| p.slot == slot) else {
+                continue;
+            };
+            if let Some(old) = m.old_base {
+                deregister(&mut self.io, m.kind, old);
+                p.windows.retain(|w| *w != (m.kind, old));
+            }
+            match m.kind {
+                BarKind::Io => {
+                    let port = u16::try_from(m.new_base)?;
+                    let len = u16::try_from(m.len)?;
+                    self.io
+                        .register_pio(PioRange::new(PioAddress(port), len)?, p.device.clone())?;
+                }
+                _ => self.io.register_mmio(
+                    MmioRange::new(MmioAddress(m.new_base), m.len)?,
+                    p.device.clone(),
+                )?,
+            }
+            p.windows.push((m.kind, m.new_base));
+            lock(&p.device).move_bar(m.bar, m.new_base)?;
+        }
+        Ok(())
+    }
+
+    /// Unplugs the device: off the buses, detached, its subscriber removed.
+    pub fn unplug(&mut self) -> Result<(), BoxError> {
+        let Some(p) = self.plugged.take() else {
+            return Ok(());
+        };
+        lock(&self.root).slots.remove(&p.slot);
+        for (kind, base) in p.windows {
+            deregister(&mut self.io, kind, base);
+        }
+        let device = Arc::try_unwrap(p.device)
+            .map_err(|_| "the device is still shared")?
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        device.detach()?;
+        self.events.remove(p.subscriber)
+    }
+
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if self.io.pio_read(PioAddress(port), data).is_err() {
+            data.fill(0xff);
+        }
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        let _ = self.io.pio_write(PioAddress(port), data);
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if self.io.mmio_read(MmioAddress(addr), data).is_err() {
+            data.fill(0xff);
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        let _ = self.io.mmio_write(MmioAddress(addr), data);
+    }
+}
+
+fn deregister(io: &mut IoManager, kind: BarKind, base: u64) {
+    match kind {
+        BarKind::Io => {
+            if let Ok(port) = u16::try_from(base) {
+                io.deregister_pio(PioAddress(port));
+            }
+        }
+        _ => {
+            io.deregister_mmio(MmioAddress(base));
+        }
+    }
+}
+
+/// The guest's steps as Rust code on the buses (for machines without KVM): exactly what
+/// `guest.S` does, one bus access at a time, with the VMM's BAR moves applied after each.
+fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
+    let mut exits = 0usize;
+    let out32 = |vmm: &mut Vmm, port: u16, v: u32| -> Result<(), BoxError> {
+        vmm.pio_write(port, &v.to_le_bytes());
+        vmm.apply_bar_moves()
+    };
+    let in32 = |vmm: &Vmm, port: u16| {
+        let mut b = [0u8; 4];
+        vmm.pio_read(port, &mut b);
+        u32::from_le_bytes(b)
+    };
+    let id = u32::from(DmaEngine::DEVICE_ID) << 16 | u32::from(DmaEngine::VENDOR_ID);
+    let mut found = None;
+    for slot in 0..32u32 {
+        out32(vmm, CONFIG_ADDRESS, 0x8000_0000 | slot << 11)?;
+        exits += 2;
+        if in32(vmm, CONFIG_ADDRESS + 4) == id {
+            found = Some(slot);
+            break;
+        }
+    }
+    let slot = found.ok_or("no DMA engine on bus 0")?;
+    let cfg = 0x8000_0000 | slot << 11;
+    out32(vmm, CONFIG_ADDRESS, cfg | 0x10)?;
+    out32(vmm, CONFIG_ADDRESS + 4, BAR0_GUEST as u32)?;
+    out32(vmm, CONFIG_ADDRESS, cfg | 0x34)?;
+    let mut cap = in32(vmm, CONFIG_ADDRESS + 4) & 0xfc;
+    exits += 5;
+    while cap != 0 {
+        out32(vmm, CONFIG_ADDRESS, cfg | cap)?;
+        let header = in32(vmm, CONFIG_ADDRESS + 4);
+        exits += 2;
+        if header & 0xff == 0x11 {
+            break;
+        }
+        cap = (header >> 8) & 0xfc;
+    }
+    if cap == 0 {
+        return Err("the DMA engine has no MSI-X capability".into());
+    }
+    out32(vmm, CONFIG_ADDRESS, (cfg | cap) + 4)?;
+    let table = u64::from(in32(vmm, CONFIG_ADDRESS + 4) & !7);
+    out32(vmm, CONFIG_ADDRESS, cfg | 0x04)?;
+    vmm.pio_write(CONFIG_ADDRESS + 4, &0x0006u16.to_le_bytes());
+    for (i, v) in [0xfee0_0000u32, 0, 0x31, 0].iter().enumerate() {
+        vmm.mmio_write(BAR0_GUEST + table + 4 * i as u64, &v.to_le_bytes());
+    }
+    out32(vmm, CONFIG_ADDRESS, cfg | cap)?;
+    vmm.pio_write(CONFIG_ADDRESS + 6, &0x8000u16.to_le_bytes());
+    exits += 11;
+    let regs = [
+        (DmaEngine::REG_SOURCE, SOURCE as u32),
+        (DmaEngine::REG_SOURCE + 4, 0),
+        (DmaEngine::REG_DESTINATION, DESTINATION as u32),
+        (DmaEngine::REG_DESTINATION + 4, 0),
+        (DmaEngine::REG_LENGTH, COPY_LEN as u32),
+        (DmaEngine::REG_LENGTH + 4, 0),
+        (DmaEngine::REG_DOORBELL, 1),
+    ];
+    for (reg, v) in regs {
+        vmm.mmio_write(BAR0_GUEST + reg, &v.to_le_bytes());
+    }
+    let mut status = [0u8; 4];
+    vmm.mmio_read(BAR0_GUEST + DmaEngine::REG_STATUS, &mut status);
+    exits += regs.len() + 1;
+    let memory = &vmm.memory;
+    memory.write_obj(slot, GuestAddress(MAILBOX + 4))?;
+    memory.write_obj(cap, GuestAddress(MAILBOX + 8))?;
+    memory.write_obj(u32::from_le_bytes(status), GuestAddress(MAILBOX + 12))?;
+    memory.write_obj(GUEST_DONE, GuestAddress(MAILBOX))?;
+    Ok(exits)
+}
+
+/// Runs `guest.S` in a KVM vCPU: 16-bit real mode at `CODE`; every port and MMIO exit goes
+/// to the buses.
+fn run_kvm_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
+    use kvm_ioctls::{Kvm, VcpuExit};
+    use vm_memory::GuestMemoryBackend;
+
+    let kvm = Kvm::new()?;
+    let vm = kvm.create_vm()?;
+    // Real mode on Intel needs a TSS page outside guest RAM.
+    vm.set_tss_address(0xfffb_d000)?;
+    let host = vmm.memory.get_host_address(GuestAddress(0))? as u64;
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: RAM_SIZE as u64,
+        userspace_addr: host,
+    };
+    // SAFETY: `host..host + RAM_SIZE` is the mapping of guest RAM that `vmm.memory` keeps
+    // for longer than `vm` lives (`vm` is dropped when this function returns, and `vmm`
+    // outlives the call); KVM accesses the guest's memory only through it.
+    unsafe { vm.set_user_memory_region(region)? };
+    vmm.memory.write_slice(GUEST_CODE, GuestAddress(CODE))?;
+    let mut vcpu = vm.create_vcpu(0)?;
+    let mut sregs = vcpu.get_sregs()?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs)?;
+    let mut regs = vcpu.get_regs()?;
+    regs.rip = CODE;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs)?;
+    for exits in 1..=MAX_EXITS {
+        match vcpu.run()? {
+            VcpuExit::IoIn(port, data) => vmm.pio_read(port, data),
+            VcpuExit::IoOut(port, data) => vmm.pio_write(port, data),
+            VcpuExit::MmioRead(addr, data) => vmm.mmio_read(addr, data),
+            VcpuExit::MmioWrite(addr, data) => vmm.mmio_write(addr, data),
+            VcpuExit::Hlt => return Ok(exits),
+            other => return Err(format!("unexpected vCPU exit {other:?}").into()),
+        }
+        vmm.apply_bar_moves()?;
+    }
+    Err(format!("the guest did not halt after {MAX_EXITS} exits").into())
+}
+
+/// Why KVM cannot be used here, if it cannot.
+pub fn kvm_unavailable() -> Option<String> {
+    match kvm_ioctls::Kvm::new() {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
+    }
+}
+
+/// What a run showed.
+#[derive(Debug)]
+pub struct Report {
+    /// "KVM" or "Rust".
+    pub guest: &'static str,
+    /// Bus accesses (vCPU exits) the guest made.
+    pub exits: usize,
+    /// The slot the guest found the device in.
+    pub slot: u32,
+    /// The engine's status register as the guest read it (1: done).
+    pub status: u32,
+    /// The destination buffer holds the source's bytes.
+    pub copied: bool,
+    /// MSI-X vector 0's eventfd fired.
+    pub msix_fired: bool,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} guest: found the DMA engine in slot {}, {} bus exits, engine status {}, \
+             {COPY_LEN} bytes {} guest memory, MSI-X vector 0 {}",
+            self.guest,
+            self.slot,
+            self.exits,
+            self.status,
+            if self.copied {
+                "landed in"
+            } else {
+                "MISSING from"
+            },
+            if self.msix_fired {
+                "fired"
+            } else {
+                "DID NOT FIRE"
+            }
+        )
+    }
+}
+
+/// Starts the sample DMA engine server, builds the VMM, hot-plugs the device, runs the
+/// guest (in KVM or as Rust code), checks the results and unplugs.
+pub fn run(kvm: bool) -> Result<Report, BoxError> {
+    let (engine, _handle) = DmaEngine::new();
+    let server: ServerHandle =
+        Server::new(ServerConfig::default(), Box::new(engine)).listen_temp()?;
+    let mut vmm = Vmm::new()?;
+    vmm.hot_plug(server.socket_path().ok_or("the server has no socket")?)?;
+    let pattern: Vec<u8> = (0..COPY_LEN)
+        .map(|i| (i as u8).wrapping_mul(37) ^ 0x5a)
+        .collect();
+    vmm.memory.write_slice(&pattern, GuestAddress(SOURCE))?;
+    let exits = if kvm {
+        run_kvm_guest(&mut vmm)?
+    } else {
+        run_rust_guest(&mut vmm)?
+    };
+    let done: u16 = vmm.memory.read_obj(GuestAddress(MAILBOX))?;
+    if done != GUEST_DONE {
+        return Err(format!("the guest stopped with code {done:#x}").into());
+    }
+    let mut copy = vec![0u8; COPY_LEN];
+    vmm.memory
+        .read_slice(&mut copy, GuestAddress(DESTINATION))?;
+    // The doorbell write was posted, but the guest's status read came after it on the
+    // socket, so the copy and its interrupt are complete.
+    let msix_fired = vmm.interrupts.fd(InterruptKind::Msix, 0)?.read().is_ok();
+    let report = Report {
+        guest: if kvm { "KVM" } else { "Rust" },
+        exits,
+        slot: vmm.memory.read_obj(GuestAddress(MAILBOX + 4))?,
+        status: vmm.memory.read_obj(GuestAddress(MAILBOX + 12))?,
+        copied: copy == pattern,
+        msix_fired,
+    };
+    vmm.unplug()?;
+    server.stop();
+    Ok(report)
+}
+
+fn main() -> std::process::ExitCode {
+    let rust_guest = std::env::args().any(|a| a == "--rust-guest");
+    let reason = if rust_guest {
+        Some("--rust-guest given".to_string())
+    } else {
+        kvm_unavailable()
+    };
+    if let Some(reason) = &reason {
+        println!("{reason}: running the Rust guest driver instead");
+    }
+    match run(reason.is_none()) {
+        Ok(report) if report.copied && report.msix_fired && report.status == 1 => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            eprintln!("{report}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,247 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The built binary: exit status, one-line errors, text and JSON output.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{
+    closing_peer, dead_socket, http_peer, missing_socket, path_of, path_str, sample, silent_peer,
+    Peer, RustVmm,
+};
+use vfio_user_sample_server::{Quirks, ServerConfig};
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vfio-user-probe"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit status 2 and a single line on stderr containing `needle`.
+fn assert_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("vfio-user-probe: error: "), "{err}");
+    assert!(err.contains(needle), "{needle:?} missing from {err}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn socket_path_that_does_not_exist() {
+    let (_dir, path) = missing_socket();
+    for cmd in ["info", "check", "bench"] {
+        let o = probe(&[cmd, &path_str(&path)]);
+        assert_error(&o, "no such file");
+    }
+}
+
+#[test]
+fn socket_nobody_listens_on() {
+    let (_dir, path) = dead_socket();
+    for cmd in ["info", "check", "bench"] {
+        let o = probe(&[cmd, &path_str(&path), "--timeout", "200ms"]);
+        assert_error(&o, "nobody is listening (connection refused");
+    }
+}
+
+#[test]
+fn path_that_is_not_a_socket() {
+    let (dir, _) = missing_socket();
+    let file = dir.as_path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    assert_error(&probe(&["info", &path_str(&file)]), "not a Unix socket");
+}
+
+#[test]
+fn peer_that_does_not_answer_in_time() {
+    let peer = Peer::start(silent_peer);
+    for cmd in ["info", "check"] {
+        let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
+        assert_error(&o, "no reply to VERSION within 200ms");
+    }
+}
+
+#[test]
+fn peer_that_is_not_a_vfio_user_server() {
+    let peer = Peer::start(http_peer);
+    for cmd in ["info", "check", "bench"] {
+        let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
+        assert_error(&o, "not a vfio-user server: it answered 48 54 54 50");
+        assert!(
+            stderr(&o).contains("(\"HTTP/1.1 400 Bad\")"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn peer_that_hangs_up() {
+    let peer = Peer::start(closing_peer);
+    let o = probe(&["info", &path_str(&peer.path), "--timeout", "200ms"]);
+    assert_error(&o, "closed the connection without answering VERSION");
+}
+
+#[test]
+fn server_that_refuses_the_version() {
+    let server = sample(ServerConfig {
+        major: 1,
+        ..ServerConfig::default()
+    });
+    let path = path_str(&path_of(&server));
+    for cmd in ["info", "check", "bench"] {
+        let o = probe(&[cmd, &path]);
+        assert_error(
+            &o,
+            "the server refused version 0.0: Invalid argument (errno 22)",
+        );
+    }
+}
+
+#[test]
+fn info_text_and_json() {
+    let server = sample(ServerConfig::default());
+    let path = path_str(&path_of(&server));
+    let o = probe(&["info", &path]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("Version 0.0"));
+    assert!(text.contains("ACCES I/O Products, Inc. [494f] PCI-IDIO-16 [0dc8]"));
+    let o = probe(&["info", &path, "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["device"]["num_irqs"], 5);
+    assert_eq!(v["regions"][2]["mappable"], true);
+    assert_eq!(v["pci"]["device_id"], 0x0dc8);
+}
+
+#[test]
+fn check_exit_status_follows_the_verdict() {
+    let good = sample(ServerConfig::default());
+    let o = probe(&["check", &path_str(&path_of(&good)), "--destructive"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("0 failed, 0 skipped"));
+
+    let bad = sample(ServerConfig {
+        quirks: Quirks {
+            error_without_error_flag: true,
+            ..Quirks::default()
+        },
+        ..ServerConfig::default()
+    });
+    let o = probe(&["check", &path_str(&path_of(&bad))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("FAIL  error.unknown-command"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = probe(&["check", &path_str(&path_of(&bad)), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["failed"].as_u64().unwrap() > 0);
+    let first = &v["checks"][0];
+    assert_eq!(first["id"], "version.reply");
+    assert_eq!(first["status"], "PASS");
+}
+
+#[test]
+fn every_subcommand_against_the_rust_vmm_server() {
+    let server = RustVmm::start(false);
+    let path = path_str(&server.path);
+    let o = probe(&["info", &path]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Capabilities: [70] MSI-X: Enable- Count=4 Masked-"));
+    let o = probe(&["check", &path, "--timeout", "500ms"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("FAIL  error.unknown-command    stream out of step"),
+        "{}",
+        stdout(&o)
+    );
+    let o = probe(&[
+        "bench",
+        &path,
+        "--samples",
+        "10",
+        "--bytes",
+        "64K",
+        "--dma-maps",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read_latency"]["samples"], 10);
+    assert_eq!(v["dma"]["windows"], 5);
+}
+
+#[test]
+fn bench_text() {
+    let server = sample(ServerConfig::default());
+    let o = probe(&[
+        "bench",
+        &path_str(&path_of(&server)),
+        "--samples=10",
+        "--bytes=1M",
+        "--dma-maps=5",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("4 B read latency"), "{text}");
+    assert!(text.contains("DMA map / unmap"), "{text}");
+    // No progress bar when stderr is not a terminal.
+    assert!(o.stderr.is_empty());
+}
+
+#[test]
+fn demo_runs_info_check_and_bench() {
+    let o = probe(&["demo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in [
+        "== info ==",
+        "PCI-IDIO-16",
+        "== check ==",
+        "0 failed, 0 skipped",
+        "== bench ==",
+        "DMA map / unmap",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+    let o = probe(&["demo", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["check"]["failed"], 0);
+}
+
+#[test]
+fn usage_errors() {
+    for args in [
+        &[][..],
+        &["frob"][..],
+        &["info"][..],
+        &["info", "/x", "--frob"][..],
+        &["check", "/x", "--timeout", "soon"][..],
+    ] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("usage: vfio-user-probe"), "{args:?}");
+    }
+    let o = probe(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("demo"));
+}

@@ -1,0 +1,485 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The config-space trait a VMM's PCI bus drives, the BAR types it speaks, and the BAR
+//! shadow: sizing answered locally, relocation reported.
+
+use super::Error;
+
+/// Offset of the command register.
+pub const COMMAND: usize = 0x04;
+/// Command register: I/O space decoding.
+pub const COMMAND_IO: u16 = 1 << 0;
+/// Command register: memory space decoding.
+pub const COMMAND_MEMORY: u16 = 1 << 1;
+/// Offset of the status register.
+pub const STATUS: usize = 0x06;
+/// Status register: a capability list is present.
+pub const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Offset of the header type byte.
+pub const HEADER_TYPE: usize = 0x0e;
+/// Offset of BAR 0; BARs 1 to 5 follow, four bytes each.
+pub const BAR0: usize = 0x10;
+/// Offset of the expansion ROM BAR.
+pub const ROM_BAR: usize = 0x30;
+/// Offset of the capability pointer.
+pub const CAP_POINTER: usize = 0x34;
+/// Offset of the interrupt pin.
+pub const INTERRUPT_PIN: usize = 0x3d;
+/// Size of the standard config space the shadow covers.
+pub const CONFIG_SIZE: usize = 256;
+/// Register index of BAR 0.
+pub const BAR0_REG: usize = BAR0 / 4;
+/// Register index of the expansion ROM BAR.
+pub const ROM_REG: usize = ROM_BAR / 4;
+/// BAR number of the expansion ROM.
+pub const ROM_BAR_INDEX: u32 = 6;
+
+/// What kind of window a BAR decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarKind {
+    /// Port I/O.
+    Io,
+    /// Memory below 4 GiB.
+    Memory32,
+    /// Memory anywhere (the BAR uses two registers).
+    Memory64,
+    /// The expansion ROM.
+    Rom,
+}
+
+impl BarKind {
+    /// Whether the window is in memory space (the ROM included).
+    pub fn is_memory(self) -> bool {
+        self != BarKind::Io
+    }
+}
+
+/// One BAR of the device: what the VMM needs to place it on a bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarInfo {
+    /// BAR number: 0 to 5, or 6 for the expansion ROM (the region index of its window).
+    pub index: u32,
+    /// What the BAR decodes.
+    pub kind: BarKind,
+    /// Whether the BAR is prefetchable (memory BARs only).
+    pub prefetchable: bool,
+    /// Size of the window: a power of two, and the BAR's alignment.
+    pub size: u64,
+    /// Where the window is on the bus now; `None` until placed.
+    pub base: Option<u64>,
+}
+
+/// The guest moved a BAR: the VMM moves the window on its bus (and any memory slots of its
+/// mappable areas), then calls [`PciConfig::move_bar`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarReprogramming {
+    /// The BAR.
+    pub bar: u32,
+    /// Where the window was; `None` when it was not on a bus yet.
+    pub old_base: Option<u64>,
+    /// Where the guest put it.
+    pub new_base: u64,
+    /// Size of the window.
+    pub len: u64,
+    /// What the BAR decodes.
+    pub kind: BarKind,
+}
+
+/// The config-space side of a PCI function, as a VMM's PCI bus drives it.
+///
+/// rust-vmm has no PCI crate yet, so this small trait stands in for one. It follows Cloud
+/// Hypervisor's `PciDevice` (`read_config_register`, `write_config_register` returning BAR
+/// reprogramming requests, `move_bar`), without the barrier Cloud Hypervisor threads through
+/// config writes, and with the BAR named in each request instead of found by its old address
+/// (a BAR that was never placed has none). BAR window accesses go through vm-device's
+/// `MutDeviceMmio` / `MutDevicePio`.
+pub trait PciConfig {
+    /// Reads the 32-bit config register `reg_idx` (config offset `reg_idx * 4`).
+    fn read_config_register(&mut self, reg_idx: usize) -> u32;
+
+    /// Writes `data` (1, 2 or 4 bytes) at byte `offset` of register `reg_idx`. Returns the
+    /// BAR moves the write asks for; the VMM carries each out and confirms it with
+    /// [`PciConfig::move_bar`].
+    fn write_config_register(
+        &mut self,
+        reg_idx: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Vec<BarReprogramming>;
+
+    /// Records that BAR `bar`'s window is now at `new_base` on the VMM's bus: after a
+    /// [`BarReprogramming`], or when the VMM moves the BAR on its own (the guest then reads
+    /// the new address).
+    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error>;
+
+    /// The BARs the function has.
+    fn bars(&self) -> Vec<BarInfo>;
+}
+
+/// Replaces bytes `offset..offset + data.len()` of a little-endian dword.
+pub(crate) fn merge(old: u32, offset: usize, data: &[u8]) -> u32 {
+    let mut bytes = old.to_le_bytes();
+    for (i, b) in data.iter().enumerate() {
+        if let Some(slot) = bytes.get_mut(offset + i) {
+            *slot = *b;
+        }
+    }
+    u32::from_le_bytes(bytes)
+}
+
+/// A little-endian dword of a config snapshot (0 past its end).
+pub(crate) fn dword(config: &[u8], offset: usize) -> u32 {
+    let mut b = [0u8; 4];
+    for (i, slot) in b.iter_mut().enumerate() {
+        *slot = config.get(offset + i).copied().unwrap_or(0);
+    }
+    u32::from_le_bytes(b)
+}
+
+#[derive(Clone, Debug)]
+struct Bar {
+    info: BarInfo,
+    /// The address bits of the register(s), as the guest last wrote them.
+    reg: u64,
+    /// The ROM's enable bit.
+    rom_enable: bool,
+}
+
+impl Bar {
+    fn addr_mask(&self) -> u64 {
+        let low = match self.info.kind {
+            BarKind::Io => !0x3u64,
+            BarKind::Memory32 | BarKind::Memory64 => !0xfu64,
+            BarKind::Rom => !0x7ffu64,
+        };
+        let width = if self.info.kind == BarKind::Memory64 {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        !(self.info.size - 1) & low & width
+    }
+
+    fn type_bits(&self) -> u32 {
+        let prefetch = if self.info.prefetchable { 0x8 } else { 0 };
+        match self.info.kind {
+            BarKind::Io => 0x1,
+            BarKind::Memory32 => prefetch,
+            BarKind::Memory64 => 0x4 | prefetch,
+            BarKind::Rom => u32::from(self.rom_enable),
+        }
+    }
+
+    /// Whether a half of the register holds the all-ones sizing pattern: the guest is
+    /// sizing the BAR, not placing it.
+    fn sizing(&self) -> bool {
+        // A half without address bits (the low half of a BAR of 4 GiB or more) tells
+        // nothing.
+        let mask = self.addr_mask();
+        let (low, high) = (mask & 0xffff_ffff, mask >> 32);
+        let low_sizing = low != 0 && self.reg & low == low;
+        let high_sizing =
+            self.info.kind == BarKind::Memory64 && high != 0 && (self.reg >> 32) == high;
+        low_sizing || high_sizing
+    }
+}
+
+/// The BAR registers (and the ROM BAR), answered from what discovery found and what the
+/// guest wrote; never forwarded to the server.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Bars {
+    bars: Vec<Bar>,
+}
+
+impl Bars {
+    /// Reads the BARs from the device's original config values and its region sizes
+    /// (`region_size(i)` is region `i`'s size, 0 when absent).
+    pub(crate) fn discover(config: &[u8], region_size: impl Fn(u32) -> u64) -> Result<Bars, Error> {
+        let mut bars = Vec::new();
+        let mut i = 0u32;
+        while i < 6 {
+            let orig = dword(config, BAR0 + 4 * i as usize);
+            let size = region_size(i);
+            if size == 0 {
+                i += 1;
+                continue;
+            }
+            let bad = |what: String| Error::Bar { bar: i, what };
+            let (kind, prefetchable) = if orig & 1 == 1 {
+                (BarKind::Io, false)
+            } else {
+                let kind = match (orig >> 1) & 3 {
+                    0 => BarKind::Memory32,
+                    2 => BarKind::Memory64,
+                    t => return Err(bad(format!("reserved memory type {t}"))),
+                };
+                (kind, orig & 0x8 != 0)
+            };
+            let min = if kind == BarKind::Io { 4 } else { 16 };
+            let size = size
+                .max(min)
+                .checked_next_power_of_two()
+                .ok_or_else(|| bad(format!("region of {size:#x} bytes is too large")))?;
+            let limit = match kind {
+                BarKind::Io => 1 << 16,
+                BarKind::Memory32 => 1 << 32,
+                _ => 1 << 63,
+            };
+            if size > limit {
+                return Err(bad(format!(
+                    "{size:#x} bytes do not fit a {kind:?} BAR (at most {limit:#x})"
+                )));
+            }
+            if kind == BarKind::Memory64 {
+                if i == 5 {
+                    return Err(bad("a 64-bit BAR in the last slot".to_string()));
+                }
+                if region_size(i + 1) != 0 {
+                    return Err(bad(format!(
+                        "64-bit, but region {} (its upper half) has a size",
+                        i + 1
+                    )));
+                }
+            }
+            bars.push(Bar {
+                info: BarInfo {
+                    index: i,
+                    kind,
+                    prefetchable,
+                    size,
+                    base: None,
+                },
+                reg: 0,
+                rom_enable: false,
+            });
+            i += if kind == BarKind::Memory64 { 2 } else { 1 };
+        }
+        let rom = region_size(ROM_BAR_INDEX);
+        if rom != 0 {
+            let size = rom
+                .max(2048)
+                .checked_next_power_of_two()
+                .filter(|s| *s <= 1 << 31)
+                .ok_or_else(|| Error::Bar {
+                    bar: ROM_BAR_INDEX,
+                    what: format!("ROM of {rom:#x} bytes is too large"),
+                })?;
+            bars.push(Bar {
+                info: BarInfo {
+                    index: ROM_BAR_INDEX,
+                    kind: BarKind::Rom,
+                    prefetchable: false,
+                    size,
+                    base: None,
+                },
+                reg: 0,
+                rom_enable: false,
+            });
+        }
+        Ok(Bars { bars })
+    }
+
+    pub(crate) fn infos(&self) -> Vec<BarInfo> {
+        self.bars.iter().map(|b| b.info).collect()
+    }
+
+    pub(crate) fn get(&self, index: u32) -> Option<BarInfo> {
+        self.bars
+            .iter()
+            .find(|b| b.info.index == index)
+            .map(|b| b.info)
+    }
+
+    /// The placed BAR of `kind`'s space (memory or I/O) whose window starts at `base`.
+    pub(crate) fn at(&self, base: u64, memory: bool) -> Option<BarInfo> {
+        self.bars
+            .iter()
+            .find(|b| b.info.base == Some(base) && b.info.kind.is_memory() == memory)
+            .map(|b| b.info)
+    }
+
+    pub(crate) fn rom_enabled(&self) -> bool {
+        self.bars
+            .iter()
+            .any(|b| b.info.kind == BarKind::Rom && b.rom_enable)
+    }
+
+    /// Whether config register `reg` belongs to the BAR shadow.
+    pub(crate) fn owns(reg: usize) -> bool {
+        (BAR0_REG..BAR0_REG + 6).contains(&reg) || reg == ROM_REG
+    }
+
+    /// The BAR and half (`true`: upper) that register `reg` holds.
+    fn slot(&self, reg: usize) -> Option<(usize, bool)> {
+        let index = if reg == ROM_REG {
+            ROM_BAR_INDEX
+        } else {
+            u32::try_from(reg.checked_sub(BAR0_REG)?).ok()?
+        };
+        self.bars.iter().enumerate().find_map(|(i, b)| {
+            if b.info.index == index {
+                Some((i, false))
+            } else if b.info.kind == BarKind::Memory64 && b.info.index + 1 == index {
+                Some((i, true))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The value of BAR register `reg`: address bits as written, the type bits, and the size
+    /// mask after the guest wrote all ones. Unimplemented BARs read 0.
+    pub(crate) fn read(&self, reg: usize) -> u32 {
+        let Some((i, upper)) = self.slot(reg) else {
+            return 0;
+        };
+        let bar = &self.bars[i];
+        let addr = bar.reg & bar.addr_mask();
+        if upper {
+            (addr >> 32) as u32
+        } else {
+            addr as u32 | bar.type_bits()
+        }
+    }
+
+    /// Writes BAR register `reg`; returns the move the guest asked for, if any. Sizing
+    /// writes (all ones), and writes that leave either half in its sizing state, move
+    /// nothing.
+    pub(crate) fn write(
+        &mut self,
+        reg: usize,
+        offset: usize,
+        data: &[u8],
+    ) -> Option<BarReprogramming> {
+        let (i, upper) = self.slot(reg)?;
+        let value = merge(self.read(reg), offset, data);
+        let bar = &mut self.bars[i];
+        let mask = bar.addr_mask();
+        if upper {
+            bar.reg = (bar.reg & 0xffff_ffff) | (u64::from(value) << 32);
+        } else {
+            bar.reg = (bar.reg & !0xffff_ffff) | u64::from(value);
+            if bar.info.kind == BarKind::Rom {
+                bar.rom_enable = value & 1 != 0;
+            }
+        }
+        bar.reg &= mask;
+        if value == u32::MAX || bar.sizing() || Some(bar.reg) == bar.info.base {
+            return None;
+        }
+        Some(BarReprogramming {
+            bar: bar.info.index,
+            old_base: bar.info.base,
+            new_base: bar.reg,
+            len: bar.info.size,
+            kind: bar.info.kind,
+        })
+    }
+
+    /// Places BAR `index` at `base` (the register follows).
+    pub(crate) fn place(&mut self, index: u32, base: u64) -> Result<(), Error> {
+        let bar = self
+            .bars
+            .iter_mut()
+            .find(|b| b.info.index == index)
+            .ok_or(Error::NoSuchBar(index))?;
+        let bad = |what| Error::Placement {
+            bar: index,
+            base,
+            what,
+        };
+        if base % bar.info.size != 0 {
+            return Err(bad("not aligned to the BAR's size"));
+        }
+        if base & !bar.addr_mask() != 0 {
+            return Err(bad("outside the BAR's address space"));
+        }
+        bar.info.base = Some(base);
+        bar.reg = base;
+        Ok(())
+    }
+
+    /// Restores every register to the placed address (after a device reset).
+    pub(crate) fn reset(&mut self) {
+        for bar in &mut self.bars {
+            bar.reg = bar.info.base.unwrap_or(0);
+            bar.rom_enable = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bars: &[(usize, u32)]) -> Vec<u8> {
+        let mut c = vec![0u8; CONFIG_SIZE];
+        for (i, v) in bars {
+            c[BAR0 + 4 * i..BAR0 + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        c
+    }
+
+    fn sizes(s: &[(u32, u64)]) -> impl Fn(u32) -> u64 + '_ {
+        move |i| s.iter().find(|(j, _)| *j == i).map_or(0, |(_, s)| *s)
+    }
+
+    #[test]
+    fn sizing_and_types() {
+        let c = config(&[(0, 0), (1, 0xc), (3, 0x1)]);
+        let mut b =
+            Bars::discover(&c, sizes(&[(0, 256), (1, 1 << 33), (3, 30), (6, 100)])).unwrap();
+        let kinds: Vec<(u32, BarKind, bool, u64)> = b
+            .infos()
+            .iter()
+            .map(|i| (i.index, i.kind, i.prefetchable, i.size))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, BarKind::Memory32, false, 256),
+                (1, BarKind::Memory64, true, 1 << 33),
+                (3, BarKind::Io, false, 32),
+                (6, BarKind::Rom, false, 2048)
+            ]
+        );
+        for reg in [4, 5, 6, 7, 12] {
+            assert_eq!(b.write(reg, 0, &[0xff; 4]), None, "sizing moves nothing");
+        }
+        assert_eq!(b.read(4), 0xffff_ff00);
+        assert_eq!(b.read(5), 0x0000_000c);
+        assert_eq!(b.read(6), 0xffff_fffe);
+        assert_eq!(b.read(7), 0xffff_ffe1);
+        assert_eq!(b.read(8), 0, "BAR 4 is not implemented");
+        assert_eq!(b.read(12), 0xffff_f801);
+        // Restoring the low half of a 64-bit BAR while the high half still sizes: no move.
+        assert_eq!(b.write(5, 0, &0u32.to_le_bytes()), None);
+        let m = b.write(6, 0, &2u32.to_le_bytes()).unwrap();
+        assert_eq!((m.bar, m.old_base, m.new_base), (1, None, 2 << 32));
+        b.place(1, 2 << 32).unwrap();
+        assert_eq!(b.write(6, 0, &2u32.to_le_bytes()), None, "already there");
+        // Byte writes merge into the register.
+        let m = b.write(7, 1, &[0x10]).unwrap();
+        assert_eq!((m.bar, m.new_base, m.kind), (3, 0xffff_10e0, BarKind::Io));
+    }
+
+    #[test]
+    fn bad_bars_are_refused() {
+        let c = config(&[(5, 0x4)]);
+        assert!(Bars::discover(&c, sizes(&[(5, 4096)])).is_err());
+        let c = config(&[(0, 0x4)]);
+        assert!(Bars::discover(&c, sizes(&[(0, 4096), (1, 4096)])).is_err());
+        let c = config(&[(0, 0x2)]);
+        assert!(Bars::discover(&c, sizes(&[(0, 4096)])).is_err());
+        let c = config(&[(0, 0x1)]);
+        assert!(Bars::discover(&c, sizes(&[(0, 1 << 20)])).is_err());
+        let c = config(&[]);
+        let mut b = Bars::discover(&c, sizes(&[(0, 4096)])).unwrap();
+        assert!(b.place(0, 0x1800).is_err());
+        assert!(b.place(0, 1 << 32).is_err());
+        assert!(b.place(1, 0x1000).is_err());
+        b.place(0, 0x2000).unwrap();
+        assert_eq!(b.read(4), 0x2000);
+    }
+}

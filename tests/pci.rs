@@ -1,0 +1,946 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! `VfioUserPciDevice` against the sample server (GPIO-like device and DMA engine) and the
+//! crates.io `vfio_user` server: config space, BARs, ROM, MSI-X, MSI, INTx, mode switches,
+//! hot-plug, and a server that dies.
+
+mod pci_support;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread;
+use std::time::Duration;
+
+use pci_support::{cfg_read, cfg_write, fds_and_maps, find_cap, fired, guest_memory, quiet, Irqs};
+use vfio_user_client::device::{pci_irq, IrqAction};
+use vfio_user_client::pci::{
+    AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, InterruptMode,
+    MsiMessage, PciConfig, VfioUserPciDevice,
+};
+use vfio_user_sample_server::{
+    ConfigSpace, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle, Probe, Server,
+    ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
+};
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_device::MutDeviceMmio;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Every test holds this shared; the one counting the process's fds and maps holds it
+/// alone.
+static EXCLUSIVE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+const BAR0_BASE: u64 = 0xc000_0000;
+const BAR1_BASE: u64 = 0xc040_0000;
+const BAR2_BASE: u64 = 0x1_0000_0000;
+const BAR4_BASE: u64 = 0xc001_0000;
+const ROM_BASE: u64 = 0xc002_0000;
+const GUEST_RAM: usize = 1 << 20;
+
+fn gpio_bars() -> BarPlacement {
+    BarPlacement::Fixed(vec![
+        (0, BAR0_BASE),
+        (1, BAR1_BASE),
+        (2, BAR2_BASE),
+        (4, BAR4_BASE),
+        (6, ROM_BASE),
+    ])
+}
+
+struct Gpio {
+    dev: VfioUserPciDevice,
+    handle: GpioHandle,
+    probe: Probe,
+    irqs: Arc<Irqs>,
+    server: ServerHandle,
+}
+
+fn gpio_with(config: GpioConfig, irqs: Arc<Irqs>) -> Gpio {
+    let (device, handle) = GpioDevice::new(config).unwrap();
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
+    let options = AttachOptions {
+        bars: gpio_bars(),
+        ..AttachOptions::default()
+    };
+    let dev = VfioUserPciDevice::attach(
+        server.socket_path().unwrap(),
+        guest_memory(GUEST_RAM),
+        irqs.clone(),
+        &options,
+    )
+    .unwrap();
+    Gpio {
+        dev,
+        handle,
+        probe,
+        irqs,
+        server,
+    }
+}
+
+fn gpio() -> Gpio {
+    gpio_with(GpioConfig::default(), Irqs::new())
+}
+
+/// Memory decoding and bus mastering on, as a driver does first.
+fn enable_memory(dev: &mut VfioUserPciDevice) {
+    cfg_write(dev, 0x04, &0x0006u16.to_le_bytes());
+}
+
+fn mmio_u32(dev: &mut VfioUserPciDevice, base: u64, offset: u64) -> u32 {
+    let mut b = [0u8; 4];
+    dev.mmio_read(MmioAddress(base), offset, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn mmio_write_u32(dev: &mut VfioUserPciDevice, base: u64, offset: u64, v: u32) {
+    dev.mmio_write(MmioAddress(base), offset, &v.to_le_bytes());
+}
+
+/// Programs MSI-X table entry `v` of a table at `table` in the BAR at `base`.
+fn program_vector(dev: &mut VfioUserPciDevice, base: u64, table: u64, v: u64, masked: bool) {
+    let at = table + 16 * v;
+    mmio_write_u32(dev, base, at, 0xfee0_0000 | (v as u32) << 12);
+    mmio_write_u32(dev, base, at + 4, 0);
+    mmio_write_u32(dev, base, at + 8, 0x40 + v as u32);
+    mmio_write_u32(dev, base, at + 12, u32::from(masked));
+}
+
+fn message(v: u32) -> MsiMessage {
+    MsiMessage {
+        address: 0xfee0_0000 | u64::from(v) << 12,
+        data: 0x40 + v,
+    }
+}
+
+#[test]
+fn config_space_round_trips() {
+    let _g = shared();
+    let mut g = gpio();
+    let dev = &mut g.dev;
+    let id = dev.read_config_register(0);
+    assert_eq!(id & 0xffff, u32::from(GpioDevice::VENDOR_ID));
+    assert_eq!(id >> 16, u32::from(GpioDevice::DEVICE_ID));
+    assert_eq!(cfg_read(dev, 0x0b, 1), 0x08, "class code");
+    assert_eq!(cfg_read(dev, 0x0e, 1), 0, "type-0, single function");
+    // Interrupt line: a plain read/write register at the server.
+    cfg_write(dev, 0x3c, &[0x0b]);
+    assert_eq!(cfg_read(dev, 0x3c, 1), 0x0b);
+    assert_eq!(cfg_read(dev, 0x3d, 1), 1, "INTA");
+    // Command register round trip (reads come from the server).
+    enable_memory(dev);
+    assert_eq!(cfg_read(dev, 0x04, 2), 0x0006);
+    // The capability list, walked through config reads, with every capability.
+    for id in [0x01, 0x05, 0x10, 0x11] {
+        assert!(find_cap(dev, id).is_some(), "capability {id:#x}");
+    }
+    let msix = find_cap(dev, 0x11).unwrap();
+    assert_eq!(cfg_read(dev, msix + 2, 2) & 0x7ff, 3, "4 vectors");
+    assert_eq!(cfg_read(dev, msix + 4, 4), GpioDevice::MSIX_BAR);
+    // Reads past config space and odd writes are harmless.
+    assert_eq!(dev.read_config_register(64), u32::MAX);
+    assert!(dev.write_config_register(15, 3, &[1, 2]).is_empty());
+    assert_eq!(dev.error_count(), 0);
+}
+
+#[test]
+fn bars_are_sized_locally_and_relocated() {
+    let _g = shared();
+    let mut g = gpio();
+    let dev = &mut g.dev;
+    let bars: Vec<(u32, BarKind, bool, u64, Option<u64>)> = dev
+        .bars()
+        .iter()
+        .map(|b: &BarInfo| (b.index, b.kind, b.prefetchable, b.size, b.base))
+        .collect();
+    assert_eq!(
+        bars,
+        [
+            (0, BarKind::Memory32, false, 256, Some(BAR0_BASE)),
+            (1, BarKind::Memory32, false, 4 << 20, Some(BAR1_BASE)),
+            (2, BarKind::Memory64, true, 64 << 10, Some(BAR2_BASE)),
+            (4, BarKind::Memory32, false, 4096, Some(BAR4_BASE)),
+            (6, BarKind::Rom, false, 2048, Some(ROM_BASE)),
+        ]
+    );
+    assert_eq!(dev.read_config_register(4), BAR0_BASE as u32);
+    assert_eq!(
+        dev.read_config_register(6),
+        0xc,
+        "64-bit prefetchable, low half"
+    );
+    assert_eq!(dev.read_config_register(7), 1, "high half");
+    // Sizing: all ones, read back, restore. No round trips, no moves.
+    let commands = g.probe.commands();
+    let saved: Vec<u32> = (4..10).map(|r| dev.read_config_register(r)).collect();
+    for reg in 4..10 {
+        assert!(dev.write_config_register(reg, 0, &[0xff; 4]).is_empty());
+    }
+    let sized: Vec<u32> = (4..10).map(|r| dev.read_config_register(r)).collect();
+    assert_eq!(
+        sized,
+        [
+            0xffff_ff00,
+            0xffc0_0000,
+            0xffff_000c,
+            0xffff_ffff,
+            0xffff_f000,
+            0
+        ]
+    );
+    for (reg, v) in (4..10).zip(&saved) {
+        assert!(dev
+            .write_config_register(reg, 0, &v.to_le_bytes())
+            .is_empty());
+    }
+    assert_eq!(
+        g.probe.commands(),
+        commands,
+        "BAR registers never reach the server"
+    );
+
+    enable_memory(dev);
+    assert_eq!(mmio_u32(dev, BAR0_BASE, GpioDevice::REG_ID), GpioDevice::ID);
+    // The guest moves BAR0; until the VMM moves the window, the old base answers.
+    let new0 = 0xd000_0000;
+    let moves = dev.write_config_register(4, 0, &(new0 as u32).to_le_bytes());
+    assert_eq!(
+        moves,
+        [BarReprogramming {
+            bar: 0,
+            old_base: Some(BAR0_BASE),
+            new_base: new0,
+            len: 256,
+            kind: BarKind::Memory32
+        }]
+    );
+    assert_eq!(mmio_u32(dev, BAR0_BASE, GpioDevice::REG_ID), GpioDevice::ID);
+    dev.move_bar(0, new0).unwrap();
+    assert_eq!(mmio_u32(dev, new0, GpioDevice::REG_ID), GpioDevice::ID);
+    assert_eq!(mmio_u32(dev, BAR0_BASE, GpioDevice::REG_ID), u32::MAX);
+    assert!(dev.move_bar(0, new0 + 4).is_err(), "misaligned");
+    assert!(dev.move_bar(3, new0).is_err(), "the upper half of BAR2");
+
+    // The 64-bit BAR moves with its high half, and its mappable areas follow.
+    let areas = |dev: &VfioUserPciDevice| -> Vec<(u64, u64)> {
+        dev.bar_mappings(2)
+            .iter()
+            .map(|m| (m.guest_addr, m.size))
+            .collect()
+    };
+    assert_eq!(
+        areas(dev),
+        [(BAR2_BASE, 0x4000), (BAR2_BASE + 0x8000, 0x8000)]
+    );
+    let moves = dev.write_config_register(7, 0, &3u32.to_le_bytes());
+    assert_eq!(moves.len(), 1);
+    assert_eq!(
+        (moves[0].old_base, moves[0].new_base),
+        (Some(BAR2_BASE), 3 << 32)
+    );
+    dev.move_bar(2, 3 << 32).unwrap();
+    assert_eq!(
+        areas(dev),
+        [(3 << 32, 0x4000), ((3 << 32) + 0x8000, 0x8000)]
+    );
+    // Message-based access to the trapped gap of BAR2 at its new base.
+    let trapped = g.handle.trapped_accesses();
+    dev.mmio_write(MmioAddress(3 << 32), 0x4000, &[1, 2, 3, 4]);
+    let mut back = [0u8; 4];
+    dev.mmio_read(MmioAddress(3 << 32), 0x4000, &mut back);
+    assert_eq!(back, [1, 2, 3, 4]);
+    assert_eq!(g.handle.trapped_accesses(), trapped + 2);
+
+    // Memory decoding off: the windows read all ones and drop writes.
+    cfg_write(dev, 0x04, &0u16.to_le_bytes());
+    assert_eq!(mmio_u32(dev, new0, GpioDevice::REG_ID), u32::MAX);
+    assert_eq!(dev.error_count(), 0);
+}
+
+#[test]
+fn bars_through_vm_device_io_manager() {
+    let _g = shared();
+    let g = gpio();
+    let dev = Arc::new(Mutex::new(g.dev));
+    let mut io = IoManager::new();
+    let bars = dev.lock().unwrap().bars();
+    for b in bars.iter().filter(|b| b.kind.is_memory()) {
+        io.register_mmio(
+            MmioRange::new(MmioAddress(b.base.unwrap()), b.size).unwrap(),
+            dev.clone(),
+        )
+        .unwrap();
+    }
+    enable_memory(&mut dev.lock().unwrap());
+    let mut id = [0u8; 4];
+    io.mmio_read(MmioAddress(BAR0_BASE + GpioDevice::REG_ID), &mut id)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(id), GpioDevice::ID);
+    io.mmio_write(MmioAddress(BAR1_BASE + 0x1000), b"scratch!")
+        .unwrap();
+    assert_eq!(g.handle.scratch(0x1000, 8).unwrap(), b"scratch!");
+}
+
+#[test]
+fn rom_bar_reads_the_image_when_enabled() {
+    let _g = shared();
+    let mut g = gpio();
+    let dev = &mut g.dev;
+    enable_memory(dev);
+    assert_eq!(
+        dev.read_config_register(12),
+        ROM_BASE as u32,
+        "placed, disabled"
+    );
+    assert_eq!(
+        mmio_u32(dev, ROM_BASE, 0),
+        u32::MAX,
+        "disabled ROM reads all ones"
+    );
+    assert!(dev
+        .write_config_register(12, 0, &(ROM_BASE as u32 | 1).to_le_bytes())
+        .is_empty());
+    let mut sig = [0u8; 3];
+    dev.mmio_read(MmioAddress(ROM_BASE), 0, &mut sig);
+    assert_eq!(sig, [0x55, 0xaa, (GpioDevice::ROM_SIZE / 512) as u8]);
+    let mut all = vec![0u8; GpioDevice::ROM_SIZE as usize];
+    dev.mmio_read(MmioAddress(ROM_BASE), 0, &mut all);
+    assert_eq!(all, GpioDevice::rom_image());
+    // Writes to the ROM are dropped; sizing gives the 2 KiB mask.
+    dev.mmio_write(MmioAddress(ROM_BASE), 0, &[0; 4]);
+    assert_eq!(mmio_u32(dev, ROM_BASE, 0) & 0xffff, 0xaa55);
+    assert!(dev.write_config_register(12, 0, &[0xff; 4]).is_empty());
+    assert_eq!(dev.read_config_register(12), 0xffff_f801);
+    let moves = dev.write_config_register(12, 0, &0xc003_0001u32.to_le_bytes());
+    assert_eq!(
+        moves,
+        [BarReprogramming {
+            bar: 6,
+            old_base: Some(ROM_BASE),
+            new_base: 0xc003_0000,
+            len: 2048,
+            kind: BarKind::Rom
+        }]
+    );
+    assert_eq!(dev.error_count(), 0);
+}
+
+#[test]
+fn msix_vectors_fire_and_follow_the_table_masks() {
+    let _g = shared();
+    let mut g = gpio();
+    let dev = &mut g.dev;
+    enable_memory(dev);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    let writes = g.handle.region_writes();
+    for v in 0..4 {
+        program_vector(dev, BAR4_BASE, 0, v, false);
+    }
+    assert_eq!(
+        g.handle.region_writes(),
+        writes,
+        "the table is emulated here"
+    );
+    let mut entry = [0u8; 16];
+    dev.mmio_read(MmioAddress(BAR4_BASE), 32, &mut entry);
+    assert_eq!(&entry[8..12], &0x42u32.to_le_bytes());
+
+    let cap = find_cap(dev, 0x11).unwrap();
+    cfg_write(dev, cap + 3, &[0x80]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(cfg_read(dev, cap + 2, 2), 0x8003);
+    for v in 0..4 {
+        assert_eq!(
+            g.irqs.route(InterruptKind::Msix, v),
+            Some((message(v), false))
+        );
+    }
+    let state = g.probe.irq_state(IRQ_MSIX);
+    assert!(state.iter().all(|s| s.assigned && !s.masked), "{state:?}");
+    assert!(!g.probe.irq_state(IRQ_INTX)[0].assigned, "INTx off");
+    for v in 0..4 {
+        assert_eq!(g.probe.raise_irq(IRQ_MSIX, v), Ok(true));
+        assert!(fired(&g.irqs.fd(InterruptKind::Msix, v)), "vector {v}");
+    }
+    // The guest raises vector 3 through the device's register.
+    mmio_write_u32(
+        dev,
+        BAR0_BASE,
+        GpioDevice::REG_IRQ_RAISE,
+        (IRQ_MSIX << 16) | 3,
+    );
+    assert!(fired(&g.irqs.fd(InterruptKind::Msix, 3)));
+
+    // Mask vector 1 in the table: masked at the server, pending bit set, then delivered.
+    mmio_write_u32(dev, BAR4_BASE, 16 + 12, 1);
+    assert!(g.probe.irq_state(IRQ_MSIX)[1].masked);
+    assert_eq!(
+        g.irqs.route(InterruptKind::Msix, 1),
+        Some((message(1), true))
+    );
+    assert_eq!(g.probe.raise_irq(IRQ_MSIX, 1), Ok(false));
+    assert!(quiet(&g.irqs.fd(InterruptKind::Msix, 1)));
+    let pba = GpioDevice::msix_pba_offset(4);
+    assert_eq!(mmio_u32(dev, BAR4_BASE, pba), 0b10, "PBA from the server");
+    mmio_write_u32(dev, BAR4_BASE, 16 + 12, 0);
+    assert!(fired(&g.irqs.fd(InterruptKind::Msix, 1)));
+    assert_eq!(mmio_u32(dev, BAR4_BASE, pba), 0);
+    assert_eq!(
+        g.irqs.route(InterruptKind::Msix, 1),
+        Some((message(1), false))
+    );
+
+    // A new message for an unmasked vector reaches the route.
+    mmio_write_u32(dev, BAR4_BASE, 2 * 16 + 8, 0x99);
+    assert_eq!(g.irqs.route(InterruptKind::Msix, 2).unwrap().0.data, 0x99);
+
+    // The function mask masks every vector; clearing it delivers what is pending.
+    cfg_write(dev, cap + 3, &[0xc0]);
+    assert!(g.probe.irq_state(IRQ_MSIX).iter().all(|s| s.masked));
+    assert_eq!(g.probe.raise_irq(IRQ_MSIX, 0), Ok(false));
+    cfg_write(dev, cap + 3, &[0x80]);
+    assert!(fired(&g.irqs.fd(InterruptKind::Msix, 0)));
+    assert!(g.probe.irq_state(IRQ_MSIX).iter().all(|s| !s.masked));
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+}
+
+#[test]
+fn msi_vector_fires_and_masks() {
+    let _g = shared();
+    let mut g = gpio();
+    let dev = &mut g.dev;
+    let cap = find_cap(dev, 0x05).unwrap();
+    let control = cfg_read(dev, cap + 2, 2);
+    assert_eq!(control & 0x180, 0x180, "64-bit, per-vector mask");
+    cfg_write(dev, cap + 4, &0xfee0_1000u32.to_le_bytes());
+    cfg_write(dev, cap + 8, &0u32.to_le_bytes());
+    cfg_write(dev, cap + 12, &0x55u16.to_le_bytes());
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    cfg_write(dev, cap + 2, &[0x01]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msi);
+    assert_eq!(cfg_read(dev, cap + 2, 2), control | 1);
+    assert_eq!(cfg_read(dev, cap + 4, 4), 0xfee0_1000);
+    let msg = MsiMessage {
+        address: 0xfee0_1000,
+        data: 0x55,
+    };
+    assert_eq!(g.irqs.route(InterruptKind::Msi, 0), Some((msg, false)));
+    assert!(g.probe.irq_state(IRQ_MSI)[0].assigned);
+    assert_eq!(g.probe.raise_irq(IRQ_MSI, 0), Ok(true));
+    assert!(fired(&g.irqs.fd(InterruptKind::Msi, 0)));
+    // Per-vector mask bit.
+    cfg_write(dev, cap + 16, &1u32.to_le_bytes());
+    assert!(g.probe.irq_state(IRQ_MSI)[0].masked);
+    assert_eq!(cfg_read(dev, cap + 16, 4), 1);
+    assert_eq!(g.probe.raise_irq(IRQ_MSI, 0), Ok(false));
+    assert!(quiet(&g.irqs.fd(InterruptKind::Msi, 0)));
+    cfg_write(dev, cap + 16, &0u32.to_le_bytes());
+    assert!(fired(&g.irqs.fd(InterruptKind::Msi, 0)));
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+}
+
+#[test]
+fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
+    let _g = shared();
+    let irqs = Irqs::with_resample();
+    let mut g = gpio_with(GpioConfig::default(), irqs);
+    let dev = &mut g.dev;
+    enable_memory(dev);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    let intx = g.irqs.fd(InterruptKind::Intx, 0);
+    assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(true));
+    assert!(fired(&intx));
+
+    // The line is masked at the server (as after an automasked trigger); BAR accesses do
+    // not unmask it.
+    dev.device()
+        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .unwrap();
+    assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(false));
+    let commands = g.probe.commands();
+    for _ in 0..10 {
+        assert_eq!(mmio_u32(dev, BAR0_BASE, GpioDevice::REG_ID), GpioDevice::ID);
+    }
+    assert_eq!(g.probe.commands(), commands + 10, "one message per access");
+    assert!(g.probe.irq_state(IRQ_INTX)[0].masked);
+    assert!(quiet(&intx));
+
+    // End of interrupt through the resample eventfd: the subscriber unmasks, the server
+    // delivers the pending interrupt.
+    g.irqs.resample.as_ref().unwrap().write(1).unwrap();
+    assert!(fired(&intx));
+    assert!(!g.probe.irq_state(IRQ_INTX)[0].masked);
+    // The unmask's reply is collected by the next access.
+    assert_eq!(mmio_u32(dev, BAR0_BASE, GpioDevice::REG_ID), GpioDevice::ID);
+
+    // And through the VMM's own call.
+    dev.device()
+        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .unwrap();
+    assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(false));
+    dev.end_of_interrupt().unwrap();
+    assert!(fired(&intx));
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+}
+
+#[test]
+fn err_and_req_notifiers_are_connected_at_attach() {
+    let _g = shared();
+    let g = gpio();
+    for (index, kind) in [(IRQ_ERR, InterruptKind::Err), (IRQ_REQ, InterruptKind::Req)] {
+        assert!(g.probe.irq_state(index)[0].assigned, "{kind:?}");
+        assert_eq!(g.probe.raise_irq(index, 0), Ok(true));
+        assert!(fired(&g.irqs.fd(kind, 0)), "{kind:?}");
+    }
+    g.dev.detach().unwrap();
+}
+
+#[test]
+fn interrupt_modes_switch() {
+    let _g = shared();
+    let mut g = gpio();
+    let dev = &mut g.dev;
+    enable_memory(dev);
+    let assigned = |p: &Probe, index| p.irq_state(index).iter().any(|s| s.assigned);
+    assert!(assigned(&g.probe, IRQ_INTX));
+    let msi = find_cap(dev, 0x05).unwrap();
+    let msix = find_cap(dev, 0x11).unwrap();
+
+    cfg_write(dev, msi + 2, &[0x01]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msi);
+    assert!(!assigned(&g.probe, IRQ_INTX) && assigned(&g.probe, IRQ_MSI));
+
+    cfg_write(dev, msi + 2, &[0x00]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert!(assigned(&g.probe, IRQ_INTX) && !assigned(&g.probe, IRQ_MSI));
+    assert_eq!(*g.irqs.disabled.lock().unwrap(), [InterruptKind::Msi]);
+
+    cfg_write(dev, msix + 3, &[0x80]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert!(!assigned(&g.probe, IRQ_INTX) && assigned(&g.probe, IRQ_MSIX));
+    // Every vector starts masked in the table, and so at the server.
+    assert!(g.probe.irq_state(IRQ_MSIX).iter().all(|s| s.masked));
+
+    // MSI enabled too (a buggy guest): MSI-X keeps the device.
+    cfg_write(dev, msi + 2, &[0x01]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    cfg_write(dev, msix + 3, &[0x00]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msi);
+    assert!(!assigned(&g.probe, IRQ_MSIX) && assigned(&g.probe, IRQ_MSI));
+    cfg_write(dev, msi + 2, &[0x00]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(true));
+    assert!(fired(&g.irqs.fd(InterruptKind::Intx, 0)));
+
+    // A device reset goes back to INTx with MSI-X disabled and masked.
+    cfg_write(dev, msix + 3, &[0x80]);
+    dev.reset().unwrap();
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(cfg_read(dev, msix + 2, 2), 0x0003);
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+}
+
+#[test]
+fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
+    let _g = shared();
+    let (engine, handle): (DmaEngine, DmaEngineHandle) = DmaEngine::new();
+    let server = Server::new(ServerConfig::default(), Box::new(engine))
+        .listen_temp()
+        .unwrap();
+    let memory: Arc<GuestMemoryMmap> = guest_memory(GUEST_RAM);
+    let irqs = Irqs::new();
+    let options = AttachOptions {
+        bars: BarPlacement::Allocator(Arc::new(|b: &BarInfo| match b.kind {
+            BarKind::Io => Some(0xc000),
+            _ => Some(0xe000_0000),
+        })),
+        ..AttachOptions::default()
+    };
+    let dev = VfioUserPciDevice::attach(
+        server.socket_path().unwrap(),
+        memory.clone(),
+        irqs.clone(),
+        &options,
+    )
+    .unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut io = IoManager::new();
+    io.register_pio(PioRange::new(PioAddress(0xc000), 64).unwrap(), dev.clone())
+        .unwrap();
+    io.register_mmio(
+        MmioRange::new(MmioAddress(0xe000_0000), 256).unwrap(),
+        dev.clone(),
+    )
+    .unwrap();
+    {
+        let mut d = dev.lock().unwrap();
+        cfg_write(&mut *d, 0x04, &0x0007u16.to_le_bytes());
+        program_vector(&mut d, 0xe000_0000, DmaEngine::MSIX_TABLE, 0, false);
+        let cap = find_cap(&mut *d, 0x11).unwrap();
+        cfg_write(&mut *d, cap + 3, &[0x80]);
+    }
+    memory
+        .write_slice(b"hello, guest memory", GuestAddress(0x1000))
+        .unwrap();
+    let port = |reg: u64| PioAddress(0xc000 + reg as u16);
+    let w32 = |io: &IoManager, reg: u64, v: u32| io.pio_write(port(reg), &v.to_le_bytes()).unwrap();
+    w32(&io, DmaEngine::REG_SOURCE, 0x1000);
+    w32(&io, DmaEngine::REG_DESTINATION, 0x8000);
+    w32(&io, DmaEngine::REG_LENGTH, 19);
+    w32(&io, DmaEngine::REG_DOORBELL, 1);
+    assert!(fired(&irqs.fd(InterruptKind::Msix, 0)));
+    let mut out = [0u8; 19];
+    memory.read_slice(&mut out, GuestAddress(0x8000)).unwrap();
+    assert_eq!(&out, b"hello, guest memory");
+    let mut status = [0u8; 4];
+    io.mmio_read(
+        MmioAddress(0xe000_0000 + DmaEngine::REG_STATUS),
+        &mut status,
+    )
+    .unwrap();
+    assert_eq!(u32::from_le_bytes(status), 1, "done");
+    assert_eq!(handle.completions(), 1);
+    drop(io);
+    let dev = Arc::try_unwrap(dev).unwrap().into_inner().unwrap();
+    dev.detach().unwrap();
+    server.stop();
+}
+
+#[test]
+fn hot_plug_and_unplug_100_times_leaks_nothing() {
+    let _g = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    // Another device stays attached and busy on another thread throughout.
+    let other = gpio();
+    let other_dev = Arc::new(Mutex::new(other.dev));
+    enable_memory(&mut other_dev.lock().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let busy = {
+        let (dev, stop, reads) = (other_dev.clone(), stop.clone(), reads.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let id = mmio_u32(&mut dev.lock().unwrap(), BAR0_BASE, GpioDevice::REG_ID);
+                assert_eq!(id, GpioDevice::ID);
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let (device, _handle) = GpioDevice::new(GpioConfig::default()).unwrap();
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
+    let path = server.socket_path().unwrap().to_path_buf();
+    let memory = guest_memory(GUEST_RAM);
+    let irqs = Irqs::with_resample();
+    let options = AttachOptions {
+        bars: gpio_bars(),
+        ..AttachOptions::default()
+    };
+    let cycle = |n: u64| {
+        let mut dev =
+            VfioUserPciDevice::attach(&path, memory.clone(), irqs.clone(), &options).unwrap();
+        enable_memory(&mut dev);
+        assert_eq!(
+            mmio_u32(&mut dev, BAR0_BASE, GpioDevice::REG_ID),
+            GpioDevice::ID
+        );
+        assert_eq!(dev.bar_mappings(2).len(), 2);
+        let attached = fds_and_maps();
+        dev.detach().unwrap();
+        // The server's side of the connection (its DMA maps of guest memory) is gone too.
+        assert!(probe.wait_disconnects(n, Duration::from_secs(5)));
+        attached
+    };
+    cycle(1);
+    let before = fds_and_maps();
+    for n in 2..=101 {
+        let attached = cycle(n);
+        // Seen while attached: the server's map of guest memory and BAR2's two areas.
+        assert!(attached.1 >= before.1 + 3, "{attached:?} vs {before:?}");
+        assert!(attached.0 > before.0);
+    }
+    let after = fds_and_maps();
+    stop.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    assert_eq!(before, after, "(open fds, memory maps) before and after");
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert!(probe.dma_maps().is_empty());
+    assert_eq!(other_dev.lock().unwrap().error_count(), 0);
+}
+
+#[test]
+fn a_dying_server_fails_accesses_without_hanging() {
+    let _g = shared();
+    let g = gpio();
+    let Gpio {
+        dev, server, irqs, ..
+    } = g;
+    let dev = Arc::new(Mutex::new(dev));
+    enable_memory(&mut dev.lock().unwrap());
+    let event = dev.lock().unwrap().event().try_clone().unwrap();
+    // A vCPU thread keeps reading until it sees the device gone.
+    let vcpu = {
+        let dev = dev.clone();
+        thread::spawn(move || loop {
+            let v = mmio_u32(&mut dev.lock().unwrap(), BAR0_BASE, GpioDevice::REG_ID);
+            if v == u32::MAX {
+                return;
+            }
+            assert_eq!(v, GpioDevice::ID);
+        })
+    };
+    server.stop();
+    assert!(fired(&event), "the device event tells the VMM");
+    vcpu.join().unwrap();
+    let mut dev = Arc::try_unwrap(dev).unwrap().into_inner().unwrap();
+    assert!(dev.is_lost());
+    assert_eq!(dev.read_config_register(0), u32::MAX);
+    assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 0), u32::MAX);
+    dev.mmio_write(MmioAddress(BAR0_BASE), 0, &[0; 4]);
+    assert!(dev.write_config_register(1, 0, &[0; 2]).is_empty());
+    assert!(dev.last_error().unwrap().contains("lost"));
+    assert_eq!(dev.error_count(), 0, "the loss is not counted per access");
+    assert!(quiet(dev.event()), "signalled once");
+    dev.end_of_interrupt().unwrap();
+    drop(irqs);
+    dev.detach().unwrap();
+}
+
+#[test]
+fn server_errors_are_recorded_not_dropped() {
+    let _g = shared();
+    let mut g = gpio_with(
+        GpioConfig {
+            mappable_bar2: false,
+            ..GpioConfig::default()
+        },
+        Irqs::new(),
+    );
+    let dev = &mut g.dev;
+    enable_memory(dev);
+    g.handle.set_fail_region(Some((1, libc::EIO)));
+    assert_eq!(mmio_u32(dev, BAR1_BASE, 0), u32::MAX);
+    assert_eq!(dev.error_count(), 1);
+    assert!(dev.last_error().unwrap().contains("BAR 1 read"));
+    assert!(!dev.is_lost());
+    g.handle.set_fail_region(None);
+    assert_eq!(mmio_u32(dev, BAR1_BASE, 0), 0);
+}
+
+// ---- The crates.io `vfio_user` server with a GPIO-like backend ----
+
+/// What the crates.io backend saw.
+#[derive(Debug, Default)]
+struct RustVmmState {
+    msix: Vec<Option<File>>,
+    set_irqs: Vec<(u32, u32, u32, u32, usize)>,
+    dma_maps: u32,
+    dma_unmaps: u32,
+    output: u32,
+}
+
+struct RustVmmGpio {
+    state: Arc<Mutex<RustVmmState>>,
+    config: ConfigSpace,
+}
+
+const RV_VECTORS: u32 = 4;
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+impl vfio_user::ServerBackend for RustVmmGpio {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        match region {
+            0 => {
+                let v = match offset {
+                    0 => 0x5256_4d4d,
+                    4 => self.state.lock().unwrap().output,
+                    _ => 0,
+                };
+                let b = u32::to_le_bytes(v);
+                for (i, d) in data.iter_mut().enumerate() {
+                    *d = b.get(i).copied().unwrap_or(0);
+                }
+            }
+            4 => data.fill(0),
+            7 => self.config.read(offset, data),
+            _ => return Err(einval()),
+        }
+        Ok(())
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        match region {
+            0 if offset == 4 && data.len() == 4 => {
+                self.state.lock().unwrap().output = u32::from_le_bytes(data.try_into().unwrap());
+            }
+            0 | 4 => {}
+            7 => self.config.write(offset, data),
+            _ => return Err(einval()),
+        }
+        Ok(())
+    }
+
+    fn dma_map(
+        &mut self,
+        _flags: vfio_user::DmaMapFlags,
+        _offset: u64,
+        _address: u64,
+        _size: u64,
+        _fd: Option<File>,
+    ) -> io::Result<()> {
+        self.state.lock().unwrap().dma_maps += 1;
+        Ok(())
+    }
+
+    fn dma_unmap(
+        &mut self,
+        _flags: vfio_user::DmaUnmapFlags,
+        _address: u64,
+        _size: u64,
+    ) -> io::Result<()> {
+        self.state.lock().unwrap().dma_unmaps += 1;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> io::Result<()> {
+        self.config.reset();
+        Ok(())
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        st.set_irqs.push((index, flags, start, count, fds.len()));
+        if index == IRQ_MSIX && flags & 0x4 != 0 && flags & 0x20 != 0 {
+            st.msix.resize_with(RV_VECTORS as usize, || None);
+            let mut fds = fds.into_iter();
+            for v in start..start.saturating_add(count).min(RV_VECTORS) {
+                st.msix[v as usize] = fds.next();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn msix_against_the_crates_io_server() {
+    let _g = shared();
+    use vfio_bindings::bindings::vfio::{
+        vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
+        VFIO_REGION_INFO_FLAG_WRITE,
+    };
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix(
+        std::env::temp_dir().join("vfio-user-pci-"),
+    )
+    .unwrap();
+    let path = dir.as_path().join("sock");
+    let sizes = |i: u32| match i {
+        0 => 256,
+        4 => 4096,
+        7 => 256,
+        _ => 0,
+    };
+    let regions = (0..9)
+        .map(|index| vfio_user::ServerRegion {
+            region_info: vfio_region_info {
+                argsz: std::mem::size_of::<vfio_region_info>() as u32,
+                flags: if sizes(index) > 0 {
+                    VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+                } else {
+                    0
+                },
+                index,
+                cap_offset: 0,
+                size: sizes(index),
+                offset: 0,
+            },
+            sparse_areas: Vec::new(),
+            mmap_fd: None,
+        })
+        .collect();
+    let irqs_info = (0..5)
+        .map(|index| vfio_user::IrqInfo {
+            index,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count: match index {
+                2 => RV_VECTORS,
+                1 => 0,
+                _ => 1,
+            },
+        })
+        .collect();
+    let server = vfio_user::Server::new(&path, true, irqs_info, regions).unwrap();
+    let state = Arc::new(Mutex::new(RustVmmState::default()));
+    let mut backend = RustVmmGpio {
+        state: state.clone(),
+        config: ConfigSpace::new(0x494f, 0x0dc9, 0x08_80_00, 0)
+            .with_bar(0, 256)
+            .with_bar(4, 4096)
+            .with_interrupt_pin(1)
+            .with_msix(RV_VECTORS, 4, 0, 4, 0x800),
+    };
+    let thread = thread::spawn(move || server.run(&mut backend));
+
+    let irqs = Irqs::new();
+    let options = AttachOptions {
+        bars: BarPlacement::Fixed(vec![(0, BAR0_BASE), (4, BAR4_BASE)]),
+        ..AttachOptions::default()
+    };
+    let mut dev =
+        VfioUserPciDevice::attach(&path, guest_memory(GUEST_RAM), irqs.clone(), &options).unwrap();
+    assert_eq!(dev.read_config_register(0), 0x0dc9_494f);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(state.lock().unwrap().dma_maps, 1);
+    enable_memory(&mut dev);
+    assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 0), 0x5256_4d4d);
+    // Posted (no region is mappable): the next read orders it.
+    mmio_write_u32(&mut dev, BAR0_BASE, 4, 0xabcd);
+    assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 4), 0xabcd);
+    assert_eq!(state.lock().unwrap().output, 0xabcd);
+    for v in 0..u64::from(RV_VECTORS) {
+        program_vector(&mut dev, BAR4_BASE, 0, v, false);
+    }
+    let cap = find_cap(&mut dev, 0x11).unwrap();
+    cfg_write(&mut dev, cap + 3, &[0x80]);
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    // The server takes one fd per message (max_msg_fds 1): every vector got its own.
+    for v in 0..RV_VECTORS {
+        let st = state.lock().unwrap();
+        let mut f = st.msix[v as usize].as_ref().unwrap();
+        f.write_all(&1u64.to_ne_bytes()).unwrap();
+        drop(st);
+        assert!(fired(&irqs.fd(InterruptKind::Msix, v)), "vector {v}");
+    }
+    // Masking vector 2 in the table reaches the backend as SET_IRQS MASK.
+    mmio_write_u32(&mut dev, BAR4_BASE, 2 * 16 + 12, 1);
+    let mask = (IRQ_MSIX, 0x1 | 0x8, 2, 1, 0);
+    assert!(state.lock().unwrap().set_irqs.contains(&mask));
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+    dev.detach().unwrap();
+    thread.join().unwrap().unwrap();
+    let st = state.lock().unwrap();
+    assert_eq!(st.dma_unmaps, 1);
+    assert!(
+        st.set_irqs.contains(&(IRQ_MSIX, 0x1 | 0x20, 0, 0, 0)),
+        "disabled"
+    );
+}
