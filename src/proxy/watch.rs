@@ -14,6 +14,13 @@
 //! Arming an entry whose socket already has data queues an event at once, so data that a
 //! departing caller left unread is never missed. A disarmed entry still reports a hang-up
 //! or an error (the kernel always adds `EPOLLHUP | EPOLLERR`), once.
+//!
+//! With a twin socket the server sends its requests there, and the main socket carries
+//! only replies, which their waiters read. The entry then watches for a hang-up only and is
+//! never disarmed or re-armed: requests from one thread cost no `epoll_ctl` at all. Stray
+//! data (a reply that came after its waiter gave up) waits for the next caller to read and
+//! drop it; a server that sent a request on the main socket anyway would be served by the
+//! next caller too.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -28,6 +35,7 @@ const ARMED: EventSet = EventSet::IN
     .union(EventSet::READ_HANG_UP)
     .union(EventSet::ONE_SHOT);
 const DISARMED: EventSet = EventSet::ONE_SHOT;
+const HANG_UP_ONLY: EventSet = EventSet::READ_HANG_UP.union(EventSet::ONE_SHOT);
 
 #[derive(Debug)]
 struct State {
@@ -36,6 +44,9 @@ struct State {
     /// Whether the entry was last armed and no event of it was collected since. May say
     /// `false` while the entry is armed (a spurious wake-up at worst), never the reverse.
     armed: bool,
+    /// Data on the socket need not wake the event loop (a twin socket carries the server's
+    /// requests): the entry watches for a hang-up only.
+    hang_up_only: bool,
 }
 
 #[derive(Debug)]
@@ -57,6 +68,7 @@ impl SocketWatch {
             state: Mutex::new(State {
                 callers: 0,
                 armed: true,
+                hang_up_only: false,
             }),
         })
     }
@@ -69,10 +81,23 @@ impl SocketWatch {
         )
     }
 
+    /// From now on only a hang-up wakes the event loop (the server's requests come on a
+    /// twin socket).
+    pub fn watch_hang_up_only(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        self.set(HANG_UP_ONLY)?;
+        state.hang_up_only = true;
+        state.armed = true;
+        Ok(())
+    }
+
     /// A caller starts waiting for a reply: data no longer wakes the event loop.
     pub fn enter(&self) {
         let mut state = lock(&self.state);
         state.callers += 1;
+        if state.hang_up_only {
+            return;
+        }
         // If disarming fails the entry stays armed: the event loop is woken needlessly, but
         // nothing is lost.
         if state.armed && self.set(DISARMED).is_ok() {
@@ -111,7 +136,11 @@ impl SocketWatch {
 
     fn arm_if_idle(&self, state: &mut State) -> io::Result<()> {
         if state.callers == 0 && !state.armed {
-            self.set(ARMED)?;
+            self.set(if state.hang_up_only {
+                HANG_UP_ONLY
+            } else {
+                ARMED
+            })?;
             state.armed = true;
         }
         Ok(())
