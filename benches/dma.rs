@@ -18,12 +18,13 @@
 //!
 //! [`DmaRequestHandler`]: vfio_user_client::dma::DmaRequestHandler
 
+mod support;
+
 use std::fs::File;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -236,27 +237,9 @@ fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {
     echo.join().expect("echo thread");
 }
 
-/// Where criterion writes its results (as in benches/region_read.rs).
-fn criterion_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("criterion")
-}
-
 /// Criterion's mean for `group/id` in ns, if this run wrote it.
-fn mean_ns(dir: &Path, group: &str, id: &str, started: SystemTime) -> Option<f64> {
-    let file = dir.join(group).join(id).join("new").join("estimates.json");
-    let modified = std::fs::metadata(&file).ok()?.modified().ok()?;
-    if modified < started {
-        return None;
-    }
-    let text = std::fs::read_to_string(&file).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["mean"]["point_estimate"].as_f64()
+fn mean_ns(group: &str, id: &str, started: SystemTime) -> Option<f64> {
+    support::estimate(group, id, started).map(|e| e.mean)
 }
 
 fn main() {
@@ -278,7 +261,6 @@ fn main() {
     }
     criterion.final_summary();
 
-    let dir = criterion_dir();
     let mut printed = false;
     let mut line = |text: String| {
         if !printed {
@@ -289,8 +271,8 @@ fn main() {
     };
     for count in MAP_COUNTS {
         let group = format!("dma_map_unmap_{count}");
-        let ours = mean_ns(&dir, &group, "ours", started);
-        let theirs = mean_ns(&dir, &group, "crates.io", started);
+        let ours = mean_ns(&group, "ours", started);
+        let theirs = mean_ns(&group, "crates.io", started);
         for (id, m) in [("ours", ours), ("crates.io", theirs)] {
             if let Some(m) = m {
                 line(format!("mean {group}/{id} = {:.3} ms", m / 1e6));
@@ -305,9 +287,9 @@ fn main() {
     }
     for (size, label) in READ_SIZES {
         let group = format!("dma_read_{label}");
-        let floor = mean_ns(&dir, &group, "floor", started);
+        let floor = mean_ns(&group, "floor", started);
         for id in ["ours", "ours-twin", "floor"] {
-            let Some(m) = mean_ns(&dir, &group, id, started) else {
+            let Some(m) = mean_ns(&group, id, started) else {
                 continue;
             };
             let gib_s = size as f64 / m; // bytes per ns = GB/s

@@ -18,13 +18,12 @@
 //! each variant (or of the one named by `REGION_READ_VARIANT`): for `strace -c -f`, `perf`
 //! and the like, which should not see criterion's own work.
 
+mod support;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
-use criterion::Criterion;
 use vfio_user_client::protocol::{Command, RegionAccess};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::{GpioDevice, Server, ServerConfig, ServerHandle};
@@ -231,51 +230,9 @@ fn count_per_round_trip(id: &str, read: &mut dyn FnMut() -> [u8; 4], n: u32) {
     println!("{line} | {total:.2} switches in all");
 }
 
-/// Where criterion writes its results: the same choice criterion makes (`CRITERION_HOME`,
-/// else `$CARGO_TARGET_DIR/criterion`), falling back to the workspace's `target/criterion`
-/// instead of asking `cargo metadata`.
-fn criterion_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("criterion")
-}
-
-/// Criterion's estimates of one benchmark, in ns per iteration.
-#[derive(Clone, Copy)]
-struct Estimate {
-    mean: f64,
-    slope: Option<f64>,
-}
-
-/// The estimates of `id` from this run, or `None` if it did not run now (filtered
-/// out, skipped, or not in benchmark mode): older estimates are ignored.
-fn estimates_ns(dir: &Path, id: &str, started: SystemTime) -> Option<Estimate> {
-    let file = dir.join(GROUP).join(id).join("new").join("estimates.json");
-    let modified = std::fs::metadata(&file).ok()?.modified().ok()?;
-    if modified < started {
-        return None;
-    }
-    let text = std::fs::read_to_string(&file).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let mean = json["mean"]["point_estimate"].as_f64()?;
-    Some(Estimate {
-        mean,
-        slope: json["slope"]["point_estimate"].as_f64(),
-    })
-}
-
 fn main() {
-    // Coarse file systems may store mtimes slightly in the past.
-    let started = SystemTime::now() - Duration::from_secs(1);
-    let mut criterion = Criterion::default()
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
+    let started = support::run_started();
+    let mut criterion = support::criterion();
 
     if let Some(n) = std::env::var("REGION_READ_COUNT_ONLY")
         .ok()
@@ -300,46 +257,21 @@ fn main() {
     }
     criterion.final_summary();
 
-    let dir = criterion_dir();
-    let estimates: Vec<(&str, Option<Estimate>)> = [OURS, CRATES_IO, FLOOR]
-        .into_iter()
-        .map(|id| (id, estimates_ns(&dir, id, started)))
-        .collect();
-    if estimates.iter().all(|(_, e)| e.is_none()) {
+    support::report(
+        GROUP,
+        &[OURS, CRATES_IO, FLOOR],
+        &[(OURS, FLOOR), (OURS, CRATES_IO), (CRATES_IO, FLOOR)],
+        None,
+        started,
+    );
+    let measured = |id| support::estimate(GROUP, id, started).is_some();
+    if !VARIANTS.iter().any(|(id, _)| measured(id)) {
         // --test, --list, a filter matching nothing, or results written elsewhere.
         return;
     }
     println!();
-    for (id, estimate) in &estimates {
-        match estimate {
-            Some(Estimate {
-                mean,
-                slope: Some(slope),
-            }) => println!(
-                "mean {GROUP}/{id} = {:.3} µs (slope {:.3} µs)",
-                mean / 1000.0,
-                slope / 1000.0
-            ),
-            Some(Estimate { mean, slope: None }) => {
-                println!("mean {GROUP}/{id} = {:.3} µs", mean / 1000.0)
-            }
-            None => println!("mean {GROUP}/{id} = (not measured in this run)"),
-        }
-    }
-    let mean = |id| {
-        estimates
-            .iter()
-            .find(|(i, _)| *i == id)
-            .and_then(|(_, e)| e.map(|e| e.mean))
-    };
-    for (num, den) in [(OURS, FLOOR), (OURS, CRATES_IO), (CRATES_IO, FLOOR)] {
-        if let (Some(n), Some(d)) = (mean(num), mean(den)) {
-            println!("ratio {num}/{den} = {:.2}", n / d);
-        }
-    }
-    println!();
     for (id, variant) in VARIANTS {
-        if mean(id).is_some() {
+        if measured(id) {
             variant(Box::new(|read| {
                 count_per_round_trip(id, read, COUNTED_ROUND_TRIPS)
             }));
