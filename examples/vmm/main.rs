@@ -448,7 +448,9 @@ fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
     out32(vmm, CONFIG_ADDRESS, (cfg | cap) + 4)?;
     let table = u64::from(in32(vmm, CONFIG_ADDRESS + 4) & !7);
     out32(vmm, CONFIG_ADDRESS, cfg | 0x04)?;
+    // Memory decoding on: BAR0 moves now.
     vmm.pio_write(CONFIG_ADDRESS + 4, &0x0006u16.to_le_bytes());
+    vmm.apply_bar_moves()?;
     for (i, v) in [0xfee0_0000u32, 0, 0x31, 0].iter().enumerate() {
         vmm.mmio_write(BAR0_GUEST + table + 4 * i as u64, &v.to_le_bytes());
     }
