@@ -7,9 +7,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::negotiate::{negotiate_reply, Capabilities, Offer};
+use crate::negotiate::{negotiate_reply, Capabilities, NegotiateError, Offer};
 use crate::protocol::Command;
-use crate::proxy::{EventLoop, Proxy, ProxyConfig, ProxySubscriber, DEFAULT_REPLY_TIMEOUT};
+use crate::proxy::{
+    ConnectionSubscriber, EventLoop, Proxy, ProxyConfig, ProxySubscriber, TwinSubscriber,
+    DEFAULT_REPLY_TIMEOUT,
+};
 use crate::Error;
 
 /// Room for the fixed heads of data-carrying messages (REGION_WRITE, DMA_READ reply, ...)
@@ -56,6 +59,8 @@ impl ConnectOptions {
 pub struct Connection {
     proxy: Proxy,
     capabilities: Capabilities,
+    offer: Offer,
+    twin_socket: bool,
     // Dropped after `proxy`'s fields are no longer needed by it: declared last.
     event_loop: Option<EventLoop>,
 }
@@ -80,29 +85,32 @@ impl Connection {
     }
 
     /// Connects and negotiates, returning the subscriber for the caller to register in its
-    /// own [`event_manager::EventManager`]. The handshake does not need the subscriber to
-    /// run yet: the caller's thread reads its own reply.
+    /// own [`event_manager::EventManager`]: it watches the main socket and, in twin-socket
+    /// mode, the second socket on which the server sends its DMA requests. The handshake does
+    /// not need the subscriber to run yet: the caller's thread reads its own reply.
     ///
-    /// When the connection ends (dropped, or lost) the subscriber stops watching the socket
-    /// by itself, but it keeps the socket open until the VMM removes it from its event
-    /// manager (`SubscriberOps::remove_subscriber`).
+    /// When the connection ends (dropped, or lost) the subscriber stops watching the sockets
+    /// by itself, but it keeps them open until the VMM removes it from its event manager
+    /// (`SubscriberOps::remove_subscriber`).
     pub fn connect_with_subscriber(
         path: impl AsRef<Path>,
         options: &ConnectOptions,
-    ) -> Result<(Connection, ProxySubscriber), Error> {
+    ) -> Result<(Connection, ConnectionSubscriber), Error> {
         let (proxy, subscriber) = Proxy::connect(
             path.as_ref(),
             options.connect_timeout,
             options.proxy_config(),
         )?;
-        let capabilities = handshake(&proxy, options)?;
+        let (capabilities, twin) = handshake(&proxy, options)?;
         Ok((
             Connection {
                 proxy,
                 capabilities,
+                offer: options.offer.clone(),
+                twin_socket: twin.is_some(),
                 event_loop: None,
             },
-            subscriber,
+            ConnectionSubscriber::new(subscriber, twin),
         ))
     }
 
@@ -111,11 +119,23 @@ impl Connection {
         subscriber: ProxySubscriber,
         options: &ConnectOptions,
     ) -> Result<Connection, Error> {
-        let event_loop = EventLoop::spawn(subscriber)?;
-        let capabilities = handshake(&proxy, options)?;
+        // As with a VMM's event manager, the loop starts after the handshake, whose reply the
+        // caller reads itself; the twin socket (if granted) is then served in the same loop.
+        let result = handshake(&proxy, options);
+        let (capabilities, twin) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                proxy.shutdown();
+                return Err(e);
+            }
+        };
+        let twin_socket = twin.is_some();
+        let event_loop = EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin))?;
         Ok(Connection {
             proxy,
             capabilities,
+            offer: options.offer.clone(),
+            twin_socket,
             event_loop: Some(event_loop),
         })
     }
@@ -129,6 +149,16 @@ impl Connection {
     pub fn capabilities(&self) -> &Capabilities {
         &self.capabilities
     }
+
+    /// What we offered (our own limits: the largest DMA request we serve, fds we accept).
+    pub fn offer(&self) -> &Offer {
+        &self.offer
+    }
+
+    /// Whether the server's requests arrive on a second socket (twin-socket mode).
+    pub fn twin_socket(&self) -> bool {
+        self.twin_socket
+    }
 }
 
 impl Drop for Connection {
@@ -140,17 +170,38 @@ impl Drop for Connection {
 
 /// Sends VERSION (the first message of a connection) and applies the server's answer:
 /// the proxy then sends at most `max_msg_fds` fds and `max_data_xfer_size` data bytes per
-/// message.
-pub fn handshake(proxy: &Proxy, options: &ConnectOptions) -> Result<Capabilities, Error> {
+/// message. When we offered twin-socket mode and the server granted it, returns the
+/// subscriber serving the second socket, which must run beside the connection's own
+/// ([`ConnectionSubscriber`]).
+pub fn handshake(
+    proxy: &Proxy,
+    options: &ConnectOptions,
+) -> Result<(Capabilities, Option<TwinSubscriber>), Error> {
     let payload = options.offer.version_payload();
-    let reply =
+    let mut reply =
         proxy.request_with_timeout(Command::Version, &payload, &[], options.handshake_timeout)?;
-    // We do not offer twin_socket yet; any fd the server sent is closed with the reply.
     let capabilities = negotiate_reply(&options.offer, &reply.payload)?;
+    let twin = match capabilities.twin_socket_granted() {
+        Some(fd_index) if options.offer.twin_socket => {
+            let fds = reply.fds.len();
+            let bad = || NegotiateError::TwinSocketFd { fd_index, fds };
+            let index = fd_index
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < fds)
+                .ok_or_else(bad)?;
+            let sock = UnixStream::from(reply.fds.swap_remove(index));
+            Some(proxy.attach_twin_socket(sock).map_err(|e| {
+                log::warn!("twin socket unusable: {e}");
+                bad()
+            })?)
+        }
+        // Any other fd the server sent is closed with the reply.
+        _ => None,
+    };
     proxy.set_send_limits(
         capabilities.max_msg_fds as usize,
         (capabilities.max_data_xfer_size as usize).saturating_add(MESSAGE_HEAD_ROOM),
     );
     log::debug!("negotiated {capabilities:?}");
-    Ok(capabilities)
+    Ok((capabilities, twin))
 }

@@ -6,7 +6,7 @@
 use crate::device;
 use crate::negotiate::NegotiateError;
 use crate::pci;
-use crate::proxy;
+use crate::{dma, proxy};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum Error {
     /// Attaching or using the device as a PCI device failed.
     #[error(transparent)]
     Pci(#[from] pci::Error),
+    /// A DMA map or unmap was refused, locally or by the server.
+    #[error(transparent)]
+    Dma(#[from] dma::Error),
 }
 
 impl Error {
@@ -34,6 +37,7 @@ impl Error {
             Error::Negotiate(_) => None,
             Error::Device(e) => e.server_errno(),
             Error::Pci(e) => e.server_errno(),
+            Error::Dma(e) => e.failures().iter().find_map(|f| f.error.server_errno()),
         }
     }
 
@@ -43,6 +47,7 @@ impl Error {
             Error::Proxy(e) => e.is_disconnected(),
             Error::Device(e) => e.is_disconnected(),
             Error::Pci(e) => e.is_disconnected(),
+            Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
             Error::Negotiate(_) => false,
         }
     }
@@ -53,7 +58,48 @@ impl PartialEq for Error {
         match (self, other) {
             (Error::Proxy(a), Error::Proxy(b)) => a == b,
             (Error::Negotiate(a), Error::Negotiate(b)) => a == b,
+            (Error::Dma(a), Error::Dma(b)) => a == b,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dma::{DmaFailure, DmaOp};
+    use crate::protocol::Command;
+
+    #[test]
+    fn errno_and_disconnect_through_every_layer() {
+        let refused = proxy::Error::Server {
+            command: Command::DmaMap,
+            errno: 22,
+        };
+        let gone = proxy::Error::Disconnected(proxy::DisconnectReason::PeerClosed);
+        let op = DmaOp::Map {
+            iova: 0,
+            size: 0x1000,
+        };
+        let e = Error::from(NegotiateError::ZeroPgsizes);
+        assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
+        assert_eq!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
+        let e = Error::from(proxy::Error::TooManyPending);
+        assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
+        assert_ne!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
+        let e = Error::from(dma::Error::Batch {
+            total: 2,
+            failures: vec![
+                DmaFailure { op, error: gone },
+                DmaFailure { op, error: refused },
+            ],
+        });
+        assert_eq!((e.server_errno(), e.is_disconnected()), (Some(22), true));
+        let local = Error::from(dma::Error::Empty { op });
+        assert_eq!(
+            (local.server_errno(), local.is_disconnected()),
+            (None, false)
+        );
+        assert_eq!(local, Error::Dma(dma::Error::Empty { op }));
     }
 }

@@ -7,6 +7,7 @@
 
 mod connection;
 pub mod device;
+pub mod dma;
 mod error;
 pub mod negotiate;
 pub mod pci;
@@ -15,6 +16,7 @@ pub mod proxy;
 
 pub use connection::{handshake, ConnectOptions, Connection};
 pub use device::{DeviceOptions, VfioUserDevice};
+pub use dma::DmaMapper;
 pub use error::Error;
 pub use negotiate::{Capabilities, Offer};
 pub use pci::{AttachOptions, VfioUserPciDevice};

@@ -51,7 +51,7 @@ pub struct MigrationCaps {
     pub max_bitmap_size: u64,
 }
 
-/// The `twin_socket` capability of a reply (parsed, not acted on).
+/// The `twin_socket` capability of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TwinSocket {
     /// The server agreed to twin-socket mode.
@@ -73,13 +73,14 @@ pub struct Offer {
     pub max_dma_maps: u32,
     /// The `migration` capability; `None` leaves it out.
     pub migration: Option<MigrationCaps>,
-    /// Offer twin-socket mode. Left out of the JSON while `false`.
+    /// Offer twin-socket mode (the server's DMA requests on a second socket). Left out of the
+    /// JSON while `false`.
     pub twin_socket: bool,
 }
 
 impl Default for Offer {
     /// 16 fds, 1 MiB per message, 4 KiB pages, 65535 windows, migration with the host page
-    /// size and a 256 MiB bitmap, no twin socket.
+    /// size and a 256 MiB bitmap, twin socket offered.
     fn default() -> Self {
         Offer {
             max_msg_fds: LIMIT_MAX_MSG_FDS,
@@ -90,7 +91,7 @@ impl Default for Offer {
                 pgsize: host_page_size(),
                 max_bitmap_size: DEFAULT_MAX_BITMAP_SIZE,
             }),
-            twin_socket: false,
+            twin_socket: true,
         }
     }
 }
@@ -151,7 +152,8 @@ pub struct Capabilities {
     pub max_dma_maps: u32,
     /// The server's `migration` capability, if it sent one.
     pub migration: Option<MigrationCaps>,
-    /// The server's `twin_socket` capability, if it sent one (not acted on).
+    /// The server's `twin_socket` capability, if it sent one. Acted on only when we offered
+    /// twin-socket mode.
     pub twin_socket: Option<TwinSocket>,
     /// The server accepts `REGION_WRITE_MULTI`.
     pub write_multiple: bool,
@@ -175,6 +177,12 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
+    /// `Some(fd_index)` when the server granted twin-socket mode. A grant we did not ask for
+    /// is ignored by the handshake.
+    pub fn twin_socket_granted(&self) -> Option<Option<u32>> {
+        self.twin_socket.filter(|t| t.supported).map(|t| t.fd_index)
+    }
+
     /// The smallest DMA page size the server supports: the lowest bit set in `pgsizes`.
     pub fn min_page_size(&self) -> u64 {
         // `pgsizes` is never 0 after negotiation; 0 would map to 1 << 64, so guard anyway.
@@ -264,6 +272,18 @@ pub enum NegotiateError {
         /// The value received.
         pgsize: u64,
     },
+    /// The server granted twin-socket mode but its `fd_index` names none of the fds that
+    /// came with the reply (the spec requires closing the connection then).
+    #[error(
+        "server granted twin-socket mode with fd_index {fd_index:?}, but sent {fds} fds \
+         (or not a socket)"
+    )]
+    TwinSocketFd {
+        /// The `fd_index` received.
+        fd_index: Option<u32>,
+        /// fds that came with the reply.
+        fds: usize,
+    },
     /// The payload could not be decoded for another reason.
     #[error("VERSION reply: {0}")]
     Decode(DecodeError),
@@ -288,8 +308,8 @@ impl From<DecodeError> for NegotiateError {
 /// integers). Absent keys take the spec defaults; over-large limits are clamped with a
 /// warning; unknown keys are logged and ignored.
 ///
-/// `offer` is what we sent: a twin socket granted without being offered is logged (and, like
-/// any twin socket, not acted on).
+/// `offer` is what we sent: a twin socket granted without being offered is logged and
+/// ignored.
 pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, NegotiateError> {
     let version = Version::decode(payload)?;
     if version.major != VERSION_MAJOR {
@@ -792,8 +812,16 @@ mod tests {
         assert_eq!(caps["max_dma_maps"], 65535);
         assert_eq!(caps["migration"]["pgsize"], host_page_size());
         assert_eq!(caps["migration"]["max_bitmap_size"], 256 << 20);
-        assert!(caps.get("twin_socket").is_none());
+        assert_eq!(caps["twin_socket"]["supported"], true);
         assert!(caps.get("write_multiple").is_none());
+
+        let single = Offer {
+            twin_socket: false,
+            ..Offer::default()
+        };
+        let v = Version::decode(&single.version_payload()).unwrap();
+        let json: Value = serde_json::from_str(v.json.as_deref().unwrap()).unwrap();
+        assert!(json["capabilities"].get("twin_socket").is_none());
 
         let twin = Offer {
             twin_socket: true,

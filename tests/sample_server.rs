@@ -142,12 +142,18 @@ fn default_libvfio_user_like_reply() {
             pgsizes: 4096,
             max_dma_maps: 65535,
             migration: None,
-            twin_socket: None,
+            // We offer twin-socket mode and libvfio-user grants it.
+            twin_socket: Some(TwinSocket {
+                supported: true,
+                fd_index: Some(0)
+            }),
             write_multiple: false,
         }
     );
+    assert!(conn.twin_socket());
     // The server understood our offer.
     let client = probe.client().unwrap();
+    assert!(client.twin_socket);
     assert_eq!((client.major, client.minor), (0, 0));
     assert_eq!(client.max_msg_fds, 16);
     assert_eq!(client.max_data_xfer_size, 1 << 20);
@@ -210,6 +216,7 @@ fn all_keys_absent_or_no_json_at_all() {
     let caps = negotiate(ServerConfig {
         max_msg_fds: None,
         max_data_xfer_size: None,
+        twin_socket: false,
         ..ServerConfig::default()
     })
     .unwrap();
@@ -325,18 +332,27 @@ fn unknown_keys_are_ignored() {
 #[test]
 fn twin_socket_granted_but_not_offered_is_ignored() {
     let _g = shared();
-    let caps = negotiate(with_caps(
-        json!({"twin_socket": {"supported": true, "fd_index": 0}}),
-    ))
-    .unwrap();
+    let (device, _gpio) = gpio();
+    let config = ServerConfig {
+        twin_socket: false,
+        ..with_caps(json!({"twin_socket": {"supported": true, "fd_index": 0}}))
+    };
+    let server = Server::new(config, Box::new(device));
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let _running = server.serve_stream(server_end);
+    let mut options = ConnectOptions::default();
+    options.offer.twin_socket = false;
+    let conn = Connection::from_stream(client, &options).unwrap();
     assert_eq!(
-        caps.twin_socket,
+        conn.capabilities().twin_socket,
         Some(TwinSocket {
             supported: true,
             fd_index: Some(0)
         })
     );
-    // `negotiate` also checked that the one socket still carries requests and replies.
+    assert!(!conn.twin_socket());
+    // The one socket still carries requests and replies.
+    assert_eq!(device_info(conn.proxy()).num_regions, 9);
 }
 
 fn negotiate_error(config: ServerConfig) -> NegotiateError {

@@ -8,8 +8,10 @@ use vfio_user_client::protocol::IoFdsLayout;
 /// The body of the VERSION reply after `major` and `minor`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum VersionPayload {
-    /// `{"capabilities":{...}}` built from [`ServerConfig::max_msg_fds`] and
-    /// [`ServerConfig::max_data_xfer_size`] (a `None` omits the key), NUL-terminated.
+    /// `{"capabilities":{...}}` built from [`ServerConfig::max_msg_fds`],
+    /// [`ServerConfig::max_data_xfer_size`], [`ServerConfig::max_dma_maps`] and
+    /// [`ServerConfig::pgsizes`] (a `None` omits the key), plus `twin_socket` when granted,
+    /// NUL-terminated.
     #[default]
     Standard,
     /// This JSON value, serialised and NUL-terminated, whatever it holds.
@@ -92,6 +94,25 @@ pub struct ServerConfig {
     /// Largest message accepted (header included); larger ones are drained and refused
     /// with `EINVAL` before anything is allocated.
     pub max_msg_size: u32,
+    /// Advertised `max_dma_maps`; `None` omits the key. Also the most windows accepted at
+    /// once (libvfio-user's default of 1,000,000 when omitted); one more is `ENOSPC`.
+    pub max_dma_maps: Option<u64>,
+    /// Advertised `pgsizes`; `None` omits the key.
+    pub pgsizes: Option<u64>,
+    /// Grant twin-socket mode to a client that offers it (and accepts fds), as libvfio-user
+    /// does: the server's DMA requests then go over a second socket.
+    pub twin_socket: bool,
+    /// Refuse DMA_MAP without an fd (`EINVAL`), like servers that need shared guest memory
+    /// (SPDK ignores such maps; refusing makes the difference visible).
+    pub refuse_fdless_maps: bool,
+    /// Refuse DMA_MAP whose address, size or file offset is not a multiple of 2 MiB
+    /// (`EINVAL`), like SPDK's hugepage requirement.
+    pub require_2mib_alignment: bool,
+    /// Map fd-backed windows into the server (the default). Off, they are checked and
+    /// recorded but neither mapped nor kept, as libvfio-user without a DMA controller; device
+    /// DMA to them fails with `EFAULT`. For map/unmap benchmarks beyond the kernel's limit on
+    /// mappings per process (`vm.max_map_count`, 65,530 by default).
+    pub mmap_dma_windows: bool,
     /// Entry layout of DEVICE_GET_REGION_IO_FDS replies: libvfio-user's 48-byte entries
     /// (the default, as the real server sends), the spec's 40-byte ones, or any other stride
     /// (common fields only, zero-padded; at least 28 bytes are written).
@@ -105,6 +126,9 @@ pub struct ServerConfig {
     pub quirks: Quirks,
 }
 
+/// libvfio-user's default limit on DMA windows.
+pub(crate) const DEFAULT_MAX_DMA_MAPS: u64 = 1_000_000;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -115,6 +139,12 @@ impl Default for ServerConfig {
             extra_capabilities: serde_json::Map::new(),
             version_payload: VersionPayload::Standard,
             max_msg_size: (1 << 20) + 64,
+            max_dma_maps: None,
+            pgsizes: None,
+            twin_socket: true,
+            refuse_fdless_maps: false,
+            require_2mib_alignment: false,
+            mmap_dma_windows: true,
             io_fds_layout: IoFdsLayout::LibVfioUser,
             irq_masking: IrqMasking::default(),
             reset_clears_irqs: false,
@@ -124,8 +154,9 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The JSON-and-NUL bytes of the VERSION reply.
-    pub(crate) fn version_json_bytes(&self) -> Vec<u8> {
+    /// The JSON-and-NUL bytes of the VERSION reply; `twin_fd_index` when twin-socket mode is
+    /// granted.
+    pub(crate) fn version_json_bytes(&self, twin_fd_index: Option<usize>) -> Vec<u8> {
         let value = match &self.version_payload {
             VersionPayload::Raw(bytes) => return bytes.clone(),
             VersionPayload::Json(v) => v.clone(),
@@ -136,6 +167,18 @@ impl ServerConfig {
                 }
                 if let Some(n) = self.max_data_xfer_size {
                     caps.insert("max_data_xfer_size".into(), n.into());
+                }
+                if let Some(n) = self.max_dma_maps {
+                    caps.insert("max_dma_maps".into(), n.into());
+                }
+                if let Some(n) = self.pgsizes {
+                    caps.insert("pgsizes".into(), n.into());
+                }
+                if let Some(i) = twin_fd_index {
+                    caps.insert(
+                        "twin_socket".into(),
+                        serde_json::json!({"supported": true, "fd_index": i}),
+                    );
                 }
                 for (k, v) in &self.extra_capabilities {
                     caps.insert(k.clone(), v.clone());
@@ -159,5 +202,10 @@ impl ServerConfig {
     /// Largest region access accepted.
     pub(crate) fn recv_max_data(&self) -> u64 {
         self.max_data_xfer_size.unwrap_or(1 << 20)
+    }
+
+    /// Most DMA windows accepted at once.
+    pub(crate) fn dma_map_limit(&self) -> u64 {
+        self.max_dma_maps.unwrap_or(DEFAULT_MAX_DMA_MAPS)
     }
 }

@@ -81,6 +81,8 @@ impl Reply {
 #[derive(Debug)]
 pub(crate) struct Link {
     stream: UnixStream,
+    /// Twin-socket mode: our DMA requests and their replies use this socket.
+    twin: Option<UnixStream>,
     queue: VecDeque<Incoming>,
     next_id: u16,
     max_msg_size: u32,
@@ -90,23 +92,52 @@ pub(crate) struct Link {
     broken: bool,
 }
 
-impl Link {
-    fn read_exact(&self, mut buf: &mut [u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match recv(&self.stream, buf)? {
-                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                n => buf = &mut buf[n..],
-            }
+fn read_exact(stream: &UnixStream, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match recv(stream, buf)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => buf = &mut buf[n..],
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// Sends one message (blocking), fds with its first byte.
+fn send_on(stream: &UnixStream, header: &Header, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let hdr = header.to_bytes();
+    let total = HEADER_SIZE + payload.len();
+    let mut sent = send_with_fds(stream, &[&hdr, payload], fds)?;
+    while sent < total {
+        let n = if sent < HEADER_SIZE {
+            send_with_fds(stream, &[&hdr[sent..], payload], &[])?
+        } else {
+            send_with_fds(stream, &[&payload[sent - HEADER_SIZE..]], &[])?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+    }
+    Ok(())
+}
+
+impl Link {
+    /// Reads one message from the main socket; `Ok(None)` is a clean end of stream between
+    /// messages.
+    fn read_message(&mut self) -> io::Result<Option<Incoming>> {
+        self.read_message_from(false)
     }
 
-    /// Reads one message; `Ok(None)` is a clean end of stream between messages.
-    fn read_message(&mut self) -> io::Result<Option<Incoming>> {
+    /// Reads one message from the main socket, or from the twin socket when `twin` is set.
+    fn read_message_from(&self, twin: bool) -> io::Result<Option<Incoming>> {
+        let stream = match (&self.twin, twin) {
+            (Some(t), true) => t,
+            _ => &self.stream,
+        };
         let mut hdr = [0u8; HEADER_SIZE];
         // Room for more fds than allowed, so that an excess is refused (EINVAL) rather than
         // fatal; beyond MAX_RECV_FDS the kernel drops the rest, which still counts as excess.
-        let (n, mut fds) = recv_with_fds(&self.stream, &mut hdr, MAX_RECV_FDS)?;
+        let (n, mut fds) = recv_with_fds(stream, &mut hdr, MAX_RECV_FDS)?;
         if n == 0 {
             return Ok(None);
         }
@@ -114,11 +145,11 @@ impl Link {
         if too_many_fds {
             fds.clear();
         }
-        self.read_exact(&mut hdr[n..])?;
+        read_exact(stream, &mut hdr[n..])?;
         match Header::decode(&hdr, self.max_msg_size) {
             Ok(header) => {
                 let mut body = vec![0u8; header.payload_len()];
-                self.read_exact(&mut body)?;
+                read_exact(stream, &mut body)?;
                 Ok(Some(Incoming::Message(Message {
                     header,
                     body,
@@ -132,7 +163,7 @@ impl Link {
                 let mut sink = vec![0u8; 64 * 1024];
                 while left > 0 {
                     let n = left.min(sink.len());
-                    self.read_exact(&mut sink[..n])?;
+                    read_exact(stream, &mut sink[..n])?;
                     left -= n;
                 }
                 Ok(Some(Incoming::Oversized(header)))
@@ -142,25 +173,12 @@ impl Link {
     }
 
     fn send(&mut self, header: &Header, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
-        let hdr = header.to_bytes();
-        let total = HEADER_SIZE + payload.len();
-        let mut sent = send_with_fds(&self.stream, &[&hdr, payload], fds)?;
-        while sent < total {
-            let n = if sent < HEADER_SIZE {
-                send_with_fds(&self.stream, &[&hdr[sent..], payload], &[])?
-            } else {
-                send_with_fds(&self.stream, &[&payload[sent - HEADER_SIZE..]], &[])?
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            sent += n;
-        }
-        Ok(())
+        send_on(&self.stream, header, payload, fds)
     }
 
-    /// Sends a server command and waits for its reply, queueing client commands that arrive
-    /// meanwhile.
+    /// Sends a server command and waits for its reply: on the twin socket when there is one
+    /// (client commands then wait in the main socket), otherwise on the main socket, queueing
+    /// client commands that arrive meanwhile.
     fn request(&mut self, command: Command, payload: &[u8]) -> Result<Message, Errno> {
         if self.broken {
             return Err(Errno::NOTCONN);
@@ -168,13 +186,18 @@ impl Link {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let header = Header::command(id, command, payload.len(), false).ok_or(Errno::INVAL)?;
-        if let Err(e) = self.send(&header, payload, &[]) {
+        let twin = self.twin.is_some();
+        let sent = match &self.twin {
+            Some(t) => send_on(t, &header, payload, &[]),
+            None => self.send(&header, payload, &[]),
+        };
+        if let Err(e) = sent {
             log::debug!("sending {command}: {e}");
             self.broken = true;
             return Err(Errno::NOTCONN);
         }
         loop {
-            match self.read_message() {
+            match self.read_message_from(twin) {
                 Ok(Some(Incoming::Message(m)))
                     if m.header.message_type() == Some(MessageType::Reply) =>
                 {
@@ -182,6 +205,9 @@ impl Link {
                         return Ok(m);
                     }
                     log::debug!("discarding unexpected reply {}", m.header);
+                }
+                Ok(Some(incoming)) if twin => {
+                    log::warn!("client sent {incoming:?} on the twin socket; discarded");
                 }
                 Ok(Some(incoming)) => {
                     if self.queue.len() >= MAX_QUEUED {
@@ -200,8 +226,11 @@ impl Link {
     }
 
     fn chunk(&self) -> usize {
+        // A DMA_READ reply (header, 16-byte head, data) must also fit what we accept.
+        let ours = (self.max_msg_size as usize).saturating_sub(HEADER_SIZE + DmaAccess::HEAD_SIZE);
         usize::try_from(self.client_max_xfer)
             .unwrap_or(usize::MAX)
+            .min(ours)
             .max(1)
     }
 
@@ -359,6 +388,7 @@ pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
         shared,
         link: Link {
             stream,
+            twin: None,
             queue: VecDeque::new(),
             next_id: 0,
             max_msg_size: config.max_msg_size,
@@ -373,6 +403,9 @@ pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
     conn.run();
     // Clones of the stream (kept to stop the server) must not keep the client waiting.
     let _ = conn.link.stream.shutdown(std::net::Shutdown::Both);
+    if let Some(t) = conn.link.twin.take() {
+        let _ = t.shutdown(std::net::Shutdown::Both);
+    }
     conn.teardown();
     shared.connection_ended();
 }
@@ -525,6 +558,7 @@ impl Conn<'_> {
         }
         let mut max_fds = 1;
         let mut max_xfer = 1 << 20;
+        let mut wants_twin = false;
         if let Some(text) = &request.json {
             let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Errno::INVAL)?;
             let obj = value.as_object().ok_or(Errno::INVAL)?;
@@ -545,7 +579,14 @@ impl Conn<'_> {
                             .is_some(),
                         "max_dma_maps" | "pgsizes" => v.is_u64(),
                         "write_multiple" => v.is_boolean(),
-                        "twin_socket" | "migration" => v.is_object(),
+                        "twin_socket" => v
+                            .as_object()
+                            .map(|t| {
+                                wants_twin =
+                                    t.get("supported") == Some(&serde_json::Value::Bool(true))
+                            })
+                            .is_some(),
+                        "migration" => v.is_object(),
                         _ => true,
                     };
                     if !ok {
@@ -556,12 +597,21 @@ impl Conn<'_> {
         }
         self.link.client_max_fds = max_fds;
         self.link.client_max_xfer = max_xfer;
+        // As libvfio-user: only for a client that asked and accepts fds.
+        let twin = if config.twin_socket && wants_twin && max_fds > 0 {
+            let (ours, theirs) = UnixStream::pair().map_err(|e| Errno::from_io(&e))?;
+            self.link.twin = Some(ours);
+            Some(theirs)
+        } else {
+            None
+        };
         self.shared.set_client(ClientInfo {
             major: request.major,
             minor: request.minor,
             json: request.json,
             max_msg_fds: max_fds,
             max_data_xfer_size: max_xfer,
+            twin_socket: twin.is_some(),
         });
         let mut payload = Vec::new();
         Version {
@@ -573,8 +623,12 @@ impl Conn<'_> {
         }
         .encode_into(&mut payload);
         // Appended raw: the configuration may ask for malformed JSON.
-        payload.extend_from_slice(&config.version_json_bytes());
-        Ok(Reply::with(payload))
+        payload.extend_from_slice(&config.version_json_bytes(twin.as_ref().map(|_| 0)));
+        let fds: Vec<Arc<dyn ReplyFd>> = match twin {
+            Some(t) => vec![Arc::new(t)],
+            None => Vec::new(),
+        };
+        Ok(Reply { payload, fds })
     }
 
     fn device_info(&mut self, m: &Message) -> Result<Reply, Errno> {
@@ -824,13 +878,34 @@ impl Conn<'_> {
             return Err(Errno::INVAL);
         }
         let fd = m.fds.pop();
-        let added = lock(&self.shared.dma).map(
+        let config = &self.shared.config;
+        if config.refuse_fdless_maps && fd.is_none() {
+            log::debug!(
+                "refusing fd-less DMA_MAP {:#x}+{:#x}",
+                request.address,
+                request.size
+            );
+            return Err(Errno::INVAL);
+        }
+        const TWO_MIB: u64 = 2 << 20;
+        if config.require_2mib_alignment
+            && (request.address | request.size | request.offset) % TWO_MIB != 0
+        {
+            return Err(Errno::INVAL);
+        }
+        let mut table = lock(&self.shared.dma);
+        if table.len() as u64 >= config.dma_map_limit() {
+            return Err(Errno(libc::ENOSPC));
+        }
+        let added = table.map(
             request.flags,
             request.offset,
             request.address,
             request.size,
             fd,
+            config.mmap_dma_windows,
         )?;
+        drop(table);
         if let Some(info) = added {
             lock(&self.shared.device).dma_mapped(&info);
         }

@@ -3,6 +3,7 @@
 
 //! The server's table of DMA windows.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -57,6 +58,8 @@ enum Backing {
     Mmap(Mmap),
     File(File),
     Message,
+    /// Recorded only ([`crate::ServerConfig::mmap_dma_windows`] off): not reachable.
+    Unmapped,
 }
 
 #[derive(Debug)]
@@ -75,15 +78,35 @@ pub(crate) enum Segment {
     Message(usize),
 }
 
-/// The DMA windows of the current connection, sorted by address.
+/// The DMA windows of the current connection, by address.
 #[derive(Debug, Default)]
 pub(crate) struct DmaTable {
-    entries: Vec<Entry>,
+    entries: BTreeMap<u64, Entry>,
 }
 
 impl DmaTable {
+    /// The window overlapping `address..end`, if any.
+    fn overlapping(&self, address: u64, end: u64) -> Option<&Entry> {
+        if let Some((_, e)) = self.entries.range(..=address).next_back() {
+            if e.info.end() > address {
+                return Some(e);
+            }
+        }
+        self.entries
+            .range(address..)
+            .next()
+            .map(|(_, e)| e)
+            .filter(|e| e.info.address < end)
+    }
+
+    /// Number of windows.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Adds a window (libvfio-user rules: identical re-map succeeds, any overlap is `EINVAL`).
-    /// Returns the new window, or `None` for an identical re-map.
+    /// Returns the new window, or `None` for an identical re-map. Without `mmap_fd`, a
+    /// fd-backed window is checked and recorded but not mapped.
     pub(crate) fn map(
         &mut self,
         flags: u32,
@@ -91,6 +114,7 @@ impl DmaTable {
         address: u64,
         size: u64,
         fd: Option<OwnedFd>,
+        mmap_fd: bool,
     ) -> Result<Option<DmaMapInfo>, Errno> {
         if flags & !MAP_KNOWN != 0 || size == 0 || address.checked_add(size).is_none() {
             return Err(Errno::INVAL);
@@ -123,17 +147,14 @@ impl DmaTable {
             flags,
             mode,
         };
-        if let Some(e) = self
-            .entries
-            .iter()
-            .find(|e| e.info.address < info.end() && info.address < e.info.end())
-        {
+        if let Some(e) = self.overlapping(info.address, info.end()) {
             if e.info == info && e.identity == identity {
                 return Ok(None);
             }
             return Err(Errno::INVAL);
         }
         let backing = match (file, mode) {
+            (Some(_), DmaAccessMode::Mmap) if !mmap_fd => Backing::Unmapped,
             (Some(f), DmaAccessMode::Mmap) => {
                 let mut prot = 0;
                 if flags & MAP_READ != 0 {
@@ -147,9 +168,8 @@ impl DmaTable {
             (Some(f), _) => Backing::File(f),
             (None, _) => Backing::Message,
         };
-        let at = self.entries.partition_point(|e| e.info.address < address);
         self.entries.insert(
-            at,
+            address,
             Entry {
                 info,
                 identity,
@@ -161,29 +181,36 @@ impl DmaTable {
 
     /// Removes the window that exactly matches `address` and `size`.
     pub(crate) fn unmap(&mut self, address: u64, size: u64) -> Result<DmaMapInfo, Errno> {
-        let i = self
-            .entries
-            .iter()
-            .position(|e| e.info.address == address && e.info.size == size)
-            .ok_or(Errno::NOENT)?;
-        Ok(self.entries.remove(i).info)
+        match self.entries.get(&address) {
+            Some(e) if e.info.size == size => {}
+            _ => return Err(Errno::NOENT),
+        }
+        self.entries
+            .remove(&address)
+            .map(|e| e.info)
+            .ok_or(Errno::NOENT)
     }
 
     /// Removes every window.
     pub(crate) fn unmap_all(&mut self) -> Vec<DmaMapInfo> {
-        self.entries.drain(..).map(|e| e.info).collect()
+        std::mem::take(&mut self.entries)
+            .into_values()
+            .map(|e| e.info)
+            .collect()
     }
 
     /// Every window.
     pub(crate) fn list(&self) -> Vec<DmaMapInfo> {
-        self.entries.iter().map(|e| e.info).collect()
+        self.entries.values().map(|e| e.info).collect()
     }
 
     fn find(&self, address: u64, need: u32) -> Result<(&Entry, u64), Errno> {
         let e = self
             .entries
-            .iter()
-            .find(|e| e.info.contains(address))
+            .range(..=address)
+            .next_back()
+            .map(|(_, e)| e)
+            .filter(|e| e.info.contains(address))
             .ok_or(Errno::FAULT)?;
         if e.info.flags & need == 0 {
             return Err(Errno::PERM);
@@ -208,6 +235,7 @@ impl DmaTable {
                 .map(|()| Segment::Done(n))
                 .map_err(|e| Errno::from_io(&e)),
             Backing::Message => Ok(Segment::Message(n)),
+            Backing::Unmapped => Err(Errno::FAULT),
         }
     }
 
@@ -227,6 +255,7 @@ impl DmaTable {
                 .map(|()| Segment::Done(n))
                 .map_err(|e| Errno::from_io(&e)),
             Backing::Message => Ok(Segment::Message(n)),
+            Backing::Unmapped => Err(Errno::FAULT),
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! The server speaks the protocol the way libvfio-user does where a client can tell the
 //! difference (strict validation, `EINVAL` for nearly every failure, the REGION_INFO `argsz`
-//! re-query dance, DMA_READ/DMA_WRITE chunked by the client's `max_data_xfer_size`), but it
+//! re-query dance, DMA_READ/DMA_WRITE chunked by the client's `max_data_xfer_size`, a twin
+//! socket for its DMA requests when the client offers one), but without a twin socket it
 //! queues client commands that arrive while it waits for a DMA reply instead of failing
 //! (libvfio-user issue #279).
 //!

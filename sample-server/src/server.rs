@@ -18,7 +18,7 @@ use vmm_sys_util::tempdir::TempDir;
 use crate::config::ServerConfig;
 use crate::conn::{lock, serve};
 use crate::device::{Device, Errno};
-use crate::dma::{DmaMapInfo, DmaTable};
+use crate::dma::{DmaMapInfo, DmaTable, Segment};
 use crate::irq::{IrqTable, IrqVectorState};
 
 /// What the client sent in VERSION, as the server understood it.
@@ -34,6 +34,8 @@ pub struct ClientInfo {
     pub max_msg_fds: u64,
     /// The client's `max_data_xfer_size` (1 MiB when absent).
     pub max_data_xfer_size: u64,
+    /// Twin-socket mode was granted: the server's DMA requests go over a second socket.
+    pub twin_socket: bool,
 }
 
 #[derive(Debug, Default)]
@@ -366,6 +368,43 @@ impl Probe {
     /// The DMA windows the client mapped, by address.
     pub fn dma_maps(&self) -> Vec<DmaMapInfo> {
         lock(&self.shared.dma).list()
+    }
+
+    /// Number of DMA windows mapped.
+    pub fn dma_map_count(&self) -> usize {
+        lock(&self.shared.dma).len()
+    }
+
+    /// Reads guest memory at `address` as the server sees it, through fd-backed windows
+    /// (their mmap or file): `EFAULT` outside every window, `EPERM` without READ access,
+    /// `EOPNOTSUPP` for a window without an fd (only the connection thread can send
+    /// DMA_READ; ring the DMA engine to go through messages).
+    pub fn dma_read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let table = lock(&self.shared.dma);
+        let mut done = 0;
+        while done < buf.len() {
+            let at = address.checked_add(done as u64).ok_or(Errno::FAULT)?;
+            match table.read(at, &mut buf[done..])? {
+                Segment::Done(n) => done += n,
+                Segment::Message(_) => return Err(Errno(libc::EOPNOTSUPP)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes guest memory at `address` as the server would, through fd-backed windows;
+    /// errors as [`Probe::dma_read`] (`EPERM` without WRITE access).
+    pub fn dma_write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        let table = lock(&self.shared.dma);
+        let mut done = 0;
+        while done < data.len() {
+            let at = address.checked_add(done as u64).ok_or(Errno::FAULT)?;
+            match table.write(at, &data[done..])? {
+                Segment::Done(n) => done += n,
+                Segment::Message(_) => return Err(Errno(libc::EOPNOTSUPP)),
+            }
+        }
+        Ok(())
     }
 
     /// What the current (or last) client sent in VERSION; `None` before a valid VERSION.

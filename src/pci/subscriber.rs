@@ -13,10 +13,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::Shared;
-use crate::proxy::{Proxy, ProxySubscriber};
+use crate::proxy::{ConnectionSubscriber, Proxy};
 
 /// Drives one [`VfioUserPciDevice`](super::VfioUserPciDevice) from an event loop: the
-/// connection (its socket and send queue, see [`ProxySubscriber`]) and the INTx resample
+/// connection (its sockets and send queue, see [`ConnectionSubscriber`]) and the INTx resample
 /// eventfd, on which the device unmasks INTx at the server (end of interrupt).
 ///
 /// A VMM registers it in its `EventManager` after
@@ -24,7 +24,7 @@ use crate::proxy::{Proxy, ProxySubscriber};
 /// it after detaching; [`attach`](super::VfioUserPciDevice::attach) runs it on a thread of
 /// the device's own.
 pub struct PciSubscriber {
-    pub(crate) proxy_subscriber: ProxySubscriber,
+    pub(crate) proxy_subscriber: ConnectionSubscriber,
     pub(crate) proxy: Proxy,
     pub(crate) shared: Arc<Shared>,
     pub(crate) resample: Option<Arc<EventFd>>,

@@ -27,9 +27,11 @@ mod error;
 mod recv;
 pub mod socket;
 mod subscriber;
+mod twin;
 
 pub use error::{DisconnectReason, Error};
 pub use subscriber::{EventLoop, ProxySubscriber};
+pub use twin::{ConnectionSubscriber, ReplyData, TwinSubscriber, UnbufferedReply};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -100,6 +102,20 @@ pub trait ServerRequestHandler: Send + Sync {
         fds: Vec<OwnedFd>,
         reply: &mut Vec<u8>,
     ) -> Result<(), u32>;
+
+    /// Optionally answers a request whose reply carries bulk data without copying that data
+    /// into a buffer: returns the reply payload's head and a [`ReplyData`] that sends the
+    /// rest straight from the handler's memory ([`UnbufferedReply`]). `None` (the default) means "use
+    /// [`handle`](Self::handle)". Used where the reader is the socket's only writer (the twin
+    /// socket).
+    fn handle_unbuffered(
+        &self,
+        _header: &Header,
+        _payload: &[u8],
+        _fds: &[OwnedFd],
+    ) -> Option<Result<UnbufferedReply, u32>> {
+        None
+    }
 }
 
 /// A NOWAIT request whose reply has not been collected yet.
@@ -130,6 +146,9 @@ struct Completion {
     command: Command,
     slot: Mutex<Slot>,
     cv: Condvar,
+    /// A waiter sleeps on `cv`; only changed and read with `slot` locked. Notifying costs a
+    /// syscall, and most NOWAIT tickets have nobody waiting yet.
+    sleeping: AtomicBool,
 }
 
 impl Completion {
@@ -138,8 +157,11 @@ impl Completion {
         if matches!(*slot, Slot::Waiting) {
             *slot = Slot::Done(result);
         }
+        let sleeping = self.sleeping.load(Ordering::Relaxed);
         drop(slot);
-        self.cv.notify_one();
+        if sleeping {
+            self.cv.notify_one();
+        }
     }
 
     fn is_done(&self) -> bool {
@@ -179,6 +201,9 @@ struct Inner {
     recv: Mutex<Receiver>,
     /// Readers that found the receive lock taken since its holder last drained.
     read_requests: AtomicUsize,
+    /// Waiters asleep (or about to sleep) on their completion: readers letting go of the
+    /// receive lock wake them only when there are any.
+    sleepers: AtomicUsize,
     /// Bumped whenever a reader lets go of the receive lock.
     reader_epoch: AtomicU64,
     pending: Mutex<HashMap<u16, Arc<Completion>>>,
@@ -277,6 +302,7 @@ impl Proxy {
             next_posted_id: AtomicU16::new(0),
             send: Mutex::new(SendQueue::default()),
             read_requests: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
             reader_epoch: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(true),
@@ -377,6 +403,7 @@ impl Proxy {
             command,
             slot: Mutex::new(Slot::Waiting),
             cv: Condvar::new(),
+            sleeping: AtomicBool::new(false),
         });
         let id = self.inner.register(&completion)?;
         let header = command_header(id, command, payload.len(), false)?;
@@ -559,8 +586,11 @@ impl Inner {
                 continue;
             }
             // Someone else reads: sleep until our reply is handed to us or the reader lets
-            // go of the lock (then we may have to read ourselves).
+            // go of the lock (then we may have to read ourselves). Counted before the epoch
+            // is looked at again, so a reader that bumps it sees us and wakes us.
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut slot = lock(&completion.slot);
+            completion.sleeping.store(true, Ordering::Relaxed);
             while matches!(*slot, Slot::Waiting)
                 && self.reader_epoch.load(Ordering::SeqCst) == epoch
             {
@@ -574,6 +604,9 @@ impl Inner {
                     .map(|(s, _)| s)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
+            completion.sleeping.store(false, Ordering::Relaxed);
+            drop(slot);
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -674,10 +707,15 @@ impl Inner {
     /// takes over reading if its reply has not come yet.
     fn after_reading(&self) {
         self.reader_epoch.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let waiters: Vec<Arc<Completion>> = lock(&self.pending).values().cloned().collect();
         for c in waiters {
             let _guard = lock(&c.slot);
-            c.cv.notify_one();
+            if c.sleeping.load(Ordering::Relaxed) {
+                c.cv.notify_one();
+            }
         }
     }
 

@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Largest number of fds accepted in one `recvmsg`; more than this is a protocol violation
@@ -28,6 +30,58 @@ pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Re
             Ok(n) => return Ok(n),
             Err(e) if e.errno() == libc::EINTR => continue,
             Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    }
+}
+
+/// Sends `prefix` followed by the guest memory behind `slices`, in one non-blocking
+/// `sendmsg` (`MSG_NOSIGNAL`), so that large data goes from guest memory to the socket
+/// without a copy in between. Returns the number of bytes written, which may be fewer than
+/// offered.
+pub fn send_volatile<B: BitmapSlice>(
+    sock: &UnixStream,
+    prefix: &[&[u8]],
+    slices: &[VolatileSlice<'_, B>],
+) -> io::Result<usize> {
+    // The guards keep the memory mapped (Xen foreign mappings) until the call returns.
+    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(prefix.len() + guards.len());
+    iov.extend(
+        prefix
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            }),
+    );
+    iov.extend(guards.iter().filter(|g| g.len() > 0).map(|g| libc::iovec {
+        iov_base: g.as_ptr() as *mut libc::c_void,
+        iov_len: g.len(),
+    }));
+    // SAFETY: msghdr is plain old data; all-zero is a valid value (no name, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: `msg` points at `iov`, whose entries describe the `prefix` slices (borrowed
+        // for the call) and the guest memory of `slices`, each kept mapped by its guard for the
+        // call; `ptr_guard` reports exactly the slice's address and length. sendmsg only
+        // reads those ranges (the guest may change them meanwhile; the bytes are plain data
+        // and a torn read is what DMA from live memory means anyway) and writes nothing.
+        let r = unsafe {
+            libc::sendmsg(
+                std::os::fd::AsRawFd::as_raw_fd(sock),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;

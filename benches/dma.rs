@@ -1,0 +1,323 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The DMA layer, measured against a reference in the same run:
+//!
+//! - `dma_map_unmap_<n>`: map then unmap `n` 4 KiB fd-backed windows (1,000 and 65,535).
+//!   `ours` pipelines each half in one [`DmaMapper`] transaction; `crates.io` is the
+//!   `vfio_user` crate's `Client`, one `dma_map` / `dma_unmap` round trip at a time, against
+//!   a second, identical sample server (DMA engine device).
+//! - `dma_read_<size>`: a server-side peer sends `DMA_READ` of 4 KiB, 64 KiB and 1 MiB and
+//!   reads the reply. `ours` is served by this crate's [`DmaRequestHandler`] through the
+//!   connection's event loop (main socket) and through a twin socket (`ours-twin`); `floor`
+//!   is a raw `UnixStream::pair()` whose other end answers with a ready buffer of the same
+//!   size (blocking `read_exact` / `write_all`): the socket cost alone.
+//!
+//! Ratios of the means are printed at the end. Run with `cargo bench --bench dma`; see
+//! BENCHMARKS.md.
+//!
+//! [`DmaRequestHandler`]: vfio_user_client::dma::DmaRequestHandler
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, SamplingMode};
+use vfio_user_client::dma::{DmaLimits, DmaMapper};
+use vfio_user_client::protocol::{Command, DmaAccess, Header, HEADER_SIZE};
+use vfio_user_client::proxy::{socket, ConnectionSubscriber, EventLoop, Proxy, ProxyConfig};
+use vfio_user_client::{ConnectOptions, Connection};
+use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle, SharedMemory};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+const PAGE: u64 = 4096;
+const MAP_COUNTS: [u64; 2] = [1_000, 65_535];
+const READ_SIZES: [(usize, &str); 3] = [(4 << 10, "4KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
+
+fn memfd(size: u64) -> File {
+    let m = SharedMemory::new("bench-guest", size).expect("memfd");
+    File::from(m.as_fd().try_clone_to_owned().expect("dup"))
+}
+
+fn guest(size: u64, file: Option<File>) -> GuestMemoryMmap {
+    let builder =
+        MmapRegionBuilder::new(size as usize).with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+    let builder = match file {
+        Some(f) => builder
+            .with_mmap_flags(libc::MAP_SHARED)
+            .with_file_offset(FileOffset::new(f, 0)),
+        None => {
+            builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        }
+    };
+    let region =
+        GuestRegionMmap::new(builder.build().expect("mmap"), GuestAddress(0)).expect("region");
+    GuestMemoryMmap::from_regions(vec![region]).expect("guest memory")
+}
+
+/// A DMA engine server. Past the kernel's mmap count limit (65,530 per process by default,
+/// and the server runs in this process) windows are recorded without being mapped, for
+/// both clients alike.
+fn dma_server(count: u64) -> ServerHandle {
+    let (dev, _handle) = DmaEngine::new();
+    let config = ServerConfig {
+        max_dma_maps: Some(65_535),
+        mmap_dma_windows: count < 60_000,
+        ..ServerConfig::default()
+    };
+    Server::new(config, Box::new(dev))
+        .listen_temp()
+        .expect("sample server")
+}
+
+fn bench_map_ours(c: &mut Criterion, count: u64) {
+    let server = dma_server(count);
+    let path = server.socket_path().expect("socket path");
+    let conn = Connection::connect(path, &ConnectOptions::default()).expect("connect");
+    let mem = Arc::new(guest(count * PAGE, Some(memfd(count * PAGE))));
+    let mapper = DmaMapper::new(&conn, mem);
+    let run = || {
+        let mut tx = mapper.transaction();
+        for i in 0..count {
+            tx.map(i * PAGE, i * PAGE, PAGE).expect("map");
+        }
+        tx.commit().expect("maps");
+        let mut tx = mapper.transaction();
+        for i in 0..count {
+            tx.unmap(i * PAGE, PAGE).expect("unmap");
+        }
+        tx.commit().expect("unmaps");
+    };
+    run();
+    let mut group = c.benchmark_group(format!("dma_map_unmap_{count}"));
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.bench_function("ours", |b| b.iter(run));
+    group.finish();
+    drop(mapper);
+    drop(conn);
+    server.stop();
+}
+
+fn bench_map_crates_io(c: &mut Criterion, count: u64) {
+    let server = dma_server(count);
+    let path = server.socket_path().expect("socket path");
+    let mut client = match vfio_user::Client::new(path) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("dma_map_unmap_{count}/crates.io: skipped, Client::new failed: {e:?}");
+            return;
+        }
+    };
+    let file = memfd(count * PAGE);
+    let fd = file.as_raw_fd();
+    let mut run = || {
+        for i in 0..count {
+            client.dma_map(i * PAGE, i * PAGE, PAGE, fd).expect("map");
+        }
+        for i in 0..count {
+            client.dma_unmap(i * PAGE, PAGE).expect("unmap");
+        }
+    };
+    run();
+    let mut group = c.benchmark_group(format!("dma_map_unmap_{count}"));
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.bench_function("crates.io", |b| b.iter(&mut run));
+    group.finish();
+    drop(client);
+    server.stop();
+}
+
+/// The server side of the DMA_READ benchmarks: sends a request, reads the whole reply.
+struct Requester {
+    sock: UnixStream,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl Requester {
+    fn new(sock: UnixStream, size: usize) -> Requester {
+        let mut payload = Vec::new();
+        DmaAccess {
+            address: 0x1000,
+            count: size as u64,
+        }
+        .encode_into(&mut payload);
+        let header = Header::command(7, Command::DmaRead, payload.len(), false).expect("header");
+        let mut request = header.to_bytes().to_vec();
+        request.extend_from_slice(&payload);
+        Requester {
+            sock,
+            request,
+            reply: vec![0; HEADER_SIZE + DmaAccess::HEAD_SIZE + size],
+        }
+    }
+
+    fn round_trip(&mut self) {
+        self.sock.write_all(&self.request).expect("request");
+        self.sock.read_exact(&mut self.reply).expect("reply");
+        black_box(&self.reply);
+    }
+}
+
+/// Answers the one DMA_MAP that sets up the handler's table.
+fn answer_map(sock: &mut UnixStream) {
+    let mut hdr = [0u8; HEADER_SIZE];
+    let (n, _fds) = socket::recv_with_fds(sock, &mut hdr, 4).expect("map header");
+    sock.read_exact(&mut hdr[n..]).expect("map header");
+    let h = Header::from_bytes(&hdr);
+    let mut body = vec![0u8; h.payload_len()];
+    sock.read_exact(&mut body).expect("map body");
+    let reply = Header::reply(&h, 0).expect("reply header");
+    sock.write_all(&reply.to_bytes()).expect("map reply");
+}
+
+/// Our client serving DMA_READ, on its main socket or on a twin socket.
+fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
+    let (client, mut server) = UnixStream::pair().expect("socket pair");
+    let (proxy, subscriber) = Proxy::from_stream(client, ProxyConfig::default()).expect("proxy");
+    proxy.set_send_limits(16, 2 << 20);
+    let (dma_socket, twin_subscriber) = if twin {
+        let (ours, theirs) = UnixStream::pair().expect("twin pair");
+        (theirs, Some(proxy.attach_twin_socket(ours).expect("twin")))
+    } else {
+        (server.try_clone().expect("clone"), None)
+    };
+    let event_loop =
+        EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin_subscriber)).expect("loop");
+    let mem = Arc::new(guest(4 << 20, None));
+    mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
+        .expect("fill");
+    let limits = DmaLimits {
+        page_size: PAGE,
+        max_dma_maps: 16,
+        max_data_xfer_size: 1 << 20,
+    };
+    let mapper = DmaMapper::with_limits(proxy.clone(), limits, mem);
+    std::thread::scope(|s| {
+        let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
+        answer_map(&mut server);
+        t.join().expect("map thread").expect("map");
+    });
+    let mut requester = Requester::new(dma_socket, size);
+    requester.round_trip();
+    assert!(requester.reply[HEADER_SIZE + DmaAccess::HEAD_SIZE..]
+        .iter()
+        .all(|&b| b == 0x5a));
+    let id = if twin { "ours-twin" } else { "ours" };
+    c.benchmark_group(format!("dma_read_{label}"))
+        .bench_function(id, |b| b.iter(|| requester.round_trip()));
+    proxy.shutdown();
+    drop(event_loop);
+}
+
+fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {
+    let (client, server) = UnixStream::pair().expect("socket pair");
+    let echo = std::thread::spawn(move || {
+        let mut client = client;
+        let mut request = [0u8; HEADER_SIZE + DmaAccess::HEAD_SIZE];
+        let mut reply = vec![0x5au8; HEADER_SIZE + DmaAccess::HEAD_SIZE + size];
+        while client.read_exact(&mut request).is_ok() {
+            reply[..request.len()].copy_from_slice(&request);
+            if client.write_all(&reply).is_err() {
+                break;
+            }
+        }
+    });
+    let mut requester = Requester::new(server, size);
+    c.benchmark_group(format!("dma_read_{label}"))
+        .bench_function("floor", |b| b.iter(|| requester.round_trip()));
+    drop(requester);
+    echo.join().expect("echo thread");
+}
+
+/// Where criterion writes its results (as in benches/region_read.rs).
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("criterion")
+}
+
+/// Criterion's mean for `group/id` in ns, if this run wrote it.
+fn mean_ns(dir: &Path, group: &str, id: &str, started: SystemTime) -> Option<f64> {
+    let file = dir.join(group).join(id).join("new").join("estimates.json");
+    let modified = std::fs::metadata(&file).ok()?.modified().ok()?;
+    if modified < started {
+        return None;
+    }
+    let text = std::fs::read_to_string(&file).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    let started = SystemTime::now() - Duration::from_secs(1);
+    let mut criterion = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+
+    for count in MAP_COUNTS {
+        bench_map_ours(&mut criterion, count);
+        bench_map_crates_io(&mut criterion, count);
+    }
+    for (size, label) in READ_SIZES {
+        bench_read_ours(&mut criterion, size, label, false);
+        bench_read_ours(&mut criterion, size, label, true);
+        bench_read_floor(&mut criterion, size, label);
+    }
+    criterion.final_summary();
+
+    let dir = criterion_dir();
+    let mut printed = false;
+    let mut line = |text: String| {
+        if !printed {
+            println!();
+            printed = true;
+        }
+        println!("{text}");
+    };
+    for count in MAP_COUNTS {
+        let group = format!("dma_map_unmap_{count}");
+        let ours = mean_ns(&dir, &group, "ours", started);
+        let theirs = mean_ns(&dir, &group, "crates.io", started);
+        for (id, m) in [("ours", ours), ("crates.io", theirs)] {
+            if let Some(m) = m {
+                line(format!("mean {group}/{id} = {:.3} ms", m / 1e6));
+            }
+        }
+        if let (Some(o), Some(t)) = (ours, theirs) {
+            line(format!(
+                "speed-up {group} ours vs crates.io = {:.2}x",
+                t / o
+            ));
+        }
+    }
+    for (size, label) in READ_SIZES {
+        let group = format!("dma_read_{label}");
+        let floor = mean_ns(&dir, &group, "floor", started);
+        for id in ["ours", "ours-twin", "floor"] {
+            let Some(m) = mean_ns(&dir, &group, id, started) else {
+                continue;
+            };
+            let gib_s = size as f64 / m; // bytes per ns = GB/s
+            line(format!(
+                "mean {group}/{id} = {:.2} µs ({gib_s:.2} GB/s)",
+                m / 1000.0
+            ));
+            if let (Some(f), true) = (floor, id != "floor") {
+                line(format!("throughput {group} {id}/floor = {:.2}", f / m));
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Dirty tracking of guest memory written by the server's DMA_WRITE messages.
+//!
+//! Servers do not report pages they wrote through messages (libvfio-user never marks them),
+//! so the client records them itself. Writes through a mapped fd are the server's to report
+//! (DMA logging, a later migration concern).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::negotiate::MIN_PAGE_SIZE;
+
+const BITS: u64 = 64;
+
+/// Guest-physical pages written by DMA_WRITE, one bit per page, kept sparsely (64-page words
+/// keyed by their index), so that a guest of any size costs memory only for what was written.
+#[derive(Debug)]
+pub struct DirtyLog {
+    page_size: u64,
+    words: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl Default for DirtyLog {
+    fn default() -> Self {
+        DirtyLog::new(MIN_PAGE_SIZE)
+    }
+}
+
+impl DirtyLog {
+    /// An empty log with `page_size`-byte pages (a power of two; others are rounded up).
+    pub fn new(page_size: u64) -> DirtyLog {
+        DirtyLog {
+            page_size: page_size.max(1).next_power_of_two(),
+            words: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The page size each bit stands for.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+        self.words.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks every page touched by `gpa..gpa + len`.
+    pub fn mark(&self, gpa: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = gpa / self.page_size;
+        let last = gpa.saturating_add(len - 1) / self.page_size;
+        let mut words = self.lock();
+        let mut page = first;
+        loop {
+            let word = page / BITS;
+            let lo = page % BITS;
+            let hi = if last / BITS == word {
+                last % BITS
+            } else {
+                BITS - 1
+            };
+            let mask = (u64::MAX >> (BITS - 1 - (hi - lo))) << lo;
+            *words.entry(word).or_insert(0) |= mask;
+            match (word + 1).checked_mul(BITS) {
+                Some(next) if next <= last => page = next,
+                _ => break,
+            }
+        }
+    }
+
+    /// Whether the page holding `gpa` was written.
+    pub fn is_dirty(&self, gpa: u64) -> bool {
+        let page = gpa / self.page_size;
+        self.lock()
+            .get(&(page / BITS))
+            .is_some_and(|w| w & (1 << (page % BITS)) != 0)
+    }
+
+    /// The guest-physical address of every dirty page, in order.
+    pub fn dirty_pages(&self) -> Vec<u64> {
+        let words = self.lock();
+        let mut out = Vec::new();
+        for (&word, &bits) in words.iter() {
+            let mut b = bits;
+            while b != 0 {
+                let bit = u64::from(b.trailing_zeros());
+                out.push((word * BITS + bit) * self.page_size);
+                b &= b - 1;
+            }
+        }
+        out
+    }
+
+    /// Returns the bitmap of `gpa..gpa + len` (bit `i` of word `i / 64` for the page at
+    /// `gpa + i * page_size`, the layout of the migration dirty-page reports) and clears those
+    /// pages. `gpa` is rounded down to a page.
+    pub fn take_range(&self, gpa: u64, len: u64) -> Vec<u64> {
+        let first = gpa / self.page_size;
+        let pages = len.div_ceil(self.page_size);
+        let mut out = vec![0u64; usize::try_from(pages.div_ceil(BITS)).unwrap_or(0)];
+        let mut words = self.lock();
+        for i in 0..pages {
+            let page = first.saturating_add(i);
+            let Some(word) = words.get_mut(&(page / BITS)) else {
+                continue;
+            };
+            let bit = 1u64 << (page % BITS);
+            if *word & bit != 0 {
+                *word &= !bit;
+                if let Some(o) = usize::try_from(i / BITS).ok().and_then(|s| out.get_mut(s)) {
+                    *o |= 1 << (i % BITS);
+                }
+            }
+        }
+        words.retain(|_, w| *w != 0);
+        out
+    }
+
+    /// Forgets every dirty page.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_pages_touched() {
+        let log = DirtyLog::new(4096);
+        log.mark(0x1fff, 2);
+        log.mark(0x10000, 0);
+        assert_eq!(log.dirty_pages(), vec![0x1000, 0x2000]);
+        assert!(log.is_dirty(0x1000) && log.is_dirty(0x2fff) && !log.is_dirty(0x3000));
+        // Spanning several words.
+        log.mark(62 * 4096, 200 * 4096);
+        let pages = log.dirty_pages();
+        assert_eq!(pages.len(), 2 + 200);
+        assert_eq!(pages.last(), Some(&(261 * 4096)));
+        log.clear();
+        assert!(log.dirty_pages().is_empty());
+        log.mark(u64::MAX - 10, 100);
+        assert!(log.is_dirty(u64::MAX));
+    }
+
+    #[test]
+    fn take_range_clears_what_it_reports() {
+        let log = DirtyLog::new(4096);
+        log.mark(0x1000, 0x1000);
+        log.mark(0x42000, 0x2000);
+        let bitmap = log.take_range(0, 0x50000);
+        assert_eq!(bitmap.len(), 2);
+        assert_eq!(bitmap[0], 1 << 1);
+        assert_eq!(bitmap[1], 0b11 << (0x42 - 64));
+        assert!(log.dirty_pages().is_empty());
+        log.mark(0x3000, 1);
+        assert_eq!(log.take_range(0x4000, 0x1000), vec![0]);
+        assert_eq!(log.dirty_pages(), vec![0x3000]);
+        assert_eq!(DirtyLog::new(3000).page_size(), 4096);
+        assert_eq!(DirtyLog::default().page_size(), 4096);
+    }
+
+    proptest::proptest! {
+        /// Marked ranges and the pages reported agree with a set of page numbers.
+        #[test]
+        fn marks_match_a_page_set(
+            writes in proptest::collection::vec((0u64..1 << 24, 0u64..1 << 20), 0..20),
+        ) {
+            let log = DirtyLog::new(4096);
+            let mut model = std::collections::BTreeSet::new();
+            for (gpa, len) in writes {
+                log.mark(gpa, len);
+                if len > 0 {
+                    model.extend(gpa / 4096..=(gpa + len - 1) / 4096);
+                }
+            }
+            let pages: Vec<u64> = model.iter().map(|p| p * 4096).collect();
+            proptest::prop_assert_eq!(log.dirty_pages(), pages);
+            let bitmap = log.take_range(0, 1 << 25);
+            let ones: u32 = bitmap.iter().map(|w| w.count_ones()).sum();
+            proptest::prop_assert_eq!(ones as usize, model.len());
+            proptest::prop_assert!(log.dirty_pages().is_empty());
+        }
+    }
+}

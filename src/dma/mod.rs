@@ -1,0 +1,629 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The DMA mapping layer: guest memory (vm-memory) in, DMA_MAP / DMA_UNMAP out, and the
+//! server's DMA_READ / DMA_WRITE served from the same mapping table.
+//!
+//! # Vocabulary
+//!
+//! * **Guest memory** is anything implementing vm-memory's [`GuestMemoryBackend`] (for
+//!   example a [`vm_memory::GuestMemoryMmap`]) reached through a [`GuestAddressSpace`] (an
+//!   `Arc`, or a [`vm_memory::GuestMemoryAtomic`] for memory hot-plug). Its regions implement
+//!   [`DmaRegion`], which says whether the server may read or write them and which file
+//!   backs them.
+//! * A **mapping** (window) is `iova..iova + size` of the server's DMA address space, backed
+//!   by `gpa..gpa + size` of guest memory, lying inside one guest memory region. When that
+//!   region is a shared file mapping, DMA_MAP carries its fd and offset and the server maps
+//!   it; otherwise no fd is sent and the server reaches the window through DMA_READ /
+//!   DMA_WRITE messages, which [`DmaRequestHandler`] answers.
+//! * A **transaction** pipelines maps and unmaps (NOWAIT) and waits once, at commit. Each
+//!   operation is checked locally before it is sent (page alignment, overlap, the server's
+//!   `max_dma_maps`, guest memory bounds), enters the table when it is sent (the server may
+//!   use a window as soon as it has processed the map), and leaves it again if the server
+//!   refuses it: the table always ends up as the server accepted it.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use vfio_user_client::dma::DmaMapper;
+//! use vfio_user_client::{ConnectOptions, Connection};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = Connection::connect("/run/dev.sock", &ConnectOptions::default())?;
+//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
+//! let mapper = DmaMapper::new(&conn, memory);
+//! mapper.map_guest_memory()?;           // one DMA_MAP per region, pipelined
+//! mapper.map(0x1_0000_0000, 0x20_0000, 0x1000)?; // a vIOMMU window onto guest memory
+//! mapper.unmap(0x1_0000_0000, 0x1000)?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod dirty;
+mod error;
+mod handler;
+mod table;
+
+pub use dirty::DirtyLog;
+pub use error::{DmaFailure, DmaOp, Error};
+pub use handler::DmaRequestHandler;
+pub use table::{Access, DmaMapping, MappingKind};
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
+};
+
+use crate::connection::Connection;
+use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
+use crate::proxy::{self, Proxy, Ticket};
+use table::Table;
+
+/// Outstanding NOWAIT operations of one transaction before the oldest are collected: well
+/// under the proxy's 32,768 waiting ids, so that other threads' requests still find ids.
+const WINDOW: usize = 8192;
+
+/// A guest memory region as the DMA layer needs to see it.
+///
+/// Implemented for vm-memory's [`GuestRegionMmap`]; a VMM with its own region type implements
+/// it to say what the server may do with the region.
+pub trait DmaRegion: GuestMemoryRegion {
+    /// What the server may be granted: reading needs the region readable, writing needs it
+    /// writable (a server write to read-only host memory would fault in the client).
+    fn dma_access(&self) -> Access;
+
+    /// The file and offset backing the region when the server can share it (a `MAP_SHARED`
+    /// file mapping); `None` for anonymous or private memory, which the server then reaches
+    /// through DMA_READ / DMA_WRITE messages.
+    fn shared_file(&self) -> Option<&FileOffset>;
+
+    /// The host address of the region's first byte, to tell a region from a new one at the
+    /// same guest address; 0 when there is none.
+    fn host_base(&self) -> usize {
+        self.get_host_address(MemoryRegionAddress(0))
+            .map(|p| p as usize)
+            .unwrap_or(0)
+    }
+}
+
+impl<B: Bitmap> DmaRegion for GuestRegionMmap<B> {
+    fn dma_access(&self) -> Access {
+        Access {
+            read: self.prot() & libc::PROT_READ != 0,
+            write: self.prot() & libc::PROT_WRITE != 0,
+        }
+    }
+
+    fn shared_file(&self) -> Option<&FileOffset> {
+        self.file_offset()
+            .filter(|_| self.flags() & libc::MAP_SHARED != 0)
+    }
+}
+
+/// The negotiated limits the DMA layer works within.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaLimits {
+    /// Smallest page size the server supports: every window's IOVA, size and guest address
+    /// must be multiples of it.
+    pub page_size: u64,
+    /// Most live windows the server holds.
+    pub max_dma_maps: u32,
+    /// Our `max_data_xfer_size`: the largest DMA_READ / DMA_WRITE we serve.
+    pub max_data_xfer_size: u64,
+}
+
+impl DmaLimits {
+    /// The limits of a negotiated connection.
+    pub fn of(conn: &Connection) -> DmaLimits {
+        let caps = conn.capabilities();
+        DmaLimits {
+            page_size: caps.min_page_size(),
+            max_dma_maps: caps.max_dma_maps,
+            max_data_xfer_size: u64::from(conn.offer().max_data_xfer_size),
+        }
+    }
+}
+
+/// Maps guest memory for one connection's server and serves its DMA requests.
+///
+/// Creating it installs a [`DmaRequestHandler`] on the connection (replacing any other
+/// handler). Operations take the table's write lock only briefly and never across a wait, so
+/// DMA requests keep being served while a transaction waits for its replies. Dropping the
+/// mapper leaves the handler installed and the windows mapped (the server may still use
+/// them); call [`DmaMapper::unmap_all`] first to tear them down.
+pub struct DmaMapper<AS> {
+    proxy: Proxy,
+    limits: DmaLimits,
+    memory: AS,
+    table: Arc<RwLock<Table>>,
+    dirty: Arc<DirtyLog>,
+    /// Serialises hot-plug syncs so two of them do not both map a new region.
+    sync: Mutex<()>,
+}
+
+impl<AS> fmt::Debug for DmaMapper<AS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaMapper")
+            .field("limits", &self.limits)
+            .field("mappings", &read(&self.table).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(t: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
+    t.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(t: &RwLock<Table>) -> RwLockWriteGuard<'_, Table> {
+    t.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a map will send, decided under the table lock.
+struct Planned {
+    mapping: DmaMapping,
+    payload: Vec<u8>,
+    fd: Option<RawFd>,
+}
+
+impl<AS> DmaMapper<AS>
+where
+    AS: GuestAddressSpace + Send + Sync + 'static,
+    AS::M: GuestMemoryBackend,
+    <AS::M as GuestMemoryBackend>::R: DmaRegion,
+{
+    /// A mapper for `memory` on a negotiated connection, with the connection's limits.
+    pub fn new(conn: &Connection, memory: AS) -> DmaMapper<AS> {
+        DmaMapper::with_limits(conn.proxy().clone(), DmaLimits::of(conn), memory)
+    }
+
+    /// A mapper on a bare proxy with explicit limits (tests, or a VMM that negotiated itself).
+    pub fn with_limits(proxy: Proxy, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+        let table = Arc::new(RwLock::new(Table::default()));
+        let dirty = Arc::new(DirtyLog::default());
+        proxy.set_request_handler(Some(Arc::new(DmaRequestHandler {
+            table: Arc::clone(&table),
+            memory: memory.clone(),
+            dirty: Arc::clone(&dirty),
+            max_data_xfer_size: limits.max_data_xfer_size,
+        })));
+        DmaMapper {
+            proxy,
+            limits,
+            memory,
+            table,
+            dirty,
+            sync: Mutex::new(()),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> DmaLimits {
+        self.limits
+    }
+
+    /// Pages written by the server's DMA_WRITE messages.
+    pub fn dirty_log(&self) -> &Arc<DirtyLog> {
+        &self.dirty
+    }
+
+    /// The live mappings, by IOVA.
+    pub fn mappings(&self) -> Vec<DmaMapping> {
+        read(&self.table).iter().copied().collect()
+    }
+
+    /// Number of live mappings.
+    pub fn len(&self) -> usize {
+        read(&self.table).len()
+    }
+
+    /// Whether nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts a transaction: its operations are sent as they are added and their replies
+    /// collected at [`Transaction::commit`].
+    pub fn transaction(&self) -> Transaction<'_, AS> {
+        Transaction {
+            mapper: self,
+            pending: VecDeque::new(),
+            failures: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// Maps every region of the current guest memory at its own guest address, in one
+    /// transaction. Every region is checked before anything is sent; regions already mapped
+    /// this way are left alone.
+    pub fn map_guest_memory(&self) -> Result<(), Error> {
+        self.sync_guest_memory()
+    }
+
+    /// Brings the guest-memory mappings in step with the current snapshot of guest memory
+    /// (after a hot-plug through a [`vm_memory::GuestMemoryAtomic`]): regions that appeared
+    /// are mapped, regions that went are unmapped, in one transaction. A region counts as the
+    /// same when its guest address, size, host address and permissions are.
+    pub fn sync_guest_memory(&self) -> Result<(), Error> {
+        let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.memory.memory();
+        let mem: &AS::M = &guard;
+        let current: HashSet<(u64, u64, usize, Access)> = mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len(), r.host_base(), r.dma_access()))
+            .collect();
+        let mapped: Vec<DmaMapping> = read(&self.table)
+            .iter()
+            .filter(|m| m.kind == MappingKind::GuestRegion)
+            .copied()
+            .collect();
+        let known: HashSet<(u64, u64, usize, Access)> = mapped
+            .iter()
+            .map(|m| (m.gpa, m.size, m.host_region, m.access))
+            .collect();
+        let gone: Vec<&DmaMapping> = mapped
+            .iter()
+            .filter(|m| !current.contains(&(m.gpa, m.size, m.host_region, m.access)))
+            .collect();
+        let new: Vec<&<AS::M as GuestMemoryBackend>::R> = mem
+            .iter()
+            .filter(|r| {
+                !known.contains(&(r.start_addr().0, r.len(), r.host_base(), r.dma_access()))
+            })
+            .collect();
+        // Check the new regions on their own before sending anything; overlaps with other
+        // mappings and the map count are checked again as each map is sent.
+        for r in &new {
+            let op = DmaOp::Map {
+                iova: r.start_addr().0,
+                size: r.len(),
+            };
+            self.check_window(op)?;
+            if r.dma_access() == Access::default() {
+                return Err(Error::NoAccess {
+                    op,
+                    gpa: r.start_addr().0,
+                });
+            }
+        }
+        let mut tx = self.transaction();
+        for m in gone {
+            tx.unmap(m.iova, m.size)?;
+        }
+        for r in new {
+            tx.map_region(
+                r,
+                r.start_addr().0,
+                r.start_addr().0,
+                r.len(),
+                MappingKind::GuestRegion,
+            )?;
+        }
+        tx.commit()
+    }
+
+    /// Maps `iova..iova + size` onto guest memory `gpa..gpa + size`, which must lie inside
+    /// one guest memory region (the role of Cloud Hypervisor's `ExternalDmaMapping`).
+    pub fn map(&self, iova: u64, gpa: u64, size: u64) -> Result<(), Error> {
+        let mut tx = self.transaction();
+        tx.map(iova, gpa, size)?;
+        tx.commit()
+    }
+
+    /// Unmaps the window that is exactly `iova..iova + size`.
+    pub fn unmap(&self, iova: u64, size: u64) -> Result<(), Error> {
+        let mut tx = self.transaction();
+        tx.unmap(iova, size)?;
+        tx.commit()
+    }
+
+    /// Unmaps every live window, pipelined. (One DMA_UNMAP per window rather than the
+    /// deprecated UNMAP_ALL flag, which the 0.9.2 spec no longer defines and some servers
+    /// misread.)
+    pub fn unmap_all(&self) -> Result<(), Error> {
+        let all = self.mappings();
+        let mut tx = self.transaction();
+        for m in all {
+            match tx.unmap(m.iova, m.size) {
+                // Unmapped by another thread meanwhile.
+                Err(Error::NoSuchMapping { .. }) => {}
+                r => r?,
+            }
+        }
+        tx.commit()
+    }
+
+    /// The checks that need no table: non-empty, no wrap-around, page alignment.
+    fn check_window(&self, op: DmaOp) -> Result<(), Error> {
+        let (DmaOp::Map { iova, size } | DmaOp::Unmap { iova, size }) = op;
+        if size == 0 {
+            return Err(Error::Empty { op });
+        }
+        if iova.checked_add(size).is_none() {
+            return Err(Error::Overflow { op });
+        }
+        let page = self.limits.page_size.max(1);
+        if iova % page != 0 || size % page != 0 {
+            return Err(Error::Unaligned {
+                op,
+                page_size: page,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a map against the table and enters it; the caller sends it while still
+    /// holding the lock, so that the server sees operations in table order.
+    fn plan_map(
+        &self,
+        table: &mut Table,
+        mapping: DmaMapping,
+        file: Option<(RawFd, u64)>,
+    ) -> Result<Planned, Error> {
+        let op = DmaOp::Map {
+            iova: mapping.iova,
+            size: mapping.size,
+        };
+        if let Some(m) = table.overlapping(mapping.iova, mapping.end()) {
+            return Err(Error::Overlap {
+                op,
+                start: m.iova,
+                end: m.end(),
+            });
+        }
+        let count = table.len() + 1;
+        if count > self.limits.max_dma_maps as usize {
+            return Err(Error::TooManyMappings {
+                op,
+                count,
+                limit: self.limits.max_dma_maps,
+            });
+        }
+        let mut flags = 0;
+        if mapping.access.read {
+            flags |= DMA_MAP_FLAG_READ;
+        }
+        if mapping.access.write {
+            flags |= DMA_MAP_FLAG_WRITE;
+        }
+        let mut payload = Vec::with_capacity(DmaMap::SIZE);
+        let offset = file.map_or(0, |(_, o)| o);
+        DmaMap::new(flags, offset, mapping.iova, mapping.size).encode_into(&mut payload);
+        table.insert(mapping);
+        Ok(Planned {
+            mapping,
+            payload,
+            fd: file.map(|(fd, _)| fd),
+        })
+    }
+}
+
+/// Why an operation is waiting, and how to undo its table change if the server refuses it.
+#[derive(Debug)]
+enum Undo {
+    /// Remove the window the map entered.
+    Map(DmaMapping),
+    /// Put back the window the unmap removed.
+    Unmap(DmaMapping),
+}
+
+#[derive(Debug)]
+struct Sent {
+    op: DmaOp,
+    undo: Undo,
+    ticket: Ticket,
+}
+
+/// A batch of maps and unmaps, pipelined: each is checked and sent when added, and
+/// [`Transaction::commit`] waits once for all replies.
+///
+/// Dropping a transaction without committing still collects its replies (so that the table
+/// matches the server) and logs the failures.
+#[must_use = "a transaction reports its failures only through commit"]
+pub struct Transaction<'a, AS> {
+    mapper: &'a DmaMapper<AS>,
+    pending: VecDeque<Sent>,
+    failures: Vec<DmaFailure>,
+    total: usize,
+}
+
+impl<AS> fmt::Debug for Transaction<'_, AS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("pending", &self.pending.len())
+            .field("failures", &self.failures.len())
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<AS> Transaction<'_, AS>
+where
+    AS: GuestAddressSpace + Send + Sync + 'static,
+    AS::M: GuestMemoryBackend,
+    <AS::M as GuestMemoryBackend>::R: DmaRegion,
+{
+    /// Adds a map of `iova..iova + size` onto guest memory `gpa..gpa + size` (inside one
+    /// region) and sends it. A local refusal is returned at once and sends nothing.
+    pub fn map(&mut self, iova: u64, gpa: u64, size: u64) -> Result<(), Error> {
+        let mapper = self.mapper;
+        let op = DmaOp::Map { iova, size };
+        mapper.check_window(op)?;
+        let guard = mapper.memory.memory();
+        let mem: &AS::M = &guard;
+        let region = gpa
+            .checked_add(size - 1)
+            .and_then(|last| {
+                let r = mem.find_region(GuestAddress(gpa))?;
+                r.check_address(r.to_region_addr(GuestAddress(last))?)?;
+                Some(r)
+            })
+            .ok_or(Error::NotInGuestMemory { op, gpa, size })?;
+        self.map_region(region, iova, gpa, size, MappingKind::Iova)
+    }
+
+    fn map_region(
+        &mut self,
+        region: &<AS::M as GuestMemoryBackend>::R,
+        iova: u64,
+        gpa: u64,
+        size: u64,
+        kind: MappingKind,
+    ) -> Result<(), Error> {
+        let mapper = self.mapper;
+        let op = DmaOp::Map { iova, size };
+        mapper.check_window(op)?;
+        let page = mapper.limits.page_size.max(1);
+        if gpa % page != 0 {
+            return Err(Error::Unaligned {
+                op,
+                page_size: page,
+            });
+        }
+        let access = region.dma_access();
+        if access == Access::default() {
+            return Err(Error::NoAccess { op, gpa });
+        }
+        let in_region = gpa - region.start_addr().0;
+        let file = match region.shared_file() {
+            Some(fo) => Some((
+                fo.file().as_raw_fd(),
+                fo.start()
+                    .checked_add(in_region)
+                    .ok_or(Error::Overflow { op })?,
+            )),
+            None => None,
+        };
+        let mapping = DmaMapping {
+            iova,
+            size,
+            gpa,
+            access,
+            fd_backed: file.is_some(),
+            kind,
+            host_region: region.host_base(),
+        };
+        let mut table = write(&mapper.table);
+        let planned = mapper.plan_map(&mut table, mapping, file)?;
+        let fds: Vec<RawFd> = planned.fd.into_iter().collect();
+        let sent = mapper
+            .proxy
+            .send_nowait(Command::DmaMap, &planned.payload, &fds);
+        self.record(&mut table, op, Undo::Map(planned.mapping), sent);
+        drop(table);
+        self.collect_if_full();
+        Ok(())
+    }
+
+    /// Adds an unmap of the window that is exactly `iova..iova + size` and sends it. The
+    /// window stops being served at once.
+    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<(), Error> {
+        let mapper = self.mapper;
+        let op = DmaOp::Unmap { iova, size };
+        let mut table = write(&mapper.table);
+        let removed = table
+            .remove_exact(iova, size)
+            .ok_or(Error::NoSuchMapping { op })?;
+        let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
+        DmaUnmap::new(iova, size).encode_into(&mut payload);
+        let sent = mapper.proxy.send_nowait(Command::DmaUnmap, &payload, &[]);
+        self.record(&mut table, op, Undo::Unmap(removed), sent);
+        drop(table);
+        self.collect_if_full();
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        table: &mut Table,
+        op: DmaOp,
+        undo: Undo,
+        sent: Result<Ticket, proxy::Error>,
+    ) {
+        self.total += 1;
+        match sent {
+            Ok(ticket) => self.pending.push_back(Sent { op, undo, ticket }),
+            Err(error) => {
+                undo_in(table, undo);
+                self.failures.push(DmaFailure { op, error });
+            }
+        }
+    }
+
+    /// Keeps the outstanding operations within [`WINDOW`]: collects the older half.
+    fn collect_if_full(&mut self) {
+        if self.pending.len() >= WINDOW {
+            self.collect(WINDOW / 2);
+        }
+    }
+
+    /// Waits for the `n` oldest replies (in order; the server answers in order).
+    fn collect(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(sent) = self.pending.pop_front() else {
+                return;
+            };
+            let result = self.mapper.proxy.wait(sent.ticket);
+            if let Err(error) = result {
+                log::debug!("{} failed: {error}", sent.op);
+                undo_in(&mut write(&self.mapper.table), sent.undo);
+                self.failures.push(DmaFailure { op: sent.op, error });
+            }
+        }
+    }
+
+    /// Waits for every reply. `Ok` when the server accepted every operation; otherwise
+    /// [`Error::Failed`] (one failure) or [`Error::Batch`] (several) lists each failed
+    /// operation, and the table holds exactly what the server accepted.
+    pub fn commit(mut self) -> Result<(), Error> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        self.collect(self.pending.len());
+        let mut failures = std::mem::take(&mut self.failures);
+        if failures.len() > 1 {
+            return Err(Error::Batch {
+                total: self.total,
+                failures,
+            });
+        }
+        failures.pop().map_or(Ok(()), |f| Err(Error::Failed(f)))
+    }
+}
+
+fn undo_in(table: &mut Table, undo: Undo) {
+    match undo {
+        Undo::Map(m) => {
+            table.remove_exact(m.iova, m.size);
+        }
+        Undo::Unmap(m) => {
+            if table.overlapping(m.iova, m.end()).is_none() {
+                table.insert(m);
+            }
+        }
+    }
+}
+
+impl<AS> Drop for Transaction<'_, AS> {
+    fn drop(&mut self) {
+        if self.pending.is_empty() && self.failures.is_empty() {
+            return;
+        }
+        // Not committed: still collect the replies so that the table matches the server.
+        while let Some(sent) = self.pending.pop_front() {
+            if let Err(error) = self.mapper.proxy.wait(sent.ticket) {
+                undo_in(&mut write(&self.mapper.table), sent.undo);
+                self.failures.push(DmaFailure { op: sent.op, error });
+            }
+        }
+        for f in self.failures.drain(..) {
+            log::warn!("uncommitted DMA transaction: {f}");
+        }
+    }
+}

@@ -1,0 +1,494 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Hostile and edge-case server requests from a scripted peer: DMA to unmapped, read-only
+//! and straddling addresses, oversized and malformed requests, memory that went away, a
+//! server request while a caller waits for its own reply, refused unmaps, and twin-socket
+//! grants that cannot be honoured.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::thread;
+
+use common::guest::{anon, memory, pattern, region, shared};
+use common::Peer;
+use serde_json::json;
+use vfio_user_client::dma::{DmaLimits, DmaMapper};
+use vfio_user_client::negotiate::NegotiateError;
+use vfio_user_client::protocol::{
+    Command, DmaAccess, DmaMap, Header, RegionAccess, Version, HEADER_SIZE,
+};
+use vfio_user_client::{ConnectOptions, Connection, Error};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+const MAX_XFER: u64 = 64 << 10;
+const EFAULT: u32 = libc::EFAULT as u32;
+const EPERM: u32 = libc::EPERM as u32;
+const EINVAL: u32 = libc::EINVAL as u32;
+const E2BIG: u32 = libc::E2BIG as u32;
+const ENOSYS: u32 = libc::ENOSYS as u32;
+
+// Guest: 0..1 MiB read-write (memfd), 1..1.25 MiB read-only (anonymous), 2..3 MiB and
+// 3..3.25 MiB read-write (anonymous, adjacent).
+const RW: u64 = 0;
+const RO: u64 = 0x10_0000;
+const A: u64 = 0x20_0000;
+const B: u64 = 0x30_0000;
+
+fn guest() -> GuestMemoryMmap {
+    memory(vec![
+        shared(RW, 0x10_0000),
+        region(RO, 0x4_0000, None, false),
+        anon(A, 0x10_0000),
+        anon(B, 0x4_0000),
+    ])
+}
+
+/// Answers every DMA_MAP / DMA_UNMAP `n` times with success, returning what came.
+fn accept(peer: &mut Peer, n: usize) -> Vec<(Header, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let (h, body, _) = peer.read_msg().unwrap();
+            let reply = if h.command == Command::DmaUnmap as u16 {
+                body.clone()
+            } else {
+                Vec::new()
+            };
+            peer.reply(&h, &reply);
+            (h, body)
+        })
+        .collect()
+}
+
+struct Setup<AS> {
+    mapper: DmaMapper<AS>,
+    proxy: vfio_user_client::proxy::Proxy,
+    peer: Peer,
+    _lp: vfio_user_client::proxy::EventLoop,
+}
+
+fn setup<AS>(memory: AS) -> Setup<AS>
+where
+    AS: GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
+{
+    let (proxy, lp, mut peer) = common::pair();
+    let mapper = DmaMapper::with_limits(
+        proxy.clone(),
+        DmaLimits {
+            page_size: 4096,
+            max_dma_maps: 100,
+            max_data_xfer_size: MAX_XFER,
+        },
+        memory,
+    );
+    let regions = thread::scope(|s| {
+        let t = s.spawn(|| mapper.map_guest_memory());
+        let got = accept(&mut peer, 4);
+        t.join().unwrap().unwrap();
+        got
+    });
+    let maps: Vec<DmaMap> = regions
+        .iter()
+        .map(|(_, b)| DmaMap::decode(b).unwrap())
+        .collect();
+    assert_eq!(
+        maps.iter()
+            .map(|m| (m.address, m.size, m.flags))
+            .collect::<Vec<_>>(),
+        vec![
+            (RW, 0x10_0000, 3),
+            (RO, 0x4_0000, 1),
+            (A, 0x10_0000, 3),
+            (B, 0x4_0000, 3)
+        ]
+    );
+    Setup {
+        mapper,
+        proxy,
+        peer,
+        _lp: lp,
+    }
+}
+
+/// Sends a DMA request and returns the reply's header and payload.
+fn dma(peer: &mut Peer, command: Command, payload: &[u8]) -> (Header, Vec<u8>) {
+    let h = Header::command(0x4242, command, payload.len(), false).unwrap();
+    peer.send(&h, payload, &[]);
+    let (reply, body, fds) = peer.read_msg().unwrap();
+    assert!(fds.is_empty());
+    assert_eq!((reply.id, reply.command), (0x4242, command as u16));
+    (reply, body)
+}
+
+fn dma_read(peer: &mut Peer, address: u64, count: u64) -> Result<Vec<u8>, u32> {
+    let mut p = Vec::new();
+    DmaAccess { address, count }.encode_into(&mut p);
+    let (h, body) = dma(peer, Command::DmaRead, &p);
+    if h.is_error() {
+        assert_eq!(
+            h.size as usize, HEADER_SIZE,
+            "error replies are header-only"
+        );
+        return Err(h.error);
+    }
+    // The full 16-byte head with the 64-bit count, then the data.
+    assert_eq!(h.size as u64, 32 + count);
+    let (head, data) = DmaAccess::decode_with_data(&body).unwrap();
+    assert_eq!(head, DmaAccess { address, count });
+    Ok(data.to_vec())
+}
+
+fn dma_write(peer: &mut Peer, address: u64, data: &[u8]) -> Result<(), u32> {
+    let mut p = Vec::new();
+    let head = DmaAccess {
+        address,
+        count: data.len() as u64,
+    };
+    head.encode_with_data(data, &mut p);
+    let (h, body) = dma(peer, Command::DmaWrite, &p);
+    if h.is_error() {
+        return Err(h.error);
+    }
+    assert_eq!(h.size, 32, "the DMA_WRITE reply is the 16-byte head");
+    assert_eq!(DmaAccess::decode(&body).unwrap(), head);
+    Ok(())
+}
+
+fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
+    let mut all = Vec::new();
+    for (gpa, len) in [
+        (RW, 0x10_0000),
+        (RO, 0x4_0000),
+        (A, 0x10_0000),
+        (B, 0x4_0000),
+    ] {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(gpa)).unwrap();
+        all.extend(buf);
+    }
+    all
+}
+
+#[test]
+fn good_requests_are_served_across_adjacent_mappings() {
+    let mem = Arc::new(guest());
+    let mut s = setup(Arc::clone(&mem));
+    let data = pattern(48 << 10, 5);
+    mem.write_slice(&data, GuestAddress(B - (16 << 10)))
+        .unwrap();
+    assert_eq!(
+        dma_read(&mut s.peer, B - (16 << 10), data.len() as u64),
+        Ok(data)
+    );
+    assert_eq!(dma_read(&mut s.peer, RO + 8, 0), Ok(vec![]));
+
+    let data = pattern(MAX_XFER as usize, 6);
+    dma_write(&mut s.peer, B - 0x800, &data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    mem.read_slice(&mut back, GuestAddress(B - 0x800)).unwrap();
+    assert_eq!(back, data);
+    // The fd-backed region is served by messages as well when the server asks.
+    dma_write(&mut s.peer, RW + 0x10, &[1, 2, 3]).unwrap();
+    assert_eq!(dma_read(&mut s.peer, RW + 0x10, 3), Ok(vec![1, 2, 3]));
+    let dirty = s.mapper.dirty_log().dirty_pages();
+    assert_eq!(dirty.first(), Some(&RW));
+    assert_eq!(dirty.len(), 1 + 17);
+    assert!(s.mapper.dirty_log().is_dirty(B + 0xf000));
+}
+
+#[test]
+fn bad_requests_get_the_right_errno_and_leave_memory_alone() {
+    let mem = Arc::new(guest());
+    let mut s = setup(Arc::clone(&mem));
+    let before = snapshot(&mem);
+    let p = &mut s.peer;
+
+    // Unmapped.
+    assert_eq!(dma_read(p, 0x40_0000, 8), Err(EFAULT));
+    assert_eq!(dma_write(p, 0x40_0000, &[1; 8]), Err(EFAULT));
+    assert_eq!(dma_read(p, u64::MAX - 3, 8), Err(EFAULT));
+    // Read-only.
+    assert_eq!(dma_write(p, RO + 0x100, &[1; 8]), Err(EPERM));
+    assert_eq!(dma_read(p, RO + 0x100, 8), Ok(vec![0; 8]));
+    // Straddling the end of a mapping (into a hole, and into the read-only one).
+    assert_eq!(dma_read(p, B + 0x4_0000 - 4, 8), Err(EFAULT));
+    assert_eq!(dma_write(p, B + 0x4_0000 - 4, &[1; 8]), Err(EFAULT));
+    assert_eq!(dma_write(p, RO - 4, &[1; 8]), Err(EPERM));
+    // max_data_xfer_size + 1.
+    assert_eq!(dma_read(p, A, MAX_XFER + 1), Err(E2BIG));
+    assert_eq!(dma_write(p, A, &vec![7; MAX_XFER as usize + 1]), Err(E2BIG));
+    // Malformed: count and data disagree, short head, trailing bytes, fds attached.
+    let mut bad = Vec::new();
+    DmaAccess {
+        address: A,
+        count: 9,
+    }
+    .encode_with_data(&[1; 8], &mut bad);
+    assert!(dma(p, Command::DmaWrite, &bad).0.is_error());
+    assert_eq!(dma(p, Command::DmaRead, &[0; 8]).0.error, EINVAL);
+    assert_eq!(dma(p, Command::DmaRead, &[0; 17]).0.error, EINVAL);
+    let efd = EventFd::new(0).unwrap();
+    let mut req = Vec::new();
+    DmaAccess {
+        address: A,
+        count: 4,
+    }
+    .encode_into(&mut req);
+    let h = Header::command(9, Command::DmaRead, req.len(), false).unwrap();
+    p.send(&h, &req, &[efd.as_raw_fd()]);
+    let (reply, _, _) = p.read_msg().unwrap();
+    assert_eq!((reply.id, reply.error), (9, EINVAL));
+    // Not a request the client serves.
+    assert_eq!(dma(p, Command::RegionRead, &[0; 16]).0.error, ENOSYS);
+
+    assert_eq!(snapshot(&mem), before);
+    assert!(s.mapper.dirty_log().dirty_pages().is_empty());
+    // The connection still works.
+    assert_eq!(dma_read(p, A, 4), Ok(vec![0; 4]));
+}
+
+#[test]
+fn memory_that_went_away_is_not_touched() {
+    let atomic = GuestMemoryAtomic::new(guest());
+    let mut s = setup(atomic.clone());
+    // Unplug region A without syncing the mappings yet: its window is still live.
+    let (next, _) = atomic
+        .memory()
+        .remove_region(GuestAddress(A), 0x10_0000)
+        .unwrap();
+    atomic.lock().unwrap().replace(next);
+    assert_eq!(dma_read(&mut s.peer, A + 0x10, 4), Err(EFAULT));
+    assert_eq!(dma_write(&mut s.peer, A + 0x10, &[1; 4]), Err(EFAULT));
+    assert_eq!(dma_read(&mut s.peer, B, 4), Ok(vec![0; 4]));
+    // The sync unmaps it.
+    thread::scope(|sc| {
+        let t = sc.spawn(|| s.mapper.sync_guest_memory());
+        let got = accept(&mut s.peer, 1);
+        assert_eq!(got[0].0.command, Command::DmaUnmap as u16);
+        t.join().unwrap().unwrap();
+    });
+    assert_eq!(s.mapper.len(), 3);
+}
+
+#[test]
+fn refused_unmaps_keep_their_mapping() {
+    let mem = Arc::new(guest());
+    let mut s = setup(mem);
+    thread::scope(|sc| {
+        let t = sc.spawn(|| s.mapper.unmap(A, 0x10_0000));
+        let (h, _, _) = s.peer.read_msg().unwrap();
+        assert_eq!(h.command, Command::DmaUnmap as u16);
+        s.peer
+            .send(&Header::error_reply(&h, libc::EBUSY as u32), &[], &[]);
+        let e = t.join().unwrap().unwrap_err();
+        assert_eq!(
+            e.failures()[0].error.server_errno(),
+            Some(libc::EBUSY as u32)
+        );
+    });
+    assert_eq!(s.mapper.len(), 4);
+    // ...and keep serving it.
+    assert_eq!(dma_read(&mut s.peer, A, 4), Ok(vec![0; 4]));
+}
+
+#[test]
+fn a_server_request_is_answered_while_a_caller_waits() {
+    let mem = Arc::new(guest());
+    let mut s = setup(Arc::clone(&mem));
+    mem.write_slice(&[0xab; 16], GuestAddress(A)).unwrap();
+    let proxy = s.proxy.clone();
+    thread::scope(|sc| {
+        let caller = sc.spawn(move || {
+            let mut p = Vec::new();
+            RegionAccess {
+                offset: 0,
+                region: 0,
+                count: 4,
+            }
+            .encode_into(&mut p);
+            proxy.request(Command::RegionRead, &p, &[]).unwrap()
+        });
+        // As libvfio-user without a twin socket: a DMA_READ before the reply, and the reply
+        // only once the DMA_READ was answered.
+        let (rq, _, _) = s.peer.read_msg().unwrap();
+        assert_eq!(rq.command, Command::RegionRead as u16);
+        assert_eq!(dma_read(&mut s.peer, A, 16), Ok(vec![0xab; 16]));
+        let mut reply = Vec::new();
+        RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 4,
+        }
+        .encode_with_data(&[1, 2, 3, 4], &mut reply);
+        s.peer.reply(&rq, &reply);
+        let got = caller.join().unwrap();
+        assert_eq!(got.payload[16..], [1, 2, 3, 4]);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Twin socket grants from a scripted server
+// ---------------------------------------------------------------------------------------
+
+/// Runs a VERSION exchange with `json` and `fds` as the server's answer.
+fn handshake_with(
+    json: serde_json::Value,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> (Result<Connection, Error>, Peer) {
+    let (client, server) = UnixStream::pair().unwrap();
+    let mut peer = Peer { sock: server };
+    let t = thread::spawn(move || Connection::from_stream(client, &ConnectOptions::default()));
+    let (h, body, _) = peer.read_msg().unwrap();
+    let offer = Version::decode(&body).unwrap();
+    let offered: serde_json::Value = serde_json::from_str(offer.json.as_deref().unwrap()).unwrap();
+    assert_eq!(offered["capabilities"]["twin_socket"]["supported"], true);
+    let mut payload = Vec::new();
+    Version {
+        major: 0,
+        minor: 0,
+        json: Some(json.to_string()),
+    }
+    .encode_into(&mut payload);
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    peer.send(&Header::reply(&h, payload.len()).unwrap(), &payload, &raw);
+    (t.join().unwrap(), peer)
+}
+
+fn twin_error(json: serde_json::Value, fds: Vec<std::os::fd::OwnedFd>) -> NegotiateError {
+    match handshake_with(json, fds).0 {
+        Err(Error::Negotiate(e)) => e,
+        other => panic!("expected a negotiation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn twin_grants_without_a_usable_socket_end_the_connection() {
+    let caps = |t: serde_json::Value| json!({"capabilities": {"twin_socket": t}});
+    assert_eq!(
+        twin_error(caps(json!({"supported": true})), vec![]),
+        NegotiateError::TwinSocketFd {
+            fd_index: None,
+            fds: 0
+        }
+    );
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert_eq!(
+        twin_error(
+            caps(json!({"supported": true, "fd_index": 1})),
+            vec![a.into()]
+        ),
+        NegotiateError::TwinSocketFd {
+            fd_index: Some(1),
+            fds: 1
+        }
+    );
+    let not_a_socket = std::fs::File::open("/dev/null").unwrap();
+    let e = twin_error(
+        caps(json!({"supported": true, "fd_index": 0})),
+        vec![not_a_socket.into()],
+    );
+    assert_eq!(
+        e,
+        NegotiateError::TwinSocketFd {
+            fd_index: Some(0),
+            fds: 1
+        }
+    );
+    assert!(e.to_string().contains("twin-socket"));
+    // Not granted: one socket, and a stray fd is closed.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let (conn, _peer) = handshake_with(caps(json!({"supported": false})), vec![a.into()]);
+    assert!(!conn.unwrap().twin_socket());
+}
+
+#[test]
+fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connection() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (conn, mut main) = handshake_with(
+        json!({"capabilities": {"twin_socket": {"supported": true, "fd_index": 0}}}),
+        vec![ours.into()],
+    );
+    let conn = conn.unwrap();
+    assert!(conn.twin_socket());
+    let mut twin = Peer { sock: theirs };
+    let mem = Arc::new(memory(vec![anon(0, 0x10_0000)]));
+    mem.write_slice(&[0x5a; 8], GuestAddress(0x100)).unwrap();
+    let big = pattern(512 << 10, 8);
+    mem.write_slice(&big, GuestAddress(0x8_0000)).unwrap();
+    let mapper = DmaMapper::new(&conn, Arc::clone(&mem));
+    // Two windows, so that the large reads below cross from one to the other.
+    thread::scope(|sc| {
+        let t = sc.spawn(|| {
+            let mut tx = mapper.transaction();
+            tx.map(0, 0, 0xa_0000)?;
+            tx.map(0xa_0000, 0xa_0000, 0x6_0000)?;
+            tx.commit()
+        });
+        accept(&mut main, 2);
+        t.join().unwrap().unwrap();
+    });
+    assert_eq!(dma_read(&mut twin, 0x100, 8), Ok(vec![0x5a; 8]));
+    assert_eq!(dma_write(&mut twin, 0x20_0000, &[1]), Err(EFAULT));
+    // Large reads go from guest memory to the socket without a copy, more than the socket
+    // holds at once; refusals still get their errno.
+    for _ in 0..3 {
+        assert_eq!(
+            dma_read(&mut twin, 0x8_0000, big.len() as u64),
+            Ok(big.clone())
+        );
+    }
+    // A server that sends several requests before reading: the replies that do not fit
+    // wait in order until it reads.
+    for id in 0..3u16 {
+        let mut p = Vec::new();
+        DmaAccess {
+            address: 0x8_0000,
+            count: big.len() as u64,
+        }
+        .encode_into(&mut p);
+        twin.send(
+            &Header::command(id, Command::DmaRead, p.len(), false).unwrap(),
+            &p,
+            &[],
+        );
+    }
+    for id in 0..3u16 {
+        let (h, body, _) = twin.read_msg().unwrap();
+        assert_eq!((h.id, h.is_error()), (id, false));
+        assert_eq!(&body[16..], &big[..]);
+    }
+    assert_eq!(dma_read(&mut twin, 0xf_0000, 0x2_0000), Err(EFAULT));
+    assert_eq!(dma_read(&mut twin, 0, (1 << 20) + 1), Err(E2BIG));
+    let mut p = Vec::new();
+    DmaAccess {
+        address: 0,
+        count: 0x1_0000,
+    }
+    .encode_into(&mut p);
+    let h = Header::command(3, Command::DmaRead, p.len(), false).unwrap();
+    let efd = EventFd::new(0).unwrap();
+    twin.send(&h, &p, &[efd.as_raw_fd()]);
+    assert_eq!(twin.read_msg().unwrap().0.error, EINVAL);
+    // The main socket saw none of it.
+    main.sock.set_nonblocking(true).unwrap();
+    let mut probe = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut main.sock, &mut probe)
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    // The server closing the twin socket fails the connection.
+    let lost = Arc::new(EventFd::new(0).unwrap());
+    let l2 = Arc::clone(&lost);
+    conn.proxy().on_disconnect(move |_| {
+        l2.write(1).unwrap();
+    });
+    drop(twin);
+    lost.read().unwrap();
+    assert!(!conn.proxy().is_connected());
+}
