@@ -32,8 +32,8 @@ use vfio_user_client::pci::{
     MsiMessage, PciConfig, VfioUserPciDevice,
 };
 use vfio_user_sample_server::{
-    ConfigSpace, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle, Probe, Server,
-    ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
+    ConfigSpace, DmaAccessMode, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle,
+    Probe, Server, ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
 };
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -567,11 +567,19 @@ fn interrupt_modes_switch() {
 #[test]
 fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
     let _g = shared();
+    // Shared memfd memory: the server maps it.
+    dma_engine_copies(guest_memory(GUEST_RAM), DmaAccessMode::Mmap);
+    // Anonymous private memory: the server reaches it with DMA_READ / DMA_WRITE, which
+    // the DMA layer serves.
+    let anonymous = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_RAM)]).unwrap();
+    dma_engine_copies(Arc::new(anonymous), DmaAccessMode::Message);
+}
+
+fn dma_engine_copies(memory: Arc<GuestMemoryMmap>, mode: DmaAccessMode) {
     let (engine, handle): (DmaEngine, DmaEngineHandle) = DmaEngine::new();
-    let server = Server::new(ServerConfig::default(), Box::new(engine))
-        .listen_temp()
-        .unwrap();
-    let memory: Arc<GuestMemoryMmap> = guest_memory(GUEST_RAM);
+    let server = Server::new(ServerConfig::default(), Box::new(engine));
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
     let irqs = Irqs::new();
     let options = AttachOptions {
         bars: BarPlacement::Allocator(Arc::new(|b: &BarInfo| match b.kind {
@@ -587,6 +595,12 @@ fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
         &options,
     )
     .unwrap();
+    let maps = probe.dma_maps();
+    assert_eq!(maps.len(), 1);
+    assert_eq!(
+        (maps[0].address, maps[0].size, maps[0].mode),
+        (0, GUEST_RAM as u64, mode)
+    );
     let dev = Arc::new(Mutex::new(dev));
     let mut io = IoManager::new();
     io.register_pio(PioRange::new(PioAddress(0xc000), 64).unwrap(), dev.clone())
@@ -626,7 +640,9 @@ fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
     assert_eq!(handle.completions(), 1);
     drop(io);
     let dev = Arc::try_unwrap(dev).unwrap().into_inner().unwrap();
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
     dev.detach().unwrap();
+    assert!(probe.dma_maps().is_empty(), "unmapped at detach");
     server.stop();
 }
 

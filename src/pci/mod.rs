@@ -30,8 +30,9 @@
 //!   Interrupt Disable bit, and is unmasked at the server when the guest ends the
 //!   interrupt (if the server masks INTx), not on every BAR access.
 //! * **Lifecycle**: [`VfioUserPciDevice::attach`] connects, negotiates, discovers, resets the
-//!   device when it can, shares guest memory, places the BARs and connects INTx, ERR and REQ;
-//!   [`VfioUserPciDevice::detach`] undoes that. A lost connection makes guest reads return
+//!   device when it can, shares guest memory through the DMA layer ([`crate::dma`]: shared
+//!   file-backed regions by fd, the rest served through DMA_READ / DMA_WRITE), places the
+//!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost connection makes guest reads return
 //!   all ones, is logged once, and signals [`VfioUserPciDevice::event`].
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
@@ -66,6 +67,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{self, pci_irq, pci_region, DeviceOptions, IrqAction, VfioUserDevice};
+use crate::dma::DmaRegion;
 use crate::protocol::{
     Command, SetIrqs, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_READ,
     REGION_INFO_FLAG_WRITE,
@@ -274,8 +276,10 @@ impl VfioUserPciDevice {
     ///
     /// Connects and negotiates, discovers the device (refusing one that is not PCI), resets
     /// it when it supports reset and `options.reset` is set, reads its config space (BARs,
-    /// capabilities), shares `memory` with the server, places the BARs and connects INTx,
-    /// ERR and REQ to the provider's eventfds.
+    /// capabilities), shares `memory` with the server (every region, with its fd when it is
+    /// a shared file mapping; the server reaches the others with DMA_READ / DMA_WRITE,
+    /// served from the connection's event loop), places the BARs and connects INTx, ERR and
+    /// REQ to the provider's eventfds.
     pub fn attach<AS>(
         path: impl AsRef<Path>,
         memory: AS,
@@ -285,6 +289,7 @@ impl VfioUserPciDevice {
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let (connection, subscriber) = connect(path.as_ref(), &options.connect, &interrupts)?;
         let event_loop = EventLoop::spawn(subscriber).map_err(crate::Error::from)?;
@@ -305,6 +310,7 @@ impl VfioUserPciDevice {
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let (connection, subscriber) = connect(path.as_ref(), &options.connect, &interrupts)?;
         let dev = VfioUserPciDevice::build(connection, memory, interrupts, options)?;
@@ -320,6 +326,7 @@ impl VfioUserPciDevice {
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let device = VfioUserDevice::new(connection, &options.device)?;
         if !device.is_pci() {
@@ -467,6 +474,16 @@ impl VfioUserPciDevice {
         match first_error {
             Some(e) if !e.is_disconnected() => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Follows a change of guest memory (hot-plug through a `GuestMemoryAtomic` given at
+    /// attach): regions that appeared are mapped for the server, regions that went are
+    /// unmapped.
+    pub fn sync_guest_memory(&self) -> Result<(), Error> {
+        match &self.dma {
+            Some(dma) => dma.sync(),
+            None => Ok(()),
         }
     }
 
