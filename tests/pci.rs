@@ -711,11 +711,19 @@ fn hot_plug_and_unplug_100_times_leaks_nothing() {
 
 #[test]
 fn a_dying_server_fails_accesses_without_hanging() {
-    let _g = shared();
+    // Alone: it counts the process's fds and maps.
+    let _g = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    let before = fds_and_maps();
     let g = gpio();
     let Gpio {
-        dev, server, irqs, ..
+        dev,
+        server,
+        irqs,
+        handle,
+        probe,
     } = g;
+    // The device model (BAR2's memfd, its ioeventfds) lives as long as these.
+    drop((handle, probe));
     let dev = Arc::new(Mutex::new(dev));
     enable_memory(&mut dev.lock().unwrap());
     let event = dev.lock().unwrap().event().try_clone().unwrap();
@@ -744,7 +752,14 @@ fn a_dying_server_fails_accesses_without_hanging() {
     assert!(quiet(dev.event()), "signalled once");
     dev.end_of_interrupt().unwrap();
     drop(irqs);
+    drop(event);
     dev.detach().unwrap();
+    // Detaching a lost device closes everything it held: socket, mapped areas, eventfds.
+    assert_eq!(
+        fds_and_maps(),
+        before,
+        "(open fds, memory maps) before and after"
+    );
 }
 
 #[test]
