@@ -210,7 +210,7 @@ impl Wanted {
     }
 }
 
-pub(crate) fn kind_of(mode: InterruptMode) -> Option<InterruptKind> {
+fn kind_of(mode: InterruptMode) -> Option<InterruptKind> {
     match mode {
         InterruptMode::None => None,
         InterruptMode::Intx => Some(InterruptKind::Intx),
@@ -304,7 +304,7 @@ pub(crate) fn reconcile(
     let Some(kind) = kind_of(wanted.mode) else {
         return Ok(());
     };
-    if let Err(e) = enable(device, provider, applied, kind, wanted.vectors) {
+    if let Err(e) = enable(device, provider, applied, wanted) {
         // Nothing of the new mode may stay half connected.
         if let Err(undo) = device.disable_irqs(kind.irq_index()) {
             log::debug!("undoing a failed {kind:?} setup at the server: {undo}");
@@ -319,15 +319,20 @@ pub(crate) fn reconcile(
     Ok(())
 }
 
+/// Sets up `wanted`'s mode (not `None`) on an `applied` state that has none.
 fn enable(
     device: &VfioUserDevice,
     provider: &dyn InterruptProvider,
     applied: &mut Applied,
-    kind: InterruptKind,
-    wanted: Vec<(MsiMessage, bool)>,
+    Wanted {
+        mode,
+        vectors: wanted,
+    }: Wanted,
 ) -> Result<(), Error> {
+    let Some(kind) = kind_of(mode) else {
+        return Ok(());
+    };
     let index = kind.irq_index();
-    let mode = applied_mode(kind);
     if kind == InterruptKind::Intx {
         let fd = provider.eventfd(kind, 0);
         device.set_irq_eventfds(index, IrqAction::Trigger, 0, &[fd.as_deref()])?;
@@ -374,15 +379,6 @@ fn enable(
     applied.mode = mode;
     applied.vectors = vectors;
     Ok(())
-}
-
-fn applied_mode(kind: InterruptKind) -> InterruptMode {
-    match kind {
-        InterruptKind::Intx => InterruptMode::Intx,
-        InterruptKind::Msi => InterruptMode::Msi,
-        InterruptKind::Msix => InterruptMode::Msix,
-        InterruptKind::Err | InterruptKind::Req => InterruptMode::None,
-    }
 }
 
 /// Brings vectors of the current MSI or MSI-X mode in step with `changes` (vector, message,

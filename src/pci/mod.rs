@@ -807,22 +807,35 @@ impl VfioUserPciDevice {
             .map(|m| (m.table_offset, m.table_len()))
     }
 
-    fn region_read(&mut self, bar: u32, at: u64, buf: &mut [u8]) {
+    /// Whether `len` bytes at `at` lie inside region `bar`. The rest of a BAR's window (a BAR
+    /// is the region rounded up to a power of two) reads all ones and drops writes.
+    fn in_region(&self, bar: u32, at: u64, len: usize) -> bool {
         let size = self.device.region(bar).map_or(0, |r| r.size());
-        if at
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > size)
-        {
-            log::debug!(
-                "BAR {bar} read of {} bytes at {at:#x}: past the region",
-                buf.len()
-            );
+        let inside = at.checked_add(len as u64).is_some_and(|end| end <= size);
+        if !inside {
+            log::debug!("BAR {bar} access of {len} bytes at {at:#x}: past the region");
+        }
+        inside
+    }
+
+    fn region_read(&mut self, bar: u32, at: u64, buf: &mut [u8]) {
+        if !self.in_region(bar, at, buf.len()) {
             return;
         }
         if let Err(e) = self.device.read(bar, at, buf) {
             buf.fill(0xff);
             self.shared
                 .record(&format!("BAR {bar} read at {at:#x}"), &e.into());
+        }
+    }
+
+    fn region_write(&mut self, bar: u32, at: u64, buf: &[u8]) {
+        if !self.in_region(bar, at, buf.len()) {
+            return;
+        }
+        if let Err(e) = self.device.write_posted(bar, at, buf) {
+            self.shared
+                .record(&format!("BAR {bar} write at {at:#x}"), &e.into());
         }
     }
 
@@ -885,20 +898,7 @@ impl VfioUserPciDevice {
                         None => entries,
                     });
                 }
-                _ => {
-                    let size = self.device.region(bar).map_or(0, |r| r.size());
-                    if at + buf.len() as u64 <= size {
-                        if let Err(e) = self.device.write_posted(bar, at, buf) {
-                            self.shared
-                                .record(&format!("BAR {bar} write at {at:#x}"), &e.into());
-                        }
-                    } else {
-                        log::debug!(
-                            "BAR {bar} write of {} bytes at {at:#x}: past the region",
-                            buf.len()
-                        );
-                    }
-                }
+                _ => self.region_write(bar, at, buf),
             }
             done += len;
         }

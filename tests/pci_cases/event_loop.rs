@@ -5,17 +5,14 @@
 //! while another device ends INTx interrupts through the loop, and a stalled server that
 //! must not stall the loop.
 
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
-
-use std::time::Instant;
-use vmm_sys_util::eventfd::EventFd;
 
 use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
 use vfio_user_client::pci::PciSubscriber;
 use vfio_user_client::ConnectOptions;
 
 use super::*;
+use pci_support::consumed_within;
 
 type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
@@ -102,24 +99,6 @@ fn gpio_in(events: &Loop, connect: ConnectOptions) -> InLoop {
         probe,
         _server: server,
     }
-}
-
-/// Whether the event loop read `fd`'s signal within `timeout` (spinning, not sleeping).
-fn consumed_within(fd: &EventFd, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    while Instant::now() < deadline {
-        // SAFETY: `p` is one valid pollfd that outlives the call.
-        if unsafe { libc::poll(&mut p, 1, 0) } == 0 {
-            return true;
-        }
-        thread::yield_now();
-    }
-    false
 }
 
 /// One INTx interrupt of a device in INTx mode, ended through the loop: the server masks

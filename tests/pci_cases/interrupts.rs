@@ -4,6 +4,7 @@
 //! INTx Disable, failures on the interrupt path, reset and detach.
 
 use super::*;
+use pci_support::consumed_within;
 use vfio_user_client::protocol::Command;
 use vfio_user_sample_server::Errno;
 
@@ -44,27 +45,13 @@ fn no_intx_unmask_goes_to_a_server_that_cannot_mask() {
     // Through the subscriber too: a resample, then a request whose reply follows any
     // message the subscriber might have sent.
     g.irqs.resample.as_ref().unwrap().write(1).unwrap();
-    wait_consumed(g.irqs.resample.as_ref().unwrap());
+    assert!(consumed_within(
+        g.irqs.resample.as_ref().unwrap(),
+        Duration::from_secs(5)
+    ));
     g.dev.device().irq(pci_irq::INTX).unwrap();
     let _ = g.dev.device().region_io_fds(0);
     assert_eq!(g.probe.commands(), commands + 1, "only the REGION_IO_FDS");
-}
-
-/// Spins (without sleeping) until the event loop has read `fd`'s signal.
-fn wait_consumed(fd: &vmm_sys_util::eventfd::EventFd) {
-    let mut p = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: `p` is one valid pollfd that outlives the call.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        if n == 0 {
-            return;
-        }
-        std::thread::yield_now();
-    }
 }
 
 #[test]

@@ -120,6 +120,25 @@ pub fn fired_within(fd: &EventFd, timeout: Duration) -> bool {
     n == 1 && fd.read().is_ok()
 }
 
+/// Whether someone (the event loop) read `fd`'s signal within `timeout`; spins without
+/// sleeping.
+pub fn consumed_within(fd: &EventFd, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while std::time::Instant::now() < deadline {
+        // SAFETY: `p` is one valid pollfd that outlives the call.
+        if unsafe { libc::poll(&mut p, 1, 0) } == 0 {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
 /// Whether `fd` has no signal waiting (consumes one if it has).
 pub fn quiet(fd: &EventFd) -> bool {
     fd.read().is_err()
