@@ -634,3 +634,34 @@ fn posted_writes_can_be_turned_off() {
     let e = s.dev.write_posted(SCRATCH, 0, &[1]).unwrap_err();
     assert_eq!(e.server_errno(), Some(libc::EIO as u32));
 }
+
+#[test]
+fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
+    let (device, _handle) = GpioDevice::new(GpioConfig::default()).unwrap();
+    let server = Server::new(ServerConfig::default(), Box::new(device))
+        .listen_temp()
+        .unwrap();
+    let dev = VfioUserDevice::connect(
+        server.socket_path().unwrap(),
+        &ConnectOptions::default(),
+        &DeviceOptions::default(),
+    )
+    .unwrap();
+    // The main socket is then watched for hang-ups only: replies are read by their waiters.
+    assert!(dev.connection().twin_socket());
+    let (tx, rx) = std::sync::mpsc::channel();
+    dev.connection()
+        .proxy()
+        .on_disconnect(move |reason| tx.send(reason.clone()).unwrap());
+    for _ in 0..100 {
+        dev.read(BAR0, GpioDevice::REG_ID, &mut [0u8; 4]).unwrap();
+    }
+    // Nobody waits for anything when the server goes.
+    server.stop();
+    rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    assert!(!dev.connection().proxy().is_connected());
+    assert!(dev
+        .read(BAR0, 0, &mut [0u8; 4])
+        .unwrap_err()
+        .is_disconnected());
+}

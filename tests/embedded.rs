@@ -3,12 +3,18 @@
 
 //! A connection driven by the VMM's own event manager rather than the standalone loop.
 
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
+use common::Peer;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use vfio_user_client::protocol::{Command, RegionAccess};
+use vfio_user_client::protocol::{Command, Header, RegionAccess};
+use vfio_user_client::proxy::{Proxy, ProxyConfig, ServerRequestHandler};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
 use vmm_sys_util::epoll::EventSet;
@@ -83,4 +89,70 @@ fn vmm_event_manager_drains_posted_writes() {
     quit.write(1).unwrap();
     vmm.join().unwrap();
     server.stop();
+}
+
+struct Echo;
+
+impl ServerRequestHandler for Echo {
+    fn handle(
+        &self,
+        _h: &Header,
+        payload: &[u8],
+        _fds: Vec<OwnedFd>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), u32> {
+        reply.extend_from_slice(payload);
+        Ok(())
+    }
+}
+
+/// The VMM's event manager, on a thread of its own, with `subscriber` and a way to stop.
+fn vmm_loop(
+    subscriber: vfio_user_client::proxy::ProxySubscriber,
+) -> (Arc<EventFd>, thread::JoinHandle<()>) {
+    let quit = Arc::new(EventFd::new(0).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+    manager.add_subscriber(Box::new(subscriber));
+    manager.add_subscriber(Box::new(Quit(Arc::clone(&quit), Arc::clone(&stop))));
+    let vmm = thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            manager.run().unwrap();
+        }
+    });
+    (quit, vmm)
+}
+
+#[test]
+fn vmm_event_manager_serves_server_requests_between_caller_reads() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (proxy, subscriber) = Proxy::from_stream(a, ProxyConfig::default()).unwrap();
+    proxy.set_request_handler(Some(Arc::new(Echo)));
+    let (quit, vmm) = vmm_loop(subscriber);
+    let mut peer = Peer { sock: b };
+    for round in 0..3u16 {
+        // Callers read their own replies...
+        let echo = thread::spawn(move || {
+            for _ in 0..100 {
+                let (h, body, _) = peer.read_msg().unwrap();
+                peer.reply(&h, &body);
+            }
+            peer
+        });
+        for i in 0..100u32 {
+            let r = proxy
+                .request(Command::RegionRead, &i.to_ne_bytes(), &[])
+                .unwrap();
+            assert_eq!(r.payload, i.to_ne_bytes());
+        }
+        peer = echo.join().unwrap();
+        // ...and while nobody waits, the VMM's event manager serves the server.
+        let h = Header::command(round, Command::DmaRead, 4, false).unwrap();
+        peer.send(&h, b"data", &[]);
+        let (r, body, _) = peer.read_msg().unwrap();
+        assert_eq!((r.id, body.as_slice()), (round, &b"data"[..]));
+    }
+    drop(proxy);
+    quit.write(1).unwrap();
+    vmm.join().unwrap();
 }

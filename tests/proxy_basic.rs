@@ -451,3 +451,106 @@ fn oversized_server_request_gets_an_error_reply() {
     proxy.shutdown();
     t.join().unwrap();
 }
+
+#[test]
+fn server_request_after_a_burst_of_leader_reads_is_served_by_the_event_loop() {
+    let (proxy, _lp, mut peer) = pair();
+    proxy.set_request_handler(Some(Arc::new(Doubler)));
+    let (idle_tx, idle_rx) = mpsc::channel();
+    let t = thread::spawn(move || {
+        for _ in 0..1000 {
+            let (h, body, _) = peer.read_msg().unwrap();
+            peer.reply(&h, &body);
+        }
+        // Only once the caller has its last reply: nobody waits now.
+        idle_rx.recv().unwrap();
+        let h = Header::command(7, Command::DmaWrite, 2, false).unwrap();
+        peer.send(&h, b"hi", &[]);
+        let (r, body, _) = peer.read_msg().unwrap();
+        assert_eq!((r.id, body.as_slice()), (7, &b"hihi"[..]));
+    });
+    for i in 0..1000u32 {
+        let r = proxy
+            .request(Command::RegionRead, &i.to_ne_bytes(), &[])
+            .unwrap();
+        assert_eq!(r.payload, i.to_ne_bytes());
+    }
+    idle_tx.send(()).unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn leader_timing_out_with_half_a_message_leaves_the_event_loop_watching() {
+    let (proxy, _lp, mut peer) = pair_with(short_timeout());
+    proxy.set_request_handler(Some(Arc::new(Doubler)));
+    let (timed_out_tx, timed_out_rx) = mpsc::channel();
+    let (served_tx, served_rx) = mpsc::channel();
+    let t = thread::spawn(move || {
+        let (rq, _, _) = peer.read_msg().unwrap();
+        // Half a server request while the caller waits: it reads that much, then gives up.
+        let h = Header::command(30, Command::DmaWrite, 3, false).unwrap();
+        let mut bytes = h.to_bytes().to_vec();
+        bytes.extend_from_slice(b"abc");
+        peer.write_raw(&bytes[..10]);
+        timed_out_rx.recv().unwrap();
+        // The rest arrives while nobody waits.
+        peer.write_raw(&bytes[10..]);
+        let (r, body, _) = peer.read_msg().unwrap();
+        assert_eq!((r.id, body.as_slice()), (30, &b"abcabc"[..]));
+        peer.reply(&rq, b"late");
+        served_tx.send(()).unwrap();
+        peer.echo_forever();
+    });
+    let e = proxy.request(Command::RegionRead, b"a", &[]).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    timed_out_tx.send(()).unwrap();
+    served_rx.recv().unwrap();
+    // Served and still in step: the late reply is dropped, the next request answered.
+    assert_eq!(
+        proxy
+            .request(Command::RegionRead, b"b", &[])
+            .unwrap()
+            .payload,
+        b"b"
+    );
+    proxy.shutdown();
+    t.join().unwrap();
+}
+
+#[test]
+fn server_request_read_together_with_a_reply_is_served() {
+    for request_first in [false, true] {
+        let (proxy, _lp, mut peer) = pair();
+        proxy.set_request_handler(Some(Arc::new(Doubler)));
+        // A missed server request would leave the peer waiting: fail instead of hanging.
+        peer.sock
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let t = thread::spawn(move || {
+            let (rq, _, _) = peer.read_msg().unwrap();
+            let reply = Header::reply(&rq, 2).unwrap();
+            let request = Header::command(50, Command::DmaRead, 1, false).unwrap();
+            let mut reply_bytes = reply.to_bytes().to_vec();
+            reply_bytes.extend_from_slice(b"ok");
+            let mut request_bytes = request.to_bytes().to_vec();
+            request_bytes.push(b'z');
+            // One write: the caller's one read takes both messages.
+            let bytes = if request_first {
+                [request_bytes, reply_bytes].concat()
+            } else {
+                [reply_bytes, request_bytes].concat()
+            };
+            peer.write_raw(&bytes);
+            let (r, body, _) = peer.read_msg().expect("no answer to the server request");
+            assert_eq!((r.id, body.as_slice()), (50, &b"zz"[..]));
+        });
+        assert_eq!(
+            proxy
+                .request(Command::RegionRead, b"q", &[])
+                .unwrap()
+                .payload,
+            b"ok"
+        );
+        t.join().unwrap();
+    }
+}

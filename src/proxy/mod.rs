@@ -10,7 +10,7 @@
 //! for the reply, with a deadline), NOWAIT ([`Proxy::send_nowait`] then [`Proxy::wait`] or
 //! [`Proxy::wait_all`]) and ASYNC ([`Proxy::post`]: `No_reply` commands, and replies to
 //! server requests). When the send queue is empty the caller's thread writes the message
-//! itself with one non-blocking `sendmsg`; on `EAGAIN` or a partial write the rest is queued
+//! itself with one non-blocking send; on `EAGAIN` or a partial write the rest is queued
 //! (fds only ever ride with a message's first byte) and the [`ProxySubscriber`] is kicked to
 //! drain the queue when the socket becomes writable.
 //!
@@ -19,15 +19,16 @@
 //! Whoever holds the receive lock reads: a caller waiting for its reply takes the lock when
 //! nobody else reads and reads its own reply (no thread hop); replies for other waiters are
 //! handed to them, server requests are answered through the [`ServerRequestHandler`]. The
-//! subscriber reads only when no caller does (server requests while idle). The socket is
-//! registered edge-triggered; a reader that could not take the lock records that data is
-//! waiting, and the lock holder drains it before it lets go.
+//! subscriber reads only when no caller waits (server requests while idle): the socket sits
+//! in a private epoll set that the subscriber watches, and callers take it out of the
+//! subscriber's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
 
 mod error;
 mod recv;
 pub mod socket;
 mod subscriber;
 mod twin;
+mod watch;
 
 pub use error::{DisconnectReason, Error};
 pub use subscriber::{EventLoop, ProxySubscriber};
@@ -35,6 +36,7 @@ pub use twin::{ConnectionSubscriber, ReplyData, TwinSubscriber, UnbufferedReply}
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -47,6 +49,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
 use recv::{Incoming, Received, Receiver};
+use watch::SocketWatch;
 
 /// Message ids with this bit set are used for `No_reply` messages only; at most this many
 /// requests can wait for replies at once.
@@ -54,6 +57,11 @@ pub const POSTED_ID_BIT: u16 = 0x8000;
 
 /// Default deadline for a reply.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The socket's receive timeout: the longest a waiting caller sleeps in `recvmsg` before it
+/// looks at its deadline again. Closer to the deadline than twice this (the kernel rounds
+/// the timeout up to its tick), it waits in `poll` with the exact remaining time instead.
+const BLOCKING_READ_SLICE: Duration = Duration::from_millis(50);
 
 /// Settings of one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,30 +150,53 @@ enum Slot {
 }
 
 #[derive(Debug)]
+struct SlotState {
+    slot: Slot,
+    /// Whether the waiter sleeps on the condvar (only then is it notified: a notification
+    /// is a `futex` call even when nobody sleeps).
+    sleeping: bool,
+}
+
+#[derive(Debug)]
 struct Completion {
     command: Command,
-    slot: Mutex<Slot>,
+    slot: Mutex<SlotState>,
     cv: Condvar,
-    /// A waiter sleeps on `cv`; only changed and read with `slot` locked. Notifying costs a
-    /// syscall, and most NOWAIT tickets have nobody waiting yet.
-    sleeping: AtomicBool,
 }
 
 impl Completion {
-    fn complete(&self, result: Result<Reply, Error>) {
-        let mut slot = lock(&self.slot);
-        if matches!(*slot, Slot::Waiting) {
-            *slot = Slot::Done(result);
+    fn new(command: Command) -> Self {
+        Completion {
+            command,
+            slot: Mutex::new(SlotState {
+                slot: Slot::Waiting,
+                sleeping: false,
+            }),
+            cv: Condvar::new(),
         }
-        let sleeping = self.sleeping.load(Ordering::Relaxed);
-        drop(slot);
+    }
+
+    fn complete(&self, result: Result<Reply, Error>) {
+        let mut state = lock(&self.slot);
+        if matches!(state.slot, Slot::Waiting) {
+            state.slot = Slot::Done(result);
+        }
+        let sleeping = state.sleeping;
+        drop(state);
         if sleeping {
             self.cv.notify_one();
         }
     }
 
     fn is_done(&self) -> bool {
-        !matches!(*lock(&self.slot), Slot::Waiting)
+        !matches!(lock(&self.slot).slot, Slot::Waiting)
+    }
+
+    /// Wakes the waiter if it sleeps.
+    fn nudge(&self) {
+        if lock(&self.slot).sleeping {
+            self.cv.notify_one();
+        }
     }
 }
 
@@ -183,6 +214,31 @@ struct SendQueue {
     bytes: usize,
 }
 
+/// Hashes the pending table's keys, message ids we chose ourselves, with one
+/// multiplication: the default SipHash guards against keys an attacker picks, and costs a
+/// measurable part of a round trip.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u16(&mut self, id: u16) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Waiting requests by message id.
+type Pending = HashMap<u16, Arc<Completion>, BuildHasherDefault<IdHasher>>;
+
 /// Queued bytes past which a server that keeps sending requests without reading our
 /// replies is disconnected, instead of growing the queue without limit.
 const MAX_QUEUED_BYTES: usize = 256 << 20;
@@ -199,14 +255,13 @@ struct Inner {
     next_posted_id: AtomicU16,
     send: Mutex<SendQueue>,
     recv: Mutex<Receiver>,
-    /// Readers that found the receive lock taken since its holder last drained.
-    read_requests: AtomicUsize,
-    /// Waiters asleep (or about to sleep) on their completion: readers letting go of the
-    /// receive lock wake them only when there are any.
-    sleepers: AtomicUsize,
+    /// Whether the subscriber is told about incoming data (only while no caller waits).
+    watch: SocketWatch,
     /// Bumped whenever a reader lets go of the receive lock.
     reader_epoch: AtomicU64,
-    pending: Mutex<HashMap<u16, Arc<Completion>>>,
+    /// Waiters asleep on their condvars (who must be woken when a reader lets go).
+    sleepers: AtomicUsize,
+    pending: Mutex<Pending>,
     connected: AtomicBool,
     reason: Mutex<Option<DisconnectReason>>,
     /// Kicks the subscriber (queue to drain, disconnect to process).
@@ -285,26 +340,34 @@ impl Proxy {
     }
 
     /// Wraps an already connected stream (for example one end of a socketpair).
+    ///
+    /// The connection switches the stream to blocking mode with a receive timeout (its own
+    /// non-blocking calls say so per call); nothing else should use it afterwards.
     pub fn from_stream(
         sock: UnixStream,
         config: ProxyConfig,
     ) -> Result<(Proxy, ProxySubscriber), Error> {
-        sock.set_nonblocking(true)
-            .map_err(io_err("setting the socket non-blocking"))?;
+        // Blocking, so that a waiting caller can sleep in `recvmsg` (bounded by the receive
+        // timeout); every other read and every write says MSG_DONTWAIT.
+        sock.set_nonblocking(false)
+            .map_err(io_err("setting the socket blocking"))?;
+        sock.set_read_timeout(Some(BLOCKING_READ_SLICE))
+            .map_err(io_err("setting the socket's receive timeout"))?;
         let kick = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the kick eventfd"))?;
         let disconnect_event =
             EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the disconnect eventfd"))?;
+        let watch = SocketWatch::new(&sock).map_err(io_err("creating the socket's epoll set"))?;
         let inner = Arc::new(Inner {
             recv: Mutex::new(Receiver::new(config.max_recv_size, config.max_recv_fds)),
+            watch,
             sock,
             config,
             next_id: AtomicU16::new(0),
             next_posted_id: AtomicU16::new(0),
             send: Mutex::new(SendQueue::default()),
-            read_requests: AtomicUsize::new(0),
-            sleepers: AtomicUsize::new(0),
             reader_epoch: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            sleepers: AtomicUsize::new(0),
+            pending: Mutex::new(Pending::default()),
             connected: AtomicBool::new(true),
             reason: Mutex::new(None),
             kick,
@@ -386,6 +449,9 @@ impl Proxy {
         fds: &[RawFd],
         timeout: Duration,
     ) -> Result<Reply, Error> {
+        // Waiting from before the send, so that even a reply that comes at once does not
+        // wake the subscriber.
+        let _waiting = self.inner.waiting();
         let ticket = self.send_nowait(command, payload, fds)?;
         self.inner.wait(ticket, timeout)
     }
@@ -399,12 +465,7 @@ impl Proxy {
     ) -> Result<Ticket, Error> {
         let started = Instant::now();
         self.inner.check_send(command, payload.len(), fds.len())?;
-        let completion = Arc::new(Completion {
-            command,
-            slot: Mutex::new(Slot::Waiting),
-            cv: Condvar::new(),
-            sleeping: AtomicBool::new(false),
-        });
+        let completion = Arc::new(Completion::new(command));
         let id = self.inner.register(&completion)?;
         let header = command_header(id, command, payload.len(), false)?;
         if let Err(e) = self.inner.send(&header, payload, fds) {
@@ -421,6 +482,7 @@ impl Proxy {
     /// Waits for a NOWAIT request's reply, until the connection's reply timeout has passed
     /// since it was sent.
     pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
+        let _waiting = self.inner.waiting();
         self.inner.wait(ticket, self.inner.config.reply_timeout)
     }
 
@@ -428,7 +490,12 @@ impl Proxy {
     /// so this waits in effect for the youngest; every request's result is returned, errors
     /// included.
     pub fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
-        tickets.into_iter().map(|t| self.wait(t)).collect()
+        let _waiting = self.inner.waiting();
+        let timeout = self.inner.config.reply_timeout;
+        tickets
+            .into_iter()
+            .map(|t| self.inner.wait(t, timeout))
+            .collect()
     }
 
     /// Sends a command with `No_reply` set (ASYNC): nobody waits, and an error the server
@@ -446,7 +513,26 @@ impl Proxy {
     }
 }
 
+/// A caller waiting for replies, from `Inner::waiting` until dropped.
+struct Waiting<'a>(&'a Inner);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.watch.leave() {
+            // Data arriving while nobody waits would go unnoticed from now on.
+            self.0.fail(error::io_reason(&e));
+        }
+    }
+}
+
 impl Inner {
+    /// Marks the calling thread as waiting for replies until the guard is dropped: while
+    /// any caller waits, callers read the socket and the subscriber is not woken by data.
+    fn waiting(&self) -> Waiting<'_> {
+        self.watch.enter();
+        Waiting(self)
+    }
+
     fn check_send(&self, command: Command, len: usize, nfds: usize) -> Result<(), Error> {
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
@@ -504,7 +590,7 @@ impl Inner {
         }
         let mut sent = 0;
         if q.queue.is_empty() {
-            match socket::send_with_fds(&self.sock, &[&hdr, payload], fds) {
+            match socket::try_send_with_fds(&self.sock, &[&hdr, payload], fds) {
                 Ok(n) if n == HEADER_SIZE + payload.len() => return Ok(()),
                 Ok(n) => sent = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -546,7 +632,7 @@ impl Inner {
             } else {
                 Vec::new()
             };
-            match socket::send_with_fds(&self.sock, &[rest], &raw) {
+            match socket::try_send_with_fds(&self.sock, &[rest], &raw) {
                 Ok(n) => {
                     if n > 0 {
                         out.fds.clear();
@@ -566,6 +652,8 @@ impl Inner {
     }
 
     /// Waits for a ticket's reply, reading the socket itself when no other thread does.
+    ///
+    /// The caller must hold a [`Waiting`] guard.
     fn wait(&self, ticket: Ticket, timeout: Duration) -> Result<Reply, Error> {
         let deadline = ticket.started + timeout;
         let completion = &ticket.completion;
@@ -579,44 +667,41 @@ impl Inner {
             }
             let epoch = self.reader_epoch.load(Ordering::SeqCst);
             if let Some(mut receiver) = try_lock(&self.recv) {
-                self.lead(&mut receiver, completion, deadline);
+                self.lead(&mut receiver, completion, deadline, now);
                 drop(receiver);
                 self.after_reading();
-                self.read_if_requested();
                 continue;
             }
             // Someone else reads: sleep until our reply is handed to us or the reader lets
-            // go of the lock (then we may have to read ourselves). Counted before the epoch
-            // is looked at again, so a reader that bumps it sees us and wakes us.
+            // go of the lock (then we may have to read ourselves).
+            let mut state = lock(&completion.slot);
+            state.sleeping = true;
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let mut slot = lock(&completion.slot);
-            completion.sleeping.store(true, Ordering::Relaxed);
-            while matches!(*slot, Slot::Waiting)
+            while matches!(state.slot, Slot::Waiting)
                 && self.reader_epoch.load(Ordering::SeqCst) == epoch
             {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
                 }
-                slot = completion
+                state = completion
                     .cv
-                    .wait_timeout(slot, deadline - now)
+                    .wait_timeout(state, deadline - now)
                     .map(|(s, _)| s)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            completion.sleeping.store(false, Ordering::Relaxed);
-            drop(slot);
+            state.sleeping = false;
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     fn take(&self, completion: &Completion) -> Option<Result<Reply, Error>> {
-        let mut slot = lock(&completion.slot);
-        match std::mem::replace(&mut *slot, Slot::Taken) {
+        let mut state = lock(&completion.slot);
+        match std::mem::replace(&mut state.slot, Slot::Taken) {
             Slot::Done(result) => Some(result),
             Slot::Taken => Some(Err(Error::Disconnected(DisconnectReason::Shutdown))),
             Slot::Waiting => {
-                *slot = Slot::Waiting;
+                state.slot = Slot::Waiting;
                 None
             }
         }
@@ -648,52 +733,83 @@ impl Inner {
         })
     }
 
-    /// Reads while holding the receive lock until `completion` is done or the deadline.
+    /// Reads while holding the receive lock until `completion` is done or the deadline,
+    /// then dispatches whatever else is buffered.
     ///
-    /// Waits for readability before each read: a leader usually arrives straight after
-    /// sending, when a read could only say `EAGAIN`. The receiver never holds a complete
-    /// message back, so an empty socket means there is nothing to dispatch.
-    fn lead(&self, receiver: &mut Receiver, completion: &Completion, deadline: Instant) {
+    /// A leader usually arrives straight after sending, when a non-blocking read could
+    /// only say `EAGAIN`, so it sleeps in a blocking `recvmsg` (at most the socket's receive
+    /// timeout, [`BLOCKING_READ_SLICE`]); near its deadline it waits in `poll` with the
+    /// exact remaining time instead. A shutdown of the socket (`fail`) wakes it either way.
+    /// Every reader dispatches all complete buffered messages before it lets go of the
+    /// lock, so an empty socket means that there is nothing to dispatch.
+    fn lead(
+        &self,
+        receiver: &mut Receiver,
+        completion: &Completion,
+        deadline: Instant,
+        mut now: Instant,
+    ) {
         loop {
             // Another reader may have handed the reply over between our last look and
             // taking the lock.
             if completion.is_done() || !self.connected.load(Ordering::Acquire) {
-                return;
+                break;
             }
-            let now = Instant::now();
             if now >= deadline {
-                return;
+                break;
             }
-            let ms = (deadline - now)
-                .as_micros()
-                .div_ceil(1000)
-                .min(i32::MAX as u128) as i32;
-            match socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    self.fail(error::io_reason(&e));
-                    return;
+            let left = deadline - now;
+            let block = left >= 2 * BLOCKING_READ_SLICE;
+            if !block {
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                match socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.fail(error::io_reason(&e));
+                        return;
+                    }
                 }
             }
-            self.read_available(receiver, Some(completion));
-            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
+            if !self.read_available(receiver, Some(completion), block) {
                 return;
+            }
+            now = Instant::now();
+        }
+        self.dispatch_buffered(receiver);
+    }
+
+    /// Reads and dispatches messages until the socket has no more data (with `block`: until
+    /// a read times out), or (when `until` is given) until that completion is done. Returns
+    /// `false` if the connection failed.
+    fn read_available(
+        &self,
+        receiver: &mut Receiver,
+        until: Option<&Completion>,
+        block: bool,
+    ) -> bool {
+        loop {
+            match receiver.step(&self.sock, block) {
+                Ok(Some(incoming)) => {
+                    self.dispatch(incoming);
+                    if until.is_some_and(Completion::is_done) {
+                        return true;
+                    }
+                }
+                Ok(None) => return true,
+                Err(reason) => {
+                    self.fail(reason);
+                    return false;
+                }
             }
         }
     }
 
-    /// Reads and dispatches messages until the socket has no more data, or (when `until` is
-    /// given) until that completion is done.
-    fn read_available(&self, receiver: &mut Receiver, until: Option<&Completion>) {
+    /// Dispatches the messages that are complete in the receive buffer, without reading.
+    fn dispatch_buffered(&self, receiver: &mut Receiver) {
         loop {
-            match receiver.step(&self.sock) {
-                Ok(Some(incoming)) => {
-                    self.dispatch(incoming);
-                    if until.is_some_and(Completion::is_done) {
-                        return;
-                    }
-                }
+            match receiver.buffered() {
+                Ok(Some(incoming)) => self.dispatch(incoming),
                 Ok(None) => return,
                 Err(reason) => {
                     self.fail(reason);
@@ -703,8 +819,8 @@ impl Inner {
         }
     }
 
-    /// Called after letting go of the receive lock: wakes every waiter so that one of them
-    /// takes over reading if its reply has not come yet.
+    /// Called after letting go of the receive lock: wakes every sleeping waiter so that one
+    /// of them takes over reading if its reply has not come yet.
     fn after_reading(&self) {
         self.reader_epoch.fetch_add(1, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) == 0 {
@@ -712,38 +828,18 @@ impl Inner {
         }
         let waiters: Vec<Arc<Completion>> = lock(&self.pending).values().cloned().collect();
         for c in waiters {
-            let _guard = lock(&c.slot);
-            if c.sleeping.load(Ordering::Relaxed) {
-                c.cv.notify_one();
-            }
+            c.nudge();
         }
     }
 
-    /// Drains the socket to `EAGAIN` while some reader found the lock taken (the socket is
-    /// edge-triggered: that data has no other notification coming).
-    ///
-    /// Only a full drain consumes the requests; a waiter that stops reading at its own reply
-    /// leaves them for this.
-    fn read_if_requested(&self) {
-        loop {
-            std::sync::atomic::fence(Ordering::SeqCst);
-            if self.read_requests.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            let Some(mut receiver) = try_lock(&self.recv) else {
-                return;
-            };
-            self.read_requests.store(0, Ordering::SeqCst);
-            self.read_available(&mut receiver, None);
+    /// For the subscriber, when the socket has data and no caller waits: reads all of it,
+    /// unless a caller has started waiting and reads already.
+    fn read_idle(&self) {
+        if let Some(mut receiver) = try_lock(&self.recv) {
+            self.read_available(&mut receiver, None, false);
             drop(receiver);
             self.after_reading();
         }
-    }
-
-    /// Reads what is available if nobody else reads; otherwise leaves it to the reader.
-    fn read_or_defer(&self) {
-        self.read_requests.fetch_add(1, Ordering::SeqCst);
-        self.read_if_requested();
     }
 
     fn dispatch(&self, incoming: Incoming) {

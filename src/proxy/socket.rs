@@ -4,34 +4,149 @@
 //! Safe wrappers over `sendmsg`/`recvmsg` with `SCM_RIGHTS` fd passing.
 //!
 //! This file holds the crate's fd-ownership `unsafe`; everything above it deals in
-//! [`OwnedFd`] and byte slices. The sockets are expected to be non-blocking: both calls
-//! return `WouldBlock` instead of waiting.
+//! [`OwnedFd`] and byte slices. `send_with_fds` and `recv_with_fds` follow the socket's own
+//! blocking mode; the `try_` forms never block (`MSG_DONTWAIT`), whatever the mode. (The
+//! connection keeps its socket blocking, with a receive timeout, so that a caller waiting
+//! for its reply can sleep in `recvmsg` itself instead of in `poll` first.)
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::ptr;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Largest number of fds accepted in one `recvmsg`; more than this is a protocol violation
 /// (the kernel truncates the control data, and every fd in it is closed).
 pub const MAX_RECV_FDS: usize = 32;
 
-/// Sends the concatenation of `bufs` with `fds` attached to the first byte.
+/// Largest number of fds sent with one message.
+pub const MAX_SEND_FDS: usize = 64;
+
+/// Largest number of buffers gathered into one message.
+pub const MAX_SEND_BUFS: usize = 4;
+
+/// Room for one `SCM_RIGHTS` control message of up to `MAX_SEND_FDS` fds (more than
+/// `CMSG_SPACE` needs; checked by a test), aligned for `cmsghdr`.
+const CMSG_BUF_LEN: usize = 32 + MAX_SEND_FDS * mem::size_of::<RawFd>();
+
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_BUF_LEN]);
+
+/// `CMSG_SPACE` for `count` fds.
+fn cmsg_space(count: usize) -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic on its argument; it dereferences nothing.
+    unsafe { libc::CMSG_SPACE((count * mem::size_of::<RawFd>()) as libc::c_uint) as usize }
+}
+
+/// Messages without fds up to this size are gathered into one buffer and sent with `send`,
+/// which costs the kernel less than `sendmsg` (no `msghdr` and iovec array to copy in).
+const SMALL_SEND: usize = 512;
+
+fn send_one(sock: &UnixStream, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid slice for the whole call and send only reads it.
+        let r = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                flags | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn sendmsg_fds(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    fds: &[RawFd],
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    if bufs.len() > MAX_SEND_BUFS || fds.len() > MAX_SEND_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many buffers or fds for one message",
+        ));
+    }
+    if fds.is_empty() {
+        if let [one] = bufs {
+            return send_one(sock, one, flags);
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total <= SMALL_SEND {
+            let mut gathered = [0u8; SMALL_SEND];
+            let mut at = 0;
+            for b in bufs {
+                if let Some(dst) = gathered.get_mut(at..at + b.len()) {
+                    dst.copy_from_slice(b);
+                }
+                at += b.len();
+            }
+            return send_one(sock, gathered.get(..total).unwrap_or_default(), flags);
+        }
+    }
+    let mut iov = [libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_SEND_BUFS];
+    for (v, b) in iov.iter_mut().zip(bufs) {
+        v.iov_base = b.as_ptr() as *mut libc::c_void;
+        v.iov_len = b.len();
+    }
+    let mut cmsg = CmsgBuf([0; CMSG_BUF_LEN]);
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = bufs.len() as _;
+    if !fds.is_empty() {
+        let data_len = mem::size_of_val(fds);
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg_space(fds.len()) as _;
+        // SAFETY: `msg_control` points to `cmsg`, which is aligned for cmsghdr and at least
+        // `msg_controllen` bytes long (`cmsg_space(MAX_SEND_FDS) <= CMSG_BUF_LEN`, tested),
+        // so CMSG_FIRSTHDR returns a non-null pointer to its start, the header fields lie
+        // inside it, and CMSG_DATA(c) has room for `data_len` bytes after the header.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as _;
+            ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), data_len);
+        }
+    }
+    loop {
+        // SAFETY: `msg` describes `bufs.len()` iovecs over slices borrowed for the whole
+        // call and, with fds, a control buffer of `msg_controllen` initialised bytes;
+        // sendmsg only reads them.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Sends the concatenation of `bufs` (at most [`MAX_SEND_BUFS`]) with `fds` (at most
+/// [`MAX_SEND_FDS`]) attached to the first byte, blocking or not as the socket does.
 ///
 /// Returns the number of bytes written, which may be fewer than offered; the fds were sent
 /// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
 /// not a signal.
 pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
-    loop {
-        match sock.send_with_fds(bufs, fds) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
-        }
-    }
+    sendmsg_fds(sock, bufs, fds, 0)
 }
 
 /// Sends `prefix` followed by the guest memory behind `slices`, in one non-blocking
@@ -86,55 +201,107 @@ pub fn send_volatile<B: BitmapSlice>(
     }
 }
 
-/// Receives up to `buf.len()` bytes and up to `max_fds` fds (at most [`MAX_RECV_FDS`]).
-///
-/// Every received fd is owned by the returned vector at once, so nothing leaks when the
-/// caller drops it. A message carrying more fds than `max_fds` fails with `ENOBUFS` after
-/// the kernel-delivered fds were closed. `Ok((0, _))` means the peer closed the connection.
-pub fn recv_with_fds(
+/// Like [`send_with_fds`], but never waits: a full socket gives `WouldBlock`.
+pub fn try_send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
+    sendmsg_fds(sock, bufs, fds, libc::MSG_DONTWAIT)
+}
+
+fn recvmsg_fds(
     sock: &UnixStream,
     buf: &mut [u8],
     max_fds: usize,
+    flags: libc::c_int,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    // Always offer room for exactly MAX_RECV_FDS (an even count, so the control buffer has
-    // no alignment slack): with an odd count the kernel can deliver one fd more than
-    // vmm-sys-util reports, and that fd would leak.
-    let mut raw = [-1 as RawFd; MAX_RECV_FDS];
-    let mut iov = [libc::iovec {
+    let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
-    }];
-    let (n, nfds) = loop {
-        // SAFETY: the single iovec describes `buf`, which is exclusively borrowed for the
-        // duration of the call, so the kernel may write any bytes into it; `raw` is a
-        // valid, writable array of fds that `recv_with_fds` fills and reports the count of.
-        match unsafe { sock.recv_with_fds(&mut iov, &mut raw) } {
-            Ok(r) => break r,
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+    };
+    // Not initialised: the kernel writes the control data, and only what it wrote (up to
+    // the `msg_controllen` it returns) is read back.
+    let mut cmsg = mem::MaybeUninit::<CmsgBuf>::uninit();
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(MAX_RECV_FDS) as _;
+    let n = loop {
+        // SAFETY: the single iovec describes `buf`, exclusively borrowed for the call, and
+        // the control buffer is `cmsg`, at least `msg_controllen` bytes (uninitialised
+        // memory is fine: it is only written); the kernel writes only within them. MSG_CMSG_CLOEXEC: received fds are close-on-exec from the start.
+        let r =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     };
-    let fds: Vec<OwnedFd> = raw[..nfds.min(MAX_RECV_FDS)]
-        .iter()
-        .map(|&fd| {
-            // SAFETY: `recv_with_fds` reported these `nfds` entries as fds the kernel just
-            // installed in our table for us; nothing else refers to them, so taking ownership
-            // here is the only owner they will have.
-            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            // vmm-sys-util's recvmsg does not pass MSG_CMSG_CLOEXEC; keep the server's fds
-            // out of programs the VMM executes (a concurrent exec can still race this).
-            // SAFETY: F_SETFD on an fd we own; the result only matters as best effort.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            owned
-        })
-        .collect();
-    if fds.len() > max_fds {
+    let mut fds = Vec::new();
+    // SAFETY: `msg` was filled in by recvmsg: `msg_control`/`msg_controllen` now describe
+    // the control data the kernel wrote into `cmsg`. CMSG_FIRSTHDR and CMSG_NXTHDR return
+    // either null or a pointer to a header that lies wholly within that data.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is non-null, so it points to a complete cmsghdr within `cmsg`.
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: arithmetic only.
+            let head = unsafe { libc::CMSG_LEN(0) } as usize;
+            // `cmsg_len` is a `usize` with glibc and a `u32` with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let len = len as usize;
+            let count = len.saturating_sub(head) / mem::size_of::<RawFd>();
+            // SAFETY: the kernel wrote `count` fd numbers after this header (cmsg_len
+            // covers them, and it truncates what does not fit in the control buffer).
+            let data = unsafe { libc::CMSG_DATA(c) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: entry `i < count` lies within the control data (see above); it
+                // may be unaligned, hence read_unaligned.
+                let fd = unsafe { ptr::read_unaligned(data.add(i)) };
+                // SAFETY: the kernel just installed this fd in our table for this message;
+                // nothing else refers to it, so this is its only owner.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: `c` came from CMSG_FIRSTHDR/CMSG_NXTHDR on the same `msg`.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
+        // Dropping `fds` closes them.
         return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
     }
     Ok((n, fds))
 }
 
-/// Receives into `buf` without fds (`recv` with `MSG_DONTWAIT`). `Ok(0)` means EOF.
+/// Receives up to `buf.len()` bytes and up to `max_fds` fds (at most [`MAX_RECV_FDS`]),
+/// blocking or not as the socket does (a blocking socket's receive timeout gives
+/// `WouldBlock`).
+///
+/// Every received fd is owned by the returned vector at once (and close-on-exec), so
+/// nothing leaks when the caller drops it. A message carrying more fds than `max_fds` fails
+/// with `ENOBUFS` after the delivered fds were closed. `Ok((0, _))` means the peer closed
+/// the connection.
+pub fn recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recvmsg_fds(sock, buf, max_fds, 0)
+}
+
+/// Like [`recv_with_fds`], but never waits: no data gives `WouldBlock`.
+pub fn try_recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recvmsg_fds(sock, buf, max_fds, libc::MSG_DONTWAIT)
+}
+
+/// Receives into `buf` without fds, blocking or not as the socket does. `Ok(0)` means EOF.
 pub fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     loop {
@@ -290,15 +457,72 @@ mod tests {
     #[test]
     fn eof_and_would_block() {
         let (a, b) = UnixStream::pair().unwrap();
-        b.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 4];
+        // The socket blocks; the try_ forms do not.
         assert_eq!(
-            recv(&b, &mut buf).unwrap_err().kind(),
+            try_recv_with_fds(&b, &mut buf, 0).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
         assert!(!poll_fd(b.as_raw_fd(), false, 0).unwrap());
         drop(a);
         assert!(poll_fd(b.as_raw_fd(), false, 0).unwrap());
-        assert_eq!(recv(&b, &mut buf).unwrap(), 0);
+        assert_eq!(try_recv_with_fds(&b, &mut buf, 0).unwrap().0, 0);
+    }
+
+    #[test]
+    fn receive_timeout_and_full_socket_would_block() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_millis(1)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            recv_with_fds(&b, &mut buf, 0).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let big = vec![0u8; 1 << 16];
+        let mut sent = 0;
+        loop {
+            match try_send_with_fds(&a, &[&big], &[]) {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    break;
+                }
+            }
+        }
+        assert!(sent > 0);
+    }
+
+    #[test]
+    fn limits_of_one_message() {
+        assert!(cmsg_space(MAX_SEND_FDS) <= CMSG_BUF_LEN);
+        assert!(cmsg_space(MAX_RECV_FDS) <= CMSG_BUF_LEN);
+        let (a, _b) = UnixStream::pair().unwrap();
+        let five: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
+        assert_eq!(
+            send_with_fds(&a, &five, &[]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let fds = vec![a.as_raw_fd(); MAX_SEND_FDS + 1];
+        assert_eq!(
+            send_with_fds(&a, &[b"x"], &fds).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn many_fds_in_one_message_all_owned() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let e = EventFd::new(0).unwrap();
+        let fds = vec![e.as_raw_fd(); MAX_RECV_FDS];
+        send_with_fds(&a, &[b"x"], &fds).unwrap();
+        let mut buf = [0u8; 1];
+        let (n, got) = recv_with_fds(&b, &mut buf, MAX_RECV_FDS).unwrap();
+        assert_eq!((n, got.len()), (1, MAX_RECV_FDS));
+        // More than the receive buffer holds: refused, and nothing leaks.
+        let fds = vec![e.as_raw_fd(); MAX_RECV_FDS + 1];
+        send_with_fds(&a, &[b"y"], &fds).unwrap();
+        let err = recv_with_fds(&b, &mut buf, MAX_RECV_FDS).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOBUFS));
     }
 }

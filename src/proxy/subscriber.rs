@@ -16,95 +16,102 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{Error, Inner};
 
 /// Drives a connection from an event loop: drains the send queue when the socket becomes
-/// writable (`EPOLLOUT` is armed only while the queue is not empty), reads server requests
-/// and replies when no caller is reading, and notices a hang-up.
+/// writable (`EPOLLOUT` is watched only while the queue is not empty), reads server requests
+/// and replies while no caller waits, and notices a hang-up.
+///
+/// It watches the connection's private epoll set rather than the socket itself, so that
+/// callers can stop it from being woken by the replies they read themselves.
 ///
 /// Register it in the VMM's [`EventManager`], or run it with an [`EventLoop`].
 pub struct ProxySubscriber {
     inner: Arc<Inner>,
     out_armed: bool,
-    watching_socket: bool,
+    watching: bool,
 }
 
 impl fmt::Debug for ProxySubscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxySubscriber")
             .field("out_armed", &self.out_armed)
-            .field("watching_socket", &self.watching_socket)
+            .field("watching", &self.watching)
             .finish_non_exhaustive()
     }
 }
-
-const SOCKET_EVENTS: EventSet = EventSet::IN
-    .union(EventSet::EDGE_TRIGGERED)
-    .union(EventSet::READ_HANG_UP);
 
 impl ProxySubscriber {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
         ProxySubscriber {
             inner,
             out_armed: false,
-            watching_socket: false,
+            watching: false,
         }
     }
 
-    fn socket_events(&self, out: bool) -> Events {
-        let set = if out {
-            SOCKET_EVENTS | EventSet::OUT
-        } else {
-            SOCKET_EVENTS
-        };
-        Events::new(&self.inner.sock, set)
-    }
-
     fn stop_watching(&mut self, ops: &mut EventOps) {
-        if self.watching_socket {
-            let _ = ops.remove(self.socket_events(self.out_armed));
+        if self.out_armed {
+            let _ = ops.remove(Events::new(&self.inner.sock, EventSet::OUT));
+            self.out_armed = false;
+        }
+        if self.watching {
+            let _ = ops.remove(Events::new(&self.inner.watch, EventSet::IN));
             let _ = ops.remove(Events::new(&self.inner.kick, EventSet::IN));
-            self.watching_socket = false;
+            self.watching = false;
         }
     }
 }
 
 impl MutEventSubscriber for ProxySubscriber {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(self.socket_events(false)) {
-            log::error!("cannot watch the vfio-user socket: {e:?}");
+        if let Err(e) = ops.add(Events::new(&self.inner.watch, EventSet::IN)) {
+            log::error!("cannot watch the vfio-user socket's epoll set: {e:?}");
             return;
         }
         if let Err(e) = ops.add(Events::new(&self.inner.kick, EventSet::IN)) {
             log::error!("cannot watch the vfio-user kick eventfd: {e:?}");
+            let _ = ops.remove(Events::new(&self.inner.watch, EventSet::IN));
             return;
         }
-        self.watching_socket = true;
-        // Anything queued or received before registration.
+        self.watching = true;
+        // Anything queued before registration. (Data received before it is reported by
+        // the epoll set, which was armed all along unless a caller waits.)
         let _ = self.inner.kick.write(1);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if events.fd() == self.inner.kick.as_raw_fd() {
             let _ = self.inner.kick.read();
-            // Data may have arrived before we watched the socket, or while a reader held the
-            // lock without our knowing: look again.
-            self.inner.read_or_defer();
-        } else if events
-            .event_set()
-            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
-        {
-            self.inner.read_or_defer();
+        } else if events.fd() == self.inner.watch.as_raw_fd() {
+            match self.inner.watch.collect() {
+                Ok(true) => {
+                    self.inner.read_idle();
+                    if let Err(e) = self.inner.watch.rearm() {
+                        self.inner.fail(super::error::io_reason(&e));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => self.inner.fail(super::error::io_reason(&e)),
+            }
         }
+        // Otherwise the socket itself: writable, or hung up / in error (reported whatever
+        // was asked for); the send below finds out which.
         if !self.inner.connected.load(Ordering::Acquire) {
             self.stop_watching(ops);
             return;
         }
         match self.inner.drain_send_queue() {
             Ok(true) if self.out_armed => {
-                if ops.modify(self.socket_events(false)).is_ok() {
+                if ops
+                    .remove(Events::new(&self.inner.sock, EventSet::OUT))
+                    .is_ok()
+                {
                     self.out_armed = false;
                 }
             }
             Ok(false) if !self.out_armed => {
-                if ops.modify(self.socket_events(true)).is_ok() {
+                if ops
+                    .add(Events::new(&self.inner.sock, EventSet::OUT))
+                    .is_ok()
+                {
                     self.out_armed = true;
                 }
             }

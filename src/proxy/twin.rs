@@ -358,6 +358,12 @@ impl Proxy {
             .map_err(io_err("checking the twin socket fd"))?;
         sock.set_nonblocking(true)
             .map_err(io_err("setting the twin socket non-blocking"))?;
+        // Server requests now come on the twin socket: data on the main socket need not
+        // wake the event loop, so callers need not take the socket out of its view.
+        self.inner
+            .watch
+            .watch_hang_up_only()
+            .map_err(io_err("watching the main socket for hang-ups only"))?;
         let sock = Arc::new(sock);
         let on_end = Arc::clone(&sock);
         self.on_disconnect(move |_| {

@@ -1,0 +1,155 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Who is told that the socket has data: the event loop only while no caller waits.
+//!
+//! The socket's read interest lives in a private epoll set of the connection; the event
+//! loop watches that set's fd, which is readable while the set has a ready entry. The
+//! entry is `EPOLLONESHOT`: after the event loop has collected an event it stays disarmed
+//! until someone arms it again. A caller that starts waiting disarms it (once, however many
+//! callers wait), because waiting callers read the socket themselves; the last caller to
+//! stop waiting arms it again. So a reply wakes only the thread that waits for it, and data
+//! that arrives while nobody waits wakes the event loop.
+//!
+//! Arming an entry whose socket already has data queues an event at once, so data that a
+//! departing caller left unread is never missed. A disarmed entry still reports a hang-up
+//! or an error (the kernel always adds `EPOLLHUP | EPOLLERR`), once.
+//!
+//! With a twin socket the server sends its requests there, and the main socket carries
+//! only replies, which their waiters read. The entry then watches for a hang-up only and is
+//! never disarmed or re-armed: requests from one thread cost no `epoll_ctl` at all. Stray
+//! data (a reply that came after its waiter gave up) waits for the next caller to read and
+//! drop it; a server that sent a request on the main socket anyway would be served by the
+//! next caller too.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::lock;
+
+const ARMED: EventSet = EventSet::IN
+    .union(EventSet::READ_HANG_UP)
+    .union(EventSet::ONE_SHOT);
+const DISARMED: EventSet = EventSet::ONE_SHOT;
+const HANG_UP_ONLY: EventSet = EventSet::READ_HANG_UP.union(EventSet::ONE_SHOT);
+
+#[derive(Debug)]
+struct State {
+    /// Callers waiting for replies (between `enter` and `leave`).
+    callers: usize,
+    /// Whether the entry was last armed and no event of it was collected since. May say
+    /// `false` while the entry is armed (a spurious wake-up at worst), never the reverse.
+    armed: bool,
+    /// Data on the socket need not wake the event loop (a twin socket carries the server's
+    /// requests): the entry watches for a hang-up only.
+    hang_up_only: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct SocketWatch {
+    epoll: Epoll,
+    sock: RawFd,
+    state: Mutex<State>,
+}
+
+impl SocketWatch {
+    /// A private epoll set holding `sock`, armed.
+    pub fn new(sock: &UnixStream) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let fd = sock.as_raw_fd();
+        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(ARMED, fd as u64))?;
+        Ok(SocketWatch {
+            epoll,
+            sock: fd,
+            state: Mutex::new(State {
+                callers: 0,
+                armed: true,
+                hang_up_only: false,
+            }),
+        })
+    }
+
+    fn set(&self, events: EventSet) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Modify,
+            self.sock,
+            EpollEvent::new(events, self.sock as u64),
+        )
+    }
+
+    /// From now on only a hang-up wakes the event loop (the server's requests come on a
+    /// twin socket).
+    pub fn watch_hang_up_only(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        self.set(HANG_UP_ONLY)?;
+        state.hang_up_only = true;
+        state.armed = true;
+        Ok(())
+    }
+
+    /// A caller starts waiting for a reply: data no longer wakes the event loop.
+    pub fn enter(&self) {
+        let mut state = lock(&self.state);
+        state.callers += 1;
+        if state.hang_up_only {
+            return;
+        }
+        // If disarming fails the entry stays armed: the event loop is woken needlessly, but
+        // nothing is lost.
+        if state.armed && self.set(DISARMED).is_ok() {
+            state.armed = false;
+        }
+    }
+
+    /// A caller stops waiting (after letting go of the receive state); the last one arms
+    /// the entry again. An error means the event loop can no longer be told about data.
+    pub fn leave(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        state.callers = state.callers.saturating_sub(1);
+        self.arm_if_idle(&mut state)
+    }
+
+    /// For the event loop: collects the entry's event, if any, which disarms it. Returns
+    /// whether there was one (the socket is readable, or hung up).
+    pub fn collect(&self) -> io::Result<bool> {
+        let mut events = [EpollEvent::default()];
+        let n = loop {
+            match self.epoll.wait(0, &mut events) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if n > 0 {
+            lock(&self.state).armed = false;
+        }
+        Ok(n > 0)
+    }
+
+    /// For the event loop, after it has read: arms the entry again unless callers wait.
+    pub fn rearm(&self) -> io::Result<()> {
+        self.arm_if_idle(&mut lock(&self.state))
+    }
+
+    fn arm_if_idle(&self, state: &mut State) -> io::Result<()> {
+        if state.callers == 0 && !state.armed {
+            self.set(if state.hang_up_only {
+                HANG_UP_ONLY
+            } else {
+                ARMED
+            })?;
+            state.armed = true;
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for SocketWatch {
+    /// The private epoll set's fd, readable while the socket's entry has an event.
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+}
