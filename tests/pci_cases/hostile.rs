@@ -226,3 +226,59 @@ fn public_offsets_never_overflow() {
     assert_eq!(g.probe.commands(), commands, "nothing reached the server");
     assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
 }
+
+#[test]
+fn guest_memory_follows_hot_plug_and_a_refused_map_leaves_nothing() {
+    use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestRegionMmap};
+    let _g = shared();
+    // Shared RAM at 0, anonymous RAM at 1 MiB: an fd-less window the server refuses.
+    let shared_ram = guest_memory(GUEST_RAM);
+    let anon =
+        GuestRegionMmap::from_range(GuestAddress(GUEST_RAM as u64), GUEST_RAM, None).unwrap();
+    let both = shared_ram.insert_region(Arc::new(anon)).unwrap();
+    let (device, _handle) = GpioDevice::new(GpioConfig::default()).unwrap();
+    let config = ServerConfig {
+        refuse_fdless_maps: true,
+        ..ServerConfig::default()
+    };
+    let server = Server::new(config, Box::new(device));
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
+    let err = VfioUserPciDevice::attach(
+        server.socket_path().unwrap(),
+        Arc::new(both),
+        Irqs::new(),
+        &AttachOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PciError::Dma(_)), "{err}");
+    assert_eq!(err.server_errno(), Some(libc::EINVAL as u32));
+    assert!(probe.wait_disconnects(1, Duration::from_secs(5)));
+    assert!(probe.dma_maps().is_empty(), "the accepted map was undone");
+
+    // Hot-plug through a GuestMemoryAtomic: sync_guest_memory maps a new shared region,
+    // and reports the server's refusal of an fd-less one.
+    let atomic = GuestMemoryAtomic::new(Arc::unwrap_or_clone(guest_memory(GUEST_RAM)));
+    let dev = VfioUserPciDevice::attach(
+        server.socket_path().unwrap(),
+        atomic.clone(),
+        Irqs::new(),
+        &AttachOptions::default(),
+    )
+    .unwrap();
+    let plug = |region: GuestRegionMmap| {
+        let next = atomic.memory().insert_region(Arc::new(region)).unwrap();
+        atomic.lock().unwrap().replace(next);
+    };
+    let file = vm_memory::FileOffset::new(pci_support::memfd(0x10_0000), 0);
+    plug(GuestRegionMmap::from_range(GuestAddress(0x4000_0000), 0x10_0000, Some(file)).unwrap());
+    dev.sync_guest_memory().unwrap();
+    let maps = || -> Vec<u64> { probe.dma_maps().iter().map(|m| m.address).collect() };
+    assert_eq!(maps(), [0, 0x4000_0000]);
+    plug(GuestRegionMmap::from_range(GuestAddress(0x8000_0000), 0x10_0000, None).unwrap());
+    let err = dev.sync_guest_memory().unwrap_err();
+    assert!(matches!(err, PciError::Dma(_)), "fd-less, refused: {err}");
+    assert_eq!(maps(), [0, 0x4000_0000]);
+    dev.detach().unwrap();
+    assert!(probe.dma_maps().is_empty());
+}

@@ -21,6 +21,18 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Guest RAM of `size` bytes at guest address 0, backed by a memfd (shareable with the
 /// server).
 pub fn guest_memory(size: usize) -> Arc<GuestMemoryMmap> {
+    Arc::new(
+        GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            size,
+            Some(FileOffset::new(memfd(size), 0)),
+        )])
+        .unwrap(),
+    )
+}
+
+/// A memfd of `size` bytes.
+pub fn memfd(size: usize) -> File {
     let name = CString::new("guest-ram").unwrap();
     // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
@@ -28,14 +40,7 @@ pub fn guest_memory(size: usize) -> Arc<GuestMemoryMmap> {
     // SAFETY: `fd` was just created and nothing else owns it.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size as u64).unwrap();
-    Arc::new(
-        GuestMemoryMmap::from_ranges_with_files([(
-            GuestAddress(0),
-            size,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .unwrap(),
-    )
+    file
 }
 
 /// An interrupt provider that hands out one non-blocking eventfd per vector and records
