@@ -111,6 +111,13 @@ fn enable_memory(dev: &mut VfioUserPciDevice) {
     cfg_write(dev, 0x04, &0x0006u16.to_le_bytes());
 }
 
+/// Sets MSI-X Enable (function mask clear); returns the capability's offset.
+fn enable_msix(dev: &mut VfioUserPciDevice) -> usize {
+    let cap = find_cap(dev, 0x11).unwrap();
+    cfg_write(dev, cap + 3, &[0x80]);
+    cap
+}
+
 fn mmio_u32(dev: &mut VfioUserPciDevice, base: u64, offset: u64) -> u32 {
     let mut b = [0u8; 4];
     dev.mmio_read(MmioAddress(base), offset, &mut b);
@@ -369,8 +376,7 @@ fn msix_vectors_fire_and_follow_the_table_masks() {
     dev.mmio_read(MmioAddress(BAR4_BASE), 32, &mut entry);
     assert_eq!(&entry[8..12], &0x42u32.to_le_bytes());
 
-    let cap = find_cap(dev, 0x11).unwrap();
-    cfg_write(dev, cap + 3, &[0x80]);
+    let cap = enable_msix(dev);
     assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
     assert_eq!(cfg_read(dev, cap + 2, 2), 0x8003);
     for v in 0..4 {

@@ -63,8 +63,7 @@ fn a_failed_unmask_is_sent_again_on_the_next_sync() {
     for v in 0..4 {
         program_vector(dev, BAR4_BASE, 0, v, false);
     }
-    let cap = find_cap(dev, 0x11).unwrap();
-    cfg_write(dev, cap + 3, &[0x80]);
+    enable_msix(dev);
     mmio_write_u32(dev, BAR4_BASE, 16 + 12, 1);
     assert!(g.probe.irq_state(IRQ_MSIX)[1].masked);
     g.probe
@@ -100,8 +99,7 @@ fn a_failed_mode_change_is_undone_and_retried() {
         program_vector(dev, BAR4_BASE, 0, 0, false);
         g.probe
             .fail_next(Command::DeviceSetIrqs, Errno(libc::EIO), 1);
-        let cap = find_cap(dev, 0x11).unwrap();
-        cfg_write(dev, cap + 3, &[0x80]);
+        let cap = enable_msix(dev);
         assert_eq!(dev.interrupt_mode(), InterruptMode::None, "{masking:?}");
         assert_eq!(dev.error_count(), 1, "{masking:?}");
         assert_eq!(*g.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
@@ -149,8 +147,7 @@ fn reset_disconnects_msix_before_the_device_resets() {
     let mut g = gpio();
     let dev = &mut g.dev;
     enable_memory(dev);
-    let cap = find_cap(dev, 0x11).unwrap();
-    cfg_write(dev, cap + 3, &[0x80]);
+    let cap = enable_msix(dev);
     dev.reset().unwrap();
     let recent = g.probe.recent_commands();
     let at = recent
@@ -179,8 +176,7 @@ fn detach_in_msix_mode_tells_the_provider() {
     let mut g = gpio();
     let dev = &mut g.dev;
     enable_memory(dev);
-    let cap = find_cap(dev, 0x11).unwrap();
-    cfg_write(dev, cap + 3, &[0x80]);
+    enable_msix(dev);
     assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
     let probe = g.probe.clone();
     g.dev.detach().unwrap();

@@ -42,8 +42,7 @@ fn msix_masks_hold_in_every_server_mode() {
         for v in 0..4 {
             program_vector(dev, BAR4_BASE, 0, v, false);
         }
-        let cap = find_cap(dev, 0x11).unwrap();
-        cfg_write(dev, cap + 3, &[0x80]);
+        let cap = enable_msix(dev);
         assert_eq!(dev.interrupt_mode(), InterruptMode::Msix, "{masking:?}");
         let fd1 = g.irqs.fd(InterruptKind::Msix, 1);
         device_raises(dev, IRQ_MSIX, 1);
@@ -129,8 +128,7 @@ fn a_vector_enabled_masked_fires_only_after_unmask() {
         let dev = &mut g.dev;
         enable_memory(dev);
         // Enabled with every entry still masked (the reset state).
-        let cap = find_cap(dev, 0x11).unwrap();
-        cfg_write(dev, cap + 3, &[0x80]);
+        enable_msix(dev);
         let fd = g.irqs.fd(InterruptKind::Msix, 2);
         device_raises(dev, IRQ_MSIX, 2);
         let pba = GpioDevice::msix_pba_offset(4);
