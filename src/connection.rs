@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::negotiate::{negotiate_reply, Capabilities, NegotiateError, Offer};
 use crate::protocol::Command;
 use crate::proxy::{
-    ConnectionSubscriber, EventLoop, Proxy, ProxyConfig, ProxySubscriber, TwinSubscriber,
-    DEFAULT_REPLY_TIMEOUT,
+    default_busy_poll, ConnectionSubscriber, EventLoop, Proxy, ProxyConfig, ProxySubscriber,
+    TwinSubscriber, DEFAULT_REPLY_TIMEOUT,
 };
 use crate::Error;
 
@@ -30,6 +30,9 @@ pub struct ConnectOptions {
     pub reply_timeout: Duration,
     /// The capabilities we advertise.
     pub offer: Offer,
+    /// How long a caller polls for its reply before it sleeps
+    /// ([`ProxyConfig::busy_poll`]; by default [`default_busy_poll`]).
+    pub busy_poll: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -39,6 +42,7 @@ impl Default for ConnectOptions {
             handshake_timeout: DEFAULT_REPLY_TIMEOUT,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             offer: Offer::default(),
+            busy_poll: default_busy_poll(),
         }
     }
 }
@@ -50,6 +54,7 @@ impl ConnectOptions {
             reply_timeout: self.reply_timeout,
             max_recv_size: u32::try_from(max).unwrap_or(u32::MAX),
             max_recv_fds: self.offer.max_msg_fds as usize,
+            busy_poll: self.busy_poll,
         }
     }
 }

@@ -554,3 +554,42 @@ fn server_request_read_together_with_a_reply_is_served() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn busy_polling_keeps_deadlines_and_replies() {
+    use std::time::{Duration, Instant};
+    // Polling for longer than the deadline: the deadline still wins.
+    let cfg = vfio_user_client::proxy::ProxyConfig {
+        busy_poll: Duration::MAX,
+        ..short_timeout()
+    };
+    let (proxy, _lp, mut peer) = pair_with(cfg);
+    let t = thread::spawn(move || {
+        // Swallows the first request, answers the rest.
+        let _ = peer.read_msg().unwrap();
+        peer.echo_forever();
+    });
+    let started = Instant::now();
+    let e = proxy
+        .request(Command::RegionRead, b"lost", &[])
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(started.elapsed() >= short_timeout().reply_timeout);
+    // Replies that come while polling are taken.
+    for i in 0..100u8 {
+        assert_eq!(
+            proxy
+                .request(Command::RegionRead, &[i], &[])
+                .unwrap()
+                .payload,
+            [i]
+        );
+    }
+    proxy.shutdown();
+    t.join().unwrap();
+
+    // The default polls only where the server can run beside us.
+    let polls = vfio_user_client::proxy::default_busy_poll();
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(polls.is_zero(), cpus == 1);
+}
