@@ -7,6 +7,17 @@
 
 mod pci_support;
 
+#[path = "pci_cases/bars.rs"]
+mod bars;
+#[path = "pci_cases/event_loop.rs"]
+mod event_loop;
+#[path = "pci_cases/hostile.rs"]
+mod hostile;
+#[path = "pci_cases/interrupts.rs"]
+mod interrupts;
+#[path = "pci_cases/masking.rs"]
+mod masking;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +32,8 @@ use vfio_user_client::pci::{
     MsiMessage, PciConfig, VfioUserPciDevice,
 };
 use vfio_user_sample_server::{
-    ConfigSpace, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle, Probe, Server,
-    ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
+    ConfigSpace, DmaAccessMode, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle,
+    Probe, Server, ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
 };
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -63,8 +74,12 @@ struct Gpio {
 }
 
 fn gpio_with(config: GpioConfig, irqs: Arc<Irqs>) -> Gpio {
+    gpio_on(ServerConfig::default(), config, irqs)
+}
+
+fn gpio_on(server_config: ServerConfig, config: GpioConfig, irqs: Arc<Irqs>) -> Gpio {
     let (device, handle) = GpioDevice::new(config).unwrap();
-    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let server = Server::new(server_config, Box::new(device));
     let probe = server.probe();
     let server = server.listen_temp().unwrap();
     let options = AttachOptions {
@@ -94,6 +109,13 @@ fn gpio() -> Gpio {
 /// Memory decoding and bus mastering on, as a driver does first.
 fn enable_memory(dev: &mut VfioUserPciDevice) {
     cfg_write(dev, 0x04, &0x0006u16.to_le_bytes());
+}
+
+/// Sets MSI-X Enable (function mask clear); returns the capability's offset.
+fn enable_msix(dev: &mut VfioUserPciDevice) -> usize {
+    let cap = find_cap(dev, 0x11).unwrap();
+    cfg_write(dev, cap + 3, &[0x80]);
+    cap
 }
 
 fn mmio_u32(dev: &mut VfioUserPciDevice, base: u64, offset: u64) -> u32 {
@@ -354,8 +376,7 @@ fn msix_vectors_fire_and_follow_the_table_masks() {
     dev.mmio_read(MmioAddress(BAR4_BASE), 32, &mut entry);
     assert_eq!(&entry[8..12], &0x42u32.to_le_bytes());
 
-    let cap = find_cap(dev, 0x11).unwrap();
-    cfg_write(dev, cap + 3, &[0x80]);
+    let cap = enable_msix(dev);
     assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
     assert_eq!(cfg_read(dev, cap + 2, 2), 0x8003);
     for v in 0..4 {
@@ -552,11 +573,19 @@ fn interrupt_modes_switch() {
 #[test]
 fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
     let _g = shared();
+    // Shared memfd memory: the server maps it.
+    dma_engine_copies(guest_memory(GUEST_RAM), DmaAccessMode::Mmap);
+    // Anonymous private memory: the server reaches it with DMA_READ / DMA_WRITE, which
+    // the DMA layer serves.
+    let anonymous = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_RAM)]).unwrap();
+    dma_engine_copies(Arc::new(anonymous), DmaAccessMode::Message);
+}
+
+fn dma_engine_copies(memory: Arc<GuestMemoryMmap>, mode: DmaAccessMode) {
     let (engine, handle): (DmaEngine, DmaEngineHandle) = DmaEngine::new();
-    let server = Server::new(ServerConfig::default(), Box::new(engine))
-        .listen_temp()
-        .unwrap();
-    let memory: Arc<GuestMemoryMmap> = guest_memory(GUEST_RAM);
+    let server = Server::new(ServerConfig::default(), Box::new(engine));
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
     let irqs = Irqs::new();
     let options = AttachOptions {
         bars: BarPlacement::Allocator(Arc::new(|b: &BarInfo| match b.kind {
@@ -572,6 +601,12 @@ fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
         &options,
     )
     .unwrap();
+    let maps = probe.dma_maps();
+    assert_eq!(maps.len(), 1);
+    assert_eq!(
+        (maps[0].address, maps[0].size, maps[0].mode),
+        (0, GUEST_RAM as u64, mode)
+    );
     let dev = Arc::new(Mutex::new(dev));
     let mut io = IoManager::new();
     io.register_pio(PioRange::new(PioAddress(0xc000), 64).unwrap(), dev.clone())
@@ -611,7 +646,9 @@ fn dma_engine_over_the_io_bar_lands_data_and_fires_msix() {
     assert_eq!(handle.completions(), 1);
     drop(io);
     let dev = Arc::try_unwrap(dev).unwrap().into_inner().unwrap();
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
     dev.detach().unwrap();
+    assert!(probe.dma_maps().is_empty(), "unmapped at detach");
     server.stop();
 }
 
@@ -680,11 +717,19 @@ fn hot_plug_and_unplug_100_times_leaks_nothing() {
 
 #[test]
 fn a_dying_server_fails_accesses_without_hanging() {
-    let _g = shared();
+    // Alone: it counts the process's fds and maps.
+    let _g = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    let before = fds_and_maps();
     let g = gpio();
     let Gpio {
-        dev, server, irqs, ..
+        dev,
+        server,
+        irqs,
+        handle,
+        probe,
     } = g;
+    // The device model (BAR2's memfd, its ioeventfds) lives as long as these.
+    drop((handle, probe));
     let dev = Arc::new(Mutex::new(dev));
     enable_memory(&mut dev.lock().unwrap());
     let event = dev.lock().unwrap().event().try_clone().unwrap();
@@ -713,7 +758,14 @@ fn a_dying_server_fails_accesses_without_hanging() {
     assert!(quiet(dev.event()), "signalled once");
     dev.end_of_interrupt().unwrap();
     drop(irqs);
+    drop(event);
     dev.detach().unwrap();
+    // Detaching a lost device closes everything it held: socket, mapped areas, eventfds.
+    assert_eq!(
+        fds_and_maps(),
+        before,
+        "(open fds, memory maps) before and after"
+    );
 }
 
 #[test]
@@ -742,6 +794,9 @@ fn server_errors_are_recorded_not_dropped() {
 /// What the crates.io backend saw.
 #[derive(Debug, Default)]
 struct RustVmmState {
+    /// Config bytes the backend answers instead of its config space's: a server changing
+    /// what it reports.
+    patch: Vec<(usize, u8)>,
     msix: Vec<Option<File>>,
     set_irqs: Vec<(u32, u32, u32, u32, usize)>,
     dma_maps: u32,
@@ -775,7 +830,17 @@ impl vfio_user::ServerBackend for RustVmmGpio {
                 }
             }
             4 => data.fill(0),
-            7 => self.config.read(offset, data),
+            7 => {
+                self.config.read(offset, data);
+                for &(at, b) in &self.state.lock().unwrap().patch {
+                    if let Some(d) = at
+                        .checked_sub(offset as usize)
+                        .and_then(|i| data.get_mut(i))
+                    {
+                        *d = b;
+                    }
+                }
+            }
             _ => return Err(einval()),
         }
         Ok(())
@@ -841,9 +906,17 @@ impl vfio_user::ServerBackend for RustVmmGpio {
     }
 }
 
-#[test]
-fn msix_against_the_crates_io_server() {
-    let _g = shared();
+/// A crates.io `vfio_user` server on a thread, serving one client.
+struct RustVmmServer {
+    _dir: vmm_sys_util::tempdir::TempDir,
+    path: std::path::PathBuf,
+    state: Arc<Mutex<RustVmmState>>,
+    thread: thread::JoinHandle<Result<(), vfio_user::Error>>,
+}
+
+/// Serves `config` with regions of `sizes` (region 7 is the config space's 256 bytes) and
+/// `RV_VECTORS` MSI-X vectors; every IRQ index reports EVENTFD only, as the crate does.
+fn rust_vmm_server(sizes: &[(u32, u64)], config: ConfigSpace) -> RustVmmServer {
     use vfio_bindings::bindings::vfio::{
         vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
         VFIO_REGION_INFO_FLAG_WRITE,
@@ -853,24 +926,22 @@ fn msix_against_the_crates_io_server() {
     )
     .unwrap();
     let path = dir.as_path().join("sock");
-    let sizes = |i: u32| match i {
-        0 => 256,
-        4 => 4096,
+    let size = |i: u32| match i {
         7 => 256,
-        _ => 0,
+        _ => sizes.iter().find(|(r, _)| *r == i).map_or(0, |(_, s)| *s),
     };
     let regions = (0..9)
         .map(|index| vfio_user::ServerRegion {
             region_info: vfio_region_info {
                 argsz: std::mem::size_of::<vfio_region_info>() as u32,
-                flags: if sizes(index) > 0 {
+                flags: if size(index) > 0 {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
                 } else {
                     0
                 },
                 index,
                 cap_offset: 0,
-                size: sizes(index),
+                size: size(index),
                 offset: 0,
             },
             sparse_areas: Vec::new(),
@@ -892,13 +963,33 @@ fn msix_against_the_crates_io_server() {
     let state = Arc::new(Mutex::new(RustVmmState::default()));
     let mut backend = RustVmmGpio {
         state: state.clone(),
-        config: ConfigSpace::new(0x494f, 0x0dc9, 0x08_80_00, 0)
+        config,
+    };
+    let thread = thread::spawn(move || server.run(&mut backend));
+    RustVmmServer {
+        _dir: dir,
+        path,
+        state,
+        thread,
+    }
+}
+
+#[test]
+fn msix_against_the_crates_io_server() {
+    let _g = shared();
+    let RustVmmServer {
+        _dir,
+        path,
+        state,
+        thread,
+    } = rust_vmm_server(
+        &[(0, 256), (4, 4096)],
+        ConfigSpace::new(0x494f, 0x0dc9, 0x08_80_00, 0)
             .with_bar(0, 256)
             .with_bar(4, 4096)
             .with_interrupt_pin(1)
             .with_msix(RV_VECTORS, 4, 0, 4, 0x800),
-    };
-    let thread = thread::spawn(move || server.run(&mut backend));
+    );
 
     let irqs = Irqs::new();
     let options = AttachOptions {
@@ -930,10 +1021,24 @@ fn msix_against_the_crates_io_server() {
         drop(st);
         assert!(fired(&irqs.fd(InterruptKind::Msix, v)), "vector {v}");
     }
-    // Masking vector 2 in the table reaches the backend as SET_IRQS MASK.
+    // The server reports no MASKABLE: masking vector 2 in the table sends no MASK but
+    // parks the vector on an eventfd of the device's (one SET_IRQS with one fd for vector
+    // 2), whose signal shows in the PBA and is delivered on unmask.
     mmio_write_u32(&mut dev, BAR4_BASE, 2 * 16 + 12, 1);
-    let mask = (IRQ_MSIX, 0x1 | 0x8, 2, 1, 0);
-    assert!(state.lock().unwrap().set_irqs.contains(&mask));
+    let park = (IRQ_MSIX, 0x4 | 0x20, 2, 1, 1);
+    assert_eq!(state.lock().unwrap().set_irqs.last(), Some(&park));
+    {
+        let st = state.lock().unwrap();
+        let mut f = st.msix[2].as_ref().unwrap();
+        f.write_all(&1u64.to_ne_bytes()).unwrap();
+    }
+    assert!(quiet(&irqs.fd(InterruptKind::Msix, 2)));
+    assert_eq!(mmio_u32(&mut dev, BAR4_BASE, 0x800), 0b100, "pending");
+    mmio_write_u32(&mut dev, BAR4_BASE, 2 * 16 + 12, 0);
+    assert!(fired(&irqs.fd(InterruptKind::Msix, 2)));
+    assert_eq!(mmio_u32(&mut dev, BAR4_BASE, 0x800), 0);
+    let masks = |st: &RustVmmState| st.set_irqs.iter().any(|s| s.1 & (0x8 | 0x10) != 0);
+    assert!(!masks(&state.lock().unwrap()), "no MASK or UNMASK sent");
     assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
     dev.detach().unwrap();
     thread.join().unwrap().unwrap();

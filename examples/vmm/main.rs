@@ -7,7 +7,13 @@
 //! * guest RAM: vm-memory `GuestMemoryMmap` over a memfd (shared with the server, which
 //!   maps it for DMA);
 //! * buses: vm-device's `IoManager`, with a PCI host bridge on ports 0xCF8..0xCFF (config
-//!   mechanism #1) and the device's BAR windows registered where the guest puts them;
+//!   mechanism #1) and the device's BAR windows registered where the guest puts them. A BAR
+//!   address the buses cannot take (an I/O BAR above 0xFFFF, a window overlapping another)
+//!   is logged and the BAR left unmapped (`PciConfig::unmap_bar`); the guest keeps running;
+//! * locking: the host bridge holds no lock while it calls into a device, so a config access
+//!   that waits for a slow server (a round trip, at worst the reply timeout, 5 s by default)
+//!   blocks only that vCPU and that device; other vCPUs keep reaching the bridge and other
+//!   devices;
 //! * events: an event-manager `EventManager` on its own thread; the device's subscriber is
 //!   added to it at hot-plug through its remote endpoint and removed at unplug;
 //! * the guest: with a usable `/dev/kvm`, real-mode code (`guest.S`) in a KVM vCPU whose
@@ -39,7 +45,7 @@ use vfio_user_client::pci::{
 use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle};
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioAddressOffset, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
-use vm_device::MutDevicePio;
+use vm_device::DevicePio;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -124,20 +130,26 @@ impl InterruptProvider for Interrupts {
 
 /// The PCI host bridge of bus 0: config mechanism #1 on ports 0xCF8 (address) and
 /// 0xCFC..0xCFF (data).
+///
+/// It implements vm-device's shared `DevicePio` with locks of its own, each held only to
+/// look something up: a config access locks just the device it reaches, so a device waiting
+/// for its server holds up neither the bridge nor the other devices. (Registered as
+/// `Mutex<PciRoot>` through the blanket impl, the bridge's lock would be held across every
+/// device's round trip.)
 #[derive(Default)]
 struct PciRoot {
-    address: u32,
-    slots: HashMap<u32, Arc<Mutex<VfioUserPciDevice>>>,
+    address: Mutex<u32>,
+    slots: Mutex<HashMap<u32, Arc<Mutex<VfioUserPciDevice>>>>,
     /// BAR moves the guest asked for; the VMM applies them after the exit (the buses cannot
     /// be changed from inside a bus access).
-    moves: Vec<(u32, BarReprogramming)>,
+    moves: Mutex<Vec<(u32, BarReprogramming)>>,
 }
 
 impl PciRoot {
     /// The slot and register the address register selects, when enabled and on bus 0,
     /// function 0.
     fn target(&self) -> Option<(u32, usize)> {
-        let a = self.address;
+        let a = *lock(&self.address);
         let (enabled, bus, slot, function) = (
             a >> 31 == 1,
             (a >> 16) & 0xff,
@@ -146,23 +158,29 @@ impl PciRoot {
         );
         (enabled && bus == 0 && function == 0).then_some((slot, ((a >> 2) & 0x3f) as usize))
     }
+
+    /// The device the address register selects (the bridge's locks released), and the
+    /// register.
+    fn selected(&self) -> Option<(Arc<Mutex<VfioUserPciDevice>>, usize)> {
+        let (slot, reg) = self.target()?;
+        let dev = lock(&self.slots).get(&slot).cloned()?;
+        Some((dev, reg))
+    }
 }
 
-impl MutDevicePio for PciRoot {
-    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+impl DevicePio for PciRoot {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(0xff);
         let offset = usize::from(offset);
         let value = if offset < 4 {
-            self.address
+            *lock(&self.address)
         } else {
-            let Some(dev) = self
-                .target()
-                .and_then(|(slot, reg)| Some((self.slots.get(&slot)?, reg)))
-                .map(|(dev, reg)| lock(dev).read_config_register(reg))
-            else {
+            let Some((dev, reg)) = self.selected() else {
                 return;
             };
-            dev
+            // A statement of its own: the guard is dropped before `dev` is.
+            let value = lock(&dev).read_config_register(reg);
+            value
         };
         let bytes = value.to_le_bytes();
         for (i, d) in data.iter_mut().enumerate() {
@@ -172,22 +190,22 @@ impl MutDevicePio for PciRoot {
         }
     }
 
-    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let offset = usize::from(offset);
         if offset < 4 {
             if let (0, Ok(v)) = (offset, <[u8; 4]>::try_from(data)) {
-                self.address = u32::from_le_bytes(v);
+                *lock(&self.address) = u32::from_le_bytes(v);
             }
             return;
         }
-        let Some((slot, reg)) = self.target() else {
+        let Some((slot, _)) = self.target() else {
             return;
         };
-        let Some(dev) = self.slots.get(&slot) else {
+        let Some((dev, reg)) = self.selected() else {
             return;
         };
-        let moves = lock(dev).write_config_register(reg, (offset - 4) as u64, data);
-        self.moves.extend(moves.into_iter().map(|m| (slot, m)));
+        let moves = lock(&dev).write_config_register(reg, (offset - 4) as u64, data);
+        lock(&self.moves).extend(moves.into_iter().map(|m| (slot, m)));
     }
 }
 
@@ -260,10 +278,12 @@ struct Plugged {
 pub struct Vmm {
     memory: Arc<GuestMemoryMmap>,
     io: IoManager,
-    root: Arc<Mutex<PciRoot>>,
+    root: Arc<PciRoot>,
     events: EventThread,
     interrupts: Arc<Interrupts>,
     plugged: Option<Plugged>,
+    /// BAR moves the buses could not take, and why.
+    refused: Vec<(BarReprogramming, String)>,
 }
 
 fn memfd_memory(size: usize) -> Result<Arc<GuestMemoryMmap>, BoxError> {
@@ -288,7 +308,7 @@ impl Vmm {
     /// Guest RAM, the buses with the PCI host bridge, and the event loop.
     pub fn new() -> Result<Vmm, BoxError> {
         let memory = memfd_memory(RAM_SIZE)?;
-        let root = Arc::new(Mutex::new(PciRoot::default()));
+        let root = Arc::new(PciRoot::default());
         let mut io = IoManager::new();
         io.register_pio(PioRange::new(PioAddress(CONFIG_ADDRESS), 8)?, root.clone())?;
         Ok(Vmm {
@@ -298,6 +318,7 @@ impl Vmm {
             events: EventThread::start()?,
             interrupts: Arc::new(Interrupts::default()),
             plugged: None,
+            refused: Vec::new(),
         })
     }
 
@@ -312,7 +333,7 @@ impl Vmm {
         )?;
         let subscriber = self.events.add(Box::new(subscriber))?;
         let device = Arc::new(Mutex::new(device));
-        lock(&self.root).slots.insert(SLOT, device.clone());
+        lock(&self.root.slots).insert(SLOT, device.clone());
         self.plugged = Some(Plugged {
             slot: SLOT,
             device,
@@ -323,33 +344,35 @@ impl Vmm {
     }
 
     /// Carries out the BAR moves the guest asked for: the window moves on its bus, then the
-    /// device is told.
-    fn apply_bar_moves(&mut self) -> Result<(), BoxError> {
-        let moves = std::mem::take(&mut lock(&self.root).moves);
+    /// device is told. Guest values never stop the VMM: a move the buses cannot take (an
+    /// I/O address above 0xFFFF, a window overlapping another) is logged, the BAR is left
+    /// unmapped and the device told so; the vCPU keeps running.
+    pub fn apply_bar_moves(&mut self) {
+        let moves = std::mem::take(&mut *lock(&self.root.moves));
         for (slot, m) in moves {
             let Some(p) = self.plugged.as_mut().filter(|p| p.slot == slot) else {
                 continue;
             };
-            if let Some(old) = m.old_base {
-                deregister(&mut self.io, m.kind, old);
-                p.windows.retain(|w| *w != (m.kind, old));
-            }
-            match m.kind {
-                BarKind::Io => {
-                    let port = u16::try_from(m.new_base)?;
-                    let len = u16::try_from(m.len)?;
-                    self.io
-                        .register_pio(PioRange::new(PioAddress(port), len)?, p.device.clone())?;
+            if let Err(e) = move_window(&mut self.io, p, &m) {
+                eprintln!(
+                    "vmm: BAR {} of slot {slot} cannot go to {:#x} ({e}); it stays unmapped",
+                    m.bar, m.new_base
+                );
+                if let Some(old) = m.old_base {
+                    deregister(&mut self.io, m.kind, old);
+                    p.windows.retain(|w| *w != (m.kind, old));
                 }
-                _ => self.io.register_mmio(
-                    MmioRange::new(MmioAddress(m.new_base), m.len)?,
-                    p.device.clone(),
-                )?,
+                if let Err(e) = lock(&p.device).unmap_bar(m.bar) {
+                    eprintln!("vmm: unmapping BAR {} of slot {slot}: {e}", m.bar);
+                }
+                self.refused.push((m, e.to_string()));
             }
-            p.windows.push((m.kind, m.new_base));
-            lock(&p.device).move_bar(m.bar, m.new_base)?;
         }
-        Ok(())
+    }
+
+    /// The BAR moves the buses could not take so far, and why.
+    pub fn refused_moves(&self) -> &[(BarReprogramming, String)] {
+        &self.refused
     }
 
     /// Unplugs the device: off the buses, detached, its subscriber removed.
@@ -357,7 +380,7 @@ impl Vmm {
         let Some(p) = self.plugged.take() else {
             return Ok(());
         };
-        lock(&self.root).slots.remove(&p.slot);
+        lock(&self.root.slots).remove(&p.slot);
         for (kind, base) in p.windows {
             deregister(&mut self.io, kind, base);
         }
@@ -369,25 +392,67 @@ impl Vmm {
         self.events.remove(p.subscriber)
     }
 
-    fn pio_read(&self, port: u16, data: &mut [u8]) {
+    /// A guest port read (all ones where nothing decodes).
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) {
         if self.io.pio_read(PioAddress(port), data).is_err() {
             data.fill(0xff);
         }
     }
 
-    fn pio_write(&self, port: u16, data: &[u8]) {
+    /// A guest port write (dropped where nothing decodes); BAR moves it asks for wait for
+    /// [`Vmm::apply_bar_moves`].
+    pub fn pio_write(&self, port: u16, data: &[u8]) {
         let _ = self.io.pio_write(PioAddress(port), data);
     }
 
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+    /// A guest MMIO read (all ones where nothing decodes).
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         if self.io.mmio_read(MmioAddress(addr), data).is_err() {
             data.fill(0xff);
         }
     }
 
-    fn mmio_write(&self, addr: u64, data: &[u8]) {
+    /// A guest MMIO write (dropped where nothing decodes).
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
         let _ = self.io.mmio_write(MmioAddress(addr), data);
     }
+}
+
+/// Registers `m`'s new window on its bus, then takes the old one off (first, when the two
+/// overlap), then tells the device. On failure the old window may be gone already.
+fn move_window(io: &mut IoManager, p: &mut Plugged, m: &BarReprogramming) -> Result<(), BoxError> {
+    let register = |io: &mut IoManager| -> Result<(), BoxError> {
+        match m.kind {
+            BarKind::Io => {
+                let port = u16::try_from(m.new_base)
+                    .map_err(|_| format!("I/O address {:#x} is above 0xffff", m.new_base))?;
+                let len = u16::try_from(m.len)?;
+                io.register_pio(PioRange::new(PioAddress(port), len)?, p.device.clone())?;
+            }
+            _ => io.register_mmio(
+                MmioRange::new(MmioAddress(m.new_base), m.len)?,
+                p.device.clone(),
+            )?,
+        }
+        Ok(())
+    };
+    let overlaps_old = m.old_base.is_some_and(|old| {
+        old < m.new_base.saturating_add(m.len) && m.new_base < old.saturating_add(m.len)
+    });
+    if overlaps_old {
+        if let Some(old) = m.old_base {
+            deregister(io, m.kind, old);
+            p.windows.retain(|w| *w != (m.kind, old));
+        }
+    }
+    register(io)?;
+    if let Some(old) = m.old_base.filter(|_| !overlaps_old) {
+        deregister(io, m.kind, old);
+        p.windows.retain(|w| *w != (m.kind, old));
+    }
+    p.windows.push((m.kind, m.new_base));
+    lock(&p.device).move_bar(m.bar, m.new_base)?;
+    Ok(())
 }
 
 fn deregister(io: &mut IoManager, kind: BarKind, base: u64) {
@@ -409,7 +474,8 @@ fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
     let mut exits = 0usize;
     let out32 = |vmm: &mut Vmm, port: u16, v: u32| -> Result<(), BoxError> {
         vmm.pio_write(port, &v.to_le_bytes());
-        vmm.apply_bar_moves()
+        vmm.apply_bar_moves();
+        Ok(())
     };
     let in32 = |vmm: &Vmm, port: u16| {
         let mut b = [0u8; 4];
@@ -448,7 +514,9 @@ fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
     out32(vmm, CONFIG_ADDRESS, (cfg | cap) + 4)?;
     let table = u64::from(in32(vmm, CONFIG_ADDRESS + 4) & !7);
     out32(vmm, CONFIG_ADDRESS, cfg | 0x04)?;
+    // Memory decoding on: BAR0 moves now.
     vmm.pio_write(CONFIG_ADDRESS + 4, &0x0006u16.to_le_bytes());
+    vmm.apply_bar_moves();
     for (i, v) in [0xfee0_0000u32, 0, 0x31, 0].iter().enumerate() {
         vmm.mmio_write(BAR0_GUEST + table + 4 * i as u64, &v.to_le_bytes());
     }
@@ -519,7 +587,7 @@ fn run_kvm_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
             VcpuExit::Hlt => return Ok(exits),
             other => return Err(format!("unexpected vCPU exit {other:?}").into()),
         }
-        vmm.apply_bar_moves()?;
+        vmm.apply_bar_moves();
     }
     Err(format!("the guest did not halt after {MAX_EXITS} exits").into())
 }
@@ -576,19 +644,37 @@ impl fmt::Display for Report {
 /// Starts the sample DMA engine server, builds the VMM, hot-plugs the device, runs the
 /// guest (in KVM or as Rust code), checks the results and unplugs.
 pub fn run(kvm: bool) -> Result<Report, BoxError> {
+    let (server, mut vmm) = start()?;
+    let report = drive(&mut vmm, kvm)?;
+    vmm.unplug()?;
+    server.stop();
+    Ok(report)
+}
+
+/// The sample DMA engine's server, and a VMM with the engine hot-plugged and the source
+/// buffer in guest memory.
+pub fn start() -> Result<(ServerHandle, Vmm), BoxError> {
     let (engine, _handle) = DmaEngine::new();
     let server: ServerHandle =
         Server::new(ServerConfig::default(), Box::new(engine)).listen_temp()?;
     let mut vmm = Vmm::new()?;
     vmm.hot_plug(server.socket_path().ok_or("the server has no socket")?)?;
-    let pattern: Vec<u8> = (0..COPY_LEN)
+    vmm.memory.write_slice(&pattern(), GuestAddress(SOURCE))?;
+    Ok((server, vmm))
+}
+
+fn pattern() -> Vec<u8> {
+    (0..COPY_LEN)
         .map(|i| (i as u8).wrapping_mul(37) ^ 0x5a)
-        .collect();
-    vmm.memory.write_slice(&pattern, GuestAddress(SOURCE))?;
+        .collect()
+}
+
+/// Runs the guest (in KVM or as Rust code) on a started VMM and reports what it did.
+pub fn drive(vmm: &mut Vmm, kvm: bool) -> Result<Report, BoxError> {
     let exits = if kvm {
-        run_kvm_guest(&mut vmm)?
+        run_kvm_guest(vmm)?
     } else {
-        run_rust_guest(&mut vmm)?
+        run_rust_guest(vmm)?
     };
     let done: u16 = vmm.memory.read_obj(GuestAddress(MAILBOX))?;
     if done != GUEST_DONE {
@@ -600,17 +686,14 @@ pub fn run(kvm: bool) -> Result<Report, BoxError> {
     // The doorbell write was posted, but the guest's status read came after it on the
     // socket, so the copy and its interrupt are complete.
     let msix_fired = vmm.interrupts.fd(InterruptKind::Msix, 0)?.read().is_ok();
-    let report = Report {
+    Ok(Report {
         guest: if kvm { "KVM" } else { "Rust" },
         exits,
         slot: vmm.memory.read_obj(GuestAddress(MAILBOX + 4))?,
         status: vmm.memory.read_obj(GuestAddress(MAILBOX + 12))?,
-        copied: copy == pattern,
+        copied: copy == pattern(),
         msix_fired,
-    };
-    vmm.unplug()?;
-    server.stop();
-    Ok(report)
+    })
 }
 
 fn main() -> std::process::ExitCode {

@@ -37,10 +37,43 @@ pub struct Quirks {
     pub close_after_version: bool,
 }
 
+/// How the server treats DEVICE_SET_IRQS MASK and UNMASK, and what DEVICE_GET_IRQ_INFO
+/// says about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IrqMasking {
+    /// Masking works on INTx, MSI and MSI-X: a masked vector raised is left pending (the
+    /// MSI-X pending bit array shows it) and delivered on unmask. IRQ_INFO reports
+    /// `EVENTFD | MASKABLE` for those indexes (ERR and REQ take TRIGGER only).
+    #[default]
+    Implemented,
+    /// libvfio-user (and so SPDK): MASK and UNMASK are accepted and do nothing, and IRQ_INFO
+    /// reports `EVENTFD` only. A vector fires whatever the client asked.
+    Ignored,
+    /// The kernel's vfio-pci: INTx masks as in [`IrqMasking::Implemented`] (and reports
+    /// `MASKABLE`); MASK and UNMASK of MSI and MSI-X are refused with `EINVAL`, and those
+    /// indexes report `EVENTFD` only.
+    Rejected,
+}
+
+impl IrqMasking {
+    /// Whether MASK and UNMASK of IRQ index `index` take effect (and IRQ_INFO reports
+    /// `MASKABLE` for it).
+    pub fn masks(self, index: u32) -> bool {
+        use crate::device::{IRQ_INTX, IRQ_MSI, IRQ_MSIX};
+        match self {
+            IrqMasking::Implemented => matches!(index, IRQ_INTX | IRQ_MSI | IRQ_MSIX),
+            IrqMasking::Ignored => false,
+            IrqMasking::Rejected => index == IRQ_INTX,
+        }
+    }
+}
+
 /// The server's configuration.
 ///
 /// The defaults match libvfio-user: version `0.min(client minor, 2)`, capabilities
-/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`, 48-byte REGION_IO_FDS entries.
+/// `{"max_msg_fds":8,"max_data_xfer_size":1048576}`, 48-byte REGION_IO_FDS entries; except
+/// that interrupt masking works (and is advertised, see [`IrqMasking`]) unless
+/// [`ServerConfig::irq_masking`] says otherwise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     /// Major version replied (and required of the client).
@@ -84,6 +117,11 @@ pub struct ServerConfig {
     /// (the default, as the real server sends), the spec's 40-byte ones, or any other stride
     /// (common fields only, zero-padded; at least 28 bytes are written).
     pub io_fds_layout: IoFdsLayout,
+    /// What SET_IRQS MASK and UNMASK do (default: they work, and IRQ_INFO says so).
+    pub irq_masking: IrqMasking,
+    /// DEVICE_RESET also disconnects every interrupt eventfd, as a device whose reset takes
+    /// its interrupt setup down with it (default `false`: libvfio-user keeps them).
+    pub reset_clears_irqs: bool,
     /// Deliberate misbehaviour.
     pub quirks: Quirks,
 }
@@ -108,6 +146,8 @@ impl Default for ServerConfig {
             require_2mib_alignment: false,
             mmap_dma_windows: true,
             io_fds_layout: IoFdsLayout::LibVfioUser,
+            irq_masking: IrqMasking::default(),
+            reset_clears_irqs: false,
             quirks: Quirks::default(),
         }
     }

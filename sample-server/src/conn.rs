@@ -17,8 +17,8 @@ use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
     MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs, SparseMmapArea,
     Version, DEVICE_FLAGS_RESET, DMA_UNMAP_FLAG_ALL, FLAGS_ERROR, FLAGS_TYPE_COMMAND,
-    FLAGS_TYPE_MASK, HEADER_SIZE, IRQ_INFO_EVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
+    FLAGS_TYPE_MASK, HEADER_SIZE, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, REGION_INFO_FLAG_MMAP,
+    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::proxy::socket::{recv, recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
@@ -382,7 +382,7 @@ pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
             .map(|i| device.irq_count(i))
             .collect()
     };
-    *lock(&shared.irqs) = IrqTable::new(&counts);
+    *lock(&shared.irqs) = IrqTable::new(&counts, config.irq_masking);
     shared.connection_started();
     let mut conn = Conn {
         shared,
@@ -437,7 +437,10 @@ impl Conn<'_> {
                     self.reply(&h, Err(Errno::INVAL));
                 }
                 Incoming::Oversized(_) => {}
-                Incoming::Message(m) => self.handle(m),
+                Incoming::Message(m) => {
+                    self.shared.wait_while_paused();
+                    self.handle(m)
+                }
             }
         }
     }
@@ -459,8 +462,8 @@ impl Conn<'_> {
             log::debug!("discarding unsolicited reply {}", m.header);
             return;
         }
-        self.shared.command_seen();
         let header = m.header;
+        self.shared.command_seen(header.known_command());
         if m.too_many_fds {
             log::warn!("{header} carried more than max_msg_fds fds");
             self.reply(&header, Err(Errno::INVAL));
@@ -478,6 +481,14 @@ impl Conn<'_> {
             self.reply(&header, result);
             self.version_done = ok;
             self.close = !ok || self.shared.config.quirks.close_after_version;
+            return;
+        }
+        if let Some(errno) = header
+            .known_command()
+            .and_then(|c| self.shared.injected_failure(c))
+        {
+            log::debug!("{header} refused on request: {errno:?}");
+            self.reply(&header, Err(errno));
             return;
         }
         let result = match header.known_command() {
@@ -772,10 +783,15 @@ impl Conn<'_> {
             }
             device.irq_count(request.index)
         };
+        let maskable = if self.shared.config.irq_masking.masks(request.index) {
+            IRQ_INFO_MASKABLE
+        } else {
+            0
+        };
         let mut payload = Vec::with_capacity(IrqInfo::SIZE);
         IrqInfo {
             argsz: IrqInfo::SIZE as u32,
-            flags: IRQ_INFO_EVENTFD,
+            flags: IRQ_INFO_EVENTFD | maskable,
             index: request.index,
             count,
         }
@@ -929,6 +945,10 @@ impl Conn<'_> {
             return Err(Errno::INVAL);
         }
         device.reset(ResetReason::Client)?;
+        drop(device);
+        if self.shared.config.reset_clears_irqs {
+            lock(&self.shared.irqs).clear();
+        }
         Ok(Reply::default())
     }
 }

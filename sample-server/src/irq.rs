@@ -13,6 +13,7 @@ use vfio_user_client::protocol::{
     IRQ_SET_DATA_EVENTFD as SET_DATA_EVENTFD, IRQ_SET_DATA_NONE as SET_DATA_NONE,
 };
 
+use crate::config::IrqMasking;
 use crate::device::{Errno, IRQ_ERR, IRQ_REQ};
 const SET_DATA: u32 = SET_DATA_NONE | SET_DATA_BOOL | SET_DATA_EVENTFD;
 const SET_ACTION: u32 = SET_ACTION_MASK | SET_ACTION_UNMASK | SET_ACTION_TRIGGER;
@@ -60,6 +61,14 @@ impl Vector {
         }
     }
 
+    /// Back to the state before any SET_IRQS (the signal count is kept).
+    fn disconnect(&mut self) {
+        *self = Vector {
+            signalled: self.signalled,
+            ..Vector::default()
+        };
+    }
+
     fn state(&self) -> IrqVectorState {
         IrqVectorState {
             assigned: self.trigger.is_some(),
@@ -75,17 +84,28 @@ impl Vector {
 #[derive(Debug, Default)]
 pub(crate) struct IrqTable {
     indexes: Vec<Vec<Vector>>,
+    masking: IrqMasking,
 }
 
 impl IrqTable {
-    /// A table with `counts[i]` vectors for index `i`, nothing attached.
-    pub(crate) fn new(counts: &[u32]) -> IrqTable {
+    /// A table with `counts[i]` vectors for index `i`, nothing attached, whose MASK and
+    /// UNMASK behave as `masking` says.
+    pub(crate) fn new(counts: &[u32], masking: IrqMasking) -> IrqTable {
         IrqTable {
             indexes: counts
                 .iter()
                 .map(|&n| (0..n).map(|_| Vector::default()).collect())
                 .collect(),
+            masking,
         }
+    }
+
+    /// Disconnects every vector, as a reset of the interrupt setup (signal counts kept).
+    pub(crate) fn clear(&mut self) {
+        self.indexes
+            .iter_mut()
+            .flatten()
+            .for_each(Vector::disconnect);
     }
 
     /// Signals `vector` of `index`: `Ok(true)` if an eventfd was written.
@@ -165,14 +185,17 @@ impl IrqTable {
         if data == SET_DATA_BOOL && req.bools.len() != req.count as usize {
             return Err(Errno::INVAL);
         }
+        let mask_action = action == SET_ACTION_MASK || action == SET_ACTION_UNMASK;
+        if mask_action && data != SET_DATA_EVENTFD && !self.masking.masks(req.index) {
+            // libvfio-user answers 0 and does nothing; the kernel refuses MSI/MSI-X masking.
+            return match self.masking {
+                IrqMasking::Rejected => Err(Errno::INVAL),
+                _ => Ok(()),
+            };
+        }
         let range = req.start as usize..(req.start + req.count) as usize;
         if data == SET_DATA_NONE && action == SET_ACTION_TRIGGER && req.count == 0 {
-            for v in vectors.iter_mut() {
-                *v = Vector {
-                    signalled: v.signalled,
-                    ..Vector::default()
-                };
-            }
+            vectors.iter_mut().for_each(Vector::disconnect);
             return Ok(());
         }
         let selected = |i: usize| -> bool {

@@ -49,7 +49,7 @@ mod memory;
 mod pci;
 mod server;
 
-pub use config::{Quirks, ServerConfig, VersionPayload};
+pub use config::{IrqMasking, Quirks, ServerConfig, VersionPayload};
 pub use conn::DeviceContext;
 pub use device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,

@@ -16,6 +16,8 @@ const INTERRUPT_LINE: usize = 0x3c;
 const INTERRUPT_PIN: usize = 0x3d;
 /// Command bits a driver may set: I/O, memory, bus master, INTx disable.
 const COMMAND_WRITABLE: u16 = 0x0407;
+/// Command register: Interrupt Disable.
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// Status bit: the capability list is present.
 const STATUS_CAP_LIST: u16 = 0x10;
 /// The first capability goes here; later ones follow.
@@ -258,18 +260,35 @@ impl ConfigSpace {
 
     /// Offset of the first capability with this id.
     pub fn find_cap(&self, id: u8) -> Option<usize> {
-        let mut at = self.bytes[CAPABILITIES] as usize;
+        let mut at = usize::from(self.bytes[CAPABILITIES] & !3);
         // At most 48 capabilities fit in 192 bytes: a longer chain is a loop.
         for _ in 0..48 {
             if at < FIRST_CAP {
                 return None;
             }
-            if self.bytes[at] == id {
+            if *self.bytes.get(at)? == id {
                 return Some(at);
             }
-            at = self.bytes[at + 1] as usize;
+            at = usize::from(*self.bytes.get(at + 1)? & !3);
         }
         None
+    }
+
+    /// The offset of the MSI capability's pending bits register, when it has one
+    /// (per-vector masking).
+    pub fn msi_pending_offset(&self) -> Option<usize> {
+        let at = self.find_cap(CAP_ID_MSI)?;
+        let control = u16::from_le_bytes([self.bytes[at + 2], self.bytes[at + 3]]);
+        let addr64 = control & (1 << 7) != 0;
+        let per_vector_mask = control & (1 << 8) != 0;
+        per_vector_mask.then_some(at + if addr64 { 0x14 } else { 0x10 })
+    }
+
+    /// Whether the command register's Interrupt Disable bit is set: the function must not
+    /// assert INTx.
+    pub fn intx_disabled(&self) -> bool {
+        u16::from_le_bytes([self.bytes[COMMAND], self.bytes[COMMAND + 1]]) & COMMAND_INTX_DISABLE
+            != 0
     }
 
     /// Restores the state after construction.

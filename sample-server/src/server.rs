@@ -3,6 +3,7 @@
 
 //! Running a server on a thread, stopping it, and looking inside it from a test.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vfio_user_client::protocol::Command;
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::config::ServerConfig;
@@ -42,7 +44,17 @@ struct Status {
     disconnects: u64,
     commands: u64,
     client: Option<ClientInfo>,
+    paused: bool,
+    /// The connection thread holds a message at the pause.
+    holding: bool,
+    /// Commands to refuse: (command, errno, how many more times).
+    failures: Vec<(Command, Errno, u32)>,
+    /// The last [`RECENT_COMMANDS`] known commands received.
+    recent: VecDeque<Command>,
 }
+
+/// How many of the last commands a probe can list.
+const RECENT_COMMANDS: usize = 64;
 
 /// Server state shared by the connection thread, the handle and probes.
 pub(crate) struct Shared {
@@ -67,12 +79,49 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    pub(crate) fn command_seen(&self) {
-        lock(&self.status).commands += 1;
+    pub(crate) fn command_seen(&self, command: Option<Command>) {
+        let mut status = lock(&self.status);
+        status.commands += 1;
+        if let Some(c) = command {
+            if status.recent.len() == RECENT_COMMANDS {
+                status.recent.pop_front();
+            }
+            status.recent.push_back(c);
+        }
     }
 
     pub(crate) fn set_client(&self, client: ClientInfo) {
         lock(&self.status).client = Some(client);
+        self.changed.notify_all();
+    }
+
+    /// Blocks the connection thread while a probe has the server paused.
+    pub(crate) fn wait_while_paused(&self) {
+        let mut status = lock(&self.status);
+        if !status.paused {
+            return;
+        }
+        status.holding = true;
+        self.changed.notify_all();
+        while status.paused {
+            status = self.changed.wait(status).unwrap_or_else(|e| e.into_inner());
+        }
+        status.holding = false;
+    }
+
+    /// The errno to refuse `command` with, if a probe asked for that (counting it down).
+    pub(crate) fn injected_failure(&self, command: Command) -> Option<Errno> {
+        let mut status = lock(&self.status);
+        let (_, errno, left) = status
+            .failures
+            .iter_mut()
+            .find(|(c, _, left)| *c == command && *left > 0)?;
+        *left -= 1;
+        Some(*errno)
+    }
+
+    fn set_paused(&self, paused: bool) {
+        lock(&self.status).paused = paused;
         self.changed.notify_all();
     }
 }
@@ -264,6 +313,7 @@ impl ServerHandle {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        self.shared.set_paused(false);
         {
             let mut inner = lock(&self.stop.inner);
             inner.stopping = true;
@@ -372,16 +422,52 @@ impl Probe {
         lock(&self.shared.status).disconnects
     }
 
+    /// The last commands received (at most 64, oldest first), over all connections.
+    pub fn recent_commands(&self) -> Vec<Command> {
+        lock(&self.shared.status).recent.iter().copied().collect()
+    }
+
     /// Commands received so far, over all connections.
     pub fn commands(&self) -> u64 {
         lock(&self.shared.status).commands
     }
 
+    /// Stops handling messages: the server keeps what it reads but answers nothing until
+    /// [`Probe::resume`] (or until it is stopped), as a server busy in a long device call
+    /// would. The message being handled, if any, completes.
+    pub fn pause(&self) {
+        self.shared.set_paused(true);
+    }
+
+    /// Refuses the next `times` `command` messages with `errno` once they pass VERSION (the
+    /// message is read and answered with an error reply, nothing else happens). Adds to
+    /// the failures already asked for.
+    pub fn fail_next(&self, command: Command, errno: Errno, times: u32) {
+        lock(&self.shared.status)
+            .failures
+            .push((command, errno, times));
+    }
+
+    /// Waits until the paused server holds a message it has read and not answered; `false`
+    /// on timeout.
+    pub fn wait_holding(&self, timeout: Duration) -> bool {
+        self.wait_status(timeout, |s| s.holding)
+    }
+
+    /// Handles messages again after [`Probe::pause`], in the order they arrived.
+    pub fn resume(&self) {
+        self.shared.set_paused(false);
+    }
+
     /// Waits until at least `n` connections have ended; `false` on timeout.
     pub fn wait_disconnects(&self, n: u64, timeout: Duration) -> bool {
+        self.wait_status(timeout, |s| s.disconnects >= n)
+    }
+
+    fn wait_status(&self, timeout: Duration, done: impl Fn(&Status) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut status = lock(&self.shared.status);
-        while status.disconnects < n {
+        while !done(&status) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;

@@ -242,7 +242,7 @@ fn set_irqs_512_vectors_in_runs() {
     let probe = s.probe();
     c.version();
     let m = c.call(Command::DeviceGetIrqInfo, &words(&[16, 0, IRQ_MSIX, 0]));
-    assert_eq!(m.body, words(&[16, 1, IRQ_MSIX, 512]));
+    assert_eq!(m.body, words(&[16, 3, IRQ_MSIX, 512]));
 
     let efds: Vec<EventFd> = (0..512)
         .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())

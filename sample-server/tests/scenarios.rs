@@ -378,3 +378,137 @@ fn stop_idle_listener() {
     handle.stop();
     assert!(!path.exists());
 }
+
+#[test]
+fn irq_masking_modes() {
+    use vfio_user_sample_server::{IrqMasking, IRQ_ERR, IRQ_MSI};
+    const MASK: u32 = 1 | (1 << 3);
+    const UNMASK: u32 = 1 | (1 << 4);
+    const EVENTFD_TRIGGER: u32 = (1 << 2) | (1 << 5);
+    let set = |flags, index, start, count| words(&[20, flags, index, start, count]);
+    let info = |c: &mut RawClient, index| {
+        let m = c.call(Command::DeviceGetIrqInfo, &words(&[16, 0, index, 0]));
+        m.assert_ok();
+        m.u32_at(4)
+    };
+    for (masking, maskable) in [
+        (IrqMasking::Implemented, [true, true, true, false]),
+        (IrqMasking::Ignored, [false, false, false, false]),
+        (IrqMasking::Rejected, [true, false, false, false]),
+    ] {
+        let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
+        let config = ServerConfig {
+            irq_masking: masking,
+            ..ServerConfig::default()
+        };
+        let (mut c, s) = start(config, Box::new(dev));
+        let probe = s.probe();
+        c.version();
+        for (index, maskable) in [IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_ERR]
+            .into_iter()
+            .zip(maskable)
+        {
+            let flags = info(&mut c, index);
+            assert_eq!(flags & 2 != 0, maskable, "{masking:?} index {index}");
+            assert_eq!(flags & 1, 1, "EVENTFD");
+        }
+        let e = EventFd::new(0).unwrap();
+        c.call_fds(
+            Command::DeviceSetIrqs,
+            &set(EVENTFD_TRIGGER, IRQ_MSIX, 1, 1),
+            &[e.as_raw_fd()],
+        )
+        .assert_ok();
+        let m = c.call(Command::DeviceSetIrqs, &set(MASK, IRQ_MSIX, 1, 1));
+        match masking {
+            IrqMasking::Implemented => {
+                m.assert_ok();
+                assert_eq!(probe.raise_irq(IRQ_MSIX, 1), Ok(false), "masked");
+                assert!(probe.irq_state(IRQ_MSIX)[1].pending);
+            }
+            IrqMasking::Ignored => {
+                m.assert_ok();
+                assert_eq!(probe.raise_irq(IRQ_MSIX, 1), Ok(true), "fires anyway");
+                assert_eq!(e.read().unwrap(), 1);
+                assert!(!probe.irq_state(IRQ_MSIX)[1].masked);
+            }
+            IrqMasking::Rejected => {
+                assert_eq!(m.errno(), EINVAL);
+                assert_eq!(
+                    c.call(Command::DeviceSetIrqs, &set(UNMASK, IRQ_MSIX, 1, 1))
+                        .errno(),
+                    EINVAL
+                );
+                assert_eq!(probe.raise_irq(IRQ_MSIX, 1), Ok(true));
+                assert_eq!(e.read().unwrap(), 1);
+                // INTx masks as the kernel's does.
+                c.call(Command::DeviceSetIrqs, &set(MASK, IRQ_INTX, 0, 1))
+                    .assert_ok();
+                assert!(probe.irq_state(IRQ_INTX)[0].masked);
+            }
+        }
+    }
+}
+
+#[test]
+fn intx_disable_bit_stops_the_device_raising_intx() {
+    let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
+    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    let probe = s.probe();
+    c.version();
+    let e = EventFd::new(0).unwrap();
+    c.call_fds(
+        Command::DeviceSetIrqs,
+        &words(&[20, (1 << 2) | (1 << 5), IRQ_INTX, 0, 1]),
+        &[e.as_raw_fd()],
+    )
+    .assert_ok();
+    // Command register (config region 7): Interrupt Disable.
+    c.region_write(7, 4, &0x0400u16.to_le_bytes()).assert_ok();
+    c.write_u32(0, GpioDevice::REG_IRQ_RAISE, IRQ_INTX << 16);
+    assert_eq!(probe.irq_state(IRQ_INTX)[0].signalled, 0);
+    c.region_write(7, 4, &0u16.to_le_bytes()).assert_ok();
+    c.write_u32(0, GpioDevice::REG_IRQ_RAISE, IRQ_INTX << 16);
+    assert_eq!(e.read().unwrap(), 1);
+}
+
+#[test]
+fn a_paused_server_answers_after_resume() {
+    let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
+    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    let probe = s.probe();
+    c.version();
+    probe.pause();
+    let id = c.send(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[], false);
+    assert!(probe.wait_holding(Duration::from_secs(5)));
+    let mut waiting = 0i32;
+    // SAFETY: FIONREAD writes one int, through a pointer to a live local, for a valid fd.
+    let rc = unsafe { libc::ioctl(c.sock.as_raw_fd(), libc::FIONREAD, &mut waiting) };
+    assert_eq!((rc, waiting), (0, 0), "no answer while paused");
+    probe.resume();
+    let m = c.recv();
+    assert_eq!(m.header.id, id);
+    m.assert_ok();
+    // Stopping a paused server does not hang.
+    probe.pause();
+    c.send(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[], false);
+    s.stop();
+}
+
+#[test]
+fn injected_command_failures_count_down() {
+    use vfio_user_sample_server::Errno;
+    let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
+    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    c.version();
+    s.probe()
+        .fail_next(Command::DeviceGetInfo, Errno(libc::EIO), 2);
+    let info = words(&[16, 0, 0, 0]);
+    for _ in 0..2 {
+        assert_eq!(
+            c.call(Command::DeviceGetInfo, &info).errno(),
+            libc::EIO as u32
+        );
+    }
+    c.call(Command::DeviceGetInfo, &info).assert_ok();
+}

@@ -3,7 +3,7 @@
 
 //! Walking the capability list of a config snapshot, every pointer bounded.
 
-use super::config::{CAP_POINTER, STATUS, STATUS_CAP_LIST};
+use super::config::{CAP_POINTER, CONFIG_SIZE, HEADER_TYPE, STATUS, STATUS_CAP_LIST};
 use super::Error;
 
 /// Capability id of MSI.
@@ -54,6 +54,67 @@ pub(crate) fn walk(config: &[u8]) -> Result<Vec<(u8, usize)>, Error> {
     Ok(caps)
 }
 
+/// Config-space bits answered from the attach snapshot whatever the server says later: the
+/// capability chain (the status bit, the pointer, every capability's id and next pointer),
+/// the MSI-X capability's read-only registers (table size, table and PBA location) and the
+/// header type (single function). The VMM set up its MSI and MSI-X emulation from these;
+/// a server that changed them would have the guest program registers the VMM does not
+/// emulate.
+#[derive(Clone, Debug)]
+pub(crate) struct Frozen {
+    mask: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Frozen {
+    /// The bits of `config` (a snapshot of at least [`CONFIG_SIZE`] bytes) to keep, given its
+    /// capabilities and the offset of its MSI-X capability.
+    pub(crate) fn new(config: &[u8], caps: &[(u8, usize)], msix: Option<usize>) -> Frozen {
+        let mut f = Frozen {
+            mask: vec![0; CONFIG_SIZE],
+            value: config.get(..CONFIG_SIZE).unwrap_or_default().to_vec(),
+        };
+        f.value.resize(CONFIG_SIZE, 0);
+        // One function per device: never claim to be multi-function.
+        f.freeze(HEADER_TYPE, 0xff);
+        f.value[HEADER_TYPE] &= 0x7f;
+        f.freeze(STATUS, STATUS_CAP_LIST as u8);
+        f.freeze(CAP_POINTER, 0xff);
+        for &(_, at) in caps {
+            f.freeze(at, 0xff);
+            f.freeze(at + 1, 0xff);
+        }
+        if let Some(at) = msix {
+            f.freeze(at + 2, 0xff);
+            // Table size (bits 8-10) and reserved bits; enable and function mask are the
+            // MSI-X shadow's.
+            f.freeze(at + 3, 0x3f);
+            for i in 4..12 {
+                f.freeze(at + i, 0xff);
+            }
+        }
+        f
+    }
+
+    fn freeze(&mut self, offset: usize, bits: u8) {
+        if let Some(m) = self.mask.get_mut(offset) {
+            *m |= bits;
+        }
+    }
+
+    /// Replaces the frozen bits of a config read at `offset`.
+    pub(crate) fn overlay(&self, offset: usize, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            let Some(at) = offset.checked_add(i) else {
+                return;
+            };
+            if let (Some(m), Some(v)) = (self.mask.get(at), self.value.get(at)) {
+                *b = (*b & !m) | (v & m);
+            }
+        }
+    }
+}
+
 /// The first capability with `id`.
 pub(crate) fn find(caps: &[(u8, usize)], id: u8) -> Option<usize> {
     caps.iter().find(|(i, _)| *i == id).map(|(_, o)| *o)
@@ -100,5 +161,29 @@ mod tests {
         // 0xfc + 2 is within 256 bytes; 0xff & !3 = 0xfc is a valid last capability.
         let c = space(&[(0x40, 1, 0xfc)]);
         assert_eq!(walk(&c).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_chain_and_msix_location_are_frozen() {
+        let mut c = space(&[(0x40, 1, 0x50), (0x50, 0x11, 0)]);
+        c[HEADER_TYPE] = 0x80;
+        c[0x52..0x54].copy_from_slice(&0x0003u16.to_le_bytes());
+        c[0x54..0x58].copy_from_slice(&0x0000_2004u32.to_le_bytes());
+        let f = Frozen::new(&c, &walk(&c).unwrap(), Some(0x50));
+        // The server later says something else everywhere.
+        let mut read = [0xa5u8; 16];
+        f.overlay(0x50, &mut read);
+        assert_eq!(&read[..8], &[0x11, 0, 0x03, 0x80, 0x04, 0x20, 0, 0]);
+        assert_eq!(
+            read[3] & 0xc0,
+            0xa5 & 0xc0,
+            "enable and mask bits not frozen"
+        );
+        let mut header = [0u8; 4];
+        f.overlay(0x0c, &mut header);
+        assert_eq!(header[2], 0, "single function");
+        let mut tail = [7u8; 4];
+        f.overlay(usize::MAX - 1, &mut tail);
+        assert_eq!(tail, [7; 4]);
     }
 }

@@ -12,6 +12,8 @@ pub const COMMAND: usize = 0x04;
 pub const COMMAND_IO: u16 = 1 << 0;
 /// Command register: memory space decoding.
 pub const COMMAND_MEMORY: u16 = 1 << 1;
+/// Command register: INTx disable.
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// Offset of the status register.
 pub const STATUS: usize = 0x06;
 /// Status register: a capability list is present.
@@ -98,9 +100,21 @@ pub trait PciConfig {
     /// Reads the 32-bit config register `reg_idx` (config offset `reg_idx * 4`).
     fn read_config_register(&mut self, reg_idx: usize) -> u32;
 
-    /// Writes `data` (1, 2 or 4 bytes) at byte `offset` of register `reg_idx`. Returns the
-    /// BAR moves the write asks for; the VMM carries each out and confirms it with
-    /// [`PciConfig::move_bar`].
+    /// Writes `data` (1, 2 or 4 bytes) at byte `offset` (0 to 3) of register `reg_idx`;
+    /// other writes are ignored. Returns the BAR moves the write asks for; the VMM carries
+    /// each out and confirms it with [`PciConfig::move_bar`] (or, when it cannot, takes the
+    /// window off its bus and calls [`PciConfig::unmap_bar`]).
+    ///
+    /// A BAR moves only while its window decodes (the command register's memory or I/O
+    /// bit, and the ROM's enable bit): writes to a BAR while decoding is off, as firmware
+    /// and drivers make them, move nothing, and turning decoding on reports every BAR whose
+    /// address changed. A BAR at address 0, or with either half in its sizing state (all
+    /// address bits set), is unassigned and never reported. A 64-bit BAR whose low half is
+    /// written while decoding is on moves when its high half is written.
+    ///
+    /// A write may cost round trips to the server (one for a plain forward, more when it
+    /// changes the interrupt setup), each bounded by the reply timeout; a VMM should not
+    /// hold locks that other devices need across the call.
     fn write_config_register(
         &mut self,
         reg_idx: usize,
@@ -112,6 +126,13 @@ pub trait PciConfig {
     /// [`BarReprogramming`], or when the VMM moves the BAR on its own (the guest then reads
     /// the new address).
     fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error>;
+
+    /// Records that BAR `bar`'s window is on no bus: the VMM could not carry out a
+    /// [`BarReprogramming`] (the address overlaps something, or lies outside the bus). The
+    /// guest keeps reading the address it wrote; when that address next decodes (the guest
+    /// writes the BAR or turns decoding on again) the move is reported again, without an
+    /// old base.
+    fn unmap_bar(&mut self, bar: u32) -> Result<(), Error>;
 
     /// The BARs the function has.
     fn bars(&self) -> Vec<BarInfo>;
@@ -144,6 +165,12 @@ struct Bar {
     reg: u64,
     /// The ROM's enable bit.
     rom_enable: bool,
+    /// A 64-bit BAR's low half was written while its window decoded: the address is
+    /// incomplete until the high half is written.
+    low_only: bool,
+    /// The address last reported as a move (or placed), so that a move the VMM did not
+    /// carry out is not reported again on every config write.
+    reported: Option<u64>,
 }
 
 impl Bar {
@@ -183,6 +210,23 @@ impl Bar {
             self.info.kind == BarKind::Memory64 && high != 0 && (self.reg >> 32) == high;
         low_sizing || high_sizing
     }
+
+    /// The address the register holds, when it is a placement: not 0 (unassigned), not the
+    /// sizing pattern in either half, not a 64-bit address missing its high half, and a
+    /// window that ends inside the BAR's address space.
+    fn address(&self) -> Option<u64> {
+        let limit = if self.info.kind == BarKind::Memory64 {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        let placed = self.reg != 0 && !self.sizing() && !self.low_only;
+        let fits = self
+            .reg
+            .checked_add(self.info.size - 1)
+            .is_some_and(|last| last <= limit);
+        (placed && fits).then_some(self.reg)
+    }
 }
 
 /// The BAR registers (and the ROM BAR), answered from what discovery found and what the
@@ -221,9 +265,10 @@ impl Bars {
                 .max(min)
                 .checked_next_power_of_two()
                 .ok_or_else(|| bad(format!("region of {size:#x} bytes is too large")))?;
+            // A 32-bit memory BAR holds at most 2 GiB: at 4 GiB no address bit is left.
             let limit = match kind {
                 BarKind::Io => 1 << 16,
-                BarKind::Memory32 => 1 << 32,
+                BarKind::Memory32 => 1 << 31,
                 _ => 1 << 63,
             };
             if size > limit {
@@ -252,6 +297,8 @@ impl Bars {
                 },
                 reg: 0,
                 rom_enable: false,
+                low_only: false,
+                reported: None,
             });
             i += if kind == BarKind::Memory64 { 2 } else { 1 };
         }
@@ -275,6 +322,8 @@ impl Bars {
                 },
                 reg: 0,
                 rom_enable: false,
+                low_only: false,
+                reported: None,
             });
         }
         Ok(Bars { bars })
@@ -343,38 +392,60 @@ impl Bars {
         }
     }
 
-    /// Writes BAR register `reg`; returns the move the guest asked for, if any. Sizing
-    /// writes (all ones), and writes that leave either half in its sizing state, move
-    /// nothing.
-    pub(crate) fn write(
-        &mut self,
-        reg: usize,
-        offset: usize,
-        data: &[u8],
-    ) -> Option<BarReprogramming> {
-        let (i, upper) = self.slot(reg)?;
+    /// Writes BAR register `reg`. `memory` is whether memory decoding is on now.
+    pub(crate) fn write(&mut self, reg: usize, offset: usize, data: &[u8], memory: bool) {
+        let Some((i, upper)) = self.slot(reg) else {
+            return;
+        };
         let value = merge(self.read(reg), offset, data);
         let bar = &mut self.bars[i];
         let mask = bar.addr_mask();
         if upper {
             bar.reg = (bar.reg & 0xffff_ffff) | (u64::from(value) << 32);
+            bar.low_only = false;
         } else {
             bar.reg = (bar.reg & !0xffff_ffff) | u64::from(value);
             if bar.info.kind == BarKind::Rom {
                 bar.rom_enable = value & 1 != 0;
             }
+            bar.low_only = bar.info.kind == BarKind::Memory64 && memory;
         }
         bar.reg &= mask;
-        if value == u32::MAX || bar.sizing() || Some(bar.reg) == bar.info.base {
-            return None;
+    }
+
+    /// The moves the registers ask for now. `io` and `memory` are the command register's
+    /// decode bits; a BAR that does not decode, or whose register holds no placement, moves
+    /// nothing (and a move reported before is reported again once it decodes again).
+    pub(crate) fn moves(&mut self, io: bool, memory: bool) -> Vec<BarReprogramming> {
+        let mut out = Vec::new();
+        for bar in &mut self.bars {
+            let decodes = match bar.info.kind {
+                BarKind::Io => io,
+                BarKind::Rom => memory && bar.rom_enable,
+                BarKind::Memory32 | BarKind::Memory64 => memory,
+            };
+            if !decodes {
+                // A 64-bit BAR's low half written with decoding on waits for its high
+                // half, or for decoding to go off and on again.
+                bar.low_only = false;
+            }
+            let wanted = if decodes { bar.address() } else { None };
+            let Some(new_base) = wanted else {
+                bar.reported = None;
+                continue;
+            };
+            if bar.info.base != Some(new_base) && bar.reported != Some(new_base) {
+                out.push(BarReprogramming {
+                    bar: bar.info.index,
+                    old_base: bar.info.base,
+                    new_base,
+                    len: bar.info.size,
+                    kind: bar.info.kind,
+                });
+            }
+            bar.reported = Some(new_base);
         }
-        Some(BarReprogramming {
-            bar: bar.info.index,
-            old_base: bar.info.base,
-            new_base: bar.reg,
-            len: bar.info.size,
-            kind: bar.info.kind,
-        })
+        out
     }
 
     /// Places BAR `index` at `base` (the register follows).
@@ -397,6 +468,19 @@ impl Bars {
         }
         bar.info.base = Some(base);
         bar.reg = base;
+        bar.low_only = false;
+        bar.reported = Some(base);
+        Ok(())
+    }
+
+    /// Takes BAR `index` off the bus; its register keeps what the guest wrote.
+    pub(crate) fn unplace(&mut self, index: u32) -> Result<(), Error> {
+        let bar = self
+            .bars
+            .iter_mut()
+            .find(|b| b.info.index == index)
+            .ok_or(Error::NoSuchBar(index))?;
+        bar.info.base = None;
         Ok(())
     }
 
@@ -405,6 +489,8 @@ impl Bars {
         for bar in &mut self.bars {
             bar.reg = bar.info.base.unwrap_or(0);
             bar.rom_enable = false;
+            bar.low_only = false;
+            bar.reported = bar.info.base;
         }
     }
 }
@@ -445,7 +531,8 @@ mod tests {
             ]
         );
         for reg in [4, 5, 6, 7, 12] {
-            assert_eq!(b.write(reg, 0, &[0xff; 4]), None, "sizing moves nothing");
+            b.write(reg, 0, &[0xff; 4], true);
+            assert!(b.moves(true, true).is_empty(), "sizing moves nothing");
         }
         assert_eq!(b.read(4), 0xffff_ff00);
         assert_eq!(b.read(5), 0x0000_000c);
@@ -454,14 +541,74 @@ mod tests {
         assert_eq!(b.read(8), 0, "BAR 4 is not implemented");
         assert_eq!(b.read(12), 0xffff_f801);
         // Restoring the low half of a 64-bit BAR while the high half still sizes: no move.
-        assert_eq!(b.write(5, 0, &0u32.to_le_bytes()), None);
-        let m = b.write(6, 0, &2u32.to_le_bytes()).unwrap();
-        assert_eq!((m.bar, m.old_base, m.new_base), (1, None, 2 << 32));
+        b.write(5, 0, &0u32.to_le_bytes(), true);
+        assert!(b.moves(true, true).is_empty());
+        b.write(6, 0, &2u32.to_le_bytes(), true);
+        let m = b.moves(true, true);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].bar, m[0].old_base, m[0].new_base), (1, None, 2 << 32));
+        assert!(b.moves(true, true).is_empty(), "reported once");
         b.place(1, 2 << 32).unwrap();
-        assert_eq!(b.write(6, 0, &2u32.to_le_bytes()), None, "already there");
+        b.write(6, 0, &2u32.to_le_bytes(), true);
+        assert!(b.moves(true, true).is_empty(), "already there");
         // Byte writes merge into the register.
-        let m = b.write(7, 1, &[0x10]).unwrap();
-        assert_eq!((m.bar, m.new_base, m.kind), (3, 0xffff_10e0, BarKind::Io));
+        b.write(7, 1, &[0x10], true);
+        let m = b.moves(true, true);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(
+            (m[0].bar, m[0].new_base, m[0].kind),
+            (3, 0xffff_10e0, BarKind::Io)
+        );
+        assert!(b.moves(false, true).is_empty(), "I/O off");
+    }
+
+    #[test]
+    fn moves_wait_for_decoding_and_whole_addresses() {
+        let c = config(&[(0, 0), (2, 0x4)]);
+        let mut b = Bars::discover(&c, sizes(&[(0, 4096), (2, 1 << 20)])).unwrap();
+        // Firmware with decoding off: size, restore 0, place.
+        for reg in [4, 6, 7] {
+            b.write(reg, 0, &[0xff; 4], false);
+        }
+        for reg in [4, 6, 7] {
+            b.write(reg, 0, &[0; 4], false);
+        }
+        assert!(b.moves(false, false).is_empty());
+        assert!(b.moves(false, true).is_empty(), "address 0 is unassigned");
+        b.write(4, 0, &0xe000_0000u32.to_le_bytes(), false);
+        b.write(6, 0, &0x8000_0000u32.to_le_bytes(), false);
+        assert!(b.moves(false, false).is_empty());
+        b.write(7, 0, &1u32.to_le_bytes(), false);
+        let m = b.moves(false, true);
+        let got: Vec<(u32, Option<u64>, u64)> =
+            m.iter().map(|m| (m.bar, m.old_base, m.new_base)).collect();
+        assert_eq!(got, [(0, None, 0xe000_0000), (2, None, 0x1_8000_0000)]);
+        b.place(0, 0xe000_0000).unwrap();
+        b.place(2, 0x1_8000_0000).unwrap();
+        // With decoding on, a 64-bit move waits for the high half.
+        b.write(6, 0, &0x4000_0000u32.to_le_bytes(), true);
+        assert!(b.moves(false, true).is_empty(), "no intermediate move");
+        b.write(7, 0, &2u32.to_le_bytes(), true);
+        let m = b.moves(false, true);
+        assert_eq!(
+            (m[0].old_base, m[0].new_base),
+            (Some(0x1_8000_0000), 0x2_4000_0000)
+        );
+        // The VMM could not move it: not reported again until it decodes again.
+        b.unplace(2).unwrap();
+        assert!(b.moves(false, true).is_empty());
+        assert!(b.moves(false, false).is_empty());
+        let m = b.moves(false, true);
+        assert_eq!((m[0].old_base, m[0].new_base), (None, 0x2_4000_0000));
+        // A low half alone with decoding on is applied when decoding goes off and on.
+        b.place(2, 0x2_4000_0000).unwrap();
+        b.write(6, 0, &0x8000_0000u32.to_le_bytes(), true);
+        assert!(b.moves(false, true).is_empty());
+        assert!(b.moves(false, false).is_empty());
+        assert_eq!(b.moves(false, true)[0].new_base, 0x2_8000_0000);
+        // A 32-bit window may not end past 4 GiB - 1 (all-ones is the sizing pattern).
+        b.write(4, 0, &0xffff_f000u32.to_le_bytes(), true);
+        assert!(b.moves(false, true).is_empty());
     }
 
     #[test]
@@ -474,6 +621,12 @@ mod tests {
         assert!(Bars::discover(&c, sizes(&[(0, 4096)])).is_err());
         let c = config(&[(0, 0x1)]);
         assert!(Bars::discover(&c, sizes(&[(0, 1 << 20)])).is_err());
+        let c = config(&[(0, 0x0)]);
+        assert!(
+            Bars::discover(&c, sizes(&[(0, 1 << 32)])).is_err(),
+            "4 GiB in 32 bits"
+        );
+        assert!(Bars::discover(&c, sizes(&[(0, 1 << 31)])).is_ok());
         let c = config(&[]);
         let mut b = Bars::discover(&c, sizes(&[(0, 4096)])).unwrap();
         assert!(b.place(0, 0x1800).is_err());

@@ -63,9 +63,9 @@ pub enum Error {
         /// The provider's error.
         source: io::Error,
     },
-    /// Sharing guest memory with the server failed.
-    #[error("mapping guest memory for the server failed: {0}")]
-    GuestMemory(String),
+    /// Sharing guest memory with the server failed (the DMA layer says why).
+    #[error("sharing guest memory with the server failed: {0}")]
+    Dma(#[from] crate::dma::Error),
     /// Setting up the device's own events failed.
     #[error("{what}: {source}")]
     Io {
@@ -85,6 +85,7 @@ impl Error {
         match self {
             Error::Connect(e) => e.server_errno(),
             Error::Device(e) => e.server_errno(),
+            Error::Dma(e) => e.failures().iter().find_map(|f| f.error.server_errno()),
             _ => None,
         }
     }
@@ -94,6 +95,7 @@ impl Error {
         match self {
             Error::Connect(e) => e.is_disconnected(),
             Error::Device(e) => e.is_disconnected(),
+            Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
             Error::Lost(_) => true,
             _ => false,
         }
@@ -104,6 +106,7 @@ impl From<crate::Error> for Error {
     fn from(e: crate::Error) -> Error {
         match e {
             crate::Error::Device(d) => Error::Device(d),
+            crate::Error::Dma(d) => Error::Dma(d),
             crate::Error::Pci(p) => p,
             other => Error::Connect(Box::new(other)),
         }

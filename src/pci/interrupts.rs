@@ -2,17 +2,19 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Interrupts: what the VMM provides (eventfds, routing), and the bookkeeping that turns
-//! the guest's MSI / MSI-X / INTx state into the fewest SET_IRQS messages.
+//! the guest's MSI / MSI-X / INTx state into the fewest SET_IRQS messages, masking vectors
+//! at the server when it can and emulating the mask here when it cannot.
 
 use std::io;
 use std::sync::Arc;
 
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::msi::Msi;
 use super::msix::Msix;
 use super::Error;
 use crate::device::{pci_irq, IrqAction, VfioUserDevice};
+use crate::protocol::IRQ_INFO_MASKABLE;
 
 /// Which of the device's interrupt sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,15 +57,29 @@ pub struct MsiMessage {
 ///
 /// The device never talks to the hypervisor: it hands the server the eventfds it gets here
 /// (a KVM VMM passes its irqfds) and tells the VMM how the guest routes and masks each
-/// vector, so that the VMM can program its MSI routing. Calls come from the thread that
-/// handles the guest's config or MSI-X table write (a vCPU thread), under the device's lock.
+/// vector, so that the VMM can program its MSI routing.
+///
+/// Masking is the device's business, not the provider's: a masked vector never signals the
+/// provider's eventfd. When the server can mask (IRQ_INFO `MASKABLE`) the device masks it
+/// there; otherwise (libvfio-user, SPDK, the kernel's MSI/MSI-X) it takes the provider's
+/// eventfd away from the server while the vector is masked, keeps the vector's pending bit
+/// itself, and signals the provider's eventfd on unmask if the vector fired meanwhile.
+///
+/// Calls come from the thread that handles the guest's config or MSI-X table write (a vCPU
+/// thread), under the device's lock, interleaved with round trips to the server: enabling
+/// MSI-X with N vectors costs N `update` calls and about N / `max_msg_fds` SET_IRQS
+/// messages, each waited for (up to the reply timeout when the server is slow).
 pub trait InterruptProvider: Send + Sync {
     /// The eventfd the server signals for `vector` of `kind`; `None` leaves the vector
-    /// unconnected. Asked when the guest enables `kind` (INTx, ERR and REQ at attach).
+    /// unconnected. Asked when the guest enables `kind` (INTx, ERR and REQ at attach and
+    /// after a reset), and again when a vector is unmasked while its masking is emulated:
+    /// return the same eventfd for the same vector.
     fn eventfd(&self, kind: InterruptKind, vector: u32) -> Option<Arc<EventFd>>;
 
     /// MSI or MSI-X vector `vector` now sends `message` and is `masked` or not. Called
-    /// before the server may signal an unmasked vector, so the route is ready first.
+    /// before the server may signal an unmasked vector, so the route is ready first, and
+    /// after a masked vector can no longer signal. `masked` is for the VMM's information
+    /// (a KVM VMM may keep or drop the route); nothing needs detaching.
     fn update(
         &self,
         _kind: InterruptKind,
@@ -74,14 +90,16 @@ pub trait InterruptProvider: Send + Sync {
         Ok(())
     }
 
-    /// The guest disabled MSI or MSI-X: its vectors' routes are no longer used.
+    /// MSI or MSI-X is off (the guest disabled it, switched modes, reset or detached the
+    /// device, or enabling it failed): its vectors' routes are no longer used.
     fn disable(&self, _kind: InterruptKind) -> io::Result<()> {
         Ok(())
     }
 
     /// An eventfd the VMM signals when the guest ends an INTx interrupt (KVM's irqfd
-    /// resample fd). The device's subscriber then unmasks INTx at the server. Without one,
-    /// the VMM calls [`VfioUserPciDevice::end_of_interrupt`](super::VfioUserPciDevice::end_of_interrupt).
+    /// resample fd). The device's subscriber then unmasks INTx at the server (when the
+    /// server can mask INTx; otherwise there is nothing to unmask). Without one, the VMM
+    /// calls [`VfioUserPciDevice::end_of_interrupt`](super::VfioUserPciDevice::end_of_interrupt).
     fn intx_resample(&self) -> Option<Arc<EventFd>> {
         None
     }
@@ -101,23 +119,66 @@ pub enum InterruptMode {
     Msix,
 }
 
+/// One MSI or MSI-X vector as the server and the VMM were last told.
+#[derive(Debug, Default)]
+struct Vector {
+    message: MsiMessage,
+    masked: bool,
+    /// Masking emulated here (the server cannot mask): while the vector is masked the server
+    /// signals this eventfd of ours instead of the provider's.
+    parked: Option<Arc<EventFd>>,
+    /// Masking emulated here: the vector fired while masked (its pending bit).
+    pending: bool,
+}
+
+impl Vector {
+    /// Whether the vector fired while masked; a signal waiting on its parking eventfd is
+    /// taken into the pending bit.
+    fn poll_pending(&mut self) -> bool {
+        if let Some(fd) = &self.parked {
+            // A non-blocking eventfd read fails only when nothing was signalled.
+            if fd.read().is_ok() {
+                self.pending = true;
+            }
+        }
+        self.pending
+    }
+}
+
 /// What the server and the VMM were last told.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) mode: InterruptMode,
-    /// Per vector of the mode (MSI / MSI-X): message and mask.
-    vectors: Vec<(MsiMessage, bool)>,
+    /// The vectors of the mode (MSI / MSI-X).
+    vectors: Vec<Vector>,
+}
+
+impl Applied {
+    /// The number of vectors of the mode (MSI / MSI-X), 0 otherwise.
+    pub(crate) fn vector_count(&self) -> usize {
+        self.vectors.len()
+    }
+
+    /// Whether vector `v` of the current MSI or MSI-X mode is pending in the VMM's emulation
+    /// of masking (the server's own pending bits are not included).
+    pub(crate) fn pending(&mut self, v: u32) -> bool {
+        self.vectors
+            .get_mut(v as usize)
+            .is_some_and(Vector::poll_pending)
+    }
 }
 
 /// The guest's interrupt state, read from the shadows.
 pub(crate) struct Wanted {
     pub(crate) mode: InterruptMode,
+    /// Per vector of the mode (MSI / MSI-X): message and mask.
     vectors: Vec<(MsiMessage, bool)>,
 }
 
 impl Wanted {
     /// MSI-X wins over MSI, MSI over INTx (the spec forbids enabling two at once; a guest
-    /// that does gets the most capable).
+    /// that does gets the most capable). `intx` is whether INTx may be used (the device has
+    /// it and the command register does not disable it).
     pub(crate) fn from(
         msi: Option<&Msi>,
         msix: Option<&Msix>,
@@ -165,123 +226,256 @@ fn provider_error(kind: InterruptKind, vector: u32) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Runs of consecutive vectors with the same flag: `(start, count, flag)`.
-fn runs(flags: impl Iterator<Item = (u32, bool)>) -> Vec<(u32, u32, bool)> {
-    let mut out: Vec<(u32, u32, bool)> = Vec::new();
-    for (v, f) in flags {
+/// Whether the server can mask vectors of `kind` (IRQ_INFO reports `MASKABLE`).
+/// libvfio-user, and so SPDK and QEMU's server, never do; the kernel's vfio-pci does only
+/// for INTx.
+pub(crate) fn server_masks(device: &VfioUserDevice, kind: InterruptKind) -> bool {
+    device
+        .irq(kind.irq_index())
+        .is_ok_and(|i| i.flags & IRQ_INFO_MASKABLE != 0)
+}
+
+/// Runs of consecutive vectors: `(start, count)`.
+fn runs(vectors: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &v in vectors {
         match out.last_mut() {
-            Some((start, count, flag)) if *flag == f && *start + *count == v => *count += 1,
-            _ => out.push((v, 1, f)),
+            Some((start, count)) if start.checked_add(*count) == Some(v) => *count += 1,
+            _ => out.push((v, 1)),
         }
     }
     out
 }
 
-/// Sends MASK for the runs of masked vectors and UNMASK for the others among `changed`.
-fn send_masks(
+fn parking_eventfd() -> Result<Arc<EventFd>, Error> {
+    EventFd::new(EFD_NONBLOCK)
+        .map(Arc::new)
+        .map_err(|source| Error::Io {
+            what: "creating an eventfd for a masked vector",
+            source,
+        })
+}
+
+/// Takes the current mode down: the server's index is disabled and, for MSI and MSI-X, the
+/// VMM is told. `applied` is left empty whatever fails; the first error is returned.
+pub(crate) fn disable(
     device: &VfioUserDevice,
-    index: u32,
-    changed: impl Iterator<Item = (u32, bool)>,
+    provider: &dyn InterruptProvider,
+    applied: &mut Applied,
 ) -> Result<(), Error> {
-    for (start, count, masked) in runs(changed) {
-        let action = if masked {
-            IrqAction::Mask
-        } else {
-            IrqAction::Unmask
-        };
-        device.irq_action(index, action, start, count)?;
-    }
-    Ok(())
+    let old = std::mem::take(applied);
+    let Some(kind) = kind_of(old.mode) else {
+        return Ok(());
+    };
+    let server = device.disable_irqs(kind.irq_index()).map_err(Error::from);
+    let vmm = if kind == InterruptKind::Intx {
+        Ok(())
+    } else {
+        provider.disable(kind).map_err(provider_error(kind, 0))
+    };
+    server.and(vmm)
 }
 
 /// Brings the server and the VMM in step with `wanted`, sending only what changed.
 ///
-/// A mode change disables the old index at the server first, then, for MSI and MSI-X, tells
-/// the VMM every route, sets the server's mask state, and only then connects the eventfds,
-/// so that no vector fires unrouted or while the guest has it masked. Within a mode, a
-/// vector being unmasked is routed before the server is told; one being masked is masked at
-/// the server before the VMM is told.
+/// A mode change disables the old mode (server, then VMM), tells the VMM every route of the
+/// new one, sets the server's masks when it can mask, and only then connects the eventfds,
+/// so that no vector fires unrouted or while the guest has it masked. Within a mode see
+/// [`update_vectors`]. What fails is left unapplied, so that the next sync sends it again;
+/// a failed mode change is undone at the server and the VMM.
 pub(crate) fn reconcile(
     device: &VfioUserDevice,
     provider: &dyn InterruptProvider,
     applied: &mut Applied,
     wanted: Wanted,
 ) -> Result<(), Error> {
-    if wanted.mode != applied.mode || wanted.vectors.len() != applied.vectors.len() {
-        if let Some(kind) = kind_of(applied.mode) {
-            applied.mode = InterruptMode::None;
-            applied.vectors.clear();
-            device.disable_irqs(kind.irq_index())?;
-            if kind != InterruptKind::Intx {
-                provider.disable(kind).map_err(provider_error(kind, 0))?;
-            }
-        }
-        let Some(kind) = kind_of(wanted.mode) else {
+    if wanted.mode == applied.mode && wanted.vectors.len() == applied.vectors.len() {
+        let Some(kind) = kind_of(wanted.mode).filter(|k| *k != InterruptKind::Intx) else {
             return Ok(());
         };
-        let index = kind.irq_index();
-        let count = if kind == InterruptKind::Intx {
-            1
-        } else {
-            wanted.vectors.len() as u32
-        };
-        for (v, (message, masked)) in wanted.vectors.iter().enumerate() {
-            provider
-                .update(kind, v as u32, *message, *masked)
-                .map_err(provider_error(kind, v as u32))?;
+        let changes = wanted
+            .vectors
+            .into_iter()
+            .enumerate()
+            .map(|(v, (message, masked))| (v as u32, message, masked));
+        return update_vectors(device, provider, applied, kind, changes);
+    }
+    disable(device, provider, applied)?;
+    let Some(kind) = kind_of(wanted.mode) else {
+        return Ok(());
+    };
+    if let Err(e) = enable(device, provider, applied, wanted) {
+        // Nothing of the new mode may stay half connected.
+        if let Err(undo) = device.disable_irqs(kind.irq_index()) {
+            log::debug!("undoing a failed {kind:?} setup at the server: {undo}");
         }
         if kind != InterruptKind::Intx {
-            send_masks(
-                device,
-                index,
-                wanted
-                    .vectors
-                    .iter()
-                    .enumerate()
-                    .map(|(v, w)| (v as u32, w.1)),
-            )?;
+            if let Err(undo) = provider.disable(kind) {
+                log::debug!("undoing a failed {kind:?} setup in the VMM: {undo}");
+            }
         }
-        let fds: Vec<Option<Arc<EventFd>>> =
-            (0..count).map(|v| provider.eventfd(kind, v)).collect();
-        let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
-        device.set_irq_eventfds(index, IrqAction::Trigger, 0, &refs)?;
-        applied.mode = wanted.mode;
-        applied.vectors = wanted.vectors;
-        return Ok(());
+        return Err(e);
     }
-    let Some(kind) = kind_of(wanted.mode).filter(|k| *k != InterruptKind::Intx) else {
+    Ok(())
+}
+
+/// Sets up `wanted`'s mode (not `None`) on an `applied` state that has none.
+fn enable(
+    device: &VfioUserDevice,
+    provider: &dyn InterruptProvider,
+    applied: &mut Applied,
+    Wanted {
+        mode,
+        vectors: wanted,
+    }: Wanted,
+) -> Result<(), Error> {
+    let Some(kind) = kind_of(mode) else {
         return Ok(());
     };
     let index = kind.irq_index();
-    let changed: Vec<(u32, MsiMessage, bool, bool)> = wanted
-        .vectors
-        .iter()
-        .zip(&applied.vectors)
-        .enumerate()
-        .filter(|(_, (w, a))| w != a)
-        .map(|(v, (w, a))| (v as u32, w.0, w.1, a.1))
+    if kind == InterruptKind::Intx {
+        let fd = provider.eventfd(kind, 0);
+        device.set_irq_eventfds(index, IrqAction::Trigger, 0, &[fd.as_deref()])?;
+        applied.mode = mode;
+        return Ok(());
+    }
+    for (v, &(message, masked)) in wanted.iter().enumerate() {
+        provider
+            .update(kind, v as u32, message, masked)
+            .map_err(provider_error(kind, v as u32))?;
+    }
+    let emulate = !server_masks(device, kind);
+    let mut vectors: Vec<Vector> = Vec::with_capacity(wanted.len());
+    let mut fds: Vec<Option<Arc<EventFd>>> = Vec::with_capacity(wanted.len());
+    for (v, (message, masked)) in wanted.into_iter().enumerate() {
+        let parked = (emulate && masked).then(parking_eventfd).transpose()?;
+        fds.push(match &parked {
+            Some(fd) => Some(fd.clone()),
+            None => provider.eventfd(kind, v as u32),
+        });
+        vectors.push(Vector {
+            message,
+            masked,
+            parked,
+            pending: false,
+        });
+    }
+    if !emulate {
+        let masked: Vec<u32> = (0..vectors.len() as u32)
+            .filter(|&v| vectors[v as usize].masked)
+            .collect();
+        let unmasked: Vec<u32> = (0..vectors.len() as u32)
+            .filter(|&v| !vectors[v as usize].masked)
+            .collect();
+        for (start, count) in runs(&masked) {
+            device.irq_action(index, IrqAction::Mask, start, count)?;
+        }
+        for (start, count) in runs(&unmasked) {
+            device.irq_action(index, IrqAction::Unmask, start, count)?;
+        }
+    }
+    let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
+    device.set_irq_eventfds(index, IrqAction::Trigger, 0, &refs)?;
+    applied.mode = mode;
+    applied.vectors = vectors;
+    Ok(())
+}
+
+/// Brings vectors of the current MSI or MSI-X mode in step with `changes` (vector, message,
+/// masked), sending only what differs from `applied`.
+///
+/// Masking goes to the server first, then to the VMM; unmasking to the VMM first (the route
+/// is ready), then to the server, which may deliver a pending vector at once. When the
+/// server cannot mask, masking is emulated: a masked vector's eventfd at the server is
+/// swapped for a parking eventfd of ours, whose signals become the vector's pending bit;
+/// on unmask the provider's eventfd goes back and a pending vector is delivered by
+/// signalling it. Each vector's state is committed only after its server step succeeded.
+pub(crate) fn update_vectors(
+    device: &VfioUserDevice,
+    provider: &dyn InterruptProvider,
+    applied: &mut Applied,
+    kind: InterruptKind,
+    changes: impl Iterator<Item = (u32, MsiMessage, bool)>,
+) -> Result<(), Error> {
+    let changed: Vec<(u32, MsiMessage, bool)> = changes
+        .filter(|&(v, message, masked)| {
+            applied
+                .vectors
+                .get(v as usize)
+                .is_some_and(|a| (a.message, a.masked) != (message, masked))
+        })
         .collect();
     if changed.is_empty() {
         return Ok(());
     }
-    // Masking: the server first.
-    send_masks(
-        device,
-        index,
-        changed.iter().filter(|c| c.2 && !c.3).map(|c| (c.0, true)),
-    )?;
-    for &(v, message, masked, _) in &changed {
+    let index = kind.irq_index();
+    let emulate = !server_masks(device, kind);
+    let vectors = &mut applied.vectors;
+
+    let masking: Vec<u32> = changed
+        .iter()
+        .filter(|c| c.2 && !vectors[c.0 as usize].masked)
+        .map(|c| c.0)
+        .collect();
+    for (start, count) in runs(&masking) {
+        let range = start as usize..(start + count) as usize;
+        if emulate {
+            let parked = (0..count)
+                .map(|_| parking_eventfd())
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<Option<&EventFd>> = parked.iter().map(|f| Some(&**f)).collect();
+            device.set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
+            for (vector, fd) in vectors[range].iter_mut().zip(parked) {
+                vector.parked = Some(fd);
+                vector.masked = true;
+            }
+        } else {
+            device.irq_action(index, IrqAction::Mask, start, count)?;
+            vectors[range].iter_mut().for_each(|v| v.masked = true);
+        }
+    }
+
+    for &(v, message, masked) in &changed {
         provider
             .update(kind, v, message, masked)
             .map_err(provider_error(kind, v))?;
-        applied.vectors[v as usize] = (message, masked);
+        vectors[v as usize].message = message;
     }
-    // Unmasking: the server last (it may deliver a pending vector at once).
-    send_masks(
-        device,
-        index,
-        changed.iter().filter(|c| !c.2 && c.3).map(|c| (c.0, false)),
-    )
+
+    let unmasking: Vec<u32> = changed
+        .iter()
+        .filter(|c| !c.2 && vectors[c.0 as usize].masked)
+        .map(|c| c.0)
+        .collect();
+    for (start, count) in runs(&unmasking) {
+        let range = start as usize..(start + count) as usize;
+        if emulate {
+            let fds: Vec<Option<Arc<EventFd>>> = (start..start + count)
+                .map(|v| provider.eventfd(kind, v))
+                .collect();
+            let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
+            device.set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
+            // From the reply on, the server signals the provider's eventfds: whatever came
+            // before is on the parking eventfds.
+            for (vector, fd) in vectors[range].iter_mut().zip(&fds) {
+                let pending = vector.poll_pending();
+                *vector = Vector {
+                    message: vector.message,
+                    ..Vector::default()
+                };
+                if let (true, Some(fd)) = (pending, fd) {
+                    fd.write(1).map_err(|source| Error::Io {
+                        what: "delivering a vector that fired while masked",
+                        source,
+                    })?;
+                }
+            }
+        } else {
+            device.irq_action(index, IrqAction::Unmask, start, count)?;
+            vectors[range].iter_mut().for_each(|v| v.masked = false);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,12 +483,9 @@ mod tests {
     use super::runs;
 
     #[test]
-    fn runs_split_by_flag_and_gaps() {
-        let r = runs([(0, true), (1, true), (2, false), (4, false), (5, true)].into_iter());
-        assert_eq!(
-            r,
-            [(0, 2, true), (2, 1, false), (4, 1, false), (5, 1, true)]
-        );
-        assert!(runs(std::iter::empty()).is_empty());
+    fn runs_split_at_gaps() {
+        assert_eq!(runs(&[0, 1, 2, 4, 5, 7]), [(0, 3), (4, 2), (7, 1)]);
+        assert_eq!(runs(&[u32::MAX - 1, u32::MAX]), [(u32::MAX - 1, 2)]);
+        assert!(runs(&[]).is_empty());
     }
 }

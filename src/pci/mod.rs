@@ -20,12 +20,19 @@
 //!   areas are offered to the VMM as memory slots ([`VfioUserPciDevice::bar_mappings`]).
 //! * **Interrupts**: the VMM's [`InterruptProvider`] hands out eventfds (its irqfds) and
 //!   hears how the guest routes and masks each MSI/MSI-X vector. The MSI-X table is emulated
-//!   here; masking a vector masks it at the server too (SET_IRQS MASK), so the server's
-//!   pending bit array, which guest reads of the PBA return, stays true. INTx is unmasked at
-//!   the server when the guest ends the interrupt, not on every BAR access.
+//!   here. A masked vector never signals the guest: when the server can mask (IRQ_INFO
+//!   `MASKABLE`) it is masked there (SET_IRQS MASK) and the server's pending bits are what
+//!   the guest reads; when it cannot (libvfio-user and SPDK never can; the kernel's vfio
+//!   cannot for MSI/MSI-X), no MASK or UNMASK is sent and the mask is emulated: the vector's
+//!   eventfd at the server is swapped for one of the device's own while masked, a signal
+//!   there sets the vector's pending bit (ORed into guest reads of the PBA and of MSI's
+//!   pending bits), and unmasking delivers it. INTx follows the command register's
+//!   Interrupt Disable bit, and is unmasked at the server when the guest ends the
+//!   interrupt (if the server masks INTx), not on every BAR access.
 //! * **Lifecycle**: [`VfioUserPciDevice::attach`] connects, negotiates, discovers, resets the
-//!   device when it can, shares guest memory, places the BARs and connects INTx, ERR and REQ;
-//!   [`VfioUserPciDevice::detach`] undoes that. A lost connection makes guest reads return
+//!   device when it can, shares guest memory through the DMA layer ([`crate::dma`]: shared
+//!   file-backed regions by fd, the rest served through DMA_READ / DMA_WRITE), places the
+//!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost connection makes guest reads return
 //!   all ones, is logged once, and signals [`VfioUserPciDevice::event`].
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
@@ -60,22 +67,24 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{self, pci_irq, pci_region, DeviceOptions, IrqAction, VfioUserDevice};
+use crate::dma::DmaRegion;
 use crate::protocol::{
     Command, SetIrqs, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_READ,
     REGION_INFO_FLAG_WRITE,
 };
-use crate::proxy::{EventLoop, Proxy, Ticket};
-use config::{merge, Bars, COMMAND, COMMAND_IO, COMMAND_MEMORY, CONFIG_SIZE, HEADER_TYPE};
-use interrupts::{reconcile, Applied, Wanted};
+use crate::proxy::{EventLoop, Proxy};
+use caps::Frozen;
+use config::{
+    merge, Bars, COMMAND, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY, CONFIG_SIZE,
+    HEADER_TYPE,
+};
+use interrupts::{reconcile, server_masks, update_vectors, Applied, Wanted};
 use memory::GuestDma;
 use msi::Msi;
 use msix::Msix;
 
 /// Largest config space the device serves (PCI Express extended config space).
 const MAX_CONFIG_SIZE: u64 = 4096;
-/// INTx unmask requests sent from the event loop and not yet collected, past which the
-/// oldest is waited for there.
-const MAX_PENDING_UNMASKS: usize = 64;
 
 /// Where the BARs go at attach.
 #[derive(Clone, Default)]
@@ -151,8 +160,8 @@ pub(crate) struct Shared {
     event: EventFd,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
-    intx_active: AtomicBool,
-    unmasks: Mutex<Vec<Ticket>>,
+    /// INTx is the mode and the server masks it: an end of interrupt unmasks it there.
+    intx_unmask: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,8 +179,7 @@ impl Shared {
             })?,
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            intx_active: AtomicBool::new(false),
-            unmasks: Mutex::new(Vec::new()),
+            intx_unmask: AtomicBool::new(false),
         })
     }
 
@@ -199,10 +207,12 @@ impl Shared {
         *lock(&self.last_error) = Some(text);
     }
 
-    /// Sends the INTx unmask from the event loop without waiting for its reply; the reply
-    /// is collected by the next guest access (whose own reply comes later on the stream).
+    /// Sends the INTx unmask from the event loop with `No_reply`: the event loop, which
+    /// may be the VMM's shared one, never waits for the server (a slow or hung server would
+    /// stall every device it drives). The price is that the server's errno for a refused
+    /// unmask is not seen; a connection that fails is.
     pub(crate) fn post_intx_unmask(&self, proxy: &Proxy) {
-        if !self.intx_active.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
+        if !self.intx_unmask.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
             return;
         }
         let mut payload = Vec::with_capacity(SetIrqs::HEAD_SIZE);
@@ -214,41 +224,16 @@ impl Shared {
             Vec::new(),
         )
         .encode_into(&mut payload);
-        match proxy.send_nowait(Command::DeviceSetIrqs, &payload, &[]) {
-            Ok(ticket) => {
-                let oldest = {
-                    let mut q = lock(&self.unmasks);
-                    q.push(ticket);
-                    (q.len() > MAX_PENDING_UNMASKS).then(|| q.remove(0))
-                };
-                if let Some(t) = oldest {
-                    self.collect(proxy, t);
-                }
-            }
-            Err(e) => self.record("INTx unmask", &unmask_error(e)),
+        if let Err(e) = proxy.post(Command::DeviceSetIrqs, &payload, &[]) {
+            self.record(
+                "INTx unmask",
+                &Error::Device(device::Error::Request {
+                    what: "DEVICE_SET_IRQS UNMASK of INTx".to_string(),
+                    source: e,
+                }),
+            );
         }
     }
-
-    /// Collects the replies of INTx unmasks sent from the event loop.
-    fn reap(&self, proxy: &Proxy) {
-        let tickets = std::mem::take(&mut *lock(&self.unmasks));
-        for t in tickets {
-            self.collect(proxy, t);
-        }
-    }
-
-    fn collect(&self, proxy: &Proxy, ticket: Ticket) {
-        if let Err(e) = proxy.wait(ticket) {
-            self.record("INTx unmask", &unmask_error(e));
-        }
-    }
-}
-
-fn unmask_error(source: crate::proxy::Error) -> Error {
-    Error::Device(device::Error::Request {
-        what: "DEVICE_SET_IRQS UNMASK of INTx".to_string(),
-        source,
-    })
 }
 
 /// A vfio-user device on a VMM's PCI bus. See the [module documentation](self).
@@ -258,11 +243,15 @@ pub struct VfioUserPciDevice {
     interrupts: Arc<dyn InterruptProvider>,
     dma: Option<Box<dyn GuestDma>>,
     config_size: usize,
+    /// Config bits answered from the attach snapshot.
+    frozen: Frozen,
     bars: Bars,
     msi: Option<Msi>,
     msix: Option<Msix>,
     /// The device has an interrupt pin and an INTx vector.
     intx: bool,
+    /// The server masks INTx (so an end of interrupt unmasks it there).
+    intx_maskable: bool,
     /// ERR and REQ were connected at attach.
     notifiers: Vec<InterruptKind>,
     command: u16,
@@ -287,8 +276,10 @@ impl VfioUserPciDevice {
     ///
     /// Connects and negotiates, discovers the device (refusing one that is not PCI), resets
     /// it when it supports reset and `options.reset` is set, reads its config space (BARs,
-    /// capabilities), shares `memory` with the server, places the BARs and connects INTx,
-    /// ERR and REQ to the provider's eventfds.
+    /// capabilities), shares `memory` with the server (every region, with its fd when it is
+    /// a shared file mapping; the server reaches the others with DMA_READ / DMA_WRITE,
+    /// served from the connection's event loop), places the BARs and connects INTx, ERR and
+    /// REQ to the provider's eventfds.
     pub fn attach<AS>(
         path: impl AsRef<Path>,
         memory: AS,
@@ -298,6 +289,7 @@ impl VfioUserPciDevice {
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let (connection, subscriber) = connect(path.as_ref(), &options.connect, &interrupts)?;
         let event_loop = EventLoop::spawn(subscriber).map_err(crate::Error::from)?;
@@ -318,6 +310,7 @@ impl VfioUserPciDevice {
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let (connection, subscriber) = connect(path.as_ref(), &options.connect, &interrupts)?;
         let dev = VfioUserPciDevice::build(connection, memory, interrupts, options)?;
@@ -333,6 +326,7 @@ impl VfioUserPciDevice {
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let device = VfioUserDevice::new(connection, &options.device)?;
         if !device.is_pci() {
@@ -368,11 +362,18 @@ impl VfioUserPciDevice {
         let msi = caps::find(&found, caps::CAP_ID_MSI)
             .map(|at| Msi::parse(&config, at))
             .transpose()?;
-        let msix = caps::find(&found, caps::CAP_ID_MSIX)
-            .map(|at| Msix::parse(&config, at, &bars.infos()))
+        let msix_at = caps::find(&found, caps::CAP_ID_MSIX);
+        let msix = msix_at
+            .map(|at| {
+                Msix::parse(&config, at, &bars.infos(), |i| {
+                    device.region(i).map_or(0, |r| r.size())
+                })
+            })
             .transpose()?;
+        let frozen = Frozen::new(&config, &found, msix_at);
         let intx = config[config::INTERRUPT_PIN] != 0
             && device.irq(pci_irq::INTX).is_ok_and(|i| i.count > 0);
+        let intx_maskable = server_masks(&device, InterruptKind::Intx);
         let command = u16::from_le_bytes([config[COMMAND], config[COMMAND + 1]]);
         log::debug!(
             "PCI device: {:04x}:{:04x}, BARs {:?}, MSI {}, MSI-X {}, INTx {intx}",
@@ -388,10 +389,12 @@ impl VfioUserPciDevice {
             interrupts,
             dma: None,
             config_size,
+            frozen,
             bars,
             msi,
             msix,
             intx,
+            intx_maskable,
             notifiers: Vec::new(),
             command,
             applied: Applied::default(),
@@ -399,24 +402,38 @@ impl VfioUserPciDevice {
         };
         dev.place_bars(&options.bars)?;
         dev.dma = Some(memory::map_guest_memory(dev.device.connection(), memory)?);
-        for kind in [InterruptKind::Err, InterruptKind::Req] {
-            if dev.device.irq(kind.irq_index()).is_ok_and(|i| i.count > 0) {
-                if let Some(fd) = dev.interrupts.eventfd(kind, 0) {
-                    dev.device.set_irq_eventfds(
-                        kind.irq_index(),
-                        IrqAction::Trigger,
-                        0,
-                        &[Some(&fd)],
-                    )?;
-                    dev.notifiers.push(kind);
-                }
-            }
-        }
+        dev.arm_notifiers()?;
         dev.try_sync_interrupts()?;
         Ok(dev)
     }
 
+    /// Connects ERR and REQ to the provider's eventfds (at attach, and again after a reset,
+    /// which may have dropped them at the server).
+    fn arm_notifiers(&mut self) -> Result<(), Error> {
+        self.notifiers.clear();
+        for kind in [InterruptKind::Err, InterruptKind::Req] {
+            if !self.device.irq(kind.irq_index()).is_ok_and(|i| i.count > 0) {
+                continue;
+            }
+            if let Some(fd) = self.interrupts.eventfd(kind, 0) {
+                self.device.set_irq_eventfds(
+                    kind.irq_index(),
+                    IrqAction::Trigger,
+                    0,
+                    &[Some(&fd)],
+                )?;
+                self.notifiers.push(kind);
+            }
+        }
+        Ok(())
+    }
+
     fn place_bars(&mut self, placement: &BarPlacement) -> Result<(), Error> {
+        if let BarPlacement::Fixed(list) = placement {
+            if let Some((bar, _)) = list.iter().find(|(b, _)| self.bars.get(*b).is_none()) {
+                return Err(Error::NoSuchBar(*bar));
+            }
+        }
         for bar in self.bars.infos() {
             let base = match placement {
                 BarPlacement::Guest => None,
@@ -438,20 +455,13 @@ impl VfioUserPciDevice {
     /// returned; everything is closed regardless.
     pub fn detach(mut self) -> Result<(), Error> {
         self.shared.detaching.store(true, Ordering::Release);
+        self.shared.intx_unmask.store(false, Ordering::Release);
         if self.is_lost() {
             return Ok(());
         }
-        let proxy = self.device.connection().proxy().clone();
-        self.shared.reap(&proxy);
-        let mut first_error: Option<Error> = None;
-        let mode = std::mem::take(&mut self.applied.mode);
-        let kinds = match mode {
-            InterruptMode::None => None,
-            InterruptMode::Intx => Some(InterruptKind::Intx),
-            InterruptMode::Msi => Some(InterruptKind::Msi),
-            InterruptMode::Msix => Some(InterruptKind::Msix),
-        };
-        for kind in kinds.into_iter().chain(self.notifiers.drain(..)) {
+        let mut first_error =
+            interrupts::disable(&self.device, &*self.interrupts, &mut self.applied).err();
+        for kind in std::mem::take(&mut self.notifiers) {
             if let Err(e) = self.device.disable_irqs(kind.irq_index()) {
                 first_error.get_or_insert(e.into());
             }
@@ -464,6 +474,16 @@ impl VfioUserPciDevice {
         match first_error {
             Some(e) if !e.is_disconnected() => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Follows a change of guest memory (hot-plug through a `GuestMemoryAtomic` given at
+    /// attach): regions that appeared are mapped for the server, regions that went are
+    /// unmapped.
+    pub fn sync_guest_memory(&self) -> Result<(), Error> {
+        match &self.dma {
+            Some(dma) => dma.sync(),
+            None => Ok(()),
         }
     }
 
@@ -502,30 +522,42 @@ impl VfioUserPciDevice {
     /// Unmasks INTx at the server: the guest ended an INTx interrupt. For VMMs whose
     /// interrupt controller notices the end of interrupt itself; with a resample eventfd
     /// from the [`InterruptProvider`] the subscriber does this. Nothing is sent unless the
-    /// device is in INTx mode.
+    /// device is in INTx mode and the server masks INTx.
     pub fn end_of_interrupt(&self) -> Result<(), Error> {
-        if self.applied.mode != InterruptMode::Intx || self.is_lost() {
+        if self.applied.mode != InterruptMode::Intx || !self.intx_maskable || self.is_lost() {
             return Ok(());
         }
-        self.shared.reap(self.device.connection().proxy());
         self.device
             .irq_action(pci_irq::INTX, IrqAction::Unmask, 0, 1)
             .map_err(Error::from)
     }
 
-    /// Resets the device (DEVICE_RESET) and the VMM-side state with it: MSI and MSI-X are
-    /// disabled, every MSI-X vector masked, the BARs keep their placement.
+    /// Resets the device and the VMM-side state with it, in the order QEMU uses: the
+    /// interrupts are disconnected (server and VMM), DEVICE_RESET is sent, ERR and REQ are
+    /// connected again, and the interrupt setup starts over from the reset state (MSI and
+    /// MSI-X disabled, every MSI-X vector masked, INTx as the command register allows).
+    /// The BARs keep their placement. When DEVICE_RESET fails the shadows are kept and the
+    /// interrupts reconnected as they were.
     pub fn reset(&mut self) -> Result<(), Error> {
-        self.device.reset()?;
-        if let Some(m) = &mut self.msi {
-            m.reset();
+        if !self.device.resettable() {
+            return Err(device::Error::ResetNotSupported.into());
         }
-        if let Some(m) = &mut self.msix {
-            m.reset();
+        self.shared.intx_unmask.store(false, Ordering::Release);
+        let disabled = interrupts::disable(&self.device, &*self.interrupts, &mut self.applied);
+        let reset = self.device.reset().map_err(Error::from);
+        if reset.is_ok() {
+            if let Some(m) = &mut self.msi {
+                m.reset();
+            }
+            if let Some(m) = &mut self.msix {
+                m.reset();
+            }
+            self.bars.reset();
+            self.command = 0;
         }
-        self.bars.reset();
-        self.command = 0;
-        self.try_sync_interrupts()
+        let armed = self.arm_notifiers();
+        let synced = self.try_sync_interrupts();
+        reset.and(disabled).and(armed).and(synced)
     }
 
     /// The mappable areas of BAR `bar` at its current base (none while it is unplaced).
@@ -585,13 +617,19 @@ impl VfioUserPciDevice {
 
     fn try_sync_interrupts(&mut self) -> Result<(), Error> {
         let device = &self.device;
-        let wanted = Wanted::from(self.msi.as_ref(), self.msix.as_ref(), self.intx, |k| {
+        let intx = self.intx && self.command & COMMAND_INTX_DISABLE == 0;
+        let wanted = Wanted::from(self.msi.as_ref(), self.msix.as_ref(), intx, |k| {
             device.irq(k.irq_index()).map_or(0, |i| i.count)
         });
+        if wanted.mode != self.applied.mode {
+            // No INTx unmask may go out while INTx is being taken down.
+            self.shared.intx_unmask.store(false, Ordering::Release);
+        }
         let result = reconcile(device, &*self.interrupts, &mut self.applied, wanted);
-        self.shared
-            .intx_active
-            .store(self.applied.mode == InterruptMode::Intx, Ordering::Release);
+        self.shared.intx_unmask.store(
+            self.applied.mode == InterruptMode::Intx && self.intx_maskable,
+            Ordering::Release,
+        );
         result
     }
 
@@ -601,13 +639,39 @@ impl VfioUserPciDevice {
         }
     }
 
-    fn after_request(&self) {
-        self.shared.reap(self.device.connection().proxy());
+    /// After a write to MSI-X table entries `vectors`: only those are compared and sent,
+    /// unless the mode itself is not set up yet.
+    fn sync_msix_vectors(&mut self, vectors: std::ops::RangeInclusive<u32>) {
+        let Some(m) = self.msix.as_ref().filter(|m| m.enabled()) else {
+            return;
+        };
+        if self.applied.mode != InterruptMode::Msix {
+            self.sync_interrupts();
+            return;
+        }
+        let count = self.applied.vector_count() as u32;
+        let changes = vectors
+            .filter(|&v| v < count)
+            .map(|v| (v, m.message(v), m.masked(v)));
+        if let Err(e) = update_vectors(
+            &self.device,
+            &*self.interrupts,
+            &mut self.applied,
+            InterruptKind::Msix,
+            changes,
+        ) {
+            self.shared.record("interrupt setup", &e);
+        }
     }
 
     fn config_read(&mut self, reg: usize) -> u32 {
-        let offset = reg.saturating_mul(4);
-        if offset + 4 > self.config_size || self.is_lost() {
+        let Some(offset) = reg
+            .checked_mul(4)
+            .filter(|o| o.checked_add(4).is_some_and(|end| end <= self.config_size))
+        else {
+            return u32::MAX;
+        };
+        if self.is_lost() {
             return u32::MAX;
         }
         if Bars::owns(reg) {
@@ -619,42 +683,49 @@ impl VfioUserPciDevice {
                 .record(&format!("config read at {offset:#x}"), &e.into());
             return u32::MAX;
         }
-        self.after_request();
+        self.frozen.overlay(offset, &mut b);
         if let Some(m) = &self.msi {
             m.overlay(offset, &mut b);
         }
         if let Some(m) = &self.msix {
             m.overlay(offset, &mut b);
         }
-        if offset == HEADER_TYPE & !3 {
-            // One function per device: never claim to be multi-function.
-            b[HEADER_TYPE % 4] &= 0x7f;
+        let mut value = u32::from_le_bytes(b);
+        let msi_pending = self.msi.as_ref().and_then(Msi::pending_offset);
+        if msi_pending == Some(offset) && self.applied.mode == InterruptMode::Msi {
+            for v in 0..(self.applied.vector_count() as u32).min(32) {
+                if self.applied.pending(v) {
+                    value |= 1 << v;
+                }
+            }
         }
-        u32::from_le_bytes(b)
+        value
     }
 
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarReprogramming> {
-        let at = reg.saturating_mul(4).saturating_add(offset as usize);
-        let valid = matches!(data.len(), 1 | 2 | 4)
-            && offset as usize + data.len() <= 4
-            && reg.saturating_mul(4) + 4 <= self.config_size;
-        if !valid {
+        let start = reg
+            .checked_mul(4)
+            .filter(|s| s.checked_add(4).is_some_and(|end| end <= self.config_size));
+        let within = usize::try_from(offset)
+            .ok()
+            .filter(|o| *o < 4 && o + data.len() <= 4);
+        let (Some(start), Some(offset), true) = (start, within, matches!(data.len(), 1 | 2 | 4))
+        else {
             log::debug!(
                 "config write of {} bytes at register {reg} + {offset} ignored",
                 data.len()
             );
             return Vec::new();
-        }
+        };
         if self.is_lost() {
             return Vec::new();
         }
         if Bars::owns(reg) {
-            return self
-                .bars
-                .write(reg, offset as usize, data)
-                .into_iter()
-                .collect();
+            let memory = self.command & COMMAND_MEMORY != 0;
+            self.bars.write(reg, offset, data, memory);
+            return self.bar_moves();
         }
+        let at = start + offset;
         let mut interrupts = false;
         if let Some(m) = &mut self.msi {
             interrupts |= m.write(at, data);
@@ -662,20 +733,28 @@ impl VfioUserPciDevice {
         if let Some(m) = &mut self.msix {
             interrupts |= m.write(at, data);
         }
-        if reg == COMMAND / 4 && (offset as usize) < 2 {
-            let merged = merge(u32::from(self.command), offset as usize, data);
-            self.command = merged as u16;
+        let mut moves = Vec::new();
+        if reg == COMMAND / 4 && offset < 2 {
+            let old = self.command;
+            self.command = merge(u32::from(old), offset, data) as u16;
+            interrupts |= (old ^ self.command) & COMMAND_INTX_DISABLE != 0;
+            moves = self.bar_moves();
         }
         if interrupts {
             self.sync_interrupts();
         }
-        match self.device.write(pci_region::CONFIG, at as u64, data) {
-            Ok(()) => self.after_request(),
-            Err(e) => self
-                .shared
-                .record(&format!("config write at {at:#x}"), &e.into()),
+        if let Err(e) = self.device.write(pci_region::CONFIG, at as u64, data) {
+            self.shared
+                .record(&format!("config write at {at:#x}"), &e.into());
         }
-        Vec::new()
+        moves
+    }
+
+    fn bar_moves(&mut self) -> Vec<BarReprogramming> {
+        self.bars.moves(
+            self.command & COMMAND_IO != 0,
+            self.command & COMMAND_MEMORY != 0,
+        )
     }
 
     fn decodes(&self, info: &BarInfo) -> bool {
@@ -688,7 +767,9 @@ impl VfioUserPciDevice {
 
     /// Reads `data.len()` bytes at `offset` of BAR `bar`'s window, as a guest access would:
     /// all ones when the window does not decode (command register, ROM enable), lies past
-    /// the region, or the server failed (the error is recorded).
+    /// the region or the end of the address space, or the server failed (the error is
+    /// recorded). MSI-X table reads are answered here; pending bits the VMM keeps are ORed
+    /// into the server's.
     pub fn bar_read(&mut self, bar: u32, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         let Some(info) = self.bars.get(bar) else {
@@ -697,46 +778,99 @@ impl VfioUserPciDevice {
         if self.is_lost() || !self.decodes(&info) {
             return;
         }
-        let table = self
-            .msix
-            .as_ref()
-            .filter(|m| m.table_bar == bar)
-            .map(|m| (m.table_offset, m.table_len()));
+        if offset.checked_add(data.len() as u64).is_none() {
+            log::debug!("BAR {bar} read at {offset:#x} wraps around: dropped");
+            return;
+        }
+        let table = self.msix_table(bar);
         let mut done = 0usize;
         while done < data.len() {
             let at = offset + done as u64;
             let (len, in_table) = piece(at, data.len() - done, table);
             let buf = &mut data[done..done + len];
-            if in_table {
-                if let Some(m) = &self.msix {
-                    m.read_table(at - table.map_or(0, |t| t.0), buf);
+            match (in_table, &self.msix, table) {
+                (true, Some(m), Some((start, _))) => m.read_table(at - start, buf),
+                _ => {
+                    self.region_read(bar, at, buf);
+                    self.overlay_pba(bar, at, buf);
                 }
-            } else {
-                self.region_read(bar, at, buf);
             }
             done += len;
         }
     }
 
-    fn region_read(&mut self, bar: u32, at: u64, buf: &mut [u8]) {
+    /// The MSI-X table's (offset, length) when it lives in BAR `bar`.
+    fn msix_table(&self, bar: u32) -> Option<(u64, u64)> {
+        self.msix
+            .as_ref()
+            .filter(|m| m.table_bar == bar)
+            .map(|m| (m.table_offset, m.table_len()))
+    }
+
+    /// Whether `len` bytes at `at` lie inside region `bar`. The rest of a BAR's window (a BAR
+    /// is the region rounded up to a power of two) reads all ones and drops writes.
+    fn in_region(&self, bar: u32, at: u64, len: usize) -> bool {
         let size = self.device.region(bar).map_or(0, |r| r.size());
-        if at + buf.len() as u64 > size {
+        let inside = at.checked_add(len as u64).is_some_and(|end| end <= size);
+        if !inside {
+            log::debug!("BAR {bar} access of {len} bytes at {at:#x}: past the region");
+        }
+        inside
+    }
+
+    fn region_read(&mut self, bar: u32, at: u64, buf: &mut [u8]) {
+        if !self.in_region(bar, at, buf.len()) {
             return;
         }
-        match self.device.read(bar, at, buf) {
-            Ok(()) => self.after_request(),
-            Err(e) => {
-                buf.fill(0xff);
-                self.shared
-                    .record(&format!("BAR {bar} read at {at:#x}"), &e.into());
+        if let Err(e) = self.device.read(bar, at, buf) {
+            buf.fill(0xff);
+            self.shared
+                .record(&format!("BAR {bar} read at {at:#x}"), &e.into());
+        }
+    }
+
+    fn region_write(&mut self, bar: u32, at: u64, buf: &[u8]) {
+        if !self.in_region(bar, at, buf.len()) {
+            return;
+        }
+        if let Err(e) = self.device.write_posted(bar, at, buf) {
+            self.shared
+                .record(&format!("BAR {bar} write at {at:#x}"), &e.into());
+        }
+    }
+
+    /// ORs the MSI-X pending bits the VMM keeps (masking emulated) into bytes of BAR `bar`
+    /// read at `at`.
+    fn overlay_pba(&mut self, bar: u32, at: u64, buf: &mut [u8]) {
+        let Some((pba, len)) = self
+            .msix
+            .as_ref()
+            .filter(|m| m.pba_bar == bar)
+            .map(|m| (m.pba_offset, m.pba_len()))
+        else {
+            return;
+        };
+        if self.applied.mode != InterruptMode::Msix {
+            return;
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            let Some(byte) = (at + i as u64).checked_sub(pba).filter(|o| *o < len) else {
+                continue;
+            };
+            for bit in 0..8 {
+                let v = u32::try_from(byte * 8 + bit).unwrap_or(u32::MAX);
+                if self.applied.pending(v) {
+                    *b |= 1 << bit;
+                }
             }
         }
     }
 
     /// Writes `data` at `offset` of BAR `bar`'s window, as a guest access would: dropped
-    /// when the window does not decode; MSI-X table writes are emulated here; the rest goes
-    /// to the server, posted when the device layer allows (a refused posted write cannot be
-    /// reported; [`DeviceOptions::posted_writes`] turns posting off).
+    /// when the window does not decode or the access wraps around; MSI-X table writes are
+    /// emulated here; the rest goes to the server, posted when the device layer allows (a
+    /// refused posted write cannot be reported; [`DeviceOptions::posted_writes`] turns
+    /// posting off).
     pub fn bar_write(&mut self, bar: u32, offset: u64, data: &[u8]) {
         let Some(info) = self.bars.get(bar) else {
             return;
@@ -744,35 +878,32 @@ impl VfioUserPciDevice {
         if self.is_lost() || !self.decodes(&info) || info.kind == BarKind::Rom {
             return;
         }
-        let table = self
-            .msix
-            .as_ref()
-            .filter(|m| m.table_bar == bar)
-            .map(|m| (m.table_offset, m.table_len()));
+        if offset.checked_add(data.len() as u64).is_none() {
+            log::debug!("BAR {bar} write at {offset:#x} wraps around: dropped");
+            return;
+        }
+        let table = self.msix_table(bar);
         let mut done = 0usize;
-        let mut table_written = false;
+        let mut written: Option<std::ops::RangeInclusive<u32>> = None;
         while done < data.len() {
             let at = offset + done as u64;
             let (len, in_table) = piece(at, data.len() - done, table);
             let buf = &data[done..done + len];
-            if in_table {
-                if let Some(m) = &mut self.msix {
-                    m.write_table(at - table.map_or(0, |t| t.0), buf);
-                    table_written = true;
+            match (in_table, &mut self.msix, table) {
+                (true, Some(m), Some((start, _))) => {
+                    m.write_table(at - start, buf);
+                    let entries = Msix::entries(at - start, len as u64);
+                    written = Some(match written {
+                        Some(w) => *w.start().min(entries.start())..=*w.end().max(entries.end()),
+                        None => entries,
+                    });
                 }
-            } else {
-                let size = self.device.region(bar).map_or(0, |r| r.size());
-                if at + buf.len() as u64 <= size {
-                    if let Err(e) = self.device.write_posted(bar, at, buf) {
-                        self.shared
-                            .record(&format!("BAR {bar} write at {at:#x}"), &e.into());
-                    }
-                }
+                _ => self.region_write(bar, at, buf),
             }
             done += len;
         }
-        if table_written && self.msix.as_ref().is_some_and(Msix::enabled) {
-            self.sync_interrupts();
+        if let Some(vectors) = written {
+            self.sync_msix_vectors(vectors);
         }
     }
 }
@@ -783,11 +914,11 @@ fn piece(at: u64, len: usize, table: Option<(u64, u64)>) -> (usize, bool) {
     let Some((start, tlen)) = table else {
         return (len, false);
     };
-    let end = start + tlen;
+    let end = start.saturating_add(tlen);
     let len64 = len as u64;
     if at >= start && at < end {
         ((end - at).min(len64) as usize, true)
-    } else if at < start && at + len64 > start {
+    } else if at < start && at.saturating_add(len64) > start {
         ((start - at) as usize, false)
     } else {
         (len, false)
@@ -796,7 +927,10 @@ fn piece(at: u64, len: usize, table: Option<(u64, u64)>) -> (usize, bool) {
 
 fn page_span(offset: u64, len: u64, page: u64) -> (u64, u64) {
     let start = offset / page * page;
-    let end = (offset + len).div_ceil(page) * page;
+    let end = offset
+        .saturating_add(len)
+        .div_ceil(page)
+        .saturating_mul(page);
     (start, end)
 }
 
@@ -844,6 +978,10 @@ impl PciConfig for VfioUserPciDevice {
 
     fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error> {
         self.bars.place(bar, new_base)
+    }
+
+    fn unmap_bar(&mut self, bar: u32) -> Result<(), Error> {
+        self.bars.unplace(bar)
     }
 
     fn bars(&self) -> Vec<BarInfo> {

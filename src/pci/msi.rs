@@ -171,6 +171,13 @@ impl Msi {
         }
     }
 
+    /// Config offset of the pending bits register, when the capability has one
+    /// (per-vector masking).
+    pub(crate) fn pending_offset(&self) -> Option<usize> {
+        self.per_vector_mask
+            .then(|| self.cap + 2 + self.data_at() + 8)
+    }
+
     pub(crate) fn masked(&self, v: u32) -> bool {
         self.per_vector_mask && v < 32 && self.u32_at(self.data_at() + 4) & (1 << v) != 0
     }

@@ -34,8 +34,15 @@ pub(crate) struct Msix {
 }
 
 impl Msix {
-    /// The capability at `cap` of a config snapshot, checked against the BARs.
-    pub(crate) fn parse(config: &[u8], cap: usize, bars: &[BarInfo]) -> Result<Msix, Error> {
+    /// The capability at `cap` of a config snapshot, checked against the BARs and their
+    /// regions (`region_size(i)` is region `i`'s size): the table and the pending bits must
+    /// lie inside the region, not just inside the BAR's rounded-up window.
+    pub(crate) fn parse(
+        config: &[u8],
+        cap: usize,
+        bars: &[BarInfo],
+        region_size: impl Fn(u32) -> u64,
+    ) -> Result<Msix, Error> {
         let bad = |what: String| Error::Capability { offset: cap, what };
         if cap + 12 > CONFIG_SIZE.min(config.len()) {
             return Err(bad("MSI-X capability runs past config space".to_string()));
@@ -54,10 +61,11 @@ impl Msix {
             if !matches!(info.kind, BarKind::Memory32 | BarKind::Memory64) {
                 return Err(bad(format!("MSI-X {what} in BAR {bar}, not a memory BAR")));
             }
-            if offset + len > info.size {
+            let size = region_size(bar).min(info.size);
+            if offset + len > size {
                 return Err(bad(format!(
-                    "MSI-X {what} at {offset:#x}+{len:#x} runs past BAR {bar} of {:#x} bytes",
-                    info.size
+                    "MSI-X {what} at {offset:#x}+{len:#x} runs past region {bar} of {size:#x} \
+                     bytes"
                 )));
             }
             Ok(())
@@ -101,6 +109,15 @@ impl Msix {
 
     pub(crate) fn pba_len(&self) -> u64 {
         u64::from(self.size).div_ceil(64) * 8
+    }
+
+    /// The vector range of table bytes `offset..offset + len` (offsets from the table's
+    /// start).
+    pub(crate) fn entries(offset: u64, len: u64) -> std::ops::RangeInclusive<u32> {
+        let first = offset / ENTRY as u64;
+        let last = (offset + len.max(1) - 1) / ENTRY as u64;
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        clamp(first)..=clamp(last)
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -215,7 +232,7 @@ mod tests {
     #[test]
     fn table_and_control() {
         let c = cap(4, 0x800 | 2, 0xc00 | 2);
-        let mut m = Msix::parse(&c, 0x70, &[bar(2, 4096)]).unwrap();
+        let mut m = Msix::parse(&c, 0x70, &[bar(2, 4096)], |_| 4096).unwrap();
         assert_eq!((m.size(), m.table_len(), m.pba_len()), (4, 64, 8));
         assert!(!m.enabled() && (0..4).all(|v| m.masked(v)));
         m.write_table(16, &0xfee0_0000u32.to_le_bytes());
@@ -248,14 +265,28 @@ mod tests {
 
     #[test]
     fn placement_is_checked() {
-        assert!(Msix::parse(&cap(4, 0x800 | 3, 0xc00 | 2), 0x70, &[bar(2, 4096)]).is_err());
-        assert!(Msix::parse(&cap(4, 0xfc8 | 2, 0xc00 | 2), 0x70, &[bar(2, 4096)]).is_err());
-        assert!(Msix::parse(&cap(4, 0x800 | 2, 0x820 | 2), 0x70, &[bar(2, 4096)]).is_err());
+        let parse = |c: &[u8], at, bars: &[BarInfo]| Msix::parse(c, at, bars, |_| 4096);
+        assert!(parse(&cap(4, 0x800 | 3, 0xc00 | 2), 0x70, &[bar(2, 4096)]).is_err());
+        assert!(parse(&cap(4, 0xfc8 | 2, 0xc00 | 2), 0x70, &[bar(2, 4096)]).is_err());
+        assert!(parse(&cap(4, 0x800 | 2, 0x820 | 2), 0x70, &[bar(2, 4096)]).is_err());
         let io = BarInfo {
             kind: BarKind::Io,
             ..bar(2, 4096)
         };
-        assert!(Msix::parse(&cap(4, 0x800 | 2, 0xc00 | 2), 0x70, &[io]).is_err());
-        assert!(Msix::parse(&cap(4, 0, 0x40), 0xf8, &[bar(0, 4096)]).is_err());
+        assert!(parse(&cap(4, 0x800 | 2, 0xc00 | 2), 0x70, &[io]).is_err());
+        assert!(parse(&cap(4, 0, 0x40), 0xf8, &[bar(0, 4096)]).is_err());
+        // A region of 0x1100 bytes in a BAR of 0x2000: the pending bits at 0x1800 are in
+        // the BAR's window but past the region.
+        let c = cap(4, 2, 0x1800 | 2);
+        assert!(Msix::parse(&c, 0x70, &[bar(2, 0x2000)], |_| 0x1100).is_err());
+        assert!(Msix::parse(&c, 0x70, &[bar(2, 0x2000)], |_| 0x2000).is_ok());
+        // 2048 vectors: 32 KiB of table, 256 bytes of pending bits.
+        let c = cap(2048, 2, 0x8000 | 2);
+        let m = Msix::parse(&c, 0x70, &[bar(2, 0x10000)], |_| 0x8100).unwrap();
+        assert_eq!(
+            (m.size(), m.table_len(), m.pba_len()),
+            (2048, 0x8000, 0x100)
+        );
+        assert!(Msix::parse(&c, 0x70, &[bar(2, 0x10000)], |_| 0x80ff).is_err());
     }
 }

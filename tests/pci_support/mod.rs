@@ -21,6 +21,18 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Guest RAM of `size` bytes at guest address 0, backed by a memfd (shareable with the
 /// server).
 pub fn guest_memory(size: usize) -> Arc<GuestMemoryMmap> {
+    Arc::new(
+        GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            size,
+            Some(FileOffset::new(memfd(size), 0)),
+        )])
+        .unwrap(),
+    )
+}
+
+/// A memfd of `size` bytes.
+pub fn memfd(size: usize) -> File {
     let name = CString::new("guest-ram").unwrap();
     // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
@@ -28,14 +40,7 @@ pub fn guest_memory(size: usize) -> Arc<GuestMemoryMmap> {
     // SAFETY: `fd` was just created and nothing else owns it.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size as u64).unwrap();
-    Arc::new(
-        GuestMemoryMmap::from_ranges_with_files([(
-            GuestAddress(0),
-            size,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .unwrap(),
-    )
+    file
 }
 
 /// An interrupt provider that hands out one non-blocking eventfd per vector and records
@@ -118,6 +123,25 @@ pub fn fired_within(fd: &EventFd, timeout: Duration) -> bool {
     // SAFETY: `p` is one valid pollfd that outlives the call.
     let n = unsafe { libc::poll(&mut p, 1, ms) };
     n == 1 && fd.read().is_ok()
+}
+
+/// Whether someone (the event loop) read `fd`'s signal within `timeout`; spins without
+/// sleeping.
+pub fn consumed_within(fd: &EventFd, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while std::time::Instant::now() < deadline {
+        // SAFETY: `p` is one valid pollfd that outlives the call.
+        if unsafe { libc::poll(&mut p, 1, 0) } == 0 {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
 }
 
 /// Whether `fd` has no signal waiting (consumes one if it has).

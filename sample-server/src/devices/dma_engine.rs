@@ -59,7 +59,7 @@ struct EngineState {
 /// addresses), through mmapped windows or DMA_READ/DMA_WRITE messages, before the doorbell
 /// write completes; then sets the status and raises the completion interrupt: MSI-X vector 0
 /// if the client attached an eventfd to it, else MSI vector 0 if it attached one there, else
-/// INTx.
+/// INTx unless the command register's Interrupt Disable bit is set.
 #[derive(Debug)]
 pub struct DmaEngine {
     pci: ConfigSpace,
@@ -268,14 +268,16 @@ impl Device for DmaEngine {
                     }
                 }
             }
-            let (irq, vector) = if ctx.irq_assigned(IRQ_MSIX, 0) {
-                (IRQ_MSIX, 0)
+            let irq = if ctx.irq_assigned(IRQ_MSIX, 0) {
+                IRQ_MSIX
             } else if ctx.irq_assigned(IRQ_MSI, 0) {
-                (IRQ_MSI, 0)
+                IRQ_MSI
+            } else if !self.pci.intx_disabled() {
+                IRQ_INTX
             } else {
-                (IRQ_INTX, 0)
+                continue;
             };
-            if ctx.raise_irq(irq, vector).unwrap_or(false) {
+            if ctx.raise_irq(irq, 0).unwrap_or(false) {
                 lock(&self.state).interrupts += 1;
             }
         }

@@ -18,7 +18,7 @@ use crate::device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
     IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
-use crate::devices::{dwords, read_pba, read_regs};
+use crate::devices::{dwords, read_config, read_pba, read_regs};
 use crate::memory::SharedMemory;
 use crate::pci::ConfigSpace;
 
@@ -106,7 +106,8 @@ impl GpioState {
 /// IRQs: INTx 1, MSI 1, MSI-X [`GpioConfig::msix_vectors`], ERR 1, REQ 1. Supports reset
 /// (unless [`GpioConfig::resettable`] is off), which clears the registers (not the RAM).
 /// The MSI-X table itself is the client's to emulate: BAR4 reads it as zeros and ignores
-/// writes to it; the pending bit array shows the vectors raised while the client masked them.
+/// writes to it; the pending bit array, and MSI's pending bits register, show the vectors
+/// raised while the client masked them.
 ///
 /// DEVICE_GET_REGION_IO_FDS: BAR0 has two ioeventfds, in this order (the index of
 /// [`GpioHandle::ioeventfd_signals`]):
@@ -170,7 +171,8 @@ impl GpioDevice {
     pub const REG_SEQUENCE_WRITES: u64 = 0x0c;
     /// BAR0: number of sequence errors (low 32 bits, read-only).
     pub const REG_SEQUENCE_ERRORS: u64 = 0x10;
-    /// BAR0: write `index << 16 | vector` to raise that interrupt (reads 0).
+    /// BAR0: write `index << 16 | vector` to raise that interrupt (reads 0). INTx is not
+    /// raised while the command register's Interrupt Disable bit is set.
     pub const REG_IRQ_RAISE: u64 = 0x14;
     /// BAR0: identification value [`GpioDevice::ID`] (read-only).
     pub const REG_ID: u64 = 0x18;
@@ -408,7 +410,7 @@ impl Device for GpioDevice {
                 let start = offset as usize;
                 data.copy_from_slice(&rom[start..start + data.len()]);
             }
-            PCI_CONFIG_REGION => self.pci.read(offset, data),
+            PCI_CONFIG_REGION => read_config(ctx, &self.pci, offset, data),
             _ => return Err(Errno::INVAL),
         }
         Ok(())
@@ -467,6 +469,9 @@ impl Device for GpioDevice {
             }
         }
         for (index, vector) in raise {
+            if index == IRQ_INTX && self.pci.intx_disabled() {
+                continue;
+            }
             ctx.raise_irq(index, vector)?;
         }
         Ok(())

@@ -7,7 +7,8 @@ pub(crate) mod dma_engine;
 pub(crate) mod gpio;
 
 use crate::conn::DeviceContext;
-use crate::device::{Errno, IRQ_MSIX};
+use crate::device::{Errno, IRQ_MSI, IRQ_MSIX};
+use crate::pci::ConfigSpace;
 
 /// Splits a register write into aligned 32-bit values: `(offset, value)` pairs.
 /// Writes that are not whole, aligned dwords are `EINVAL`.
@@ -50,6 +51,31 @@ pub(crate) fn read_pba(ctx: &DeviceContext<'_>, pba: u64, offset: u64, data: &mu
         for bit in 0..8u64 {
             let vector = u32::try_from(first + bit).unwrap_or(u32::MAX);
             if ctx.irq_pending(IRQ_MSIX, vector) {
+                *b |= 1 << bit;
+            }
+        }
+    }
+}
+
+/// Reads config space bytes: `pci`'s, with the MSI pending bits register showing the MSI
+/// vectors raised while the client masked them.
+pub(crate) fn read_config(
+    ctx: &DeviceContext<'_>,
+    pci: &ConfigSpace,
+    offset: u64,
+    data: &mut [u8],
+) {
+    pci.read(offset, data);
+    let Some(pending) = pci.msi_pending_offset() else {
+        return;
+    };
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = offset as usize + i;
+        let Some(byte) = at.checked_sub(pending).filter(|o| *o < 4) else {
+            continue;
+        };
+        for bit in 0..8u32 {
+            if ctx.irq_pending(IRQ_MSI, byte as u32 * 8 + bit) {
                 *b |= 1 << bit;
             }
         }
