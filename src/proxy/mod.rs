@@ -977,7 +977,11 @@ impl Inner {
         if !self.connected.swap(false, Ordering::AcqRel) {
             return;
         }
-        log::warn!("vfio-user connection lost: {reason}");
+        if reason == DisconnectReason::Shutdown {
+            log::debug!("vfio-user connection closed");
+        } else {
+            log::warn!("vfio-user connection lost: {reason}");
+        }
         *lock(&self.reason) = Some(reason.clone());
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         let mut q = lock(&self.send);
