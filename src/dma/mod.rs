@@ -24,15 +24,18 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //! use vfio_user_client::dma::DmaMapper;
 //! use vfio_user_client::{ConnectOptions, Connection};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let conn = Connection::connect("/run/dev.sock", &ConnectOptions::default())?;
-//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
+//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(
+//!     GuestAddress(0),
+//!     64 << 20,
+//! )])?);
 //! let mapper = DmaMapper::new(&conn, memory);
-//! mapper.map_guest_memory()?;           // one DMA_MAP per region, pipelined
+//! mapper.map_guest_memory()?; // one DMA_MAP per region, pipelined
 //! mapper.map(0x1_0000_0000, 0x20_0000, 0x1000)?; // a vIOMMU window onto guest memory
 //! mapper.unmap(0x1_0000_0000, 0x1000)?;
 //! # Ok(())
