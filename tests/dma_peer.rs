@@ -8,10 +8,12 @@
 
 mod common;
 
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::guest::{anon, memory, pattern, region, shared};
 use common::Peer;
@@ -19,7 +21,7 @@ use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{
-    Command, DmaAccess, DmaMap, Header, RegionAccess, Version, HEADER_SIZE,
+    Command, DmaAccess, DmaMap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
 };
 use vfio_user_client::{ConnectOptions, Connection, Error};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -75,13 +77,20 @@ fn setup<AS>(memory: AS) -> Setup<AS>
 where
     AS: GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
 {
+    setup_with(memory, MAX_XFER)
+}
+
+fn setup_with<AS>(memory: AS, max_data_xfer_size: u64) -> Setup<AS>
+where
+    AS: GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
+{
     let (proxy, lp, mut peer) = common::pair();
     let mapper = DmaMapper::with_limits(
         proxy.clone(),
         DmaLimits {
             page_size: 4096,
             max_dma_maps: 100,
-            max_data_xfer_size: MAX_XFER,
+            max_data_xfer_size,
         },
         memory,
     );
@@ -328,6 +337,207 @@ fn a_server_request_is_answered_while_a_caller_waits() {
         let got = caller.join().unwrap();
         assert_eq!(got.payload[16..], [1, 2, 3, 4]);
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Large DMA_READ replies on the main socket (sent from guest memory, waiting for room)
+// ---------------------------------------------------------------------------------------
+
+const MIB: u64 = 1 << 20;
+
+fn dma_read_request(peer: &mut Peer, id: u16, address: u64, count: u64) {
+    let mut p = Vec::new();
+    DmaAccess { address, count }.encode_into(&mut p);
+    let h = Header::command(id, Command::DmaRead, p.len(), false).unwrap();
+    peer.send(&h, &p, &[]);
+}
+
+/// Reads a DMA_READ reply's header, then its body `chunk` bytes at a time with `pause`
+/// between reads (a server slow to drain its socket), and checks it against `expect`.
+fn read_dma_reply_slowly(
+    peer: &mut Peer,
+    id: u16,
+    address: u64,
+    expect: &[u8],
+    chunk: usize,
+    pause: Duration,
+) {
+    let mut hdr = [0u8; HEADER_SIZE];
+    peer.sock.read_exact(&mut hdr).unwrap();
+    let h = Header::from_bytes(&hdr);
+    assert!(!h.is_error(), "{h}");
+    assert_eq!((h.id, h.command), (id, Command::DmaRead as u16));
+    assert_eq!(h.size as usize, 32 + expect.len());
+    let mut body = vec![0u8; h.payload_len()];
+    for part in body.chunks_mut(chunk) {
+        thread::sleep(pause);
+        peer.sock.read_exact(part).unwrap();
+    }
+    let (head, data) = DmaAccess::decode_with_data(&body).unwrap();
+    let count = expect.len() as u64;
+    assert_eq!(head, DmaAccess { address, count });
+    assert!(data == expect, "DMA_READ data differs");
+}
+
+fn region_write_payload(marker: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    RegionAccess {
+        offset: 0,
+        region: 0,
+        count: len as u32,
+    }
+    .encode_with_data(&vec![marker; len], &mut p);
+    p
+}
+
+fn wait_for_queued(proxy: &vfio_user_client::proxy::Proxy, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.queued_messages() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} queued",
+            proxy.queued_messages()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_1mib_dma_read_on_the_main_socket_is_served_while_the_server_drains_slowly() {
+    let mem = Arc::new(guest());
+    let mut s = setup_with(Arc::clone(&mem), MIB);
+    let data = pattern(MIB as usize, 9);
+    mem.write_slice(&data, GuestAddress(RW)).unwrap();
+
+    // Drained at a trickle, each step within the short wait for room.
+    dma_read_request(&mut s.peer, 1, RW, MIB);
+    read_dma_reply_slowly(
+        &mut s.peer,
+        1,
+        RW,
+        &data,
+        64 << 10,
+        Duration::from_millis(1),
+    );
+    wait_for_queued(&s.proxy, 0);
+
+    // Not read at all for longer than that wait: the rest of the reply is queued (still
+    // unbuffered) and a message posted meanwhile goes behind it.
+    dma_read_request(&mut s.peer, 2, RW, MIB);
+    wait_for_queued(&s.proxy, 1);
+    let posted = region_write_payload(0x77, 100);
+    s.proxy.post(Command::RegionWrite, &posted, &[]).unwrap();
+    assert_eq!(s.proxy.queued_messages(), 2);
+    read_dma_reply_slowly(&mut s.peer, 2, RW, &data, 256 << 10, Duration::ZERO);
+    let (h, body, _) = s.peer.read_msg().unwrap();
+    assert_eq!(h.command, Command::RegionWrite as u16);
+    assert!(h.no_reply());
+    assert_eq!(body, posted);
+    wait_for_queued(&s.proxy, 0);
+
+    // Guest memory changed since is what the next reply carries.
+    let data = pattern(MIB as usize - 4096, 10);
+    mem.write_slice(&data, GuestAddress(RW + 4096)).unwrap();
+    assert_eq!(
+        dma_read(&mut s.peer, RW + 4096, data.len() as u64),
+        Ok(data)
+    );
+    assert!(s.proxy.is_connected());
+}
+
+#[test]
+fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
+    const READS: usize = 12;
+    const CALLS: u32 = 200;
+    let mem = Arc::new(guest());
+    let mut s = setup_with(Arc::clone(&mem), MIB);
+    let data = pattern(MIB as usize, 11);
+    mem.write_slice(&data, GuestAddress(RW)).unwrap();
+    let proxy = s.proxy.clone();
+    thread::scope(|sc| {
+        let caller = sc.spawn(move || {
+            for i in 0..CALLS {
+                if i % 3 == 0 {
+                    let p = region_write_payload(i as u8, 4096);
+                    proxy.post(Command::RegionWrite, &p, &[]).unwrap();
+                }
+                let mut p = Vec::new();
+                RegionAccess {
+                    offset: u64::from(i),
+                    region: 0,
+                    count: 4,
+                }
+                .encode_into(&mut p);
+                let r = proxy.request(Command::RegionRead, &p, &[]).unwrap();
+                assert_eq!(r.payload[16..], i.to_le_bytes());
+            }
+        });
+        // The server side: one DMA_READ outstanding at a time, answering the caller's reads
+        // (and taking its posted writes) as they come between the reply's bytes.
+        let (mut reads, mut answered, mut posted) = (0usize, 0u32, 0u32);
+        let mut outstanding = None;
+        while reads < READS || answered < CALLS {
+            if outstanding.is_none() && reads < READS {
+                let off = (reads as u64 % 4) * 4096;
+                let id = 0x100 + reads as u16;
+                dma_read_request(&mut s.peer, id, RW + off, MIB - off);
+                outstanding = Some((id, off));
+            }
+            let (h, body, _) = s.peer.read_msg().unwrap();
+            if h.message_type() == Some(MessageType::Reply) {
+                let (id, off) = outstanding.take().expect("an unexpected reply");
+                assert_eq!((h.id, h.command, h.error), (id, Command::DmaRead as u16, 0));
+                let (head, got) = DmaAccess::decode_with_data(&body).unwrap();
+                assert_eq!(head.address, RW + off);
+                assert!(got == &data[off as usize..], "DMA_READ {id} data differs");
+                reads += 1;
+            } else if h.command == Command::RegionWrite as u16 {
+                assert!(h.no_reply());
+                assert_eq!(body, region_write_payload(posted as u8 * 3, 4096));
+                posted += 1;
+            } else {
+                assert_eq!(h.command, Command::RegionRead as u16);
+                let rq = RegionAccess::decode(&body).unwrap();
+                let i = rq.offset as u32;
+                assert_eq!(i, answered, "caller requests in order");
+                let mut reply = Vec::new();
+                RegionAccess { count: 4, ..rq }.encode_with_data(&i.to_le_bytes(), &mut reply);
+                s.peer.reply(&h, &reply);
+                answered += 1;
+            }
+        }
+        caller.join().unwrap();
+        assert_eq!(posted, CALLS.div_ceil(3));
+    });
+    assert!(s.proxy.is_connected());
+    wait_for_queued(&s.proxy, 0);
+}
+
+#[test]
+fn a_dma_read_reply_goes_behind_messages_already_queued() {
+    let mem = Arc::new(guest());
+    let mut s = setup_with(Arc::clone(&mem), MIB);
+    let data = pattern(256 << 10, 12);
+    mem.write_slice(&data, GuestAddress(A)).unwrap();
+    // The server reads nothing until our send queue holds messages.
+    let mut posted = Vec::new();
+    while s.proxy.queued_messages() < 3 {
+        let p = region_write_payload(posted.len() as u8, 64 << 10);
+        s.proxy.post(Command::RegionWrite, &p, &[]).unwrap();
+        posted.push(p);
+    }
+    let queued = s.proxy.queued_messages();
+    dma_read_request(&mut s.peer, 0x55, A, data.len() as u64);
+    wait_for_queued(&s.proxy, queued + 1);
+    for p in &posted {
+        let (h, body, _) = s.peer.read_msg().unwrap();
+        assert_eq!(h.command, Command::RegionWrite as u16);
+        assert!(body == *p, "posted messages in order, whole");
+    }
+    read_dma_reply_slowly(&mut s.peer, 0x55, A, &data, 64 << 10, Duration::ZERO);
+    wait_for_queued(&s.proxy, 0);
+    // Served at once again when nothing is queued.
+    assert_eq!(dma_read(&mut s.peer, A, 4096), Ok(data[..4096].to_vec()));
 }
 
 // ---------------------------------------------------------------------------------------

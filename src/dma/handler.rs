@@ -25,8 +25,9 @@ use crate::protocol::{Command, DmaAccess, Header};
 use crate::proxy::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
 
 /// DMA_READ replies from this size up are sent straight from guest memory where the
-/// connection can (the twin socket): one `sendmsg` either way, minus an allocation and a
-/// copy. Below it the bookkeeping costs more than the copy.
+/// connection can (the twin socket, and the main socket when nothing is queued before the
+/// reply): one `sendmsg` either way, minus an allocation and a copy. Below it the
+/// bookkeeping costs more than the copy.
 const UNBUFFERED_MIN: u64 = 512;
 
 const READ: Access = Access {

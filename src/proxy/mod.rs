@@ -32,6 +32,7 @@ mod watch;
 
 pub use error::{DisconnectReason, Error};
 pub use subscriber::{EventLoop, ProxySubscriber};
+use twin::WRITE_WAIT;
 pub use twin::{ConnectionSubscriber, ReplyData, TwinSubscriber, UnbufferedReply};
 
 use std::collections::{HashMap, VecDeque};
@@ -135,8 +136,9 @@ pub trait ServerRequestHandler: Send + Sync {
     /// Optionally answers a request whose reply carries bulk data without copying that data
     /// into a buffer: returns the reply payload's head and a [`ReplyData`] that sends the
     /// rest straight from the handler's memory ([`UnbufferedReply`]). `None` (the default) means "use
-    /// [`handle`](Self::handle)". Used where the reader is the socket's only writer (the twin
-    /// socket).
+    /// [`handle`](Self::handle)". Used on the twin socket, and on the main socket when no
+    /// message is queued before the reply; the data may be sent after the call returns (a
+    /// reply that does not fit the socket keeps the [`ReplyData`] until it is written).
     fn handle_unbuffered(
         &self,
         _header: &Header,
@@ -221,11 +223,60 @@ impl Completion {
     }
 }
 
-#[derive(Debug)]
+/// A message being written: `buf` (header and buffered payload), then any unbuffered reply
+/// data, sent straight from its owner's memory.
 struct Outgoing {
     buf: Vec<u8>,
+    data: Option<Box<dyn ReplyData>>,
     sent: usize,
     fds: Vec<OwnedFd>,
+}
+
+impl fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("len", &self.len())
+            .field("sent", &self.sent)
+            .field("fds", &self.fds.len())
+            .finish()
+    }
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        self.buf.len() + self.data.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// Writes what the socket takes without waiting; `Ok(true)` once all of it has gone.
+    fn write(&mut self, sock: &UnixStream) -> io::Result<bool> {
+        while self.sent < self.len() {
+            let rest = self.buf.get(self.sent..).unwrap_or_default();
+            let result = match &self.data {
+                Some(d) => {
+                    let prefix: &[&[u8]] = if rest.is_empty() { &[] } else { &[rest] };
+                    d.send(sock, prefix, self.sent.saturating_sub(self.buf.len()))
+                }
+                None => {
+                    let raw: Vec<RawFd> = if self.sent == 0 {
+                        self.fds.iter().map(AsRawFd::as_raw_fd).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    socket::try_send_with_fds(sock, &[rest], &raw)
+                }
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.fds.clear();
+                    self.sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -605,7 +656,7 @@ impl Inner {
     fn send(&self, header: &Header, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
         let hdr = header.to_bytes();
         log::debug!("send {header} fds={}", fds.len());
-        let mut q = lock(&self.send);
+        let q = lock(&self.send);
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
@@ -631,15 +682,80 @@ impl Inner {
         let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
         buf.extend_from_slice(&hdr);
         buf.extend_from_slice(payload);
+        self.enqueue(
+            q,
+            Outgoing {
+                buf,
+                data: None,
+                sent,
+                fds,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends a message to the send queue and has the subscriber drain it.
+    fn enqueue(&self, mut q: MutexGuard<'_, SendQueue>, out: Outgoing) {
         let was_empty = q.queue.is_empty();
-        q.bytes += buf.len();
-        q.queue.push_back(Outgoing { buf, sent, fds });
+        q.bytes += out.len();
+        q.queue.push_back(out);
         drop(q);
         if was_empty {
             // The subscriber arms EPOLLOUT and drains; a failed kick can only mean the
             // counter is saturated, in which case a kick is pending anyway.
             let _ = self.kick.write(1);
         }
+    }
+
+    /// Sends a reply whose bulk data goes straight from the handler's memory
+    /// ([`UnbufferedReply`]). When the queue is empty it is written at once, waiting up to
+    /// [`WRITE_WAIT`] for room as a blocking write would (the server reads the reply to the
+    /// request it just sent), with the send lock held so that nothing interleaves with it;
+    /// whatever is left after that, or the whole reply when messages are queued before it,
+    /// is queued with its progress, without a copy.
+    fn send_unbuffered(&self, header: &Header, reply: UnbufferedReply) -> Result<(), Error> {
+        log::debug!("send {header} (unbuffered)");
+        let mut buf = Vec::with_capacity(HEADER_SIZE + reply.head.len());
+        buf.extend_from_slice(&header.to_bytes());
+        buf.extend_from_slice(&reply.head);
+        let mut out = Outgoing {
+            buf,
+            data: Some(reply.data),
+            sent: 0,
+            fds: Vec::new(),
+        };
+        let q = lock(&self.send);
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(Error::Disconnected(self.reason()));
+        }
+        if q.queue.is_empty() {
+            let deadline = Instant::now() + WRITE_WAIT;
+            loop {
+                let step = match out.write(&self.sock) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                        socket::poll_fd(self.sock.as_raw_fd(), true, ms)
+                    }
+                    Err(e) => Err(e),
+                };
+                match step {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        drop(q);
+                        let reason = error::io_reason(&e);
+                        self.fail(reason.clone());
+                        return Err(Error::Disconnected(reason));
+                    }
+                }
+            }
+        }
+        self.enqueue(q, out);
         Ok(())
     }
 
@@ -647,25 +763,13 @@ impl Inner {
     fn drain_send_queue(&self) -> Result<bool, DisconnectReason> {
         let mut q = lock(&self.send);
         while let Some(out) = q.queue.front_mut() {
-            let rest = out.buf.get(out.sent..).unwrap_or_default();
-            let raw: Vec<RawFd> = if out.sent == 0 {
-                out.fds.iter().map(AsRawFd::as_raw_fd).collect()
-            } else {
-                Vec::new()
-            };
-            match socket::try_send_with_fds(&self.sock, &[rest], &raw) {
-                Ok(n) => {
-                    if n > 0 {
-                        out.fds.clear();
-                    }
-                    out.sent += n;
-                    if out.sent >= out.buf.len() {
-                        let len = out.buf.len();
-                        q.queue.pop_front();
-                        q.bytes = q.bytes.saturating_sub(len);
-                    }
+            match out.write(&self.sock) {
+                Ok(true) => {
+                    let len = out.len();
+                    q.queue.pop_front();
+                    q.bytes = q.bytes.saturating_sub(len);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Ok(false) => return Ok(false),
                 Err(e) => return Err(error::io_reason(&e)),
             }
         }
@@ -938,16 +1042,47 @@ impl Inner {
 
     fn serve_request(&self, msg: Received) {
         let header = msg.header;
-        if lock(&self.send).bytes > MAX_QUEUED_BYTES {
+        let q = lock(&self.send);
+        let (over, queued) = (q.bytes > MAX_QUEUED_BYTES, !q.queue.is_empty());
+        drop(q);
+        if over {
             self.fail(DisconnectReason::ProtocolViolation(format!(
                 "the server sends requests ({header}) but does not read our replies"
             )));
             return;
         }
         let handler = lock(&self.handler).clone();
+        let known = header.known_command().is_some();
+        // Bulk data straight from the handler's memory, unless the reply would only join
+        // the queue (then it is copied once, as before, and the handler's memory is read
+        // now rather than when the queue drains).
+        if let Some(h) = handler
+            .as_ref()
+            .filter(|_| known && !queued && !header.no_reply())
+        {
+            if let Some(result) = h.handle_unbuffered(&header, &msg.payload, &msg.fds) {
+                let sent = match result {
+                    Ok(u) => {
+                        let len = u.head.len() + u.data.len();
+                        match Header::reply(&header, len) {
+                            Some(reply) => self.send_unbuffered(&reply, u),
+                            None => {
+                                let e = Header::error_reply(&header, libc::E2BIG as u32);
+                                self.send(&e, &[], &[])
+                            }
+                        }
+                    }
+                    Err(errno) => self.send(&Header::error_reply(&header, errno), &[], &[]),
+                };
+                if let Err(e) = sent {
+                    log::warn!("cannot reply to server request {header}: {e}");
+                }
+                return;
+            }
+        }
         let mut payload = Vec::new();
-        let result = match (handler, header.known_command()) {
-            (Some(h), Some(_)) => h.handle(&header, &msg.payload, msg.fds, &mut payload),
+        let result = match (handler, known) {
+            (Some(h), true) => h.handle(&header, &msg.payload, msg.fds, &mut payload),
             (_, _) => Err(libc::ENOSYS as u32),
         };
         if header.no_reply() {
@@ -1004,5 +1139,159 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Answers DMA_READ with `U` and 1 MiB of 7s sent unbuffered, or (buffered) with `B`
+    /// and the request's payload; counts which path served.
+    #[derive(Default)]
+    struct Handler {
+        unbuffered: AtomicUsize,
+        buffered: AtomicUsize,
+    }
+
+    struct Sevens(Vec<u8>);
+
+    impl ReplyData for Sevens {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        fn send(&self, sock: &UnixStream, prefix: &[&[u8]], offset: usize) -> io::Result<usize> {
+            let mut parts = prefix.to_vec();
+            parts.push(self.0.get(offset..).unwrap_or_default());
+            socket::try_send_with_fds(sock, &parts, &[])
+        }
+    }
+
+    impl ServerRequestHandler for Handler {
+        fn handle(
+            &self,
+            _header: &Header,
+            payload: &[u8],
+            _fds: Vec<OwnedFd>,
+            reply: &mut Vec<u8>,
+        ) -> Result<(), u32> {
+            self.buffered.fetch_add(1, Ordering::SeqCst);
+            reply.push(b'B');
+            reply.extend_from_slice(payload);
+            Ok(())
+        }
+
+        fn handle_unbuffered(
+            &self,
+            _header: &Header,
+            _payload: &[u8],
+            _fds: &[OwnedFd],
+        ) -> Option<Result<UnbufferedReply, u32>> {
+            self.unbuffered.fetch_add(1, Ordering::SeqCst);
+            Some(Ok(UnbufferedReply {
+                head: vec![b'U'],
+                data: Box::new(Sevens(vec![7; 1 << 20])),
+            }))
+        }
+    }
+
+    fn dma_read(id: u16) -> Received {
+        Received {
+            header: Header::command(id, Command::DmaRead, 2, false).unwrap(),
+            payload: vec![1, 2],
+            fds: Vec::new(),
+        }
+    }
+
+    fn read_msg(sock: &mut UnixStream) -> (Header, Vec<u8>) {
+        let mut hdr = [0u8; HEADER_SIZE];
+        sock.read_exact(&mut hdr).unwrap();
+        let h = Header::from_bytes(&hdr);
+        let mut body = vec![0u8; h.payload_len()];
+        sock.read_exact(&mut body).unwrap();
+        (h, body)
+    }
+
+    #[test]
+    fn unbuffered_when_nothing_is_queued_buffered_behind_queued_messages() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (proxy, _sub) = Proxy::from_stream(ours, ProxyConfig::default()).unwrap();
+        let handler = Arc::new(Handler::default());
+        proxy.set_request_handler(Some(Arc::clone(&handler) as Arc<dyn ServerRequestHandler>));
+        let inner = &proxy.inner;
+
+        // The queue is empty: 1 MiB goes from the handler's memory while the server reads,
+        // within the wait for room, and nothing is queued.
+        let reader = std::thread::spawn(move || {
+            let got = read_msg(&mut theirs);
+            (theirs, got)
+        });
+        inner.serve_request(dma_read(1));
+        assert_eq!(proxy.queued_messages(), 0);
+        let (mut theirs, (h, body)) = reader.join().unwrap();
+        assert_eq!((h.id, h.payload_len()), (1, 1 + (1 << 20)));
+        assert_eq!(body.first(), Some(&b'U'));
+        assert!(body.get(1..).unwrap().iter().all(|&b| b == 7));
+        assert_eq!(handler.unbuffered.load(Ordering::SeqCst), 1);
+
+        // Nobody reads: fill the socket until messages queue, then the reply is buffered and
+        // goes behind them.
+        let mut posted = 0u8;
+        while proxy.queued_messages() == 0 {
+            proxy
+                .post(Command::RegionWrite, &[posted; 60 << 10], &[])
+                .unwrap();
+            posted += 1;
+        }
+        inner.serve_request(dma_read(2));
+        assert_eq!(proxy.queued_messages(), 2);
+        assert_eq!(handler.unbuffered.load(Ordering::SeqCst), 1);
+        assert_eq!(handler.buffered.load(Ordering::SeqCst), 1);
+        let reader = std::thread::spawn(move || {
+            let msgs: Vec<_> = (0..=posted).map(|_| read_msg(&mut theirs)).collect();
+            msgs
+        });
+        while !inner.drain_send_queue().unwrap() {
+            socket::poll_fd(inner.sock.as_raw_fd(), true, 1000).unwrap();
+        }
+        let msgs = reader.join().unwrap();
+        for (i, (h, body)) in msgs.iter().take(posted.into()).enumerate() {
+            assert_eq!(h.command, Command::RegionWrite as u16);
+            assert!(body.iter().all(|&b| b == i as u8));
+        }
+        let (h, body) = msgs.last().unwrap();
+        assert_eq!((h.id, body.as_slice()), (2, &b"B\x01\x02"[..]));
+        assert_eq!(proxy.queued_messages(), 0);
+    }
+
+    #[test]
+    fn an_unbuffered_reply_left_unread_is_queued_with_its_progress() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (proxy, _sub) = Proxy::from_stream(ours, ProxyConfig::default()).unwrap();
+        proxy.set_request_handler(Some(Arc::new(Handler::default())));
+        let inner = &proxy.inner;
+        let started = Instant::now();
+        inner.serve_request(dma_read(3));
+        // Waited for room (bounded), then left the rest to the queue.
+        assert!(started.elapsed() >= WRITE_WAIT);
+        assert!(started.elapsed() < WRITE_WAIT * 50);
+        assert_eq!(proxy.queued_messages(), 1);
+        assert_eq!(lock(&inner.send).bytes, HEADER_SIZE + 1 + (1 << 20));
+        proxy.post(Command::RegionWrite, b"after", &[]).unwrap();
+        let reader = std::thread::spawn(move || (read_msg(&mut theirs), read_msg(&mut theirs)));
+        while !inner.drain_send_queue().unwrap() {
+            socket::poll_fd(inner.sock.as_raw_fd(), true, 1000).unwrap();
+        }
+        let ((h, body), (next, after)) = reader.join().unwrap();
+        assert_eq!(h.id, 3);
+        assert_eq!(body.first(), Some(&b'U'));
+        assert!(body.get(1..).unwrap().iter().all(|&b| b == 7));
+        assert_eq!(
+            (next.command, after.as_slice()),
+            (Command::RegionWrite as u16, &b"after"[..])
+        );
+        assert_eq!(lock(&inner.send).bytes, 0);
     }
 }

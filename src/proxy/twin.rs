@@ -33,7 +33,7 @@ const TWIN_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
 
 /// How long answering a request may wait for the server to make room for the reply before
 /// the rest is left to the event loop (a server that stops reading must not stall the loop).
-const WRITE_WAIT: Duration = Duration::from_millis(20);
+pub(super) const WRITE_WAIT: Duration = Duration::from_millis(20);
 
 /// Bulk reply data sent straight from memory its owner keeps alive, without being copied
 /// into a buffer first (see
