@@ -409,6 +409,10 @@ impl VfioUserDevice {
 
     /// Reads `data.len()` bytes at `offset` of region `index`, in as many REGION_READ
     /// messages as the negotiated transfer size requires (pipelined).
+    ///
+    /// The data is read from the socket straight into `data` when this thread reads the
+    /// reply itself ([`Proxy::wait_into`]). After an error, `data`'s content is
+    /// unspecified.
     pub fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Error> {
         self.region(index)?
             .check(offset, data.len() as u64, false)?;
@@ -419,7 +423,13 @@ impl VfioUserDevice {
         if data.len() <= self.read_chunk {
             let head = access_head(index, offset, data.len());
             let reply = proxy
-                .request(Command::RegionRead, &head, &[])
+                .request_into(
+                    Command::RegionRead,
+                    &head,
+                    &[],
+                    RegionAccess::HEAD_SIZE,
+                    data,
+                )
                 .map_err(|e| access_error(Command::RegionRead, index, offset, data.len(), e))?;
             return copy_read_reply(&reply, index, offset, data);
         }
@@ -450,12 +460,11 @@ impl VfioUserDevice {
                 break;
             }
             let (ticket, at, start, len) = window.remove(0);
+            let out = &mut data[start..start + len];
             let result = proxy
-                .wait(ticket)
+                .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
                 .map_err(|e| access_error(Command::RegionRead, index, at, len, e))
-                .and_then(|reply| {
-                    copy_read_reply(&reply, index, at, &mut data[start..start + len])
-                });
+                .and_then(|reply| copy_read_reply(&reply, index, at, out));
             if let Err(e) = result {
                 first_error.get_or_insert(e);
             }
@@ -829,7 +838,35 @@ fn check_access_head(
     Ok(())
 }
 
+/// Checks a REGION_READ reply and puts its data into `out`, unless it is there already
+/// (`data_in_sink`: the proxy read it into `out` and checked that exactly `out.len()` bytes
+/// follow the head).
 fn copy_read_reply(reply: &Reply, index: u32, offset: u64, out: &mut [u8]) -> Result<(), Error> {
+    if reply.data_in_sink {
+        if reply.payload.len() != RegionAccess::HEAD_SIZE {
+            return Err(Error::BadReply {
+                command: Command::RegionRead,
+                what: format!("{} bytes of head in the reply", reply.payload.len()),
+            });
+        }
+        let head = RegionAccess::decode(&reply.payload).map_err(|e| Error::BadReply {
+            command: Command::RegionRead,
+            what: e.to_string(),
+        })?;
+        // The data length must match `count`, as `decode_with_data` requires (same error).
+        if head.count as usize != out.len() {
+            let e = crate::protocol::DecodeError::LengthMismatch {
+                what: "region access",
+                expected: (head.count as usize).saturating_add(RegionAccess::HEAD_SIZE),
+                got: RegionAccess::HEAD_SIZE + out.len(),
+            };
+            return Err(Error::BadReply {
+                command: Command::RegionRead,
+                what: e.to_string(),
+            });
+        }
+        return check_access_head(Command::RegionRead, &head, index, offset, out.len());
+    }
     let (head, data) =
         RegionAccess::decode_with_data(&reply.payload).map_err(|e| Error::BadReply {
             command: Command::RegionRead,

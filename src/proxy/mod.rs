@@ -22,6 +22,8 @@
 //! subscriber reads only when no caller waits (server requests while idle): the socket sits
 //! in a private epoll set that the subscriber watches, and callers take it out of the
 //! subscriber's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
+//! A caller waiting with [`Proxy::wait_into`] may have its reply's data read straight into
+//! its own buffer while it reads (see `recv.rs`).
 
 mod error;
 mod recv;
@@ -49,7 +51,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
-use recv::{Incoming, Received, Receiver};
+use recv::{Incoming, Received, Receiver, Sink};
 use watch::SocketWatch;
 
 /// Message ids with this bit set are used for `No_reply` messages only; at most this many
@@ -78,6 +80,12 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// looks at its deadline again. Closer to the deadline than twice this (the kernel rounds
 /// the timeout up to its tick), it waits in `poll` with the exact remaining time instead.
 const BLOCKING_READ_SLICE: Duration = Duration::from_millis(50);
+
+/// A fresh token for a [`Sink`]: tells its transfers apart from every other sink's.
+fn next_sink_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Settings of one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +124,10 @@ pub struct Reply {
     pub payload: Vec<u8>,
     /// fds that came with the reply (owned: dropped fds are closed).
     pub fds: Vec<OwnedFd>,
+    /// The reply's data went straight into the sink passed to [`Proxy::wait_into`] or
+    /// [`Proxy::request_into`], and `payload` holds only the head before it. Always `false`
+    /// otherwise.
+    pub data_in_sink: bool,
 }
 
 /// Serves requests the server sends to the client (DMA_READ, DMA_WRITE, ...).
@@ -525,7 +537,23 @@ impl Proxy {
         // wake the subscriber.
         let _waiting = self.inner.waiting();
         let ticket = self.send_nowait(command, payload, fds)?;
-        self.inner.wait(ticket, timeout)
+        self.inner.wait(ticket, timeout, None)
+    }
+
+    /// Like [`Proxy::request`], but the reply's data may be read straight into `sink`: see
+    /// [`Proxy::wait_into`].
+    pub fn request_into(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+        head_len: usize,
+        sink: &mut [u8],
+    ) -> Result<Reply, Error> {
+        let _waiting = self.inner.waiting();
+        let ticket = self.send_nowait(command, payload, fds)?;
+        let timeout = self.inner.config.reply_timeout;
+        self.inner.wait(ticket, timeout, Some((head_len, sink)))
     }
 
     /// Sends a command whose reply is collected later (NOWAIT).
@@ -555,7 +583,30 @@ impl Proxy {
     /// since it was sent.
     pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
         let _waiting = self.inner.waiting();
-        self.inner.wait(ticket, self.inner.config.reply_timeout)
+        self.inner
+            .wait(ticket, self.inner.config.reply_timeout, None)
+    }
+
+    /// Like [`Proxy::wait`], but when this thread reads the reply itself and its payload is
+    /// exactly `head_len + sink.len()` bytes (and it is not an error reply), the first
+    /// `head_len` bytes go to the reply's `payload` and the rest straight from the socket
+    /// into `sink`, without a buffer in between: the reply then says
+    /// [`data_in_sink`](Reply::data_in_sink). Otherwise (another thread read the reply, it
+    /// has another size, it is an error) the reply comes buffered as from `wait`, and
+    /// `sink` is left alone.
+    ///
+    /// `sink` is written only during this call, by this thread. After an error its content
+    /// is unspecified (a reply that times out half-way through its data leaves part of it
+    /// there; the rest is drained from the socket by whoever reads next).
+    pub fn wait_into(
+        &self,
+        ticket: Ticket,
+        head_len: usize,
+        sink: &mut [u8],
+    ) -> Result<Reply, Error> {
+        let _waiting = self.inner.waiting();
+        let timeout = self.inner.config.reply_timeout;
+        self.inner.wait(ticket, timeout, Some((head_len, sink)))
     }
 
     /// Waits for every reply of a batch, in order. The server processes commands in order,
@@ -566,7 +617,7 @@ impl Proxy {
         let timeout = self.inner.config.reply_timeout;
         tickets
             .into_iter()
-            .map(|t| self.inner.wait(t, timeout))
+            .map(|t| self.inner.wait(t, timeout, None))
             .collect()
     }
 
@@ -776,12 +827,26 @@ impl Inner {
         Ok(true)
     }
 
-    /// Waits for a ticket's reply, reading the socket itself when no other thread does.
+    /// Waits for a ticket's reply, reading the socket itself when no other thread does;
+    /// with `into` (`head_len`, sink), a reply this thread reads may go into the sink (see
+    /// [`Proxy::wait_into`]).
     ///
     /// The caller must hold a [`Waiting`] guard.
-    fn wait(&self, ticket: Ticket, timeout: Duration) -> Result<Reply, Error> {
+    fn wait(
+        &self,
+        ticket: Ticket,
+        timeout: Duration,
+        into: Option<(usize, &mut [u8])>,
+    ) -> Result<Reply, Error> {
         let deadline = ticket.started + timeout;
         let completion = &ticket.completion;
+        let mut sink = into.map(|(head_len, data)| Sink {
+            token: next_sink_token(),
+            id: ticket.id,
+            command: completion.command as u16,
+            head_len,
+            data,
+        });
         loop {
             if let Some(result) = self.take(completion) {
                 return result;
@@ -792,9 +857,22 @@ impl Inner {
             }
             let epoch = self.reader_epoch.load(Ordering::SeqCst);
             if let Some(mut receiver) = try_lock(&self.recv) {
-                self.lead(&mut receiver, completion, deadline, now);
+                self.lead(&mut receiver, completion, deadline, now, sink.as_mut());
+                // The sink must not outlive this hold of the lock. `lead` stops half-way
+                // through our reply only at the deadline (or on a disconnect): the rest is
+                // drained by the next reader, and we time out. Leave the pending table
+                // first, so that the drained reply fails nobody.
+                let abandoned = sink
+                    .as_ref()
+                    .is_some_and(|s| receiver.abandon_sink(s.token));
+                if abandoned {
+                    self.forget(&ticket);
+                }
                 drop(receiver);
                 self.after_reading();
+                if abandoned {
+                    return self.timed_out(&ticket, timeout);
+                }
                 continue;
             }
             // Someone else reads: sleep until our reply is handed to us or the reader lets
@@ -838,12 +916,7 @@ impl Inner {
         if let Some(result) = self.take(&ticket.completion) {
             return result;
         }
-        if pending
-            .get(&ticket.id)
-            .is_some_and(|c| Arc::ptr_eq(c, &ticket.completion))
-        {
-            pending.remove(&ticket.id);
-        }
+        Self::forget_locked(&mut pending, ticket);
         drop(pending);
         log::warn!(
             "reply to {} (id {}) timed out after {:?}",
@@ -856,6 +929,20 @@ impl Inner {
             id: ticket.id,
             after: timeout,
         })
+    }
+
+    /// Takes a ticket out of the pending table: its reply, if it comes, is dropped.
+    fn forget(&self, ticket: &Ticket) {
+        Self::forget_locked(&mut lock(&self.pending), ticket);
+    }
+
+    fn forget_locked(pending: &mut Pending, ticket: &Ticket) {
+        if pending
+            .get(&ticket.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &ticket.completion))
+        {
+            pending.remove(&ticket.id);
+        }
     }
 
     /// Reads while holding the receive lock until `completion` is done or the deadline,
@@ -873,6 +960,7 @@ impl Inner {
         completion: &Completion,
         deadline: Instant,
         mut now: Instant,
+        mut sink: Option<&mut Sink<'_>>,
     ) {
         let spin_until = now.checked_add(self.config.busy_poll).unwrap_or(deadline);
         loop {
@@ -898,7 +986,7 @@ impl Inner {
                     }
                 }
             }
-            if !self.read_available(receiver, Some(completion), block) {
+            if !self.read_available(receiver, Some(completion), block, sink.as_deref_mut()) {
                 return;
             }
             if spinning && !completion.is_done() {
@@ -907,7 +995,7 @@ impl Inner {
             }
             now = Instant::now();
         }
-        self.dispatch_buffered(receiver);
+        self.dispatch_buffered(receiver, sink);
     }
 
     /// Reads and dispatches messages until the socket has no more data (with `block`: until
@@ -918,9 +1006,10 @@ impl Inner {
         receiver: &mut Receiver,
         until: Option<&Completion>,
         block: bool,
+        mut sink: Option<&mut Sink<'_>>,
     ) -> bool {
         loop {
-            match receiver.step(&self.sock, block) {
+            match receiver.step(&self.sock, block, sink.as_deref_mut()) {
                 Ok(Some(incoming)) => {
                     self.dispatch(incoming);
                     if until.is_some_and(Completion::is_done) {
@@ -937,9 +1026,9 @@ impl Inner {
     }
 
     /// Dispatches the messages that are complete in the receive buffer, without reading.
-    fn dispatch_buffered(&self, receiver: &mut Receiver) {
+    fn dispatch_buffered(&self, receiver: &mut Receiver, mut sink: Option<&mut Sink<'_>>) {
         loop {
-            match receiver.buffered() {
+            match receiver.buffered(sink.as_deref_mut()) {
                 Ok(Some(incoming)) => self.dispatch(incoming),
                 Ok(None) => return,
                 Err(reason) => {
@@ -967,7 +1056,7 @@ impl Inner {
     /// unless a caller has started waiting and reads already.
     fn read_idle(&self) {
         if let Some(mut receiver) = try_lock(&self.recv) {
-            self.read_available(&mut receiver, None, false);
+            self.read_available(&mut receiver, None, false, None);
             drop(receiver);
             self.after_reading();
         }
@@ -1035,6 +1124,7 @@ impl Inner {
                 header,
                 payload: msg.payload,
                 fds: msg.fds,
+                data_in_sink: msg.data_in_sink,
             })
         };
         c.complete(result);
@@ -1202,6 +1292,7 @@ mod tests {
             header: Header::command(id, Command::DmaRead, 2, false).unwrap(),
             payload: vec![1, 2],
             fds: Vec::new(),
+            data_in_sink: false,
         }
     }
 
@@ -1293,5 +1384,172 @@ mod tests {
             (Command::RegionWrite as u16, &b"after"[..])
         );
         assert_eq!(lock(&inner.send).bytes, 0);
+    }
+
+    use std::io::Write;
+
+    const DATA: usize = 50_000;
+
+    fn pair(timeout: Duration) -> (Proxy, ProxySubscriber, UnixStream) {
+        let (client, server) = UnixStream::pair().unwrap();
+        let config = ProxyConfig {
+            reply_timeout: timeout,
+            busy_poll: Duration::ZERO,
+            ..ProxyConfig::default()
+        };
+        let (proxy, sub) = Proxy::from_stream(client, config).unwrap();
+        (proxy, sub, server)
+    }
+
+    /// Reads one request on the server's end; returns its header.
+    fn read_request(server: &mut UnixStream) -> Header {
+        let mut hdr = [0u8; HEADER_SIZE];
+        server.read_exact(&mut hdr).unwrap();
+        let header = Header::from_bytes(&hdr);
+        let mut payload = vec![0u8; header.payload_len()];
+        server.read_exact(&mut payload).unwrap();
+        header
+    }
+
+    /// A reply to `request`: a 16-byte head then `len` bytes of data.
+    fn reply(request: &Header, len: usize) -> (Vec<u8>, Vec<u8>) {
+        let payload: Vec<u8> = (0..16 + len).map(|i| (i * 13 + 1) as u8).collect();
+        let header = Header::reply(request, payload.len()).unwrap();
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(&payload);
+        (bytes, payload)
+    }
+
+    fn write_in_pieces(server: &mut UnixStream, bytes: &[u8]) {
+        for piece in bytes.chunks(4000) {
+            server.write_all(piece).unwrap();
+        }
+    }
+
+    fn send(proxy: &Proxy, server: &mut UnixStream) -> (Ticket, Header) {
+        let ticket = proxy
+            .send_nowait(Command::RegionRead, &[0; 16], &[])
+            .unwrap();
+        let request = read_request(server);
+        assert_eq!(request.id, ticket.id());
+        (ticket, request)
+    }
+
+    #[test]
+    fn wait_into_reads_data_into_the_sink() {
+        let (proxy, _sub, mut server) = pair(DEFAULT_REPLY_TIMEOUT);
+        // Two requests in flight, both replies written in pieces before anyone reads.
+        let (t1, r1) = send(&proxy, &mut server);
+        let (t2, r2) = send(&proxy, &mut server);
+        let (b1, p1) = reply(&r1, DATA);
+        let (b2, p2) = reply(&r2, DATA);
+        // From another thread: both may not fit the socket's buffer at once.
+        let writer = std::thread::spawn(move || {
+            write_in_pieces(&mut server, &b1);
+            write_in_pieces(&mut server, &b2);
+            server
+        });
+        for (t, p) in [(t1, p1), (t2, p2)] {
+            let mut out = vec![0u8; DATA];
+            let reply = proxy.wait_into(t, 16, &mut out).unwrap();
+            assert!(reply.data_in_sink);
+            assert_eq!(reply.payload, p[..16]);
+            assert!(out == p[16..]);
+        }
+        let mut server = writer.join().unwrap();
+        // And through request_into, with a reply that comes while the caller waits.
+        let server_thread = std::thread::spawn(move || {
+            let request = read_request(&mut server);
+            write_in_pieces(&mut server, &reply(&request, DATA).0);
+            server
+        });
+        let mut out = vec![0u8; DATA];
+        let r = proxy
+            .request_into(Command::RegionRead, &[0; 16], &[], 16, &mut out)
+            .unwrap();
+        assert!(r.data_in_sink);
+        assert!(out.iter().any(|&b| b != 0));
+        server_thread.join().unwrap();
+    }
+
+    #[test]
+    fn wait_into_falls_back_on_other_sizes_and_errors() {
+        let (proxy, _sub, mut server) = pair(DEFAULT_REPLY_TIMEOUT);
+        let (t, r) = send(&proxy, &mut server);
+        let (bytes, payload) = reply(&r, DATA + 1);
+        write_in_pieces(&mut server, &bytes);
+        let mut out = vec![0u8; DATA];
+        let reply = proxy.wait_into(t, 16, &mut out).unwrap();
+        assert!(!reply.data_in_sink);
+        assert!(reply.payload == payload);
+        assert!(out.iter().all(|&b| b == 0));
+        // An error reply of exactly the awaited size is still an error.
+        let (t, r) = send(&proxy, &mut server);
+        let mut header = Header::error_reply(&r, libc::EIO as u32);
+        header.size = (HEADER_SIZE + 16 + DATA) as u32;
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.resize(HEADER_SIZE + 16 + DATA, 0xaa);
+        write_in_pieces(&mut server, &bytes);
+        let e = proxy.wait_into(t, 16, &mut out).unwrap_err();
+        assert!(
+            matches!(e, Error::Server { errno, .. } if errno == libc::EIO as u32),
+            "{e:?}"
+        );
+        assert!(out.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn timeout_half_way_through_the_data_keeps_the_stream_in_step() {
+        let (proxy, _sub, mut server) = pair(Duration::from_millis(150));
+        let (t, r) = send(&proxy, &mut server);
+        let (bytes, _) = reply(&r, DATA);
+        let half = bytes.len() / 2;
+        write_in_pieces(&mut server, &bytes[..half]);
+        let mut out = vec![0u8; DATA];
+        let e = proxy.wait_into(t, 16, &mut out).unwrap_err();
+        assert!(
+            matches!(e, Error::Timeout { id, .. } if id == r.id),
+            "{e:?}"
+        );
+        // The rest comes late, then the next request's reply: the late data is drained.
+        write_in_pieces(&mut server, &bytes[half..]);
+        let before = out.clone();
+        let (t, r) = send(&proxy, &mut server);
+        let (bytes, payload) = reply(&r, DATA);
+        write_in_pieces(&mut server, &bytes);
+        let mut out2 = vec![0u8; DATA];
+        let reply = proxy.wait_into(t, 16, &mut out2).unwrap();
+        assert!(reply.data_in_sink);
+        assert!(out2 == payload[16..]);
+        assert!(out == before);
+        assert!(proxy.is_connected());
+    }
+
+    #[test]
+    fn follower_gets_a_buffered_reply() {
+        let (proxy, _sub, mut server) = pair(DEFAULT_REPLY_TIMEOUT);
+        let (t, r) = send(&proxy, &mut server);
+        // This thread reads: the waiter below must follow.
+        let mut receiver = lock(&proxy.inner.recv);
+        let waiter = {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || {
+                let mut out = vec![0u8; DATA];
+                let reply = proxy.wait_into(t, 16, &mut out).unwrap();
+                (reply, out)
+            })
+        };
+        while proxy.inner.sleepers.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let (bytes, payload) = reply(&r, DATA);
+        write_in_pieces(&mut server, &bytes);
+        assert!(proxy.inner.read_available(&mut receiver, None, false, None));
+        drop(receiver);
+        proxy.inner.after_reading();
+        let (reply, out) = waiter.join().unwrap();
+        assert!(!reply.data_in_sink);
+        assert!(reply.payload == payload);
+        assert!(out.iter().all(|&b| b == 0));
     }
 }

@@ -206,15 +206,23 @@ pub fn try_send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io
     sendmsg_fds(sock, bufs, fds, libc::MSG_DONTWAIT)
 }
 
-fn recvmsg_fds(
+/// `recvmsg` of at most `len` bytes to `dst` and up to `max_fds` fds; returns the number of
+/// bytes written to `dst[..n]` (`n <= len`).
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `len` bytes (initialised or not) for the duration of
+/// the call, and nothing else may access that memory meanwhile.
+unsafe fn recvmsg_fds(
     sock: &UnixStream,
-    buf: &mut [u8],
+    dst: *mut u8,
+    len: usize,
     max_fds: usize,
     flags: libc::c_int,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+        iov_base: dst.cast(),
+        iov_len: len,
     };
     // Not initialised: the kernel writes the control data, and only what it wrote (up to
     // the `msg_controllen` it returns) is read back.
@@ -226,13 +234,17 @@ fn recvmsg_fds(
     msg.msg_control = cmsg.as_mut_ptr().cast();
     msg.msg_controllen = cmsg_space(MAX_RECV_FDS) as _;
     let n = loop {
-        // SAFETY: the single iovec describes `buf`, exclusively borrowed for the call, and
-        // the control buffer is `cmsg`, at least `msg_controllen` bytes (uninitialised
-        // memory is fine: it is only written); the kernel writes only within them. MSG_CMSG_CLOEXEC: received fds are close-on-exec from the start.
+        // SAFETY: the single iovec describes `dst..dst + len`, which the caller guarantees
+        // is writable and ours alone for the call (it may be uninitialised: it is only
+        // written), and the control buffer is `cmsg`, at least `msg_controllen` bytes
+        // (uninitialised memory is fine: it is only written); the kernel writes only within
+        // them. MSG_CMSG_CLOEXEC: received fds are
+        // close-on-exec from the start.
         let r =
             unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
         if r >= 0 {
-            break r as usize;
+            // A stream socket returns at most the iovec's length.
+            break (r as usize).min(len);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -289,7 +301,8 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    recvmsg_fds(sock, buf, max_fds, 0)
+    // SAFETY: `buf` is exclusively borrowed for the call and `buf.len()` bytes long.
+    unsafe { recvmsg_fds(sock, buf.as_mut_ptr(), buf.len(), max_fds, 0) }
 }
 
 /// Like [`recv_with_fds`], but never waits: no data gives `WouldBlock`.
@@ -298,7 +311,41 @@ pub fn try_recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    recvmsg_fds(sock, buf, max_fds, libc::MSG_DONTWAIT)
+    // SAFETY: `buf` is exclusively borrowed for the call and `buf.len()` bytes long.
+    unsafe {
+        recvmsg_fds(
+            sock,
+            buf.as_mut_ptr(),
+            buf.len(),
+            max_fds,
+            libc::MSG_DONTWAIT,
+        )
+    }
+}
+
+/// Like [`recv_with_fds`] (or [`try_recv_with_fds`] unless `block`), but appends the bytes
+/// to `buf`, reading at most `limit` of them into its spare capacity, which need not be
+/// zeroed first: a large message's buffer is allocated once at its final size and filled
+/// by the kernel alone. Returns the number of bytes appended (`buf.len()` grows by it).
+pub fn recv_into_spare(
+    sock: &UnixStream,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    max_fds: usize,
+    block: bool,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+    let spare = buf.spare_capacity_mut();
+    let room = spare.len().min(limit);
+    // SAFETY: the spare capacity is `spare.len() >= room` bytes of the vector's allocation
+    // past its length, writable (possibly uninitialised) and exclusively borrowed through
+    // `buf` for the call.
+    let (n, fds) = unsafe { recvmsg_fds(sock, spare.as_mut_ptr().cast(), room, max_fds, flags)? };
+    // SAFETY: `recvmsg_fds` wrote (initialised) the first `n <= room` bytes of the spare
+    // capacity, which start at `buf.len()`: so `buf.len() + n <= capacity` and every byte
+    // below the new length is initialised.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok((n, fds))
 }
 
 /// Receives into `buf` without fds, blocking or not as the socket does. `Ok(0)` means EOF.
@@ -524,5 +571,31 @@ mod tests {
         send_with_fds(&a, &[b"y"], &fds).unwrap();
         let err = recv_with_fds(&b, &mut buf, MAX_RECV_FDS).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOBUFS));
+    }
+
+    #[test]
+    fn recv_into_spare_appends_at_most_limit() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send_with_fds(&a, &[b"0123456789"], &[]).unwrap();
+        let mut v = Vec::with_capacity(8);
+        v.extend_from_slice(b"ab");
+        assert_eq!(recv_into_spare(&b, &mut v, 3, 0, true).unwrap().0, 3);
+        assert_eq!(v, b"ab012");
+        // Never past the capacity, whatever the limit.
+        let room = v.capacity() - v.len();
+        assert_eq!(recv_into_spare(&b, &mut v, 100, 0, false).unwrap().0, room);
+        assert_eq!(v.len(), v.capacity());
+        assert_eq!(&v[..5 + room], &b"ab0123456789"[..5 + room]);
+        let mut w = Vec::with_capacity(16);
+        assert_eq!(
+            recv_into_spare(&b, &mut w, 16, 0, false).unwrap().0,
+            7 - room
+        );
+        assert_eq!(
+            recv_into_spare(&b, &mut w, 16, 0, false)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }

@@ -227,6 +227,7 @@ impl Framer {
                     header,
                     payload: body.to_vec(),
                     fds: std::mem::take(&mut self.fds),
+                    data_in_sink: false,
                 }),
                 Err(why) => {
                     self.fds.clear();
@@ -304,6 +305,7 @@ impl Framer {
                         header,
                         payload: buf,
                         fds,
+                        data_in_sink: false,
                     }),
                     Large::Discard { header, why, .. } => Incoming::Discarded { header, why },
                 }));
