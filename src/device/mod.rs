@@ -12,6 +12,7 @@
 mod error;
 mod mmap;
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -433,43 +434,28 @@ impl VfioUserDevice {
                 .map_err(|e| access_error(Command::RegionRead, index, offset, data.len(), e))?;
             return copy_read_reply(&reply, index, offset, data);
         }
-        let mut window: Vec<(Ticket, u64, usize, usize)> = Vec::with_capacity(PIPELINE_WINDOW);
-        let mut first_error = None;
-        let mut pos = 0;
-        while pos < data.len() || !window.is_empty() {
-            if pos < data.len() && window.len() < PIPELINE_WINDOW && first_error.is_none() {
-                let len = (data.len() - pos).min(self.read_chunk);
-                let at = offset + pos as u64;
-                let head = access_head(index, at, len);
-                match proxy.send_nowait(Command::RegionRead, &head, &[]) {
-                    Ok(ticket) => window.push((ticket, at, pos, len)),
-                    Err(e) => {
-                        first_error.get_or_insert(access_error(
-                            Command::RegionRead,
-                            index,
-                            at,
-                            len,
-                            e,
-                        ));
-                    }
-                }
-                pos += len;
-                continue;
-            }
-            if window.is_empty() {
-                break;
-            }
-            let (ticket, at, start, len) = window.remove(0);
-            let out = &mut data[start..start + len];
-            let result = proxy
-                .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
-                .map_err(|e| access_error(Command::RegionRead, index, at, len, e))
-                .and_then(|reply| copy_read_reply(&reply, index, at, out));
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let chunk = self.read_chunk;
+        let parts = data.chunks_mut(chunk).scan(offset, |at, out| {
+            let part = (*at, out);
+            *at += part.1.len() as u64;
+            Some(part)
+        });
+        pipeline(
+            parts,
+            |(at, out)| {
+                let head = access_head(index, *at, out.len());
+                proxy
+                    .send_nowait(Command::RegionRead, &head, &[])
+                    .map_err(|e| access_error(Command::RegionRead, index, *at, out.len(), e))
+            },
+            |(at, out), ticket| {
+                let len = out.len();
+                let reply = proxy
+                    .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
+                    .map_err(|e| access_error(Command::RegionRead, index, at, len, e))?;
+                copy_read_reply(&reply, index, at, out)
+            },
+        )
     }
 
     /// Writes `data` at `offset` of region `index` and waits for the server to confirm, in
@@ -489,43 +475,26 @@ impl VfioUserDevice {
                 .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
             return check_write_reply(&reply, index, offset, data.len());
         }
-        let mut window: Vec<(Ticket, u64, usize)> = Vec::with_capacity(PIPELINE_WINDOW);
-        let mut first_error = None;
-        let mut chunks = data.chunks(self.write_chunk);
-        let mut at = offset;
-        loop {
-            if window.len() < PIPELINE_WINDOW && first_error.is_none() {
-                if let Some(chunk) = chunks.next() {
-                    write_payload(&mut payload, index, at, chunk);
-                    match proxy.send_nowait(Command::RegionWrite, &payload, &[]) {
-                        Ok(ticket) => window.push((ticket, at, chunk.len())),
-                        Err(e) => {
-                            first_error.get_or_insert(access_error(
-                                Command::RegionWrite,
-                                index,
-                                at,
-                                chunk.len(),
-                                e,
-                            ));
-                        }
-                    }
-                    at += chunk.len() as u64;
-                    continue;
-                }
-            }
-            if window.is_empty() {
-                break;
-            }
-            let (ticket, at, len) = window.remove(0);
-            let result = proxy
-                .wait(ticket)
-                .map_err(|e| access_error(Command::RegionWrite, index, at, len, e))
-                .and_then(|reply| check_write_reply(&reply, index, at, len));
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let parts = data.chunks(self.write_chunk).scan(offset, |at, chunk| {
+            let part = (*at, chunk);
+            *at += chunk.len() as u64;
+            Some(part)
+        });
+        pipeline(
+            parts,
+            |(at, chunk)| {
+                write_payload(&mut payload, index, *at, chunk);
+                proxy
+                    .send_nowait(Command::RegionWrite, &payload, &[])
+                    .map_err(|e| access_error(Command::RegionWrite, index, *at, chunk.len(), e))
+            },
+            |(at, chunk), ticket| {
+                let reply = proxy
+                    .wait(ticket)
+                    .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
+                check_write_reply(&reply, index, at, chunk.len())
+            },
+        )
     }
 
     /// Writes `data` at `offset` of region `index` without waiting for the server (posted,
@@ -781,6 +750,39 @@ impl VfioUserDevice {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Sends `parts` as NOWAIT requests, at most [`PIPELINE_WINDOW`] in flight, and finishes
+/// each in order. After the first error nothing more is sent, but every request already sent
+/// is still collected (so no reply is left behind); the first error is returned.
+fn pipeline<P>(
+    parts: impl Iterator<Item = P>,
+    mut send: impl FnMut(&P) -> Result<Ticket, Error>,
+    mut finish: impl FnMut(P, Ticket) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut parts = parts;
+    let mut window = VecDeque::with_capacity(PIPELINE_WINDOW);
+    let mut first_error = None;
+    loop {
+        if window.len() < PIPELINE_WINDOW && first_error.is_none() {
+            if let Some(part) = parts.next() {
+                match send(&part) {
+                    Ok(ticket) => window.push_back((part, ticket)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                continue;
+            }
+        }
+        let Some((part, ticket)) = window.pop_front() else {
+            break;
+        };
+        if let Err(e) = finish(part, ticket) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 fn access_head(index: u32, offset: u64, len: usize) -> [u8; RegionAccess::HEAD_SIZE] {
