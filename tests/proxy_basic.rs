@@ -363,6 +363,55 @@ fn server_request_while_idle_is_served_by_the_event_loop() {
 }
 
 #[test]
+fn idle_server_requests_in_bursts_and_pieces_are_all_served() {
+    // While no caller waits, the event loop reads once per wake-up: whatever one read
+    // leaves on the socket (a burst larger than the receive buffer, the rest of a message
+    // written in pieces, a message larger than the buffer) must wake it again.
+    let (proxy, _lp, mut peer) = pair();
+    proxy.set_request_handler(Some(Arc::new(Doubler)));
+    // A reply that never comes fails the test instead of hanging it.
+    peer.sock
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for id in 0..300u16 {
+        let body = id.to_le_bytes().repeat(1 + usize::from(id % 7));
+        let h = Header::command(id, Command::DmaWrite, body.len(), false).unwrap();
+        burst.extend_from_slice(&h.to_bytes());
+        burst.extend_from_slice(&body);
+        expected.push((id, body.repeat(2)));
+    }
+    // One request larger than the receive buffer.
+    let big = vec![0x5a; 40 << 10];
+    let h = Header::command(300, Command::DmaWrite, big.len(), false).unwrap();
+    burst.extend_from_slice(&h.to_bytes());
+    burst.extend_from_slice(&big);
+    expected.push((300, big.repeat(2)));
+    // The whole burst at once, then once more in odd-sized pieces.
+    peer.write_raw(&burst);
+    for piece in burst.chunks(997) {
+        peer.write_raw(piece);
+    }
+    for (id, body) in expected.iter().chain(expected.iter()) {
+        let (r, got, _) = peer.read_msg().expect("reply");
+        assert_eq!((r.id, r.error), (*id, 0));
+        assert!(got == *body, "reply {id} carries other data");
+    }
+    // A hang-up while idle is noticed too.
+    drop(peer);
+    let mut fds = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(proxy.disconnect_event()),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 10_000) };
+    assert_eq!(n, 1, "the hang-up was not noticed");
+    assert!(!proxy.is_connected());
+}
+
+#[test]
 fn fds_travel_with_requests_and_replies() {
     let (proxy, _lp, mut peer) = pair();
     proxy.set_send_limits(2, 1 << 20);

@@ -1062,6 +1062,24 @@ impl Inner {
         }
     }
 
+    /// For the subscriber, woken by the level-triggered entry (no caller waits): reads
+    /// once and dispatches what is complete, unless a caller has started waiting and reads
+    /// already. Data left on the socket keeps the entry reported, so the read that would
+    /// only say `EAGAIN` is saved.
+    fn read_idle_once(&self) {
+        let Some(mut receiver) = try_lock(&self.recv) else {
+            return;
+        };
+        self.dispatch_buffered(&mut receiver, None);
+        match receiver.read_once(&self.sock) {
+            Ok(true) => self.dispatch_buffered(&mut receiver, None),
+            Ok(false) => {}
+            Err(reason) => self.fail(reason),
+        }
+        drop(receiver);
+        self.after_reading();
+    }
+
     fn dispatch(&self, incoming: Incoming) {
         match incoming {
             Incoming::Message(msg) => {

@@ -172,6 +172,12 @@ impl Receiver {
         }
     }
 
+    /// Reads once without waiting, for whoever then takes the complete messages with
+    /// [`buffered`](Self::buffered); `false` when the socket had no data.
+    pub fn read_once(&mut self, sock: &UnixStream) -> Result<bool, DisconnectReason> {
+        self.fill(sock, false, None)
+    }
+
     /// Whether a transfer into the sink with `token` is under way.
     pub fn sink_busy(&self, token: u64) -> bool {
         matches!(&self.large, Some(Large::Sink { token: t, .. }) if *t == token)

@@ -60,6 +60,24 @@ impl ProxySubscriber {
     }
 }
 
+impl ProxySubscriber {
+    /// A one-shot event of the disarmed entry (a hang-up or error while callers wait; or
+    /// data that came while the entry was being armed again): takes it from the set, reads
+    /// what there is if no caller does, and arms the entry again if no caller waits.
+    fn collect_and_read(&mut self) {
+        match self.inner.watch.collect() {
+            Ok(true) => {
+                self.inner.read_idle();
+                if let Err(e) = self.inner.watch.rearm() {
+                    self.inner.fail(super::error::io_reason(&e));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.inner.fail(super::error::io_reason(&e)),
+        }
+    }
+}
+
 impl MutEventSubscriber for ProxySubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.inner.watch, EventSet::IN)) {
@@ -81,15 +99,11 @@ impl MutEventSubscriber for ProxySubscriber {
         if events.fd() == self.inner.kick.as_raw_fd() {
             let _ = self.inner.kick.read();
         } else if events.fd() == self.inner.watch.as_raw_fd() {
-            match self.inner.watch.collect() {
-                Ok(true) => {
-                    self.inner.read_idle();
-                    if let Err(e) = self.inner.watch.rearm() {
-                        self.inner.fail(super::error::io_reason(&e));
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => self.inner.fail(super::error::io_reason(&e)),
+            if self.inner.watch.level_triggered() {
+                // The socket has data (or hung up), and stays reported while it has.
+                self.inner.read_idle_once();
+            } else {
+                self.collect_and_read();
             }
         }
         // Otherwise the socket itself: writable, or hung up / in error (reported whatever

@@ -4,16 +4,21 @@
 //! Who is told that the socket has data: the event loop only while no caller waits.
 //!
 //! The socket's read interest lives in a private epoll set of the connection; the event
-//! loop watches that set's fd, which is readable while the set has a ready entry. The
-//! entry is `EPOLLONESHOT`: after the event loop has collected an event it stays disarmed
-//! until someone arms it again. A caller that starts waiting disarms it (once, however many
-//! callers wait), because waiting callers read the socket themselves; the last caller to
-//! stop waiting arms it again. So a reply wakes only the thread that waits for it, and data
-//! that arrives while nobody waits wakes the event loop.
+//! loop watches that set's fd, which is readable while the set has a ready entry.
 //!
-//! Arming an entry whose socket already has data queues an event at once, so data that a
-//! departing caller left unread is never missed. A disarmed entry still reports a hang-up
-//! or an error (the kernel always adds `EPOLLHUP | EPOLLERR`), once.
+//! While no caller waits the entry is armed level-triggered: the set's fd is readable for
+//! as long as the socket has data, so the event loop reads once per wake-up and returns
+//! (more data means another wake-up). Nothing needs to be collected from the set or armed
+//! again per message: a server request costs the event loop one `epoll_wait`, one read and
+//! the reply.
+//!
+//! A caller that starts waiting disarms the entry (once, however many callers wait),
+//! because waiting callers read the socket themselves; the last caller to stop waiting arms
+//! it again. So a reply wakes only the thread that waits for it. Arming an entry whose
+//! socket already has data makes the set readable at once, so data that a departing caller
+//! left unread is never missed. The disarmed entry is `EPOLLONESHOT` with no events: it
+//! still reports a hang-up or an error (the kernel always adds `EPOLLHUP | EPOLLERR`), once,
+//! and the event loop collects that event from the set ([`SocketWatch::collect`]).
 //!
 //! With a twin socket the server sends its requests there, and the main socket carries
 //! only replies, which their waiters read. The entry then watches for a hang-up only and is
@@ -31,9 +36,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::lock;
 
-const ARMED: EventSet = EventSet::IN
-    .union(EventSet::READ_HANG_UP)
-    .union(EventSet::ONE_SHOT);
+/// Level-triggered: readable while the socket has data.
+const ARMED: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
 const DISARMED: EventSet = EventSet::ONE_SHOT;
 const HANG_UP_ONLY: EventSet = EventSet::READ_HANG_UP.union(EventSet::ONE_SHOT);
 
@@ -41,8 +45,7 @@ const HANG_UP_ONLY: EventSet = EventSet::READ_HANG_UP.union(EventSet::ONE_SHOT);
 struct State {
     /// Callers waiting for replies (between `enter` and `leave`).
     callers: usize,
-    /// Whether the entry was last armed and no event of it was collected since. May say
-    /// `false` while the entry is armed (a spurious wake-up at worst), never the reverse.
+    /// Whether the entry is armed (level-triggered, or for a hang-up only).
     armed: bool,
     /// Data on the socket need not wake the event loop (a twin socket carries the server's
     /// requests): the entry watches for a hang-up only.
@@ -113,8 +116,17 @@ impl SocketWatch {
         self.arm_if_idle(&mut state)
     }
 
-    /// For the event loop: collects the entry's event, if any, which disarms it. Returns
-    /// whether there was one (the socket is readable, or hung up).
+    /// For the event loop: whether the entry is armed level-triggered, so that a wake-up
+    /// means the socket has data (or hung up) and nothing needs collecting. Otherwise the
+    /// wake-up came from a one-shot event that [`collect`](Self::collect) must take.
+    pub fn level_triggered(&self) -> bool {
+        let state = lock(&self.state);
+        state.armed && !state.hang_up_only
+    }
+
+    /// For the event loop: collects the entry's one-shot event, if any (a hang-up or error
+    /// of the disarmed entry, or the hang-up of a twin-socket connection), which disarms it.
+    /// Returns whether there was one.
     pub fn collect(&self) -> io::Result<bool> {
         let mut events = [EpollEvent::default()];
         let n = loop {
@@ -124,12 +136,17 @@ impl SocketWatch {
             }
         };
         if n > 0 {
-            lock(&self.state).armed = false;
+            let mut state = lock(&self.state);
+            // A level-triggered entry stays armed when it reports; a one-shot one does not.
+            if !state.armed || state.hang_up_only {
+                state.armed = false;
+            }
         }
         Ok(n > 0)
     }
 
-    /// For the event loop, after it has read: arms the entry again unless callers wait.
+    /// For the event loop, after it has collected an event: arms the entry again unless
+    /// callers wait.
     pub fn rearm(&self) -> io::Result<()> {
         self.arm_if_idle(&mut lock(&self.state))
     }
