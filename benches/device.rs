@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use criterion::Criterion;
+use support::Placement;
 use vfio_user_client::{ConnectOptions, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::{GpioConfig, GpioDevice, Server, ServerConfig, ServerHandle};
 
@@ -48,8 +49,8 @@ fn group(op: &str, name: &str) -> String {
     format!("device_{op}_{name}")
 }
 
-fn bench_ours(c: &mut Criterion) {
-    let server = gpio_server(GpioConfig::default());
+fn bench_ours(c: &mut Criterion, at: &Placement) {
+    let server = at.server(|| gpio_server(GpioConfig::default()));
     let options = DeviceOptions::default();
     let dev = VfioUserDevice::connect(
         server.socket_path().expect("socket path"),
@@ -63,21 +64,23 @@ fn bench_ours(c: &mut Criterion) {
         dev.write(SCRATCH, 0, &data).expect("write");
         dev.read(SCRATCH, 0, &mut buf).expect("read");
         assert_eq!(buf, data);
-        c.benchmark_group(group("read", name))
-            .bench_function(OURS, |b| {
-                b.iter(|| dev.read(SCRATCH, 0, black_box(&mut buf)).expect("read"))
-            });
-        c.benchmark_group(group("write", name))
-            .bench_function(OURS, |b| {
-                b.iter(|| dev.write(SCRATCH, 0, black_box(&data)).expect("write"))
-            });
+        at.client(|| {
+            c.benchmark_group(group("read", name))
+                .bench_function(OURS, |b| {
+                    b.iter(|| dev.read(SCRATCH, 0, black_box(&mut buf)).expect("read"))
+                });
+            c.benchmark_group(group("write", name))
+                .bench_function(OURS, |b| {
+                    b.iter(|| dev.write(SCRATCH, 0, black_box(&data)).expect("write"))
+                });
+        });
     }
     drop(dev);
     server.stop();
 }
 
-fn bench_crates_io(c: &mut Criterion) {
-    let server = gpio_server(GpioConfig::default());
+fn bench_crates_io(c: &mut Criterion, at: &Placement) {
+    let server = at.server(|| gpio_server(GpioConfig::default()));
     let path = server.socket_path().expect("socket path");
     let mut client = match vfio_user::Client::new(path) {
         Ok(client) => client,
@@ -92,22 +95,24 @@ fn bench_crates_io(c: &mut Criterion) {
         client.region_write(SCRATCH, 0, &data).expect("write");
         client.region_read(SCRATCH, 0, &mut buf).expect("read");
         assert_eq!(buf, data);
-        c.benchmark_group(group("read", name))
-            .bench_function(CRATES_IO, |b| {
-                b.iter(|| {
-                    client
-                        .region_read(SCRATCH, 0, black_box(&mut buf))
-                        .expect("read")
-                })
-            });
-        c.benchmark_group(group("write", name))
-            .bench_function(CRATES_IO, |b| {
-                b.iter(|| {
-                    client
-                        .region_write(SCRATCH, 0, black_box(&data))
-                        .expect("write")
-                })
-            });
+        at.client(|| {
+            c.benchmark_group(group("read", name))
+                .bench_function(CRATES_IO, |b| {
+                    b.iter(|| {
+                        client
+                            .region_read(SCRATCH, 0, black_box(&mut buf))
+                            .expect("read")
+                    })
+                });
+            c.benchmark_group(group("write", name))
+                .bench_function(CRATES_IO, |b| {
+                    b.iter(|| {
+                        client
+                            .region_write(SCRATCH, 0, black_box(&data))
+                            .expect("write")
+                    })
+                });
+        });
     }
     drop(client);
     server.stop();
@@ -115,41 +120,47 @@ fn bench_crates_io(c: &mut Criterion) {
 
 /// A raw ping-pong: `request` bytes one way, `reply` bytes back, a thread doing blocking
 /// `read_exact` / `write_all` on the other end.
-fn floor(c: &mut Criterion, group: &str, request: usize, reply: usize) {
+fn floor(c: &mut Criterion, at: &Placement, group: &str, request: usize, reply: usize) {
     let (mut client, mut server) = UnixStream::pair().expect("socket pair");
-    let echo = std::thread::spawn(move || {
-        let mut rq = vec![0u8; request];
-        let rp = vec![0xa5u8; reply];
-        while server.read_exact(&mut rq).is_ok() {
-            if server.write_all(&rp).is_err() {
-                break;
+    let echo = at.server(|| {
+        std::thread::spawn(move || {
+            let mut rq = vec![0u8; request];
+            let rp = vec![0xa5u8; reply];
+            while server.read_exact(&mut rq).is_ok() {
+                if server.write_all(&rp).is_err() {
+                    break;
+                }
             }
-        }
+        })
     });
     let rq = vec![0x5au8; request];
     let mut rp = vec![0u8; reply];
-    c.benchmark_group(group).bench_function(FLOOR, |b| {
-        b.iter(|| {
-            client.write_all(black_box(&rq)).expect("write");
-            client.read_exact(&mut rp).expect("read");
-        })
+    at.client(|| {
+        c.benchmark_group(group).bench_function(FLOOR, |b| {
+            b.iter(|| {
+                client.write_all(black_box(&rq)).expect("write");
+                client.read_exact(&mut rp).expect("read");
+            })
+        });
     });
     drop(client);
     echo.join().expect("echo thread");
 }
 
-fn bench_floor(c: &mut Criterion) {
+fn bench_floor(c: &mut Criterion, at: &Placement) {
     for (size, name) in SIZES {
-        floor(c, &group("read", name), HEAD, HEAD + size);
-        floor(c, &group("write", name), HEAD + size, HEAD);
+        floor(c, at, &group("read", name), HEAD, HEAD + size);
+        floor(c, at, &group("write", name), HEAD + size, HEAD);
     }
 }
 
-fn bench_posted(c: &mut Criterion) {
+fn bench_posted(c: &mut Criterion, at: &Placement) {
     // No mappable region: posted writes are allowed.
-    let server = gpio_server(GpioConfig {
-        mappable_bar2: false,
-        ..GpioConfig::default()
+    let server = at.server(|| {
+        gpio_server(GpioConfig {
+            mappable_bar2: false,
+            ..GpioConfig::default()
+        })
     });
     let dev = VfioUserDevice::connect(
         server.socket_path().expect("socket path"),
@@ -158,6 +169,12 @@ fn bench_posted(c: &mut Criterion) {
     )
     .expect("attach");
     assert!(dev.posted_writes());
+    at.client(|| bench_posted_on(c, &dev));
+    drop(dev);
+    server.stop();
+}
+
+fn bench_posted_on(c: &mut Criterion, dev: &VfioUserDevice) {
     let mut g = c.benchmark_group(POSTED_GROUP);
     g.bench_function(POSTED, |b| {
         b.iter(|| {
@@ -180,17 +197,17 @@ fn bench_posted(c: &mut Criterion) {
         })
     });
     g.finish();
-    drop(dev);
-    server.stop();
 }
 
 fn main() {
     let started = support::run_started();
     let mut criterion = support::criterion();
-    bench_ours(&mut criterion);
-    bench_crates_io(&mut criterion);
-    bench_floor(&mut criterion);
-    bench_posted(&mut criterion);
+    let at = support::placement();
+    println!("{}", at.describe());
+    bench_ours(&mut criterion, at);
+    bench_crates_io(&mut criterion, at);
+    bench_floor(&mut criterion, at);
+    bench_posted(&mut criterion, at);
     criterion.final_summary();
 
     let ids = [OURS, CRATES_IO, FLOOR];

@@ -66,15 +66,17 @@ fn guest(size: u64, file: Option<File>) -> GuestMemoryMmap {
 /// and the server runs in this process) windows are recorded without being mapped, for
 /// both clients alike.
 fn dma_server(count: u64) -> ServerHandle {
-    let (dev, _handle) = DmaEngine::new();
-    let config = ServerConfig {
-        max_dma_maps: Some(65_535),
-        mmap_dma_windows: count < 60_000,
-        ..ServerConfig::default()
-    };
-    Server::new(config, Box::new(dev))
-        .listen_temp()
-        .expect("sample server")
+    support::placement().server(|| {
+        let (dev, _handle) = DmaEngine::new();
+        let config = ServerConfig {
+            max_dma_maps: Some(65_535),
+            mmap_dma_windows: count < 60_000,
+            ..ServerConfig::default()
+        };
+        Server::new(config, Box::new(dev))
+            .listen_temp()
+            .expect("sample server")
+    })
 }
 
 fn bench_map_ours(c: &mut Criterion, count: u64) {
@@ -96,10 +98,12 @@ fn bench_map_ours(c: &mut Criterion, count: u64) {
         tx.commit().expect("unmaps");
     };
     run();
-    let mut group = c.benchmark_group(format!("dma_map_unmap_{count}"));
-    group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.bench_function("ours", |b| b.iter(run));
-    group.finish();
+    support::placement().client(|| {
+        let mut group = c.benchmark_group(format!("dma_map_unmap_{count}"));
+        group.sampling_mode(SamplingMode::Flat).sample_size(10);
+        group.bench_function("ours", |b| b.iter(run));
+        group.finish();
+    });
     drop(mapper);
     drop(conn);
     server.stop();
@@ -126,10 +130,12 @@ fn bench_map_crates_io(c: &mut Criterion, count: u64) {
         }
     };
     run();
-    let mut group = c.benchmark_group(format!("dma_map_unmap_{count}"));
-    group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.bench_function("crates.io", |b| b.iter(&mut run));
-    group.finish();
+    support::placement().client(|| {
+        let mut group = c.benchmark_group(format!("dma_map_unmap_{count}"));
+        group.sampling_mode(SamplingMode::Flat).sample_size(10);
+        group.bench_function("crates.io", |b| b.iter(&mut run));
+        group.finish();
+    });
     drop(client);
     server.stop();
 }
@@ -189,8 +195,10 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
     } else {
         (server.try_clone().expect("clone"), None)
     };
-    let event_loop =
-        EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin_subscriber)).expect("loop");
+    // Our client serves the requests on its event loop's thread: the client side.
+    let event_loop = support::placement().client(|| {
+        EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin_subscriber)).expect("loop")
+    });
     let mem = Arc::new(guest(4 << 20, None));
     mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
         .expect("fill");
@@ -211,28 +219,35 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         .iter()
         .all(|&b| b == 0x5a));
     let id = if twin { "ours-twin" } else { "ours" };
-    c.benchmark_group(format!("dma_read_{label}"))
-        .bench_function(id, |b| b.iter(|| requester.round_trip()));
+    // The requester plays the device server: the server side.
+    support::placement().server(|| {
+        c.benchmark_group(format!("dma_read_{label}"))
+            .bench_function(id, |b| b.iter(|| requester.round_trip()));
+    });
     proxy.shutdown();
     drop(event_loop);
 }
 
 fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {
     let (client, server) = UnixStream::pair().expect("socket pair");
-    let echo = std::thread::spawn(move || {
-        let mut client = client;
-        let mut request = [0u8; HEADER_SIZE + DmaAccess::HEAD_SIZE];
-        let mut reply = vec![0x5au8; HEADER_SIZE + DmaAccess::HEAD_SIZE + size];
-        while client.read_exact(&mut request).is_ok() {
-            reply[..request.len()].copy_from_slice(&request);
-            if client.write_all(&reply).is_err() {
-                break;
+    let echo = support::placement().client(|| {
+        std::thread::spawn(move || {
+            let mut client = client;
+            let mut request = [0u8; HEADER_SIZE + DmaAccess::HEAD_SIZE];
+            let mut reply = vec![0x5au8; HEADER_SIZE + DmaAccess::HEAD_SIZE + size];
+            while client.read_exact(&mut request).is_ok() {
+                reply[..request.len()].copy_from_slice(&request);
+                if client.write_all(&reply).is_err() {
+                    break;
+                }
             }
-        }
+        })
     });
     let mut requester = Requester::new(server, size);
-    c.benchmark_group(format!("dma_read_{label}"))
-        .bench_function("floor", |b| b.iter(|| requester.round_trip()));
+    support::placement().server(|| {
+        c.benchmark_group(format!("dma_read_{label}"))
+            .bench_function("floor", |b| b.iter(|| requester.round_trip()));
+    });
     drop(requester);
     echo.join().expect("echo thread");
 }
@@ -249,12 +264,19 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
+    println!("{}", support::placement().describe());
 
     for count in MAP_COUNTS {
+        if !support::selected(&format!("dma_map_unmap_{count}")) {
+            continue;
+        }
         bench_map_ours(&mut criterion, count);
         bench_map_crates_io(&mut criterion, count);
     }
     for (size, label) in READ_SIZES {
+        if !support::selected(&format!("dma_read_{label}")) {
+            continue;
+        }
         bench_read_ours(&mut criterion, size, label, false);
         bench_read_ours(&mut criterion, size, label, true);
         bench_read_floor(&mut criterion, size, label);

@@ -46,10 +46,12 @@ const REPLY_SIZE: usize = 36;
 const COUNTED_ROUND_TRIPS: u32 = 20_000;
 
 fn gpio_server() -> ServerHandle {
-    let (dev, _handle) = GpioDevice::new(Default::default()).expect("GPIO device");
-    Server::new(ServerConfig::default(), Box::new(dev))
-        .listen_temp()
-        .expect("sample server")
+    support::placement().server(|| {
+        let (dev, _handle) = GpioDevice::new(Default::default()).expect("GPIO device");
+        Server::new(ServerConfig::default(), Box::new(dev))
+            .listen_temp()
+            .expect("sample server")
+    })
 }
 
 /// Runs `f` with a 4-byte read through this crate's [`Connection`].
@@ -109,18 +111,20 @@ fn with_crates_io(f: impl FnOnce(&mut dyn FnMut() -> [u8; 4])) {
 /// Runs `f` with a raw socketpair ping-pong of the same sizes.
 fn with_floor(f: impl FnOnce(&mut dyn FnMut() -> [u8; 4])) {
     let (mut client, mut server) = UnixStream::pair().expect("socket pair");
-    let echo = std::thread::Builder::new()
-        .name("floor-echo".into())
-        .spawn(move || {
-            let mut request = [0u8; REQUEST_SIZE];
-            let mut reply = [0u8; REPLY_SIZE];
-            while server.read_exact(&mut request).is_ok() {
-                // Echo the header and the access head; 4 bytes of "data" follow.
-                reply[..REQUEST_SIZE].copy_from_slice(&request);
-                if server.write_all(&reply).is_err() {
-                    break;
+    let spawn = std::thread::Builder::new().name("floor-echo".into());
+    let echo = support::placement()
+        .server(|| {
+            spawn.spawn(move || {
+                let mut request = [0u8; REQUEST_SIZE];
+                let mut reply = [0u8; REPLY_SIZE];
+                while server.read_exact(&mut request).is_ok() {
+                    // Echo the header and the access head; 4 bytes of "data" follow.
+                    reply[..REQUEST_SIZE].copy_from_slice(&request);
+                    if server.write_all(&reply).is_err() {
+                        break;
+                    }
                 }
-            }
+            })
         })
         .expect("echo thread");
     let request = [0x5au8; REQUEST_SIZE];
@@ -233,6 +237,8 @@ fn count_per_round_trip(id: &str, read: &mut dyn FnMut() -> [u8; 4], n: u32) {
 fn main() {
     let started = support::run_started();
     let mut criterion = support::criterion();
+    let at = support::placement();
+    println!("{}", at.describe());
 
     if let Some(n) = std::env::var("REGION_READ_COUNT_ONLY")
         .ok()
@@ -243,16 +249,20 @@ fn main() {
         let only = std::env::var("REGION_READ_VARIANT").ok();
         for (id, variant) in VARIANTS {
             if only.as_deref().is_none_or(|o| o == id) {
-                variant(Box::new(|read| count_per_round_trip(id, read, n)));
+                variant(Box::new(|read| {
+                    at.client(|| count_per_round_trip(id, read, n))
+                }));
             }
         }
         return;
     }
     for (id, variant) in VARIANTS {
         variant(Box::new(|read| {
-            criterion
-                .benchmark_group(GROUP)
-                .bench_function(id, |b| b.iter(|| black_box(read())));
+            at.client(|| {
+                criterion
+                    .benchmark_group(GROUP)
+                    .bench_function(id, |b| b.iter(|| black_box(read())));
+            })
         }));
     }
     criterion.final_summary();
@@ -273,7 +283,7 @@ fn main() {
     for (id, variant) in VARIANTS {
         if measured(id) {
             variant(Box::new(|read| {
-                count_per_round_trip(id, read, COUNTED_ROUND_TRIPS)
+                at.client(|| count_per_round_trip(id, read, COUNTED_ROUND_TRIPS))
             }));
         }
     }

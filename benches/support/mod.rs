@@ -121,3 +121,121 @@ pub fn report(
         }
     }
 }
+
+/// Whether the benchmark group `group` should be set up in this run: always, unless the
+/// `BENCH_ONLY` environment variable names a substring the group does not contain. Lets a
+/// profiler (strace, perf) watch one group without the set-up of the others (criterion's
+/// own filter only skips the measuring, not what `main` does before it).
+pub fn selected(group: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|o| group.contains(o)),
+        Err(_) => true,
+    }
+}
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `cpu_set_t` of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below `CPU_SETSIZE`, the set's capacity.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Restricts the calling thread to `cpus` (threads it spawns afterwards inherit this).
+fn set_cpus(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` came from `allowed_cpus`, so it is below `CPU_SETSIZE`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid `cpu_set_t` of the size passed; it is only read.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Which CPUs the two sides of a benchmark run on.
+///
+/// With `BENCH_CPUS` unset or `split`, and at least two CPUs allowed, the client side
+/// (whatever issues the measured requests, or serves them for the DMA benchmarks' client)
+/// runs on the first allowed CPU and the server side (sample servers, echo threads,
+/// requesters) on the second: a device server on its own CPU, as deployed, and figures that
+/// do not depend on where the scheduler happens to put the threads. With `BENCH_CPUS=none`,
+/// or when only one CPU is allowed (`taskset -c 0 cargo bench`: both sides share it),
+/// nothing is pinned.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    client: Option<usize>,
+    server: Option<usize>,
+}
+
+impl Placement {
+    /// The placement for this run, from `BENCH_CPUS` and the CPUs allowed.
+    pub fn from_env() -> Placement {
+        let cpus = allowed_cpus();
+        let mode = std::env::var("BENCH_CPUS").unwrap_or_else(|_| "split".into());
+        if mode == "none" || cpus.len() < 2 {
+            return Placement {
+                client: None,
+                server: None,
+            };
+        }
+        assert_eq!(mode, "split", "BENCH_CPUS is `split` or `none`");
+        Placement {
+            client: Some(cpus[0]),
+            server: Some(cpus[1]),
+        }
+    }
+
+    /// A line saying where the sides run, for the report.
+    pub fn describe(&self) -> String {
+        match (self.client, self.server) {
+            (Some(c), Some(s)) => {
+                format!("placement: client side on CPU {c}, server side on CPU {s}")
+            }
+            _ => format!(
+                "placement: not pinned ({} CPUs allowed)",
+                allowed_cpus().len()
+            ),
+        }
+    }
+
+    fn run_on<T>(cpu: Option<usize>, f: impl FnOnce() -> T) -> T {
+        let Some(cpu) = cpu else {
+            return f();
+        };
+        let before = allowed_cpus();
+        set_cpus(&[cpu]);
+        let out = f();
+        set_cpus(&before);
+        out
+    }
+
+    /// Runs `f` on the client side's CPU; threads it spawns stay there.
+    pub fn client<T>(&self, f: impl FnOnce() -> T) -> T {
+        Self::run_on(self.client, f)
+    }
+
+    /// Runs `f` on the server side's CPU; threads it spawns stay there.
+    pub fn server<T>(&self, f: impl FnOnce() -> T) -> T {
+        Self::run_on(self.server, f)
+    }
+}
+
+/// This run's [`Placement`], decided once.
+pub fn placement() -> &'static Placement {
+    static PLACEMENT: std::sync::OnceLock<Placement> = std::sync::OnceLock::new();
+    PLACEMENT.get_or_init(Placement::from_env)
+}
