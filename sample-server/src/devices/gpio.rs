@@ -372,7 +372,11 @@ impl Device for GpioDevice {
         data: &mut [u8],
     ) -> Result<(), Errno> {
         let mut st = lock(&self.state);
-        st.drain_ioeventfds(&self.ioeventfds);
+        if index == 0 {
+            // Signals the registers' ioeventfds took come before this access. Only BAR0
+            // shows their effect, so other regions skip the two reads.
+            st.drain_ioeventfds(&self.ioeventfds);
+        }
         if let Some((_, errno)) = st.fail_region.filter(|(r, _)| *r == index) {
             return Err(Errno(errno));
         }
@@ -426,7 +430,10 @@ impl Device for GpioDevice {
         let mut raise = Vec::new();
         {
             let mut st = lock(&self.state);
-            st.drain_ioeventfds(&self.ioeventfds);
+            if index == 0 {
+                // As for reads: only BAR0 shows the ioeventfds' effect.
+                st.drain_ioeventfds(&self.ioeventfds);
+            }
             if let Some((_, errno)) = st.fail_region.filter(|(r, _)| *r == index) {
                 return Err(Errno(errno));
             }
