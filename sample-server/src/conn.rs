@@ -20,7 +20,7 @@ use vfio_user_client::protocol::{
     FLAGS_TYPE_MASK, HEADER_SIZE, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, REGION_INFO_FLAG_MMAP,
     REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::proxy::socket::{recv, recv_with_fds, send_with_fds, MAX_RECV_FDS};
+use vfio_user_client::proxy::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 use crate::device::Errno;
 use crate::device::ResetReason;
@@ -83,6 +83,9 @@ pub(crate) struct Link {
     stream: UnixStream,
     /// Twin-socket mode: our DMA requests and their replies use this socket.
     twin: Option<UnixStream>,
+    /// What was read from `stream` (index 0) and `twin` (index 1) ahead of the message
+    /// being taken apart.
+    ahead: [ReadAhead; 2],
     queue: VecDeque<Incoming>,
     next_id: u16,
     max_msg_size: u32,
@@ -90,16 +93,6 @@ pub(crate) struct Link {
     client_max_fds: u64,
     client_max_xfer: u64,
     broken: bool,
-}
-
-fn read_exact(stream: &UnixStream, mut buf: &mut [u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match recv(stream, buf)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => buf = &mut buf[n..],
-        }
-    }
-    Ok(())
 }
 
 /// Sends one message (blocking), fds with its first byte.
@@ -121,6 +114,151 @@ fn send_on(stream: &UnixStream, header: &Header, payload: &[u8], fds: &[RawFd]) 
     Ok(())
 }
 
+/// Bytes read from a socket ahead of the message being taken apart: one `recvmsg` takes as
+/// many (small) messages as are waiting, where reading each header and body on its own
+/// took two calls per message.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// Allocated (twice [`READ_AHEAD`]) at the first read; `start..end` is unread.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// fds not yet given to a message, each with the position in `buf` of the last byte
+    /// of the read that brought it: they belong to the message holding that byte (the
+    /// kernel ends a read at the data that carries fds).
+    fds: Vec<(usize, OwnedFd)>,
+}
+
+/// How much one read asks for at least.
+const READ_AHEAD: usize = 64 << 10;
+
+impl ReadAhead {
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads once more (blocking); `false` at the end of the stream.
+    fn fill(&mut self, stream: &UnixStream) -> io::Result<bool> {
+        if self.buf.is_empty() {
+            self.buf = vec![0; 2 * READ_AHEAD];
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < READ_AHEAD {
+            self.buf.copy_within(self.start..self.end, 0);
+            for (at, _) in &mut self.fds {
+                *at -= self.start;
+            }
+            self.end -= self.start;
+            self.start = 0;
+        }
+        // Room for more fds than allowed, so that an excess is refused (EINVAL) rather
+        // than fatal; beyond MAX_RECV_FDS the kernel drops the rest, which still counts as
+        // excess.
+        let (n, fds) = recv_with_fds(stream, &mut self.buf[self.end..], MAX_RECV_FDS)?;
+        self.end += n;
+        let last = self.end.saturating_sub(1);
+        self.fds.extend(fds.into_iter().map(|fd| (last, fd)));
+        Ok(n > 0)
+    }
+
+    /// Reads until `want` bytes are buffered; `false` if the stream ends first.
+    fn fill_to(&mut self, stream: &UnixStream, want: usize) -> io::Result<bool> {
+        while self.buffered() < want {
+            if !self.fill(stream)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes the next `len` (at most [`buffered`](Self::buffered)) bytes and the fds that
+    /// came with them.
+    fn take(&mut self, len: usize) -> (Vec<u8>, Vec<OwnedFd>) {
+        let end = self.start + len;
+        let bytes = self.buf[self.start..end].to_vec();
+        self.start = end;
+        let mut fds = Vec::new();
+        while self.fds.first().is_some_and(|(at, _)| *at < end) {
+            fds.push(self.fds.remove(0).1);
+        }
+        (bytes, fds)
+    }
+
+    /// The next message; `Ok(None)` is a clean end of stream between messages.
+    fn message(
+        &mut self,
+        stream: &UnixStream,
+        max_msg_size: u32,
+        max_fds: usize,
+    ) -> io::Result<Option<Incoming>> {
+        if !self.fill_to(stream, HEADER_SIZE)? {
+            return if self.buffered() == 0 {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        let mut hdr = [0u8; HEADER_SIZE];
+        hdr.copy_from_slice(&self.buf[self.start..][..HEADER_SIZE]);
+        let header = match Header::decode(&hdr, max_msg_size) {
+            Ok(header) => header,
+            Err(DecodeError::TooLarge { .. }) => {
+                // Drained unread, in steps of at most one read.
+                let header = Header::from_bytes(&hdr);
+                let mut left = HEADER_SIZE + header.payload_len();
+                while left > 0 {
+                    if self.buffered() == 0 && !self.fill(stream)? {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    let n = left.min(self.buffered());
+                    drop(self.take(n));
+                    left -= n;
+                }
+                return Ok(Some(Incoming::Oversized(header)));
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        };
+        let total = HEADER_SIZE + header.payload_len();
+        let (body, mut fds) = if total <= READ_AHEAD || self.buffered() >= total {
+            if !self.fill_to(stream, total)? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let (_, fds) = self.take(HEADER_SIZE);
+            let (body, more) = self.take(total - HEADER_SIZE);
+            (body, fds.into_iter().chain(more).collect())
+        } else {
+            // A large message: what is buffered, then the rest read straight into place.
+            let (_, mut fds) = self.take(HEADER_SIZE);
+            let (mut body, more) = self.take(self.buffered());
+            fds.extend(more);
+            let mut got = body.len();
+            body.resize(header.payload_len(), 0);
+            while got < body.len() {
+                match recv_with_fds(stream, &mut body[got..], MAX_RECV_FDS)? {
+                    (0, _) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    (n, more) => {
+                        got += n;
+                        fds.extend(more);
+                    }
+                }
+            }
+            (body, fds)
+        };
+        let too_many_fds = fds.len() > max_fds;
+        if too_many_fds {
+            fds.clear();
+        }
+        Ok(Some(Incoming::Message(Message {
+            header,
+            body,
+            fds,
+            too_many_fds,
+        })))
+    }
+}
+
 impl Link {
     /// Reads one message from the main socket; `Ok(None)` is a clean end of stream between
     /// messages.
@@ -129,47 +267,12 @@ impl Link {
     }
 
     /// Reads one message from the main socket, or from the twin socket when `twin` is set.
-    fn read_message_from(&self, twin: bool) -> io::Result<Option<Incoming>> {
-        let stream = match (&self.twin, twin) {
-            (Some(t), true) => t,
-            _ => &self.stream,
+    fn read_message_from(&mut self, twin: bool) -> io::Result<Option<Incoming>> {
+        let (stream, ahead) = match (&self.twin, twin) {
+            (Some(t), true) => (t, &mut self.ahead[1]),
+            _ => (&self.stream, &mut self.ahead[0]),
         };
-        let mut hdr = [0u8; HEADER_SIZE];
-        // Room for more fds than allowed, so that an excess is refused (EINVAL) rather than
-        // fatal; beyond MAX_RECV_FDS the kernel drops the rest, which still counts as excess.
-        let (n, mut fds) = recv_with_fds(stream, &mut hdr, MAX_RECV_FDS)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        let too_many_fds = fds.len() > self.recv_max_fds;
-        if too_many_fds {
-            fds.clear();
-        }
-        read_exact(stream, &mut hdr[n..])?;
-        match Header::decode(&hdr, self.max_msg_size) {
-            Ok(header) => {
-                let mut body = vec![0u8; header.payload_len()];
-                read_exact(stream, &mut body)?;
-                Ok(Some(Incoming::Message(Message {
-                    header,
-                    body,
-                    fds,
-                    too_many_fds,
-                })))
-            }
-            Err(DecodeError::TooLarge { .. }) => {
-                let header = Header::from_bytes(&hdr);
-                let mut left = header.payload_len();
-                let mut sink = vec![0u8; 64 * 1024];
-                while left > 0 {
-                    let n = left.min(sink.len());
-                    read_exact(stream, &mut sink[..n])?;
-                    left -= n;
-                }
-                Ok(Some(Incoming::Oversized(header)))
-            }
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        }
+        ahead.message(stream, self.max_msg_size, self.recv_max_fds)
     }
 
     fn send(&mut self, header: &Header, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
@@ -389,6 +492,7 @@ pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
         link: Link {
             stream,
             twin: None,
+            ahead: [ReadAhead::default(), ReadAhead::default()],
             queue: VecDeque::new(),
             next_id: 0,
             max_msg_size: config.max_msg_size,

@@ -512,3 +512,71 @@ fn injected_command_failures_count_down() {
     }
     c.call(Command::DeviceGetInfo, &info).assert_ok();
 }
+
+#[test]
+fn a_burst_is_taken_apart_message_by_message_with_its_fds() {
+    // The server reads ahead: one read may hold many messages, the start or the rest of
+    // a large one, and fds. Each message must still get exactly its own fds.
+    let (mut c, s, _engine) = engine();
+    c.version();
+    let frame = |id: u16, cmd: Command, payload: &[u8]| {
+        let mut m = Header::command(id, cmd, payload.len(), false)
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        m.extend_from_slice(payload);
+        m
+    };
+    let unmapped = |a: u64| dma_unmap(0, a, 0x1000);
+    // Hold the server at a first message, so that everything below waits in the socket
+    // and its reads take several messages each: a read then holds fd-less messages
+    // followed by one that carries fds (the kernel ends a read there).
+    let probe = s.probe();
+    probe.pause();
+    c.send(Command::DmaUnmap, &unmapped(0x100000), &[], false);
+    assert!(probe.wait_holding(Duration::from_secs(20)), "server never held");
+    // Fd-less messages in one write: unmaps of nothing (ENOENT) and an fd-less map.
+    let mut burst = Vec::new();
+    for i in 0..50u16 {
+        burst.extend(frame(i, Command::DmaUnmap, &unmapped(0x100000)));
+    }
+    burst.extend(frame(50, Command::DmaMap, &dma_map(RW, 0, 0x40000, 0x1000)));
+    std::io::Write::write_all(&mut &c.sock, &burst).unwrap();
+    // Then two maps with their own fds, each sent with its message.
+    let a = SharedMemory::new("a", 0x1000).unwrap();
+    let b = SharedMemory::new("b", 0x2000).unwrap();
+    c.send_raw(
+        Header::command(51, Command::DmaMap, 32, false).unwrap(),
+        &dma_map(RW, 0, 0x10000, 0x1000),
+        &[a.as_raw_fd()],
+    );
+    c.send_raw(
+        Header::command(52, Command::DmaMap, 32, false).unwrap(),
+        &dma_map(RW, 0, 0x20000, 0x2000),
+        &[b.as_raw_fd()],
+    );
+    probe.resume();
+    // A message larger than one read (and than the socket's buffer: written once the
+    // server reads again), between two small ones, in one write: an unmap, a DMA_READ
+    // from the client (EINVAL) and another unmap.
+    let mut burst = frame(53, Command::DmaUnmap, &unmapped(0x100000));
+    burst.extend(frame(54, Command::DmaRead, &vec![0xee; 300 << 10]));
+    burst.extend(frame(55, Command::DmaUnmap, &unmapped(0x100000)));
+    std::io::Write::write_all(&mut &c.sock, &burst).unwrap();
+    assert_eq!(c.recv().errno(), libc::ENOENT as u32, "the held message");
+    for id in 0..56u16 {
+        let m = c.recv();
+        assert_eq!(m.header.id, id, "replies in order");
+        match id {
+            50..=52 => m.assert_ok(),
+            54 => assert_eq!(m.errno(), EINVAL, "reply {id}"),
+            _ => assert_eq!(m.errno(), libc::ENOENT as u32, "reply {id}"),
+        }
+    }
+    let maps = s.probe().dma_maps();
+    assert_eq!(maps.len(), 3);
+    let mode = |addr: u64| maps.iter().find(|m| m.address == addr).unwrap().mode;
+    assert_eq!(mode(0x40000), DmaAccessMode::Message);
+    assert_ne!(mode(0x10000), DmaAccessMode::Message);
+    assert_ne!(mode(0x20000), DmaAccessMode::Message);
+}
