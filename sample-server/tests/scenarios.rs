@@ -534,7 +534,10 @@ fn a_burst_is_taken_apart_message_by_message_with_its_fds() {
     let probe = s.probe();
     probe.pause();
     c.send(Command::DmaUnmap, &unmapped(0x100000), &[], false);
-    assert!(probe.wait_holding(Duration::from_secs(20)), "server never held");
+    assert!(
+        probe.wait_holding(Duration::from_secs(20)),
+        "server never held"
+    );
     // Fd-less messages in one write: unmaps of nothing (ENOENT) and an fd-less map.
     let mut burst = Vec::new();
     for i in 0..50u16 {
