@@ -129,8 +129,9 @@ struct Framer {
 enum Large {
     Keep {
         header: Header,
+        /// Allocated at `want` bytes and filled by the kernel (never zeroed first).
         buf: Vec<u8>,
-        got: usize,
+        want: usize,
         fds: Vec<OwnedFd>,
     },
     Discard {
@@ -244,14 +245,12 @@ impl Framer {
         let first = self.stash.get(body_at..self.end).unwrap_or_default();
         self.large = Some(match decoded {
             Ok(header) => {
-                let mut buf = vec![0u8; len];
-                buf.get_mut(..held)
-                    .unwrap_or_default()
-                    .copy_from_slice(first);
+                let mut buf = Vec::with_capacity(len);
+                buf.extend_from_slice(first);
                 Large::Keep {
                     header,
                     buf,
-                    got: held,
+                    want: len,
                     fds: std::mem::take(&mut self.fds),
                 }
             }
@@ -273,16 +272,17 @@ impl Framer {
         loop {
             let done = match &mut self.large {
                 None => return Ok(None),
-                Some(Large::Keep { buf, got, .. }) => {
-                    if *got < buf.len() {
-                        let rest = buf.get_mut(*got..).unwrap_or_default();
-                        match socket::recv(sock, rest) {
-                            Ok(0) => return Err(DisconnectReason::PeerClosed),
-                            Ok(n) => *got += n,
+                Some(Large::Keep { buf, want, fds, .. }) => {
+                    if buf.len() < *want {
+                        let room = self.max_fds.saturating_sub(fds.len());
+                        let limit = *want - buf.len();
+                        match socket::recv_into_spare(sock, buf, limit, room, false) {
+                            Ok((0, _)) => return Err(DisconnectReason::PeerClosed),
+                            Ok((_, more)) => fds.extend(more),
                             Err(e) => return would_block(e),
                         }
                     }
-                    *got >= buf.len()
+                    buf.len() >= *want
                 }
                 Some(Large::Discard { left, .. }) => {
                     if *left > 0 {
@@ -699,6 +699,35 @@ mod tests {
         assert_eq!(got[0], (1, expected));
         assert_eq!(got[1], (2 | 0x8000, vec![]));
         assert_eq!(got[2], (3, vec![3]));
+    }
+
+    #[test]
+    fn fds_with_the_rest_of_a_large_message_stay_with_it() {
+        let (a, b) = pair();
+        let mut f = Framer::new(1 << 20, 2);
+        let whole = msg(1, &[7u8; 100 << 10]);
+        // The header and a first part, then the rest with two fds, then too many fds.
+        socket::send_with_fds(&a, &[&whole[..1000]], &[]).unwrap();
+        assert!(next(&mut f, &b).is_none());
+        let e1 = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        let e2 = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        let fds = [e1.as_raw_fd(), e2.as_raw_fd()];
+        // 99 KiB fit the socket's buffer: one blocking send.
+        let n = socket::send_with_fds(&a, &[&whole[1000..]], &fds).unwrap();
+        assert_eq!(n, whole.len() - 1000);
+        let m = loop {
+            crate::proxy::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
+            if let Some(Incoming::Message(m)) = f.step(&b).unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(m.payload, vec![7u8; 100 << 10]);
+        assert_eq!(m.fds.len(), 2);
+        let many = [e1.as_raw_fd(), e2.as_raw_fd(), e1.as_raw_fd()];
+        socket::send_with_fds(&a, &[&whole[..1000]], &[]).unwrap();
+        assert!(next(&mut f, &b).is_none());
+        socket::send_with_fds(&a, &[&whole[1000..2000]], &many).unwrap();
+        assert!(f.step(&b).is_err(), "more fds than allowed");
     }
 
     #[test]
