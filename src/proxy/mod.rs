@@ -1052,21 +1052,11 @@ impl Inner {
         }
     }
 
-    /// For the subscriber, when the socket has data and no caller waits: reads all of it,
-    /// unless a caller has started waiting and reads already.
+    /// For the subscriber, when the socket has data (or hung up) and no caller waits:
+    /// reads once and dispatches what is complete, unless a caller has started waiting and
+    /// reads already. Whatever is left keeps the entry reported once the subscriber has
+    /// armed it (it is level-triggered), so the read that would only say `EAGAIN` is saved.
     fn read_idle(&self) {
-        if let Some(mut receiver) = try_lock(&self.recv) {
-            self.read_available(&mut receiver, None, false, None);
-            drop(receiver);
-            self.after_reading();
-        }
-    }
-
-    /// For the subscriber, woken by the level-triggered entry (no caller waits): reads
-    /// once and dispatches what is complete, unless a caller has started waiting and reads
-    /// already. Data left on the socket keeps the entry reported, so the read that would
-    /// only say `EAGAIN` is saved.
-    fn read_idle_once(&self) {
         let Some(mut receiver) = try_lock(&self.recv) else {
             return;
         };

@@ -58,9 +58,7 @@ impl ProxySubscriber {
             self.watching = false;
         }
     }
-}
 
-impl ProxySubscriber {
     /// A one-shot event of the disarmed entry (a hang-up or error while callers wait; or
     /// data that came while the entry was being armed again): takes it from the set, reads
     /// what there is if no caller does, and arms the entry again if no caller waits.
@@ -101,7 +99,7 @@ impl MutEventSubscriber for ProxySubscriber {
         } else if events.fd() == self.inner.watch.as_raw_fd() {
             if self.inner.watch.level_triggered() {
                 // The socket has data (or hung up), and stays reported while it has.
-                self.inner.read_idle_once();
+                self.inner.read_idle();
             } else {
                 self.collect_and_read();
             }

@@ -716,7 +716,7 @@ mod tests {
         let n = socket::send_with_fds(&a, &[&whole[1000..]], &fds).unwrap();
         assert_eq!(n, whole.len() - 1000);
         let m = loop {
-            crate::proxy::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
+            socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
             if let Some(Incoming::Message(m)) = f.step(&b).unwrap() {
                 break m;
             }

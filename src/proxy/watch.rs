@@ -137,8 +137,9 @@ impl SocketWatch {
         };
         if n > 0 {
             let mut state = lock(&self.state);
-            // A level-triggered entry stays armed when it reports; a one-shot one does not.
-            if !state.armed || state.hang_up_only {
+            // A level-triggered entry stays armed when it reports; a one-shot one (disarmed,
+            // or for a hang-up only) does not.
+            if state.hang_up_only {
                 state.armed = false;
             }
         }
