@@ -173,17 +173,22 @@ impl ReadAhead {
         Ok(true)
     }
 
+    /// Passes over the next `len` (at most [`buffered`](Self::buffered)) bytes; returns
+    /// the fds that came with them.
+    fn skip(&mut self, len: usize) -> Vec<OwnedFd> {
+        self.start += len;
+        let mut fds = Vec::new();
+        while self.fds.first().is_some_and(|(at, _)| *at < self.start) {
+            fds.push(self.fds.remove(0).1);
+        }
+        fds
+    }
+
     /// Takes the next `len` (at most [`buffered`](Self::buffered)) bytes and the fds that
     /// came with them.
     fn take(&mut self, len: usize) -> (Vec<u8>, Vec<OwnedFd>) {
-        let end = self.start + len;
-        let bytes = self.buf[self.start..end].to_vec();
-        self.start = end;
-        let mut fds = Vec::new();
-        while self.fds.first().is_some_and(|(at, _)| *at < end) {
-            fds.push(self.fds.remove(0).1);
-        }
-        (bytes, fds)
+        let bytes = self.buf[self.start..][..len].to_vec();
+        (bytes, self.skip(len))
     }
 
     /// The next message; `Ok(None)` is a clean end of stream between messages.
@@ -213,7 +218,7 @@ impl ReadAhead {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     let n = left.min(self.buffered());
-                    drop(self.take(n));
+                    drop(self.skip(n));
                     left -= n;
                 }
                 return Ok(Some(Incoming::Oversized(header)));
@@ -221,31 +226,25 @@ impl ReadAhead {
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
         let total = HEADER_SIZE + header.payload_len();
-        let (body, mut fds) = if total <= READ_AHEAD || self.buffered() >= total {
-            if !self.fill_to(stream, total)? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let (_, fds) = self.take(HEADER_SIZE);
-            let (body, more) = self.take(total - HEADER_SIZE);
-            (body, fds.into_iter().chain(more).collect())
-        } else {
-            // A large message: what is buffered, then the rest read straight into place.
-            let (_, mut fds) = self.take(HEADER_SIZE);
-            let (mut body, more) = self.take(self.buffered());
-            fds.extend(more);
-            let mut got = body.len();
-            body.resize(header.payload_len(), 0);
-            while got < body.len() {
-                match recv_with_fds(stream, &mut body[got..], MAX_RECV_FDS)? {
-                    (0, _) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    (n, more) => {
-                        got += n;
-                        fds.extend(more);
-                    }
+        if total <= READ_AHEAD && !self.fill_to(stream, total)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut fds = self.skip(HEADER_SIZE);
+        let (mut body, more) = self.take(self.buffered().min(header.payload_len()));
+        fds.extend(more);
+        // What is buffered; the rest of a message larger than a read goes straight into
+        // place.
+        let mut got = body.len();
+        body.resize(header.payload_len(), 0);
+        while got < body.len() {
+            match recv_with_fds(stream, &mut body[got..], MAX_RECV_FDS)? {
+                (0, _) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                (n, more) => {
+                    got += n;
+                    fds.extend(more);
                 }
             }
-            (body, fds)
-        };
+        }
         let too_many_fds = fds.len() > max_fds;
         if too_many_fds {
             fds.clear();
