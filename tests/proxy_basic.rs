@@ -400,14 +400,9 @@ fn idle_server_requests_in_bursts_and_pieces_are_all_served() {
     }
     // A hang-up while idle is noticed too.
     drop(peer);
-    let mut fds = [libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(proxy.disconnect_event()),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: `fds` is one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 10_000) };
-    assert_eq!(n, 1, "the hang-up was not noticed");
+    let event = std::os::fd::AsRawFd::as_raw_fd(proxy.disconnect_event());
+    let noticed = vfio_user_client::proxy::socket::poll_fd(event, false, 10_000).unwrap();
+    assert!(noticed, "the hang-up was not noticed");
     assert!(!proxy.is_connected());
 }
 
