@@ -13,6 +13,7 @@ pub mod negotiate;
 pub mod pci;
 pub mod protocol;
 pub mod proxy;
+mod sync;
 
 pub use connection::{handshake, ConnectOptions, Connection};
 pub use device::{DeviceOptions, VfioUserDevice};

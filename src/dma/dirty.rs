@@ -43,7 +43,7 @@ impl DirtyLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
-        self.words.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.words)
     }
 
     /// Marks every page touched by `gpa..gpa + len`.

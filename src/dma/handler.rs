@@ -80,10 +80,7 @@ where
         if count > self.max_data_xfer_size {
             return Err(libc::E2BIG as u32);
         }
-        let pieces = self
-            .table
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let pieces = crate::sync::read(&self.table)
             .translate(address, count, need)
             .map_err(|e| e as u32)?;
         for p in &pieces {

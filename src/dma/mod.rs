@@ -55,7 +55,7 @@ pub use table::{Access, DmaMapping, MappingKind};
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{
@@ -159,13 +159,7 @@ impl<AS> fmt::Debug for DmaMapper<AS> {
     }
 }
 
-fn read(t: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
-    t.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write(t: &RwLock<Table>) -> RwLockWriteGuard<'_, Table> {
-    t.write().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::{read, write};
 
 /// What a map will send, decided under the table lock.
 struct Planned {
@@ -253,7 +247,7 @@ where
     /// are mapped, regions that went are unmapped, in one transaction. A region counts as the
     /// same when its guest address, size, host address and permissions are.
     pub fn sync_guest_memory(&self) -> Result<(), Error> {
-        let _sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let _sync = crate::sync::lock(&self.sync);
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
         let current: HashSet<(u64, u64, usize, Access)> = mem

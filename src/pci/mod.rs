@@ -58,7 +58,7 @@ pub use subscriber::PciSubscriber;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
 use vm_device::{MutDeviceMmio, MutDevicePio};
@@ -73,6 +73,7 @@ use crate::protocol::{
     REGION_INFO_FLAG_WRITE,
 };
 use crate::proxy::{EventLoop, Proxy};
+use crate::sync::lock;
 use caps::Frozen;
 use config::{
     merge, Bars, COMMAND, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY, CONFIG_SIZE,
@@ -162,10 +163,6 @@ pub(crate) struct Shared {
     last_error: Mutex<Option<String>>,
     /// INTx is the mode and the server masks it: an end of interrupt unmasks it there.
     intx_unmask: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {

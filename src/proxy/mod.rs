@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
+use crate::sync::{lock, try_lock};
 use recv::{Incoming, Received, Receiver, Sink};
 use watch::SocketWatch;
 
@@ -373,24 +374,6 @@ impl fmt::Debug for Inner {
 #[derive(Clone, Debug)]
 pub struct Proxy {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of our locks cannot leave the protected data half-updated
-    // in a way later users could not cope with (queues and tables stay consistent between
-    // statements), so poisoning is ignored.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Takes the lock if it is free; `None` only when another thread holds it.
-fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    match m.try_lock() {
-        Ok(g) => Some(g),
-        // As in `lock`: a panic elsewhere does not make the receive state unusable, and
-        // treating a poisoned lock as taken would leave the socket unread for good.
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
 }
 
 /// A command header; `check_send` has bounded `len`, so the size always fits.
