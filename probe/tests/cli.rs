@@ -222,6 +222,8 @@ fn demo_runs_info_check_and_bench() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
+    // Nothing on stderr: no progress line when it is not a terminal.
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
     let o = probe(&["demo", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -230,18 +232,105 @@ fn demo_runs_info_check_and_bench() {
 
 #[test]
 fn usage_errors() {
-    for args in [
-        &[][..],
-        &["frob"][..],
-        &["info"][..],
-        &["info", "/x", "--frob"][..],
-        &["check", "/x", "--timeout", "soon"][..],
+    for (args, needle) in [
+        (&["frob"][..], "unrecognized subcommand 'frob'"),
+        (&["info"][..], "<SOCKET>"),
+        (
+            &["info", "/x", "--frob"][..],
+            "unexpected argument '--frob'",
+        ),
+        (&["info", "/x", "--destructive"][..], "'--destructive'"),
+        (&["demo", "extra"][..], "unexpected argument 'extra'"),
+        (
+            &["bench", "/x", "--region"][..],
+            "a value is required for '--region <N>'",
+        ),
+        (
+            &["check", "/x", "--timeout", "soon"][..],
+            "invalid value 'soon' for '--timeout <DUR>'",
+        ),
     ] {
         let o = probe(args);
+        let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
-        assert!(stderr(&o).contains("usage: vfio-user-probe"), "{args:?}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {needle:?} missing from {err}"
+        );
+        assert!(err.contains("try '--help'"), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
     }
-    let o = probe(&["--help"]);
-    assert_eq!(o.status.code(), Some(0));
-    assert!(stdout(&o).contains("demo"));
+    // No command at all: the help, on stderr, and the same status.
+    let o = probe(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("Commands:"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn help_on_every_subcommand() {
+    for args in [&["--help"][..], &["-h"][..], &["help"][..]] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = stdout(&o);
+        for command in ["info", "check", "bench", "demo"] {
+            assert!(
+                text.contains(command),
+                "{args:?}: {command} missing from\n{text}"
+            );
+        }
+        assert!(text.contains("Exit status: 0 success"), "{text}");
+        assert!(o.stderr.is_empty());
+    }
+    for (command, options) in [
+        ("info", &["<SOCKET>", "--json", "--timeout <DUR>"][..]),
+        (
+            "check",
+            &["<SOCKET>", "--destructive", "--json", "--timeout"][..],
+        ),
+        (
+            "bench",
+            &[
+                "<SOCKET>",
+                "--region <N>",
+                "--samples <N>",
+                "[default: 10000]",
+                "--bytes <SIZE>",
+                "[default: 256M]",
+                "--dma-maps <N>",
+                "[default: 1000]",
+                "[default: 5s]",
+            ][..],
+        ),
+        ("demo", &["--json", "--timeout <DUR>"][..]),
+    ] {
+        for args in [[command, "--help"], ["help", command]] {
+            let o = probe(&args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}");
+            let text = stdout(&o);
+            let usage = format!("Usage: vfio-user-probe {command}");
+            assert!(text.contains(&usage), "{args:?}:\n{text}");
+            for option in options {
+                assert!(
+                    text.contains(option),
+                    "{args:?}: {option} missing from\n{text}"
+                );
+            }
+            assert!(o.stderr.is_empty());
+        }
+    }
+    let o = probe(&["demo", "-h"]);
+    assert!(!stdout(&o).contains("--destructive"), "{}", stdout(&o));
+}
+
+#[test]
+fn version() {
+    let expected = format!("vfio-user-probe {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["-V"][..]] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert_eq!(stdout(&o), expected, "{args:?}");
+        assert!(o.stderr.is_empty());
+    }
 }
