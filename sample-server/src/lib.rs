@@ -48,6 +48,7 @@ mod irq;
 mod memory;
 mod pci;
 mod server;
+mod socket;
 
 pub use config::{IrqMasking, Quirks, ServerConfig, VersionPayload};
 pub use conn::DeviceContext;
