@@ -1,8 +1,8 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `sendmsg`/`recvmsg` with `SCM_RIGHTS` fds: all of the sample server's socket
-//! `unsafe`.
+//! `sendmsg`/`recvmsg` with `SCM_RIGHTS` fds, `poll` and a bounded `connect`: all of the
+//! sample server's socket `unsafe`.
 //!
 //! vmm-sys-util's `ScmSocket` does not fit: its receive is an `unsafe fn` over raw iovecs
 //! that hands back raw fds without close-on-exec, and its send allocates twice per message.
@@ -16,8 +16,11 @@
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::ptr;
+use std::time::Duration;
 
 /// Largest number of fds accepted in one `recvmsg`; more is a protocol violation (the
 /// kernel truncates the control data, and every fd in it is closed).
@@ -215,10 +218,82 @@ fn take_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
     fds
 }
 
+/// Waits until `fd` is readable (or `writable`), for at most `timeout_ms` (negative:
+/// forever). Returns whether it became ready; hang-up and errors count as ready so that the
+/// next read or write reports them.
+pub(crate) fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: if writable {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN
+        },
+        revents: 0,
+    };
+    let ready = retry(|| {
+        // SAFETY: `pfd` is a valid pollfd for the call and the count passed is 1.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) as isize }
+    })?;
+    Ok(ready > 0)
+}
+
+/// Connects a Unix stream socket to `path`, waiting at most `timeout` when the listener's
+/// backlog is full (a busy or stuck server), and returns it non-blocking.
+pub(crate) fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long or contains NUL",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // A blocking connect on an AF_UNIX socket waits for room in the backlog for at most
+    // SO_SNDTIMEO; without a timeout it could wait forever.
+    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    let len = (mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    let connected = retry(|| {
+        // SAFETY: `addr` is a fully initialised sockaddr_un and `len` does not exceed its
+        // size (checked against sun_path above); `stream` owns the fd.
+        unsafe {
+            libc::connect(
+                stream.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            ) as isize
+        }
+    });
+    match connected {
+        Ok(_) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) => {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+        }
+        Err(e) => return Err(e),
+    }
+    stream.set_write_timeout(None)?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
     use vmm_sys_util::eventfd::EventFd;
+    use vmm_sys_util::tempdir::TempDir;
 
     #[test]
     fn fds_travel_with_first_byte_and_are_cloexec() {
@@ -277,6 +352,42 @@ mod tests {
         let fds = vec![a.as_raw_fd(); MAX_SEND_FDS + 1];
         assert_eq!(
             send_with_fds(&a, &[b"x"], &fds).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn poll_sees_data_and_hang_up() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert!(!poll_fd(b.as_raw_fd(), false, 0).unwrap());
+        assert!(poll_fd(a.as_raw_fd(), true, 0).unwrap());
+        drop(a);
+        assert!(poll_fd(b.as_raw_fd(), false, 0).unwrap());
+        let mut buf = [0u8; 1];
+        assert_eq!(recv_with_fds(&b, &mut buf, 0).unwrap().0, 0);
+    }
+
+    #[test]
+    fn connect_with_timeout_reaches_a_listener_or_says_why() {
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("socket-test-")).unwrap();
+        let path = dir.as_path().join("sock");
+        let t = Duration::from_millis(100);
+        assert_eq!(
+            connect_with_timeout(&path, t).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let listener = UnixListener::bind(&path).unwrap();
+        let s = connect_with_timeout(&path, t).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        // Non-blocking: nothing to read is WouldBlock, not a wait.
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            recv_with_fds(&s, &mut buf, 0).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let long = dir.as_path().join("x".repeat(200));
+        assert_eq!(
+            connect_with_timeout(&long, t).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
     }
