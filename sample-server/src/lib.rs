@@ -52,6 +52,9 @@ mod memory;
 mod pci;
 mod server;
 mod socket;
+#[doc(hidden)]
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod wire;
 
 pub use config::{IrqMasking, Quirks, ServerConfig, VersionPayload};
