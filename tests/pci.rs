@@ -5,8 +5,6 @@
 //! crates.io `vfio_user` server: config space, BARs, ROM, MSI-X, MSI, INTx, mode switches,
 //! hot-plug, and a server that dies.
 
-mod pci_support;
-
 #[path = "pci_cases/bars.rs"]
 mod bars;
 #[path = "pci_cases/event_loop.rs"]
@@ -25,11 +23,14 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::Duration;
 
-use pci_support::{cfg_read, cfg_write, fds_and_maps, find_cap, fired, guest_memory, quiet, Irqs};
 use vfio_user_client::device::{pci_irq, IrqAction};
 use vfio_user_client::pci::{
     AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, InterruptMode,
     MsiMessage, PciConfig, VfioUserPciDevice,
+};
+use vfio_user_sample_server::test_support::guest::guest_memory;
+use vfio_user_sample_server::test_support::pci::{
+    cfg_read, cfg_write, fds_and_maps, find_cap, fired, quiet, Irqs,
 };
 use vfio_user_sample_server::{
     ConfigSpace, DmaAccessMode, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle,

@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! `check`: a conformance run of what the protocol requires of a server, over one raw
-//! connection ([`RawConn`]), each check PASS, FAIL or SKIP with its reason.
+//! connection ([`RawEndpoint`]), each check PASS, FAIL or SKIP with its reason.
 //!
 //! One connection only, because some servers serve a single client and exit (or delete
 //! themselves) when it hangs up. The order is chosen so that the checks that may break the
@@ -31,7 +31,7 @@ use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::error::{errno_text, ProbeError};
-use crate::wire::{Exchange, RawConn, RawMsg};
+use crate::wire::{self, Exchange, RawEndpoint, RawMsg};
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -151,7 +151,7 @@ struct Found {
 }
 
 struct Checker<'a> {
-    conn: RawConn,
+    conn: RawEndpoint,
     path: &'a Path,
     options: &'a CheckOptions,
     caps: Capabilities,
@@ -165,8 +165,8 @@ struct Checker<'a> {
 /// server, version refused) are errors; everything the server does after answering
 /// VERSION is a check result.
 pub fn run(path: &Path, options: &CheckOptions) -> Result<CheckReport, ProbeError> {
-    let mut conn = RawConn::connect(path, options.timeout)?;
-    let version = conn.version(path)?;
+    let mut conn = wire::connect(path, options.timeout)?;
+    let version = wire::version(&mut conn, path)?;
     let mut c = Checker {
         conn,
         path,

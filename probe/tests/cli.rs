@@ -3,14 +3,13 @@
 
 //! The built binary: exit status, one-line errors, text and JSON output.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::{
+use vfio_user_sample_server::test_support::peers::{
     closing_peer, dead_socket, http_peer, missing_socket, path_of, path_str, sample, silent_peer,
-    Peer, RustVmm,
+    ScriptedServer,
 };
+use vfio_user_sample_server::test_support::rust_vmm::RustVmmServer;
 use vfio_user_sample_server::{Quirks, ServerConfig};
 
 fn probe(args: &[&str]) -> Output {
@@ -66,7 +65,7 @@ fn path_that_is_not_a_socket() {
 
 #[test]
 fn peer_that_does_not_answer_in_time() {
-    let peer = Peer::start(silent_peer);
+    let peer = ScriptedServer::start(silent_peer);
     for cmd in ["info", "check"] {
         let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
         assert_error(&o, "no reply to VERSION within 200ms");
@@ -75,7 +74,7 @@ fn peer_that_does_not_answer_in_time() {
 
 #[test]
 fn peer_that_is_not_a_vfio_user_server() {
-    let peer = Peer::start(http_peer);
+    let peer = ScriptedServer::start(http_peer);
     for cmd in ["info", "check", "bench"] {
         let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
         assert_error(&o, "not a vfio-user server: it answered 48 54 54 50");
@@ -89,7 +88,7 @@ fn peer_that_is_not_a_vfio_user_server() {
 
 #[test]
 fn peer_that_hangs_up() {
-    let peer = Peer::start(closing_peer);
+    let peer = ScriptedServer::start(closing_peer);
     let o = probe(&["info", &path_str(&peer.path), "--timeout", "200ms"]);
     assert_error(&o, "closed the connection without answering VERSION");
 }
@@ -160,7 +159,7 @@ fn check_exit_status_follows_the_verdict() {
 
 #[test]
 fn every_subcommand_against_the_rust_vmm_server() {
-    let server = RustVmm::start(false);
+    let server = RustVmmServer::start(false);
     let path = path_str(&server.path);
     let o = probe(&["info", &path]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -20,13 +20,13 @@ use vfio_user_client::protocol::{
     FLAGS_TYPE_MASK, HEADER_SIZE, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, REGION_INFO_FLAG_MMAP,
     REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::proxy::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 use crate::device::Errno;
 use crate::device::ResetReason;
 use crate::dma::Segment;
 use crate::irq::IrqTable;
 use crate::server::{ClientInfo, Shared};
+use crate::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 /// Commands that may arrive while the server waits for a DMA reply; more is a flood.
 const MAX_QUEUED: usize = 4096;

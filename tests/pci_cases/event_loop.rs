@@ -12,7 +12,7 @@ use vfio_user_client::pci::PciSubscriber;
 use vfio_user_client::ConnectOptions;
 
 use super::*;
-use pci_support::consumed_within;
+use vfio_user_sample_server::test_support::pci::consumed_within;
 
 type Subscriber = Box<dyn MutEventSubscriber + Send>;
 

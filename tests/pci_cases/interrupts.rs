@@ -4,8 +4,8 @@
 //! INTx Disable, failures on the interrupt path, reset and detach.
 
 use super::*;
-use pci_support::consumed_within;
 use vfio_user_client::protocol::Command;
+use vfio_user_sample_server::test_support::pci::consumed_within;
 use vfio_user_sample_server::Errno;
 
 #[test]
