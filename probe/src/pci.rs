@@ -544,6 +544,31 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
     }
 }
 
+/// The most vectors PCI allows behind each IRQ index of a PCI device, with its name: one INTx
+/// pin, 32 MSI vectors (Multiple Message Capable), 2048 MSI-X table entries (Table Size is 11
+/// bits), and one ERR and one REQ notification.
+pub const IRQ_BOUNDS: [(&str, u32); 5] = [
+    ("INTx", 1),
+    ("MSI", 32),
+    ("MSI-X", 2048),
+    ("ERR", 1),
+    ("REQ", 1),
+];
+
+/// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ).
+pub fn irq_bound(index: u32) -> Option<(&'static str, u32)> {
+    IRQ_BOUNDS.get(usize::try_from(index).ok()?).copied()
+}
+
+/// Why IRQ index `index` of a PCI device with `count` vectors breaks its PCI bound, if it
+/// does.
+pub fn irq_count_problem(index: u32, count: u32) -> Option<String> {
+    let (name, bound) = irq_bound(index)?;
+    (count > bound).then(|| {
+        format!("{name} (IRQ index {index}) has {count} vectors; PCI allows at most {bound}")
+    })
+}
+
 fn flag(name: &str, on: bool) -> String {
     format!("{name}{}", if on { '+' } else { '-' })
 }
@@ -746,6 +771,22 @@ impl ConfigSpace {
 mod tests {
     use super::*;
     use vfio_user_sample_server::test_support::config::with_capabilities;
+
+    #[test]
+    fn irq_counts_are_bounded_per_index() {
+        assert_eq!(irq_bound(2), Some(("MSI-X", 2048)));
+        assert_eq!(irq_bound(5), None);
+        assert_eq!(irq_count_problem(2, 2048), None);
+        assert_eq!(
+            irq_count_problem(2, 2049).as_deref(),
+            Some("MSI-X (IRQ index 2) has 2049 vectors; PCI allows at most 2048")
+        );
+        assert!(irq_count_problem(1, 33).is_some());
+        assert!(irq_count_problem(0, 2).is_some());
+        assert!(irq_count_problem(4, 1).is_none());
+        // Indexes past REQ are not PCI's.
+        assert_eq!(irq_count_problem(7, u32::MAX), None);
+    }
 
     #[test]
     fn decodes_header_bars_and_capabilities() {

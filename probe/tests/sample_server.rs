@@ -97,6 +97,15 @@ fn check_passes_a_conforming_server() {
     assert_eq!((r.failed, r.skipped), (0, 0), "{}", r.render_text());
     assert!(reason(&r, "region.requery").contains("region 2 (argsz 32 -> 80)"));
     assert!(reason(&r, "error.unknown-command").contains("Invalid argument (errno 22)"));
+    assert!(
+        reason(&r, "region.config-read").contains("64 bytes at 0 and 4 at 0x8 of region 7"),
+        "{}",
+        r.render_text()
+    );
+    assert_eq!(
+        reason(&r, "irq.counts"),
+        "vectors within the PCI bounds: INTx 1/1, MSI 1/32, MSI-X 4/2048, ERR 1/1, REQ 1/1"
+    );
     let text = r.render_text();
     assert!(text.contains("PASS  version.json"), "{text}");
     assert!(text.ends_with(&format!("{} passed, 0 failed, 0 skipped\n", r.passed)));
@@ -246,13 +255,15 @@ fn check_reports_a_server_that_stops_answering() {
     assert!(reason(&r, "device.info").contains("no reply"));
     for id in [
         "region.info",
+        "region.config-read",
         "irq.info",
+        "irq.counts",
         "dma.map-fd",
         "error.unknown-command",
     ] {
         assert_eq!(status(&r, id), Status::Skip, "{id}");
     }
-    assert_eq!(r.checks.len(), 22, "every check is reported");
+    assert_eq!(r.checks.len(), 24, "every check is reported");
     assert!(!r.ok());
 }
 
