@@ -251,7 +251,7 @@ fn judge_error_reply(command: u16, ex: &Exchange) -> Result<String, String> {
 }
 
 /// Judges a reply that must be a success.
-fn judge_success(command: Command, ex: &Exchange) -> Result<&RawMsg, String> {
+pub(crate) fn judge_success(command: Command, ex: &Exchange) -> Result<&RawMsg, String> {
     let m = match &ex.reply {
         Ok(m) => m,
         Err(e) => return Err(format!("{command}: {e}")),
@@ -351,7 +351,7 @@ fn capability_types(caps: &serde_json::Map<String, Value>) -> Result<String, Str
 
 /// Judges the payload of a REGION_READ success reply to `count` bytes at `offset` of
 /// `region`: the head must echo the access and exactly `count` bytes must follow it.
-fn judge_read_reply(
+pub(crate) fn judge_read_reply(
     payload: &[u8],
     region: u32,
     offset: u64,

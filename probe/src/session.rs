@@ -8,9 +8,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
+use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::Command;
-use vfio_user_client::{proxy, ConnectOptions, DeviceOptions, Error, VfioUserDevice};
+use vfio_user_client::{proxy, ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
 
 use crate::error::ProbeError;
 use crate::wire;
@@ -31,8 +32,8 @@ pub fn check_path(path: &Path) -> Result<(), ProbeError> {
     }
 }
 
-/// Connects, negotiates and discovers the device, without mapping its regions.
-pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, ProbeError> {
+/// Connects and negotiates.
+pub fn open_connection(path: &Path, timeout: Duration) -> Result<Connection, ProbeError> {
     check_path(path)?;
     let connect = ConnectOptions {
         connect_timeout: timeout,
@@ -40,11 +41,33 @@ pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, Pro
         reply_timeout: timeout,
         ..ConnectOptions::default()
     };
-    let options = DeviceOptions {
+    Connection::connect(path, &connect).map_err(|e| classify(path, timeout, e))
+}
+
+/// How the probe opens a device: its regions are not mapped.
+pub fn device_options() -> DeviceOptions {
+    DeviceOptions {
         map_regions: false,
         ..DeviceOptions::default()
-    };
-    VfioUserDevice::connect(path, &connect, &options).map_err(|e| classify(path, timeout, e))
+    }
+}
+
+/// Connects, negotiates and discovers the device, without mapping its regions.
+pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, ProbeError> {
+    let connection = open_connection(path, timeout)?;
+    VfioUserDevice::new(connection, &device_options())
+        .map_err(|e| classify(path, timeout, e.into()))
+}
+
+/// Whether a request's failure means the server is gone or no longer answers: the
+/// connection is lost, or the reply did not come in time.
+pub fn request_lost(e: &proxy::Error) -> bool {
+    e.is_disconnected() || matches!(e, proxy::Error::Timeout { .. })
+}
+
+/// [`request_lost`] for an error of the device layer.
+pub fn device_lost(e: &DeviceError) -> bool {
+    matches!(e, DeviceError::Request { source, .. } if request_lost(source))
 }
 
 fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {

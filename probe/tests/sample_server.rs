@@ -42,8 +42,10 @@ fn info_describes_the_gpio_device() {
     assert_eq!((r.negotiated.major, r.negotiated.minor), (0, 0));
     assert_eq!(r.negotiated.max_msg_fds, 8);
     assert_eq!(r.negotiated.max_data_xfer_size, 1 << 20);
-    assert!(r.device.pci && r.device.reset);
-    assert_eq!((r.device.num_regions, r.device.num_irqs), (9, 5));
+    let device = r.device.as_ref().unwrap();
+    assert!(device.pci && device.reset);
+    assert_eq!((device.num_regions, device.num_irqs), (9, 5));
+    assert!(r.ok() && r.failed.is_empty(), "{:?}", r.failed);
     let bar2 = &r.regions[2];
     assert!(bar2.mappable);
     assert_eq!(bar2.flag_names, ["read", "write", "mmap", "caps"]);
@@ -265,6 +267,27 @@ fn check_reports_a_server_that_stops_answering() {
     }
     assert_eq!(r.checks.len(), 24, "every check is reported");
     assert!(!r.ok());
+}
+
+#[test]
+fn info_reports_a_server_that_stops_answering_after_the_handshake() {
+    let server = sample(ServerConfig {
+        quirks: Quirks {
+            never_reply_after_version: true,
+            ..Quirks::default()
+        },
+        ..ServerConfig::default()
+    });
+    let r = info::run(&path_of(&server), SHORT).unwrap();
+    let lost = r.lost.as_deref().expect("lost");
+    assert!(
+        lost.starts_with("the server was lost while reading the device: "),
+        "{lost}"
+    );
+    assert!(lost.contains("timed out after 200ms"), "{lost}");
+    // What the handshake said is still shown.
+    assert_eq!(r.negotiated.max_msg_fds, 8);
+    assert!(r.device.is_none() && r.failed.is_empty());
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub enum Step {
     Refuse(u32),
     /// Close the connection instead (the server died).
     HangUp,
+    /// Read it and never answer (the server hangs).
+    Swallow,
 }
 
 /// Serves `client` with a sample GPIO server behind a relay: `on_request` decides the fate
@@ -64,6 +66,7 @@ pub fn relay(
                 }
                 continue;
             }
+            Step::Swallow => continue,
             Step::Forward => {}
         }
         if server
@@ -230,6 +233,102 @@ pub fn dies_at_the_first_dma_map(s: UnixStream) {
         |m| {
             if is(m, Command::DmaMap) {
                 Step::HangUp
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// Refuses every `command` whose payload holds `index` at byte 8 (REGION_INFO and
+/// IRQ_INFO requests) with `EINVAL`.
+fn refuse_index(s: UnixStream, command: Command, index: u32) {
+    relay(
+        s,
+        |m| {
+            if is(m, command) && m.payload.get(8..12) == Some(&index.to_ne_bytes()[..]) {
+                Step::Refuse(EINVAL)
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// REGION_INFO of region 3 is refused: the client library refuses the device.
+pub fn region_3_info_refused(s: UnixStream) {
+    refuse_index(s, Command::DeviceGetRegionInfo, 3);
+}
+
+/// DEVICE_GET_INFO is refused.
+pub fn device_info_refused(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is(m, Command::DeviceGetInfo) {
+                Step::Refuse(EINVAL)
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// The server dies at the first config space read.
+pub fn dies_at_the_first_config_read(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is_config_read(m) {
+                Step::HangUp
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// BAR reads of more than 8 bytes are refused with `EINVAL`; writes of any size pass.
+pub fn large_bar_reads_refused(s: UnixStream) {
+    relay(
+        s,
+        |m| match access(m) {
+            Some((region, count)) if is(m, Command::RegionRead) && region <= 5 && count > 8 => {
+                Step::Refuse(EINVAL)
+            }
+            _ => Step::Forward,
+        },
+        |_, _| {},
+    );
+}
+
+/// DEVICE_GET_REGION_IO_FDS replies for region 0 name region 5.
+pub fn io_fds_for_another_region(s: UnixStream) {
+    relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if is(request, Command::DeviceGetRegionIoFds)
+                && !reply.is_error()
+                && request.payload.get(8..12) == Some(&0u32.to_ne_bytes()[..])
+            {
+                reply.payload[8..12].copy_from_slice(&5u32.to_ne_bytes());
+            }
+        },
+    );
+}
+
+/// The server stops answering at the first DMA_MAP (it reads, and never replies).
+pub fn hangs_at_the_first_dma_map(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is(m, Command::DmaMap) {
+                Step::Swallow
             } else {
                 Step::Forward
             }
