@@ -30,12 +30,12 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
-use vfio_user_client::protocol::{Command, DmaAccess, Header, HEADER_SIZE};
-use vfio_user_client::proxy::{socket, ConnectionSubscriber, EventLoop, Proxy, ProxyConfig};
+use vfio_user_client::protocol::{Command, DmaAccess, Header, Version, HEADER_SIZE};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle, SharedMemory};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const PAGE: u64 = 4096;
 const MAP_COUNTS: [u64; 2] = [1_000, 65_535];
@@ -172,14 +172,48 @@ impl Requester {
     }
 }
 
-/// Answers the one DMA_MAP that sets up the handler's table.
-fn answer_map(sock: &mut UnixStream) {
+/// Reads one message (the guest memory here is anonymous: no fds come with it).
+fn read_message(sock: &mut UnixStream) -> Header {
     let mut hdr = [0u8; HEADER_SIZE];
-    let (n, _fds) = socket::recv_with_fds(sock, &mut hdr, 4).expect("map header");
-    sock.read_exact(&mut hdr[n..]).expect("map header");
+    sock.read_exact(&mut hdr).expect("header");
     let h = Header::from_bytes(&hdr);
     let mut body = vec![0u8; h.payload_len()];
-    sock.read_exact(&mut body).expect("map body");
+    sock.read_exact(&mut body).expect("body");
+    h
+}
+
+/// Answers our client's VERSION request; with `twin`, grants twin-socket mode and hands
+/// over that socket.
+fn answer_version(sock: &mut UnixStream, twin: Option<&UnixStream>) {
+    let h = read_message(sock);
+    let json = match twin {
+        Some(_) => {
+            r#"{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true,"fd_index":0}}}"#
+        }
+        None => r#"{"capabilities":{"max_msg_fds":16}}"#,
+    };
+    let mut payload = Vec::new();
+    Version {
+        major: 0,
+        minor: 0,
+        json: Some(json.to_string()),
+    }
+    .encode_into(&mut payload);
+    let mut reply = Header::reply(&h, payload.len())
+        .expect("reply header")
+        .to_bytes()
+        .to_vec();
+    reply.extend_from_slice(&payload);
+    let fds: Vec<_> = twin.iter().map(|t| t.as_raw_fd()).collect();
+    let n = sock
+        .send_with_fds(&[&reply[..]], &fds)
+        .expect("VERSION reply");
+    sock.write_all(&reply[n..]).expect("VERSION reply");
+}
+
+/// Answers the one DMA_MAP that sets up the handler's table.
+fn answer_map(sock: &mut UnixStream) {
+    let h = read_message(sock);
     let reply = Header::reply(&h, 0).expect("reply header");
     sock.write_all(&reply.to_bytes()).expect("map reply");
 }
@@ -187,18 +221,24 @@ fn answer_map(sock: &mut UnixStream) {
 /// Our client serving DMA_READ, on its main socket or on a twin socket.
 fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
     let (client, mut server) = UnixStream::pair().expect("socket pair");
-    let (proxy, subscriber) = Proxy::from_stream(client, ProxyConfig::default()).expect("proxy");
-    proxy.set_send_limits(16, 2 << 20);
-    let (dma_socket, twin_subscriber) = if twin {
+    let (ours, theirs) = if twin {
         let (ours, theirs) = UnixStream::pair().expect("twin pair");
-        (theirs, Some(proxy.attach_twin_socket(ours).expect("twin")))
+        (Some(ours), Some(theirs))
     } else {
-        (server.try_clone().expect("clone"), None)
+        (None, None)
     };
-    // Our client serves the requests on its event loop's thread: the client side.
-    let event_loop = support::placement().client(|| {
-        EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin_subscriber)).expect("loop")
+    let answer = std::thread::spawn(move || {
+        answer_version(&mut server, ours.as_ref());
+        server
     });
+    // Our client serves the requests on its event loop's thread: the client side.
+    let conn = support::placement()
+        .client(|| Connection::connect(client, &ConnectOptions::default()).expect("connect"));
+    let mut server = answer.join().expect("VERSION answer");
+    let dma_socket = match theirs {
+        Some(theirs) => theirs,
+        None => server.try_clone().expect("clone"),
+    };
     let mem = Arc::new(guest(4 << 20, None));
     mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
         .expect("fill");
@@ -207,7 +247,7 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         max_dma_maps: 16,
         max_data_xfer_size: 1 << 20,
     };
-    let mapper = DmaMapper::with_limits(proxy.clone(), limits, mem);
+    let mapper = DmaMapper::with_limits(&conn, limits, mem);
     std::thread::scope(|s| {
         let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
         answer_map(&mut server);
@@ -224,8 +264,8 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         c.benchmark_group(format!("dma_read_{label}"))
             .bench_function(id, |b| b.iter(|| requester.round_trip()));
     });
-    proxy.shutdown();
-    drop(event_loop);
+    drop(mapper);
+    drop(conn);
 }
 
 fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {

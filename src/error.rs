@@ -6,7 +6,7 @@
 use crate::device;
 use crate::negotiate::NegotiateError;
 use crate::pci;
-use crate::{dma, proxy};
+use crate::{connection, dma};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,7 @@ use crate::{dma, proxy};
 pub enum Error {
     /// The connection failed: connect, socket I/O, timeout, disconnect, or an error reply.
     #[error(transparent)]
-    Proxy(#[from] proxy::Error),
+    Connection(#[from] connection::Error),
     /// The server's VERSION reply was not acceptable.
     #[error("version negotiation failed: {0}")]
     Negotiate(#[from] NegotiateError),
@@ -33,7 +33,7 @@ impl Error {
     /// The server's errno, when the server answered with an error reply.
     pub fn server_errno(&self) -> Option<u32> {
         match self {
-            Error::Proxy(e) => e.server_errno(),
+            Error::Connection(e) => e.server_errno(),
             Error::Negotiate(_) => None,
             Error::Device(e) => e.server_errno(),
             Error::Pci(e) => e.server_errno(),
@@ -44,7 +44,7 @@ impl Error {
     /// Whether the connection is gone (a new connection is needed to go on).
     pub fn is_disconnected(&self) -> bool {
         match self {
-            Error::Proxy(e) => e.is_disconnected(),
+            Error::Connection(e) => e.is_disconnected(),
             Error::Device(e) => e.is_disconnected(),
             Error::Pci(e) => e.is_disconnected(),
             Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
@@ -56,7 +56,7 @@ impl Error {
 impl PartialEq for Error {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Error::Proxy(a), Error::Proxy(b)) => a == b,
+            (Error::Connection(a), Error::Connection(b)) => a == b,
             (Error::Negotiate(a), Error::Negotiate(b)) => a == b,
             (Error::Dma(a), Error::Dma(b)) => a == b,
             _ => false,
@@ -72,11 +72,11 @@ mod tests {
 
     #[test]
     fn errno_and_disconnect_through_every_layer() {
-        let refused = proxy::Error::Server {
+        let refused = connection::Error::Server {
             command: Command::DmaMap,
             errno: 22,
         };
-        let gone = proxy::Error::Disconnected(proxy::DisconnectReason::PeerClosed);
+        let gone = connection::Error::Disconnected(connection::DisconnectReason::PeerClosed);
         let op = DmaOp::Map {
             iova: 0,
             size: 0x1000,
@@ -84,7 +84,7 @@ mod tests {
         let e = Error::from(NegotiateError::ZeroPgsizes);
         assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
         assert_eq!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
-        let e = Error::from(proxy::Error::TooManyPending);
+        let e = Error::from(connection::Error::TooManyPending);
         assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
         assert_ne!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
         let e = Error::from(dma::Error::Batch {

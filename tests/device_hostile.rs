@@ -144,7 +144,7 @@ where
         hook,
     };
     let t = thread::spawn(move || script.run(Peer { sock: server }));
-    let dev = Connection::from_stream(client, &ConnectOptions::default())
+    let dev = Connection::connect(client, &ConnectOptions::default())
         .and_then(|c| VfioUserDevice::new(c, &DeviceOptions::default()).map_err(Error::from));
     (dev, t)
 }
@@ -738,7 +738,7 @@ fn a_region_without_sparse_caps_is_mapped_whole() {
     });
     let dev = dev.unwrap();
     assert_eq!(dev.flags(), DEVICE_FLAGS_PCI);
-    assert!(dev.connection().proxy().is_connected());
+    assert!(dev.connection().is_connected());
     let r = dev.region(0).unwrap();
     assert_eq!(r.index(), 0);
     assert_eq!(r.region_type(), Some((3, 1)));

@@ -23,6 +23,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+use vfio_user_client::connection;
 use vfio_user_client::device::{pci_irq, Error as DeviceError, IrqAction};
 use vfio_user_client::negotiate::MigrationCaps;
 use vfio_user_client::protocol::{
@@ -30,7 +31,6 @@ use vfio_user_client::protocol::{
     DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD,
     REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::proxy::{self, Proxy};
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempdir::TempDir;
@@ -265,8 +265,8 @@ impl Running {
         }
     }
 
-    fn proxy(&self) -> &Proxy {
-        self.conn.proxy()
+    fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// Disconnects; the server's `run` returns when its client goes away.
@@ -306,7 +306,7 @@ fn negotiation_takes_the_servers_limits() {
     // Its max_msg_fds bounds what we send.
     let a = EventFd::new(EFD_NONBLOCK).unwrap();
     let e = s
-        .proxy()
+        .conn()
         .request(
             Command::DeviceSetIrqs,
             &[0; 20],
@@ -316,7 +316,7 @@ fn negotiation_takes_the_servers_limits() {
     assert!(
         matches!(
             e,
-            proxy::Error::TooManyFds {
+            connection::Error::TooManyFds {
                 count: 2,
                 limit: 1,
                 ..
@@ -330,7 +330,7 @@ fn negotiation_takes_the_servers_limits() {
 #[test]
 fn device_region_and_irq_info_decode() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
     let reply = p.request(Command::DeviceGetInfo, &payload, &[]).unwrap();
@@ -368,7 +368,7 @@ fn device_region_and_irq_info_decode() {
     assert_eq!(
         p.request(Command::DeviceGetRegionInfo, &payload, &[])
             .unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::DeviceGetRegionInfo,
             errno: EINVAL
         }
@@ -395,7 +395,7 @@ fn device_region_and_irq_info_decode() {
     assert_eq!(
         p.request(Command::DeviceGetIrqInfo, &payload, &[])
             .unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::DeviceGetIrqInfo,
             errno: EINVAL
         }
@@ -406,7 +406,7 @@ fn device_region_and_irq_info_decode() {
 #[test]
 fn region_reads_and_writes_round_trip() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     // Config space: vendor and device ids.
     let ids = read_region(p, CONFIG, 0, 4).unwrap();
     assert_eq!(u16::from_le_bytes([ids[0], ids[1]]), VENDOR_ID);
@@ -456,9 +456,9 @@ fn region_reads_and_writes_round_trip() {
 #[test]
 fn failed_accesses_are_server_errors() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     // The backend's error becomes errno 0 ("no reason given") in this server...
-    let no_reason = |command| proxy::Error::Server { command, errno: 0 };
+    let no_reason = |command| connection::Error::Server { command, errno: 0 };
     assert_eq!(
         read_region(p, RAM, RAM_SIZE - 2, 4).unwrap_err(),
         no_reason(Command::RegionRead)
@@ -476,7 +476,7 @@ fn failed_accesses_are_server_errors() {
     let e = read_region(p, NUM_REGIONS, 0, 4).unwrap_err();
     assert_eq!(
         e,
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::RegionRead,
             errno: EINVAL
         }
@@ -492,7 +492,7 @@ fn failed_accesses_are_server_errors() {
 #[test]
 fn irq_eventfd_and_reset() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut payload = Vec::new();
     SetIrqs::new(

@@ -373,7 +373,7 @@ fn dma(
     } else {
         None
     };
-    let proxy = device.connection().proxy();
+    let conn = device.connection();
     let fds: Vec<_> = memory.iter().map(|m| m.as_raw_fd()).collect();
     let mut payload = Vec::with_capacity(DmaMap::SIZE);
     let mut mapped = 0u32;
@@ -388,7 +388,7 @@ fn dma(
             WINDOW,
         )
         .encode_into(&mut payload);
-        if let Err(e) = proxy.request(Command::DmaMap, &payload, &fds) {
+        if let Err(e) = conn.request(Command::DmaMap, &payload, &fds) {
             report
                 .notes
                 .push(format!("DMA_MAP of window {i} failed: {e}"));
@@ -402,7 +402,7 @@ fn dma(
     for i in 0..mapped {
         payload.clear();
         DmaUnmap::new(BASE + u64::from(i) * WINDOW, WINDOW).encode_into(&mut payload);
-        if let Err(e) = proxy.request(Command::DmaUnmap, &payload, &[]) {
+        if let Err(e) = conn.request(Command::DmaUnmap, &payload, &[]) {
             report
                 .notes
                 .push(format!("DMA_UNMAP of window {i} failed: {e}"));

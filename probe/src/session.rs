@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::Command;
-use vfio_user_client::{proxy, ConnectOptions, DeviceOptions, Error, VfioUserDevice};
+use vfio_user_client::{connection, ConnectOptions, DeviceOptions, Error, VfioUserDevice};
 
 use crate::error::ProbeError;
 use crate::wire::RawConn;
@@ -50,14 +50,14 @@ pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, Pro
 fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
     let socket = path.display().to_string();
     match e {
-        Error::Proxy(proxy::Error::Connect { source, .. }) => {
+        Error::Connection(connection::Error::Connect { source, .. }) => {
             ProbeError::from_connect(path, timeout, source)
         }
-        Error::Proxy(proxy::Error::Timeout {
+        Error::Connection(connection::Error::Timeout {
             command: Command::Version,
             ..
         }) => ProbeError::NoAnswer { socket, timeout },
-        Error::Proxy(proxy::Error::Server {
+        Error::Connection(connection::Error::Server {
             command: Command::Version,
             errno,
         }) => ProbeError::VersionRefused { socket, errno },
@@ -72,7 +72,7 @@ fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
         },
         // The handshake broke in a way the library does not describe byte by byte: ask
         // again on a raw connection and say what the peer sent.
-        Error::Proxy(other) => match diagnose(path, timeout) {
+        Error::Connection(other) => match diagnose(path, timeout) {
             Some(e) => e,
             None => ProbeError::Device {
                 socket,

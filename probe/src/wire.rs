@@ -12,12 +12,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vfio_user_client::__socket as socket;
 use vfio_user_client::negotiate::Offer;
 use vfio_user_client::protocol::{
     Command, Header, FLAGS_ERROR, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK,
     FLAGS_TYPE_REPLY, HEADER_SIZE,
 };
-use vfio_user_client::proxy::socket;
 
 use crate::error::ProbeError;
 

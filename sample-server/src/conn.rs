@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vfio_user_client::__socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
     MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs, SparseMmapArea,
@@ -20,7 +21,6 @@ use vfio_user_client::protocol::{
     FLAGS_TYPE_MASK, HEADER_SIZE, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, REGION_INFO_FLAG_MMAP,
     REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::proxy::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 use crate::device::Errno;
 use crate::device::ResetReason;

@@ -3,8 +3,8 @@
 
 //! Errors of the device access layer.
 
+use crate::connection;
 use crate::protocol::Command;
-use crate::proxy;
 
 /// Errors of [`VfioUserDevice`](super::VfioUserDevice).
 ///
@@ -19,7 +19,7 @@ pub enum Error {
         /// The request, in the user's terms ("REGION_READ of region 0 at 0x18, 4 bytes").
         what: String,
         /// What went wrong.
-        source: proxy::Error,
+        source: connection::Error,
     },
     /// The server's reply was well-formed but not an answer to the request.
     #[error("bad {command} reply: {what}")]

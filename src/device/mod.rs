@@ -21,6 +21,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::connection::ConnectOptions;
+use crate::connection::{self, Connection, Reply, Ticket};
 use crate::negotiate::{host_page_size, Capabilities};
 use crate::protocol::{
     Command, DeviceInfo, IrqInfo, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs,
@@ -28,8 +29,6 @@ use crate::protocol::{
     IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD,
     IRQ_SET_DATA_NONE, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use crate::proxy::{self, Proxy, Reply, Ticket};
-use crate::Connection;
 
 pub use error::Error;
 pub use mmap::MappedArea;
@@ -295,7 +294,7 @@ impl VfioUserDevice {
         connect: &ConnectOptions,
         options: &DeviceOptions,
     ) -> Result<VfioUserDevice, crate::Error> {
-        let connection = Connection::connect(path, connect)?;
+        let connection = Connection::connect(path.as_ref(), connect)?;
         Ok(VfioUserDevice::new(connection, options)?)
     }
 
@@ -303,11 +302,11 @@ impl VfioUserDevice {
     /// region (re-asking with the larger `argsz` the server names) and every IRQ index, and
     /// maps the mappable areas when `options.map_regions` is set.
     pub fn new(connection: Connection, options: &DeviceOptions) -> Result<VfioUserDevice, Error> {
-        let proxy = connection.proxy();
-        let info = get_info(proxy)?;
+        let conn = &connection;
+        let info = get_info(conn)?;
         let mut regions = Vec::with_capacity(info.num_regions as usize);
         for index in 0..info.num_regions {
-            regions.push(get_region(proxy, index)?);
+            regions.push(get_region(conn, index)?);
         }
         if options.map_regions {
             let page_size = host_page_size();
@@ -317,13 +316,13 @@ impl VfioUserDevice {
         }
         let mut irqs = Vec::with_capacity(info.num_irqs as usize);
         for index in 0..info.num_irqs {
-            irqs.push(get_irq(proxy, index)?);
+            irqs.push(get_irq(conn, index)?);
         }
         let caps = connection.capabilities();
         let max_xfer = caps.max_data_xfer_size as usize;
         // Our own receive limit bounds read replies too (head room for the headers).
-        let recv_limit = (proxy.config().max_recv_size as usize)
-            .saturating_sub(HEADER_SIZE + RegionAccess::HEAD_SIZE);
+        let recv_limit =
+            (conn.max_recv_size() as usize).saturating_sub(HEADER_SIZE + RegionAccess::HEAD_SIZE);
         let read_chunk = max_xfer
             .min(recv_limit)
             .min(options.read_chunk as usize)
@@ -412,7 +411,7 @@ impl VfioUserDevice {
     /// messages as the negotiated transfer size requires (pipelined).
     ///
     /// The data is read from the socket straight into `data` when this thread reads the
-    /// reply itself ([`Proxy::wait_into`]). After an error, `data`'s content is
+    /// reply itself ([`Connection::wait_into`]). After an error, `data`'s content is
     /// unspecified.
     pub fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Error> {
         self.region(index)?
@@ -420,10 +419,10 @@ impl VfioUserDevice {
         if data.is_empty() {
             return Ok(());
         }
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         if data.len() <= self.read_chunk {
             let head = access_head(index, offset, data.len());
-            let reply = proxy
+            let reply = conn
                 .request_into(
                     Command::RegionRead,
                     &head,
@@ -444,13 +443,12 @@ impl VfioUserDevice {
             parts,
             |(at, out)| {
                 let head = access_head(index, *at, out.len());
-                proxy
-                    .send_nowait(Command::RegionRead, &head, &[])
+                conn.send_nowait(Command::RegionRead, &head, &[])
                     .map_err(|e| access_error(Command::RegionRead, index, *at, out.len(), e))
             },
             |(at, out), ticket| {
                 let len = out.len();
-                let reply = proxy
+                let reply = conn
                     .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
                     .map_err(|e| access_error(Command::RegionRead, index, at, len, e))?;
                 copy_read_reply(&reply, index, at, out)
@@ -465,12 +463,12 @@ impl VfioUserDevice {
         if data.is_empty() {
             return Ok(());
         }
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut payload =
             Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
         if data.len() <= self.write_chunk {
             write_payload(&mut payload, index, offset, data);
-            let reply = proxy
+            let reply = conn
                 .request(Command::RegionWrite, &payload, &[])
                 .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
             return check_write_reply(&reply, index, offset, data.len());
@@ -484,12 +482,11 @@ impl VfioUserDevice {
             parts,
             |(at, chunk)| {
                 write_payload(&mut payload, index, *at, chunk);
-                proxy
-                    .send_nowait(Command::RegionWrite, &payload, &[])
+                conn.send_nowait(Command::RegionWrite, &payload, &[])
                     .map_err(|e| access_error(Command::RegionWrite, index, *at, chunk.len(), e))
             },
             |(at, chunk), ticket| {
-                let reply = proxy
+                let reply = conn
                     .wait(ticket)
                     .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
                 check_write_reply(&reply, index, at, chunk.len())
@@ -506,14 +503,13 @@ impl VfioUserDevice {
             return self.write(index, offset, data);
         }
         self.region(index)?.check(offset, data.len() as u64, true)?;
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut payload =
             Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
         let mut at = offset;
         for chunk in data.chunks(self.write_chunk) {
             write_payload(&mut payload, index, at, chunk);
-            proxy
-                .post(Command::RegionWrite, &payload, &[])
+            conn.post(Command::RegionWrite, &payload, &[])
                 .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
             at += chunk.len() as u64;
         }
@@ -525,14 +521,14 @@ impl VfioUserDevice {
     /// [`Error::IoFdsNotSupported`].
     pub fn region_io_fds(&self, index: u32) -> Result<Vec<RegionIoFd>, Error> {
         let region = self.region(index)?;
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut argsz = IO_FDS_FIRST_ARGSZ;
         loop {
             let mut payload = Vec::with_capacity(RegionIoFds::HEAD_SIZE);
             RegionIoFds::request(index, argsz).encode_into(&mut payload);
-            let reply = match proxy.request(Command::DeviceGetRegionIoFds, &payload, &[]) {
+            let reply = match conn.request(Command::DeviceGetRegionIoFds, &payload, &[]) {
                 Ok(reply) => reply,
-                Err(proxy::Error::Server { errno, .. })
+                Err(connection::Error::Server { errno, .. })
                     if errno == libc::EINVAL as u32
                         || errno == libc::ENOTSUP as u32
                         || errno == libc::ENOSYS as u32 =>
@@ -677,7 +673,6 @@ impl VfioUserDevice {
         let mut payload = Vec::new();
         set.encode_into(&mut payload);
         self.connection
-            .proxy()
             .request(Command::DeviceSetIrqs, &payload, &[])
             .map(drop)
             .map_err(|e| set_irqs_error(index, start, values.len() as u32, e))
@@ -699,7 +694,6 @@ impl VfioUserDevice {
             return Err(Error::ResetNotSupported);
         }
         self.connection
-            .proxy()
             .request(Command::DeviceReset, &[], &[])
             .map(drop)
             .map_err(|source| Error::Request {
@@ -728,14 +722,14 @@ impl VfioUserDevice {
         flags: u32,
         messages: Vec<(u32, u32, Vec<RawFd>)>,
     ) -> Result<(), Error> {
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut payload = Vec::with_capacity(SetIrqs::HEAD_SIZE);
         let mut tickets = Vec::with_capacity(messages.len());
         let mut first_error = None;
         for (start, count, fds) in messages {
             payload.clear();
             SetIrqs::new(flags, index, start, count, Vec::new()).encode_into(&mut payload);
-            match proxy.send_nowait(Command::DeviceSetIrqs, &payload, &fds) {
+            match conn.send_nowait(Command::DeviceSetIrqs, &payload, &fds) {
                 Ok(ticket) => tickets.push((ticket, start, count)),
                 Err(e) => {
                     first_error = Some(set_irqs_error(index, start, count, e));
@@ -744,7 +738,7 @@ impl VfioUserDevice {
             }
         }
         for (ticket, start, count) in tickets {
-            if let Err(e) = proxy.wait(ticket) {
+            if let Err(e) = conn.wait(ticket) {
                 first_error.get_or_insert(set_irqs_error(index, start, count, e));
             }
         }
@@ -805,7 +799,7 @@ fn access_error(
     index: u32,
     offset: u64,
     len: usize,
-    source: proxy::Error,
+    source: connection::Error,
 ) -> Error {
     Error::Request {
         what: format!("{command} of region {index} at {offset:#x}, {len} bytes"),
@@ -813,7 +807,7 @@ fn access_error(
     }
 }
 
-fn set_irqs_error(index: u32, start: u32, count: u32, source: proxy::Error) -> Error {
+fn set_irqs_error(index: u32, start: u32, count: u32, source: connection::Error) -> Error {
     Error::Request {
         what: format!("DEVICE_SET_IRQS of IRQ index {index}, vectors {start}+{count}"),
         source,
@@ -841,7 +835,7 @@ fn check_access_head(
 }
 
 /// Checks a REGION_READ reply and puts its data into `out`, unless it is there already
-/// (`data_in_sink`: the proxy read it into `out` and checked that exactly `out.len()` bytes
+/// (`data_in_sink`: the connection read it into `out` and checked that exactly `out.len()` bytes
 /// follow the head).
 fn copy_read_reply(reply: &Reply, index: u32, offset: u64, out: &mut [u8]) -> Result<(), Error> {
     if reply.data_in_sink {
@@ -887,10 +881,10 @@ fn check_write_reply(reply: &Reply, index: u32, offset: u64, len: usize) -> Resu
     check_access_head(Command::RegionWrite, &head, index, offset, len)
 }
 
-fn get_info(proxy: &Proxy) -> Result<DeviceInfo, Error> {
+fn get_info(conn: &Connection) -> Result<DeviceInfo, Error> {
     let mut payload = Vec::with_capacity(DeviceInfo::SIZE);
     DeviceInfo::request().encode_into(&mut payload);
-    let reply = proxy
+    let reply = conn
         .request(Command::DeviceGetInfo, &payload, &[])
         .map_err(|source| Error::Request {
             what: "DEVICE_GET_INFO".to_string(),
@@ -917,7 +911,7 @@ fn get_info(proxy: &Proxy) -> Result<DeviceInfo, Error> {
     Ok(info)
 }
 
-fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
+fn get_region(conn: &Connection, index: u32) -> Result<Region, Error> {
     let bad = |what: String| Error::BadReply {
         command: Command::DeviceGetRegionInfo,
         what: format!("region {index}: {what}"),
@@ -926,7 +920,7 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
     loop {
         let mut payload = Vec::with_capacity(RegionInfo::HEAD_SIZE);
         RegionInfo::request(index, argsz).encode_into(&mut payload);
-        let mut reply = proxy
+        let mut reply = conn
             .request(Command::DeviceGetRegionInfo, &payload, &[])
             .map_err(|source| Error::Request {
                 what: format!("DEVICE_GET_REGION_INFO of region {index}"),
@@ -1018,10 +1012,10 @@ fn map_region(region: &mut Region, page_size: u64) {
     region.areas = areas;
 }
 
-fn get_irq(proxy: &Proxy, index: u32) -> Result<Irq, Error> {
+fn get_irq(conn: &Connection, index: u32) -> Result<Irq, Error> {
     let mut payload = Vec::with_capacity(IrqInfo::SIZE);
     IrqInfo::request(index).encode_into(&mut payload);
-    let reply = proxy
+    let reply = conn
         .request(Command::DeviceGetIrqInfo, &payload, &[])
         .map_err(|source| Error::Request {
             what: format!("DEVICE_GET_IRQ_INFO of IRQ index {index}"),

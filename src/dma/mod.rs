@@ -64,12 +64,12 @@ use vm_memory::{
 };
 
 use crate::connection::Connection;
+use crate::connection::{self, Handle, Ticket};
 use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
-use crate::proxy::{self, Proxy, Ticket};
 use table::Table;
 
 /// Outstanding NOWAIT operations of one transaction before the oldest are collected: well
-/// under the proxy's 32,768 waiting ids, so that other threads' requests still find ids.
+/// under the connection's 32,768 waiting ids, so that other threads' requests still find ids.
 const WINDOW: usize = 8192;
 
 /// A guest memory region as the DMA layer needs to see it.
@@ -141,7 +141,7 @@ impl DmaLimits {
 /// mapper leaves the handler installed and the windows mapped (the server may still use
 /// them); call [`DmaMapper::unmap_all`] first to tear them down.
 pub struct DmaMapper<AS> {
-    proxy: Proxy,
+    connection: Handle,
     limits: DmaLimits,
     memory: AS,
     table: Arc<RwLock<Table>>,
@@ -176,21 +176,22 @@ where
 {
     /// A mapper for `memory` on a negotiated connection, with the connection's limits.
     pub fn new(conn: &Connection, memory: AS) -> DmaMapper<AS> {
-        DmaMapper::with_limits(conn.proxy().clone(), DmaLimits::of(conn), memory)
+        DmaMapper::with_limits(conn, DmaLimits::of(conn), memory)
     }
 
-    /// A mapper on a bare proxy with explicit limits (tests, or a VMM that negotiated itself).
-    pub fn with_limits(proxy: Proxy, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+    /// A mapper with explicit limits (tests, or limits below what was negotiated).
+    pub fn with_limits(conn: &Connection, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+        let connection = conn.handle();
         let table = Arc::new(RwLock::new(Table::default()));
         let dirty = Arc::new(DirtyLog::default());
-        proxy.set_request_handler(Some(Arc::new(DmaRequestHandler {
+        connection.set_request_handler(Some(Arc::new(DmaRequestHandler {
             table: Arc::clone(&table),
             memory: memory.clone(),
             dirty: Arc::clone(&dirty),
             max_data_xfer_size: limits.max_data_xfer_size,
         })));
         DmaMapper {
-            proxy,
+            connection,
             limits,
             memory,
             table,
@@ -509,7 +510,7 @@ where
         let planned = mapper.plan_map(&mut table, mapping, file)?;
         let fds: Vec<RawFd> = planned.fd.into_iter().collect();
         let sent = mapper
-            .proxy
+            .connection
             .send_nowait(Command::DmaMap, &planned.payload, &fds);
         self.record(&mut table, op, Undo::Map(planned.mapping), sent);
         drop(table);
@@ -528,7 +529,9 @@ where
             .ok_or(Error::NoSuchMapping { op })?;
         let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
         DmaUnmap::new(iova, size).encode_into(&mut payload);
-        let sent = mapper.proxy.send_nowait(Command::DmaUnmap, &payload, &[]);
+        let sent = mapper
+            .connection
+            .send_nowait(Command::DmaUnmap, &payload, &[]);
         self.record(&mut table, op, Undo::Unmap(removed), sent);
         drop(table);
         self.collect_if_full();
@@ -540,7 +543,7 @@ where
         table: &mut Table,
         op: DmaOp,
         undo: Undo,
-        sent: Result<Ticket, proxy::Error>,
+        sent: Result<Ticket, connection::Error>,
     ) {
         self.total += 1;
         match sent {
@@ -565,7 +568,7 @@ where
             let Some(sent) = self.pending.pop_front() else {
                 return;
             };
-            let result = self.mapper.proxy.wait(sent.ticket);
+            let result = self.mapper.connection.wait(sent.ticket);
             if let Err(error) = result {
                 log::debug!("{} failed: {error}", sent.op);
                 undo_in(&mut write(&self.mapper.table), sent.undo);
@@ -614,7 +617,7 @@ impl<AS> Drop for Transaction<'_, AS> {
         }
         // Not committed: still collect the replies so that the table matches the server.
         while let Some(sent) = self.pending.pop_front() {
-            if let Err(error) = self.mapper.proxy.wait(sent.ticket) {
+            if let Err(error) = self.mapper.connection.wait(sent.ticket) {
                 undo_in(&mut write(&self.mapper.table), sent.undo);
                 self.failures.push(DmaFailure { op: sent.op, error });
             }

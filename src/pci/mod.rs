@@ -65,6 +65,7 @@ use vm_device::{MutDeviceMmio, MutDevicePio};
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::connection::{self, EventLoop};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{self, pci_irq, pci_region, DeviceOptions, IrqAction, VfioUserDevice};
 use crate::dma::DmaRegion;
@@ -72,7 +73,6 @@ use crate::protocol::{
     Command, SetIrqs, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_READ,
     REGION_INFO_FLAG_WRITE,
 };
-use crate::proxy::{EventLoop, Proxy};
 use crate::sync::lock;
 use caps::Frozen;
 use config::{
@@ -208,7 +208,7 @@ impl Shared {
     /// may be the VMM's shared one, never waits for the server (a slow or hung server would
     /// stall every device it drives). The price is that the server's errno for a refused
     /// unmask is not seen; a connection that fails is.
-    pub(crate) fn post_intx_unmask(&self, proxy: &Proxy) {
+    pub(crate) fn post_intx_unmask(&self, connection: &connection::Handle) {
         if !self.intx_unmask.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
             return;
         }
@@ -221,7 +221,7 @@ impl Shared {
             Vec::new(),
         )
         .encode_into(&mut payload);
-        if let Err(e) = proxy.post(Command::DeviceSetIrqs, &payload, &[]) {
+        if let Err(e) = connection.post(Command::DeviceSetIrqs, &payload, &[]) {
             self.record(
                 "INTx unmask",
                 &Error::Device(device::Error::Request {
@@ -937,15 +937,13 @@ fn connect(
     options: &ConnectOptions,
     interrupts: &Arc<dyn InterruptProvider>,
 ) -> Result<((Connection, Arc<Shared>), PciSubscriber), Error> {
-    let (connection, proxy_subscriber) = Connection::connect_with_subscriber(path, options)?;
+    let (connection, connection_subscriber) = Connection::connect_with_subscriber(path, options)?;
     let shared = Arc::new(Shared::new()?);
     let for_callback = Arc::clone(&shared);
-    connection
-        .proxy()
-        .on_disconnect(move |reason| for_callback.lose(&reason.to_string()));
+    connection.on_disconnect(move |reason| for_callback.lose(&reason.to_string()));
     let subscriber = PciSubscriber {
-        proxy_subscriber,
-        proxy: connection.proxy().clone(),
+        connection_subscriber,
+        connection: connection.handle(),
         shared: Arc::clone(&shared),
         resample: interrupts.intx_resample(),
     };

@@ -10,8 +10,8 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use vfio_user_client::__socket::{recv_with_fds, send_with_fds};
 use vfio_user_client::protocol::{Command, Header, FLAGS_NO_REPLY, HEADER_SIZE};
-use vfio_user_client::proxy::socket::{recv_with_fds, send_with_fds};
 use vfio_user_sample_server::{Device, Server, ServerConfig, ServerHandle};
 
 pub const EINVAL: u32 = libc::EINVAL as u32;

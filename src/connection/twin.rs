@@ -6,7 +6,7 @@
 //! on the main socket (libvfio-user issue #279).
 //!
 //! The second socket is read by a [`TwinSubscriber`] in the same event loop as the main
-//! socket's subscriber ([`ConnectionSubscriber`] holds both). Requests are answered through
+//! socket's subscriber ([`ConnectionSubscriber`](super::ConnectionSubscriber) holds both). Requests are answered through
 //! the connection's [`ServerRequestHandler`](super::ServerRequestHandler); replies go back on
 //! the second socket, queued when it is full. Either socket failing ends the connection: a
 //! lost main connection shuts the twin socket down, and an error or hang-up on the twin
@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::recv::{Incoming, Received};
 use super::MAX_QUEUED_BYTES;
-use super::{error, io_err, lock, socket, DisconnectReason, Error, Inner, Proxy, ProxySubscriber};
+use super::{error, io_err, lock, socket, DisconnectReason, Error, Inner};
 use crate::protocol::DecodeError;
 use crate::protocol::{Header, MessageType, HEADER_SIZE};
 
@@ -48,7 +48,8 @@ pub trait ReplyData: Send {
     }
 
     /// Sends the bytes of `prefix`, then the data from `offset` on, in one non-blocking write
-    /// (see [`socket::send_volatile`]); returns the bytes written, `prefix` included.
+    /// (`MSG_DONTWAIT`, whatever the socket's mode); returns the bytes written, `prefix`
+    /// included.
     fn send(&self, sock: &UnixStream, prefix: &[&[u8]], offset: usize) -> io::Result<usize>;
 }
 
@@ -325,7 +326,7 @@ fn would_block<T>(e: io::Error) -> Result<Option<T>, DisconnectReason> {
 }
 
 /// Reads the server's requests from the twin socket and answers them there.
-pub struct TwinSubscriber {
+pub(super) struct TwinSubscriber {
     inner: Arc<Inner>,
     sock: Arc<UnixStream>,
     receiver: Framer,
@@ -348,13 +349,16 @@ impl fmt::Debug for TwinSubscriber {
     }
 }
 
-impl Proxy {
+impl Inner {
     /// Takes `sock` as the connection's twin socket (the fd the server sent with its VERSION
     /// reply) and returns the subscriber that serves it; it must run in the same event loop
-    /// as the main subscriber (see [`ConnectionSubscriber`]).
+    /// as the main subscriber (see [`ConnectionSubscriber`](super::ConnectionSubscriber)).
     ///
     /// The socket is shut down when the connection ends.
-    pub fn attach_twin_socket(&self, sock: UnixStream) -> Result<TwinSubscriber, Error> {
+    pub(super) fn attach_twin_socket(
+        self: &Arc<Self>,
+        sock: UnixStream,
+    ) -> Result<TwinSubscriber, Error> {
         // getsockname fails with ENOTSOCK on anything but a socket.
         sock.local_addr()
             .map_err(io_err("checking the twin socket fd"))?;
@@ -362,8 +366,7 @@ impl Proxy {
             .map_err(io_err("setting the twin socket non-blocking"))?;
         // Server requests now come on the twin socket: data on the main socket need not
         // wake the event loop, so callers need not take the socket out of its view.
-        self.inner
-            .watch
+        self.watch
             .watch_hang_up_only()
             .map_err(io_err("watching the main socket for hang-ups only"))?;
         let sock = Arc::new(sock);
@@ -371,10 +374,10 @@ impl Proxy {
         self.on_disconnect(move |_| {
             let _ = on_end.shutdown(std::net::Shutdown::Both);
         });
-        let config = &self.inner.config;
+        let settings = &self.settings;
         Ok(TwinSubscriber {
-            inner: Arc::clone(&self.inner),
-            receiver: Framer::new(config.max_recv_size, config.max_recv_fds),
+            inner: Arc::clone(self),
+            receiver: Framer::new(settings.max_recv_size, settings.max_recv_fds),
             sock,
             out: VecDeque::new(),
             out_bytes: 0,
@@ -386,6 +389,11 @@ impl Proxy {
 }
 
 impl TwinSubscriber {
+    /// The twin socket's fd, to tell its events apart.
+    pub(super) fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
     fn events(&self, out: bool) -> Events {
         let set = if out {
             TWIN_EVENTS | EventSet::OUT
@@ -430,7 +438,7 @@ impl TwinSubscriber {
                 Some(Incoming::Discarded { header, why }) => {
                     log::warn!("dropped message {header} on the twin socket: {why}");
                     if header.message_type() == Some(MessageType::Command) && !header.no_reply() {
-                        let errno = if header.size > self.inner.config.max_recv_size {
+                        let errno = if header.size > self.inner.settings.max_recv_size {
                             libc::E2BIG
                         } else {
                             libc::EINVAL
@@ -582,51 +590,6 @@ impl MutEventSubscriber for TwinSubscriber {
     }
 }
 
-/// Everything a connection needs watched: the main socket's [`ProxySubscriber`] and, in
-/// twin-socket mode, the [`TwinSubscriber`]. Register it in the VMM's event manager (or run
-/// it with an [`EventLoop`](super::EventLoop)).
-pub struct ConnectionSubscriber {
-    main: ProxySubscriber,
-    twin: Option<TwinSubscriber>,
-}
-
-impl fmt::Debug for ConnectionSubscriber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionSubscriber")
-            .field("main", &self.main)
-            .field("twin", &self.twin)
-            .finish()
-    }
-}
-
-impl ConnectionSubscriber {
-    /// Both subscribers of a connection; `twin` is `None` without twin-socket mode.
-    pub fn new(main: ProxySubscriber, twin: Option<TwinSubscriber>) -> Self {
-        ConnectionSubscriber { main, twin }
-    }
-
-    /// Whether a twin socket is served.
-    pub fn has_twin(&self) -> bool {
-        self.twin.is_some()
-    }
-}
-
-impl MutEventSubscriber for ConnectionSubscriber {
-    fn init(&mut self, ops: &mut EventOps) {
-        self.main.init(ops);
-        if let Some(t) = &mut self.twin {
-            t.init(ops);
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match &mut self.twin {
-            Some(t) if events.fd() == t.sock.as_raw_fd() => t.process(events, ops),
-            _ => self.main.process(events, ops),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,7 +652,7 @@ mod tests {
         });
         let mut got = Vec::new();
         while got.len() < 3 {
-            crate::proxy::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
+            crate::connection::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
             while let Some(m) = next(&mut f, &b) {
                 got.push(m);
             }
@@ -771,7 +734,7 @@ mod tests {
         }
     }
 
-    impl crate::proxy::ServerRequestHandler for TestHandler {
+    impl crate::connection::ServerRequestHandler for TestHandler {
         fn handle(
             &self,
             header: &Header,
@@ -822,14 +785,14 @@ mod tests {
     #[test]
     fn requests_are_answered_queued_and_drained() {
         let (main, _server_main) = UnixStream::pair().unwrap();
-        let config = crate::proxy::ProxyConfig {
+        let settings = super::super::Settings {
             max_recv_size: 4096,
-            ..crate::proxy::ProxyConfig::default()
+            ..Default::default()
         };
-        let (proxy, _sub) = Proxy::from_stream(main, config).unwrap();
-        proxy.set_request_handler(Some(Arc::new(TestHandler)));
+        let (inner, _sub) = Inner::new(main, settings).unwrap();
+        inner.set_request_handler(Some(Arc::new(TestHandler)));
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let mut twin = proxy.attach_twin_socket(ours).unwrap();
+        let mut twin = inner.attach_twin_socket(ours).unwrap();
         assert!(format!("{twin:?}").contains("TwinSubscriber"));
         twin.write_wait = Duration::ZERO;
 
@@ -842,7 +805,7 @@ mod tests {
         let mut reader = theirs.try_clone().unwrap();
         let t = std::thread::spawn(move || read_reply(&mut reader));
         while !twin.step(EventSet::OUT).unwrap() {
-            crate::proxy::socket::poll_fd(twin.sock.as_raw_fd(), true, -1).unwrap();
+            crate::connection::socket::poll_fd(twin.sock.as_raw_fd(), true, -1).unwrap();
         }
         let (h, body) = t.join().unwrap();
         assert_eq!((h.id, h.is_error(), body.len()), (1, false, 16 + (1 << 20)));
@@ -877,10 +840,10 @@ mod tests {
         let mut replies = Vec::new();
         while replies.len() < 4 {
             assert!(twin.step(EventSet::IN).unwrap());
-            if crate::proxy::socket::poll_fd(theirs.as_raw_fd(), false, 0).unwrap() {
+            if crate::connection::socket::poll_fd(theirs.as_raw_fd(), false, 0).unwrap() {
                 replies.push(read_reply(&mut theirs));
             } else {
-                crate::proxy::socket::poll_fd(twin.sock.as_raw_fd(), false, -1).unwrap();
+                crate::connection::socket::poll_fd(twin.sock.as_raw_fd(), false, -1).unwrap();
             }
         }
         let summary: Vec<(u16, u32)> = replies.iter().map(|(h, _)| (h.id, h.error)).collect();
@@ -898,9 +861,8 @@ mod tests {
         // The server hanging up ends the connection.
         drop(theirs);
         assert_eq!(twin.step(EventSet::IN), Err(DisconnectReason::PeerClosed));
-        let sub = ConnectionSubscriber::new(_sub, Some(twin));
-        assert!(sub.has_twin());
-        assert!(format!("{sub:?}").contains("twin"));
+        let sub = super::super::ConnectionSubscriber::new(_sub, Some(twin));
+        assert!(format!("{sub:?}").contains("twin: Some"));
         let reply = UnbufferedReply {
             head: vec![1],
             data: Box::new(Bulk(vec![])),
@@ -966,7 +928,7 @@ mod tests {
             let mut f = Framer::new(max as u32, 4);
             let mut got = Vec::new();
             while got.len() < sizes.len() {
-                crate::proxy::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
+                crate::connection::socket::poll_fd(b.as_raw_fd(), false, -1).unwrap();
                 while let Some(m) = next(&mut f, &b) {
                     got.push(m);
                 }

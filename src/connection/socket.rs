@@ -23,10 +23,10 @@ use vm_memory::VolatileSlice;
 pub const MAX_RECV_FDS: usize = 32;
 
 /// Largest number of fds sent with one message.
-pub const MAX_SEND_FDS: usize = 64;
+pub(crate) const MAX_SEND_FDS: usize = 64;
 
 /// Largest number of buffers gathered into one message.
-pub const MAX_SEND_BUFS: usize = 4;
+pub(crate) const MAX_SEND_BUFS: usize = 4;
 
 /// Room for one `SCM_RIGHTS` control message of up to `MAX_SEND_FDS` fds (more than
 /// `CMSG_SPACE` needs; checked by a test), aligned for `cmsghdr`.
@@ -139,8 +139,8 @@ fn sendmsg_fds(
     }
 }
 
-/// Sends the concatenation of `bufs` (at most [`MAX_SEND_BUFS`]) with `fds` (at most
-/// [`MAX_SEND_FDS`]) attached to the first byte, blocking or not as the socket does.
+/// Sends the concatenation of `bufs` (at most `MAX_SEND_BUFS`) with `fds` (at most
+/// `MAX_SEND_FDS`) attached to the first byte, blocking or not as the socket does.
 ///
 /// Returns the number of bytes written, which may be fewer than offered; the fds were sent
 /// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
@@ -153,7 +153,7 @@ pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Re
 /// `sendmsg` (`MSG_NOSIGNAL`), so that large data goes from guest memory to the socket
 /// without a copy in between. Returns the number of bytes written, which may be fewer than
 /// offered.
-pub fn send_volatile<B: BitmapSlice>(
+pub(crate) fn send_volatile<B: BitmapSlice>(
     sock: &UnixStream,
     prefix: &[&[u8]],
     slices: &[VolatileSlice<'_, B>],
@@ -202,7 +202,11 @@ pub fn send_volatile<B: BitmapSlice>(
 }
 
 /// Like [`send_with_fds`], but never waits: a full socket gives `WouldBlock`.
-pub fn try_send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
+pub(crate) fn try_send_with_fds(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    fds: &[RawFd],
+) -> io::Result<usize> {
     sendmsg_fds(sock, bufs, fds, libc::MSG_DONTWAIT)
 }
 
@@ -306,7 +310,7 @@ pub fn recv_with_fds(
 }
 
 /// Like [`recv_with_fds`], but never waits: no data gives `WouldBlock`.
-pub fn try_recv_with_fds(
+pub(crate) fn try_recv_with_fds(
     sock: &UnixStream,
     buf: &mut [u8],
     max_fds: usize,
@@ -327,7 +331,7 @@ pub fn try_recv_with_fds(
 /// to `buf`, reading at most `limit` of them into its spare capacity, which need not be
 /// zeroed first: a large message's buffer is allocated once at its final size and filled
 /// by the kernel alone. Returns the number of bytes appended (`buf.len()` grows by it).
-pub fn recv_into_spare(
+pub(crate) fn recv_into_spare(
     sock: &UnixStream,
     buf: &mut Vec<u8>,
     limit: usize,
@@ -451,7 +455,7 @@ pub fn connect_with_timeout(
 }
 
 /// Duplicates borrowed fds (close-on-exec) so that a queued message owns what it will send.
-pub fn dup_fds(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+pub(crate) fn dup_fds(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
     fds.iter()
         .map(|&fd| {
             // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads the fd number; an invalid number

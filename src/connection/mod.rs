@@ -1,41 +1,48 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The connection ("proxy", QEMU's name): socket I/O with fd passing, the send queue, the
-//! receive state machine, the pending-reply table and the event-manager subscriber.
+//! The connection to a vfio-user server: connecting and negotiating, requests and their
+//! replies, the server's own requests (DMA), and the end of the connection.
+//!
+//! A [`Connection`] is made by [`Connection::connect`] (its event loop on a thread of its
+//! own) or [`Connection::connect_with_subscriber`] (the [`ConnectionSubscriber`] goes into
+//! the VMM's own `EventManager`). The event loop does what no caller does: it drains the
+//! send queue when the socket becomes writable, serves the server's requests while no
+//! caller waits, and notices a hang-up.
 //!
 //! # Sending
 //!
-//! Three kinds of message, as in QEMU's client: WAIT ([`Proxy::request`]: the caller waits
-//! for the reply, with a deadline), NOWAIT ([`Proxy::send_nowait`] then [`Proxy::wait`] or
-//! [`Proxy::wait_all`]) and ASYNC ([`Proxy::post`]: `No_reply` commands, and replies to
-//! server requests). When the send queue is empty the caller's thread writes the message
-//! itself with one non-blocking send; on `EAGAIN` or a partial write the rest is queued
-//! (fds only ever ride with a message's first byte) and the [`ProxySubscriber`] is kicked to
-//! drain the queue when the socket becomes writable.
+//! Three kinds of message, as in QEMU's client: WAIT ([`Connection::request`]: the caller
+//! waits for the reply, with a deadline), NOWAIT ([`Connection::send_nowait`] then
+//! [`Connection::wait`] or [`Connection::wait_all`]) and ASYNC ([`Connection::post`]:
+//! `No_reply` commands, and replies to server requests). When the send queue is empty the
+//! caller's thread writes the message itself with one non-blocking send; on `EAGAIN` or a
+//! partial write the rest is queued (fds only ever ride with a message's first byte) and
+//! the event loop is kicked to drain the queue when the socket becomes writable.
 //!
 //! # Receiving
 //!
 //! Whoever holds the receive lock reads: a caller waiting for its reply takes the lock when
 //! nobody else reads and reads its own reply (no thread hop); replies for other waiters are
 //! handed to them, server requests are answered through the [`ServerRequestHandler`]. The
-//! subscriber reads only when no caller waits (server requests while idle): the socket sits
-//! in a private epoll set that the subscriber watches, and callers take it out of the
-//! subscriber's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
-//! A caller waiting with [`Proxy::wait_into`] may have its reply's data read straight into
-//! its own buffer while it reads (see `recv.rs`).
+//! event loop reads only when no caller waits (server requests while idle): the socket sits
+//! in a private epoll set that the event loop watches, and callers take it out of the
+//! event loop's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
+//! A caller waiting with [`Connection::wait_into`] may have its reply's data read straight
+//! into its own buffer while it reads (see `recv.rs`).
 
 mod error;
+mod handshake;
 mod recv;
-pub mod socket;
+pub(crate) mod socket;
 mod subscriber;
 mod twin;
 mod watch;
 
 pub use error::{DisconnectReason, Error};
-pub use subscriber::{EventLoop, ProxySubscriber};
-use twin::WRITE_WAIT;
-pub use twin::{ConnectionSubscriber, ReplyData, TwinSubscriber, UnbufferedReply};
+pub use subscriber::ConnectionSubscriber;
+pub(crate) use subscriber::EventLoop;
+pub use twin::{ReplyData, UnbufferedReply};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -43,28 +50,31 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::negotiate::{Capabilities, Offer};
 use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
 use crate::sync::{lock, try_lock};
 use recv::{Incoming, Received, Receiver, Sink};
+use subscriber::MainSubscriber;
+use twin::WRITE_WAIT;
 use watch::SocketWatch;
 
 /// Message ids with this bit set are used for `No_reply` messages only; at most this many
 /// requests can wait for replies at once.
-pub const POSTED_ID_BIT: u16 = 0x8000;
+const POSTED_ID_BIT: u16 = 0x8000;
 
 /// How long a waiting caller polls for its reply before it sleeps, by default: long enough
 /// for a server on another CPU to answer a small request, so that the caller's thread is not
 /// put to sleep and woken again (a wake-up on another CPU costs tens of microseconds on a
 /// VM). Nothing when the process may run on one CPU only: polling there only delays the
 /// server.
-pub fn default_busy_poll() -> Duration {
+fn default_busy_poll() -> Duration {
     match std::thread::available_parallelism() {
         Ok(n) if n.get() > 1 => DEFAULT_BUSY_POLL,
         _ => Duration::ZERO,
@@ -72,10 +82,10 @@ pub fn default_busy_poll() -> Duration {
 }
 
 /// [`default_busy_poll`] on a machine with more than one CPU.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
+const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
 
-/// Default deadline for a reply.
-pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline for connecting, for the handshake and for a reply.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The socket's receive timeout: the longest a waiting caller sleeps in `recvmsg` before it
 /// looks at its deadline again. Closer to the deadline than twice this (the kernel rounds
@@ -88,31 +98,332 @@ fn next_sink_token() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Settings of one connection.
+/// How to connect, what to offer, and how long to wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// Deadline of each WAIT request unless given per call.
+pub struct ConnectOptions {
+    /// How long to wait for the server to accept the connection (5 s by default).
+    pub connect_timeout: Duration,
+    /// Deadline of the VERSION handshake (5 s by default).
+    pub handshake_timeout: Duration,
+    /// Deadline of each later request's reply, unless given per call (5 s by default).
     pub reply_timeout: Duration,
-    /// Largest message (header included) accepted from the server; larger ones are drained
-    /// and dropped, and a waiter for them fails.
-    pub max_recv_size: u32,
-    /// Most fds accepted with one message from the server.
-    pub max_recv_fds: usize,
+    /// The capabilities we advertise. They are our own limits too: a message from the
+    /// server larger than `max_data_xfer_size` (plus room for its head) or with more than
+    /// `max_msg_fds` fds is refused.
+    pub offer: Offer,
     /// How long a caller waiting for its reply polls the socket (yielding the CPU between
-    /// polls) before it sleeps: [`default_busy_poll`] unless set. Zero never polls. Polling
-    /// spends CPU for latency: a reply that comes within this time costs no sleep and
-    /// wake-up of the caller's thread.
+    /// polls) before it sleeps. Zero never polls. Polling spends CPU for latency: a reply
+    /// that comes within this time costs no sleep and wake-up of the caller's thread. By
+    /// default 25 µs when the process may run on more than one CPU, zero otherwise (polling
+    /// on one CPU only delays the server).
     pub busy_poll: Duration,
 }
 
-impl Default for ProxyConfig {
+impl Default for ConnectOptions {
     fn default() -> Self {
-        ProxyConfig {
-            reply_timeout: DEFAULT_REPLY_TIMEOUT,
-            max_recv_size: (1 << 20) + (64 << 10),
-            max_recv_fds: 16,
+        ConnectOptions {
+            connect_timeout: DEFAULT_TIMEOUT,
+            handshake_timeout: DEFAULT_TIMEOUT,
+            reply_timeout: DEFAULT_TIMEOUT,
+            offer: Offer::default(),
             busy_poll: default_busy_poll(),
         }
+    }
+}
+
+/// Where the server is: the path of its listening socket, or a stream already connected to
+/// it (for example one end of a socketpair, or a socket a management process handed over).
+///
+/// Made from a path (`&str`, `String`, `&Path`, `PathBuf`) or a [`UnixStream`] with
+/// `into()`, as [`Connection::connect`] does. A stream is switched to blocking mode with a
+/// receive timeout (the connection's non-blocking calls say so per call); nothing else
+/// should use it afterwards.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// The path of the server's listening socket.
+    Path(PathBuf),
+    /// A stream already connected to the server.
+    Stream(UnixStream),
+}
+
+impl From<&str> for Endpoint {
+    fn from(path: &str) -> Self {
+        Endpoint::Path(path.into())
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(path: String) -> Self {
+        Endpoint::Path(path.into())
+    }
+}
+
+impl From<&Path> for Endpoint {
+    fn from(path: &Path) -> Self {
+        Endpoint::Path(path.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for Endpoint {
+    fn from(path: PathBuf) -> Self {
+        Endpoint::Path(path)
+    }
+}
+
+impl From<&PathBuf> for Endpoint {
+    fn from(path: &PathBuf) -> Self {
+        Endpoint::Path(path.clone())
+    }
+}
+
+impl From<UnixStream> for Endpoint {
+    fn from(stream: UnixStream) -> Self {
+        Endpoint::Stream(stream)
+    }
+}
+
+/// What a connection keeps of its [`ConnectOptions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Settings {
+    /// Deadline of each WAIT request unless given per call.
+    reply_timeout: Duration,
+    /// Largest message (header included) accepted from the server; larger ones are drained
+    /// and dropped, and a waiter for them fails.
+    max_recv_size: u32,
+    /// Most fds accepted with one message from the server.
+    max_recv_fds: usize,
+    /// How long a caller waiting for its reply polls before it sleeps.
+    busy_poll: Duration,
+}
+
+#[cfg(test)]
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from(&ConnectOptions::default())
+    }
+}
+
+/// A connection to a vfio-user server whose VERSION handshake succeeded. Safe to use from
+/// many threads at once; dropping it shuts the connection down.
+#[derive(Debug)]
+pub struct Connection {
+    inner: Arc<Inner>,
+    capabilities: Capabilities,
+    offer: Offer,
+    twin_socket: bool,
+    // Dropped after `inner` is shut down (see `Drop`): declared last.
+    event_loop: Option<EventLoop>,
+}
+
+/// The state of a connection, shared by its [`Connection`], its subscriber and the layers
+/// that keep a handle to it beyond a borrow (the DMA mapper, the PCI subscriber). Requests
+/// through a handle fail with `Disconnected` once the [`Connection`] is dropped.
+pub(crate) type Handle = Arc<Inner>;
+
+impl Connection {
+    /// Connects to the server at `endpoint`, negotiates, and runs the connection's event
+    /// loop on a thread of its own, stopped when the connection is dropped. For tools,
+    /// tests and VMMs without an event manager; a VMM with one uses
+    /// [`Connection::connect_with_subscriber`].
+    pub fn connect(
+        endpoint: impl Into<Endpoint>,
+        options: &ConnectOptions,
+    ) -> Result<Connection, crate::Error> {
+        let (mut connection, subscriber) = Connection::connect_with_subscriber(endpoint, options)?;
+        // As with a VMM's event manager, the loop starts after the handshake, whose reply
+        // the caller reads itself; the twin socket (if granted) is then served in the same
+        // loop.
+        connection.event_loop = Some(EventLoop::spawn(subscriber)?);
+        Ok(connection)
+    }
+
+    /// Connects and negotiates, returning the subscriber for the caller to register in its
+    /// own [`event_manager::EventManager`]: it watches the main socket and, in twin-socket
+    /// mode, the second socket on which the server sends its DMA requests. The handshake does
+    /// not need the subscriber to run yet: the caller's thread reads its own reply.
+    ///
+    /// When the connection ends (dropped, or lost) the subscriber stops watching the sockets
+    /// by itself, but it keeps them open until the VMM removes it from its event manager
+    /// (`SubscriberOps::remove_subscriber`).
+    pub fn connect_with_subscriber(
+        endpoint: impl Into<Endpoint>,
+        options: &ConnectOptions,
+    ) -> Result<(Connection, ConnectionSubscriber), crate::Error> {
+        let sock = match endpoint.into() {
+            Endpoint::Path(path) => socket::connect_with_timeout(&path, options.connect_timeout)
+                .map_err(|source| Error::Connect {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            Endpoint::Stream(stream) => stream,
+        };
+        let (inner, main) = Inner::new(sock, Settings::from(options))?;
+        let (capabilities, twin) = match handshake::handshake(&inner, options) {
+            Ok(negotiated) => negotiated,
+            Err(e) => {
+                inner.fail(DisconnectReason::Shutdown);
+                return Err(e);
+            }
+        };
+        let connection = Connection {
+            inner,
+            capabilities,
+            offer: options.offer.clone(),
+            twin_socket: twin.is_some(),
+            event_loop: None,
+        };
+        Ok((connection, ConnectionSubscriber::new(main, twin)))
+    }
+
+    /// What was negotiated.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// What we offered (our own limits: the largest DMA request we serve, fds we accept).
+    pub fn offer(&self) -> &Offer {
+        &self.offer
+    }
+
+    /// Whether the server's requests arrive on a second socket (twin-socket mode).
+    pub fn twin_socket(&self) -> bool {
+        self.twin_socket
+    }
+
+    /// Sends a command and waits for its reply (WAIT), with the connection's reply timeout.
+    ///
+    /// An error reply becomes [`Error::Server`] with the server's errno.
+    pub fn request(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<Reply, Error> {
+        self.inner.request(command, payload, fds)
+    }
+
+    /// Like [`Connection::request`] with an explicit deadline.
+    pub fn request_with_timeout(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+        timeout: Duration,
+    ) -> Result<Reply, Error> {
+        self.inner
+            .request_with_timeout(command, payload, fds, timeout)
+    }
+
+    /// Like [`Connection::request`], but the reply's data may be read straight into `sink`:
+    /// see [`Connection::wait_into`].
+    pub fn request_into(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+        head_len: usize,
+        sink: &mut [u8],
+    ) -> Result<Reply, Error> {
+        self.inner
+            .request_into(command, payload, fds, head_len, sink)
+    }
+
+    /// Sends a command whose reply is collected later (NOWAIT).
+    pub fn send_nowait(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<Ticket, Error> {
+        self.inner.send_nowait(command, payload, fds)
+    }
+
+    /// Waits for a NOWAIT request's reply, until the connection's reply timeout has passed
+    /// since it was sent.
+    pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
+        self.inner.wait(ticket)
+    }
+
+    /// Like [`Connection::wait`], but when this thread reads the reply itself and its
+    /// payload is exactly `head_len + sink.len()` bytes (and it is not an error reply), the
+    /// first `head_len` bytes go to the reply's `payload` and the rest straight from the
+    /// socket into `sink`, without a buffer in between: the reply then says
+    /// [`data_in_sink`](Reply::data_in_sink). Otherwise (another thread read the reply, it
+    /// has another size, it is an error) the reply comes buffered as from `wait`, and
+    /// `sink` is left alone.
+    ///
+    /// `sink` is written only during this call, by this thread. After an error its content
+    /// is unspecified (a reply that times out half-way through its data leaves part of it
+    /// there; the rest is drained from the socket by whoever reads next).
+    pub fn wait_into(
+        &self,
+        ticket: Ticket,
+        head_len: usize,
+        sink: &mut [u8],
+    ) -> Result<Reply, Error> {
+        self.inner.wait_into(ticket, head_len, sink)
+    }
+
+    /// Waits for every reply of a batch, in order. The server processes commands in order,
+    /// so this waits in effect for the youngest; every request's result is returned, errors
+    /// included.
+    pub fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
+        self.inner.wait_all(tickets)
+    }
+
+    /// Sends a command with `No_reply` set (ASYNC): nobody waits, and an error the server
+    /// meets is not reported.
+    pub fn post(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
+        self.inner.post(command, payload, fds)
+    }
+
+    /// Installs the handler for server requests. Without one, every server request gets an
+    /// `ENOSYS` error reply.
+    pub fn set_request_handler(&self, handler: Option<Arc<dyn ServerRequestHandler>>) {
+        self.inner.set_request_handler(handler)
+    }
+
+    /// Registers a callback run once, on the thread that notices, when the connection ends.
+    /// Runs at once if it has already ended.
+    pub fn on_disconnect(&self, callback: impl Fn(&DisconnectReason) + Send + Sync + 'static) {
+        self.inner.on_disconnect(callback)
+    }
+
+    /// An eventfd that becomes readable when the connection ends (for an owner's event loop).
+    pub fn disconnect_event(&self) -> &EventFd {
+        &self.inner.disconnect_event
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.inner.disconnect_reason()
+    }
+
+    /// Shuts the connection down: waiters fail with `Disconnected(Shutdown)`.
+    pub fn shutdown(&self) {
+        self.inner.fail(DisconnectReason::Shutdown);
+    }
+
+    /// Number of messages waiting in the send queue (for tests and statistics).
+    pub fn queued_messages(&self) -> usize {
+        self.inner.queued_messages()
+    }
+
+    /// A handle on the connection for a layer that keeps it (see [`Handle`]).
+    pub(crate) fn handle(&self) -> Handle {
+        Arc::clone(&self.inner)
+    }
+
+    /// Largest message (header included) accepted from the server.
+    pub(crate) fn max_recv_size(&self) -> u32 {
+        self.inner.settings.max_recv_size
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.inner.fail(DisconnectReason::Shutdown);
+        self.event_loop.take();
     }
 }
 
@@ -125,9 +436,9 @@ pub struct Reply {
     pub payload: Vec<u8>,
     /// fds that came with the reply (owned: dropped fds are closed).
     pub fds: Vec<OwnedFd>,
-    /// The reply's data went straight into the sink passed to [`Proxy::wait_into`] or
-    /// [`Proxy::request_into`], and `payload` holds only the head before it. Always `false`
-    /// otherwise.
+    /// The reply's data went straight into the sink passed to [`Connection::wait_into`] or
+    /// [`Connection::request_into`], and `payload` holds only the head before it. Always
+    /// `false` otherwise.
     pub data_in_sink: bool,
 }
 
@@ -164,7 +475,7 @@ pub trait ServerRequestHandler: Send + Sync {
 
 /// A NOWAIT request whose reply has not been collected yet.
 #[derive(Debug)]
-#[must_use = "a ticket's reply must be collected with Proxy::wait or Proxy::wait_all"]
+#[must_use = "a ticket's reply must be collected with Connection::wait or Connection::wait_all"]
 pub struct Ticket {
     id: u16,
     started: Instant,
@@ -330,9 +641,10 @@ const MAX_QUEUED_BYTES: usize = 256 << 20;
 
 type DisconnectCallback = Box<dyn Fn(&DisconnectReason) + Send + Sync>;
 
-struct Inner {
+/// See [`Handle`].
+pub(crate) struct Inner {
     sock: UnixStream,
-    config: ProxyConfig,
+    settings: Settings,
     /// Ids of requests that get a reply: `0..POSTED_ID_BIT`, skipping ids still waiting.
     next_id: AtomicU16,
     /// Ids of `No_reply` messages: `POSTED_ID_BIT..`. Kept apart so that a server which
@@ -363,17 +675,11 @@ struct Inner {
 
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proxy")
+        f.debug_struct("Connection")
             .field("fd", &self.sock.as_raw_fd())
             .field("connected", &self.connected.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-/// One connection to a vfio-user server. Cheap to clone; safe to use from many threads.
-#[derive(Clone, Debug)]
-pub struct Proxy {
-    inner: Arc<Inner>,
 }
 
 /// A command header; `check_send` has bounded `len`, so the size always fits.
@@ -389,31 +695,12 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-impl Proxy {
-    /// Connects to the server socket at `path`, waiting at most `timeout` for the server to
-    /// accept. Returns the proxy and the subscriber that must run in an event loop (a VMM's
-    /// own [`event_manager::EventManager`], or an [`EventLoop`]).
-    pub fn connect(
-        path: &Path,
-        timeout: Duration,
-        config: ProxyConfig,
-    ) -> Result<(Proxy, ProxySubscriber), Error> {
-        let sock =
-            socket::connect_with_timeout(path, timeout).map_err(|source| Error::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Proxy::from_stream(sock, config)
-    }
-
-    /// Wraps an already connected stream (for example one end of a socketpair).
-    ///
-    /// The connection switches the stream to blocking mode with a receive timeout (its own
-    /// non-blocking calls say so per call); nothing else should use it afterwards.
-    pub fn from_stream(
-        sock: UnixStream,
-        config: ProxyConfig,
-    ) -> Result<(Proxy, ProxySubscriber), Error> {
+impl Inner {
+    /// Takes over a connected stream, before the handshake: one fd per message (the
+    /// protocol's default) and no size limit apply to what we send until
+    /// [`set_send_limits`](Self::set_send_limits). Returns the subscriber that must run in
+    /// an event loop.
+    fn new(sock: UnixStream, settings: Settings) -> Result<(Arc<Inner>, MainSubscriber), Error> {
         // Blocking, so that a waiting caller can sleep in `recvmsg` (bounded by the receive
         // timeout); every other read and every write says MSG_DONTWAIT.
         sock.set_nonblocking(false)
@@ -425,10 +712,10 @@ impl Proxy {
             EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the disconnect eventfd"))?;
         let watch = SocketWatch::new(&sock).map_err(io_err("creating the socket's epoll set"))?;
         let inner = Arc::new(Inner {
-            recv: Mutex::new(Receiver::new(config.max_recv_size, config.max_recv_fds)),
+            recv: Mutex::new(Receiver::new(settings.max_recv_size, settings.max_recv_fds)),
             watch,
             sock,
-            config,
+            settings,
             next_id: AtomicU16::new(0),
             next_posted_id: AtomicU16::new(0),
             send: Mutex::new(SendQueue::default()),
@@ -444,35 +731,28 @@ impl Proxy {
             max_send_fds: AtomicUsize::new(1),
             max_send_size: AtomicUsize::new(usize::MAX),
         });
-        let subscriber = ProxySubscriber::new(Arc::clone(&inner));
-        Ok((Proxy { inner }, subscriber))
-    }
-
-    /// The connection's settings.
-    pub fn config(&self) -> &ProxyConfig {
-        &self.inner.config
+        let subscriber = MainSubscriber::new(Arc::clone(&inner));
+        Ok((inner, subscriber))
     }
 
     /// Sets the limits the server negotiated for what we send: fds per message and message
-    /// payload bytes. Before this, one fd per message (the protocol's default) and no size
-    /// limit apply.
-    pub fn set_send_limits(&self, max_fds: usize, max_payload: usize) {
-        self.inner.max_send_fds.store(max_fds, Ordering::Relaxed);
-        self.inner
-            .max_send_size
-            .store(max_payload, Ordering::Relaxed);
+    /// payload bytes.
+    fn set_send_limits(&self, max_fds: usize, max_payload: usize) {
+        self.max_send_fds.store(max_fds, Ordering::Relaxed);
+        self.max_send_size.store(max_payload, Ordering::Relaxed);
     }
 
-    /// Installs the handler for server requests. Without one, every server request gets an
-    /// `ENOSYS` error reply.
-    pub fn set_request_handler(&self, handler: Option<Arc<dyn ServerRequestHandler>>) {
-        *lock(&self.inner.handler) = handler;
+    /// See [`Connection::set_request_handler`].
+    pub(crate) fn set_request_handler(&self, handler: Option<Arc<dyn ServerRequestHandler>>) {
+        *lock(&self.handler) = handler;
     }
 
-    /// Registers a callback run once, on the thread that notices, when the connection ends.
-    /// Runs at once if it has already ended.
-    pub fn on_disconnect(&self, callback: impl Fn(&DisconnectReason) + Send + Sync + 'static) {
-        let mut callbacks = lock(&self.inner.on_disconnect);
+    /// See [`Connection::on_disconnect`].
+    pub(crate) fn on_disconnect(
+        &self,
+        callback: impl Fn(&DisconnectReason) + Send + Sync + 'static,
+    ) {
+        let mut callbacks = lock(&self.on_disconnect);
         if let Some(reason) = self.disconnect_reason() {
             drop(callbacks);
             callback(&reason);
@@ -481,35 +761,28 @@ impl Proxy {
         callbacks.push(Box::new(callback));
     }
 
-    /// An eventfd that becomes readable when the connection ends (for an owner's event loop).
-    pub fn disconnect_event(&self) -> &EventFd {
-        &self.inner.disconnect_event
+    /// See [`Connection::is_connected`].
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
     }
 
-    /// Whether the connection is still up.
-    pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Acquire)
+    /// See [`Connection::disconnect_reason`].
+    pub(crate) fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        lock(&self.reason).clone()
     }
 
-    /// Why the connection ended, if it has.
-    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        lock(&self.inner.reason).clone()
+    /// See [`Connection::request`].
+    pub(crate) fn request(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<Reply, Error> {
+        self.request_with_timeout(command, payload, fds, self.settings.reply_timeout)
     }
 
-    /// Shuts the connection down: waiters fail with `Disconnected(Shutdown)`.
-    pub fn shutdown(&self) {
-        self.inner.fail(DisconnectReason::Shutdown);
-    }
-
-    /// Sends a command and waits for its reply (WAIT), with the connection's reply timeout.
-    ///
-    /// An error reply becomes [`Error::Server`] with the server's errno.
-    pub fn request(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<Reply, Error> {
-        self.request_with_timeout(command, payload, fds, self.inner.config.reply_timeout)
-    }
-
-    /// Like [`Proxy::request`] with an explicit deadline.
-    pub fn request_with_timeout(
+    /// See [`Connection::request_with_timeout`].
+    pub(crate) fn request_with_timeout(
         &self,
         command: Command,
         payload: &[u8],
@@ -518,14 +791,13 @@ impl Proxy {
     ) -> Result<Reply, Error> {
         // Waiting from before the send, so that even a reply that comes at once does not
         // wake the subscriber.
-        let _waiting = self.inner.waiting();
+        let _waiting = self.waiting();
         let ticket = self.send_nowait(command, payload, fds)?;
-        self.inner.wait(ticket, timeout, None)
+        self.wait_reply(ticket, timeout, None)
     }
 
-    /// Like [`Proxy::request`], but the reply's data may be read straight into `sink`: see
-    /// [`Proxy::wait_into`].
-    pub fn request_into(
+    /// See [`Connection::request_into`].
+    pub(crate) fn request_into(
         &self,
         command: Command,
         payload: &[u8],
@@ -533,26 +805,26 @@ impl Proxy {
         head_len: usize,
         sink: &mut [u8],
     ) -> Result<Reply, Error> {
-        let _waiting = self.inner.waiting();
+        let _waiting = self.waiting();
         let ticket = self.send_nowait(command, payload, fds)?;
-        let timeout = self.inner.config.reply_timeout;
-        self.inner.wait(ticket, timeout, Some((head_len, sink)))
+        let timeout = self.settings.reply_timeout;
+        self.wait_reply(ticket, timeout, Some((head_len, sink)))
     }
 
-    /// Sends a command whose reply is collected later (NOWAIT).
-    pub fn send_nowait(
+    /// See [`Connection::send_nowait`].
+    pub(crate) fn send_nowait(
         &self,
         command: Command,
         payload: &[u8],
         fds: &[RawFd],
     ) -> Result<Ticket, Error> {
         let started = Instant::now();
-        self.inner.check_send(command, payload.len(), fds.len())?;
+        self.check_send(command, payload.len(), fds.len())?;
         let completion = Arc::new(Completion::new(command));
-        let id = self.inner.register(&completion)?;
+        let id = self.register(&completion)?;
         let header = command_header(id, command, payload.len(), false)?;
-        if let Err(e) = self.inner.send(&header, payload, fds) {
-            lock(&self.inner.pending).remove(&id);
+        if let Err(e) = self.send(&header, payload, fds) {
+            lock(&self.pending).remove(&id);
             return Err(e);
         }
         Ok(Ticket {
@@ -562,60 +834,50 @@ impl Proxy {
         })
     }
 
-    /// Waits for a NOWAIT request's reply, until the connection's reply timeout has passed
-    /// since it was sent.
-    pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
-        let _waiting = self.inner.waiting();
-        self.inner
-            .wait(ticket, self.inner.config.reply_timeout, None)
+    /// See [`Connection::wait`].
+    pub(crate) fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
+        let _waiting = self.waiting();
+        self.wait_reply(ticket, self.settings.reply_timeout, None)
     }
 
-    /// Like [`Proxy::wait`], but when this thread reads the reply itself and its payload is
-    /// exactly `head_len + sink.len()` bytes (and it is not an error reply), the first
-    /// `head_len` bytes go to the reply's `payload` and the rest straight from the socket
-    /// into `sink`, without a buffer in between: the reply then says
-    /// [`data_in_sink`](Reply::data_in_sink). Otherwise (another thread read the reply, it
-    /// has another size, it is an error) the reply comes buffered as from `wait`, and
-    /// `sink` is left alone.
-    ///
-    /// `sink` is written only during this call, by this thread. After an error its content
-    /// is unspecified (a reply that times out half-way through its data leaves part of it
-    /// there; the rest is drained from the socket by whoever reads next).
-    pub fn wait_into(
+    /// See [`Connection::wait_into`].
+    pub(crate) fn wait_into(
         &self,
         ticket: Ticket,
         head_len: usize,
         sink: &mut [u8],
     ) -> Result<Reply, Error> {
-        let _waiting = self.inner.waiting();
-        let timeout = self.inner.config.reply_timeout;
-        self.inner.wait(ticket, timeout, Some((head_len, sink)))
+        let _waiting = self.waiting();
+        let timeout = self.settings.reply_timeout;
+        self.wait_reply(ticket, timeout, Some((head_len, sink)))
     }
 
-    /// Waits for every reply of a batch, in order. The server processes commands in order,
-    /// so this waits in effect for the youngest; every request's result is returned, errors
-    /// included.
-    pub fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
-        let _waiting = self.inner.waiting();
-        let timeout = self.inner.config.reply_timeout;
+    /// See [`Connection::wait_all`].
+    pub(crate) fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
+        let _waiting = self.waiting();
+        let timeout = self.settings.reply_timeout;
         tickets
             .into_iter()
-            .map(|t| self.inner.wait(t, timeout, None))
+            .map(|t| self.wait_reply(t, timeout, None))
             .collect()
     }
 
-    /// Sends a command with `No_reply` set (ASYNC): nobody waits, and an error the server
-    /// meets is not reported.
-    pub fn post(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
-        self.inner.check_send(command, payload.len(), fds.len())?;
-        let id = self.inner.next_posted_id.fetch_add(1, Ordering::Relaxed) | POSTED_ID_BIT;
+    /// See [`Connection::post`].
+    pub(crate) fn post(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), Error> {
+        self.check_send(command, payload.len(), fds.len())?;
+        let id = self.next_posted_id.fetch_add(1, Ordering::Relaxed) | POSTED_ID_BIT;
         let header = command_header(id, command, payload.len(), true)?;
-        self.inner.send(&header, payload, fds)
+        self.send(&header, payload, fds)
     }
 
-    /// Number of messages waiting in the send queue (for tests and statistics).
-    pub fn queued_messages(&self) -> usize {
-        lock(&self.inner.send).queue.len()
+    /// See [`Connection::queued_messages`].
+    pub(crate) fn queued_messages(&self) -> usize {
+        lock(&self.send).queue.len()
     }
 }
 
@@ -812,10 +1074,10 @@ impl Inner {
 
     /// Waits for a ticket's reply, reading the socket itself when no other thread does;
     /// with `into` (`head_len`, sink), a reply this thread reads may go into the sink (see
-    /// [`Proxy::wait_into`]).
+    /// [`Connection::wait_into`]).
     ///
     /// The caller must hold a [`Waiting`] guard.
-    fn wait(
+    fn wait_reply(
         &self,
         ticket: Ticket,
         timeout: Duration,
@@ -945,7 +1207,7 @@ impl Inner {
         mut now: Instant,
         mut sink: Option<&mut Sink<'_>>,
     ) {
-        let spin_until = now.checked_add(self.config.busy_poll).unwrap_or(deadline);
+        let spin_until = now.checked_add(self.settings.busy_poll).unwrap_or(deadline);
         loop {
             // Another reader may have handed the reply over between our last look and
             // taking the lock.
@@ -1070,7 +1332,7 @@ impl Inner {
                 log::warn!("dropped message {header}: {why}");
                 if header.message_type() == Some(MessageType::Command) {
                     if !header.no_reply() {
-                        let errno = if header.size > self.config.max_recv_size {
+                        let errno = if header.size > self.settings.max_recv_size {
                             libc::E2BIG
                         } else {
                             libc::EINVAL
@@ -1299,10 +1561,9 @@ mod tests {
     #[test]
     fn unbuffered_when_nothing_is_queued_buffered_behind_queued_messages() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let (proxy, _sub) = Proxy::from_stream(ours, ProxyConfig::default()).unwrap();
+        let (inner, _sub) = Inner::new(ours, Settings::default()).unwrap();
         let handler = Arc::new(Handler::default());
-        proxy.set_request_handler(Some(Arc::clone(&handler) as Arc<dyn ServerRequestHandler>));
-        let inner = &proxy.inner;
+        inner.set_request_handler(Some(Arc::clone(&handler) as Arc<dyn ServerRequestHandler>));
 
         // The queue is empty: 1 MiB goes from the handler's memory while the server reads,
         // within the wait for room, and nothing is queued.
@@ -1311,7 +1572,7 @@ mod tests {
             (theirs, got)
         });
         inner.serve_request(dma_read(1));
-        assert_eq!(proxy.queued_messages(), 0);
+        assert_eq!(inner.queued_messages(), 0);
         let (mut theirs, (h, body)) = reader.join().unwrap();
         assert_eq!((h.id, h.payload_len()), (1, 1 + (1 << 20)));
         assert_eq!(body.first(), Some(&b'U'));
@@ -1321,14 +1582,14 @@ mod tests {
         // Nobody reads: fill the socket until messages queue, then the reply is buffered and
         // goes behind them.
         let mut posted = 0u8;
-        while proxy.queued_messages() == 0 {
-            proxy
+        while inner.queued_messages() == 0 {
+            inner
                 .post(Command::RegionWrite, &[posted; 60 << 10], &[])
                 .unwrap();
             posted += 1;
         }
         inner.serve_request(dma_read(2));
-        assert_eq!(proxy.queued_messages(), 2);
+        assert_eq!(inner.queued_messages(), 2);
         assert_eq!(handler.unbuffered.load(Ordering::SeqCst), 1);
         assert_eq!(handler.buffered.load(Ordering::SeqCst), 1);
         let reader = std::thread::spawn(move || {
@@ -1345,23 +1606,22 @@ mod tests {
         }
         let (h, body) = msgs.last().unwrap();
         assert_eq!((h.id, body.as_slice()), (2, &b"B\x01\x02"[..]));
-        assert_eq!(proxy.queued_messages(), 0);
+        assert_eq!(inner.queued_messages(), 0);
     }
 
     #[test]
     fn an_unbuffered_reply_left_unread_is_queued_with_its_progress() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let (proxy, _sub) = Proxy::from_stream(ours, ProxyConfig::default()).unwrap();
-        proxy.set_request_handler(Some(Arc::new(Handler::default())));
-        let inner = &proxy.inner;
+        let (inner, _sub) = Inner::new(ours, Settings::default()).unwrap();
+        inner.set_request_handler(Some(Arc::new(Handler::default())));
         let started = Instant::now();
         inner.serve_request(dma_read(3));
         // Waited for room (bounded), then left the rest to the queue.
         assert!(started.elapsed() >= WRITE_WAIT);
         assert!(started.elapsed() < WRITE_WAIT * 50);
-        assert_eq!(proxy.queued_messages(), 1);
+        assert_eq!(inner.queued_messages(), 1);
         assert_eq!(lock(&inner.send).bytes, HEADER_SIZE + 1 + (1 << 20));
-        proxy.post(Command::RegionWrite, b"after", &[]).unwrap();
+        inner.post(Command::RegionWrite, b"after", &[]).unwrap();
         let reader = std::thread::spawn(move || (read_msg(&mut theirs), read_msg(&mut theirs)));
         while !inner.drain_send_queue().unwrap() {
             socket::poll_fd(inner.sock.as_raw_fd(), true, 1000).unwrap();
@@ -1381,15 +1641,15 @@ mod tests {
 
     const DATA: usize = 50_000;
 
-    fn pair(timeout: Duration) -> (Proxy, ProxySubscriber, UnixStream) {
+    fn pair(timeout: Duration) -> (Arc<Inner>, MainSubscriber, UnixStream) {
         let (client, server) = UnixStream::pair().unwrap();
-        let config = ProxyConfig {
+        let settings = Settings {
             reply_timeout: timeout,
             busy_poll: Duration::ZERO,
-            ..ProxyConfig::default()
+            ..Settings::default()
         };
-        let (proxy, sub) = Proxy::from_stream(client, config).unwrap();
-        (proxy, sub, server)
+        let (inner, sub) = Inner::new(client, settings).unwrap();
+        (inner, sub, server)
     }
 
     /// Reads one request on the server's end; returns its header.
@@ -1417,8 +1677,8 @@ mod tests {
         }
     }
 
-    fn send(proxy: &Proxy, server: &mut UnixStream) -> (Ticket, Header) {
-        let ticket = proxy
+    fn send(inner: &Inner, server: &mut UnixStream) -> (Ticket, Header) {
+        let ticket = inner
             .send_nowait(Command::RegionRead, &[0; 16], &[])
             .unwrap();
         let request = read_request(server);
@@ -1428,10 +1688,10 @@ mod tests {
 
     #[test]
     fn wait_into_reads_data_into_the_sink() {
-        let (proxy, _sub, mut server) = pair(DEFAULT_REPLY_TIMEOUT);
+        let (inner, _sub, mut server) = pair(DEFAULT_TIMEOUT);
         // Two requests in flight, both replies written in pieces before anyone reads.
-        let (t1, r1) = send(&proxy, &mut server);
-        let (t2, r2) = send(&proxy, &mut server);
+        let (t1, r1) = send(&inner, &mut server);
+        let (t2, r2) = send(&inner, &mut server);
         let (b1, p1) = reply(&r1, DATA);
         let (b2, p2) = reply(&r2, DATA);
         // From another thread: both may not fit the socket's buffer at once.
@@ -1442,7 +1702,7 @@ mod tests {
         });
         for (t, p) in [(t1, p1), (t2, p2)] {
             let mut out = vec![0u8; DATA];
-            let reply = proxy.wait_into(t, 16, &mut out).unwrap();
+            let reply = inner.wait_into(t, 16, &mut out).unwrap();
             assert!(reply.data_in_sink);
             assert_eq!(reply.payload, p[..16]);
             assert!(out == p[16..]);
@@ -1455,7 +1715,7 @@ mod tests {
             server
         });
         let mut out = vec![0u8; DATA];
-        let r = proxy
+        let r = inner
             .request_into(Command::RegionRead, &[0; 16], &[], 16, &mut out)
             .unwrap();
         assert!(r.data_in_sink);
@@ -1465,23 +1725,23 @@ mod tests {
 
     #[test]
     fn wait_into_falls_back_on_other_sizes_and_errors() {
-        let (proxy, _sub, mut server) = pair(DEFAULT_REPLY_TIMEOUT);
-        let (t, r) = send(&proxy, &mut server);
+        let (inner, _sub, mut server) = pair(DEFAULT_TIMEOUT);
+        let (t, r) = send(&inner, &mut server);
         let (bytes, payload) = reply(&r, DATA + 1);
         write_in_pieces(&mut server, &bytes);
         let mut out = vec![0u8; DATA];
-        let reply = proxy.wait_into(t, 16, &mut out).unwrap();
+        let reply = inner.wait_into(t, 16, &mut out).unwrap();
         assert!(!reply.data_in_sink);
         assert!(reply.payload == payload);
         assert!(out.iter().all(|&b| b == 0));
         // An error reply of exactly the awaited size is still an error.
-        let (t, r) = send(&proxy, &mut server);
+        let (t, r) = send(&inner, &mut server);
         let mut header = Header::error_reply(&r, libc::EIO as u32);
         header.size = (HEADER_SIZE + 16 + DATA) as u32;
         let mut bytes = header.to_bytes().to_vec();
         bytes.resize(HEADER_SIZE + 16 + DATA, 0xaa);
         write_in_pieces(&mut server, &bytes);
-        let e = proxy.wait_into(t, 16, &mut out).unwrap_err();
+        let e = inner.wait_into(t, 16, &mut out).unwrap_err();
         assert!(
             matches!(e, Error::Server { errno, .. } if errno == libc::EIO as u32),
             "{e:?}"
@@ -1491,13 +1751,13 @@ mod tests {
 
     #[test]
     fn timeout_half_way_through_the_data_keeps_the_stream_in_step() {
-        let (proxy, _sub, mut server) = pair(Duration::from_millis(150));
-        let (t, r) = send(&proxy, &mut server);
+        let (inner, _sub, mut server) = pair(Duration::from_millis(150));
+        let (t, r) = send(&inner, &mut server);
         let (bytes, _) = reply(&r, DATA);
         let half = bytes.len() / 2;
         write_in_pieces(&mut server, &bytes[..half]);
         let mut out = vec![0u8; DATA];
-        let e = proxy.wait_into(t, 16, &mut out).unwrap_err();
+        let e = inner.wait_into(t, 16, &mut out).unwrap_err();
         assert!(
             matches!(e, Error::Timeout { id, .. } if id == r.id),
             "{e:?}"
@@ -1505,39 +1765,39 @@ mod tests {
         // The rest comes late, then the next request's reply: the late data is drained.
         write_in_pieces(&mut server, &bytes[half..]);
         let before = out.clone();
-        let (t, r) = send(&proxy, &mut server);
+        let (t, r) = send(&inner, &mut server);
         let (bytes, payload) = reply(&r, DATA);
         write_in_pieces(&mut server, &bytes);
         let mut out2 = vec![0u8; DATA];
-        let reply = proxy.wait_into(t, 16, &mut out2).unwrap();
+        let reply = inner.wait_into(t, 16, &mut out2).unwrap();
         assert!(reply.data_in_sink);
         assert!(out2 == payload[16..]);
         assert!(out == before);
-        assert!(proxy.is_connected());
+        assert!(inner.is_connected());
     }
 
     #[test]
     fn follower_gets_a_buffered_reply() {
-        let (proxy, _sub, mut server) = pair(DEFAULT_REPLY_TIMEOUT);
-        let (t, r) = send(&proxy, &mut server);
+        let (inner, _sub, mut server) = pair(DEFAULT_TIMEOUT);
+        let (t, r) = send(&inner, &mut server);
         // This thread reads: the waiter below must follow.
-        let mut receiver = lock(&proxy.inner.recv);
+        let mut receiver = lock(&inner.recv);
         let waiter = {
-            let proxy = proxy.clone();
+            let inner = Arc::clone(&inner);
             std::thread::spawn(move || {
                 let mut out = vec![0u8; DATA];
-                let reply = proxy.wait_into(t, 16, &mut out).unwrap();
+                let reply = inner.wait_into(t, 16, &mut out).unwrap();
                 (reply, out)
             })
         };
-        while proxy.inner.sleepers.load(Ordering::SeqCst) == 0 {
+        while inner.sleepers.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
         let (bytes, payload) = reply(&r, DATA);
         write_in_pieces(&mut server, &bytes);
-        assert!(proxy.inner.read_available(&mut receiver, None, false, None));
+        assert!(inner.read_available(&mut receiver, None, false, None));
         drop(receiver);
-        proxy.inner.after_reading();
+        inner.after_reading();
         let (reply, out) = waiter.join().unwrap();
         assert!(!reply.data_in_sink);
         assert!(reply.payload == payload);
