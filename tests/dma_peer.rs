@@ -420,7 +420,9 @@ fn a_1mib_dma_read_on_the_main_socket_is_served_while_the_server_drains_slowly()
     dma_read_request(&mut s.peer, 2, RW, MIB);
     wait_for_queued(&s.conn, 1);
     let posted = region_write_payload(0x77, 100);
-    s.conn.post(Command::RegionWrite, &posted, &[]).unwrap();
+    s.conn
+        .send_no_reply(Command::RegionWrite, &posted, &[])
+        .unwrap();
     assert_eq!(s.conn.queued_messages(), 2);
     read_dma_reply_slowly(&mut s.peer, 2, RW, &data, 256 << 10, Duration::ZERO);
     let (h, body, _) = s.peer.read_msg().unwrap();
@@ -453,7 +455,7 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
             for i in 0..CALLS {
                 if i % 3 == 0 {
                     let p = region_write_payload(i as u8, 4096);
-                    conn.post(Command::RegionWrite, &p, &[]).unwrap();
+                    conn.send_no_reply(Command::RegionWrite, &p, &[]).unwrap();
                 }
                 let mut p = Vec::new();
                 RegionAccess {
@@ -517,7 +519,7 @@ fn a_dma_read_reply_goes_behind_messages_already_queued() {
     let mut posted = Vec::new();
     while s.conn.queued_messages() < 3 {
         let p = region_write_payload(posted.len() as u8, 64 << 10);
-        s.conn.post(Command::RegionWrite, &p, &[]).unwrap();
+        s.conn.send_no_reply(Command::RegionWrite, &p, &[]).unwrap();
         posted.push(p);
     }
     let queued = s.conn.queued_messages();

@@ -66,7 +66,8 @@ fn vmm_event_manager_drains_posted_writes() {
             count: 4,
         }
         .encode_with_data(&i.to_le_bytes(), &mut payload);
-        conn.post(Command::RegionWrite, &payload, &[]).unwrap();
+        conn.send_no_reply(Command::RegionWrite, &payload, &[])
+            .unwrap();
     }
     // A WAIT request after the posted writes: the server answers it only after them all.
     payload.clear();

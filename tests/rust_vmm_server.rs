@@ -447,7 +447,8 @@ fn region_reads_and_writes_round_trip() {
             count: 4,
         }
         .encode_with_data(&i.to_ne_bytes(), &mut payload);
-        p.post(Command::RegionWrite, &payload, &[]).unwrap();
+        p.send_no_reply(Command::RegionWrite, &payload, &[])
+            .unwrap();
     }
     assert_eq!(read_u32(p, REGS, REG_OUTPUT), 999);
     s.finish();

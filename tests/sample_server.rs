@@ -697,7 +697,8 @@ const SEQUENCE_POSTS: u32 = 100_000;
 fn post_sequence(p: &Connection, from: u32, to: u32) {
     for v in from..=to {
         let payload = region_write_payload(BAR0, GpioDevice::REG_SEQUENCE, &v.to_ne_bytes());
-        p.post(Command::RegionWrite, &payload, &[]).unwrap();
+        p.send_no_reply(Command::RegionWrite, &payload, &[])
+            .unwrap();
     }
 }
 
@@ -921,9 +922,9 @@ fn server_stop_fails_every_waiter_with_disconnected() {
                     count: 8,
                 }
                 .encode_into(&mut payload);
-                let ticket = p.send_nowait(Command::RegionRead, &payload, &[]).unwrap();
+                let pending = p.send_request(Command::RegionRead, &payload, &[]).unwrap();
                 sent.send(()).unwrap();
-                p.wait(ticket)
+                p.wait(pending)
             })
         })
         .collect();

@@ -13,8 +13,8 @@
 //! # Sending
 //!
 //! Three kinds of message, as in QEMU's client: WAIT ([`Connection::request`]: the caller
-//! waits for the reply, with a deadline), NOWAIT ([`Connection::send_nowait`] then
-//! [`Connection::wait`] or [`Connection::wait_all`]) and ASYNC ([`Connection::post`]:
+//! waits for the reply, with a deadline), NOWAIT ([`Connection::send_request`] then
+//! [`Connection::wait`] or [`Connection::wait_all`]) and ASYNC ([`Connection::send_no_reply`]:
 //! `No_reply` commands, and replies to server requests). When the send queue is empty the
 //! caller's thread writes the message itself with one non-blocking send; on `EAGAIN` or a
 //! partial write the rest is queued (fds only ever ride with a message's first byte) and
@@ -60,14 +60,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::negotiate::{Capabilities, Offer};
 use crate::protocol::{Command, Header, MessageType, HEADER_SIZE};
 use crate::sync::{lock, try_lock};
-use recv::{Incoming, Received, Receiver, Sink};
+use recv::{Incoming, Received, Receiver, ReplyBuffer};
 use subscriber::MainSubscriber;
 use twin::WRITE_WAIT;
 use watch::SocketWatch;
 
 /// Message ids with this bit set are used for `No_reply` messages only; at most this many
 /// requests can wait for replies at once.
-const POSTED_ID_BIT: u16 = 0x8000;
+const NO_REPLY_ID_BIT: u16 = 0x8000;
 
 /// How long a waiting caller polls for its reply before it sleeps, by default: long enough
 /// for a server on another CPU to answer a small request, so that the caller's thread is not
@@ -92,8 +92,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// the timeout up to its tick), it waits in `poll` with the exact remaining time instead.
 const BLOCKING_READ_SLICE: Duration = Duration::from_millis(50);
 
-/// A fresh token for a [`Sink`]: tells its transfers apart from every other sink's.
-fn next_sink_token() -> u64 {
+/// A fresh token for a [`ReplyBuffer`]: tells its transfers apart from every other buffer's.
+fn next_buffer_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
@@ -309,7 +309,7 @@ impl Connection {
             .request_with_timeout(command, payload, fds, timeout)
     }
 
-    /// Like [`Connection::request`], but the reply's data may be read straight into `sink`:
+    /// Like [`Connection::request`], but the reply's data may be read straight into `data`:
     /// see [`Connection::wait_into`].
     pub fn request_into(
         &self,
@@ -317,59 +317,64 @@ impl Connection {
         payload: &[u8],
         fds: &[RawFd],
         head_len: usize,
-        sink: &mut [u8],
+        data: &mut [u8],
     ) -> Result<Reply, Error> {
         self.inner
-            .request_into(command, payload, fds, head_len, sink)
+            .request_into(command, payload, fds, head_len, data)
     }
 
     /// Sends a command whose reply is collected later (NOWAIT).
-    pub fn send_nowait(
+    pub fn send_request(
         &self,
         command: Command,
         payload: &[u8],
         fds: &[RawFd],
-    ) -> Result<Ticket, Error> {
-        self.inner.send_nowait(command, payload, fds)
+    ) -> Result<PendingReply, Error> {
+        self.inner.send_request(command, payload, fds)
     }
 
     /// Waits for a NOWAIT request's reply, until the connection's reply timeout has passed
     /// since it was sent.
-    pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
-        self.inner.wait(ticket)
+    pub fn wait(&self, pending: PendingReply) -> Result<Reply, Error> {
+        self.inner.wait(pending)
     }
 
     /// Like [`Connection::wait`], but when this thread reads the reply itself and its
-    /// payload is exactly `head_len + sink.len()` bytes (and it is not an error reply), the
+    /// payload is exactly `head_len + data.len()` bytes (and it is not an error reply), the
     /// first `head_len` bytes go to the reply's `payload` and the rest straight from the
-    /// socket into `sink`, without a buffer in between: the reply then says
-    /// [`data_in_sink`](Reply::data_in_sink). Otherwise (another thread read the reply, it
+    /// socket into `data`, without a copy in between: the reply then says
+    /// [`data_in_buffer`](Reply::data_in_buffer). Otherwise (another thread read the reply, it
     /// has another size, it is an error) the reply comes buffered as from `wait`, and
-    /// `sink` is left alone.
+    /// `data` is left alone.
     ///
-    /// `sink` is written only during this call, by this thread. After an error its content
+    /// `data` is written only during this call, by this thread. After an error its content
     /// is unspecified (a reply that times out half-way through its data leaves part of it
     /// there; the rest is drained from the socket by whoever reads next).
     pub fn wait_into(
         &self,
-        ticket: Ticket,
+        pending: PendingReply,
         head_len: usize,
-        sink: &mut [u8],
+        data: &mut [u8],
     ) -> Result<Reply, Error> {
-        self.inner.wait_into(ticket, head_len, sink)
+        self.inner.wait_into(pending, head_len, data)
     }
 
     /// Waits for every reply of a batch, in order. The server processes commands in order,
     /// so this waits in effect for the youngest; every request's result is returned, errors
     /// included.
-    pub fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
-        self.inner.wait_all(tickets)
+    pub fn wait_all(&self, pending: Vec<PendingReply>) -> Vec<Result<Reply, Error>> {
+        self.inner.wait_all(pending)
     }
 
     /// Sends a command with `No_reply` set (ASYNC): nobody waits, and an error the server
     /// meets is not reported.
-    pub fn post(&self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
-        self.inner.post(command, payload, fds)
+    pub fn send_no_reply(
+        &self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), Error> {
+        self.inner.send_no_reply(command, payload, fds)
     }
 
     /// Installs the handler for server requests. Without one, every server request gets an
@@ -436,10 +441,10 @@ pub struct Reply {
     pub payload: Vec<u8>,
     /// fds that came with the reply (owned: dropped fds are closed).
     pub fds: Vec<OwnedFd>,
-    /// The reply's data went straight into the sink passed to [`Connection::wait_into`] or
+    /// The reply's data went straight into the `data` passed to [`Connection::wait_into`] or
     /// [`Connection::request_into`], and `payload` holds only the head before it. Always
     /// `false` otherwise.
-    pub data_in_sink: bool,
+    pub data_in_buffer: bool,
 }
 
 /// Serves requests the server sends to the client (DMA_READ, DMA_WRITE, ...).
@@ -475,14 +480,14 @@ pub trait ServerRequestHandler: Send + Sync {
 
 /// A NOWAIT request whose reply has not been collected yet.
 #[derive(Debug)]
-#[must_use = "a ticket's reply must be collected with Connection::wait or Connection::wait_all"]
-pub struct Ticket {
+#[must_use = "a pending reply must be collected with Connection::wait or Connection::wait_all"]
+pub struct PendingReply {
     id: u16,
     started: Instant,
     completion: Arc<Completion>,
 }
 
-impl Ticket {
+impl PendingReply {
     /// The request's message id.
     pub fn id(&self) -> u16 {
         self.id
@@ -633,7 +638,7 @@ impl Hasher for IdHasher {
 }
 
 /// Waiting requests by message id.
-type Pending = HashMap<u16, Arc<Completion>, BuildHasherDefault<IdHasher>>;
+type PendingTable = HashMap<u16, Arc<Completion>, BuildHasherDefault<IdHasher>>;
 
 /// Queued bytes past which a server that keeps sending requests without reading our
 /// replies is disconnected, instead of growing the queue without limit.
@@ -645,11 +650,11 @@ type DisconnectCallback = Box<dyn Fn(&DisconnectReason) + Send + Sync>;
 pub(crate) struct Inner {
     sock: UnixStream,
     settings: Settings,
-    /// Ids of requests that get a reply: `0..POSTED_ID_BIT`, skipping ids still waiting.
+    /// Ids of requests that get a reply: `0..NO_REPLY_ID_BIT`, skipping ids still waiting.
     next_id: AtomicU16,
-    /// Ids of `No_reply` messages: `POSTED_ID_BIT..`. Kept apart so that a server which
+    /// Ids of `No_reply` messages: `NO_REPLY_ID_BIT..`. Kept apart so that a server which
     /// replies to them anyway can never complete a waiter with such a reply.
-    next_posted_id: AtomicU16,
+    next_no_reply_id: AtomicU16,
     send: Mutex<SendQueue>,
     recv: Mutex<Receiver>,
     /// Whether the subscriber is told about incoming data (only while no caller waits).
@@ -658,7 +663,7 @@ pub(crate) struct Inner {
     reader_epoch: AtomicU64,
     /// Waiters asleep on their condvars (who must be woken when a reader lets go).
     sleepers: AtomicUsize,
-    pending: Mutex<Pending>,
+    waiters: Mutex<PendingTable>,
     connected: AtomicBool,
     reason: Mutex<Option<DisconnectReason>>,
     /// Kicks the subscriber (queue to drain, disconnect to process).
@@ -717,11 +722,11 @@ impl Inner {
             sock,
             settings,
             next_id: AtomicU16::new(0),
-            next_posted_id: AtomicU16::new(0),
+            next_no_reply_id: AtomicU16::new(0),
             send: Mutex::new(SendQueue::default()),
             reader_epoch: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
-            pending: Mutex::new(Pending::default()),
+            waiters: Mutex::new(PendingTable::default()),
             connected: AtomicBool::new(true),
             reason: Mutex::new(None),
             kick,
@@ -792,8 +797,8 @@ impl Inner {
         // Waiting from before the send, so that even a reply that comes at once does not
         // wake the subscriber.
         let _waiting = self.waiting();
-        let ticket = self.send_nowait(command, payload, fds)?;
-        self.wait_reply(ticket, timeout, None)
+        let pending = self.send_request(command, payload, fds)?;
+        self.wait_reply(pending, timeout, None)
     }
 
     /// See [`Connection::request_into`].
@@ -803,31 +808,31 @@ impl Inner {
         payload: &[u8],
         fds: &[RawFd],
         head_len: usize,
-        sink: &mut [u8],
+        data: &mut [u8],
     ) -> Result<Reply, Error> {
         let _waiting = self.waiting();
-        let ticket = self.send_nowait(command, payload, fds)?;
+        let pending = self.send_request(command, payload, fds)?;
         let timeout = self.settings.reply_timeout;
-        self.wait_reply(ticket, timeout, Some((head_len, sink)))
+        self.wait_reply(pending, timeout, Some((head_len, data)))
     }
 
-    /// See [`Connection::send_nowait`].
-    pub(crate) fn send_nowait(
+    /// See [`Connection::send_request`].
+    pub(crate) fn send_request(
         &self,
         command: Command,
         payload: &[u8],
         fds: &[RawFd],
-    ) -> Result<Ticket, Error> {
+    ) -> Result<PendingReply, Error> {
         let started = Instant::now();
         self.check_send(command, payload.len(), fds.len())?;
         let completion = Arc::new(Completion::new(command));
         let id = self.register(&completion)?;
         let header = command_header(id, command, payload.len(), false)?;
         if let Err(e) = self.send(&header, payload, fds) {
-            lock(&self.pending).remove(&id);
+            lock(&self.waiters).remove(&id);
             return Err(e);
         }
-        Ok(Ticket {
+        Ok(PendingReply {
             id,
             started,
             completion,
@@ -835,42 +840,42 @@ impl Inner {
     }
 
     /// See [`Connection::wait`].
-    pub(crate) fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
+    pub(crate) fn wait(&self, pending: PendingReply) -> Result<Reply, Error> {
         let _waiting = self.waiting();
-        self.wait_reply(ticket, self.settings.reply_timeout, None)
+        self.wait_reply(pending, self.settings.reply_timeout, None)
     }
 
     /// See [`Connection::wait_into`].
     pub(crate) fn wait_into(
         &self,
-        ticket: Ticket,
+        pending: PendingReply,
         head_len: usize,
-        sink: &mut [u8],
+        data: &mut [u8],
     ) -> Result<Reply, Error> {
         let _waiting = self.waiting();
         let timeout = self.settings.reply_timeout;
-        self.wait_reply(ticket, timeout, Some((head_len, sink)))
+        self.wait_reply(pending, timeout, Some((head_len, data)))
     }
 
     /// See [`Connection::wait_all`].
-    pub(crate) fn wait_all(&self, tickets: Vec<Ticket>) -> Vec<Result<Reply, Error>> {
+    pub(crate) fn wait_all(&self, pending: Vec<PendingReply>) -> Vec<Result<Reply, Error>> {
         let _waiting = self.waiting();
         let timeout = self.settings.reply_timeout;
-        tickets
+        pending
             .into_iter()
             .map(|t| self.wait_reply(t, timeout, None))
             .collect()
     }
 
-    /// See [`Connection::post`].
-    pub(crate) fn post(
+    /// See [`Connection::send_no_reply`].
+    pub(crate) fn send_no_reply(
         &self,
         command: Command,
         payload: &[u8],
         fds: &[RawFd],
     ) -> Result<(), Error> {
         self.check_send(command, payload.len(), fds.len())?;
-        let id = self.next_posted_id.fetch_add(1, Ordering::Relaxed) | POSTED_ID_BIT;
+        let id = self.next_no_reply_id.fetch_add(1, Ordering::Relaxed) | NO_REPLY_ID_BIT;
         let header = command_header(id, command, payload.len(), true)?;
         self.send(&header, payload, fds)
     }
@@ -935,13 +940,13 @@ impl Inner {
 
     /// Picks an id not used by any waiting request and enters the completion under it.
     fn register(&self, completion: &Arc<Completion>) -> Result<u16, Error> {
-        let mut pending = lock(&self.pending);
-        if pending.len() >= usize::from(POSTED_ID_BIT) {
+        let mut table = lock(&self.waiters);
+        if table.len() >= usize::from(NO_REPLY_ID_BIT) {
             return Err(Error::TooManyPending);
         }
         loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !POSTED_ID_BIT;
-            if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(id) {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !NO_REPLY_ID_BIT;
+            if let std::collections::hash_map::Entry::Vacant(v) = table.entry(id) {
                 v.insert(Arc::clone(completion));
                 return Ok(id);
             }
@@ -1072,22 +1077,22 @@ impl Inner {
         Ok(true)
     }
 
-    /// Waits for a ticket's reply, reading the socket itself when no other thread does;
-    /// with `into` (`head_len`, sink), a reply this thread reads may go into the sink (see
+    /// Waits for a pending reply, reading the socket itself when no other thread does;
+    /// with `into` (`head_len`, buffer), a reply this thread reads may go into the buffer (see
     /// [`Connection::wait_into`]).
     ///
     /// The caller must hold a [`Waiting`] guard.
     fn wait_reply(
         &self,
-        ticket: Ticket,
+        pending: PendingReply,
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
     ) -> Result<Reply, Error> {
-        let deadline = ticket.started + timeout;
-        let completion = &ticket.completion;
-        let mut sink = into.map(|(head_len, data)| Sink {
-            token: next_sink_token(),
-            id: ticket.id,
+        let deadline = pending.started + timeout;
+        let completion = &pending.completion;
+        let mut buffer = into.map(|(head_len, data)| ReplyBuffer {
+            token: next_buffer_token(),
+            id: pending.id,
             command: completion.command as u16,
             head_len,
             data,
@@ -1098,25 +1103,25 @@ impl Inner {
             }
             let now = Instant::now();
             if now >= deadline {
-                return self.timed_out(&ticket, timeout);
+                return self.timed_out(&pending, timeout);
             }
             let epoch = self.reader_epoch.load(Ordering::SeqCst);
             if let Some(mut receiver) = try_lock(&self.recv) {
-                self.lead(&mut receiver, completion, deadline, now, sink.as_mut());
-                // The sink must not outlive this hold of the lock. `lead` stops half-way
+                self.lead(&mut receiver, completion, deadline, now, buffer.as_mut());
+                // The buffer must not outlive this hold of the lock. `lead` stops half-way
                 // through our reply only at the deadline (or on a disconnect): the rest is
                 // drained by the next reader, and we time out. Leave the pending table
                 // first, so that the drained reply fails nobody.
-                let abandoned = sink
+                let abandoned = buffer
                     .as_ref()
-                    .is_some_and(|s| receiver.abandon_sink(s.token));
+                    .is_some_and(|s| receiver.abandon_buffer(s.token));
                 if abandoned {
-                    self.forget(&ticket);
+                    self.forget(&pending);
                 }
                 drop(receiver);
                 self.after_reading();
                 if abandoned {
-                    return self.timed_out(&ticket, timeout);
+                    return self.timed_out(&pending, timeout);
                 }
                 continue;
             }
@@ -1155,38 +1160,38 @@ impl Inner {
         }
     }
 
-    fn timed_out(&self, ticket: &Ticket, timeout: Duration) -> Result<Reply, Error> {
-        let mut pending = lock(&self.pending);
+    fn timed_out(&self, pending: &PendingReply, timeout: Duration) -> Result<Reply, Error> {
+        let mut table = lock(&self.waiters);
         // The reply may have raced in just now.
-        if let Some(result) = self.take(&ticket.completion) {
+        if let Some(result) = self.take(&pending.completion) {
             return result;
         }
-        Self::forget_locked(&mut pending, ticket);
-        drop(pending);
+        Self::forget_locked(&mut table, pending);
+        drop(table);
         log::warn!(
             "reply to {} (id {}) timed out after {:?}",
-            ticket.completion.command,
-            ticket.id,
+            pending.completion.command,
+            pending.id,
             timeout
         );
         Err(Error::Timeout {
-            command: ticket.completion.command,
-            id: ticket.id,
+            command: pending.completion.command,
+            id: pending.id,
             after: timeout,
         })
     }
 
-    /// Takes a ticket out of the pending table: its reply, if it comes, is dropped.
-    fn forget(&self, ticket: &Ticket) {
-        Self::forget_locked(&mut lock(&self.pending), ticket);
+    /// Takes a pending reply out of the table: its reply, if it comes, is dropped.
+    fn forget(&self, pending: &PendingReply) {
+        Self::forget_locked(&mut lock(&self.waiters), pending);
     }
 
-    fn forget_locked(pending: &mut Pending, ticket: &Ticket) {
-        if pending
-            .get(&ticket.id)
-            .is_some_and(|c| Arc::ptr_eq(c, &ticket.completion))
+    fn forget_locked(table: &mut PendingTable, pending: &PendingReply) {
+        if table
+            .get(&pending.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &pending.completion))
         {
-            pending.remove(&ticket.id);
+            table.remove(&pending.id);
         }
     }
 
@@ -1205,7 +1210,7 @@ impl Inner {
         completion: &Completion,
         deadline: Instant,
         mut now: Instant,
-        mut sink: Option<&mut Sink<'_>>,
+        mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) {
         let spin_until = now.checked_add(self.settings.busy_poll).unwrap_or(deadline);
         loop {
@@ -1231,7 +1236,7 @@ impl Inner {
                     }
                 }
             }
-            if !self.read_available(receiver, Some(completion), block, sink.as_deref_mut()) {
+            if !self.read_available(receiver, Some(completion), block, buffer.as_deref_mut()) {
                 return;
             }
             if spinning && !completion.is_done() {
@@ -1240,7 +1245,7 @@ impl Inner {
             }
             now = Instant::now();
         }
-        self.dispatch_buffered(receiver, sink);
+        self.dispatch_buffered(receiver, buffer);
     }
 
     /// Reads and dispatches messages until the socket has no more data (with `block`: until
@@ -1251,10 +1256,10 @@ impl Inner {
         receiver: &mut Receiver,
         until: Option<&Completion>,
         block: bool,
-        mut sink: Option<&mut Sink<'_>>,
+        mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> bool {
         loop {
-            match receiver.step(&self.sock, block, sink.as_deref_mut()) {
+            match receiver.step(&self.sock, block, buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => {
                     self.dispatch(incoming);
                     if until.is_some_and(Completion::is_done) {
@@ -1271,9 +1276,9 @@ impl Inner {
     }
 
     /// Dispatches the messages that are complete in the receive buffer, without reading.
-    fn dispatch_buffered(&self, receiver: &mut Receiver, mut sink: Option<&mut Sink<'_>>) {
+    fn dispatch_buffered(&self, receiver: &mut Receiver, mut buffer: Option<&mut ReplyBuffer<'_>>) {
         loop {
-            match receiver.buffered(sink.as_deref_mut()) {
+            match receiver.buffered(buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => self.dispatch(incoming),
                 Ok(None) => return,
                 Err(reason) => {
@@ -1291,7 +1296,7 @@ impl Inner {
         if self.sleepers.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let waiters: Vec<Arc<Completion>> = lock(&self.pending).values().cloned().collect();
+        let waiters: Vec<Arc<Completion>> = lock(&self.waiters).values().cloned().collect();
         for c in waiters {
             c.nudge();
         }
@@ -1340,7 +1345,7 @@ impl Inner {
                         let _ = self.send(&Header::error_reply(&header, errno as u32), &[], &[]);
                     }
                 } else {
-                    if let Some(c) = lock(&self.pending).remove(&header.id) {
+                    if let Some(c) = lock(&self.waiters).remove(&header.id) {
                         c.complete(Err(Error::BadReply {
                             command: c.command,
                             what: why,
@@ -1353,7 +1358,7 @@ impl Inner {
 
     fn complete_reply(&self, msg: Received, legacy_error: bool) {
         let header = msg.header;
-        let Some(c) = lock(&self.pending).remove(&header.id) else {
+        let Some(c) = lock(&self.waiters).remove(&header.id) else {
             if !legacy_error {
                 log::debug!("dropped unsolicited reply {header}");
             } else {
@@ -1377,7 +1382,7 @@ impl Inner {
                 header,
                 payload: msg.payload,
                 fds: msg.fds,
-                data_in_sink: msg.data_in_sink,
+                data_in_buffer: msg.data_in_buffer,
             })
         };
         c.complete(result);
@@ -1466,7 +1471,7 @@ impl Inner {
         q.queue.clear();
         q.bytes = 0;
         drop(q);
-        let waiters: Vec<Arc<Completion>> = lock(&self.pending).drain().map(|(_, c)| c).collect();
+        let waiters: Vec<Arc<Completion>> = lock(&self.waiters).drain().map(|(_, c)| c).collect();
         for c in waiters {
             c.complete(Err(Error::Disconnected(reason.clone())));
         }
@@ -1545,7 +1550,7 @@ mod tests {
             header: Header::command(id, Command::DmaRead, 2, false).unwrap(),
             payload: vec![1, 2],
             fds: Vec::new(),
-            data_in_sink: false,
+            data_in_buffer: false,
         }
     }
 
@@ -1584,7 +1589,7 @@ mod tests {
         let mut posted = 0u8;
         while inner.queued_messages() == 0 {
             inner
-                .post(Command::RegionWrite, &[posted; 60 << 10], &[])
+                .send_no_reply(Command::RegionWrite, &[posted; 60 << 10], &[])
                 .unwrap();
             posted += 1;
         }
@@ -1621,7 +1626,9 @@ mod tests {
         assert!(started.elapsed() < WRITE_WAIT * 50);
         assert_eq!(inner.queued_messages(), 1);
         assert_eq!(lock(&inner.send).bytes, HEADER_SIZE + 1 + (1 << 20));
-        inner.post(Command::RegionWrite, b"after", &[]).unwrap();
+        inner
+            .send_no_reply(Command::RegionWrite, b"after", &[])
+            .unwrap();
         let reader = std::thread::spawn(move || (read_msg(&mut theirs), read_msg(&mut theirs)));
         while !inner.drain_send_queue().unwrap() {
             socket::poll_fd(inner.sock.as_raw_fd(), true, 1000).unwrap();
@@ -1677,13 +1684,13 @@ mod tests {
         }
     }
 
-    fn send(inner: &Inner, server: &mut UnixStream) -> (Ticket, Header) {
-        let ticket = inner
-            .send_nowait(Command::RegionRead, &[0; 16], &[])
+    fn send(inner: &Inner, server: &mut UnixStream) -> (PendingReply, Header) {
+        let pending = inner
+            .send_request(Command::RegionRead, &[0; 16], &[])
             .unwrap();
         let request = read_request(server);
-        assert_eq!(request.id, ticket.id());
-        (ticket, request)
+        assert_eq!(request.id, pending.id());
+        (pending, request)
     }
 
     #[test]
@@ -1703,7 +1710,7 @@ mod tests {
         for (t, p) in [(t1, p1), (t2, p2)] {
             let mut out = vec![0u8; DATA];
             let reply = inner.wait_into(t, 16, &mut out).unwrap();
-            assert!(reply.data_in_sink);
+            assert!(reply.data_in_buffer);
             assert_eq!(reply.payload, p[..16]);
             assert!(out == p[16..]);
         }
@@ -1718,7 +1725,7 @@ mod tests {
         let r = inner
             .request_into(Command::RegionRead, &[0; 16], &[], 16, &mut out)
             .unwrap();
-        assert!(r.data_in_sink);
+        assert!(r.data_in_buffer);
         assert!(out.iter().any(|&b| b != 0));
         server_thread.join().unwrap();
     }
@@ -1731,7 +1738,7 @@ mod tests {
         write_in_pieces(&mut server, &bytes);
         let mut out = vec![0u8; DATA];
         let reply = inner.wait_into(t, 16, &mut out).unwrap();
-        assert!(!reply.data_in_sink);
+        assert!(!reply.data_in_buffer);
         assert!(reply.payload == payload);
         assert!(out.iter().all(|&b| b == 0));
         // An error reply of exactly the awaited size is still an error.
@@ -1770,7 +1777,7 @@ mod tests {
         write_in_pieces(&mut server, &bytes);
         let mut out2 = vec![0u8; DATA];
         let reply = inner.wait_into(t, 16, &mut out2).unwrap();
-        assert!(reply.data_in_sink);
+        assert!(reply.data_in_buffer);
         assert!(out2 == payload[16..]);
         assert!(out == before);
         assert!(inner.is_connected());
@@ -1799,7 +1806,7 @@ mod tests {
         drop(receiver);
         inner.after_reading();
         let (reply, out) = waiter.join().unwrap();
-        assert!(!reply.data_in_sink);
+        assert!(!reply.data_in_buffer);
         assert!(reply.payload == payload);
         assert!(out.iter().all(|&b| b == 0));
     }

@@ -12,14 +12,14 @@
 //! (without storing) the body of a message it cannot accept, so that the stream stays in
 //! step.
 //!
-//! Sinks: a reader waiting for one particular reply may offer a [`Sink`], the caller's own
-//! buffer. When the header of that reply comes (its id and command, not an error, payload
+//! Reply buffers: a reader waiting for one particular reply may offer a [`ReplyBuffer`], its
+//! caller's own memory. When the header of that reply comes (its id and command, not an error, payload
 //! exactly `head_len + data.len()` bytes), the first `head_len` payload bytes go to the
-//! message's payload and the rest straight into the sink. The sink is borrowed per call
-//! only; the state between calls is a count, never a pointer. A transfer into a sink must
+//! message's payload and the rest straight into the buffer. The buffer is borrowed per call
+//! only; the state between calls is a count, never a pointer. A transfer into a buffer must
 //! not outlive its owner's hold of the receive lock: the owner either finishes it or
-//! abandons it ([`Receiver::abandon_sink`]), which turns the rest into a drain. A reader
-//! that finds a transfer whose sink it does not hold drains the rest too (defensive: an
+//! abandons it ([`Receiver::abandon_buffer`]), which turns the rest into a drain. A reader
+//! that finds a transfer whose buffer it does not hold drains the rest too (defensive: an
 //! owner that panicked).
 //!
 //! fds: the kernel ends a read at the end of the first data segment that carried fds, so
@@ -44,14 +44,14 @@ pub(crate) struct Received {
     pub header: Header,
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
-    /// The payload holds only the head; the rest went into the reader's [`Sink`].
-    pub data_in_sink: bool,
+    /// The payload holds only the head; the rest went into the reader's [`ReplyBuffer`].
+    pub data_in_buffer: bool,
 }
 
 /// A reader's own buffer for the data of the reply it waits for (see the module comment).
 #[derive(Debug)]
-pub(crate) struct Sink<'a> {
-    /// Tells this sink's transfers apart from any other's (unique per waiting call).
+pub(crate) struct ReplyBuffer<'a> {
+    /// Tells this buffer's transfers apart from any other's (unique per waiting call).
     pub token: u64,
     /// Id of the awaited reply.
     pub id: u16,
@@ -63,7 +63,7 @@ pub(crate) struct Sink<'a> {
     pub data: &'a mut [u8],
 }
 
-impl Sink<'_> {
+impl ReplyBuffer<'_> {
     fn accepts(&self, header: &Header) -> bool {
         header.id == self.id
             && header.command == self.command
@@ -91,9 +91,9 @@ enum Large {
         buf: Vec<u8>,
         want: usize,
     },
-    /// Read into the sink with this `token`: `head` until it holds `head_len` bytes, then
-    /// the sink until `got == data_len`.
-    Sink {
+    /// Read into the buffer with this `token`: `head` until it holds `head_len` bytes, then
+    /// the buffer until `got == data_len`.
+    ReplyBuffer {
         header: Header,
         token: u64,
         head: Vec<u8>,
@@ -155,18 +155,18 @@ impl Receiver {
     /// buffered; `Ok(None)` when the socket has no more data for now (with `block`: when a
     /// read timed out). An error means the stream is unusable.
     ///
-    /// With a `sink`, the reply it waits for is read into it (see the module comment).
+    /// With a `buffer`, the reply it waits for is read into it (see the module comment).
     pub fn step(
         &mut self,
         sock: &UnixStream,
         block: bool,
-        mut sink: Option<&mut Sink<'_>>,
+        mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> Result<Option<Incoming>, DisconnectReason> {
         loop {
-            if let Some(incoming) = self.buffered(sink.as_deref_mut())? {
+            if let Some(incoming) = self.buffered(buffer.as_deref_mut())? {
                 return Ok(Some(incoming));
             }
-            if !self.fill(sock, block, sink.as_deref_mut())? {
+            if !self.fill(sock, block, buffer.as_deref_mut())? {
                 return Ok(None);
             }
         }
@@ -178,26 +178,26 @@ impl Receiver {
         self.fill(sock, false, None)
     }
 
-    /// Whether a transfer into the sink with `token` is under way.
-    pub fn sink_busy(&self, token: u64) -> bool {
-        matches!(&self.large, Some(Large::Sink { token: t, .. }) if *t == token)
+    /// Whether a transfer into the buffer with `token` is under way.
+    pub fn buffer_busy(&self, token: u64) -> bool {
+        matches!(&self.large, Some(Large::ReplyBuffer { token: t, .. }) if *t == token)
     }
 
-    /// Gives up the transfer into the sink with `token`, if one is under way: the rest of
+    /// Gives up the transfer into the buffer with `token`, if one is under way: the rest of
     /// the message is drained by whoever reads next, and nothing more is written to the
-    /// sink. Returns whether there was one. The sink's owner calls this before it lets go
+    /// buffer. Returns whether there was one. The buffer's owner calls this before it lets go
     /// of the receive lock.
-    pub fn abandon_sink(&mut self, token: u64) -> bool {
-        if !self.sink_busy(token) {
+    pub fn abandon_buffer(&mut self, token: u64) -> bool {
+        if !self.buffer_busy(token) {
             return false;
         }
-        self.orphan_sink(None, "the waiter gave up while its reply was arriving");
+        self.orphan_buffer(None, "the waiter gave up while its reply was arriving");
         true
     }
 
-    /// Turns a transfer into a sink other than `owner`'s into a drain of the rest.
-    fn orphan_sink(&mut self, owner: Option<u64>, why: &str) {
-        let Some(Large::Sink {
+    /// Turns a transfer into a buffer other than `owner`'s into a drain of the rest.
+    fn orphan_buffer(&mut self, owner: Option<u64>, why: &str) {
+        let Some(Large::ReplyBuffer {
             header,
             token,
             head,
@@ -225,18 +225,18 @@ impl Receiver {
     /// socket always means that there is nothing to dispatch.
     pub fn buffered(
         &mut self,
-        sink: Option<&mut Sink<'_>>,
+        buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> Result<Option<Incoming>, DisconnectReason> {
         if self.large.is_some() {
-            self.orphan_sink(
-                sink.as_ref().map(|s| s.token),
-                "the reader of its sink went away",
+            self.orphan_buffer(
+                buffer.as_ref().map(|s| s.token),
+                "the reader of its buffer went away",
             );
         }
         if let Some(large) = &mut self.large {
             let done = match large {
                 Large::Keep { buf, want, .. } => buf.len() >= *want,
-                Large::Sink {
+                Large::ReplyBuffer {
                     head,
                     head_len,
                     got,
@@ -254,14 +254,16 @@ impl Receiver {
                     header,
                     payload: buf,
                     fds,
-                    data_in_sink: false,
+                    data_in_buffer: false,
                 })),
-                Some(Large::Sink { header, head, .. }) => Some(Incoming::Message(Received {
-                    header,
-                    payload: head,
-                    fds,
-                    data_in_sink: true,
-                })),
+                Some(Large::ReplyBuffer { header, head, .. }) => {
+                    Some(Incoming::Message(Received {
+                        header,
+                        payload: head,
+                        fds,
+                        data_in_buffer: true,
+                    }))
+                }
                 Some(Large::Discard { header, why, .. }) => {
                     Some(Incoming::Discarded { header, why })
                 }
@@ -286,7 +288,7 @@ impl Receiver {
         match Header::decode(&hdr, self.max_size) {
             Ok(header) => {
                 let size = header.size as usize;
-                let sink = sink.filter(|s| s.accepts(&header));
+                let buffer = buffer.filter(|s| s.accepts(&header));
                 if size > avail && size <= self.buf.len() {
                     // Fits: more reads into the small buffer complete it.
                     return Ok(None);
@@ -298,16 +300,16 @@ impl Receiver {
                     .unwrap_or_default();
                 let got = have.len();
                 let whole = size <= avail;
-                if let Some(sink) = sink {
+                if let Some(buffer) = buffer {
                     // `accepts` checked that the payload is `head_len + data.len()` bytes.
-                    let head_len = sink.head_len;
+                    let head_len = buffer.head_len;
                     let (in_head, in_data) = have.split_at(got.min(head_len));
                     let mut head = Vec::with_capacity(head_len);
                     head.extend_from_slice(in_head);
-                    if let Some(dst) = sink.data.get_mut(..in_data.len()) {
+                    if let Some(dst) = buffer.data.get_mut(..in_data.len()) {
                         dst.copy_from_slice(in_data);
                     }
-                    let data_len = sink.data.len();
+                    let data_len = buffer.data.len();
                     let data_got = in_data.len();
                     self.consume(HEADER_SIZE + got);
                     if whole {
@@ -316,12 +318,12 @@ impl Receiver {
                             header,
                             payload: head,
                             fds,
-                            data_in_sink: true,
+                            data_in_buffer: true,
                         })));
                     }
-                    self.large = Some(Large::Sink {
+                    self.large = Some(Large::ReplyBuffer {
                         header,
-                        token: sink.token,
+                        token: buffer.token,
                         head,
                         head_len,
                         got: data_got,
@@ -337,7 +339,7 @@ impl Receiver {
                         header,
                         payload,
                         fds,
-                        data_in_sink: false,
+                        data_in_buffer: false,
                     })));
                 }
                 // `decode` bounded `size` by `max_size`, so this allocation is bounded too.
@@ -404,11 +406,11 @@ impl Receiver {
         &mut self,
         sock: &UnixStream,
         block: bool,
-        sink: Option<&mut Sink<'_>>,
+        buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> Result<bool, DisconnectReason> {
-        self.orphan_sink(
-            sink.as_ref().map(|s| s.token),
-            "the reader of its sink went away",
+        self.orphan_buffer(
+            buffer.as_ref().map(|s| s.token),
+            "the reader of its buffer went away",
         );
         let max_fds = self.max_fds;
         let recv = |buf: &mut [u8]| {
@@ -426,7 +428,7 @@ impl Receiver {
                 }
                 socket::recv_into_spare(sock, buf, limit, max_fds, block)
             }
-            Some(Large::Sink {
+            Some(Large::ReplyBuffer {
                 head,
                 head_len,
                 got,
@@ -437,8 +439,8 @@ impl Receiver {
                     let limit = *head_len - head.len();
                     socket::recv_into_spare(sock, head, limit, max_fds, block)
                 } else {
-                    // `orphan_sink` left a transfer only for the sink passed in.
-                    let Some(dst) = sink.and_then(|s| s.data.get_mut(*got..*data_len)) else {
+                    // `orphan_buffer` left a transfer only for the buffer passed in.
+                    let Some(dst) = buffer.and_then(|s| s.data.get_mut(*got..*data_len)) else {
                         return Err(full());
                     };
                     if dst.is_empty() {
@@ -705,8 +707,8 @@ mod tests {
         );
     }
 
-    fn sink<'a>(token: u64, id: u16, data: &'a mut [u8]) -> Sink<'a> {
-        Sink {
+    fn buffer<'a>(token: u64, id: u16, data: &'a mut [u8]) -> ReplyBuffer<'a> {
+        ReplyBuffer {
             token,
             id,
             command: Command::RegionRead as u16,
@@ -742,7 +744,7 @@ mod tests {
             let end = (at + len).min(bytes.len());
             a.write_all(&bytes[at..end]).unwrap();
             at = end;
-            let mut s = sink(1, 5, &mut out);
+            let mut s = buffer(1, 5, &mut out);
             if let Some(incoming) = r.step(&b, false, Some(&mut s)).unwrap() {
                 assert!(got.is_none());
                 got = Some(incoming);
@@ -750,7 +752,7 @@ mod tests {
         }
         match got {
             Some(Incoming::Message(m)) => {
-                assert!(m.data_in_sink);
+                assert!(m.data_in_buffer);
                 assert_eq!(m.header.id, 5);
                 assert_eq!(m.payload, payload[..16]);
             }
@@ -758,7 +760,7 @@ mod tests {
         }
         assert!(out == payload[16..]);
         let m = message(&mut r, &b);
-        assert_eq!((m.header.id, m.data_in_sink), (6, false));
+        assert_eq!((m.header.id, m.data_in_buffer), (6, false));
         assert_eq!(m.payload, b"after");
     }
 
@@ -769,10 +771,10 @@ mod tests {
         let (bytes, payload) = reply(9, 100);
         a.write_all(&bytes).unwrap();
         let mut out = [0u8; 100];
-        let mut s = sink(1, 9, &mut out);
+        let mut s = buffer(1, 9, &mut out);
         match r.step(&b, false, Some(&mut s)).unwrap() {
             Some(Incoming::Message(m)) => {
-                assert!(m.data_in_sink);
+                assert!(m.data_in_buffer);
                 assert_eq!(m.payload, payload[..16]);
             }
             other => panic!("unexpected {other:?}"),
@@ -798,7 +800,7 @@ mod tests {
         ];
         for (what, bytes) in cases {
             let mut out = vec![0u8; 20_000];
-            let mut s = sink(1, 5, &mut out);
+            let mut s = buffer(1, 5, &mut out);
             let mut got = None;
             for piece in bytes.chunks(5000) {
                 a.write_all(piece).unwrap();
@@ -808,12 +810,12 @@ mod tests {
             }
             match got {
                 Some(Incoming::Message(m)) => {
-                    assert!(!m.data_in_sink, "{what}");
+                    assert!(!m.data_in_buffer, "{what}");
                     assert_eq!(m.payload, bytes[HEADER_SIZE..], "{what}");
                 }
                 other => panic!("{what}: unexpected {other:?}"),
             }
-            assert!(out.iter().all(|&b| b == 0), "{what}: sink written");
+            assert!(out.iter().all(|&b| b == 0), "{what}: buffer written");
         }
     }
 
@@ -825,15 +827,15 @@ mod tests {
         let mut out = vec![0u8; 30_000];
         a.write_all(&bytes[..10_000]).unwrap();
         {
-            let mut s = sink(7, 5, &mut out);
+            let mut s = buffer(7, 5, &mut out);
             assert!(r.step(&b, false, Some(&mut s)).unwrap().is_none());
         }
-        assert!(r.sink_busy(7));
-        assert!(!r.abandon_sink(8));
-        assert!(r.abandon_sink(7));
-        assert!(!r.sink_busy(7));
+        assert!(r.buffer_busy(7));
+        assert!(!r.abandon_buffer(8));
+        assert!(r.abandon_buffer(7));
+        assert!(!r.buffer_busy(7));
         assert_eq!(out[..10_000 - 32], payload[16..10_000 - HEADER_SIZE]);
-        // Nothing more goes to the sink; the rest is drained, and what follows is read.
+        // Nothing more goes to the buffer; the rest is drained, and what follows is read.
         let before = out.clone();
         a.write_all(&bytes[10_000..]).unwrap();
         a.write_all(&msg(6, b"next", FLAGS_TYPE_REPLY)).unwrap();
@@ -852,15 +854,15 @@ mod tests {
         let (bytes, _) = reply(5, 30_000);
         let mut out = vec![0u8; 30_000];
         a.write_all(&bytes[..20]).unwrap();
-        let mut s = sink(1, 5, &mut out);
+        let mut s = buffer(1, 5, &mut out);
         assert!(r.step(&b, false, Some(&mut s)).unwrap().is_none());
         // Header and part of the head: the head is read with exact lengths next.
         a.write_all(&bytes[20..32]).unwrap();
         assert!(r.step(&b, false, Some(&mut s)).unwrap().is_none());
-        assert!(r.sink_busy(1));
-        // Another reader (another sink, or none) does not write into it.
+        assert!(r.buffer_busy(1));
+        // Another reader (another buffer, or none) does not write into it.
         let mut other = vec![0u8; 30_000];
-        let mut s2 = sink(2, 5, &mut other);
+        let mut s2 = buffer(2, 5, &mut other);
         a.write_all(&bytes[32..]).unwrap();
         assert!(matches!(
             r.step(&b, false, Some(&mut s2)).unwrap(),
@@ -880,13 +882,13 @@ mod tests {
         let _f = send_fds(&a, &bytes[..100], 1);
         let _g = send_fds(&a, &bytes[100..], 1);
         let mut out = vec![0u8; 10_000];
-        let mut s = sink(1, 5, &mut out);
+        let mut s = buffer(1, 5, &mut out);
         let m = loop {
             if let Some(Incoming::Message(m)) = r.step(&b, false, Some(&mut s)).unwrap() {
                 break m;
             }
         };
-        assert_eq!((m.data_in_sink, m.fds.len()), (true, 2));
+        assert_eq!((m.data_in_buffer, m.fds.len()), (true, 2));
         assert!(out == payload[16..]);
     }
 }

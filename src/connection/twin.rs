@@ -229,7 +229,7 @@ impl Framer {
                     header,
                     payload: body.to_vec(),
                     fds: std::mem::take(&mut self.fds),
-                    data_in_sink: false,
+                    data_in_buffer: false,
                 }),
                 Err(why) => {
                     self.fds.clear();
@@ -306,7 +306,7 @@ impl Framer {
                         header,
                         payload: buf,
                         fds,
-                        data_in_sink: false,
+                        data_in_buffer: false,
                     }),
                     Large::Discard { header, why, .. } => Incoming::Discarded { header, why },
                 }));

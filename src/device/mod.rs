@@ -21,7 +21,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::connection::ConnectOptions;
-use crate::connection::{self, Connection, Reply, Ticket};
+use crate::connection::{self, Connection, PendingReply, Reply};
 use crate::negotiate::{host_page_size, Capabilities};
 use crate::protocol::{
     Command, DeviceInfo, IrqInfo, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs,
@@ -443,7 +443,7 @@ impl VfioUserDevice {
             parts,
             |(at, out)| {
                 let head = access_head(index, *at, out.len());
-                conn.send_nowait(Command::RegionRead, &head, &[])
+                conn.send_request(Command::RegionRead, &head, &[])
                     .map_err(|e| access_error(Command::RegionRead, index, *at, out.len(), e))
             },
             |(at, out), ticket| {
@@ -482,7 +482,7 @@ impl VfioUserDevice {
             parts,
             |(at, chunk)| {
                 write_payload(&mut payload, index, *at, chunk);
-                conn.send_nowait(Command::RegionWrite, &payload, &[])
+                conn.send_request(Command::RegionWrite, &payload, &[])
                     .map_err(|e| access_error(Command::RegionWrite, index, *at, chunk.len(), e))
             },
             |(at, chunk), ticket| {
@@ -509,7 +509,7 @@ impl VfioUserDevice {
         let mut at = offset;
         for chunk in data.chunks(self.write_chunk) {
             write_payload(&mut payload, index, at, chunk);
-            conn.post(Command::RegionWrite, &payload, &[])
+            conn.send_no_reply(Command::RegionWrite, &payload, &[])
                 .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
             at += chunk.len() as u64;
         }
@@ -729,7 +729,7 @@ impl VfioUserDevice {
         for (start, count, fds) in messages {
             payload.clear();
             SetIrqs::new(flags, index, start, count, Vec::new()).encode_into(&mut payload);
-            match conn.send_nowait(Command::DeviceSetIrqs, &payload, &fds) {
+            match conn.send_request(Command::DeviceSetIrqs, &payload, &fds) {
                 Ok(ticket) => tickets.push((ticket, start, count)),
                 Err(e) => {
                     first_error = Some(set_irqs_error(index, start, count, e));
@@ -751,8 +751,8 @@ impl VfioUserDevice {
 /// is still collected (so no reply is left behind); the first error is returned.
 fn pipeline<P>(
     parts: impl Iterator<Item = P>,
-    mut send: impl FnMut(&P) -> Result<Ticket, Error>,
-    mut finish: impl FnMut(P, Ticket) -> Result<(), Error>,
+    mut send: impl FnMut(&P) -> Result<PendingReply, Error>,
+    mut finish: impl FnMut(P, PendingReply) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut parts = parts;
     let mut window = VecDeque::with_capacity(PIPELINE_WINDOW);
@@ -835,10 +835,10 @@ fn check_access_head(
 }
 
 /// Checks a REGION_READ reply and puts its data into `out`, unless it is there already
-/// (`data_in_sink`: the connection read it into `out` and checked that exactly `out.len()` bytes
+/// (`data_in_buffer`: the connection read it into `out` and checked that exactly `out.len()` bytes
 /// follow the head).
 fn copy_read_reply(reply: &Reply, index: u32, offset: u64, out: &mut [u8]) -> Result<(), Error> {
-    if reply.data_in_sink {
+    if reply.data_in_buffer {
         if reply.payload.len() != RegionAccess::HEAD_SIZE {
             return Err(Error::BadReply {
                 command: Command::RegionRead,

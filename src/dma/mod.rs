@@ -64,7 +64,7 @@ use vm_memory::{
 };
 
 use crate::connection::Connection;
-use crate::connection::{self, Handle, Ticket};
+use crate::connection::{self, Handle, PendingReply};
 use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
 use table::Table;
 
@@ -414,7 +414,7 @@ enum Undo {
 struct Sent {
     op: DmaOp,
     undo: Undo,
-    ticket: Ticket,
+    ticket: PendingReply,
 }
 
 /// A batch of maps and unmaps, pipelined: each is checked and sent when added, and
@@ -511,7 +511,7 @@ where
         let fds: Vec<RawFd> = planned.fd.into_iter().collect();
         let sent = mapper
             .connection
-            .send_nowait(Command::DmaMap, &planned.payload, &fds);
+            .send_request(Command::DmaMap, &planned.payload, &fds);
         self.record(&mut table, op, Undo::Map(planned.mapping), sent);
         drop(table);
         self.collect_if_full();
@@ -531,7 +531,7 @@ where
         DmaUnmap::new(iova, size).encode_into(&mut payload);
         let sent = mapper
             .connection
-            .send_nowait(Command::DmaUnmap, &payload, &[]);
+            .send_request(Command::DmaUnmap, &payload, &[]);
         self.record(&mut table, op, Undo::Unmap(removed), sent);
         drop(table);
         self.collect_if_full();
@@ -543,7 +543,7 @@ where
         table: &mut Table,
         op: DmaOp,
         undo: Undo,
-        sent: Result<Ticket, connection::Error>,
+        sent: Result<PendingReply, connection::Error>,
     ) {
         self.total += 1;
         match sent {

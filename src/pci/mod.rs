@@ -221,7 +221,7 @@ impl Shared {
             Vec::new(),
         )
         .encode_into(&mut payload);
-        if let Err(e) = connection.post(Command::DeviceSetIrqs, &payload, &[]) {
+        if let Err(e) = connection.send_no_reply(Command::DeviceSetIrqs, &payload, &[]) {
             self.record(
                 "INTx unmask",
                 &Error::Device(device::Error::Request {

@@ -121,10 +121,10 @@ fn nowait_batch_reports_every_error() {
             }
         }
     });
-    let tickets: Vec<_> = (0..10u8)
-        .map(|i| conn.send_nowait(Command::DmaMap, &[i; 32], &[]).unwrap())
+    let pending: Vec<_> = (0..10u8)
+        .map(|i| conn.send_request(Command::DmaMap, &[i; 32], &[]).unwrap())
         .collect();
-    let results = conn.wait_all(tickets);
+    let results = conn.wait_all(pending);
     for (i, r) in results.iter().enumerate() {
         if i % 3 == 0 {
             assert_eq!(
@@ -157,7 +157,7 @@ fn posted_writes_overflowing_the_socket_drain_in_order() {
         peer
     });
     for i in 0..N {
-        conn.post(Command::RegionWrite, &i.to_ne_bytes(), &[])
+        conn.send_no_reply(Command::RegionWrite, &i.to_ne_bytes(), &[])
             .unwrap();
     }
     // The peer has not read anything yet, so the socket buffer overflowed into the queue.
@@ -456,21 +456,21 @@ fn fds_travel_with_requests_and_replies() {
 #[test]
 fn pending_table_is_bounded_by_the_replied_id_half() {
     // Ids with the top bit set are kept for posted (`No_reply`) messages.
-    const POSTED_ID_BIT: u16 = 0x8000;
+    const NO_REPLY_ID_BIT: u16 = 0x8000;
     let (conn, peer) = pair();
-    let tickets: Vec<_> = (0..POSTED_ID_BIT)
-        .map(|_| conn.send_nowait(Command::RegionRead, b"q", &[]).unwrap())
+    let pending: Vec<_> = (0..NO_REPLY_ID_BIT)
+        .map(|_| conn.send_request(Command::RegionRead, b"q", &[]).unwrap())
         .collect();
-    assert!(tickets.iter().all(|t| t.id() < POSTED_ID_BIT));
+    assert!(pending.iter().all(|t| t.id() < NO_REPLY_ID_BIT));
     assert_eq!(
-        conn.send_nowait(Command::RegionRead, b"q", &[])
+        conn.send_request(Command::RegionRead, b"q", &[])
             .unwrap_err(),
         Error::TooManyPending
     );
     // Posted messages do not need an id from the waiting half.
-    conn.post(Command::RegionWrite, b"p", &[]).unwrap();
+    conn.send_no_reply(Command::RegionWrite, b"p", &[]).unwrap();
     drop(peer);
-    for r in conn.wait_all(tickets) {
+    for r in conn.wait_all(pending) {
         assert!(r.unwrap_err().is_disconnected());
     }
 }
