@@ -23,52 +23,16 @@ use std::time::{Duration, Instant};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
+use super::inner::{io_err, Inner};
 use super::recv::{Incoming, Received};
-use super::MAX_QUEUED_BYTES;
-use super::{error, io_err, lock, socket, DisconnectReason, Error, Inner};
+use super::send::{MAX_QUEUED_BYTES, WRITE_WAIT};
+use super::serve::ReplyData;
+use super::{error, socket, DisconnectReason, Error};
 use crate::protocol::DecodeError;
 use crate::protocol::{Header, MessageType, HEADER_SIZE};
+use crate::sync::lock;
 
 const TWIN_EVENTS: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
-
-/// How long answering a request may wait for the server to make room for the reply before
-/// the rest is left to the event loop (a server that stops reading must not stall the loop).
-pub(super) const WRITE_WAIT: Duration = Duration::from_millis(20);
-
-/// Bulk reply data sent straight from memory its owner keeps alive, without being copied
-/// into a buffer first (see
-/// [`ServerRequestHandler::handle_unbuffered`](super::ServerRequestHandler::handle_unbuffered)).
-pub trait ReplyData: Send {
-    /// Bytes of data.
-    fn len(&self) -> usize;
-
-    /// Whether there is no data.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Sends the bytes of `prefix`, then the data from `offset` on, in one non-blocking write
-    /// (`MSG_DONTWAIT`, whatever the socket's mode); returns the bytes written, `prefix`
-    /// included.
-    fn send(&self, sock: &UnixStream, prefix: &[&[u8]], offset: usize) -> io::Result<usize>;
-}
-
-/// A reply whose bulk data is not copied into a buffer: the payload's head, then the data.
-pub struct UnbufferedReply {
-    /// The start of the reply payload (for DMA_READ, the 16-byte address/count head).
-    pub head: Vec<u8>,
-    /// The rest of the payload.
-    pub data: Box<dyn ReplyData>,
-}
-
-impl fmt::Debug for UnbufferedReply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnbufferedReply")
-            .field("head", &self.head)
-            .field("data_len", &self.data.len())
-            .finish()
-    }
-}
 
 /// A reply being written: header, buffered payload, then any unbuffered data.
 struct Outgoing {
@@ -143,7 +107,7 @@ enum Large {
 }
 
 impl Framer {
-    fn new(max_size: u32, max_fds: usize) -> Framer {
+    pub(super) fn new(max_size: u32, max_fds: usize) -> Framer {
         Framer {
             stash: vec![0; CHUNK],
             start: 0,
@@ -593,6 +557,7 @@ impl MutEventSubscriber for TwinSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::UnbufferedReply;
     use crate::protocol::Command;
     use std::io::Write;
 

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::lock;
+use crate::sync::lock;
 
 /// Level-triggered: readable while the socket has data.
 const ARMED: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
