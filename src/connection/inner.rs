@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::framer::{Framer, MAIN_READ_SIZE};
 use super::pending::{Completion, PendingTable};
-use super::recv::Receiver;
 use super::send::SendQueue;
 use super::serve::ServerRequestHandler;
 use super::subscriber::MainSubscriber;
@@ -38,7 +38,7 @@ pub(crate) struct Inner {
     /// replies to them anyway can never complete a waiter with such a reply.
     pub(super) next_no_reply_id: AtomicU16,
     pub(super) send: Mutex<SendQueue>,
-    pub(super) recv: Mutex<Receiver>,
+    pub(super) recv: Mutex<Framer>,
     /// Whether the subscriber is told about incoming data (only while no caller waits).
     pub(super) watch: SocketWatch,
     /// Bumped whenever a reader lets go of the receive lock.
@@ -93,7 +93,11 @@ impl Inner {
             EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the disconnect eventfd"))?;
         let watch = SocketWatch::new(&sock).map_err(io_err("creating the socket's epoll set"))?;
         let inner = Arc::new(Inner {
-            recv: Mutex::new(Receiver::new(settings.max_recv_size, settings.max_recv_fds)),
+            recv: Mutex::new(Framer::new(
+                MAIN_READ_SIZE,
+                settings.max_recv_size,
+                settings.max_recv_fds,
+            )),
             watch,
             sock,
             settings,
@@ -166,10 +170,7 @@ impl Inner {
         }
         *lock(&self.reason) = Some(reason.clone());
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        let mut q = lock(&self.send);
-        q.queue.clear();
-        q.bytes = 0;
-        drop(q);
+        lock(&self.send).clear();
         let waiters: Vec<Arc<Completion>> = lock(&self.waiters).drain().map(|(_, c)| c).collect();
         for c in waiters {
             c.complete(Err(Error::Disconnected(reason.clone())));

@@ -29,13 +29,13 @@
 //! in a private epoll set that the event loop watches, and callers take it out of the
 //! event loop's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
 //! A caller waiting with [`Connection::wait_into`] may have its reply's data read straight
-//! into its own buffer while it reads (see `recv.rs`).
+//! into its own buffer while it reads (see `framer.rs`).
 
 mod error;
+mod framer;
 mod handshake;
 mod inner;
 mod pending;
-mod recv;
 mod send;
 mod serve;
 pub(crate) mod socket;

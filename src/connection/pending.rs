@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::framer::{Incoming, Received};
 use super::inner::Inner;
-use super::recv::{Incoming, Received};
 use super::{DisconnectReason, Error, Reply};
-use crate::protocol::{Command, Header, MessageType};
+use crate::protocol::{Command, MessageType};
 use crate::sync::lock;
 
 /// Message ids with this bit set are used for `No_reply` messages only; at most this many
@@ -208,13 +208,8 @@ impl Inner {
             Incoming::Discarded { header, why } => {
                 log::warn!("dropped message {header}: {why}");
                 if header.message_type() == Some(MessageType::Command) {
-                    if !header.no_reply() {
-                        let errno = if header.size > self.settings.max_recv_size {
-                            libc::E2BIG
-                        } else {
-                            libc::EINVAL
-                        };
-                        let _ = self.send(&Header::error_reply(&header, errno as u32), &[], &[]);
+                    if let Some(refusal) = self.refusal(&header) {
+                        let _ = self.send_reply(refusal);
                     }
                 } else {
                     if let Some(c) = lock(&self.waiters).remove(&header.id) {

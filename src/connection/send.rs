@@ -8,7 +8,7 @@
 //! non-blocking send; on `EAGAIN` or a partial write the rest is queued (fds only ever ride
 //! with a message's first byte) and the event loop drains the queue when the socket becomes
 //! writable. A reply whose bulk data is sent straight from the handler's memory
-//! ([`UnbufferedReply`]) keeps that memory, not a copy, while it waits in the queue.
+//! ([`UnbufferedReply`](super::UnbufferedReply)) keeps that memory, not a copy, while it waits in the queue.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::inner::{io_err, Inner};
 use super::pending::{Completion, PendingReply, NO_REPLY_ID_BIT};
-use super::serve::{ReplyData, UnbufferedReply};
+use super::serve::ReplyData;
 use super::{error, socket, DisconnectReason, Error};
 use crate::protocol::{Command, Header, HEADER_SIZE};
 use crate::sync::lock;
@@ -34,13 +34,16 @@ pub(super) const WRITE_WAIT: Duration = Duration::from_millis(20);
 /// replies is disconnected, instead of growing the queue without limit.
 pub(super) const MAX_QUEUED_BYTES: usize = 256 << 20;
 
-/// A message being written: `buf` (header and buffered payload), then any unbuffered reply
-/// data, sent straight from its owner's memory.
+/// A message being written, on either socket: the header, the buffered payload (`body`),
+/// then any unbuffered reply data, sent straight from its owner's memory. fds ride with the
+/// first byte.
 pub(super) struct Outgoing {
-    buf: Vec<u8>,
+    head: [u8; HEADER_SIZE],
+    body: Vec<u8>,
     data: Option<Box<dyn ReplyData>>,
-    sent: usize,
     fds: Vec<OwnedFd>,
+    /// Bytes already written.
+    sent: usize,
 }
 
 impl fmt::Debug for Outgoing {
@@ -54,26 +57,51 @@ impl fmt::Debug for Outgoing {
 }
 
 impl Outgoing {
+    /// A message of `header` and `body`, then `data` if any, nothing of it written yet.
+    pub(super) fn new(header: &Header, body: Vec<u8>, data: Option<Box<dyn ReplyData>>) -> Self {
+        Outgoing {
+            head: header.to_bytes(),
+            body,
+            data,
+            fds: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// The message's header (for logs).
+    pub(super) fn header(&self) -> Header {
+        Header::from_bytes(&self.head)
+    }
+
     fn len(&self) -> usize {
-        self.buf.len() + self.data.as_ref().map_or(0, |d| d.len())
+        HEADER_SIZE + self.body.len() + self.data.as_ref().map_or(0, |d| d.len())
     }
 
     /// Writes what the socket takes without waiting; `Ok(true)` once all of it has gone.
     fn write(&mut self, sock: &UnixStream) -> io::Result<bool> {
         while self.sent < self.len() {
-            let rest = self.buf.get(self.sent..).unwrap_or_default();
-            let result = match &self.data {
-                Some(d) => {
-                    let prefix: &[&[u8]] = if rest.is_empty() { &[] } else { &[rest] };
-                    d.send(sock, prefix, self.sent.saturating_sub(self.buf.len()))
+            // What is left of the header and of the body, without empty pieces.
+            let head = self.head.get(self.sent..).unwrap_or_default();
+            let body_sent = self.sent.saturating_sub(HEADER_SIZE);
+            let body = self.body.get(body_sent..).unwrap_or_default();
+            let mut parts: [&[u8]; 2] = [&[], &[]];
+            let mut count = 0;
+            for part in [head, body] {
+                if let Some(slot) = parts.get_mut(count).filter(|_| !part.is_empty()) {
+                    *slot = part;
+                    count += 1;
                 }
+            }
+            let parts = parts.get(..count).unwrap_or_default();
+            let result = match &self.data {
+                Some(d) => d.send(sock, parts, body_sent.saturating_sub(self.body.len())),
                 None => {
                     let raw: Vec<RawFd> = if self.sent == 0 {
                         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
                     } else {
                         Vec::new()
                     };
-                    socket::try_send_with_fds(sock, &[rest], &raw)
+                    socket::try_send_with_fds(sock, parts, &raw)
                 }
             };
             match result {
@@ -88,13 +116,91 @@ impl Outgoing {
         }
         Ok(true)
     }
+
+    /// Like [`write`](Self::write), but waits up to `wait` for room, as a blocking write
+    /// would.
+    fn write_within(&mut self, sock: &UnixStream, wait: Duration) -> io::Result<bool> {
+        if wait.is_zero() {
+            return self.write(sock);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.write(sock)? {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            if !socket::poll_fd(sock.as_raw_fd(), true, ms)? {
+                return Ok(false);
+            }
+        }
+    }
 }
 
+/// Messages waiting for room on a socket, in order, with what they hold in total.
 #[derive(Debug, Default)]
 pub(super) struct SendQueue {
-    pub(super) queue: VecDeque<Outgoing>,
+    queue: VecDeque<Outgoing>,
     /// Bytes held by `queue`.
-    pub(super) bytes: usize,
+    bytes: usize,
+}
+
+impl SendQueue {
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Messages queued.
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Bytes queued.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(super) fn push(&mut self, out: Outgoing) {
+        self.bytes += out.len();
+        self.queue.push_back(out);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+
+    /// Writes queued messages until the queue is empty (`Ok(true)`) or the socket is full.
+    pub(super) fn drain(&mut self, sock: &UnixStream) -> io::Result<bool> {
+        while let Some(out) = self.queue.front_mut() {
+            if !out.write(sock)? {
+                return Ok(false);
+            }
+            let len = out.len();
+            self.queue.pop_front();
+            self.bytes = self.bytes.saturating_sub(len);
+        }
+        Ok(true)
+    }
+
+    /// Sends `out` at once if nothing waits before it, waiting up to `wait` for room;
+    /// queues what does not fit, with its progress. `Ok(true)` once all of it has gone,
+    /// `Ok(false)` if it was queued.
+    pub(super) fn send(
+        &mut self,
+        sock: &UnixStream,
+        mut out: Outgoing,
+        wait: Duration,
+    ) -> io::Result<bool> {
+        if self.is_empty() && out.write_within(sock, wait)? {
+            return Ok(true);
+        }
+        self.push(out);
+        Ok(false)
+    }
 }
 
 /// A command header; `check_send` has bounded `len`, so the size always fits.
@@ -201,26 +307,21 @@ impl Inner {
         } else {
             socket::dup_fds(fds).map_err(io_err("duplicating fds to queue a message"))?
         };
-        let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
-        buf.extend_from_slice(&hdr);
-        buf.extend_from_slice(payload);
-        self.enqueue(
-            q,
-            Outgoing {
-                buf,
-                data: None,
-                sent,
-                fds,
-            },
-        );
+        let out = Outgoing {
+            head: hdr,
+            body: payload.to_vec(),
+            data: None,
+            fds,
+            sent,
+        };
+        self.enqueue(q, out);
         Ok(())
     }
 
     /// Appends a message to the send queue and has the subscriber drain it.
     fn enqueue(&self, mut q: MutexGuard<'_, SendQueue>, out: Outgoing) {
-        let was_empty = q.queue.is_empty();
-        q.bytes += out.len();
-        q.queue.push_back(out);
+        let was_empty = q.is_empty();
+        q.push(out);
         drop(q);
         if was_empty {
             // The subscriber arms EPOLLOUT and drains; a failed kick can only mean the
@@ -229,76 +330,54 @@ impl Inner {
         }
     }
 
-    /// Sends a reply whose bulk data goes straight from the handler's memory
-    /// ([`UnbufferedReply`]). When the queue is empty it is written at once, waiting up to
+    /// Sends a reply to a server request. When the queue is empty it is written at once,
+    /// with the send lock held so that nothing interleaves with it; a reply whose bulk data
+    /// goes straight from the handler's memory ([`UnbufferedReply`](super::UnbufferedReply)) waits up to
     /// [`WRITE_WAIT`] for room as a blocking write would (the server reads the reply to the
-    /// request it just sent), with the send lock held so that nothing interleaves with it;
-    /// whatever is left after that, or the whole reply when messages are queued before it,
-    /// is queued with its progress, without a copy.
-    pub(super) fn send_unbuffered(
-        &self,
-        header: &Header,
-        reply: UnbufferedReply,
-    ) -> Result<(), Error> {
-        log::debug!("send {header} (unbuffered)");
-        let mut buf = Vec::with_capacity(HEADER_SIZE + reply.head.len());
-        buf.extend_from_slice(&header.to_bytes());
-        buf.extend_from_slice(&reply.head);
-        let mut out = Outgoing {
-            buf,
-            data: Some(reply.data),
-            sent: 0,
-            fds: Vec::new(),
+    /// request it just sent). Whatever is left after that, or the whole reply when messages
+    /// are queued before it, is queued with its progress, without a copy.
+    pub(super) fn send_reply(&self, out: Outgoing) -> Result<(), Error> {
+        log::debug!(
+            "send {}{}",
+            out.header(),
+            if out.data.is_some() {
+                " (unbuffered)"
+            } else {
+                ""
+            }
+        );
+        let wait = if out.data.is_some() {
+            WRITE_WAIT
+        } else {
+            Duration::ZERO
         };
-        let q = lock(&self.send);
+        let mut q = lock(&self.send);
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
-        if q.queue.is_empty() {
-            let deadline = Instant::now() + WRITE_WAIT;
-            loop {
-                let step = match out.write(&self.sock) {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                        socket::poll_fd(self.sock.as_raw_fd(), true, ms)
-                    }
-                    Err(e) => Err(e),
-                };
-                match step {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        drop(q);
-                        let reason = error::io_reason(&e);
-                        self.fail(reason.clone());
-                        return Err(Error::Disconnected(reason));
-                    }
+        match q.send(&self.sock, out, wait) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                // Queued behind nothing: the subscriber must drain it.
+                if q.len() == 1 {
+                    drop(q);
+                    let _ = self.kick.write(1);
                 }
+                Ok(())
+            }
+            Err(e) => {
+                drop(q);
+                let reason = error::io_reason(&e);
+                self.fail(reason.clone());
+                Err(Error::Disconnected(reason))
             }
         }
-        self.enqueue(q, out);
-        Ok(())
     }
 
     /// Writes queued messages until the queue is empty (`Ok(true)`) or the socket is full.
     pub(super) fn drain_send_queue(&self) -> Result<bool, DisconnectReason> {
-        let mut q = lock(&self.send);
-        while let Some(out) = q.queue.front_mut() {
-            match out.write(&self.sock) {
-                Ok(true) => {
-                    let len = out.len();
-                    q.queue.pop_front();
-                    q.bytes = q.bytes.saturating_sub(len);
-                }
-                Ok(false) => return Ok(false),
-                Err(e) => return Err(error::io_reason(&e)),
-            }
-        }
-        Ok(true)
+        lock(&self.send)
+            .drain(&self.sock)
+            .map_err(|e| error::io_reason(&e))
     }
 }

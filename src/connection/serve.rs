@@ -14,9 +14,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use super::framer::Received;
 use super::inner::Inner;
-use super::recv::Received;
-use super::send::MAX_QUEUED_BYTES;
+use super::send::{Outgoing, MAX_QUEUED_BYTES};
 use super::DisconnectReason;
 use crate::protocol::Header;
 use crate::sync::lock;
@@ -97,7 +97,7 @@ impl Inner {
     pub(super) fn serve_request(&self, msg: Received) {
         let header = msg.header;
         let q = lock(&self.send);
-        let (over, queued) = (q.bytes > MAX_QUEUED_BYTES, !q.queue.is_empty());
+        let (over, queued) = (q.bytes() > MAX_QUEUED_BYTES, !q.is_empty());
         drop(q);
         if over {
             self.fail(DisconnectReason::ProtocolViolation(format!(
@@ -105,60 +105,78 @@ impl Inner {
             )));
             return;
         }
-        let handler = lock(&self.handler).clone();
-        let known = header.known_command().is_some();
         // Bulk data straight from the handler's memory, unless the reply would only join
-        // the queue (then it is copied once, as before, and the handler's memory is read
-        // now rather than when the queue drains).
-        if let Some(h) = handler
-            .as_ref()
-            .filter(|_| known && !queued && !header.no_reply())
-        {
-            if let Some(result) = h.handle_unbuffered(&header, &msg.payload, &msg.fds) {
-                let sent = match result {
-                    Ok(u) => {
-                        let len = u.head.len() + u.data.len();
-                        match Header::reply(&header, len) {
-                            Some(reply) => self.send_unbuffered(&reply, u),
-                            None => {
-                                let e = Header::error_reply(&header, libc::E2BIG as u32);
-                                self.send(&e, &[], &[])
-                            }
-                        }
-                    }
-                    Err(errno) => self.send(&Header::error_reply(&header, errno), &[], &[]),
-                };
-                if let Err(e) = sent {
-                    log::warn!("cannot reply to server request {header}: {e}");
-                }
-                return;
-            }
-        }
-        let mut payload = Vec::new();
-        let result = match (handler, known) {
-            (Some(h), true) => h.handle(&header, &msg.payload, msg.fds, &mut payload),
-            (_, _) => Err(libc::ENOSYS as u32),
-        };
-        if header.no_reply() {
-            return;
-        }
-        let reply = match result {
-            Ok(()) => Header::reply(&header, payload.len()),
-            Err(errno) => {
-                payload.clear();
-                Some(Header::error_reply(&header, errno))
-            }
-        };
-        let Some(reply) = reply else {
-            payload.clear();
-            let e = Header::error_reply(&header, libc::E2BIG as u32);
-            let _ = self.send(&e, &[], &[]);
+        // the queue: then it is copied into a buffer, so that the handler's memory is read
+        // now rather than when the queue drains.
+        let Some(reply) = self.answer(msg, !queued) else {
             return;
         };
-        if let Err(e) = self.send(&reply, &payload, &[]) {
+        if let Err(e) = self.send_reply(reply) {
             log::warn!("cannot reply to server request {header}: {e}");
         }
     }
+
+    /// The reply to a server request, from the connection's handler (`ENOSYS` without
+    /// one); `None` for a `No_reply` request. With `unbuffered`, a handler that can send
+    /// the reply's bulk data straight from its own memory does so.
+    pub(super) fn answer(&self, msg: Received, unbuffered: bool) -> Option<Outgoing> {
+        let header = msg.header;
+        let handler = lock(&self.handler).clone();
+        let result = match handler.filter(|_| header.known_command().is_some()) {
+            Some(h) => handle(&*h, msg, unbuffered && !header.no_reply()),
+            None => Err(libc::ENOSYS as u32),
+        };
+        if header.no_reply() {
+            return None;
+        }
+        let error = |errno| Outgoing::new(&Header::error_reply(&header, errno), Vec::new(), None);
+        Some(match result {
+            Ok((body, data)) => {
+                let len = body.len() + data.as_ref().map_or(0, |d| d.len());
+                match Header::reply(&header, len) {
+                    Some(reply) => Outgoing::new(&reply, body, data),
+                    None => error(libc::E2BIG as u32),
+                }
+            }
+            Err(errno) => error(errno),
+        })
+    }
+
+    /// The error reply to a server request that was drained unread (too large, or
+    /// malformed), unless it asked for none.
+    pub(super) fn refusal(&self, header: &Header) -> Option<Outgoing> {
+        if header.no_reply() {
+            return None;
+        }
+        let errno = if header.size > self.settings.max_recv_size {
+            libc::E2BIG
+        } else {
+            libc::EINVAL
+        };
+        let reply = Header::error_reply(header, errno as u32);
+        Some(Outgoing::new(&reply, Vec::new(), None))
+    }
+}
+
+/// A reply's payload: the buffered part, then any data sent from the handler's memory.
+type ReplyPayload = (Vec<u8>, Option<Box<dyn ReplyData>>);
+
+/// A reply's payload from `handler`: unbuffered when allowed and offered, buffered
+/// otherwise; `Err(errno)` for an error reply.
+fn handle(
+    handler: &dyn ServerRequestHandler,
+    msg: Received,
+    unbuffered: bool,
+) -> Result<ReplyPayload, u32> {
+    if unbuffered {
+        if let Some(result) = handler.handle_unbuffered(&msg.header, &msg.payload, &msg.fds) {
+            return result.map(|u| (u.head, Some(u.data)));
+        }
+    }
+    let mut payload = Vec::new();
+    handler
+        .handle(&msg.header, &msg.payload, msg.fds, &mut payload)
+        .map(|()| (payload, None))
 }
 
 #[cfg(test)]
@@ -303,7 +321,7 @@ mod tests {
         assert!(started.elapsed() >= WRITE_WAIT);
         assert!(started.elapsed() < WRITE_WAIT * 50);
         assert_eq!(inner.queued_messages(), 1);
-        assert_eq!(lock(&inner.send).bytes, HEADER_SIZE + 1 + (1 << 20));
+        assert_eq!(lock(&inner.send).bytes(), HEADER_SIZE + 1 + (1 << 20));
         inner
             .send_no_reply(Command::RegionWrite, b"after", &[])
             .unwrap();
@@ -319,6 +337,6 @@ mod tests {
             (next.command, after.as_slice()),
             (Command::RegionWrite as u16, &b"after"[..])
         );
-        assert_eq!(lock(&inner.send).bytes, 0);
+        assert_eq!(lock(&inner.send).bytes(), 0);
     }
 }

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::framer::{Framer, ReplyBuffer};
 use super::inner::Inner;
 use super::pending::{Completion, PendingReply, Slot};
-use super::recv::{Receiver, ReplyBuffer};
 use super::{error, socket, Error, Reply};
 use crate::protocol::Command;
 use crate::sync::{lock, try_lock};
@@ -166,19 +166,19 @@ impl Inner {
                 return self.timed_out(&pending, timeout);
             }
             let epoch = self.reader_epoch.load(Ordering::SeqCst);
-            if let Some(mut receiver) = try_lock(&self.recv) {
-                self.lead(&mut receiver, completion, deadline, now, buffer.as_mut());
+            if let Some(mut framer) = try_lock(&self.recv) {
+                self.lead(&mut framer, completion, deadline, now, buffer.as_mut());
                 // The buffer must not outlive this hold of the lock. `lead` stops half-way
                 // through our reply only at the deadline (or on a disconnect): the rest is
                 // drained by the next reader, and we time out. Leave the pending table
                 // first, so that the drained reply fails nobody.
                 let abandoned = buffer
                     .as_ref()
-                    .is_some_and(|s| receiver.abandon_buffer(s.token));
+                    .is_some_and(|s| framer.abandon_buffer(s.token));
                 if abandoned {
                     self.forget(&pending);
                 }
-                drop(receiver);
+                drop(framer);
                 self.after_reading();
                 if abandoned {
                     return self.timed_out(&pending, timeout);
@@ -219,7 +219,7 @@ impl Inner {
     /// lock, so an empty socket means that there is nothing to dispatch.
     fn lead(
         &self,
-        receiver: &mut Receiver,
+        framer: &mut Framer,
         completion: &Completion,
         deadline: Instant,
         mut now: Instant,
@@ -249,7 +249,7 @@ impl Inner {
                     }
                 }
             }
-            if !self.read_available(receiver, Some(completion), block, buffer.as_deref_mut()) {
+            if !self.read_available(framer, Some(completion), block, buffer.as_deref_mut()) {
                 return;
             }
             if spinning && !completion.is_done() {
@@ -258,7 +258,7 @@ impl Inner {
             }
             now = Instant::now();
         }
-        self.dispatch_buffered(receiver, buffer);
+        self.dispatch_buffered(framer, buffer);
     }
 
     /// Reads and dispatches messages until the socket has no more data (with `block`: until
@@ -266,13 +266,13 @@ impl Inner {
     /// `false` if the connection failed.
     fn read_available(
         &self,
-        receiver: &mut Receiver,
+        framer: &mut Framer,
         until: Option<&Completion>,
         block: bool,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> bool {
         loop {
-            match receiver.step(&self.sock, block, buffer.as_deref_mut()) {
+            match framer.step(&self.sock, block, buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => {
                     self.dispatch(incoming);
                     if until.is_some_and(Completion::is_done) {
@@ -289,9 +289,9 @@ impl Inner {
     }
 
     /// Dispatches the messages that are complete in the receive buffer, without reading.
-    fn dispatch_buffered(&self, receiver: &mut Receiver, mut buffer: Option<&mut ReplyBuffer<'_>>) {
+    fn dispatch_buffered(&self, framer: &mut Framer, mut buffer: Option<&mut ReplyBuffer<'_>>) {
         loop {
-            match receiver.buffered(buffer.as_deref_mut()) {
+            match framer.buffered(buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => self.dispatch(incoming),
                 Ok(None) => return,
                 Err(reason) => {
@@ -320,16 +320,16 @@ impl Inner {
     /// reads already. Whatever is left keeps the entry reported once the subscriber has
     /// armed it (it is level-triggered), so the read that would only say `EAGAIN` is saved.
     pub(super) fn read_idle(&self) {
-        let Some(mut receiver) = try_lock(&self.recv) else {
+        let Some(mut framer) = try_lock(&self.recv) else {
             return;
         };
-        self.dispatch_buffered(&mut receiver, None);
-        match receiver.read_once(&self.sock) {
-            Ok(true) => self.dispatch_buffered(&mut receiver, None),
+        self.dispatch_buffered(&mut framer, None);
+        match framer.read_once(&self.sock) {
+            Ok(true) => self.dispatch_buffered(&mut framer, None),
             Ok(false) => {}
             Err(reason) => self.fail(reason),
         }
-        drop(receiver);
+        drop(framer);
         self.after_reading();
     }
 }
@@ -393,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn wait_into_reads_data_into_the_sink() {
+    fn wait_into_reads_data_into_the_buffer() {
         let (inner, _sub, mut server) = pair(DEFAULT_TIMEOUT);
         // Two requests in flight, both replies written in pieces before anyone reads.
         let (t1, r1) = send(&inner, &mut server);
@@ -487,7 +487,7 @@ mod tests {
         let (inner, _sub, mut server) = pair(DEFAULT_TIMEOUT);
         let (t, r) = send(&inner, &mut server);
         // This thread reads: the waiter below must follow.
-        let mut receiver = lock(&inner.recv);
+        let mut framer = lock(&inner.recv);
         let waiter = {
             let inner = Arc::clone(&inner);
             std::thread::spawn(move || {
@@ -501,8 +501,8 @@ mod tests {
         }
         let (bytes, payload) = reply(&r, DATA);
         write_in_pieces(&mut server, &bytes);
-        assert!(inner.read_available(&mut receiver, None, false, None));
-        drop(receiver);
+        assert!(inner.read_available(&mut framer, None, false, None));
+        drop(framer);
         inner.after_reading();
         let (reply, out) = waiter.join().unwrap();
         assert!(!reply.data_in_buffer);
