@@ -32,24 +32,86 @@ pub enum Error {
 impl Error {
     /// The server's errno, when the server answered with an error reply.
     pub fn server_errno(&self) -> Option<u32> {
-        match self {
-            Error::Connection(e) => e.server_errno(),
-            Error::Negotiate(_) => None,
-            Error::Device(e) => e.server_errno(),
-            Error::Pci(e) => e.server_errno(),
-            Error::Dma(e) => e.failures().iter().find_map(|f| f.error.server_errno()),
-        }
+        self.layer().server_errno()
     }
 
     /// Whether the connection is gone (a new connection is needed to go on).
     pub fn is_disconnected(&self) -> bool {
+        self.layer().is_disconnected()
+    }
+
+    /// The layer's own error, which answers the questions about the connection.
+    fn layer(&self) -> &dyn ConnectionFacts {
         match self {
-            Error::Connection(e) => e.is_disconnected(),
-            Error::Device(e) => e.is_disconnected(),
-            Error::Pci(e) => e.is_disconnected(),
-            Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
-            Error::Negotiate(_) => false,
+            Error::Connection(e) => e,
+            Error::Negotiate(e) => e,
+            Error::Device(e) => e,
+            Error::Pci(e) => e,
+            Error::Dma(e) => e,
         }
+    }
+}
+
+/// What every layer's error tells about the connection. The answers come from the
+/// connection errors a layer's error carries: [`connection::Error`] holds the logic, and
+/// every other layer forwards to it.
+trait ConnectionFacts {
+    /// The server's errno, when the server answered with an error reply.
+    fn server_errno(&self) -> Option<u32>;
+    /// Whether the connection is gone.
+    fn is_disconnected(&self) -> bool;
+}
+
+impl ConnectionFacts for connection::Error {
+    fn server_errno(&self) -> Option<u32> {
+        connection::Error::server_errno(self)
+    }
+
+    fn is_disconnected(&self) -> bool {
+        connection::Error::is_disconnected(self)
+    }
+}
+
+/// The VERSION reply was refused before the connection carried anything else.
+impl ConnectionFacts for NegotiateError {
+    fn server_errno(&self) -> Option<u32> {
+        None
+    }
+
+    fn is_disconnected(&self) -> bool {
+        false
+    }
+}
+
+impl ConnectionFacts for device::Error {
+    fn server_errno(&self) -> Option<u32> {
+        device::Error::server_errno(self)
+    }
+
+    fn is_disconnected(&self) -> bool {
+        device::Error::is_disconnected(self)
+    }
+}
+
+impl ConnectionFacts for pci::Error {
+    fn server_errno(&self) -> Option<u32> {
+        pci::Error::server_errno(self)
+    }
+
+    fn is_disconnected(&self) -> bool {
+        pci::Error::is_disconnected(self)
+    }
+}
+
+/// A DMA batch carries one connection error per failed operation: the first errno, and
+/// whether any says the connection is gone.
+impl ConnectionFacts for dma::Error {
+    fn server_errno(&self) -> Option<u32> {
+        self.failures().iter().find_map(|f| f.error.server_errno())
+    }
+
+    fn is_disconnected(&self) -> bool {
+        self.failures().iter().any(|f| f.error.is_disconnected())
     }
 }
 
