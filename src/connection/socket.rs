@@ -73,26 +73,11 @@ fn sendmsg_fds(
     flags: libc::c_int,
 ) -> io::Result<usize> {
     if bufs.len() > MAX_SEND_BUFS || fds.len() > MAX_SEND_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many buffers or fds for one message",
-        ));
+        return Err(too_many_for_one_message());
     }
     if fds.is_empty() {
-        if let [one] = bufs {
-            return send_one(sock, one, flags);
-        }
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total <= SMALL_SEND {
-            let mut gathered = [0u8; SMALL_SEND];
-            let mut at = 0;
-            for b in bufs {
-                if let Some(dst) = gathered.get_mut(at..at + b.len()) {
-                    dst.copy_from_slice(b);
-                }
-                at += b.len();
-            }
-            return send_one(sock, gathered.get(..total).unwrap_or_default(), flags);
+        if let Some(sent) = send_gathered(sock, bufs, flags) {
+            return sent;
         }
     }
     let mut iov = [libc::iovec {
@@ -109,25 +94,12 @@ fn sendmsg_fds(
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = bufs.len() as _;
     if !fds.is_empty() {
-        let data_len = mem::size_of_val(fds);
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space(fds.len()) as _;
-        // SAFETY: `msg_control` points to `cmsg`, which is aligned for cmsghdr and at least
-        // `msg_controllen` bytes long (`cmsg_space(MAX_SEND_FDS) <= CMSG_BUF_LEN`, tested),
-        // so CMSG_FIRSTHDR returns a non-null pointer to its start, the header fields lie
-        // inside it, and CMSG_DATA(c) has room for `data_len` bytes after the header.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as _;
-            ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), data_len);
-        }
+        attach_rights(&mut msg, &mut cmsg, fds)?;
     }
     loop {
         // SAFETY: `msg` describes `bufs.len()` iovecs over slices borrowed for the whole
-        // call and, with fds, a control buffer of `msg_controllen` initialised bytes;
-        // sendmsg only reads them.
+        // call and, with fds, a control buffer (`cmsg`, alive until we return) of
+        // `msg_controllen` initialised bytes; sendmsg only reads them.
         let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) };
         if r >= 0 {
             return Ok(r as usize);
@@ -137,6 +109,66 @@ fn sendmsg_fds(
             return Err(e);
         }
     }
+}
+
+fn too_many_for_one_message() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "too many buffers or fds for one message",
+    )
+}
+
+/// Without fds, sends one buffer, or several small ones gathered into one, with `send`;
+/// `None` for anything larger, which needs `sendmsg`.
+fn send_gathered(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    flags: libc::c_int,
+) -> Option<io::Result<usize>> {
+    if let [one] = bufs {
+        return Some(send_one(sock, one, flags));
+    }
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if total > SMALL_SEND {
+        return None;
+    }
+    let mut gathered = [0u8; SMALL_SEND];
+    let mut at = 0;
+    for b in bufs {
+        if let Some(dst) = gathered.get_mut(at..at + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        at += b.len();
+    }
+    Some(send_one(
+        sock,
+        gathered.get(..total).unwrap_or_default(),
+        flags,
+    ))
+}
+
+/// Points `msg`'s control data at `cmsg` and writes into it one `SCM_RIGHTS` message
+/// carrying `fds` (at most [`MAX_SEND_FDS`]).
+fn attach_rights(msg: &mut libc::msghdr, cmsg: &mut CmsgBuf, fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_SEND_FDS {
+        return Err(too_many_for_one_message());
+    }
+    let data_len = mem::size_of_val(fds);
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(fds.len()) as _;
+    // SAFETY: `msg_control` points to `cmsg`, which is aligned for cmsghdr and at least
+    // `msg_controllen` bytes long (`fds.len() <= MAX_SEND_FDS`, checked above, and
+    // `cmsg_space(MAX_SEND_FDS) <= CMSG_BUF_LEN`, tested), so CMSG_FIRSTHDR returns a
+    // non-null pointer to its start, the header fields lie inside it, and CMSG_DATA(c) has
+    // room for `data_len` bytes after the header.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as _;
+        ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), data_len);
+    }
+    Ok(())
 }
 
 /// Sends the concatenation of `bufs` (at most `MAX_SEND_BUFS`) with `fds` (at most
@@ -242,8 +274,7 @@ unsafe fn recvmsg_fds(
         // is writable and ours alone for the call (it may be uninitialised: it is only
         // written), and the control buffer is `cmsg`, at least `msg_controllen` bytes
         // (uninitialised memory is fine: it is only written); the kernel writes only within
-        // them. MSG_CMSG_CLOEXEC: received fds are
-        // close-on-exec from the start.
+        // them. MSG_CMSG_CLOEXEC: received fds are close-on-exec from the start.
         let r =
             unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
         if r >= 0 {
@@ -255,13 +286,30 @@ unsafe fn recvmsg_fds(
             return Err(e);
         }
     };
+    // SAFETY: `msg` was just filled in by a successful recvmsg.
+    let fds = unsafe { take_rights(&msg) };
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
+        // Dropping `fds` closes them.
+        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+    }
+    Ok((n, fds))
+}
+
+/// Takes ownership of the fds in `msg`'s control data.
+///
+/// # Safety
+///
+/// `msg` must have just been filled in by a successful `recvmsg`: `msg_control` and
+/// `msg_controllen` then describe the control data the kernel wrote, and every fd in it
+/// was installed for that call and is owned by nobody else.
+unsafe fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
-    // SAFETY: `msg` was filled in by recvmsg: `msg_control`/`msg_controllen` now describe
-    // the control data the kernel wrote into `cmsg`. CMSG_FIRSTHDR and CMSG_NXTHDR return
-    // either null or a pointer to a header that lies wholly within that data.
-    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: per the caller, `msg_control`/`msg_controllen` describe the control data the
+    // kernel wrote. CMSG_FIRSTHDR and CMSG_NXTHDR return either null or a pointer to a
+    // header that lies wholly within that data.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
     while !c.is_null() {
-        // SAFETY: `c` is non-null, so it points to a complete cmsghdr within `cmsg`.
+        // SAFETY: `c` is non-null, so it points to a complete cmsghdr within the data.
         let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
         if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
             // SAFETY: arithmetic only.
@@ -277,19 +325,15 @@ unsafe fn recvmsg_fds(
                 // SAFETY: entry `i < count` lies within the control data (see above); it
                 // may be unaligned, hence read_unaligned.
                 let fd = unsafe { ptr::read_unaligned(data.add(i)) };
-                // SAFETY: the kernel just installed this fd in our table for this message;
-                // nothing else refers to it, so this is its only owner.
+                // SAFETY: per the caller, the kernel just installed this fd in our table
+                // for this message; nothing else refers to it, so this is its only owner.
                 fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
         // SAFETY: `c` came from CMSG_FIRSTHDR/CMSG_NXTHDR on the same `msg`.
-        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
-        // Dropping `fds` closes them.
-        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
-    }
-    Ok((n, fds))
+    fds
 }
 
 /// Receives up to `buf.len()` bytes and up to `max_fds` fds (at most [`MAX_RECV_FDS`]),
