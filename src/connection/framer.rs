@@ -45,27 +45,27 @@ pub(super) const TWIN_READ_SIZE: usize = 16 << 10;
 
 /// A complete message read from the socket.
 #[derive(Debug)]
-pub(crate) struct Received {
-    pub header: Header,
-    pub payload: Vec<u8>,
-    pub fds: Vec<OwnedFd>,
+pub(super) struct Received {
+    pub(super) header: Header,
+    pub(super) payload: Vec<u8>,
+    pub(super) fds: Vec<OwnedFd>,
     /// The payload holds only the head; the rest went into the reader's [`ReplyBuffer`].
-    pub data_in_buffer: bool,
+    pub(super) data_in_buffer: bool,
 }
 
 /// A reader's own buffer for the data of the reply it waits for (see the module comment).
 #[derive(Debug)]
-pub(crate) struct ReplyBuffer<'a> {
+pub(super) struct ReplyBuffer<'a> {
     /// Tells this buffer's transfers apart from any other's (unique per waiting call).
-    pub token: u64,
+    pub(super) token: u64,
     /// Id of the awaited reply.
-    pub id: u16,
+    pub(super) id: u16,
     /// Its command.
-    pub command: u16,
+    pub(super) command: u16,
     /// Payload bytes before the data (kept in the message's payload).
-    pub head_len: usize,
+    pub(super) head_len: usize,
     /// Where the data goes.
-    pub data: &'a mut [u8],
+    pub(super) data: &'a mut [u8],
 }
 
 impl ReplyBuffer<'_> {
@@ -80,7 +80,7 @@ impl ReplyBuffer<'_> {
 
 /// What one step of the framer produced.
 #[derive(Debug)]
-pub(crate) enum Incoming {
+pub(super) enum Incoming {
     /// A whole message.
     Message(Received),
     /// A message whose body was drained and dropped, with the reason.
@@ -208,7 +208,7 @@ impl Transfer {
 
 /// Cuts one socket's byte stream into messages (see the module comment).
 #[derive(Debug)]
-pub(crate) struct Framer {
+pub(super) struct Framer {
     /// Bytes read and not parsed yet are `buf[start..end]`; they begin at a message
     /// boundary (the head message) unless a transfer is under way, in which case the
     /// buffer is empty.
@@ -258,7 +258,7 @@ fn full() -> DisconnectReason {
 impl Framer {
     /// A framer reading up to `read_size` bytes at once and accepting messages of at most
     /// `max_size` bytes (header included) and at most `max_fds` fds each.
-    pub fn new(read_size: usize, max_size: u32, max_fds: usize) -> Self {
+    pub(super) fn new(read_size: usize, max_size: u32, max_fds: usize) -> Self {
         Framer {
             buf: vec![0; read_size.max(HEADER_SIZE)].into_boxed_slice(),
             start: 0,
@@ -277,7 +277,7 @@ impl Framer {
     ///
     /// With a `reply_buffer`, the reply it waits for is read into it (see the module
     /// comment).
-    pub fn step(
+    pub(super) fn step(
         &mut self,
         sock: &UnixStream,
         block: bool,
@@ -295,18 +295,18 @@ impl Framer {
 
     /// Reads once without waiting, for whoever then takes the complete messages with
     /// [`buffered`](Self::buffered); `false` when the socket had no data.
-    pub fn read_once(&mut self, sock: &UnixStream) -> Result<bool, DisconnectReason> {
+    pub(super) fn read_once(&mut self, sock: &UnixStream) -> Result<bool, DisconnectReason> {
         self.fill(sock, false, None)
     }
 
     /// Whether bytes already read wait to be parsed (a level-triggered watch reports only
     /// what is still on the socket).
-    pub fn holds_data(&self) -> bool {
+    pub(super) fn holds_data(&self) -> bool {
         self.start < self.end
     }
 
     /// Whether a transfer into the reply buffer with `token` is under way.
-    pub fn buffer_busy(&self, token: u64) -> bool {
+    pub(super) fn buffer_busy(&self, token: u64) -> bool {
         matches!(&self.transfer, Some(Transfer::IntoReplyBuffer { token: t, .. }) if *t == token)
     }
 
@@ -314,7 +314,7 @@ impl Framer {
     /// rest of the message is drained by whoever reads next, and nothing more is written to
     /// the buffer. Returns whether there was one. The buffer's owner calls this before it
     /// lets go of the receive lock.
-    pub fn abandon_buffer(&mut self, token: u64) -> bool {
+    pub(super) fn abandon_buffer(&mut self, token: u64) -> bool {
         if !self.buffer_busy(token) {
             return false;
         }
@@ -350,7 +350,7 @@ impl Framer {
     ///
     /// Whoever stops reading must first take every buffered message, so that an empty
     /// socket always means that there is nothing to dispatch.
-    pub fn buffered(
+    pub(super) fn buffered(
         &mut self,
         reply_buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> Result<Option<Incoming>, DisconnectReason> {
