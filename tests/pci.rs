@@ -26,7 +26,8 @@ use std::thread;
 use std::time::Duration;
 
 use pci_support::{cfg_read, cfg_write, fds_and_maps, find_cap, fired, guest_memory, quiet, Irqs};
-use vfio_user_client::device::{pci_irq, IrqAction};
+use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
+use vfio_user_client::device::IrqAction;
 use vfio_user_client::pci::{
     AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, InterruptMode,
     MsiMessage, PciConfig, VfioUserPciDevice,
@@ -484,7 +485,7 @@ fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
     // The line is masked at the server (as after an automasked trigger); BAR accesses do
     // not unmask it.
     dev.device()
-        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Mask, 0, 1)
         .unwrap();
     assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(false));
     let commands = g.probe.commands();
@@ -505,7 +506,7 @@ fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
 
     // And through the VMM's own call.
     dev.device()
-        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Mask, 0, 1)
         .unwrap();
     assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(false));
     dev.end_of_interrupt().unwrap();

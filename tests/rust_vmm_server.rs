@@ -19,16 +19,15 @@ use std::thread::{self, JoinHandle};
 
 use common::{read_region, read_u32, write_region};
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_region_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
-use vfio_user_client::device::{pci_irq, Error as DeviceError, IrqAction};
+use vfio_user_client::device::{Error as DeviceError, IrqAction};
 use vfio_user_client::negotiate::MigrationCaps;
 use vfio_user_client::protocol::{
     Command, DeviceInfo, IrqInfo as IrqInfoPayload, RegionAccess, RegionInfo, SetIrqs,
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::proxy::{self, Proxy};
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
@@ -162,7 +161,7 @@ impl ServerBackend for Gpio {
         count: u32,
         fds: Vec<File>,
     ) -> io::Result<()> {
-        let want = IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER;
+        let want = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
         let end = start.checked_add(count).ok_or_else(einval)?;
         if flags & want != want || index != 2 || end > MSIX_VECTORS {
             return Err(einval());
@@ -338,7 +337,7 @@ fn device_region_and_irq_info_decode() {
         DeviceInfo::decode(&reply.payload).unwrap(),
         DeviceInfo {
             argsz: 16,
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
             num_regions: NUM_REGIONS,
             num_irqs: NUM_IRQS,
         }
@@ -358,7 +357,7 @@ fn device_region_and_irq_info_decode() {
         assert!(reply.fds.is_empty());
         let info = RegionInfo::decode(&reply.payload).unwrap();
         assert_eq!((info.index, info.size), (index, size), "{info:?}");
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         assert_eq!(info.flags, if size > 0 { rw } else { 0 }, "{info:?}");
         assert!(info.caps.is_empty());
     }
@@ -496,7 +495,7 @@ fn irq_eventfd_and_reset() {
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut payload = Vec::new();
     SetIrqs::new(
-        IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
         2,
         0,
         1,
@@ -575,7 +574,7 @@ fn device_layer_against_the_crates_io_server() {
         .enumerate()
         .map(|(i, e)| (i != 2).then_some(e))
         .collect();
-    dev.set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &list)
+    dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &list)
         .unwrap();
     {
         let mut st = state.lock();

@@ -8,6 +8,11 @@
 //! index) and maps the areas of mappable regions. Every later call checks its arguments
 //! against what was discovered before anything is sent, splits transfers by the negotiated
 //! limits, and checks that each reply answers its request.
+//!
+//! Regions and IRQ indexes are numbered as in VFIO; for a PCI device the indexes are
+//! vfio-bindings' `VFIO_PCI_*_REGION_INDEX` and `VFIO_PCI_*_IRQ_INDEX`
+//! (`vfio_bindings::bindings::vfio`), and flags are its `VFIO_REGION_INFO_FLAG_*` and
+//! `VFIO_IRQ_INFO_*`.
 
 mod error;
 mod mmap;
@@ -18,15 +23,19 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use vfio_bindings::bindings::vfio::{
+    vfio_region_sparse_mmap_area, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
+    VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::connection::ConnectOptions;
 use crate::negotiate::{host_page_size, Capabilities};
 use crate::protocol::{
     Command, DeviceInfo, IrqInfo, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs,
-    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, HEADER_SIZE, IRQ_SET_ACTION_MASK,
-    IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD,
-    IRQ_SET_DATA_NONE, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    HEADER_SIZE,
 };
 use crate::proxy::{self, Proxy, Reply, Ticket};
 use crate::Connection;
@@ -50,32 +59,6 @@ pub const DEFAULT_READ_CHUNK: u32 = 128 << 10;
 const IO_FDS_FIRST_ARGSZ: u32 = 16 + 16 * 48;
 /// Requests of one large transfer in flight at once.
 const PIPELINE_WINDOW: usize = 8;
-
-/// PCI region indexes.
-pub mod pci_region {
-    /// BAR 0; BARs 1 to 5 follow.
-    pub const BAR0: u32 = 0;
-    /// The expansion ROM.
-    pub const ROM: u32 = 6;
-    /// PCI configuration space.
-    pub const CONFIG: u32 = 7;
-    /// VGA.
-    pub const VGA: u32 = 8;
-}
-
-/// PCI IRQ indexes.
-pub mod pci_irq {
-    /// INTx.
-    pub const INTX: u32 = 0;
-    /// MSI.
-    pub const MSI: u32 = 1;
-    /// MSI-X.
-    pub const MSIX: u32 = 2;
-    /// Error notification.
-    pub const ERR: u32 = 3;
-    /// Device request notification.
-    pub const REQ: u32 = 4;
-}
 
 /// How the device layer behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +108,7 @@ impl Region {
         self.index
     }
 
-    /// `REGION_INFO_FLAG_*` as the server reported them.
+    /// `VFIO_REGION_INFO_FLAG_*` as the server reported them.
     pub fn flags(&self) -> u32 {
         self.flags
     }
@@ -137,12 +120,12 @@ impl Region {
 
     /// Whether the region can be read.
     pub fn readable(&self) -> bool {
-        self.flags & REGION_INFO_FLAG_READ != 0
+        self.flags & VFIO_REGION_INFO_FLAG_READ != 0
     }
 
     /// Whether the region can be written.
     pub fn writable(&self) -> bool {
-        self.flags & REGION_INFO_FLAG_WRITE != 0
+        self.flags & VFIO_REGION_INFO_FLAG_WRITE != 0
     }
 
     /// Whether (parts of) the region can be mmapped: the server set MMAP and sent the fd.
@@ -166,7 +149,7 @@ impl Region {
     }
 
     /// The SPARSE_MMAP areas, when the region has that capability.
-    pub fn sparse_areas(&self) -> Option<&[SparseMmapArea]> {
+    pub fn sparse_areas(&self) -> Option<&[vfio_region_sparse_mmap_area]> {
         self.caps.iter().find_map(|c| match c {
             RegionCap::SparseMmap(areas) => Some(areas.as_slice()),
             _ => None,
@@ -190,10 +173,10 @@ impl Region {
     }
 
     /// The areas the server allows to be mapped: the sparse areas, or the whole region.
-    fn mappable_areas(&self) -> Vec<SparseMmapArea> {
+    fn mappable_areas(&self) -> Vec<vfio_region_sparse_mmap_area> {
         match self.sparse_areas() {
             Some(areas) => areas.to_vec(),
-            None => vec![SparseMmapArea {
+            None => vec![vfio_region_sparse_mmap_area {
                 offset: 0,
                 size: self.size,
             }],
@@ -229,7 +212,7 @@ impl Region {
 pub struct Irq {
     /// The IRQ index.
     pub index: u32,
-    /// `IRQ_INFO_*` flags.
+    /// `VFIO_IRQ_INFO_*` flags.
     pub flags: u32,
     /// Number of vectors.
     pub count: u32,
@@ -249,9 +232,9 @@ pub enum IrqAction {
 impl IrqAction {
     fn flag(self) -> u32 {
         match self {
-            IrqAction::Mask => IRQ_SET_ACTION_MASK,
-            IrqAction::Unmask => IRQ_SET_ACTION_UNMASK,
-            IrqAction::Trigger => IRQ_SET_ACTION_TRIGGER,
+            IrqAction::Mask => VFIO_IRQ_SET_ACTION_MASK,
+            IrqAction::Unmask => VFIO_IRQ_SET_ACTION_UNMASK,
+            IrqAction::Trigger => VFIO_IRQ_SET_ACTION_TRIGGER,
         }
     }
 }
@@ -358,19 +341,19 @@ impl VfioUserDevice {
         self.connection.capabilities()
     }
 
-    /// DEVICE_GET_INFO's flags (`DEVICE_FLAGS_*`).
+    /// DEVICE_GET_INFO's flags (`VFIO_DEVICE_FLAGS_*`).
     pub fn flags(&self) -> u32 {
         self.info.flags
     }
 
     /// Whether the device supports DEVICE_RESET.
     pub fn resettable(&self) -> bool {
-        self.info.flags & DEVICE_FLAGS_RESET != 0
+        self.info.flags & VFIO_DEVICE_FLAGS_RESET != 0
     }
 
     /// Whether the device is a PCI device.
     pub fn is_pci(&self) -> bool {
-        self.info.flags & DEVICE_FLAGS_PCI != 0
+        self.info.flags & VFIO_DEVICE_FLAGS_PCI != 0
     }
 
     /// Every region, by index.
@@ -616,7 +599,7 @@ impl VfioUserDevice {
     ) -> Result<(), Error> {
         self.check_vectors(index, start, fds.len() as u64)?;
         let max_fds = (self.capabilities().max_msg_fds as usize).max(1);
-        let flags = IRQ_SET_DATA_EVENTFD | action.flag();
+        let flags = VFIO_IRQ_SET_DATA_EVENTFD | action.flag();
         let mut messages: Vec<(u32, u32, Vec<RawFd>)> = Vec::new();
         let mut i = 0;
         while i < fds.len() {
@@ -650,7 +633,7 @@ impl VfioUserDevice {
         if count == 0 {
             return Ok(());
         }
-        let flags = IRQ_SET_DATA_NONE | action.flag();
+        let flags = VFIO_IRQ_SET_DATA_NONE | action.flag();
         self.send_set_irqs(index, flags, vec![(start, count, Vec::new())])
     }
 
@@ -668,7 +651,7 @@ impl VfioUserDevice {
             return Ok(());
         }
         let set = SetIrqs::new(
-            IRQ_SET_DATA_BOOL | action.flag(),
+            VFIO_IRQ_SET_DATA_BOOL | action.flag(),
             index,
             start,
             values.len() as u32,
@@ -689,7 +672,7 @@ impl VfioUserDevice {
         if self.irq(index)?.count == 0 {
             return Ok(());
         }
-        let flags = IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER;
+        let flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
         self.send_set_irqs(index, flags, vec![(0, 0, Vec::new())])
     }
 
@@ -947,7 +930,7 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
         }
         // The whole answer fitted: now the capability chain is there to parse.
         let info = RegionInfo::decode(&reply.payload).map_err(|e| bad(e.to_string()))?;
-        let fd = if info.flags & REGION_INFO_FLAG_MMAP != 0 {
+        let fd = if info.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 {
             match reply.fds.pop() {
                 Some(fd) => Some(Arc::new(File::from(fd))),
                 None => {

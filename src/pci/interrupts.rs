@@ -8,13 +8,16 @@
 use std::io;
 use std::sync::Arc;
 
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_MASKABLE, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::msi::Msi;
 use super::msix::Msix;
 use super::Error;
-use crate::device::{pci_irq, IrqAction, VfioUserDevice};
-use crate::protocol::IRQ_INFO_MASKABLE;
+use crate::device::{IrqAction, VfioUserDevice};
 
 /// Which of the device's interrupt sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,11 +38,11 @@ impl InterruptKind {
     /// The vfio IRQ index.
     pub fn irq_index(self) -> u32 {
         match self {
-            InterruptKind::Intx => pci_irq::INTX,
-            InterruptKind::Msi => pci_irq::MSI,
-            InterruptKind::Msix => pci_irq::MSIX,
-            InterruptKind::Err => pci_irq::ERR,
-            InterruptKind::Req => pci_irq::REQ,
+            InterruptKind::Intx => VFIO_PCI_INTX_IRQ_INDEX,
+            InterruptKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
+            InterruptKind::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
+            InterruptKind::Err => VFIO_PCI_ERR_IRQ_INDEX,
+            InterruptKind::Req => VFIO_PCI_REQ_IRQ_INDEX,
         }
     }
 }
@@ -232,7 +235,7 @@ fn provider_error(kind: InterruptKind, vector: u32) -> impl FnOnce(io::Error) ->
 pub(crate) fn server_masks(device: &VfioUserDevice, kind: InterruptKind) -> bool {
     device
         .irq(kind.irq_index())
-        .is_ok_and(|i| i.flags & IRQ_INFO_MASKABLE != 0)
+        .is_ok_and(|i| i.flags & VFIO_IRQ_INFO_MASKABLE != 0)
 }
 
 /// Runs of consecutive vectors: `(start, count)`.

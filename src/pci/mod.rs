@@ -60,18 +60,19 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
 use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
 use vm_device::{MutDeviceMmio, MutDevicePio};
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::connection::{ConnectOptions, Connection};
-use crate::device::{self, pci_irq, pci_region, DeviceOptions, IrqAction, VfioUserDevice};
+use crate::device::{self, DeviceOptions, IrqAction, VfioUserDevice};
 use crate::dma::DmaRegion;
-use crate::protocol::{
-    Command, SetIrqs, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
-};
+use crate::protocol::{Command, SetIrqs};
 use crate::proxy::{EventLoop, Proxy};
 use crate::sync::lock;
 use caps::Frozen;
@@ -214,8 +215,8 @@ impl Shared {
         }
         let mut payload = Vec::with_capacity(SetIrqs::HEAD_SIZE);
         SetIrqs::new(
-            IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK,
-            pci_irq::INTX,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
+            VFIO_PCI_INTX_IRQ_INDEX,
             0,
             1,
             Vec::new(),
@@ -329,13 +330,13 @@ impl VfioUserPciDevice {
         if !device.is_pci() {
             return Err(Error::NotPci);
         }
-        let region = device.region(pci_region::CONFIG)?;
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+        let region = device.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         if region.size() < CONFIG_SIZE as u64 || region.flags() & rw != rw {
             return Err(Error::ConfigRegion(format!(
                 "region {} has {} bytes and flags {:#x}; needs at least {CONFIG_SIZE} bytes, \
                  readable and writable",
-                pci_region::CONFIG,
+                VFIO_PCI_CONFIG_REGION_INDEX,
                 region.size(),
                 region.flags()
             )));
@@ -345,7 +346,7 @@ impl VfioUserPciDevice {
             device.reset()?;
         }
         let mut config = vec![0u8; CONFIG_SIZE];
-        device.read(pci_region::CONFIG, 0, &mut config)?;
+        device.read(VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut config)?;
         let header = config[HEADER_TYPE] & 0x7f;
         if header != 0 {
             return Err(Error::HeaderType(header));
@@ -369,7 +370,9 @@ impl VfioUserPciDevice {
             .transpose()?;
         let frozen = Frozen::new(&config, &found, msix_at);
         let intx = config[config::INTERRUPT_PIN] != 0
-            && device.irq(pci_irq::INTX).is_ok_and(|i| i.count > 0);
+            && device
+                .irq(VFIO_PCI_INTX_IRQ_INDEX)
+                .is_ok_and(|i| i.count > 0);
         let intx_maskable = server_masks(&device, InterruptKind::Intx);
         let command = u16::from_le_bytes([config[COMMAND], config[COMMAND + 1]]);
         log::debug!(
@@ -525,7 +528,7 @@ impl VfioUserPciDevice {
             return Ok(());
         }
         self.device
-            .irq_action(pci_irq::INTX, IrqAction::Unmask, 0, 1)
+            .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Unmask, 0, 1)
             .map_err(Error::from)
     }
 
@@ -675,7 +678,10 @@ impl VfioUserPciDevice {
             return self.bars.read(reg);
         }
         let mut b = [0u8; 4];
-        if let Err(e) = self.device.read(pci_region::CONFIG, offset as u64, &mut b) {
+        if let Err(e) = self
+            .device
+            .read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, &mut b)
+        {
             self.shared
                 .record(&format!("config read at {offset:#x}"), &e.into());
             return u32::MAX;
@@ -740,7 +746,10 @@ impl VfioUserPciDevice {
         if interrupts {
             self.sync_interrupts();
         }
-        if let Err(e) = self.device.write(pci_region::CONFIG, at as u64, data) {
+        if let Err(e) = self
+            .device
+            .write(VFIO_PCI_CONFIG_REGION_INDEX, at as u64, data)
+        {
             self.shared
                 .record(&format!("config write at {at:#x}"), &e.into());
         }

@@ -5,6 +5,7 @@
 
 use super::*;
 use pci_support::consumed_within;
+use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::protocol::Command;
 use vfio_user_sample_server::Errno;
 
@@ -49,7 +50,7 @@ fn no_intx_unmask_goes_to_a_server_that_cannot_mask() {
         g.irqs.resample.as_ref().unwrap(),
         Duration::from_secs(5)
     ));
-    g.dev.device().irq(pci_irq::INTX).unwrap();
+    g.dev.device().irq(VFIO_PCI_INTX_IRQ_INDEX).unwrap();
     let _ = g.dev.device().region_io_fds(0);
     assert_eq!(g.probe.commands(), commands + 1, "only the REGION_IO_FDS");
 }
