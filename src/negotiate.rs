@@ -230,7 +230,7 @@ pub enum NegotiateError {
     JsonNotNulTerminated,
     /// The capability JSON is not valid UTF-8.
     #[error("server's capability JSON is not UTF-8: {0}")]
-    JsonNotUtf8(String),
+    JsonNotUtf8(std::str::Utf8Error),
     /// The capability text does not parse as JSON.
     #[error("server's capability JSON does not parse: {0}")]
     InvalidJson(String),
@@ -294,7 +294,7 @@ impl From<DecodeError> for NegotiateError {
         match e {
             DecodeError::Short { got, .. } => NegotiateError::Truncated { len: got },
             DecodeError::NotNulTerminated { .. } => NegotiateError::JsonNotNulTerminated,
-            DecodeError::Json(msg) => NegotiateError::JsonNotUtf8(msg),
+            DecodeError::NotUtf8 { source, .. } => NegotiateError::JsonNotUtf8(source),
             other => NegotiateError::Decode(other),
         }
     }

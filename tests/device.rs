@@ -14,6 +14,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::device::{Error as DeviceError, IrqAction};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, GpioHandle, Probe, Server, ServerConfig, ServerHandle,
@@ -534,7 +535,7 @@ fn a_device_without_io_fds_says_not_supported() {
     let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
     let e = dev.region_io_fds(0).unwrap_err();
     assert!(
-        matches!(e, DeviceError::IoFdsNotSupported { index: 0, errno } if errno == libc::EINVAL as u32),
+        matches!(e, DeviceError::IoFdsNotSupported { index: 0, ref source } if source.server_errno() == Some(libc::EINVAL as u32)),
         "{e}"
     );
 }

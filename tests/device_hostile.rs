@@ -22,6 +22,7 @@ use vfio_user_client::protocol::{
     Command, DeviceInfo, Header, IoFdsLayout, IoSubregion, IrqInfo, RegionAccess, RegionCap,
     RegionInfo, RegionIoFds, Version, IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD,
 };
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
@@ -651,8 +652,8 @@ fn io_fds_errors() {
             e,
             DeviceError::IoFdsNotSupported {
                 index: 0,
-                errno: 22
-            }
+                ref source
+            } if source.server_errno() == Some(22)
         ),
         "{e}"
     );

@@ -32,6 +32,7 @@ use vfio_user_client::pci::{
     AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, InterruptMode,
     MsiMessage, PciConfig, VfioUserPciDevice,
 };
+use vfio_user_client::ConnectionCause;
 use vfio_user_sample_server::{
     ConfigSpace, DmaAccessMode, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle,
     Probe, Server, ServerConfig, ServerHandle, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_REQ,
@@ -754,7 +755,13 @@ fn a_dying_server_fails_accesses_without_hanging() {
     assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 0), u32::MAX);
     dev.mmio_write(MmioAddress(BAR0_BASE), 0, &[0; 4]);
     assert!(dev.write_config_register(1, 0, &[0; 2]).is_empty());
-    assert!(dev.last_error().unwrap().contains("lost"));
+    let last = dev.last_error().unwrap();
+    assert!(last.to_string().contains("lost"));
+    assert!(
+        matches!(*last, vfio_user_client::pci::Error::Lost(_)),
+        "{last}"
+    );
+    assert!(last.is_disconnected());
     assert_eq!(dev.error_count(), 0, "the loss is not counted per access");
     assert!(quiet(dev.event()), "signalled once");
     dev.end_of_interrupt().unwrap();
@@ -784,7 +791,15 @@ fn server_errors_are_recorded_not_dropped() {
     g.handle.set_fail_region(Some((1, libc::EIO)));
     assert_eq!(mmio_u32(dev, BAR1_BASE, 0), u32::MAX);
     assert_eq!(dev.error_count(), 1);
-    assert!(dev.last_error().unwrap().contains("BAR 1 read"));
+    let last = dev.last_error().unwrap();
+    assert!(last.to_string().contains("BAR 1 read"));
+    assert!(matches!(
+        *last,
+        vfio_user_client::pci::Error::During {
+            activity: vfio_user_client::pci::Activity::BarRead { bar: 1, .. },
+            ..
+        }
+    ));
     assert!(!dev.is_lost());
     g.handle.set_fail_region(None);
     assert_eq!(mmio_u32(dev, BAR1_BASE, 0), 0);

@@ -23,6 +23,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user_client::negotiate::{MigrationCaps, NegotiateError, TwinSocket};
 use vfio_user_client::protocol::{Command, DeviceInfo, RegionAccess, SetIrqs};
 use vfio_user_client::proxy::{self, DisconnectReason, Proxy};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{Capabilities, ConnectOptions, Connection, Error};
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, GpioHandle, Probe, Quirks, Server, ServerConfig, ServerHandle,

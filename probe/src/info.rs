@@ -13,11 +13,10 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_VGA_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::protocol::{
     IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
 };
-use vfio_user_client::VfioUserDevice;
+use vfio_user_client::{ConnectionCause, VfioUserDevice};
 
 use crate::error::ProbeError;
 use crate::pci::{self, size_text};
@@ -248,9 +247,6 @@ pub fn report(device: &VfioUserDevice, path: &Path) -> InfoReport {
                                 data: f.data,
                             })
                             .collect(),
-                    },
-                    Err(DeviceError::IoFdsNotSupported { errno, .. }) => IoFds::Unsupported {
-                        reason: format!("server answered {}", crate::error::errno_text(errno)),
                     },
                     Err(e) => IoFds::Unsupported {
                         reason: match e.server_errno() {

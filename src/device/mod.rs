@@ -515,17 +515,18 @@ impl VfioUserDevice {
             RegionIoFds::request(index, argsz).encode_into(&mut payload);
             let reply = match proxy.request(Command::DeviceGetRegionIoFds, &payload, &[]) {
                 Ok(reply) => reply,
-                Err(proxy::Error::Server { errno, .. })
+                Err(source @ proxy::Error::Server { errno, .. })
                     if errno == libc::EINVAL as u32
                         || errno == libc::ENOTSUP as u32
                         || errno == libc::ENOSYS as u32 =>
                 {
-                    return Err(Error::IoFdsNotSupported { index, errno });
+                    return Err(Error::IoFdsNotSupported { index, source });
                 }
-                Err(e) => {
+                Err(source) => {
                     return Err(Error::Request {
-                        what: format!("DEVICE_GET_REGION_IO_FDS of region {index}"),
-                        source: e,
+                        command: Command::DeviceGetRegionIoFds,
+                        index: Some(index),
+                        source,
                     })
                 }
             };
@@ -686,7 +687,8 @@ impl VfioUserDevice {
             .request(Command::DeviceReset, &[], &[])
             .map(drop)
             .map_err(|source| Error::Request {
-                what: "DEVICE_RESET".to_string(),
+                command: Command::DeviceReset,
+                index: None,
                 source,
             })
     }
@@ -790,15 +792,20 @@ fn access_error(
     len: usize,
     source: proxy::Error,
 ) -> Error {
-    Error::Request {
-        what: format!("{command} of region {index} at {offset:#x}, {len} bytes"),
+    Error::RegionAccess {
+        command,
+        index,
+        offset,
+        len,
         source,
     }
 }
 
 fn set_irqs_error(index: u32, start: u32, count: u32, source: proxy::Error) -> Error {
-    Error::Request {
-        what: format!("DEVICE_SET_IRQS of IRQ index {index}, vectors {start}+{count}"),
+    Error::SetIrqs {
+        index,
+        start,
+        count,
         source,
     }
 }
@@ -876,7 +883,8 @@ fn get_info(proxy: &Proxy) -> Result<DeviceInfo, Error> {
     let reply = proxy
         .request(Command::DeviceGetInfo, &payload, &[])
         .map_err(|source| Error::Request {
-            what: "DEVICE_GET_INFO".to_string(),
+            command: Command::DeviceGetInfo,
+            index: None,
             source,
         })?;
     let info = DeviceInfo::decode(&reply.payload).map_err(|e| Error::BadReply {
@@ -912,7 +920,8 @@ fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
         let mut reply = proxy
             .request(Command::DeviceGetRegionInfo, &payload, &[])
             .map_err(|source| Error::Request {
-                what: format!("DEVICE_GET_REGION_INFO of region {index}"),
+                command: Command::DeviceGetRegionInfo,
+                index: Some(index),
                 source,
             })?;
         let head = RegionInfo::decode_head(&reply.payload).map_err(|e| bad(e.to_string()))?;
@@ -1007,7 +1016,8 @@ fn get_irq(proxy: &Proxy, index: u32) -> Result<Irq, Error> {
     let reply = proxy
         .request(Command::DeviceGetIrqInfo, &payload, &[])
         .map_err(|source| Error::Request {
-            what: format!("DEVICE_GET_IRQ_INFO of IRQ index {index}"),
+            command: Command::DeviceGetIrqInfo,
+            index: Some(index),
             source,
         })?;
     let info = IrqInfo::decode(&reply.payload).map_err(|e| Error::BadReply {

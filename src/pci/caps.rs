@@ -4,7 +4,7 @@
 //! Walking the capability list of a config snapshot, every pointer bounded.
 
 use super::config::{CAP_POINTER, CONFIG_SIZE, HEADER_TYPE, STATUS, STATUS_CAP_LIST};
-use super::Error;
+use super::{CapabilityProblem, Error};
 
 /// Capability id of MSI.
 pub const CAP_ID_MSI: u8 = 0x05;
@@ -31,21 +31,21 @@ pub(crate) fn walk(config: &[u8]) -> Result<Vec<(u8, usize)>, Error> {
     let mut at = usize::from(config.get(CAP_POINTER).copied().unwrap_or(0) & !3);
     let mut from = CAP_POINTER;
     while at != 0 {
-        let bad = |what: &str| Error::Capability {
+        let bad = |problem| Error::Capability {
             offset: from,
-            what: what.to_string(),
+            problem,
         };
         if at < 0x40 || at + 2 > config.len() {
-            return Err(bad(&format!(
-                "points to {at:#x}, outside 0x40..{:#x}",
-                config.len()
-            )));
+            return Err(bad(CapabilityProblem::PointsOutside {
+                to: at,
+                end: config.len(),
+            }));
         }
         if caps.iter().any(|&(_, o)| o == at) {
-            return Err(bad(&format!("points back to {at:#x}: the list loops")));
+            return Err(bad(CapabilityProblem::Loops { to: at }));
         }
         if caps.len() == MAX_CAPS {
-            return Err(bad("more capabilities than fit in config space"));
+            return Err(bad(CapabilityProblem::TooMany));
         }
         caps.push((config[at], at));
         from = at + 1;

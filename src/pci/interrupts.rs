@@ -224,7 +224,8 @@ fn kind_of(mode: InterruptMode) -> Option<InterruptKind> {
 
 fn provider_error(kind: InterruptKind, vector: u32) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Interrupt {
-        what: format!("{kind:?} vector {vector}"),
+        kind,
+        vector,
         source,
     }
 }

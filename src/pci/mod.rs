@@ -51,7 +51,7 @@ mod msix;
 mod subscriber;
 
 pub use config::{BarInfo, BarKind, BarReprogramming, PciConfig, ROM_BAR_INDEX};
-pub use error::Error;
+pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
 pub use subscriber::PciSubscriber;
 
@@ -72,8 +72,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{self, DeviceOptions, IrqAction, VfioUserDevice};
 use crate::dma::DmaRegion;
+use crate::error::ConnectionCause;
 use crate::protocol::{Command, SetIrqs};
-use crate::proxy::{EventLoop, Proxy};
+use crate::proxy::{self, DisconnectReason, EventLoop, Proxy};
 use crate::sync::lock;
 use caps::Frozen;
 use config::{
@@ -161,7 +162,7 @@ pub(crate) struct Shared {
     detaching: AtomicBool,
     event: EventFd,
     errors: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<Arc<Error>>>,
     /// INTx is the mode and the server masks it: an end of interrupt unmasks it there.
     intx_unmask: AtomicBool,
 }
@@ -182,27 +183,34 @@ impl Shared {
     }
 
     /// The connection is gone: log once and tell the VMM (unless it is detaching).
-    fn lose(&self, why: &str) {
+    fn lose(&self, reason: DisconnectReason) {
         if self.lost.swap(true, Ordering::AcqRel) || self.detaching.load(Ordering::Acquire) {
             return;
         }
-        log::error!("vfio-user PCI device lost ({why}): guest reads return all ones");
-        *lock(&self.last_error) = Some(format!("device lost: {why}"));
+        log::error!("vfio-user PCI device lost ({reason}): guest reads return all ones");
+        *lock(&self.last_error) = Some(Arc::new(Error::Lost(proxy::Error::Disconnected(reason))));
         if let Err(e) = self.event.write(1) {
             log::error!("cannot signal the device event: {e}");
         }
     }
 
     /// Records an error met on a path that cannot return it (a guest access).
-    fn record(&self, what: &str, e: &Error) {
-        if e.is_disconnected() {
-            self.lose(&e.to_string());
+    fn record(&self, activity: Activity, e: Error) {
+        let gone = e.connection_errors().find_map(|c| match c {
+            proxy::Error::Disconnected(reason) => Some(reason.clone()),
+            _ => None,
+        });
+        if let Some(reason) = gone {
+            self.lose(reason);
             return;
         }
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{what}: {e}");
-        log::warn!("vfio-user PCI device: {text}");
-        *lock(&self.last_error) = Some(text);
+        let e = Error::During {
+            activity,
+            source: Box::new(e),
+        };
+        log::warn!("vfio-user PCI device: {e}");
+        *lock(&self.last_error) = Some(Arc::new(e));
     }
 
     /// Sends the INTx unmask from the event loop with `No_reply`: the event loop, which
@@ -222,12 +230,14 @@ impl Shared {
             Vec::new(),
         )
         .encode_into(&mut payload);
-        if let Err(e) = proxy.post(Command::DeviceSetIrqs, &payload, &[]) {
+        if let Err(source) = proxy.post(Command::DeviceSetIrqs, &payload, &[]) {
             self.record(
-                "INTx unmask",
-                &Error::Device(device::Error::Request {
-                    what: "DEVICE_SET_IRQS UNMASK of INTx".to_string(),
-                    source: e,
+                Activity::IntxUnmask,
+                Error::Device(device::Error::SetIrqs {
+                    index: VFIO_PCI_INTX_IRQ_INDEX,
+                    start: 0,
+                    count: 1,
+                    source,
                 }),
             );
         }
@@ -290,7 +300,7 @@ impl VfioUserPciDevice {
         <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let (connection, subscriber) = connect(path.as_ref(), &options.connect, &interrupts)?;
-        let event_loop = EventLoop::spawn(subscriber).map_err(crate::Error::from)?;
+        let event_loop = EventLoop::spawn(subscriber).map_err(Error::Connect)?;
         let mut dev = VfioUserPciDevice::build(connection, memory, interrupts, options)?;
         dev.event_loop = Some(event_loop);
         Ok(dev)
@@ -333,13 +343,10 @@ impl VfioUserPciDevice {
         let region = device.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
         let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         if region.size() < CONFIG_SIZE as u64 || region.flags() & rw != rw {
-            return Err(Error::ConfigRegion(format!(
-                "region {} has {} bytes and flags {:#x}; needs at least {CONFIG_SIZE} bytes, \
-                 readable and writable",
-                VFIO_PCI_CONFIG_REGION_INDEX,
-                region.size(),
-                region.flags()
-            )));
+            return Err(Error::ConfigRegion {
+                size: region.size(),
+                flags: region.flags(),
+            });
         }
         let config_size = region.size().min(MAX_CONFIG_SIZE) as usize;
         if options.reset && device.resettable() {
@@ -509,8 +516,9 @@ impl VfioUserPciDevice {
         self.shared.errors.load(Ordering::Relaxed)
     }
 
-    /// The last such error, or why the device was lost.
-    pub fn last_error(&self) -> Option<String> {
+    /// The last such error (an [`Error::During`] naming what the device was doing), or
+    /// why the device was lost ([`Error::Lost`]).
+    pub fn last_error(&self) -> Option<Arc<Error>> {
         lock(&self.shared.last_error).clone()
     }
 
@@ -635,7 +643,7 @@ impl VfioUserPciDevice {
 
     fn sync_interrupts(&mut self) {
         if let Err(e) = self.try_sync_interrupts() {
-            self.shared.record("interrupt setup", &e);
+            self.shared.record(Activity::InterruptSetup, e);
         }
     }
 
@@ -660,7 +668,7 @@ impl VfioUserPciDevice {
             InterruptKind::Msix,
             changes,
         ) {
-            self.shared.record("interrupt setup", &e);
+            self.shared.record(Activity::InterruptSetup, e);
         }
     }
 
@@ -683,7 +691,7 @@ impl VfioUserPciDevice {
             .read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, &mut b)
         {
             self.shared
-                .record(&format!("config read at {offset:#x}"), &e.into());
+                .record(Activity::ConfigRead { offset }, e.into());
             return u32::MAX;
         }
         self.frozen.overlay(offset, &mut b);
@@ -751,7 +759,7 @@ impl VfioUserPciDevice {
             .write(VFIO_PCI_CONFIG_REGION_INDEX, at as u64, data)
         {
             self.shared
-                .record(&format!("config write at {at:#x}"), &e.into());
+                .record(Activity::ConfigWrite { offset: at }, e.into());
         }
         moves
     }
@@ -831,7 +839,7 @@ impl VfioUserPciDevice {
         if let Err(e) = self.device.read(bar, at, buf) {
             buf.fill(0xff);
             self.shared
-                .record(&format!("BAR {bar} read at {at:#x}"), &e.into());
+                .record(Activity::BarRead { bar, offset: at }, e.into());
         }
     }
 
@@ -841,7 +849,7 @@ impl VfioUserPciDevice {
         }
         if let Err(e) = self.device.write_posted(bar, at, buf) {
             self.shared
-                .record(&format!("BAR {bar} write at {at:#x}"), &e.into());
+                .record(Activity::BarWrite { bar, offset: at }, e.into());
         }
     }
 
@@ -946,12 +954,13 @@ fn connect(
     options: &ConnectOptions,
     interrupts: &Arc<dyn InterruptProvider>,
 ) -> Result<((Connection, Arc<Shared>), PciSubscriber), Error> {
-    let (connection, proxy_subscriber) = Connection::connect_with_subscriber(path, options)?;
+    let (connection, proxy_subscriber) =
+        Connection::connect_with_subscriber(path, options).map_err(connect_error)?;
     let shared = Arc::new(Shared::new()?);
     let for_callback = Arc::clone(&shared);
     connection
         .proxy()
-        .on_disconnect(move |reason| for_callback.lose(&reason.to_string()));
+        .on_disconnect(move |reason| for_callback.lose(reason.clone()));
     let subscriber = PciSubscriber {
         proxy_subscriber,
         proxy: connection.proxy().clone(),
@@ -959,6 +968,18 @@ fn connect(
         resample: interrupts.intx_resample(),
     };
     Ok(((connection, shared), subscriber))
+}
+
+/// The error of connecting: the connection's or the negotiation's. (The crate-level error
+/// has room for every layer's; connecting produces only those two.)
+fn connect_error(e: crate::Error) -> Error {
+    match e {
+        crate::Error::Proxy(e) => Error::Connect(e),
+        crate::Error::Negotiate(e) => Error::Negotiate(e),
+        crate::Error::Device(e) => Error::Device(e),
+        crate::Error::Dma(e) => Error::Dma(e),
+        crate::Error::Pci(e) => e,
+    }
 }
 
 impl Drop for VfioUserPciDevice {

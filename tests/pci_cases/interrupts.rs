@@ -71,7 +71,15 @@ fn a_failed_unmask_is_sent_again_on_the_next_sync() {
         .fail_next(Command::DeviceSetIrqs, Errno(libc::EIO), 1);
     mmio_write_u32(dev, BAR4_BASE, 16 + 12, 0);
     assert_eq!(dev.error_count(), 1);
-    assert!(dev.last_error().unwrap().contains("interrupt setup"));
+    let last = dev.last_error().unwrap();
+    assert!(last.to_string().contains("interrupt setup"));
+    assert!(matches!(
+        *last,
+        vfio_user_client::pci::Error::During {
+            activity: vfio_user_client::pci::Activity::InterruptSetup,
+            ..
+        }
+    ));
     assert!(g.probe.irq_state(IRQ_MSIX)[1].masked, "the UNMASK failed");
     // The next write of the entry (even with the same value) sends it again.
     mmio_write_u32(dev, BAR4_BASE, 16 + 12, 0);
