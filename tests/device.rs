@@ -434,7 +434,7 @@ fn mask_unmask_and_trigger() {
     assert!(!s.probe.raise_irq(VFIO_PCI_MSIX_IRQ_INDEX, 1).unwrap());
     assert!(fds[1].read().is_err());
     s.dev
-        .irq_action_bool(
+        .irq_action_selected(
             VFIO_PCI_MSIX_IRQ_INDEX,
             IrqAction::Unmask,
             0,

@@ -638,25 +638,26 @@ impl VfioUserDevice {
         self.send_set_irqs(index, flags, vec![(start, count, Vec::new())])
     }
 
-    /// Masks, unmasks or triggers the vectors `start + i` for which `values[i]` is true
-    /// (DATA_BOOL). The crates.io `vfio_user` server does not support DATA_BOOL.
-    pub fn irq_action_bool(
+    /// Masks, unmasks or triggers the vectors `start + i` for which `selected[i]` is true,
+    /// in one message (DATA_BOOL). The crates.io `vfio_user` server does not support
+    /// DATA_BOOL.
+    pub fn irq_action_selected(
         &self,
         index: u32,
         action: IrqAction,
         start: u32,
-        values: &[bool],
+        selected: &[bool],
     ) -> Result<(), Error> {
-        self.check_vectors(index, start, values.len() as u64)?;
-        if values.is_empty() {
+        self.check_vectors(index, start, selected.len() as u64)?;
+        if selected.is_empty() {
             return Ok(());
         }
         let set = SetIrqs::new(
             VFIO_IRQ_SET_DATA_BOOL | action.flag(),
             index,
             start,
-            values.len() as u32,
-            values.to_vec(),
+            selected.len() as u32,
+            selected.to_vec(),
         );
         let mut payload = Vec::new();
         set.encode_into(&mut payload);
@@ -664,7 +665,7 @@ impl VfioUserDevice {
             .proxy()
             .request(Command::DeviceSetIrqs, &payload, &[])
             .map(drop)
-            .map_err(|e| set_irqs_error(index, start, values.len() as u32, e))
+            .map_err(|e| set_irqs_error(index, start, selected.len() as u32, e))
     }
 
     /// Disables every vector of IRQ index `index` (DATA_NONE | TRIGGER, count 0). An index

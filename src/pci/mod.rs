@@ -76,12 +76,12 @@ use crate::error::ConnectionCause;
 use crate::protocol::{Command, SetIrqs};
 use crate::proxy::{self, DisconnectReason, EventLoop, Proxy};
 use crate::sync::lock;
-use caps::Frozen;
+use caps::SnapshotOverlay;
 use config::{
     merge, Bars, COMMAND, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY, CONFIG_SIZE,
     HEADER_TYPE,
 };
-use interrupts::{reconcile, server_masks, update_vectors, Applied, Wanted};
+use interrupts::{reconcile, server_masks, update_vectors, GuestInterrupts, WiredInterrupts};
 use memory::GuestDma;
 use msi::Msi;
 use msix::Msix;
@@ -156,20 +156,23 @@ pub struct BarMapping {
     pub writable: bool,
 }
 
-/// State shared with the subscriber and the disconnect callback.
-pub(crate) struct Shared {
+/// The device's status, shared with its subscriber and the disconnect callback: lost or
+/// detaching, the errors met where they could not be returned, and whether an end of
+/// interrupt unmasks INTx.
+pub(crate) struct DeviceStatus {
     lost: AtomicBool,
     detaching: AtomicBool,
+    /// Signalled once when the device is lost.
     event: EventFd,
     errors: AtomicU64,
     last_error: Mutex<Option<Arc<Error>>>,
     /// INTx is the mode and the server masks it: an end of interrupt unmasks it there.
-    intx_unmask: AtomicBool,
+    eoi_unmasks_intx: AtomicBool,
 }
 
-impl Shared {
-    fn new() -> Result<Shared, Error> {
-        Ok(Shared {
+impl DeviceStatus {
+    fn new() -> Result<DeviceStatus, Error> {
+        Ok(DeviceStatus {
             lost: AtomicBool::new(false),
             detaching: AtomicBool::new(false),
             event: EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Io {
@@ -178,7 +181,7 @@ impl Shared {
             })?,
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            intx_unmask: AtomicBool::new(false),
+            eoi_unmasks_intx: AtomicBool::new(false),
         })
     }
 
@@ -218,7 +221,7 @@ impl Shared {
     /// stall every device it drives). The price is that the server's errno for a refused
     /// unmask is not seen; a connection that fails is.
     pub(crate) fn post_intx_unmask(&self, proxy: &Proxy) {
-        if !self.intx_unmask.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
+        if !self.eoi_unmasks_intx.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
             return;
         }
         let mut payload = Vec::with_capacity(SetIrqs::HEAD_SIZE);
@@ -247,12 +250,12 @@ impl Shared {
 /// A vfio-user device on a VMM's PCI bus. See the [module documentation](self).
 pub struct VfioUserPciDevice {
     device: Arc<VfioUserDevice>,
-    shared: Arc<Shared>,
+    status: Arc<DeviceStatus>,
     interrupts: Arc<dyn InterruptProvider>,
     dma: Option<Box<dyn GuestDma>>,
     config_size: usize,
     /// Config bits answered from the attach snapshot.
-    frozen: Frozen,
+    snapshot: SnapshotOverlay,
     bars: Bars,
     msi: Option<Msi>,
     msix: Option<Msix>,
@@ -263,7 +266,7 @@ pub struct VfioUserPciDevice {
     /// ERR and REQ were connected at attach.
     notifiers: Vec<InterruptKind>,
     command: u16,
-    applied: Applied,
+    wired: WiredInterrupts,
     // Declared last: stopped after the connection is shut down.
     event_loop: Option<EventLoop>,
 }
@@ -272,7 +275,7 @@ impl fmt::Debug for VfioUserPciDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VfioUserPciDevice")
             .field("bars", &self.bars.infos())
-            .field("mode", &self.applied.mode)
+            .field("mode", &self.wired.mode)
             .field("lost", &self.is_lost())
             .finish_non_exhaustive()
     }
@@ -326,7 +329,7 @@ impl VfioUserPciDevice {
     }
 
     fn build<AS>(
-        (connection, shared): (Connection, Arc<Shared>),
+        (connection, status): (Connection, Arc<DeviceStatus>),
         memory: AS,
         interrupts: Arc<dyn InterruptProvider>,
         options: &AttachOptions,
@@ -375,7 +378,7 @@ impl VfioUserPciDevice {
                 })
             })
             .transpose()?;
-        let frozen = Frozen::new(&config, &found, msix_at);
+        let snapshot = SnapshotOverlay::new(&config, &found, msix_at);
         let intx = config[config::INTERRUPT_PIN] != 0
             && device
                 .irq(VFIO_PCI_INTX_IRQ_INDEX)
@@ -392,11 +395,11 @@ impl VfioUserPciDevice {
         );
         let mut dev = VfioUserPciDevice {
             device: Arc::new(device),
-            shared,
+            status,
             interrupts,
             dma: None,
             config_size,
-            frozen,
+            snapshot,
             bars,
             msi,
             msix,
@@ -404,7 +407,7 @@ impl VfioUserPciDevice {
             intx_maskable,
             notifiers: Vec::new(),
             command,
-            applied: Applied::default(),
+            wired: WiredInterrupts::default(),
             event_loop: None,
         };
         dev.place_bars(&options.bars)?;
@@ -461,13 +464,13 @@ impl VfioUserPciDevice {
     /// (it dropped both on disconnect), and detach just closes. The first error met is
     /// returned; everything is closed regardless.
     pub fn detach(mut self) -> Result<(), Error> {
-        self.shared.detaching.store(true, Ordering::Release);
-        self.shared.intx_unmask.store(false, Ordering::Release);
+        self.status.detaching.store(true, Ordering::Release);
+        self.status.eoi_unmasks_intx.store(false, Ordering::Release);
         if self.is_lost() {
             return Ok(());
         }
         let mut first_error =
-            interrupts::disable(&self.device, &*self.interrupts, &mut self.applied).err();
+            interrupts::disable(&self.device, &*self.interrupts, &mut self.wired).err();
         for kind in std::mem::take(&mut self.notifiers) {
             if let Err(e) = self.device.disable_irqs(kind.irq_index()) {
                 first_error.get_or_insert(e.into());
@@ -502,29 +505,29 @@ impl VfioUserPciDevice {
     /// An eventfd signalled once when the device is lost (the server closed the connection
     /// or broke the protocol). Not signalled by detach.
     pub fn event(&self) -> &EventFd {
-        &self.shared.event
+        &self.status.event
     }
 
     /// Whether the connection to the server is gone.
     pub fn is_lost(&self) -> bool {
-        self.shared.lost.load(Ordering::Acquire)
+        self.status.lost.load(Ordering::Acquire)
     }
 
     /// Errors met on paths that cannot return them (guest accesses, end of interrupt), not
     /// counting the loss of the connection. Each is also logged.
     pub fn error_count(&self) -> u64 {
-        self.shared.errors.load(Ordering::Relaxed)
+        self.status.errors.load(Ordering::Relaxed)
     }
 
     /// The last such error (an [`Error::During`] naming what the device was doing), or
     /// why the device was lost ([`Error::Lost`]).
     pub fn last_error(&self) -> Option<Arc<Error>> {
-        lock(&self.shared.last_error).clone()
+        lock(&self.status.last_error).clone()
     }
 
     /// How the device interrupts the guest now.
     pub fn interrupt_mode(&self) -> InterruptMode {
-        self.applied.mode
+        self.wired.mode
     }
 
     /// Unmasks INTx at the server: the guest ended an INTx interrupt. For VMMs whose
@@ -532,7 +535,7 @@ impl VfioUserPciDevice {
     /// from the [`InterruptProvider`] the subscriber does this. Nothing is sent unless the
     /// device is in INTx mode and the server masks INTx.
     pub fn end_of_interrupt(&self) -> Result<(), Error> {
-        if self.applied.mode != InterruptMode::Intx || !self.intx_maskable || self.is_lost() {
+        if self.wired.mode != InterruptMode::Intx || !self.intx_maskable || self.is_lost() {
             return Ok(());
         }
         self.device
@@ -550,8 +553,8 @@ impl VfioUserPciDevice {
         if !self.device.resettable() {
             return Err(device::Error::ResetNotSupported.into());
         }
-        self.shared.intx_unmask.store(false, Ordering::Release);
-        let disabled = interrupts::disable(&self.device, &*self.interrupts, &mut self.applied);
+        self.status.eoi_unmasks_intx.store(false, Ordering::Release);
+        let disabled = interrupts::disable(&self.device, &*self.interrupts, &mut self.wired);
         let reset = self.device.reset().map_err(Error::from);
         if reset.is_ok() {
             if let Some(m) = &mut self.msi {
@@ -626,16 +629,16 @@ impl VfioUserPciDevice {
     fn try_sync_interrupts(&mut self) -> Result<(), Error> {
         let device = &self.device;
         let intx = self.intx && self.command & COMMAND_INTX_DISABLE == 0;
-        let wanted = Wanted::from(self.msi.as_ref(), self.msix.as_ref(), intx, |k| {
+        let wanted = GuestInterrupts::read(self.msi.as_ref(), self.msix.as_ref(), intx, |k| {
             device.irq(k.irq_index()).map_or(0, |i| i.count)
         });
-        if wanted.mode != self.applied.mode {
+        if wanted.mode != self.wired.mode {
             // No INTx unmask may go out while INTx is being taken down.
-            self.shared.intx_unmask.store(false, Ordering::Release);
+            self.status.eoi_unmasks_intx.store(false, Ordering::Release);
         }
-        let result = reconcile(device, &*self.interrupts, &mut self.applied, wanted);
-        self.shared.intx_unmask.store(
-            self.applied.mode == InterruptMode::Intx && self.intx_maskable,
+        let result = reconcile(device, &*self.interrupts, &mut self.wired, wanted);
+        self.status.eoi_unmasks_intx.store(
+            self.wired.mode == InterruptMode::Intx && self.intx_maskable,
             Ordering::Release,
         );
         result
@@ -643,7 +646,7 @@ impl VfioUserPciDevice {
 
     fn sync_interrupts(&mut self) {
         if let Err(e) = self.try_sync_interrupts() {
-            self.shared.record(Activity::InterruptSetup, e);
+            self.status.record(Activity::InterruptSetup, e);
         }
     }
 
@@ -653,22 +656,22 @@ impl VfioUserPciDevice {
         let Some(m) = self.msix.as_ref().filter(|m| m.enabled()) else {
             return;
         };
-        if self.applied.mode != InterruptMode::Msix {
+        if self.wired.mode != InterruptMode::Msix {
             self.sync_interrupts();
             return;
         }
-        let count = self.applied.vector_count() as u32;
+        let count = self.wired.vector_count() as u32;
         let changes = vectors
             .filter(|&v| v < count)
             .map(|v| (v, m.message(v), m.masked(v)));
         if let Err(e) = update_vectors(
             &self.device,
             &*self.interrupts,
-            &mut self.applied,
+            &mut self.wired,
             InterruptKind::Msix,
             changes,
         ) {
-            self.shared.record(Activity::InterruptSetup, e);
+            self.status.record(Activity::InterruptSetup, e);
         }
     }
 
@@ -690,11 +693,11 @@ impl VfioUserPciDevice {
             .device
             .read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, &mut b)
         {
-            self.shared
+            self.status
                 .record(Activity::ConfigRead { offset }, e.into());
             return u32::MAX;
         }
-        self.frozen.overlay(offset, &mut b);
+        self.snapshot.overlay(offset, &mut b);
         if let Some(m) = &self.msi {
             m.overlay(offset, &mut b);
         }
@@ -703,9 +706,9 @@ impl VfioUserPciDevice {
         }
         let mut value = u32::from_le_bytes(b);
         let msi_pending = self.msi.as_ref().and_then(Msi::pending_offset);
-        if msi_pending == Some(offset) && self.applied.mode == InterruptMode::Msi {
-            for v in 0..(self.applied.vector_count() as u32).min(32) {
-                if self.applied.pending(v) {
+        if msi_pending == Some(offset) && self.wired.mode == InterruptMode::Msi {
+            for v in 0..(self.wired.vector_count() as u32).min(32) {
+                if self.wired.pending(v) {
                     value |= 1 << v;
                 }
             }
@@ -758,7 +761,7 @@ impl VfioUserPciDevice {
             .device
             .write(VFIO_PCI_CONFIG_REGION_INDEX, at as u64, data)
         {
-            self.shared
+            self.status
                 .record(Activity::ConfigWrite { offset: at }, e.into());
         }
         moves
@@ -838,7 +841,7 @@ impl VfioUserPciDevice {
         }
         if let Err(e) = self.device.read(bar, at, buf) {
             buf.fill(0xff);
-            self.shared
+            self.status
                 .record(Activity::BarRead { bar, offset: at }, e.into());
         }
     }
@@ -848,7 +851,7 @@ impl VfioUserPciDevice {
             return;
         }
         if let Err(e) = self.device.write_posted(bar, at, buf) {
-            self.shared
+            self.status
                 .record(Activity::BarWrite { bar, offset: at }, e.into());
         }
     }
@@ -864,7 +867,7 @@ impl VfioUserPciDevice {
         else {
             return;
         };
-        if self.applied.mode != InterruptMode::Msix {
+        if self.wired.mode != InterruptMode::Msix {
             return;
         }
         for (i, b) in buf.iter_mut().enumerate() {
@@ -873,7 +876,7 @@ impl VfioUserPciDevice {
             };
             for bit in 0..8 {
                 let v = u32::try_from(byte * 8 + bit).unwrap_or(u32::MAX);
-                if self.applied.pending(v) {
+                if self.wired.pending(v) {
                     *b |= 1 << bit;
                 }
             }
@@ -953,21 +956,21 @@ fn connect(
     path: &Path,
     options: &ConnectOptions,
     interrupts: &Arc<dyn InterruptProvider>,
-) -> Result<((Connection, Arc<Shared>), PciSubscriber), Error> {
+) -> Result<((Connection, Arc<DeviceStatus>), PciSubscriber), Error> {
     let (connection, proxy_subscriber) =
         Connection::connect_with_subscriber(path, options).map_err(connect_error)?;
-    let shared = Arc::new(Shared::new()?);
-    let for_callback = Arc::clone(&shared);
+    let status = Arc::new(DeviceStatus::new()?);
+    let for_callback = Arc::clone(&status);
     connection
         .proxy()
         .on_disconnect(move |reason| for_callback.lose(reason.clone()));
     let subscriber = PciSubscriber {
         proxy_subscriber,
         proxy: connection.proxy().clone(),
-        shared: Arc::clone(&shared),
+        status: Arc::clone(&status),
         resample: interrupts.intx_resample(),
     };
-    Ok(((connection, shared), subscriber))
+    Ok(((connection, status), subscriber))
 }
 
 /// The error of connecting: the connection's or the negotiation's. (The crate-level error
@@ -985,7 +988,7 @@ fn connect_error(e: crate::Error) -> Error {
 impl Drop for VfioUserPciDevice {
     fn drop(&mut self) {
         // Closing is not losing: the disconnect callback stays quiet.
-        self.shared.detaching.store(true, Ordering::Release);
+        self.status.detaching.store(true, Ordering::Release);
     }
 }
 
