@@ -312,22 +312,7 @@ impl From<DecodeError> for NegotiateError {
 /// ignored.
 pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, NegotiateError> {
     let version = Version::decode(payload)?;
-    if version.major != VERSION_MAJOR {
-        return Err(NegotiateError::MajorMismatch {
-            major: version.major,
-            minor: version.minor,
-            our_major: VERSION_MAJOR,
-            our_minor: VERSION_MINOR,
-        });
-    }
-    if version.minor > VERSION_MINOR {
-        return Err(NegotiateError::MinorTooHigh {
-            major: version.major,
-            minor: version.minor,
-            our_major: VERSION_MAJOR,
-            our_minor: VERSION_MINOR,
-        });
-    }
+    check_version(&version)?;
     let mut caps = Capabilities {
         major: version.major,
         minor: version.minor,
@@ -352,48 +337,78 @@ pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, Ne
         expected: "an object",
     })?;
     for (key, value) in c {
-        match key.as_str() {
-            "max_msg_fds" => {
-                let v = number(value, "capabilities.max_msg_fds")?;
-                caps.max_msg_fds = clamp_u32(v, LIMIT_MAX_MSG_FDS, "max_msg_fds");
-            }
-            "max_data_xfer_size" => {
-                let v = number(value, "capabilities.max_data_xfer_size")?;
-                if v == 0 {
-                    return Err(NegotiateError::ZeroMaxDataXferSize);
-                }
-                caps.max_data_xfer_size =
-                    clamp_u32(v, LIMIT_MAX_DATA_XFER_SIZE, "max_data_xfer_size");
-            }
-            "pgsizes" => {
-                let v = number(value, "capabilities.pgsizes")?;
-                if v == 0 {
-                    return Err(NegotiateError::ZeroPgsizes);
-                }
-                if v & (MIN_PAGE_SIZE - 1) != 0 {
-                    return Err(NegotiateError::PgsizesBelowMinimum { pgsizes: v });
-                }
-                caps.pgsizes = v;
-            }
-            "max_dma_maps" => {
-                let v = number(value, "capabilities.max_dma_maps")?;
-                caps.max_dma_maps = clamp_u32(v, LIMIT_MAX_DMA_MAPS, "max_dma_maps");
-            }
-            "write_multiple" => {
-                caps.write_multiple = value.as_bool().ok_or(NegotiateError::WrongType {
-                    key: "capabilities.write_multiple",
-                    expected: "a boolean",
-                })?;
-            }
-            "twin_socket" => caps.twin_socket = Some(twin_socket(value)?),
-            "migration" => caps.migration = Some(migration(value)?),
-            other => log::info!("ignoring unknown capability {other:?} from the server"),
-        }
+        apply_capability(&mut caps, key, value)?;
     }
     if caps.twin_socket.is_some_and(|t| t.supported) && !offer.twin_socket {
         log::warn!("server granted twin-socket mode, which we did not offer; ignoring it");
     }
     Ok(caps)
+}
+
+/// The major version must be ours and the minor no higher than ours.
+fn check_version(version: &Version) -> Result<(), NegotiateError> {
+    if version.major != VERSION_MAJOR {
+        return Err(NegotiateError::MajorMismatch {
+            major: version.major,
+            minor: version.minor,
+            our_major: VERSION_MAJOR,
+            our_minor: VERSION_MINOR,
+        });
+    }
+    if version.minor > VERSION_MINOR {
+        return Err(NegotiateError::MinorTooHigh {
+            major: version.major,
+            minor: version.minor,
+            our_major: VERSION_MAJOR,
+            our_minor: VERSION_MINOR,
+        });
+    }
+    Ok(())
+}
+
+/// Applies one key of the server's `capabilities` object to `caps`.
+fn apply_capability(
+    caps: &mut Capabilities,
+    key: &str,
+    value: &Value,
+) -> Result<(), NegotiateError> {
+    match key {
+        "max_msg_fds" => {
+            let v = number(value, "capabilities.max_msg_fds")?;
+            caps.max_msg_fds = clamp_u32(v, LIMIT_MAX_MSG_FDS, "max_msg_fds");
+        }
+        "max_data_xfer_size" => {
+            let v = number(value, "capabilities.max_data_xfer_size")?;
+            if v == 0 {
+                return Err(NegotiateError::ZeroMaxDataXferSize);
+            }
+            caps.max_data_xfer_size = clamp_u32(v, LIMIT_MAX_DATA_XFER_SIZE, "max_data_xfer_size");
+        }
+        "pgsizes" => {
+            let v = number(value, "capabilities.pgsizes")?;
+            if v == 0 {
+                return Err(NegotiateError::ZeroPgsizes);
+            }
+            if v & (MIN_PAGE_SIZE - 1) != 0 {
+                return Err(NegotiateError::PgsizesBelowMinimum { pgsizes: v });
+            }
+            caps.pgsizes = v;
+        }
+        "max_dma_maps" => {
+            let v = number(value, "capabilities.max_dma_maps")?;
+            caps.max_dma_maps = clamp_u32(v, LIMIT_MAX_DMA_MAPS, "max_dma_maps");
+        }
+        "write_multiple" => {
+            caps.write_multiple = value.as_bool().ok_or(NegotiateError::WrongType {
+                key: "capabilities.write_multiple",
+                expected: "a boolean",
+            })?;
+        }
+        "twin_socket" => caps.twin_socket = Some(twin_socket(value)?),
+        "migration" => caps.migration = Some(migration(value)?),
+        other => log::info!("ignoring unknown capability {other:?} from the server"),
+    }
+    Ok(())
 }
 
 /// The host's page size, or 4096 if the system will not say.

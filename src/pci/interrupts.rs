@@ -414,74 +414,105 @@ pub(crate) fn update_vectors(
     if changed.is_empty() {
         return Ok(());
     }
-    let index = kind.irq_index();
-    let emulate = !server_masks(device, kind);
+    let step = VectorStep {
+        device,
+        provider,
+        kind,
+        emulate: !server_masks(device, kind),
+    };
     let vectors = &mut wired.vectors;
-
     let masking: Vec<u32> = changed
         .iter()
         .filter(|c| c.2 && !vectors[c.0 as usize].masked)
         .map(|c| c.0)
         .collect();
     for (start, count) in runs(&masking) {
-        let range = start as usize..(start + count) as usize;
-        if emulate {
-            let parked = (0..count)
-                .map(|_| parking_eventfd())
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<Option<&EventFd>> = parked.iter().map(|f| Some(&**f)).collect();
-            device.set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
-            for (vector, fd) in vectors[range].iter_mut().zip(parked) {
-                vector.parked = Some(fd);
-                vector.masked = true;
-            }
-        } else {
-            device.irq_action(index, IrqAction::Mask, start, count)?;
-            vectors[range].iter_mut().for_each(|v| v.masked = true);
-        }
+        step.mask(vectors, start, count)?;
     }
-
     for &(v, message, masked) in &changed {
         provider
             .update(kind, v, message, masked)
             .map_err(provider_error(kind, v))?;
         vectors[v as usize].message = message;
     }
-
     let unmasking: Vec<u32> = changed
         .iter()
         .filter(|c| !c.2 && vectors[c.0 as usize].masked)
         .map(|c| c.0)
         .collect();
     for (start, count) in runs(&unmasking) {
-        let range = start as usize..(start + count) as usize;
-        if emulate {
-            let fds: Vec<Option<Arc<EventFd>>> = (start..start + count)
-                .map(|v| provider.eventfd(kind, v))
-                .collect();
-            let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
-            device.set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
-            // From the reply on, the server signals the provider's eventfds: whatever came
-            // before is on the parking eventfds.
-            for (vector, fd) in vectors[range].iter_mut().zip(&fds) {
-                let pending = vector.poll_pending();
-                *vector = Vector {
-                    message: vector.message,
-                    ..Vector::default()
-                };
-                if let (true, Some(fd)) = (pending, fd) {
-                    fd.write(1).map_err(|source| Error::Io {
-                        what: "delivering a vector that fired while masked",
-                        source,
-                    })?;
-                }
-            }
-        } else {
-            device.irq_action(index, IrqAction::Unmask, start, count)?;
-            vectors[range].iter_mut().for_each(|v| v.masked = false);
-        }
+        step.unmask(vectors, start, count)?;
     }
     Ok(())
+}
+
+/// What masking and unmasking a run of vectors needs to know.
+struct VectorStep<'a> {
+    device: &'a VfioUserDevice,
+    provider: &'a dyn InterruptProvider,
+    kind: InterruptKind,
+    /// The server cannot mask: masking is emulated with parking eventfds.
+    emulate: bool,
+}
+
+impl VectorStep<'_> {
+    /// Masks vectors `start..start + count` at the server, or parks them.
+    fn mask(&self, vectors: &mut [Vector], start: u32, count: u32) -> Result<(), Error> {
+        let index = self.kind.irq_index();
+        let range = start as usize..(start + count) as usize;
+        if !self.emulate {
+            self.device
+                .irq_action(index, IrqAction::Mask, start, count)?;
+            vectors[range].iter_mut().for_each(|v| v.masked = true);
+            return Ok(());
+        }
+        let parked = (0..count)
+            .map(|_| parking_eventfd())
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<Option<&EventFd>> = parked.iter().map(|f| Some(&**f)).collect();
+        self.device
+            .set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
+        for (vector, fd) in vectors[range].iter_mut().zip(parked) {
+            vector.parked = Some(fd);
+            vector.masked = true;
+        }
+        Ok(())
+    }
+
+    /// Unmasks vectors `start..start + count` at the server, or gives the server the
+    /// provider's eventfds back and delivers what fired while they were parked.
+    fn unmask(&self, vectors: &mut [Vector], start: u32, count: u32) -> Result<(), Error> {
+        let index = self.kind.irq_index();
+        let range = start as usize..(start + count) as usize;
+        if !self.emulate {
+            self.device
+                .irq_action(index, IrqAction::Unmask, start, count)?;
+            vectors[range].iter_mut().for_each(|v| v.masked = false);
+            return Ok(());
+        }
+        let fds: Vec<Option<Arc<EventFd>>> = (start..start + count)
+            .map(|v| self.provider.eventfd(self.kind, v))
+            .collect();
+        let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
+        self.device
+            .set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
+        // From the reply on, the server signals the provider's eventfds: whatever came
+        // before is on the parking eventfds.
+        for (vector, fd) in vectors[range].iter_mut().zip(&fds) {
+            let pending = vector.poll_pending();
+            *vector = Vector {
+                message: vector.message,
+                ..Vector::default()
+            };
+            if let (true, Some(fd)) = (pending, fd) {
+                fd.write(1).map_err(|source| Error::Io {
+                    what: "delivering a vector that fired while masked",
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

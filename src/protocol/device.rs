@@ -259,6 +259,47 @@ pub struct IoSubregion {
     pub shadow: Option<ShadowMem>,
 }
 
+impl IoSubregion {
+    /// Decodes one entry of `layout`'s stride.
+    fn decode(entry: &[u8], layout: IoFdsLayout) -> Result<Self, DecodeError> {
+        let mut e = Reader::new(entry, "region io fds entry");
+        let offset = e.u64()?;
+        let size = e.u64()?;
+        let fd_index = e.u32()?;
+        let kind = e.u32()?;
+        let flags = e.u32()?;
+        let (data, shadow) = match layout {
+            IoFdsLayout::Spec => {
+                e.u32()?;
+                (Some(e.u64()?), None)
+            }
+            IoFdsLayout::LibVfioUser if kind == IO_FD_TYPE_IOREGIONFD => {
+                e.u32()?;
+                (Some(e.u64()?), None)
+            }
+            IoFdsLayout::LibVfioUser => {
+                let shadow = ShadowMem {
+                    fd_index: e.u32()?,
+                    offset: e.u64()?,
+                };
+                let data = e.u64()?;
+                let shadow = (kind == IO_FD_TYPE_IOEVENTFD_SHADOW).then_some(shadow);
+                (Some(data), shadow)
+            }
+            IoFdsLayout::Other { .. } => (None, None),
+        };
+        Ok(IoSubregion {
+            offset,
+            size,
+            fd_index,
+            kind,
+            flags,
+            data,
+            shadow,
+        })
+    }
+}
+
 /// The `DEVICE_GET_REGION_IO_FDS` request and reply payload: a 16-byte head and, in a reply,
 /// `count` sub-region entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -361,41 +402,7 @@ impl RegionIoFds {
             let n = present.min(count as usize);
             subregions.reserve_exact(n);
             for _ in 0..n {
-                let mut e = Reader::new(r.bytes(stride)?, "region io fds entry");
-                let offset = e.u64()?;
-                let size = e.u64()?;
-                let fd_index = e.u32()?;
-                let kind = e.u32()?;
-                let flags = e.u32()?;
-                let (data, shadow) = match layout {
-                    IoFdsLayout::Spec => {
-                        e.u32()?;
-                        (Some(e.u64()?), None)
-                    }
-                    IoFdsLayout::LibVfioUser if kind == IO_FD_TYPE_IOREGIONFD => {
-                        e.u32()?;
-                        (Some(e.u64()?), None)
-                    }
-                    IoFdsLayout::LibVfioUser => {
-                        let shadow = ShadowMem {
-                            fd_index: e.u32()?,
-                            offset: e.u64()?,
-                        };
-                        let data = e.u64()?;
-                        let shadow = (kind == IO_FD_TYPE_IOEVENTFD_SHADOW).then_some(shadow);
-                        (Some(data), shadow)
-                    }
-                    IoFdsLayout::Other { .. } => (None, None),
-                };
-                subregions.push(IoSubregion {
-                    offset,
-                    size,
-                    fd_index,
-                    kind,
-                    flags,
-                    data,
-                    shadow,
-                });
+                subregions.push(IoSubregion::decode(r.bytes(stride)?, layout)?);
             }
         }
         Ok(RegionIoFds {
