@@ -15,32 +15,32 @@ use serde_json::{Map, Value};
 use crate::protocol::{DecodeError, Version};
 
 /// The major version we speak (every known implementation uses 0).
-pub const VERSION_MAJOR: u16 = 0;
+const VERSION_MAJOR: u16 = 0;
 /// The minor version we propose. No spec feature is gated on the minor version.
-pub const VERSION_MINOR: u16 = 0;
+const VERSION_MINOR: u16 = 0;
 
 /// Spec default for `max_msg_fds` when the peer leaves it out.
-pub const DEFAULT_MAX_MSG_FDS: u32 = 1;
+const DEFAULT_MAX_MSG_FDS: u32 = 1;
 /// Spec default for `max_data_xfer_size`.
-pub const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
+const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
 /// Spec default for `pgsizes`.
-pub const DEFAULT_PGSIZES: u64 = 4096;
+const DEFAULT_PGSIZES: u64 = 4096;
 /// Spec default for `max_dma_maps`.
-pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
+const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 /// Default `migration.max_bitmap_size` (as QEMU assumes).
-pub const DEFAULT_MAX_BITMAP_SIZE: u64 = 256 << 20;
+const DEFAULT_MAX_BITMAP_SIZE: u64 = 256 << 20;
 
 /// Largest server `max_msg_fds` we use; larger values are clamped.
-pub const LIMIT_MAX_MSG_FDS: u32 = 16;
+const LIMIT_MAX_MSG_FDS: u32 = 16;
 /// Largest server `max_data_xfer_size` we use; larger values are clamped.
-pub const LIMIT_MAX_DATA_XFER_SIZE: u32 = 64 << 20;
+const LIMIT_MAX_DATA_XFER_SIZE: u32 = 64 << 20;
 /// Largest server `max_dma_maps` we use; larger values are clamped.
-pub const LIMIT_MAX_DMA_MAPS: u32 = 65535;
+const LIMIT_MAX_DMA_MAPS: u32 = 65535;
 /// Largest server `migration.max_bitmap_size` we use; larger values are clamped.
-pub const LIMIT_MAX_BITMAP_SIZE: u64 = 256 << 20;
+const LIMIT_MAX_BITMAP_SIZE: u64 = 256 << 20;
 
 /// The smallest page size vfio-user allows for DMA and migration.
-pub const MIN_PAGE_SIZE: u64 = 4096;
+pub(crate) const MIN_PAGE_SIZE: u64 = 4096;
 
 /// The `migration` capability: legacy (0.9.1) but still exchanged by every implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,13 +142,13 @@ pub struct Capabilities {
     pub major: u16,
     /// The server's minor version.
     pub minor: u16,
-    /// fds the server accepts per message (≤ [`LIMIT_MAX_MSG_FDS`]).
+    /// fds the server accepts per message (at most 16; larger values are clamped).
     pub max_msg_fds: u32,
-    /// Data bytes the server accepts per message (1 ..= [`LIMIT_MAX_DATA_XFER_SIZE`]).
+    /// Data bytes the server accepts per message (1 to 64 MiB; larger values are clamped).
     pub max_data_xfer_size: u32,
     /// DMA page sizes the server supports; non-zero, no bit below 4 KiB.
     pub pgsizes: u64,
-    /// DMA windows the server can hold (≤ [`LIMIT_MAX_DMA_MAPS`]).
+    /// DMA windows the server can hold (at most 65535; larger values are clamped).
     pub max_dma_maps: u32,
     /// The server's `migration` capability, if it sent one.
     pub migration: Option<MigrationCaps>,

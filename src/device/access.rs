@@ -20,6 +20,8 @@ impl VfioUserDevice {
     /// The data is read from the socket straight into `data` when this thread reads the
     /// reply itself ([`Proxy::wait_into`]). After an error, `data`'s content is
     /// unspecified.
+    ///
+    /// [`Proxy::wait_into`]: crate::proxy::Proxy::wait_into
     pub fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Error> {
         self.region(index)?
             .check(offset, data.len() as u64, false)?;

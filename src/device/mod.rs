@@ -40,16 +40,16 @@ pub use mmap::MappedArea;
 pub use region::Region;
 
 /// Most regions a device may report (QEMU's limit).
-pub const MAX_REGIONS: u32 = 100;
+const MAX_REGIONS: u32 = 100;
 /// Most IRQ indexes a device may report (QEMU's limit).
-pub const MAX_IRQ_INDEXES: u32 = 50;
+const MAX_IRQ_INDEXES: u32 = 50;
 /// Largest `argsz` accepted for a REGION_INFO or REGION_IO_FDS re-query.
-pub const MAX_INFO_ARGSZ: u32 = 64 << 10;
+const MAX_INFO_ARGSZ: u32 = 64 << 10;
 /// Default cap on the data of one REGION_WRITE message (libvfio-user issue #306).
-pub const DEFAULT_WRITE_CHUNK: u32 = 32 << 10;
+const DEFAULT_WRITE_CHUNK: u32 = 32 << 10;
 
 /// Default cap on the data of one REGION_READ message.
-pub const DEFAULT_READ_CHUNK: u32 = 128 << 10;
+const DEFAULT_READ_CHUNK: u32 = 128 << 10;
 
 /// How the device layer behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use super::config::{CAP_POINTER, CONFIG_SIZE, HEADER_TYPE, STATUS, STATUS_CAP_LI
 use super::{CapabilityProblem, Error};
 
 /// Capability id of MSI.
-pub const CAP_ID_MSI: u8 = 0x05;
+pub(crate) const CAP_ID_MSI: u8 = 0x05;
 /// Capability id of MSI-X.
-pub const CAP_ID_MSIX: u8 = 0x11;
+pub(crate) const CAP_ID_MSIX: u8 = 0x11;
 
 /// Most capabilities a 256-byte config space can hold (192 bytes after the header, four
 /// bytes each at least): a longer chain is a loop.

@@ -4,38 +4,38 @@
 //! The config-space trait a VMM's PCI bus drives, the BAR types it speaks, and the BAR
 //! shadow: sizing answered locally, relocation reported.
 
+use vfio_bindings::bindings::vfio::VFIO_PCI_ROM_REGION_INDEX;
+
 use super::Error;
 
 /// Offset of the command register.
-pub const COMMAND: usize = 0x04;
+pub(crate) const COMMAND: usize = 0x04;
 /// Command register: I/O space decoding.
-pub const COMMAND_IO: u16 = 1 << 0;
+pub(crate) const COMMAND_IO: u16 = 1 << 0;
 /// Command register: memory space decoding.
-pub const COMMAND_MEMORY: u16 = 1 << 1;
+pub(crate) const COMMAND_MEMORY: u16 = 1 << 1;
 /// Command register: INTx disable.
-pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+pub(crate) const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// Offset of the status register.
-pub const STATUS: usize = 0x06;
+pub(crate) const STATUS: usize = 0x06;
 /// Status register: a capability list is present.
-pub const STATUS_CAP_LIST: u16 = 1 << 4;
+pub(crate) const STATUS_CAP_LIST: u16 = 1 << 4;
 /// Offset of the header type byte.
-pub const HEADER_TYPE: usize = 0x0e;
+pub(crate) const HEADER_TYPE: usize = 0x0e;
 /// Offset of BAR 0; BARs 1 to 5 follow, four bytes each.
-pub const BAR0: usize = 0x10;
+pub(crate) const BAR0: usize = 0x10;
 /// Offset of the expansion ROM BAR.
-pub const ROM_BAR: usize = 0x30;
+pub(crate) const ROM_BAR: usize = 0x30;
 /// Offset of the capability pointer.
-pub const CAP_POINTER: usize = 0x34;
+pub(crate) const CAP_POINTER: usize = 0x34;
 /// Offset of the interrupt pin.
-pub const INTERRUPT_PIN: usize = 0x3d;
+pub(crate) const INTERRUPT_PIN: usize = 0x3d;
 /// Size of the standard config space the shadow covers.
-pub const CONFIG_SIZE: usize = 256;
+pub(crate) const CONFIG_SIZE: usize = 256;
 /// Register index of BAR 0.
-pub const BAR0_REG: usize = BAR0 / 4;
+pub(crate) const BAR0_REG: usize = BAR0 / 4;
 /// Register index of the expansion ROM BAR.
-pub const ROM_REG: usize = ROM_BAR / 4;
-/// BAR number of the expansion ROM.
-pub const ROM_BAR_INDEX: u32 = 6;
+pub(crate) const ROM_REG: usize = ROM_BAR / 4;
 
 /// What kind of window a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,9 +266,14 @@ impl Bars {
             bars.push(Bar::new(info));
             i += if info.kind == BarKind::Memory64 { 2 } else { 1 };
         }
-        let rom = region_size(ROM_BAR_INDEX);
+        let rom = region_size(VFIO_PCI_ROM_REGION_INDEX);
         if rom != 0 {
-            bars.push(Bar::new(window(ROM_BAR_INDEX, BarKind::Rom, false, rom)?));
+            bars.push(Bar::new(window(
+                VFIO_PCI_ROM_REGION_INDEX,
+                BarKind::Rom,
+                false,
+                rom,
+            )?));
         }
         Ok(Bars { bars })
     }
@@ -306,7 +311,7 @@ impl Bars {
     /// The BAR and half (`true`: upper) that register `reg` holds.
     fn slot(&self, reg: usize) -> Option<(usize, bool)> {
         let index = if reg == ROM_REG {
-            ROM_BAR_INDEX
+            VFIO_PCI_ROM_REGION_INDEX
         } else {
             u32::try_from(reg.checked_sub(BAR0_REG)?).ok()?
         };

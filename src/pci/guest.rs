@@ -284,6 +284,8 @@ impl VfioUserPciDevice {
     /// emulated here; the rest goes to the server, posted when the device layer allows (a
     /// refused posted write cannot be reported; [`DeviceOptions::posted_writes`] turns
     /// posting off).
+    ///
+    /// [`DeviceOptions::posted_writes`]: crate::device::DeviceOptions::posted_writes
     pub fn bar_write(&mut self, bar: u32, offset: u64, data: &[u8]) {
         let Some(info) = self.bars.get(bar) else {
             return;

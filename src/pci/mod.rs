@@ -54,7 +54,7 @@ mod status;
 mod subscriber;
 
 pub use attach::{AttachOptions, BarAllocator, BarPlacement};
-pub use config::{BarInfo, BarKind, BarReprogramming, PciConfig, ROM_BAR_INDEX};
+pub use config::{BarInfo, BarKind, BarReprogramming, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
 pub use subscriber::PciSubscriber;
