@@ -18,6 +18,6 @@ mod sync;
 pub use connection::{handshake, ConnectOptions, Connection};
 pub use device::{DeviceOptions, VfioUserDevice};
 pub use dma::DmaMapper;
-pub use error::Error;
+pub use error::{ConnectionCause, Error};
 pub use negotiate::{Capabilities, Offer};
 pub use pci::{AttachOptions, VfioUserPciDevice};

@@ -16,6 +16,7 @@ use std::thread;
 use common::{read_u32, write_region};
 use vfio_user_client::dma::{Access, DmaMapper, DmaOp, Error as DmaError, MappingKind};
 use vfio_user_client::proxy;
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memfd, memory, pattern, region, shared};
 use vfio_user_sample_server::{

@@ -14,15 +14,18 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 
 use common::{read_region, read_u32, write_region};
-use vfio_bindings::bindings::vfio::VFIO_IRQ_INFO_EVENTFD;
-use vfio_user_client::device::{pci_irq, Error as DeviceError, IrqAction};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_user_client::device::{Error as DeviceError, IrqAction};
 use vfio_user_client::negotiate::MigrationCaps;
 use vfio_user_client::protocol::{
     Command, DeviceInfo, IrqInfo as IrqInfoPayload, RegionAccess, RegionInfo, SetIrqs,
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::proxy::{self, Proxy};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::rust_vmm::{
     RustVmmServer, State, CONFIG, CONFIG_SIZE, DEVICE_ID, ID, MSIX_VECTORS, NUM_IRQS, NUM_REGIONS,
@@ -120,7 +123,7 @@ fn device_region_and_irq_info_decode() {
         DeviceInfo::decode(&reply.payload).unwrap(),
         DeviceInfo {
             argsz: 16,
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
             num_regions: NUM_REGIONS,
             num_irqs: NUM_IRQS,
         }
@@ -140,7 +143,7 @@ fn device_region_and_irq_info_decode() {
         assert!(reply.fds.is_empty());
         let info = RegionInfo::decode(&reply.payload).unwrap();
         assert_eq!((info.index, info.size), (index, size), "{info:?}");
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         assert_eq!(info.flags, if size > 0 { rw } else { 0 }, "{info:?}");
         assert!(info.caps.is_empty());
     }
@@ -278,7 +281,7 @@ fn irq_eventfd_and_reset() {
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut payload = Vec::new();
     SetIrqs::new(
-        IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
         2,
         0,
         1,
@@ -361,7 +364,7 @@ fn device_layer_against_the_crates_io_server() {
         .enumerate()
         .map(|(i, e)| (i != 2).then_some(e))
         .collect();
-    dev.set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &list)
+    dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &list)
         .unwrap();
     {
         let mut st = server.state();

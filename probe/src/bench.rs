@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vfio_user_client::device::pci_region;
+use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vfio_user_client::protocol::{
     Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
@@ -200,7 +200,7 @@ fn pick_region(device: &VfioUserDevice, asked: Option<u32>) -> Result<u32, Strin
         .regions()
         .iter()
         .filter(|r| r.readable() && r.writable() && r.size() >= 4)
-        .filter(|r| !(device.is_pci() && r.index() == pci_region::CONFIG))
+        .filter(|r| !(device.is_pci() && r.index() == VFIO_PCI_CONFIG_REGION_INDEX))
         .max_by_key(|r| r.size())
         .or_else(|| {
             device
