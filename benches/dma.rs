@@ -18,12 +18,10 @@
 //!
 //! [`DmaRequestHandler`]: vfio_user_client::dma::DmaRequestHandler
 
-mod support;
-
 use std::fs::File;
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,34 +30,18 @@ use criterion::{Criterion, SamplingMode};
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
 use vfio_user_client::protocol::{Command, DmaAccess, Header, Version, HEADER_SIZE};
 use vfio_user_client::{ConnectOptions, Connection};
-use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle, SharedMemory};
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+use vfio_user_sample_server::test_support::bench as support;
+use vfio_user_sample_server::test_support::guest::{memfd, memory, region};
+use vfio_user_sample_server::wire::RawEndpoint;
+use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PAGE: u64 = 4096;
 const MAP_COUNTS: [u64; 2] = [1_000, 65_535];
 const READ_SIZES: [(usize, &str); 3] = [(4 << 10, "4KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
 
-fn memfd(size: u64) -> File {
-    let m = SharedMemory::new("bench-guest", size).expect("memfd");
-    File::from(m.as_fd().try_clone_to_owned().expect("dup"))
-}
-
 fn guest(size: u64, file: Option<File>) -> GuestMemoryMmap {
-    let builder =
-        MmapRegionBuilder::new(size as usize).with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-    let builder = match file {
-        Some(f) => builder
-            .with_mmap_flags(libc::MAP_SHARED)
-            .with_file_offset(FileOffset::new(f, 0)),
-        None => {
-            builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-        }
-    };
-    let region =
-        GuestRegionMmap::new(builder.build().expect("mmap"), GuestAddress(0)).expect("region");
-    GuestMemoryMmap::from_regions(vec![region]).expect("guest memory")
+    memory(vec![region(0, size as usize, file.map(|f| (f, 0)), true)])
 }
 
 /// A DMA engine server. Past the kernel's mmap count limit (65,530 per process by default,
@@ -172,20 +154,12 @@ impl Requester {
     }
 }
 
-/// Reads one message (the guest memory here is anonymous: no fds come with it).
-fn read_message(sock: &mut UnixStream) -> Header {
-    let mut hdr = [0u8; HEADER_SIZE];
-    sock.read_exact(&mut hdr).expect("header");
-    let h = Header::from_bytes(&hdr);
-    let mut body = vec![0u8; h.payload_len()];
-    sock.read_exact(&mut body).expect("body");
-    h
-}
-
 /// Answers our client's VERSION request; with `twin`, grants twin-socket mode and hands
 /// over that socket.
-fn answer_version(sock: &mut UnixStream, twin: Option<&UnixStream>) {
-    let h = read_message(sock);
+fn answer_version(sock: &UnixStream, twin: Option<&UnixStream>) {
+    let sock = sock.try_clone().expect("clone");
+    let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
+    let version = peer.recv().expect("VERSION");
     let json = match twin {
         Some(_) => {
             r#"{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true,"fd_index":0}}}"#
@@ -199,28 +173,22 @@ fn answer_version(sock: &mut UnixStream, twin: Option<&UnixStream>) {
         json: Some(json.to_string()),
     }
     .encode_into(&mut payload);
-    let mut reply = Header::reply(&h, payload.len())
-        .expect("reply header")
-        .to_bytes()
-        .to_vec();
-    reply.extend_from_slice(&payload);
     let fds: Vec<_> = twin.iter().map(|t| t.as_raw_fd()).collect();
-    let n = sock
-        .send_with_fds(&[&reply[..]], &fds)
+    peer.reply(&version.header, &payload, &fds)
         .expect("VERSION reply");
-    sock.write_all(&reply[n..]).expect("VERSION reply");
 }
 
 /// Answers the one DMA_MAP that sets up the handler's table.
-fn answer_map(sock: &mut UnixStream) {
-    let h = read_message(sock);
-    let reply = Header::reply(&h, 0).expect("reply header");
-    sock.write_all(&reply.to_bytes()).expect("map reply");
+fn answer_map(sock: &UnixStream) {
+    let sock = sock.try_clone().expect("clone");
+    let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
+    let map = peer.recv().expect("DMA_MAP");
+    peer.reply(&map.header, &[], &[]).expect("DMA_MAP reply");
 }
 
 /// Our client serving DMA_READ, on its main socket or on a twin socket.
 fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
-    let (client, mut server) = UnixStream::pair().expect("socket pair");
+    let (client, server) = UnixStream::pair().expect("socket pair");
     let (ours, theirs) = if twin {
         let (ours, theirs) = UnixStream::pair().expect("twin pair");
         (Some(ours), Some(theirs))
@@ -228,13 +196,13 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         (None, None)
     };
     let answer = std::thread::spawn(move || {
-        answer_version(&mut server, ours.as_ref());
+        answer_version(&server, ours.as_ref());
         server
     });
     // Our client serves the requests on its event loop's thread: the client side.
     let conn = support::placement()
         .client(|| Connection::connect(client, &ConnectOptions::default()).expect("connect"));
-    let mut server = answer.join().expect("VERSION answer");
+    let server = answer.join().expect("VERSION answer");
     let dma_socket = match theirs {
         Some(theirs) => theirs,
         None => server.try_clone().expect("clone"),
@@ -250,7 +218,7 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
     let mapper = DmaMapper::with_limits(&conn, limits, mem);
     std::thread::scope(|s| {
         let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
-        answer_map(&mut server);
+        answer_map(&server);
         t.join().expect("map thread").expect("map");
     });
     let mut requester = Requester::new(dma_socket, size);

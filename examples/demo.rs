@@ -7,9 +7,8 @@
 use std::error::Error;
 use std::process::ExitCode;
 
-use vfio_user_client::protocol::{
-    Command, DeviceInfo, RegionAccess, RegionInfo, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET,
-};
+use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
+use vfio_user_client::protocol::{Command, DeviceInfo, RegionAccess, RegionInfo};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::{GpioDevice, Server, ServerConfig, PCI_CONFIG_REGION};
 
@@ -61,12 +60,12 @@ fn run() -> Result<(), Box<dyn Error>> {
         "device: {} regions, {} IRQ indexes, {}{}",
         info.num_regions,
         info.num_irqs,
-        if info.flags & DEVICE_FLAGS_PCI != 0 {
+        if info.flags & VFIO_DEVICE_FLAGS_PCI != 0 {
             "PCI"
         } else {
             "not PCI"
         },
-        if info.flags & DEVICE_FLAGS_RESET != 0 {
+        if info.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
             ", resettable"
         } else {
             ""

@@ -1,12 +1,18 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The crate-level error: one variant per layer, each carrying that layer's own error.
+//! The crate-level error (one variant per layer, each carrying that layer's own error) and
+//! [`ConnectionCause`], the one home of the questions every error of the crate answers.
+//!
+//! The layers' errors nest one way only: the connection's error ([`connection::Error`]) and the
+//! negotiation's ([`NegotiateError`]) wrap nothing of the crate; the device's, the DMA
+//! layer's and the PCI layer's wrap those below them; [`Error`] wraps them all.
 
+use crate::connection;
 use crate::device;
+use crate::dma::{self, DmaFailure};
 use crate::negotiate::NegotiateError;
 use crate::pci;
-use crate::{connection, dma};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -29,89 +35,57 @@ pub enum Error {
     Dma(#[from] dma::Error),
 }
 
-impl Error {
-    /// The server's errno, when the server answered with an error reply.
-    pub fn server_errno(&self) -> Option<u32> {
-        self.layer().server_errno()
+/// What an error of this crate says about the connection: the server's errno, and whether
+/// the connection is gone.
+///
+/// Both are answered once, by the connection errors ([`connection::Error`]) the error carries:
+/// an error refused locally carries none, a failed DMA transaction one per failed
+/// operation. Implemented by every error of the crate that can carry one.
+pub trait ConnectionCause {
+    /// The connection errors behind this error, in the order they happened.
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error>;
+
+    /// The server's errno, when the server answered with an error reply (the first such
+    /// reply, when several operations failed).
+    fn server_errno(&self) -> Option<u32> {
+        self.connection_errors()
+            .find_map(connection::Error::server_errno)
     }
 
     /// Whether the connection is gone (a new connection is needed to go on).
-    pub fn is_disconnected(&self) -> bool {
-        self.layer().is_disconnected()
-    }
-
-    /// The layer's own error, which answers the questions about the connection.
-    fn layer(&self) -> &dyn ConnectionFacts {
-        match self {
-            Error::Connection(e) => e,
-            Error::Negotiate(e) => e,
-            Error::Device(e) => e,
-            Error::Pci(e) => e,
-            Error::Dma(e) => e,
-        }
-    }
-}
-
-/// What every layer's error tells about the connection. The answers come from the
-/// connection errors a layer's error carries: [`connection::Error`] holds the logic, and
-/// every other layer forwards to it.
-trait ConnectionFacts {
-    /// The server's errno, when the server answered with an error reply.
-    fn server_errno(&self) -> Option<u32>;
-    /// Whether the connection is gone.
-    fn is_disconnected(&self) -> bool;
-}
-
-impl ConnectionFacts for connection::Error {
-    fn server_errno(&self) -> Option<u32> {
-        connection::Error::server_errno(self)
-    }
-
     fn is_disconnected(&self) -> bool {
-        connection::Error::is_disconnected(self)
+        self.connection_errors()
+            .any(connection::Error::is_disconnected)
     }
 }
 
-/// The VERSION reply was refused before the connection carried anything else.
-impl ConnectionFacts for NegotiateError {
-    fn server_errno(&self) -> Option<u32> {
-        None
-    }
+/// The connection errors an error carries, as at most one error of its own and the failures
+/// of a DMA transaction: the shape every error of the crate fits, without boxing.
+pub(crate) type Causes<'a> = (Option<&'a connection::Error>, &'a [DmaFailure]);
 
-    fn is_disconnected(&self) -> bool {
-        false
+/// Iterates over [`Causes`].
+pub(crate) fn iter_causes<'a>(
+    (own, failures): Causes<'a>,
+) -> impl Iterator<Item = &'a connection::Error> {
+    own.into_iter().chain(failures.iter().map(|f| &f.error))
+}
+
+impl ConnectionCause for connection::Error {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
+        std::iter::once(self)
     }
 }
 
-impl ConnectionFacts for device::Error {
-    fn server_errno(&self) -> Option<u32> {
-        device::Error::server_errno(self)
-    }
-
-    fn is_disconnected(&self) -> bool {
-        device::Error::is_disconnected(self)
-    }
-}
-
-impl ConnectionFacts for pci::Error {
-    fn server_errno(&self) -> Option<u32> {
-        pci::Error::server_errno(self)
-    }
-
-    fn is_disconnected(&self) -> bool {
-        pci::Error::is_disconnected(self)
-    }
-}
-
-/// A DMA batch carries one connection error per failed operation: the first errno, and
-/// whether any says the connection is gone.
-impl ConnectionFacts for dma::Error {
-    fn server_errno(&self) -> Option<u32> {
-        self.failures().iter().find_map(|f| f.error.server_errno())
-    }
-
-    fn is_disconnected(&self) -> bool {
-        self.failures().iter().any(|f| f.error.is_disconnected())
+impl ConnectionCause for Error {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
+        let causes: Causes<'_> = match self {
+            Error::Connection(e) => (Some(e), &[]),
+            Error::Negotiate(_) => (None, &[]),
+            Error::Device(e) => (e.connection_error(), &[]),
+            Error::Pci(e) => e.causes(),
+            Error::Dma(e) => (None, e.failures()),
+        };
+        iter_causes(causes)
     }
 }
 
@@ -129,7 +103,7 @@ impl PartialEq for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dma::{DmaFailure, DmaOp};
+    use crate::dma::DmaOp;
     use crate::protocol::Command;
 
     #[test]
@@ -163,5 +137,40 @@ mod tests {
             (None, false)
         );
         assert_eq!(local, Error::Dma(dma::Error::Empty { op }));
+    }
+
+    #[test]
+    fn every_layer_answers_from_the_connection_errors_it_carries() {
+        let refused = || connection::Error::Server {
+            command: Command::DeviceReset,
+            errno: 5,
+        };
+        let gone = || connection::Error::Disconnected(connection::DisconnectReason::PeerClosed);
+        let device = device::Error::Request {
+            command: Command::DeviceReset,
+            index: None,
+            source: refused(),
+        };
+        assert_eq!(
+            (device.server_errno(), device.is_disconnected()),
+            (Some(5), false)
+        );
+        let pci = pci::Error::Device(device);
+        assert_eq!(
+            (pci.server_errno(), pci.is_disconnected()),
+            (Some(5), false)
+        );
+        let e = Error::from(pci);
+        assert_eq!((e.server_errno(), e.is_disconnected()), (Some(5), false));
+        let lost = pci::Error::Lost(gone());
+        assert_eq!((lost.server_errno(), lost.is_disconnected()), (None, true));
+        let during = pci::Error::During {
+            activity: pci::Activity::InterruptSetup,
+            source: Box::new(pci::Error::Connect(gone())),
+        };
+        assert!(during.is_disconnected());
+        assert_eq!(during.connection_errors().count(), 1);
+        assert!(!pci::Error::NotPci.is_disconnected());
+        assert_eq!(gone().connection_errors().count(), 1);
     }
 }

@@ -17,15 +17,6 @@ mod sync;
 pub use connection::{ConnectOptions, Connection, ConnectionSubscriber};
 pub use device::{DeviceOptions, VfioUserDevice};
 pub use dma::DmaMapper;
-pub use error::Error;
+pub use error::{ConnectionCause, Error};
 pub use negotiate::{Capabilities, Offer};
 pub use pci::{AttachOptions, VfioUserPciDevice};
-
-/// Not part of the API: the socket helpers that the sample server and the probe borrow
-/// until they have their own copy.
-#[doc(hidden)]
-pub mod __socket {
-    pub use crate::connection::socket::{
-        connect_with_timeout, poll_fd, recv, recv_with_fds, send_with_fds, MAX_RECV_FDS,
-    };
-}

@@ -15,6 +15,7 @@ use common::Peer;
 use vfio_user_client::connection::{self, DisconnectReason};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{Command, Header, Version};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
 
 fn sock_path(name: &str) -> PathBuf {

@@ -13,11 +13,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread;
 
-use common::guest::{anon, memfd, memory, pattern, region, shared};
 use common::{read_u32, write_region};
 use vfio_user_client::connection;
 use vfio_user_client::dma::{Access, DmaMapper, DmaOp, Error as DmaError, MappingKind};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_sample_server::test_support::guest::{anon, memfd, memory, pattern, region, shared};
 use vfio_user_sample_server::{
     DmaAccessMode, DmaEngine, DmaEngineHandle, DmaEngineStatus, Errno, Probe, Server, ServerConfig,
     ServerHandle, PCI_CONFIG_REGION,

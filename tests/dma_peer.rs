@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::guest::{anon, memory, pattern, region, shared};
 use common::Peer;
 use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
@@ -24,6 +23,7 @@ use vfio_user_client::protocol::{
     Command, DmaAccess, DmaMap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
 };
 use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 

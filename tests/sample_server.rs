@@ -16,12 +16,14 @@ use std::time::Duration;
 
 use common::{read_region, read_u32, write_region};
 use serde_json::{json, Value};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_EVENTFD,
+};
 use vfio_user_client::connection::{self, DisconnectReason};
 use vfio_user_client::negotiate::{MigrationCaps, NegotiateError, TwinSocket};
-use vfio_user_client::protocol::{
-    Command, DeviceInfo, RegionAccess, SetIrqs, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET,
-    IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD,
-};
+use vfio_user_client::protocol::{Command, DeviceInfo, RegionAccess, SetIrqs};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{Capabilities, ConnectOptions, Connection, Error};
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, GpioHandle, Probe, Quirks, Server, ServerConfig, ServerHandle,
@@ -158,7 +160,7 @@ fn default_libvfio_user_like_reply() {
     assert_eq!(client.max_msg_fds, 16);
     assert_eq!(client.max_data_xfer_size, 1 << 20);
     let info = device_info(&conn);
-    assert_eq!(info.flags, DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET);
+    assert_eq!(info.flags, VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET);
     assert_eq!((info.num_regions, info.num_irqs), (9, 5));
 }
 
@@ -518,7 +520,7 @@ fn server_max_msg_fds_limits_what_we_send() {
         let commands = probe.commands();
         let mut two = Vec::new();
         SetIrqs::new(
-            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             IRQ_MSIX,
             0,
             2,
@@ -548,7 +550,7 @@ fn server_max_msg_fds_limits_what_we_send() {
         // One fd: accepted and attached.
         let mut one = Vec::new();
         SetIrqs::new(
-            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             IRQ_MSIX,
             0,
             1,

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vfio_user_client::device::pci_region;
+use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vfio_user_client::protocol::{
     Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
@@ -149,14 +149,8 @@ impl Progress {
             return;
         }
         self.shown = pct;
-        let filled = (pct / 4) as usize;
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r  bench [{}{}] {pct:>3}% {what:<16}",
-            "#".repeat(filled),
-            ".".repeat(25 - filled)
-        );
+        let _ = write!(err, "\r{}", progress_line(pct, what));
         let _ = err.flush();
     }
 
@@ -165,6 +159,17 @@ impl Progress {
             let _ = write!(std::io::stderr(), "\r{:70}\r", "");
         }
     }
+}
+
+/// The progress line at `pct` percent (at most 100) in the phase `what`, without the `\r`
+/// that returns to its start.
+fn progress_line(pct: u64, what: &str) -> String {
+    let filled = (pct.min(100) / 4) as usize;
+    format!(
+        "  bench [{}{}] {pct:>3}% {what:<16}",
+        "#".repeat(filled),
+        ".".repeat(25 - filled)
+    )
 }
 
 fn latency(mut ns: Vec<u64>) -> Option<Latency> {
@@ -195,7 +200,7 @@ fn pick_region(device: &VfioUserDevice, asked: Option<u32>) -> Result<u32, Strin
         .regions()
         .iter()
         .filter(|r| r.readable() && r.writable() && r.size() >= 4)
-        .filter(|r| !(device.is_pci() && r.index() == pci_region::CONFIG))
+        .filter(|r| !(device.is_pci() && r.index() == VFIO_PCI_CONFIG_REGION_INDEX))
         .max_by_key(|r| r.size())
         .or_else(|| {
             device
@@ -482,5 +487,38 @@ impl BenchReport {
             out.push_str(&format!("  note: {n}\n"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_fills_the_bar() {
+        assert_eq!(
+            progress_line(0, "read latency"),
+            "  bench [.........................]   0% read latency    "
+        );
+        assert_eq!(
+            progress_line(48, "dma map"),
+            "  bench [############.............]  48% dma map         "
+        );
+        let full = progress_line(100, "write throughput");
+        assert_eq!(
+            full,
+            "  bench [#########################] 100% write throughput"
+        );
+        // `finish` blanks 70 columns: every line fits.
+        assert!(full.len() <= 70);
+    }
+
+    #[test]
+    fn progress_counts_to_the_total() {
+        let mut p = Progress::new(false, 3);
+        p.step("read latency", 2);
+        assert_eq!((p.done, p.shown), (2, u64::MAX));
+        p.step("read latency", 5);
+        assert_eq!(p.done, 3);
     }
 }

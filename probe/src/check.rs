@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! `check`: a conformance run of what the protocol requires of a server, over one raw
-//! connection ([`RawConn`]), each check PASS, FAIL or SKIP with its reason.
+//! connection ([`RawEndpoint`]), each check PASS, FAIL or SKIP with its reason.
 //!
 //! One connection only, because some servers serve a single client and exit (or delete
 //! themselves) when it hangs up. The order is chosen so that the checks that may break the
@@ -19,19 +19,22 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+};
 use vfio_user_client::negotiate::{negotiate_reply, Capabilities, Offer};
 use vfio_user_client::protocol::{
     Command, DeviceInfo, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionCap, RegionInfo, SetIrqs,
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, FLAGS_NO_REPLY,
-    FLAGS_TYPE_COMMAND, HEADER_SIZE, IRQ_INFO_EVENTFD, IRQ_SET_ACTION_TRIGGER,
-    IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_CAPS, REGION_INFO_FLAG_MMAP,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, HEADER_SIZE,
 };
 use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::error::{errno_text, ProbeError};
-use crate::wire::{Exchange, RawConn, RawMsg};
+use crate::wire::{self, Exchange, RawEndpoint, RawMsg};
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -151,7 +154,7 @@ struct Found {
 }
 
 struct Checker<'a> {
-    conn: RawConn,
+    conn: RawEndpoint,
     path: &'a Path,
     options: &'a CheckOptions,
     caps: Capabilities,
@@ -165,8 +168,8 @@ struct Checker<'a> {
 /// server, version refused) are errors; everything the server does after answering
 /// VERSION is a check result.
 pub fn run(path: &Path, options: &CheckOptions) -> Result<CheckReport, ProbeError> {
-    let mut conn = RawConn::connect(path, options.timeout)?;
-    let version = conn.version(path)?;
+    let mut conn = wire::connect(path, options.timeout)?;
+    let version = wire::version(&mut conn, path)?;
     let mut c = Checker {
         conn,
         path,
@@ -525,7 +528,7 @@ impl Checker<'_> {
             if (i.argsz as usize) < DeviceInfo::SIZE {
                 return Err(format!("reply argsz {} is below 16", i.argsz));
             }
-            if i.flags & DEVICE_FLAGS_PCI != 0 && i.num_regions < 9 {
+            if i.flags & VFIO_DEVICE_FLAGS_PCI != 0 && i.num_regions < 9 {
                 return Err(format!(
                     "a PCI device with {} regions (at least 9)",
                     i.num_regions
@@ -630,10 +633,10 @@ impl Checker<'_> {
             };
             match RegionInfo::decode(&full) {
                 Ok(r) => {
-                    if r.flags & REGION_INFO_FLAG_MMAP != 0 && fds == 0 {
+                    if r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && fds == 0 {
                         problems.push(format!("region {index}: MMAP set but no fd came"));
                     }
-                    if r.flags & REGION_INFO_FLAG_CAPS != 0 && r.cap_offset < head {
+                    if r.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 && r.cap_offset < head {
                         problems.push(format!(
                             "region {index}: CAPS set with cap_offset {}",
                             r.cap_offset
@@ -685,7 +688,7 @@ impl Checker<'_> {
 
     fn irqs(&mut self) {
         let Some(info) = self.found.info else { return };
-        let pci = info.flags & DEVICE_FLAGS_PCI != 0;
+        let pci = info.flags & VFIO_DEVICE_FLAGS_PCI != 0;
         let mut problems = Vec::new();
         for index in 0..info.num_irqs {
             let mut payload = Vec::new();
@@ -742,7 +745,7 @@ impl Checker<'_> {
         if self.caps.max_msg_fds == 0 {
             return self.skip(ID, "the server accepts no fds (max_msg_fds 0)");
         }
-        let usable = |i: &&IrqInfo| i.flags & IRQ_INFO_EVENTFD != 0 && i.count > 0;
+        let usable = |i: &&IrqInfo| i.flags & VFIO_IRQ_INFO_EVENTFD != 0 && i.count > 0;
         let pick = [2, 1, 0]
             .iter()
             .find_map(|&n| self.found.irqs.iter().filter(usable).find(|i| i.index == n))
@@ -757,7 +760,7 @@ impl Checker<'_> {
         };
         let mut payload = Vec::new();
         SetIrqs::new(
-            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             irq.index,
             0,
             1,
@@ -778,7 +781,7 @@ impl Checker<'_> {
         }
         payload.clear();
         SetIrqs::new(
-            IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
             irq.index,
             0,
             0,
@@ -871,7 +874,7 @@ impl Checker<'_> {
         let advertised = self
             .found
             .info
-            .is_some_and(|i| i.flags & DEVICE_FLAGS_RESET != 0);
+            .is_some_and(|i| i.flags & VFIO_DEVICE_FLAGS_RESET != 0);
         if !advertised {
             return self.skip(ID, "the device does not advertise VFIO_DEVICE_FLAGS_RESET");
         }
@@ -894,8 +897,8 @@ impl Checker<'_> {
         let pci = self
             .found
             .info
-            .is_some_and(|i| i.flags & DEVICE_FLAGS_PCI != 0);
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+            .is_some_and(|i| i.flags & VFIO_DEVICE_FLAGS_PCI != 0);
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         self.found
             .regions
             .iter()
@@ -1060,7 +1063,7 @@ impl Checker<'_> {
             .found
             .regions
             .iter()
-            .find(|r| r.flags & REGION_INFO_FLAG_READ != 0 && r.size >= 4)
+            .find(|r| r.flags & VFIO_REGION_INFO_FLAG_READ != 0 && r.size >= 4)
             .cloned()
         {
             Some(r) => {

@@ -7,13 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
-use vfio_user_client::device::{pci_region, Error as DeviceError};
-use vfio_user_client::protocol::{
-    IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD, IRQ_INFO_AUTOMASKED,
-    IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, REGION_INFO_FLAG_CAPS,
-    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX,
+    VFIO_PCI_VGA_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::VfioUserDevice;
+use vfio_user_client::protocol::{
+    IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
+};
+use vfio_user_client::{ConnectionCause, VfioUserDevice};
 
 use crate::error::ProbeError;
 use crate::pci::{self, size_text};
@@ -162,9 +165,9 @@ pub struct InfoReport {
 fn region_name(pci: bool, index: u32) -> String {
     match (pci, index) {
         (true, 0..=5) => format!("BAR{index}"),
-        (true, pci_region::ROM) => "ROM".into(),
-        (true, pci_region::CONFIG) => "config".into(),
-        (true, pci_region::VGA) => "VGA".into(),
+        (true, VFIO_PCI_ROM_REGION_INDEX) => "ROM".into(),
+        (true, VFIO_PCI_CONFIG_REGION_INDEX) => "config".into(),
+        (true, VFIO_PCI_VGA_REGION_INDEX) => "VGA".into(),
         _ => format!("region {index}"),
     }
 }
@@ -217,10 +220,10 @@ pub fn report(device: &VfioUserDevice, path: &Path) -> InfoReport {
         num_irqs: device.irqs().len() as u32,
     };
     let region_flags = [
-        (REGION_INFO_FLAG_READ, "read"),
-        (REGION_INFO_FLAG_WRITE, "write"),
-        (REGION_INFO_FLAG_MMAP, "mmap"),
-        (REGION_INFO_FLAG_CAPS, "caps"),
+        (VFIO_REGION_INFO_FLAG_READ, "read"),
+        (VFIO_REGION_INFO_FLAG_WRITE, "write"),
+        (VFIO_REGION_INFO_FLAG_MMAP, "mmap"),
+        (VFIO_REGION_INFO_FLAG_CAPS, "caps"),
     ];
     let regions = device
         .regions()
@@ -244,9 +247,6 @@ pub fn report(device: &VfioUserDevice, path: &Path) -> InfoReport {
                                 data: f.data,
                             })
                             .collect(),
-                    },
-                    Err(DeviceError::IoFdsNotSupported { errno, .. }) => IoFds::Unsupported {
-                        reason: format!("server answered {}", crate::error::errno_text(errno)),
                     },
                     Err(e) => IoFds::Unsupported {
                         reason: match e.server_errno() {
@@ -281,10 +281,10 @@ pub fn report(device: &VfioUserDevice, path: &Path) -> InfoReport {
         })
         .collect::<Vec<_>>();
     let irq_flags = [
-        (IRQ_INFO_EVENTFD, "eventfd"),
-        (IRQ_INFO_MASKABLE, "maskable"),
-        (IRQ_INFO_AUTOMASKED, "automasked"),
-        (IRQ_INFO_NORESIZE, "noresize"),
+        (VFIO_IRQ_INFO_EVENTFD, "eventfd"),
+        (VFIO_IRQ_INFO_MASKABLE, "maskable"),
+        (VFIO_IRQ_INFO_AUTOMASKED, "automasked"),
+        (VFIO_IRQ_INFO_NORESIZE, "noresize"),
     ];
     let irqs = device
         .irqs()
@@ -320,7 +320,7 @@ fn read_config(device: &VfioUserDevice) -> Result<Option<Vec<u8>>, String> {
     if !device.is_pci() {
         return Ok(None);
     }
-    let Ok(region) = device.region(pci_region::CONFIG) else {
+    let Ok(region) = device.region(VFIO_PCI_CONFIG_REGION_INDEX) else {
         return Err("the device has no config space region".into());
     };
     if region.size() < 64 || !region.readable() {
@@ -337,7 +337,7 @@ fn read_config(device: &VfioUserDevice) -> Result<Option<Vec<u8>>, String> {
     let len = region.size().min(MAX_CONFIG) as usize;
     let mut bytes = vec![0u8; len];
     device
-        .read(pci_region::CONFIG, 0, &mut bytes)
+        .read(VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut bytes)
         .map_err(|e| e.to_string())?;
     Ok(Some(bytes))
 }

@@ -13,7 +13,7 @@ use vfio_user_client::protocol::Command;
 use vfio_user_client::{connection, ConnectOptions, DeviceOptions, Error, VfioUserDevice};
 
 use crate::error::ProbeError;
-use crate::wire::RawConn;
+use crate::wire;
 
 /// Default deadline for connecting and for every reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,9 +88,9 @@ fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
 
 /// Runs VERSION on a raw connection; `Some` with the reason when the peer is unusable.
 fn diagnose(path: &Path, timeout: Duration) -> Option<ProbeError> {
-    let mut conn = match RawConn::connect(path, timeout) {
+    let mut conn = match wire::connect(path, timeout) {
         Ok(c) => c,
         Err(e) => return Some(e),
     };
-    conn.version(path).err()
+    wire::version(&mut conn, path).err()
 }

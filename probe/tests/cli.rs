@@ -3,14 +3,13 @@
 
 //! The built binary: exit status, one-line errors, text and JSON output.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::{
+use vfio_user_sample_server::test_support::peers::{
     closing_peer, dead_socket, http_peer, missing_socket, path_of, path_str, sample, silent_peer,
-    Peer, RustVmm,
+    ScriptedServer,
 };
+use vfio_user_sample_server::test_support::rust_vmm::RustVmmServer;
 use vfio_user_sample_server::{Quirks, ServerConfig};
 
 fn probe(args: &[&str]) -> Output {
@@ -66,7 +65,7 @@ fn path_that_is_not_a_socket() {
 
 #[test]
 fn peer_that_does_not_answer_in_time() {
-    let peer = Peer::start(silent_peer);
+    let peer = ScriptedServer::start(silent_peer);
     for cmd in ["info", "check"] {
         let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
         assert_error(&o, "no reply to VERSION within 200ms");
@@ -75,7 +74,7 @@ fn peer_that_does_not_answer_in_time() {
 
 #[test]
 fn peer_that_is_not_a_vfio_user_server() {
-    let peer = Peer::start(http_peer);
+    let peer = ScriptedServer::start(http_peer);
     for cmd in ["info", "check", "bench"] {
         let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
         assert_error(&o, "not a vfio-user server: it answered 48 54 54 50");
@@ -89,7 +88,7 @@ fn peer_that_is_not_a_vfio_user_server() {
 
 #[test]
 fn peer_that_hangs_up() {
-    let peer = Peer::start(closing_peer);
+    let peer = ScriptedServer::start(closing_peer);
     let o = probe(&["info", &path_str(&peer.path), "--timeout", "200ms"]);
     assert_error(&o, "closed the connection without answering VERSION");
 }
@@ -160,7 +159,7 @@ fn check_exit_status_follows_the_verdict() {
 
 #[test]
 fn every_subcommand_against_the_rust_vmm_server() {
-    let server = RustVmm::start(false);
+    let server = RustVmmServer::start(false);
     let path = path_str(&server.path);
     let o = probe(&["info", &path]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -222,6 +221,8 @@ fn demo_runs_info_check_and_bench() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
+    // Nothing on stderr: no progress line when it is not a terminal.
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
     let o = probe(&["demo", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -230,18 +231,105 @@ fn demo_runs_info_check_and_bench() {
 
 #[test]
 fn usage_errors() {
-    for args in [
-        &[][..],
-        &["frob"][..],
-        &["info"][..],
-        &["info", "/x", "--frob"][..],
-        &["check", "/x", "--timeout", "soon"][..],
+    for (args, needle) in [
+        (&["frob"][..], "unrecognized subcommand 'frob'"),
+        (&["info"][..], "<SOCKET>"),
+        (
+            &["info", "/x", "--frob"][..],
+            "unexpected argument '--frob'",
+        ),
+        (&["info", "/x", "--destructive"][..], "'--destructive'"),
+        (&["demo", "extra"][..], "unexpected argument 'extra'"),
+        (
+            &["bench", "/x", "--region"][..],
+            "a value is required for '--region <N>'",
+        ),
+        (
+            &["check", "/x", "--timeout", "soon"][..],
+            "invalid value 'soon' for '--timeout <DUR>'",
+        ),
     ] {
         let o = probe(args);
+        let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
-        assert!(stderr(&o).contains("usage: vfio-user-probe"), "{args:?}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {needle:?} missing from {err}"
+        );
+        assert!(err.contains("try '--help'"), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
     }
-    let o = probe(&["--help"]);
-    assert_eq!(o.status.code(), Some(0));
-    assert!(stdout(&o).contains("demo"));
+    // No command at all: the help, on stderr, and the same status.
+    let o = probe(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("Commands:"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn help_on_every_subcommand() {
+    for args in [&["--help"][..], &["-h"][..], &["help"][..]] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = stdout(&o);
+        for command in ["info", "check", "bench", "demo"] {
+            assert!(
+                text.contains(command),
+                "{args:?}: {command} missing from\n{text}"
+            );
+        }
+        assert!(text.contains("Exit status: 0 success"), "{text}");
+        assert!(o.stderr.is_empty());
+    }
+    for (command, options) in [
+        ("info", &["<SOCKET>", "--json", "--timeout <DUR>"][..]),
+        (
+            "check",
+            &["<SOCKET>", "--destructive", "--json", "--timeout"][..],
+        ),
+        (
+            "bench",
+            &[
+                "<SOCKET>",
+                "--region <N>",
+                "--samples <N>",
+                "[default: 10000]",
+                "--bytes <SIZE>",
+                "[default: 256M]",
+                "--dma-maps <N>",
+                "[default: 1000]",
+                "[default: 5s]",
+            ][..],
+        ),
+        ("demo", &["--json", "--timeout <DUR>"][..]),
+    ] {
+        for args in [[command, "--help"], ["help", command]] {
+            let o = probe(&args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}");
+            let text = stdout(&o);
+            let usage = format!("Usage: vfio-user-probe {command}");
+            assert!(text.contains(&usage), "{args:?}:\n{text}");
+            for option in options {
+                assert!(
+                    text.contains(option),
+                    "{args:?}: {option} missing from\n{text}"
+                );
+            }
+            assert!(o.stderr.is_empty());
+        }
+    }
+    let o = probe(&["demo", "-h"]);
+    assert!(!stdout(&o).contains("--destructive"), "{}", stdout(&o));
+}
+
+#[test]
+fn version() {
+    let expected = format!("vfio-user-probe {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["-V"][..]] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert_eq!(stdout(&o), expected, "{args:?}");
+        assert!(o.stderr.is_empty());
+    }
 }

@@ -4,15 +4,13 @@
 //! Every subcommand, in process, against the sample server: conforming, and configured to
 //! break the protocol on purpose.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{path_of, sample, SHORT};
 use vfio_user_probe::bench::{self, BenchOptions};
 use vfio_user_probe::check::{self, CheckOptions, CheckReport, Status};
 use vfio_user_probe::info::{self, IoFds};
 use vfio_user_probe::{demo, ProbeError};
+use vfio_user_sample_server::test_support::peers::{path_of, sample, SHORT};
 use vfio_user_sample_server::{GpioDevice, Quirks, ServerConfig, VersionPayload};
 
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -196,7 +196,7 @@ impl ServerConfig {
         let n = self.max_msg_fds.unwrap_or(1);
         usize::try_from(n)
             .unwrap_or(usize::MAX)
-            .min(vfio_user_client::__socket::MAX_RECV_FDS)
+            .min(crate::socket::MAX_RECV_FDS)
     }
 
     /// Largest region access accepted.

@@ -1,10 +1,10 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Errors of the connection layer, and the one home of the two questions every error of
-//! this crate answers about the connection: the server's errno ([`Error::server_errno`])
-//! and whether the connection is gone ([`Error::is_disconnected`]). The other layers'
-//! errors answer them from the connection errors they carry.
+//! Errors of the connection layer. [`Error::server_errno`] and [`Error::is_disconnected`]
+//! answer the two questions every error of the crate answers about the connection
+//! ([`ConnectionCause`](crate::ConnectionCause)); the other layers' errors answer them
+//! from the connection errors they carry.
 
 use std::fmt;
 use std::io;

@@ -4,10 +4,11 @@
 //! Safe wrappers over `sendmsg`/`recvmsg` with `SCM_RIGHTS` fd passing.
 //!
 //! This file holds the crate's fd-ownership `unsafe`; everything above it deals in
-//! [`OwnedFd`] and byte slices. `send_with_fds` and `recv_with_fds` follow the socket's own
-//! blocking mode; the `try_` forms never block (`MSG_DONTWAIT`), whatever the mode. (The
-//! connection keeps its socket blocking, with a receive timeout, so that a caller waiting
-//! for its reply can sleep in `recvmsg` itself instead of in `poll` first.)
+//! [`OwnedFd`] and byte slices. `recv_with_fds` (and, for tests, `send_with_fds`) follow the
+//! socket's own blocking mode; the `try_` forms never block (`MSG_DONTWAIT`), whatever the
+//! mode. (The connection keeps its socket blocking, with a receive timeout, so that a caller
+//! waiting for its reply can sleep in `recvmsg` itself instead of in `poll` first.) The
+//! sample server keeps its own copy of these wrappers: this module is the client's only.
 
 use std::io;
 use std::mem;
@@ -20,7 +21,7 @@ use vm_memory::VolatileSlice;
 
 /// Largest number of fds accepted in one `recvmsg`; more than this is a protocol violation
 /// (the kernel truncates the control data, and every fd in it is closed).
-pub const MAX_RECV_FDS: usize = 32;
+pub(crate) const MAX_RECV_FDS: usize = 32;
 
 /// Largest number of fds sent with one message.
 pub(crate) const MAX_SEND_FDS: usize = 64;
@@ -171,13 +172,10 @@ fn attach_rights(msg: &mut libc::msghdr, cmsg: &mut CmsgBuf, fds: &[RawFd]) -> i
     Ok(())
 }
 
-/// Sends the concatenation of `bufs` (at most `MAX_SEND_BUFS`) with `fds` (at most
-/// `MAX_SEND_FDS`) attached to the first byte, blocking or not as the socket does.
-///
-/// Returns the number of bytes written, which may be fewer than offered; the fds were sent
-/// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
-/// not a signal.
-pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
+/// Like [`try_send_with_fds`], but blocking or not as the socket does (tests write with it
+/// to blocking sockets).
+#[cfg(test)]
+pub(crate) fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
     sendmsg_fds(sock, bufs, fds, 0)
 }
 
@@ -233,7 +231,13 @@ pub(crate) fn send_volatile<B: BitmapSlice>(
     }
 }
 
-/// Like [`send_with_fds`], but never waits: a full socket gives `WouldBlock`.
+/// Sends the concatenation of `bufs` (at most `MAX_SEND_BUFS`) with `fds` (at most
+/// `MAX_SEND_FDS`) attached to the first byte, without waiting: a full socket gives
+/// `WouldBlock`, whatever the socket's mode.
+///
+/// Returns the number of bytes written, which may be fewer than offered; the fds were sent
+/// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
+/// not a signal.
 pub(crate) fn try_send_with_fds(
     sock: &UnixStream,
     bufs: &[&[u8]],
@@ -344,7 +348,7 @@ unsafe fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
 /// nothing leaks when the caller drops it. A message carrying more fds than `max_fds` fails
 /// with `ENOBUFS` after the delivered fds were closed. `Ok((0, _))` means the peer closed
 /// the connection.
-pub fn recv_with_fds(
+pub(crate) fn recv_with_fds(
     sock: &UnixStream,
     buf: &mut [u8],
     max_fds: usize,
@@ -396,21 +400,10 @@ pub(crate) fn recv_into_spare(
     Ok((n, fds))
 }
 
-/// Receives into `buf` without fds, blocking or not as the socket does. `Ok(0)` means EOF.
-pub fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    loop {
-        match (&*sock).read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
 /// Waits until `sock` is readable (or `writable`), for at most `timeout_ms` (negative:
 /// forever). Returns whether it became ready; hang-up and errors count as ready so that the
 /// next read reports them.
-pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
+pub(crate) fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
         events: if writable {
@@ -435,7 +428,7 @@ pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
 
 /// Connects a Unix stream socket to `path`, waiting at most `timeout` when the server's
 /// listen backlog is full (a busy or stuck server), and returns it non-blocking.
-pub fn connect_with_timeout(
+pub(crate) fn connect_with_timeout(
     path: &std::path::Path,
     timeout: std::time::Duration,
 ) -> io::Result<UnixStream> {

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::connection;
+use crate::error::{iter_causes, ConnectionCause};
 use crate::protocol::Command;
 
 /// One DMA operation, as named in errors.
@@ -195,6 +196,12 @@ impl Error {
     }
 }
 
+impl ConnectionCause for Error {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
+        iter_causes((None, self.failures()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +321,7 @@ mod tests {
         for (e, text) in cases {
             assert_eq!(e.to_string(), text);
             assert_eq!(e.is_local(), e.failures().is_empty(), "{e}");
+            assert_eq!(e.connection_errors().count(), e.failures().len(), "{e}");
         }
         assert_eq!(op.command(), Command::DmaMap);
         assert_eq!(

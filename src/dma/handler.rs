@@ -47,7 +47,7 @@ const WRITE: Access = Access {
 /// our `max_data_xfer_size`, `EFAULT` for a range not wholly inside live mappings (or whose
 /// guest memory has gone), `EPERM` for a mapping without the needed access, `ENOSYS` for
 /// other server requests.
-pub struct DmaRequestHandler<AS> {
+pub(crate) struct DmaRequestHandler<AS> {
     pub(super) table: Arc<RwLock<Table>>,
     pub(super) memory: AS,
     pub(super) dirty: Arc<DirtyLog>,

@@ -15,7 +15,7 @@
 //!   by `gpa..gpa + size` of guest memory, lying inside one guest memory region. When that
 //!   region is a shared file mapping, DMA_MAP carries its fd and offset and the server maps
 //!   it; otherwise no fd is sent and the server reaches the window through DMA_READ /
-//!   DMA_WRITE messages, which [`DmaRequestHandler`] answers.
+//!   DMA_WRITE messages, which the mapper answers from the same table.
 //! * A **transaction** pipelines maps and unmaps (NOWAIT) and waits once, at commit. Each
 //!   operation is checked locally before it is sent (page alignment, overlap, the server's
 //!   `max_dma_maps`, guest memory bounds), enters the table when it is sent (the server may
@@ -49,7 +49,6 @@ mod table;
 
 pub use dirty::DirtyLog;
 pub use error::{DmaFailure, DmaOp, Error};
-pub use handler::DmaRequestHandler;
 pub use table::{Access, DmaMapping, MappingKind};
 
 use std::collections::{HashSet, VecDeque};
@@ -63,9 +62,9 @@ use vm_memory::{
     GuestRegionMmap, MemoryRegionAddress,
 };
 
-use crate::connection::Connection;
-use crate::connection::{self, Handle, PendingReply};
+use crate::connection::{self, Connection, Handle, PendingReply};
 use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
+use handler::DmaRequestHandler;
 use table::Table;
 
 /// Outstanding NOWAIT operations of one transaction before the oldest are collected: well
@@ -135,7 +134,7 @@ impl DmaLimits {
 
 /// Maps guest memory for one connection's server and serves its DMA requests.
 ///
-/// Creating it installs a [`DmaRequestHandler`] on the connection (replacing any other
+/// Creating it installs its DMA_READ / DMA_WRITE handler on the connection (replacing any other
 /// handler). Operations take the table's write lock only briefly and never across a wait, so
 /// DMA requests keep being served while a transaction waits for its replies. Dropping the
 /// mapper leaves the handler installed and the windows mapped (the server may still use

@@ -12,7 +12,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::Shared;
+use super::status::DeviceStatus;
 use crate::connection::{self, ConnectionSubscriber};
 
 /// Drives one [`VfioUserPciDevice`](super::VfioUserPciDevice) from an event loop: the
@@ -26,7 +26,7 @@ use crate::connection::{self, ConnectionSubscriber};
 pub struct PciSubscriber {
     pub(crate) connection_subscriber: ConnectionSubscriber,
     pub(crate) connection: connection::Handle,
-    pub(crate) shared: Arc<Shared>,
+    pub(super) status: Arc<DeviceStatus>,
     pub(crate) resample: Option<Arc<EventFd>>,
 }
 
@@ -53,7 +53,7 @@ impl MutEventSubscriber for PciSubscriber {
             if events.fd() == r.as_raw_fd() {
                 // Non-blocking or not, a readable eventfd reads at once.
                 let _ = r.read();
-                self.shared.post_intx_unmask(&self.connection);
+                self.status.post_intx_unmask(&self.connection);
                 return;
             }
         }

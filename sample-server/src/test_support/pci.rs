@@ -1,46 +1,23 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! What the PCI tests share: memfd guest memory, an interrupt provider that records what
-//! the device tells it, and event-driven waits on eventfds.
-
-#![allow(dead_code)]
+//! What PCI tests share: an interrupt provider that records what the device asks for,
+//! config-space access as a PCI bus does it, event-driven waits on eventfds (no sleeping),
+//! and counts of the process's open fds and file mappings.
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use vfio_user_client::pci::{InterruptKind, InterruptProvider, MsiMessage, PciConfig};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Guest RAM of `size` bytes at guest address 0, backed by a memfd (shareable with the
-/// server).
-pub fn guest_memory(size: usize) -> Arc<GuestMemoryMmap> {
-    Arc::new(
-        GuestMemoryMmap::from_ranges_with_files([(
-            GuestAddress(0),
-            size,
-            Some(FileOffset::new(memfd(size), 0)),
-        )])
-        .unwrap(),
-    )
-}
+use crate::socket::poll_fd;
 
-/// A memfd of `size` bytes.
-pub fn memfd(size: usize) -> File {
-    let name = CString::new("guest-ram").unwrap();
-    // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size as u64).unwrap();
-    file
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An interrupt provider that hands out one non-blocking eventfd per vector and records
@@ -48,34 +25,39 @@ pub fn memfd(size: usize) -> File {
 #[derive(Debug, Default)]
 pub struct Irqs {
     fds: Mutex<HashMap<(InterruptKind, u32), Arc<EventFd>>>,
+    /// The last route of each vector, and whether it was masked.
     pub routes: Mutex<HashMap<(InterruptKind, u32), (MsiMessage, bool)>>,
+    /// The kinds disabled, in order.
     pub disabled: Mutex<Vec<InterruptKind>>,
+    /// The INTx resample eventfd handed to the device, if any.
     pub resample: Option<Arc<EventFd>>,
 }
 
 impl Irqs {
+    /// A provider without INTx resampling.
     pub fn new() -> Arc<Irqs> {
         Arc::new(Irqs::default())
     }
 
+    /// A provider with an INTx resample eventfd.
     pub fn with_resample() -> Arc<Irqs> {
         Arc::new(Irqs {
-            resample: Some(Arc::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            resample: Some(Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"))),
             ..Irqs::default()
         })
     }
 
+    /// The eventfd of `vector` (created at first use).
     pub fn fd(&self, kind: InterruptKind, vector: u32) -> Arc<EventFd> {
-        self.fds
-            .lock()
-            .unwrap()
+        lock(&self.fds)
             .entry((kind, vector))
-            .or_insert_with(|| Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()))
+            .or_insert_with(|| Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")))
             .clone()
     }
 
+    /// The last route of `vector`, and whether it was masked.
     pub fn route(&self, kind: InterruptKind, vector: u32) -> Option<(MsiMessage, bool)> {
-        self.routes.lock().unwrap().get(&(kind, vector)).copied()
+        lock(&self.routes).get(&(kind, vector)).copied()
     }
 }
 
@@ -91,15 +73,12 @@ impl InterruptProvider for Irqs {
         message: MsiMessage,
         masked: bool,
     ) -> io::Result<()> {
-        self.routes
-            .lock()
-            .unwrap()
-            .insert((kind, vector), (message, masked));
+        lock(&self.routes).insert((kind, vector), (message, masked));
         Ok(())
     }
 
     fn disable(&self, kind: InterruptKind) -> io::Result<()> {
-        self.disabled.lock().unwrap().push(kind);
+        lock(&self.disabled).push(kind);
         Ok(())
     }
 
@@ -108,35 +87,24 @@ impl InterruptProvider for Irqs {
     }
 }
 
-/// Waits (with `poll`, no sleeping) until `fd` is signalled, and consumes the signal.
+/// Waits (with `poll`, no sleeping) up to 5 s until `fd` is signalled, and consumes the
+/// signal.
 pub fn fired(fd: &EventFd) -> bool {
     fired_within(fd, Duration::from_secs(5))
 }
 
+/// Waits (with `poll`) up to `timeout` until `fd` is signalled, and consumes the signal.
 pub fn fired_within(fd: &EventFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `p` is one valid pollfd that outlives the call.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    n == 1 && fd.read().is_ok()
+    poll_fd(fd.as_raw_fd(), false, ms).unwrap_or(false) && fd.read().is_ok()
 }
 
-/// Whether someone (the event loop) read `fd`'s signal within `timeout`; spins without
+/// Whether someone (an event loop) read `fd`'s signal within `timeout`; spins without
 /// sleeping.
 pub fn consumed_within(fd: &EventFd, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    while std::time::Instant::now() < deadline {
-        // SAFETY: `p` is one valid pollfd that outlives the call.
-        if unsafe { libc::poll(&mut p, 1, 0) } == 0 {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(false) = poll_fd(fd.as_raw_fd(), false, 0) {
             return true;
         }
         std::thread::yield_now();
@@ -149,7 +117,8 @@ pub fn quiet(fd: &EventFd) -> bool {
     fd.read().is_err()
 }
 
-/// Config-space byte access over the 32-bit register interface, as a PCI bus does it.
+/// Config-space read of `len` (1, 2 or 4) bytes at `offset` over the 32-bit register
+/// interface, as a PCI bus does it.
 pub fn cfg_read(dev: &mut impl PciConfig, offset: usize, len: usize) -> u32 {
     let v = dev.read_config_register(offset / 4) >> (8 * (offset % 4));
     match len {
@@ -159,6 +128,7 @@ pub fn cfg_read(dev: &mut impl PciConfig, offset: usize, len: usize) -> u32 {
     }
 }
 
+/// Config-space write of `data` at `offset`; asserts that it moves no BAR.
 pub fn cfg_write(dev: &mut impl PciConfig, offset: usize, data: &[u8]) {
     let moves = dev.write_config_register(offset / 4, (offset % 4) as u64, data);
     assert!(moves.is_empty(), "unexpected BAR moves {moves:?}");
@@ -179,14 +149,21 @@ pub fn find_cap(dev: &mut impl PciConfig, id: u8) -> Option<usize> {
     None
 }
 
+/// The number of this process's open fds.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
 /// Counts of this process's open fds and of its file-backed memory mappings (guest memory
-/// and mapped BAR areas are memfds, here and in the in-process server). Anonymous mappings
+/// and mapped BAR areas are memfds, here and in an in-process server). Anonymous mappings
 /// are left out: thread stacks that the C library caches come and go with the test
 /// harness's threads.
 pub fn fds_and_maps() -> (usize, usize) {
-    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let fds = open_fds();
     let maps = std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
+        .expect("/proc/self/maps")
         .lines()
         .filter(|l| {
             l.split_whitespace()

@@ -1,10 +1,8 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! What the benchmarks share: criterion settings, reading back this run's estimates, and
-//! printing means and ratios.
-
-#![allow(dead_code)]
+//! What the benchmarks share: criterion settings, where the two sides of a benchmark run,
+//! reading back this run's estimates, and printing means and ratios.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -28,14 +26,17 @@ pub fn run_started() -> SystemTime {
 
 /// Where criterion writes its results: the same choice criterion makes (`CRITERION_HOME`,
 /// else `$CARGO_TARGET_DIR/criterion`), falling back to the workspace's `target/criterion`
-/// instead of asking `cargo metadata`.
+/// instead of asking `cargo metadata` (this crate sits one level below the workspace root).
 pub fn criterion_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("CRITERION_HOME") {
         return PathBuf::from(home);
     }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        .unwrap_or_else(|| workspace.join("target"));
     target.join("criterion")
 }
 
