@@ -42,9 +42,10 @@ enum Answer {
     Default,
 }
 
-/// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes with
-/// 4 vectors each, 32 KiB per message (so that 64 KiB transfers are pipelined), memory
-/// behind every region (shared by all), reads and writes honoured.
+/// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes (INTx
+/// with 1 vector, MSI and MSI-X with 4 each), 32 KiB per message (so that 64 KiB
+/// transfers are pipelined), memory behind every region (shared by all), reads and writes
+/// honoured.
 struct Script<F> {
     regions: u32,
     memory: Vec<u8>,
@@ -90,7 +91,7 @@ where
                     argsz: 16,
                     flags: 1,
                     index: rq.index,
-                    count: 4,
+                    count: if rq.index == 0 { 1 } else { 4 },
                 }
                 .encode_into(&mut out)
             }

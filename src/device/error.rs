@@ -69,6 +69,17 @@ pub enum Error {
         /// Our limit.
         limit: u32,
     },
+    /// DEVICE_GET_IRQ_INFO reports more vectors for an IRQ index than that index can have
+    /// (see [`max_vectors`](super::max_vectors)).
+    #[error("IRQ index {index} reports {count} vectors; at most {limit} are accepted")]
+    TooManyVectors {
+        /// The IRQ index.
+        index: u32,
+        /// The vectors the server reports.
+        count: u32,
+        /// The most the index can have.
+        limit: u32,
+    },
     /// No region with this index.
     #[error("region {index} does not exist (the device has {count})")]
     NoSuchRegion {

@@ -28,12 +28,12 @@ use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RES
 use crate::connection::{ConnectOptions, Connection};
 use crate::negotiate::{host_page_size, Capabilities};
 use crate::protocol::{Command, DeviceInfo, RegionAccess, HEADER_SIZE};
-use irqs::get_irq;
+use irqs::{check_count, get_irq};
 use region::{get_region, map_region};
 
 pub use error::Error;
 pub use io_fds::RegionIoFd;
-pub use irqs::{Irq, IrqAction};
+pub use irqs::{max_vectors, Irq, IrqAction, MAX_VECTORS};
 pub use mmap::MappedArea;
 pub use region::Region;
 
@@ -105,6 +105,9 @@ impl VfioUserDevice {
     /// Discovers the device behind a negotiated connection: DEVICE_GET_INFO, then every
     /// region (re-asking with the larger `argsz` the server names) and every IRQ index, and
     /// maps the mappable areas when `options.map_regions` is set.
+    ///
+    /// An IRQ index with more vectors than [`max_vectors`] allows is
+    /// [`Error::TooManyVectors`].
     pub fn new(connection: Connection, options: &DeviceOptions) -> Result<VfioUserDevice, Error> {
         let conn = &connection;
         let info = get_info(conn)?;
@@ -122,6 +125,9 @@ impl VfioUserDevice {
         for index in 0..info.num_irqs {
             irqs.push(get_irq(conn, index)?);
         }
+        // Bounded before anything sizes itself by a count.
+        let pci = info.flags & VFIO_DEVICE_FLAGS_PCI != 0;
+        irqs.iter().try_for_each(|irq| check_count(pci, irq))?;
         let caps = connection.capabilities();
         let max_xfer = caps.max_data_xfer_size as usize;
         // Our own receive limit bounds read replies too (head room for the headers).

@@ -17,6 +17,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use super::caps::{self, SnapshotOverlay};
 use super::config::{self, Bars, COMMAND, CONFIG_SIZE, HEADER_TYPE};
 use super::interrupts::{server_masks, WiredInterrupts};
+use super::irq_counts::{self, Offered};
 use super::memory;
 use super::msi::Msi;
 use super::msix::Msix;
@@ -105,6 +106,14 @@ impl VfioUserPciDevice {
             msi,
             msix,
         } = Shadows::discover(&device, &config)?;
+        let offered = Offered {
+            pin: config[config::INTERRUPT_PIN],
+            msi: msi.as_ref().map(Msi::capable_vectors),
+            msix: msix.as_ref().map(Msix::size),
+        };
+        irq_counts::check(offered, |kind| {
+            device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
+        })?;
         let intx = config[config::INTERRUPT_PIN] != 0
             && device
                 .irq(VFIO_PCI_INTX_IRQ_INDEX)

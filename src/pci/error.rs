@@ -76,6 +76,25 @@ pub enum Error {
         /// What is wrong.
         problem: CapabilityProblem,
     },
+    /// Config space offers the guest more vectors of an interrupt kind than the server
+    /// reports for its IRQ index: an interrupt pin without an INTx vector, an MSI-X table
+    /// larger than the MSI-X count, or MSI capable of more vectors than the MSI count. The
+    /// guest would program vectors that never fire. (Fewer is fine: the rest stay unused.)
+    #[error(
+        "config space offers the guest {offered} {} vector(s) ({}), but the server reports \
+         {count} for IRQ index {}",
+        kind_name(*kind),
+        offer_source(*kind),
+        kind.irq_index()
+    )]
+    IrqCount {
+        /// INTx, MSI or MSI-X.
+        kind: InterruptKind,
+        /// The vectors config space offers.
+        offered: u32,
+        /// The vectors the server reports.
+        count: u32,
+    },
     /// A BAR address the VMM gave is not usable.
     #[error("BAR {bar} cannot be placed at {base:#x}: {what}")]
     Placement {
@@ -141,6 +160,26 @@ impl Error {
 impl ConnectionCause for Error {
     fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
         iter_causes(self.causes())
+    }
+}
+
+fn kind_name(kind: InterruptKind) -> &'static str {
+    match kind {
+        InterruptKind::Intx => "INTx",
+        InterruptKind::Msi => "MSI",
+        InterruptKind::Msix => "MSI-X",
+        InterruptKind::Err => "ERR",
+        InterruptKind::Req => "REQ",
+    }
+}
+
+/// Where config space offers vectors of `kind`.
+fn offer_source(kind: InterruptKind) -> &'static str {
+    match kind {
+        InterruptKind::Intx => "its interrupt pin",
+        InterruptKind::Msi => "its MSI capability's Multiple Message Capable",
+        InterruptKind::Msix => "its MSI-X table size",
+        InterruptKind::Err | InterruptKind::Req => "no register",
     }
 }
 

@@ -47,6 +47,7 @@ mod config;
 mod error;
 mod guest;
 mod interrupts;
+mod irq_counts;
 mod memory;
 mod msi;
 mod msix;
@@ -145,6 +146,10 @@ impl VfioUserPciDevice {
     /// a shared file mapping; the server reaches the others with DMA_READ / DMA_WRITE,
     /// served from the connection's event loop), places the BARs and connects INTx, ERR and
     /// REQ to the provider's eventfds.
+    ///
+    /// A device whose config space offers more interrupt vectors than the server reports
+    /// (an interrupt pin without INTx, an MSI-X table or MSI capability larger than its
+    /// count) is refused with [`Error::IrqCount`]; fewer is fine.
     pub fn attach<AS>(
         path: impl AsRef<Path>,
         memory: AS,
