@@ -5,19 +5,18 @@
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
 
-mod connection;
+pub mod connection;
 pub mod device;
 pub mod dma;
 mod error;
 pub mod negotiate;
 pub mod pci;
 pub mod protocol;
-pub mod proxy;
 mod sync;
 
-pub use connection::{handshake, ConnectOptions, Connection};
+pub use connection::{ConnectOptions, Connection, ConnectionSubscriber};
 pub use device::{DeviceOptions, VfioUserDevice};
 pub use dma::DmaMapper;
-pub use error::Error;
+pub use error::{ConnectionCause, Error};
 pub use negotiate::{Capabilities, Offer};
 pub use pci::{AttachOptions, VfioUserPciDevice};

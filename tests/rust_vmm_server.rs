@@ -14,15 +14,18 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 
 use common::{read_region, read_u32, write_region};
-use vfio_bindings::bindings::vfio::VFIO_IRQ_INFO_EVENTFD;
-use vfio_user_client::device::{pci_irq, Error as DeviceError, IrqAction};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_user_client::connection;
+use vfio_user_client::device::{Error as DeviceError, IrqAction};
 use vfio_user_client::negotiate::MigrationCaps;
 use vfio_user_client::protocol::{
     Command, DeviceInfo, IrqInfo as IrqInfoPayload, RegionAccess, RegionInfo, SetIrqs,
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::proxy::{self, Proxy};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::rust_vmm::{
     RustVmmServer, State, CONFIG, CONFIG_SIZE, DEVICE_ID, ID, MSIX_VECTORS, NUM_IRQS, NUM_REGIONS,
@@ -45,8 +48,8 @@ impl Running {
         Running { conn, server }
     }
 
-    fn proxy(&self) -> &Proxy {
-        self.conn.proxy()
+    fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -88,7 +91,7 @@ fn negotiation_takes_the_servers_limits() {
     // Its max_msg_fds bounds what we send.
     let a = EventFd::new(EFD_NONBLOCK).unwrap();
     let e = s
-        .proxy()
+        .conn()
         .request(
             Command::DeviceSetIrqs,
             &[0; 20],
@@ -98,7 +101,7 @@ fn negotiation_takes_the_servers_limits() {
     assert!(
         matches!(
             e,
-            proxy::Error::TooManyFds {
+            connection::Error::TooManyFds {
                 count: 2,
                 limit: 1,
                 ..
@@ -112,7 +115,7 @@ fn negotiation_takes_the_servers_limits() {
 #[test]
 fn device_region_and_irq_info_decode() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
     let reply = p.request(Command::DeviceGetInfo, &payload, &[]).unwrap();
@@ -120,7 +123,7 @@ fn device_region_and_irq_info_decode() {
         DeviceInfo::decode(&reply.payload).unwrap(),
         DeviceInfo {
             argsz: 16,
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
             num_regions: NUM_REGIONS,
             num_irqs: NUM_IRQS,
         }
@@ -140,7 +143,7 @@ fn device_region_and_irq_info_decode() {
         assert!(reply.fds.is_empty());
         let info = RegionInfo::decode(&reply.payload).unwrap();
         assert_eq!((info.index, info.size), (index, size), "{info:?}");
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         assert_eq!(info.flags, if size > 0 { rw } else { 0 }, "{info:?}");
         assert!(info.caps.is_empty());
     }
@@ -150,7 +153,7 @@ fn device_region_and_irq_info_decode() {
     assert_eq!(
         p.request(Command::DeviceGetRegionInfo, &payload, &[])
             .unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::DeviceGetRegionInfo,
             errno: EINVAL
         }
@@ -177,7 +180,7 @@ fn device_region_and_irq_info_decode() {
     assert_eq!(
         p.request(Command::DeviceGetIrqInfo, &payload, &[])
             .unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::DeviceGetIrqInfo,
             errno: EINVAL
         }
@@ -188,7 +191,7 @@ fn device_region_and_irq_info_decode() {
 #[test]
 fn region_reads_and_writes_round_trip() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     // Config space: vendor and device ids.
     let ids = read_region(p, CONFIG, 0, 4).unwrap();
     assert_eq!(u16::from_le_bytes([ids[0], ids[1]]), VENDOR_ID);
@@ -229,7 +232,8 @@ fn region_reads_and_writes_round_trip() {
             count: 4,
         }
         .encode_with_data(&i.to_ne_bytes(), &mut payload);
-        p.post(Command::RegionWrite, &payload, &[]).unwrap();
+        p.send_no_reply(Command::RegionWrite, &payload, &[])
+            .unwrap();
     }
     assert_eq!(read_u32(p, REGS, REG_OUTPUT), 999);
     s.finish();
@@ -238,9 +242,9 @@ fn region_reads_and_writes_round_trip() {
 #[test]
 fn failed_accesses_are_server_errors() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     // The backend's error becomes errno 0 ("no reason given") in this server...
-    let no_reason = |command| proxy::Error::Server { command, errno: 0 };
+    let no_reason = |command| connection::Error::Server { command, errno: 0 };
     assert_eq!(
         read_region(p, RAM, RAM_SIZE - 2, 4).unwrap_err(),
         no_reason(Command::RegionRead)
@@ -258,7 +262,7 @@ fn failed_accesses_are_server_errors() {
     let e = read_region(p, NUM_REGIONS, 0, 4).unwrap_err();
     assert_eq!(
         e,
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::RegionRead,
             errno: EINVAL
         }
@@ -274,11 +278,11 @@ fn failed_accesses_are_server_errors() {
 #[test]
 fn irq_eventfd_and_reset() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut payload = Vec::new();
     SetIrqs::new(
-        IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
         2,
         0,
         1,
@@ -361,7 +365,7 @@ fn device_layer_against_the_crates_io_server() {
         .enumerate()
         .map(|(i, e)| (i != 2).then_some(e))
         .collect();
-    dev.set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &list)
+    dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &list)
         .unwrap();
     {
         let mut st = server.state();

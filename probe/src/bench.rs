@@ -15,12 +15,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vfio_user_client::device::{pci_region, Error as DeviceError};
+use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+use vfio_user_client::connection::{self, Connection};
+use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::protocol::{
     Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
-use vfio_user_client::proxy::{self, Proxy};
-use vfio_user_client::VfioUserDevice;
+use vfio_user_client::{ConnectionCause, VfioUserDevice};
 use vfio_user_sample_server::SharedMemory;
 
 use crate::error::{errno_text, ProbeError};
@@ -202,7 +203,7 @@ impl Stop {
         }
     }
 
-    fn of_request(e: &proxy::Error) -> Stop {
+    fn of_request(e: &connection::Error) -> Stop {
         if session::request_lost(e) {
             Stop::Lost(e.to_string())
         } else if let Some(errno) = e.server_errno() {
@@ -293,7 +294,7 @@ fn pick_region(device: &VfioUserDevice, asked: Option<u32>) -> Result<u32, Strin
         .regions()
         .iter()
         .filter(|r| r.readable() && r.writable() && r.size() >= 4)
-        .filter(|r| !(device.is_pci() && r.index() == pci_region::CONFIG))
+        .filter(|r| !(device.is_pci() && r.index() == VFIO_PCI_CONFIG_REGION_INDEX))
         .max_by_key(|r| r.size())
         .or_else(|| {
             device
@@ -593,10 +594,10 @@ fn dma(
     } else {
         None
     };
+    let conn = device.connection();
     let fds: Vec<_> = memory.iter().map(|m| m.as_raw_fd()).collect();
-    let proxy = device.connection().proxy();
     let t = Instant::now();
-    let (mapped, refusal) = map_windows(proxy, windows, &fds, progress);
+    let (mapped, refusal) = map_windows(conn, windows, &fds, progress);
     let map_time = t.elapsed();
     let stopped = match refusal {
         None => None,
@@ -619,7 +620,7 @@ fn dma(
     for i in 0..mapped {
         let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
         DmaUnmap::new(window_address(i), DMA_WINDOW).encode_into(&mut payload);
-        if let Err(e) = proxy.request(Command::DmaUnmap, &payload, &[]) {
+        if let Err(e) = conn.request(Command::DmaUnmap, &payload, &[]) {
             let what = format!("DMA_UNMAP of window {}", i + 1);
             match Stop::of_request(&e) {
                 Stop::Lost(why) => {
@@ -652,7 +653,7 @@ fn window_address(i: u32) -> u64 {
 
 /// Maps windows until `windows` are mapped or one fails: how many were, and why not more.
 fn map_windows(
-    proxy: &Proxy,
+    conn: &Connection,
     windows: u32,
     fds: &[RawFd],
     progress: &mut Progress,
@@ -672,7 +673,7 @@ fn map_windows(
             DMA_WINDOW,
         )
         .encode_into(&mut payload);
-        if let Err(e) = proxy.request(Command::DmaMap, &payload, fds) {
+        if let Err(e) = conn.request(Command::DmaMap, &payload, fds) {
             return (i, Some(Stop::of_request(&e)));
         }
         progress.step("dma map", 1);

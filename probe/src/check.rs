@@ -19,14 +19,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use vfio_user_client::device::pci_region;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
 use vfio_user_client::negotiate::{negotiate_reply, Capabilities, Offer};
 use vfio_user_client::protocol::{
     Command, DeviceInfo, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionCap, RegionInfo, SetIrqs,
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, FLAGS_NO_REPLY,
-    FLAGS_TYPE_COMMAND, HEADER_SIZE, IRQ_INFO_EVENTFD, IRQ_SET_ACTION_TRIGGER,
-    IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_CAPS, REGION_INFO_FLAG_MMAP,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, HEADER_SIZE,
 };
 use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -571,7 +573,7 @@ impl Checker<'_> {
             if (i.argsz as usize) < DeviceInfo::SIZE {
                 return Err(format!("reply argsz {} is below 16", i.argsz));
             }
-            if i.flags & DEVICE_FLAGS_PCI != 0 && i.num_regions < 9 {
+            if i.flags & VFIO_DEVICE_FLAGS_PCI != 0 && i.num_regions < 9 {
                 return Err(format!(
                     "a PCI device with {} regions (at least 9)",
                     i.num_regions
@@ -684,10 +686,10 @@ impl Checker<'_> {
             };
             match RegionInfo::decode(&full) {
                 Ok(r) => {
-                    if r.flags & REGION_INFO_FLAG_MMAP != 0 && fds == 0 {
+                    if r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && fds == 0 {
                         problems.push(format!("region {index}: MMAP set but no fd came"));
                     }
-                    if r.flags & REGION_INFO_FLAG_CAPS != 0 && r.cap_offset < head {
+                    if r.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 && r.cap_offset < head {
                         problems.push(format!(
                             "region {index}: CAPS set with cap_offset {}",
                             r.cap_offset
@@ -789,7 +791,7 @@ impl Checker<'_> {
         if self.caps.max_msg_fds == 0 {
             return self.skip(ID, "the server accepts no fds (max_msg_fds 0)");
         }
-        let usable = |i: &&IrqInfo| i.flags & IRQ_INFO_EVENTFD != 0 && i.count > 0;
+        let usable = |i: &&IrqInfo| i.flags & VFIO_IRQ_INFO_EVENTFD != 0 && i.count > 0;
         let pick = [2, 1, 0]
             .iter()
             .find_map(|&n| self.found.irqs.iter().filter(usable).find(|i| i.index == n))
@@ -804,7 +806,7 @@ impl Checker<'_> {
         };
         let mut payload = Vec::new();
         SetIrqs::new(
-            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             irq.index,
             0,
             1,
@@ -825,7 +827,7 @@ impl Checker<'_> {
         }
         payload.clear();
         SetIrqs::new(
-            IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
             irq.index,
             0,
             0,
@@ -918,7 +920,7 @@ impl Checker<'_> {
         let advertised = self
             .found
             .info
-            .is_some_and(|i| i.flags & DEVICE_FLAGS_RESET != 0);
+            .is_some_and(|i| i.flags & VFIO_DEVICE_FLAGS_RESET != 0);
         if !advertised {
             return self.skip(ID, "the device does not advertise VFIO_DEVICE_FLAGS_RESET");
         }
@@ -941,8 +943,8 @@ impl Checker<'_> {
         let pci = self
             .found
             .info
-            .is_some_and(|i| i.flags & DEVICE_FLAGS_PCI != 0);
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+            .is_some_and(|i| i.flags & VFIO_DEVICE_FLAGS_PCI != 0);
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         self.found
             .regions
             .iter()
@@ -993,12 +995,12 @@ impl Checker<'_> {
             .found
             .regions
             .iter()
-            .find(|r| r.index == pci_region::CONFIG)
+            .find(|r| r.index == VFIO_PCI_CONFIG_REGION_INDEX)
             .cloned();
         let Some(config) = config else {
             return self.skip(CONFIG_READ, "the config space region was not described");
         };
-        if config.flags & REGION_INFO_FLAG_READ == 0 || config.size < CONFIG_HEADER {
+        if config.flags & VFIO_REGION_INFO_FLAG_READ == 0 || config.size < CONFIG_HEADER {
             return self.record(
                 CONFIG_READ,
                 Err(format!(
@@ -1074,7 +1076,7 @@ impl Checker<'_> {
     fn is_pci(&self) -> bool {
         self.found
             .info
-            .is_some_and(|i| i.flags & DEVICE_FLAGS_PCI != 0)
+            .is_some_and(|i| i.flags & VFIO_DEVICE_FLAGS_PCI != 0)
     }
 
     fn destructive_writes(&mut self) {
@@ -1210,7 +1212,7 @@ impl Checker<'_> {
             .found
             .regions
             .iter()
-            .find(|r| r.flags & REGION_INFO_FLAG_READ != 0 && r.size >= 4)
+            .find(|r| r.flags & VFIO_REGION_INFO_FLAG_READ != 0 && r.size >= 4)
             .cloned()
         {
             Some(r) => {

@@ -9,6 +9,11 @@
 //! followed at most 48 steps (the most a 256-byte space can hold), so a loop ends.
 
 use serde::Serialize;
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+};
+use vfio_user_client::device::max_vectors;
 
 /// A vendor id, its name, and the names of some of its devices.
 type VendorEntry = (u16, &'static str, &'static [(u16, &'static str)]);
@@ -544,20 +549,20 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
     }
 }
 
-/// The most vectors PCI allows behind each IRQ index of a PCI device, with its name: one INTx
+/// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ): one INTx
 /// pin, 32 MSI vectors (Multiple Message Capable), 2048 MSI-X table entries (Table Size is 11
-/// bits), and one ERR and one REQ notification.
-pub const IRQ_BOUNDS: [(&str, u32); 5] = [
-    ("INTx", 1),
-    ("MSI", 32),
-    ("MSI-X", 2048),
-    ("ERR", 1),
-    ("REQ", 1),
-];
-
-/// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ).
+/// bits), and one ERR and one REQ notification, as the client library bounds them
+/// ([`max_vectors`]).
 pub fn irq_bound(index: u32) -> Option<(&'static str, u32)> {
-    IRQ_BOUNDS.get(usize::try_from(index).ok()?).copied()
+    let name = match index {
+        VFIO_PCI_INTX_IRQ_INDEX => "INTx",
+        VFIO_PCI_MSI_IRQ_INDEX => "MSI",
+        VFIO_PCI_MSIX_IRQ_INDEX => "MSI-X",
+        VFIO_PCI_ERR_IRQ_INDEX => "ERR",
+        VFIO_PCI_REQ_IRQ_INDEX => "REQ",
+        _ => return None,
+    };
+    Some((name, max_vectors(true, index)))
 }
 
 /// Why IRQ index `index` of a PCI device with `count` vectors breaks its PCI bound, if it

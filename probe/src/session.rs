@@ -11,7 +11,9 @@ use std::time::Duration;
 use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::Command;
-use vfio_user_client::{proxy, ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
+use vfio_user_client::{
+    connection, ConnectOptions, Connection, ConnectionCause, DeviceOptions, Error, VfioUserDevice,
+};
 
 use crate::error::ProbeError;
 use crate::wire;
@@ -61,26 +63,26 @@ pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, Pro
 
 /// Whether a request's failure means the server is gone or no longer answers: the
 /// connection is lost, or the reply did not come in time.
-pub fn request_lost(e: &proxy::Error) -> bool {
-    e.is_disconnected() || matches!(e, proxy::Error::Timeout { .. })
+pub fn request_lost(e: &connection::Error) -> bool {
+    e.is_disconnected() || matches!(e, connection::Error::Timeout { .. })
 }
 
 /// [`request_lost`] for an error of the device layer.
 pub fn device_lost(e: &DeviceError) -> bool {
-    matches!(e, DeviceError::Request { source, .. } if request_lost(source))
+    e.connection_errors().any(request_lost)
 }
 
 fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
     let socket = path.display().to_string();
     match e {
-        Error::Proxy(proxy::Error::Connect { source, .. }) => {
+        Error::Connection(connection::Error::Connect { source, .. }) => {
             ProbeError::from_connect(path, timeout, source)
         }
-        Error::Proxy(proxy::Error::Timeout {
+        Error::Connection(connection::Error::Timeout {
             command: Command::Version,
             ..
         }) => ProbeError::NoAnswer { socket, timeout },
-        Error::Proxy(proxy::Error::Server {
+        Error::Connection(connection::Error::Server {
             command: Command::Version,
             errno,
         }) => ProbeError::VersionRefused { socket, errno },
@@ -95,7 +97,7 @@ fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
         },
         // The handshake broke in a way the library does not describe byte by byte: ask
         // again on a raw connection and say what the peer sent.
-        Error::Proxy(other) => match diagnose(path, timeout) {
+        Error::Connection(other) => match diagnose(path, timeout) {
             Some(e) => e,
             None => ProbeError::Device {
                 socket,

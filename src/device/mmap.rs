@@ -10,7 +10,7 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::volatile_memory::{VolatileMemory, VolatileSlice};
 use vm_memory::FileOffset;
 
-use crate::protocol::SparseMmapArea;
+use vfio_bindings::bindings::vfio::vfio_region_sparse_mmap_area;
 
 /// One mapped area of a region: shared memory with the server.
 ///
@@ -94,7 +94,7 @@ pub(crate) fn map_area(
     file: &Arc<File>,
     region_offset: u64,
     region_size: u64,
-    area: SparseMmapArea,
+    area: vfio_region_sparse_mmap_area,
     readable: bool,
     writable: bool,
     page_size: u64,
@@ -161,8 +161,8 @@ mod tests {
         (t, f)
     }
 
-    fn area(offset: u64, size: u64) -> SparseMmapArea {
-        SparseMmapArea { offset, size }
+    fn area(offset: u64, size: u64) -> vfio_region_sparse_mmap_area {
+        vfio_region_sparse_mmap_area { offset, size }
     }
 
     fn refusal(r: Result<MappedArea, MapRefusal>) -> String {

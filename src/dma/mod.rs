@@ -15,7 +15,7 @@
 //!   by `gpa..gpa + size` of guest memory, lying inside one guest memory region. When that
 //!   region is a shared file mapping, DMA_MAP carries its fd and offset and the server maps
 //!   it; otherwise no fd is sent and the server reaches the window through DMA_READ /
-//!   DMA_WRITE messages, which [`DmaRequestHandler`] answers.
+//!   DMA_WRITE messages, which the mapper answers from the same table.
 //! * A **transaction** pipelines maps and unmaps (NOWAIT) and waits once, at commit. Each
 //!   operation is checked locally before it is sent (page alignment, overlap, the server's
 //!   `max_dma_maps`, guest memory bounds), enters the table when it is sent (the server may
@@ -49,7 +49,6 @@ mod table;
 
 pub use dirty::DirtyLog;
 pub use error::{DmaFailure, DmaOp, Error};
-pub use handler::DmaRequestHandler;
 pub use table::{Access, DmaMapping, MappingKind};
 
 use std::collections::{HashSet, VecDeque};
@@ -63,13 +62,13 @@ use vm_memory::{
     GuestRegionMmap, MemoryRegionAddress,
 };
 
-use crate::connection::Connection;
+use crate::connection::{self, Connection, Handle, PendingReply};
 use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
-use crate::proxy::{self, Proxy, Ticket};
+use handler::DmaRequestHandler;
 use table::Table;
 
 /// Outstanding NOWAIT operations of one transaction before the oldest are collected: well
-/// under the proxy's 32,768 waiting ids, so that other threads' requests still find ids.
+/// under the connection's 32,768 waiting ids, so that other threads' requests still find ids.
 const WINDOW: usize = 8192;
 
 /// A guest memory region as the DMA layer needs to see it.
@@ -135,13 +134,13 @@ impl DmaLimits {
 
 /// Maps guest memory for one connection's server and serves its DMA requests.
 ///
-/// Creating it installs a [`DmaRequestHandler`] on the connection (replacing any other
+/// Creating it installs its DMA_READ / DMA_WRITE handler on the connection (replacing any other
 /// handler). Operations take the table's write lock only briefly and never across a wait, so
 /// DMA requests keep being served while a transaction waits for its replies. Dropping the
 /// mapper leaves the handler installed and the windows mapped (the server may still use
 /// them); call [`DmaMapper::unmap_all`] first to tear them down.
 pub struct DmaMapper<AS> {
-    proxy: Proxy,
+    connection: Handle,
     limits: DmaLimits,
     memory: AS,
     table: Arc<RwLock<Table>>,
@@ -176,21 +175,22 @@ where
 {
     /// A mapper for `memory` on a negotiated connection, with the connection's limits.
     pub fn new(conn: &Connection, memory: AS) -> DmaMapper<AS> {
-        DmaMapper::with_limits(conn.proxy().clone(), DmaLimits::of(conn), memory)
+        DmaMapper::with_limits(conn, DmaLimits::of(conn), memory)
     }
 
-    /// A mapper on a bare proxy with explicit limits (tests, or a VMM that negotiated itself).
-    pub fn with_limits(proxy: Proxy, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+    /// A mapper with explicit limits (tests, or limits below what was negotiated).
+    pub fn with_limits(conn: &Connection, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+        let connection = conn.handle();
         let table = Arc::new(RwLock::new(Table::default()));
         let dirty = Arc::new(DirtyLog::default());
-        proxy.set_request_handler(Some(Arc::new(DmaRequestHandler {
+        connection.set_request_handler(Some(Arc::new(DmaRequestHandler {
             table: Arc::clone(&table),
             memory: memory.clone(),
             dirty: Arc::clone(&dirty),
             max_data_xfer_size: limits.max_data_xfer_size,
         })));
         DmaMapper {
-            proxy,
+            connection,
             limits,
             memory,
             table,
@@ -413,7 +413,7 @@ enum Undo {
 struct Sent {
     op: DmaOp,
     undo: Undo,
-    ticket: Ticket,
+    ticket: PendingReply,
 }
 
 /// A batch of maps and unmaps, pipelined: each is checked and sent when added, and
@@ -509,8 +509,8 @@ where
         let planned = mapper.plan_map(&mut table, mapping, file)?;
         let fds: Vec<RawFd> = planned.fd.into_iter().collect();
         let sent = mapper
-            .proxy
-            .send_nowait(Command::DmaMap, &planned.payload, &fds);
+            .connection
+            .send_request(Command::DmaMap, &planned.payload, &fds);
         self.record(&mut table, op, Undo::Map(planned.mapping), sent);
         drop(table);
         self.collect_if_full();
@@ -528,7 +528,9 @@ where
             .ok_or(Error::NoSuchMapping { op })?;
         let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
         DmaUnmap::new(iova, size).encode_into(&mut payload);
-        let sent = mapper.proxy.send_nowait(Command::DmaUnmap, &payload, &[]);
+        let sent = mapper
+            .connection
+            .send_request(Command::DmaUnmap, &payload, &[]);
         self.record(&mut table, op, Undo::Unmap(removed), sent);
         drop(table);
         self.collect_if_full();
@@ -540,7 +542,7 @@ where
         table: &mut Table,
         op: DmaOp,
         undo: Undo,
-        sent: Result<Ticket, proxy::Error>,
+        sent: Result<PendingReply, connection::Error>,
     ) {
         self.total += 1;
         match sent {
@@ -565,7 +567,7 @@ where
             let Some(sent) = self.pending.pop_front() else {
                 return;
             };
-            let result = self.mapper.proxy.wait(sent.ticket);
+            let result = self.mapper.connection.wait(sent.ticket);
             if let Err(error) = result {
                 log::debug!("{} failed: {error}", sent.op);
                 undo_in(&mut write(&self.mapper.table), sent.undo);
@@ -614,7 +616,7 @@ impl<AS> Drop for Transaction<'_, AS> {
         }
         // Not committed: still collect the replies so that the table matches the server.
         while let Some(sent) = self.pending.pop_front() {
-            if let Err(error) = self.mapper.proxy.wait(sent.ticket) {
+            if let Err(error) = self.mapper.connection.wait(sent.ticket) {
                 undo_in(&mut write(&self.mapper.table), sent.undo);
                 self.failures.push(DmaFailure { op: sent.op, error });
             }

@@ -7,13 +7,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
-use vfio_user_client::device::{pci_region, Error as DeviceError, Region, RegionIoFd};
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX,
+    VFIO_PCI_VGA_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_user_client::device::{Error as DeviceError, Region, RegionIoFd};
 use vfio_user_client::protocol::{
     RegionCap, IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
-    IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE,
-    REGION_INFO_FLAG_CAPS, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::{Capabilities, VfioUserDevice};
+use vfio_user_client::{Capabilities, ConnectionCause, VfioUserDevice};
 
 use crate::error::{errno_text, ProbeError};
 use crate::pci::{self, size_text};
@@ -231,9 +235,9 @@ pub struct InfoReport {
 fn region_name(pci: bool, index: u32) -> String {
     match (pci, index) {
         (true, 0..=5) => format!("BAR{index}"),
-        (true, pci_region::ROM) => "ROM".into(),
-        (true, pci_region::CONFIG) => "config".into(),
-        (true, pci_region::VGA) => "VGA".into(),
+        (true, VFIO_PCI_ROM_REGION_INDEX) => "ROM".into(),
+        (true, VFIO_PCI_CONFIG_REGION_INDEX) => "config".into(),
+        (true, VFIO_PCI_VGA_REGION_INDEX) => "VGA".into(),
         _ => format!("region {index}"),
     }
 }
@@ -254,17 +258,17 @@ fn names(flags: u32, table: &[(u32, &'static str)]) -> Vec<&'static str> {
 }
 
 const REGION_FLAGS: [(u32, &str); 4] = [
-    (REGION_INFO_FLAG_READ, "read"),
-    (REGION_INFO_FLAG_WRITE, "write"),
-    (REGION_INFO_FLAG_MMAP, "mmap"),
-    (REGION_INFO_FLAG_CAPS, "caps"),
+    (VFIO_REGION_INFO_FLAG_READ, "read"),
+    (VFIO_REGION_INFO_FLAG_WRITE, "write"),
+    (VFIO_REGION_INFO_FLAG_MMAP, "mmap"),
+    (VFIO_REGION_INFO_FLAG_CAPS, "caps"),
 ];
 
 const IRQ_FLAGS: [(u32, &str); 4] = [
-    (IRQ_INFO_EVENTFD, "eventfd"),
-    (IRQ_INFO_MASKABLE, "maskable"),
-    (IRQ_INFO_AUTOMASKED, "automasked"),
-    (IRQ_INFO_NORESIZE, "noresize"),
+    (VFIO_IRQ_INFO_EVENTFD, "eventfd"),
+    (VFIO_IRQ_INFO_MASKABLE, "maskable"),
+    (VFIO_IRQ_INFO_AUTOMASKED, "automasked"),
+    (VFIO_IRQ_INFO_NORESIZE, "noresize"),
 ];
 
 /// Connects to `path` and gathers the report. When the client library refuses the device
@@ -400,7 +404,7 @@ fn read_config(device: &VfioUserDevice) -> Result<Option<Vec<u8>>, ConfigError> 
     if !device.is_pci() {
         return Ok(None);
     }
-    let Ok(region) = device.region(pci_region::CONFIG) else {
+    let Ok(region) = device.region(VFIO_PCI_CONFIG_REGION_INDEX) else {
         return Err(ConfigError::Region(
             "the device has no config space region".into(),
         ));
@@ -408,7 +412,7 @@ fn read_config(device: &VfioUserDevice) -> Result<Option<Vec<u8>>, ConfigError> 
     let len = config_len(region.size(), region.readable()).map_err(ConfigError::Region)?;
     let mut bytes = vec![0u8; len];
     device
-        .read(pci_region::CONFIG, 0, &mut bytes)
+        .read(VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut bytes)
         .map_err(ConfigError::Read)?;
     Ok(Some(bytes))
 }

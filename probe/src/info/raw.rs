@@ -11,11 +11,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vfio_user_client::device::{pci_region, Error as DeviceError};
-use vfio_user_client::protocol::{
-    Command, DeviceInfo, IrqInfo, RegionAccess, RegionInfo, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET,
-    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
 };
+use vfio_user_client::device::Error as DeviceError;
+use vfio_user_client::protocol::{Command, DeviceInfo, IrqInfo, RegionAccess, RegionInfo};
 
 use super::{config_len, region_report, ConfigError, DeviceFlags, InfoReport, IoFds, Negotiated};
 use crate::check::{judge_read_reply, judge_success};
@@ -83,18 +84,18 @@ pub(super) fn salvage(
 /// `Err` when DEVICE_GET_INFO fails or the server is lost.
 fn describe(conn: &mut RawEndpoint, report: &mut InfoReport, max_xfer: u32) -> Result<(), Trouble> {
     let info = device_info(conn)?;
-    let is_pci = info.flags & DEVICE_FLAGS_PCI != 0;
+    let is_pci = info.flags & VFIO_DEVICE_FLAGS_PCI != 0;
     report.device = Some(DeviceFlags {
         flags: info.flags,
         pci: is_pci,
-        reset: info.flags & DEVICE_FLAGS_RESET != 0,
+        reset: info.flags & VFIO_DEVICE_FLAGS_RESET != 0,
         num_regions: info.num_regions,
         num_irqs: info.num_irqs,
     });
     for index in 0..info.num_regions.min(MAX_REGIONS) {
         match region(conn, index) {
             Ok((r, fds)) => {
-                let mappable = r.flags & REGION_INFO_FLAG_MMAP != 0 && fds > 0;
+                let mappable = r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && fds > 0;
                 report.regions.push(region_report(
                     is_pci,
                     index,
@@ -120,8 +121,8 @@ fn describe(conn: &mut RawEndpoint, report: &mut InfoReport, max_xfer: u32) -> R
         let config = report
             .regions
             .iter()
-            .find(|r| r.index == pci_region::CONFIG)
-            .map(|r| (r.size, r.flags & REGION_INFO_FLAG_READ != 0));
+            .find(|r| r.index == VFIO_PCI_CONFIG_REGION_INDEX)
+            .map(|r| (r.size, r.flags & VFIO_REGION_INFO_FLAG_READ != 0));
         // By index: a region that did not answer leaves a hole.
         let sizes: Vec<u64> = (0..6)
             .map(|i| {
@@ -220,12 +221,12 @@ fn read_config(conn: &mut RawEndpoint, len: usize, max_xfer: u32) -> Result<Vec<
         let mut payload = Vec::new();
         RegionAccess {
             offset,
-            region: pci_region::CONFIG,
+            region: VFIO_PCI_CONFIG_REGION_INDEX,
             count,
         }
         .encode_into(&mut payload);
         let m = ask(conn, Command::RegionRead, &payload)?;
-        let data = judge_read_reply(&m.payload, pci_region::CONFIG, offset, count)
+        let data = judge_read_reply(&m.payload, VFIO_PCI_CONFIG_REGION_INDEX, offset, count)
             .map_err(Trouble::Failed)?;
         bytes.extend_from_slice(&data);
     }

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::lock;
+use crate::sync::lock;
 
 /// Level-triggered: readable while the socket has data.
 const ARMED: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
@@ -53,7 +53,7 @@ struct State {
 }
 
 #[derive(Debug)]
-pub(crate) struct SocketWatch {
+pub(super) struct SocketWatch {
     epoll: Epoll,
     sock: RawFd,
     state: Mutex<State>,
@@ -61,7 +61,7 @@ pub(crate) struct SocketWatch {
 
 impl SocketWatch {
     /// A private epoll set holding `sock`, armed.
-    pub fn new(sock: &UnixStream) -> io::Result<Self> {
+    pub(super) fn new(sock: &UnixStream) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let fd = sock.as_raw_fd();
         epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(ARMED, fd as u64))?;
@@ -86,7 +86,7 @@ impl SocketWatch {
 
     /// From now on only a hang-up wakes the event loop (the server's requests come on a
     /// twin socket).
-    pub fn watch_hang_up_only(&self) -> io::Result<()> {
+    pub(super) fn watch_hang_up_only(&self) -> io::Result<()> {
         let mut state = lock(&self.state);
         self.set(HANG_UP_ONLY)?;
         state.hang_up_only = true;
@@ -95,7 +95,7 @@ impl SocketWatch {
     }
 
     /// A caller starts waiting for a reply: data no longer wakes the event loop.
-    pub fn enter(&self) {
+    pub(super) fn enter(&self) {
         let mut state = lock(&self.state);
         state.callers += 1;
         if state.hang_up_only {
@@ -110,7 +110,7 @@ impl SocketWatch {
 
     /// A caller stops waiting (after letting go of the receive state); the last one arms
     /// the entry again. An error means the event loop can no longer be told about data.
-    pub fn leave(&self) -> io::Result<()> {
+    pub(super) fn leave(&self) -> io::Result<()> {
         let mut state = lock(&self.state);
         state.callers = state.callers.saturating_sub(1);
         self.arm_if_idle(&mut state)
@@ -119,7 +119,7 @@ impl SocketWatch {
     /// For the event loop: whether the entry is armed level-triggered, so that a wake-up
     /// means the socket has data (or hung up) and nothing needs collecting. Otherwise the
     /// wake-up came from a one-shot event that [`collect`](Self::collect) must take.
-    pub fn level_triggered(&self) -> bool {
+    pub(super) fn level_triggered(&self) -> bool {
         let state = lock(&self.state);
         state.armed && !state.hang_up_only
     }
@@ -127,7 +127,7 @@ impl SocketWatch {
     /// For the event loop: collects the entry's one-shot event, if any (a hang-up or error
     /// of the disarmed entry, or the hang-up of a twin-socket connection), which disarms it.
     /// Returns whether there was one.
-    pub fn collect(&self) -> io::Result<bool> {
+    pub(super) fn collect(&self) -> io::Result<bool> {
         let mut events = [EpollEvent::default()];
         let n = loop {
             match self.epoll.wait(0, &mut events) {
@@ -148,7 +148,7 @@ impl SocketWatch {
 
     /// For the event loop, after it has collected an event: arms the entry again unless
     /// callers wait.
-    pub fn rearm(&self) -> io::Result<()> {
+    pub(super) fn rearm(&self) -> io::Result<()> {
         self.arm_if_idle(&mut lock(&self.state))
     }
 

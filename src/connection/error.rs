@@ -1,6 +1,11 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
+//! Errors of the connection layer. [`Error::server_errno`] and [`Error::is_disconnected`]
+//! answer the two questions every error of the crate answers about the connection
+//! ([`ConnectionCause`](crate::ConnectionCause)); the other layers' errors answer them
+//! from the connection errors they carry.
+
 use std::fmt;
 use std::io;
 use std::time::Duration;
@@ -307,6 +312,26 @@ mod tests {
             // Variants without equality compare unequal to themselves by design.
             _ => Error::TooManyPending,
         }
+    }
+
+    #[test]
+    fn only_error_replies_carry_an_errno_and_only_disconnects_are_final() {
+        let refused = Error::Server {
+            command: Command::DmaMap,
+            errno: 0,
+        };
+        assert_eq!(
+            (refused.server_errno(), refused.is_disconnected()),
+            (Some(0), false)
+        );
+        let gone = Error::Disconnected(DisconnectReason::Shutdown);
+        assert_eq!((gone.server_errno(), gone.is_disconnected()), (None, true));
+        let late = Error::Timeout {
+            command: Command::DmaMap,
+            id: 1,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!((late.server_errno(), late.is_disconnected()), (None, false));
     }
 
     #[test]
