@@ -143,7 +143,12 @@ fn errno_text(errno: u32) -> String {
         return "no errno given".to_string();
     }
     match i32::try_from(errno) {
-        Ok(e) => format!("{} (errno {errno})", io::Error::from_raw_os_error(e)),
+        Ok(e) => {
+            // io::Error's text ends in " (os error N)"; say the number once.
+            let text = io::Error::from_raw_os_error(e).to_string();
+            let text = text.strip_suffix(&format!(" (os error {e})")).unwrap_or(&text);
+            format!("{text} (errno {errno})")
+        }
         Err(_) => format!("errno {errno}"),
     }
 }
@@ -221,7 +226,7 @@ mod tests {
                     command: Command::DmaMap,
                     errno: libc::EINVAL as u32,
                 },
-                "server refused DMA_MAP: Invalid argument (os error 22) (errno 22)",
+                "server refused DMA_MAP: Invalid argument (errno 22)",
             ),
             (
                 Error::Server {
