@@ -205,3 +205,8 @@ pub use dma::DmaMapper;
 pub use error::{ConnectionCause, Error};
 pub use negotiate::{Capabilities, Offer};
 pub use pci::{AttachOptions, VfioUserPciDevice};
+
+/// The README's code blocks, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
