@@ -102,7 +102,50 @@ pub struct BarMapping {
     pub writable: bool,
 }
 
-/// A vfio-user device on a VMM's PCI bus. See the [module documentation](self).
+/// A vfio-user device on a VMM's PCI bus. See the [module documentation](self), and the
+/// [crate documentation](crate#attaching-a-device) for a device in a VMM's `EventManager`.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use vfio_user_client::pci::{BarPlacement, InterruptKind, InterruptProvider, PciConfig};
+/// use vfio_user_client::{AttachOptions, VfioUserPciDevice};
+/// use vm_device::bus::MmioAddress;
+/// use vm_device::MutDeviceMmio;
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// use vmm_sys_util::eventfd::EventFd;
+///
+/// struct NoInterrupts;
+///
+/// impl InterruptProvider for NoInterrupts {
+///     fn eventfd(&self, _kind: InterruptKind, _vector: u32) -> Option<Arc<EventFd>> {
+///         None
+///     }
+/// }
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
+/// let options = AttachOptions {
+///     bars: BarPlacement::Fixed(vec![(0, 0xc000_0000)]),
+///     ..AttachOptions::default()
+/// };
+/// // The device's event loop runs on a thread of its own.
+/// let mut device = VfioUserPciDevice::attach(socket, memory, Arc::new(NoInterrupts), &options)?;
+///
+/// // The guest turns memory decoding on; then a vCPU's MMIO exit at 0xc000_0018 reaches the
+/// // device through the bus, at offset 0x18 of BAR 0's window.
+/// device.write_config_register(1, 0, &[0x02]);
+/// let mut register = [0u8; 4];
+/// device.mmio_read(MmioAddress(0xc000_0000), 0x18, &mut register);
+/// # assert_eq!(u32::from_le_bytes(register), GpioDevice::ID);
+/// # assert_eq!(device.error_count(), 0);
+///
+/// device.detach()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct VfioUserPciDevice {
     device: Arc<VfioUserDevice>,
     status: Arc<DeviceStatus>,
@@ -171,6 +214,7 @@ impl VfioUserPciDevice {
     /// Like [`VfioUserPciDevice::attach`], returning the subscriber for the VMM to register
     /// in its own `EventManager` (hot-plug at runtime: nothing here blocks other devices).
     /// The subscriber need not run during attach: the attaching thread reads its own replies.
+    /// The [crate documentation](crate#attaching-a-device) has an example.
     pub fn attach_with_subscriber<AS>(
         path: impl AsRef<Path>,
         memory: AS,
