@@ -13,6 +13,12 @@
 //! vfio-bindings' `VFIO_PCI_*_REGION_INDEX` and `VFIO_PCI_*_IRQ_INDEX`
 //! (`vfio_bindings::bindings::vfio`), and flags are its `VFIO_REGION_INFO_FLAG_*` and
 //! `VFIO_IRQ_INFO_*`.
+//!
+//! Two readings differ from the crates.io `vfio_user` client's. `VFIO_DEVICE_FLAGS_RESET`
+//! means what the spec says: the device supports DEVICE_RESET (that client inverts it). A
+//! region flagged MMAP whose REGION_INFO reply brings no fd is kept, and reached by
+//! messages, but nothing of it is mapped (that crate's server sends the fd only with sparse
+//! mmap capabilities).
 
 mod access;
 mod error;

@@ -9,7 +9,9 @@
 //!   what the VMM owns, which a **shadow** answers: the six BAR registers and the expansion
 //!   ROM BAR (sizing is answered from the region sizes, without a round trip), the MSI
 //!   capability (its pending bits excepted) and MSI-X message control. Writes to the MSI and
-//!   MSI-X registers are forwarded too, so the server sees the guest enable them.
+//!   MSI-X registers are forwarded too, so the server sees the guest enable them. They set
+//!   up the interrupts first and are forwarded after, so that the server holds its eventfds
+//!   before it sees the enable; a forward that fails is recorded, and the new setup stays.
 //! * A **BAR** is one of the device's regions 0 to 5 (or 6, the ROM) seen as a window on the
 //!   VMM's memory or I/O bus. Its kind (32/64-bit, prefetchable, I/O) comes from the
 //!   device's original BAR value, its size from the region. The VMM **places** it at attach
@@ -32,8 +34,9 @@
 //! * **Lifecycle**: [`VfioUserPciDevice::attach`] connects, negotiates, discovers, resets the
 //!   device when it can, shares guest memory through the DMA layer ([`crate::dma`]: shared
 //!   file-backed regions by fd, the rest served through DMA_READ / DMA_WRITE), places the
-//!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost connection makes guest reads return
-//!   all ones, is logged once, and signals [`VfioUserPciDevice::event`].
+//!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost
+//!   connection makes guest reads return all ones, is logged once, and signals
+//!   [`VfioUserPciDevice::event`].
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
 //! [`PciConfig`], modelled on Cloud Hypervisor's `PciDevice`. BAR windows implement
