@@ -67,6 +67,26 @@ use wait::default_busy_poll;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to connect, what to offer, and how long to wait.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use vfio_user_client::{ConnectOptions, Offer};
+///
+/// let options = ConnectOptions {
+///     reply_timeout: Duration::from_secs(1),
+///     // The default polls only where this thread may use more than one CPU; a VMM that
+///     // makes its options on a pinned thread, its servers running elsewhere, sets it.
+///     busy_poll: Duration::from_micros(25),
+///     // Server messages of up to 256 KiB of data (DMA_READ / DMA_WRITE are split to fit).
+///     offer: Offer {
+///         max_data_xfer_size: 256 << 10,
+///         ..Offer::default()
+///     },
+///     ..ConnectOptions::default()
+/// };
+/// # assert!(options.offer.twin_socket);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// How long to wait for the server to accept the connection (5 s by default).
@@ -173,6 +193,31 @@ impl Default for Settings {
 
 /// A connection to a vfio-user server whose VERSION handshake succeeded. Safe to use from
 /// many threads at once; dropping it shuts the connection down.
+///
+/// ```
+/// use vfio_user_client::protocol::{Command, DeviceInfo};
+/// use vfio_user_client::{ConnectOptions, Connection};
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let conn = Connection::connect(socket, &ConnectOptions::default())?;
+/// println!("the server takes {} fds per message", conn.capabilities().max_msg_fds);
+///
+/// // A request and its reply, within the reply timeout; an error reply is `Error::Server`.
+/// let mut request = Vec::new();
+/// DeviceInfo::request().encode_into(&mut request);
+/// let reply = conn.request(Command::DeviceGetInfo, &request, &[])?;
+/// let info = DeviceInfo::decode(&reply.payload)?;
+/// println!("{} regions, {} IRQ indexes", info.num_regions, info.num_irqs);
+///
+/// // The same request pipelined: sent now, its reply collected later.
+/// let pending = conn.send_request(Command::DeviceGetInfo, &request, &[])?;
+/// let reply = conn.wait(pending)?;
+/// # assert_eq!(DeviceInfo::decode(&reply.payload)?, info);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     inner: Arc<Inner>,

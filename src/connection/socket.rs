@@ -9,6 +9,11 @@
 //! mode. (The connection keeps its socket blocking, with a receive timeout, so that a caller
 //! waiting for its reply can sleep in `recvmsg` itself instead of in `poll` first.) The
 //! sample server keeps its own copy of these wrappers: this module is the client's only.
+//!
+//! They are our own rather than vmm-sys-util's `ScmSocket` because that takes no flags, and
+//! the connection needs them per call: `MSG_DONTWAIT` on a blocking socket, `MSG_NOSIGNAL`
+//! on every send (a closed peer is `EPIPE`, not a signal), and `MSG_CMSG_CLOEXEC` on every
+//! receive (received fds are close-on-exec from the start, with no window for an `exec`).
 
 use std::io;
 use std::mem;

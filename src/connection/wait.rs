@@ -10,6 +10,22 @@
 //! between reads), then sleeps in a blocking `recvmsg` in slices of [`BLOCKING_READ_SLICE`],
 //! and waits in `poll` with the exact time left near its deadline. While no caller waits the
 //! event loop reads instead ([`Inner::read_idle`]).
+//!
+//! # No lost wake-up
+//!
+//! A follower must not sleep through the moment the reader lets go: its reply would then
+//! wait for a reader that never comes. It reads the reader epoch *before* it tries the
+//! receive lock, and sleeps only while its slot is empty and the epoch unchanged, checked
+//! under its slot's mutex (which the condvar wait releases atomically). A reader that lets
+//! go bumps the epoch, then nudges every sleeping waiter under that waiter's mutex. So a
+//! follower either sees the new epoch and tries the lock again, or is asleep when the nudge
+//! comes.
+//!
+//! Completions and nudges notify a condvar only when its waiter sleeps (the slot's
+//! `sleeping` flag, under its mutex), and a reader skips the nudges when the count of
+//! sleepers, read after the bump, is zero. Both the count and the epoch are sequentially
+//! consistent, so a follower that counts itself after that read sees the new epoch. An
+//! unconditional `notify_one` would be a `futex` call per request.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,6 +13,12 @@
 //! vfio-bindings' `VFIO_PCI_*_REGION_INDEX` and `VFIO_PCI_*_IRQ_INDEX`
 //! (`vfio_bindings::bindings::vfio`), and flags are its `VFIO_REGION_INFO_FLAG_*` and
 //! `VFIO_IRQ_INFO_*`.
+//!
+//! Two readings differ from the crates.io `vfio_user` client's. `VFIO_DEVICE_FLAGS_RESET`
+//! means what the spec says: the device supports DEVICE_RESET (that client inverts it). A
+//! region flagged MMAP whose REGION_INFO reply brings no fd is kept, and reached by
+//! messages, but nothing of it is mapped (that crate's server sends the fd only with sparse
+//! mmap capabilities).
 
 mod access;
 mod error;
@@ -80,6 +86,39 @@ impl Default for DeviceOptions {
 }
 
 /// A vfio-user device over one connection.
+///
+/// ```
+/// use vfio_bindings::bindings::vfio::{VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX};
+/// use vfio_user_client::device::IrqAction;
+/// use vfio_user_client::{ConnectOptions, DeviceOptions, VfioUserDevice};
+/// use vmm_sys_util::eventfd::EventFd;
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let probe = server.probe();
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let (connect, options) = (ConnectOptions::default(), DeviceOptions::default());
+/// let dev = VfioUserDevice::connect(socket, &connect, &options)?;
+/// for region in dev.regions() {
+///     println!("region {}: {} bytes", region.index(), region.size());
+/// }
+///
+/// // Region access of any length: checked against the region first, split by the
+/// // negotiated transfer size, every reply checked.
+/// dev.write(VFIO_PCI_BAR1_REGION_INDEX, 0x100, b"hello")?;
+/// let mut data = [0u8; 5];
+/// dev.read(VFIO_PCI_BAR1_REGION_INDEX, 0x100, &mut data)?;
+/// assert_eq!(&data, b"hello");
+///
+/// // MSI-X vectors 0 and 1 signal these eventfds (a VMM passes its irqfds).
+/// let (v0, v1) = (EventFd::new(0)?, EventFd::new(0)?);
+/// dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &[Some(&v0), Some(&v1)])?;
+/// # assert_eq!(probe.raise_irq(VFIO_PCI_MSIX_IRQ_INDEX, 1), Ok(true));
+/// # assert_eq!(v1.read()?, 1);
+/// dev.disable_irqs(VFIO_PCI_MSIX_IRQ_INDEX)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct VfioUserDevice {
     connection: Connection,

@@ -22,25 +22,7 @@
 //!   use a window as soon as it has processed the map), and leaves it again if the server
 //!   refuses it: the table always ends up as the server accepted it.
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use vfio_user_client::dma::DmaMapper;
-//! use vfio_user_client::{ConnectOptions, Connection};
-//! use vm_memory::{GuestAddress, GuestMemoryMmap};
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let conn = Connection::connect("/run/dev.sock", &ConnectOptions::default())?;
-//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(
-//!     GuestAddress(0),
-//!     64 << 20,
-//! )])?);
-//! let mapper = DmaMapper::new(&conn, memory);
-//! mapper.map_guest_memory()?; // one DMA_MAP per region, pipelined
-//! mapper.map(0x1_0000_0000, 0x20_0000, 0x1000)?; // a vIOMMU window onto guest memory
-//! mapper.unmap(0x1_0000_0000, 0x1000)?;
-//! # Ok(())
-//! # }
-//! ```
+//! [`DmaMapper`] shows guest memory shared with a server.
 
 mod dirty;
 mod error;
@@ -139,6 +121,42 @@ impl DmaLimits {
 /// DMA requests keep being served while a transaction waits for its replies. Dropping the
 /// mapper leaves the handler installed and the windows mapped (the server may still use
 /// them); call [`DmaMapper::unmap_all`] first to tear them down.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use vfio_user_client::{ConnectOptions, Connection, DmaMapper};
+/// use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+/// use vmm_sys_util::tempfile::TempFile;
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let probe = server.probe();
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let conn = Connection::connect(socket, &ConnectOptions::default())?;
+///
+/// // Guest RAM: 64 MiB on a shared file, which the server maps by fd, and 1 MiB of anonymous
+/// // memory, which it reaches through DMA_READ / DMA_WRITE served by the mapper.
+/// let ram = TempFile::new()?.into_file();
+/// ram.set_len(64 << 20)?;
+/// let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges_with_files([
+///     (GuestAddress(0), 64 << 20, Some(FileOffset::new(ram, 0))),
+///     (GuestAddress(1 << 32), 1 << 20, None),
+/// ])?);
+/// let mapper = DmaMapper::new(&conn, memory);
+/// mapper.map_guest_memory()?; // one DMA_MAP per region, all checked first, pipelined
+/// # assert_eq!(probe.dma_map_count(), 2);
+///
+/// // A vIOMMU window onto guest memory, and its removal.
+/// mapper.map(0x10_0000_0000, 0x20_0000, 0x1000)?;
+/// # assert_eq!(probe.dma_map_count(), 3);
+/// mapper.unmap(0x10_0000_0000, 0x1000)?;
+///
+/// mapper.unmap_all()?; // before the device goes away
+/// # assert_eq!(probe.dma_map_count(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct DmaMapper<AS> {
     connection: Handle,
     limits: DmaLimits,

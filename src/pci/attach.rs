@@ -57,6 +57,39 @@ impl fmt::Debug for BarPlacement {
 }
 
 /// How to attach a device.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use vfio_user_client::pci::{AttachOptions, BarInfo, BarPlacement};
+/// use vfio_user_client::{ConnectOptions, DeviceOptions};
+///
+/// // The VMM's allocator for the PCI memory hole; I/O BARs are left to the guest.
+/// let next = Mutex::new(0xc000_0000_u64);
+/// let allocate = move |bar: &BarInfo| {
+///     if !bar.kind.is_memory() {
+///         return None;
+///     }
+///     let mut next = next.lock().ok()?;
+///     let base = next.next_multiple_of(bar.size);
+///     *next = base + bar.size;
+///     Some(base)
+/// };
+/// let options = AttachOptions {
+///     connect: ConnectOptions {
+///         reply_timeout: Duration::from_secs(2),
+///         ..ConnectOptions::default()
+///     },
+///     device: DeviceOptions {
+///         posted_writes: false,
+///         ..DeviceOptions::default()
+///     },
+///     bars: BarPlacement::Allocator(Arc::new(allocate)),
+///     ..AttachOptions::default()
+/// };
+/// # assert!(options.reset);
+/// ```
 #[derive(Clone, Debug)]
 pub struct AttachOptions {
     /// How to connect and what to offer.
