@@ -30,10 +30,41 @@
 //! event loop's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
 //! A caller waiting with [`Connection::wait_into`] may have its reply's data read straight
 //! into its own buffer while it reads (see `framer.rs`).
+//!
+//! # Deadlines and health
+//!
+//! Every wait for a reply has a deadline: the reply timeout after the request was sent
+//! ([`ConnectOptions::reply_timeout`], or per call).
+//!
+//! A server processes its messages in order, so a request that goes unanswered past its
+//! deadline holds up everything sent after it. The connection's [`Health`] then changes:
+//!
+//! ```text
+//!            a reply times out               the late reply to that request arrives
+//!  Healthy ----------------------> Unresponsive ---------------------------------> Healthy
+//!     |                                 |
+//!     +---------------------------------+--> Lost (EOF, hang-up, socket error, protocol
+//!                                             violation, shutdown: final)
+//! ```
+//!
+//! * **Unresponsive** ([`Health::Unresponsive`], naming the overdue request): nothing new is
+//!   sent. [`Connection::request`] and the other requests, and `No_reply` messages, fail at
+//!   once with [`Error::Unresponsive`], which names the overdue request, so that an
+//!   operation of several requests (a teardown, a guest config access) waits for one reply
+//!   timeout at most, not one per request. Callers already waiting keep their own deadlines,
+//!   and the server's own requests are still answered (it may need a DMA reply to finish
+//!   the overdue one). The late replies of timed-out requests are dropped, as before.
+//! * **Healthy again** when the overdue request's late reply arrives (read whole, or
+//!   drained): the server has processed everything sent before it, and the stream is in
+//!   step. It is read as soon as it comes, by a waiting caller or by the event loop.
+//! * **Lost** when the connection ends; it stays lost. Reconnecting means a new connection:
+//!   [`Connection::health`] and [`Connection::health_event`] (signalled on every change)
+//!   are where an owner's reconnect policy would start.
 
 mod error;
 mod framer;
 mod handshake;
+mod health;
 mod inner;
 mod pending;
 mod send;
@@ -45,6 +76,7 @@ mod wait;
 mod watch;
 
 pub use error::{DisconnectReason, Error};
+pub use health::{Health, Overdue};
 pub use pending::PendingReply;
 pub use serve::{ReplyData, ServerRequestHandler, UnbufferedReply};
 pub use subscriber::ConnectionSubscriber;
@@ -370,6 +402,19 @@ impl Connection {
     /// Why the connection ended, if it has.
     pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
         self.inner.disconnect_reason()
+    }
+
+    /// How the connection is doing: healthy, unresponsive (a request went unanswered past
+    /// its deadline, and requests fail at once until its late reply arrives), or lost. See
+    /// the [module documentation](self#deadlines-and-health).
+    pub fn health(&self) -> Health {
+        self.inner.health()
+    }
+
+    /// An eventfd signalled whenever [`Connection::health`] changes (for an owner's event
+    /// loop: read it, then look at the health).
+    pub fn health_event(&self) -> &EventFd {
+        &self.inner.health_event
     }
 
     /// Shuts the connection down: waiters fail with `Disconnected(Shutdown)`.

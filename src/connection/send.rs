@@ -258,6 +258,7 @@ impl Inner {
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
+        self.check_responsive(command)?;
         let limit = self.max_send_fds.load(Ordering::Relaxed);
         if nfds > limit {
             return Err(Error::TooManyFds {
