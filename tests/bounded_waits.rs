@@ -3,7 +3,8 @@
 
 //! Bounded waits against a server that stops answering: a reply timeout makes the
 //! connection unresponsive, later requests fail at once, the late reply makes it healthy
-//! again. Scripted peers over socketpairs.
+//! again; teardown and a guest config access wait one reply timeout in total. Scripted
+//! peers over socketpairs, and the sample server paused over a real socket.
 
 mod common;
 
@@ -14,9 +15,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use vfio_user_client::connection::{DisconnectReason, Error, Health, Overdue};
+use vfio_user_client::pci::{InterruptMode, PciConfig, VfioUserPciDevice};
 use vfio_user_client::protocol::{Command, Header};
-use vfio_user_client::{Connection, ConnectionCause, ConnectionSubscriber, DmaMapper};
+use vfio_user_client::{
+    AttachOptions, Connection, ConnectionCause, ConnectionSubscriber, DmaMapper,
+};
 use vfio_user_sample_server::test_support::guest::guest_memory;
+use vfio_user_sample_server::test_support::pci::{cfg_write, find_cap, Irqs};
+use vfio_user_sample_server::{GpioConfig, GpioDevice, Probe, Server, ServerConfig, ServerHandle};
 
 /// How long a test waits for what must happen (not a pacing device).
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -208,4 +214,116 @@ fn a_dma_transaction_fails_fast_without_serving_under_its_table_lock() {
     assert_eq!(reply.payload, b"b");
     conn.shutdown();
     t.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// A PCI device whose server stops answering
+// ---------------------------------------------------------------------------------------
+
+struct Attached {
+    dev: VfioUserPciDevice,
+    probe: Probe,
+    _server: ServerHandle,
+}
+
+/// The sample GPIO device, attached over a real socket with a short reply timeout.
+fn attach_gpio() -> Attached {
+    let (device, _) = GpioDevice::new(GpioConfig::default()).unwrap();
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
+    let options = AttachOptions {
+        connect: short_timeout(),
+        ..AttachOptions::default()
+    };
+    let dev = VfioUserPciDevice::attach(
+        server.socket_path().unwrap(),
+        guest_memory(1 << 20),
+        Irqs::new(),
+        &options,
+    )
+    .unwrap();
+    Attached {
+        dev,
+        probe,
+        _server: server,
+    }
+}
+
+/// Sets MSI-X Enable; returns the capability's offset.
+fn enable_msix(dev: &mut VfioUserPciDevice) -> usize {
+    let cap = find_cap(dev, 0x11).unwrap();
+    cfg_write(dev, cap + 3, &[0x80]);
+    cap
+}
+
+#[test]
+fn detach_of_a_silent_server_takes_one_reply_timeout() {
+    let mut a = attach_gpio();
+    // Detach then has interrupts (MSI-X, ERR, REQ) and guest memory to undo: four round
+    // trips, each of which would wait a whole reply timeout.
+    enable_msix(&mut a.dev);
+    assert_eq!(a.dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(a.dev.error_count(), 0, "{:?}", a.dev.last_error());
+    a.probe.pause();
+    let started = Instant::now();
+    let e = a.dev.detach().unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= timeout() && took < 2 * timeout(),
+        "detach took {took:?} with a reply timeout of {:?}",
+        timeout()
+    );
+    assert!(
+        e.connection_errors()
+            .any(|c| matches!(c, Error::Timeout { .. })),
+        "{e}"
+    );
+    a.probe.resume();
+}
+
+#[test]
+fn dropping_a_device_whose_server_is_silent_does_not_wait_for_it() {
+    let mut a = attach_gpio();
+    enable_msix(&mut a.dev);
+    a.probe.pause();
+    let started = Instant::now();
+    drop(a.dev);
+    assert!(
+        started.elapsed() < timeout(),
+        "drop took {:?}",
+        started.elapsed()
+    );
+    a.probe.resume();
+}
+
+#[test]
+fn a_config_write_waits_one_reply_timeout_and_the_device_recovers() {
+    let mut a = attach_gpio();
+    let cap = find_cap(&mut a.dev, 0x11).unwrap();
+    a.probe.pause();
+    // MSI-X Enable: SET_IRQS to change the interrupt mode, then the config write itself.
+    let started = Instant::now();
+    cfg_write(&mut a.dev, cap + 3, &[0x80]);
+    let took = started.elapsed();
+    assert!(
+        took < 2 * timeout(),
+        "the config write took {took:?} with a reply timeout of {:?}",
+        timeout()
+    );
+    assert!(a.dev.error_count() >= 1);
+    let conn = a.dev.device().connection();
+    assert_eq!(overdue(conn).command, Command::DeviceSetIrqs);
+
+    // Later accesses fail at once: all ones.
+    let started = Instant::now();
+    assert_eq!(a.dev.read_config_register(0), u32::MAX);
+    assert!(started.elapsed() < timeout() / 2);
+
+    // The server answers what it holds: healthy again, and config space answers.
+    a.probe.resume();
+    assert!(healthy_within(a.dev.device().connection(), PATIENCE));
+    let id = a.dev.read_config_register(0);
+    assert_eq!(id & 0xffff, u32::from(GpioDevice::VENDOR_ID));
+    a.dev.detach().unwrap();
 }

@@ -34,7 +34,10 @@
 //! # Deadlines and health
 //!
 //! Every wait for a reply has a deadline: the reply timeout after the request was sent
-//! ([`ConnectOptions::reply_timeout`], or per call).
+//! ([`ConnectOptions::reply_timeout`], or per call). The layers above bound an operation
+//! made of several requests (a detach, a guest config write that also sets interrupts up)
+//! by one reply timeout in total (`budget.rs`): each wait takes the sooner of its own
+//! deadline and the operation's.
 //!
 //! A server processes its messages in order, so a request that goes unanswered past its
 //! deadline holds up everything sent after it. The connection's [`Health`] then changes:
@@ -61,6 +64,7 @@
 //!   [`Connection::health`] and [`Connection::health_event`] (signalled on every change)
 //!   are where an owner's reconnect policy would start.
 
+mod budget;
 mod error;
 mod framer;
 mod handshake;
@@ -75,6 +79,7 @@ mod twin;
 mod wait;
 mod watch;
 
+pub(crate) use budget::Budget;
 pub use error::{DisconnectReason, Error};
 pub use health::{Health, Overdue};
 pub use pending::PendingReply;
@@ -425,6 +430,12 @@ impl Connection {
     /// Number of messages waiting in the send queue (for tests and statistics).
     pub fn queued_messages(&self) -> usize {
         self.inner.queued_messages()
+    }
+
+    /// Bounds every reply wait of this thread to one reply timeout from now, until dropped:
+    /// for an operation made of several requests (see `budget.rs`).
+    pub(crate) fn budget(&self) -> Budget {
+        Budget::start(self.inner.settings.reply_timeout)
     }
 
     /// A handle on the connection for a layer that keeps it (see [`Handle`]).

@@ -11,14 +11,16 @@
 //! and waits in `poll` with the exact time left near its deadline. While no caller waits the
 //! event loop reads instead ([`Inner::read_idle`]).
 //!
-//! A wait ends at its request's deadline (the reply timeout after the send); a wait that
-//! ends without its reply makes the connection unresponsive (see `health.rs`).
+//! A wait ends at its request's deadline (the reply timeout after the send), or sooner at
+//! the end of the thread's [`Budget`](super::budget::Budget); a wait that ends without its
+//! reply makes the connection unresponsive (see `health.rs`).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget;
 use super::framer::{Framer, ReplyBuffer};
 use super::inner::Inner;
 use super::pending::{Completion, PendingReply, Slot};
@@ -153,7 +155,9 @@ impl Inner {
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
     ) -> Result<Reply, Error> {
-        let deadline = pending.started + timeout;
+        // The sooner of the request's own deadline and the thread's budget's.
+        let deadline = budget::cap(pending.started + timeout);
+        let timeout = deadline.saturating_duration_since(pending.started);
         let completion = &pending.completion;
         let mut buffer = into.map(|(head_len, data)| ReplyBuffer {
             token: next_buffer_token(),
