@@ -8,6 +8,7 @@ mod common;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -222,9 +223,11 @@ fn silent_peer_times_out_and_late_reply_is_dropped() {
         ),
         "{e}"
     );
-    // The late reply arrives, then the answer to the next request: the late one is drained.
+    // The late reply arrives, then the answer to the next request: the late one is dropped,
+    // and makes the connection healthy again.
     let (h1, _, _) = peer.read_msg().unwrap();
     peer.reply(&h1, b"late");
+    assert!(healthy_within(&conn, Duration::from_secs(10)));
     let t = thread::spawn(move || peer.echo_forever());
     assert_eq!(
         conn.request(Command::RegionRead, b"b", &[])
@@ -548,6 +551,7 @@ fn leader_timing_out_with_half_a_message_leaves_the_event_loop_watching() {
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
     timed_out_tx.send(()).unwrap();
     served_rx.recv().unwrap();
+    assert!(healthy_within(&conn, Duration::from_secs(10)));
     // Served and still in step: the late reply is dropped, the next request answered.
     assert_eq!(
         conn.request(Command::RegionRead, b"b", &[])
@@ -598,22 +602,27 @@ fn server_request_read_together_with_a_reply_is_served() {
 
 #[test]
 fn busy_polling_keeps_deadlines_and_replies() {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     // Polling for longer than the deadline: the deadline still wins.
     let options = ConnectOptions {
         busy_poll: Duration::MAX,
         ..short_timeout()
     };
     let (conn, mut peer) = pair_with(options);
+    let (timed_out_tx, timed_out_rx) = mpsc::channel();
     let t = thread::spawn(move || {
-        // Swallows the first request, answers the rest.
-        let _ = peer.read_msg().unwrap();
+        // Answers the first request only after its deadline, then the rest at once.
+        let (h, _, _) = peer.read_msg().unwrap();
+        timed_out_rx.recv().unwrap();
+        peer.reply(&h, b"late");
         peer.echo_forever();
     });
     let started = Instant::now();
     let e = conn.request(Command::RegionRead, b"lost", &[]).unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
     assert!(started.elapsed() >= short_timeout().reply_timeout);
+    timed_out_tx.send(()).unwrap();
+    assert!(healthy_within(&conn, Duration::from_secs(10)));
     // Replies that come while polling are taken.
     for i in 0..100u8 {
         assert_eq!(

@@ -10,6 +10,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use super::health::Overdue;
 use crate::protocol::{Command, DecodeError};
 
 /// Why a connection ended.
@@ -65,6 +66,20 @@ pub enum Error {
         id: u16,
         /// The deadline that passed.
         after: Duration,
+    },
+    /// `command` was not sent: the connection is unresponsive, because the server left
+    /// `overdue` unanswered past its deadline. Every request fails this way at once until
+    /// that late reply arrives (see [`Health`](super::Health)).
+    #[error(
+        "{command} not sent: the server is unresponsive ({} (id {}) went unanswered)",
+        overdue.command,
+        overdue.id
+    )]
+    Unresponsive {
+        /// The command that was not sent.
+        command: Command,
+        /// The request whose reply is overdue.
+        overdue: Overdue,
     },
     /// The server answered with an error reply.
     #[error("server refused {command}: {}", errno_text(*errno))]
@@ -191,6 +206,16 @@ impl PartialEq for Error {
                 },
             ) => c1 == c2 && s1 == s2,
             (TooManyPending, TooManyPending) => true,
+            (
+                Unresponsive {
+                    command: c1,
+                    overdue: o1,
+                },
+                Unresponsive {
+                    command: c2,
+                    overdue: o2,
+                },
+            ) => c1 == c2 && o1 == o2,
             _ => false,
         }
     }
@@ -290,6 +315,22 @@ mod tests {
                 "malformed DEVICE_GET_INFO reply: device info: need 16 bytes, got 3",
             ),
         ];
+        let overdue = crate::connection::Overdue {
+            command: Command::DeviceSetIrqs,
+            id: 3,
+            since: std::time::Instant::now(),
+        };
+        let unresponsive = || Error::Unresponsive {
+            command: Command::RegionRead,
+            overdue,
+        };
+        assert_eq!(
+            unresponsive().to_string(),
+            "REGION_READ not sent: the server is unresponsive (DEVICE_SET_IRQS (id 3) went \
+             unanswered)"
+        );
+        assert_eq!(unresponsive(), unresponsive());
+        assert!(!unresponsive().is_disconnected());
         for (e, text) in cases {
             assert_eq!(e.to_string(), text);
             let comparable = !matches!(e, Error::TooManyFds { .. } | Error::MessageTooLarge { .. });

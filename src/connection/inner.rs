@@ -5,7 +5,8 @@
 //! with the layers' handles ([`Handle`](super::Handle)): how it is set up, and how it ends.
 //! Either end may end it: a local shutdown, or the first socket error, hang-up or protocol
 //! violation any reader or writer meets. Every waiter then fails at once, later requests
-//! fail fast, and the owner is told (callbacks and an eventfd).
+//! fail fast, and the owner is told (callbacks and an eventfd). Short of that, a server
+//! that leaves a request unanswered makes the connection unresponsive (see `health.rs`).
 
 use std::fmt;
 use std::io;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::framer::{Framer, MAIN_READ_SIZE};
+use super::health::Overdue;
 use super::pending::{Completion, PendingTable};
 use super::send::SendQueue;
 use super::serve::ServerRequestHandler;
@@ -48,6 +50,12 @@ pub(crate) struct Inner {
     pub(super) waiters: Mutex<PendingTable>,
     pub(super) connected: AtomicBool,
     reason: Mutex<Option<DisconnectReason>>,
+    /// `false` while a request is overdue (the fast path's view of `overdue`).
+    pub(super) responsive: AtomicBool,
+    /// The request whose late reply the connection waits for, while unresponsive.
+    pub(super) overdue: Mutex<Option<Overdue>>,
+    /// Signalled on every change of health (unresponsive, healthy again, lost).
+    pub(super) health_event: EventFd,
     /// Kicks the subscriber (queue to drain, disconnect to process).
     pub(super) kick: EventFd,
     /// Signalled once when the connection ends, for owners that poll.
@@ -91,6 +99,8 @@ impl Inner {
         let kick = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the kick eventfd"))?;
         let disconnect_event =
             EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the disconnect eventfd"))?;
+        let health_event =
+            EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the health eventfd"))?;
         let watch = SocketWatch::new(&sock).map_err(io_err("creating the socket's epoll set"))?;
         let inner = Arc::new(Inner {
             recv: Mutex::new(Framer::new(
@@ -109,6 +119,9 @@ impl Inner {
             waiters: Mutex::new(PendingTable::default()),
             connected: AtomicBool::new(true),
             reason: Mutex::new(None),
+            responsive: AtomicBool::new(true),
+            overdue: Mutex::new(None),
+            health_event,
             kick,
             disconnect_event,
             handler: Mutex::new(None),
@@ -176,6 +189,7 @@ impl Inner {
             c.complete(Err(Error::Disconnected(reason.clone())));
         }
         let _ = self.disconnect_event.write(1);
+        let _ = self.health_event.write(1);
         let _ = self.kick.write(1);
         let callbacks = std::mem::take(&mut *lock(&self.on_disconnect));
         for cb in callbacks {

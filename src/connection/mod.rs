@@ -30,10 +30,45 @@
 //! event loop's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
 //! A caller waiting with [`Connection::wait_into`] may have its reply's data read straight
 //! into its own buffer while it reads (see `framer.rs`).
+//!
+//! # Deadlines and health
+//!
+//! Every wait for a reply has a deadline: the reply timeout after the request was sent
+//! ([`ConnectOptions::reply_timeout`], or per call). The layers above bound an operation
+//! made of several requests (a detach, a guest config write that also sets interrupts up)
+//! by one reply timeout in total (`budget.rs`): each wait takes the sooner of its own
+//! deadline and the operation's.
+//!
+//! A server processes its messages in order, so a request that goes unanswered past its
+//! deadline holds up everything sent after it. The connection's [`Health`] then changes:
+//!
+//! ```text
+//!            a reply times out               the late reply to that request arrives
+//!  Healthy ----------------------> Unresponsive ---------------------------------> Healthy
+//!     |                                 |
+//!     +---------------------------------+--> Lost (EOF, hang-up, socket error, protocol
+//!                                             violation, shutdown: final)
+//! ```
+//!
+//! * **Unresponsive** ([`Health::Unresponsive`], naming the overdue request): nothing new is
+//!   sent. [`Connection::request`] and the other requests, and `No_reply` messages, fail at
+//!   once with [`Error::Unresponsive`], which names the overdue request, so that an
+//!   operation of several requests (a teardown, a guest config access) waits for one reply
+//!   timeout at most, not one per request. Callers already waiting keep their own deadlines,
+//!   and the server's own requests are still answered (it may need a DMA reply to finish
+//!   the overdue one). The late replies of timed-out requests are dropped, as before.
+//! * **Healthy again** when the overdue request's late reply arrives (read whole, or
+//!   drained): the server has processed everything sent before it, and the stream is in
+//!   step. It is read as soon as it comes, by a waiting caller or by the event loop.
+//! * **Lost** when the connection ends; it stays lost. Reconnecting means a new connection:
+//!   [`Connection::health`] and [`Connection::health_event`] (signalled on every change)
+//!   are where an owner's reconnect policy would start.
 
+mod budget;
 mod error;
 mod framer;
 mod handshake;
+mod health;
 mod inner;
 mod pending;
 mod send;
@@ -44,7 +79,9 @@ mod twin;
 mod wait;
 mod watch;
 
+pub(crate) use budget::Budget;
 pub use error::{DisconnectReason, Error};
+pub use health::{Health, Overdue};
 pub use pending::PendingReply;
 pub use serve::{ReplyData, ServerRequestHandler, UnbufferedReply};
 pub use subscriber::ConnectionSubscriber;
@@ -417,6 +454,19 @@ impl Connection {
         self.inner.disconnect_reason()
     }
 
+    /// How the connection is doing: healthy, unresponsive (a request went unanswered past
+    /// its deadline, and requests fail at once until its late reply arrives), or lost. See
+    /// the [module documentation](self#deadlines-and-health).
+    pub fn health(&self) -> Health {
+        self.inner.health()
+    }
+
+    /// An eventfd signalled whenever [`Connection::health`] changes (for an owner's event
+    /// loop: read it, then look at the health).
+    pub fn health_event(&self) -> &EventFd {
+        &self.inner.health_event
+    }
+
     /// Shuts the connection down: waiters fail with `Disconnected(Shutdown)`.
     pub fn shutdown(&self) {
         self.inner.fail(DisconnectReason::Shutdown);
@@ -425,6 +475,12 @@ impl Connection {
     /// Number of messages waiting in the send queue (for tests and statistics).
     pub fn queued_messages(&self) -> usize {
         self.inner.queued_messages()
+    }
+
+    /// Bounds every reply wait of this thread to one reply timeout from now, until dropped:
+    /// for an operation made of several requests (see `budget.rs`).
+    pub(crate) fn budget(&self) -> Budget {
+        Budget::start(self.inner.settings.reply_timeout)
     }
 
     /// A handle on the connection for a layer that keeps it (see [`Handle`]).

@@ -133,6 +133,9 @@ impl Inner {
         }
         loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !NO_REPLY_ID_BIT;
+            if self.is_overdue_id(id) {
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(v) = table.entry(id) {
                 v.insert(Arc::clone(completion));
                 return Ok(id);
@@ -153,17 +156,30 @@ impl Inner {
         }
     }
 
+    /// The request's deadline, `timeout` after it was sent, has passed: its reply, if it
+    /// comes, is dropped, and the connection is unresponsive until then. Unless the reply
+    /// has come after all: a reader that has taken the request out of the table is handing
+    /// it over, and it is returned.
     pub(super) fn timed_out(
         &self,
         pending: &PendingReply,
         timeout: Duration,
     ) -> Result<Reply, Error> {
         let mut table = lock(&self.waiters);
-        // The reply may have raced in just now.
         if let Some(result) = self.take(&pending.completion) {
             return result;
         }
-        Self::forget_locked(&mut table, pending);
+        let waiting = table
+            .get(&pending.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &pending.completion));
+        if !waiting {
+            drop(table);
+            return self.take_when_handed_over(&pending.completion);
+        }
+        // Marked overdue before it leaves the table, under the table's lock: its reply,
+        // whenever a reader finds it without a waiter, is taken for the late reply.
+        let newly = self.mark_overdue(pending.completion.command, pending.id);
+        table.remove(&pending.id);
         drop(table);
         log::warn!(
             "reply to {} (id {}) timed out after {:?}",
@@ -171,6 +187,9 @@ impl Inner {
             pending.id,
             timeout
         );
+        if newly {
+            self.announce_unresponsive();
+        }
         Err(Error::Timeout {
             command: pending.completion.command,
             id: pending.id,
@@ -178,18 +197,18 @@ impl Inner {
         })
     }
 
-    /// Takes a pending reply out of the table: its reply, if it comes, is dropped.
-    pub(super) fn forget(&self, pending: &PendingReply) {
-        Self::forget_locked(&mut lock(&self.waiters), pending);
-    }
-
-    fn forget_locked(table: &mut PendingTable, pending: &PendingReply) {
-        if table
-            .get(&pending.id)
-            .is_some_and(|c| Arc::ptr_eq(c, &pending.completion))
-        {
-            table.remove(&pending.id);
+    /// The result of a completion that a reader has taken out of the table, which it
+    /// completes right after (with the reply, or an error).
+    fn take_when_handed_over(&self, completion: &Completion) -> Result<Reply, Error> {
+        let mut state = lock(&completion.slot);
+        state.sleeping = true;
+        while matches!(state.slot, Slot::Waiting) {
+            state = completion.cv.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+        state.sleeping = false;
+        drop(state);
+        self.take(completion)
+            .unwrap_or(Err(Error::Disconnected(DisconnectReason::Shutdown)))
     }
 
     pub(super) fn dispatch(&self, incoming: Incoming) {
@@ -212,11 +231,15 @@ impl Inner {
                         let _ = self.send_reply(refusal);
                     }
                 } else {
-                    if let Some(c) = lock(&self.waiters).remove(&header.id) {
-                        c.complete(Err(Error::BadReply {
+                    let waiter = lock(&self.waiters).remove(&header.id);
+                    match waiter {
+                        Some(c) => c.complete(Err(Error::BadReply {
                             command: c.command,
                             what: why,
-                        }));
+                        })),
+                        None => {
+                            self.late_reply(&header);
+                        }
                     }
                 }
             }
@@ -226,7 +249,9 @@ impl Inner {
     fn complete_reply(&self, msg: Received, legacy_error: bool) {
         let header = msg.header;
         let Some(c) = lock(&self.waiters).remove(&header.id) else {
-            if !legacy_error {
+            if self.late_reply(&header) {
+                log::debug!("dropped the overdue reply {header}");
+            } else if !legacy_error {
                 log::debug!("dropped unsolicited reply {header}");
             } else {
                 // Not ours: a server request with the Error bit is still a request.

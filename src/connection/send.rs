@@ -15,13 +15,14 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::inner::{io_err, Inner};
 use super::pending::{Completion, PendingReply, NO_REPLY_ID_BIT};
-use super::serve::ReplyData;
+use super::serve::{panic_message, ReplyData};
 use super::{error, socket, DisconnectReason, Error};
 use crate::protocol::{Command, Header, HEADER_SIZE};
 use crate::sync::lock;
@@ -94,7 +95,7 @@ impl Outgoing {
             }
             let parts = parts.get(..count).unwrap_or_default();
             let result = match &self.data {
-                Some(d) => d.send(sock, parts, body_sent.saturating_sub(self.body.len())),
+                Some(d) => send_data(&**d, sock, parts, body_sent.saturating_sub(self.body.len())),
                 None => {
                     let raw: Vec<RawFd> = if self.sent == 0 {
                         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
@@ -138,6 +139,26 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// [`ReplyData::send`], with a panic turned into an error that ends the connection: part of
+/// the reply may be on the socket already, so it cannot be replaced by an error reply.
+fn send_data(
+    data: &dyn ReplyData,
+    sock: &UnixStream,
+    prefix: &[&[u8]],
+    offset: usize,
+) -> io::Result<usize> {
+    // `AssertUnwindSafe`: the call borrows only the socket and the bytes to send, and the
+    // half-sent message it belongs to is dropped with its send queue when this error ends
+    // the connection.
+    panic::catch_unwind(AssertUnwindSafe(|| data.send(sock, prefix, offset))).unwrap_or_else(
+        |panic| {
+            let what = panic_message(&*panic);
+            log::error!("sending reply data panicked ({what}): ending the connection");
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        },
+    )
 }
 
 /// Messages waiting for room on a socket, in order, with what they hold in total.
@@ -258,6 +279,7 @@ impl Inner {
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
+        self.check_responsive(command)?;
         let limit = self.max_send_fds.load(Ordering::Relaxed);
         if nfds > limit {
             return Err(Error::TooManyFds {

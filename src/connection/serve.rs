@@ -7,11 +7,20 @@
 //! The handler runs on whichever thread reads the request: a waiting caller, or the event
 //! loop. A reply whose bulk data the handler can send straight from its own memory
 //! ([`ServerRequestHandler::handle_unbuffered`]) is not copied into a buffer.
+//!
+//! A handler that panics takes down neither that thread nor the connection: the panic is
+//! caught and logged, and the server gets an `EIO` error reply for that request (the
+//! client failed to carry it out; `EFAULT` would blame the request's address, which the
+//! client cannot claim). Then the next request is served as usual. A panic in
+//! [`ReplyData::send`] is different: part of the reply may be on the socket already, so
+//! the stream cannot be kept in step and the connection ends (`Io(EIO)`).
 
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::framer::Received;
@@ -123,7 +132,7 @@ impl Inner {
         let header = msg.header;
         let handler = lock(&self.handler).clone();
         let result = match handler.filter(|_| header.known_command().is_some()) {
-            Some(h) => handle(&*h, msg, unbuffered && !header.no_reply()),
+            Some(h) => handle_guarded(&*h, msg, unbuffered && !header.no_reply()),
             None => Err(libc::ENOSYS as u32),
         };
         if header.no_reply() {
@@ -160,6 +169,40 @@ impl Inner {
 
 /// A reply's payload: the buffered part, then any data sent from the handler's memory.
 type ReplyPayload = (Vec<u8>, Option<Box<dyn ReplyData>>);
+
+/// [`handle`], with a panic of the handler caught: logged, and answered with `EIO` (see the
+/// module documentation).
+fn handle_guarded(
+    handler: &dyn ServerRequestHandler,
+    msg: Received,
+    unbuffered: bool,
+) -> Result<ReplyPayload, u32> {
+    let header = msg.header;
+    // `AssertUnwindSafe`: nothing of the connection is borrowed by the call or left
+    // half-updated by an unwind out of it (the handler was cloned out of its slot, no lock
+    // of ours is held, and `msg` is moved in and dropped). What the handler leaves
+    // half-done is its own state, which it must tolerate: the crate's handler only reads its
+    // mapping table, under a lock that the crate takes ignoring poisoning (`crate::sync`).
+    match panic::catch_unwind(AssertUnwindSafe(|| handle(handler, msg, unbuffered))) {
+        Ok(result) => result,
+        Err(panic) => {
+            log::error!(
+                "the server request handler panicked on {header} ({}); answering EIO",
+                panic_message(&*panic)
+            );
+            Err(libc::EIO as u32)
+        }
+    }
+}
+
+/// The message a panic carried, when it is text.
+pub(super) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
 
 /// A reply's payload from `handler`: unbuffered when allowed and offered, buffered
 /// otherwise; `Err(errno)` for an error reply.
@@ -308,6 +351,57 @@ mod tests {
         let (h, body) = msgs.last().unwrap();
         assert_eq!((h.id, body.as_slice()), (2, &b"B\x01\x02"[..]));
         assert_eq!(inner.queued_messages(), 0);
+    }
+
+    /// Panics while the reply data is being sent.
+    struct Treacherous;
+
+    impl ReplyData for Treacherous {
+        fn len(&self) -> usize {
+            8
+        }
+
+        fn send(&self, _: &UnixStream, _: &[&[u8]], _: usize) -> io::Result<usize> {
+            panic!("treacherous reply data");
+        }
+    }
+
+    struct HandsOutTreacherousData;
+
+    impl ServerRequestHandler for HandsOutTreacherousData {
+        fn handle(
+            &self,
+            _: &Header,
+            _: &[u8],
+            _: Vec<OwnedFd>,
+            _: &mut Vec<u8>,
+        ) -> Result<(), u32> {
+            Ok(())
+        }
+
+        fn handle_unbuffered(
+            &self,
+            _: &Header,
+            _: &[u8],
+            _: &[OwnedFd],
+        ) -> Option<Result<UnbufferedReply, u32>> {
+            Some(Ok(UnbufferedReply {
+                head: Vec::new(),
+                data: Box::new(Treacherous),
+            }))
+        }
+    }
+
+    #[test]
+    fn reply_data_that_panics_ends_the_connection_not_the_thread() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let (inner, _sub) = Inner::new(ours, Settings::default()).unwrap();
+        inner.set_request_handler(Some(Arc::new(HandsOutTreacherousData)));
+        inner.serve_request(dma_read(1));
+        assert_eq!(
+            inner.disconnect_reason(),
+            Some(DisconnectReason::Io(libc::EIO))
+        );
     }
 
     #[test]

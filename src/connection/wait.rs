@@ -11,6 +11,10 @@
 //! and waits in `poll` with the exact time left near its deadline. While no caller waits the
 //! event loop reads instead ([`Inner::read_idle`]).
 //!
+//! A wait ends at its request's deadline (the reply timeout after the send), or sooner at
+//! the end of the thread's [`Budget`](super::budget::Budget); a wait that ends without its
+//! reply makes the connection unresponsive (see `health.rs`).
+//!
 //! # No lost wake-up
 //!
 //! A follower must not sleep through the moment the reader lets go: its reply would then
@@ -32,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget;
 use super::framer::{Framer, ReplyBuffer};
 use super::inner::Inner;
 use super::pending::{Completion, PendingReply, Slot};
@@ -99,6 +104,7 @@ impl Inner {
         // Waiting from before the send, so that even a reply that comes at once does not
         // wake the subscriber.
         let _waiting = self.waiting();
+        self.read_late_reply();
         let pending = self.send_request(command, payload, fds)?;
         self.wait_reply(pending, timeout, None)
     }
@@ -113,6 +119,7 @@ impl Inner {
         data: &mut [u8],
     ) -> Result<Reply, Error> {
         let _waiting = self.waiting();
+        self.read_late_reply();
         let pending = self.send_request(command, payload, fds)?;
         let timeout = self.settings.reply_timeout;
         self.wait_reply(pending, timeout, Some((head_len, data)))
@@ -164,7 +171,9 @@ impl Inner {
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
     ) -> Result<Reply, Error> {
-        let deadline = pending.started + timeout;
+        // The sooner of the request's own deadline and the thread's budget's.
+        let deadline = budget::cap(pending.started + timeout);
+        let timeout = deadline.saturating_duration_since(pending.started);
         let completion = &pending.completion;
         let mut buffer = into.map(|(head_len, data)| ReplyBuffer {
             token: next_buffer_token(),
@@ -187,17 +196,15 @@ impl Inner {
                 // The buffer must not outlive this hold of the lock. `lead` stops half-way
                 // through our reply only at the deadline (or on a disconnect): the rest is
                 // drained by the next reader, and we time out. Leave the pending table
-                // first, so that the drained reply fails nobody.
+                // first, so that the drained reply fails nobody (it is the late reply).
                 let abandoned = buffer
                     .as_ref()
                     .is_some_and(|s| framer.abandon_buffer(s.token));
-                if abandoned {
-                    self.forget(&pending);
-                }
+                let timed_out = abandoned.then(|| self.timed_out(&pending, timeout));
                 drop(framer);
                 self.after_reading();
-                if abandoned {
-                    return self.timed_out(&pending, timeout);
+                if let Some(result) = timed_out {
+                    return result;
                 }
                 continue;
             }
@@ -305,7 +312,11 @@ impl Inner {
     }
 
     /// Dispatches the messages that are complete in the receive buffer, without reading.
-    fn dispatch_buffered(&self, framer: &mut Framer, mut buffer: Option<&mut ReplyBuffer<'_>>) {
+    pub(super) fn dispatch_buffered(
+        &self,
+        framer: &mut Framer,
+        mut buffer: Option<&mut ReplyBuffer<'_>>,
+    ) {
         loop {
             match framer.buffered(buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => self.dispatch(incoming),
@@ -320,7 +331,7 @@ impl Inner {
 
     /// Called after letting go of the receive lock: wakes every sleeping waiter so that one
     /// of them takes over reading if its reply has not come yet.
-    fn after_reading(&self) {
+    pub(super) fn after_reading(&self) {
         self.reader_epoch.fetch_add(1, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) == 0 {
             return;
@@ -357,7 +368,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use crate::connection::subscriber::MainSubscriber;
-    use crate::connection::{Settings, DEFAULT_TIMEOUT};
+    use crate::connection::{Health, Settings, DEFAULT_TIMEOUT};
     use crate::protocol::{Header, HEADER_SIZE};
     use std::io::Write;
 
@@ -484,8 +495,12 @@ mod tests {
             matches!(e, Error::Timeout { id, .. } if id == r.id),
             "{e:?}"
         );
-        // The rest comes late, then the next request's reply: the late data is drained.
+        assert!(matches!(inner.health(), Health::Unresponsive(o) if o.id == r.id));
+        // The rest comes late, then the next request's reply: the late data is drained (here
+        // as a WAIT request about to be sent does it; with no event loop), which makes the
+        // connection healthy.
         write_in_pieces(&mut server, &bytes[half..]);
+        inner.read_late_reply();
         let before = out.clone();
         let (t, r) = send(&inner, &mut server);
         let (bytes, payload) = reply(&r, DATA);
@@ -496,6 +511,7 @@ mod tests {
         assert!(out2 == payload[16..]);
         assert!(out == before);
         assert!(inner.is_connected());
+        assert_eq!(inner.health(), Health::Healthy);
     }
 
     #[test]

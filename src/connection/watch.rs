@@ -25,7 +25,10 @@
 //! never disarmed or re-armed: requests from one thread cost no `epoll_ctl` at all. Stray
 //! data (a reply that came after its waiter gave up) waits for the next caller to read and
 //! drop it; a server that sent a request on the main socket anyway would be served by the
-//! next caller too.
+//! next caller too. Except while the connection is unresponsive (see `health.rs`): the
+//! late reply that makes it healthy again must be read when it comes, not when the next
+//! caller reads (callers fail fast meanwhile), so the entry then watches data as it does
+//! without a twin socket ([`SocketWatch::expect_late_reply`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -48,8 +51,10 @@ struct State {
     /// Whether the entry is armed (level-triggered, or for a hang-up only).
     armed: bool,
     /// Data on the socket need not wake the event loop (a twin socket carries the server's
-    /// requests): the entry watches for a hang-up only.
+    /// requests, and no late reply is awaited): the entry watches for a hang-up only.
     hang_up_only: bool,
+    /// The connection has a twin socket.
+    twin: bool,
 }
 
 #[derive(Debug)]
@@ -72,6 +77,7 @@ impl SocketWatch {
                 callers: 0,
                 armed: true,
                 hang_up_only: false,
+                twin: false,
             }),
         })
     }
@@ -90,8 +96,31 @@ impl SocketWatch {
         let mut state = lock(&self.state);
         self.set(HANG_UP_ONLY)?;
         state.hang_up_only = true;
+        state.twin = true;
         state.armed = true;
         Ok(())
+    }
+
+    /// While `expect` (the connection is unresponsive), data wakes the event loop even with
+    /// a twin socket, so that the late reply is read when it comes; then a hang-up only
+    /// again. Nothing changes without a twin socket, where data always wakes it.
+    pub(super) fn expect_late_reply(&self, expect: bool) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if !state.twin || state.hang_up_only != expect {
+            return Ok(());
+        }
+        if expect {
+            // Disarmed while callers wait (they read), level-triggered once none does.
+            self.set(DISARMED)?;
+            state.hang_up_only = false;
+            state.armed = false;
+            self.arm_if_idle(&mut state)
+        } else {
+            self.set(HANG_UP_ONLY)?;
+            state.hang_up_only = true;
+            state.armed = true;
+            Ok(())
+        }
     }
 
     /// A caller starts waiting for a reply: data no longer wakes the event loop.

@@ -79,6 +79,7 @@ impl VfioUserPciDevice {
         if Bars::owns(reg) {
             return self.bars.read(reg);
         }
+        let _budget = self.device.connection().budget();
         let mut b = [0u8; 4];
         if let Err(e) = self
             .device
@@ -135,6 +136,8 @@ impl VfioUserPciDevice {
             self.bars.write(reg, offset, data, memory);
             return self.bar_moves();
         }
+        // One reply timeout for the whole access, however many requests it sends.
+        let _budget = self.device.connection().budget();
         let at = start + offset;
         let mut interrupts = false;
         if let Some(m) = &mut self.msi {

@@ -238,12 +238,17 @@ impl VfioUserPciDevice {
     /// connection. With the connection already lost there is nothing to undo at the server
     /// (it dropped both on disconnect), and detach just closes. The first error met is
     /// returned; everything is closed regardless.
+    ///
+    /// Detach waits for the server for one reply timeout in total, not one per request: a
+    /// server that does not answer in time makes the connection unresponsive, and what is
+    /// left fails at once ([`connection::Error::Unresponsive`](crate::connection::Error::Unresponsive)).
     pub fn detach(mut self) -> Result<(), Error> {
         self.status.detaching.store(true, Ordering::Release);
         self.status.eoi_unmasks_intx.store(false, Ordering::Release);
         if self.is_lost() {
             return Ok(());
         }
+        let _budget = self.device.connection().budget();
         let mut first_error =
             interrupts::disable(&self.device, &*self.interrupts, &mut self.wired).err();
         for kind in std::mem::take(&mut self.notifiers) {

@@ -72,12 +72,21 @@ impl DeviceStatus {
             self.lose(reason);
             return;
         }
+        // Logged once, as the timeout that made the connection unresponsive: not again for
+        // every access that fails fast meanwhile.
+        let unresponsive = e
+            .connection_errors()
+            .any(|c| matches!(c, connection::Error::Unresponsive { .. }));
         self.errors.fetch_add(1, Ordering::Relaxed);
         let e = Error::During {
             activity,
             source: Box::new(e),
         };
-        log::warn!("vfio-user PCI device: {e}");
+        if unresponsive {
+            log::debug!("vfio-user PCI device: {e}");
+        } else {
+            log::warn!("vfio-user PCI device: {e}");
+        }
         *lock(&self.last_error) = Some(Arc::new(e));
     }
 

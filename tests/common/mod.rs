@@ -12,9 +12,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use vfio_user_client::connection;
+use vfio_user_client::connection::{self, Health};
 use vfio_user_client::protocol::{Command, Header, RegionAccess, Version, HEADER_SIZE};
 use vfio_user_client::{ConnectOptions, Connection};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -131,6 +131,24 @@ pub fn pair_granting(options: &ConnectOptions, json: serde_json::Value) -> (Conn
     (conn, answer.join().unwrap())
 }
 
+/// Like [`pair_granting`], with twin-socket mode granted: returns the connection, the peer
+/// on the main socket and the peer's end of the twin socket.
+pub fn pair_with_twin(options: &ConnectOptions) -> (Connection, Peer, Peer) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut peer = Peer { sock: b };
+    let answer = thread::spawn(move || {
+        let json = serde_json::json!({
+            "capabilities": {"twin_socket": {"supported": true, "fd_index": 0}}
+        });
+        peer.answer_version(&json, &[ours.as_raw_fd()]);
+        peer
+    });
+    let conn = Connection::connect(a, options).unwrap();
+    assert!(conn.twin_socket());
+    (conn, answer.join().unwrap(), Peer { sock: theirs })
+}
+
 /// Like [`pair`] with `options`.
 pub fn pair_with(options: ConnectOptions) -> (Connection, Peer) {
     // The spec's defaults: one fd and 1 MiB of data per message.
@@ -211,4 +229,28 @@ pub fn read_region(
 pub fn read_u32(p: &Connection, region: u32, offset: u64) -> u32 {
     let data = read_region(p, region, offset, 4).unwrap();
     u32::from_ne_bytes(data.try_into().unwrap())
+}
+
+/// Waits, on the connection's health eventfd (no sleeping), until `done` holds for its
+/// health; `false` if it does not within `timeout`.
+pub fn health_within(conn: &Connection, timeout: Duration, done: impl Fn(&Health) -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done(&conn.health()) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        if readable_within(conn.health_event().as_raw_fd(), ms) {
+            let _ = conn.health_event().read();
+        }
+    }
+}
+
+/// Waits until the connection is healthy again (see [`health_within`]).
+pub fn healthy_within(conn: &Connection, timeout: Duration) -> bool {
+    health_within(conn, timeout, |h| *h == Health::Healthy)
 }
