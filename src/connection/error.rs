@@ -161,7 +161,9 @@ fn errno_text(errno: u32) -> String {
         Ok(e) => {
             // io::Error's text ends in " (os error N)"; say the number once.
             let text = io::Error::from_raw_os_error(e).to_string();
-            let text = text.strip_suffix(&format!(" (os error {e})")).unwrap_or(&text);
+            let text = text
+                .strip_suffix(&format!(" (os error {e})"))
+                .unwrap_or(&text);
             format!("{text} (errno {errno})")
         }
         Err(_) => format!("errno {errno}"),
