@@ -19,9 +19,9 @@ use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{
-    Command, DmaAccess, DmaMap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
+    Command, DmaAccess, DmaMap, DmaUnmap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
 };
-use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_client::{connection, ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
 use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -280,6 +280,48 @@ fn memory_that_went_away_is_not_touched() {
         let t = sc.spawn(|| s.mapper.sync_guest_memory());
         let got = accept(&mut s.peer, 1);
         assert_eq!(got[0].0.command, Command::DmaUnmap as u16);
+        t.join().unwrap().unwrap();
+    });
+    assert_eq!(s.mapper.len(), 3);
+}
+
+#[test]
+fn malformed_unmap_replies_are_errors() {
+    let mem = Arc::new(guest());
+    let mut s = setup(mem);
+    // Empty, one byte short of the entry, and the entry of another window.
+    let echo = |address: u64| {
+        let mut p = Vec::new();
+        DmaUnmap::new(address, 0x10_0000).encode_into(&mut p);
+        p
+    };
+    let short = echo(A)[..DmaUnmap::SIZE - 1].to_vec();
+    for reply in [Vec::new(), short, echo(A + 0x10_0000)] {
+        thread::scope(|sc| {
+            let t = sc.spawn(|| s.mapper.unmap(A, 0x10_0000));
+            let RawMsg { header: h, .. } = s.peer.recv().unwrap();
+            assert_eq!(h.command, Command::DmaUnmap as u16);
+            s.peer.reply(&h, &reply, &[]).unwrap();
+            let e = t.join().unwrap().unwrap_err();
+            let error = &e.failures()[0].error;
+            assert!(
+                matches!(
+                    error,
+                    connection::Error::BadReply {
+                        command: Command::DmaUnmap,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        });
+        // The window stays, as after a refusal: the server's state is unknown.
+        assert_eq!(s.mapper.len(), 4);
+    }
+    // A reply that echoes the window is a success.
+    thread::scope(|sc| {
+        let t = sc.spawn(|| s.mapper.unmap(A, 0x10_0000));
+        accept(&mut s.peer, 1);
         t.join().unwrap().unwrap();
     });
     assert_eq!(s.mapper.len(), 3);
