@@ -22,6 +22,8 @@ use vfio_user_client::{
 };
 use vfio_user_sample_server::test_support::guest::guest_memory;
 use vfio_user_sample_server::test_support::pci::{cfg_write, find_cap, Irqs};
+use vfio_user_sample_server::test_support::script::echo_forever;
+use vfio_user_sample_server::wire::RawMsg;
 use vfio_user_sample_server::{GpioConfig, GpioDevice, Probe, Server, ServerConfig, ServerHandle};
 
 /// How long a test waits for what must happen (not a pacing device).
@@ -85,17 +87,21 @@ fn a_timeout_makes_requests_fail_fast_until_the_late_reply_arrives() {
         started.elapsed()
     );
     assert!(conn.is_connected());
-    let (h, body, _) = peer.read_msg().unwrap();
+    let RawMsg {
+        header: h,
+        payload: body,
+        ..
+    } = peer.recv().unwrap();
     assert_eq!((h.id, body.as_slice()), (id, &b"a"[..]));
     assert!(
-        !readable_within(peer.sock.as_raw_fd(), 0),
+        !readable_within(peer.socket().as_raw_fd(), 0),
         "the peer got more than the request it owes"
     );
 
     // The late reply: healthy again (told by the event), and the stream is in step.
-    peer.reply(&h, b"late");
+    peer.reply(&h, b"late", &[]).unwrap();
     assert!(healthy_within(&conn, PATIENCE));
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     let reply = conn.request(Command::RegionRead, b"e", &[]).unwrap();
     assert_eq!(reply.payload, b"e");
     conn.shutdown();
@@ -112,10 +118,11 @@ fn a_late_error_reply_on_a_twin_socket_connection_is_read_by_the_event_loop() {
     let e = conn.request(Command::DeviceReset, b"", &[]).unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
     assert_eq!(overdue(&conn).command, Command::DeviceReset);
-    let (h, _, _) = peer.read_msg().unwrap();
-    peer.send(&Header::error_reply(&h, libc::EIO as u32), &[], &[]);
+    let RawMsg { header: h, .. } = peer.recv().unwrap();
+    peer.send_message(&Header::error_reply(&h, libc::EIO as u32), &[], &[])
+        .unwrap();
     assert!(healthy_within(&conn, PATIENCE));
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     let reply = conn.request(Command::RegionRead, b"f", &[]).unwrap();
     assert_eq!(reply.payload, b"f");
     conn.shutdown();
@@ -124,11 +131,11 @@ fn a_late_error_reply_on_a_twin_socket_connection_is_read_by_the_event_loop() {
 
 /// A connection whose subscriber is not run: no event loop reads, the callers are the only
 /// readers, so what each one reads is known.
-fn pair_without_event_loop() -> (Connection, ConnectionSubscriber, Peer) {
+fn pair_without_event_loop() -> (Connection, ConnectionSubscriber, RawEndpoint) {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut peer = Peer { sock: b };
+    let mut peer = common::peer(b);
     let answer = thread::spawn(move || {
-        peer.answer_version(&serde_json::json!({}), &[]);
+        answer_version(&mut peer, &serde_json::json!({}), &[]);
         peer
     });
     let (conn, subscriber) = Connection::connect_with_subscriber(a, &short_timeout()).unwrap();
@@ -146,22 +153,22 @@ fn only_the_overdue_reply_makes_the_connection_healthy() {
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
     }
     assert_eq!(overdue(&conn).id, id1, "the first request to time out");
-    let (h1, _, _) = peer.read_msg().unwrap();
-    let (h2, _, _) = peer.read_msg().unwrap();
+    let RawMsg { header: h1, .. } = peer.recv().unwrap();
+    let RawMsg { header: h2, .. } = peer.recv().unwrap();
     assert_eq!((h1.id, h2.id), (id1, id2));
 
     // The second reply alone proves nothing: the first is still owed.
-    peer.reply(&h2, b"2");
+    peer.reply(&h2, b"2", &[]).unwrap();
     let e = conn.request(Command::RegionRead, b"3", &[]).unwrap_err();
     assert!(
         matches!(e, Error::Unresponsive { overdue, .. } if overdue.id == id1),
         "{e}"
     );
-    assert!(!readable_within(peer.sock.as_raw_fd(), 0));
+    assert!(!readable_within(peer.socket().as_raw_fd(), 0));
 
     // The first one: the next request reads it before it would fail, and is sent.
-    peer.reply(&h1, b"1");
-    let t = thread::spawn(move || peer.echo_forever());
+    peer.reply(&h1, b"1", &[]).unwrap();
+    let t = thread::spawn(move || echo_forever(peer));
     let reply = conn.request(Command::RegionRead, b"4", &[]).unwrap();
     assert_eq!(reply.payload, b"4");
     assert_eq!(conn.health(), Health::Healthy);
@@ -178,12 +185,15 @@ fn a_dma_transaction_fails_fast_without_serving_under_its_table_lock() {
     let mapper = DmaMapper::new(&conn, guest_memory(1 << 20));
     let e = conn.request(Command::RegionRead, b"a", &[]).unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
-    let (overdue_request, _, _) = peer.read_msg().unwrap();
+    let RawMsg {
+        header: overdue_request,
+        ..
+    } = peer.recv().unwrap();
     let mut dma_read = Vec::new();
     dma_read.extend_from_slice(&0u64.to_ne_bytes());
     dma_read.extend_from_slice(&4u64.to_ne_bytes());
     let h = Header::command(70, Command::DmaRead, dma_read.len(), false).unwrap();
-    peer.send(&h, &dma_read, &[]);
+    peer.send_message(&h, &dma_read, &[]).unwrap();
     let (done_tx, done_rx) = mpsc::channel();
     let mapping = thread::spawn(move || {
         let result = mapper.map(0, 0, 4096);
@@ -204,11 +214,11 @@ fn a_dma_transaction_fails_fast_without_serving_under_its_table_lock() {
 
     // A WAIT request reads both: the DMA_READ is served, the late reply recovers, and the
     // request goes out.
-    peer.reply(&overdue_request, b"late");
+    peer.reply(&overdue_request, b"late", &[]).unwrap();
     let t = thread::spawn(move || {
-        let (r, _, _) = peer.read_msg().unwrap();
+        let RawMsg { header: r, .. } = peer.recv().unwrap();
         assert_eq!((r.id, r.is_error()), (70, true), "nothing is mapped");
-        peer.echo_forever();
+        echo_forever(peer);
     });
     let reply = conn.request(Command::RegionRead, b"b", &[]).unwrap();
     assert_eq!(reply.payload, b"b");

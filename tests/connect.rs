@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use common::Peer;
 use vfio_user_client::connection::{self, DisconnectReason};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{Command, Header, Version};
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 
 fn sock_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vuc-connect-{}", std::process::id()));
@@ -36,18 +36,22 @@ fn quick() -> ConnectOptions {
 
 /// Runs `script` as the server for one connection over a socketpair and returns what the
 /// client made of it.
-fn against(script: impl FnOnce(Peer) + Send + 'static) -> Result<Connection, Error> {
+fn against(script: impl FnOnce(RawEndpoint) + Send + 'static) -> Result<Connection, Error> {
     let (a, b) = UnixStream::pair().unwrap();
-    let t = thread::spawn(move || script(Peer { sock: b }));
+    let t = thread::spawn(move || script(common::peer(b)));
     let r = Connection::connect(a, &quick());
     t.join().unwrap();
     r
 }
 
-fn version_reply(major: u16, minor: u16, json: Option<&[u8]>) -> impl FnOnce(Peer) + Send {
+fn version_reply(major: u16, minor: u16, json: Option<&[u8]>) -> impl FnOnce(RawEndpoint) + Send {
     let json = json.map(<[u8]>::to_vec);
-    move |mut peer: Peer| {
-        let (h, body, fds) = peer.read_msg().unwrap();
+    move |mut peer: RawEndpoint| {
+        let RawMsg {
+            header: h,
+            payload: body,
+            fds,
+        } = peer.recv().unwrap();
         assert_eq!(h.command, Command::Version as u16);
         assert!(fds.is_empty());
         let offer = Version::decode(&body).unwrap();
@@ -66,7 +70,7 @@ fn version_reply(major: u16, minor: u16, json: Option<&[u8]>) -> impl FnOnce(Pee
             payload.extend_from_slice(&j);
         }
         // The reply stays readable after the socket closes: the client reads it before EOF.
-        peer.reply(&h, &payload);
+        peer.reply(&h, &payload, &[]).unwrap();
     }
 }
 
@@ -95,8 +99,9 @@ fn absent_json_takes_spec_defaults() {
 #[test]
 fn refused_version_carries_errno() {
     let e = against(|mut peer| {
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.send(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[]);
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.send_message(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[])
+            .unwrap();
     })
     .unwrap_err();
     assert_eq!(e.server_errno(), Some(libc::EINVAL as u32));
@@ -204,7 +209,7 @@ fn silent_server_hits_the_handshake_deadline() {
 #[test]
 fn server_closing_during_handshake_is_a_disconnect() {
     let e = against(|mut peer| {
-        peer.read_msg().unwrap();
+        peer.recv().unwrap();
     })
     .unwrap_err();
     assert!(e.is_disconnected(), "{e}");

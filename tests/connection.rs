@@ -15,6 +15,8 @@ use serde_json::json;
 use vfio_user_client::connection::{DisconnectReason, Error, ServerRequestHandler};
 use vfio_user_client::protocol::{Command, Header, FLAGS_ERROR, FLAGS_TYPE_COMMAND};
 use vfio_user_client::ConnectOptions;
+use vfio_user_sample_server::test_support::script::echo_forever;
+use vfio_user_sample_server::wire::RawMsg;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Options whose offer makes the client refuse any message of more than 70,000 bytes:
@@ -31,7 +33,7 @@ const OVERSIZED: usize = 70_000;
 #[test]
 fn wait_request_gets_its_reply() {
     let (conn, peer) = pair();
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     let r = conn.request(Command::RegionRead, b"hello", &[]).unwrap();
     assert_eq!(r.payload, b"hello");
     assert_eq!(r.header.command, Command::RegionRead as u16);
@@ -42,7 +44,7 @@ fn wait_request_gets_its_reply() {
 #[test]
 fn eight_threads_ten_thousand_requests_each() {
     let (conn, peer) = pair();
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     thread::scope(|s| {
         for w in 0..8u32 {
             let p = &conn;
@@ -64,14 +66,17 @@ fn eight_threads_ten_thousand_requests_each() {
 fn error_reply_carries_errno_and_stream_stays_in_step() {
     let (conn, mut peer) = pair();
     let t = thread::spawn(move || {
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.send(&Header::error_reply(&h, libc::ENOSPC as u32), &[], &[]);
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.send(&Header::error_reply(&h, 0), &[], &[]);
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.send_message(&Header::error_reply(&h, libc::ENOSPC as u32), &[], &[])
+            .unwrap();
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.send_message(&Header::error_reply(&h, 0), &[], &[])
+            .unwrap();
         // rust-vmm servers before 2026-04: type command with only the Error bit.
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.write_raw(&raw_header(h.id, Command::DmaMap, 16, FLAGS_ERROR, 22));
-        peer.echo_forever();
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.send_bytes(&raw_header(h.id, Command::DmaMap, 16, FLAGS_ERROR, 22), &[])
+            .unwrap();
+        echo_forever(peer);
     });
     let e = conn.request(Command::DmaMap, &[0; 32], &[]).unwrap_err();
     assert_eq!(
@@ -114,11 +119,16 @@ fn nowait_batch_reports_every_error() {
     let (conn, mut peer) = pair();
     let t = thread::spawn(move || {
         for i in 0..10 {
-            let (h, body, _) = peer.read_msg().unwrap();
+            let RawMsg {
+                header: h,
+                payload: body,
+                ..
+            } = peer.recv().unwrap();
             if i % 3 == 0 {
-                peer.send(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[]);
+                peer.send_message(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[])
+                    .unwrap();
             } else {
-                peer.reply(&h, &body);
+                peer.reply(&h, &body, &[]).unwrap();
             }
         }
     });
@@ -147,14 +157,22 @@ fn posted_writes_overflowing_the_socket_drain_in_order() {
     let t = thread::spawn(move || {
         go_rx.recv().unwrap();
         for i in 0..N {
-            let (h, body, _) = peer.read_msg().unwrap();
+            let RawMsg {
+                header: h,
+                payload: body,
+                ..
+            } = peer.recv().unwrap();
             assert!(h.no_reply());
             assert_eq!(body, i.to_ne_bytes(), "posted write {i} out of order");
         }
         // The request after the posted writes is answered: nothing was lost.
-        let (h, body, _) = peer.read_msg().unwrap();
+        let RawMsg {
+            header: h,
+            payload: body,
+            ..
+        } = peer.recv().unwrap();
         assert!(!h.no_reply());
-        peer.reply(&h, &body);
+        peer.reply(&h, &body, &[]).unwrap();
         peer
     });
     for i in 0..N {
@@ -188,7 +206,7 @@ fn disconnect_fails_every_waiter_at_once() {
             })
             .collect();
         for _ in 0..8 {
-            peer.read_msg().unwrap();
+            peer.recv().unwrap();
         }
         let told2 = Arc::clone(&told);
         conn.on_disconnect(move |_| told2.write(1).unwrap());
@@ -225,10 +243,10 @@ fn silent_peer_times_out_and_late_reply_is_dropped() {
     );
     // The late reply arrives, then the answer to the next request: the late one is dropped,
     // and makes the connection healthy again.
-    let (h1, _, _) = peer.read_msg().unwrap();
-    peer.reply(&h1, b"late");
+    let RawMsg { header: h1, .. } = peer.recv().unwrap();
+    peer.reply(&h1, b"late", &[]).unwrap();
     assert!(healthy_within(&conn, Duration::from_secs(10)));
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     assert_eq!(
         conn.request(Command::RegionRead, b"b", &[])
             .unwrap()
@@ -243,14 +261,16 @@ fn silent_peer_times_out_and_late_reply_is_dropped() {
 fn oversized_reply_fails_its_waiter_and_is_drained() {
     let (conn, mut peer) = pair_with(small_receive_limit());
     let t = thread::spawn(move || {
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.reply(&h, &[0xaa; OVERSIZED]);
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.reply(&h, &[0xaa; OVERSIZED], &[]).unwrap();
         // Unknown reply id, then bad type bits: both drained.
-        peer.write_raw(&raw_header(999, Command::RegionRead, 20, 1, 0));
-        peer.write_raw(&[1, 2, 3, 4]);
-        peer.write_raw(&raw_header(998, Command::RegionRead, 20, 0xe, 0));
-        peer.write_raw(&[1, 2, 3, 4]);
-        peer.echo_forever();
+        peer.send_bytes(&raw_header(999, Command::RegionRead, 20, 1, 0), &[])
+            .unwrap();
+        peer.send_bytes(&[1, 2, 3, 4], &[]).unwrap();
+        peer.send_bytes(&raw_header(998, Command::RegionRead, 20, 0xe, 0), &[])
+            .unwrap();
+        peer.send_bytes(&[1, 2, 3, 4], &[]).unwrap();
+        echo_forever(peer);
     });
     let e = conn.request(Command::RegionRead, b"x", &[]).unwrap_err();
     assert!(matches!(e, Error::BadReply { .. }), "{e}");
@@ -268,8 +288,9 @@ fn oversized_reply_fails_its_waiter_and_is_drained() {
 fn undersized_header_is_a_protocol_violation() {
     let (conn, mut peer) = pair();
     let t = thread::spawn(move || {
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.write_raw(&raw_header(h.id, Command::RegionRead, 8, 1, 0));
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.send_bytes(&raw_header(h.id, Command::RegionRead, 8, 1, 0), &[])
+            .unwrap();
         peer
     });
     let e = conn.request(Command::RegionRead, b"x", &[]).unwrap_err();
@@ -288,18 +309,18 @@ fn server_request_without_handler_gets_enosys() {
     let (conn, mut peer) = pair();
     // Unknown command number and a DMA_READ with no handler installed.
     let mut h = Header::command(5, Command::DmaRead, 16, false).unwrap();
-    peer.send(&h, &[0; 16], &[]);
-    let (r, _, _) = peer.read_msg().unwrap();
+    peer.send_message(&h, &[0; 16], &[]).unwrap();
+    let RawMsg { header: r, .. } = peer.recv().unwrap();
     assert!(r.is_error());
     assert_eq!(r.error, libc::ENOSYS as u32);
     assert_eq!(r.id, 5);
     h.command = 77;
     h.flags = FLAGS_TYPE_COMMAND;
-    peer.send(&h, &[0; 16], &[]);
-    let (r, _, _) = peer.read_msg().unwrap();
+    peer.send_message(&h, &[0; 16], &[]).unwrap();
+    let RawMsg { header: r, .. } = peer.recv().unwrap();
     assert_eq!((r.error, r.command), (libc::ENOSYS as u32, 77));
     // The stream is in step: a request still works.
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     assert_eq!(
         conn.request(Command::RegionRead, b"z", &[])
             .unwrap()
@@ -334,17 +355,21 @@ fn server_request_while_caller_waits_is_served() {
     let (conn, mut peer) = pair();
     conn.set_request_handler(Some(Arc::new(Doubler)));
     let t = thread::spawn(move || {
-        let (rq, _, _) = peer.read_msg().unwrap();
+        let RawMsg { header: rq, .. } = peer.recv().unwrap();
         // Before answering, the server asks the client for something.
         let h = Header::command(40, Command::DmaRead, 2, false).unwrap();
-        peer.send(&h, b"ab", &[]);
-        let (r, body, _) = peer.read_msg().unwrap();
+        peer.send_message(&h, b"ab", &[]).unwrap();
+        let RawMsg {
+            header: r,
+            payload: body,
+            ..
+        } = peer.recv().unwrap();
         assert_eq!((r.id, body.as_slice()), (40, &b"abab"[..]));
         let h = Header::command(41, Command::DmaRead, 0, false).unwrap();
-        peer.send(&h, b"", &[]);
-        let (r, _, _) = peer.read_msg().unwrap();
+        peer.send_message(&h, b"", &[]).unwrap();
+        let RawMsg { header: r, .. } = peer.recv().unwrap();
         assert_eq!((r.id, r.error), (41, libc::EINVAL as u32));
-        peer.reply(&rq, b"done");
+        peer.reply(&rq, b"done", &[]).unwrap();
         peer
     });
     assert_eq!(
@@ -361,8 +386,12 @@ fn server_request_while_idle_is_served_by_the_event_loop() {
     let (conn, mut peer) = pair();
     conn.set_request_handler(Some(Arc::new(Doubler)));
     let h = Header::command(9, Command::DmaWrite, 3, false).unwrap();
-    peer.send(&h, b"xyz", &[]);
-    let (r, body, _) = peer.read_msg().unwrap();
+    peer.send_message(&h, b"xyz", &[]).unwrap();
+    let RawMsg {
+        header: r,
+        payload: body,
+        ..
+    } = peer.recv().unwrap();
     assert_eq!((r.id, body.as_slice()), (9, &b"xyzxyz"[..]));
     drop(conn);
 }
@@ -375,9 +404,7 @@ fn idle_server_requests_in_bursts_and_pieces_are_all_served() {
     let (conn, mut peer) = pair();
     conn.set_request_handler(Some(Arc::new(Doubler)));
     // A reply that never comes fails the test instead of hanging it.
-    peer.sock
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+    peer.set_timeout(std::time::Duration::from_secs(10));
     let mut burst = Vec::new();
     let mut expected = Vec::new();
     for id in 0..300u16 {
@@ -394,12 +421,16 @@ fn idle_server_requests_in_bursts_and_pieces_are_all_served() {
     burst.extend_from_slice(&big);
     expected.push((300, big.repeat(2)));
     // The whole burst at once, then once more in odd-sized pieces.
-    peer.write_raw(&burst);
+    peer.send_bytes(&burst, &[]).unwrap();
     for piece in burst.chunks(997) {
-        peer.write_raw(piece);
+        peer.send_bytes(piece, &[]).unwrap();
     }
     for (id, body) in expected.iter().chain(expected.iter()) {
-        let (r, got, _) = peer.read_msg().expect("reply");
+        let RawMsg {
+            header: r,
+            payload: got,
+            ..
+        } = peer.recv().expect("reply");
         assert_eq!((r.id, r.error), (*id, 0));
         assert!(got == *body, "reply {id} carries other data");
     }
@@ -421,12 +452,12 @@ fn fds_travel_with_requests_and_replies() {
     let e2 = EventFd::new(0).unwrap();
     use std::os::fd::AsRawFd;
     let t = thread::spawn(move || {
-        let (h, _, fds) = peer.read_msg().unwrap();
+        let RawMsg { header: h, fds, .. } = peer.recv().unwrap();
         assert_eq!(fds.len(), 2);
         let back = EventFd::new(0).unwrap();
         back.write(5).unwrap();
         let rh = Header::reply(&h, 0).unwrap();
-        peer.send(&rh, &[], &[back.as_raw_fd()]);
+        peer.send_message(&rh, &[], &[back.as_raw_fd()]).unwrap();
         peer
     });
     let r = conn
@@ -483,11 +514,11 @@ fn oversized_server_request_gets_an_error_reply() {
     let (conn, mut peer) = pair_with(small_receive_limit());
     conn.set_request_handler(Some(Arc::new(Doubler)));
     let h = Header::command(12, Command::DmaWrite, OVERSIZED, false).unwrap();
-    peer.send(&h, &[5; OVERSIZED], &[]);
-    let (r, _, _) = peer.read_msg().unwrap();
+    peer.send_message(&h, &[5; OVERSIZED], &[]).unwrap();
+    let RawMsg { header: r, .. } = peer.recv().unwrap();
     assert_eq!((r.id, r.error), (12, libc::E2BIG as u32));
     assert!(r.is_error());
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     assert_eq!(
         conn.request(Command::RegionRead, b"k", &[])
             .unwrap()
@@ -505,14 +536,22 @@ fn server_request_after_a_burst_of_leader_reads_is_served_by_the_event_loop() {
     let (idle_tx, idle_rx) = mpsc::channel();
     let t = thread::spawn(move || {
         for _ in 0..1000 {
-            let (h, body, _) = peer.read_msg().unwrap();
-            peer.reply(&h, &body);
+            let RawMsg {
+                header: h,
+                payload: body,
+                ..
+            } = peer.recv().unwrap();
+            peer.reply(&h, &body, &[]).unwrap();
         }
         // Only once the caller has its last reply: nobody waits now.
         idle_rx.recv().unwrap();
         let h = Header::command(7, Command::DmaWrite, 2, false).unwrap();
-        peer.send(&h, b"hi", &[]);
-        let (r, body, _) = peer.read_msg().unwrap();
+        peer.send_message(&h, b"hi", &[]).unwrap();
+        let RawMsg {
+            header: r,
+            payload: body,
+            ..
+        } = peer.recv().unwrap();
         assert_eq!((r.id, body.as_slice()), (7, &b"hihi"[..]));
     });
     for i in 0..1000u32 {
@@ -532,20 +571,24 @@ fn leader_timing_out_with_half_a_message_leaves_the_event_loop_watching() {
     let (timed_out_tx, timed_out_rx) = mpsc::channel();
     let (served_tx, served_rx) = mpsc::channel();
     let t = thread::spawn(move || {
-        let (rq, _, _) = peer.read_msg().unwrap();
+        let RawMsg { header: rq, .. } = peer.recv().unwrap();
         // Half a server request while the caller waits: it reads that much, then gives up.
         let h = Header::command(30, Command::DmaWrite, 3, false).unwrap();
         let mut bytes = h.to_bytes().to_vec();
         bytes.extend_from_slice(b"abc");
-        peer.write_raw(&bytes[..10]);
+        peer.send_bytes(&bytes[..10], &[]).unwrap();
         timed_out_rx.recv().unwrap();
         // The rest arrives while nobody waits.
-        peer.write_raw(&bytes[10..]);
-        let (r, body, _) = peer.read_msg().unwrap();
+        peer.send_bytes(&bytes[10..], &[]).unwrap();
+        let RawMsg {
+            header: r,
+            payload: body,
+            ..
+        } = peer.recv().unwrap();
         assert_eq!((r.id, body.as_slice()), (30, &b"abcabc"[..]));
-        peer.reply(&rq, b"late");
+        peer.reply(&rq, b"late", &[]).unwrap();
         served_tx.send(()).unwrap();
-        peer.echo_forever();
+        echo_forever(peer);
     });
     let e = conn.request(Command::RegionRead, b"a", &[]).unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
@@ -569,11 +612,9 @@ fn server_request_read_together_with_a_reply_is_served() {
         let (conn, mut peer) = pair();
         conn.set_request_handler(Some(Arc::new(Doubler)));
         // A missed server request would leave the peer waiting: fail instead of hanging.
-        peer.sock
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
+        peer.set_timeout(std::time::Duration::from_secs(10));
         let t = thread::spawn(move || {
-            let (rq, _, _) = peer.read_msg().unwrap();
+            let RawMsg { header: rq, .. } = peer.recv().unwrap();
             let reply = Header::reply(&rq, 2).unwrap();
             let request = Header::command(50, Command::DmaRead, 1, false).unwrap();
             let mut reply_bytes = reply.to_bytes().to_vec();
@@ -586,8 +627,12 @@ fn server_request_read_together_with_a_reply_is_served() {
             } else {
                 [reply_bytes, request_bytes].concat()
             };
-            peer.write_raw(&bytes);
-            let (r, body, _) = peer.read_msg().expect("no answer to the server request");
+            peer.send_bytes(&bytes, &[]).unwrap();
+            let RawMsg {
+                header: r,
+                payload: body,
+                ..
+            } = peer.recv().expect("no answer to the server request");
             assert_eq!((r.id, body.as_slice()), (50, &b"zz"[..]));
         });
         assert_eq!(
@@ -612,10 +657,10 @@ fn busy_polling_keeps_deadlines_and_replies() {
     let (timed_out_tx, timed_out_rx) = mpsc::channel();
     let t = thread::spawn(move || {
         // Answers the first request only after its deadline, then the rest at once.
-        let (h, _, _) = peer.read_msg().unwrap();
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
         timed_out_rx.recv().unwrap();
-        peer.reply(&h, b"late");
-        peer.echo_forever();
+        peer.reply(&h, b"late", &[]).unwrap();
+        echo_forever(peer);
     });
     let started = Instant::now();
     let e = conn.request(Command::RegionRead, b"lost", &[]).unwrap_err();

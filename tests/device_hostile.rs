@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::thread::{self, JoinHandle};
 
-use common::Peer;
 use vfio_bindings::bindings::vfio::{
     vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
     VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
@@ -24,6 +23,7 @@ use vfio_user_client::protocol::{
 };
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -112,8 +112,13 @@ where
         Answer::Reply(out, Vec::new())
     }
 
-    fn run(mut self, mut peer: Peer) {
-        while let Some((h, body, _fds)) = peer.read_msg() {
+    fn run(mut self, mut peer: RawEndpoint) {
+        while let Ok(RawMsg {
+            header: h,
+            payload: body,
+            fds: _fds,
+        }) = peer.recv()
+        {
             let answer = match (self.hook)(&h, &body) {
                 Answer::Default => self.default_answer(&h, &body),
                 a => a,
@@ -124,11 +129,11 @@ where
             match answer {
                 Answer::Reply(payload, fds) => {
                     let rh = Header::reply(&h, payload.len()).unwrap();
-                    peer.send(&rh, &payload, &fds);
+                    peer.send_message(&rh, &payload, &fds).unwrap();
                 }
                 Answer::Error(errno) => {
                     let rh = Header::error_reply(&h, errno);
-                    peer.send(&rh, &[], &[]);
+                    peer.send_message(&rh, &[], &[]).unwrap();
                 }
                 Answer::Close => return,
                 Answer::Default => unreachable!(),
@@ -148,7 +153,7 @@ where
         memory: vec![0; REGION_SIZE as usize],
         hook,
     };
-    let t = thread::spawn(move || script.run(Peer { sock: server }));
+    let t = thread::spawn(move || script.run(common::peer(server)));
     let dev = Connection::connect(client, &ConnectOptions::default())
         .and_then(|c| VfioUserDevice::new(c, &DeviceOptions::default()).map_err(Error::from));
     (dev, t)

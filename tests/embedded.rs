@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use common::Peer;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vfio_user_client::connection::ServerRequestHandler;
 use vfio_user_client::protocol::{Command, Header, RegionAccess};
 use vfio_user_client::{ConnectOptions, Connection, ConnectionSubscriber};
+use vfio_user_sample_server::wire::RawMsg;
 use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -121,9 +121,9 @@ fn vmm_loop(subscriber: ConnectionSubscriber) -> (Arc<EventFd>, thread::JoinHand
 #[test]
 fn vmm_event_manager_serves_server_requests_between_caller_reads() {
     let (a, b) = UnixStream::pair().unwrap();
-    let mut peer = Peer { sock: b };
+    let mut peer = common::peer(b);
     let answer = thread::spawn(move || {
-        peer.answer_version(&serde_json::json!({}), &[]);
+        common::answer_version(&mut peer, &serde_json::json!({}), &[]);
         peer
     });
     let (conn, subscriber) =
@@ -135,8 +135,12 @@ fn vmm_event_manager_serves_server_requests_between_caller_reads() {
         // Callers read their own replies...
         let echo = thread::spawn(move || {
             for _ in 0..100 {
-                let (h, body, _) = peer.read_msg().unwrap();
-                peer.reply(&h, &body);
+                let RawMsg {
+                    header: h,
+                    payload: body,
+                    ..
+                } = peer.recv().unwrap();
+                peer.reply(&h, &body, &[]).unwrap();
             }
             peer
         });
@@ -149,8 +153,12 @@ fn vmm_event_manager_serves_server_requests_between_caller_reads() {
         peer = echo.join().unwrap();
         // ...and while nobody waits, the VMM's event manager serves the server.
         let h = Header::command(round, Command::DmaRead, 4, false).unwrap();
-        peer.send(&h, b"data", &[]);
-        let (r, body, _) = peer.read_msg().unwrap();
+        peer.send_message(&h, b"data", &[]).unwrap();
+        let RawMsg {
+            header: r,
+            payload: body,
+            ..
+        } = peer.recv().unwrap();
         assert_eq!((r.id, body.as_slice()), (round, &b"data"[..]));
     }
     drop(conn);

@@ -12,6 +12,7 @@ use std::thread;
 
 use common::*;
 use vfio_user_client::protocol::Command;
+use vfio_user_sample_server::test_support::script::echo_forever;
 
 /// Times the event loop threads went to sleep (each wake-up ends in one).
 fn event_loop_sleeps() -> u64 {
@@ -35,7 +36,7 @@ fn event_loop_sleeps() -> u64 {
 fn replies_read_by_callers_do_not_wake_the_event_loop() {
     const N: u32 = 2000;
     let (conn, peer) = pair();
-    let t = thread::spawn(move || peer.echo_forever());
+    let t = thread::spawn(move || echo_forever(peer));
     // The loop's start-up (registration, first kick) is behind us after one round trip.
     conn.request(Command::RegionRead, b"warm", &[]).unwrap();
     let before = event_loop_sleeps();

@@ -15,6 +15,8 @@ use std::thread;
 use common::*;
 use vfio_user_client::connection::{Health, ServerRequestHandler};
 use vfio_user_client::protocol::{Command, Header};
+use vfio_user_sample_server::test_support::script::echo_forever;
+use vfio_user_sample_server::wire::RawMsg;
 
 /// Echoes every request, except that it panics on the payload `boom`.
 #[derive(Default)]
@@ -38,16 +40,20 @@ impl ServerRequestHandler for Fragile {
 }
 
 /// Sends a DMA_READ with `payload` as request `id` and returns the reply's header and body.
-fn dma_read(peer: &mut Peer, id: u16, payload: &[u8]) -> (Header, Vec<u8>) {
+fn dma_read(peer: &mut RawEndpoint, id: u16, payload: &[u8]) -> (Header, Vec<u8>) {
     let h = Header::command(id, Command::DmaRead, payload.len(), false).unwrap();
-    peer.send(&h, payload, &[]);
-    let (r, body, _) = peer.read_msg().unwrap();
+    peer.send_message(&h, payload, &[]).unwrap();
+    let RawMsg {
+        header: r,
+        payload: body,
+        ..
+    } = peer.recv().unwrap();
     assert_eq!(r.id, id);
     (r, body)
 }
 
 /// The panicking request gets `EIO`, the next one its answer.
-fn panic_then_serve(peer: &mut Peer, id: u16) {
+fn panic_then_serve(peer: &mut RawEndpoint, id: u16) {
     let (r, _) = dma_read(peer, id, b"boom");
     assert!(r.is_error());
     assert_eq!(r.error, libc::EIO as u32);
@@ -67,9 +73,11 @@ fn on_the_main_socket_the_event_loop_and_a_waiting_caller_survive() {
 
     // A caller waits: its own thread reads the server's requests before its reply.
     let server = thread::spawn(move || {
-        let (request, _, _) = peer.read_msg().unwrap();
+        let RawMsg {
+            header: request, ..
+        } = peer.recv().unwrap();
         panic_then_serve(&mut peer, 3);
-        peer.reply(&request, b"done");
+        peer.reply(&request, b"done", &[]).unwrap();
         peer
     });
     let reply = conn.request(Command::RegionRead, b"x", &[]).unwrap();
@@ -92,7 +100,7 @@ fn on_the_twin_socket_the_event_loop_survives() {
     panic_then_serve(&mut twin, 3);
     assert_eq!(handler.served.load(Ordering::SeqCst), 2);
     // The connection goes on: a request on the main socket is answered.
-    let server = thread::spawn(move || peer.echo_forever());
+    let server = thread::spawn(move || echo_forever(peer));
     let reply = conn.request(Command::RegionRead, b"y", &[]).unwrap();
     assert_eq!(reply.payload, b"y");
     assert!(conn.is_connected());

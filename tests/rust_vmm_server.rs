@@ -27,6 +27,7 @@ use vfio_user_client::protocol::{
 };
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
+use vfio_user_sample_server::test_support::guest::host_page_size;
 use vfio_user_sample_server::test_support::rust_vmm::{
     RustVmmServer, State, CONFIG, CONFIG_SIZE, DEVICE_ID, ID, MSIX_VECTORS, NUM_IRQS, NUM_REGIONS,
     RAM, RAM_SIZE, REGS, REGS_SIZE, REG_ID, REG_OUTPUT, VENDOR_ID,
@@ -62,12 +63,6 @@ impl Running {
         drop(conn);
         server.finish().unwrap();
     }
-}
-
-fn host_page_size() -> u64 {
-    // SAFETY: sysconf takes no pointers and only reads a system constant.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).unwrap()
 }
 
 #[test]

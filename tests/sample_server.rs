@@ -25,6 +25,8 @@ use vfio_user_client::negotiate::{MigrationCaps, NegotiateError, TwinSocket};
 use vfio_user_client::protocol::{Command, DeviceInfo, RegionAccess, SetIrqs};
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{Capabilities, ConnectOptions, Connection, Error};
+use vfio_user_sample_server::test_support::guest::pattern;
+use vfio_user_sample_server::test_support::pci::open_fds;
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, GpioHandle, Probe, Quirks, Server, ServerConfig, ServerHandle,
     VersionPayload, IRQ_MSIX,
@@ -113,16 +115,6 @@ fn region_write_payload(region: u32, offset: u64, data: &[u8]) -> Vec<u8> {
     }
     .encode_with_data(data, &mut payload);
     payload
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
-        .collect()
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 // ---------------------------------------------------------------------------------------

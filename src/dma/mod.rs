@@ -585,7 +585,11 @@ where
             let Some(sent) = self.pending.pop_front() else {
                 return;
             };
-            let result = self.mapper.connection.wait(sent.ticket);
+            let result = self
+                .mapper
+                .connection
+                .wait(sent.ticket)
+                .and_then(|reply| check_reply(sent.op, &reply.payload));
             if let Err(error) = result {
                 log::debug!("{} failed: {error}", sent.op);
                 undo_in(&mut write(&self.mapper.table), sent.undo);
@@ -612,6 +616,24 @@ where
         }
         failures.pop().map_or(Ok(()), |f| Err(Error::Failed(f)))
     }
+}
+
+/// Checks a successful reply's payload. A DMA_UNMAP reply echoes the window (libvfio-user
+/// and rust-vmm's server both send the 24-byte entry back); one that is shorter or names
+/// another window is a protocol violation. A DMA_MAP reply has nothing to check.
+fn check_reply(op: DmaOp, payload: &[u8]) -> Result<(), connection::Error> {
+    let DmaOp::Unmap { iova, size } = op else {
+        return Ok(());
+    };
+    let what = match DmaUnmap::decode(payload) {
+        Ok(echo) if (echo.address, echo.size) == (iova, size) => return Ok(()),
+        Ok(echo) => format!("reply echoes window {:#x}+{:#x}", echo.address, echo.size),
+        Err(e) => e.to_string(),
+    };
+    Err(connection::Error::BadReply {
+        command: Command::DmaUnmap,
+        what,
+    })
 }
 
 fn undo_in(table: &mut Table, undo: Undo) {

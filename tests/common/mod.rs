@@ -1,47 +1,23 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A scripted peer: the server end of a socketpair, driven by hand, for fault injection.
-//! [`pair`] connects a [`Connection`] to it; the peer answers the VERSION request first.
+//! A scripted peer: the server end of a socketpair, a [`RawEndpoint`] driven by hand, for
+//! fault injection. [`pair`] connects a [`Connection`] to it; the peer answers the VERSION
+//! request first. Waits on the peer are unbounded unless a test bounds them
+//! ([`RawEndpoint::set_timeout`]).
 
 #![allow(dead_code)]
 
-pub mod guest;
-
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vfio_user_client::connection::{self, Health};
-use vfio_user_client::protocol::{Command, Header, RegionAccess, Version, HEADER_SIZE};
+use vfio_user_client::protocol::{Command, Header, RegionAccess, Version};
 use vfio_user_client::{ConnectOptions, Connection};
+pub use vfio_user_sample_server::wire::RawEndpoint;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-
-/// Most fds the peer takes with one read.
-const PEER_MAX_FDS: usize = 32;
-
-/// Reads into `buf` with up to [`PEER_MAX_FDS`] fds; `None` at EOF or on an error.
-fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Option<(usize, Vec<OwnedFd>)> {
-    let mut iov = [libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    }];
-    let mut fds = [-1; PEER_MAX_FDS];
-    // SAFETY: the iovec describes `buf`, exclusively borrowed for the call, and `fds` has
-    // room for the fd numbers the call writes.
-    let (n, count) = unsafe { sock.recv_with_fds(&mut iov, &mut fds) }.ok()?;
-    let owned = fds
-        .iter()
-        .take(count)
-        // SAFETY: the kernel just installed these fds for this message; nothing else owns
-        // them.
-        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
-    (n > 0).then_some((n, owned))
-}
 
 /// Whether `fd` becomes readable within `timeout_ms` milliseconds.
 pub fn readable_within(fd: RawFd, timeout_ms: i32) -> bool {
@@ -57,74 +33,36 @@ pub fn readable_within(fd: RawFd, timeout_ms: i32) -> bool {
     epoll.wait(timeout_ms, &mut events).unwrap() > 0
 }
 
-pub struct Peer {
-    pub sock: UnixStream,
+/// A scripted peer on `sock` whose waits are unbounded.
+pub fn peer(sock: UnixStream) -> RawEndpoint {
+    RawEndpoint::new(sock, Duration::MAX)
 }
 
-impl Peer {
-    pub fn read_msg(&mut self) -> Option<(Header, Vec<u8>, Vec<OwnedFd>)> {
-        let mut hdr = [0u8; HEADER_SIZE];
-        let mut got = 0;
-        let mut fds = Vec::new();
-        while got < HEADER_SIZE {
-            let (n, f) = recv_with_fds(&self.sock, &mut hdr[got..])?;
-            got += n;
-            fds.extend(f);
-        }
-        let h = Header::from_bytes(&hdr);
-        let mut body = vec![0u8; h.payload_len()];
-        self.sock.read_exact(&mut body).ok()?;
-        Some((h, body, fds))
+/// Answers the client's VERSION request with version 0.0 and `json` (the whole capability
+/// object, `{"capabilities": ...}`), sending `fds` with the reply.
+pub fn answer_version(peer: &mut RawEndpoint, json: &serde_json::Value, fds: &[RawFd]) {
+    let m = peer.recv().unwrap();
+    assert_eq!(m.header.command, Command::Version as u16);
+    let mut payload = Vec::new();
+    Version {
+        major: 0,
+        minor: 0,
+        json: Some(json.to_string()),
     }
-
-    pub fn write_raw(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).unwrap();
-    }
-
-    pub fn reply(&mut self, rq: &Header, payload: &[u8]) {
-        let h = Header::reply(rq, payload.len()).unwrap();
-        self.send(&h, payload, &[]);
-    }
-
-    pub fn send(&mut self, h: &Header, payload: &[u8], fds: &[RawFd]) {
-        let mut v = h.to_bytes().to_vec();
-        v.extend_from_slice(payload);
-        let n = self.sock.send_with_fds(&[&v[..]], fds).unwrap();
-        self.sock.write_all(&v[n..]).unwrap();
-    }
-
-    /// Answers the client's VERSION request with version 0.0 and `json` (the whole
-    /// capability object, `{"capabilities": ...}`), sending `fds` with the reply.
-    pub fn answer_version(&mut self, json: &serde_json::Value, fds: &[RawFd]) {
-        let (h, _, _) = self.read_msg().unwrap();
-        assert_eq!(h.command, Command::Version as u16);
-        let mut payload = Vec::new();
-        Version {
-            major: 0,
-            minor: 0,
-            json: Some(json.to_string()),
-        }
-        .encode_into(&mut payload);
-        self.send(&Header::reply(&h, payload.len()).unwrap(), &payload, fds);
-    }
-
-    /// Answers every request with its own payload until the client goes away.
-    pub fn echo_forever(mut self) {
-        while let Some((h, body, _)) = self.read_msg() {
-            if !h.no_reply() {
-                self.reply(&h, &body);
-            }
-        }
-    }
+    .encode_into(&mut payload);
+    peer.reply(&m.header, &payload, fds).unwrap();
 }
 
 /// A connection over a socketpair, with its event loop, whose peer granted `json` (the
 /// whole capability object); the peer is handed back for scripting.
-pub fn pair_granting(options: &ConnectOptions, json: serde_json::Value) -> (Connection, Peer) {
+pub fn pair_granting(
+    options: &ConnectOptions,
+    json: serde_json::Value,
+) -> (Connection, RawEndpoint) {
     let (a, b) = UnixStream::pair().unwrap();
-    let mut peer = Peer { sock: b };
+    let mut peer = peer(b);
     let answer = thread::spawn(move || {
-        peer.answer_version(&json, &[]);
+        answer_version(&mut peer, &json, &[]);
         peer
     });
     let conn = Connection::connect(a, options).unwrap();
@@ -133,30 +71,30 @@ pub fn pair_granting(options: &ConnectOptions, json: serde_json::Value) -> (Conn
 
 /// Like [`pair_granting`], with twin-socket mode granted: returns the connection, the peer
 /// on the main socket and the peer's end of the twin socket.
-pub fn pair_with_twin(options: &ConnectOptions) -> (Connection, Peer, Peer) {
+pub fn pair_with_twin(options: &ConnectOptions) -> (Connection, RawEndpoint, RawEndpoint) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (a, b) = UnixStream::pair().unwrap();
-    let mut peer = Peer { sock: b };
+    let mut peer = peer(b);
     let answer = thread::spawn(move || {
         let json = serde_json::json!({
             "capabilities": {"twin_socket": {"supported": true, "fd_index": 0}}
         });
-        peer.answer_version(&json, &[ours.as_raw_fd()]);
+        answer_version(&mut peer, &json, &[ours.as_raw_fd()]);
         peer
     });
     let conn = Connection::connect(a, options).unwrap();
     assert!(conn.twin_socket());
-    (conn, answer.join().unwrap(), Peer { sock: theirs })
+    (conn, answer.join().unwrap(), self::peer(theirs))
 }
 
 /// Like [`pair`] with `options`.
-pub fn pair_with(options: ConnectOptions) -> (Connection, Peer) {
+pub fn pair_with(options: ConnectOptions) -> (Connection, RawEndpoint) {
     // The spec's defaults: one fd and 1 MiB of data per message.
     pair_granting(&options, serde_json::json!({}))
 }
 
 /// A connection whose peer granted the spec's defaults, and the peer.
-pub fn pair() -> (Connection, Peer) {
+pub fn pair() -> (Connection, RawEndpoint) {
     pair_with(ConnectOptions::default())
 }
 
@@ -165,10 +103,6 @@ pub fn short_timeout() -> ConnectOptions {
         reply_timeout: Duration::from_millis(200),
         ..ConnectOptions::default()
     }
-}
-
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 pub fn raw_header(id: u16, command: Command, size: u32, flags: u32, error: u32) -> [u8; 16] {
