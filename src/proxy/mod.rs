@@ -27,12 +27,14 @@
 
 mod error;
 mod recv;
+mod reuse;
 pub mod socket;
 mod subscriber;
 mod twin;
 mod watch;
 
 pub use error::{DisconnectReason, Error};
+pub(crate) use reuse::recycle_reply;
 pub use subscriber::{EventLoop, ProxySubscriber};
 use twin::WRITE_WAIT;
 pub use twin::{ConnectionSubscriber, ReplyData, TwinSubscriber, UnbufferedReply};
@@ -548,7 +550,7 @@ impl Proxy {
     ) -> Result<Ticket, Error> {
         let started = Instant::now();
         self.inner.check_send(command, payload.len(), fds.len())?;
-        let completion = Arc::new(Completion::new(command));
+        let completion = reuse::completion(command);
         let id = self.inner.register(&completion)?;
         let header = command_header(id, command, payload.len(), false)?;
         if let Err(e) = self.inner.send(&header, payload, fds) {
@@ -821,6 +823,17 @@ impl Inner {
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
     ) -> Result<Reply, Error> {
+        let result = self.wait_for(&ticket, timeout, into);
+        reuse::recycle_completion(ticket.completion);
+        result
+    }
+
+    fn wait_for(
+        &self,
+        ticket: &Ticket,
+        timeout: Duration,
+        into: Option<(usize, &mut [u8])>,
+    ) -> Result<Reply, Error> {
         let deadline = ticket.started + timeout;
         let completion = &ticket.completion;
         let mut sink = into.map(|(head_len, data)| Sink {
@@ -836,7 +849,7 @@ impl Inner {
             }
             let now = Instant::now();
             if now >= deadline {
-                return self.timed_out(&ticket, timeout);
+                return self.timed_out(ticket, timeout);
             }
             let epoch = self.reader_epoch.load(Ordering::SeqCst);
             if let Some(mut receiver) = try_lock(&self.recv) {
@@ -849,12 +862,12 @@ impl Inner {
                     .as_ref()
                     .is_some_and(|s| receiver.abandon_sink(s.token));
                 if abandoned {
-                    self.forget(&ticket);
+                    self.forget(ticket);
                 }
                 drop(receiver);
                 self.after_reading();
                 if abandoned {
-                    return self.timed_out(&ticket, timeout);
+                    return self.timed_out(ticket, timeout);
                 }
                 continue;
             }

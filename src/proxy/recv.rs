@@ -302,7 +302,8 @@ impl Receiver {
                     // `accepts` checked that the payload is `head_len + data.len()` bytes.
                     let head_len = sink.head_len;
                     let (in_head, in_data) = have.split_at(got.min(head_len));
-                    let mut head = Vec::with_capacity(head_len);
+                    let mut head = super::reuse::buffer();
+                    head.reserve(head_len);
                     head.extend_from_slice(in_head);
                     if let Some(dst) = sink.data.get_mut(..in_data.len()) {
                         dst.copy_from_slice(in_data);
@@ -330,7 +331,8 @@ impl Receiver {
                     return Ok(None);
                 }
                 if whole {
-                    let payload = have.to_vec();
+                    let mut payload = super::reuse::buffer();
+                    payload.extend_from_slice(have);
                     let fds = std::mem::take(&mut self.fds);
                     self.consume(size);
                     return Ok(Some(Incoming::Message(Received {
