@@ -26,6 +26,7 @@
 //! its own buffer while it reads (see `recv.rs`).
 
 mod error;
+mod multi;
 mod recv;
 mod reuse;
 pub mod socket;
@@ -245,6 +246,9 @@ struct Outgoing {
     data: Option<Box<dyn ReplyData>>,
     sent: usize,
     fds: Vec<OwnedFd>,
+    /// Entries of a REGION_WRITE_MULTI built by coalescing posted writes (`multi.rs`);
+    /// 0 for every other message.
+    multi: usize,
 }
 
 impl fmt::Debug for Outgoing {
@@ -690,9 +694,19 @@ impl Inner {
 
     /// Sends one message: inline when the queue is empty, queued otherwise.
     fn send(&self, header: &Header, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
+        self.send_locked(lock(&self.send), header, payload, fds)
+    }
+
+    /// [`send`](Self::send) with the send lock already held.
+    fn send_locked(
+        &self,
+        q: MutexGuard<'_, SendQueue>,
+        header: &Header,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), Error> {
         let hdr = header.to_bytes();
         log::debug!("send {header} fds={}", fds.len());
-        let q = lock(&self.send);
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
@@ -725,6 +739,7 @@ impl Inner {
                 data: None,
                 sent,
                 fds,
+                multi: 0,
             },
         );
         Ok(())
@@ -759,6 +774,7 @@ impl Inner {
             data: Some(reply.data),
             sent: 0,
             fds: Vec::new(),
+            multi: 0,
         };
         let q = lock(&self.send);
         if !self.connected.load(Ordering::Acquire) {
