@@ -24,9 +24,10 @@ use crate::connection::ConnectOptions;
 use crate::negotiate::{host_page_size, Capabilities};
 use crate::protocol::{
     Command, DeviceInfo, IrqInfo, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs,
-    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, HEADER_SIZE, IRQ_SET_ACTION_MASK,
-    IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD,
-    IRQ_SET_DATA_NONE, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    SparseMmapArea, WriteMultiEntry, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, HEADER_SIZE,
+    IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL,
+    IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+    REGION_INFO_FLAG_WRITE,
 };
 use crate::proxy::{self, Proxy, Reply, Ticket};
 use crate::Connection;
@@ -286,6 +287,8 @@ pub struct VfioUserDevice {
     read_chunk: usize,
     write_chunk: usize,
     posted_writes: bool,
+    /// The server accepts REGION_WRITE_MULTI: posted writes may be coalesced.
+    write_multi: bool,
 }
 
 impl VfioUserDevice {
@@ -330,9 +333,11 @@ impl VfioUserDevice {
             .max(1);
         let write_chunk = max_xfer.min(options.write_chunk as usize).max(1);
         let posted_writes = options.posted_writes && !regions.iter().any(Region::mappable);
+        let write_multi = caps.write_multiple;
         log::debug!(
             "device: flags {:#x}, {} regions, {} IRQ indexes, read chunk {read_chunk}, \
-             write chunk {write_chunk}, posted writes {posted_writes}",
+             write chunk {write_chunk}, posted writes {posted_writes}, \
+             write multi {write_multi}",
             info.flags,
             regions.len(),
             irqs.len()
@@ -345,6 +350,7 @@ impl VfioUserDevice {
             read_chunk,
             write_chunk,
             posted_writes,
+            write_multi,
         })
     }
 
@@ -432,7 +438,9 @@ impl VfioUserDevice {
                     data,
                 )
                 .map_err(|e| access_error(Command::RegionRead, index, offset, data.len(), e))?;
-            return copy_read_reply(&reply, index, offset, data);
+            let copied = copy_read_reply(&reply, index, offset, data);
+            proxy::recycle_reply(reply);
+            return copied;
         }
         let chunk = self.read_chunk;
         let parts = data.chunks_mut(chunk).scan(offset, |at, out| {
@@ -453,7 +461,9 @@ impl VfioUserDevice {
                 let reply = proxy
                     .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
                     .map_err(|e| access_error(Command::RegionRead, index, at, len, e))?;
-                copy_read_reply(&reply, index, at, out)
+                let copied = copy_read_reply(&reply, index, at, out);
+                proxy::recycle_reply(reply);
+                copied
             },
         )
     }
@@ -466,15 +476,17 @@ impl VfioUserDevice {
             return Ok(());
         }
         let proxy = self.connection.proxy();
-        let mut payload =
-            Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
+        let mut payload = Vec::new();
         if data.len() <= self.write_chunk {
-            write_payload(&mut payload, index, offset, data);
-            let reply = proxy
-                .request(Command::RegionWrite, &payload, &[])
-                .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
-            return check_write_reply(&reply, index, offset, data.len());
+            let reply = with_write_payload(&mut payload, index, offset, data, |p| {
+                proxy.request(Command::RegionWrite, p, &[])
+            })
+            .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
+            let checked = check_write_reply(&reply, index, offset, data.len());
+            proxy::recycle_reply(reply);
+            return checked;
         }
+        payload.reserve(RegionAccess::HEAD_SIZE + self.write_chunk);
         let parts = data.chunks(self.write_chunk).scan(offset, |at, chunk| {
             let part = (*at, chunk);
             *at += chunk.len() as u64;
@@ -492,7 +504,9 @@ impl VfioUserDevice {
                 let reply = proxy
                     .wait(ticket)
                     .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
-                check_write_reply(&reply, index, at, chunk.len())
+                let checked = check_write_reply(&reply, index, at, chunk.len());
+                proxy::recycle_reply(reply);
+                checked
             },
         )
     }
@@ -501,20 +515,24 @@ impl VfioUserDevice {
     /// No_reply) when [`VfioUserDevice::posted_writes`] allows it; otherwise like
     /// [`VfioUserDevice::write`]. The server's refusal of a posted write is not reported; a
     /// lost connection is.
+    ///
+    /// When the server accepts REGION_WRITE_MULTI, writes of up to 8 bytes that would wait
+    /// behind other messages (the socket is backed up) are coalesced into one message; a
+    /// write that can go at once is never held back.
     pub fn write_posted(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
         if !self.posted_writes {
             return self.write(index, offset, data);
         }
         self.region(index)?.check(offset, data.len() as u64, true)?;
         let proxy = self.connection.proxy();
-        let mut payload =
-            Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
+        let mut payload = Vec::new();
         let mut at = offset;
         for chunk in data.chunks(self.write_chunk) {
-            write_payload(&mut payload, index, at, chunk);
-            proxy
-                .post(Command::RegionWrite, &payload, &[])
-                .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
+            let entry = WriteMultiEntry::new(index, at, chunk).filter(|_| self.write_multi);
+            with_write_payload(&mut payload, index, at, chunk, |p| {
+                proxy.post_write(p, entry.as_ref())
+            })
+            .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
             at += chunk.len() as u64;
         }
         Ok(())
@@ -798,6 +816,31 @@ fn write_payload(payload: &mut Vec<u8>, index: u32, offset: u64, data: &[u8]) {
     payload.clear();
     payload.extend_from_slice(&access_head(index, offset, data.len()));
     payload.extend_from_slice(data);
+}
+
+/// Data bytes of a write whose message is built on the stack (an MMIO or config access is
+/// 1 to 8 bytes).
+const SMALL_WRITE: usize = 64;
+
+/// Runs `f` on the REGION_WRITE payload for `data` at `offset` of region `index`: built on
+/// the stack for a small write, so that it costs no allocation, else in `spare`.
+fn with_write_payload<R>(
+    spare: &mut Vec<u8>,
+    index: u32,
+    offset: u64,
+    data: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let mut small = [0u8; RegionAccess::HEAD_SIZE + SMALL_WRITE];
+    let len = RegionAccess::HEAD_SIZE + data.len();
+    if let Some(buf) = small.get_mut(..len) {
+        let (head, rest) = buf.split_at_mut(RegionAccess::HEAD_SIZE);
+        head.copy_from_slice(&access_head(index, offset, data.len()));
+        rest.copy_from_slice(data);
+        return f(buf);
+    }
+    write_payload(spare, index, offset, data);
+    f(spare)
 }
 
 fn access_error(
