@@ -103,6 +103,10 @@ pub struct ServerConfig {
     /// Grant twin-socket mode to a client that offers it (and accepts fds), as libvfio-user
     /// does: the server's DMA requests then go over a second socket.
     pub twin_socket: bool,
+    /// Read as many waiting messages as fit with one `recvmsg` (the default). Off, each
+    /// message is read as libvfio-user reads it: the header with one call (its fds come
+    /// with it), then the body with another; what a real server pays per message.
+    pub read_ahead: bool,
     /// Advertise `write_multiple` and accept REGION_WRITE_MULTI, as QEMU's client can use
     /// (default `false`: libvfio-user offers neither and refuses the command with `EINVAL`,
     /// as this server then does).
@@ -147,6 +151,7 @@ impl Default for ServerConfig {
             max_dma_maps: None,
             pgsizes: None,
             twin_socket: true,
+            read_ahead: true,
             write_multiple: false,
             refuse_fdless_maps: false,
             require_2mib_alignment: false,

@@ -117,9 +117,12 @@ fn send_on(stream: &UnixStream, header: &Header, payload: &[u8], fds: &[RawFd]) 
 
 /// Bytes read from a socket ahead of the message being taken apart: one `recvmsg` takes as
 /// many (small) messages as are waiting, where reading each header and body on its own
-/// took two calls per message.
+/// took two calls per message. With `exact` set it does just that, as libvfio-user does
+/// ([`ServerConfig::read_ahead`](crate::ServerConfig::read_ahead) off).
 #[derive(Debug, Default)]
 struct ReadAhead {
+    /// Read only what the message being taken apart still lacks: its header, then its body.
+    exact: bool,
     /// Allocated (twice [`READ_AHEAD`]) at the first read; `start..end` is unread.
     buf: Vec<u8>,
     start: usize,
@@ -138,8 +141,9 @@ impl ReadAhead {
         self.end - self.start
     }
 
-    /// Reads once more (blocking); `false` at the end of the stream.
-    fn fill(&mut self, stream: &UnixStream) -> io::Result<bool> {
+    /// Reads once more (blocking), wanting `want` bytes buffered in all (an exact reader
+    /// reads no more than that); `false` at the end of the stream.
+    fn fill(&mut self, stream: &UnixStream, want: usize) -> io::Result<bool> {
         if self.buf.is_empty() {
             self.buf = vec![0; 2 * READ_AHEAD];
         }
@@ -157,7 +161,13 @@ impl ReadAhead {
         // Room for more fds than allowed, so that an excess is refused (EINVAL) rather
         // than fatal; beyond MAX_RECV_FDS the kernel drops the rest, which still counts as
         // excess.
-        let (n, fds) = recv_with_fds(stream, &mut self.buf[self.end..], MAX_RECV_FDS)?;
+        let room = self.buf.len() - self.end;
+        let len = if self.exact {
+            want.saturating_sub(self.buffered()).clamp(1, room)
+        } else {
+            room
+        };
+        let (n, fds) = recv_with_fds(stream, &mut self.buf[self.end..][..len], MAX_RECV_FDS)?;
         self.end += n;
         let last = self.end.saturating_sub(1);
         self.fds.extend(fds.into_iter().map(|fd| (last, fd)));
@@ -167,7 +177,7 @@ impl ReadAhead {
     /// Reads until `want` bytes are buffered; `false` if the stream ends first.
     fn fill_to(&mut self, stream: &UnixStream, want: usize) -> io::Result<bool> {
         while self.buffered() < want {
-            if !self.fill(stream)? {
+            if !self.fill(stream, want)? {
                 return Ok(false);
             }
         }
@@ -215,7 +225,7 @@ impl ReadAhead {
                 let header = Header::from_bytes(&hdr);
                 let mut left = HEADER_SIZE + header.payload_len();
                 while left > 0 {
-                    if self.buffered() == 0 && !self.fill(stream)? {
+                    if self.buffered() == 0 && !self.fill(stream, left)? {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     let n = left.min(self.buffered());
@@ -492,7 +502,10 @@ pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
         link: Link {
             stream,
             twin: None,
-            ahead: [ReadAhead::default(), ReadAhead::default()],
+            ahead: [(); 2].map(|()| ReadAhead {
+                exact: !config.read_ahead,
+                ..ReadAhead::default()
+            }),
             queue: VecDeque::new(),
             next_id: 0,
             max_msg_size: config.max_msg_size,

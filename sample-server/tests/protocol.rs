@@ -253,6 +253,31 @@ fn region_read_write_and_sequence() {
 }
 
 #[test]
+fn reading_each_message_exactly_serves_the_same() {
+    let (mut c, _s, gpio) = gpio_with(ServerConfig {
+        read_ahead: false,
+        ..ServerConfig::default()
+    });
+    c.version();
+    for v in 1..=10u32 {
+        c.send(
+            Command::RegionWrite,
+            &access(0, GpioDevice::REG_SEQUENCE, 4, &v.to_ne_bytes()),
+            &[],
+            true,
+        );
+    }
+    assert_eq!(c.read_u32(0, GpioDevice::REG_SEQUENCE), 10);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+    c.region_write(1, 12345, &data).assert_ok();
+    let m = c.region_read(1, 12345, data.len() as u32);
+    assert_eq!(&m.body[16..], &data[..]);
+    c.call(Command::DeviceReset, &[]).assert_ok();
+    assert_eq!(gpio.last_reset(), Some(ResetReason::Client));
+    assert_eq!(c.read_u32(0, GpioDevice::REG_ID), GpioDevice::ID);
+}
+
+#[test]
 fn no_reply_write_gets_no_reply_and_is_ordered() {
     let (mut c, _s, gpio) = gpio();
     c.version();
