@@ -17,8 +17,9 @@ use std::sync::Arc;
 use super::{Completion, Reply, Slot, SlotState};
 use crate::protocol::Command;
 
-/// Spares of each kind kept per thread: a pipelined transfer's window and then some.
-const MAX_SPARES: usize = 16;
+/// Spares of each kind kept per thread: what a DMA transaction collects at a time (half its
+/// window of 128), more than a pipelined region transfer's window of 8.
+const MAX_SPARES: usize = 64;
 
 /// Buffers with more capacity than this are not kept (a large reply's body).
 const MAX_SPARE_CAPACITY: usize = 256;
