@@ -8,7 +8,7 @@
 //! The crates.io `vfio_user` client's read and write are counted the same way, for
 //! reference. Then posted writes that back the socket up, against a server that offers
 //! REGION_WRITE_MULTI and one that does not: allocations per write while the send queue
-//! is in use.
+//! is in use. Last, DMA maps and unmaps through `DmaMapper`.
 //!
 //! The target is 0 on the caller for read, write and posted write. Run with
 //! `cargo bench --bench alloc`; `tests/alloc.rs` asserts the caller's zero.
@@ -18,8 +18,17 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-use vfio_user_client::{ConnectOptions, DeviceOptions, VfioUserDevice};
-use vfio_user_sample_server::{GpioConfig, GpioDevice, Server, ServerConfig, ServerHandle};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use vfio_user_client::dma::DmaMapper;
+use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
+use vfio_user_sample_server::{
+    DmaEngine, GpioConfig, GpioDevice, Server, ServerConfig, ServerHandle, SharedMemory,
+};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// Threads told apart; later ones share the last slot.
 const SLOTS: usize = 64;
@@ -297,6 +306,62 @@ fn backlog(write_multiple: bool) {
     server.stop();
 }
 
+/// DMA maps and unmaps of 4 KiB fd-backed windows, in transactions of 64 of each, against a
+/// DMA engine server that maps every window.
+fn dma() {
+    const BATCH: u64 = 64;
+    const PAGE: u64 = 4096;
+    let (engine, _handle) = DmaEngine::new();
+    let server = Server::new(ServerConfig::default(), Box::new(engine))
+        .listen_temp()
+        .expect("sample server");
+    let conn = Connection::connect(
+        server.socket_path().expect("socket path"),
+        &ConnectOptions::default(),
+    )
+    .expect("connect");
+    let shm = SharedMemory::new("alloc-bench", BATCH * PAGE).expect("memfd");
+    let file = File::from(shm.as_fd().try_clone_to_owned().expect("dup"));
+    let region = MmapRegionBuilder::<()>::new((BATCH * PAGE) as usize)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .with_file_offset(FileOffset::new(file, 0))
+        .build()
+        .expect("mmap");
+    let guest = GuestRegionMmap::new(region, GuestAddress(0)).expect("region");
+    let memory = Arc::new(GuestMemoryMmap::from_regions(vec![guest]).expect("guest memory"));
+    let mapper = DmaMapper::new(&conn, memory);
+    let mut round = |_| {
+        let mut tx = mapper.transaction();
+        for i in 0..BATCH {
+            tx.map(i * PAGE, i * PAGE, PAGE).expect("map");
+        }
+        tx.commit().expect("maps");
+        let mut tx = mapper.transaction();
+        for i in 0..BATCH {
+            tx.unmap(i * PAGE, PAGE).expect("unmap");
+        }
+        tx.commit().expect("unmaps");
+    };
+    for i in 0..100 {
+        round(i);
+    }
+    let per_round = count(
+        "64 DMA maps and 64 unmaps (two transactions)",
+        1_000,
+        1_000,
+        &mut round,
+        &mut || {},
+    );
+    println!(
+        "  = {:.3} allocations per operation on the caller",
+        per_round / (2 * BATCH) as f64
+    );
+    drop(mapper);
+    drop(conn);
+    server.stop();
+}
+
 fn main() {
     // `cargo test --benches` and `cargo bench -- --list` pass flags meant for a harness:
     // count nothing then.
@@ -308,4 +373,6 @@ fn main() {
     println!("backlog:");
     backlog(true);
     backlog(false);
+    println!("DMA (DmaMapper, server maps every window):");
+    dma();
 }
