@@ -30,6 +30,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -57,6 +58,8 @@ pub(crate) struct SocketWatch {
     epoll: Epoll,
     sock: RawFd,
     state: Mutex<State>,
+    /// `state.hang_up_only`, readable without the lock: callers then skip it altogether.
+    hang_up_only: AtomicBool,
 }
 
 impl SocketWatch {
@@ -73,6 +76,7 @@ impl SocketWatch {
                 armed: true,
                 hang_up_only: false,
             }),
+            hang_up_only: AtomicBool::new(false),
         })
     }
 
@@ -91,11 +95,16 @@ impl SocketWatch {
         self.set(HANG_UP_ONLY)?;
         state.hang_up_only = true;
         state.armed = true;
+        self.hang_up_only.store(true, Ordering::Release);
         Ok(())
     }
 
     /// A caller starts waiting for a reply: data no longer wakes the event loop.
     pub fn enter(&self) {
+        // Watching for a hang-up only, the entry stays as it is: callers are not counted.
+        if self.hang_up_only.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = lock(&self.state);
         state.callers += 1;
         if state.hang_up_only {
@@ -111,6 +120,9 @@ impl SocketWatch {
     /// A caller stops waiting (after letting go of the receive state); the last one arms
     /// the entry again. An error means the event loop can no longer be told about data.
     pub fn leave(&self) -> io::Result<()> {
+        if self.hang_up_only.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut state = lock(&self.state);
         state.callers = state.callers.saturating_sub(1);
         self.arm_if_idle(&mut state)
@@ -153,7 +165,8 @@ impl SocketWatch {
     }
 
     fn arm_if_idle(&self, state: &mut State) -> io::Result<()> {
-        if state.callers == 0 && !state.armed {
+        // A hang-up-only entry may be armed while callers wait (they are not counted then).
+        if (state.callers == 0 || state.hang_up_only) && !state.armed {
             self.set(if state.hang_up_only {
                 HANG_UP_ONLY
             } else {
