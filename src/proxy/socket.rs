@@ -66,6 +66,28 @@ fn send_one(sock: &UnixStream, buf: &[u8], flags: libc::c_int) -> io::Result<usi
     }
 }
 
+/// The smaller of the two gathering buffers of [`sendmsg_fds`].
+const SMALL_GATHER: usize = 64;
+
+/// Sends the concatenation of `bufs` (`total` bytes, at most `N`) with `send`, gathered in a
+/// buffer of `N` bytes on the stack.
+fn send_gathered<const N: usize>(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    total: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    let mut gathered = [0u8; N];
+    let mut at = 0;
+    for b in bufs {
+        if let Some(dst) = gathered.get_mut(at..at + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        at += b.len();
+    }
+    send_one(sock, gathered.get(..total).unwrap_or_default(), flags)
+}
+
 fn sendmsg_fds(
     sock: &UnixStream,
     bufs: &[&[u8]],
@@ -83,16 +105,13 @@ fn sendmsg_fds(
             return send_one(sock, one, flags);
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        // A small request (header and region access head) is gathered without clearing
+        // the 512-byte buffer first.
+        if total <= SMALL_GATHER {
+            return send_gathered::<SMALL_GATHER>(sock, bufs, total, flags);
+        }
         if total <= SMALL_SEND {
-            let mut gathered = [0u8; SMALL_SEND];
-            let mut at = 0;
-            for b in bufs {
-                if let Some(dst) = gathered.get_mut(at..at + b.len()) {
-                    dst.copy_from_slice(b);
-                }
-                at += b.len();
-            }
-            return send_one(sock, gathered.get(..total).unwrap_or_default(), flags);
+            return send_gathered::<SMALL_SEND>(sock, bufs, total, flags);
         }
     }
     let mut iov = [libc::iovec {
