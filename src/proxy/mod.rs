@@ -526,7 +526,8 @@ impl Proxy {
         // wake the subscriber.
         let _waiting = self.inner.waiting();
         let ticket = self.send_nowait(command, payload, fds)?;
-        self.inner.wait(ticket, timeout, None)
+        let sent = ticket.started;
+        self.inner.wait(ticket, timeout, None, sent)
     }
 
     /// Like [`Proxy::request`], but the reply's data may be read straight into `sink`: see
@@ -542,7 +543,9 @@ impl Proxy {
         let _waiting = self.inner.waiting();
         let ticket = self.send_nowait(command, payload, fds)?;
         let timeout = self.inner.config.reply_timeout;
-        self.inner.wait(ticket, timeout, Some((head_len, sink)))
+        let sent = ticket.started;
+        self.inner
+            .wait(ticket, timeout, Some((head_len, sink)), sent)
     }
 
     /// Sends a command whose reply is collected later (NOWAIT).
@@ -572,8 +575,8 @@ impl Proxy {
     /// since it was sent.
     pub fn wait(&self, ticket: Ticket) -> Result<Reply, Error> {
         let _waiting = self.inner.waiting();
-        self.inner
-            .wait(ticket, self.inner.config.reply_timeout, None)
+        let timeout = self.inner.config.reply_timeout;
+        self.inner.wait(ticket, timeout, None, Instant::now())
     }
 
     /// Like [`Proxy::wait`], but when this thread reads the reply itself and its payload is
@@ -595,7 +598,8 @@ impl Proxy {
     ) -> Result<Reply, Error> {
         let _waiting = self.inner.waiting();
         let timeout = self.inner.config.reply_timeout;
-        self.inner.wait(ticket, timeout, Some((head_len, sink)))
+        self.inner
+            .wait(ticket, timeout, Some((head_len, sink)), Instant::now())
     }
 
     /// Waits for every reply of a batch, in order. The server processes commands in order,
@@ -606,7 +610,7 @@ impl Proxy {
         let timeout = self.inner.config.reply_timeout;
         tickets
             .into_iter()
-            .map(|t| self.inner.wait(t, timeout, None))
+            .map(|t| self.inner.wait(t, timeout, None, Instant::now()))
             .collect()
     }
 
@@ -833,13 +837,15 @@ impl Inner {
     /// [`Proxy::wait_into`]).
     ///
     /// The caller must hold a [`Waiting`] guard.
+    /// `now` is the time of the call, or the ticket's start when it was sent just now.
     fn wait(
         &self,
         ticket: Ticket,
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
+        now: Instant,
     ) -> Result<Reply, Error> {
-        let result = self.wait_for(&ticket, timeout, into);
+        let result = self.wait_for(&ticket, timeout, into, now);
         reuse::recycle_completion(ticket.completion);
         result
     }
@@ -849,6 +855,7 @@ impl Inner {
         ticket: &Ticket,
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
+        mut now: Instant,
     ) -> Result<Reply, Error> {
         let deadline = ticket.started + timeout;
         let completion = &ticket.completion;
@@ -863,51 +870,76 @@ impl Inner {
             if let Some(result) = self.take(completion) {
                 return result;
             }
-            let now = Instant::now();
             if now >= deadline {
                 return self.timed_out(ticket, timeout);
             }
-            let epoch = self.reader_epoch.load(Ordering::SeqCst);
-            if let Some(mut receiver) = try_lock(&self.recv) {
-                self.lead(&mut receiver, completion, deadline, now, sink.as_mut());
-                // The sink must not outlive this hold of the lock. `lead` stops half-way
-                // through our reply only at the deadline (or on a disconnect): the rest is
-                // drained by the next reader, and we time out. Leave the pending table
-                // first, so that the drained reply fails nobody.
-                let abandoned = sink
-                    .as_ref()
-                    .is_some_and(|s| receiver.abandon_sink(s.token));
-                if abandoned {
-                    self.forget(ticket);
-                }
-                drop(receiver);
-                self.after_reading();
-                if abandoned {
-                    return self.timed_out(ticket, timeout);
-                }
-                continue;
+            if let Some(result) = self.wait_step(ticket, timeout, sink.as_mut(), now) {
+                return result;
             }
-            // Someone else reads: sleep until our reply is handed to us or the reader lets
-            // go of the lock (then we may have to read ourselves).
-            let mut state = lock(&completion.slot);
-            state.sleeping = true;
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            while matches!(state.slot, Slot::Waiting)
-                && self.reader_epoch.load(Ordering::SeqCst) == epoch
-            {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                state = completion
-                    .cv
-                    .wait_timeout(state, deadline - now)
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|p| p.into_inner().0);
+            if let Some(result) = self.take(completion) {
+                return result;
             }
-            state.sleeping = false;
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            now = Instant::now();
         }
+    }
+
+    /// One step of [`wait_for`](Self::wait_for): reads as the leader if nobody else reads,
+    /// otherwise sleeps until the reply is handed over or the reader lets go. Returns the
+    /// result when the wait ends here: a reply abandoned half-way through its data at the
+    /// deadline.
+    fn wait_step(
+        &self,
+        ticket: &Ticket,
+        timeout: Duration,
+        mut sink: Option<&mut Sink<'_>>,
+        now: Instant,
+    ) -> Option<Result<Reply, Error>> {
+        let deadline = ticket.started + timeout;
+        let completion = &ticket.completion;
+        let epoch = self.reader_epoch.load(Ordering::SeqCst);
+        if let Some(mut receiver) = try_lock(&self.recv) {
+            self.lead(
+                &mut receiver,
+                completion,
+                deadline,
+                now,
+                sink.as_deref_mut(),
+            );
+            // The sink must not outlive this hold of the lock. `lead` stops half-way
+            // through our reply only at the deadline (or on a disconnect): the rest is
+            // drained by the next reader, and we time out. Leave the pending table first,
+            // so that the drained reply fails nobody.
+            let abandoned = sink
+                .as_ref()
+                .is_some_and(|s| receiver.abandon_sink(s.token));
+            if abandoned {
+                self.forget(ticket);
+            }
+            drop(receiver);
+            self.after_reading();
+            return abandoned.then(|| self.timed_out(ticket, timeout));
+        }
+        // Someone else reads: sleep until our reply is handed to us or the reader lets go
+        // of the lock (then we may have to read ourselves).
+        let mut state = lock(&completion.slot);
+        state.sleeping = true;
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        while matches!(state.slot, Slot::Waiting)
+            && self.reader_epoch.load(Ordering::SeqCst) == epoch
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = completion
+                .cv
+                .wait_timeout(state, deadline - now)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        state.sleeping = false;
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        None
     }
 
     fn take(&self, completion: &Completion) -> Option<Result<Reply, Error>> {
@@ -975,19 +1007,16 @@ impl Inner {
         mut sink: Option<&mut Sink<'_>>,
     ) {
         let spin_until = now.checked_add(self.config.busy_poll).unwrap_or(deadline);
-        loop {
-            // Another reader may have handed the reply over between our last look and
-            // taking the lock.
-            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
-                break;
-            }
-            if now >= deadline {
-                break;
-            }
+        // Past this, a blocking read could overshoot the deadline: wait in `poll` instead.
+        let block_until = deadline.checked_sub(2 * BLOCKING_READ_SLICE);
+        // Another reader may have handed the reply over between our last look and taking
+        // the lock.
+        let mut done = completion.is_done();
+        while !done && now < deadline && self.connected.load(Ordering::Acquire) {
             let spinning = now < spin_until;
-            let left = deadline - now;
-            let block = !spinning && left >= 2 * BLOCKING_READ_SLICE;
+            let block = !spinning && block_until.is_some_and(|b| now <= b);
             if !spinning && !block {
+                let left = deadline - now;
                 let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
                 match socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
                     Ok(true) => {}
@@ -1001,11 +1030,14 @@ impl Inner {
             if !self.read_available(receiver, Some(completion), block, sink.as_deref_mut()) {
                 return;
             }
-            if spinning && !completion.is_done() {
-                // Let the server run if it shares our CPU.
-                std::thread::yield_now();
+            done = completion.is_done();
+            if !done {
+                if spinning {
+                    // Let the server run if it shares our CPU.
+                    std::thread::yield_now();
+                }
+                now = Instant::now();
             }
-            now = Instant::now();
         }
         self.dispatch_buffered(receiver, sink);
     }
