@@ -41,7 +41,7 @@ const HEAD: usize = 32;
 const SIZES: [(usize, &str); 3] = [(4, "4B"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
 
 fn gpio_server(gpio: GpioConfig) -> ServerHandle {
-    gpio_server_with(gpio, ServerConfig::default())
+    gpio_server_with(gpio, support::server_config())
 }
 
 fn gpio_server_with(gpio: GpioConfig, config: ServerConfig) -> ServerHandle {
@@ -173,7 +173,7 @@ fn bench_posted(c: &mut Criterion, at: &Placement) {
             };
             let config = ServerConfig {
                 write_multiple,
-                ..ServerConfig::default()
+                ..support::server_config()
             };
             gpio_server_with(gpio, config)
         });
@@ -223,6 +223,7 @@ fn main() {
     let mut criterion = support::criterion();
     let at = support::placement();
     println!("{}", at.describe());
+    println!("{}", support::describe_server());
     bench_ours(&mut criterion, at);
     bench_crates_io(&mut criterion, at);
     bench_floor(&mut criterion, at);
