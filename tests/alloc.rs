@@ -76,6 +76,16 @@ const POSTED_BURST: u32 = 8;
 
 #[test]
 fn region_accesses_allocate_nothing_in_the_steady_state() {
+    steady_state(true);
+}
+
+#[test]
+fn without_a_twin_socket_too() {
+    // Callers then take the socket out of the event loop's view while they wait.
+    steady_state(false);
+}
+
+fn steady_state(twin_socket: bool) {
     let (gpio, _handle) = GpioDevice::new(GpioConfig {
         mappable_bar2: false,
         ..GpioConfig::default()
@@ -83,11 +93,13 @@ fn region_accesses_allocate_nothing_in_the_steady_state() {
     .unwrap();
     let config = ServerConfig {
         write_multiple: true,
+        twin_socket,
         ..ServerConfig::default()
     };
     let (client, server_end) = UnixStream::pair().unwrap();
     let server = Server::new(config, Box::new(gpio)).serve_stream(server_end);
     let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    assert_eq!(conn.twin_socket(), twin_socket);
     let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
     assert!(dev.posted_writes());
 
