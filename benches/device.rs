@@ -13,8 +13,6 @@
 //! are coalesced) and `sync` (1000 synchronous writes). Ratios are printed at the end. Run with `cargo bench --bench device`; see
 //! BENCHMARKS.md.
 
-mod support;
-
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,6 +20,7 @@ use std::os::unix::net::UnixStream;
 use criterion::Criterion;
 use support::Placement;
 use vfio_user_client::{ConnectOptions, DeviceOptions, VfioUserDevice};
+use vfio_user_sample_server::test_support::bench as support;
 use vfio_user_sample_server::{GpioConfig, GpioDevice, Server, ServerConfig, ServerHandle};
 
 const OURS: &str = "ours";

@@ -18,48 +18,30 @@
 //!
 //! [`DmaRequestHandler`]: vfio_user_client::dma::DmaRequestHandler
 
-mod support;
-
 use std::fs::File;
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
-use vfio_user_client::protocol::{Command, DmaAccess, Header, HEADER_SIZE};
-use vfio_user_client::proxy::{socket, ConnectionSubscriber, EventLoop, Proxy, ProxyConfig};
+use vfio_user_client::protocol::{Command, DmaAccess, Header, Version, HEADER_SIZE};
 use vfio_user_client::{ConnectOptions, Connection};
-use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle, SharedMemory};
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vfio_user_sample_server::test_support::bench as support;
+use vfio_user_sample_server::test_support::guest::{memfd, memory, region};
+use vfio_user_sample_server::wire::RawEndpoint;
+use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PAGE: u64 = 4096;
 const MAP_COUNTS: [u64; 2] = [1_000, 65_535];
 const READ_SIZES: [(usize, &str); 3] = [(4 << 10, "4KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
 
-fn memfd(size: u64) -> File {
-    let m = SharedMemory::new("bench-guest", size).expect("memfd");
-    File::from(m.as_fd().try_clone_to_owned().expect("dup"))
-}
-
 fn guest(size: u64, file: Option<File>) -> GuestMemoryMmap {
-    let builder =
-        MmapRegionBuilder::new(size as usize).with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-    let builder = match file {
-        Some(f) => builder
-            .with_mmap_flags(libc::MAP_SHARED)
-            .with_file_offset(FileOffset::new(f, 0)),
-        None => {
-            builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-        }
-    };
-    let region =
-        GuestRegionMmap::new(builder.build().expect("mmap"), GuestAddress(0)).expect("region");
-    GuestMemoryMmap::from_regions(vec![region]).expect("guest memory")
+    memory(vec![region(0, size as usize, file.map(|f| (f, 0)), true)])
 }
 
 /// A DMA engine server. Past the kernel's mmap count limit (65,530 per process by default,
@@ -172,33 +154,59 @@ impl Requester {
     }
 }
 
+/// Answers our client's VERSION request; with `twin`, grants twin-socket mode and hands
+/// over that socket.
+fn answer_version(sock: &UnixStream, twin: Option<&UnixStream>) {
+    let sock = sock.try_clone().expect("clone");
+    let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
+    let version = peer.recv().expect("VERSION");
+    let json = match twin {
+        Some(_) => {
+            r#"{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true,"fd_index":0}}}"#
+        }
+        None => r#"{"capabilities":{"max_msg_fds":16}}"#,
+    };
+    let mut payload = Vec::new();
+    Version {
+        major: 0,
+        minor: 0,
+        json: Some(json.to_string()),
+    }
+    .encode_into(&mut payload);
+    let fds: Vec<_> = twin.iter().map(|t| t.as_raw_fd()).collect();
+    peer.reply(&version.header, &payload, &fds)
+        .expect("VERSION reply");
+}
+
 /// Answers the one DMA_MAP that sets up the handler's table.
-fn answer_map(sock: &mut UnixStream) {
-    let mut hdr = [0u8; HEADER_SIZE];
-    let (n, _fds) = socket::recv_with_fds(sock, &mut hdr, 4).expect("map header");
-    sock.read_exact(&mut hdr[n..]).expect("map header");
-    let h = Header::from_bytes(&hdr);
-    let mut body = vec![0u8; h.payload_len()];
-    sock.read_exact(&mut body).expect("map body");
-    let reply = Header::reply(&h, 0).expect("reply header");
-    sock.write_all(&reply.to_bytes()).expect("map reply");
+fn answer_map(sock: &UnixStream) {
+    let sock = sock.try_clone().expect("clone");
+    let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
+    let map = peer.recv().expect("DMA_MAP");
+    peer.reply(&map.header, &[], &[]).expect("DMA_MAP reply");
 }
 
 /// Our client serving DMA_READ, on its main socket or on a twin socket.
 fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
-    let (client, mut server) = UnixStream::pair().expect("socket pair");
-    let (proxy, subscriber) = Proxy::from_stream(client, ProxyConfig::default()).expect("proxy");
-    proxy.set_send_limits(16, 2 << 20);
-    let (dma_socket, twin_subscriber) = if twin {
+    let (client, server) = UnixStream::pair().expect("socket pair");
+    let (ours, theirs) = if twin {
         let (ours, theirs) = UnixStream::pair().expect("twin pair");
-        (theirs, Some(proxy.attach_twin_socket(ours).expect("twin")))
+        (Some(ours), Some(theirs))
     } else {
-        (server.try_clone().expect("clone"), None)
+        (None, None)
     };
-    // Our client serves the requests on its event loop's thread: the client side.
-    let event_loop = support::placement().client(|| {
-        EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin_subscriber)).expect("loop")
+    let answer = std::thread::spawn(move || {
+        answer_version(&server, ours.as_ref());
+        server
     });
+    // Our client serves the requests on its event loop's thread: the client side.
+    let conn = support::placement()
+        .client(|| Connection::connect(client, &ConnectOptions::default()).expect("connect"));
+    let server = answer.join().expect("VERSION answer");
+    let dma_socket = match theirs {
+        Some(theirs) => theirs,
+        None => server.try_clone().expect("clone"),
+    };
     let mem = Arc::new(guest(4 << 20, None));
     mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
         .expect("fill");
@@ -207,10 +215,10 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         max_dma_maps: 16,
         max_data_xfer_size: 1 << 20,
     };
-    let mapper = DmaMapper::with_limits(proxy.clone(), limits, mem);
+    let mapper = DmaMapper::with_limits(&conn, limits, mem);
     std::thread::scope(|s| {
         let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
-        answer_map(&mut server);
+        answer_map(&server);
         t.join().expect("map thread").expect("map");
     });
     let mut requester = Requester::new(dma_socket, size);
@@ -224,8 +232,8 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         c.benchmark_group(format!("dma_read_{label}"))
             .bench_function(id, |b| b.iter(|| requester.round_trip()));
     });
-    proxy.shutdown();
-    drop(event_loop);
+    drop(mapper);
+    drop(conn);
 }
 
 fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {

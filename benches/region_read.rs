@@ -18,14 +18,13 @@
 //! each variant (or of the one named by `REGION_READ_VARIANT`): for `strace -c -f`, `perf`
 //! and the like, which should not see criterion's own work.
 
-mod support;
-
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use vfio_user_client::protocol::{Command, RegionAccess};
 use vfio_user_client::{ConnectOptions, Connection};
+use vfio_user_sample_server::test_support::bench as support;
 use vfio_user_sample_server::{GpioDevice, Server, ServerHandle};
 
 const GROUP: &str = "region_read_4B";
@@ -69,7 +68,6 @@ fn with_ours(f: impl FnOnce(&mut dyn FnMut() -> [u8; 4])) {
 
     let mut read = || {
         let reply = conn
-            .proxy()
             .request(Command::RegionRead, &payload, &[])
             .expect("REGION_READ");
         let (_, data) = RegionAccess::decode_with_data(&reply.payload).expect("reply");

@@ -7,9 +7,8 @@
 use std::error::Error;
 use std::process::ExitCode;
 
-use vfio_user_client::protocol::{
-    Command, DeviceInfo, RegionAccess, RegionInfo, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET,
-};
+use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
+use vfio_user_client::protocol::{Command, DeviceInfo, RegionAccess, RegionInfo};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::{GpioDevice, Server, ServerConfig, PCI_CONFIG_REGION};
 
@@ -21,7 +20,7 @@ fn read_config(conn: &Connection, offset: u64, count: u32) -> Result<Vec<u8>, Bo
         count,
     }
     .encode_into(&mut payload);
-    let reply = conn.proxy().request(Command::RegionRead, &payload, &[])?;
+    let reply = conn.request(Command::RegionRead, &payload, &[])?;
     let (head, data) = RegionAccess::decode_with_data(&reply.payload)?;
     if head.count != count {
         return Err(format!("server returned {} bytes, asked for {count}", head.count).into());
@@ -55,20 +54,18 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
-    let reply = conn
-        .proxy()
-        .request(Command::DeviceGetInfo, &payload, &[])?;
+    let reply = conn.request(Command::DeviceGetInfo, &payload, &[])?;
     let info = DeviceInfo::decode(&reply.payload)?;
     println!(
         "device: {} regions, {} IRQ indexes, {}{}",
         info.num_regions,
         info.num_irqs,
-        if info.flags & DEVICE_FLAGS_PCI != 0 {
+        if info.flags & VFIO_DEVICE_FLAGS_PCI != 0 {
             "PCI"
         } else {
             "not PCI"
         },
-        if info.flags & DEVICE_FLAGS_RESET != 0 {
+        if info.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
             ", resettable"
         } else {
             ""
@@ -77,9 +74,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     payload.clear();
     RegionInfo::request(PCI_CONFIG_REGION, 32).encode_into(&mut payload);
-    let reply = conn
-        .proxy()
-        .request(Command::DeviceGetRegionInfo, &payload, &[])?;
+    let reply = conn.request(Command::DeviceGetRegionInfo, &payload, &[])?;
     let config = RegionInfo::decode(&reply.payload)?;
     let ids = read_config(&conn, 0, 4)?;
     let class = read_config(&conn, 8, 4)?;

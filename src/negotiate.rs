@@ -15,32 +15,32 @@ use serde_json::{Map, Value};
 use crate::protocol::{DecodeError, Version};
 
 /// The major version we speak (every known implementation uses 0).
-pub const VERSION_MAJOR: u16 = 0;
+const VERSION_MAJOR: u16 = 0;
 /// The minor version we propose. No spec feature is gated on the minor version.
-pub const VERSION_MINOR: u16 = 0;
+const VERSION_MINOR: u16 = 0;
 
 /// Spec default for `max_msg_fds` when the peer leaves it out.
-pub const DEFAULT_MAX_MSG_FDS: u32 = 1;
+const DEFAULT_MAX_MSG_FDS: u32 = 1;
 /// Spec default for `max_data_xfer_size`.
-pub const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
+const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
 /// Spec default for `pgsizes`.
-pub const DEFAULT_PGSIZES: u64 = 4096;
+const DEFAULT_PGSIZES: u64 = 4096;
 /// Spec default for `max_dma_maps`.
-pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
+const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 /// Default `migration.max_bitmap_size` (as QEMU assumes).
-pub const DEFAULT_MAX_BITMAP_SIZE: u64 = 256 << 20;
+const DEFAULT_MAX_BITMAP_SIZE: u64 = 256 << 20;
 
 /// Largest server `max_msg_fds` we use; larger values are clamped.
-pub const LIMIT_MAX_MSG_FDS: u32 = 16;
+const LIMIT_MAX_MSG_FDS: u32 = 16;
 /// Largest server `max_data_xfer_size` we use; larger values are clamped.
-pub const LIMIT_MAX_DATA_XFER_SIZE: u32 = 64 << 20;
+const LIMIT_MAX_DATA_XFER_SIZE: u32 = 64 << 20;
 /// Largest server `max_dma_maps` we use; larger values are clamped.
-pub const LIMIT_MAX_DMA_MAPS: u32 = 65535;
+const LIMIT_MAX_DMA_MAPS: u32 = 65535;
 /// Largest server `migration.max_bitmap_size` we use; larger values are clamped.
-pub const LIMIT_MAX_BITMAP_SIZE: u64 = 256 << 20;
+const LIMIT_MAX_BITMAP_SIZE: u64 = 256 << 20;
 
 /// The smallest page size vfio-user allows for DMA and migration.
-pub const MIN_PAGE_SIZE: u64 = 4096;
+pub(crate) const MIN_PAGE_SIZE: u64 = 4096;
 
 /// The `migration` capability: legacy (0.9.1) but still exchanged by every implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,20 @@ pub struct TwinSocket {
     pub supported: bool,
     /// Index of the second socket among the reply's fds.
     pub fd_index: Option<u32>,
+}
+
+/// What a VERSION reply says about twin-socket mode ([`Capabilities::twin_socket_grant`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwinSocketGrant {
+    /// Not granted: the reply has no `twin_socket` capability, or `supported` is false.
+    NotGranted,
+    /// Granted: the second socket is the reply's fd at `fd_index`.
+    Granted {
+        /// Index of the second socket among the reply's fds.
+        fd_index: u32,
+    },
+    /// Granted without an `fd_index`: there is no second socket to use.
+    GrantedWithoutFd,
 }
 
 /// What we advertise in the VERSION request.
@@ -142,13 +156,13 @@ pub struct Capabilities {
     pub major: u16,
     /// The server's minor version.
     pub minor: u16,
-    /// fds the server accepts per message (≤ [`LIMIT_MAX_MSG_FDS`]).
+    /// fds the server accepts per message (at most 16; larger values are clamped).
     pub max_msg_fds: u32,
-    /// Data bytes the server accepts per message (1 ..= [`LIMIT_MAX_DATA_XFER_SIZE`]).
+    /// Data bytes the server accepts per message (1 to 64 MiB; larger values are clamped).
     pub max_data_xfer_size: u32,
     /// DMA page sizes the server supports; non-zero, no bit below 4 KiB.
     pub pgsizes: u64,
-    /// DMA windows the server can hold (≤ [`LIMIT_MAX_DMA_MAPS`]).
+    /// DMA windows the server can hold (at most 65535; larger values are clamped).
     pub max_dma_maps: u32,
     /// The server's `migration` capability, if it sent one.
     pub migration: Option<MigrationCaps>,
@@ -177,10 +191,20 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
-    /// `Some(fd_index)` when the server granted twin-socket mode. A grant we did not ask for
-    /// is ignored by the handshake.
-    pub fn twin_socket_granted(&self) -> Option<Option<u32>> {
-        self.twin_socket.filter(|t| t.supported).map(|t| t.fd_index)
+    /// Whether the server granted twin-socket mode, and which of the reply's fds is the
+    /// second socket. A grant we did not ask for is ignored by the handshake.
+    pub fn twin_socket_grant(&self) -> TwinSocketGrant {
+        match self.twin_socket {
+            Some(TwinSocket {
+                supported: true,
+                fd_index: Some(fd_index),
+            }) => TwinSocketGrant::Granted { fd_index },
+            Some(TwinSocket {
+                supported: true,
+                fd_index: None,
+            }) => TwinSocketGrant::GrantedWithoutFd,
+            _ => TwinSocketGrant::NotGranted,
+        }
     }
 
     /// The smallest DMA page size the server supports: the lowest bit set in `pgsizes`.
@@ -230,7 +254,7 @@ pub enum NegotiateError {
     JsonNotNulTerminated,
     /// The capability JSON is not valid UTF-8.
     #[error("server's capability JSON is not UTF-8: {0}")]
-    JsonNotUtf8(String),
+    JsonNotUtf8(std::str::Utf8Error),
     /// The capability text does not parse as JSON.
     #[error("server's capability JSON does not parse: {0}")]
     InvalidJson(String),
@@ -294,7 +318,7 @@ impl From<DecodeError> for NegotiateError {
         match e {
             DecodeError::Short { got, .. } => NegotiateError::Truncated { len: got },
             DecodeError::NotNulTerminated { .. } => NegotiateError::JsonNotNulTerminated,
-            DecodeError::Json(msg) => NegotiateError::JsonNotUtf8(msg),
+            DecodeError::NotUtf8 { source, .. } => NegotiateError::JsonNotUtf8(source),
             other => NegotiateError::Decode(other),
         }
     }
@@ -312,22 +336,7 @@ impl From<DecodeError> for NegotiateError {
 /// ignored.
 pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, NegotiateError> {
     let version = Version::decode(payload)?;
-    if version.major != VERSION_MAJOR {
-        return Err(NegotiateError::MajorMismatch {
-            major: version.major,
-            minor: version.minor,
-            our_major: VERSION_MAJOR,
-            our_minor: VERSION_MINOR,
-        });
-    }
-    if version.minor > VERSION_MINOR {
-        return Err(NegotiateError::MinorTooHigh {
-            major: version.major,
-            minor: version.minor,
-            our_major: VERSION_MAJOR,
-            our_minor: VERSION_MINOR,
-        });
-    }
+    check_version(&version)?;
     let mut caps = Capabilities {
         major: version.major,
         minor: version.minor,
@@ -352,48 +361,78 @@ pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, Ne
         expected: "an object",
     })?;
     for (key, value) in c {
-        match key.as_str() {
-            "max_msg_fds" => {
-                let v = number(value, "capabilities.max_msg_fds")?;
-                caps.max_msg_fds = clamp_u32(v, LIMIT_MAX_MSG_FDS, "max_msg_fds");
-            }
-            "max_data_xfer_size" => {
-                let v = number(value, "capabilities.max_data_xfer_size")?;
-                if v == 0 {
-                    return Err(NegotiateError::ZeroMaxDataXferSize);
-                }
-                caps.max_data_xfer_size =
-                    clamp_u32(v, LIMIT_MAX_DATA_XFER_SIZE, "max_data_xfer_size");
-            }
-            "pgsizes" => {
-                let v = number(value, "capabilities.pgsizes")?;
-                if v == 0 {
-                    return Err(NegotiateError::ZeroPgsizes);
-                }
-                if v & (MIN_PAGE_SIZE - 1) != 0 {
-                    return Err(NegotiateError::PgsizesBelowMinimum { pgsizes: v });
-                }
-                caps.pgsizes = v;
-            }
-            "max_dma_maps" => {
-                let v = number(value, "capabilities.max_dma_maps")?;
-                caps.max_dma_maps = clamp_u32(v, LIMIT_MAX_DMA_MAPS, "max_dma_maps");
-            }
-            "write_multiple" => {
-                caps.write_multiple = value.as_bool().ok_or(NegotiateError::WrongType {
-                    key: "capabilities.write_multiple",
-                    expected: "a boolean",
-                })?;
-            }
-            "twin_socket" => caps.twin_socket = Some(twin_socket(value)?),
-            "migration" => caps.migration = Some(migration(value)?),
-            other => log::info!("ignoring unknown capability {other:?} from the server"),
-        }
+        apply_capability(&mut caps, key, value)?;
     }
     if caps.twin_socket.is_some_and(|t| t.supported) && !offer.twin_socket {
         log::warn!("server granted twin-socket mode, which we did not offer; ignoring it");
     }
     Ok(caps)
+}
+
+/// The major version must be ours and the minor no higher than ours.
+fn check_version(version: &Version) -> Result<(), NegotiateError> {
+    if version.major != VERSION_MAJOR {
+        return Err(NegotiateError::MajorMismatch {
+            major: version.major,
+            minor: version.minor,
+            our_major: VERSION_MAJOR,
+            our_minor: VERSION_MINOR,
+        });
+    }
+    if version.minor > VERSION_MINOR {
+        return Err(NegotiateError::MinorTooHigh {
+            major: version.major,
+            minor: version.minor,
+            our_major: VERSION_MAJOR,
+            our_minor: VERSION_MINOR,
+        });
+    }
+    Ok(())
+}
+
+/// Applies one key of the server's `capabilities` object to `caps`.
+fn apply_capability(
+    caps: &mut Capabilities,
+    key: &str,
+    value: &Value,
+) -> Result<(), NegotiateError> {
+    match key {
+        "max_msg_fds" => {
+            let v = number(value, "capabilities.max_msg_fds")?;
+            caps.max_msg_fds = clamp_u32(v, LIMIT_MAX_MSG_FDS, "max_msg_fds");
+        }
+        "max_data_xfer_size" => {
+            let v = number(value, "capabilities.max_data_xfer_size")?;
+            if v == 0 {
+                return Err(NegotiateError::ZeroMaxDataXferSize);
+            }
+            caps.max_data_xfer_size = clamp_u32(v, LIMIT_MAX_DATA_XFER_SIZE, "max_data_xfer_size");
+        }
+        "pgsizes" => {
+            let v = number(value, "capabilities.pgsizes")?;
+            if v == 0 {
+                return Err(NegotiateError::ZeroPgsizes);
+            }
+            if v & (MIN_PAGE_SIZE - 1) != 0 {
+                return Err(NegotiateError::PgsizesBelowMinimum { pgsizes: v });
+            }
+            caps.pgsizes = v;
+        }
+        "max_dma_maps" => {
+            let v = number(value, "capabilities.max_dma_maps")?;
+            caps.max_dma_maps = clamp_u32(v, LIMIT_MAX_DMA_MAPS, "max_dma_maps");
+        }
+        "write_multiple" => {
+            caps.write_multiple = value.as_bool().ok_or(NegotiateError::WrongType {
+                key: "capabilities.write_multiple",
+                expected: "a boolean",
+            })?;
+        }
+        "twin_socket" => caps.twin_socket = Some(twin_socket(value)?),
+        "migration" => caps.migration = Some(migration(value)?),
+        other => log::info!("ignoring unknown capability {other:?} from the server"),
+    }
+    Ok(())
 }
 
 /// The host's page size, or 4096 if the system will not say.
@@ -605,6 +644,10 @@ mod tests {
                 fd_index: Some(0)
             })
         );
+        assert_eq!(
+            c.twin_socket_grant(),
+            TwinSocketGrant::Granted { fd_index: 0 }
+        );
         let c = caps_of(r#"{"capabilities":{"twin_socket":{"supported":false}}}"#).unwrap();
         assert_eq!(
             c.twin_socket,
@@ -612,6 +655,13 @@ mod tests {
                 supported: false,
                 fd_index: None
             })
+        );
+        assert_eq!(c.twin_socket_grant(), TwinSocketGrant::NotGranted);
+        let c = caps_of(r#"{"capabilities":{"twin_socket":{"supported":true}}}"#).unwrap();
+        assert_eq!(c.twin_socket_grant(), TwinSocketGrant::GrantedWithoutFd);
+        assert_eq!(
+            Capabilities::default().twin_socket_grant(),
+            TwinSocketGrant::NotGranted
         );
     }
 

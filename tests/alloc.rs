@@ -98,7 +98,7 @@ fn steady_state(twin_socket: bool) {
     };
     let (client, server_end) = UnixStream::pair().unwrap();
     let server = Server::new(config, Box::new(gpio)).serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
     assert_eq!(conn.twin_socket(), twin_socket);
     let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
     assert!(dev.posted_writes());

@@ -12,9 +12,10 @@ use std::thread;
 use std::time::Duration;
 
 use common::Peer;
+use vfio_user_client::connection::{self, DisconnectReason};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{Command, Header, Version};
-use vfio_user_client::proxy::{self, DisconnectReason};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
 
 fn sock_path(name: &str) -> PathBuf {
@@ -38,7 +39,7 @@ fn quick() -> ConnectOptions {
 fn against(script: impl FnOnce(Peer) + Send + 'static) -> Result<Connection, Error> {
     let (a, b) = UnixStream::pair().unwrap();
     let t = thread::spawn(move || script(Peer { sock: b }));
-    let r = Connection::from_stream(a, &quick());
+    let r = Connection::connect(a, &quick());
     t.join().unwrap();
     r
 }
@@ -145,7 +146,7 @@ fn missing_socket_is_a_connect_error() {
     let p = sock_path("nobody-here");
     let e = Connection::connect(&p, &quick()).unwrap_err();
     assert!(
-        matches!(e, Error::Proxy(proxy::Error::Connect { .. })),
+        matches!(e, Error::Connection(connection::Error::Connect { .. })),
         "{e}"
     );
     assert!(e.to_string().contains("nobody-here"), "{e}");
@@ -156,18 +157,29 @@ fn full_backlog_times_out_instead_of_hanging() {
     let p = sock_path("busy");
     let _listener = UnixListener::bind(&p).unwrap();
     // Nobody accepts: connections pile up in the backlog until one has to wait.
-    let mut held = Vec::new();
+    // Each connection that gets in waits for its VERSION reply no time at all, and closes;
+    // it keeps its place in the backlog until accepted.
+    let fill = ConnectOptions {
+        connect_timeout: Duration::from_millis(20),
+        handshake_timeout: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let mut queued = 0;
     let timeout = loop {
-        match proxy::socket::connect_with_timeout(&p, Duration::from_millis(20)) {
-            Ok(s) => held.push(s),
-            Err(e) => break e,
+        match Connection::connect(&p, &fill).unwrap_err() {
+            Error::Connection(connection::Error::Connect { source, .. }) => break source,
+            e => assert!(
+                matches!(e, Error::Connection(connection::Error::Timeout { .. })),
+                "{e}"
+            ),
         }
-        assert!(held.len() < 10_000, "backlog never filled");
+        queued += 1;
+        assert!(queued < 10_000, "backlog never filled");
     };
     assert_eq!(timeout.kind(), std::io::ErrorKind::TimedOut);
     let e = Connection::connect(&p, &quick()).unwrap_err();
     assert!(
-        matches!(e, Error::Proxy(proxy::Error::Connect { .. })),
+        matches!(e, Error::Connection(connection::Error::Connect { .. })),
         "{e}"
     );
 }
@@ -180,7 +192,7 @@ fn silent_server_hits_the_handshake_deadline() {
     assert!(
         matches!(
             e,
-            Error::Proxy(proxy::Error::Timeout {
+            Error::Connection(connection::Error::Timeout {
                 command: Command::Version,
                 ..
             })
@@ -198,6 +210,8 @@ fn server_closing_during_handshake_is_a_disconnect() {
     assert!(e.is_disconnected(), "{e}");
     assert_eq!(
         e,
-        Error::Proxy(proxy::Error::Disconnected(DisconnectReason::PeerClosed))
+        Error::Connection(connection::Error::Disconnected(
+            DisconnectReason::PeerClosed
+        ))
     );
 }

@@ -8,11 +8,13 @@ mod common;
 
 use std::os::unix::net::UnixStream;
 
-use vfio_user_client::device::{pci_irq, pci_region, Error as DeviceError, IrqAction};
-use vfio_user_client::protocol::{
-    SparseMmapArea, IRQ_INFO_EVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
+use vfio_bindings::bindings::vfio::{
+    vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
+use vfio_user_client::device::{Error as DeviceError, IrqAction};
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, GpioHandle, Probe, Server, ServerConfig, ServerHandle,
@@ -37,7 +39,7 @@ fn setup_with(gpio: GpioConfig, config: ServerConfig, options: &DeviceOptions) -
     let probe = server.probe();
     let (client, server_end) = UnixStream::pair().unwrap();
     let running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
     let dev = VfioUserDevice::new(conn, options).unwrap();
     Setup {
         dev,
@@ -80,8 +82,11 @@ fn discovery_describes_the_gpio_device() {
     let bar2 = dev.region(BAR2).unwrap();
     assert_eq!(bar2.size(), GpioDevice::BAR2_SIZE);
     assert_eq!(
-        bar2.flags() & (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP),
-        REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP
+        bar2.flags()
+            & (VFIO_REGION_INFO_FLAG_READ
+                | VFIO_REGION_INFO_FLAG_WRITE
+                | VFIO_REGION_INFO_FLAG_MMAP),
+        VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP
     );
     assert!(bar2.mappable());
     assert_eq!(
@@ -100,16 +105,19 @@ fn discovery_describes_the_gpio_device() {
     assert_eq!(mapped, want);
     assert!(bar2.mapped_areas().iter().all(|a| a.writable()));
 
-    let config = dev.region(pci_region::CONFIG).unwrap();
+    let config = dev.region(VFIO_PCI_CONFIG_REGION_INDEX).unwrap();
     assert_eq!(config.size(), 256);
     let mut id = [0u8; 4];
-    dev.read(pci_region::CONFIG, 0, &mut id).unwrap();
+    dev.read(VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut id).unwrap();
     assert_eq!(u16::from_le_bytes([id[0], id[1]]), GpioDevice::VENDOR_ID);
     assert_eq!(u16::from_le_bytes([id[2], id[3]]), GpioDevice::DEVICE_ID);
 
     let counts: Vec<u32> = dev.irqs().iter().map(|i| i.count).collect();
     assert_eq!(counts, [1, 1, 4, 1, 1]);
-    assert!(dev.irqs().iter().all(|i| i.flags & IRQ_INFO_EVENTFD != 0));
+    assert!(dev
+        .irqs()
+        .iter()
+        .all(|i| i.flags & VFIO_IRQ_INFO_EVENTFD != 0));
     // A mappable region turns posted writes off.
     assert!(!dev.posted_writes());
     assert!(matches!(
@@ -240,7 +248,8 @@ fn bad_accesses_are_refused_locally() {
         })
     ));
     assert!(matches!(
-        s.dev.irq_action(pci_irq::MSIX, IrqAction::Mask, 3, 2),
+        s.dev
+            .irq_action(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Mask, 3, 2),
         Err(DeviceError::IrqOutOfRange {
             index: 2,
             start: 3,
@@ -338,7 +347,7 @@ fn msix_512(max_fds: u64) {
         ..ServerConfig::default()
     };
     let s = setup_with(gpio, config, &DeviceOptions::default());
-    assert_eq!(s.dev.irq(pci_irq::MSIX).unwrap().count, 512);
+    assert_eq!(s.dev.irq(VFIO_PCI_MSIX_IRQ_INDEX).unwrap().count, 512);
     assert_eq!(s.dev.capabilities().max_msg_fds as u64, max_fds);
     let fds = eventfds(512);
     // Holes: every 7th vector and a run of 20 from 100.
@@ -360,16 +369,16 @@ fn msix_512(max_fds: u64) {
     }
     let before = s.probe.commands();
     s.dev
-        .set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &list)
+        .set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &list)
         .unwrap();
     assert_eq!(s.probe.commands() - before, expected);
 
-    let state = s.probe.irq_state(pci_irq::MSIX);
+    let state = s.probe.irq_state(VFIO_PCI_MSIX_IRQ_INDEX);
     for (v, st) in state.iter().enumerate() {
         assert_eq!(st.assigned, !hole(v), "vector {v}");
     }
     for v in 0..512u32 {
-        let fired = s.probe.raise_irq(pci_irq::MSIX, v).unwrap();
+        let fired = s.probe.raise_irq(VFIO_PCI_MSIX_IRQ_INDEX, v).unwrap();
         assert_eq!(fired, !hole(v as usize), "vector {v}");
     }
     for (v, f) in fds.iter().enumerate() {
@@ -380,10 +389,10 @@ fn msix_512(max_fds: u64) {
         }
     }
     // Disabling the index de-assigns everything.
-    s.dev.disable_irqs(pci_irq::MSIX).unwrap();
+    s.dev.disable_irqs(VFIO_PCI_MSIX_IRQ_INDEX).unwrap();
     assert!(s
         .probe
-        .irq_state(pci_irq::MSIX)
+        .irq_state(VFIO_PCI_MSIX_IRQ_INDEX)
         .iter()
         .all(|st| !st.assigned));
 }
@@ -409,24 +418,24 @@ fn mask_unmask_and_trigger() {
     let fds = eventfds(4);
     let list: Vec<Option<&EventFd>> = fds.iter().map(Some).collect();
     s.dev
-        .set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &list)
+        .set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &list)
         .unwrap();
     s.dev
-        .irq_action(pci_irq::MSIX, IrqAction::Mask, 1, 2)
+        .irq_action(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Mask, 1, 2)
         .unwrap();
     let masked: Vec<bool> = s
         .probe
-        .irq_state(pci_irq::MSIX)
+        .irq_state(VFIO_PCI_MSIX_IRQ_INDEX)
         .iter()
         .map(|st| st.masked)
         .collect();
     assert_eq!(masked, [false, true, true, false]);
     // A masked vector raised stays pending until unmasked.
-    assert!(!s.probe.raise_irq(pci_irq::MSIX, 1).unwrap());
+    assert!(!s.probe.raise_irq(VFIO_PCI_MSIX_IRQ_INDEX, 1).unwrap());
     assert!(fds[1].read().is_err());
     s.dev
-        .irq_action_bool(
-            pci_irq::MSIX,
+        .irq_action_selected(
+            VFIO_PCI_MSIX_IRQ_INDEX,
             IrqAction::Unmask,
             0,
             &[false, true, false, false],
@@ -437,18 +446,18 @@ fn mask_unmask_and_trigger() {
         1,
         "pending vector delivered on unmask"
     );
-    assert!(s.probe.irq_state(pci_irq::MSIX)[2].masked);
+    assert!(s.probe.irq_state(VFIO_PCI_MSIX_IRQ_INDEX)[2].masked);
     // The client triggers a vector itself.
     s.dev
-        .irq_action(pci_irq::MSIX, IrqAction::Trigger, 0, 1)
+        .irq_action(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, 1)
         .unwrap();
     assert_eq!(fds[0].read().unwrap(), 1);
     // De-assign one vector.
     s.dev
-        .set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 3, &[None])
+        .set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 3, &[None])
         .unwrap();
-    assert!(!s.probe.irq_state(pci_irq::MSIX)[3].assigned);
-    assert!(s.probe.irq_state(pci_irq::MSIX)[0].assigned);
+    assert!(!s.probe.irq_state(VFIO_PCI_MSIX_IRQ_INDEX)[3].assigned);
+    assert!(s.probe.irq_state(VFIO_PCI_MSIX_IRQ_INDEX)[0].assigned);
 }
 
 #[test]
@@ -522,11 +531,11 @@ fn a_device_without_io_fds_says_not_supported() {
     let server = Server::new(ServerConfig::default(), Box::new(device));
     let (client, server_end) = UnixStream::pair().unwrap();
     let _running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
     let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
     let e = dev.region_io_fds(0).unwrap_err();
     assert!(
-        matches!(e, DeviceError::IoFdsNotSupported { index: 0, errno } if errno == libc::EINVAL as u32),
+        matches!(e, DeviceError::IoFdsNotSupported { index: 0, ref source } if source.server_errno() == Some(libc::EINVAL as u32)),
         "{e}"
     );
 }
@@ -571,15 +580,15 @@ fn disabling_an_index_without_vectors_is_not_an_error() {
         ..GpioConfig::default()
     };
     let s = setup_with(gpio, ServerConfig::default(), &DeviceOptions::default());
-    assert_eq!(s.dev.irq(pci_irq::MSIX).unwrap().count, 0);
+    assert_eq!(s.dev.irq(VFIO_PCI_MSIX_IRQ_INDEX).unwrap().count, 0);
     let before = s.probe.commands();
-    s.dev.disable_irqs(pci_irq::MSIX).unwrap();
+    s.dev.disable_irqs(VFIO_PCI_MSIX_IRQ_INDEX).unwrap();
     s.dev
-        .set_irq_eventfds(pci_irq::MSIX, IrqAction::Trigger, 0, &[])
+        .set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &[])
         .unwrap();
     assert_eq!(s.probe.commands(), before);
     // INTx, with its one vector, is disabled by message.
-    s.dev.disable_irqs(pci_irq::INTX).unwrap();
+    s.dev.disable_irqs(VFIO_PCI_INTX_IRQ_INDEX).unwrap();
     assert_eq!(s.probe.commands(), before + 1);
 }
 
@@ -651,7 +660,6 @@ fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
     assert!(dev.connection().twin_socket());
     let (tx, rx) = std::sync::mpsc::channel();
     dev.connection()
-        .proxy()
         .on_disconnect(move |reason| tx.send(reason.clone()).unwrap());
     for _ in 0..100 {
         dev.read(BAR0, GpioDevice::REG_ID, &mut [0u8; 4]).unwrap();
@@ -659,7 +667,7 @@ fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
     // Nobody waits for anything when the server goes.
     server.stop();
     rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
-    assert!(!dev.connection().proxy().is_connected());
+    assert!(!dev.connection().is_connected());
     assert!(dev
         .read(BAR0, 0, &mut [0u8; 4])
         .unwrap_err()

@@ -12,18 +12,22 @@ use std::os::unix::net::UnixStream;
 use std::thread::{self, JoinHandle};
 
 use common::Peer;
+use vfio_bindings::bindings::vfio::{
+    vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+};
 use vfio_user_client::device::{Error as DeviceError, IrqAction};
 use vfio_user_client::protocol::{
     Command, DeviceInfo, Header, IoFdsLayout, IoSubregion, IrqInfo, RegionAccess, RegionCap,
-    RegionInfo, RegionIoFds, SparseMmapArea, Version, DEVICE_FLAGS_PCI, IOEVENTFD_FLAG_DATAMATCH,
-    IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_CAPS, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
+    RegionInfo, RegionIoFds, Version, IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD,
 };
+use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
-const RW: u32 = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
 const REGION_SIZE: u64 = 0x10000;
 
 /// What the scripted server does with one request.
@@ -38,9 +42,10 @@ enum Answer {
     Default,
 }
 
-/// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes with
-/// 4 vectors each, 32 KiB per message (so that 64 KiB transfers are pipelined), memory
-/// behind every region (shared by all), reads and writes honoured.
+/// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes (INTx
+/// with 1 vector, MSI and MSI-X with 4 each), 32 KiB per message (so that 64 KiB
+/// transfers are pipelined), memory behind every region (shared by all), reads and writes
+/// honoured.
 struct Script<F> {
     regions: u32,
     memory: Vec<u8>,
@@ -64,7 +69,7 @@ where
             .encode_into(&mut out),
             Some(Command::DeviceGetInfo) => DeviceInfo {
                 argsz: 16,
-                flags: DEVICE_FLAGS_PCI,
+                flags: VFIO_DEVICE_FLAGS_PCI,
                 num_regions: self.regions,
                 num_irqs: 3,
             }
@@ -86,7 +91,7 @@ where
                     argsz: 16,
                     flags: 1,
                     index: rq.index,
-                    count: 4,
+                    count: if rq.index == 0 { 1 } else { 4 },
                 }
                 .encode_into(&mut out)
             }
@@ -144,7 +149,7 @@ where
         hook,
     };
     let t = thread::spawn(move || script.run(Peer { sock: server }));
-    let dev = Connection::from_stream(client, &ConnectOptions::default())
+    let dev = Connection::connect(client, &ConnectOptions::default())
         .and_then(|c| VfioUserDevice::new(c, &DeviceOptions::default()).map_err(Error::from));
     (dev, t)
 }
@@ -163,7 +168,7 @@ fn region_info_reply(info: RegionInfo) -> Vec<u8> {
 fn sparse_info(areas: Vec<SparseMmapArea>) -> RegionInfo {
     let caps = vec![RegionCap::SparseMmap(areas)];
     let mut info = RegionInfo {
-        flags: RW | REGION_INFO_FLAG_MMAP | REGION_INFO_FLAG_CAPS,
+        flags: RW | VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS,
         index: 0,
         cap_offset: 32,
         size: REGION_SIZE,
@@ -210,13 +215,13 @@ fn asked_again(short_claims_caps: bool) {
             // libvfio-user: the size needed, MMAP without CAPS, no fd.
             let mut short = RegionInfo {
                 argsz: full.argsz,
-                flags: RW | REGION_INFO_FLAG_MMAP,
+                flags: RW | VFIO_REGION_INFO_FLAG_MMAP,
                 index: 0,
                 size: REGION_SIZE,
                 ..RegionInfo::default()
             };
             if short_claims_caps {
-                short.flags |= REGION_INFO_FLAG_CAPS;
+                short.flags |= VFIO_REGION_INFO_FLAG_CAPS;
                 short.cap_offset = 32;
             }
             return Answer::Reply(region_info_reply(short), Vec::new());
@@ -329,7 +334,7 @@ fn hostile_counts_and_broken_discovery_fail_cleanly() {
         let mut out = Vec::new();
         DeviceInfo {
             argsz: 16,
-            flags: DEVICE_FLAGS_PCI,
+            flags: VFIO_DEVICE_FLAGS_PCI,
             num_regions: u32::MAX,
             num_irqs: 5,
         }
@@ -422,7 +427,7 @@ fn unmappable_areas_stay_messages() {
         info.index = rq.index;
         if rq.argsz < info.argsz {
             info.caps.clear();
-            info.flags &= !REGION_INFO_FLAG_CAPS;
+            info.flags &= !VFIO_REGION_INFO_FLAG_CAPS;
             info.cap_offset = 0;
             let argsz = sparse_info(Vec::new()).argsz + 16;
             info.argsz = argsz;
@@ -648,8 +653,8 @@ fn io_fds_errors() {
             e,
             DeviceError::IoFdsNotSupported {
                 index: 0,
-                errno: 22
-            }
+                ref source
+            } if source.server_errno() == Some(22)
         ),
         "{e}"
     );
@@ -723,7 +728,7 @@ fn a_region_without_sparse_caps_is_mapped_whole() {
         }
         let rq = RegionInfo::decode(body).unwrap();
         let mut info = RegionInfo {
-            flags: RW | REGION_INFO_FLAG_MMAP | REGION_INFO_FLAG_CAPS,
+            flags: RW | VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS,
             index: rq.index,
             cap_offset: 32,
             size: REGION_SIZE,
@@ -737,8 +742,8 @@ fn a_region_without_sparse_caps_is_mapped_whole() {
         Answer::Reply(region_info_reply(info), vec![fd])
     });
     let dev = dev.unwrap();
-    assert_eq!(dev.flags(), DEVICE_FLAGS_PCI);
-    assert!(dev.connection().proxy().is_connected());
+    assert_eq!(dev.flags(), VFIO_DEVICE_FLAGS_PCI);
+    assert!(dev.connection().is_connected());
     let r = dev.region(0).unwrap();
     assert_eq!(r.index(), 0);
     assert_eq!(r.region_type(), Some((3, 1)));
@@ -876,7 +881,7 @@ fn discovery_errors_name_the_request() {
                     let mut out = Vec::new();
                     DeviceInfo {
                         argsz: 16,
-                        flags: DEVICE_FLAGS_PCI,
+                        flags: VFIO_DEVICE_FLAGS_PCI,
                         num_regions: 9,
                         num_irqs: 51,
                     }
@@ -908,7 +913,7 @@ fn a_refused_reset_keeps_the_errno() {
             let mut out = Vec::new();
             DeviceInfo {
                 argsz: 16,
-                flags: DEVICE_FLAGS_PCI | vfio_user_client::protocol::DEVICE_FLAGS_RESET,
+                flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
                 num_regions: 1,
                 num_irqs: 3,
             }

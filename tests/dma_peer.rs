@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::guest::{anon, memory, pattern, region, shared};
 use common::Peer;
 use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
@@ -24,6 +23,7 @@ use vfio_user_client::protocol::{
     Command, DmaAccess, DmaMap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
 };
 use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -68,9 +68,8 @@ fn accept(peer: &mut Peer, n: usize) -> Vec<(Header, Vec<u8>)> {
 
 struct Setup<AS> {
     mapper: DmaMapper<AS>,
-    proxy: vfio_user_client::proxy::Proxy,
+    conn: Connection,
     peer: Peer,
-    _lp: vfio_user_client::proxy::EventLoop,
 }
 
 fn setup<AS>(memory: AS) -> Setup<AS>
@@ -84,9 +83,9 @@ fn setup_with<AS>(memory: AS, max_data_xfer_size: u64) -> Setup<AS>
 where
     AS: GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
 {
-    let (proxy, lp, mut peer) = common::pair();
+    let (conn, mut peer) = common::pair();
     let mapper = DmaMapper::with_limits(
-        proxy.clone(),
+        &conn,
         DmaLimits {
             page_size: 4096,
             max_dma_maps: 100,
@@ -115,12 +114,7 @@ where
             (B, 0x4_0000, 3)
         ]
     );
-    Setup {
-        mapper,
-        proxy,
-        peer,
-        _lp: lp,
-    }
+    Setup { mapper, conn, peer }
 }
 
 /// Sends a DMA request and returns the reply's header and payload.
@@ -309,7 +303,7 @@ fn a_server_request_is_answered_while_a_caller_waits() {
     let mem = Arc::new(guest());
     let mut s = setup(Arc::clone(&mem));
     mem.write_slice(&[0xab; 16], GuestAddress(A)).unwrap();
-    let proxy = s.proxy.clone();
+    let conn = &s.conn;
     thread::scope(|sc| {
         let caller = sc.spawn(move || {
             let mut p = Vec::new();
@@ -319,7 +313,7 @@ fn a_server_request_is_answered_while_a_caller_waits() {
                 count: 4,
             }
             .encode_into(&mut p);
-            proxy.request(Command::RegionRead, &p, &[]).unwrap()
+            conn.request(Command::RegionRead, &p, &[]).unwrap()
         });
         // As libvfio-user without a twin socket: a DMA_READ before the reply, and the reply
         // only once the DMA_READ was answered.
@@ -390,13 +384,13 @@ fn region_write_payload(marker: u8, len: usize) -> Vec<u8> {
     p
 }
 
-fn wait_for_queued(proxy: &vfio_user_client::proxy::Proxy, n: usize) {
+fn wait_for_queued(conn: &Connection, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.queued_messages() != n {
+    while conn.queued_messages() != n {
         assert!(
             Instant::now() < deadline,
             "{} queued",
-            proxy.queued_messages()
+            conn.queued_messages()
         );
         thread::sleep(Duration::from_millis(1));
     }
@@ -419,21 +413,23 @@ fn a_1mib_dma_read_on_the_main_socket_is_served_while_the_server_drains_slowly()
         64 << 10,
         Duration::from_millis(1),
     );
-    wait_for_queued(&s.proxy, 0);
+    wait_for_queued(&s.conn, 0);
 
     // Not read at all for longer than that wait: the rest of the reply is queued (still
     // unbuffered) and a message posted meanwhile goes behind it.
     dma_read_request(&mut s.peer, 2, RW, MIB);
-    wait_for_queued(&s.proxy, 1);
+    wait_for_queued(&s.conn, 1);
     let posted = region_write_payload(0x77, 100);
-    s.proxy.post(Command::RegionWrite, &posted, &[]).unwrap();
-    assert_eq!(s.proxy.queued_messages(), 2);
+    s.conn
+        .send_no_reply(Command::RegionWrite, &posted, &[])
+        .unwrap();
+    assert_eq!(s.conn.queued_messages(), 2);
     read_dma_reply_slowly(&mut s.peer, 2, RW, &data, 256 << 10, Duration::ZERO);
     let (h, body, _) = s.peer.read_msg().unwrap();
     assert_eq!(h.command, Command::RegionWrite as u16);
     assert!(h.no_reply());
     assert_eq!(body, posted);
-    wait_for_queued(&s.proxy, 0);
+    wait_for_queued(&s.conn, 0);
 
     // Guest memory changed since is what the next reply carries.
     let data = pattern(MIB as usize - 4096, 10);
@@ -442,7 +438,7 @@ fn a_1mib_dma_read_on_the_main_socket_is_served_while_the_server_drains_slowly()
         dma_read(&mut s.peer, RW + 4096, data.len() as u64),
         Ok(data)
     );
-    assert!(s.proxy.is_connected());
+    assert!(s.conn.is_connected());
 }
 
 #[test]
@@ -453,13 +449,13 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
     let mut s = setup_with(Arc::clone(&mem), MIB);
     let data = pattern(MIB as usize, 11);
     mem.write_slice(&data, GuestAddress(RW)).unwrap();
-    let proxy = s.proxy.clone();
+    let conn = &s.conn;
     thread::scope(|sc| {
         let caller = sc.spawn(move || {
             for i in 0..CALLS {
                 if i % 3 == 0 {
                     let p = region_write_payload(i as u8, 4096);
-                    proxy.post(Command::RegionWrite, &p, &[]).unwrap();
+                    conn.send_no_reply(Command::RegionWrite, &p, &[]).unwrap();
                 }
                 let mut p = Vec::new();
                 RegionAccess {
@@ -468,7 +464,7 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
                     count: 4,
                 }
                 .encode_into(&mut p);
-                let r = proxy.request(Command::RegionRead, &p, &[]).unwrap();
+                let r = conn.request(Command::RegionRead, &p, &[]).unwrap();
                 assert_eq!(r.payload[16..], i.to_le_bytes());
             }
         });
@@ -509,8 +505,8 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
         caller.join().unwrap();
         assert_eq!(posted, CALLS.div_ceil(3));
     });
-    assert!(s.proxy.is_connected());
-    wait_for_queued(&s.proxy, 0);
+    assert!(s.conn.is_connected());
+    wait_for_queued(&s.conn, 0);
 }
 
 #[test]
@@ -521,21 +517,21 @@ fn a_dma_read_reply_goes_behind_messages_already_queued() {
     mem.write_slice(&data, GuestAddress(A)).unwrap();
     // The server reads nothing until our send queue holds messages.
     let mut posted = Vec::new();
-    while s.proxy.queued_messages() < 3 {
+    while s.conn.queued_messages() < 3 {
         let p = region_write_payload(posted.len() as u8, 64 << 10);
-        s.proxy.post(Command::RegionWrite, &p, &[]).unwrap();
+        s.conn.send_no_reply(Command::RegionWrite, &p, &[]).unwrap();
         posted.push(p);
     }
-    let queued = s.proxy.queued_messages();
+    let queued = s.conn.queued_messages();
     dma_read_request(&mut s.peer, 0x55, A, data.len() as u64);
-    wait_for_queued(&s.proxy, queued + 1);
+    wait_for_queued(&s.conn, queued + 1);
     for p in &posted {
         let (h, body, _) = s.peer.read_msg().unwrap();
         assert_eq!(h.command, Command::RegionWrite as u16);
         assert!(body == *p, "posted messages in order, whole");
     }
     read_dma_reply_slowly(&mut s.peer, 0x55, A, &data, 64 << 10, Duration::ZERO);
-    wait_for_queued(&s.proxy, 0);
+    wait_for_queued(&s.conn, 0);
     // Served at once again when nothing is queued.
     assert_eq!(dma_read(&mut s.peer, A, 4096), Ok(data[..4096].to_vec()));
 }
@@ -551,7 +547,7 @@ fn handshake_with(
 ) -> (Result<Connection, Error>, Peer) {
     let (client, server) = UnixStream::pair().unwrap();
     let mut peer = Peer { sock: server };
-    let t = thread::spawn(move || Connection::from_stream(client, &ConnectOptions::default()));
+    let t = thread::spawn(move || Connection::connect(client, &ConnectOptions::default()));
     let (h, body, _) = peer.read_msg().unwrap();
     let offer = Version::decode(&body).unwrap();
     let offered: serde_json::Value = serde_json::from_str(offer.json.as_deref().unwrap()).unwrap();
@@ -695,10 +691,10 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
     // The server closing the twin socket fails the connection.
     let lost = Arc::new(EventFd::new(0).unwrap());
     let l2 = Arc::clone(&lost);
-    conn.proxy().on_disconnect(move |_| {
+    conn.on_disconnect(move |_| {
         l2.write(1).unwrap();
     });
     drop(twin);
     lost.read().unwrap();
-    assert!(!conn.proxy().is_connected());
+    assert!(!conn.is_connected());
 }

@@ -34,13 +34,13 @@ fn event_loop_sleeps() -> u64 {
 #[test]
 fn replies_read_by_callers_do_not_wake_the_event_loop() {
     const N: u32 = 2000;
-    let (proxy, _lp, peer) = pair();
+    let (conn, peer) = pair();
     let t = thread::spawn(move || peer.echo_forever());
     // The loop's start-up (registration, first kick) is behind us after one round trip.
-    proxy.request(Command::RegionRead, b"warm", &[]).unwrap();
+    conn.request(Command::RegionRead, b"warm", &[]).unwrap();
     let before = event_loop_sleeps();
     for i in 0..N {
-        let r = proxy
+        let r = conn
             .request(Command::RegionRead, &i.to_ne_bytes(), &[])
             .unwrap();
         assert_eq!(r.payload, i.to_ne_bytes());
@@ -51,6 +51,6 @@ fn replies_read_by_callers_do_not_wake_the_event_loop() {
         woken <= 20,
         "the event loop was woken {woken} times for {N} replies"
     );
-    proxy.shutdown();
+    conn.shutdown();
     t.join().unwrap();
 }

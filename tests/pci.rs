@@ -5,8 +5,6 @@
 //! crates.io `vfio_user` server: config space, BARs, ROM, MSI-X, MSI, INTx, mode switches,
 //! hot-plug, and a server that dies.
 
-mod pci_support;
-
 #[path = "pci_cases/bars.rs"]
 mod bars;
 #[path = "pci_cases/event_loop.rs"]
@@ -25,11 +23,16 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::Duration;
 
-use pci_support::{cfg_read, cfg_write, fds_and_maps, find_cap, fired, guest_memory, quiet, Irqs};
-use vfio_user_client::device::{pci_irq, IrqAction};
+use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
+use vfio_user_client::device::IrqAction;
 use vfio_user_client::pci::{
     AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, InterruptMode,
     MsiMessage, PciConfig, VfioUserPciDevice,
+};
+use vfio_user_client::ConnectionCause;
+use vfio_user_sample_server::test_support::guest::guest_memory;
+use vfio_user_sample_server::test_support::pci::{
+    cfg_read, cfg_write, fds_and_maps, find_cap, fired, quiet, Irqs,
 };
 use vfio_user_sample_server::{
     ConfigSpace, DmaAccessMode, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle,
@@ -484,7 +487,7 @@ fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
     // The line is masked at the server (as after an automasked trigger); BAR accesses do
     // not unmask it.
     dev.device()
-        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Mask, 0, 1)
         .unwrap();
     assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(false));
     let commands = g.probe.commands();
@@ -505,7 +508,7 @@ fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
 
     // And through the VMM's own call.
     dev.device()
-        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Mask, 0, 1)
         .unwrap();
     assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(false));
     dev.end_of_interrupt().unwrap();
@@ -753,7 +756,13 @@ fn a_dying_server_fails_accesses_without_hanging() {
     assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 0), u32::MAX);
     dev.mmio_write(MmioAddress(BAR0_BASE), 0, &[0; 4]);
     assert!(dev.write_config_register(1, 0, &[0; 2]).is_empty());
-    assert!(dev.last_error().unwrap().contains("lost"));
+    let last = dev.last_error().unwrap();
+    assert!(last.to_string().contains("lost"));
+    assert!(
+        matches!(*last, vfio_user_client::pci::Error::Lost(_)),
+        "{last}"
+    );
+    assert!(last.is_disconnected());
     assert_eq!(dev.error_count(), 0, "the loss is not counted per access");
     assert!(quiet(dev.event()), "signalled once");
     dev.end_of_interrupt().unwrap();
@@ -783,7 +792,15 @@ fn server_errors_are_recorded_not_dropped() {
     g.handle.set_fail_region(Some((1, libc::EIO)));
     assert_eq!(mmio_u32(dev, BAR1_BASE, 0), u32::MAX);
     assert_eq!(dev.error_count(), 1);
-    assert!(dev.last_error().unwrap().contains("BAR 1 read"));
+    let last = dev.last_error().unwrap();
+    assert!(last.to_string().contains("BAR 1 read"));
+    assert!(matches!(
+        *last,
+        vfio_user_client::pci::Error::During {
+            activity: vfio_user_client::pci::Activity::BarRead { bar: 1, .. },
+            ..
+        }
+    ));
     assert!(!dev.is_lost());
     g.handle.set_fail_region(None);
     assert_eq!(mmio_u32(dev, BAR1_BASE, 0), 0);

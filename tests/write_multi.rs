@@ -36,7 +36,7 @@ fn setup(write_multiple: bool) -> Setup {
     let probe = server.probe();
     let (client, server_end) = UnixStream::pair().unwrap();
     let running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
     let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
     assert!(dev.posted_writes());
     Setup {
@@ -48,7 +48,7 @@ fn setup(write_multiple: bool) -> Setup {
 
 impl Setup {
     fn queued(&self) -> usize {
-        self.dev.connection().proxy().queued_messages()
+        self.dev.connection().queued_messages()
     }
 
     fn post(&self, offset: u64, data: &[u8]) {

@@ -9,6 +9,11 @@
 //! followed at most 48 steps (the most a 256-byte space can hold), so a loop ends.
 
 use serde::Serialize;
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+};
+use vfio_user_client::device::max_vectors;
 
 /// A vendor id, its name, and the names of some of its devices.
 type VendorEntry = (u16, &'static str, &'static [(u16, &'static str)]);
@@ -544,6 +549,31 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
     }
 }
 
+/// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ): one INTx
+/// pin, 32 MSI vectors (Multiple Message Capable), 2048 MSI-X table entries (Table Size is 11
+/// bits), and one ERR and one REQ notification, as the client library bounds them
+/// ([`max_vectors`]).
+pub fn irq_bound(index: u32) -> Option<(&'static str, u32)> {
+    let name = match index {
+        VFIO_PCI_INTX_IRQ_INDEX => "INTx",
+        VFIO_PCI_MSI_IRQ_INDEX => "MSI",
+        VFIO_PCI_MSIX_IRQ_INDEX => "MSI-X",
+        VFIO_PCI_ERR_IRQ_INDEX => "ERR",
+        VFIO_PCI_REQ_IRQ_INDEX => "REQ",
+        _ => return None,
+    };
+    Some((name, max_vectors(true, index)))
+}
+
+/// Why IRQ index `index` of a PCI device with `count` vectors breaks its PCI bound, if it
+/// does.
+pub fn irq_count_problem(index: u32, count: u32) -> Option<String> {
+    let (name, bound) = irq_bound(index)?;
+    (count > bound).then(|| {
+        format!("{name} (IRQ index {index}) has {count} vectors; PCI allows at most {bound}")
+    })
+}
+
 fn flag(name: &str, on: bool) -> String {
     format!("{name}{}", if on { '+' } else { '-' })
 }
@@ -742,53 +772,30 @@ impl ConfigSpace {
     }
 }
 
-/// A config space with a capability list for tests: BAR0 32-bit memory, BAR1 64-bit
-/// prefetchable memory, BAR3 I/O ports; PM, MSI (64-bit), MSI-X (4 vectors,
-/// table in BAR0 at 0x800, PBA at 0xc00) and PCI Express (v2 endpoint, x1 8GT/s).
-pub fn example_with_capabilities(vendor: u16, device: u16) -> Vec<u8> {
-    let mut c = vec![0u8; 256];
-    let mut put = |at: usize, v: &[u8]| c[at..at + v.len()].copy_from_slice(v);
-    put(0, &vendor.to_le_bytes());
-    put(2, &device.to_le_bytes());
-    put(6, &0x0010u16.to_le_bytes());
-    put(8, &[0x01, 0x02, 0x08, 0x01]);
-    put(0x10, &0xfe00_0000u32.to_le_bytes());
-    put(0x14, &0x0000_000cu32.to_le_bytes());
-    put(0x1c, &0x0000_c001u32.to_le_bytes());
-    put(0x2c, &vendor.to_le_bytes());
-    put(0x2e, &device.to_le_bytes());
-    put(0x34, &[0x40]);
-    put(0x3d, &[1]);
-    // PM: version 3, next 0x50.
-    put(0x40, &[0x01, 0x50, 0x03, 0x00, 0x00, 0x00]);
-    // MSI: 64-bit, maskable, 4 vectors capable, next 0x70.
-    put(0x50, &[0x05, 0x70]);
-    put(0x52, &((1u16 << 7) | (1 << 8) | (2 << 1)).to_le_bytes());
-    // MSI-X: 4 vectors, table BAR0+0x800, PBA BAR0+0xc00, next 0x90.
-    put(0x70, &[0x11, 0x90]);
-    put(0x72, &3u16.to_le_bytes());
-    put(0x74, &0x800u32.to_le_bytes());
-    put(0x78, &0xc00u32.to_le_bytes());
-    // Express v2 endpoint: MPS 256 supported, x1 8GT/s, end of list.
-    put(0x90, &[0x10, 0x00]);
-    put(0x92, &0x0002u16.to_le_bytes());
-    put(0x94, &1u32.to_le_bytes());
-    put(0x98, &(2u16 << 12).to_le_bytes());
-    put(0x9c, &(3u32 | (1 << 4)).to_le_bytes());
-    put(0xa2, &(3u16 | (1 << 4)).to_le_bytes());
-    c
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vfio_user_sample_server::test_support::config::with_capabilities;
+
+    #[test]
+    fn irq_counts_are_bounded_per_index() {
+        assert_eq!(irq_bound(2), Some(("MSI-X", 2048)));
+        assert_eq!(irq_bound(5), None);
+        assert_eq!(irq_count_problem(2, 2048), None);
+        assert_eq!(
+            irq_count_problem(2, 2049).as_deref(),
+            Some("MSI-X (IRQ index 2) has 2049 vectors; PCI allows at most 2048")
+        );
+        assert!(irq_count_problem(1, 33).is_some());
+        assert!(irq_count_problem(0, 2).is_some());
+        assert!(irq_count_problem(4, 1).is_none());
+        // Indexes past REQ are not PCI's.
+        assert_eq!(irq_count_problem(7, u32::MAX), None);
+    }
 
     #[test]
     fn decodes_header_bars_and_capabilities() {
-        let c = decode(
-            &example_with_capabilities(0x1b36, 0x0010),
-            &[4096, 1 << 20, 256],
-        );
+        let c = decode(&with_capabilities(0x1b36, 0x0010), &[4096, 1 << 20, 256]);
         assert_eq!(c.vendor_name.as_deref(), Some("Red Hat, Inc."));
         assert_eq!(
             c.device_name.as_deref(),
@@ -824,7 +831,7 @@ mod tests {
 
     #[test]
     fn survives_looping_and_wild_pointers() {
-        let mut b = example_with_capabilities(1, 2);
+        let mut b = with_capabilities(1, 2);
         b[0x91] = 0x40; // Express points back to PM.
         let c = decode(&b, &[]);
         assert_eq!(c.capabilities.len(), 4);

@@ -3,14 +3,15 @@
 
 //! The built binary: exit status, one-line errors, text and JSON output.
 
-mod common;
+mod support;
 
 use std::process::{Command, Output};
 
-use common::{
+use vfio_user_sample_server::test_support::peers::{
     closing_peer, dead_socket, http_peer, missing_socket, path_of, path_str, sample, silent_peer,
-    Peer, RustVmm,
+    ScriptedServer,
 };
+use vfio_user_sample_server::test_support::rust_vmm::RustVmmServer;
 use vfio_user_sample_server::{Quirks, ServerConfig};
 
 fn probe(args: &[&str]) -> Output {
@@ -66,7 +67,7 @@ fn path_that_is_not_a_socket() {
 
 #[test]
 fn peer_that_does_not_answer_in_time() {
-    let peer = Peer::start(silent_peer);
+    let peer = ScriptedServer::start(silent_peer);
     for cmd in ["info", "check"] {
         let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
         assert_error(&o, "no reply to VERSION within 200ms");
@@ -75,7 +76,7 @@ fn peer_that_does_not_answer_in_time() {
 
 #[test]
 fn peer_that_is_not_a_vfio_user_server() {
-    let peer = Peer::start(http_peer);
+    let peer = ScriptedServer::start(http_peer);
     for cmd in ["info", "check", "bench"] {
         let o = probe(&[cmd, &path_str(&peer.path), "--timeout", "200ms"]);
         assert_error(&o, "not a vfio-user server: it answered 48 54 54 50");
@@ -89,7 +90,7 @@ fn peer_that_is_not_a_vfio_user_server() {
 
 #[test]
 fn peer_that_hangs_up() {
-    let peer = Peer::start(closing_peer);
+    let peer = ScriptedServer::start(closing_peer);
     let o = probe(&["info", &path_str(&peer.path), "--timeout", "200ms"]);
     assert_error(&o, "closed the connection without answering VERSION");
 }
@@ -127,6 +128,109 @@ fn info_text_and_json() {
     assert_eq!(v["pci"]["device_id"], 0x0dc8);
 }
 
+/// Asserts exit status 2 with the report on stdout and one line on stderr that names the
+/// socket and contains `needle`.
+fn assert_lost(o: &Output, socket: &str, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    let prefix = format!("vfio-user-probe: error: {socket}: ");
+    assert!(err.starts_with(&prefix), "{err}");
+    assert!(err.contains(needle), "{needle:?} missing from {err}");
+    assert!(!o.stdout.is_empty(), "the report of what came before");
+}
+
+#[test]
+fn info_exit_status_names_the_failed_sections() {
+    let peer = ScriptedServer::start(support::short_config_reads);
+    let path = path_str(&peer.path);
+    let o = probe(&["info", &path]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("\nRegions:\n") && text.contains("\nIRQs:\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 section failed:\n  PCI config space: bad REGION_READ reply"),
+        "{text}"
+    );
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+    let o = probe(&["info", &path, "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failed"][0]["section"], "PCI config space");
+    assert_eq!(v["device"]["num_regions"], 9);
+}
+
+#[test]
+fn info_exits_2_when_the_server_dies_part_way() {
+    let peer = ScriptedServer::start(support::dies_at_the_first_config_read);
+    let path = path_str(&peer.path);
+    let o = probe(&["info", &path]);
+    assert_lost(
+        &o,
+        &path,
+        "the server was lost while reading PCI config space: ",
+    );
+    assert!(stdout(&o).contains("\nIRQs:\n"), "{}", stdout(&o));
+}
+
+#[test]
+fn bench_exits_2_when_the_server_dies_part_way() {
+    let peer = ScriptedServer::start(support::dies_during_large_writes);
+    let path = path_str(&peer.path);
+    let args = ["bench", &path, "--samples=5", "--bytes=1M", "--dma-maps=5"];
+    let o = probe(&args);
+    assert_lost(
+        &o,
+        &path,
+        "the server was lost during the write throughput: ",
+    );
+    assert!(
+        stderr(&o).ends_with("disconnected: the server closed the connection\n"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("read throughput"), "{}", stdout(&o));
+    let o = probe(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["lost"].as_str().unwrap().contains("write throughput"));
+}
+
+#[test]
+fn bench_goes_on_past_what_the_server_refuses() {
+    let peer = ScriptedServer::start(support::dword_only_bars);
+    let path = path_str(&peer.path);
+    let o = probe(&["bench", &path, "--samples=5", "--bytes=1M", "--dma-maps=5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in [
+        "read throughput    refused by the server (Invalid argument (errno 22))",
+        "write throughput   refused by the server (Invalid argument (errno 22))",
+        "DMA map / unmap",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+
+    let peer = ScriptedServer::start(support::dma_regions_capped_at_64);
+    let path = path_str(&peer.path);
+    let o = probe(&[
+        "bench",
+        &path,
+        "--samples=5",
+        "--bytes=1M",
+        "--dma-maps=100",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("(64 windows of 4K, memfd-backed; stopped at map 65 of 100: "),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[test]
 fn check_exit_status_follows_the_verdict() {
     let good = sample(ServerConfig::default());
@@ -160,7 +264,7 @@ fn check_exit_status_follows_the_verdict() {
 
 #[test]
 fn every_subcommand_against_the_rust_vmm_server() {
-    let server = RustVmm::start(false);
+    let server = RustVmmServer::start(false);
     let path = path_str(&server.path);
     let o = probe(&["info", &path]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -222,6 +326,8 @@ fn demo_runs_info_check_and_bench() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
+    // Nothing on stderr: no progress line when it is not a terminal.
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
     let o = probe(&["demo", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -230,18 +336,105 @@ fn demo_runs_info_check_and_bench() {
 
 #[test]
 fn usage_errors() {
-    for args in [
-        &[][..],
-        &["frob"][..],
-        &["info"][..],
-        &["info", "/x", "--frob"][..],
-        &["check", "/x", "--timeout", "soon"][..],
+    for (args, needle) in [
+        (&["frob"][..], "unrecognized subcommand 'frob'"),
+        (&["info"][..], "<SOCKET>"),
+        (
+            &["info", "/x", "--frob"][..],
+            "unexpected argument '--frob'",
+        ),
+        (&["info", "/x", "--destructive"][..], "'--destructive'"),
+        (&["demo", "extra"][..], "unexpected argument 'extra'"),
+        (
+            &["bench", "/x", "--region"][..],
+            "a value is required for '--region <N>'",
+        ),
+        (
+            &["check", "/x", "--timeout", "soon"][..],
+            "invalid value 'soon' for '--timeout <DUR>'",
+        ),
     ] {
         let o = probe(args);
+        let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
-        assert!(stderr(&o).contains("usage: vfio-user-probe"), "{args:?}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {needle:?} missing from {err}"
+        );
+        assert!(err.contains("try '--help'"), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
     }
-    let o = probe(&["--help"]);
-    assert_eq!(o.status.code(), Some(0));
-    assert!(stdout(&o).contains("demo"));
+    // No command at all: the help, on stderr, and the same status.
+    let o = probe(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("Commands:"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn help_on_every_subcommand() {
+    for args in [&["--help"][..], &["-h"][..], &["help"][..]] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = stdout(&o);
+        for command in ["info", "check", "bench", "demo"] {
+            assert!(
+                text.contains(command),
+                "{args:?}: {command} missing from\n{text}"
+            );
+        }
+        assert!(text.contains("Exit status: 0 success"), "{text}");
+        assert!(o.stderr.is_empty());
+    }
+    for (command, options) in [
+        ("info", &["<SOCKET>", "--json", "--timeout <DUR>"][..]),
+        (
+            "check",
+            &["<SOCKET>", "--destructive", "--json", "--timeout"][..],
+        ),
+        (
+            "bench",
+            &[
+                "<SOCKET>",
+                "--region <N>",
+                "--samples <N>",
+                "[default: 10000]",
+                "--bytes <SIZE>",
+                "[default: 256M]",
+                "--dma-maps <N>",
+                "[default: 1000]",
+                "[default: 5s]",
+            ][..],
+        ),
+        ("demo", &["--json", "--timeout <DUR>"][..]),
+    ] {
+        for args in [[command, "--help"], ["help", command]] {
+            let o = probe(&args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}");
+            let text = stdout(&o);
+            let usage = format!("Usage: vfio-user-probe {command}");
+            assert!(text.contains(&usage), "{args:?}:\n{text}");
+            for option in options {
+                assert!(
+                    text.contains(option),
+                    "{args:?}: {option} missing from\n{text}"
+                );
+            }
+            assert!(o.stderr.is_empty());
+        }
+    }
+    let o = probe(&["demo", "-h"]);
+    assert!(!stdout(&o).contains("--destructive"), "{}", stdout(&o));
+}
+
+#[test]
+fn version() {
+    let expected = format!("vfio-user-probe {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["-V"][..]] {
+        let o = probe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert_eq!(stdout(&o), expected, "{args:?}");
+        assert!(o.stderr.is_empty());
+    }
 }

@@ -2,30 +2,31 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Every subcommand against an independent server: the crates.io `vfio_user` crate's
-//! `Server`, with a small backend (see `common`). That server is known to break the
+//! `Server`, with a small backend (see `test_support::rust_vmm`). That server is known to break the
 //! protocol in places (it replies to some `No_reply` commands, ignores `argsz`, and answers
 //! unknown commands without reading their body); `check` must say so, and must not hang.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{RustVmm, MAPPED, RAM, RAM_SIZE, REGS};
 use vfio_user_probe::bench::{self, BenchOptions};
 use vfio_user_probe::check::{self, CheckOptions, Status};
 use vfio_user_probe::info::{self, IoFds};
 use vfio_user_probe::pci::CapDetails;
+use vfio_user_sample_server::test_support::rust_vmm::{
+    RustVmmServer, MAPPED, RAM, RAM_SIZE, REGS, REGS_SIZE,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[test]
 fn info_reads_the_rust_vmm_server() {
-    let server = RustVmm::start(false);
+    let server = RustVmmServer::start(false);
     let r = info::run(&server.path, TIMEOUT).unwrap();
     assert_eq!((r.negotiated.major, r.negotiated.minor), (0, 0));
     assert_eq!(r.negotiated.max_msg_fds, 1);
     assert!(r.negotiated.migration_pgsize.is_some());
-    assert!(r.device.pci && r.device.reset);
+    let device = r.device.as_ref().unwrap();
+    assert!(device.pci && device.reset);
     assert_eq!(r.regions[RAM as usize].size, RAM_SIZE);
     assert!(!r.regions[RAM as usize].mappable);
     // REGION_IO_FDS is not implemented there: reported, and the stream survives it.
@@ -49,7 +50,7 @@ fn info_reads_the_rust_vmm_server() {
             ..
         }
     ));
-    assert_eq!(pci.bars[0].size, common::REGS_SIZE);
+    assert_eq!(pci.bars[0].size, REGS_SIZE);
     let text = r.render_text();
     for needle in [
         "Capabilities: [40] Power Management version 3",
@@ -68,7 +69,7 @@ fn info_reads_the_rust_vmm_server() {
 
 #[test]
 fn check_reports_where_the_rust_vmm_server_breaks_the_protocol() {
-    let server = RustVmm::start(true);
+    let server = RustVmmServer::start(true);
     let r = check::run(
         &server.path,
         &CheckOptions {
@@ -89,7 +90,9 @@ fn check_reports_where_the_rust_vmm_server_breaks_the_protocol() {
         "device.info",
         "region.info",
         "region.requery",
+        "region.config-read",
         "irq.info",
+        "irq.counts",
         "irq.set-eventfds",
         "dma.map-fd",
         "dma.map-no-fd",
@@ -118,13 +121,13 @@ fn check_reports_where_the_rust_vmm_server_breaks_the_protocol() {
     );
     assert!(!r.ok());
     // Every window mapped by the check was unmapped again.
-    assert!(server.state.lock().unwrap().dma_maps.is_empty());
-    assert_eq!(server.state.lock().unwrap().resets, 1);
+    assert!(server.state().dma_maps.is_empty());
+    assert_eq!(server.state().resets, 1);
 }
 
 #[test]
 fn bench_measures_the_rust_vmm_server() {
-    let server = RustVmm::start(false);
+    let server = RustVmmServer::start(false);
     let r = bench::run(
         &server.path,
         &BenchOptions {
@@ -143,14 +146,14 @@ fn bench_measures_the_rust_vmm_server() {
     assert_eq!(r.write_throughput.as_ref().unwrap().bytes, 256 << 10);
     // max_msg_fds 1: the windows carry a memfd each.
     assert!(r.dma.as_ref().unwrap().with_fd);
-    assert!(server.state.lock().unwrap().dma_maps.is_empty());
+    assert!(server.state().dma_maps.is_empty());
 }
 
 /// This server's short REGION_INFO reply sets CAPS and `cap_offset` 32 without the chain
 /// (the chain comes on the re-query); the library re-asks before it parses caps.
 #[test]
 fn info_reads_a_rust_vmm_server_with_a_sparse_region() {
-    let server = RustVmm::start(true);
+    let server = RustVmmServer::start(true);
     let r = info::run(&server.path, TIMEOUT).unwrap();
     assert!(r.regions[MAPPED as usize].mappable);
 }

@@ -210,7 +210,7 @@ impl ServerConfig {
         let n = self.max_msg_fds.unwrap_or(1);
         usize::try_from(n)
             .unwrap_or(usize::MAX)
-            .min(vfio_user_client::proxy::socket::MAX_RECV_FDS)
+            .min(crate::socket::MAX_RECV_FDS)
     }
 
     /// Largest region access accepted.

@@ -13,21 +13,24 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vfio_bindings::bindings::vfio::{
+    vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_DMA_UNMAP_FLAG_ALL, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
 use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
     MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti,
-    RegionWriteMultiReply, SetIrqs, SparseMmapArea, Version, DEVICE_FLAGS_RESET,
-    DMA_UNMAP_FLAG_ALL, FLAGS_ERROR, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK, HEADER_SIZE,
-    IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE,
+    RegionWriteMultiReply, SetIrqs, Version, FLAGS_ERROR, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK,
+    HEADER_SIZE,
 };
-use vfio_user_client::proxy::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 use crate::device::Errno;
 use crate::device::ResetReason;
 use crate::dma::Segment;
 use crate::irq::IrqTable;
 use crate::server::{ClientInfo, Shared};
+use crate::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
 /// Commands that may arrive while the server waits for a DMA reply; more is a flood.
 const MAX_QUEUED: usize = 4096;
@@ -789,7 +792,7 @@ impl Conn<'_> {
         };
         let mut fds: Vec<Arc<dyn ReplyFd>> = Vec::new();
         if let Some(spec) = spec {
-            info.flags = spec.flags & (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE);
+            info.flags = spec.flags & (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE);
             info.size = spec.size;
             // A client that accepts no fds cannot mmap; it gets a trapped region.
             if let Some(mm) = spec.mmap.filter(|_| self.link.client_max_fds > 0) {
@@ -801,7 +804,7 @@ impl Conn<'_> {
                 } else {
                     mm.areas
                 };
-                info.flags |= REGION_INFO_FLAG_MMAP;
+                info.flags |= VFIO_REGION_INFO_FLAG_MMAP;
                 info.offset = mm.offset;
                 info.caps = vec![RegionCap::SparseMmap(areas)];
                 info.argsz = u32::try_from(info.encoded_len()).map_err(|_| Errno::INVAL)?;
@@ -835,7 +838,7 @@ impl Conn<'_> {
                 return Err(Errno::INVAL);
             }
             let spec = device.region(request.index).ok_or(Errno::INVAL)?;
-            if spec.flags & (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE) == 0 {
+            if spec.flags & (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) == 0 {
                 return Err(Errno::INVAL);
             }
             device.region_io_fds(request.index)?
@@ -902,14 +905,14 @@ impl Conn<'_> {
             device.irq_count(request.index)
         };
         let maskable = if self.shared.config.irq_masking.masks(request.index) {
-            IRQ_INFO_MASKABLE
+            VFIO_IRQ_INFO_MASKABLE
         } else {
             0
         };
         let mut payload = Vec::with_capacity(IrqInfo::SIZE);
         IrqInfo {
             argsz: IrqInfo::SIZE as u32,
-            flags: IRQ_INFO_EVENTFD | maskable,
+            flags: VFIO_IRQ_INFO_EVENTFD | maskable,
             index: request.index,
             count,
         }
@@ -951,7 +954,7 @@ impl Conn<'_> {
             return Err(Errno::INVAL);
         }
         let head = RegionAccess::decode(&m.body)?;
-        self.check_access(&head, REGION_INFO_FLAG_READ)?;
+        self.check_access(&head, VFIO_REGION_INFO_FLAG_READ)?;
         if head.count == 0 {
             return Ok(Reply::default());
         }
@@ -975,7 +978,7 @@ impl Conn<'_> {
 
     fn region_write(&mut self, m: &Message) -> Result<Reply, Errno> {
         let (head, data) = RegionAccess::decode_with_data(&m.body)?;
-        self.check_access(&head, REGION_INFO_FLAG_WRITE)?;
+        self.check_access(&head, VFIO_REGION_INFO_FLAG_WRITE)?;
         if head.count == 0 {
             return Ok(Reply::default());
         }
@@ -1005,7 +1008,7 @@ impl Conn<'_> {
                 region: w.region,
                 count: w.count,
             };
-            self.check_access(&head, REGION_INFO_FLAG_WRITE)?;
+            self.check_access(&head, VFIO_REGION_INFO_FLAG_WRITE)?;
             if w.count == 0 {
                 continue;
             }
@@ -1067,10 +1070,12 @@ impl Conn<'_> {
     fn dma_unmap(&mut self, m: &Message) -> Result<Reply, Errno> {
         let request = DmaUnmap::decode(&m.body)?;
         // GET_DIRTY_BITMAP needs dirty tracking, which this server does not do.
-        if (request.argsz as usize) < DmaUnmap::SIZE || request.flags & !DMA_UNMAP_FLAG_ALL != 0 {
+        if (request.argsz as usize) < DmaUnmap::SIZE
+            || request.flags & !VFIO_DMA_UNMAP_FLAG_ALL != 0
+        {
             return Err(Errno::INVAL);
         }
-        let removed = if request.flags & DMA_UNMAP_FLAG_ALL != 0 {
+        let removed = if request.flags & VFIO_DMA_UNMAP_FLAG_ALL != 0 {
             if request.address != 0 || request.size != 0 {
                 return Err(Errno::INVAL);
             }
@@ -1093,7 +1098,7 @@ impl Conn<'_> {
 
     fn reset(&mut self) -> Result<Reply, Errno> {
         let mut device = lock(&self.shared.device);
-        if device.info().flags & DEVICE_FLAGS_RESET == 0 {
+        if device.info().flags & VFIO_DEVICE_FLAGS_RESET == 0 {
             return Err(Errno::INVAL);
         }
         device.reset(ResetReason::Client)?;

@@ -6,7 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use vfio_user_client::protocol::{DecodeError, SparseMmapArea};
+use vfio_bindings::bindings::vfio::vfio_region_sparse_mmap_area as SparseMmapArea;
+use vfio_user_client::protocol::DecodeError;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::conn::DeviceContext;
@@ -99,7 +100,7 @@ pub struct RegionMmap {
 /// One region as GET_REGION_INFO reports it.
 #[derive(Clone, Debug)]
 pub struct RegionSpec {
-    /// `REGION_INFO_FLAG_READ` and/or `REGION_INFO_FLAG_WRITE` from
+    /// `VFIO_REGION_INFO_FLAG_READ` and/or `VFIO_REGION_INFO_FLAG_WRITE` from
     /// [`vfio_user_client::protocol`]; the server adds the others.
     pub flags: u32,
     /// Size in bytes.

@@ -7,11 +7,12 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use vfio_user_client::protocol::{
-    SetIrqs, IRQ_SET_ACTION_MASK as SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER as SET_ACTION_TRIGGER,
-    IRQ_SET_ACTION_UNMASK as SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL as SET_DATA_BOOL,
-    IRQ_SET_DATA_EVENTFD as SET_DATA_EVENTFD, IRQ_SET_DATA_NONE as SET_DATA_NONE,
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_SET_ACTION_MASK as SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER as SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_ACTION_UNMASK as SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL as SET_DATA_BOOL,
+    VFIO_IRQ_SET_DATA_EVENTFD as SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE as SET_DATA_NONE,
 };
+use vfio_user_client::protocol::SetIrqs;
 
 use crate::config::IrqMasking;
 use crate::device::{Errno, IRQ_ERR, IRQ_REQ};

@@ -18,7 +18,10 @@
 //! * a [`Probe`] lets a test look at the server's side: raise an IRQ vector, list DMA maps,
 //!   see what the client negotiated, wait for disconnects;
 //! * [`ServerConfig`] shapes the VERSION reply and [`Quirks`] make the server misbehave on
-//!   purpose.
+//!   purpose;
+//! * a [`wire::RawEndpoint`] is the other way round: one end of a vfio-user stream driven by
+//!   hand, for tests and conformance checks that must send or see what a well-behaved peer
+//!   never would.
 //!
 //! The sample devices are [`GpioDevice`] (registers, a sequence checker, two ioeventfds, a
 //! 4 MiB scratch BAR and a sparsely mappable BAR) and [`DmaEngine`] (copies guest memory on a doorbell and
@@ -48,6 +51,11 @@ mod irq;
 mod memory;
 mod pci;
 mod server;
+mod socket;
+#[doc(hidden)]
+#[cfg(feature = "test-support")]
+pub mod test_support;
+pub mod wire;
 
 pub use config::{IrqMasking, Quirks, ServerConfig, VersionPayload};
 pub use conn::DeviceContext;

@@ -4,16 +4,15 @@
 //! What the client's device-access layer meets: REGION_IO_FDS, the reset knob, injected
 //! region errors and SET_IRQS edge cases, driven with hand-built messages.
 
-mod common;
-
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use common::*;
 use vfio_user_client::protocol::{
     Command, IoFdsLayout, RegionIoFds, IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD,
 };
+use vfio_user_sample_server::test_support::script::*;
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
     DmaEngine, GpioConfig, GpioDevice, GpioHandle, ServerConfig, ServerHandle, IRQ_ERR, IRQ_MSIX,
     IRQ_REQ, PCI_CONFIG_REGION,
@@ -25,13 +24,13 @@ const EVENTFD_TRIGGER: u32 = (1 << 2) | (1 << 5);
 const EVENTFD_MASK: u32 = (1 << 2) | (1 << 3);
 const NONE_TRIGGER: u32 = 1 | (1 << 5);
 
-fn gpio_with(config: ServerConfig, gpio: GpioConfig) -> (RawClient, ServerHandle, GpioHandle) {
+fn gpio_with(config: ServerConfig, gpio: GpioConfig) -> (RawEndpoint, ServerHandle, GpioHandle) {
     let (dev, h) = GpioDevice::new(gpio).unwrap();
-    let (c, s) = start(config, Box::new(dev));
+    let (c, s) = serve_pair(config, Box::new(dev));
     (c, s, h)
 }
 
-fn io_fds(c: &mut RawClient, index: u32, argsz: u32) -> Msg {
+fn io_fds(c: &mut RawEndpoint, index: u32, argsz: u32) -> RawMsg {
     c.call(Command::DeviceGetRegionIoFds, &words(&[argsz, 0, index, 0]))
 }
 
@@ -51,17 +50,17 @@ fn io_fds_libvfio_user_layout_and_argsz_requery() {
     // Too small for the entries: the head with the argsz needed and the count, no fds.
     let m = io_fds(&mut c, 0, 16);
     m.assert_ok();
-    assert_eq!(m.body, words(&[16 + 2 * 48, 0, 0, 2]));
+    assert_eq!(m.payload, words(&[16 + 2 * 48, 0, 0, 2]));
     assert!(m.fds.is_empty());
     let m = io_fds(&mut c, 0, 16 + 2 * 48 - 1);
-    assert_eq!(m.body.len(), 16);
+    assert_eq!(m.payload.len(), 16);
     assert!(m.fds.is_empty());
 
     let m = io_fds(&mut c, 0, 4096);
     m.assert_ok();
-    assert_eq!(m.body.len(), 16 + 2 * 48);
+    assert_eq!(m.payload.len(), 16 + 2 * 48);
     assert_eq!(m.fds.len(), 2);
-    let r = RegionIoFds::decode(&m.body).unwrap();
+    let r = RegionIoFds::decode(&m.payload).unwrap();
     assert_eq!((r.argsz, r.index, r.count), (112, 0, 2));
     assert_eq!(r.layout, IoFdsLayout::LibVfioUser);
     let out = r.subregions[GpioDevice::IOEVENTFD_OUTPUT];
@@ -107,10 +106,10 @@ fn io_fds_spec_layout() {
     let (mut c, _s, _gpio) = gpio_with(config, GpioConfig::default());
     c.version();
     let m = io_fds(&mut c, 0, 16);
-    assert_eq!(m.body, words(&[16 + 2 * 40, 0, 0, 2]));
+    assert_eq!(m.payload, words(&[16 + 2 * 40, 0, 0, 2]));
     let m = io_fds(&mut c, 0, 96);
     assert_eq!(m.fds.len(), 2);
-    let r = RegionIoFds::decode(&m.body).unwrap();
+    let r = RegionIoFds::decode(&m.payload).unwrap();
     assert_eq!(r.layout, IoFdsLayout::Spec);
     assert_eq!(
         r.subregions[0].data,
@@ -126,7 +125,7 @@ fn io_fds_regions_without_ioeventfds_and_bad_requests() {
     for index in [1, 2, PCI_CONFIG_REGION] {
         let m = io_fds(&mut c, index, 4096);
         m.assert_ok();
-        assert_eq!(m.body, words(&[16, 0, index, 0]), "region {index}");
+        assert_eq!(m.payload, words(&[16, 0, index, 0]), "region {index}");
         assert!(m.fds.is_empty());
     }
     // Absent regions and out-of-range indexes.
@@ -158,7 +157,7 @@ fn io_fds_regions_without_ioeventfds_and_bad_requests() {
 #[test]
 fn io_fds_unsupported_by_the_device() {
     let (dev, _h) = DmaEngine::new();
-    let (mut c, _s) = start(ServerConfig::default(), Box::new(dev));
+    let (mut c, _s) = serve_pair(ServerConfig::default(), Box::new(dev));
     c.version();
     assert_eq!(io_fds(&mut c, 0, 4096).errno(), EINVAL);
 }
@@ -175,7 +174,7 @@ fn io_fds_respect_the_clients_max_msg_fds() {
         assert_eq!(m.u32_at(0), 16 + 48 * count);
         assert_eq!(m.fds.len(), count as usize);
         if count == 1 {
-            let r = RegionIoFds::decode(&m.body).unwrap();
+            let r = RegionIoFds::decode(&m.payload).unwrap();
             assert_eq!(r.subregions[0].offset, GpioDevice::REG_OUTPUT);
             assert_eq!(r.subregions[0].fd_index, 0);
         }
@@ -242,7 +241,7 @@ fn set_irqs_512_vectors_in_runs() {
     let probe = s.probe();
     c.version();
     let m = c.call(Command::DeviceGetIrqInfo, &words(&[16, 0, IRQ_MSIX, 0]));
-    assert_eq!(m.body, words(&[16, 3, IRQ_MSIX, 512]));
+    assert_eq!(m.payload, words(&[16, 3, IRQ_MSIX, 512]));
 
     let efds: Vec<EventFd> = (0..512)
         .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())

@@ -3,19 +3,18 @@
 
 //! Message-level behaviour of the server, driven with hand-built messages.
 
-mod common;
-
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use common::*;
 use vfio_user_client::protocol::{Command, Header};
+use vfio_user_sample_server::test_support::script::*;
+use vfio_user_sample_server::wire::RawEndpoint;
 use vfio_user_sample_server::{
     GpioDevice, Quirks, ResetReason, ServerConfig, VersionPayload, PCI_CONFIG_REGION,
 };
 
 fn gpio() -> (
-    RawClient,
+    RawEndpoint,
     vfio_user_sample_server::ServerHandle,
     vfio_user_sample_server::GpioHandle,
 ) {
@@ -25,12 +24,12 @@ fn gpio() -> (
 fn gpio_with(
     config: ServerConfig,
 ) -> (
-    RawClient,
+    RawEndpoint,
     vfio_user_sample_server::ServerHandle,
     vfio_user_sample_server::GpioHandle,
 ) {
     let (dev, h) = GpioDevice::new(Default::default()).unwrap();
-    let (c, s) = start(config, Box::new(dev));
+    let (c, s) = serve_pair(config, Box::new(dev));
     (c, s, h)
 }
 
@@ -42,9 +41,9 @@ fn version_reply_matches_libvfio_user() {
         r#"{"capabilities":{"max_msg_fds":3,"max_data_xfer_size":4096,"unknown":1}}"#,
     );
     m.assert_ok();
-    assert_eq!(&m.body[..4], &[0, 0, 2, 0][..], "0.min(5, 2)");
+    assert_eq!(&m.payload[..4], &[0, 0, 2, 0][..], "0.min(5, 2)");
     assert_eq!(
-        &m.body[4..],
+        &m.payload[4..],
         &b"{\"capabilities\":{\"max_data_xfer_size\":1048576,\"max_msg_fds\":8}}\0"[..]
     );
     let client = server.probe().client().unwrap();
@@ -59,7 +58,7 @@ fn version_defaults_without_json() {
     let (mut c, server, _) = gpio();
     let m = c.call(Command::Version, &[0, 0, 0, 0]);
     m.assert_ok();
-    assert_eq!(&m.body[..4], &[0, 0, 0, 0][..]);
+    assert_eq!(&m.payload[..4], &[0, 0, 0, 0][..]);
     let client = server.probe().client().unwrap();
     assert_eq!(
         (client.max_msg_fds, client.max_data_xfer_size),
@@ -76,7 +75,11 @@ fn version_payload_overrides() {
     };
     let (mut c, _s, _) = gpio_with(config);
     let m = c.version();
-    assert_eq!(&m.body, &[0, 0, 7, 0, b'{', b'}'][..], "no NUL on request");
+    assert_eq!(
+        &m.payload,
+        &[0, 0, 7, 0, b'{', b'}'][..],
+        "no NUL on request"
+    );
 
     let mut config = ServerConfig {
         max_msg_fds: None,
@@ -88,7 +91,7 @@ fn version_payload_overrides() {
     let (mut c, _s, _) = gpio_with(config);
     let m = c.version();
     assert_eq!(
-        &m.body[4..],
+        &m.payload[4..],
         &b"{\"capabilities\":{\"max_data_xfer_size\":1048576,\"write_multiple\":\"yes\"}}\0"[..]
     );
 }
@@ -123,10 +126,10 @@ fn device_and_irq_info() {
     c.version();
     let m = c.call(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]));
     m.assert_ok();
-    assert_eq!(m.body, words(&[16, 3, 9, 5]));
+    assert_eq!(m.payload, words(&[16, 3, 9, 5]));
     let m = c.call(Command::DeviceGetIrqInfo, &words(&[16, 0, 2, 0]));
     assert_eq!(
-        m.body,
+        m.payload,
         words(&[16, 3, 2, 4]),
         "MSI-X: 4 vectors, EVENTFD | MASKABLE"
     );
@@ -151,7 +154,7 @@ fn region_info_argsz_requery() {
         Command::DeviceGetRegionInfo,
         &words(&[32, 0, 0, 0, 0, 0, 0, 0]),
     );
-    assert_eq!(m.body.len(), 32);
+    assert_eq!(m.payload.len(), 32);
     assert_eq!((m.u32_at(0), m.u32_at(4), m.u64_at(16)), (32, 3, 256));
     assert!(m.fds.is_empty());
 
@@ -161,7 +164,7 @@ fn region_info_argsz_requery() {
         Command::DeviceGetRegionInfo,
         &words(&[32, 0, 2, 0, 0, 0, 0, 0]),
     );
-    assert_eq!(m.body.len(), 32);
+    assert_eq!(m.payload.len(), 32);
     assert_eq!((m.u32_at(0), m.u32_at(4), m.u32_at(12)), (needed, 0x7, 0));
     assert!(m.fds.is_empty());
 
@@ -170,11 +173,11 @@ fn region_info_argsz_requery() {
         Command::DeviceGetRegionInfo,
         &words(&[needed, 0, 2, 0, 0, 0, 0, 0]),
     );
-    assert_eq!(m.body.len(), needed as usize);
+    assert_eq!(m.payload.len(), needed as usize);
     assert_eq!((m.u32_at(0), m.u32_at(4), m.u32_at(12)), (needed, 0xf, 32));
     assert_eq!(m.u64_at(16), GpioDevice::BAR2_SIZE);
     assert_eq!(
-        &m.body[32..48],
+        &m.payload[32..48],
         &words(&[1 | (1 << 16), 0, 2, 0])[..],
         "sparse mmap, 2 areas"
     );
@@ -213,7 +216,7 @@ fn region_read_write_and_sequence() {
     let m = c.region_write(0, GpioDevice::REG_OUTPUT, &0x1234u32.to_ne_bytes());
     m.assert_ok();
     assert_eq!(
-        m.body,
+        m.payload,
         access(0, GpioDevice::REG_OUTPUT, 4, &[]),
         "write reply echoes the head"
     );
@@ -230,13 +233,13 @@ fn region_read_write_and_sequence() {
     c.region_write(PCI_CONFIG_REGION, 0x10, &[0xff; 4])
         .assert_ok();
     let m = c.region_read(PCI_CONFIG_REGION, 0x10, 4);
-    assert_eq!(&m.body[16..], &0xffff_ff00u32.to_le_bytes()[..]);
+    assert_eq!(&m.payload[16..], &0xffff_ff00u32.to_le_bytes()[..]);
 
     // Scratch RAM: a large unaligned transfer.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
     c.region_write(1, 12345, &data).assert_ok();
     let m = c.region_read(1, 12345, data.len() as u32);
-    assert_eq!(&m.body[16..], &data[..]);
+    assert_eq!(&m.payload[16..], &data[..]);
     assert_eq!(gpio.scratch(12345, 4).unwrap(), data[..4].to_vec());
 
     // BAR2: the gap is trapped, the areas are plain memory.
@@ -260,18 +263,17 @@ fn reading_each_message_exactly_serves_the_same() {
     });
     c.version();
     for v in 1..=10u32 {
-        c.send(
+        c.post(
             Command::RegionWrite,
             &access(0, GpioDevice::REG_SEQUENCE, 4, &v.to_ne_bytes()),
-            &[],
-            true,
-        );
+        )
+        .unwrap();
     }
     assert_eq!(c.read_u32(0, GpioDevice::REG_SEQUENCE), 10);
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
     c.region_write(1, 12345, &data).assert_ok();
     let m = c.region_read(1, 12345, data.len() as u32);
-    assert_eq!(&m.body[16..], &data[..]);
+    assert_eq!(&m.payload[16..], &data[..]);
     c.call(Command::DeviceReset, &[]).assert_ok();
     assert_eq!(gpio.last_reset(), Some(ResetReason::Client));
     assert_eq!(c.read_u32(0, GpioDevice::REG_ID), GpioDevice::ID);
@@ -282,20 +284,15 @@ fn no_reply_write_gets_no_reply_and_is_ordered() {
     let (mut c, _s, gpio) = gpio();
     c.version();
     for v in 1..=10u32 {
-        c.send(
+        c.post(
             Command::RegionWrite,
             &access(0, GpioDevice::REG_SEQUENCE, 4, &v.to_ne_bytes()),
-            &[],
-            true,
-        );
+        )
+        .unwrap();
     }
     // A failing posted write is dropped silently too.
-    c.send(
-        Command::RegionWrite,
-        &access(0, 4096, 4, &[0; 4]),
-        &[],
-        true,
-    );
+    c.post(Command::RegionWrite, &access(0, 4096, 4, &[0; 4]))
+        .unwrap();
     // The next message is the reply to this read, which sees every posted write.
     assert_eq!(c.read_u32(0, GpioDevice::REG_SEQUENCE), 10);
     assert_eq!(gpio.sequence_errors(), 0);
@@ -320,7 +317,7 @@ fn write_multi_when_offered() {
         ..ServerConfig::default()
     });
     let m = c.version();
-    let json = String::from_utf8_lossy(&m.body[4..]).into_owned();
+    let json = String::from_utf8_lossy(&m.payload[4..]).into_owned();
     assert!(json.contains(r#""write_multiple":true"#), "{json}");
     let seq = GpioDevice::REG_SEQUENCE;
     let writes = [
@@ -331,21 +328,20 @@ fn write_multi_when_offered() {
     ];
     let m = c.call(Command::RegionWriteMulti, &multi(4, &writes));
     m.assert_ok();
-    assert_eq!(m.body, 4u64.to_ne_bytes(), "reply counts the writes");
+    assert_eq!(m.payload, 4u64.to_ne_bytes(), "reply counts the writes");
     assert_eq!(gpio.sequence_writes(), 2);
     assert_eq!(gpio.scratch(100, 8).unwrap(), vec![9; 8]);
     // Posted: no reply, applied in order before the next message.
-    c.send(
+    c.post(
         Command::RegionWriteMulti,
         &multi(1, &[(0, seq, 4, [3, 0, 0, 0, 0, 0, 0, 0])]),
-        &[],
-        true,
-    );
+    )
+    .unwrap();
     assert_eq!(c.read_u32(0, seq), 3);
     // No entries at all.
     let m = c.call(Command::RegionWriteMulti, &multi(0, &[]));
     m.assert_ok();
-    assert_eq!(m.body, 0u64.to_ne_bytes());
+    assert_eq!(m.payload, 0u64.to_ne_bytes());
 }
 
 #[test]
@@ -426,8 +422,8 @@ fn error_replies_and_drained_bodies() {
         flags: 0,
         error: 0,
     };
-    c.send_raw(h, &[0xee; 100], &[]);
-    let m = c.recv();
+    c.send_message(&h, &[0xee; 100], &[]).unwrap();
+    let m = c.recv().unwrap();
     assert_eq!((m.header.id, m.header.command, m.errno()), (7, 99, EINVAL));
     assert_eq!(
         c.call(Command::RegionWriteMulti, &[0; 32]).errno(),
@@ -442,14 +438,14 @@ fn error_replies_and_drained_bodies() {
     );
     // Oversized message: drained, refused, connection still usable.
     let big = vec![0u8; (1 << 20) + 100];
-    let id = c.send(Command::RegionWrite, &big, &[], false);
-    let m = c.recv();
+    let id = c.send_command(Command::RegionWrite, &big, &[]).unwrap();
+    let m = c.recv().unwrap();
     assert_eq!((m.header.id, m.errno()), (id, EINVAL));
     assert_eq!(c.read_u32(0, GpioDevice::REG_ID), GpioDevice::ID);
     // count 0: header-only success.
     let m = c.region_read(0, 0, 0);
     m.assert_ok();
-    assert!(m.body.is_empty());
+    assert!(m.payload.is_empty());
 }
 
 #[test]
@@ -464,8 +460,10 @@ fn quirks() {
         ..ServerConfig::default()
     });
     c.version();
-    let id = c.send(Command::RegionWrite, &access(0, 4, 4, &[1; 4]), &[], true);
-    assert_eq!(c.recv().header.id, id, "replied to No_reply");
+    let id = c
+        .post(Command::RegionWrite, &access(0, 4, 4, &[1; 4]))
+        .unwrap();
+    assert_eq!(c.recv().unwrap().header.id, id, "replied to No_reply");
     let m = c.region_read(0, 4096, 4);
     assert_eq!((m.header.flags, m.header.error), (1, EINVAL));
 
@@ -489,7 +487,8 @@ fn quirks() {
         ..ServerConfig::default()
     });
     c.version();
-    c.send(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[], false);
+    c.send_command(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[])
+        .unwrap();
     // Stopping the server is the only way the read below ends.
     let probe = s.probe();
     s.stop();

@@ -3,14 +3,13 @@
 
 //! DMA, interrupts and connection lifecycle, driven with hand-built messages.
 
-mod common;
-
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::*;
 use vfio_user_client::protocol::{Command, Header, MessageType};
+use vfio_user_sample_server::test_support::script::*;
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
     DmaAccessMode, DmaEngine, DmaEngineHandle, DmaEngineStatus, GpioDevice, ResetReason, Server,
     ServerConfig, SharedMemory, IRQ_INTX, IRQ_MSIX,
@@ -20,16 +19,16 @@ use vmm_sys_util::eventfd::EventFd;
 const RW: u32 = 3;
 
 fn engine() -> (
-    RawClient,
+    RawEndpoint,
     vfio_user_sample_server::ServerHandle,
     DmaEngineHandle,
 ) {
     let (dev, h) = DmaEngine::new();
-    let (c, s) = start(ServerConfig::default(), Box::new(dev));
+    let (c, s) = serve_pair(ServerConfig::default(), Box::new(dev));
     (c, s, h)
 }
 
-fn program(c: &mut RawClient, src: u64, dst: u64, len: u64) {
+fn program(c: &mut RawEndpoint, src: u64, dst: u64, len: u64) {
     let mut regs = Vec::new();
     for v in [src, dst, len] {
         regs.extend_from_slice(&v.to_ne_bytes());
@@ -49,7 +48,7 @@ fn doorbell_copies_through_mmapped_memfd() {
         &[guest.as_raw_fd()],
     );
     m.assert_ok();
-    assert!(m.body.is_empty());
+    assert!(m.payload.is_empty());
     let maps = s.probe().dma_maps();
     assert_eq!(maps.len(), 1);
     assert_eq!((maps[0].address, maps[0].mode), (base, DmaAccessMode::Mmap));
@@ -120,7 +119,7 @@ fn dma_map_rules() {
     assert_eq!(m.errno(), libc::ENOENT as u32, "no partial unmap");
     let m = c.call(Command::DmaUnmap, &dma_unmap(0, 0x10000, 0x4000));
     m.assert_ok();
-    assert_eq!(m.body, dma_unmap(0, 0x10000, 0x4000), "echoes the entry");
+    assert_eq!(m.payload, dma_unmap(0, 0x10000, 0x4000), "echoes the entry");
     assert_eq!(
         c.call(Command::DmaUnmap, &dma_unmap(2, 1, 0)).errno(),
         EINVAL
@@ -132,9 +131,15 @@ fn dma_map_rules() {
 
 /// Answers the server's DMA_READ/DMA_WRITE from `mem` (guest address `base`) until the reply
 /// with `id` arrives, which it returns. Records the chunk sizes seen.
-fn serve_dma(c: &mut RawClient, mem: &mut [u8], base: u64, id: u16, chunks: &mut Vec<u64>) -> Msg {
+fn serve_dma(
+    c: &mut RawEndpoint,
+    mem: &mut [u8],
+    base: u64,
+    id: u16,
+    chunks: &mut Vec<u64>,
+) -> RawMsg {
     loop {
-        let m = c.recv();
+        let m = c.recv().unwrap();
         if m.header.message_type() == Some(MessageType::Reply) {
             assert_eq!(m.header.id, id);
             return m;
@@ -143,14 +148,14 @@ fn serve_dma(c: &mut RawClient, mem: &mut [u8], base: u64, id: u16, chunks: &mut
         let count = m.u64_at(8);
         chunks.push(count);
         let at = (address - base) as usize;
-        let mut payload = m.body[..16].to_vec();
+        let mut payload = m.payload[..16].to_vec();
         match m.header.command {
             11 => payload.extend_from_slice(&mem[at..at + count as usize]),
-            12 => mem[at..at + count as usize].copy_from_slice(&m.body[16..]),
+            12 => mem[at..at + count as usize].copy_from_slice(&m.payload[16..]),
             other => panic!("unexpected command {other}"),
         }
         let h = Header::reply(&m.header, payload.len()).unwrap();
-        c.send_raw(h, &payload, &[]);
+        c.send_message(&h, &payload, &[]).unwrap();
     }
 }
 
@@ -167,34 +172,37 @@ fn doorbell_copies_through_dma_messages_chunked() {
     c.call(Command::DmaMap, &dma_map(RW, 0, base, 0x10000))
         .assert_ok();
     program(&mut c, base, base + 0x8000, 10000);
-    let id = c.send(
-        Command::RegionWrite,
-        &access(0, DmaEngine::REG_DOORBELL, 4, &1u32.to_ne_bytes()),
-        &[],
-        false,
-    );
+    let id = c
+        .send_command(
+            Command::RegionWrite,
+            &access(0, DmaEngine::REG_DOORBELL, 4, &1u32.to_ne_bytes()),
+            &[],
+        )
+        .unwrap();
     // Answer the first DMA_READ only after sending another command: the server must queue
     // it and answer it after the doorbell write.
-    let first = c.recv();
+    let first = c.recv().unwrap();
     assert_eq!(first.header.command, Command::DmaRead as u16);
-    let status_id = c.send(
-        Command::RegionRead,
-        &access(0, DmaEngine::REG_COMPLETIONS, 4, &[]),
-        &[],
-        false,
-    );
-    let mut payload = first.body[..16].to_vec();
+    let status_id = c
+        .send_command(
+            Command::RegionRead,
+            &access(0, DmaEngine::REG_COMPLETIONS, 4, &[]),
+            &[],
+        )
+        .unwrap();
+    let mut payload = first.payload[..16].to_vec();
     payload.extend_from_slice(&mem[..4096]);
-    c.send_raw(
-        Header::reply(&first.header, payload.len()).unwrap(),
+    c.send_message(
+        &Header::reply(&first.header, payload.len()).unwrap(),
         &payload,
         &[],
-    );
+    )
+    .unwrap();
     let mut chunks = vec![first.u64_at(8)];
     serve_dma(&mut c, &mut mem, base, id, &mut chunks).assert_ok();
     assert_eq!(chunks, [4096, 4096, 1808, 4096, 4096, 1808]);
     assert_eq!(mem[0x8000..0x8000 + 10000], mem[..10000]);
-    let m = c.recv();
+    let m = c.recv().unwrap();
     assert_eq!(m.header.id, status_id, "queued command answered afterwards");
     assert_eq!(m.u32_at(16), 1);
     assert_eq!(engine.completions(), 1);
@@ -207,16 +215,18 @@ fn dma_reply_must_echo_the_request() {
     c.call(Command::DmaMap, &dma_map(RW, 0, 0x1000, 0x1000))
         .assert_ok();
     program(&mut c, 0x1000, 0x1800, 16);
-    let id = c.send(
-        Command::RegionWrite,
-        &access(0, DmaEngine::REG_DOORBELL, 4, &1u32.to_ne_bytes()),
-        &[],
-        false,
-    );
-    let rq = c.recv();
+    let id = c
+        .send_command(
+            Command::RegionWrite,
+            &access(0, DmaEngine::REG_DOORBELL, 4, &1u32.to_ne_bytes()),
+            &[],
+        )
+        .unwrap();
+    let rq = c.recv().unwrap();
     // Header-only success reply: malformed.
-    c.send_raw(Header::reply(&rq.header, 0).unwrap(), &[], &[]);
-    let m = c.recv();
+    c.send_message(&Header::reply(&rq.header, 0).unwrap(), &[], &[])
+        .unwrap();
+    let m = c.recv().unwrap();
     assert_eq!(m.header.id, id);
     m.assert_ok();
     assert_eq!(engine.status(), DmaEngineStatus::Error);
@@ -226,7 +236,7 @@ fn dma_reply_must_echo_the_request() {
 #[test]
 fn set_irqs_and_raise() {
     let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
-    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    let (mut c, s) = serve_pair(ServerConfig::default(), Box::new(dev));
     let probe = s.probe();
     c.version();
     let e0 = EventFd::new(0).unwrap();
@@ -343,7 +353,7 @@ fn reconnect_after_disconnect() {
     let probe = handle.probe();
     let guest = SharedMemory::new("guest", 0x1000).unwrap();
     {
-        let mut c = RawClient::new(UnixStream::connect(&path).unwrap());
+        let mut c = RawEndpoint::new(UnixStream::connect(&path).unwrap(), PATIENCE);
         c.version();
         c.call_fds(
             Command::DmaMap,
@@ -357,7 +367,7 @@ fn reconnect_after_disconnect() {
     assert!(probe.wait_disconnects(1, Duration::from_secs(20)));
     assert!(probe.dma_maps().is_empty(), "maps dropped on disconnect");
     assert_eq!(gpio.last_reset(), Some(ResetReason::LostConnection));
-    let mut c = RawClient::new(UnixStream::connect(&path).unwrap());
+    let mut c = RawEndpoint::new(UnixStream::connect(&path).unwrap(), PATIENCE);
     c.version();
     assert_eq!(c.read_u32(0, GpioDevice::REG_ID), GpioDevice::ID);
     assert_eq!(probe.connections(), 2);
@@ -386,7 +396,7 @@ fn irq_masking_modes() {
     const UNMASK: u32 = 1 | (1 << 4);
     const EVENTFD_TRIGGER: u32 = (1 << 2) | (1 << 5);
     let set = |flags, index, start, count| words(&[20, flags, index, start, count]);
-    let info = |c: &mut RawClient, index| {
+    let info = |c: &mut RawEndpoint, index| {
         let m = c.call(Command::DeviceGetIrqInfo, &words(&[16, 0, index, 0]));
         m.assert_ok();
         m.u32_at(4)
@@ -401,7 +411,7 @@ fn irq_masking_modes() {
             irq_masking: masking,
             ..ServerConfig::default()
         };
-        let (mut c, s) = start(config, Box::new(dev));
+        let (mut c, s) = serve_pair(config, Box::new(dev));
         let probe = s.probe();
         c.version();
         for (index, maskable) in [IRQ_INTX, IRQ_MSI, IRQ_MSIX, IRQ_ERR]
@@ -453,7 +463,7 @@ fn irq_masking_modes() {
 #[test]
 fn intx_disable_bit_stops_the_device_raising_intx() {
     let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
-    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    let (mut c, s) = serve_pair(ServerConfig::default(), Box::new(dev));
     let probe = s.probe();
     c.version();
     let e = EventFd::new(0).unwrap();
@@ -475,23 +485,26 @@ fn intx_disable_bit_stops_the_device_raising_intx() {
 #[test]
 fn a_paused_server_answers_after_resume() {
     let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
-    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    let (mut c, s) = serve_pair(ServerConfig::default(), Box::new(dev));
     let probe = s.probe();
     c.version();
     probe.pause();
-    let id = c.send(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[], false);
+    let id = c
+        .send_command(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[])
+        .unwrap();
     assert!(probe.wait_holding(Duration::from_secs(5)));
     let mut waiting = 0i32;
     // SAFETY: FIONREAD writes one int, through a pointer to a live local, for a valid fd.
-    let rc = unsafe { libc::ioctl(c.sock.as_raw_fd(), libc::FIONREAD, &mut waiting) };
+    let rc = unsafe { libc::ioctl(c.socket().as_raw_fd(), libc::FIONREAD, &mut waiting) };
     assert_eq!((rc, waiting), (0, 0), "no answer while paused");
     probe.resume();
-    let m = c.recv();
+    let m = c.recv().unwrap();
     assert_eq!(m.header.id, id);
     m.assert_ok();
     // Stopping a paused server does not hang.
     probe.pause();
-    c.send(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[], false);
+    c.send_command(Command::DeviceGetInfo, &words(&[16, 0, 0, 0]), &[])
+        .unwrap();
     s.stop();
 }
 
@@ -499,7 +512,7 @@ fn a_paused_server_answers_after_resume() {
 fn injected_command_failures_count_down() {
     use vfio_user_sample_server::Errno;
     let (dev, _gpio) = GpioDevice::new(Default::default()).unwrap();
-    let (mut c, s) = start(ServerConfig::default(), Box::new(dev));
+    let (mut c, s) = serve_pair(ServerConfig::default(), Box::new(dev));
     c.version();
     s.probe()
         .fail_next(Command::DeviceGetInfo, Errno(libc::EIO), 2);
@@ -533,7 +546,8 @@ fn a_burst_is_taken_apart_message_by_message_with_its_fds() {
     // followed by one that carries fds (the kernel ends a read there).
     let probe = s.probe();
     probe.pause();
-    c.send(Command::DmaUnmap, &unmapped(0x100000), &[], false);
+    c.send_command(Command::DmaUnmap, &unmapped(0x100000), &[])
+        .unwrap();
     assert!(
         probe.wait_holding(Duration::from_secs(20)),
         "server never held"
@@ -544,20 +558,22 @@ fn a_burst_is_taken_apart_message_by_message_with_its_fds() {
         burst.extend(frame(i, Command::DmaUnmap, &unmapped(0x100000)));
     }
     burst.extend(frame(50, Command::DmaMap, &dma_map(RW, 0, 0x40000, 0x1000)));
-    std::io::Write::write_all(&mut &c.sock, &burst).unwrap();
+    std::io::Write::write_all(&mut c.socket(), &burst).unwrap();
     // Then two maps with their own fds, each sent with its message.
     let a = SharedMemory::new("a", 0x1000).unwrap();
     let b = SharedMemory::new("b", 0x2000).unwrap();
-    c.send_raw(
-        Header::command(51, Command::DmaMap, 32, false).unwrap(),
+    c.send_message(
+        &Header::command(51, Command::DmaMap, 32, false).unwrap(),
         &dma_map(RW, 0, 0x10000, 0x1000),
         &[a.as_raw_fd()],
-    );
-    c.send_raw(
-        Header::command(52, Command::DmaMap, 32, false).unwrap(),
+    )
+    .unwrap();
+    c.send_message(
+        &Header::command(52, Command::DmaMap, 32, false).unwrap(),
         &dma_map(RW, 0, 0x20000, 0x2000),
         &[b.as_raw_fd()],
-    );
+    )
+    .unwrap();
     probe.resume();
     // A message larger than one read (and than the socket's buffer: written once the
     // server reads again), between two small ones, in one write: an unmap, a DMA_READ
@@ -565,10 +581,14 @@ fn a_burst_is_taken_apart_message_by_message_with_its_fds() {
     let mut burst = frame(53, Command::DmaUnmap, &unmapped(0x100000));
     burst.extend(frame(54, Command::DmaRead, &vec![0xee; 300 << 10]));
     burst.extend(frame(55, Command::DmaUnmap, &unmapped(0x100000)));
-    std::io::Write::write_all(&mut &c.sock, &burst).unwrap();
-    assert_eq!(c.recv().errno(), libc::ENOENT as u32, "the held message");
+    std::io::Write::write_all(&mut c.socket(), &burst).unwrap();
+    assert_eq!(
+        c.recv().unwrap().errno(),
+        libc::ENOENT as u32,
+        "the held message"
+    );
     for id in 0..56u16 {
-        let m = c.recv();
+        let m = c.recv().unwrap();
         assert_eq!(m.header.id, id, "replies in order");
         match id {
             50..=52 => m.assert_ok(),

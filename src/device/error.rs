@@ -3,23 +3,53 @@
 
 //! Errors of the device access layer.
 
+use crate::connection;
+use crate::error::{iter_causes, ConnectionCause};
 use crate::protocol::Command;
-use crate::proxy;
 
 /// Errors of [`VfioUserDevice`](super::VfioUserDevice).
 ///
-/// Requests the server refused carry its errno ([`Error::server_errno`]); requests refused
-/// locally (bad index, out of range, unsupported) never reach the server.
+/// Requests the server refused carry its errno ([`ConnectionCause::server_errno`]);
+/// requests refused locally (bad index, out of range, unsupported) never reach the server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A request failed on the connection or was refused by the server.
-    #[error("{what}: {source}")]
-    Request {
-        /// The request, in the user's terms ("REGION_READ of region 0 at 0x18, 4 bytes").
-        what: String,
+    /// A REGION_READ or REGION_WRITE failed on the connection or was refused by the server.
+    #[error("{command} of region {index} at {offset:#x}, {len} bytes: {source}")]
+    RegionAccess {
+        /// REGION_READ or REGION_WRITE.
+        command: Command,
+        /// The region.
+        index: u32,
+        /// Offset of the message's data in the region.
+        offset: u64,
+        /// Bytes of the message.
+        len: usize,
         /// What went wrong.
-        source: proxy::Error,
+        source: connection::Error,
+    },
+    /// A DEVICE_SET_IRQS failed on the connection or was refused by the server.
+    #[error("DEVICE_SET_IRQS of IRQ index {index}, vectors {start}+{count}: {source}")]
+    SetIrqs {
+        /// The IRQ index.
+        index: u32,
+        /// First vector of the message.
+        start: u32,
+        /// Vectors of the message.
+        count: u32,
+        /// What went wrong.
+        source: connection::Error,
+    },
+    /// Another request (discovery, I/O fds, reset) failed on the connection or was refused
+    /// by the server.
+    #[error("{}: {source}", request_text(*command, *index))]
+    Request {
+        /// The request's command.
+        command: Command,
+        /// The region (or, for DEVICE_GET_IRQ_INFO, the IRQ index) the request names.
+        index: Option<u32>,
+        /// What went wrong.
+        source: connection::Error,
     },
     /// The server's reply was well-formed but not an answer to the request.
     #[error("bad {command} reply: {what}")]
@@ -37,6 +67,17 @@ pub enum Error {
         /// What the device reported.
         count: u32,
         /// Our limit.
+        limit: u32,
+    },
+    /// DEVICE_GET_IRQ_INFO reports more vectors for an IRQ index than that index can have
+    /// (see [`max_vectors`](super::max_vectors)).
+    #[error("IRQ index {index} reports {count} vectors; at most {limit} are accepted")]
+    TooManyVectors {
+        /// The IRQ index.
+        index: u32,
+        /// The vectors the server reports.
+        count: u32,
+        /// The most the index can have.
         limit: u32,
     },
     /// No region with this index.
@@ -90,28 +131,40 @@ pub enum Error {
     /// The device did not advertise `VFIO_DEVICE_FLAGS_RESET`.
     #[error("the device does not support reset")]
     ResetNotSupported,
-    /// The server does not support `DEVICE_GET_REGION_IO_FDS` for this region.
-    #[error("the server does not support I/O fds for region {index} (errno {errno})")]
+    /// The server does not support `DEVICE_GET_REGION_IO_FDS` for this region: it refused
+    /// the request with `EINVAL`, `ENOTSUP` or `ENOSYS`.
+    #[error("the server does not support I/O fds for region {index}: {source}")]
     IoFdsNotSupported {
         /// The region.
         index: u32,
-        /// The server's errno.
-        errno: u32,
+        /// The server's refusal (a [`connection::Error::Server`] with its errno).
+        source: connection::Error,
     },
 }
 
 impl Error {
-    /// The server's errno, when the server answered with an error reply.
-    pub fn server_errno(&self) -> Option<u32> {
+    /// The connection error behind this error, if the request reached the connection.
+    pub(crate) fn connection_error(&self) -> Option<&connection::Error> {
         match self {
-            Error::Request { source, .. } => source.server_errno(),
-            Error::IoFdsNotSupported { errno, .. } => Some(*errno),
+            Error::RegionAccess { source, .. }
+            | Error::SetIrqs { source, .. }
+            | Error::Request { source, .. }
+            | Error::IoFdsNotSupported { source, .. } => Some(source),
             _ => None,
         }
     }
+}
 
-    /// Whether the connection is gone.
-    pub fn is_disconnected(&self) -> bool {
-        matches!(self, Error::Request { source, .. } if source.is_disconnected())
+impl ConnectionCause for Error {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
+        iter_causes((self.connection_error(), &[]))
+    }
+}
+
+fn request_text(command: Command, index: Option<u32>) -> String {
+    match (command, index) {
+        (_, None) => command.to_string(),
+        (Command::DeviceGetIrqInfo, Some(i)) => format!("{command} of IRQ index {i}"),
+        (_, Some(i)) => format!("{command} of region {i}"),
     }
 }

@@ -2,6 +2,15 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Mapping a region's mappable areas from the region fd, with vm-memory's `MmapRegion`.
+//!
+//! Touching a mapping past the end of its file raises SIGBUS, which a hostile server could
+//! use to kill the VMM, so an area is mapped only after checking that the file (a regular
+//! file or a memfd) is long enough; an area that fails a check is left to messages. The
+//! check cannot stop a server that shrinks its file afterwards. The device's own `read`
+//! and `write` therefore always use messages, even inside a mapped area: the mapping is for
+//! the VMM to install as a guest memory slot, and the residual risk stays with whoever
+//! touches it (a VMM reading it, or KVM on a guest access), as in every VMM that maps a
+//! vfio-user region. A future option could require `F_SEAL_SHRINK` on the fd.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -10,7 +19,7 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::volatile_memory::{VolatileMemory, VolatileSlice};
 use vm_memory::FileOffset;
 
-use crate::protocol::SparseMmapArea;
+use vfio_bindings::bindings::vfio::vfio_region_sparse_mmap_area;
 
 /// One mapped area of a region: shared memory with the server.
 ///
@@ -94,7 +103,7 @@ pub(crate) fn map_area(
     file: &Arc<File>,
     region_offset: u64,
     region_size: u64,
-    area: SparseMmapArea,
+    area: vfio_region_sparse_mmap_area,
     readable: bool,
     writable: bool,
     page_size: u64,
@@ -161,8 +170,8 @@ mod tests {
         (t, f)
     }
 
-    fn area(offset: u64, size: u64) -> SparseMmapArea {
-        SparseMmapArea { offset, size }
+    fn area(offset: u64, size: u64) -> vfio_region_sparse_mmap_area {
+        vfio_region_sparse_mmap_area { offset, size }
     }
 
     fn refusal(r: Result<MappedArea, MapRefusal>) -> String {

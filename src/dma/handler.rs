@@ -21,8 +21,8 @@ use vm_memory::{
 use super::dirty::DirtyLog;
 use super::table::{Access, Piece, Table};
 use super::DmaRegion;
+use crate::connection::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
 use crate::protocol::{Command, DmaAccess, Header};
-use crate::proxy::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
 
 /// DMA_READ replies from this size up are sent straight from guest memory where the
 /// connection can (the twin socket, and the main socket when nothing is queued before the
@@ -47,7 +47,7 @@ const WRITE: Access = Access {
 /// our `max_data_xfer_size`, `EFAULT` for a range not wholly inside live mappings (or whose
 /// guest memory has gone), `EPERM` for a mapping without the needed access, `ENOSYS` for
 /// other server requests.
-pub struct DmaRequestHandler<AS> {
+pub(crate) struct DmaRequestHandler<AS> {
     pub(super) table: Arc<RwLock<Table>>,
     pub(super) memory: AS,
     pub(super) dirty: Arc<DirtyLog>,

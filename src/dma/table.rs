@@ -76,8 +76,8 @@ impl DmaMapping {
 /// A contiguous piece of a translated DMA request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Piece {
-    pub gpa: u64,
-    pub len: usize,
+    pub(crate) gpa: u64,
+    pub(crate) len: usize,
 }
 
 /// Live windows by first IOVA; windows never overlap.
@@ -87,16 +87,16 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &DmaMapping> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &DmaMapping> {
         self.map.values()
     }
 
     /// The live window overlapping `iova..end`, if any (the first one, by address).
-    pub fn overlapping(&self, iova: u64, end: u64) -> Option<&DmaMapping> {
+    pub(crate) fn overlapping(&self, iova: u64, end: u64) -> Option<&DmaMapping> {
         if let Some((_, m)) = self.map.range(..=iova).next_back() {
             if m.end() > iova {
                 return Some(m);
@@ -110,12 +110,12 @@ impl Table {
     }
 
     /// Adds a window; the caller checked that it overlaps nothing.
-    pub fn insert(&mut self, m: DmaMapping) {
+    pub(crate) fn insert(&mut self, m: DmaMapping) {
         self.map.insert(m.iova, m);
     }
 
     /// Removes the window that is exactly `iova..iova + size`.
-    pub fn remove_exact(&mut self, iova: u64, size: u64) -> Option<DmaMapping> {
+    pub(crate) fn remove_exact(&mut self, iova: u64, size: u64) -> Option<DmaMapping> {
         match self.map.get(&iova) {
             Some(m) if m.size == size => self.map.remove(&iova),
             _ => None,
@@ -126,7 +126,12 @@ impl Table {
     ///
     /// `Err(EFAULT)` when part of the range lies outside every window (or the range wraps);
     /// `Err(EPERM)` when a window does not grant `need`.
-    pub fn translate(&self, address: u64, count: u64, need: Access) -> Result<Vec<Piece>, i32> {
+    pub(crate) fn translate(
+        &self,
+        address: u64,
+        count: u64,
+        need: Access,
+    ) -> Result<Vec<Piece>, i32> {
         let end = address.checked_add(count).ok_or(libc::EFAULT)?;
         let mut pieces = Vec::new();
         let mut at = address;

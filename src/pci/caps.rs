@@ -4,12 +4,12 @@
 //! Walking the capability list of a config snapshot, every pointer bounded.
 
 use super::config::{CAP_POINTER, CONFIG_SIZE, HEADER_TYPE, STATUS, STATUS_CAP_LIST};
-use super::Error;
+use super::{CapabilityProblem, Error};
 
 /// Capability id of MSI.
-pub const CAP_ID_MSI: u8 = 0x05;
+pub(crate) const CAP_ID_MSI: u8 = 0x05;
 /// Capability id of MSI-X.
-pub const CAP_ID_MSIX: u8 = 0x11;
+pub(crate) const CAP_ID_MSIX: u8 = 0x11;
 
 /// Most capabilities a 256-byte config space can hold (192 bytes after the header, four
 /// bytes each at least): a longer chain is a loop.
@@ -31,21 +31,21 @@ pub(crate) fn walk(config: &[u8]) -> Result<Vec<(u8, usize)>, Error> {
     let mut at = usize::from(config.get(CAP_POINTER).copied().unwrap_or(0) & !3);
     let mut from = CAP_POINTER;
     while at != 0 {
-        let bad = |what: &str| Error::Capability {
+        let bad = |problem| Error::Capability {
             offset: from,
-            what: what.to_string(),
+            problem,
         };
         if at < 0x40 || at + 2 > config.len() {
-            return Err(bad(&format!(
-                "points to {at:#x}, outside 0x40..{:#x}",
-                config.len()
-            )));
+            return Err(bad(CapabilityProblem::PointsOutside {
+                to: at,
+                end: config.len(),
+            }));
         }
         if caps.iter().any(|&(_, o)| o == at) {
-            return Err(bad(&format!("points back to {at:#x}: the list loops")));
+            return Err(bad(CapabilityProblem::Loops { to: at }));
         }
         if caps.len() == MAX_CAPS {
-            return Err(bad("more capabilities than fit in config space"));
+            return Err(bad(CapabilityProblem::TooMany));
         }
         caps.push((config[at], at));
         from = at + 1;
@@ -61,48 +61,48 @@ pub(crate) fn walk(config: &[u8]) -> Result<Vec<(u8, usize)>, Error> {
 /// a server that changed them would have the guest program registers the VMM does not
 /// emulate.
 #[derive(Clone, Debug)]
-pub(crate) struct Frozen {
+pub(crate) struct SnapshotOverlay {
     mask: Vec<u8>,
     value: Vec<u8>,
 }
 
-impl Frozen {
+impl SnapshotOverlay {
     /// The bits of `config` (a snapshot of at least [`CONFIG_SIZE`] bytes) to keep, given its
     /// capabilities and the offset of its MSI-X capability.
-    pub(crate) fn new(config: &[u8], caps: &[(u8, usize)], msix: Option<usize>) -> Frozen {
-        let mut f = Frozen {
+    pub(crate) fn new(config: &[u8], caps: &[(u8, usize)], msix: Option<usize>) -> SnapshotOverlay {
+        let mut f = SnapshotOverlay {
             mask: vec![0; CONFIG_SIZE],
             value: config.get(..CONFIG_SIZE).unwrap_or_default().to_vec(),
         };
         f.value.resize(CONFIG_SIZE, 0);
         // One function per device: never claim to be multi-function.
-        f.freeze(HEADER_TYPE, 0xff);
+        f.keep(HEADER_TYPE, 0xff);
         f.value[HEADER_TYPE] &= 0x7f;
-        f.freeze(STATUS, STATUS_CAP_LIST as u8);
-        f.freeze(CAP_POINTER, 0xff);
+        f.keep(STATUS, STATUS_CAP_LIST as u8);
+        f.keep(CAP_POINTER, 0xff);
         for &(_, at) in caps {
-            f.freeze(at, 0xff);
-            f.freeze(at + 1, 0xff);
+            f.keep(at, 0xff);
+            f.keep(at + 1, 0xff);
         }
         if let Some(at) = msix {
-            f.freeze(at + 2, 0xff);
+            f.keep(at + 2, 0xff);
             // Table size (bits 8-10) and reserved bits; enable and function mask are the
             // MSI-X shadow's.
-            f.freeze(at + 3, 0x3f);
+            f.keep(at + 3, 0x3f);
             for i in 4..12 {
-                f.freeze(at + i, 0xff);
+                f.keep(at + i, 0xff);
             }
         }
         f
     }
 
-    fn freeze(&mut self, offset: usize, bits: u8) {
+    fn keep(&mut self, offset: usize, bits: u8) {
         if let Some(m) = self.mask.get_mut(offset) {
             *m |= bits;
         }
     }
 
-    /// Replaces the frozen bits of a config read at `offset`.
+    /// Replaces the kept bits of a config read at `offset`.
     pub(crate) fn overlay(&self, offset: usize, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             let Some(at) = offset.checked_add(i) else {
@@ -169,7 +169,7 @@ mod tests {
         c[HEADER_TYPE] = 0x80;
         c[0x52..0x54].copy_from_slice(&0x0003u16.to_le_bytes());
         c[0x54..0x58].copy_from_slice(&0x0000_2004u32.to_le_bytes());
-        let f = Frozen::new(&c, &walk(&c).unwrap(), Some(0x50));
+        let f = SnapshotOverlay::new(&c, &walk(&c).unwrap(), Some(0x50));
         // The server later says something else everywhere.
         let mut read = [0xa5u8; 16];
         f.overlay(0x50, &mut read);

@@ -3,39 +3,48 @@
 
 //! The config-space trait a VMM's PCI bus drives, the BAR types it speaks, and the BAR
 //! shadow: sizing answered locally, relocation reported.
+//!
+//! A BAR moves only while its window decodes, as in QEMU's `pci_bar_address`. Firmware and
+//! Linux turn decoding off to size and program BARs, so those writes move nothing, and
+//! turning decoding on reports every BAR whose address changed. With decoding on, a 64-bit
+//! BAR's new low half waits for its high half (Linux writes low, then high). So no
+//! intermediate address is ever reported. Cloud Hypervisor does report a 64-bit BAR's
+//! intermediate addresses while the guest restores it after sizing: windows that can land
+//! on guest RAM or on another BAR. A window stays at its old base until the VMM calls
+//! [`PciConfig::move_bar`], so accesses that race the move still land.
+
+use vfio_bindings::bindings::vfio::VFIO_PCI_ROM_REGION_INDEX;
 
 use super::Error;
 
 /// Offset of the command register.
-pub const COMMAND: usize = 0x04;
+pub(crate) const COMMAND: usize = 0x04;
 /// Command register: I/O space decoding.
-pub const COMMAND_IO: u16 = 1 << 0;
+pub(crate) const COMMAND_IO: u16 = 1 << 0;
 /// Command register: memory space decoding.
-pub const COMMAND_MEMORY: u16 = 1 << 1;
+pub(crate) const COMMAND_MEMORY: u16 = 1 << 1;
 /// Command register: INTx disable.
-pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+pub(crate) const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// Offset of the status register.
-pub const STATUS: usize = 0x06;
+pub(crate) const STATUS: usize = 0x06;
 /// Status register: a capability list is present.
-pub const STATUS_CAP_LIST: u16 = 1 << 4;
+pub(crate) const STATUS_CAP_LIST: u16 = 1 << 4;
 /// Offset of the header type byte.
-pub const HEADER_TYPE: usize = 0x0e;
+pub(crate) const HEADER_TYPE: usize = 0x0e;
 /// Offset of BAR 0; BARs 1 to 5 follow, four bytes each.
-pub const BAR0: usize = 0x10;
+pub(crate) const BAR0: usize = 0x10;
 /// Offset of the expansion ROM BAR.
-pub const ROM_BAR: usize = 0x30;
+pub(crate) const ROM_BAR: usize = 0x30;
 /// Offset of the capability pointer.
-pub const CAP_POINTER: usize = 0x34;
+pub(crate) const CAP_POINTER: usize = 0x34;
 /// Offset of the interrupt pin.
-pub const INTERRUPT_PIN: usize = 0x3d;
+pub(crate) const INTERRUPT_PIN: usize = 0x3d;
 /// Size of the standard config space the shadow covers.
-pub const CONFIG_SIZE: usize = 256;
+pub(crate) const CONFIG_SIZE: usize = 256;
 /// Register index of BAR 0.
-pub const BAR0_REG: usize = BAR0 / 4;
+pub(crate) const BAR0_REG: usize = BAR0 / 4;
 /// Register index of the expansion ROM BAR.
-pub const ROM_REG: usize = ROM_BAR / 4;
-/// BAR number of the expansion ROM.
-pub const ROM_BAR_INDEX: u32 = 6;
+pub(crate) const ROM_REG: usize = ROM_BAR / 4;
 
 /// What kind of window a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +183,17 @@ struct Bar {
 }
 
 impl Bar {
+    /// A BAR on no bus, its register 0.
+    fn new(info: BarInfo) -> Bar {
+        Bar {
+            info,
+            reg: 0,
+            rom_enable: false,
+            low_only: false,
+            reported: None,
+        }
+    }
+
     fn addr_mask(&self) -> u64 {
         let low = match self.info.kind {
             BarKind::Io => !0x3u64,
@@ -243,88 +263,26 @@ impl Bars {
         let mut bars = Vec::new();
         let mut i = 0u32;
         while i < 6 {
-            let orig = dword(config, BAR0 + 4 * i as usize);
             let size = region_size(i);
             if size == 0 {
                 i += 1;
                 continue;
             }
-            let bad = |what: String| Error::Bar { bar: i, what };
-            let (kind, prefetchable) = if orig & 1 == 1 {
-                (BarKind::Io, false)
-            } else {
-                let kind = match (orig >> 1) & 3 {
-                    0 => BarKind::Memory32,
-                    2 => BarKind::Memory64,
-                    t => return Err(bad(format!("reserved memory type {t}"))),
-                };
-                (kind, orig & 0x8 != 0)
-            };
-            let min = if kind == BarKind::Io { 4 } else { 16 };
-            let size = size
-                .max(min)
-                .checked_next_power_of_two()
-                .ok_or_else(|| bad(format!("region of {size:#x} bytes is too large")))?;
-            // A 32-bit memory BAR holds at most 2 GiB: at 4 GiB no address bit is left.
-            let limit = match kind {
-                BarKind::Io => 1 << 16,
-                BarKind::Memory32 => 1 << 31,
-                _ => 1 << 63,
-            };
-            if size > limit {
-                return Err(bad(format!(
-                    "{size:#x} bytes do not fit a {kind:?} BAR (at most {limit:#x})"
-                )));
+            let info = bar_info(i, dword(config, BAR0 + 4 * i as usize), size)?;
+            if info.kind == BarKind::Memory64 && (i == 5 || region_size(i + 1) != 0) {
+                return Err(Error::BarUpperHalf { bar: i });
             }
-            if kind == BarKind::Memory64 {
-                if i == 5 {
-                    return Err(bad("a 64-bit BAR in the last slot".to_string()));
-                }
-                if region_size(i + 1) != 0 {
-                    return Err(bad(format!(
-                        "64-bit, but region {} (its upper half) has a size",
-                        i + 1
-                    )));
-                }
-            }
-            bars.push(Bar {
-                info: BarInfo {
-                    index: i,
-                    kind,
-                    prefetchable,
-                    size,
-                    base: None,
-                },
-                reg: 0,
-                rom_enable: false,
-                low_only: false,
-                reported: None,
-            });
-            i += if kind == BarKind::Memory64 { 2 } else { 1 };
+            bars.push(Bar::new(info));
+            i += if info.kind == BarKind::Memory64 { 2 } else { 1 };
         }
-        let rom = region_size(ROM_BAR_INDEX);
+        let rom = region_size(VFIO_PCI_ROM_REGION_INDEX);
         if rom != 0 {
-            let size = rom
-                .max(2048)
-                .checked_next_power_of_two()
-                .filter(|s| *s <= 1 << 31)
-                .ok_or_else(|| Error::Bar {
-                    bar: ROM_BAR_INDEX,
-                    what: format!("ROM of {rom:#x} bytes is too large"),
-                })?;
-            bars.push(Bar {
-                info: BarInfo {
-                    index: ROM_BAR_INDEX,
-                    kind: BarKind::Rom,
-                    prefetchable: false,
-                    size,
-                    base: None,
-                },
-                reg: 0,
-                rom_enable: false,
-                low_only: false,
-                reported: None,
-            });
+            bars.push(Bar::new(window(
+                VFIO_PCI_ROM_REGION_INDEX,
+                BarKind::Rom,
+                false,
+                rom,
+            )?));
         }
         Ok(Bars { bars })
     }
@@ -362,7 +320,7 @@ impl Bars {
     /// The BAR and half (`true`: upper) that register `reg` holds.
     fn slot(&self, reg: usize) -> Option<(usize, bool)> {
         let index = if reg == ROM_REG {
-            ROM_BAR_INDEX
+            VFIO_PCI_ROM_REGION_INDEX
         } else {
             u32::try_from(reg.checked_sub(BAR0_REG)?).ok()?
         };
@@ -493,6 +451,53 @@ impl Bars {
             bar.reported = bar.info.base;
         }
     }
+}
+
+/// BAR `index` of the kind its original register value `orig` names, sized for a region of
+/// `region` bytes.
+fn bar_info(index: u32, orig: u32, region: u64) -> Result<BarInfo, Error> {
+    if orig & 1 == 1 {
+        return window(index, BarKind::Io, false, region);
+    }
+    let kind = match (orig >> 1) & 3 {
+        0 => BarKind::Memory32,
+        2 => BarKind::Memory64,
+        memory_type => {
+            return Err(Error::BarReservedType {
+                bar: index,
+                memory_type,
+            })
+        }
+    };
+    window(index, kind, orig & 0x8 != 0, region)
+}
+
+/// The window of BAR `index` for a region of `region` bytes: the region rounded up to a
+/// power of two, at least the kind's smallest window, at most its largest.
+fn window(index: u32, kind: BarKind, prefetchable: bool, region: u64) -> Result<BarInfo, Error> {
+    // A 32-bit memory BAR holds at most 2 GiB: at 4 GiB no address bit is left.
+    let (min, limit) = match kind {
+        BarKind::Io => (4, 1 << 16),
+        BarKind::Memory32 => (16, 1 << 31),
+        BarKind::Memory64 => (16, 1 << 63),
+        BarKind::Rom => (2048, 1 << 31),
+    };
+    let size = region
+        .max(min)
+        .checked_next_power_of_two()
+        .filter(|size| *size <= limit)
+        .ok_or(Error::BarTooLarge {
+            bar: index,
+            size: region,
+            limit,
+        })?;
+    Ok(BarInfo {
+        index,
+        kind,
+        prefetchable,
+        size,
+        base: None,
+    })
 }
 
 #[cfg(test)]

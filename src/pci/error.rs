@@ -3,44 +3,97 @@
 
 //! Errors of the PCI layer.
 
+use std::fmt;
 use std::io;
 
+use super::InterruptKind;
+use crate::connection;
 use crate::device;
+use crate::dma;
+use crate::error::{iter_causes, Causes, ConnectionCause};
+use crate::negotiate::NegotiateError;
 
 /// Errors of [`VfioUserPciDevice`](super::VfioUserPciDevice).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Connecting or negotiating failed.
+    /// Connecting failed (or the connection's event loop could not start).
     #[error("connecting to the device failed: {0}")]
-    Connect(Box<crate::Error>),
+    Connect(connection::Error),
+    /// The server's VERSION reply was not acceptable.
+    #[error("version negotiation with the device failed: {0}")]
+    Negotiate(NegotiateError),
     /// A request to the device failed (the server's errno is kept in the source).
     #[error(transparent)]
     Device(#[from] device::Error),
     /// The device does not report `VFIO_DEVICE_FLAGS_PCI`.
     #[error("the device is not a PCI device")]
     NotPci,
-    /// The config space region is missing, too small, or not readable and writable.
-    #[error("unusable config space region: {0}")]
-    ConfigRegion(String),
+    /// The config space region is too small, or not readable and writable.
+    #[error(
+        "unusable config space region: {size} bytes and flags {flags:#x}; needs at least \
+         256 bytes, readable and writable"
+    )]
+    ConfigRegion {
+        /// The region's size.
+        size: u64,
+        /// The region's `VFIO_REGION_INFO_FLAG_*`.
+        flags: u32,
+    },
     /// The config space header is not a type-0 (endpoint) header.
     #[error("config space header type {0:#x} is not an endpoint's (0)")]
     HeaderType(u8),
-    /// A BAR's config register and region disagree or cannot be used.
-    #[error("BAR {bar}: {what}")]
-    Bar {
+    /// A memory BAR's original value has a reserved memory type.
+    #[error("BAR {bar}: reserved memory type {memory_type}")]
+    BarReservedType {
+        /// The BAR.
+        bar: u32,
+        /// The type bits (1 or 3).
+        memory_type: u32,
+    },
+    /// The region behind a BAR is larger than the BAR can decode.
+    #[error("BAR {bar}: a region of {size:#x} bytes does not fit (at most {limit:#x})")]
+    BarTooLarge {
         /// The BAR (6 is the expansion ROM).
         bar: u32,
-        /// What is wrong.
-        what: String,
+        /// The region's size.
+        size: u64,
+        /// The largest window the BAR's kind allows.
+        limit: u64,
+    },
+    /// A 64-bit BAR has no slot for its upper half: it is BAR 5, or the next BAR is a
+    /// region of its own.
+    #[error("BAR {bar} is 64-bit, but slot {} is not free for its upper half", bar + 1)]
+    BarUpperHalf {
+        /// The BAR.
+        bar: u32,
     },
     /// A capability in config space is malformed.
-    #[error("capability at {offset:#x}: {what}")]
+    #[error("capability at {offset:#x}: {problem}")]
     Capability {
         /// Offset of the capability (or of the bad pointer) in config space.
         offset: usize,
         /// What is wrong.
-        what: String,
+        problem: CapabilityProblem,
+    },
+    /// Config space offers the guest more vectors of an interrupt kind than the server
+    /// reports for its IRQ index: an interrupt pin without an INTx vector, an MSI-X table
+    /// larger than the MSI-X count, or MSI capable of more vectors than the MSI count. The
+    /// guest would program vectors that never fire. (Fewer is fine: the rest stay unused.)
+    #[error(
+        "config space offers the guest {offered} {} vector(s) ({}), but the server reports \
+         {count} for IRQ index {}",
+        kind_name(*kind),
+        offer_source(*kind),
+        kind.irq_index()
+    )]
+    IrqCount {
+        /// INTx, MSI or MSI-X.
+        kind: InterruptKind,
+        /// The vectors config space offers.
+        offered: u32,
+        /// The vectors the server reports.
+        count: u32,
     },
     /// A BAR address the VMM gave is not usable.
     #[error("BAR {bar} cannot be placed at {base:#x}: {what}")]
@@ -56,16 +109,18 @@ pub enum Error {
     #[error("the device has no BAR {0}")]
     NoSuchBar(u32),
     /// The VMM's interrupt provider failed.
-    #[error("interrupt routing of {what} failed: {source}")]
+    #[error("interrupt routing of {kind:?} vector {vector} failed: {source}")]
     Interrupt {
-        /// The vector concerned.
-        what: String,
+        /// The interrupt source.
+        kind: InterruptKind,
+        /// The vector.
+        vector: u32,
         /// The provider's error.
         source: io::Error,
     },
     /// Sharing guest memory with the server failed (the DMA layer says why).
     #[error("sharing guest memory with the server failed: {0}")]
-    Dma(#[from] crate::dma::Error),
+    Dma(#[from] dma::Error),
     /// Setting up the device's own events failed.
     #[error("{what}: {source}")]
     Io {
@@ -74,41 +129,174 @@ pub enum Error {
         /// The error.
         source: io::Error,
     },
-    /// The connection to the server is gone; the device answers all-ones until detached.
+    /// The connection to the server is gone (the error is the connection's
+    /// [`connection::Error::Disconnected`]); the device answers all-ones until detached.
     #[error("the device is lost: {0}")]
-    Lost(String),
+    Lost(connection::Error),
+    /// An error met where it could not be returned (see
+    /// [`VfioUserPciDevice::last_error`](super::VfioUserPciDevice::last_error)).
+    #[error("{activity}: {source}")]
+    During {
+        /// What the device was doing.
+        activity: Activity,
+        /// The error.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
-    /// The server's errno, when the server answered with an error reply.
-    pub fn server_errno(&self) -> Option<u32> {
+    /// The connection errors behind this error.
+    pub(crate) fn causes(&self) -> Causes<'_> {
         match self {
-            Error::Connect(e) => e.server_errno(),
-            Error::Device(e) => e.server_errno(),
-            Error::Dma(e) => e.failures().iter().find_map(|f| f.error.server_errno()),
-            _ => None,
-        }
-    }
-
-    /// Whether the connection is gone.
-    pub fn is_disconnected(&self) -> bool {
-        match self {
-            Error::Connect(e) => e.is_disconnected(),
-            Error::Device(e) => e.is_disconnected(),
-            Error::Dma(e) => e.failures().iter().any(|f| f.error.is_disconnected()),
-            Error::Lost(_) => true,
-            _ => false,
+            Error::Connect(e) | Error::Lost(e) => (Some(e), &[]),
+            Error::Device(e) => (e.connection_error(), &[]),
+            Error::Dma(e) => (None, e.failures()),
+            Error::During { source, .. } => source.causes(),
+            _ => (None, &[]),
         }
     }
 }
 
-impl From<crate::Error> for Error {
-    fn from(e: crate::Error) -> Error {
-        match e {
-            crate::Error::Device(d) => Error::Device(d),
-            crate::Error::Dma(d) => Error::Dma(d),
-            crate::Error::Pci(p) => p,
-            other => Error::Connect(Box::new(other)),
+impl ConnectionCause for Error {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
+        iter_causes(self.causes())
+    }
+}
+
+fn kind_name(kind: InterruptKind) -> &'static str {
+    match kind {
+        InterruptKind::Intx => "INTx",
+        InterruptKind::Msi => "MSI",
+        InterruptKind::Msix => "MSI-X",
+        InterruptKind::Err => "ERR",
+        InterruptKind::Req => "REQ",
+    }
+}
+
+/// Where config space offers vectors of `kind`.
+fn offer_source(kind: InterruptKind) -> &'static str {
+    match kind {
+        InterruptKind::Intx => "its interrupt pin",
+        InterruptKind::Msi => "its MSI capability's Multiple Message Capable",
+        InterruptKind::Msix => "its MSI-X table size",
+        InterruptKind::Err | InterruptKind::Req => "no register",
+    }
+}
+
+/// What is wrong with a capability in config space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CapabilityProblem {
+    /// A capability pointer leads into the header or past the end of config space.
+    #[error("points to {to:#x}, outside 0x40..{end:#x}")]
+    PointsOutside {
+        /// Where it points.
+        to: usize,
+        /// The end of config space.
+        end: usize,
+    },
+    /// A capability pointer leads back to a capability already seen.
+    #[error("points back to {to:#x}: the list loops")]
+    Loops {
+        /// Where it points.
+        to: usize,
+    },
+    /// The list has more capabilities than fit in config space.
+    #[error("more capabilities than fit in config space")]
+    TooMany,
+    /// The capability's registers run past the standard config space.
+    #[error("{name} capability of {len} bytes runs past config space")]
+    PastConfigSpace {
+        /// "MSI" or "MSI-X".
+        name: &'static str,
+        /// The capability's length.
+        len: usize,
+    },
+    /// MSI claims more vectors than MSI has.
+    #[error("MSI claims 2^{log2} vectors (at most 32)")]
+    MsiVectors {
+        /// The Multiple Message Capable field.
+        log2: u8,
+    },
+    /// An MSI-X structure lies in a BAR the device does not have.
+    #[error("MSI-X {structure} in BAR {bar}, which does not exist")]
+    MsixNoSuchBar {
+        /// "table" or "pending bits".
+        structure: &'static str,
+        /// The BAR.
+        bar: u32,
+    },
+    /// An MSI-X structure lies in an I/O or ROM BAR.
+    #[error("MSI-X {structure} in BAR {bar}, not a memory BAR")]
+    MsixNotMemory {
+        /// "table" or "pending bits".
+        structure: &'static str,
+        /// The BAR.
+        bar: u32,
+    },
+    /// An MSI-X structure runs past the region behind its BAR.
+    #[error("MSI-X {structure} at {offset:#x}+{len:#x} runs past region {bar} of {size:#x} bytes")]
+    MsixPastRegion {
+        /// "table" or "pending bits".
+        structure: &'static str,
+        /// The BAR (and region).
+        bar: u32,
+        /// Offset of the structure in the BAR.
+        offset: u64,
+        /// Length of the structure.
+        len: u64,
+        /// The region's size.
+        size: u64,
+    },
+    /// The MSI-X table and pending bits overlap.
+    #[error("MSI-X table and pending bits overlap")]
+    MsixOverlap,
+}
+
+/// What a device was doing when it met an error it could not return: an access or an
+/// interrupt change the guest made, or an end of interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activity {
+    /// A config space read at `offset`.
+    ConfigRead {
+        /// Offset in config space.
+        offset: usize,
+    },
+    /// A config space write at `offset`.
+    ConfigWrite {
+        /// Offset in config space.
+        offset: usize,
+    },
+    /// A read of BAR `bar` at `offset`.
+    BarRead {
+        /// The BAR.
+        bar: u32,
+        /// Offset in the BAR.
+        offset: u64,
+    },
+    /// A write to BAR `bar` at `offset`.
+    BarWrite {
+        /// The BAR.
+        bar: u32,
+        /// Offset in the BAR.
+        offset: u64,
+    },
+    /// Bringing the server and the VMM in step with the guest's interrupt setup.
+    InterruptSetup,
+    /// Unmasking INTx at the server after the guest ended an interrupt.
+    IntxUnmask,
+}
+
+impl fmt::Display for Activity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Activity::ConfigRead { offset } => write!(f, "config read at {offset:#x}"),
+            Activity::ConfigWrite { offset } => write!(f, "config write at {offset:#x}"),
+            Activity::BarRead { bar, offset } => write!(f, "BAR {bar} read at {offset:#x}"),
+            Activity::BarWrite { bar, offset } => write!(f, "BAR {bar} write at {offset:#x}"),
+            Activity::InterruptSetup => f.write_str("interrupt setup"),
+            Activity::IntxUnmask => f.write_str("INTx unmask"),
         }
     }
 }

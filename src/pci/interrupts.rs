@@ -8,13 +8,16 @@
 use std::io;
 use std::sync::Arc;
 
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_MASKABLE, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::msi::Msi;
 use super::msix::Msix;
 use super::Error;
-use crate::device::{pci_irq, IrqAction, VfioUserDevice};
-use crate::protocol::IRQ_INFO_MASKABLE;
+use crate::device::{IrqAction, VfioUserDevice};
 
 /// Which of the device's interrupt sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,11 +38,11 @@ impl InterruptKind {
     /// The vfio IRQ index.
     pub fn irq_index(self) -> u32 {
         match self {
-            InterruptKind::Intx => pci_irq::INTX,
-            InterruptKind::Msi => pci_irq::MSI,
-            InterruptKind::Msix => pci_irq::MSIX,
-            InterruptKind::Err => pci_irq::ERR,
-            InterruptKind::Req => pci_irq::REQ,
+            InterruptKind::Intx => VFIO_PCI_INTX_IRQ_INDEX,
+            InterruptKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
+            InterruptKind::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
+            InterruptKind::Err => VFIO_PCI_ERR_IRQ_INDEX,
+            InterruptKind::Req => VFIO_PCI_REQ_IRQ_INDEX,
         }
     }
 }
@@ -145,15 +148,16 @@ impl Vector {
     }
 }
 
-/// What the server and the VMM were last told.
+/// The interrupts as wired: what the server (eventfds, masks) and the VMM (routes) were
+/// last told.
 #[derive(Debug, Default)]
-pub(crate) struct Applied {
+pub(crate) struct WiredInterrupts {
     pub(crate) mode: InterruptMode,
     /// The vectors of the mode (MSI / MSI-X).
     vectors: Vec<Vector>,
 }
 
-impl Applied {
+impl WiredInterrupts {
     /// The number of vectors of the mode (MSI / MSI-X), 0 otherwise.
     pub(crate) fn vector_count(&self) -> usize {
         self.vectors.len()
@@ -168,38 +172,39 @@ impl Applied {
     }
 }
 
-/// The guest's interrupt state, read from the shadows.
-pub(crate) struct Wanted {
+/// The guest's interrupt setup, read from the MSI and MSI-X shadows and the command
+/// register: what [`reconcile`] wires.
+pub(crate) struct GuestInterrupts {
     pub(crate) mode: InterruptMode,
     /// Per vector of the mode (MSI / MSI-X): message and mask.
     vectors: Vec<(MsiMessage, bool)>,
 }
 
-impl Wanted {
+impl GuestInterrupts {
     /// MSI-X wins over MSI, MSI over INTx (the spec forbids enabling two at once; a guest
     /// that does gets the most capable). `intx` is whether INTx may be used (the device has
     /// it and the command register does not disable it).
-    pub(crate) fn from(
+    pub(crate) fn read(
         msi: Option<&Msi>,
         msix: Option<&Msix>,
         intx: bool,
         device_vectors: impl Fn(InterruptKind) -> u32,
-    ) -> Wanted {
+    ) -> GuestInterrupts {
         if let Some(m) = msix.filter(|m| m.enabled()) {
             let n = m.size().min(device_vectors(InterruptKind::Msix));
-            return Wanted {
+            return GuestInterrupts {
                 mode: InterruptMode::Msix,
                 vectors: (0..n).map(|v| (m.message(v), m.masked(v))).collect(),
             };
         }
         if let Some(m) = msi.filter(|m| m.enabled()) {
             let n = m.vectors().min(device_vectors(InterruptKind::Msi));
-            return Wanted {
+            return GuestInterrupts {
                 mode: InterruptMode::Msi,
                 vectors: (0..n).map(|v| (m.message(v), m.masked(v))).collect(),
             };
         }
-        Wanted {
+        GuestInterrupts {
             mode: if intx {
                 InterruptMode::Intx
             } else {
@@ -221,7 +226,8 @@ fn kind_of(mode: InterruptMode) -> Option<InterruptKind> {
 
 fn provider_error(kind: InterruptKind, vector: u32) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Interrupt {
-        what: format!("{kind:?} vector {vector}"),
+        kind,
+        vector,
         source,
     }
 }
@@ -232,7 +238,7 @@ fn provider_error(kind: InterruptKind, vector: u32) -> impl FnOnce(io::Error) ->
 pub(crate) fn server_masks(device: &VfioUserDevice, kind: InterruptKind) -> bool {
     device
         .irq(kind.irq_index())
-        .is_ok_and(|i| i.flags & IRQ_INFO_MASKABLE != 0)
+        .is_ok_and(|i| i.flags & VFIO_IRQ_INFO_MASKABLE != 0)
 }
 
 /// Runs of consecutive vectors: `(start, count)`.
@@ -257,13 +263,13 @@ fn parking_eventfd() -> Result<Arc<EventFd>, Error> {
 }
 
 /// Takes the current mode down: the server's index is disabled and, for MSI and MSI-X, the
-/// VMM is told. `applied` is left empty whatever fails; the first error is returned.
+/// VMM is told. `wired` is left empty whatever fails; the first error is returned.
 pub(crate) fn disable(
     device: &VfioUserDevice,
     provider: &dyn InterruptProvider,
-    applied: &mut Applied,
+    wired: &mut WiredInterrupts,
 ) -> Result<(), Error> {
-    let old = std::mem::take(applied);
+    let old = std::mem::take(wired);
     let Some(kind) = kind_of(old.mode) else {
         return Ok(());
     };
@@ -276,7 +282,7 @@ pub(crate) fn disable(
     server.and(vmm)
 }
 
-/// Brings the server and the VMM in step with `wanted`, sending only what changed.
+/// Brings the server and the VMM in step with the `guest` setup, sending only what changed.
 ///
 /// A mode change disables the old mode (server, then VMM), tells the VMM every route of the
 /// new one, sets the server's masks when it can mask, and only then connects the eventfds,
@@ -286,25 +292,25 @@ pub(crate) fn disable(
 pub(crate) fn reconcile(
     device: &VfioUserDevice,
     provider: &dyn InterruptProvider,
-    applied: &mut Applied,
-    wanted: Wanted,
+    wired: &mut WiredInterrupts,
+    guest: GuestInterrupts,
 ) -> Result<(), Error> {
-    if wanted.mode == applied.mode && wanted.vectors.len() == applied.vectors.len() {
-        let Some(kind) = kind_of(wanted.mode).filter(|k| *k != InterruptKind::Intx) else {
+    if guest.mode == wired.mode && guest.vectors.len() == wired.vectors.len() {
+        let Some(kind) = kind_of(guest.mode).filter(|k| *k != InterruptKind::Intx) else {
             return Ok(());
         };
-        let changes = wanted
+        let changes = guest
             .vectors
             .into_iter()
             .enumerate()
             .map(|(v, (message, masked))| (v as u32, message, masked));
-        return update_vectors(device, provider, applied, kind, changes);
+        return update_vectors(device, provider, wired, kind, changes);
     }
-    disable(device, provider, applied)?;
-    let Some(kind) = kind_of(wanted.mode) else {
+    disable(device, provider, wired)?;
+    let Some(kind) = kind_of(guest.mode) else {
         return Ok(());
     };
-    if let Err(e) = enable(device, provider, applied, wanted) {
+    if let Err(e) = enable(device, provider, wired, guest) {
         // Nothing of the new mode may stay half connected.
         if let Err(undo) = device.disable_irqs(kind.irq_index()) {
             log::debug!("undoing a failed {kind:?} setup at the server: {undo}");
@@ -319,15 +325,15 @@ pub(crate) fn reconcile(
     Ok(())
 }
 
-/// Sets up `wanted`'s mode (not `None`) on an `applied` state that has none.
+/// Sets up `guest`'s mode (not `None`) on a `wired` state that has none.
 fn enable(
     device: &VfioUserDevice,
     provider: &dyn InterruptProvider,
-    applied: &mut Applied,
-    Wanted {
+    wired: &mut WiredInterrupts,
+    GuestInterrupts {
         mode,
-        vectors: wanted,
-    }: Wanted,
+        vectors: guest,
+    }: GuestInterrupts,
 ) -> Result<(), Error> {
     let Some(kind) = kind_of(mode) else {
         return Ok(());
@@ -336,18 +342,18 @@ fn enable(
     if kind == InterruptKind::Intx {
         let fd = provider.eventfd(kind, 0);
         device.set_irq_eventfds(index, IrqAction::Trigger, 0, &[fd.as_deref()])?;
-        applied.mode = mode;
+        wired.mode = mode;
         return Ok(());
     }
-    for (v, &(message, masked)) in wanted.iter().enumerate() {
+    for (v, &(message, masked)) in guest.iter().enumerate() {
         provider
             .update(kind, v as u32, message, masked)
             .map_err(provider_error(kind, v as u32))?;
     }
     let emulate = !server_masks(device, kind);
-    let mut vectors: Vec<Vector> = Vec::with_capacity(wanted.len());
-    let mut fds: Vec<Option<Arc<EventFd>>> = Vec::with_capacity(wanted.len());
-    for (v, (message, masked)) in wanted.into_iter().enumerate() {
+    let mut vectors: Vec<Vector> = Vec::with_capacity(guest.len());
+    let mut fds: Vec<Option<Arc<EventFd>>> = Vec::with_capacity(guest.len());
+    for (v, (message, masked)) in guest.into_iter().enumerate() {
         let parked = (emulate && masked).then(parking_eventfd).transpose()?;
         fds.push(match &parked {
             Some(fd) => Some(fd.clone()),
@@ -376,13 +382,13 @@ fn enable(
     }
     let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
     device.set_irq_eventfds(index, IrqAction::Trigger, 0, &refs)?;
-    applied.mode = mode;
-    applied.vectors = vectors;
+    wired.mode = mode;
+    wired.vectors = vectors;
     Ok(())
 }
 
 /// Brings vectors of the current MSI or MSI-X mode in step with `changes` (vector, message,
-/// masked), sending only what differs from `applied`.
+/// masked), sending only what differs from `wired`.
 ///
 /// Masking goes to the server first, then to the VMM; unmasking to the VMM first (the route
 /// is ready), then to the server, which may deliver a pending vector at once. When the
@@ -393,13 +399,13 @@ fn enable(
 pub(crate) fn update_vectors(
     device: &VfioUserDevice,
     provider: &dyn InterruptProvider,
-    applied: &mut Applied,
+    wired: &mut WiredInterrupts,
     kind: InterruptKind,
     changes: impl Iterator<Item = (u32, MsiMessage, bool)>,
 ) -> Result<(), Error> {
     let changed: Vec<(u32, MsiMessage, bool)> = changes
         .filter(|&(v, message, masked)| {
-            applied
+            wired
                 .vectors
                 .get(v as usize)
                 .is_some_and(|a| (a.message, a.masked) != (message, masked))
@@ -408,74 +414,105 @@ pub(crate) fn update_vectors(
     if changed.is_empty() {
         return Ok(());
     }
-    let index = kind.irq_index();
-    let emulate = !server_masks(device, kind);
-    let vectors = &mut applied.vectors;
-
+    let step = VectorStep {
+        device,
+        provider,
+        kind,
+        emulate: !server_masks(device, kind),
+    };
+    let vectors = &mut wired.vectors;
     let masking: Vec<u32> = changed
         .iter()
         .filter(|c| c.2 && !vectors[c.0 as usize].masked)
         .map(|c| c.0)
         .collect();
     for (start, count) in runs(&masking) {
-        let range = start as usize..(start + count) as usize;
-        if emulate {
-            let parked = (0..count)
-                .map(|_| parking_eventfd())
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<Option<&EventFd>> = parked.iter().map(|f| Some(&**f)).collect();
-            device.set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
-            for (vector, fd) in vectors[range].iter_mut().zip(parked) {
-                vector.parked = Some(fd);
-                vector.masked = true;
-            }
-        } else {
-            device.irq_action(index, IrqAction::Mask, start, count)?;
-            vectors[range].iter_mut().for_each(|v| v.masked = true);
-        }
+        step.mask(vectors, start, count)?;
     }
-
     for &(v, message, masked) in &changed {
         provider
             .update(kind, v, message, masked)
             .map_err(provider_error(kind, v))?;
         vectors[v as usize].message = message;
     }
-
     let unmasking: Vec<u32> = changed
         .iter()
         .filter(|c| !c.2 && vectors[c.0 as usize].masked)
         .map(|c| c.0)
         .collect();
     for (start, count) in runs(&unmasking) {
-        let range = start as usize..(start + count) as usize;
-        if emulate {
-            let fds: Vec<Option<Arc<EventFd>>> = (start..start + count)
-                .map(|v| provider.eventfd(kind, v))
-                .collect();
-            let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
-            device.set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
-            // From the reply on, the server signals the provider's eventfds: whatever came
-            // before is on the parking eventfds.
-            for (vector, fd) in vectors[range].iter_mut().zip(&fds) {
-                let pending = vector.poll_pending();
-                *vector = Vector {
-                    message: vector.message,
-                    ..Vector::default()
-                };
-                if let (true, Some(fd)) = (pending, fd) {
-                    fd.write(1).map_err(|source| Error::Io {
-                        what: "delivering a vector that fired while masked",
-                        source,
-                    })?;
-                }
-            }
-        } else {
-            device.irq_action(index, IrqAction::Unmask, start, count)?;
-            vectors[range].iter_mut().for_each(|v| v.masked = false);
-        }
+        step.unmask(vectors, start, count)?;
     }
     Ok(())
+}
+
+/// What masking and unmasking a run of vectors needs to know.
+struct VectorStep<'a> {
+    device: &'a VfioUserDevice,
+    provider: &'a dyn InterruptProvider,
+    kind: InterruptKind,
+    /// The server cannot mask: masking is emulated with parking eventfds.
+    emulate: bool,
+}
+
+impl VectorStep<'_> {
+    /// Masks vectors `start..start + count` at the server, or parks them.
+    fn mask(&self, vectors: &mut [Vector], start: u32, count: u32) -> Result<(), Error> {
+        let index = self.kind.irq_index();
+        let range = start as usize..(start + count) as usize;
+        if !self.emulate {
+            self.device
+                .irq_action(index, IrqAction::Mask, start, count)?;
+            vectors[range].iter_mut().for_each(|v| v.masked = true);
+            return Ok(());
+        }
+        let parked = (0..count)
+            .map(|_| parking_eventfd())
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<Option<&EventFd>> = parked.iter().map(|f| Some(&**f)).collect();
+        self.device
+            .set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
+        for (vector, fd) in vectors[range].iter_mut().zip(parked) {
+            vector.parked = Some(fd);
+            vector.masked = true;
+        }
+        Ok(())
+    }
+
+    /// Unmasks vectors `start..start + count` at the server, or gives the server the
+    /// provider's eventfds back and delivers what fired while they were parked.
+    fn unmask(&self, vectors: &mut [Vector], start: u32, count: u32) -> Result<(), Error> {
+        let index = self.kind.irq_index();
+        let range = start as usize..(start + count) as usize;
+        if !self.emulate {
+            self.device
+                .irq_action(index, IrqAction::Unmask, start, count)?;
+            vectors[range].iter_mut().for_each(|v| v.masked = false);
+            return Ok(());
+        }
+        let fds: Vec<Option<Arc<EventFd>>> = (start..start + count)
+            .map(|v| self.provider.eventfd(self.kind, v))
+            .collect();
+        let refs: Vec<Option<&EventFd>> = fds.iter().map(|f| f.as_deref()).collect();
+        self.device
+            .set_irq_eventfds(index, IrqAction::Trigger, start, &refs)?;
+        // From the reply on, the server signals the provider's eventfds: whatever came
+        // before is on the parking eventfds.
+        for (vector, fd) in vectors[range].iter_mut().zip(&fds) {
+            let pending = vector.poll_pending();
+            *vector = Vector {
+                message: vector.message,
+                ..Vector::default()
+            };
+            if let (true, Some(fd)) = (pending, fd) {
+                fd.write(1).map_err(|source| Error::Io {
+                    what: "delivering a vector that fired while masked",
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

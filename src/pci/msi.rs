@@ -6,7 +6,7 @@
 
 use super::config::CONFIG_SIZE;
 use super::interrupts::MsiMessage;
-use super::Error;
+use super::{CapabilityProblem, Error};
 
 const CONTROL_ENABLE: u16 = 1 << 0;
 const CONTROL_64BIT: u16 = 1 << 7;
@@ -42,14 +42,14 @@ impl Msi {
         if capable > 5 {
             return Err(Error::Capability {
                 offset: cap,
-                what: format!("MSI claims 2^{capable} vectors (at most 32)"),
+                problem: CapabilityProblem::MsiVectors { log2: capable },
             });
         }
         let len = 10 + if addr64 { 4 } else { 0 } + if per_vector_mask { 10 } else { 0 };
         if cap + len > CONFIG_SIZE || cap + len > config.len() {
             return Err(Error::Capability {
                 offset: cap,
-                what: format!("MSI capability of {len} bytes runs past config space"),
+                problem: CapabilityProblem::PastConfigSpace { name: "MSI", len },
             });
         }
         let regs = config[cap + 2..cap + len].to_vec();
@@ -146,6 +146,11 @@ impl Msi {
 
     pub(crate) fn enabled(&self) -> bool {
         self.u16_at(0) & CONTROL_ENABLE != 0
+    }
+
+    /// Vectors the device can use (Multiple Message Capable).
+    pub(crate) fn capable_vectors(&self) -> u32 {
+        1 << self.capable
     }
 
     /// Vectors the guest enabled (Multiple Message Enable, bounded by what the device can).

@@ -6,10 +6,12 @@
 
 use super::config::{dword, merge, BarInfo, BarKind, CONFIG_SIZE};
 use super::interrupts::MsiMessage;
-use super::Error;
+use super::{CapabilityProblem, Error};
 
 const CONTROL_ENABLE: u16 = 1 << 15;
 const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
+/// Bytes of the capability: header, message control, table and PBA locations.
+const CAP_SIZE: usize = 12;
 /// Bytes of one table entry.
 const ENTRY: usize = 16;
 /// Vector control: masked.
@@ -43,9 +45,15 @@ impl Msix {
         bars: &[BarInfo],
         region_size: impl Fn(u32) -> u64,
     ) -> Result<Msix, Error> {
-        let bad = |what: String| Error::Capability { offset: cap, what };
-        if cap + 12 > CONFIG_SIZE.min(config.len()) {
-            return Err(bad("MSI-X capability runs past config space".to_string()));
+        let bad = |problem| Error::Capability {
+            offset: cap,
+            problem,
+        };
+        if cap + CAP_SIZE > CONFIG_SIZE.min(config.len()) {
+            return Err(bad(CapabilityProblem::PastConfigSpace {
+                name: "MSI-X",
+                len: CAP_SIZE,
+            }));
         }
         let control = u16::from_le_bytes([config[cap + 2], config[cap + 3]]);
         let size = u32::from(control & 0x7ff) + 1;
@@ -53,20 +61,23 @@ impl Msix {
         let pba = dword(config, cap + 8);
         let (table_bar, table_offset) = (table & 7, u64::from(table & !7));
         let (pba_bar, pba_offset) = (pba & 7, u64::from(pba & !7));
-        let check = |what: &str, bar: u32, offset: u64, len: u64| -> Result<(), Error> {
+        let check = |structure: &'static str, bar: u32, offset: u64, len: u64| {
             let info = bars
                 .iter()
                 .find(|b| b.index == bar)
-                .ok_or_else(|| bad(format!("MSI-X {what} in BAR {bar}, which does not exist")))?;
+                .ok_or(bad(CapabilityProblem::MsixNoSuchBar { structure, bar }))?;
             if !matches!(info.kind, BarKind::Memory32 | BarKind::Memory64) {
-                return Err(bad(format!("MSI-X {what} in BAR {bar}, not a memory BAR")));
+                return Err(bad(CapabilityProblem::MsixNotMemory { structure, bar }));
             }
             let size = region_size(bar).min(info.size);
             if offset + len > size {
-                return Err(bad(format!(
-                    "MSI-X {what} at {offset:#x}+{len:#x} runs past region {bar} of {size:#x} \
-                     bytes"
-                )));
+                return Err(bad(CapabilityProblem::MsixPastRegion {
+                    structure,
+                    bar,
+                    offset,
+                    len,
+                    size,
+                }));
             }
             Ok(())
         };
@@ -82,7 +93,7 @@ impl Msix {
             && table_offset < pba_offset + u64::from(size).div_ceil(64) * 8
             && pba_offset < table_offset + table_len
         {
-            return Err(bad("MSI-X table and pending bits overlap".to_string()));
+            return Err(bad(CapabilityProblem::MsixOverlap));
         }
         let mut msix = Msix {
             cap,

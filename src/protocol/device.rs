@@ -5,21 +5,18 @@
 //! `DEVICE_GET_REGION_IO_FDS` (6), `DEVICE_GET_IRQ_INFO` (7), `DEVICE_SET_IRQS` (8) and
 //! `DEVICE_RESET` (13).
 
+use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_DATA_BOOL, VFIO_REGION_INFO_FLAG_CAPS};
+
 use super::region_caps::{encode_region_caps, parse_region_caps, RegionCap};
 use super::wire::{exact_data, len_u32, put_u32, put_u64, Reader};
 use super::DecodeError;
-
-/// `VFIO_DEVICE_FLAGS_RESET`: the device supports `DEVICE_RESET`.
-pub const DEVICE_FLAGS_RESET: u32 = 1 << 0;
-/// `VFIO_DEVICE_FLAGS_PCI`: a PCI device.
-pub const DEVICE_FLAGS_PCI: u32 = 1 << 1;
 
 /// The `DEVICE_GET_INFO` request and reply payload (16 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// Request: largest reply payload accepted (at least 16); reply: 16.
     pub argsz: u32,
-    /// `DEVICE_FLAGS_*`.
+    /// `VFIO_DEVICE_FLAGS_*`.
     pub flags: u32,
     /// Number of regions.
     pub num_regions: u32,
@@ -59,15 +56,6 @@ impl DeviceInfo {
     }
 }
 
-/// Region flag: readable.
-pub const REGION_INFO_FLAG_READ: u32 = 1 << 0;
-/// Region flag: writable.
-pub const REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
-/// Region flag: mmappable; the full reply carries the region's fd.
-pub const REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
-/// Region flag: a capability chain starts at `cap_offset`.
-pub const REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
-
 /// The `DEVICE_GET_REGION_INFO` request and reply payload: a 32-byte head and, in a reply,
 /// the capability chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,7 +63,7 @@ pub struct RegionInfo {
     /// Request: largest reply payload accepted; reply: payload size of the full answer. A
     /// reply `argsz` above the request's means the caps (and fd) were left out: ask again.
     pub argsz: u32,
-    /// `REGION_INFO_FLAG_*` (0 in a request).
+    /// `VFIO_REGION_INFO_FLAG_*` (0 in a request).
     pub flags: u32,
     /// Region index.
     pub index: u32,
@@ -117,7 +105,10 @@ impl RegionInfo {
         let (flags, cap_offset) = if self.caps.is_empty() {
             (self.flags, self.cap_offset)
         } else {
-            (self.flags | REGION_INFO_FLAG_CAPS, Self::HEAD_SIZE as u32)
+            (
+                self.flags | VFIO_REGION_INFO_FLAG_CAPS,
+                Self::HEAD_SIZE as u32,
+            )
         };
         put_u32(out, self.argsz);
         put_u32(out, flags);
@@ -160,7 +151,7 @@ impl RegionInfo {
             offset,
             ..
         } = head;
-        let caps = if flags & REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 {
+        let caps = if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 {
             if (cap_offset as usize) < Self::HEAD_SIZE {
                 return Err(DecodeError::InvalidField {
                     field: "region info cap_offset",
@@ -268,6 +259,47 @@ pub struct IoSubregion {
     pub shadow: Option<ShadowMem>,
 }
 
+impl IoSubregion {
+    /// Decodes one entry of `layout`'s stride.
+    fn decode(entry: &[u8], layout: IoFdsLayout) -> Result<Self, DecodeError> {
+        let mut e = Reader::new(entry, "region io fds entry");
+        let offset = e.u64()?;
+        let size = e.u64()?;
+        let fd_index = e.u32()?;
+        let kind = e.u32()?;
+        let flags = e.u32()?;
+        let (data, shadow) = match layout {
+            IoFdsLayout::Spec => {
+                e.u32()?;
+                (Some(e.u64()?), None)
+            }
+            IoFdsLayout::LibVfioUser if kind == IO_FD_TYPE_IOREGIONFD => {
+                e.u32()?;
+                (Some(e.u64()?), None)
+            }
+            IoFdsLayout::LibVfioUser => {
+                let shadow = ShadowMem {
+                    fd_index: e.u32()?,
+                    offset: e.u64()?,
+                };
+                let data = e.u64()?;
+                let shadow = (kind == IO_FD_TYPE_IOEVENTFD_SHADOW).then_some(shadow);
+                (Some(data), shadow)
+            }
+            IoFdsLayout::Other { .. } => (None, None),
+        };
+        Ok(IoSubregion {
+            offset,
+            size,
+            fd_index,
+            kind,
+            flags,
+            data,
+            shadow,
+        })
+    }
+}
+
 /// The `DEVICE_GET_REGION_IO_FDS` request and reply payload: a 16-byte head and, in a reply,
 /// `count` sub-region entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -370,41 +402,7 @@ impl RegionIoFds {
             let n = present.min(count as usize);
             subregions.reserve_exact(n);
             for _ in 0..n {
-                let mut e = Reader::new(r.bytes(stride)?, "region io fds entry");
-                let offset = e.u64()?;
-                let size = e.u64()?;
-                let fd_index = e.u32()?;
-                let kind = e.u32()?;
-                let flags = e.u32()?;
-                let (data, shadow) = match layout {
-                    IoFdsLayout::Spec => {
-                        e.u32()?;
-                        (Some(e.u64()?), None)
-                    }
-                    IoFdsLayout::LibVfioUser if kind == IO_FD_TYPE_IOREGIONFD => {
-                        e.u32()?;
-                        (Some(e.u64()?), None)
-                    }
-                    IoFdsLayout::LibVfioUser => {
-                        let shadow = ShadowMem {
-                            fd_index: e.u32()?,
-                            offset: e.u64()?,
-                        };
-                        let data = e.u64()?;
-                        let shadow = (kind == IO_FD_TYPE_IOEVENTFD_SHADOW).then_some(shadow);
-                        (Some(data), shadow)
-                    }
-                    IoFdsLayout::Other { .. } => (None, None),
-                };
-                subregions.push(IoSubregion {
-                    offset,
-                    size,
-                    fd_index,
-                    kind,
-                    flags,
-                    data,
-                    shadow,
-                });
+                subregions.push(IoSubregion::decode(r.bytes(stride)?, layout)?);
             }
         }
         Ok(RegionIoFds {
@@ -418,21 +416,12 @@ impl RegionIoFds {
     }
 }
 
-/// IRQ info flag: eventfds can signal the interrupt.
-pub const IRQ_INFO_EVENTFD: u32 = 1 << 0;
-/// IRQ info flag: the interrupt can be masked.
-pub const IRQ_INFO_MASKABLE: u32 = 1 << 1;
-/// IRQ info flag: the interrupt is masked automatically after triggering.
-pub const IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
-/// IRQ info flag: the vector count cannot be changed.
-pub const IRQ_INFO_NORESIZE: u32 = 1 << 3;
-
 /// The `DEVICE_GET_IRQ_INFO` request and reply payload (16 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IrqInfo {
     /// 16.
     pub argsz: u32,
-    /// `IRQ_INFO_*` (0 in a request).
+    /// `VFIO_IRQ_INFO_*` (0 in a request).
     pub flags: u32,
     /// IRQ type index (PCI: INTX 0, MSI 1, MSIX 2, ERR 3, REQ 4).
     pub index: u32,
@@ -473,25 +462,12 @@ impl IrqInfo {
     }
 }
 
-/// SET_IRQS data type: none.
-pub const IRQ_SET_DATA_NONE: u32 = 1 << 0;
-/// SET_IRQS data type: `count` bytes of booleans follow.
-pub const IRQ_SET_DATA_BOOL: u32 = 1 << 1;
-/// SET_IRQS data type: `count` eventfds accompany the message.
-pub const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
-/// SET_IRQS action: mask.
-pub const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
-/// SET_IRQS action: unmask.
-pub const IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
-/// SET_IRQS action: trigger.
-pub const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
-
 /// The `DEVICE_SET_IRQS` request payload. The reply has no payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetIrqs {
     /// Size of the request payload: 20 plus the bool bytes.
     pub argsz: u32,
-    /// One `IRQ_SET_DATA_*` and one `IRQ_SET_ACTION_*`.
+    /// One `VFIO_IRQ_SET_DATA_*` and one `VFIO_IRQ_SET_ACTION_*`.
     pub flags: u32,
     /// IRQ type index.
     pub index: u32,
@@ -499,7 +475,7 @@ pub struct SetIrqs {
     pub start: u32,
     /// Number of vectors.
     pub count: u32,
-    /// With [`IRQ_SET_DATA_BOOL`]: one per vector. Empty otherwise.
+    /// With [`VFIO_IRQ_SET_DATA_BOOL`]: one per vector. Empty otherwise.
     pub bools: Vec<bool>,
 }
 
@@ -529,7 +505,7 @@ impl SetIrqs {
         out.extend(self.bools.iter().map(|&b| u8::from(b)));
     }
 
-    /// Decodes a payload. With [`IRQ_SET_DATA_BOOL`] exactly `count` bytes must follow the
+    /// Decodes a payload. With [`VFIO_IRQ_SET_DATA_BOOL`] exactly `count` bytes must follow the
     /// head ([`DecodeError::LengthMismatch`]); any non-zero byte is `true`. Without it, bytes
     /// past the head are ignored.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
@@ -539,7 +515,7 @@ impl SetIrqs {
         let index = r.u32()?;
         let start = r.u32()?;
         let count = r.u32()?;
-        let bools = if flags & IRQ_SET_DATA_BOOL != 0 {
+        let bools = if flags & VFIO_IRQ_SET_DATA_BOOL != 0 {
             let data = exact_data(
                 "set irqs bools",
                 Self::HEAD_SIZE,
@@ -578,13 +554,18 @@ impl DeviceReset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::region_caps::SparseMmapArea;
+    use vfio_bindings::bindings::vfio::{
+        vfio_region_sparse_mmap_area, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
+        VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
+        VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_REGION_INFO_FLAG_CAPS,
+        VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    };
 
     #[test]
     fn device_info_and_irq_info() {
         let d = DeviceInfo {
             argsz: 16,
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
             num_regions: 9,
             num_irqs: 5,
         };
@@ -597,7 +578,7 @@ mod tests {
             Err(DecodeError::Short { .. })
         ));
         let i = IrqInfo {
-            flags: IRQ_INFO_EVENTFD,
+            flags: VFIO_IRQ_INFO_EVENTFD,
             count: 32,
             ..IrqInfo::request(2)
         };
@@ -616,15 +597,15 @@ mod tests {
 
         let mut reply = RegionInfo {
             argsz: 0,
-            flags: REGION_INFO_FLAG_READ
-                | REGION_INFO_FLAG_WRITE
-                | REGION_INFO_FLAG_MMAP
-                | REGION_INFO_FLAG_CAPS,
+            flags: VFIO_REGION_INFO_FLAG_READ
+                | VFIO_REGION_INFO_FLAG_WRITE
+                | VFIO_REGION_INFO_FLAG_MMAP
+                | VFIO_REGION_INFO_FLAG_CAPS,
             index: 0,
             cap_offset: 32,
             size: 0x4000,
             offset: 0,
-            caps: vec![RegionCap::SparseMmap(vec![SparseMmapArea {
+            caps: vec![RegionCap::SparseMmap(vec![vfio_region_sparse_mmap_area {
                 offset: 0,
                 size: 0x4000,
             }])],
@@ -639,7 +620,7 @@ mod tests {
         cut[..4].copy_from_slice(&40u32.to_ne_bytes());
         assert!(RegionInfo::decode(&cut).is_err());
         // CAPS not set: the chain is not parsed.
-        cut[4..8].copy_from_slice(&REGION_INFO_FLAG_MMAP.to_ne_bytes());
+        cut[4..8].copy_from_slice(&VFIO_REGION_INFO_FLAG_MMAP.to_ne_bytes());
         assert_eq!(RegionInfo::decode(&cut).map(|r| r.caps), Ok(vec![]));
         // cap_offset inside the head.
         let mut bad = out.clone();
@@ -750,7 +731,7 @@ mod tests {
     #[test]
     fn set_irqs_bools_and_eventfds() {
         let s = SetIrqs::new(
-            IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_MASK,
+            VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_MASK,
             2,
             4,
             3,
@@ -770,7 +751,7 @@ mod tests {
             })
         ));
         let e = SetIrqs::new(
-            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             2,
             0,
             8,

@@ -4,6 +4,8 @@
 //! Guest memory: `DMA_MAP` (2), `DMA_UNMAP` (3) and the server-to-client `DMA_READ` (11) /
 //! `DMA_WRITE` (12).
 
+use vfio_bindings::bindings::vfio::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
+
 use super::wire::{exact_data, put_u32, put_u64, Reader};
 use super::DecodeError;
 
@@ -15,11 +17,6 @@ pub const DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
 pub const DMA_MAP_FLAG_ACCESS_MMAP: u32 = 1 << 2;
 /// DMA_MAP flag (newer spec revision): access the fd by file I/O. Older servers reject it.
 pub const DMA_MAP_FLAG_ACCESS_FILE_IO: u32 = 1 << 3;
-
-/// DMA_UNMAP flag (0.9.1, deprecated but still served): return the window's dirty bitmap.
-pub const DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
-/// DMA_UNMAP flag (0.9.1, deprecated; QEMU still sends it): unmap every window.
-pub const DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
 
 /// The `DMA_MAP` request payload (32 bytes). The reply has no payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,7 +70,7 @@ impl DmaMap {
     }
 }
 
-/// The deprecated dirty bitmap of a `DMA_UNMAP` with [`DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`].
+/// The deprecated dirty bitmap of a `DMA_UNMAP` with [`VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirtyBitmap {
     /// Page size each bit stands for.
@@ -86,17 +83,17 @@ pub struct DirtyBitmap {
 
 /// The `DMA_UNMAP` request and reply payload (the reply echoes the request).
 ///
-/// With [`DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`] a 16-byte bitmap header {`pgsize`, `size`} follows
+/// With [`VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`] a 16-byte bitmap header {`pgsize`, `size`} follows
 /// the 24-byte entry and, in the reply, `size` bytes of bitmap.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DmaUnmap {
     /// Request: largest reply payload accepted; reply: payload size of the full answer.
     pub argsz: u32,
-    /// `DMA_UNMAP_FLAG_*` (0 in 0.9.2).
+    /// `VFIO_DMA_UNMAP_FLAG_*` (0 in 0.9.2).
     pub flags: u32,
-    /// Guest address of the window (0 with [`DMA_UNMAP_FLAG_ALL`]).
+    /// Guest address of the window (0 with `VFIO_DMA_UNMAP_FLAG_ALL`).
     pub address: u64,
-    /// Size of the window (0 with [`DMA_UNMAP_FLAG_ALL`]).
+    /// Size of the window (0 with `VFIO_DMA_UNMAP_FLAG_ALL`).
     pub size: u64,
     /// The bitmap; present exactly when the GET_DIRTY_BITMAP flag is set.
     pub bitmap: Option<DirtyBitmap>,
@@ -143,7 +140,7 @@ impl DmaUnmap {
         let flags = r.u32()?;
         let address = r.u64()?;
         let size = r.u64()?;
-        let bitmap = if flags & DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
+        let bitmap = if flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
             let pgsize = r.u64()?;
             let bsize = r.u64()?;
             let rest = r.rest();
@@ -224,6 +221,7 @@ impl DmaAccess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vfio_bindings::bindings::vfio::VFIO_DMA_UNMAP_FLAG_ALL;
 
     #[test]
     fn dma_map_layout() {
@@ -252,7 +250,7 @@ mod tests {
         assert_eq!(DmaUnmap::decode(&out), Ok(u));
 
         let all = DmaUnmap {
-            flags: DMA_UNMAP_FLAG_ALL,
+            flags: VFIO_DMA_UNMAP_FLAG_ALL,
             ..DmaUnmap::new(0, 0)
         };
         let mut out = Vec::new();
@@ -261,7 +259,7 @@ mod tests {
 
         let mut req = DmaUnmap {
             argsz: 24 + 16 + 2,
-            flags: DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
             address: 0,
             size: 16 * 4096,
             bitmap: Some(DirtyBitmap {
@@ -298,7 +296,7 @@ mod tests {
     fn dma_unmap_huge_bitmap_size_does_not_allocate() {
         let mut out = Vec::new();
         DmaUnmap {
-            flags: DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
             bitmap: Some(DirtyBitmap {
                 pgsize: 4096,
                 size: u64::MAX,

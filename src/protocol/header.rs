@@ -72,9 +72,14 @@ pub enum DecodeError {
         /// Bytes present.
         got: usize,
     },
-    /// The JSON in a VERSION message is malformed.
-    #[error("version JSON: {0}")]
-    Json(String),
+    /// A string that must be UTF-8 is not.
+    #[error("{what} is not UTF-8: {source}")]
+    NotUtf8 {
+        /// The field holding the string.
+        what: &'static str,
+        /// Where the UTF-8 breaks.
+        source: std::str::Utf8Error,
+    },
     /// A string that must end with a NUL byte does not.
     #[error("{what} is not NUL-terminated")]
     NotNulTerminated {

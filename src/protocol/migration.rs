@@ -4,35 +4,30 @@
 //! Migration and dirty tracking: `DEVICE_FEATURE` (16) with its feature data,
 //! `MIG_DATA_READ` (17) / `MIG_DATA_WRITE` (18), and the removed `DIRTY_PAGES` (14).
 
+use std::mem::size_of;
+
+use vfio_bindings::bindings::vfio::{
+    vfio_device_feature_dma_logging_range, vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_STOP,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY, VFIO_DEVICE_FEATURE_MASK,
+    VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+};
+
 use super::wire::{exact_data, len_u32, len_u64, put_u32, put_u64, Reader};
 use super::DecodeError;
-
-/// DEVICE_FEATURE flags: mask of the feature index.
-pub const DEVICE_FEATURE_MASK: u32 = 0xffff;
-/// DEVICE_FEATURE flag: get the feature's data.
-pub const DEVICE_FEATURE_GET: u32 = 1 << 16;
-/// DEVICE_FEATURE flag: set the feature's data.
-pub const DEVICE_FEATURE_SET: u32 = 1 << 17;
-/// DEVICE_FEATURE flag: ask whether the feature (and the GET/SET given with it) is supported.
-pub const DEVICE_FEATURE_PROBE: u32 = 1 << 18;
-
-/// Feature index: migration support ([`MigrationFeature`]).
-pub const FEATURE_MIGRATION: u16 = 1;
-/// Feature index: migration device state ([`MigDeviceState`]).
-pub const FEATURE_MIG_DEVICE_STATE: u16 = 2;
-/// Feature index: start dirty page logging ([`DmaLoggingStart`]).
-pub const FEATURE_DMA_LOGGING_START: u16 = 6;
-/// Feature index: stop dirty page logging (no data).
-pub const FEATURE_DMA_LOGGING_STOP: u16 = 7;
-/// Feature index: report dirty pages ([`DmaLoggingReport`]).
-pub const FEATURE_DMA_LOGGING_REPORT: u16 = 8;
 
 /// The `DEVICE_FEATURE` request and reply payload: an 8-byte head and the feature's data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceFeature {
     /// Largest reply payload accepted, this head included; in a GET reply, the size used.
     pub argsz: u32,
-    /// Feature index in the low 16 bits, plus `DEVICE_FEATURE_GET`/`SET`/`PROBE`.
+    /// Feature index (`VFIO_DEVICE_FEATURE_MIGRATION`, ...) in the low 16 bits, plus
+    /// `VFIO_DEVICE_FEATURE_GET` / `SET` / `PROBE`.
     pub flags: u32,
     /// The feature data (encode it with the feature's type, e.g. [`MigDeviceState`]).
     pub data: Vec<u8>,
@@ -42,20 +37,21 @@ impl DeviceFeature {
     /// Size of the head.
     pub const HEAD_SIZE: usize = 8;
 
-    /// A request for `feature` with `op` (`DEVICE_FEATURE_*` bits) and `data`, accepting a
-    /// reply of `reply_data` bytes of feature data (`argsz` = 8 + the larger of the two).
-    pub fn new(feature: u16, op: u32, data: Vec<u8>, reply_data: usize) -> Self {
+    /// A request for `feature` (its low 16 bits) with `op` (`VFIO_DEVICE_FEATURE_GET` /
+    /// `SET` / `PROBE` bits) and `data`, accepting a reply of `reply_data` bytes of feature
+    /// data (`argsz` = 8 + the larger of the two).
+    pub fn new(feature: u32, op: u32, data: Vec<u8>, reply_data: usize) -> Self {
         let argsz = Self::HEAD_SIZE.saturating_add(data.len().max(reply_data));
         DeviceFeature {
             argsz: len_u32(argsz),
-            flags: (op & !DEVICE_FEATURE_MASK) | u32::from(feature),
+            flags: (op & !VFIO_DEVICE_FEATURE_MASK) | (feature & VFIO_DEVICE_FEATURE_MASK),
             data,
         }
     }
 
     /// The feature index.
-    pub fn feature(&self) -> u16 {
-        (self.flags & DEVICE_FEATURE_MASK) as u16
+    pub fn feature(&self) -> u32 {
+        self.flags & VFIO_DEVICE_FEATURE_MASK
     }
 
     /// Appends the payload.
@@ -76,17 +72,10 @@ impl DeviceFeature {
     }
 }
 
-/// MIGRATION feature flag: STOP_COPY (the basic migration states).
-pub const MIGRATION_STOP_COPY: u64 = 1 << 0;
-/// MIGRATION feature flag: the P2P states.
-pub const MIGRATION_P2P: u64 = 1 << 1;
-/// MIGRATION feature flag: the PRE_COPY states.
-pub const MIGRATION_PRE_COPY: u64 = 1 << 2;
-
 /// Data of the `MIGRATION` feature (GET reply).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MigrationFeature {
-    /// `MIGRATION_*` flags.
+    /// `VFIO_MIGRATION_*` flags.
     pub flags: u64,
 }
 
@@ -108,37 +97,38 @@ impl MigrationFeature {
 #[repr(u32)]
 pub enum DeviceState {
     /// A transition failed; leave with DEVICE_RESET.
-    Error = 0,
+    Error = vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR,
     /// Stopped.
-    Stop = 1,
+    Stop = vfio_device_mig_state_VFIO_DEVICE_STATE_STOP,
     /// Running.
-    Running = 2,
+    Running = vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING,
     /// Stopped, saving the final state.
-    StopCopy = 3,
+    StopCopy = vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY,
     /// Loading state.
-    Resuming = 4,
+    Resuming = vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING,
     /// Running with peer-to-peer DMA quiesced (unused by vfio-user).
-    RunningP2p = 5,
+    RunningP2p = vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P,
     /// Running and saving state.
-    PreCopy = 6,
+    PreCopy = vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY,
     /// PRE_COPY with peer-to-peer DMA quiesced (unused by vfio-user).
-    PreCopyP2p = 7,
+    PreCopyP2p = vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P,
 }
 
 impl DeviceState {
+    const ALL: [DeviceState; 8] = [
+        DeviceState::Error,
+        DeviceState::Stop,
+        DeviceState::Running,
+        DeviceState::StopCopy,
+        DeviceState::Resuming,
+        DeviceState::RunningP2p,
+        DeviceState::PreCopy,
+        DeviceState::PreCopyP2p,
+    ];
+
     /// The state for a wire value, if it is one.
     pub fn from_u32(value: u32) -> Option<Self> {
-        Some(match value {
-            0 => DeviceState::Error,
-            1 => DeviceState::Stop,
-            2 => DeviceState::Running,
-            3 => DeviceState::StopCopy,
-            4 => DeviceState::Resuming,
-            5 => DeviceState::RunningP2p,
-            6 => DeviceState::PreCopy,
-            7 => DeviceState::PreCopyP2p,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|s| *s as u32 == value)
     }
 }
 
@@ -173,23 +163,17 @@ impl MigDeviceState {
     }
 }
 
-/// One IOVA range of [`DmaLoggingStart`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DmaLoggingRange {
-    /// Start address.
-    pub iova: u64,
-    /// Length in bytes.
-    pub length: u64,
-}
-
 /// Data of the `DMA_LOGGING_START` feature (SET request): the ranges are inline.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DmaLoggingStart {
     /// Tracking granularity.
     pub page_size: u64,
     /// Ranges to track; empty = everything.
-    pub ranges: Vec<DmaLoggingRange>,
+    pub ranges: Vec<vfio_device_feature_dma_logging_range>,
 }
+
+// The bindings' range type has no `Eq`, but it is two integers: equality is total.
+impl Eq for DmaLoggingStart {}
 
 impl DmaLoggingStart {
     /// Appends the data; `num_ranges` is the number of ranges.
@@ -210,7 +194,7 @@ impl DmaLoggingStart {
         let page_size = r.u64()?;
         let num_ranges = r.u32()?;
         let _reserved = r.u32()?;
-        let limit = r.remaining() / 16;
+        let limit = r.remaining() / size_of::<vfio_device_feature_dma_logging_range>();
         let n = usize::try_from(num_ranges).unwrap_or(usize::MAX);
         if n > limit {
             return Err(DecodeError::TooLarge {
@@ -221,7 +205,7 @@ impl DmaLoggingStart {
         }
         let mut ranges = Vec::with_capacity(n);
         for _ in 0..n {
-            ranges.push(DmaLoggingRange {
+            ranges.push(vfio_device_feature_dma_logging_range {
                 iova: r.u64()?,
                 length: r.u64()?,
             });
@@ -330,13 +314,6 @@ impl MigData {
     }
 }
 
-/// Old DIRTY_PAGES flag: start logging.
-pub const DIRTY_PAGES_START: u32 = 1 << 0;
-/// Old DIRTY_PAGES flag: stop logging.
-pub const DIRTY_PAGES_STOP: u32 = 1 << 1;
-/// Old DIRTY_PAGES flag: get the bitmap of a range.
-pub const DIRTY_PAGES_GET_BITMAP: u32 = 1 << 2;
-
 /// The range and bitmap of an old DIRTY_PAGES GET_BITMAP.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirtyPagesRange {
@@ -358,9 +335,9 @@ pub struct DirtyPagesRange {
 pub struct DirtyPages {
     /// Largest reply payload accepted / size of the answer.
     pub argsz: u32,
-    /// `DIRTY_PAGES_*`.
+    /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_*`.
     pub flags: u32,
-    /// Present exactly when `DIRTY_PAGES_GET_BITMAP` is set.
+    /// Present exactly when `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP` is set.
     pub range: Option<DirtyPagesRange>,
 }
 
@@ -386,7 +363,7 @@ impl DirtyPages {
         let mut r = Reader::new(payload, "dirty pages");
         let argsz = r.u32()?;
         let flags = r.u32()?;
-        let range = if flags & DIRTY_PAGES_GET_BITMAP != 0 {
+        let range = if flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP != 0 {
             let iova = r.u64()?;
             let size = r.u64()?;
             let pgsize = r.u64()?;
@@ -418,6 +395,11 @@ impl DirtyPages {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vfio_bindings::bindings::vfio::{
+        vfio_device_feature_dma_logging_range, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+        VFIO_DEVICE_FEATURE_SET, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+        VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
+    };
 
     #[test]
     fn device_feature_state_set() {
@@ -427,9 +409,14 @@ mod tests {
             data_fd: 0,
         }
         .encode_into(&mut data);
-        let f = DeviceFeature::new(FEATURE_MIG_DEVICE_STATE, DEVICE_FEATURE_SET, data, 0);
+        let f = DeviceFeature::new(
+            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            VFIO_DEVICE_FEATURE_SET,
+            data,
+            0,
+        );
         assert_eq!(f.argsz, 16);
-        assert_eq!(f.feature(), FEATURE_MIG_DEVICE_STATE);
+        assert_eq!(f.feature(), VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
         let mut out = Vec::new();
         f.encode_into(&mut out);
         let d = DeviceFeature::decode(&out).unwrap();
@@ -442,7 +429,7 @@ mod tests {
     #[test]
     fn migration_feature_and_logging() {
         let m = MigrationFeature {
-            flags: MIGRATION_STOP_COPY | MIGRATION_PRE_COPY,
+            flags: u64::from(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_PRE_COPY),
         };
         let mut out = Vec::new();
         m.encode_into(&mut out);
@@ -450,7 +437,7 @@ mod tests {
 
         let s = DmaLoggingStart {
             page_size: 4096,
-            ranges: vec![DmaLoggingRange {
+            ranges: vec![vfio_device_feature_dma_logging_range {
                 iova: 0,
                 length: 1 << 30,
             }],
@@ -509,7 +496,7 @@ mod tests {
     fn dirty_pages_old_layout() {
         let mut p = Vec::new();
         put_u32(&mut p, 48);
-        put_u32(&mut p, DIRTY_PAGES_GET_BITMAP);
+        put_u32(&mut p, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP);
         for v in [0x1000u64, 0x8000, 0x1000, 1] {
             put_u64(&mut p, v);
         }
@@ -531,7 +518,7 @@ mod tests {
         ));
         let start = DirtyPages {
             argsz: 8,
-            flags: DIRTY_PAGES_START,
+            flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
             range: None,
         };
         let mut out = Vec::new();

@@ -19,6 +19,13 @@
 //!   `encode_with_data`, which appends head and data into the caller's buffer.
 //! * Counts in received data are checked against the bytes present before anything is
 //!   allocated for them.
+//!
+//! Values vfio-user takes from VFIO (region and IRQ indexes and flags, capability ids and
+//! layouts, SET_IRQS flags, device flags, DMA_UNMAP and DIRTY_PAGES flags, migration states
+//! and features) are not repeated here: use `vfio_bindings::bindings::vfio` (for example
+//! `VFIO_PCI_CONFIG_REGION_INDEX`, `VFIO_REGION_INFO_FLAG_MMAP`, `VFIO_IRQ_SET_DATA_EVENTFD`).
+//! This module defines what only vfio-user has: the header and its flags, the commands, the
+//! message layouts, and the DMA_MAP and REGION_IO_FDS values.
 
 mod device;
 mod dma;
@@ -34,33 +41,21 @@ mod proptests;
 
 pub use device::{
     DeviceInfo, DeviceReset, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs,
-    ShadowMem, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO,
-    IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY, IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW,
-    IO_FD_TYPE_IOREGIONFD, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE,
-    IRQ_INFO_NORESIZE, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK,
-    IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, REGION_INFO_FLAG_CAPS,
-    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    ShadowMem, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY,
+    IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
 };
 pub use dma::{
     DirtyBitmap, DmaAccess, DmaMap, DmaUnmap, DMA_MAP_FLAG_ACCESS_FILE_IO,
-    DMA_MAP_FLAG_ACCESS_MMAP, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, DMA_UNMAP_FLAG_ALL,
-    DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+    DMA_MAP_FLAG_ACCESS_MMAP, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
 pub use header::{
     Command, DecodeError, Header, MessageType, FLAGS_ERROR, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND,
     FLAGS_TYPE_MASK, FLAGS_TYPE_REPLY, HEADER_SIZE,
 };
 pub use migration::{
-    DeviceFeature, DeviceState, DirtyPages, DirtyPagesRange, DmaLoggingRange, DmaLoggingReport,
-    DmaLoggingStart, MigData, MigDeviceState, MigrationFeature, DEVICE_FEATURE_GET,
-    DEVICE_FEATURE_MASK, DEVICE_FEATURE_PROBE, DEVICE_FEATURE_SET, DIRTY_PAGES_GET_BITMAP,
-    DIRTY_PAGES_START, DIRTY_PAGES_STOP, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
-    FEATURE_DMA_LOGGING_STOP, FEATURE_MIGRATION, FEATURE_MIG_DEVICE_STATE, MIGRATION_P2P,
-    MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+    DeviceFeature, DeviceState, DirtyPages, DirtyPagesRange, DmaLoggingReport, DmaLoggingStart,
+    MigData, MigDeviceState, MigrationFeature,
 };
 pub use region::{RegionAccess, RegionWriteMulti, RegionWriteMultiReply, WriteMultiEntry};
-pub use region_caps::{
-    encode_region_caps, parse_region_caps, RegionCap, SparseMmapArea, REGION_CAP_HEADER_SIZE,
-    REGION_CAP_MSIX_MAPPABLE, REGION_CAP_SPARSE_MMAP, REGION_CAP_TYPE, SPARSE_MMAP_AREA_SIZE,
-};
+pub use region_caps::RegionCap;
 pub use version::Version;

@@ -7,7 +7,13 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 
+use super::region_caps::{encode_region_caps, parse_region_caps};
 use super::*;
+use vfio_bindings::bindings::vfio::{
+    vfio_device_feature_dma_logging_range, vfio_region_sparse_mmap_area,
+    VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+    VFIO_IRQ_SET_DATA_BOOL, VFIO_REGION_INFO_FLAG_CAPS,
+};
 
 fn round_trip<T, E, D>(value: &T, encode: E, decode: D)
 where
@@ -24,7 +30,7 @@ fn region_cap() -> impl Strategy<Value = RegionCap> {
     prop_oneof![
         vec((any::<u64>(), any::<u64>()), 0..4).prop_map(|a| RegionCap::SparseMmap(
             a.into_iter()
-                .map(|(offset, size)| SparseMmapArea { offset, size })
+                .map(|(offset, size)| vfio_region_sparse_mmap_area { offset, size })
                 .collect()
         )),
         (any::<u32>(), any::<u32>()).prop_map(|(region_type, subtype)| RegionCap::Type {
@@ -107,7 +113,7 @@ proptest! {
 
     #[test]
     fn dma_unmap_round_trip(argsz: u32, flags: u32, address: u64, size: u64, pgsize: u64, bm in bitmap()) {
-        let bitmap = (flags & DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0)
+        let bitmap = (flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0)
             .then_some(DirtyBitmap { pgsize, size: bm.0, data: bm.1 });
         round_trip(&DmaUnmap { argsz, flags, address, size, bitmap }, DmaUnmap::encode_into, DmaUnmap::decode);
     }
@@ -133,9 +139,9 @@ proptest! {
     ) {
         let mut info = RegionInfo { argsz: 0, flags, index, cap_offset, size, offset, caps };
         if info.caps.is_empty() {
-            info.flags &= !REGION_INFO_FLAG_CAPS;
+            info.flags &= !VFIO_REGION_INFO_FLAG_CAPS;
         } else {
-            info.flags |= REGION_INFO_FLAG_CAPS;
+            info.flags |= VFIO_REGION_INFO_FLAG_CAPS;
             info.cap_offset = RegionInfo::HEAD_SIZE as u32;
         }
         info.argsz = info.encoded_len() as u32 + slack;
@@ -174,7 +180,7 @@ proptest! {
 
     #[test]
     fn set_irqs_round_trip(argsz: u32, flags: u32, index: u32, start: u32, count: u32, bools in vec(any::<bool>(), 0..40)) {
-        let (count, bools) = if flags & IRQ_SET_DATA_BOOL != 0 {
+        let (count, bools) = if flags & VFIO_IRQ_SET_DATA_BOOL != 0 {
             (bools.len() as u32, bools)
         } else {
             (count, Vec::new())
@@ -217,7 +223,7 @@ proptest! {
     ) {
         round_trip(&MigrationFeature { flags: mflags }, MigrationFeature::encode_into, MigrationFeature::decode);
         round_trip(&MigDeviceState { device_state, data_fd }, MigDeviceState::encode_into, MigDeviceState::decode);
-        let ranges = ranges.into_iter().map(|(iova, length)| DmaLoggingRange { iova, length }).collect();
+        let ranges = ranges.into_iter().map(|(iova, length)| vfio_device_feature_dma_logging_range { iova, length }).collect();
         round_trip(&DmaLoggingStart { page_size, ranges }, DmaLoggingStart::encode_into, DmaLoggingStart::decode);
         round_trip(
             &DmaLoggingReport { iova, length, page_size, bitmap },
@@ -239,7 +245,7 @@ proptest! {
 
     #[test]
     fn dirty_pages_round_trip(argsz: u32, flags: u32, iova: u64, size: u64, pgsize: u64, bm in bitmap()) {
-        let range = (flags & DIRTY_PAGES_GET_BITMAP != 0).then_some(DirtyPagesRange {
+        let range = (flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP != 0).then_some(DirtyPagesRange {
             iova,
             size,
             pgsize,
@@ -285,7 +291,7 @@ proptest! {
         head in vec(any::<u8>(), 32..33), chain in vec(any::<u8>(), 0..256), flags: u32, cap_offset in 0u32..300,
     ) {
         let mut p = head;
-        p.splice(4..8, (flags | REGION_INFO_FLAG_CAPS).to_ne_bytes());
+        p.splice(4..8, (flags | VFIO_REGION_INFO_FLAG_CAPS).to_ne_bytes());
         p.splice(12..16, cap_offset.to_ne_bytes());
         p.extend_from_slice(&chain);
         let _ = RegionInfo::decode(&p);

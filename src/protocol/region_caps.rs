@@ -8,37 +8,33 @@
 //! `next` to be strictly greater than the offset of the capability holding it, so a chain
 //! visits each offset at most once and a cyclic chain is rejected rather than followed.
 
+use std::mem::size_of;
+
+use vfio_bindings::bindings::vfio::{
+    vfio_info_cap_header, vfio_region_info_cap_sparse_mmap, vfio_region_info_cap_type,
+    vfio_region_sparse_mmap_area, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
+    VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_CAP_TYPE,
+};
+
 use super::wire::{len_u32, put_u16, put_u32, put_u64, Reader};
 use super::DecodeError;
 
-/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`: the mmappable parts of a region.
-pub const REGION_CAP_SPARSE_MMAP: u16 = 1;
-/// `VFIO_REGION_INFO_CAP_TYPE`: type and subtype of a device-specific region.
-pub const REGION_CAP_TYPE: u16 = 2;
-/// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`: the MSI-X table may be mmapped (no body).
-pub const REGION_CAP_MSIX_MAPPABLE: u16 = 3;
+const HEADER_SIZE: usize = size_of::<vfio_info_cap_header>();
+const SPARSE_MMAP_HEAD_SIZE: usize = size_of::<vfio_region_info_cap_sparse_mmap>();
+const SPARSE_MMAP_AREA_SIZE: usize = size_of::<vfio_region_sparse_mmap_area>();
+const TYPE_SIZE: usize = size_of::<vfio_region_info_cap_type>();
 
-/// Size of a capability header.
-pub const REGION_CAP_HEADER_SIZE: usize = 8;
-/// Size of one sparse mmap area entry.
-pub const SPARSE_MMAP_AREA_SIZE: usize = 16;
-const SPARSE_MMAP_HEAD_SIZE: usize = 16;
-
-/// One mmappable area of a region. The mmap offset in the region's fd is the region's
-/// `offset` plus this area's `offset`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SparseMmapArea {
-    /// Offset of the area within the region.
-    pub offset: u64,
-    /// Size of the area in bytes.
-    pub size: u64,
-}
+// The wire carries capability ids in 16 bits.
+const SPARSE_MMAP: u16 = VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16;
+const TYPE: u16 = VFIO_REGION_INFO_CAP_TYPE as u16;
+const MSIX_MAPPABLE: u16 = VFIO_REGION_INFO_CAP_MSIX_MAPPABLE as u16;
 
 /// One capability of a region.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RegionCap {
-    /// `SPARSE_MMAP` (id 1): the areas that may be mmapped.
-    SparseMmap(Vec<SparseMmapArea>),
+    /// `SPARSE_MMAP` (id 1): the areas that may be mmapped. The mmap offset of an area in
+    /// the region's fd is the region's `offset` plus the area's `offset`.
+    SparseMmap(Vec<vfio_region_sparse_mmap_area>),
     /// `TYPE` (id 2): a device-specific region's type.
     Type {
         /// The region type.
@@ -57,14 +53,17 @@ pub enum RegionCap {
     },
 }
 
+// The bindings' area type has no `Eq`, but it is two integers: equality is total.
+impl Eq for RegionCap {}
+
 impl RegionCap {
     /// Bytes this capability occupies when encoded.
     pub fn encoded_len(&self) -> usize {
         match self {
             RegionCap::SparseMmap(areas) => SPARSE_MMAP_HEAD_SIZE
                 .saturating_add(areas.len().saturating_mul(SPARSE_MMAP_AREA_SIZE)),
-            RegionCap::Type { .. } => 16,
-            RegionCap::MsixMappable | RegionCap::Unknown { .. } => REGION_CAP_HEADER_SIZE,
+            RegionCap::Type { .. } => TYPE_SIZE,
+            RegionCap::MsixMappable | RegionCap::Unknown { .. } => HEADER_SIZE,
         }
     }
 }
@@ -76,7 +75,10 @@ impl RegionCap {
 /// capability holding it ([`DecodeError::InvalidField`]), a capability or its body past the
 /// end of `payload` ([`DecodeError::OutOfBounds`] / [`DecodeError::Short`]), and an
 /// `nr_areas` that the bytes present cannot hold ([`DecodeError::TooLarge`]).
-pub fn parse_region_caps(payload: &[u8], cap_offset: u32) -> Result<Vec<RegionCap>, DecodeError> {
+pub(super) fn parse_region_caps(
+    payload: &[u8],
+    cap_offset: u32,
+) -> Result<Vec<RegionCap>, DecodeError> {
     let mut caps = Vec::new();
     let mut at = cap_offset;
     while at != 0 {
@@ -91,7 +93,7 @@ pub fn parse_region_caps(payload: &[u8], cap_offset: u32) -> Result<Vec<RegionCa
         let version = r.u16()?;
         let next = r.u32()?;
         caps.push(match id {
-            REGION_CAP_SPARSE_MMAP => {
+            SPARSE_MMAP => {
                 let mut r = Reader::new(r.rest(), "sparse mmap cap");
                 let nr_areas = r.u32()?;
                 let _reserved = r.u32()?;
@@ -106,21 +108,21 @@ pub fn parse_region_caps(payload: &[u8], cap_offset: u32) -> Result<Vec<RegionCa
                 }
                 let mut areas = Vec::with_capacity(n);
                 for _ in 0..n {
-                    areas.push(SparseMmapArea {
+                    areas.push(vfio_region_sparse_mmap_area {
                         offset: r.u64()?,
                         size: r.u64()?,
                     });
                 }
                 RegionCap::SparseMmap(areas)
             }
-            REGION_CAP_TYPE => {
+            TYPE => {
                 let mut r = Reader::new(r.rest(), "type cap");
                 RegionCap::Type {
                     region_type: r.u32()?,
                     subtype: r.u32()?,
                 }
             }
-            REGION_CAP_MSIX_MAPPABLE => RegionCap::MsixMappable,
+            MSIX_MAPPABLE => RegionCap::MsixMappable,
             _ => RegionCap::Unknown { id, version },
         });
         if next != 0 && next <= at {
@@ -138,7 +140,7 @@ pub fn parse_region_caps(payload: &[u8], cap_offset: u32) -> Result<Vec<RegionCa
 /// must be the payload offset that corresponds to `out`'s current end.
 ///
 /// Known capabilities are written with version 1; [`RegionCap::Unknown`] as a bare header.
-pub fn encode_region_caps(caps: &[RegionCap], start: u32, out: &mut Vec<u8>) {
+pub(super) fn encode_region_caps(caps: &[RegionCap], start: u32, out: &mut Vec<u8>) {
     let mut at = start;
     for (i, cap) in caps.iter().enumerate() {
         let len = len_u32(cap.encoded_len());
@@ -148,9 +150,9 @@ pub fn encode_region_caps(caps: &[RegionCap], start: u32, out: &mut Vec<u8>) {
             at.saturating_add(len)
         };
         let (id, version) = match cap {
-            RegionCap::SparseMmap(_) => (REGION_CAP_SPARSE_MMAP, 1),
-            RegionCap::Type { .. } => (REGION_CAP_TYPE, 1),
-            RegionCap::MsixMappable => (REGION_CAP_MSIX_MAPPABLE, 1),
+            RegionCap::SparseMmap(_) => (SPARSE_MMAP, 1),
+            RegionCap::Type { .. } => (TYPE, 1),
+            RegionCap::MsixMappable => (MSIX_MAPPABLE, 1),
             RegionCap::Unknown { id, version } => (*id, *version),
         };
         put_u16(out, id);
@@ -192,11 +194,11 @@ mod tests {
     fn round_trip_chain() {
         let caps = vec![
             RegionCap::SparseMmap(vec![
-                SparseMmapArea {
+                vfio_region_sparse_mmap_area {
                     offset: 0,
                     size: 0x1000,
                 },
-                SparseMmapArea {
+                vfio_region_sparse_mmap_area {
                     offset: 0x3000,
                     size: 0x1000,
                 },

@@ -40,7 +40,7 @@ impl Version {
     ///
     /// JSON bytes, when present, must end with a NUL
     /// ([`DecodeError::NotNulTerminated`]) and be UTF-8 up to the first NUL
-    /// ([`DecodeError::Json`]). Bytes after the first NUL are ignored, as C peers
+    /// ([`DecodeError::NotUtf8`]). Bytes after the first NUL are ignored, as C peers
     /// (libvfio-user, QEMU) ignore them.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(payload, "version");
@@ -52,8 +52,10 @@ impl Version {
             Some((&0, _)) => {
                 let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
                 let text = rest.get(..end).unwrap_or(&[]);
-                let text = std::str::from_utf8(text)
-                    .map_err(|e| DecodeError::Json(format!("not UTF-8: {e}")))?;
+                let text = std::str::from_utf8(text).map_err(|source| DecodeError::NotUtf8 {
+                    what: "version JSON",
+                    source,
+                })?;
                 Some(text.to_owned())
             }
             Some(_) => {
@@ -115,7 +117,10 @@ mod tests {
             })
         );
         let p = [0, 0, 0, 0, 0xff, 0xfe, 0];
-        assert!(matches!(Version::decode(&p), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            Version::decode(&p),
+            Err(DecodeError::NotUtf8 { .. })
+        ));
         assert!(matches!(
             Version::decode(&[0, 0, 0]),
             Err(DecodeError::Short { .. })

@@ -8,11 +8,12 @@
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
+use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::pci::PciSubscriber;
 use vfio_user_client::ConnectOptions;
 
 use super::*;
-use pci_support::consumed_within;
+use vfio_user_sample_server::test_support::pci::consumed_within;
 
 type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
@@ -109,7 +110,7 @@ fn intx_round(dev: &Mutex<VfioUserPciDevice>, probe: &Probe, irqs: &Irqs) -> boo
     dev.lock()
         .unwrap()
         .device()
-        .irq_action(pci_irq::INTX, IrqAction::Mask, 0, 1)
+        .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Mask, 0, 1)
         .unwrap();
     assert_eq!(probe.raise_irq(IRQ_INTX, 0), Ok(false));
     irqs.resample.as_ref().unwrap().write(1).unwrap();

@@ -270,7 +270,10 @@ fn guest_memory_follows_hot_plug_and_a_refused_map_leaves_nothing() {
         let next = atomic.memory().insert_region(Arc::new(region)).unwrap();
         atomic.lock().unwrap().replace(next);
     };
-    let file = vm_memory::FileOffset::new(pci_support::memfd(0x10_0000), 0);
+    let file = vm_memory::FileOffset::new(
+        vfio_user_sample_server::test_support::guest::memfd(0x10_0000),
+        0,
+    );
     plug(GuestRegionMmap::from_range(GuestAddress(0x4000_0000), 0x10_0000, Some(file)).unwrap());
     dev.sync_guest_memory().unwrap();
     let maps = || -> Vec<u64> { probe.dma_maps().iter().map(|m| m.address).collect() };

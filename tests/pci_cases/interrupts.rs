@@ -4,8 +4,9 @@
 //! INTx Disable, failures on the interrupt path, reset and detach.
 
 use super::*;
-use pci_support::consumed_within;
+use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::protocol::Command;
+use vfio_user_sample_server::test_support::pci::consumed_within;
 use vfio_user_sample_server::Errno;
 
 #[test]
@@ -49,7 +50,7 @@ fn no_intx_unmask_goes_to_a_server_that_cannot_mask() {
         g.irqs.resample.as_ref().unwrap(),
         Duration::from_secs(5)
     ));
-    g.dev.device().irq(pci_irq::INTX).unwrap();
+    g.dev.device().irq(VFIO_PCI_INTX_IRQ_INDEX).unwrap();
     let _ = g.dev.device().region_io_fds(0);
     assert_eq!(g.probe.commands(), commands + 1, "only the REGION_IO_FDS");
 }
@@ -70,7 +71,15 @@ fn a_failed_unmask_is_sent_again_on_the_next_sync() {
         .fail_next(Command::DeviceSetIrqs, Errno(libc::EIO), 1);
     mmio_write_u32(dev, BAR4_BASE, 16 + 12, 0);
     assert_eq!(dev.error_count(), 1);
-    assert!(dev.last_error().unwrap().contains("interrupt setup"));
+    let last = dev.last_error().unwrap();
+    assert!(last.to_string().contains("interrupt setup"));
+    assert!(matches!(
+        *last,
+        vfio_user_client::pci::Error::During {
+            activity: vfio_user_client::pci::Activity::InterruptSetup,
+            ..
+        }
+    ));
     assert!(g.probe.irq_state(IRQ_MSIX)[1].masked, "the UNMASK failed");
     // The next write of the entry (even with the same value) sends it again.
     mmio_write_u32(dev, BAR4_BASE, 16 + 12, 0);

@@ -13,8 +13,9 @@ use crate::device::{
 use crate::devices::{dwords, read_pba, read_regs};
 use crate::dma::DmaMapInfo;
 use crate::pci::ConfigSpace;
-use vfio_user_client::protocol::{
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 /// Largest piece copied at once (bounds the engine's buffer).
@@ -158,7 +159,7 @@ fn set_half(reg: &mut u64, high: bool, v: u32) {
 impl Device for DmaEngine {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
             num_regions: PCI_NUM_REGIONS,
             num_irqs: PCI_NUM_IRQS,
         }
@@ -172,7 +173,7 @@ impl Device for DmaEngine {
             _ => return None,
         };
         Some(RegionSpec {
-            flags: REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE,
+            flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
             size,
             mmap: None,
         })

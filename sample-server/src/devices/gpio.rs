@@ -7,10 +7,11 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use vfio_user_client::protocol::{
-    SparseMmapArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, IOEVENTFD_FLAG_DATAMATCH,
-    IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+use vfio_bindings::bindings::vfio::{
+    vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
+use vfio_user_client::protocol::{IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::conn::{lock, DeviceContext};
@@ -29,7 +30,7 @@ pub struct GpioConfig {
     pub msix_vectors: u32,
     /// Size of the BAR1 scratch RAM (default 4 MiB).
     pub scratch_size: u64,
-    /// DEVICE_GET_INFO reports `DEVICE_FLAGS_RESET` and DEVICE_RESET works (default
+    /// DEVICE_GET_INFO reports `VFIO_DEVICE_FLAGS_RESET` and DEVICE_RESET works (default
     /// `true`); when `false` the flag is absent and DEVICE_RESET is answered `EINVAL`.
     pub resettable: bool,
     /// Message-based reads and writes of region `.0` fail with errno `.1` (0 included: an
@@ -289,19 +290,19 @@ impl GpioDevice {
 impl Device for GpioDevice {
     fn info(&self) -> DeviceInfo {
         let reset = if self.config.resettable {
-            DEVICE_FLAGS_RESET
+            VFIO_DEVICE_FLAGS_RESET
         } else {
             0
         };
         DeviceInfo {
-            flags: DEVICE_FLAGS_PCI | reset,
+            flags: VFIO_DEVICE_FLAGS_PCI | reset,
             num_regions: PCI_NUM_REGIONS,
             num_irqs: PCI_NUM_IRQS,
         }
     }
 
     fn region(&self, index: u32) -> Option<RegionSpec> {
-        let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         let spec = |size| RegionSpec {
             flags: rw,
             size,
@@ -323,7 +324,7 @@ impl Device for GpioDevice {
                 self.config.msix_vectors.min(2048),
             ))),
             6 => Some(RegionSpec {
-                flags: REGION_INFO_FLAG_READ,
+                flags: VFIO_REGION_INFO_FLAG_READ,
                 size: Self::ROM_SIZE,
                 mmap: None,
             }),

@@ -1,0 +1,325 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Attaching: the options, and the steps from a connection to a device on the VMM's buses
+//! (discovery, config space and its shadows, BAR placement, guest memory, notifiers).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
+
+use super::caps::{self, SnapshotOverlay};
+use super::config::{self, Bars, COMMAND, CONFIG_SIZE, HEADER_TYPE};
+use super::interrupts::{server_masks, WiredInterrupts};
+use super::irq_counts::{self, Offered};
+use super::memory;
+use super::msi::Msi;
+use super::msix::Msix;
+use super::status::DeviceStatus;
+use super::{BarInfo, Error, InterruptKind, InterruptProvider, PciSubscriber, VfioUserPciDevice};
+use crate::connection::{ConnectOptions, Connection};
+use crate::device::{DeviceOptions, IrqAction, VfioUserDevice};
+use crate::dma::DmaRegion;
+
+/// Largest config space the device serves (PCI Express extended config space).
+const MAX_CONFIG_SIZE: u64 = 4096;
+
+/// Where the BARs go at attach.
+#[derive(Clone, Default)]
+pub enum BarPlacement {
+    /// Nowhere yet: the guest (its firmware) programs them, and each first placement comes
+    /// back as a [`BarReprogramming`](super::BarReprogramming) without an old base.
+    #[default]
+    Guest,
+    /// These `(bar, base)` pairs; BARs not named are left to the guest.
+    Fixed(Vec<(u32, u64)>),
+    /// The VMM's allocator is asked for each BAR in turn; `None` leaves it to the guest.
+    Allocator(BarAllocator),
+}
+
+/// A VMM's BAR allocator: the base for a BAR, or `None` to leave it to the guest.
+pub type BarAllocator = Arc<dyn Fn(&BarInfo) -> Option<u64> + Send + Sync>;
+
+impl fmt::Debug for BarPlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BarPlacement::Guest => f.write_str("Guest"),
+            BarPlacement::Fixed(v) => f.debug_tuple("Fixed").field(v).finish(),
+            BarPlacement::Allocator(_) => f.write_str("Allocator(..)"),
+        }
+    }
+}
+
+/// How to attach a device.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use vfio_user_client::pci::{AttachOptions, BarInfo, BarPlacement};
+/// use vfio_user_client::{ConnectOptions, DeviceOptions};
+///
+/// // The VMM's allocator for the PCI memory hole; I/O BARs are left to the guest.
+/// let next = Mutex::new(0xc000_0000_u64);
+/// let allocate = move |bar: &BarInfo| {
+///     if !bar.kind.is_memory() {
+///         return None;
+///     }
+///     let mut next = next.lock().ok()?;
+///     let base = next.next_multiple_of(bar.size);
+///     *next = base + bar.size;
+///     Some(base)
+/// };
+/// let options = AttachOptions {
+///     connect: ConnectOptions {
+///         reply_timeout: Duration::from_secs(2),
+///         ..ConnectOptions::default()
+///     },
+///     device: DeviceOptions {
+///         posted_writes: false,
+///         ..DeviceOptions::default()
+///     },
+///     bars: BarPlacement::Allocator(Arc::new(allocate)),
+///     ..AttachOptions::default()
+/// };
+/// # assert!(options.reset);
+/// ```
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// How to connect and what to offer.
+    pub connect: ConnectOptions,
+    /// The device access layer's settings (transfer chunks, posted writes, mapping).
+    pub device: DeviceOptions,
+    /// Reset the device at attach when it supports reset (default `true`).
+    pub reset: bool,
+    /// Where the BARs go.
+    pub bars: BarPlacement,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            connect: ConnectOptions::default(),
+            device: DeviceOptions::default(),
+            reset: true,
+            bars: BarPlacement::default(),
+        }
+    }
+}
+
+impl VfioUserPciDevice {
+    /// Attaches the device behind a negotiated connection: discovery, reset, config space
+    /// and its shadows, BAR placement, guest memory, notifiers and interrupts.
+    pub(super) fn build<AS>(
+        (connection, status): (Connection, Arc<DeviceStatus>),
+        memory: AS,
+        interrupts: Arc<dyn InterruptProvider>,
+        options: &AttachOptions,
+    ) -> Result<VfioUserPciDevice, Error>
+    where
+        AS: GuestAddressSpace + Send + Sync + 'static,
+        AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
+    {
+        let device = VfioUserDevice::new(connection, &options.device)?;
+        let config_size = config_size(&device)?;
+        if options.reset && device.resettable() {
+            device.reset()?;
+        }
+        let config = read_config(&device)?;
+        let Shadows {
+            snapshot,
+            bars,
+            msi,
+            msix,
+        } = Shadows::discover(&device, &config)?;
+        let offered = Offered {
+            pin: config[config::INTERRUPT_PIN],
+            msi: msi.as_ref().map(Msi::capable_vectors),
+            msix: msix.as_ref().map(Msix::size),
+        };
+        irq_counts::check(offered, |kind| {
+            device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
+        })?;
+        let intx = config[config::INTERRUPT_PIN] != 0
+            && device
+                .irq(VFIO_PCI_INTX_IRQ_INDEX)
+                .is_ok_and(|i| i.count > 0);
+        let intx_maskable = server_masks(&device, InterruptKind::Intx);
+        log::debug!(
+            "PCI device: {:04x}:{:04x}, BARs {:?}, MSI {}, MSI-X {}, INTx {intx}",
+            u16::from_le_bytes([config[0], config[1]]),
+            u16::from_le_bytes([config[2], config[3]]),
+            bars.infos(),
+            msi.is_some(),
+            msix.as_ref().map_or(0, Msix::size),
+        );
+        let mut dev = VfioUserPciDevice {
+            device: Arc::new(device),
+            status,
+            interrupts,
+            dma: None,
+            config_size,
+            snapshot,
+            bars,
+            msi,
+            msix,
+            intx,
+            intx_maskable,
+            notifiers: Vec::new(),
+            command: u16::from_le_bytes([config[COMMAND], config[COMMAND + 1]]),
+            wired: WiredInterrupts::default(),
+            event_loop: None,
+        };
+        dev.place_bars(&options.bars)?;
+        dev.dma = Some(memory::map_guest_memory(dev.device.connection(), memory)?);
+        dev.arm_notifiers()?;
+        dev.try_sync_interrupts()?;
+        Ok(dev)
+    }
+
+    /// Connects ERR and REQ to the provider's eventfds (at attach, and again after a reset,
+    /// which may have dropped them at the server).
+    pub(super) fn arm_notifiers(&mut self) -> Result<(), Error> {
+        self.notifiers.clear();
+        for kind in [InterruptKind::Err, InterruptKind::Req] {
+            if !self.device.irq(kind.irq_index()).is_ok_and(|i| i.count > 0) {
+                continue;
+            }
+            if let Some(fd) = self.interrupts.eventfd(kind, 0) {
+                self.device.set_irq_eventfds(
+                    kind.irq_index(),
+                    IrqAction::Trigger,
+                    0,
+                    &[Some(&fd)],
+                )?;
+                self.notifiers.push(kind);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn place_bars(&mut self, placement: &BarPlacement) -> Result<(), Error> {
+        if let BarPlacement::Fixed(list) = placement {
+            if let Some((bar, _)) = list.iter().find(|(b, _)| self.bars.get(*b).is_none()) {
+                return Err(Error::NoSuchBar(*bar));
+            }
+        }
+        for bar in self.bars.infos() {
+            let base = match placement {
+                BarPlacement::Guest => None,
+                BarPlacement::Fixed(list) => {
+                    list.iter().find(|(b, _)| *b == bar.index).map(|(_, a)| *a)
+                }
+                BarPlacement::Allocator(alloc) => alloc(&bar),
+            };
+            if let Some(base) = base {
+                self.bars.place(bar.index, base)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The size of config space the device serves, after checking that it is a PCI device with
+/// a usable config space region.
+fn config_size(device: &VfioUserDevice) -> Result<usize, Error> {
+    if !device.is_pci() {
+        return Err(Error::NotPci);
+    }
+    let region = device.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+    let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    if region.size() < CONFIG_SIZE as u64 || region.flags() & rw != rw {
+        return Err(Error::ConfigRegion {
+            size: region.size(),
+            flags: region.flags(),
+        });
+    }
+    Ok(region.size().min(MAX_CONFIG_SIZE) as usize)
+}
+
+/// The standard config space, which must have an endpoint's (type 0) header.
+fn read_config(device: &VfioUserDevice) -> Result<Vec<u8>, Error> {
+    let mut config = vec![0u8; CONFIG_SIZE];
+    device.read(VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut config)?;
+    let header = config[HEADER_TYPE] & 0x7f;
+    if header != 0 {
+        return Err(Error::HeaderType(header));
+    }
+    Ok(config)
+}
+
+/// What the device answers locally, discovered from the config space read at attach.
+struct Shadows {
+    snapshot: SnapshotOverlay,
+    bars: Bars,
+    msi: Option<Msi>,
+    msix: Option<Msix>,
+}
+
+impl Shadows {
+    fn discover(device: &VfioUserDevice, config: &[u8]) -> Result<Shadows, Error> {
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+        let bars = Bars::discover(config, |i| {
+            device
+                .region(i)
+                .map_or(0, |r| if r.flags() & rw != 0 { r.size() } else { 0 })
+        })?;
+        let found = caps::walk(config)?;
+        let msi = caps::find(&found, caps::CAP_ID_MSI)
+            .map(|at| Msi::parse(config, at))
+            .transpose()?;
+        let msix_at = caps::find(&found, caps::CAP_ID_MSIX);
+        let msix = msix_at
+            .map(|at| {
+                Msix::parse(config, at, &bars.infos(), |i| {
+                    device.region(i).map_or(0, |r| r.size())
+                })
+            })
+            .transpose()?;
+        Ok(Shadows {
+            snapshot: SnapshotOverlay::new(config, &found, msix_at),
+            bars,
+            msi,
+            msix,
+        })
+    }
+}
+
+/// Connects, negotiates, and hooks the connection's loss to the device's state.
+pub(super) fn connect(
+    path: &Path,
+    options: &ConnectOptions,
+    interrupts: &Arc<dyn InterruptProvider>,
+) -> Result<((Connection, Arc<DeviceStatus>), PciSubscriber), Error> {
+    let (connection, connection_subscriber) =
+        Connection::connect_with_subscriber(path, options).map_err(connect_error)?;
+    let status = Arc::new(DeviceStatus::new()?);
+    let for_callback = Arc::clone(&status);
+    connection.on_disconnect(move |reason| for_callback.lose(reason.clone()));
+    let subscriber = PciSubscriber {
+        connection_subscriber,
+        connection: connection.handle(),
+        status: Arc::clone(&status),
+        resample: interrupts.intx_resample(),
+    };
+    Ok(((connection, status), subscriber))
+}
+
+/// The error of connecting: the connection's or the negotiation's. (The crate-level error
+/// has room for every layer's; connecting produces only those two.)
+fn connect_error(e: crate::Error) -> Error {
+    match e {
+        crate::Error::Connection(e) => Error::Connect(e),
+        crate::Error::Negotiate(e) => Error::Negotiate(e),
+        crate::Error::Device(e) => Error::Device(e),
+        crate::Error::Dma(e) => Error::Dma(e),
+        crate::Error::Pci(e) => e,
+    }
+}
