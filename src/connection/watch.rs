@@ -24,13 +24,12 @@
 //! only replies, which their waiters read. The entry then watches for a hang-up only and is
 //! never disarmed or re-armed: requests cost no `epoll_ctl` at all, and do not even take
 //! the watch's lock (they count themselves in an atomic, which is all a change of mode
-//! needs to know). Stray
-//! data (a reply that came after its waiter gave up) waits for the next caller to read and
-//! drop it; a server that sent a request on the main socket anyway would be served by the
-//! next caller too. Except while the connection is unresponsive (see `health.rs`): the
-//! late reply that makes it healthy again must be read when it comes, not when the next
-//! caller reads (callers fail fast meanwhile), so the entry then watches data as it does
-//! without a twin socket ([`SocketWatch::expect_late_reply`]).
+//! needs to know). Stray data (a reply that came after its waiter gave up) waits for the
+//! next caller to read and drop it; a server that sent a request on the main socket anyway
+//! would be served by the next caller too. Except while the connection is unresponsive
+//! (see `health.rs`): the late reply that makes it healthy again must be read when it
+//! comes, not when the next caller reads (callers fail fast meanwhile), so the entry then
+//! watches data as it does without a twin socket ([`SocketWatch::expect_late_reply`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
