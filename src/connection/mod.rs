@@ -24,10 +24,12 @@
 //!
 //! Whoever holds the receive lock reads: a caller waiting for its reply takes the lock when
 //! nobody else reads and reads its own reply (no thread hop); replies for other waiters are
-//! handed to them, server requests are answered through the [`ServerRequestHandler`]. The
-//! event loop reads only when no caller waits (server requests while idle): the socket sits
-//! in a private epoll set that the event loop watches, and callers take it out of the
-//! event loop's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
+//! handed to them, server requests are answered through the [`ServerRequestHandler`]. A
+//! WAIT request made while nobody reads takes the lock before it is sent, and its reply
+//! skips the pending table (see `solo.rs`). The event loop reads only when no caller waits
+//! (server requests while idle): the socket sits in a private epoll set that the event loop
+//! watches, and callers take it out of the event loop's view while they wait (see
+//! `watch.rs`), so a reply wakes only its waiter.
 //! A caller waiting with [`Connection::wait_into`] may have its reply's data read straight
 //! into its own buffer while it reads (see `framer.rs`).
 //!
@@ -76,6 +78,7 @@ mod reuse;
 mod send;
 mod serve;
 pub(crate) mod socket;
+mod solo;
 mod subscriber;
 mod twin;
 mod wait;

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::budget;
-use super::framer::{Framer, ReplyBuffer};
+use super::framer::{Framer, Incoming, ReplyBuffer};
 use super::inner::Inner;
 use super::pending::{Completion, PendingReply, Slot};
 use super::{error, reuse, socket, Error, Reply};
@@ -65,9 +65,31 @@ const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
 pub(super) const BLOCKING_READ_SLICE: Duration = Duration::from_millis(50);
 
 /// A fresh token for a [`ReplyBuffer`]: tells its transfers apart from every other buffer's.
-fn next_buffer_token() -> u64 {
+pub(super) fn next_buffer_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a reader reads for: the completion of a request in the pending table, to which
+/// whoever reads hands its reply, or a request outside the table (`solo.rs`), whose reply
+/// only its own caller, the reader, can take.
+pub(super) trait Awaited {
+    /// Whether the result is there.
+    fn is_done(&self) -> bool;
+    /// Keeps `incoming` if it is the awaited reply; otherwise gives it back, to be
+    /// dispatched.
+    fn claim(&mut self, incoming: Incoming) -> Option<Incoming>;
+}
+
+impl Awaited for Option<&Completion> {
+    fn is_done(&self) -> bool {
+        self.is_some_and(Completion::is_done)
+    }
+
+    fn claim(&mut self, incoming: Incoming) -> Option<Incoming> {
+        // Dispatching hands the reply to the completion, through the pending table.
+        Some(incoming)
+    }
 }
 
 /// A caller waiting for replies, from `Inner::waiting` until dropped.
@@ -105,6 +127,10 @@ impl Inner {
         // wake the subscriber.
         let _waiting = self.waiting();
         self.read_late_reply();
+        if let Some(framer) = try_lock(&self.recv) {
+            // Nobody reads: the fast path (`solo.rs`).
+            return self.request_solo(framer, command, payload, fds, timeout, None);
+        }
         let pending = self.send_request(command, payload, fds)?;
         let sent = pending.started;
         self.wait_reply(pending, timeout, None, sent)
@@ -121,8 +147,12 @@ impl Inner {
     ) -> Result<Reply, Error> {
         let _waiting = self.waiting();
         self.read_late_reply();
-        let pending = self.send_request(command, payload, fds)?;
         let timeout = self.settings.reply_timeout;
+        if let Some(framer) = try_lock(&self.recv) {
+            let into = Some((head_len, data));
+            return self.request_solo(framer, command, payload, fds, timeout, into);
+        }
+        let pending = self.send_request(command, payload, fds)?;
         let sent = pending.started;
         self.wait_reply(pending, timeout, Some((head_len, data)), sent)
     }
@@ -236,7 +266,7 @@ impl Inner {
         if let Some(mut framer) = try_lock(&self.recv) {
             self.lead(
                 &mut framer,
-                completion,
+                &mut Some(&**completion),
                 deadline,
                 now,
                 buffer.as_deref_mut(),
@@ -274,8 +304,8 @@ impl Inner {
         None
     }
 
-    /// Reads while holding the receive lock until `completion` is done or the deadline,
-    /// then dispatches whatever else is buffered.
+    /// Reads while holding the receive lock until `awaited` is done or the deadline, then
+    /// dispatches whatever else is buffered.
     ///
     /// A leader usually arrives straight after sending, when a non-blocking read could
     /// only say `EAGAIN`, so it sleeps in a blocking `recvmsg` (at most the socket's receive
@@ -283,10 +313,10 @@ impl Inner {
     /// exact remaining time instead. A shutdown of the socket (`fail`) wakes it either way.
     /// Every reader dispatches all complete buffered messages before it lets go of the
     /// lock, so an empty socket means that there is nothing to dispatch.
-    fn lead(
+    pub(super) fn lead<A: Awaited>(
         &self,
         framer: &mut Framer,
-        completion: &Completion,
+        awaited: &mut A,
         deadline: Instant,
         mut now: Instant,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
@@ -296,7 +326,7 @@ impl Inner {
         let block_until = deadline.checked_sub(2 * BLOCKING_READ_SLICE);
         // Another reader may have handed the reply over between our last look and taking
         // the lock.
-        let mut done = completion.is_done();
+        let mut done = awaited.is_done();
         while !done && now < deadline && self.connected.load(Ordering::Acquire) {
             let spinning = now < spin_until;
             let block = !spinning && block_until.is_some_and(|b| now <= b);
@@ -312,10 +342,10 @@ impl Inner {
                     }
                 }
             }
-            if !self.read_available(framer, Some(completion), block, buffer.as_deref_mut()) {
+            if !self.read_until(framer, awaited, block, buffer.as_deref_mut()) {
                 return;
             }
-            done = completion.is_done();
+            done = awaited.is_done();
             if !done {
                 if spinning {
                     // Let the server run if it shares our CPU.
@@ -324,24 +354,26 @@ impl Inner {
                 now = Instant::now();
             }
         }
-        self.dispatch_buffered(framer, buffer);
+        self.dispatch_buffered_for(framer, awaited, buffer);
     }
 
     /// Reads and dispatches messages until the socket has no more data (with `block`: until
-    /// a read times out), or (when `until` is given) until that completion is done. Returns
-    /// `false` if the connection failed.
-    fn read_available(
+    /// a read times out), or until `awaited` is done; what it claims is not dispatched.
+    /// Returns `false` if the connection failed.
+    fn read_until<A: Awaited>(
         &self,
         framer: &mut Framer,
-        until: Option<&Completion>,
+        awaited: &mut A,
         block: bool,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> bool {
         loop {
             match framer.step(&self.sock, block, buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => {
-                    self.dispatch(incoming);
-                    if until.is_some_and(Completion::is_done) {
+                    if let Some(other) = awaited.claim(incoming) {
+                        self.dispatch(other);
+                    }
+                    if awaited.is_done() {
                         return true;
                     }
                 }
@@ -358,11 +390,26 @@ impl Inner {
     pub(super) fn dispatch_buffered(
         &self,
         framer: &mut Framer,
+        buffer: Option<&mut ReplyBuffer<'_>>,
+    ) {
+        self.dispatch_buffered_for(framer, &mut None::<&Completion>, buffer);
+    }
+
+    /// [`dispatch_buffered`](Self::dispatch_buffered), but what `awaited` claims is not
+    /// dispatched.
+    fn dispatch_buffered_for<A: Awaited>(
+        &self,
+        framer: &mut Framer,
+        awaited: &mut A,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) {
         loop {
             match framer.buffered(buffer.as_deref_mut()) {
-                Ok(Some(incoming)) => self.dispatch(incoming),
+                Ok(Some(incoming)) => {
+                    if let Some(other) = awaited.claim(incoming) {
+                        self.dispatch(other);
+                    }
+                }
                 Ok(None) => return,
                 Err(reason) => {
                     self.fail(reason);
@@ -576,7 +623,7 @@ mod tests {
         }
         let (bytes, payload) = reply(&r, DATA);
         write_in_pieces(&mut server, &bytes);
-        assert!(inner.read_available(&mut framer, None, false, None));
+        assert!(inner.read_until(&mut framer, &mut None::<&Completion>, false, None));
         drop(framer);
         inner.after_reading();
         let (reply, out) = waiter.join().unwrap();
