@@ -8,8 +8,9 @@
 //!
 //! Groups `device_read_<size>` and `device_write_<size>` for 4 B, 64 KiB and 1 MiB, each
 //! with `ours`, `crates.io` and `floor`; group `device_posted_4B_x1000` with `posted`
-//! (1000 posted writes and one read that waits for them) and `sync` (1000 synchronous
-//! writes). Ratios are printed at the end. Run with `cargo bench --bench device`; see
+//! (1000 posted writes and one read that waits for them), `posted-multi` (the same against
+//! a server that offers REGION_WRITE_MULTI, into which writes that find the socket backed up
+//! are coalesced) and `sync` (1000 synchronous writes). Ratios are printed at the end. Run with `cargo bench --bench device`; see
 //! BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -26,6 +27,7 @@ const OURS: &str = "ours";
 const CRATES_IO: &str = "crates.io";
 const FLOOR: &str = "floor";
 const POSTED: &str = "posted";
+const POSTED_MULTI: &str = "posted-multi";
 const SYNC: &str = "sync";
 const POSTED_GROUP: &str = "device_posted_4B_x1000";
 const POSTED_BATCH: u32 = 1000;
@@ -38,8 +40,12 @@ const HEAD: usize = 32;
 const SIZES: [(usize, &str); 3] = [(4, "4B"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
 
 fn gpio_server(gpio: GpioConfig) -> ServerHandle {
+    gpio_server_with(gpio, support::server_config())
+}
+
+fn gpio_server_with(gpio: GpioConfig, config: ServerConfig) -> ServerHandle {
     let (dev, _handle) = GpioDevice::new(gpio).expect("GPIO device");
-    Server::new(ServerConfig::default(), Box::new(dev))
+    Server::new(config, Box::new(dev))
         .listen_temp()
         .expect("sample server")
 }
@@ -153,29 +159,40 @@ fn bench_floor(c: &mut Criterion, at: &Placement) {
     }
 }
 
+/// Posted writes against a server without REGION_WRITE_MULTI (`posted`, and `sync` for
+/// synchronous writes), then against one that offers it (`posted-multi`: writes that find
+/// the socket backed up are coalesced).
 fn bench_posted(c: &mut Criterion, at: &Placement) {
-    // No mappable region: posted writes are allowed.
-    let server = at.server(|| {
-        gpio_server(GpioConfig {
-            mappable_bar2: false,
-            ..GpioConfig::default()
-        })
-    });
-    let dev = VfioUserDevice::connect(
-        server.socket_path().expect("socket path"),
-        &ConnectOptions::default(),
-        &DeviceOptions::default(),
-    )
-    .expect("attach");
-    assert!(dev.posted_writes());
-    at.client(|| bench_posted_on(c, &dev));
-    drop(dev);
-    server.stop();
+    for write_multiple in [false, true] {
+        // No mappable region: posted writes are allowed.
+        let server = at.server(|| {
+            let gpio = GpioConfig {
+                mappable_bar2: false,
+                ..GpioConfig::default()
+            };
+            let config = ServerConfig {
+                write_multiple,
+                ..support::server_config()
+            };
+            gpio_server_with(gpio, config)
+        });
+        let dev = VfioUserDevice::connect(
+            server.socket_path().expect("socket path"),
+            &ConnectOptions::default(),
+            &DeviceOptions::default(),
+        )
+        .expect("attach");
+        assert!(dev.posted_writes());
+        at.client(|| bench_posted_on(c, &dev, write_multiple));
+        drop(dev);
+        server.stop();
+    }
 }
 
-fn bench_posted_on(c: &mut Criterion, dev: &VfioUserDevice) {
+fn bench_posted_on(c: &mut Criterion, dev: &VfioUserDevice, write_multiple: bool) {
     let mut g = c.benchmark_group(POSTED_GROUP);
-    g.bench_function(POSTED, |b| {
+    let id = if write_multiple { POSTED_MULTI } else { POSTED };
+    g.bench_function(id, |b| {
         b.iter(|| {
             for v in 0..POSTED_BATCH {
                 dev.write_posted(SCRATCH, 0, black_box(&v.to_le_bytes()))
@@ -187,14 +204,16 @@ fn bench_posted_on(c: &mut Criterion, dev: &VfioUserDevice) {
             assert_eq!(u32::from_le_bytes(last), POSTED_BATCH - 1);
         })
     });
-    g.bench_function(SYNC, |b| {
-        b.iter(|| {
-            for v in 0..POSTED_BATCH {
-                dev.write(SCRATCH, 0, black_box(&v.to_le_bytes()))
-                    .expect("write");
-            }
-        })
-    });
+    if !write_multiple {
+        g.bench_function(SYNC, |b| {
+            b.iter(|| {
+                for v in 0..POSTED_BATCH {
+                    dev.write(SCRATCH, 0, black_box(&v.to_le_bytes()))
+                        .expect("write");
+                }
+            })
+        });
+    }
     g.finish();
 }
 
@@ -203,6 +222,7 @@ fn main() {
     let mut criterion = support::criterion();
     let at = support::placement();
     println!("{}", at.describe());
+    println!("{}", support::describe_server());
     bench_ours(&mut criterion, at);
     bench_crates_io(&mut criterion, at);
     bench_floor(&mut criterion, at);
@@ -219,8 +239,8 @@ fn main() {
     }
     support::report(
         POSTED_GROUP,
-        &[POSTED, SYNC],
-        &[(SYNC, POSTED)],
+        &[POSTED, POSTED_MULTI, SYNC],
+        &[(SYNC, POSTED), (SYNC, POSTED_MULTI), (POSTED, POSTED_MULTI)],
         None,
         started,
     );

@@ -53,7 +53,7 @@ fn dma_server(count: u64) -> ServerHandle {
         let config = ServerConfig {
             max_dma_maps: Some(65_535),
             mmap_dma_windows: count < 60_000,
-            ..ServerConfig::default()
+            ..support::server_config()
         };
         Server::new(config, Box::new(dev))
             .listen_temp()
@@ -273,6 +273,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     println!("{}", support::placement().describe());
+    println!("{}", support::describe_server());
 
     for count in MAP_COUNTS {
         if !support::selected(&format!("dma_map_unmap_{count}")) {

@@ -25,7 +25,7 @@ use std::os::unix::net::UnixStream;
 use vfio_user_client::protocol::{Command, RegionAccess};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::test_support::bench as support;
-use vfio_user_sample_server::{GpioDevice, Server, ServerConfig, ServerHandle};
+use vfio_user_sample_server::{GpioDevice, Server, ServerHandle};
 
 const GROUP: &str = "region_read_4B";
 const OURS: &str = "ours";
@@ -47,7 +47,7 @@ const COUNTED_ROUND_TRIPS: u32 = 20_000;
 fn gpio_server() -> ServerHandle {
     support::placement().server(|| {
         let (dev, _handle) = GpioDevice::new(Default::default()).expect("GPIO device");
-        Server::new(ServerConfig::default(), Box::new(dev))
+        Server::new(support::server_config(), Box::new(dev))
             .listen_temp()
             .expect("sample server")
     })
@@ -237,6 +237,7 @@ fn main() {
     let mut criterion = support::criterion();
     let at = support::placement();
     println!("{}", at.describe());
+    println!("{}", support::describe_server());
 
     if let Some(n) = std::env::var("REGION_READ_COUNT_ONLY")
         .ok()

@@ -10,7 +10,8 @@ use vfio_user_client::protocol::IoFdsLayout;
 pub enum VersionPayload {
     /// `{"capabilities":{...}}` built from [`ServerConfig::max_msg_fds`],
     /// [`ServerConfig::max_data_xfer_size`], [`ServerConfig::max_dma_maps`] and
-    /// [`ServerConfig::pgsizes`] (a `None` omits the key), plus `twin_socket` when granted,
+    /// [`ServerConfig::pgsizes`] (a `None` omits the key), plus `write_multiple` when
+    /// [`ServerConfig::write_multiple`] is set and `twin_socket` when granted,
     /// NUL-terminated.
     #[default]
     Standard,
@@ -102,6 +103,14 @@ pub struct ServerConfig {
     /// Grant twin-socket mode to a client that offers it (and accepts fds), as libvfio-user
     /// does: the server's DMA requests then go over a second socket.
     pub twin_socket: bool,
+    /// Read as many waiting messages as fit with one `recvmsg` (the default). Off, each
+    /// message is read as libvfio-user reads it: the header with one call (its fds come
+    /// with it), then the body with another; what a real server pays per message.
+    pub read_ahead: bool,
+    /// Advertise `write_multiple` and accept REGION_WRITE_MULTI, as QEMU's client can use
+    /// (default `false`: libvfio-user offers neither and refuses the command with `EINVAL`,
+    /// as this server then does).
+    pub write_multiple: bool,
     /// Refuse DMA_MAP without an fd (`EINVAL`), like servers that need shared guest memory
     /// (SPDK ignores such maps; refusing makes the difference visible).
     pub refuse_fdless_maps: bool,
@@ -142,6 +151,8 @@ impl Default for ServerConfig {
             max_dma_maps: None,
             pgsizes: None,
             twin_socket: true,
+            read_ahead: true,
+            write_multiple: false,
             refuse_fdless_maps: false,
             require_2mib_alignment: false,
             mmap_dma_windows: true,
@@ -173,6 +184,9 @@ impl ServerConfig {
                 }
                 if let Some(n) = self.pgsizes {
                     caps.insert("pgsizes".into(), n.into());
+                }
+                if self.write_multiple {
+                    caps.insert("write_multiple".into(), true.into());
                 }
                 if let Some(i) = twin_fd_index {
                     caps.insert(

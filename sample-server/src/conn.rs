@@ -20,8 +20,9 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
-    MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, SetIrqs, Version, FLAGS_ERROR,
-    FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK, HEADER_SIZE,
+    MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti,
+    RegionWriteMultiReply, SetIrqs, Version, FLAGS_ERROR, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK,
+    HEADER_SIZE,
 };
 
 use crate::device::Errno;
@@ -119,9 +120,12 @@ fn send_on(stream: &UnixStream, header: &Header, payload: &[u8], fds: &[RawFd]) 
 
 /// Bytes read from a socket ahead of the message being taken apart: one `recvmsg` takes as
 /// many (small) messages as are waiting, where reading each header and body on its own
-/// took two calls per message.
+/// took two calls per message. With `exact` set it does just that, as libvfio-user does
+/// ([`ServerConfig::read_ahead`](crate::ServerConfig::read_ahead) off).
 #[derive(Debug, Default)]
 struct ReadAhead {
+    /// Read only what the message being taken apart still lacks: its header, then its body.
+    exact: bool,
     /// Allocated (twice [`READ_AHEAD`]) at the first read; `start..end` is unread.
     buf: Vec<u8>,
     start: usize,
@@ -140,8 +144,9 @@ impl ReadAhead {
         self.end - self.start
     }
 
-    /// Reads once more (blocking); `false` at the end of the stream.
-    fn fill(&mut self, stream: &UnixStream) -> io::Result<bool> {
+    /// Reads once more (blocking), wanting `want` bytes buffered in all (an exact reader
+    /// reads no more than that); `false` at the end of the stream.
+    fn fill(&mut self, stream: &UnixStream, want: usize) -> io::Result<bool> {
         if self.buf.is_empty() {
             self.buf = vec![0; 2 * READ_AHEAD];
         }
@@ -159,7 +164,13 @@ impl ReadAhead {
         // Room for more fds than allowed, so that an excess is refused (EINVAL) rather
         // than fatal; beyond MAX_RECV_FDS the kernel drops the rest, which still counts as
         // excess.
-        let (n, fds) = recv_with_fds(stream, &mut self.buf[self.end..], MAX_RECV_FDS)?;
+        let room = self.buf.len() - self.end;
+        let len = if self.exact {
+            want.saturating_sub(self.buffered()).clamp(1, room)
+        } else {
+            room
+        };
+        let (n, fds) = recv_with_fds(stream, &mut self.buf[self.end..][..len], MAX_RECV_FDS)?;
         self.end += n;
         let last = self.end.saturating_sub(1);
         self.fds.extend(fds.into_iter().map(|fd| (last, fd)));
@@ -169,7 +180,7 @@ impl ReadAhead {
     /// Reads until `want` bytes are buffered; `false` if the stream ends first.
     fn fill_to(&mut self, stream: &UnixStream, want: usize) -> io::Result<bool> {
         while self.buffered() < want {
-            if !self.fill(stream)? {
+            if !self.fill(stream, want)? {
                 return Ok(false);
             }
         }
@@ -217,7 +228,7 @@ impl ReadAhead {
                 let header = Header::from_bytes(&hdr);
                 let mut left = HEADER_SIZE + header.payload_len();
                 while left > 0 {
-                    if self.buffered() == 0 && !self.fill(stream)? {
+                    if self.buffered() == 0 && !self.fill(stream, left)? {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     let n = left.min(self.buffered());
@@ -494,7 +505,10 @@ pub(crate) fn serve(shared: &Shared, stream: UnixStream) {
         link: Link {
             stream,
             twin: None,
-            ahead: [ReadAhead::default(), ReadAhead::default()],
+            ahead: [(); 2].map(|()| ReadAhead {
+                exact: !config.read_ahead,
+                ..ReadAhead::default()
+            }),
             queue: VecDeque::new(),
             next_id: 0,
             max_msg_size: config.max_msg_size,
@@ -607,6 +621,7 @@ impl Conn<'_> {
             Some(Command::DeviceSetIrqs) => self.set_irqs(m),
             Some(Command::RegionRead) => self.region_read(&m),
             Some(Command::RegionWrite) => self.region_write(&m),
+            Some(Command::RegionWriteMulti) => self.region_write_multi(&m),
             Some(Command::DeviceReset) => self.reset(),
             _ => {
                 log::debug!("unsupported command {header}");
@@ -975,6 +990,40 @@ impl Conn<'_> {
         lock(&shared.device).region_write(&mut ctx, head.region, head.offset, data)?;
         let mut payload = Vec::with_capacity(RegionAccess::HEAD_SIZE);
         head.encode_into(&mut payload);
+        Ok(Reply::with(payload))
+    }
+
+    /// REGION_WRITE_MULTI, when offered: the writes in order, each checked as a
+    /// REGION_WRITE would be. The first that fails ends the message with its error (the
+    /// writes before it stay done); the reply counts the writes done.
+    fn region_write_multi(&mut self, m: &Message) -> Result<Reply, Errno> {
+        if !self.shared.config.write_multiple {
+            return Err(Errno::INVAL);
+        }
+        // Bounded by the message: exactly `wr_cnt` 24-byte entries, each at most 8 bytes.
+        let multi = RegionWriteMulti::decode(&m.body)?;
+        for w in &multi.writes {
+            let head = RegionAccess {
+                offset: w.offset,
+                region: w.region,
+                count: w.count,
+            };
+            self.check_access(&head, VFIO_REGION_INFO_FLAG_WRITE)?;
+            if w.count == 0 {
+                continue;
+            }
+            let shared = self.shared;
+            let mut ctx = DeviceContext {
+                link: &mut self.link,
+                shared,
+            };
+            lock(&shared.device).region_write(&mut ctx, w.region, w.offset, w.bytes())?;
+        }
+        let mut payload = Vec::with_capacity(8);
+        RegionWriteMultiReply {
+            wr_cnt: multi.writes.len() as u64,
+        }
+        .encode_into(&mut payload);
         Ok(Reply::with(payload))
     }
 

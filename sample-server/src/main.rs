@@ -1,18 +1,21 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `vfio-user-sample-server --socket PATH [--device gpio|dma]`: serves a sample device on a
-//! Unix socket until killed, one client at a time.
+//! `vfio-user-sample-server --socket PATH [--device gpio|dma] [--write-multiple]`: serves a
+//! sample device on a Unix socket until killed, one client at a time. `--write-multiple`
+//! offers and accepts REGION_WRITE_MULTI.
 
 use std::process::ExitCode;
 
 use vfio_user_sample_server::{Device, DmaEngine, GpioDevice, Server, ServerConfig};
 
-const USAGE: &str = "usage: vfio-user-sample-server --socket PATH [--device gpio|dma]";
+const USAGE: &str =
+    "usage: vfio-user-sample-server --socket PATH [--device gpio|dma] [--write-multiple]";
 
 fn main() -> ExitCode {
     let mut socket = None;
     let mut device = String::from("gpio");
+    let mut config = ServerConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             "--socket" | "--socket-path" => socket = inline.or_else(|| args.next()),
+            "--write-multiple" => config.write_multiple = true,
             "--device" => match inline.or_else(|| args.next()) {
                 Some(d) => device = d,
                 None => socket = None,
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match Server::new(ServerConfig::default(), device).listen(&socket) {
+    match Server::new(config, device).listen(&socket) {
         Ok(handle) => {
             println!("listening on {socket}");
             handle.join();

@@ -256,6 +256,30 @@ fn region_read_write_and_sequence() {
 }
 
 #[test]
+fn reading_each_message_exactly_serves_the_same() {
+    let (mut c, _s, gpio) = gpio_with(ServerConfig {
+        read_ahead: false,
+        ..ServerConfig::default()
+    });
+    c.version();
+    for v in 1..=10u32 {
+        c.post(
+            Command::RegionWrite,
+            &access(0, GpioDevice::REG_SEQUENCE, 4, &v.to_ne_bytes()),
+        )
+        .unwrap();
+    }
+    assert_eq!(c.read_u32(0, GpioDevice::REG_SEQUENCE), 10);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+    c.region_write(1, 12345, &data).assert_ok();
+    let m = c.region_read(1, 12345, data.len() as u32);
+    assert_eq!(&m.payload[16..], &data[..]);
+    c.call(Command::DeviceReset, &[]).assert_ok();
+    assert_eq!(gpio.last_reset(), Some(ResetReason::Client));
+    assert_eq!(c.read_u32(0, GpioDevice::REG_ID), GpioDevice::ID);
+}
+
+#[test]
 fn no_reply_write_gets_no_reply_and_is_ordered() {
     let (mut c, _s, gpio) = gpio();
     c.version();
@@ -272,6 +296,99 @@ fn no_reply_write_gets_no_reply_and_is_ordered() {
     // The next message is the reply to this read, which sees every posted write.
     assert_eq!(c.read_u32(0, GpioDevice::REG_SEQUENCE), 10);
     assert_eq!(gpio.sequence_errors(), 0);
+}
+
+/// A REGION_WRITE_MULTI payload: `wr_cnt`, then 24-byte entries.
+fn multi(wr_cnt: u64, entries: &[(u32, u64, u32, [u8; 8])]) -> Vec<u8> {
+    let mut p = wr_cnt.to_ne_bytes().to_vec();
+    for (region, offset, count, data) in entries {
+        p.extend_from_slice(&offset.to_ne_bytes());
+        p.extend_from_slice(&region.to_ne_bytes());
+        p.extend_from_slice(&count.to_ne_bytes());
+        p.extend_from_slice(data);
+    }
+    p
+}
+
+#[test]
+fn write_multi_when_offered() {
+    let (mut c, _s, gpio) = gpio_with(ServerConfig {
+        write_multiple: true,
+        ..ServerConfig::default()
+    });
+    let m = c.version();
+    let json = String::from_utf8_lossy(&m.payload[4..]).into_owned();
+    assert!(json.contains(r#""write_multiple":true"#), "{json}");
+    let seq = GpioDevice::REG_SEQUENCE;
+    let writes = [
+        (0, seq, 4, [1, 0, 0, 0, 0, 0, 0, 0]),
+        (0, seq, 4, [2, 0, 0, 0, 0, 0, 0, 0]),
+        (1, 100, 8, [9; 8]),
+        (1, 200, 0, [0; 8]),
+    ];
+    let m = c.call(Command::RegionWriteMulti, &multi(4, &writes));
+    m.assert_ok();
+    assert_eq!(m.payload, 4u64.to_ne_bytes(), "reply counts the writes");
+    assert_eq!(gpio.sequence_writes(), 2);
+    assert_eq!(gpio.scratch(100, 8).unwrap(), vec![9; 8]);
+    // Posted: no reply, applied in order before the next message.
+    c.post(
+        Command::RegionWriteMulti,
+        &multi(1, &[(0, seq, 4, [3, 0, 0, 0, 0, 0, 0, 0])]),
+    )
+    .unwrap();
+    assert_eq!(c.read_u32(0, seq), 3);
+    // No entries at all.
+    let m = c.call(Command::RegionWriteMulti, &multi(0, &[]));
+    m.assert_ok();
+    assert_eq!(m.payload, 0u64.to_ne_bytes());
+}
+
+#[test]
+fn hostile_write_multi_is_refused() {
+    let (mut c, _s, gpio) = gpio_with(ServerConfig {
+        write_multiple: true,
+        ..ServerConfig::default()
+    });
+    c.version();
+    let one = [(1, 0, 4, [7; 8])];
+    let refused: [(&str, Vec<u8>); 8] = [
+        ("no wr_cnt", vec![0; 7]),
+        ("wr_cnt beyond the entries", multi(2, &one)),
+        ("wr_cnt below the entries", multi(0, &one)),
+        ("wr_cnt overflowing", multi(u64::MAX, &one)),
+        ("a cut entry", multi(1, &one)[..31].to_vec()),
+        ("count over 8", multi(1, &[(1, 0, 9, [7; 8])])),
+        ("no such region", multi(1, &[(9, 0, 4, [7; 8])])),
+        (
+            "offset overflowing",
+            multi(1, &[(1, u64::MAX - 1, 4, [7; 8])]),
+        ),
+    ];
+    for (what, payload) in refused {
+        let m = c.call(Command::RegionWriteMulti, &payload);
+        assert_eq!(m.errno(), EINVAL, "{what}");
+    }
+    assert_eq!(
+        gpio.scratch(0, 4).unwrap(),
+        vec![0; 4],
+        "nothing was written"
+    );
+    // The writes before a refused entry stay done; none after it is made.
+    let writes = [
+        (1, 8, 4, [5; 8]),
+        (0, 2, 4, [0; 8]), // an unaligned register write
+        (1, 16, 4, [6; 8]),
+    ];
+    let m = c.call(Command::RegionWriteMulti, &multi(3, &writes));
+    assert_eq!(m.errno(), EINVAL);
+    assert_eq!(gpio.scratch(8, 4).unwrap(), vec![5; 4]);
+    assert_eq!(gpio.scratch(16, 4).unwrap(), vec![0; 4]);
+    assert_eq!(
+        c.read_u32(0, GpioDevice::REG_ID),
+        GpioDevice::ID,
+        "still in step"
+    );
 }
 
 #[test]
@@ -308,7 +425,11 @@ fn error_replies_and_drained_bodies() {
     c.send_message(&h, &[0xee; 100], &[]).unwrap();
     let m = c.recv().unwrap();
     assert_eq!((m.header.id, m.header.command, m.errno()), (7, 99, EINVAL));
-    assert_eq!(c.call(Command::RegionWriteMulti, &[0; 32]).errno(), EINVAL);
+    assert_eq!(
+        c.call(Command::RegionWriteMulti, &[0; 32]).errno(),
+        EINVAL,
+        "not offered"
+    );
     assert_eq!(c.call(Command::DmaRead, &[0; 16]).errno(), EINVAL);
     assert_eq!(
         c.call(Command::Version, &[0; 4]).errno(),

@@ -421,7 +421,9 @@ impl Framer {
             .get(self.start + HEADER_SIZE..self.start + size.min(avail))
             .unwrap_or_default();
         if size <= avail {
-            let payload = have.to_vec();
+            // A spare of this thread's if it has one (see `reuse.rs`).
+            let mut payload = super::reuse::buffer();
+            payload.extend_from_slice(have);
             let fds = std::mem::take(&mut self.fds);
             self.consume(size);
             return Some(Incoming::Message(Received {
@@ -458,7 +460,8 @@ impl Framer {
         let got = have.len();
         let head_len = buffer.head_len;
         let (in_head, in_data) = have.split_at(got.min(head_len));
-        let mut head = Vec::with_capacity(head_len);
+        let mut head = super::reuse::buffer();
+        head.reserve(head_len);
         head.extend_from_slice(in_head);
         if let Some(dst) = buffer.data.get_mut(..in_data.len()) {
             dst.copy_from_slice(in_data);

@@ -12,7 +12,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -22,6 +22,7 @@ use super::health::Overdue;
 use super::pending::{Completion, PendingTable};
 use super::send::SendQueue;
 use super::serve::ServerRequestHandler;
+use super::solo::NO_SOLO;
 use super::subscriber::MainSubscriber;
 use super::wait::BLOCKING_READ_SLICE;
 use super::watch::SocketWatch;
@@ -48,6 +49,9 @@ pub(crate) struct Inner {
     /// Waiters asleep on their condvars (who must be woken when a reader lets go).
     pub(super) sleepers: AtomicUsize,
     pub(super) waiters: Mutex<PendingTable>,
+    /// The id of the request a caller makes outside the pending table (`solo.rs`), or
+    /// `NO_SOLO`; set and read under the table's lock.
+    pub(super) solo_id: AtomicU32,
     pub(super) connected: AtomicBool,
     reason: Mutex<Option<DisconnectReason>>,
     /// `false` while a request is overdue (the fast path's view of `overdue`).
@@ -117,6 +121,7 @@ impl Inner {
             reader_epoch: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
             waiters: Mutex::new(PendingTable::default()),
+            solo_id: AtomicU32::new(NO_SOLO),
             connected: AtomicBool::new(true),
             reason: Mutex::new(None),
             responsive: AtomicBool::new(true),

@@ -24,10 +24,12 @@
 //!
 //! Whoever holds the receive lock reads: a caller waiting for its reply takes the lock when
 //! nobody else reads and reads its own reply (no thread hop); replies for other waiters are
-//! handed to them, server requests are answered through the [`ServerRequestHandler`]. The
-//! event loop reads only when no caller waits (server requests while idle): the socket sits
-//! in a private epoll set that the event loop watches, and callers take it out of the
-//! event loop's view while they wait (see `watch.rs`), so a reply wakes only its waiter.
+//! handed to them, server requests are answered through the [`ServerRequestHandler`]. A
+//! WAIT request made while nobody reads takes the lock before it is sent, and its reply
+//! skips the pending table (see `solo.rs`). The event loop reads only when no caller waits
+//! (server requests while idle): the socket sits in a private epoll set that the event loop
+//! watches, and callers take it out of the event loop's view while they wait (see
+//! `watch.rs`), so a reply wakes only its waiter.
 //! A caller waiting with [`Connection::wait_into`] may have its reply's data read straight
 //! into its own buffer while it reads (see `framer.rs`).
 //!
@@ -70,10 +72,13 @@ mod framer;
 mod handshake;
 mod health;
 mod inner;
+mod multi;
 mod pending;
+mod reuse;
 mod send;
 mod serve;
 pub(crate) mod socket;
+mod solo;
 mod subscriber;
 mod twin;
 mod wait;
@@ -83,6 +88,7 @@ pub(crate) use budget::Budget;
 pub use error::{DisconnectReason, Error};
 pub use health::{Health, Overdue};
 pub use pending::PendingReply;
+pub(crate) use reuse::recycle_reply;
 pub use serve::{ReplyData, ServerRequestHandler, UnbufferedReply};
 pub use subscriber::ConnectionSubscriber;
 pub(crate) use subscriber::EventLoop;
@@ -475,6 +481,16 @@ impl Connection {
     /// Number of messages waiting in the send queue (for tests and statistics).
     pub fn queued_messages(&self) -> usize {
         self.inner.queued_messages()
+    }
+
+    /// Posts a REGION_WRITE (`No_reply`), coalesced into a REGION_WRITE_MULTI with `entry`
+    /// when messages wait in the send queue (see `multi.rs`).
+    pub(crate) fn post_write(
+        &self,
+        payload: &[u8],
+        entry: Option<&crate::protocol::WriteMultiEntry>,
+    ) -> Result<(), Error> {
+        self.inner.post_write(payload, entry)
     }
 
     /// Bounds every reply wait of this thread to one reply timeout from now, until dropped:

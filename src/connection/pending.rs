@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::framer::{Incoming, Received};
 use super::inner::Inner;
+use super::solo::NO_SOLO;
 use super::{DisconnectReason, Error, Reply};
 use crate::protocol::{Command, MessageType};
 use crate::sync::lock;
@@ -128,12 +129,12 @@ impl Inner {
     /// Picks an id not used by any waiting request and enters the completion under it.
     pub(super) fn register(&self, completion: &Arc<Completion>) -> Result<u16, Error> {
         let mut table = lock(&self.waiters);
-        if table.len() >= usize::from(NO_REPLY_ID_BIT) {
+        if table.len() + self.reserved_ids() >= usize::from(NO_REPLY_ID_BIT) {
             return Err(Error::TooManyPending);
         }
         loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !NO_REPLY_ID_BIT;
-            if self.is_overdue_id(id) {
+            if self.is_overdue_id(id) || self.is_solo_id(id) {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(v) = table.entry(id) {
@@ -246,6 +247,13 @@ impl Inner {
         }
     }
 
+    /// Ids that are in use but not in the table (the table's lock is held): the overdue
+    /// request's and a solo request's.
+    pub(super) fn reserved_ids(&self) -> usize {
+        usize::from(!self.responsive.load(Ordering::Acquire))
+            + usize::from(self.solo_id.load(Ordering::Relaxed) != NO_SOLO)
+    }
+
     fn complete_reply(&self, msg: Received, legacy_error: bool) {
         let header = msg.header;
         let Some(c) = lock(&self.waiters).remove(&header.id) else {
@@ -259,24 +267,29 @@ impl Inner {
             }
             return;
         };
-        let result = if header.command != c.command as u16 {
-            Err(Error::BadReply {
-                command: c.command,
-                what: format!("reply carries command {}", header.command),
-            })
-        } else if header.is_error() {
-            Err(Error::Server {
-                command: c.command,
-                errno: header.error,
-            })
-        } else {
-            Ok(Reply {
-                header,
-                payload: msg.payload,
-                fds: msg.fds,
-                data_in_buffer: msg.data_in_buffer,
-            })
-        };
-        c.complete(result);
+        c.complete(reply_result(c.command, msg));
+    }
+}
+
+/// What a reply (one with the request's id) means for a request of `command`.
+pub(super) fn reply_result(command: Command, msg: Received) -> Result<Reply, Error> {
+    let header = msg.header;
+    if header.command != command as u16 {
+        Err(Error::BadReply {
+            command,
+            what: format!("reply carries command {}", header.command),
+        })
+    } else if header.is_error() {
+        Err(Error::Server {
+            command,
+            errno: header.error,
+        })
+    } else {
+        Ok(Reply {
+            header,
+            payload: msg.payload,
+            fds: msg.fds,
+            data_in_buffer: msg.data_in_buffer,
+        })
     }
 }

@@ -17,13 +17,13 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use super::inner::{io_err, Inner};
-use super::pending::{Completion, PendingReply, NO_REPLY_ID_BIT};
+use super::pending::{PendingReply, NO_REPLY_ID_BIT};
 use super::serve::{panic_message, ReplyData};
-use super::{error, socket, DisconnectReason, Error};
+use super::{error, reuse, socket, DisconnectReason, Error};
 use crate::protocol::{Command, Header, HEADER_SIZE};
 use crate::sync::lock;
 
@@ -39,12 +39,15 @@ pub(super) const MAX_QUEUED_BYTES: usize = 256 << 20;
 /// then any unbuffered reply data, sent straight from its owner's memory. fds ride with the
 /// first byte.
 pub(super) struct Outgoing {
-    head: [u8; HEADER_SIZE],
-    body: Vec<u8>,
+    pub(super) head: [u8; HEADER_SIZE],
+    pub(super) body: Vec<u8>,
     data: Option<Box<dyn ReplyData>>,
     fds: Vec<OwnedFd>,
     /// Bytes already written.
-    sent: usize,
+    pub(super) sent: usize,
+    /// Entries of a REGION_WRITE_MULTI built by coalescing posted writes (`multi.rs`); 0
+    /// for every other message.
+    pub(super) multi: usize,
 }
 
 impl fmt::Debug for Outgoing {
@@ -66,6 +69,7 @@ impl Outgoing {
             data,
             fds: Vec::new(),
             sent: 0,
+            multi: 0,
         }
     }
 
@@ -184,6 +188,16 @@ impl SendQueue {
         self.bytes
     }
 
+    /// The last message queued.
+    pub(super) fn back_mut(&mut self) -> Option<&mut Outgoing> {
+        self.queue.back_mut()
+    }
+
+    /// Counts `n` more bytes, added to a queued message.
+    pub(super) fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
+    }
+
     pub(super) fn push(&mut self, out: Outgoing) {
         self.bytes += out.len();
         self.queue.push_back(out);
@@ -225,7 +239,12 @@ impl SendQueue {
 }
 
 /// A command header; `check_send` has bounded `len`, so the size always fits.
-fn command_header(id: u16, command: Command, len: usize, no_reply: bool) -> Result<Header, Error> {
+pub(super) fn command_header(
+    id: u16,
+    command: Command,
+    len: usize,
+    no_reply: bool,
+) -> Result<Header, Error> {
     Header::command(id, command, len, no_reply).ok_or(Error::MessageTooLarge {
         command,
         len,
@@ -243,7 +262,7 @@ impl Inner {
     ) -> Result<PendingReply, Error> {
         let started = Instant::now();
         self.check_send(command, payload.len(), fds.len())?;
-        let completion = Arc::new(Completion::new(command));
+        let completion = reuse::completion(command);
         let id = self.register(&completion)?;
         let header = command_header(id, command, payload.len(), false)?;
         if let Err(e) = self.send(&header, payload, fds) {
@@ -275,7 +294,12 @@ impl Inner {
         lock(&self.send).queue.len()
     }
 
-    fn check_send(&self, command: Command, len: usize, nfds: usize) -> Result<(), Error> {
+    pub(super) fn check_send(
+        &self,
+        command: Command,
+        len: usize,
+        nfds: usize,
+    ) -> Result<(), Error> {
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
@@ -304,9 +328,20 @@ impl Inner {
 
     /// Sends one message: inline when the queue is empty, queued otherwise.
     pub(super) fn send(&self, header: &Header, payload: &[u8], fds: &[RawFd]) -> Result<(), Error> {
+        self.send_locked(lock(&self.send), header, payload, fds)
+    }
+
+    /// [`send`](Self::send) with the send lock already held (`q`), so that a posted write
+    /// can decide whether to coalesce and send under one lock (`multi.rs`).
+    pub(super) fn send_locked(
+        &self,
+        q: MutexGuard<'_, SendQueue>,
+        header: &Header,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), Error> {
         let hdr = header.to_bytes();
         log::debug!("send {header} fds={}", fds.len());
-        let q = lock(&self.send);
         if !self.connected.load(Ordering::Acquire) {
             return Err(Error::Disconnected(self.reason()));
         }
@@ -335,6 +370,7 @@ impl Inner {
             data: None,
             fds,
             sent,
+            multi: 0,
         };
         self.enqueue(q, out);
         Ok(())

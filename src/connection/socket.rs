@@ -125,7 +125,8 @@ fn too_many_for_one_message() -> io::Error {
 }
 
 /// Without fds, sends one buffer, or several small ones gathered into one, with `send`;
-/// `None` for anything larger, which needs `sendmsg`.
+/// `None` for anything larger, which needs `sendmsg`. A small request (a header and a
+/// region access head) is gathered without clearing the whole 512-byte buffer first.
 fn send_gathered(
     sock: &UnixStream,
     bufs: &[&[u8]],
@@ -135,10 +136,27 @@ fn send_gathered(
         return Some(send_one(sock, one, flags));
     }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
-    if total > SMALL_SEND {
-        return None;
+    if total <= SMALL_GATHER {
+        Some(gather_and_send::<SMALL_GATHER>(sock, bufs, total, flags))
+    } else if total <= SMALL_SEND {
+        Some(gather_and_send::<SMALL_SEND>(sock, bufs, total, flags))
+    } else {
+        None
     }
-    let mut gathered = [0u8; SMALL_SEND];
+}
+
+/// The smaller of the two gathering buffers of [`send_gathered`].
+const SMALL_GATHER: usize = 64;
+
+/// Sends the concatenation of `bufs` (`total` bytes, at most `N`) with `send`, gathered in a
+/// buffer of `N` bytes on the stack.
+fn gather_and_send<const N: usize>(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    total: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    let mut gathered = [0u8; N];
     let mut at = 0;
     for b in bufs {
         if let Some(dst) = gathered.get_mut(at..at + b.len()) {
@@ -146,11 +164,7 @@ fn send_gathered(
         }
         at += b.len();
     }
-    Some(send_one(
-        sock,
-        gathered.get(..total).unwrap_or_default(),
-        flags,
-    ))
+    send_one(sock, gathered.get(..total).unwrap_or_default(), flags)
 }
 
 /// Points `msg`'s control data at `cmsg` and writes into it one `SCM_RIGHTS` message

@@ -37,10 +37,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::budget;
-use super::framer::{Framer, ReplyBuffer};
+use super::framer::{Framer, Incoming, ReplyBuffer};
 use super::inner::Inner;
 use super::pending::{Completion, PendingReply, Slot};
-use super::{error, socket, Error, Reply};
+use super::{error, reuse, socket, Error, Reply};
 use crate::protocol::Command;
 use crate::sync::{lock, try_lock};
 
@@ -65,9 +65,31 @@ const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
 pub(super) const BLOCKING_READ_SLICE: Duration = Duration::from_millis(50);
 
 /// A fresh token for a [`ReplyBuffer`]: tells its transfers apart from every other buffer's.
-fn next_buffer_token() -> u64 {
+pub(super) fn next_buffer_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a reader reads for: the completion of a request in the pending table, to which
+/// whoever reads hands its reply, or a request outside the table (`solo.rs`), whose reply
+/// only its own caller, the reader, can take.
+pub(super) trait Awaited {
+    /// Whether the result is there.
+    fn is_done(&self) -> bool;
+    /// Keeps `incoming` if it is the awaited reply; otherwise gives it back, to be
+    /// dispatched.
+    fn claim(&mut self, incoming: Incoming) -> Option<Incoming>;
+}
+
+impl Awaited for Option<&Completion> {
+    fn is_done(&self) -> bool {
+        self.is_some_and(Completion::is_done)
+    }
+
+    fn claim(&mut self, incoming: Incoming) -> Option<Incoming> {
+        // Dispatching hands the reply to the completion, through the pending table.
+        Some(incoming)
+    }
 }
 
 /// A caller waiting for replies, from `Inner::waiting` until dropped.
@@ -105,8 +127,13 @@ impl Inner {
         // wake the subscriber.
         let _waiting = self.waiting();
         self.read_late_reply();
+        if let Some(framer) = try_lock(&self.recv) {
+            // Nobody reads: the fast path (`solo.rs`).
+            return self.request_solo(framer, command, payload, fds, timeout, None);
+        }
         let pending = self.send_request(command, payload, fds)?;
-        self.wait_reply(pending, timeout, None)
+        let sent = pending.started;
+        self.wait_reply(pending, timeout, None, sent)
     }
 
     /// See [`Connection::request_into`](super::Connection::request_into).
@@ -120,15 +147,21 @@ impl Inner {
     ) -> Result<Reply, Error> {
         let _waiting = self.waiting();
         self.read_late_reply();
-        let pending = self.send_request(command, payload, fds)?;
         let timeout = self.settings.reply_timeout;
-        self.wait_reply(pending, timeout, Some((head_len, data)))
+        if let Some(framer) = try_lock(&self.recv) {
+            let into = Some((head_len, data));
+            return self.request_solo(framer, command, payload, fds, timeout, into);
+        }
+        let pending = self.send_request(command, payload, fds)?;
+        let sent = pending.started;
+        self.wait_reply(pending, timeout, Some((head_len, data)), sent)
     }
 
     /// See [`Connection::wait`](super::Connection::wait).
     pub(crate) fn wait(&self, pending: PendingReply) -> Result<Reply, Error> {
         let _waiting = self.waiting();
-        self.wait_reply(pending, self.settings.reply_timeout, None)
+        let timeout = self.settings.reply_timeout;
+        self.wait_reply(pending, timeout, None, Instant::now())
     }
 
     /// See [`Connection::wait_into`](super::Connection::wait_into).
@@ -140,7 +173,7 @@ impl Inner {
     ) -> Result<Reply, Error> {
         let _waiting = self.waiting();
         let timeout = self.settings.reply_timeout;
-        self.wait_reply(pending, timeout, Some((head_len, data)))
+        self.wait_reply(pending, timeout, Some((head_len, data)), Instant::now())
     }
 
     /// See [`Connection::wait_all`](super::Connection::wait_all).
@@ -149,7 +182,7 @@ impl Inner {
         let timeout = self.settings.reply_timeout;
         pending
             .into_iter()
-            .map(|t| self.wait_reply(t, timeout, None))
+            .map(|t| self.wait_reply(t, timeout, None, Instant::now()))
             .collect()
     }
 
@@ -162,7 +195,9 @@ impl Inner {
 
     /// Waits for a pending reply, reading the socket itself when no other thread does;
     /// with `into` (`head_len`, buffer), a reply this thread reads may go into the buffer (see
-    /// [`Connection::wait_into`](super::Connection::wait_into)).
+    /// [`Connection::wait_into`](super::Connection::wait_into)). `now` is the time of the
+    /// call, or the request's start when it was sent just now. The completion is kept for
+    /// this thread's next request once the wait is over (see `reuse.rs`).
     ///
     /// The caller must hold a [`Waiting`] guard.
     fn wait_reply(
@@ -170,69 +205,107 @@ impl Inner {
         pending: PendingReply,
         timeout: Duration,
         into: Option<(usize, &mut [u8])>,
+        now: Instant,
+    ) -> Result<Reply, Error> {
+        let result = self.wait_for(&pending, timeout, into, now);
+        reuse::recycle_completion(pending.completion);
+        result
+    }
+
+    /// [`wait_reply`](Self::wait_reply)'s wait. The clock is read once per turn, after a
+    /// look at the completion: not again when the reply has come.
+    fn wait_for(
+        &self,
+        pending: &PendingReply,
+        timeout: Duration,
+        into: Option<(usize, &mut [u8])>,
+        mut now: Instant,
     ) -> Result<Reply, Error> {
         // The sooner of the request's own deadline and the thread's budget's.
         let deadline = budget::cap(pending.started + timeout);
         let timeout = deadline.saturating_duration_since(pending.started);
-        let completion = &pending.completion;
         let mut buffer = into.map(|(head_len, data)| ReplyBuffer {
             token: next_buffer_token(),
             id: pending.id,
-            command: completion.command as u16,
+            command: pending.completion.command as u16,
             head_len,
             data,
         });
         loop {
-            if let Some(result) = self.take(completion) {
+            if let Some(result) = self.take(&pending.completion) {
                 return result;
             }
-            let now = Instant::now();
             if now >= deadline {
-                return self.timed_out(&pending, timeout);
+                return self.timed_out(pending, timeout);
             }
-            let epoch = self.reader_epoch.load(Ordering::SeqCst);
-            if let Some(mut framer) = try_lock(&self.recv) {
-                self.lead(&mut framer, completion, deadline, now, buffer.as_mut());
-                // The buffer must not outlive this hold of the lock. `lead` stops half-way
-                // through our reply only at the deadline (or on a disconnect): the rest is
-                // drained by the next reader, and we time out. Leave the pending table
-                // first, so that the drained reply fails nobody (it is the late reply).
-                let abandoned = buffer
-                    .as_ref()
-                    .is_some_and(|s| framer.abandon_buffer(s.token));
-                let timed_out = abandoned.then(|| self.timed_out(&pending, timeout));
-                drop(framer);
-                self.after_reading();
-                if let Some(result) = timed_out {
-                    return result;
-                }
-                continue;
+            let step = self.wait_step(pending, deadline, timeout, buffer.as_mut(), now);
+            if let Some(result) = step {
+                return result;
             }
-            // Someone else reads: sleep until our reply is handed to us or the reader lets
-            // go of the lock (then we may have to read ourselves).
-            let mut state = lock(&completion.slot);
-            state.sleeping = true;
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            while matches!(state.slot, Slot::Waiting)
-                && self.reader_epoch.load(Ordering::SeqCst) == epoch
-            {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                state = completion
-                    .cv
-                    .wait_timeout(state, deadline - now)
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|p| p.into_inner().0);
+            if let Some(result) = self.take(&pending.completion) {
+                return result;
             }
-            state.sleeping = false;
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            now = Instant::now();
         }
     }
 
-    /// Reads while holding the receive lock until `completion` is done or the deadline,
-    /// then dispatches whatever else is buffered.
+    /// One turn of [`wait_for`](Self::wait_for): reads as the leader if nobody else reads,
+    /// otherwise sleeps until the reply is handed over or the reader lets go (then we may
+    /// have to read ourselves). Returns the result when the wait ends here: a reply
+    /// abandoned half-way through its data at the deadline.
+    fn wait_step(
+        &self,
+        pending: &PendingReply,
+        deadline: Instant,
+        timeout: Duration,
+        mut buffer: Option<&mut ReplyBuffer<'_>>,
+        now: Instant,
+    ) -> Option<Result<Reply, Error>> {
+        let completion = &pending.completion;
+        let epoch = self.reader_epoch.load(Ordering::SeqCst);
+        if let Some(mut framer) = try_lock(&self.recv) {
+            self.lead(
+                &mut framer,
+                &mut Some(&**completion),
+                deadline,
+                now,
+                buffer.as_deref_mut(),
+            );
+            // The buffer must not outlive this hold of the lock. `lead` stops half-way
+            // through our reply only at the deadline (or on a disconnect): the rest is
+            // drained by the next reader, and we time out. Leave the pending table
+            // first, so that the drained reply fails nobody (it is the late reply).
+            let abandoned = buffer
+                .as_ref()
+                .is_some_and(|s| framer.abandon_buffer(s.token));
+            let timed_out = abandoned.then(|| self.timed_out(pending, timeout));
+            drop(framer);
+            self.after_reading();
+            return timed_out;
+        }
+        let mut state = lock(&completion.slot);
+        state.sleeping = true;
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        while matches!(state.slot, Slot::Waiting)
+            && self.reader_epoch.load(Ordering::SeqCst) == epoch
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = completion
+                .cv
+                .wait_timeout(state, deadline - now)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        state.sleeping = false;
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        None
+    }
+
+    /// Reads while holding the receive lock until `awaited` is done or the deadline, then
+    /// dispatches whatever else is buffered.
     ///
     /// A leader usually arrives straight after sending, when a non-blocking read could
     /// only say `EAGAIN`, so it sleeps in a blocking `recvmsg` (at most the socket's receive
@@ -240,28 +313,25 @@ impl Inner {
     /// exact remaining time instead. A shutdown of the socket (`fail`) wakes it either way.
     /// Every reader dispatches all complete buffered messages before it lets go of the
     /// lock, so an empty socket means that there is nothing to dispatch.
-    fn lead(
+    pub(super) fn lead<A: Awaited>(
         &self,
         framer: &mut Framer,
-        completion: &Completion,
+        awaited: &mut A,
         deadline: Instant,
         mut now: Instant,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) {
         let spin_until = now.checked_add(self.settings.busy_poll).unwrap_or(deadline);
-        loop {
-            // Another reader may have handed the reply over between our last look and
-            // taking the lock.
-            if completion.is_done() || !self.connected.load(Ordering::Acquire) {
-                break;
-            }
-            if now >= deadline {
-                break;
-            }
+        // Past this, a blocking read could overshoot the deadline: wait in `poll` instead.
+        let block_until = deadline.checked_sub(2 * BLOCKING_READ_SLICE);
+        // Another reader may have handed the reply over between our last look and taking
+        // the lock.
+        let mut done = awaited.is_done();
+        while !done && now < deadline && self.connected.load(Ordering::Acquire) {
             let spinning = now < spin_until;
-            let left = deadline - now;
-            let block = !spinning && left >= 2 * BLOCKING_READ_SLICE;
+            let block = !spinning && block_until.is_some_and(|b| now <= b);
             if !spinning && !block {
+                let left = deadline - now;
                 let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
                 match socket::poll_fd(self.sock.as_raw_fd(), false, ms) {
                     Ok(true) => {}
@@ -272,33 +342,38 @@ impl Inner {
                     }
                 }
             }
-            if !self.read_available(framer, Some(completion), block, buffer.as_deref_mut()) {
+            if !self.read_until(framer, awaited, block, buffer.as_deref_mut()) {
                 return;
             }
-            if spinning && !completion.is_done() {
-                // Let the server run if it shares our CPU.
-                std::thread::yield_now();
+            done = awaited.is_done();
+            if !done {
+                if spinning {
+                    // Let the server run if it shares our CPU.
+                    std::thread::yield_now();
+                }
+                now = Instant::now();
             }
-            now = Instant::now();
         }
-        self.dispatch_buffered(framer, buffer);
+        self.dispatch_buffered_for(framer, awaited, buffer);
     }
 
     /// Reads and dispatches messages until the socket has no more data (with `block`: until
-    /// a read times out), or (when `until` is given) until that completion is done. Returns
-    /// `false` if the connection failed.
-    fn read_available(
+    /// a read times out), or until `awaited` is done; what it claims is not dispatched.
+    /// Returns `false` if the connection failed.
+    fn read_until<A: Awaited>(
         &self,
         framer: &mut Framer,
-        until: Option<&Completion>,
+        awaited: &mut A,
         block: bool,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> bool {
         loop {
             match framer.step(&self.sock, block, buffer.as_deref_mut()) {
                 Ok(Some(incoming)) => {
-                    self.dispatch(incoming);
-                    if until.is_some_and(Completion::is_done) {
+                    if let Some(other) = awaited.claim(incoming) {
+                        self.dispatch(other);
+                    }
+                    if awaited.is_done() {
                         return true;
                     }
                 }
@@ -315,11 +390,26 @@ impl Inner {
     pub(super) fn dispatch_buffered(
         &self,
         framer: &mut Framer,
+        buffer: Option<&mut ReplyBuffer<'_>>,
+    ) {
+        self.dispatch_buffered_for(framer, &mut None::<&Completion>, buffer);
+    }
+
+    /// [`dispatch_buffered`](Self::dispatch_buffered), but what `awaited` claims is not
+    /// dispatched.
+    fn dispatch_buffered_for<A: Awaited>(
+        &self,
+        framer: &mut Framer,
+        awaited: &mut A,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) {
         loop {
             match framer.buffered(buffer.as_deref_mut()) {
-                Ok(Some(incoming)) => self.dispatch(incoming),
+                Ok(Some(incoming)) => {
+                    if let Some(other) = awaited.claim(incoming) {
+                        self.dispatch(other);
+                    }
+                }
                 Ok(None) => return,
                 Err(reason) => {
                     self.fail(reason);
@@ -533,7 +623,7 @@ mod tests {
         }
         let (bytes, payload) = reply(&r, DATA);
         write_in_pieces(&mut server, &bytes);
-        assert!(inner.read_available(&mut framer, None, false, None));
+        assert!(inner.read_until(&mut framer, &mut None::<&Completion>, false, None));
         drop(framer);
         inner.after_reading();
         let (reply, out) = waiter.join().unwrap();

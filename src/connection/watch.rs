@@ -22,17 +22,19 @@
 //!
 //! With a twin socket the server sends its requests there, and the main socket carries
 //! only replies, which their waiters read. The entry then watches for a hang-up only and is
-//! never disarmed or re-armed: requests from one thread cost no `epoll_ctl` at all. Stray
-//! data (a reply that came after its waiter gave up) waits for the next caller to read and
-//! drop it; a server that sent a request on the main socket anyway would be served by the
-//! next caller too. Except while the connection is unresponsive (see `health.rs`): the
-//! late reply that makes it healthy again must be read when it comes, not when the next
-//! caller reads (callers fail fast meanwhile), so the entry then watches data as it does
-//! without a twin socket ([`SocketWatch::expect_late_reply`]).
+//! never disarmed or re-armed: requests cost no `epoll_ctl` at all, and do not even take
+//! the watch's lock (they count themselves in an atomic, which is all a change of mode
+//! needs to know). Stray data (a reply that came after its waiter gave up) waits for the
+//! next caller to read and drop it; a server that sent a request on the main socket anyway
+//! would be served by the next caller too. Except while the connection is unresponsive
+//! (see `health.rs`): the late reply that makes it healthy again must be read when it
+//! comes, not when the next caller reads (callers fail fast meanwhile), so the entry then
+//! watches data as it does without a twin socket ([`SocketWatch::expect_late_reply`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -46,8 +48,6 @@ const HANG_UP_ONLY: EventSet = EventSet::READ_HANG_UP.union(EventSet::ONE_SHOT);
 
 #[derive(Debug)]
 struct State {
-    /// Callers waiting for replies (between `enter` and `leave`).
-    callers: usize,
     /// Whether the entry is armed (level-triggered, or for a hang-up only).
     armed: bool,
     /// Data on the socket need not wake the event loop (a twin socket carries the server's
@@ -62,6 +62,14 @@ pub(super) struct SocketWatch {
     epoll: Epoll,
     sock: RawFd,
     state: Mutex<State>,
+    /// Callers waiting for replies (between `enter` and `leave`), counted without the lock.
+    callers: AtomicUsize,
+    /// `state.hang_up_only`, readable without the lock: callers then skip the lock.
+    ///
+    /// Both are sequentially consistent: a change of mode stores this, then reads
+    /// `callers`; a caller changes `callers`, then reads this. So either the change of mode
+    /// sees the caller, or the caller sees the new mode and takes the lock to act on it.
+    hang_up_only: AtomicBool,
 }
 
 impl SocketWatch {
@@ -74,11 +82,12 @@ impl SocketWatch {
             epoll,
             sock: fd,
             state: Mutex::new(State {
-                callers: 0,
                 armed: true,
                 hang_up_only: false,
                 twin: false,
             }),
+            callers: AtomicUsize::new(0),
+            hang_up_only: AtomicBool::new(false),
         })
     }
 
@@ -98,6 +107,7 @@ impl SocketWatch {
         state.hang_up_only = true;
         state.twin = true;
         state.armed = true;
+        self.hang_up_only.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -114,19 +124,26 @@ impl SocketWatch {
             self.set(DISARMED)?;
             state.hang_up_only = false;
             state.armed = false;
+            // Before `arm_if_idle` reads the count (see `hang_up_only`).
+            self.hang_up_only.store(false, Ordering::SeqCst);
             self.arm_if_idle(&mut state)
         } else {
             self.set(HANG_UP_ONLY)?;
             state.hang_up_only = true;
             state.armed = true;
+            self.hang_up_only.store(true, Ordering::SeqCst);
             Ok(())
         }
     }
 
     /// A caller starts waiting for a reply: data no longer wakes the event loop.
     pub(super) fn enter(&self) {
+        self.callers.fetch_add(1, Ordering::SeqCst);
+        // Watching for a hang-up only, the entry stays as it is: no lock needed.
+        if self.hang_up_only.load(Ordering::SeqCst) {
+            return;
+        }
         let mut state = lock(&self.state);
-        state.callers += 1;
         if state.hang_up_only {
             return;
         }
@@ -140,9 +157,11 @@ impl SocketWatch {
     /// A caller stops waiting (after letting go of the receive state); the last one arms
     /// the entry again. An error means the event loop can no longer be told about data.
     pub(super) fn leave(&self) -> io::Result<()> {
-        let mut state = lock(&self.state);
-        state.callers = state.callers.saturating_sub(1);
-        self.arm_if_idle(&mut state)
+        self.callers.fetch_sub(1, Ordering::SeqCst);
+        if self.hang_up_only.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.arm_if_idle(&mut lock(&self.state))
     }
 
     /// For the event loop: whether the entry is armed level-triggered, so that a wake-up
@@ -181,8 +200,12 @@ impl SocketWatch {
         self.arm_if_idle(&mut lock(&self.state))
     }
 
+    /// Arms the entry unless callers wait (they read); a hang-up-only entry whether or not
+    /// they do (its callers do not take the lock to arm it when they leave, and a hang-up
+    /// does not get in their way).
     fn arm_if_idle(&self, state: &mut State) -> io::Result<()> {
-        if state.callers == 0 && !state.armed {
+        let idle = state.hang_up_only || self.callers.load(Ordering::SeqCst) == 0;
+        if idle && !state.armed {
             self.set(if state.hang_up_only {
                 HANG_UP_ONLY
             } else {
@@ -198,5 +221,35 @@ impl AsRawFd for SocketWatch {
     /// The private epoll set's fd, readable while the socket's entry has an event.
     fn as_raw_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_that_skipped_the_lock_still_count_when_data_is_watched() {
+        let (sock, _peer) = UnixStream::pair().unwrap();
+        let watch = SocketWatch::new(&sock).unwrap();
+        watch.watch_hang_up_only().unwrap();
+        // Enters without the lock (hang-up only), then the late reply is awaited.
+        watch.enter();
+        watch.expect_late_reply(true).unwrap();
+        assert!(
+            !watch.level_triggered(),
+            "a caller waits: it reads, not the loop"
+        );
+        watch.enter();
+        watch.leave().unwrap();
+        assert!(!watch.level_triggered());
+        watch.leave().unwrap();
+        assert!(watch.level_triggered(), "the last caller to leave arms it");
+        // Back to a hang-up only: callers skip the lock again, and leave it armed.
+        watch.expect_late_reply(false).unwrap();
+        watch.enter();
+        watch.leave().unwrap();
+        assert!(lock(&watch.state).armed);
+        assert_eq!(watch.callers.load(Ordering::SeqCst), 0);
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use super::{Error, VfioUserDevice};
-use crate::connection::{self, PendingReply, Reply};
-use crate::protocol::{Command, DecodeError, RegionAccess};
+use crate::connection::{self, recycle_reply, PendingReply, Reply};
+use crate::protocol::{Command, DecodeError, RegionAccess, WriteMultiEntry};
 
 /// Requests of one large transfer in flight at once.
 const PIPELINE_WINDOW: usize = 8;
@@ -40,7 +40,9 @@ impl VfioUserDevice {
                     data,
                 )
                 .map_err(|e| access_error(Command::RegionRead, index, offset, data.len(), e))?;
-            return copy_read_reply(&reply, index, offset, data);
+            let copied = copy_read_reply(&reply, index, offset, data);
+            recycle_reply(reply);
+            return copied;
         }
         let chunk = self.read_chunk;
         let parts = data.chunks_mut(chunk).scan(offset, |at, out| {
@@ -60,7 +62,9 @@ impl VfioUserDevice {
                 let reply = conn
                     .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
                     .map_err(|e| access_error(Command::RegionRead, index, at, len, e))?;
-                copy_read_reply(&reply, index, at, out)
+                let copied = copy_read_reply(&reply, index, at, out);
+                recycle_reply(reply);
+                copied
             },
         )
     }
@@ -73,15 +77,17 @@ impl VfioUserDevice {
             return Ok(());
         }
         let conn = &self.connection;
-        let mut payload =
-            Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
+        let mut payload = Vec::new();
         if data.len() <= self.write_chunk {
-            write_payload(&mut payload, index, offset, data);
-            let reply = conn
-                .request(Command::RegionWrite, &payload, &[])
-                .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
-            return check_write_reply(&reply, index, offset, data.len());
+            let reply = with_write_payload(&mut payload, index, offset, data, |p| {
+                conn.request(Command::RegionWrite, p, &[])
+            })
+            .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
+            let checked = check_write_reply(&reply, index, offset, data.len());
+            recycle_reply(reply);
+            return checked;
         }
+        payload.reserve(RegionAccess::HEAD_SIZE + self.write_chunk);
         let parts = data.chunks(self.write_chunk).scan(offset, |at, chunk| {
             let part = (*at, chunk);
             *at += chunk.len() as u64;
@@ -98,7 +104,9 @@ impl VfioUserDevice {
                 let reply = conn
                     .wait(ticket)
                     .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
-                check_write_reply(&reply, index, at, chunk.len())
+                let checked = check_write_reply(&reply, index, at, chunk.len());
+                recycle_reply(reply);
+                checked
             },
         )
     }
@@ -107,19 +115,24 @@ impl VfioUserDevice {
     /// No_reply) when [`VfioUserDevice::posted_writes`] allows it; otherwise like
     /// [`VfioUserDevice::write`]. The server's refusal of a posted write is not reported; a
     /// lost connection is.
+    ///
+    /// When the server accepts REGION_WRITE_MULTI, writes of up to 8 bytes that would wait
+    /// behind other messages (the socket is backed up) are coalesced into one message; a
+    /// write that can go at once is never held back.
     pub fn write_posted(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
         if !self.posted_writes {
             return self.write(index, offset, data);
         }
         self.region(index)?.check(offset, data.len() as u64, true)?;
         let conn = &self.connection;
-        let mut payload =
-            Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
+        let mut payload = Vec::new();
         let mut at = offset;
         for chunk in data.chunks(self.write_chunk) {
-            write_payload(&mut payload, index, at, chunk);
-            conn.send_no_reply(Command::RegionWrite, &payload, &[])
-                .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
+            let entry = WriteMultiEntry::new(index, at, chunk).filter(|_| self.write_multi);
+            with_write_payload(&mut payload, index, at, chunk, |p| {
+                conn.post_write(p, entry.as_ref())
+            })
+            .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
             at += chunk.len() as u64;
         }
         Ok(())
@@ -172,6 +185,31 @@ fn write_payload(payload: &mut Vec<u8>, index: u32, offset: u64, data: &[u8]) {
     payload.clear();
     payload.extend_from_slice(&access_head(index, offset, data.len()));
     payload.extend_from_slice(data);
+}
+
+/// Data bytes of a write whose message is built on the stack (an MMIO or config access is
+/// 1 to 8 bytes).
+const SMALL_WRITE: usize = 64;
+
+/// Runs `f` on the REGION_WRITE payload for `data` at `offset` of region `index`: built on
+/// the stack for a small write, so that it costs no allocation, else in `spare`.
+fn with_write_payload<R>(
+    spare: &mut Vec<u8>,
+    index: u32,
+    offset: u64,
+    data: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let mut small = [0u8; RegionAccess::HEAD_SIZE + SMALL_WRITE];
+    let len = RegionAccess::HEAD_SIZE + data.len();
+    if let Some(buf) = small.get_mut(..len) {
+        let (head, rest) = buf.split_at_mut(RegionAccess::HEAD_SIZE);
+        head.copy_from_slice(&access_head(index, offset, data.len()));
+        rest.copy_from_slice(data);
+        return f(buf);
+    }
+    write_payload(spare, index, offset, data);
+    f(spare)
 }
 
 fn access_error(

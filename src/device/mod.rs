@@ -128,6 +128,8 @@ pub struct VfioUserDevice {
     read_chunk: usize,
     write_chunk: usize,
     posted_writes: bool,
+    /// The server accepts REGION_WRITE_MULTI: posted writes may be coalesced.
+    write_multi: bool,
 }
 
 impl VfioUserDevice {
@@ -178,9 +180,11 @@ impl VfioUserDevice {
             .max(1);
         let write_chunk = max_xfer.min(options.write_chunk as usize).max(1);
         let posted_writes = options.posted_writes && !regions.iter().any(Region::mappable);
+        let write_multi = caps.write_multiple;
         log::debug!(
             "device: flags {:#x}, {} regions, {} IRQ indexes, read chunk {read_chunk}, \
-             write chunk {write_chunk}, posted writes {posted_writes}",
+             write chunk {write_chunk}, posted writes {posted_writes}, \
+             write multi {write_multi}",
             info.flags,
             regions.len(),
             irqs.len()
@@ -193,6 +197,7 @@ impl VfioUserDevice {
             read_chunk,
             write_chunk,
             posted_writes,
+            write_multi,
         })
     }
 

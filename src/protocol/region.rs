@@ -85,9 +85,30 @@ impl WriteMultiEntry {
     /// Size of an entry on the wire.
     pub const SIZE: usize = 24;
 
+    /// The entry writing `bytes` (at most [`WriteMultiEntry::MAX_DATA`]) at `offset` of
+    /// region `region`; `None` for more bytes.
+    pub fn new(region: u32, offset: u64, bytes: &[u8]) -> Option<Self> {
+        let mut data = [0u8; 8];
+        data.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(WriteMultiEntry {
+            offset,
+            region,
+            count: bytes.len() as u32,
+            data,
+        })
+    }
+
     /// The bytes to write: the first `count` bytes of `data`.
     pub fn bytes(&self) -> &[u8] {
         self.data.get(..self.count as usize).unwrap_or(&self.data)
+    }
+
+    /// Appends the entry's 24 wire bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.offset);
+        put_u32(out, self.region);
+        put_u32(out, self.count);
+        out.extend_from_slice(&self.data);
     }
 }
 
@@ -100,14 +121,14 @@ pub struct RegionWriteMulti {
 }
 
 impl RegionWriteMulti {
+    /// Size of the head (`wr_cnt`) before the entries.
+    pub const HEAD_SIZE: usize = 8;
+
     /// Appends the payload; `wr_cnt` is the number of entries.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         put_u64(out, len_u64(self.writes.len()));
         for w in &self.writes {
-            put_u64(out, w.offset);
-            put_u32(out, w.region);
-            put_u32(out, w.count);
-            out.extend_from_slice(&w.data);
+            w.encode_into(out);
         }
     }
 
@@ -235,6 +256,9 @@ mod tests {
         assert_eq!(out.len(), 8 + 48);
         assert_eq!(RegionWriteMulti::decode(&out), Ok(m.clone()));
         assert_eq!(m.writes[0].bytes(), &[1, 2, 3, 4]);
+        assert_eq!(WriteMultiEntry::new(0, 4, &[1, 2, 3, 4]), Some(m.writes[0]));
+        assert_eq!(WriteMultiEntry::new(2, 8, &[9; 8]), Some(m.writes[1]));
+        assert_eq!(WriteMultiEntry::new(0, 0, &[0; 9]), None);
         out[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
         assert!(matches!(
             RegionWriteMulti::decode(&out),

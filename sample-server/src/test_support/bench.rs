@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::ServerConfig;
 use criterion::Criterion;
 
 /// Criterion with the settings every benchmark here uses.
@@ -22,6 +23,31 @@ pub fn criterion() -> Criterion {
 /// the past).
 pub fn run_started() -> SystemTime {
     SystemTime::now() - Duration::from_secs(1)
+}
+
+/// The sample servers' configuration: the default (reading as many waiting messages as fit
+/// at once), or, with `BENCH_SERVER=libvfio-user`, reading each message as libvfio-user
+/// does, its header and then its body ([`ServerConfig::read_ahead`] off): what a real
+/// server costs per message.
+pub fn server_config() -> ServerConfig {
+    let exact = match std::env::var("BENCH_SERVER") {
+        Ok(v) if v == "libvfio-user" => true,
+        Ok(v) => panic!("BENCH_SERVER is `libvfio-user` or unset, not `{v}`"),
+        Err(_) => false,
+    };
+    ServerConfig {
+        read_ahead: !exact,
+        ..ServerConfig::default()
+    }
+}
+
+/// A line saying how the sample servers read, for the report.
+pub fn describe_server() -> String {
+    if server_config().read_ahead {
+        "server: sample server, reading ahead".into()
+    } else {
+        "server: sample server, reading each message as libvfio-user does".into()
+    }
 }
 
 /// Where criterion writes its results: the same choice criterion makes (`CRITERION_HOME`,
