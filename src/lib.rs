@@ -9,6 +9,9 @@ mod connection;
 pub mod device;
 pub mod dma;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod negotiate;
 pub mod pci;
 pub mod protocol;
