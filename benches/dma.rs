@@ -28,8 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
-use vfio_user_client::protocol::{Command, DmaAccess, Header, HEADER_SIZE};
-use vfio_user_client::proxy::{ConnectionSubscriber, EventLoop, Proxy, ProxyConfig};
+use vfio_user_client::protocol::{Command, DmaAccess, Header, Version, HEADER_SIZE};
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::test_support::bench as support;
 use vfio_user_sample_server::test_support::guest::{memfd, memory, region};
@@ -155,6 +154,30 @@ impl Requester {
     }
 }
 
+/// Answers our client's VERSION request; with `twin`, grants twin-socket mode and hands
+/// over that socket.
+fn answer_version(sock: &UnixStream, twin: Option<&UnixStream>) {
+    let sock = sock.try_clone().expect("clone");
+    let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
+    let version = peer.recv().expect("VERSION");
+    let json = match twin {
+        Some(_) => {
+            r#"{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true,"fd_index":0}}}"#
+        }
+        None => r#"{"capabilities":{"max_msg_fds":16}}"#,
+    };
+    let mut payload = Vec::new();
+    Version {
+        major: 0,
+        minor: 0,
+        json: Some(json.to_string()),
+    }
+    .encode_into(&mut payload);
+    let fds: Vec<_> = twin.iter().map(|t| t.as_raw_fd()).collect();
+    peer.reply(&version.header, &payload, &fds)
+        .expect("VERSION reply");
+}
+
 /// Answers the one DMA_MAP that sets up the handler's table.
 fn answer_map(sock: &UnixStream) {
     let sock = sock.try_clone().expect("clone");
@@ -166,18 +189,24 @@ fn answer_map(sock: &UnixStream) {
 /// Our client serving DMA_READ, on its main socket or on a twin socket.
 fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
     let (client, server) = UnixStream::pair().expect("socket pair");
-    let (proxy, subscriber) = Proxy::from_stream(client, ProxyConfig::default()).expect("proxy");
-    proxy.set_send_limits(16, 2 << 20);
-    let (dma_socket, twin_subscriber) = if twin {
+    let (ours, theirs) = if twin {
         let (ours, theirs) = UnixStream::pair().expect("twin pair");
-        (theirs, Some(proxy.attach_twin_socket(ours).expect("twin")))
+        (Some(ours), Some(theirs))
     } else {
-        (server.try_clone().expect("clone"), None)
+        (None, None)
     };
-    // Our client serves the requests on its event loop's thread: the client side.
-    let event_loop = support::placement().client(|| {
-        EventLoop::spawn(ConnectionSubscriber::new(subscriber, twin_subscriber)).expect("loop")
+    let answer = std::thread::spawn(move || {
+        answer_version(&server, ours.as_ref());
+        server
     });
+    // Our client serves the requests on its event loop's thread: the client side.
+    let conn = support::placement()
+        .client(|| Connection::connect(client, &ConnectOptions::default()).expect("connect"));
+    let server = answer.join().expect("VERSION answer");
+    let dma_socket = match theirs {
+        Some(theirs) => theirs,
+        None => server.try_clone().expect("clone"),
+    };
     let mem = Arc::new(guest(4 << 20, None));
     mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
         .expect("fill");
@@ -186,7 +215,7 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         max_dma_maps: 16,
         max_data_xfer_size: 1 << 20,
     };
-    let mapper = DmaMapper::with_limits(proxy.clone(), limits, mem);
+    let mapper = DmaMapper::with_limits(&conn, limits, mem);
     std::thread::scope(|s| {
         let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
         answer_map(&server);
@@ -203,8 +232,8 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         c.benchmark_group(format!("dma_read_{label}"))
             .bench_function(id, |b| b.iter(|| requester.round_trip()));
     });
-    proxy.shutdown();
-    drop(event_loop);
+    drop(mapper);
+    drop(conn);
 }
 
 fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {

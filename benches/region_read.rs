@@ -68,7 +68,6 @@ fn with_ours(f: impl FnOnce(&mut dyn FnMut() -> [u8; 4])) {
 
     let mut read = || {
         let reply = conn
-            .proxy()
             .request(Command::RegionRead, &payload, &[])
             .expect("REGION_READ");
         let (_, data) = RegionAccess::decode_with_data(&reply.payload).expect("reply");

@@ -20,7 +20,7 @@ fn read_config(conn: &Connection, offset: u64, count: u32) -> Result<Vec<u8>, Bo
         count,
     }
     .encode_into(&mut payload);
-    let reply = conn.proxy().request(Command::RegionRead, &payload, &[])?;
+    let reply = conn.request(Command::RegionRead, &payload, &[])?;
     let (head, data) = RegionAccess::decode_with_data(&reply.payload)?;
     if head.count != count {
         return Err(format!("server returned {} bytes, asked for {count}", head.count).into());
@@ -54,9 +54,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
-    let reply = conn
-        .proxy()
-        .request(Command::DeviceGetInfo, &payload, &[])?;
+    let reply = conn.request(Command::DeviceGetInfo, &payload, &[])?;
     let info = DeviceInfo::decode(&reply.payload)?;
     println!(
         "device: {} regions, {} IRQ indexes, {}{}",
@@ -76,9 +74,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     payload.clear();
     RegionInfo::request(PCI_CONFIG_REGION, 32).encode_into(&mut payload);
-    let reply = conn
-        .proxy()
-        .request(Command::DeviceGetRegionInfo, &payload, &[])?;
+    let reply = conn.request(Command::DeviceGetRegionInfo, &payload, &[])?;
     let config = RegionInfo::decode(&reply.payload)?;
     let ids = read_config(&conn, 0, 4)?;
     let class = read_config(&conn, 8, 4)?;

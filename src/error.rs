@@ -4,15 +4,15 @@
 //! The crate-level error (one variant per layer, each carrying that layer's own error) and
 //! [`ConnectionCause`], the one home of the questions every error of the crate answers.
 //!
-//! The layers' errors nest one way only: the connection's error ([`proxy::Error`]) and the
+//! The layers' errors nest one way only: the connection's error ([`connection::Error`]) and the
 //! negotiation's ([`NegotiateError`]) wrap nothing of the crate; the device's, the DMA
 //! layer's and the PCI layer's wrap those below them; [`Error`] wraps them all.
 
+use crate::connection;
 use crate::device;
 use crate::dma::{self, DmaFailure};
 use crate::negotiate::NegotiateError;
 use crate::pci;
-use crate::proxy;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ use crate::proxy;
 pub enum Error {
     /// The connection failed: connect, socket I/O, timeout, disconnect, or an error reply.
     #[error(transparent)]
-    Proxy(#[from] proxy::Error),
+    Connection(#[from] connection::Error),
     /// The server's VERSION reply was not acceptable.
     #[error("version negotiation failed: {0}")]
     Negotiate(#[from] NegotiateError),
@@ -38,47 +38,48 @@ pub enum Error {
 /// What an error of this crate says about the connection: the server's errno, and whether
 /// the connection is gone.
 ///
-/// Both are answered once, by the connection errors ([`proxy::Error`]) the error carries:
+/// Both are answered once, by the connection errors ([`connection::Error`]) the error carries:
 /// an error refused locally carries none, a failed DMA transaction one per failed
 /// operation. Implemented by every error of the crate that can carry one.
 pub trait ConnectionCause {
     /// The connection errors behind this error, in the order they happened.
-    fn connection_errors(&self) -> impl Iterator<Item = &proxy::Error>;
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error>;
 
     /// The server's errno, when the server answered with an error reply (the first such
     /// reply, when several operations failed).
     fn server_errno(&self) -> Option<u32> {
         self.connection_errors()
-            .find_map(proxy::Error::server_errno)
+            .find_map(connection::Error::server_errno)
     }
 
     /// Whether the connection is gone (a new connection is needed to go on).
     fn is_disconnected(&self) -> bool {
-        self.connection_errors().any(proxy::Error::is_disconnected)
+        self.connection_errors()
+            .any(connection::Error::is_disconnected)
     }
 }
 
 /// The connection errors an error carries, as at most one error of its own and the failures
 /// of a DMA transaction: the shape every error of the crate fits, without boxing.
-pub(crate) type Causes<'a> = (Option<&'a proxy::Error>, &'a [DmaFailure]);
+pub(crate) type Causes<'a> = (Option<&'a connection::Error>, &'a [DmaFailure]);
 
 /// Iterates over [`Causes`].
 pub(crate) fn iter_causes<'a>(
     (own, failures): Causes<'a>,
-) -> impl Iterator<Item = &'a proxy::Error> {
+) -> impl Iterator<Item = &'a connection::Error> {
     own.into_iter().chain(failures.iter().map(|f| &f.error))
 }
 
-impl ConnectionCause for proxy::Error {
-    fn connection_errors(&self) -> impl Iterator<Item = &proxy::Error> {
+impl ConnectionCause for connection::Error {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
         std::iter::once(self)
     }
 }
 
 impl ConnectionCause for Error {
-    fn connection_errors(&self) -> impl Iterator<Item = &proxy::Error> {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
         let causes: Causes<'_> = match self {
-            Error::Proxy(e) => (Some(e), &[]),
+            Error::Connection(e) => (Some(e), &[]),
             Error::Negotiate(_) => (None, &[]),
             Error::Device(e) => (e.connection_error(), &[]),
             Error::Pci(e) => e.causes(),
@@ -91,7 +92,7 @@ impl ConnectionCause for Error {
 impl PartialEq for Error {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Error::Proxy(a), Error::Proxy(b)) => a == b,
+            (Error::Connection(a), Error::Connection(b)) => a == b,
             (Error::Negotiate(a), Error::Negotiate(b)) => a == b,
             (Error::Dma(a), Error::Dma(b)) => a == b,
             _ => false,
@@ -107,11 +108,11 @@ mod tests {
 
     #[test]
     fn errno_and_disconnect_through_every_layer() {
-        let refused = proxy::Error::Server {
+        let refused = connection::Error::Server {
             command: Command::DmaMap,
             errno: 22,
         };
-        let gone = proxy::Error::Disconnected(proxy::DisconnectReason::PeerClosed);
+        let gone = connection::Error::Disconnected(connection::DisconnectReason::PeerClosed);
         let op = DmaOp::Map {
             iova: 0,
             size: 0x1000,
@@ -119,7 +120,7 @@ mod tests {
         let e = Error::from(NegotiateError::ZeroPgsizes);
         assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
         assert_eq!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
-        let e = Error::from(proxy::Error::TooManyPending);
+        let e = Error::from(connection::Error::TooManyPending);
         assert_eq!((e.server_errno(), e.is_disconnected()), (None, false));
         assert_ne!(e, Error::Negotiate(NegotiateError::ZeroPgsizes));
         let e = Error::from(dma::Error::Batch {
@@ -140,11 +141,11 @@ mod tests {
 
     #[test]
     fn every_layer_answers_from_the_connection_errors_it_carries() {
-        let refused = || proxy::Error::Server {
+        let refused = || connection::Error::Server {
             command: Command::DeviceReset,
             errno: 5,
         };
-        let gone = || proxy::Error::Disconnected(proxy::DisconnectReason::PeerClosed);
+        let gone = || connection::Error::Disconnected(connection::DisconnectReason::PeerClosed);
         let device = device::Error::Request {
             command: Command::DeviceReset,
             index: None,

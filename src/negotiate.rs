@@ -60,6 +60,20 @@ pub struct TwinSocket {
     pub fd_index: Option<u32>,
 }
 
+/// What a VERSION reply says about twin-socket mode ([`Capabilities::twin_socket_grant`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwinSocketGrant {
+    /// Not granted: the reply has no `twin_socket` capability, or `supported` is false.
+    NotGranted,
+    /// Granted: the second socket is the reply's fd at `fd_index`.
+    Granted {
+        /// Index of the second socket among the reply's fds.
+        fd_index: u32,
+    },
+    /// Granted without an `fd_index`: there is no second socket to use.
+    GrantedWithoutFd,
+}
+
 /// What we advertise in the VERSION request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {
@@ -177,10 +191,20 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
-    /// `Some(fd_index)` when the server granted twin-socket mode. A grant we did not ask for
-    /// is ignored by the handshake.
-    pub fn twin_socket_granted(&self) -> Option<Option<u32>> {
-        self.twin_socket.filter(|t| t.supported).map(|t| t.fd_index)
+    /// Whether the server granted twin-socket mode, and which of the reply's fds is the
+    /// second socket. A grant we did not ask for is ignored by the handshake.
+    pub fn twin_socket_grant(&self) -> TwinSocketGrant {
+        match self.twin_socket {
+            Some(TwinSocket {
+                supported: true,
+                fd_index: Some(fd_index),
+            }) => TwinSocketGrant::Granted { fd_index },
+            Some(TwinSocket {
+                supported: true,
+                fd_index: None,
+            }) => TwinSocketGrant::GrantedWithoutFd,
+            _ => TwinSocketGrant::NotGranted,
+        }
     }
 
     /// The smallest DMA page size the server supports: the lowest bit set in `pgsizes`.
@@ -620,6 +644,10 @@ mod tests {
                 fd_index: Some(0)
             })
         );
+        assert_eq!(
+            c.twin_socket_grant(),
+            TwinSocketGrant::Granted { fd_index: 0 }
+        );
         let c = caps_of(r#"{"capabilities":{"twin_socket":{"supported":false}}}"#).unwrap();
         assert_eq!(
             c.twin_socket,
@@ -627,6 +655,13 @@ mod tests {
                 supported: false,
                 fd_index: None
             })
+        );
+        assert_eq!(c.twin_socket_grant(), TwinSocketGrant::NotGranted);
+        let c = caps_of(r#"{"capabilities":{"twin_socket":{"supported":true}}}"#).unwrap();
+        assert_eq!(c.twin_socket_grant(), TwinSocketGrant::GrantedWithoutFd);
+        assert_eq!(
+            Capabilities::default().twin_socket_grant(),
+            TwinSocketGrant::NotGranted
         );
     }
 

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use common::Peer;
+use vfio_user_client::connection::{self, DisconnectReason};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{Command, Header, Version};
-use vfio_user_client::proxy::{self, DisconnectReason};
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 
 fn sock_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vuc-connect-{}", std::process::id()));
@@ -36,18 +36,22 @@ fn quick() -> ConnectOptions {
 
 /// Runs `script` as the server for one connection over a socketpair and returns what the
 /// client made of it.
-fn against(script: impl FnOnce(Peer) + Send + 'static) -> Result<Connection, Error> {
+fn against(script: impl FnOnce(RawEndpoint) + Send + 'static) -> Result<Connection, Error> {
     let (a, b) = UnixStream::pair().unwrap();
-    let t = thread::spawn(move || script(Peer { sock: b }));
-    let r = Connection::from_stream(a, &quick());
+    let t = thread::spawn(move || script(common::peer(b)));
+    let r = Connection::connect(a, &quick());
     t.join().unwrap();
     r
 }
 
-fn version_reply(major: u16, minor: u16, json: Option<&[u8]>) -> impl FnOnce(Peer) + Send {
+fn version_reply(major: u16, minor: u16, json: Option<&[u8]>) -> impl FnOnce(RawEndpoint) + Send {
     let json = json.map(<[u8]>::to_vec);
-    move |mut peer: Peer| {
-        let (h, body, fds) = peer.read_msg().unwrap();
+    move |mut peer: RawEndpoint| {
+        let RawMsg {
+            header: h,
+            payload: body,
+            fds,
+        } = peer.recv().unwrap();
         assert_eq!(h.command, Command::Version as u16);
         assert!(fds.is_empty());
         let offer = Version::decode(&body).unwrap();
@@ -66,7 +70,7 @@ fn version_reply(major: u16, minor: u16, json: Option<&[u8]>) -> impl FnOnce(Pee
             payload.extend_from_slice(&j);
         }
         // The reply stays readable after the socket closes: the client reads it before EOF.
-        peer.reply(&h, &payload);
+        peer.reply(&h, &payload, &[]).unwrap();
     }
 }
 
@@ -95,8 +99,9 @@ fn absent_json_takes_spec_defaults() {
 #[test]
 fn refused_version_carries_errno() {
     let e = against(|mut peer| {
-        let (h, _, _) = peer.read_msg().unwrap();
-        peer.send(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[]);
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
+        peer.send_message(&Header::error_reply(&h, libc::EINVAL as u32), &[], &[])
+            .unwrap();
     })
     .unwrap_err();
     assert_eq!(e.server_errno(), Some(libc::EINVAL as u32));
@@ -146,7 +151,7 @@ fn missing_socket_is_a_connect_error() {
     let p = sock_path("nobody-here");
     let e = Connection::connect(&p, &quick()).unwrap_err();
     assert!(
-        matches!(e, Error::Proxy(proxy::Error::Connect { .. })),
+        matches!(e, Error::Connection(connection::Error::Connect { .. })),
         "{e}"
     );
     assert!(e.to_string().contains("nobody-here"), "{e}");
@@ -157,18 +162,29 @@ fn full_backlog_times_out_instead_of_hanging() {
     let p = sock_path("busy");
     let _listener = UnixListener::bind(&p).unwrap();
     // Nobody accepts: connections pile up in the backlog until one has to wait.
-    let mut held = Vec::new();
+    // Each connection that gets in waits for its VERSION reply no time at all, and closes;
+    // it keeps its place in the backlog until accepted.
+    let fill = ConnectOptions {
+        connect_timeout: Duration::from_millis(20),
+        handshake_timeout: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let mut queued = 0;
     let timeout = loop {
-        match proxy::socket::connect_with_timeout(&p, Duration::from_millis(20)) {
-            Ok(s) => held.push(s),
-            Err(e) => break e,
+        match Connection::connect(&p, &fill).unwrap_err() {
+            Error::Connection(connection::Error::Connect { source, .. }) => break source,
+            e => assert!(
+                matches!(e, Error::Connection(connection::Error::Timeout { .. })),
+                "{e}"
+            ),
         }
-        assert!(held.len() < 10_000, "backlog never filled");
+        queued += 1;
+        assert!(queued < 10_000, "backlog never filled");
     };
     assert_eq!(timeout.kind(), std::io::ErrorKind::TimedOut);
     let e = Connection::connect(&p, &quick()).unwrap_err();
     assert!(
-        matches!(e, Error::Proxy(proxy::Error::Connect { .. })),
+        matches!(e, Error::Connection(connection::Error::Connect { .. })),
         "{e}"
     );
 }
@@ -181,7 +197,7 @@ fn silent_server_hits_the_handshake_deadline() {
     assert!(
         matches!(
             e,
-            Error::Proxy(proxy::Error::Timeout {
+            Error::Connection(connection::Error::Timeout {
                 command: Command::Version,
                 ..
             })
@@ -193,12 +209,14 @@ fn silent_server_hits_the_handshake_deadline() {
 #[test]
 fn server_closing_during_handshake_is_a_disconnect() {
     let e = against(|mut peer| {
-        peer.read_msg().unwrap();
+        peer.recv().unwrap();
     })
     .unwrap_err();
     assert!(e.is_disconnected(), "{e}");
     assert_eq!(
         e,
-        Error::Proxy(proxy::Error::Disconnected(DisconnectReason::PeerClosed))
+        Error::Connection(connection::Error::Disconnected(
+            DisconnectReason::PeerClosed
+        ))
     );
 }

@@ -39,7 +39,7 @@ fn setup_with(gpio: GpioConfig, config: ServerConfig, options: &DeviceOptions) -
     let probe = server.probe();
     let (client, server_end) = UnixStream::pair().unwrap();
     let running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
     let dev = VfioUserDevice::new(conn, options).unwrap();
     Setup {
         dev,
@@ -531,7 +531,7 @@ fn a_device_without_io_fds_says_not_supported() {
     let server = Server::new(ServerConfig::default(), Box::new(device));
     let (client, server_end) = UnixStream::pair().unwrap();
     let _running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default()).unwrap();
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
     let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap();
     let e = dev.region_io_fds(0).unwrap_err();
     assert!(
@@ -660,7 +660,6 @@ fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
     assert!(dev.connection().twin_socket());
     let (tx, rx) = std::sync::mpsc::channel();
     dev.connection()
-        .proxy()
         .on_disconnect(move |reason| tx.send(reason.clone()).unwrap());
     for _ in 0..100 {
         dev.read(BAR0, GpioDevice::REG_ID, &mut [0u8; 4]).unwrap();
@@ -668,7 +667,7 @@ fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
     // Nobody waits for anything when the server goes.
     server.stop();
     rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
-    assert!(!dev.connection().proxy().is_connected());
+    assert!(!dev.connection().is_connected());
     assert!(dev
         .read(BAR0, 0, &mut [0u8; 4])
         .unwrap_err()

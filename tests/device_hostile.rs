@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::thread::{self, JoinHandle};
 
-use common::Peer;
 use vfio_bindings::bindings::vfio::{
     vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
     VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
@@ -24,6 +23,7 @@ use vfio_user_client::protocol::{
 };
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -42,9 +42,10 @@ enum Answer {
     Default,
 }
 
-/// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes with
-/// 4 vectors each, 32 KiB per message (so that 64 KiB transfers are pipelined), memory
-/// behind every region (shared by all), reads and writes honoured.
+/// The default device: `regions` regions of 64 KiB (READ|WRITE), 3 IRQ indexes (INTx
+/// with 1 vector, MSI and MSI-X with 4 each), 32 KiB per message (so that 64 KiB
+/// transfers are pipelined), memory behind every region (shared by all), reads and writes
+/// honoured.
 struct Script<F> {
     regions: u32,
     memory: Vec<u8>,
@@ -90,7 +91,7 @@ where
                     argsz: 16,
                     flags: 1,
                     index: rq.index,
-                    count: 4,
+                    count: if rq.index == 0 { 1 } else { 4 },
                 }
                 .encode_into(&mut out)
             }
@@ -111,8 +112,13 @@ where
         Answer::Reply(out, Vec::new())
     }
 
-    fn run(mut self, mut peer: Peer) {
-        while let Some((h, body, _fds)) = peer.read_msg() {
+    fn run(mut self, mut peer: RawEndpoint) {
+        while let Ok(RawMsg {
+            header: h,
+            payload: body,
+            fds: _fds,
+        }) = peer.recv()
+        {
             let answer = match (self.hook)(&h, &body) {
                 Answer::Default => self.default_answer(&h, &body),
                 a => a,
@@ -123,11 +129,11 @@ where
             match answer {
                 Answer::Reply(payload, fds) => {
                     let rh = Header::reply(&h, payload.len()).unwrap();
-                    peer.send(&rh, &payload, &fds);
+                    peer.send_message(&rh, &payload, &fds).unwrap();
                 }
                 Answer::Error(errno) => {
                     let rh = Header::error_reply(&h, errno);
-                    peer.send(&rh, &[], &[]);
+                    peer.send_message(&rh, &[], &[]).unwrap();
                 }
                 Answer::Close => return,
                 Answer::Default => unreachable!(),
@@ -147,8 +153,8 @@ where
         memory: vec![0; REGION_SIZE as usize],
         hook,
     };
-    let t = thread::spawn(move || script.run(Peer { sock: server }));
-    let dev = Connection::from_stream(client, &ConnectOptions::default())
+    let t = thread::spawn(move || script.run(common::peer(server)));
+    let dev = Connection::connect(client, &ConnectOptions::default())
         .and_then(|c| VfioUserDevice::new(c, &DeviceOptions::default()).map_err(Error::from));
     (dev, t)
 }
@@ -742,7 +748,7 @@ fn a_region_without_sparse_caps_is_mapped_whole() {
     });
     let dev = dev.unwrap();
     assert_eq!(dev.flags(), VFIO_DEVICE_FLAGS_PCI);
-    assert!(dev.connection().proxy().is_connected());
+    assert!(dev.connection().is_connected());
     let r = dev.region(0).unwrap();
     assert_eq!(r.index(), 0);
     assert_eq!(r.region_type(), Some((3, 1)));

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::thread;
 
 use common::{read_u32, write_region};
+use vfio_user_client::connection;
 use vfio_user_client::dma::{Access, DmaMapper, DmaOp, Error as DmaError, MappingKind};
-use vfio_user_client::proxy;
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memfd, memory, pattern, region, shared};
@@ -44,7 +44,7 @@ fn connect(config: ServerConfig, options: &ConnectOptions) -> Env {
     let probe = server.probe();
     let (client, server_end) = UnixStream::pair().unwrap();
     let running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, options).unwrap();
+    let conn = Connection::connect(client, options).unwrap();
     Env {
         conn,
         probe,
@@ -62,7 +62,7 @@ fn options(twin: bool, max_data_xfer_size: u32) -> ConnectOptions {
 
 /// Programs the engine and rings its doorbell; the doorbell write returns after the copy.
 fn engine_copy(conn: &Connection, source: u64, destination: u64, length: u64) {
-    let p = conn.proxy();
+    let p = conn;
     write_region(p, 0, DmaEngine::REG_SOURCE, &source.to_ne_bytes()).unwrap();
     write_region(p, 0, DmaEngine::REG_DESTINATION, &destination.to_ne_bytes()).unwrap();
     write_region(p, 0, DmaEngine::REG_LENGTH, &length.to_ne_bytes()).unwrap();
@@ -438,7 +438,7 @@ fn every_failure_of_a_batch_is_reported_and_the_table_follows_the_server() {
     assert_eq!(e.failures().len(), 1);
     assert!(matches!(
         &e,
-        DmaError::Failed(f) if f.error == proxy::Error::Server {
+        DmaError::Failed(f) if f.error == connection::Error::Server {
             command: vfio_user_client::protocol::Command::DmaMap,
             errno: EINVAL
         }
@@ -603,7 +603,7 @@ fn server_dma_while_four_threads_read(twin: bool) {
             .map(|_| {
                 s.spawn(move || {
                     for _ in 0..READS {
-                        assert_eq!(read_u32(conn.proxy(), PCI_CONFIG_REGION, 0), id);
+                        assert_eq!(read_u32(conn, PCI_CONFIG_REGION, 0), id);
                     }
                 })
             })
@@ -657,5 +657,5 @@ fn a_lost_server_fails_the_transaction_and_the_twin_socket_goes_too() {
     assert!(crate_error.is_disconnected(), "{crate_error}");
     // The refused map left the table as it was.
     assert_eq!(mapper.len(), 1);
-    assert!(!conn.proxy().is_connected());
+    assert!(!conn.is_connected());
 }

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Peer;
 use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{
-    Command, DmaAccess, DmaMap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
+    Command, DmaAccess, DmaMap, DmaUnmap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
 };
-use vfio_user_client::{ConnectOptions, Connection, Error};
+use vfio_user_client::{connection, ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -51,16 +51,20 @@ fn guest() -> GuestMemoryMmap {
 }
 
 /// Answers every DMA_MAP / DMA_UNMAP `n` times with success, returning what came.
-fn accept(peer: &mut Peer, n: usize) -> Vec<(Header, Vec<u8>)> {
+fn accept(peer: &mut RawEndpoint, n: usize) -> Vec<(Header, Vec<u8>)> {
     (0..n)
         .map(|_| {
-            let (h, body, _) = peer.read_msg().unwrap();
+            let RawMsg {
+                header: h,
+                payload: body,
+                ..
+            } = peer.recv().unwrap();
             let reply = if h.command == Command::DmaUnmap as u16 {
                 body.clone()
             } else {
                 Vec::new()
             };
-            peer.reply(&h, &reply);
+            peer.reply(&h, &reply, &[]).unwrap();
             (h, body)
         })
         .collect()
@@ -68,9 +72,8 @@ fn accept(peer: &mut Peer, n: usize) -> Vec<(Header, Vec<u8>)> {
 
 struct Setup<AS> {
     mapper: DmaMapper<AS>,
-    proxy: vfio_user_client::proxy::Proxy,
-    peer: Peer,
-    _lp: vfio_user_client::proxy::EventLoop,
+    conn: Connection,
+    peer: RawEndpoint,
 }
 
 fn setup<AS>(memory: AS) -> Setup<AS>
@@ -84,9 +87,9 @@ fn setup_with<AS>(memory: AS, max_data_xfer_size: u64) -> Setup<AS>
 where
     AS: GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
 {
-    let (proxy, lp, mut peer) = common::pair();
+    let (conn, mut peer) = common::pair();
     let mapper = DmaMapper::with_limits(
-        proxy.clone(),
+        &conn,
         DmaLimits {
             page_size: 4096,
             max_dma_maps: 100,
@@ -115,25 +118,24 @@ where
             (B, 0x4_0000, 3)
         ]
     );
-    Setup {
-        mapper,
-        proxy,
-        peer,
-        _lp: lp,
-    }
+    Setup { mapper, conn, peer }
 }
 
 /// Sends a DMA request and returns the reply's header and payload.
-fn dma(peer: &mut Peer, command: Command, payload: &[u8]) -> (Header, Vec<u8>) {
+fn dma(peer: &mut RawEndpoint, command: Command, payload: &[u8]) -> (Header, Vec<u8>) {
     let h = Header::command(0x4242, command, payload.len(), false).unwrap();
-    peer.send(&h, payload, &[]);
-    let (reply, body, fds) = peer.read_msg().unwrap();
+    peer.send_message(&h, payload, &[]).unwrap();
+    let RawMsg {
+        header: reply,
+        payload: body,
+        fds,
+    } = peer.recv().unwrap();
     assert!(fds.is_empty());
     assert_eq!((reply.id, reply.command), (0x4242, command as u16));
     (reply, body)
 }
 
-fn dma_read(peer: &mut Peer, address: u64, count: u64) -> Result<Vec<u8>, u32> {
+fn dma_read(peer: &mut RawEndpoint, address: u64, count: u64) -> Result<Vec<u8>, u32> {
     let mut p = Vec::new();
     DmaAccess { address, count }.encode_into(&mut p);
     let (h, body) = dma(peer, Command::DmaRead, &p);
@@ -151,7 +153,7 @@ fn dma_read(peer: &mut Peer, address: u64, count: u64) -> Result<Vec<u8>, u32> {
     Ok(data.to_vec())
 }
 
-fn dma_write(peer: &mut Peer, address: u64, data: &[u8]) -> Result<(), u32> {
+fn dma_write(peer: &mut RawEndpoint, address: u64, data: &[u8]) -> Result<(), u32> {
     let mut p = Vec::new();
     let head = DmaAccess {
         address,
@@ -248,8 +250,8 @@ fn bad_requests_get_the_right_errno_and_leave_memory_alone() {
     }
     .encode_into(&mut req);
     let h = Header::command(9, Command::DmaRead, req.len(), false).unwrap();
-    p.send(&h, &req, &[efd.as_raw_fd()]);
-    let (reply, _, _) = p.read_msg().unwrap();
+    p.send_message(&h, &req, &[efd.as_raw_fd()]).unwrap();
+    let RawMsg { header: reply, .. } = p.recv().unwrap();
     assert_eq!((reply.id, reply.error), (9, EINVAL));
     // Not a request the client serves.
     assert_eq!(dma(p, Command::RegionRead, &[0; 16]).0.error, ENOSYS);
@@ -284,15 +286,58 @@ fn memory_that_went_away_is_not_touched() {
 }
 
 #[test]
+fn malformed_unmap_replies_are_errors() {
+    let mem = Arc::new(guest());
+    let mut s = setup(mem);
+    // Empty, one byte short of the entry, and the entry of another window.
+    let echo = |address: u64| {
+        let mut p = Vec::new();
+        DmaUnmap::new(address, 0x10_0000).encode_into(&mut p);
+        p
+    };
+    let short = echo(A)[..DmaUnmap::SIZE - 1].to_vec();
+    for reply in [Vec::new(), short, echo(A + 0x10_0000)] {
+        thread::scope(|sc| {
+            let t = sc.spawn(|| s.mapper.unmap(A, 0x10_0000));
+            let RawMsg { header: h, .. } = s.peer.recv().unwrap();
+            assert_eq!(h.command, Command::DmaUnmap as u16);
+            s.peer.reply(&h, &reply, &[]).unwrap();
+            let e = t.join().unwrap().unwrap_err();
+            let error = &e.failures()[0].error;
+            assert!(
+                matches!(
+                    error,
+                    connection::Error::BadReply {
+                        command: Command::DmaUnmap,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        });
+        // The window stays, as after a refusal: the server's state is unknown.
+        assert_eq!(s.mapper.len(), 4);
+    }
+    // A reply that echoes the window is a success.
+    thread::scope(|sc| {
+        let t = sc.spawn(|| s.mapper.unmap(A, 0x10_0000));
+        accept(&mut s.peer, 1);
+        t.join().unwrap().unwrap();
+    });
+    assert_eq!(s.mapper.len(), 3);
+}
+
+#[test]
 fn refused_unmaps_keep_their_mapping() {
     let mem = Arc::new(guest());
     let mut s = setup(mem);
     thread::scope(|sc| {
         let t = sc.spawn(|| s.mapper.unmap(A, 0x10_0000));
-        let (h, _, _) = s.peer.read_msg().unwrap();
+        let RawMsg { header: h, .. } = s.peer.recv().unwrap();
         assert_eq!(h.command, Command::DmaUnmap as u16);
         s.peer
-            .send(&Header::error_reply(&h, libc::EBUSY as u32), &[], &[]);
+            .send_message(&Header::error_reply(&h, libc::EBUSY as u32), &[], &[])
+            .unwrap();
         let e = t.join().unwrap().unwrap_err();
         assert_eq!(
             e.failures()[0].error.server_errno(),
@@ -309,7 +354,7 @@ fn a_server_request_is_answered_while_a_caller_waits() {
     let mem = Arc::new(guest());
     let mut s = setup(Arc::clone(&mem));
     mem.write_slice(&[0xab; 16], GuestAddress(A)).unwrap();
-    let proxy = s.proxy.clone();
+    let conn = &s.conn;
     thread::scope(|sc| {
         let caller = sc.spawn(move || {
             let mut p = Vec::new();
@@ -319,11 +364,11 @@ fn a_server_request_is_answered_while_a_caller_waits() {
                 count: 4,
             }
             .encode_into(&mut p);
-            proxy.request(Command::RegionRead, &p, &[]).unwrap()
+            conn.request(Command::RegionRead, &p, &[]).unwrap()
         });
         // As libvfio-user without a twin socket: a DMA_READ before the reply, and the reply
         // only once the DMA_READ was answered.
-        let (rq, _, _) = s.peer.read_msg().unwrap();
+        let RawMsg { header: rq, .. } = s.peer.recv().unwrap();
         assert_eq!(rq.command, Command::RegionRead as u16);
         assert_eq!(dma_read(&mut s.peer, A, 16), Ok(vec![0xab; 16]));
         let mut reply = Vec::new();
@@ -333,7 +378,7 @@ fn a_server_request_is_answered_while_a_caller_waits() {
             count: 4,
         }
         .encode_with_data(&[1, 2, 3, 4], &mut reply);
-        s.peer.reply(&rq, &reply);
+        s.peer.reply(&rq, &reply, &[]).unwrap();
         let got = caller.join().unwrap();
         assert_eq!(got.payload[16..], [1, 2, 3, 4]);
     });
@@ -345,17 +390,17 @@ fn a_server_request_is_answered_while_a_caller_waits() {
 
 const MIB: u64 = 1 << 20;
 
-fn dma_read_request(peer: &mut Peer, id: u16, address: u64, count: u64) {
+fn dma_read_request(peer: &mut RawEndpoint, id: u16, address: u64, count: u64) {
     let mut p = Vec::new();
     DmaAccess { address, count }.encode_into(&mut p);
     let h = Header::command(id, Command::DmaRead, p.len(), false).unwrap();
-    peer.send(&h, &p, &[]);
+    peer.send_message(&h, &p, &[]).unwrap();
 }
 
 /// Reads a DMA_READ reply's header, then its body `chunk` bytes at a time with `pause`
 /// between reads (a server slow to drain its socket), and checks it against `expect`.
 fn read_dma_reply_slowly(
-    peer: &mut Peer,
+    peer: &mut RawEndpoint,
     id: u16,
     address: u64,
     expect: &[u8],
@@ -363,7 +408,7 @@ fn read_dma_reply_slowly(
     pause: Duration,
 ) {
     let mut hdr = [0u8; HEADER_SIZE];
-    peer.sock.read_exact(&mut hdr).unwrap();
+    peer.socket().read_exact(&mut hdr).unwrap();
     let h = Header::from_bytes(&hdr);
     assert!(!h.is_error(), "{h}");
     assert_eq!((h.id, h.command), (id, Command::DmaRead as u16));
@@ -371,7 +416,7 @@ fn read_dma_reply_slowly(
     let mut body = vec![0u8; h.payload_len()];
     for part in body.chunks_mut(chunk) {
         thread::sleep(pause);
-        peer.sock.read_exact(part).unwrap();
+        peer.socket().read_exact(part).unwrap();
     }
     let (head, data) = DmaAccess::decode_with_data(&body).unwrap();
     let count = expect.len() as u64;
@@ -390,13 +435,13 @@ fn region_write_payload(marker: u8, len: usize) -> Vec<u8> {
     p
 }
 
-fn wait_for_queued(proxy: &vfio_user_client::proxy::Proxy, n: usize) {
+fn wait_for_queued(conn: &Connection, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.queued_messages() != n {
+    while conn.queued_messages() != n {
         assert!(
             Instant::now() < deadline,
             "{} queued",
-            proxy.queued_messages()
+            conn.queued_messages()
         );
         thread::sleep(Duration::from_millis(1));
     }
@@ -419,21 +464,27 @@ fn a_1mib_dma_read_on_the_main_socket_is_served_while_the_server_drains_slowly()
         64 << 10,
         Duration::from_millis(1),
     );
-    wait_for_queued(&s.proxy, 0);
+    wait_for_queued(&s.conn, 0);
 
     // Not read at all for longer than that wait: the rest of the reply is queued (still
     // unbuffered) and a message posted meanwhile goes behind it.
     dma_read_request(&mut s.peer, 2, RW, MIB);
-    wait_for_queued(&s.proxy, 1);
+    wait_for_queued(&s.conn, 1);
     let posted = region_write_payload(0x77, 100);
-    s.proxy.post(Command::RegionWrite, &posted, &[]).unwrap();
-    assert_eq!(s.proxy.queued_messages(), 2);
+    s.conn
+        .send_no_reply(Command::RegionWrite, &posted, &[])
+        .unwrap();
+    assert_eq!(s.conn.queued_messages(), 2);
     read_dma_reply_slowly(&mut s.peer, 2, RW, &data, 256 << 10, Duration::ZERO);
-    let (h, body, _) = s.peer.read_msg().unwrap();
+    let RawMsg {
+        header: h,
+        payload: body,
+        ..
+    } = s.peer.recv().unwrap();
     assert_eq!(h.command, Command::RegionWrite as u16);
     assert!(h.no_reply());
     assert_eq!(body, posted);
-    wait_for_queued(&s.proxy, 0);
+    wait_for_queued(&s.conn, 0);
 
     // Guest memory changed since is what the next reply carries.
     let data = pattern(MIB as usize - 4096, 10);
@@ -442,7 +493,7 @@ fn a_1mib_dma_read_on_the_main_socket_is_served_while_the_server_drains_slowly()
         dma_read(&mut s.peer, RW + 4096, data.len() as u64),
         Ok(data)
     );
-    assert!(s.proxy.is_connected());
+    assert!(s.conn.is_connected());
 }
 
 #[test]
@@ -453,13 +504,13 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
     let mut s = setup_with(Arc::clone(&mem), MIB);
     let data = pattern(MIB as usize, 11);
     mem.write_slice(&data, GuestAddress(RW)).unwrap();
-    let proxy = s.proxy.clone();
+    let conn = &s.conn;
     thread::scope(|sc| {
         let caller = sc.spawn(move || {
             for i in 0..CALLS {
                 if i % 3 == 0 {
                     let p = region_write_payload(i as u8, 4096);
-                    proxy.post(Command::RegionWrite, &p, &[]).unwrap();
+                    conn.send_no_reply(Command::RegionWrite, &p, &[]).unwrap();
                 }
                 let mut p = Vec::new();
                 RegionAccess {
@@ -468,7 +519,7 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
                     count: 4,
                 }
                 .encode_into(&mut p);
-                let r = proxy.request(Command::RegionRead, &p, &[]).unwrap();
+                let r = conn.request(Command::RegionRead, &p, &[]).unwrap();
                 assert_eq!(r.payload[16..], i.to_le_bytes());
             }
         });
@@ -483,7 +534,11 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
                 dma_read_request(&mut s.peer, id, RW + off, MIB - off);
                 outstanding = Some((id, off));
             }
-            let (h, body, _) = s.peer.read_msg().unwrap();
+            let RawMsg {
+                header: h,
+                payload: body,
+                ..
+            } = s.peer.recv().unwrap();
             if h.message_type() == Some(MessageType::Reply) {
                 let (id, off) = outstanding.take().expect("an unexpected reply");
                 assert_eq!((h.id, h.command, h.error), (id, Command::DmaRead as u16, 0));
@@ -502,15 +557,15 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
                 assert_eq!(i, answered, "caller requests in order");
                 let mut reply = Vec::new();
                 RegionAccess { count: 4, ..rq }.encode_with_data(&i.to_le_bytes(), &mut reply);
-                s.peer.reply(&h, &reply);
+                s.peer.reply(&h, &reply, &[]).unwrap();
                 answered += 1;
             }
         }
         caller.join().unwrap();
         assert_eq!(posted, CALLS.div_ceil(3));
     });
-    assert!(s.proxy.is_connected());
-    wait_for_queued(&s.proxy, 0);
+    assert!(s.conn.is_connected());
+    wait_for_queued(&s.conn, 0);
 }
 
 #[test]
@@ -521,21 +576,25 @@ fn a_dma_read_reply_goes_behind_messages_already_queued() {
     mem.write_slice(&data, GuestAddress(A)).unwrap();
     // The server reads nothing until our send queue holds messages.
     let mut posted = Vec::new();
-    while s.proxy.queued_messages() < 3 {
+    while s.conn.queued_messages() < 3 {
         let p = region_write_payload(posted.len() as u8, 64 << 10);
-        s.proxy.post(Command::RegionWrite, &p, &[]).unwrap();
+        s.conn.send_no_reply(Command::RegionWrite, &p, &[]).unwrap();
         posted.push(p);
     }
-    let queued = s.proxy.queued_messages();
+    let queued = s.conn.queued_messages();
     dma_read_request(&mut s.peer, 0x55, A, data.len() as u64);
-    wait_for_queued(&s.proxy, queued + 1);
+    wait_for_queued(&s.conn, queued + 1);
     for p in &posted {
-        let (h, body, _) = s.peer.read_msg().unwrap();
+        let RawMsg {
+            header: h,
+            payload: body,
+            ..
+        } = s.peer.recv().unwrap();
         assert_eq!(h.command, Command::RegionWrite as u16);
         assert!(body == *p, "posted messages in order, whole");
     }
     read_dma_reply_slowly(&mut s.peer, 0x55, A, &data, 64 << 10, Duration::ZERO);
-    wait_for_queued(&s.proxy, 0);
+    wait_for_queued(&s.conn, 0);
     // Served at once again when nothing is queued.
     assert_eq!(dma_read(&mut s.peer, A, 4096), Ok(data[..4096].to_vec()));
 }
@@ -548,11 +607,15 @@ fn a_dma_read_reply_goes_behind_messages_already_queued() {
 fn handshake_with(
     json: serde_json::Value,
     fds: Vec<std::os::fd::OwnedFd>,
-) -> (Result<Connection, Error>, Peer) {
+) -> (Result<Connection, Error>, RawEndpoint) {
     let (client, server) = UnixStream::pair().unwrap();
-    let mut peer = Peer { sock: server };
-    let t = thread::spawn(move || Connection::from_stream(client, &ConnectOptions::default()));
-    let (h, body, _) = peer.read_msg().unwrap();
+    let mut peer = common::peer(server);
+    let t = thread::spawn(move || Connection::connect(client, &ConnectOptions::default()));
+    let RawMsg {
+        header: h,
+        payload: body,
+        ..
+    } = peer.recv().unwrap();
     let offer = Version::decode(&body).unwrap();
     let offered: serde_json::Value = serde_json::from_str(offer.json.as_deref().unwrap()).unwrap();
     assert_eq!(offered["capabilities"]["twin_socket"]["supported"], true);
@@ -564,7 +627,8 @@ fn handshake_with(
     }
     .encode_into(&mut payload);
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    peer.send(&Header::reply(&h, payload.len()).unwrap(), &payload, &raw);
+    peer.send_message(&Header::reply(&h, payload.len()).unwrap(), &payload, &raw)
+        .unwrap();
     (t.join().unwrap(), peer)
 }
 
@@ -624,7 +688,7 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
     );
     let conn = conn.unwrap();
     assert!(conn.twin_socket());
-    let mut twin = Peer { sock: theirs };
+    let mut twin = common::peer(theirs);
     let mem = Arc::new(memory(vec![anon(0, 0x10_0000)]));
     mem.write_slice(&[0x5a; 8], GuestAddress(0x100)).unwrap();
     let big = pattern(512 << 10, 8);
@@ -660,14 +724,19 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
             count: big.len() as u64,
         }
         .encode_into(&mut p);
-        twin.send(
+        twin.send_message(
             &Header::command(id, Command::DmaRead, p.len(), false).unwrap(),
             &p,
             &[],
-        );
+        )
+        .unwrap();
     }
     for id in 0..3u16 {
-        let (h, body, _) = twin.read_msg().unwrap();
+        let RawMsg {
+            header: h,
+            payload: body,
+            ..
+        } = twin.recv().unwrap();
         assert_eq!((h.id, h.is_error()), (id, false));
         assert_eq!(&body[16..], &big[..]);
     }
@@ -681,13 +750,13 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
     .encode_into(&mut p);
     let h = Header::command(3, Command::DmaRead, p.len(), false).unwrap();
     let efd = EventFd::new(0).unwrap();
-    twin.send(&h, &p, &[efd.as_raw_fd()]);
-    assert_eq!(twin.read_msg().unwrap().0.error, EINVAL);
+    twin.send_message(&h, &p, &[efd.as_raw_fd()]).unwrap();
+    assert_eq!(twin.recv().unwrap().header.error, EINVAL);
     // The main socket saw none of it.
-    main.sock.set_nonblocking(true).unwrap();
+    main.socket().set_nonblocking(true).unwrap();
     let mut probe = [0u8; 1];
     assert_eq!(
-        std::io::Read::read(&mut main.sock, &mut probe)
+        std::io::Read::read(&mut main.socket(), &mut probe)
             .unwrap_err()
             .kind(),
         std::io::ErrorKind::WouldBlock
@@ -695,10 +764,10 @@ fn requests_on_the_twin_socket_are_answered_there_and_its_loss_ends_the_connecti
     // The server closing the twin socket fails the connection.
     let lost = Arc::new(EventFd::new(0).unwrap());
     let l2 = Arc::clone(&lost);
-    conn.proxy().on_disconnect(move |_| {
+    conn.on_disconnect(move |_| {
         l2.write(1).unwrap();
     });
     drop(twin);
     lost.read().unwrap();
-    assert!(!conn.proxy().is_connected());
+    assert!(!conn.is_connected());
 }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use common::Peer;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vfio_user_client::connection::ServerRequestHandler;
 use vfio_user_client::protocol::{Command, Header, RegionAccess};
-use vfio_user_client::proxy::{Proxy, ProxyConfig, ServerRequestHandler};
-use vfio_user_client::{ConnectOptions, Connection};
+use vfio_user_client::{ConnectOptions, Connection, ConnectionSubscriber};
+use vfio_user_sample_server::wire::RawMsg;
 use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -66,8 +66,7 @@ fn vmm_event_manager_drains_posted_writes() {
             count: 4,
         }
         .encode_with_data(&i.to_le_bytes(), &mut payload);
-        conn.proxy()
-            .post(Command::RegionWrite, &payload, &[])
+        conn.send_no_reply(Command::RegionWrite, &payload, &[])
             .unwrap();
     }
     // A WAIT request after the posted writes: the server answers it only after them all.
@@ -78,12 +77,10 @@ fn vmm_event_manager_drains_posted_writes() {
         count: 4,
     }
     .encode_into(&mut payload);
-    conn.proxy()
-        .request(Command::RegionRead, &payload, &[])
-        .unwrap();
+    conn.request(Command::RegionRead, &payload, &[]).unwrap();
     assert_eq!(gpio.sequence_writes(), u64::from(N));
     assert_eq!(gpio.sequence_errors(), 0);
-    assert_eq!(conn.proxy().queued_messages(), 0);
+    assert_eq!(conn.queued_messages(), 0);
 
     drop(conn);
     quit.write(1).unwrap();
@@ -107,9 +104,7 @@ impl ServerRequestHandler for Echo {
 }
 
 /// The VMM's event manager, on a thread of its own, with `subscriber` and a way to stop.
-fn vmm_loop(
-    subscriber: vfio_user_client::proxy::ProxySubscriber,
-) -> (Arc<EventFd>, thread::JoinHandle<()>) {
+fn vmm_loop(subscriber: ConnectionSubscriber) -> (Arc<EventFd>, thread::JoinHandle<()>) {
     let quit = Arc::new(EventFd::new(0).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
@@ -126,21 +121,31 @@ fn vmm_loop(
 #[test]
 fn vmm_event_manager_serves_server_requests_between_caller_reads() {
     let (a, b) = UnixStream::pair().unwrap();
-    let (proxy, subscriber) = Proxy::from_stream(a, ProxyConfig::default()).unwrap();
-    proxy.set_request_handler(Some(Arc::new(Echo)));
+    let mut peer = common::peer(b);
+    let answer = thread::spawn(move || {
+        common::answer_version(&mut peer, &serde_json::json!({}), &[]);
+        peer
+    });
+    let (conn, subscriber) =
+        Connection::connect_with_subscriber(a, &ConnectOptions::default()).unwrap();
+    let mut peer = answer.join().unwrap();
+    conn.set_request_handler(Some(Arc::new(Echo)));
     let (quit, vmm) = vmm_loop(subscriber);
-    let mut peer = Peer { sock: b };
     for round in 0..3u16 {
         // Callers read their own replies...
         let echo = thread::spawn(move || {
             for _ in 0..100 {
-                let (h, body, _) = peer.read_msg().unwrap();
-                peer.reply(&h, &body);
+                let RawMsg {
+                    header: h,
+                    payload: body,
+                    ..
+                } = peer.recv().unwrap();
+                peer.reply(&h, &body, &[]).unwrap();
             }
             peer
         });
         for i in 0..100u32 {
-            let r = proxy
+            let r = conn
                 .request(Command::RegionRead, &i.to_ne_bytes(), &[])
                 .unwrap();
             assert_eq!(r.payload, i.to_ne_bytes());
@@ -148,11 +153,15 @@ fn vmm_event_manager_serves_server_requests_between_caller_reads() {
         peer = echo.join().unwrap();
         // ...and while nobody waits, the VMM's event manager serves the server.
         let h = Header::command(round, Command::DmaRead, 4, false).unwrap();
-        peer.send(&h, b"data", &[]);
-        let (r, body, _) = peer.read_msg().unwrap();
+        peer.send_message(&h, b"data", &[]).unwrap();
+        let RawMsg {
+            header: r,
+            payload: body,
+            ..
+        } = peer.recv().unwrap();
         assert_eq!((r.id, body.as_slice()), (round, &b"data"[..]));
     }
-    drop(proxy);
+    drop(conn);
     quit.write(1).unwrap();
     vmm.join().unwrap();
 }

@@ -12,6 +12,7 @@ use std::thread;
 
 use common::*;
 use vfio_user_client::protocol::Command;
+use vfio_user_sample_server::test_support::script::echo_forever;
 
 /// Times the event loop threads went to sleep (each wake-up ends in one).
 fn event_loop_sleeps() -> u64 {
@@ -34,13 +35,13 @@ fn event_loop_sleeps() -> u64 {
 #[test]
 fn replies_read_by_callers_do_not_wake_the_event_loop() {
     const N: u32 = 2000;
-    let (proxy, _lp, peer) = pair();
-    let t = thread::spawn(move || peer.echo_forever());
+    let (conn, peer) = pair();
+    let t = thread::spawn(move || echo_forever(peer));
     // The loop's start-up (registration, first kick) is behind us after one round trip.
-    proxy.request(Command::RegionRead, b"warm", &[]).unwrap();
+    conn.request(Command::RegionRead, b"warm", &[]).unwrap();
     let before = event_loop_sleeps();
     for i in 0..N {
-        let r = proxy
+        let r = conn
             .request(Command::RegionRead, &i.to_ne_bytes(), &[])
             .unwrap();
         assert_eq!(r.payload, i.to_ne_bytes());
@@ -51,6 +52,6 @@ fn replies_read_by_callers_do_not_wake_the_event_loop() {
         woken <= 20,
         "the event loop was woken {woken} times for {N} replies"
     );
-    proxy.shutdown();
+    conn.shutdown();
     t.join().unwrap();
 }

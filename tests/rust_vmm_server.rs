@@ -19,14 +19,15 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
+use vfio_user_client::connection;
 use vfio_user_client::device::{Error as DeviceError, IrqAction};
 use vfio_user_client::negotiate::MigrationCaps;
 use vfio_user_client::protocol::{
     Command, DeviceInfo, IrqInfo as IrqInfoPayload, RegionAccess, RegionInfo, SetIrqs,
 };
-use vfio_user_client::proxy::{self, Proxy};
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
+use vfio_user_sample_server::test_support::guest::host_page_size;
 use vfio_user_sample_server::test_support::rust_vmm::{
     RustVmmServer, State, CONFIG, CONFIG_SIZE, DEVICE_ID, ID, MSIX_VECTORS, NUM_IRQS, NUM_REGIONS,
     RAM, RAM_SIZE, REGS, REGS_SIZE, REG_ID, REG_OUTPUT, VENDOR_ID,
@@ -48,8 +49,8 @@ impl Running {
         Running { conn, server }
     }
 
-    fn proxy(&self) -> &Proxy {
-        self.conn.proxy()
+    fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -62,12 +63,6 @@ impl Running {
         drop(conn);
         server.finish().unwrap();
     }
-}
-
-fn host_page_size() -> u64 {
-    // SAFETY: sysconf takes no pointers and only reads a system constant.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).unwrap()
 }
 
 #[test]
@@ -91,7 +86,7 @@ fn negotiation_takes_the_servers_limits() {
     // Its max_msg_fds bounds what we send.
     let a = EventFd::new(EFD_NONBLOCK).unwrap();
     let e = s
-        .proxy()
+        .conn()
         .request(
             Command::DeviceSetIrqs,
             &[0; 20],
@@ -101,7 +96,7 @@ fn negotiation_takes_the_servers_limits() {
     assert!(
         matches!(
             e,
-            proxy::Error::TooManyFds {
+            connection::Error::TooManyFds {
                 count: 2,
                 limit: 1,
                 ..
@@ -115,7 +110,7 @@ fn negotiation_takes_the_servers_limits() {
 #[test]
 fn device_region_and_irq_info_decode() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
     let reply = p.request(Command::DeviceGetInfo, &payload, &[]).unwrap();
@@ -153,7 +148,7 @@ fn device_region_and_irq_info_decode() {
     assert_eq!(
         p.request(Command::DeviceGetRegionInfo, &payload, &[])
             .unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::DeviceGetRegionInfo,
             errno: EINVAL
         }
@@ -180,7 +175,7 @@ fn device_region_and_irq_info_decode() {
     assert_eq!(
         p.request(Command::DeviceGetIrqInfo, &payload, &[])
             .unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::DeviceGetIrqInfo,
             errno: EINVAL
         }
@@ -191,7 +186,7 @@ fn device_region_and_irq_info_decode() {
 #[test]
 fn region_reads_and_writes_round_trip() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     // Config space: vendor and device ids.
     let ids = read_region(p, CONFIG, 0, 4).unwrap();
     assert_eq!(u16::from_le_bytes([ids[0], ids[1]]), VENDOR_ID);
@@ -232,7 +227,8 @@ fn region_reads_and_writes_round_trip() {
             count: 4,
         }
         .encode_with_data(&i.to_ne_bytes(), &mut payload);
-        p.post(Command::RegionWrite, &payload, &[]).unwrap();
+        p.send_no_reply(Command::RegionWrite, &payload, &[])
+            .unwrap();
     }
     assert_eq!(read_u32(p, REGS, REG_OUTPUT), 999);
     s.finish();
@@ -241,9 +237,9 @@ fn region_reads_and_writes_round_trip() {
 #[test]
 fn failed_accesses_are_server_errors() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     // The backend's error becomes errno 0 ("no reason given") in this server...
-    let no_reason = |command| proxy::Error::Server { command, errno: 0 };
+    let no_reason = |command| connection::Error::Server { command, errno: 0 };
     assert_eq!(
         read_region(p, RAM, RAM_SIZE - 2, 4).unwrap_err(),
         no_reason(Command::RegionRead)
@@ -261,7 +257,7 @@ fn failed_accesses_are_server_errors() {
     let e = read_region(p, NUM_REGIONS, 0, 4).unwrap_err();
     assert_eq!(
         e,
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::RegionRead,
             errno: EINVAL
         }
@@ -277,7 +273,7 @@ fn failed_accesses_are_server_errors() {
 #[test]
 fn irq_eventfd_and_reset() {
     let s = Running::start();
-    let p = s.proxy();
+    let p = s.conn();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut payload = Vec::new();
     SetIrqs::new(

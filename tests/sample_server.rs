@@ -10,7 +10,7 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::Duration;
 
@@ -20,11 +20,13 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_DATA_EVENTFD,
 };
+use vfio_user_client::connection::{self, DisconnectReason};
 use vfio_user_client::negotiate::{MigrationCaps, NegotiateError, TwinSocket};
 use vfio_user_client::protocol::{Command, DeviceInfo, RegionAccess, SetIrqs};
-use vfio_user_client::proxy::{self, DisconnectReason, Proxy};
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{Capabilities, ConnectOptions, Connection, Error};
+use vfio_user_sample_server::test_support::guest::pattern;
+use vfio_user_sample_server::test_support::pci::open_fds;
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, GpioHandle, Probe, Quirks, Server, ServerConfig, ServerHandle,
     VersionPayload, IRQ_MSIX,
@@ -61,7 +63,7 @@ fn pair(config: ServerConfig) -> (Result<Connection, Error>, ServerHandle, GpioH
     let probe = server.probe();
     let (client, server_end) = UnixStream::pair().unwrap();
     let running = server.serve_stream(server_end);
-    let conn = Connection::from_stream(client, &ConnectOptions::default());
+    let conn = Connection::connect(client, &ConnectOptions::default());
     (conn, running, handle, probe)
 }
 
@@ -82,7 +84,7 @@ fn connect(server: &ServerHandle) -> Connection {
 fn negotiate(config: ServerConfig) -> Result<Capabilities, Error> {
     let (conn, _server, _gpio, _probe) = pair(config);
     let conn = conn?;
-    let info = device_info(conn.proxy());
+    let info = device_info(&conn);
     assert_eq!(info.num_regions, 9);
     Ok(*conn.capabilities())
 }
@@ -97,7 +99,7 @@ fn with_caps(extra: Value) -> ServerConfig {
     }
 }
 
-fn device_info(p: &Proxy) -> DeviceInfo {
+fn device_info(p: &Connection) -> DeviceInfo {
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
     let reply = p.request(Command::DeviceGetInfo, &payload, &[]).unwrap();
@@ -113,16 +115,6 @@ fn region_write_payload(region: u32, offset: u64, data: &[u8]) -> Vec<u8> {
     }
     .encode_with_data(data, &mut payload);
     payload
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
-        .collect()
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -159,7 +151,7 @@ fn default_libvfio_user_like_reply() {
     assert_eq!((client.major, client.minor), (0, 0));
     assert_eq!(client.max_msg_fds, 16);
     assert_eq!(client.max_data_xfer_size, 1 << 20);
-    let info = device_info(conn.proxy());
+    let info = device_info(&conn);
     assert_eq!(info.flags, VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET);
     assert_eq!((info.num_regions, info.num_irqs), (9, 5));
 }
@@ -268,13 +260,12 @@ fn clamped_max_msg_fds_still_bounds_what_we_send() {
         .collect();
     let raw: Vec<i32> = efds.iter().map(AsRawFd::as_raw_fd).collect();
     let e = conn
-        .proxy()
         .request(Command::DeviceSetIrqs, &[0; 20], &raw)
         .unwrap_err();
     assert!(
         matches!(
             e,
-            proxy::Error::TooManyFds {
+            connection::Error::TooManyFds {
                 count: 17,
                 limit: 16,
                 ..
@@ -344,7 +335,7 @@ fn twin_socket_granted_but_not_offered_is_ignored() {
     let _running = server.serve_stream(server_end);
     let mut options = ConnectOptions::default();
     options.offer.twin_socket = false;
-    let conn = Connection::from_stream(client, &options).unwrap();
+    let conn = Connection::connect(client, &options).unwrap();
     assert_eq!(
         conn.capabilities().twin_socket,
         Some(TwinSocket {
@@ -354,7 +345,7 @@ fn twin_socket_granted_but_not_offered_is_ignored() {
     );
     assert!(!conn.twin_socket());
     // The one socket still carries requests and replies.
-    assert_eq!(device_info(conn.proxy()).num_regions, 9);
+    assert_eq!(device_info(&conn).num_regions, 9);
 }
 
 fn negotiate_error(config: ServerConfig) -> NegotiateError {
@@ -495,7 +486,7 @@ fn major_one_server_refuses_our_version() {
     .unwrap_err();
     assert_eq!(
         e,
-        Error::Proxy(proxy::Error::Server {
+        Error::Connection(connection::Error::Server {
             command: Command::Version,
             errno: EINVAL
         })
@@ -513,7 +504,7 @@ fn server_max_msg_fds_limits_what_we_send() {
         });
         let conn = conn.unwrap();
         assert_eq!(conn.capabilities().max_msg_fds, 1);
-        let p = conn.proxy();
+        let p = &conn;
         let a = EventFd::new(EFD_NONBLOCK).unwrap();
         let b = EventFd::new(EFD_NONBLOCK).unwrap();
 
@@ -538,7 +529,7 @@ fn server_max_msg_fds_limits_what_we_send() {
         assert!(
             matches!(
                 e,
-                proxy::Error::TooManyFds {
+                connection::Error::TooManyFds {
                     command: Command::DeviceSetIrqs,
                     count: 2,
                     limit: 1
@@ -576,7 +567,7 @@ fn server_max_data_xfer_size_limits_what_we_send() {
         ..ServerConfig::default()
     });
     let conn = conn.unwrap();
-    let p = conn.proxy();
+    let p = &conn;
     // At the server's limit: fine.
     let data = pattern(4096, 7);
     write_region(p, SCRATCH, 0, &data).unwrap();
@@ -585,7 +576,7 @@ fn server_max_data_xfer_size_limits_what_we_send() {
     // Above it the server refuses...
     assert_eq!(
         read_region(p, SCRATCH, 0, 4097).unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::RegionRead,
             errno: EINVAL
         }
@@ -600,7 +591,7 @@ fn server_max_data_xfer_size_limits_what_we_send() {
         )
         .unwrap_err();
     assert!(
-        matches!(e, proxy::Error::MessageTooLarge { limit, .. } if limit == 4096 + (64 << 10)),
+        matches!(e, connection::Error::MessageTooLarge { limit, .. } if limit == 4096 + (64 << 10)),
         "{e:?}"
     );
     assert!(p.is_connected());
@@ -616,7 +607,7 @@ fn scratch_round_trips_of_every_size() {
     let _g = shared();
     let (server, gpio, _probe) = listening(ServerConfig::default());
     let conn = connect(&server);
-    let p = conn.proxy();
+    let p = &conn;
     let max = conn.capabilities().max_data_xfer_size as usize;
     assert_eq!(max, 1 << 20);
     let scratch_size = 4usize << 20;
@@ -642,7 +633,7 @@ fn registers_and_config_space() {
     let _g = shared();
     let (conn, _server, gpio, _probe) = pair(ServerConfig::default());
     let conn = conn.unwrap();
-    let p = conn.proxy();
+    let p = &conn;
     assert_eq!(read_u32(p, BAR0, GpioDevice::REG_ID), GpioDevice::ID);
     gpio.set_input(0xa5a5_0f0f);
     assert_eq!(read_u32(p, BAR0, GpioDevice::REG_INPUT), 0xa5a5_0f0f);
@@ -665,11 +656,11 @@ fn too_large_accesses_are_refused_and_the_stream_stays_in_step() {
     let _g = shared();
     let (conn, _server, gpio, _probe) = pair(ServerConfig::default());
     let conn = conn.unwrap();
-    let p = conn.proxy();
+    let p = &conn;
     let max = 1usize << 20;
     assert_eq!(
         read_region(p, SCRATCH, 0, max as u32 + 1).unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::RegionRead,
             errno: EINVAL
         }
@@ -678,7 +669,7 @@ fn too_large_accesses_are_refused_and_the_stream_stays_in_step() {
     let data = pattern(max + 1, 3);
     assert_eq!(
         write_region(p, SCRATCH, 0, &data).unwrap_err(),
-        proxy::Error::Server {
+        connection::Error::Server {
             command: Command::RegionWrite,
             errno: EINVAL
         }
@@ -697,10 +688,11 @@ fn too_large_accesses_are_refused_and_the_stream_stays_in_step() {
 
 const SEQUENCE_POSTS: u32 = 100_000;
 
-fn post_sequence(p: &Proxy, from: u32, to: u32) {
+fn post_sequence(p: &Connection, from: u32, to: u32) {
     for v in from..=to {
         let payload = region_write_payload(BAR0, GpioDevice::REG_SEQUENCE, &v.to_ne_bytes());
-        p.post(Command::RegionWrite, &payload, &[]).unwrap();
+        p.send_no_reply(Command::RegionWrite, &payload, &[])
+            .unwrap();
     }
 }
 
@@ -709,7 +701,7 @@ fn hundred_thousand_posted_writes_arrive_in_order() {
     let _g = shared();
     let (server, gpio, _probe) = listening(ServerConfig::default());
     let conn = connect(&server);
-    let p = conn.proxy();
+    let p = &conn;
     post_sequence(p, 1, SEQUENCE_POSTS);
     // One WAIT request: the server handles commands in order, so every write came first.
     assert_eq!(read_u32(p, BAR0, GpioDevice::REG_SEQUENCE), SEQUENCE_POSTS);
@@ -723,10 +715,10 @@ fn hundred_thousand_posted_writes_arrive_in_order() {
 fn eight_threads_ten_thousand_wait_requests_each() {
     let _g = shared();
     let (server, gpio, _probe) = listening(ServerConfig::default());
-    let conn = connect(&server);
+    let conn = Arc::new(connect(&server));
     let workers: Vec<_> = (0..8u64)
         .map(|w| {
-            let p = conn.proxy().clone();
+            let p = Arc::clone(&conn);
             thread::spawn(move || {
                 let offset = w * 4096 + w;
                 for i in 0..10_000u64 {
@@ -752,8 +744,8 @@ fn eight_threads_ten_thousand_wait_requests_each() {
 // Error replies
 // ---------------------------------------------------------------------------------------
 
-fn assert_error_replies(p: &Proxy) {
-    let einval = |command| proxy::Error::Server {
+fn assert_error_replies(p: &Connection) {
+    let einval = |command| connection::Error::Server {
         command,
         errno: EINVAL,
     };
@@ -795,8 +787,8 @@ fn error_replies_carry_the_errno() {
     let _g = shared();
     let (conn, _server, _gpio, _probe) = pair(ServerConfig::default());
     let conn = conn.unwrap();
-    assert_error_replies(conn.proxy());
-    let e: Error = read_region(conn.proxy(), 5, 0, 4).unwrap_err().into();
+    assert_error_replies(&conn);
+    let e: Error = read_region(&conn, 5, 0, 4).unwrap_err().into();
     assert_eq!(e.server_errno(), Some(EINVAL));
     assert!(!e.is_disconnected());
 }
@@ -812,7 +804,7 @@ fn legacy_error_replies_typed_as_commands_are_still_errors() {
         ..ServerConfig::default()
     });
     let conn = conn.unwrap();
-    assert_error_replies(conn.proxy());
+    assert_error_replies(&conn);
 }
 
 #[test]
@@ -826,7 +818,7 @@ fn replies_to_posted_writes_are_drained() {
         ..ServerConfig::default()
     });
     let conn = conn.unwrap();
-    let p = conn.proxy();
+    let p = &conn;
     post_sequence(p, 1, 1000);
     assert_eq!(read_u32(p, BAR0, GpioDevice::REG_SEQUENCE), 1000);
     assert_eq!(read_u32(p, BAR0, GpioDevice::REG_SEQUENCE_WRITES), 1000);
@@ -852,7 +844,7 @@ fn replies_to_wrapped_post_ids_do_not_complete_waiters() {
         ..ServerConfig::default()
     });
     let conn = conn.unwrap();
-    let p = conn.proxy();
+    let p = &conn;
     post_sequence(p, 1, SEQUENCE_POSTS);
     assert_eq!(read_u32(p, BAR0, GpioDevice::REG_SEQUENCE), SEQUENCE_POSTS);
     assert_eq!(gpio.sequence_writes(), u64::from(SEQUENCE_POSTS));
@@ -873,7 +865,7 @@ fn silent_server_times_out_per_call() {
         ..ServerConfig::default()
     });
     let conn = conn.unwrap();
-    let p = conn.proxy();
+    let p = &conn;
     let mut payload = Vec::new();
     DeviceInfo::request().encode_into(&mut payload);
     let timeout = Duration::from_millis(100);
@@ -883,7 +875,7 @@ fn silent_server_times_out_per_call() {
     assert!(
         matches!(
             e,
-            proxy::Error::Timeout {
+            connection::Error::Timeout {
                 command: Command::DeviceGetInfo,
                 after,
                 ..
@@ -906,15 +898,15 @@ fn server_stop_fails_every_waiter_with_disconnected() {
         },
         ..ServerConfig::default()
     });
-    let conn = connect(&server);
+    let conn = Arc::new(connect(&server));
     let (reason_tx, reason_rx) = mpsc::channel();
-    conn.proxy().on_disconnect(move |r| {
+    conn.on_disconnect(move |r| {
         let _ = reason_tx.send(r.clone());
     });
     let (sent_tx, sent_rx) = mpsc::channel();
     let waiters: Vec<_> = (0..8u32)
         .map(|w| {
-            let p = conn.proxy().clone();
+            let p = Arc::clone(&conn);
             let sent = sent_tx.clone();
             thread::spawn(move || {
                 let mut payload = Vec::new();
@@ -924,9 +916,9 @@ fn server_stop_fails_every_waiter_with_disconnected() {
                     count: 8,
                 }
                 .encode_into(&mut payload);
-                let ticket = p.send_nowait(Command::RegionRead, &payload, &[]).unwrap();
+                let pending = p.send_request(Command::RegionRead, &payload, &[]).unwrap();
                 sent.send(()).unwrap();
-                p.wait(ticket)
+                p.wait(pending)
             })
         })
         .collect();
@@ -938,7 +930,7 @@ fn server_stop_fails_every_waiter_with_disconnected() {
         let e = w.join().unwrap().unwrap_err();
         assert_eq!(
             e,
-            proxy::Error::Disconnected(DisconnectReason::PeerClosed),
+            connection::Error::Disconnected(DisconnectReason::PeerClosed),
             "{e:?}"
         );
     }
@@ -946,11 +938,10 @@ fn server_stop_fails_every_waiter_with_disconnected() {
         reason_rx.recv_timeout(LONG).unwrap(),
         DisconnectReason::PeerClosed
     );
-    assert!(!conn.proxy().is_connected());
-    assert_eq!(conn.proxy().disconnect_event().read().unwrap(), 1);
+    assert!(!conn.is_connected());
+    assert_eq!(conn.disconnect_event().read().unwrap(), 1);
     // Later requests fail fast.
     let e = conn
-        .proxy()
         .request(Command::DeviceGetInfo, &[0; 16], &[])
         .unwrap_err();
     assert!(e.is_disconnected(), "{e:?}");
@@ -969,11 +960,10 @@ fn server_closing_after_version_is_noticed() {
     let conn = conn.unwrap();
     assert!(probe.wait_disconnects(1, LONG));
     let (tx, rx) = mpsc::channel();
-    conn.proxy().on_disconnect(move |r| {
+    conn.on_disconnect(move |r| {
         let _ = tx.send(r.clone());
     });
     let e = conn
-        .proxy()
         .request(
             Command::DeviceGetInfo,
             &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -994,9 +984,9 @@ fn reconnect_after_disconnect() {
     let _g = shared();
     let (server, gpio, probe) = listening(ServerConfig::default());
     let conn = connect(&server);
-    write_region(conn.proxy(), SCRATCH, 64, b"persists").unwrap();
-    post_sequence(conn.proxy(), 1, 3);
-    assert_eq!(read_u32(conn.proxy(), BAR0, GpioDevice::REG_SEQUENCE), 3);
+    write_region(&conn, SCRATCH, 64, b"persists").unwrap();
+    post_sequence(&conn, 1, 3);
+    assert_eq!(read_u32(&conn, BAR0, GpioDevice::REG_SEQUENCE), 3);
     drop(conn);
     assert!(probe.wait_disconnects(1, LONG));
     // The disconnect reset the registers, not the RAM.
@@ -1005,13 +995,10 @@ fn reconnect_after_disconnect() {
     let conn = connect(&server);
     assert_eq!(probe.connections(), 2);
     assert_eq!(conn.capabilities().max_msg_fds, 8);
-    assert_eq!(
-        read_region(conn.proxy(), SCRATCH, 64, 8).unwrap(),
-        b"persists"
-    );
+    assert_eq!(read_region(&conn, SCRATCH, 64, 8).unwrap(), b"persists");
     // The sequence starts over after the reset.
-    post_sequence(conn.proxy(), 1, 2);
-    assert_eq!(read_u32(conn.proxy(), BAR0, GpioDevice::REG_SEQUENCE), 2);
+    post_sequence(&conn, 1, 2);
+    assert_eq!(read_u32(&conn, BAR0, GpioDevice::REG_SEQUENCE), 2);
     assert_eq!(gpio.sequence_errors(), 0);
 }
 
@@ -1022,18 +1009,15 @@ fn no_fd_leak_over_fifty_connections() {
     // Counted while a negotiated connection is up: the server accepts a connection only
     // after it has cleaned up the previous one, so both counts see exactly one connection.
     let first = connect(&server);
-    assert_eq!(device_info(first.proxy()).num_regions, 9);
+    assert_eq!(device_info(&first).num_regions, 9);
     let before = open_fds();
     drop(first);
     for _ in 0..50 {
         let conn = connect(&server);
-        assert_eq!(
-            read_u32(conn.proxy(), BAR0, GpioDevice::REG_ID),
-            GpioDevice::ID
-        );
+        assert_eq!(read_u32(&conn, BAR0, GpioDevice::REG_ID), GpioDevice::ID);
     }
     let last = connect(&server);
-    assert_eq!(device_info(last.proxy()).num_regions, 9);
+    assert_eq!(device_info(&last).num_regions, 9);
     assert!(probe.wait_disconnects(51, LONG));
     assert_eq!(probe.connections(), 52);
     let after = open_fds();

@@ -71,5 +71,5 @@ pub fn negotiate_reply(data: &[u8]) {
         assert!(m.pgsize != 0 && m.pgsize % 4096 == 0);
         assert!(m.max_bitmap_size <= 256 << 20);
     }
-    let _ = caps.twin_socket_granted();
+    let _ = caps.twin_socket_grant();
 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use vfio_user_client::connection::ServerRequestHandler;
 use vfio_user_client::negotiate::Offer;
 use vfio_user_client::protocol::{Command, DmaAccess, Header, RegionAccess, Version};
-use vfio_user_client::proxy::ServerRequestHandler;
 use vfio_user_client::{ConnectOptions, Connection};
 use vfio_user_sample_server::wire::RawEndpoint;
 use vmm_sys_util::eventfd::EventFd;
@@ -161,10 +161,9 @@ pub fn recv_stream(data: &[u8]) {
         },
         busy_poll: Duration::ZERO,
     };
-    let conn = Connection::from_stream(client, &options).expect("VERSION exchange");
+    let conn = Connection::connect(client, &options).expect("VERSION exchange");
     assert_eq!(conn.twin_socket(), twin);
-    let proxy = conn.proxy();
-    proxy.set_request_handler(Some(Arc::new(Dma)));
+    conn.set_request_handler(Some(Arc::new(Dma)));
     let mut head = Vec::new();
     RegionAccess {
         offset: 0,
@@ -172,12 +171,12 @@ pub fn recv_stream(data: &[u8]) {
         count: 4,
     }
     .encode_into(&mut head);
-    let tickets: Vec<_> = (0..requests)
-        .map(|_| proxy.send_nowait(Command::RegionRead, &head, &[]))
+    let pending: Vec<_> = (0..requests)
+        .map(|_| conn.send_request(Command::RegionRead, &head, &[]))
         .collect();
     // The peer closes after its chunks: every request ends with a reply or an error.
-    for ticket in tickets.into_iter().flatten() {
-        if let Ok(reply) = proxy.wait(ticket) {
+    for request in pending.into_iter().flatten() {
+        if let Ok(reply) = conn.wait(request) {
             assert!(reply.payload.len() <= 1 << 20);
         }
     }

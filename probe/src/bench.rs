@@ -10,19 +10,21 @@
 //! that is not PCI config space) is not harmless.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+use vfio_user_client::connection::{self, Connection};
+use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::protocol::{
     Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
-use vfio_user_client::VfioUserDevice;
+use vfio_user_client::{ConnectionCause, VfioUserDevice};
 use vfio_user_sample_server::SharedMemory;
 
-use crate::error::ProbeError;
+use crate::error::{errno_text, ProbeError};
 use crate::pci::size_text;
 use crate::session;
 
@@ -90,6 +92,8 @@ pub struct Throughput {
 pub struct DmaRate {
     /// Windows mapped, then unmapped.
     pub windows: u32,
+    /// Windows asked for (more than `windows` when the server refused one).
+    pub requested: u32,
     /// Size of each window.
     pub window_size: u64,
     /// Whether the windows were backed by a memfd.
@@ -98,6 +102,20 @@ pub struct DmaRate {
     pub maps_per_s: f64,
     /// DMA_UNMAPs per second.
     pub unmaps_per_s: f64,
+    /// Why mapping stopped before `requested` windows: the limit the server hit.
+    pub stopped: Option<String>,
+}
+
+/// A figure the server refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The figure: `read_latency`, `write_latency`, `read_throughput`, `write_throughput`
+    /// or `dma`.
+    pub figure: &'static str,
+    /// The errno of the server's error reply.
+    pub errno: u32,
+    /// `refused by the server (Invalid argument (errno 22))`.
+    pub reason: String,
 }
 
 /// Everything `bench` reports. A measurement that could not be made is `None` and its
@@ -120,8 +138,84 @@ pub struct BenchReport {
     pub write_throughput: Option<Throughput>,
     /// DMA map/unmap.
     pub dma: Option<DmaRate>,
-    /// Why a measurement is missing.
+    /// The figures the server refused; the run went on to the next.
+    pub refused: Vec<Refusal>,
+    /// Why a measurement is missing otherwise.
     pub notes: Vec<String>,
+    /// Why the run stopped part way: the server closed the connection or stopped answering
+    /// (exit status 2).
+    pub lost: Option<String>,
+}
+
+/// One figure of the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Figure {
+    ReadLatency,
+    WriteLatency,
+    ReadThroughput,
+    WriteThroughput,
+    Dma,
+}
+
+impl Figure {
+    /// Its name in JSON.
+    fn id(self) -> &'static str {
+        match self {
+            Figure::ReadLatency => "read_latency",
+            Figure::WriteLatency => "write_latency",
+            Figure::ReadThroughput => "read_throughput",
+            Figure::WriteThroughput => "write_throughput",
+            Figure::Dma => "dma",
+        }
+    }
+
+    /// Its name in text.
+    fn label(self) -> &'static str {
+        match self {
+            Figure::ReadLatency => "4 B read latency",
+            Figure::WriteLatency => "4 B write latency",
+            Figure::ReadThroughput => "read throughput",
+            Figure::WriteThroughput => "write throughput",
+            Figure::Dma => "DMA map / unmap",
+        }
+    }
+}
+
+/// Why a figure's requests did not all succeed.
+#[derive(Debug)]
+enum Stop {
+    /// The server answered with an error reply.
+    Refused(u32),
+    /// The connection is gone, or a reply did not come in time.
+    Lost(String),
+    /// Anything else (a reply the library cannot use, a local error).
+    Other(String),
+}
+
+impl Stop {
+    fn of(e: &DeviceError) -> Stop {
+        if session::device_lost(e) {
+            Stop::Lost(e.to_string())
+        } else if let Some(errno) = e.server_errno() {
+            Stop::Refused(errno)
+        } else {
+            Stop::Other(e.to_string())
+        }
+    }
+
+    fn of_request(e: &connection::Error) -> Stop {
+        if session::request_lost(e) {
+            Stop::Lost(e.to_string())
+        } else if let Some(errno) = e.server_errno() {
+            Stop::Refused(errno)
+        } else {
+            Stop::Other(e.to_string())
+        }
+    }
+}
+
+fn refused_text(errno: u32) -> String {
+    format!("refused by the server ({})", errno_text(errno))
 }
 
 /// A progress bar on stderr, drawn only when asked for.
@@ -219,7 +313,9 @@ pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, ProbeErro
     Ok(measure(&device, path, options))
 }
 
-/// Measures on an open device.
+/// Measures on an open device. Each figure stands alone: one the server refuses is
+/// reported as such and the run goes on; a server that goes away ends the run
+/// ([`BenchReport::lost`]).
 pub fn measure(device: &VfioUserDevice, path: &Path, options: &BenchOptions) -> BenchReport {
     let mut report = BenchReport {
         socket: path.display().to_string(),
@@ -230,7 +326,9 @@ pub fn measure(device: &VfioUserDevice, path: &Path, options: &BenchOptions) -> 
         read_throughput: None,
         write_throughput: None,
         dma: None,
+        refused: Vec::new(),
         notes: Vec::new(),
+        lost: None,
     };
     let samples = options.samples.max(1);
     // Progress units: one per small request; a 1 MiB call takes about a hundred times as long.
@@ -248,94 +346,207 @@ pub fn measure(device: &VfioUserDevice, path: &Path, options: &BenchOptions) -> 
                 .map(|r| (r.size(), r.writable()))
                 .unwrap_or((0, false));
             report.region_size = size;
-            regions(
+            let region = Target {
                 device,
                 index,
                 size,
                 writable,
-                options,
-                &mut progress,
-                &mut report,
-            );
+            };
+            region.latencies(options, &mut progress, &mut report);
+            if report.lost.is_none() {
+                region.throughputs(options, &mut progress, &mut report);
+            }
         }
     }
-    dma(device, options, &mut progress, &mut report);
+    if report.lost.is_none() {
+        dma(device, options, &mut progress, &mut report);
+    }
     progress.finish();
     report
 }
 
-fn regions(
-    device: &VfioUserDevice,
+impl BenchReport {
+    /// Records why `figure` is missing; `false` when the run cannot go on.
+    fn stopped(&mut self, figure: Figure, stop: Stop) -> bool {
+        match stop {
+            Stop::Refused(errno) => {
+                self.refused.push(Refusal {
+                    figure: figure.id(),
+                    errno,
+                    reason: refused_text(errno),
+                });
+                true
+            }
+            Stop::Lost(why) => {
+                self.lost = Some(format!(
+                    "the server was lost during the {}: {why}",
+                    figure.label()
+                ));
+                false
+            }
+            Stop::Other(why) => {
+                self.notes
+                    .push(format!("{} not measured: {why}", figure.label()));
+                true
+            }
+        }
+    }
+}
+
+/// `n` timings of `op`, or its first failure.
+fn sample(
+    n: usize,
+    progress: &mut Progress,
+    what: &str,
+    mut op: impl FnMut() -> Result<(), DeviceError>,
+) -> Result<Vec<u64>, DeviceError> {
+    let mut ns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        op()?;
+        ns.push(t.elapsed().as_nanos() as u64);
+        progress.step(what, 1);
+    }
+    Ok(ns)
+}
+
+/// The time `calls` calls of `op` take, or its first failure.
+fn timed(
+    calls: u64,
+    progress: &mut Progress,
+    what: &str,
+    mut op: impl FnMut() -> Result<(), DeviceError>,
+) -> Result<Duration, DeviceError> {
+    let t = Instant::now();
+    for _ in 0..calls {
+        op()?;
+        progress.step(what, CALL_UNITS);
+    }
+    Ok(t.elapsed())
+}
+
+/// Bytes read back in 4-byte reads for the write throughput when the large reads fail:
+/// writes put back what was read, and never anything else.
+const FALLBACK_CHUNK: u64 = 4096;
+
+/// The region measured.
+struct Target<'a> {
+    device: &'a VfioUserDevice,
     index: u32,
     size: u64,
     writable: bool,
-    options: &BenchOptions,
-    progress: &mut Progress,
-    report: &mut BenchReport,
-) {
-    let samples = options.samples.max(1);
-    let mut value = [0u8; 4];
-    let mut ns = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        if let Err(e) = device.read(index, 0, &mut value) {
-            report.notes.push(format!("4-byte reads failed: {e}"));
-            return;
-        }
-        ns.push(t.elapsed().as_nanos() as u64);
-        progress.step("read latency", 1);
-    }
-    report.read_latency = latency(ns);
-    if writable {
-        let mut ns = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            let t = Instant::now();
-            if let Err(e) = device.write(index, 0, &value) {
-                report.notes.push(format!("4-byte writes failed: {e}"));
-                ns.clear();
-                break;
+}
+
+impl Target<'_> {
+    /// 4-byte read and write latency.
+    fn latencies(&self, options: &BenchOptions, progress: &mut Progress, report: &mut BenchReport) {
+        let samples = options.samples.max(1);
+        let (device, index) = (self.device, self.index);
+        let mut value = [0u8; 4];
+        let read = sample(samples, progress, "read latency", || {
+            device.read(index, 0, &mut value)
+        });
+        let have_value = match read {
+            Ok(ns) => {
+                report.read_latency = latency(ns);
+                true
             }
-            ns.push(t.elapsed().as_nanos() as u64);
-            progress.step("write latency", 1);
-        }
-        report.write_latency = latency(ns);
-    } else {
-        report.notes.push(format!(
-            "region {index} is not writable: no writes measured"
-        ));
-    }
-    let chunk = size.min(1 << 20);
-    if chunk < 4096 || options.bytes == 0 {
-        report.notes.push(format!(
-            "region {index} ({}) is too small for throughput",
-            size_text(size)
-        ));
-        return;
-    }
-    let mut buf = vec![0u8; chunk as usize];
-    let calls = options.bytes.div_ceil(chunk).max(1);
-    let t = Instant::now();
-    for _ in 0..calls {
-        if let Err(e) = device.read(index, 0, &mut buf) {
-            report.notes.push(format!("large reads failed: {e}"));
+            Err(e) if !report.stopped(Figure::ReadLatency, Stop::of(&e)) => return,
+            Err(_) => false,
+        };
+        if !self.writable {
+            report.notes.push(format!(
+                "region {index} is not writable: no writes measured"
+            ));
             return;
         }
-        progress.step("read throughput", CALL_UNITS);
-    }
-    report.read_throughput = Some(throughput(calls * chunk, chunk, t.elapsed()));
-    if !writable {
-        return;
-    }
-    let t = Instant::now();
-    for _ in 0..calls {
-        // Writes back what was just read: the region keeps its contents.
-        if let Err(e) = device.write(index, 0, &buf) {
-            report.notes.push(format!("large writes failed: {e}"));
+        if !have_value {
+            report.notes.push(
+                "4 B write latency not measured: the writes put back what a 4-byte read \
+                 returns, and the read failed"
+                    .into(),
+            );
             return;
         }
-        progress.step("write throughput", CALL_UNITS);
+        match sample(samples, progress, "write latency", || {
+            device.write(index, 0, &value)
+        }) {
+            Ok(ns) => report.write_latency = latency(ns),
+            Err(e) => {
+                report.stopped(Figure::WriteLatency, Stop::of(&e));
+            }
+        }
     }
-    report.write_throughput = Some(throughput(calls * chunk, chunk, t.elapsed()));
+
+    /// Large read and write throughput.
+    fn throughputs(
+        &self,
+        options: &BenchOptions,
+        progress: &mut Progress,
+        report: &mut BenchReport,
+    ) {
+        let (device, index) = (self.device, self.index);
+        let chunk = self.size.min(1 << 20);
+        if chunk < FALLBACK_CHUNK || options.bytes == 0 {
+            report.notes.push(format!(
+                "region {index} ({}) is too small for throughput",
+                size_text(self.size)
+            ));
+            return;
+        }
+        let mut buf = vec![0u8; chunk as usize];
+        let calls = options.bytes.div_ceil(chunk).max(1);
+        let read = timed(calls, progress, "read throughput", || {
+            device.read(index, 0, &mut buf)
+        });
+        let chunk = match read {
+            Ok(elapsed) => {
+                report.read_throughput = Some(throughput(calls * chunk, chunk, elapsed));
+                chunk
+            }
+            Err(e) if !report.stopped(Figure::ReadThroughput, Stop::of(&e)) => return,
+            Err(_) if !self.writable => return,
+            // The bytes to put back, in the small reads the server takes.
+            Err(_) => match self.read_in_words(&mut buf[..FALLBACK_CHUNK as usize]) {
+                Ok(()) => FALLBACK_CHUNK,
+                Err(e) if session::device_lost(&e) => {
+                    report.stopped(Figure::WriteThroughput, Stop::of(&e));
+                    return;
+                }
+                Err(e) => {
+                    report.notes.push(format!(
+                        "write throughput not measured: the writes put back what was read, \
+                         and reading {} in 4-byte reads failed: {e}",
+                        size_text(FALLBACK_CHUNK)
+                    ));
+                    return;
+                }
+            },
+        };
+        if !self.writable {
+            return;
+        }
+        let calls = options.bytes.div_ceil(chunk).max(1);
+        let data = &buf[..chunk as usize];
+        match timed(calls, progress, "write throughput", || {
+            device.write(index, 0, data)
+        }) {
+            Ok(elapsed) => {
+                report.write_throughput = Some(throughput(calls * chunk, chunk, elapsed));
+            }
+            Err(e) => {
+                report.stopped(Figure::WriteThroughput, Stop::of(&e));
+            }
+        }
+    }
+
+    /// Fills `buf` from offset 0 of the region in 4-byte reads.
+    fn read_in_words(&self, buf: &mut [u8]) -> Result<(), DeviceError> {
+        for (i, word) in buf.chunks_mut(4).enumerate() {
+            self.device.read(self.index, i as u64 * 4, word)?;
+        }
+        Ok(())
+    }
 }
 
 fn throughput(bytes: u64, chunk: u64, elapsed: Duration) -> Throughput {
@@ -348,14 +559,19 @@ fn throughput(bytes: u64, chunk: u64, elapsed: Duration) -> Throughput {
     }
 }
 
+fn per_second(n: u32, elapsed: Duration) -> f64 {
+    f64::from(n) / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// DMA_MAP and DMA_UNMAP of `options.dma_maps` windows (at most the negotiated
+/// `max_dma_maps`); a map the server refuses ends the mapping, and the rate is that of
+/// the maps that succeeded.
 fn dma(
     device: &VfioUserDevice,
     options: &BenchOptions,
     progress: &mut Progress,
     report: &mut BenchReport,
 ) {
-    const WINDOW: u64 = 4096;
-    const BASE: u64 = 1 << 40;
     let caps = device.capabilities();
     let windows = options.dma_maps.min(caps.max_dma_maps);
     if windows == 0 {
@@ -366,7 +582,7 @@ fn dma(
     }
     let with_fd = caps.max_msg_fds > 0;
     let memory = if with_fd {
-        match SharedMemory::new("vfio-user-probe-bench", u64::from(windows) * WINDOW) {
+        match SharedMemory::new("vfio-user-probe-bench", u64::from(windows) * DMA_WINDOW) {
             Ok(m) => Some(m),
             Err(e) => {
                 report
@@ -378,53 +594,91 @@ fn dma(
     } else {
         None
     };
-    let proxy = device.connection().proxy();
+    let conn = device.connection();
     let fds: Vec<_> = memory.iter().map(|m| m.as_raw_fd()).collect();
-    let mut payload = Vec::with_capacity(DmaMap::SIZE);
-    let mut mapped = 0u32;
     let t = Instant::now();
-    for i in 0..windows {
-        let offset = if with_fd { u64::from(i) * WINDOW } else { 0 };
-        payload.clear();
-        DmaMap::new(
-            DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            offset,
-            BASE + u64::from(i) * WINDOW,
-            WINDOW,
-        )
-        .encode_into(&mut payload);
-        if let Err(e) = proxy.request(Command::DmaMap, &payload, &fds) {
-            report
-                .notes
-                .push(format!("DMA_MAP of window {i} failed: {e}"));
-            break;
-        }
-        mapped += 1;
-        progress.step("dma map", 1);
-    }
+    let (mapped, refusal) = map_windows(conn, windows, &fds, progress);
     let map_time = t.elapsed();
+    let stopped = match refusal {
+        None => None,
+        Some(Stop::Refused(errno)) if mapped > 0 => Some(format!(
+            "stopped at map {} of {windows}: {}, below the max_dma_maps of {} negotiated",
+            mapped + 1,
+            refused_text(errno),
+            caps.max_dma_maps
+        )),
+        Some(Stop::Other(why)) if mapped > 0 => {
+            Some(format!("stopped at map {} of {windows}: {why}", mapped + 1))
+        }
+        // Nothing mapped, or the server is gone.
+        Some(stop) => {
+            report.stopped(Figure::Dma, stop);
+            return;
+        }
+    };
     let t = Instant::now();
     for i in 0..mapped {
-        payload.clear();
-        DmaUnmap::new(BASE + u64::from(i) * WINDOW, WINDOW).encode_into(&mut payload);
-        if let Err(e) = proxy.request(Command::DmaUnmap, &payload, &[]) {
-            report
-                .notes
-                .push(format!("DMA_UNMAP of window {i} failed: {e}"));
+        let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
+        DmaUnmap::new(window_address(i), DMA_WINDOW).encode_into(&mut payload);
+        if let Err(e) = conn.request(Command::DmaUnmap, &payload, &[]) {
+            let what = format!("DMA_UNMAP of window {}", i + 1);
+            match Stop::of_request(&e) {
+                Stop::Lost(why) => {
+                    report.lost = Some(format!("the server was lost during {what}: {why}"))
+                }
+                _ => report.notes.push(format!("{what} failed: {e}")),
+            }
             return;
         }
         progress.step("dma unmap", 1);
     }
-    let unmap_time = t.elapsed();
-    if mapped == windows {
-        report.dma = Some(DmaRate {
-            windows,
-            window_size: WINDOW,
-            with_fd,
-            maps_per_s: f64::from(windows) / map_time.as_secs_f64().max(1e-9),
-            unmaps_per_s: f64::from(windows) / unmap_time.as_secs_f64().max(1e-9),
-        });
+    report.dma = Some(DmaRate {
+        windows: mapped,
+        requested: windows,
+        window_size: DMA_WINDOW,
+        with_fd,
+        maps_per_s: per_second(mapped, map_time),
+        unmaps_per_s: per_second(mapped, t.elapsed()),
+        stopped,
+    });
+}
+
+/// Size of each DMA window.
+const DMA_WINDOW: u64 = 4096;
+
+fn window_address(i: u32) -> u64 {
+    const BASE: u64 = 1 << 40;
+    BASE + u64::from(i) * DMA_WINDOW
+}
+
+/// Maps windows until `windows` are mapped or one fails: how many were, and why not more.
+fn map_windows(
+    conn: &Connection,
+    windows: u32,
+    fds: &[RawFd],
+    progress: &mut Progress,
+) -> (u32, Option<Stop>) {
+    let mut payload = Vec::with_capacity(DmaMap::SIZE);
+    for i in 0..windows {
+        let offset = if fds.is_empty() {
+            0
+        } else {
+            u64::from(i) * DMA_WINDOW
+        };
+        payload.clear();
+        DmaMap::new(
+            DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+            offset,
+            window_address(i),
+            DMA_WINDOW,
+        )
+        .encode_into(&mut payload);
+        if let Err(e) = conn.request(Command::DmaMap, &payload, fds) {
+            return (i, Some(Stop::of_request(&e)));
+        }
+        progress.step("dma map", 1);
     }
+    (windows, None)
 }
 
 fn us(ns: u64) -> String {
@@ -441,37 +695,48 @@ impl BenchReport {
                 size_text(self.region_size)
             ));
         }
-        for (what, l) in [
-            ("4 B read latency ", &self.read_latency),
-            ("4 B write latency", &self.write_latency),
+        let refused = |figure: Figure| {
+            self.refused
+                .iter()
+                .find(|r| r.figure == figure.id())
+                .map(|r| format!("  {:<17}  {}\n", figure.label(), r.reason))
+        };
+        for (figure, l) in [
+            (Figure::ReadLatency, &self.read_latency),
+            (Figure::WriteLatency, &self.write_latency),
         ] {
-            if let Some(l) = l {
-                out.push_str(&format!(
-                    "  {what}  min {:>9}  median {:>9}  p99 {:>9}  ({} samples)\n",
+            match l {
+                Some(l) => out.push_str(&format!(
+                    "  {:<17}  min {:>9}  median {:>9}  p99 {:>9}  ({} samples)\n",
+                    figure.label(),
                     us(l.min_ns),
                     us(l.median_ns),
                     us(l.p99_ns),
                     l.samples
-                ));
+                )),
+                None => out.extend(refused(figure)),
             }
         }
-        for (what, t) in [
-            ("read throughput  ", &self.read_throughput),
-            ("write throughput ", &self.write_throughput),
+        for (figure, t) in [
+            (Figure::ReadThroughput, &self.read_throughput),
+            (Figure::WriteThroughput, &self.write_throughput),
         ] {
-            if let Some(t) = t {
-                out.push_str(&format!(
-                    "  {what}  {:>8.1} MiB/s  ({} in {} calls of {})\n",
+            match t {
+                Some(t) => out.push_str(&format!(
+                    "  {:<17}  {:>8.1} MiB/s  ({} in {} calls of {})\n",
+                    figure.label(),
                     t.mib_per_s,
                     size_text(t.bytes),
                     t.bytes / t.chunk.max(1),
                     size_text(t.chunk)
-                ));
+                )),
+                None => out.extend(refused(figure)),
             }
         }
-        if let Some(d) = &self.dma {
-            out.push_str(&format!(
-                "  DMA map / unmap    {:>8.0} / {:.0} per second  ({} windows of {}, {})\n",
+        match &self.dma {
+            Some(d) => out.push_str(&format!(
+                "  {:<17}  {:>8.0} / {:.0} per second  ({} windows of {}, {}{})\n",
+                Figure::Dma.label(),
                 d.maps_per_s,
                 d.unmaps_per_s,
                 d.windows,
@@ -480,11 +745,19 @@ impl BenchReport {
                     "memfd-backed"
                 } else {
                     "without fd"
-                }
-            ));
+                },
+                d.stopped
+                    .as_ref()
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_default()
+            )),
+            None => out.extend(refused(Figure::Dma)),
         }
         for n in &self.notes {
             out.push_str(&format!("  note: {n}\n"));
+        }
+        if let Some(lost) = &self.lost {
+            out.push_str(&format!("  stopped: {lost}\n"));
         }
         out
     }

@@ -22,8 +22,8 @@ use serde_json::Value;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::negotiate::{negotiate_reply, Capabilities, Offer};
 use vfio_user_client::protocol::{
@@ -34,6 +34,7 @@ use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::error::{errno_text, ProbeError};
+use crate::pci;
 use crate::wire::{self, Exchange, RawEndpoint, RawMsg};
 
 /// The outcome of one check.
@@ -144,6 +145,14 @@ const DMA_NO_FD_ADDRESS: u64 = (1 << 32) + (4 << 20);
 const DMA_WINDOW: u64 = 2 << 20;
 /// Largest REGION_INFO `argsz` followed on re-query.
 const MAX_REGION_ARGSZ: u32 = 64 << 10;
+/// The config space read check.
+const CONFIG_READ: &str = "region.config-read";
+/// The PCI bounds of IRQ counts check.
+const IRQ_COUNTS: &str = "irq.counts";
+/// Bytes of the type 0 config space header.
+const CONFIG_HEADER: u64 = 64;
+/// A word inside the header read on its own (revision and class code).
+const CONFIG_WORD: u64 = 0x8;
 
 /// What discovery found.
 #[derive(Debug, Default)]
@@ -244,7 +253,7 @@ fn judge_error_reply(command: u16, ex: &Exchange) -> Result<String, String> {
 }
 
 /// Judges a reply that must be a success.
-fn judge_success(command: Command, ex: &Exchange) -> Result<&RawMsg, String> {
+pub(crate) fn judge_success(command: Command, ex: &Exchange) -> Result<&RawMsg, String> {
     let m = match &ex.reply {
         Ok(m) => m,
         Err(e) => return Err(format!("{command}: {e}")),
@@ -340,6 +349,42 @@ fn capability_types(caps: &serde_json::Map<String, Value>) -> Result<String, Str
         ));
     }
     Ok(s)
+}
+
+/// Judges the payload of a REGION_READ success reply to `count` bytes at `offset` of
+/// `region`: the head must echo the access and exactly `count` bytes must follow it.
+pub(crate) fn judge_read_reply(
+    payload: &[u8],
+    region: u32,
+    offset: u64,
+    count: u32,
+) -> Result<Vec<u8>, String> {
+    let Some(data) = payload.get(RegionAccess::HEAD_SIZE..) else {
+        return Err(format!(
+            "the REGION_READ reply has {} payload bytes, no room for its 16-byte head",
+            payload.len()
+        ));
+    };
+    let h = RegionAccess::decode(payload).map_err(|e| e.to_string())?;
+    if (h.region, h.offset, h.count) != (region, offset, count) {
+        return Err(format!(
+            "the REGION_READ reply answers region {} at {:#x}, {} bytes (asked: region \
+             {region} at {offset:#x}, {count} bytes)",
+            h.region, h.offset, h.count
+        ));
+    }
+    if data.len() != count as usize {
+        return Err(format!(
+            "the REGION_READ reply carries {} data bytes for a count of {count} ({})",
+            data.len(),
+            if data.len() < count as usize {
+                "short"
+            } else {
+                "long"
+            }
+        ));
+    }
+    Ok(data.to_vec())
 }
 
 fn head_u32(payload: &[u8], at: usize) -> u32 {
@@ -555,14 +600,22 @@ impl Checker<'_> {
             }
             Err(e) => {
                 self.record("device.info", Err(e));
-                for id in ["region.info", "region.requery", "irq.info"] {
+                for id in [
+                    "region.info",
+                    "region.requery",
+                    CONFIG_READ,
+                    "irq.info",
+                    IRQ_COUNTS,
+                ] {
                     self.skip(id, "DEVICE_GET_INFO did not succeed");
                 }
                 return;
             }
         }
         self.regions();
+        self.config_read();
         self.irqs();
+        self.irq_counts();
     }
 
     fn region_query(&mut self, index: u32, argsz: u32) -> Result<RawMsg, String> {
@@ -688,7 +741,6 @@ impl Checker<'_> {
 
     fn irqs(&mut self) {
         let Some(info) = self.found.info else { return };
-        let pci = info.flags & VFIO_DEVICE_FLAGS_PCI != 0;
         let mut problems = Vec::new();
         for index in 0..info.num_irqs {
             let mut payload = Vec::new();
@@ -706,12 +758,6 @@ impl Checker<'_> {
                     }
                     if i.flags & !0xf != 0 {
                         problems.push(format!("IRQ {index}: undefined flags {:#x}", i.flags));
-                    }
-                    if pci && (index == 3 || index == 4) && i.count > 1 {
-                        problems.push(format!(
-                            "IRQ {index} (ERR/REQ) has {} vectors (at most 1)",
-                            i.count
-                        ));
                     }
                     self.found.irqs.push(i);
                 }
@@ -906,28 +952,131 @@ impl Checker<'_> {
             .cloned()
     }
 
-    fn read4(&mut self, region: u32, offset: u64) -> (Exchange, Result<[u8; 4], String>) {
+    /// A REGION_READ of `count` bytes at `offset` of `region`: the exchange, and the data
+    /// of a success reply that echoes the access and carries exactly `count` bytes.
+    fn read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        count: u32,
+    ) -> (Exchange, Result<Vec<u8>, String>) {
         let mut head = Vec::new();
         RegionAccess {
             offset,
             region,
-            count: 4,
+            count,
         }
         .encode_into(&mut head);
         let ex = self.conn.request(Command::RegionRead, &head, &[]);
-        let data = judge_success(Command::RegionRead, &ex).and_then(|m| {
-            let (h, data) =
-                RegionAccess::decode_with_data(&m.payload).map_err(|e| e.to_string())?;
-            if h.region != region || h.offset != offset || h.count != 4 {
-                return Err(format!(
-                    "the REGION_READ reply answers region {} at {:#x}, {} bytes",
-                    h.region, h.offset, h.count
-                ));
-            }
-            data.try_into()
-                .map_err(|_| format!("the REGION_READ reply has {} data bytes", data.len()))
+        let data = judge_success(Command::RegionRead, &ex)
+            .and_then(|m| judge_read_reply(&m.payload, region, offset, count));
+        (ex, data)
+    }
+
+    fn read4(&mut self, region: u32, offset: u64) -> (Exchange, Result<[u8; 4], String>) {
+        let (ex, data) = self.read(region, offset, 4);
+        let data = data.and_then(|d| {
+            <[u8; 4]>::try_from(d.as_slice())
+                .map_err(|_| format!("the REGION_READ reply has {} data bytes", d.len()))
         });
         (ex, data)
+    }
+
+    /// Config space read twice, its header and then a word inside it: each reply must echo
+    /// the access and carry exactly the bytes asked for, and the two must agree.
+    fn config_read(&mut self) {
+        if let Some(why) = self.blocked() {
+            return self.skip(CONFIG_READ, why);
+        }
+        if !self.is_pci() {
+            return self.skip(CONFIG_READ, "not a PCI device");
+        }
+        let config = self
+            .found
+            .regions
+            .iter()
+            .find(|r| r.index == VFIO_PCI_CONFIG_REGION_INDEX)
+            .cloned();
+        let Some(config) = config else {
+            return self.skip(CONFIG_READ, "the config space region was not described");
+        };
+        if config.flags & VFIO_REGION_INFO_FLAG_READ == 0 || config.size < CONFIG_HEADER {
+            return self.record(
+                CONFIG_READ,
+                Err(format!(
+                    "a PCI device's config space (region 7) must be readable and hold the \
+                     64-byte header: flags {:#x}, size {}",
+                    config.flags, config.size
+                )),
+            );
+        }
+        let index = config.index;
+        let result = self
+            .read(index, 0, CONFIG_HEADER as u32)
+            .1
+            .map_err(|e| format!("{CONFIG_HEADER} bytes at 0: {e}"))
+            .and_then(|header| {
+                let word = self
+                    .read(index, CONFIG_WORD, 4)
+                    .1
+                    .map_err(|e| format!("4 bytes at {CONFIG_WORD:#x}: {e}"))?;
+                let at = CONFIG_WORD as usize;
+                if header.get(at..at + 4) != Some(&word[..]) {
+                    return Err(format!(
+                        "4 bytes at {CONFIG_WORD:#x} read {word:02x?}, the header read had \
+                         {:02x?} there",
+                        header.get(at..at + 4).unwrap_or_default()
+                    ));
+                }
+                Ok(format!(
+                    "{CONFIG_HEADER} bytes at 0 and 4 at {CONFIG_WORD:#x} of region {index}; \
+                     each reply echoes region, offset and count with exactly that much data, \
+                     and the two agree"
+                ))
+            });
+        self.record(CONFIG_READ, result);
+    }
+
+    /// Every IRQ index of a PCI device within what PCI allows.
+    fn irq_counts(&mut self) {
+        if let Some(why) = self.blocked() {
+            return self.skip(IRQ_COUNTS, why);
+        }
+        if !self.is_pci() {
+            return self.skip(IRQ_COUNTS, "not a PCI device: the bounds are PCI's");
+        }
+        if self.found.irqs.is_empty() {
+            return self.skip(IRQ_COUNTS, "no IRQ index was described");
+        }
+        let problems: Vec<String> = self
+            .found
+            .irqs
+            .iter()
+            .filter_map(|i| pci::irq_count_problem(i.index, i.count))
+            .collect();
+        let result = if problems.is_empty() {
+            let counts: Vec<String> = self
+                .found
+                .irqs
+                .iter()
+                .filter_map(|i| {
+                    pci::irq_bound(i.index).map(|(n, b)| format!("{n} {}/{b}", i.count))
+                })
+                .collect();
+            Ok(format!(
+                "vectors within the PCI bounds: {}",
+                counts.join(", ")
+            ))
+        } else {
+            Err(problems.join("; "))
+        };
+        self.record(IRQ_COUNTS, result);
+    }
+
+    fn is_pci(&self) -> bool {
+        self.found
+            .info
+            .is_some_and(|i| i.flags & VFIO_DEVICE_FLAGS_PCI != 0)
     }
 
     fn destructive_writes(&mut self) {

@@ -26,6 +26,12 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
+    /// Whether `info` read every section, every check passed, and the server stayed to
+    /// the end.
+    pub fn ok(&self) -> bool {
+        self.info.ok() && self.check.ok() && self.bench.lost.is_none()
+    }
+
     /// The reports as text, one after the other.
     pub fn render_text(&self) -> String {
         format!(

@@ -1,8 +1,9 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The `vfio-user-probe` command line. Exit status: 0 success, 1 a check failed, 2 the
-//! server could not be used (or the command line is wrong).
+//! The `vfio-user-probe` command line. Exit status: 0 success; 1 a check failed, or a
+//! section of `info` hit an error reply or a protocol violation; 2 the server could not be
+//! used, or went away part way (or the command line is wrong).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,8 +19,8 @@ use vfio_user_probe::{bench, check, demo, info, ProbeError};
 /// Exit status when the server could not be used or the command line is wrong.
 const UNUSABLE: u8 = 2;
 
-const EXIT_STATUS: &str =
-    "Exit status: 0 success, 1 a check failed, 2 the server could not be used or bad usage";
+const EXIT_STATUS: &str = "Exit status: 0 success, 1 a check failed or info could not read a \
+     section, 2 the server could not be used or went away part way, or bad usage";
 
 /// Inspect, conformance-check and benchmark a vfio-user server without booting a VMM.
 #[derive(Debug, Parser)]
@@ -160,13 +161,36 @@ fn print<T: Serialize>(json: bool, report: &T, text: impl FnOnce(&T) -> String) 
     }
 }
 
-/// Runs the subcommand; `Ok(false)` when a check failed.
-fn run(command: &Cmd) -> Result<bool, ProbeError> {
+/// How a subcommand that reached the server ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Everything read, measured or checked: exit status 0.
+    Success,
+    /// A check failed, or a section of `info` hit an error reply or a protocol violation:
+    /// exit status 1.
+    Failed,
+    /// The server went away part way (the report shows what came before): exit status 2,
+    /// with this line on stderr.
+    Lost(String),
+}
+
+impl Verdict {
+    fn of(ok: bool, socket: &str, lost: &Option<String>) -> Verdict {
+        match lost {
+            Some(why) => Verdict::Lost(format!("{socket}: {why}")),
+            None if ok => Verdict::Success,
+            None => Verdict::Failed,
+        }
+    }
+}
+
+/// Runs the subcommand.
+fn run(command: &Cmd) -> Result<Verdict, ProbeError> {
     match command {
         Cmd::Info { socket, common } => {
             let r = info::run(socket, common.timeout)?;
             print(common.json, &r, info::InfoReport::render_text);
-            Ok(true)
+            Ok(Verdict::of(r.ok(), &r.socket, &r.lost))
         }
         Cmd::Check {
             socket,
@@ -179,7 +203,7 @@ fn run(command: &Cmd) -> Result<bool, ProbeError> {
             };
             let r = check::run(socket, &options)?;
             print(common.json, &r, check::CheckReport::render_text);
-            Ok(r.ok())
+            Ok(Verdict::of(r.ok(), &r.socket, &None))
         }
         Cmd::Bench {
             socket,
@@ -188,13 +212,14 @@ fn run(command: &Cmd) -> Result<bool, ProbeError> {
         } => {
             let r = bench::run(socket, &bench.options(common))?;
             print(common.json, &r, bench::BenchReport::render_text);
-            Ok(true)
+            Ok(Verdict::of(true, &r.socket, &r.lost))
         }
         Cmd::Demo { common } => {
             let options = demo::bench_options(common.timeout, progress_wanted(common.json));
             let r = demo::run(common.timeout, &options)?;
             print(common.json, &r, demo::DemoReport::render_text);
-            Ok(r.check.ok())
+            let lost = r.info.lost.as_ref().or(r.bench.lost.as_ref()).cloned();
+            Ok(Verdict::of(r.ok(), &r.info.socket, &lost))
         }
     }
 }
@@ -213,8 +238,12 @@ fn main() -> ExitCode {
         }
     };
     match run(&cli.command) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Verdict::Success) => ExitCode::SUCCESS,
+        Ok(Verdict::Failed) => ExitCode::from(1),
+        Ok(Verdict::Lost(why)) => {
+            eprintln!("vfio-user-probe: error: {why}");
+            ExitCode::from(UNUSABLE)
+        }
         Err(e) => {
             eprintln!("vfio-user-probe: error: {e}");
             ExitCode::from(UNUSABLE)

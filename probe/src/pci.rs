@@ -9,6 +9,11 @@
 //! followed at most 48 steps (the most a 256-byte space can hold), so a loop ends.
 
 use serde::Serialize;
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+};
+use vfio_user_client::device::max_vectors;
 
 /// A vendor id, its name, and the names of some of its devices.
 type VendorEntry = (u16, &'static str, &'static [(u16, &'static str)]);
@@ -544,6 +549,31 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
     }
 }
 
+/// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ): one INTx
+/// pin, 32 MSI vectors (Multiple Message Capable), 2048 MSI-X table entries (Table Size is 11
+/// bits), and one ERR and one REQ notification, as the client library bounds them
+/// ([`max_vectors`]).
+pub fn irq_bound(index: u32) -> Option<(&'static str, u32)> {
+    let name = match index {
+        VFIO_PCI_INTX_IRQ_INDEX => "INTx",
+        VFIO_PCI_MSI_IRQ_INDEX => "MSI",
+        VFIO_PCI_MSIX_IRQ_INDEX => "MSI-X",
+        VFIO_PCI_ERR_IRQ_INDEX => "ERR",
+        VFIO_PCI_REQ_IRQ_INDEX => "REQ",
+        _ => return None,
+    };
+    Some((name, max_vectors(true, index)))
+}
+
+/// Why IRQ index `index` of a PCI device with `count` vectors breaks its PCI bound, if it
+/// does.
+pub fn irq_count_problem(index: u32, count: u32) -> Option<String> {
+    let (name, bound) = irq_bound(index)?;
+    (count > bound).then(|| {
+        format!("{name} (IRQ index {index}) has {count} vectors; PCI allows at most {bound}")
+    })
+}
+
 fn flag(name: &str, on: bool) -> String {
     format!("{name}{}", if on { '+' } else { '-' })
 }
@@ -746,6 +776,22 @@ impl ConfigSpace {
 mod tests {
     use super::*;
     use vfio_user_sample_server::test_support::config::with_capabilities;
+
+    #[test]
+    fn irq_counts_are_bounded_per_index() {
+        assert_eq!(irq_bound(2), Some(("MSI-X", 2048)));
+        assert_eq!(irq_bound(5), None);
+        assert_eq!(irq_count_problem(2, 2048), None);
+        assert_eq!(
+            irq_count_problem(2, 2049).as_deref(),
+            Some("MSI-X (IRQ index 2) has 2049 vectors; PCI allows at most 2048")
+        );
+        assert!(irq_count_problem(1, 33).is_some());
+        assert!(irq_count_problem(0, 2).is_some());
+        assert!(irq_count_problem(4, 1).is_none());
+        // Indexes past REQ are not PCI's.
+        assert_eq!(irq_count_problem(7, u32::MAX), None);
+    }
 
     #[test]
     fn decodes_header_bars_and_capabilities() {

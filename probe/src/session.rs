@@ -8,9 +8,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
+use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::Command;
-use vfio_user_client::{proxy, ConnectOptions, DeviceOptions, Error, VfioUserDevice};
+use vfio_user_client::{
+    connection, ConnectOptions, Connection, ConnectionCause, DeviceOptions, Error, VfioUserDevice,
+};
 
 use crate::error::ProbeError;
 use crate::wire;
@@ -31,8 +34,8 @@ pub fn check_path(path: &Path) -> Result<(), ProbeError> {
     }
 }
 
-/// Connects, negotiates and discovers the device, without mapping its regions.
-pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, ProbeError> {
+/// Connects and negotiates.
+pub fn open_connection(path: &Path, timeout: Duration) -> Result<Connection, ProbeError> {
     check_path(path)?;
     let connect = ConnectOptions {
         connect_timeout: timeout,
@@ -40,24 +43,46 @@ pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, Pro
         reply_timeout: timeout,
         ..ConnectOptions::default()
     };
-    let options = DeviceOptions {
+    Connection::connect(path, &connect).map_err(|e| classify(path, timeout, e))
+}
+
+/// How the probe opens a device: its regions are not mapped.
+pub fn device_options() -> DeviceOptions {
+    DeviceOptions {
         map_regions: false,
         ..DeviceOptions::default()
-    };
-    VfioUserDevice::connect(path, &connect, &options).map_err(|e| classify(path, timeout, e))
+    }
+}
+
+/// Connects, negotiates and discovers the device, without mapping its regions.
+pub fn open_device(path: &Path, timeout: Duration) -> Result<VfioUserDevice, ProbeError> {
+    let connection = open_connection(path, timeout)?;
+    VfioUserDevice::new(connection, &device_options())
+        .map_err(|e| classify(path, timeout, e.into()))
+}
+
+/// Whether a request's failure means the server is gone or no longer answers: the
+/// connection is lost, or the reply did not come in time.
+pub fn request_lost(e: &connection::Error) -> bool {
+    e.is_disconnected() || matches!(e, connection::Error::Timeout { .. })
+}
+
+/// [`request_lost`] for an error of the device layer.
+pub fn device_lost(e: &DeviceError) -> bool {
+    e.connection_errors().any(request_lost)
 }
 
 fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
     let socket = path.display().to_string();
     match e {
-        Error::Proxy(proxy::Error::Connect { source, .. }) => {
+        Error::Connection(connection::Error::Connect { source, .. }) => {
             ProbeError::from_connect(path, timeout, source)
         }
-        Error::Proxy(proxy::Error::Timeout {
+        Error::Connection(connection::Error::Timeout {
             command: Command::Version,
             ..
         }) => ProbeError::NoAnswer { socket, timeout },
-        Error::Proxy(proxy::Error::Server {
+        Error::Connection(connection::Error::Server {
             command: Command::Version,
             errno,
         }) => ProbeError::VersionRefused { socket, errno },
@@ -72,7 +97,7 @@ fn classify(path: &Path, timeout: Duration, e: Error) -> ProbeError {
         },
         // The handshake broke in a way the library does not describe byte by byte: ask
         // again on a raw connection and say what the peer sent.
-        Error::Proxy(other) => match diagnose(path, timeout) {
+        Error::Connection(other) => match diagnose(path, timeout) {
             Some(e) => e,
             None => ProbeError::Device {
                 socket,

@@ -3,6 +3,8 @@
 
 //! The built binary: exit status, one-line errors, text and JSON output.
 
+mod support;
+
 use std::process::{Command, Output};
 
 use vfio_user_sample_server::test_support::peers::{
@@ -124,6 +126,109 @@ fn info_text_and_json() {
     assert_eq!(v["device"]["num_irqs"], 5);
     assert_eq!(v["regions"][2]["mappable"], true);
     assert_eq!(v["pci"]["device_id"], 0x0dc8);
+}
+
+/// Asserts exit status 2 with the report on stdout and one line on stderr that names the
+/// socket and contains `needle`.
+fn assert_lost(o: &Output, socket: &str, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    let prefix = format!("vfio-user-probe: error: {socket}: ");
+    assert!(err.starts_with(&prefix), "{err}");
+    assert!(err.contains(needle), "{needle:?} missing from {err}");
+    assert!(!o.stdout.is_empty(), "the report of what came before");
+}
+
+#[test]
+fn info_exit_status_names_the_failed_sections() {
+    let peer = ScriptedServer::start(support::short_config_reads);
+    let path = path_str(&peer.path);
+    let o = probe(&["info", &path]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("\nRegions:\n") && text.contains("\nIRQs:\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 section failed:\n  PCI config space: bad REGION_READ reply"),
+        "{text}"
+    );
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+    let o = probe(&["info", &path, "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failed"][0]["section"], "PCI config space");
+    assert_eq!(v["device"]["num_regions"], 9);
+}
+
+#[test]
+fn info_exits_2_when_the_server_dies_part_way() {
+    let peer = ScriptedServer::start(support::dies_at_the_first_config_read);
+    let path = path_str(&peer.path);
+    let o = probe(&["info", &path]);
+    assert_lost(
+        &o,
+        &path,
+        "the server was lost while reading PCI config space: ",
+    );
+    assert!(stdout(&o).contains("\nIRQs:\n"), "{}", stdout(&o));
+}
+
+#[test]
+fn bench_exits_2_when_the_server_dies_part_way() {
+    let peer = ScriptedServer::start(support::dies_during_large_writes);
+    let path = path_str(&peer.path);
+    let args = ["bench", &path, "--samples=5", "--bytes=1M", "--dma-maps=5"];
+    let o = probe(&args);
+    assert_lost(
+        &o,
+        &path,
+        "the server was lost during the write throughput: ",
+    );
+    assert!(
+        stderr(&o).ends_with("disconnected: the server closed the connection\n"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("read throughput"), "{}", stdout(&o));
+    let o = probe(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["lost"].as_str().unwrap().contains("write throughput"));
+}
+
+#[test]
+fn bench_goes_on_past_what_the_server_refuses() {
+    let peer = ScriptedServer::start(support::dword_only_bars);
+    let path = path_str(&peer.path);
+    let o = probe(&["bench", &path, "--samples=5", "--bytes=1M", "--dma-maps=5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in [
+        "read throughput    refused by the server (Invalid argument (errno 22))",
+        "write throughput   refused by the server (Invalid argument (errno 22))",
+        "DMA map / unmap",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+
+    let peer = ScriptedServer::start(support::dma_regions_capped_at_64);
+    let path = path_str(&peer.path);
+    let o = probe(&[
+        "bench",
+        &path,
+        "--samples=5",
+        "--bytes=1M",
+        "--dma-maps=100",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("(64 windows of 4K, memfd-backed; stopped at map 65 of 100: "),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

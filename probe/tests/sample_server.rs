@@ -42,8 +42,10 @@ fn info_describes_the_gpio_device() {
     assert_eq!((r.negotiated.major, r.negotiated.minor), (0, 0));
     assert_eq!(r.negotiated.max_msg_fds, 8);
     assert_eq!(r.negotiated.max_data_xfer_size, 1 << 20);
-    assert!(r.device.pci && r.device.reset);
-    assert_eq!((r.device.num_regions, r.device.num_irqs), (9, 5));
+    let device = r.device.as_ref().unwrap();
+    assert!(device.pci && device.reset);
+    assert_eq!((device.num_regions, device.num_irqs), (9, 5));
+    assert!(r.ok() && r.failed.is_empty(), "{:?}", r.failed);
     let bar2 = &r.regions[2];
     assert!(bar2.mappable);
     assert_eq!(bar2.flag_names, ["read", "write", "mmap", "caps"]);
@@ -97,6 +99,15 @@ fn check_passes_a_conforming_server() {
     assert_eq!((r.failed, r.skipped), (0, 0), "{}", r.render_text());
     assert!(reason(&r, "region.requery").contains("region 2 (argsz 32 -> 80)"));
     assert!(reason(&r, "error.unknown-command").contains("Invalid argument (errno 22)"));
+    assert!(
+        reason(&r, "region.config-read").contains("64 bytes at 0 and 4 at 0x8 of region 7"),
+        "{}",
+        r.render_text()
+    );
+    assert_eq!(
+        reason(&r, "irq.counts"),
+        "vectors within the PCI bounds: INTx 1/1, MSI 1/32, MSI-X 4/2048, ERR 1/1, REQ 1/1"
+    );
     let text = r.render_text();
     assert!(text.contains("PASS  version.json"), "{text}");
     assert!(text.ends_with(&format!("{} passed, 0 failed, 0 skipped\n", r.passed)));
@@ -246,14 +257,37 @@ fn check_reports_a_server_that_stops_answering() {
     assert!(reason(&r, "device.info").contains("no reply"));
     for id in [
         "region.info",
+        "region.config-read",
         "irq.info",
+        "irq.counts",
         "dma.map-fd",
         "error.unknown-command",
     ] {
         assert_eq!(status(&r, id), Status::Skip, "{id}");
     }
-    assert_eq!(r.checks.len(), 22, "every check is reported");
+    assert_eq!(r.checks.len(), 24, "every check is reported");
     assert!(!r.ok());
+}
+
+#[test]
+fn info_reports_a_server_that_stops_answering_after_the_handshake() {
+    let server = sample(ServerConfig {
+        quirks: Quirks {
+            never_reply_after_version: true,
+            ..Quirks::default()
+        },
+        ..ServerConfig::default()
+    });
+    let r = info::run(&path_of(&server), SHORT).unwrap();
+    let lost = r.lost.as_deref().expect("lost");
+    assert!(
+        lost.starts_with("the server was lost while reading the device: "),
+        "{lost}"
+    );
+    assert!(lost.contains("timed out after 200ms"), "{lost}");
+    // What the handshake said is still shown.
+    assert_eq!(r.negotiated.max_msg_fds, 8);
+    assert!(r.device.is_none() && r.failed.is_empty());
 }
 
 #[test]

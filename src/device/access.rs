@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use super::{Error, VfioUserDevice};
+use crate::connection::{self, PendingReply, Reply};
 use crate::protocol::{Command, DecodeError, RegionAccess};
-use crate::proxy::{self, Reply, Ticket};
 
 /// Requests of one large transfer in flight at once.
 const PIPELINE_WINDOW: usize = 8;
@@ -18,20 +18,20 @@ impl VfioUserDevice {
     /// messages as the negotiated transfer size requires (pipelined).
     ///
     /// The data is read from the socket straight into `data` when this thread reads the
-    /// reply itself ([`Proxy::wait_into`]). After an error, `data`'s content is
+    /// reply itself ([`Connection::wait_into`]). After an error, `data`'s content is
     /// unspecified.
     ///
-    /// [`Proxy::wait_into`]: crate::proxy::Proxy::wait_into
+    /// [`Connection::wait_into`]: crate::connection::Connection::wait_into
     pub fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Error> {
         self.region(index)?
             .check(offset, data.len() as u64, false)?;
         if data.is_empty() {
             return Ok(());
         }
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         if data.len() <= self.read_chunk {
             let head = access_head(index, offset, data.len());
-            let reply = proxy
+            let reply = conn
                 .request_into(
                     Command::RegionRead,
                     &head,
@@ -52,13 +52,12 @@ impl VfioUserDevice {
             parts,
             |(at, out)| {
                 let head = access_head(index, *at, out.len());
-                proxy
-                    .send_nowait(Command::RegionRead, &head, &[])
+                conn.send_request(Command::RegionRead, &head, &[])
                     .map_err(|e| access_error(Command::RegionRead, index, *at, out.len(), e))
             },
             |(at, out), ticket| {
                 let len = out.len();
-                let reply = proxy
+                let reply = conn
                     .wait_into(ticket, RegionAccess::HEAD_SIZE, out)
                     .map_err(|e| access_error(Command::RegionRead, index, at, len, e))?;
                 copy_read_reply(&reply, index, at, out)
@@ -73,12 +72,12 @@ impl VfioUserDevice {
         if data.is_empty() {
             return Ok(());
         }
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut payload =
             Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
         if data.len() <= self.write_chunk {
             write_payload(&mut payload, index, offset, data);
-            let reply = proxy
+            let reply = conn
                 .request(Command::RegionWrite, &payload, &[])
                 .map_err(|e| access_error(Command::RegionWrite, index, offset, data.len(), e))?;
             return check_write_reply(&reply, index, offset, data.len());
@@ -92,12 +91,11 @@ impl VfioUserDevice {
             parts,
             |(at, chunk)| {
                 write_payload(&mut payload, index, *at, chunk);
-                proxy
-                    .send_nowait(Command::RegionWrite, &payload, &[])
+                conn.send_request(Command::RegionWrite, &payload, &[])
                     .map_err(|e| access_error(Command::RegionWrite, index, *at, chunk.len(), e))
             },
             |(at, chunk), ticket| {
-                let reply = proxy
+                let reply = conn
                     .wait(ticket)
                     .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
                 check_write_reply(&reply, index, at, chunk.len())
@@ -114,14 +112,13 @@ impl VfioUserDevice {
             return self.write(index, offset, data);
         }
         self.region(index)?.check(offset, data.len() as u64, true)?;
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut payload =
             Vec::with_capacity(RegionAccess::HEAD_SIZE + data.len().min(self.write_chunk));
         let mut at = offset;
         for chunk in data.chunks(self.write_chunk) {
             write_payload(&mut payload, index, at, chunk);
-            proxy
-                .post(Command::RegionWrite, &payload, &[])
+            conn.send_no_reply(Command::RegionWrite, &payload, &[])
                 .map_err(|e| access_error(Command::RegionWrite, index, at, chunk.len(), e))?;
             at += chunk.len() as u64;
         }
@@ -134,8 +131,8 @@ impl VfioUserDevice {
 /// is still collected (so no reply is left behind); the first error is returned.
 fn pipeline<P>(
     parts: impl Iterator<Item = P>,
-    mut send: impl FnMut(&P) -> Result<Ticket, Error>,
-    mut finish: impl FnMut(P, Ticket) -> Result<(), Error>,
+    mut send: impl FnMut(&P) -> Result<PendingReply, Error>,
+    mut finish: impl FnMut(P, PendingReply) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut parts = parts;
     let mut window = VecDeque::with_capacity(PIPELINE_WINDOW);
@@ -182,7 +179,7 @@ fn access_error(
     index: u32,
     offset: u64,
     len: usize,
-    source: proxy::Error,
+    source: connection::Error,
 ) -> Error {
     Error::RegionAccess {
         command,
@@ -214,10 +211,10 @@ fn check_access_head(
 }
 
 /// Checks a REGION_READ reply and puts its data into `out`, unless it is there already
-/// (`data_in_sink`: the proxy read it into `out` and checked that exactly `out.len()` bytes
+/// (`data_in_buffer`: the connection read it into `out` and checked that exactly `out.len()` bytes
 /// follow the head).
 fn copy_read_reply(reply: &Reply, index: u32, offset: u64, out: &mut [u8]) -> Result<(), Error> {
-    if reply.data_in_sink {
+    if reply.data_in_buffer {
         if reply.payload.len() != RegionAccess::HEAD_SIZE {
             return Err(Error::BadReply {
                 command: Command::RegionRead,

@@ -3,9 +3,9 @@
 
 //! Errors of the device access layer.
 
+use crate::connection;
 use crate::error::{iter_causes, ConnectionCause};
 use crate::protocol::Command;
-use crate::proxy;
 
 /// Errors of [`VfioUserDevice`](super::VfioUserDevice).
 ///
@@ -26,7 +26,7 @@ pub enum Error {
         /// Bytes of the message.
         len: usize,
         /// What went wrong.
-        source: proxy::Error,
+        source: connection::Error,
     },
     /// A DEVICE_SET_IRQS failed on the connection or was refused by the server.
     #[error("DEVICE_SET_IRQS of IRQ index {index}, vectors {start}+{count}: {source}")]
@@ -38,7 +38,7 @@ pub enum Error {
         /// Vectors of the message.
         count: u32,
         /// What went wrong.
-        source: proxy::Error,
+        source: connection::Error,
     },
     /// Another request (discovery, I/O fds, reset) failed on the connection or was refused
     /// by the server.
@@ -49,7 +49,7 @@ pub enum Error {
         /// The region (or, for DEVICE_GET_IRQ_INFO, the IRQ index) the request names.
         index: Option<u32>,
         /// What went wrong.
-        source: proxy::Error,
+        source: connection::Error,
     },
     /// The server's reply was well-formed but not an answer to the request.
     #[error("bad {command} reply: {what}")]
@@ -67,6 +67,17 @@ pub enum Error {
         /// What the device reported.
         count: u32,
         /// Our limit.
+        limit: u32,
+    },
+    /// DEVICE_GET_IRQ_INFO reports more vectors for an IRQ index than that index can have
+    /// (see [`max_vectors`](super::max_vectors)).
+    #[error("IRQ index {index} reports {count} vectors; at most {limit} are accepted")]
+    TooManyVectors {
+        /// The IRQ index.
+        index: u32,
+        /// The vectors the server reports.
+        count: u32,
+        /// The most the index can have.
         limit: u32,
     },
     /// No region with this index.
@@ -126,14 +137,14 @@ pub enum Error {
     IoFdsNotSupported {
         /// The region.
         index: u32,
-        /// The server's refusal (a [`proxy::Error::Server`] with its errno).
-        source: proxy::Error,
+        /// The server's refusal (a [`connection::Error::Server`] with its errno).
+        source: connection::Error,
     },
 }
 
 impl Error {
     /// The connection error behind this error, if the request reached the connection.
-    pub(crate) fn connection_error(&self) -> Option<&proxy::Error> {
+    pub(crate) fn connection_error(&self) -> Option<&connection::Error> {
         match self {
             Error::RegionAccess { source, .. }
             | Error::SetIrqs { source, .. }
@@ -145,7 +156,7 @@ impl Error {
 }
 
 impl ConnectionCause for Error {
-    fn connection_errors(&self) -> impl Iterator<Item = &proxy::Error> {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
         iter_causes((self.connection_error(), &[]))
     }
 }

@@ -8,8 +8,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::{Error, VfioUserDevice, MAX_INFO_ARGSZ};
+use crate::connection::{self, Connection};
 use crate::protocol::{Command, RegionIoFds};
-use crate::proxy::{self, Proxy};
 
 /// `argsz` of the first REGION_IO_FDS query: room for 16 libvfio-user entries.
 const IO_FDS_FIRST_ARGSZ: u32 = 16 + 16 * 48;
@@ -40,7 +40,7 @@ impl VfioUserDevice {
     /// [`Error::IoFdsNotSupported`].
     pub fn region_io_fds(&self, index: u32) -> Result<Vec<RegionIoFd>, Error> {
         let size = self.region(index)?.size();
-        let (io, fds) = query(self.connection.proxy(), index)?;
+        let (io, fds) = query(&self.connection, index)?;
         let fds: Vec<Arc<OwnedFd>> = fds.into_iter().map(Arc::new).collect();
         let fd = |i: u32| {
             fds.get(i as usize)
@@ -75,14 +75,14 @@ impl VfioUserDevice {
 
 /// Asks for the I/O fds of region `index`, once more with the `argsz` the server names when
 /// the first answer did not fit; returns the complete answer and its fds.
-fn query(proxy: &Proxy, index: u32) -> Result<(RegionIoFds, Vec<OwnedFd>), Error> {
+fn query(conn: &Connection, index: u32) -> Result<(RegionIoFds, Vec<OwnedFd>), Error> {
     let mut argsz = IO_FDS_FIRST_ARGSZ;
     loop {
         let mut payload = Vec::with_capacity(RegionIoFds::HEAD_SIZE);
         RegionIoFds::request(index, argsz).encode_into(&mut payload);
-        let reply = match proxy.request(Command::DeviceGetRegionIoFds, &payload, &[]) {
+        let reply = match conn.request(Command::DeviceGetRegionIoFds, &payload, &[]) {
             Ok(reply) => reply,
-            Err(source @ proxy::Error::Server { errno, .. })
+            Err(source @ connection::Error::Server { errno, .. })
                 if errno == libc::EINVAL as u32
                     || errno == libc::ENOTSUP as u32
                     || errno == libc::ENOSYS as u32 =>

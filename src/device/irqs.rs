@@ -9,12 +9,41 @@ use std::os::fd::{AsRawFd, RawFd};
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
     VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
 };
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Error, VfioUserDevice};
+use crate::connection::{self, Connection};
 use crate::protocol::{Command, IrqInfo, SetIrqs};
-use crate::proxy::{self, Proxy};
+
+/// Most vectors of any IRQ index that is not one of the PCI ones (a non-PCI device's, or a
+/// PCI device's device-specific index): as many as the largest VFIO interrupt type has
+/// (MSI-X's 2048). No known server has such indexes: libvfio-user (and so SPDK and QEMU's
+/// server) reports the five PCI ones, as the kernel's vfio-pci does.
+pub const MAX_VECTORS: u32 = 2048;
+
+/// Most vectors IRQ index `index` may report: for a PCI device (`pci`), INTx 1, MSI 32
+/// (the MSI capability's Multiple Message Capable field tops out at 2^5), MSI-X 2048 (an
+/// 11-bit table size), ERR 1 and REQ 1; any other index, and every index of a non-PCI
+/// device (whose numbering is not the PCI one), [`MAX_VECTORS`].
+///
+/// Real servers stay within these: libvfio-user reports ERR 1, REQ 1 and the count its
+/// application configured for INTx, MSI and MSI-X (0 when unused), e.g. SPDK's NVMe
+/// controller INTx 1 and MSI-X 512; QEMU's server INTx 1 and the device's MSI-X table size
+/// (or else its MSI vectors).
+pub fn max_vectors(pci: bool, index: u32) -> u32 {
+    if !pci {
+        return MAX_VECTORS;
+    }
+    match index {
+        VFIO_PCI_INTX_IRQ_INDEX | VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => 1,
+        VFIO_PCI_MSI_IRQ_INDEX => 32,
+        VFIO_PCI_MSIX_IRQ_INDEX => 2048,
+        _ => MAX_VECTORS,
+    }
+}
 
 /// One IRQ index of the device, as DEVICE_GET_IRQ_INFO described it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +155,6 @@ impl VfioUserDevice {
         let mut payload = Vec::new();
         set.encode_into(&mut payload);
         self.connection
-            .proxy()
             .request(Command::DeviceSetIrqs, &payload, &[])
             .map(drop)
             .map_err(|e| set_irqs_error(index, start, selected.len() as u32, e))
@@ -162,14 +190,14 @@ impl VfioUserDevice {
         flags: u32,
         messages: Vec<(u32, u32, Vec<RawFd>)>,
     ) -> Result<(), Error> {
-        let proxy = self.connection.proxy();
+        let conn = &self.connection;
         let mut payload = Vec::with_capacity(SetIrqs::HEAD_SIZE);
         let mut tickets = Vec::with_capacity(messages.len());
         let mut first_error = None;
         for (start, count, fds) in messages {
             payload.clear();
             SetIrqs::new(flags, index, start, count, Vec::new()).encode_into(&mut payload);
-            match proxy.send_nowait(Command::DeviceSetIrqs, &payload, &fds) {
+            match conn.send_request(Command::DeviceSetIrqs, &payload, &fds) {
                 Ok(ticket) => tickets.push((ticket, start, count)),
                 Err(e) => {
                     first_error = Some(set_irqs_error(index, start, count, e));
@@ -178,7 +206,7 @@ impl VfioUserDevice {
             }
         }
         for (ticket, start, count) in tickets {
-            if let Err(e) = proxy.wait(ticket) {
+            if let Err(e) = conn.wait(ticket) {
                 first_error.get_or_insert(set_irqs_error(index, start, count, e));
             }
         }
@@ -186,10 +214,10 @@ impl VfioUserDevice {
     }
 }
 
-pub(super) fn get_irq(proxy: &Proxy, index: u32) -> Result<Irq, Error> {
+pub(super) fn get_irq(conn: &Connection, index: u32) -> Result<Irq, Error> {
     let mut payload = Vec::with_capacity(IrqInfo::SIZE);
     IrqInfo::request(index).encode_into(&mut payload);
-    let reply = proxy
+    let reply = conn
         .request(Command::DeviceGetIrqInfo, &payload, &[])
         .map_err(|source| Error::Request {
             command: Command::DeviceGetIrqInfo,
@@ -213,7 +241,26 @@ pub(super) fn get_irq(proxy: &Proxy, index: u32) -> Result<Irq, Error> {
     })
 }
 
-pub(super) fn set_irqs_error(index: u32, start: u32, count: u32, source: proxy::Error) -> Error {
+/// Refuses an IRQ index whose vector count is above [`max_vectors`] (0 is always accepted:
+/// libvfio-user reports 0 for every interrupt type its application does not use).
+pub(super) fn check_count(pci: bool, irq: &Irq) -> Result<(), Error> {
+    let limit = max_vectors(pci, irq.index);
+    if irq.count > limit {
+        return Err(Error::TooManyVectors {
+            index: irq.index,
+            count: irq.count,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn set_irqs_error(
+    index: u32,
+    start: u32,
+    count: u32,
+    source: connection::Error,
+) -> Error {
     Error::SetIrqs {
         index,
         start,

@@ -2,6 +2,15 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Mapping a region's mappable areas from the region fd, with vm-memory's `MmapRegion`.
+//!
+//! Touching a mapping past the end of its file raises SIGBUS, which a hostile server could
+//! use to kill the VMM, so an area is mapped only after checking that the file (a regular
+//! file or a memfd) is long enough; an area that fails a check is left to messages. The
+//! check cannot stop a server that shrinks its file afterwards. The device's own `read`
+//! and `write` therefore always use messages, even inside a mapped area: the mapping is for
+//! the VMM to install as a guest memory slot, and the residual risk stays with whoever
+//! touches it (a VMM reading it, or KVM on a guest access), as in every VMM that maps a
+//! vfio-user region. A future option could require `F_SEAL_SHRINK` on the fd.
 
 use std::fs::File;
 use std::sync::Arc;

@@ -13,6 +13,12 @@
 //! vfio-bindings' `VFIO_PCI_*_REGION_INDEX` and `VFIO_PCI_*_IRQ_INDEX`
 //! (`vfio_bindings::bindings::vfio`), and flags are its `VFIO_REGION_INFO_FLAG_*` and
 //! `VFIO_IRQ_INFO_*`.
+//!
+//! Two readings differ from the crates.io `vfio_user` client's. `VFIO_DEVICE_FLAGS_RESET`
+//! means what the spec says: the device supports DEVICE_RESET (that client inverts it). A
+//! region flagged MMAP whose REGION_INFO reply brings no fd is kept, and reached by
+//! messages, but nothing of it is mapped (that crate's server sends the fd only with sparse
+//! mmap capabilities).
 
 mod access;
 mod error;
@@ -25,17 +31,15 @@ use std::path::Path;
 
 use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
 
-use crate::connection::ConnectOptions;
+use crate::connection::{ConnectOptions, Connection};
 use crate::negotiate::{host_page_size, Capabilities};
 use crate::protocol::{Command, DeviceInfo, RegionAccess, HEADER_SIZE};
-use crate::proxy::Proxy;
-use crate::Connection;
-use irqs::get_irq;
+use irqs::{check_count, get_irq};
 use region::{get_region, map_region};
 
 pub use error::Error;
 pub use io_fds::RegionIoFd;
-pub use irqs::{Irq, IrqAction};
+pub use irqs::{max_vectors, Irq, IrqAction, MAX_VECTORS};
 pub use mmap::MappedArea;
 pub use region::Region;
 
@@ -82,6 +86,39 @@ impl Default for DeviceOptions {
 }
 
 /// A vfio-user device over one connection.
+///
+/// ```
+/// use vfio_bindings::bindings::vfio::{VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX};
+/// use vfio_user_client::device::IrqAction;
+/// use vfio_user_client::{ConnectOptions, DeviceOptions, VfioUserDevice};
+/// use vmm_sys_util::eventfd::EventFd;
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let probe = server.probe();
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let (connect, options) = (ConnectOptions::default(), DeviceOptions::default());
+/// let dev = VfioUserDevice::connect(socket, &connect, &options)?;
+/// for region in dev.regions() {
+///     println!("region {}: {} bytes", region.index(), region.size());
+/// }
+///
+/// // Region access of any length: checked against the region first, split by the
+/// // negotiated transfer size, every reply checked.
+/// dev.write(VFIO_PCI_BAR1_REGION_INDEX, 0x100, b"hello")?;
+/// let mut data = [0u8; 5];
+/// dev.read(VFIO_PCI_BAR1_REGION_INDEX, 0x100, &mut data)?;
+/// assert_eq!(&data, b"hello");
+///
+/// // MSI-X vectors 0 and 1 signal these eventfds (a VMM passes its irqfds).
+/// let (v0, v1) = (EventFd::new(0)?, EventFd::new(0)?);
+/// dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &[Some(&v0), Some(&v1)])?;
+/// # assert_eq!(probe.raise_irq(VFIO_PCI_MSIX_IRQ_INDEX, 1), Ok(true));
+/// # assert_eq!(v1.read()?, 1);
+/// dev.disable_irqs(VFIO_PCI_MSIX_IRQ_INDEX)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct VfioUserDevice {
     connection: Connection,
@@ -100,19 +137,22 @@ impl VfioUserDevice {
         connect: &ConnectOptions,
         options: &DeviceOptions,
     ) -> Result<VfioUserDevice, crate::Error> {
-        let connection = Connection::connect(path, connect)?;
+        let connection = Connection::connect(path.as_ref(), connect)?;
         Ok(VfioUserDevice::new(connection, options)?)
     }
 
     /// Discovers the device behind a negotiated connection: DEVICE_GET_INFO, then every
     /// region (re-asking with the larger `argsz` the server names) and every IRQ index, and
     /// maps the mappable areas when `options.map_regions` is set.
+    ///
+    /// An IRQ index with more vectors than [`max_vectors`] allows is
+    /// [`Error::TooManyVectors`].
     pub fn new(connection: Connection, options: &DeviceOptions) -> Result<VfioUserDevice, Error> {
-        let proxy = connection.proxy();
-        let info = get_info(proxy)?;
+        let conn = &connection;
+        let info = get_info(conn)?;
         let mut regions = Vec::with_capacity(info.num_regions as usize);
         for index in 0..info.num_regions {
-            regions.push(get_region(proxy, index)?);
+            regions.push(get_region(conn, index)?);
         }
         if options.map_regions {
             let page_size = host_page_size();
@@ -122,13 +162,16 @@ impl VfioUserDevice {
         }
         let mut irqs = Vec::with_capacity(info.num_irqs as usize);
         for index in 0..info.num_irqs {
-            irqs.push(get_irq(proxy, index)?);
+            irqs.push(get_irq(conn, index)?);
         }
+        // Bounded before anything sizes itself by a count.
+        let pci = info.flags & VFIO_DEVICE_FLAGS_PCI != 0;
+        irqs.iter().try_for_each(|irq| check_count(pci, irq))?;
         let caps = connection.capabilities();
         let max_xfer = caps.max_data_xfer_size as usize;
         // Our own receive limit bounds read replies too (head room for the headers).
-        let recv_limit = (proxy.config().max_recv_size as usize)
-            .saturating_sub(HEADER_SIZE + RegionAccess::HEAD_SIZE);
+        let recv_limit =
+            (conn.max_recv_size() as usize).saturating_sub(HEADER_SIZE + RegionAccess::HEAD_SIZE);
         let read_chunk = max_xfer
             .min(recv_limit)
             .min(options.read_chunk as usize)
@@ -219,7 +262,6 @@ impl VfioUserDevice {
             return Err(Error::ResetNotSupported);
         }
         self.connection
-            .proxy()
             .request(Command::DeviceReset, &[], &[])
             .map(drop)
             .map_err(|source| Error::Request {
@@ -230,10 +272,10 @@ impl VfioUserDevice {
     }
 }
 
-fn get_info(proxy: &Proxy) -> Result<DeviceInfo, Error> {
+fn get_info(conn: &Connection) -> Result<DeviceInfo, Error> {
     let mut payload = Vec::with_capacity(DeviceInfo::SIZE);
     DeviceInfo::request().encode_into(&mut payload);
-    let reply = proxy
+    let reply = conn
         .request(Command::DeviceGetInfo, &payload, &[])
         .map_err(|source| Error::Request {
             command: Command::DeviceGetInfo,

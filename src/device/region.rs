@@ -15,8 +15,8 @@ use vfio_bindings::bindings::vfio::{
 
 use super::mmap::{self, MappedArea};
 use super::{Error, MAX_INFO_ARGSZ};
+use crate::connection::Connection;
 use crate::protocol::{Command, RegionCap, RegionInfo};
-use crate::proxy::Proxy;
 
 /// One region of the device, as DEVICE_GET_REGION_INFO described it.
 #[derive(Debug)]
@@ -136,8 +136,8 @@ impl Region {
 }
 
 /// Region `index` as DEVICE_GET_REGION_INFO describes it (not mapped yet).
-pub(super) fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
-    let (info, mut fds) = query(proxy, index)?;
+pub(super) fn get_region(conn: &Connection, index: u32) -> Result<Region, Error> {
+    let (info, mut fds) = query(conn, index)?;
     if info.size > 0 {
         let areas = info.caps.iter().filter_map(|cap| match cap {
             RegionCap::SparseMmap(areas) => Some(areas),
@@ -183,12 +183,12 @@ pub(super) fn get_region(proxy: &Proxy, index: u32) -> Result<Region, Error> {
 /// Asks for region `index`'s info, once more with the `argsz` the server names when the
 /// capability chain (and with it libvfio-user's fd) did not fit; returns the complete
 /// answer and its fds.
-fn query(proxy: &Proxy, index: u32) -> Result<(RegionInfo, Vec<OwnedFd>), Error> {
+fn query(conn: &Connection, index: u32) -> Result<(RegionInfo, Vec<OwnedFd>), Error> {
     let mut argsz = RegionInfo::HEAD_SIZE as u32;
     loop {
         let mut payload = Vec::with_capacity(RegionInfo::HEAD_SIZE);
         RegionInfo::request(index, argsz).encode_into(&mut payload);
-        let reply = proxy
+        let reply = conn
             .request(Command::DeviceGetRegionInfo, &payload, &[])
             .map_err(|source| Error::Request {
                 command: Command::DeviceGetRegionInfo,

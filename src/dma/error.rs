@@ -6,9 +6,9 @@
 
 use std::fmt;
 
+use crate::connection;
 use crate::error::{iter_causes, ConnectionCause};
 use crate::protocol::Command;
-use crate::proxy;
 
 /// One DMA operation, as named in errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,13 +64,13 @@ pub struct DmaFailure {
     /// The operation.
     pub op: DmaOp,
     /// What went wrong: the server's error reply (with its errno), a timeout, a disconnect.
-    pub error: proxy::Error,
+    pub error: connection::Error,
 }
 
 impl fmt::Display for DmaFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.error {
-            proxy::Error::Server { command, errno } => {
+            connection::Error::Server { command, errno } => {
                 write!(f, "server refused {command} of {}: ", range_text(&self.op))?;
                 match i32::try_from(*errno) {
                     Ok(0) => f.write_str("no errno given"),
@@ -197,7 +197,7 @@ impl Error {
 }
 
 impl ConnectionCause for Error {
-    fn connection_errors(&self) -> impl Iterator<Item = &proxy::Error> {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
         iter_causes((None, self.failures()))
     }
 }
@@ -267,7 +267,7 @@ mod tests {
             (
                 Error::Failed(DmaFailure {
                     op,
-                    error: proxy::Error::Server {
+                    error: connection::Error::Server {
                         command: Command::DmaMap,
                         errno: libc::EINVAL as u32,
                     },
@@ -277,7 +277,7 @@ mod tests {
             (
                 Error::Failed(DmaFailure {
                     op,
-                    error: proxy::Error::Server {
+                    error: connection::Error::Server {
                         command: Command::DmaMap,
                         errno: 0,
                     },
@@ -287,7 +287,7 @@ mod tests {
             (
                 Error::Failed(DmaFailure {
                     op,
-                    error: proxy::Error::Server {
+                    error: connection::Error::Server {
                         command: Command::DmaMap,
                         errno: u32::MAX,
                     },
@@ -297,7 +297,9 @@ mod tests {
             (
                 Error::Failed(DmaFailure {
                     op,
-                    error: proxy::Error::Disconnected(proxy::DisconnectReason::PeerClosed),
+                    error: connection::Error::Disconnected(
+                        connection::DisconnectReason::PeerClosed,
+                    ),
                 }),
                 "DMA map 0x1000..0x1800: disconnected: the server closed the connection",
             ),
@@ -306,7 +308,7 @@ mod tests {
                     total: 3,
                     failures: vec![DmaFailure {
                         op,
-                        error: proxy::Error::Server {
+                        error: connection::Error::Server {
                             command: Command::DmaMap,
                             errno: libc::ENOSPC as u32,
                         },

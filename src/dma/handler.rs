@@ -21,8 +21,8 @@ use vm_memory::{
 use super::dirty::DirtyLog;
 use super::table::{Access, Piece, Table};
 use super::DmaRegion;
+use crate::connection::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
 use crate::protocol::{Command, DmaAccess, Header};
-use crate::proxy::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
 
 /// DMA_READ replies from this size up are sent straight from guest memory where the
 /// connection can (the twin socket, and the main socket when nothing is queued before the

@@ -22,25 +22,7 @@
 //!   use a window as soon as it has processed the map), and leaves it again if the server
 //!   refuses it: the table always ends up as the server accepted it.
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use vfio_user_client::dma::DmaMapper;
-//! use vfio_user_client::{ConnectOptions, Connection};
-//! use vm_memory::{GuestAddress, GuestMemoryMmap};
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let conn = Connection::connect("/run/dev.sock", &ConnectOptions::default())?;
-//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(
-//!     GuestAddress(0),
-//!     64 << 20,
-//! )])?);
-//! let mapper = DmaMapper::new(&conn, memory);
-//! mapper.map_guest_memory()?; // one DMA_MAP per region, pipelined
-//! mapper.map(0x1_0000_0000, 0x20_0000, 0x1000)?; // a vIOMMU window onto guest memory
-//! mapper.unmap(0x1_0000_0000, 0x1000)?;
-//! # Ok(())
-//! # }
-//! ```
+//! [`DmaMapper`] shows guest memory shared with a server.
 
 mod dirty;
 mod error;
@@ -62,14 +44,13 @@ use vm_memory::{
     GuestRegionMmap, MemoryRegionAddress,
 };
 
-use crate::connection::Connection;
+use crate::connection::{self, Connection, Handle, PendingReply};
 use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
-use crate::proxy::{self, Proxy, Ticket};
 use handler::DmaRequestHandler;
 use table::Table;
 
 /// Outstanding NOWAIT operations of one transaction before the oldest are collected: well
-/// under the proxy's 32,768 waiting ids, so that other threads' requests still find ids.
+/// under the connection's 32,768 waiting ids, so that other threads' requests still find ids.
 const WINDOW: usize = 8192;
 
 /// A guest memory region as the DMA layer needs to see it.
@@ -140,8 +121,44 @@ impl DmaLimits {
 /// DMA requests keep being served while a transaction waits for its replies. Dropping the
 /// mapper leaves the handler installed and the windows mapped (the server may still use
 /// them); call [`DmaMapper::unmap_all`] first to tear them down.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use vfio_user_client::{ConnectOptions, Connection, DmaMapper};
+/// use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+/// use vmm_sys_util::tempfile::TempFile;
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let probe = server.probe();
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let conn = Connection::connect(socket, &ConnectOptions::default())?;
+///
+/// // Guest RAM: 64 MiB on a shared file, which the server maps by fd, and 1 MiB of anonymous
+/// // memory, which it reaches through DMA_READ / DMA_WRITE served by the mapper.
+/// let ram = TempFile::new()?.into_file();
+/// ram.set_len(64 << 20)?;
+/// let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges_with_files([
+///     (GuestAddress(0), 64 << 20, Some(FileOffset::new(ram, 0))),
+///     (GuestAddress(1 << 32), 1 << 20, None),
+/// ])?);
+/// let mapper = DmaMapper::new(&conn, memory);
+/// mapper.map_guest_memory()?; // one DMA_MAP per region, all checked first, pipelined
+/// # assert_eq!(probe.dma_map_count(), 2);
+///
+/// // A vIOMMU window onto guest memory, and its removal.
+/// mapper.map(0x10_0000_0000, 0x20_0000, 0x1000)?;
+/// # assert_eq!(probe.dma_map_count(), 3);
+/// mapper.unmap(0x10_0000_0000, 0x1000)?;
+///
+/// mapper.unmap_all()?; // before the device goes away
+/// # assert_eq!(probe.dma_map_count(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct DmaMapper<AS> {
-    proxy: Proxy,
+    connection: Handle,
     limits: DmaLimits,
     memory: AS,
     table: Arc<RwLock<Table>>,
@@ -176,21 +193,22 @@ where
 {
     /// A mapper for `memory` on a negotiated connection, with the connection's limits.
     pub fn new(conn: &Connection, memory: AS) -> DmaMapper<AS> {
-        DmaMapper::with_limits(conn.proxy().clone(), DmaLimits::of(conn), memory)
+        DmaMapper::with_limits(conn, DmaLimits::of(conn), memory)
     }
 
-    /// A mapper on a bare proxy with explicit limits (tests, or a VMM that negotiated itself).
-    pub fn with_limits(proxy: Proxy, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+    /// A mapper with explicit limits (tests, or limits below what was negotiated).
+    pub fn with_limits(conn: &Connection, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+        let connection = conn.handle();
         let table = Arc::new(RwLock::new(Table::default()));
         let dirty = Arc::new(DirtyLog::default());
-        proxy.set_request_handler(Some(Arc::new(DmaRequestHandler {
+        connection.set_request_handler(Some(Arc::new(DmaRequestHandler {
             table: Arc::clone(&table),
             memory: memory.clone(),
             dirty: Arc::clone(&dirty),
             max_data_xfer_size: limits.max_data_xfer_size,
         })));
         DmaMapper {
-            proxy,
+            connection,
             limits,
             memory,
             table,
@@ -413,7 +431,7 @@ enum Undo {
 struct Sent {
     op: DmaOp,
     undo: Undo,
-    ticket: Ticket,
+    ticket: PendingReply,
 }
 
 /// A batch of maps and unmaps, pipelined: each is checked and sent when added, and
@@ -509,8 +527,8 @@ where
         let planned = mapper.plan_map(&mut table, mapping, file)?;
         let fds: Vec<RawFd> = planned.fd.into_iter().collect();
         let sent = mapper
-            .proxy
-            .send_nowait(Command::DmaMap, &planned.payload, &fds);
+            .connection
+            .send_request(Command::DmaMap, &planned.payload, &fds);
         self.record(&mut table, op, Undo::Map(planned.mapping), sent);
         drop(table);
         self.collect_if_full();
@@ -528,7 +546,9 @@ where
             .ok_or(Error::NoSuchMapping { op })?;
         let mut payload = Vec::with_capacity(DmaUnmap::SIZE);
         DmaUnmap::new(iova, size).encode_into(&mut payload);
-        let sent = mapper.proxy.send_nowait(Command::DmaUnmap, &payload, &[]);
+        let sent = mapper
+            .connection
+            .send_request(Command::DmaUnmap, &payload, &[]);
         self.record(&mut table, op, Undo::Unmap(removed), sent);
         drop(table);
         self.collect_if_full();
@@ -540,7 +560,7 @@ where
         table: &mut Table,
         op: DmaOp,
         undo: Undo,
-        sent: Result<Ticket, proxy::Error>,
+        sent: Result<PendingReply, connection::Error>,
     ) {
         self.total += 1;
         match sent {
@@ -565,7 +585,11 @@ where
             let Some(sent) = self.pending.pop_front() else {
                 return;
             };
-            let result = self.mapper.proxy.wait(sent.ticket);
+            let result = self
+                .mapper
+                .connection
+                .wait(sent.ticket)
+                .and_then(|reply| check_reply(sent.op, &reply.payload));
             if let Err(error) = result {
                 log::debug!("{} failed: {error}", sent.op);
                 undo_in(&mut write(&self.mapper.table), sent.undo);
@@ -594,6 +618,24 @@ where
     }
 }
 
+/// Checks a successful reply's payload. A DMA_UNMAP reply echoes the window (libvfio-user
+/// and rust-vmm's server both send the 24-byte entry back); one that is shorter or names
+/// another window is a protocol violation. A DMA_MAP reply has nothing to check.
+fn check_reply(op: DmaOp, payload: &[u8]) -> Result<(), connection::Error> {
+    let DmaOp::Unmap { iova, size } = op else {
+        return Ok(());
+    };
+    let what = match DmaUnmap::decode(payload) {
+        Ok(echo) if (echo.address, echo.size) == (iova, size) => return Ok(()),
+        Ok(echo) => format!("reply echoes window {:#x}+{:#x}", echo.address, echo.size),
+        Err(e) => e.to_string(),
+    };
+    Err(connection::Error::BadReply {
+        command: Command::DmaUnmap,
+        what,
+    })
+}
+
 fn undo_in(table: &mut Table, undo: Undo) {
     match undo {
         Undo::Map(m) => {
@@ -614,7 +656,7 @@ impl<AS> Drop for Transaction<'_, AS> {
         }
         // Not committed: still collect the replies so that the table matches the server.
         while let Some(sent) = self.pending.pop_front() {
-            if let Err(error) = self.mapper.proxy.wait(sent.ticket) {
+            if let Err(error) = self.mapper.connection.wait(sent.ticket) {
                 undo_in(&mut write(&self.mapper.table), sent.undo);
                 self.failures.push(DmaFailure { op: sent.op, error });
             }

@@ -16,7 +16,9 @@ use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 
 use super::config::{self, CONFIG_SIZE, HEADER_TYPE};
 use super::interrupts::{server_masks, WiredInterrupts};
+use super::irq_counts::{self, Offered};
 use super::memory;
+use super::msi::Msi;
 use super::msix::Msix;
 use super::shadow::ConfigShadow;
 use super::status::DeviceStatus;
@@ -55,6 +57,39 @@ impl fmt::Debug for BarPlacement {
 }
 
 /// How to attach a device.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use vfio_user_client::pci::{AttachOptions, BarInfo, BarPlacement};
+/// use vfio_user_client::{ConnectOptions, DeviceOptions};
+///
+/// // The VMM's allocator for the PCI memory hole; I/O BARs are left to the guest.
+/// let next = Mutex::new(0xc000_0000_u64);
+/// let allocate = move |bar: &BarInfo| {
+///     if !bar.kind.is_memory() {
+///         return None;
+///     }
+///     let mut next = next.lock().ok()?;
+///     let base = next.next_multiple_of(bar.size);
+///     *next = base + bar.size;
+///     Some(base)
+/// };
+/// let options = AttachOptions {
+///     connect: ConnectOptions {
+///         reply_timeout: Duration::from_secs(2),
+///         ..ConnectOptions::default()
+///     },
+///     device: DeviceOptions {
+///         posted_writes: false,
+///         ..DeviceOptions::default()
+///     },
+///     bars: BarPlacement::Allocator(Arc::new(allocate)),
+///     ..AttachOptions::default()
+/// };
+/// # assert!(options.reset);
+/// ```
 #[derive(Clone, Debug)]
 pub struct AttachOptions {
     /// How to connect and what to offer.
@@ -100,6 +135,14 @@ impl VfioUserPciDevice {
         let config = read_config(&device)?;
         let shadow = ConfigShadow::discover(&config, config_size, |i| {
             device.region(i).map_or((0, 0), |r| (r.size(), r.flags()))
+        })?;
+        let offered = Offered {
+            pin: config[config::INTERRUPT_PIN],
+            msi: shadow.msi.as_ref().map(Msi::capable_vectors),
+            msix: shadow.msix.as_ref().map(Msix::size),
+        };
+        irq_counts::check(offered, |kind| {
+            device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
         })?;
         let intx = config[config::INTERRUPT_PIN] != 0
             && device
@@ -213,16 +256,14 @@ pub(super) fn connect(
     options: &ConnectOptions,
     interrupts: &Arc<dyn InterruptProvider>,
 ) -> Result<((Connection, Arc<DeviceStatus>), PciSubscriber), Error> {
-    let (connection, proxy_subscriber) =
+    let (connection, connection_subscriber) =
         Connection::connect_with_subscriber(path, options).map_err(connect_error)?;
     let status = Arc::new(DeviceStatus::new()?);
     let for_callback = Arc::clone(&status);
-    connection
-        .proxy()
-        .on_disconnect(move |reason| for_callback.lose(reason.clone()));
+    connection.on_disconnect(move |reason| for_callback.lose(reason.clone()));
     let subscriber = PciSubscriber {
-        proxy_subscriber,
-        proxy: connection.proxy().clone(),
+        connection_subscriber,
+        connection: connection.handle(),
         status: Arc::clone(&status),
         resample: interrupts.intx_resample(),
     };
@@ -233,7 +274,7 @@ pub(super) fn connect(
 /// has room for every layer's; connecting produces only those two.)
 fn connect_error(e: crate::Error) -> Error {
     match e {
-        crate::Error::Proxy(e) => Error::Connect(e),
+        crate::Error::Connection(e) => Error::Connect(e),
         crate::Error::Negotiate(e) => Error::Negotiate(e),
         crate::Error::Device(e) => Error::Device(e),
         crate::Error::Dma(e) => Error::Dma(e),

@@ -3,6 +3,15 @@
 
 //! The config-space trait a VMM's PCI bus drives, the BAR types it speaks, and the BAR
 //! shadow: sizing answered locally, relocation reported.
+//!
+//! A BAR moves only while its window decodes, as in QEMU's `pci_bar_address`. Firmware and
+//! Linux turn decoding off to size and program BARs, so those writes move nothing, and
+//! turning decoding on reports every BAR whose address changed. With decoding on, a 64-bit
+//! BAR's new low half waits for its high half (Linux writes low, then high). So no
+//! intermediate address is ever reported. Cloud Hypervisor does report a 64-bit BAR's
+//! intermediate addresses while the guest restores it after sizing: windows that can land
+//! on guest RAM or on another BAR. A window stays at its old base until the VMM calls
+//! [`PciConfig::move_bar`], so accesses that race the move still land.
 
 use vfio_bindings::bindings::vfio::VFIO_PCI_ROM_REGION_INDEX;
 

@@ -7,11 +7,11 @@ use std::fmt;
 use std::io;
 
 use super::InterruptKind;
+use crate::connection;
 use crate::device;
 use crate::dma;
 use crate::error::{iter_causes, Causes, ConnectionCause};
 use crate::negotiate::NegotiateError;
-use crate::proxy;
 
 /// Errors of [`VfioUserPciDevice`](super::VfioUserPciDevice).
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +19,7 @@ use crate::proxy;
 pub enum Error {
     /// Connecting failed (or the connection's event loop could not start).
     #[error("connecting to the device failed: {0}")]
-    Connect(proxy::Error),
+    Connect(connection::Error),
     /// The server's VERSION reply was not acceptable.
     #[error("version negotiation with the device failed: {0}")]
     Negotiate(NegotiateError),
@@ -76,6 +76,25 @@ pub enum Error {
         /// What is wrong.
         problem: CapabilityProblem,
     },
+    /// Config space offers the guest more vectors of an interrupt kind than the server
+    /// reports for its IRQ index: an interrupt pin without an INTx vector, an MSI-X table
+    /// larger than the MSI-X count, or MSI capable of more vectors than the MSI count. The
+    /// guest would program vectors that never fire. (Fewer is fine: the rest stay unused.)
+    #[error(
+        "config space offers the guest {offered} {} vector(s) ({}), but the server reports \
+         {count} for IRQ index {}",
+        kind_name(*kind),
+        offer_source(*kind),
+        kind.irq_index()
+    )]
+    IrqCount {
+        /// INTx, MSI or MSI-X.
+        kind: InterruptKind,
+        /// The vectors config space offers.
+        offered: u32,
+        /// The vectors the server reports.
+        count: u32,
+    },
     /// A BAR address the VMM gave is not usable.
     #[error("BAR {bar} cannot be placed at {base:#x}: {what}")]
     Placement {
@@ -111,9 +130,9 @@ pub enum Error {
         source: io::Error,
     },
     /// The connection to the server is gone (the error is the connection's
-    /// [`proxy::Error::Disconnected`]); the device answers all-ones until detached.
+    /// [`connection::Error::Disconnected`]); the device answers all-ones until detached.
     #[error("the device is lost: {0}")]
-    Lost(proxy::Error),
+    Lost(connection::Error),
     /// An error met where it could not be returned (see
     /// [`VfioUserPciDevice::last_error`](super::VfioUserPciDevice::last_error)).
     #[error("{activity}: {source}")]
@@ -139,8 +158,28 @@ impl Error {
 }
 
 impl ConnectionCause for Error {
-    fn connection_errors(&self) -> impl Iterator<Item = &proxy::Error> {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
         iter_causes(self.causes())
+    }
+}
+
+fn kind_name(kind: InterruptKind) -> &'static str {
+    match kind {
+        InterruptKind::Intx => "INTx",
+        InterruptKind::Msi => "MSI",
+        InterruptKind::Msix => "MSI-X",
+        InterruptKind::Err => "ERR",
+        InterruptKind::Req => "REQ",
+    }
+}
+
+/// Where config space offers vectors of `kind`.
+fn offer_source(kind: InterruptKind) -> &'static str {
+    match kind {
+        InterruptKind::Intx => "its interrupt pin",
+        InterruptKind::Msi => "its MSI capability's Multiple Message Capable",
+        InterruptKind::Msix => "its MSI-X table size",
+        InterruptKind::Err | InterruptKind::Req => "no register",
     }
 }
 

@@ -71,6 +71,7 @@ impl VfioUserPciDevice {
             ConfigRead::Local(value) => return value,
             ConfigRead::Server(offset) => offset,
         };
+        let _budget = self.device.connection().budget();
         let mut b = [0u8; 4];
         if let Err(e) = self
             .device
@@ -112,6 +113,8 @@ impl VfioUserPciDevice {
         let Some(at) = write.forward else {
             return write.moves;
         };
+        // One reply timeout for the whole access, however many requests it sends.
+        let _budget = self.device.connection().budget();
         if write.interrupts {
             self.sync_interrupts();
         }

@@ -9,7 +9,9 @@
 //!   what the VMM owns, which a **shadow** answers: the six BAR registers and the expansion
 //!   ROM BAR (sizing is answered from the region sizes, without a round trip), the MSI
 //!   capability (its pending bits excepted) and MSI-X message control. Writes to the MSI and
-//!   MSI-X registers are forwarded too, so the server sees the guest enable them.
+//!   MSI-X registers are forwarded too, so the server sees the guest enable them. They set
+//!   up the interrupts first and are forwarded after, so that the server holds its eventfds
+//!   before it sees the enable; a forward that fails is recorded, and the new setup stays.
 //! * A **BAR** is one of the device's regions 0 to 5 (or 6, the ROM) seen as a window on the
 //!   VMM's memory or I/O bus. Its kind (32/64-bit, prefetchable, I/O) comes from the
 //!   device's original BAR value, its size from the region. The VMM **places** it at attach
@@ -32,8 +34,9 @@
 //! * **Lifecycle**: [`VfioUserPciDevice::attach`] connects, negotiates, discovers, resets the
 //!   device when it can, shares guest memory through the DMA layer ([`crate::dma`]: shared
 //!   file-backed regions by fd, the rest served through DMA_READ / DMA_WRITE), places the
-//!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost connection makes guest reads return
-//!   all ones, is logged once, and signals [`VfioUserPciDevice::event`].
+//!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost
+//!   connection makes guest reads return all ones, is logged once, and signals
+//!   [`VfioUserPciDevice::event`].
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
 //! [`PciConfig`], modelled on Cloud Hypervisor's `PciDevice`. BAR windows implement
@@ -47,6 +50,7 @@ mod config;
 mod error;
 mod guest;
 mod interrupts;
+mod irq_counts;
 mod memory;
 mod msi;
 mod msix;
@@ -71,10 +75,10 @@ use vm_device::{MutDeviceMmio, MutDevicePio};
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::connection::EventLoop;
 use crate::device::{self, IrqAction, VfioUserDevice};
 use crate::dma::DmaRegion;
 use crate::error::ConnectionCause;
-use crate::proxy::EventLoop;
 use crate::sync::lock;
 use attach::connect;
 use interrupts::WiredInterrupts;
@@ -99,7 +103,50 @@ pub struct BarMapping {
     pub writable: bool,
 }
 
-/// A vfio-user device on a VMM's PCI bus. See the [module documentation](self).
+/// A vfio-user device on a VMM's PCI bus. See the [module documentation](self), and the
+/// [crate documentation](crate#attaching-a-device) for a device in a VMM's `EventManager`.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use vfio_user_client::pci::{BarPlacement, InterruptKind, InterruptProvider, PciConfig};
+/// use vfio_user_client::{AttachOptions, VfioUserPciDevice};
+/// use vm_device::bus::MmioAddress;
+/// use vm_device::MutDeviceMmio;
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// use vmm_sys_util::eventfd::EventFd;
+///
+/// struct NoInterrupts;
+///
+/// impl InterruptProvider for NoInterrupts {
+///     fn eventfd(&self, _kind: InterruptKind, _vector: u32) -> Option<Arc<EventFd>> {
+///         None
+///     }
+/// }
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
+/// let options = AttachOptions {
+///     bars: BarPlacement::Fixed(vec![(0, 0xc000_0000)]),
+///     ..AttachOptions::default()
+/// };
+/// // The device's event loop runs on a thread of its own.
+/// let mut device = VfioUserPciDevice::attach(socket, memory, Arc::new(NoInterrupts), &options)?;
+///
+/// // The guest turns memory decoding on; then a vCPU's MMIO exit at 0xc000_0018 reaches the
+/// // device through the bus, at offset 0x18 of BAR 0's window.
+/// device.write_config_register(1, 0, &[0x02]);
+/// let mut register = [0u8; 4];
+/// device.mmio_read(MmioAddress(0xc000_0000), 0x18, &mut register);
+/// # assert_eq!(u32::from_le_bytes(register), GpioDevice::ID);
+/// # assert_eq!(device.error_count(), 0);
+///
+/// device.detach()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct VfioUserPciDevice {
     device: Arc<VfioUserDevice>,
     status: Arc<DeviceStatus>,
@@ -138,6 +185,10 @@ impl VfioUserPciDevice {
     /// a shared file mapping; the server reaches the others with DMA_READ / DMA_WRITE,
     /// served from the connection's event loop), places the BARs and connects INTx, ERR and
     /// REQ to the provider's eventfds.
+    ///
+    /// A device whose config space offers more interrupt vectors than the server reports
+    /// (an interrupt pin without INTx, an MSI-X table or MSI capability larger than its
+    /// count) is refused with [`Error::IrqCount`]; fewer is fine.
     pub fn attach<AS>(
         path: impl AsRef<Path>,
         memory: AS,
@@ -159,6 +210,7 @@ impl VfioUserPciDevice {
     /// Like [`VfioUserPciDevice::attach`], returning the subscriber for the VMM to register
     /// in its own `EventManager` (hot-plug at runtime: nothing here blocks other devices).
     /// The subscriber need not run during attach: the attaching thread reads its own replies.
+    /// The [crate documentation](crate#attaching-a-device) has an example.
     pub fn attach_with_subscriber<AS>(
         path: impl AsRef<Path>,
         memory: AS,
@@ -179,12 +231,17 @@ impl VfioUserPciDevice {
     /// connection. With the connection already lost there is nothing to undo at the server
     /// (it dropped both on disconnect), and detach just closes. The first error met is
     /// returned; everything is closed regardless.
+    ///
+    /// Detach waits for the server for one reply timeout in total, not one per request: a
+    /// server that does not answer in time makes the connection unresponsive, and what is
+    /// left fails at once ([`connection::Error::Unresponsive`](crate::connection::Error::Unresponsive)).
     pub fn detach(mut self) -> Result<(), Error> {
         self.status.detaching.store(true, Ordering::Release);
         self.status.eoi_unmasks_intx.store(false, Ordering::Release);
         if self.is_lost() {
             return Ok(());
         }
+        let _budget = self.device.connection().budget();
         let mut first_error =
             interrupts::disable(&self.device, &*self.interrupts, &mut self.wired).err();
         for kind in std::mem::take(&mut self.notifiers) {

@@ -148,6 +148,11 @@ impl Msi {
         self.u16_at(0) & CONTROL_ENABLE != 0
     }
 
+    /// Vectors the device can use (Multiple Message Capable).
+    pub(crate) fn capable_vectors(&self) -> u32 {
+        1 << self.capable
+    }
+
     /// Vectors the guest enabled (Multiple Message Enable, bounded by what the device can).
     pub(crate) fn vectors(&self) -> u32 {
         let enabled = ((self.u16_at(0) >> 4) & 7) as u8;

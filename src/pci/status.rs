@@ -13,10 +13,10 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Activity, Error};
+use crate::connection::{self, DisconnectReason};
 use crate::device;
 use crate::error::ConnectionCause;
 use crate::protocol::{Command, SetIrqs};
-use crate::proxy::{self, DisconnectReason, Proxy};
 use crate::sync::lock;
 
 /// The device's status, shared with its subscriber and the disconnect callback: lost or
@@ -54,7 +54,9 @@ impl DeviceStatus {
             return;
         }
         log::error!("vfio-user PCI device lost ({reason}): guest reads return all ones");
-        *lock(&self.last_error) = Some(Arc::new(Error::Lost(proxy::Error::Disconnected(reason))));
+        *lock(&self.last_error) = Some(Arc::new(Error::Lost(connection::Error::Disconnected(
+            reason,
+        ))));
         if let Err(e) = self.event.write(1) {
             log::error!("cannot signal the device event: {e}");
         }
@@ -63,19 +65,28 @@ impl DeviceStatus {
     /// Records an error met on a path that cannot return it (a guest access).
     pub(super) fn record(&self, activity: Activity, e: Error) {
         let gone = e.connection_errors().find_map(|c| match c {
-            proxy::Error::Disconnected(reason) => Some(reason.clone()),
+            connection::Error::Disconnected(reason) => Some(reason.clone()),
             _ => None,
         });
         if let Some(reason) = gone {
             self.lose(reason);
             return;
         }
+        // Logged once, as the timeout that made the connection unresponsive: not again for
+        // every access that fails fast meanwhile.
+        let unresponsive = e
+            .connection_errors()
+            .any(|c| matches!(c, connection::Error::Unresponsive { .. }));
         self.errors.fetch_add(1, Ordering::Relaxed);
         let e = Error::During {
             activity,
             source: Box::new(e),
         };
-        log::warn!("vfio-user PCI device: {e}");
+        if unresponsive {
+            log::debug!("vfio-user PCI device: {e}");
+        } else {
+            log::warn!("vfio-user PCI device: {e}");
+        }
         *lock(&self.last_error) = Some(Arc::new(e));
     }
 
@@ -83,7 +94,7 @@ impl DeviceStatus {
     /// may be the VMM's shared one, never waits for the server (a slow or hung server would
     /// stall every device it drives). The price is that the server's errno for a refused
     /// unmask is not seen; a connection that fails is.
-    pub(super) fn post_intx_unmask(&self, proxy: &Proxy) {
+    pub(super) fn post_intx_unmask(&self, connection: &connection::Handle) {
         if !self.eoi_unmasks_intx.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
             return;
         }
@@ -96,7 +107,7 @@ impl DeviceStatus {
             Vec::new(),
         )
         .encode_into(&mut payload);
-        if let Err(source) = proxy.post(Command::DeviceSetIrqs, &payload, &[]) {
+        if let Err(source) = connection.send_no_reply(Command::DeviceSetIrqs, &payload, &[]) {
             self.record(
                 Activity::IntxUnmask,
                 Error::Device(device::Error::SetIrqs {

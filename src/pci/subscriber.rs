@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::status::DeviceStatus;
-use crate::proxy::{ConnectionSubscriber, Proxy};
+use crate::connection::{self, ConnectionSubscriber};
 
 /// Drives one [`VfioUserPciDevice`](super::VfioUserPciDevice) from an event loop: the
 /// connection (its sockets and send queue, see [`ConnectionSubscriber`]) and the INTx resample
@@ -24,8 +24,8 @@ use crate::proxy::{ConnectionSubscriber, Proxy};
 /// it after detaching; [`attach`](super::VfioUserPciDevice::attach) runs it on a thread of
 /// the device's own.
 pub struct PciSubscriber {
-    pub(crate) proxy_subscriber: ConnectionSubscriber,
-    pub(crate) proxy: Proxy,
+    pub(crate) connection_subscriber: ConnectionSubscriber,
+    pub(crate) connection: connection::Handle,
     pub(super) status: Arc<DeviceStatus>,
     pub(crate) resample: Option<Arc<EventFd>>,
 }
@@ -40,7 +40,7 @@ impl fmt::Debug for PciSubscriber {
 
 impl MutEventSubscriber for PciSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
-        self.proxy_subscriber.init(ops);
+        self.connection_subscriber.init(ops);
         if let Some(r) = &self.resample {
             if let Err(e) = ops.add(Events::new(&**r, EventSet::IN)) {
                 log::error!("cannot watch the INTx resample eventfd: {e:?}");
@@ -53,10 +53,10 @@ impl MutEventSubscriber for PciSubscriber {
             if events.fd() == r.as_raw_fd() {
                 // Non-blocking or not, a readable eventfd reads at once.
                 let _ = r.read();
-                self.status.post_intx_unmask(&self.proxy);
+                self.status.post_intx_unmask(&self.connection);
                 return;
             }
         }
-        self.proxy_subscriber.process(events, ops);
+        self.connection_subscriber.process(events, ops);
     }
 }

@@ -1,89 +1,108 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A scripted peer: the server end of a socketpair, driven by hand, for fault injection.
+//! A scripted peer: the server end of a socketpair, a [`RawEndpoint`] driven by hand, for
+//! fault injection. [`pair`] connects a [`Connection`] to it; the peer answers the VERSION
+//! request first. Waits on the peer are unbounded unless a test bounds them
+//! ([`RawEndpoint::set_timeout`]).
 
 #![allow(dead_code)]
 
-pub mod guest;
-
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use vfio_user_client::protocol::{Command, Header, RegionAccess, HEADER_SIZE};
-use vfio_user_client::proxy::{self, socket, EventLoop, Proxy, ProxyConfig};
+use vfio_user_client::connection::{self, Health};
+use vfio_user_client::protocol::{Command, Header, RegionAccess, Version};
+use vfio_user_client::{ConnectOptions, Connection};
+pub use vfio_user_sample_server::wire::RawEndpoint;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-pub struct Peer {
-    pub sock: UnixStream,
+/// Whether `fd` becomes readable within `timeout_ms` milliseconds.
+pub fn readable_within(fd: RawFd, timeout_ms: i32) -> bool {
+    let epoll = Epoll::new().unwrap();
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, fd as u64),
+        )
+        .unwrap();
+    let mut events = [EpollEvent::default()];
+    epoll.wait(timeout_ms, &mut events).unwrap() > 0
 }
 
-impl Peer {
-    pub fn read_msg(&mut self) -> Option<(Header, Vec<u8>, Vec<OwnedFd>)> {
-        let mut hdr = [0u8; HEADER_SIZE];
-        let mut got = 0;
-        let mut fds = Vec::new();
-        while got < HEADER_SIZE {
-            let (n, f) = socket::recv_with_fds(&self.sock, &mut hdr[got..], 32).ok()?;
-            if n == 0 {
-                return None;
-            }
-            got += n;
-            fds.extend(f);
-        }
-        let h = Header::from_bytes(&hdr);
-        let mut body = vec![0u8; h.payload_len()];
-        self.sock.read_exact(&mut body).ok()?;
-        Some((h, body, fds))
-    }
-
-    pub fn write_raw(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).unwrap();
-    }
-
-    pub fn reply(&mut self, rq: &Header, payload: &[u8]) {
-        let h = Header::reply(rq, payload.len()).unwrap();
-        self.send(&h, payload, &[]);
-    }
-
-    pub fn send(&mut self, h: &Header, payload: &[u8], fds: &[RawFd]) {
-        let mut v = h.to_bytes().to_vec();
-        v.extend_from_slice(payload);
-        let n = socket::send_with_fds(&self.sock, &[&v], fds).unwrap();
-        self.sock.write_all(&v[n..]).unwrap();
-    }
-
-    /// Answers every request with its own payload until the client goes away.
-    pub fn echo_forever(mut self) {
-        while let Some((h, body, _)) = self.read_msg() {
-            if !h.no_reply() {
-                self.reply(&h, &body);
-            }
-        }
-    }
+/// A scripted peer on `sock` whose waits are unbounded.
+pub fn peer(sock: UnixStream) -> RawEndpoint {
+    RawEndpoint::new(sock, Duration::MAX)
 }
 
-pub fn pair_with(config: ProxyConfig) -> (Proxy, EventLoop, Peer) {
+/// Answers the client's VERSION request with version 0.0 and `json` (the whole capability
+/// object, `{"capabilities": ...}`), sending `fds` with the reply.
+pub fn answer_version(peer: &mut RawEndpoint, json: &serde_json::Value, fds: &[RawFd]) {
+    let m = peer.recv().unwrap();
+    assert_eq!(m.header.command, Command::Version as u16);
+    let mut payload = Vec::new();
+    Version {
+        major: 0,
+        minor: 0,
+        json: Some(json.to_string()),
+    }
+    .encode_into(&mut payload);
+    peer.reply(&m.header, &payload, fds).unwrap();
+}
+
+/// A connection over a socketpair, with its event loop, whose peer granted `json` (the
+/// whole capability object); the peer is handed back for scripting.
+pub fn pair_granting(
+    options: &ConnectOptions,
+    json: serde_json::Value,
+) -> (Connection, RawEndpoint) {
     let (a, b) = UnixStream::pair().unwrap();
-    let (proxy, sub) = Proxy::from_stream(a, config).unwrap();
-    let lp = EventLoop::spawn(sub).unwrap();
-    (proxy, lp, Peer { sock: b })
+    let mut peer = peer(b);
+    let answer = thread::spawn(move || {
+        answer_version(&mut peer, &json, &[]);
+        peer
+    });
+    let conn = Connection::connect(a, options).unwrap();
+    (conn, answer.join().unwrap())
 }
 
-pub fn pair() -> (Proxy, EventLoop, Peer) {
-    pair_with(ProxyConfig::default())
+/// Like [`pair_granting`], with twin-socket mode granted: returns the connection, the peer
+/// on the main socket and the peer's end of the twin socket.
+pub fn pair_with_twin(options: &ConnectOptions) -> (Connection, RawEndpoint, RawEndpoint) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut peer = peer(b);
+    let answer = thread::spawn(move || {
+        let json = serde_json::json!({
+            "capabilities": {"twin_socket": {"supported": true, "fd_index": 0}}
+        });
+        answer_version(&mut peer, &json, &[ours.as_raw_fd()]);
+        peer
+    });
+    let conn = Connection::connect(a, options).unwrap();
+    assert!(conn.twin_socket());
+    (conn, answer.join().unwrap(), self::peer(theirs))
 }
 
-pub fn short_timeout() -> ProxyConfig {
-    ProxyConfig {
+/// Like [`pair`] with `options`.
+pub fn pair_with(options: ConnectOptions) -> (Connection, RawEndpoint) {
+    // The spec's defaults: one fd and 1 MiB of data per message.
+    pair_granting(&options, serde_json::json!({}))
+}
+
+/// A connection whose peer granted the spec's defaults, and the peer.
+pub fn pair() -> (Connection, RawEndpoint) {
+    pair_with(ConnectOptions::default())
+}
+
+pub fn short_timeout() -> ConnectOptions {
+    ConnectOptions {
         reply_timeout: Duration::from_millis(200),
-        ..ProxyConfig::default()
+        ..ConnectOptions::default()
     }
-}
-
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 pub fn raw_header(id: u16, command: Command, size: u32, flags: u32, error: u32) -> [u8; 16] {
@@ -102,7 +121,12 @@ pub fn fd_of(s: &UnixStream) -> RawFd {
 }
 
 /// REGION_WRITE through a connection, checking the echoed head.
-pub fn write_region(p: &Proxy, region: u32, offset: u64, data: &[u8]) -> Result<(), proxy::Error> {
+pub fn write_region(
+    p: &Connection,
+    region: u32,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), connection::Error> {
     let head = RegionAccess {
         offset,
         region,
@@ -117,11 +141,11 @@ pub fn write_region(p: &Proxy, region: u32, offset: u64, data: &[u8]) -> Result<
 
 /// REGION_READ through a connection, checking the echoed head.
 pub fn read_region(
-    p: &Proxy,
+    p: &Connection,
     region: u32,
     offset: u64,
     count: u32,
-) -> Result<Vec<u8>, proxy::Error> {
+) -> Result<Vec<u8>, connection::Error> {
     let head = RegionAccess {
         offset,
         region,
@@ -136,7 +160,31 @@ pub fn read_region(
 }
 
 /// A 4-byte register read.
-pub fn read_u32(p: &Proxy, region: u32, offset: u64) -> u32 {
+pub fn read_u32(p: &Connection, region: u32, offset: u64) -> u32 {
     let data = read_region(p, region, offset, 4).unwrap();
     u32::from_ne_bytes(data.try_into().unwrap())
+}
+
+/// Waits, on the connection's health eventfd (no sleeping), until `done` holds for its
+/// health; `false` if it does not within `timeout`.
+pub fn health_within(conn: &Connection, timeout: Duration, done: impl Fn(&Health) -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done(&conn.health()) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        if readable_within(conn.health_event().as_raw_fd(), ms) {
+            let _ = conn.health_event().read();
+        }
+    }
+}
+
+/// Waits until the connection is healthy again (see [`health_within`]).
+pub fn healthy_within(conn: &Connection, timeout: Duration) -> bool {
+    health_within(conn, timeout, |h| *h == Health::Healthy)
 }

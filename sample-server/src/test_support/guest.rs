@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Guest memory for DMA and PCI tests and benchmarks: memfd-backed regions (shareable with
-//! a server) and anonymous ones (which a server can only reach by DMA messages).
+//! a server) and anonymous ones (which a server can only reach by DMA messages), and the
+//! host's page size.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -63,4 +64,11 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
         .collect()
+}
+
+/// The host's page size in bytes.
+pub fn host_page_size() -> u64 {
+    // SAFETY: sysconf takes no pointers and only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).expect("page size")
 }

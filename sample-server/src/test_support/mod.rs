@@ -9,6 +9,8 @@
 //!   check the reply's form, hand-encoded payloads, a sample server on a socket pair;
 //! * [`peers`]: listeners run by a script (including peers that are not vfio-user servers),
 //!   socket paths nobody listens on, the sample GPIO server on a path;
+//! * [`relay`]: a relay in front of the sample server that breaks one chosen reply (cut
+//!   short, wrong id or command, Error flag, wrong size, stray fds, silence, lateness);
 //! * [`rust_vmm`]: the crates.io `vfio_user` server with a small backend, an independent
 //!   peer for the client and the probe;
 //! * [`config`]: a PCI config-space image with a capability of every common kind;
@@ -23,5 +25,6 @@ pub mod config;
 pub mod guest;
 pub mod pci;
 pub mod peers;
+pub mod relay;
 pub mod rust_vmm;
 pub mod script;

@@ -25,7 +25,10 @@
 //! never disarmed or re-armed: requests from one thread cost no `epoll_ctl` at all. Stray
 //! data (a reply that came after its waiter gave up) waits for the next caller to read and
 //! drop it; a server that sent a request on the main socket anyway would be served by the
-//! next caller too.
+//! next caller too. Except while the connection is unresponsive (see `health.rs`): the
+//! late reply that makes it healthy again must be read when it comes, not when the next
+//! caller reads (callers fail fast meanwhile), so the entry then watches data as it does
+//! without a twin socket ([`SocketWatch::expect_late_reply`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -34,7 +37,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::lock;
+use crate::sync::lock;
 
 /// Level-triggered: readable while the socket has data.
 const ARMED: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
@@ -48,12 +51,14 @@ struct State {
     /// Whether the entry is armed (level-triggered, or for a hang-up only).
     armed: bool,
     /// Data on the socket need not wake the event loop (a twin socket carries the server's
-    /// requests): the entry watches for a hang-up only.
+    /// requests, and no late reply is awaited): the entry watches for a hang-up only.
     hang_up_only: bool,
+    /// The connection has a twin socket.
+    twin: bool,
 }
 
 #[derive(Debug)]
-pub(crate) struct SocketWatch {
+pub(super) struct SocketWatch {
     epoll: Epoll,
     sock: RawFd,
     state: Mutex<State>,
@@ -61,7 +66,7 @@ pub(crate) struct SocketWatch {
 
 impl SocketWatch {
     /// A private epoll set holding `sock`, armed.
-    pub fn new(sock: &UnixStream) -> io::Result<Self> {
+    pub(super) fn new(sock: &UnixStream) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let fd = sock.as_raw_fd();
         epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(ARMED, fd as u64))?;
@@ -72,6 +77,7 @@ impl SocketWatch {
                 callers: 0,
                 armed: true,
                 hang_up_only: false,
+                twin: false,
             }),
         })
     }
@@ -86,16 +92,39 @@ impl SocketWatch {
 
     /// From now on only a hang-up wakes the event loop (the server's requests come on a
     /// twin socket).
-    pub fn watch_hang_up_only(&self) -> io::Result<()> {
+    pub(super) fn watch_hang_up_only(&self) -> io::Result<()> {
         let mut state = lock(&self.state);
         self.set(HANG_UP_ONLY)?;
         state.hang_up_only = true;
+        state.twin = true;
         state.armed = true;
         Ok(())
     }
 
+    /// While `expect` (the connection is unresponsive), data wakes the event loop even with
+    /// a twin socket, so that the late reply is read when it comes; then a hang-up only
+    /// again. Nothing changes without a twin socket, where data always wakes it.
+    pub(super) fn expect_late_reply(&self, expect: bool) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if !state.twin || state.hang_up_only != expect {
+            return Ok(());
+        }
+        if expect {
+            // Disarmed while callers wait (they read), level-triggered once none does.
+            self.set(DISARMED)?;
+            state.hang_up_only = false;
+            state.armed = false;
+            self.arm_if_idle(&mut state)
+        } else {
+            self.set(HANG_UP_ONLY)?;
+            state.hang_up_only = true;
+            state.armed = true;
+            Ok(())
+        }
+    }
+
     /// A caller starts waiting for a reply: data no longer wakes the event loop.
-    pub fn enter(&self) {
+    pub(super) fn enter(&self) {
         let mut state = lock(&self.state);
         state.callers += 1;
         if state.hang_up_only {
@@ -110,7 +139,7 @@ impl SocketWatch {
 
     /// A caller stops waiting (after letting go of the receive state); the last one arms
     /// the entry again. An error means the event loop can no longer be told about data.
-    pub fn leave(&self) -> io::Result<()> {
+    pub(super) fn leave(&self) -> io::Result<()> {
         let mut state = lock(&self.state);
         state.callers = state.callers.saturating_sub(1);
         self.arm_if_idle(&mut state)
@@ -119,7 +148,7 @@ impl SocketWatch {
     /// For the event loop: whether the entry is armed level-triggered, so that a wake-up
     /// means the socket has data (or hung up) and nothing needs collecting. Otherwise the
     /// wake-up came from a one-shot event that [`collect`](Self::collect) must take.
-    pub fn level_triggered(&self) -> bool {
+    pub(super) fn level_triggered(&self) -> bool {
         let state = lock(&self.state);
         state.armed && !state.hang_up_only
     }
@@ -127,7 +156,7 @@ impl SocketWatch {
     /// For the event loop: collects the entry's one-shot event, if any (a hang-up or error
     /// of the disarmed entry, or the hang-up of a twin-socket connection), which disarms it.
     /// Returns whether there was one.
-    pub fn collect(&self) -> io::Result<bool> {
+    pub(super) fn collect(&self) -> io::Result<bool> {
         let mut events = [EpollEvent::default()];
         let n = loop {
             match self.epoll.wait(0, &mut events) {
@@ -148,7 +177,7 @@ impl SocketWatch {
 
     /// For the event loop, after it has collected an event: arms the entry again unless
     /// callers wait.
-    pub fn rearm(&self) -> io::Result<()> {
+    pub(super) fn rearm(&self) -> io::Result<()> {
         self.arm_if_idle(&mut lock(&self.state))
     }
 

@@ -1,10 +1,16 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
+//! Errors of the connection layer. [`Error::server_errno`] and [`Error::is_disconnected`]
+//! answer the two questions every error of the crate answers about the connection
+//! ([`ConnectionCause`](crate::ConnectionCause)); the other layers' errors answer them
+//! from the connection errors they carry.
+
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use super::health::Overdue;
 use crate::protocol::{Command, DecodeError};
 
 /// Why a connection ended.
@@ -60,6 +66,20 @@ pub enum Error {
         id: u16,
         /// The deadline that passed.
         after: Duration,
+    },
+    /// `command` was not sent: the connection is unresponsive, because the server left
+    /// `overdue` unanswered past its deadline. Every request fails this way at once until
+    /// that late reply arrives (see [`Health`](super::Health)).
+    #[error(
+        "{command} not sent: the server is unresponsive ({} (id {}) went unanswered)",
+        overdue.command,
+        overdue.id
+    )]
+    Unresponsive {
+        /// The command that was not sent.
+        command: Command,
+        /// The request whose reply is overdue.
+        overdue: Overdue,
     },
     /// The server answered with an error reply.
     #[error("server refused {command}: {}", errno_text(*errno))]
@@ -138,7 +158,14 @@ fn errno_text(errno: u32) -> String {
         return "no errno given".to_string();
     }
     match i32::try_from(errno) {
-        Ok(e) => format!("{} (errno {errno})", io::Error::from_raw_os_error(e)),
+        Ok(e) => {
+            // io::Error's text ends in " (os error N)"; say the number once.
+            let text = io::Error::from_raw_os_error(e).to_string();
+            let text = text
+                .strip_suffix(&format!(" (os error {e})"))
+                .unwrap_or(&text);
+            format!("{text} (errno {errno})")
+        }
         Err(_) => format!("errno {errno}"),
     }
 }
@@ -181,6 +208,16 @@ impl PartialEq for Error {
                 },
             ) => c1 == c2 && s1 == s2,
             (TooManyPending, TooManyPending) => true,
+            (
+                Unresponsive {
+                    command: c1,
+                    overdue: o1,
+                },
+                Unresponsive {
+                    command: c2,
+                    overdue: o2,
+                },
+            ) => c1 == c2 && o1 == o2,
             _ => false,
         }
     }
@@ -216,7 +253,7 @@ mod tests {
                     command: Command::DmaMap,
                     errno: libc::EINVAL as u32,
                 },
-                "server refused DMA_MAP: Invalid argument (os error 22) (errno 22)",
+                "server refused DMA_MAP: Invalid argument (errno 22)",
             ),
             (
                 Error::Server {
@@ -280,6 +317,22 @@ mod tests {
                 "malformed DEVICE_GET_INFO reply: device info: need 16 bytes, got 3",
             ),
         ];
+        let overdue = crate::connection::Overdue {
+            command: Command::DeviceSetIrqs,
+            id: 3,
+            since: std::time::Instant::now(),
+        };
+        let unresponsive = || Error::Unresponsive {
+            command: Command::RegionRead,
+            overdue,
+        };
+        assert_eq!(
+            unresponsive().to_string(),
+            "REGION_READ not sent: the server is unresponsive (DEVICE_SET_IRQS (id 3) went \
+             unanswered)"
+        );
+        assert_eq!(unresponsive(), unresponsive());
+        assert!(!unresponsive().is_disconnected());
         for (e, text) in cases {
             assert_eq!(e.to_string(), text);
             let comparable = !matches!(e, Error::TooManyFds { .. } | Error::MessageTooLarge { .. });
@@ -307,6 +360,26 @@ mod tests {
             // Variants without equality compare unequal to themselves by design.
             _ => Error::TooManyPending,
         }
+    }
+
+    #[test]
+    fn only_error_replies_carry_an_errno_and_only_disconnects_are_final() {
+        let refused = Error::Server {
+            command: Command::DmaMap,
+            errno: 0,
+        };
+        assert_eq!(
+            (refused.server_errno(), refused.is_disconnected()),
+            (Some(0), false)
+        );
+        let gone = Error::Disconnected(DisconnectReason::Shutdown);
+        assert_eq!((gone.server_errno(), gone.is_disconnected()), (None, true));
+        let late = Error::Timeout {
+            command: Command::DmaMap,
+            id: 1,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!((late.server_errno(), late.is_disconnected()), (None, false));
     }
 
     #[test]

@@ -4,10 +4,16 @@
 //! Safe wrappers over `sendmsg`/`recvmsg` with `SCM_RIGHTS` fd passing.
 //!
 //! This file holds the crate's fd-ownership `unsafe`; everything above it deals in
-//! [`OwnedFd`] and byte slices. `send_with_fds` and `recv_with_fds` follow the socket's own
-//! blocking mode; the `try_` forms never block (`MSG_DONTWAIT`), whatever the mode. (The
-//! connection keeps its socket blocking, with a receive timeout, so that a caller waiting
-//! for its reply can sleep in `recvmsg` itself instead of in `poll` first.)
+//! [`OwnedFd`] and byte slices. `recv_with_fds` (and, for tests, `send_with_fds`) follow the
+//! socket's own blocking mode; the `try_` forms never block (`MSG_DONTWAIT`), whatever the
+//! mode. (The connection keeps its socket blocking, with a receive timeout, so that a caller
+//! waiting for its reply can sleep in `recvmsg` itself instead of in `poll` first.) The
+//! sample server keeps its own copy of these wrappers: this module is the client's only.
+//!
+//! They are our own rather than vmm-sys-util's `ScmSocket` because that takes no flags, and
+//! the connection needs them per call: `MSG_DONTWAIT` on a blocking socket, `MSG_NOSIGNAL`
+//! on every send (a closed peer is `EPIPE`, not a signal), and `MSG_CMSG_CLOEXEC` on every
+//! receive (received fds are close-on-exec from the start, with no window for an `exec`).
 
 use std::io;
 use std::mem;
@@ -20,13 +26,13 @@ use vm_memory::VolatileSlice;
 
 /// Largest number of fds accepted in one `recvmsg`; more than this is a protocol violation
 /// (the kernel truncates the control data, and every fd in it is closed).
-pub const MAX_RECV_FDS: usize = 32;
+pub(crate) const MAX_RECV_FDS: usize = 32;
 
 /// Largest number of fds sent with one message.
-pub const MAX_SEND_FDS: usize = 64;
+pub(crate) const MAX_SEND_FDS: usize = 64;
 
 /// Largest number of buffers gathered into one message.
-pub const MAX_SEND_BUFS: usize = 4;
+pub(crate) const MAX_SEND_BUFS: usize = 4;
 
 /// Room for one `SCM_RIGHTS` control message of up to `MAX_SEND_FDS` fds (more than
 /// `CMSG_SPACE` needs; checked by a test), aligned for `cmsghdr`.
@@ -73,26 +79,11 @@ fn sendmsg_fds(
     flags: libc::c_int,
 ) -> io::Result<usize> {
     if bufs.len() > MAX_SEND_BUFS || fds.len() > MAX_SEND_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many buffers or fds for one message",
-        ));
+        return Err(too_many_for_one_message());
     }
     if fds.is_empty() {
-        if let [one] = bufs {
-            return send_one(sock, one, flags);
-        }
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total <= SMALL_SEND {
-            let mut gathered = [0u8; SMALL_SEND];
-            let mut at = 0;
-            for b in bufs {
-                if let Some(dst) = gathered.get_mut(at..at + b.len()) {
-                    dst.copy_from_slice(b);
-                }
-                at += b.len();
-            }
-            return send_one(sock, gathered.get(..total).unwrap_or_default(), flags);
+        if let Some(sent) = send_gathered(sock, bufs, flags) {
+            return sent;
         }
     }
     let mut iov = [libc::iovec {
@@ -109,25 +100,12 @@ fn sendmsg_fds(
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = bufs.len() as _;
     if !fds.is_empty() {
-        let data_len = mem::size_of_val(fds);
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space(fds.len()) as _;
-        // SAFETY: `msg_control` points to `cmsg`, which is aligned for cmsghdr and at least
-        // `msg_controllen` bytes long (`cmsg_space(MAX_SEND_FDS) <= CMSG_BUF_LEN`, tested),
-        // so CMSG_FIRSTHDR returns a non-null pointer to its start, the header fields lie
-        // inside it, and CMSG_DATA(c) has room for `data_len` bytes after the header.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as _;
-            ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), data_len);
-        }
+        attach_rights(&mut msg, &mut cmsg, fds)?;
     }
     loop {
         // SAFETY: `msg` describes `bufs.len()` iovecs over slices borrowed for the whole
-        // call and, with fds, a control buffer of `msg_controllen` initialised bytes;
-        // sendmsg only reads them.
+        // call and, with fds, a control buffer (`cmsg`, alive until we return) of
+        // `msg_controllen` initialised bytes; sendmsg only reads them.
         let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) };
         if r >= 0 {
             return Ok(r as usize);
@@ -139,13 +117,70 @@ fn sendmsg_fds(
     }
 }
 
-/// Sends the concatenation of `bufs` (at most [`MAX_SEND_BUFS`]) with `fds` (at most
-/// [`MAX_SEND_FDS`]) attached to the first byte, blocking or not as the socket does.
-///
-/// Returns the number of bytes written, which may be fewer than offered; the fds were sent
-/// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
-/// not a signal.
-pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
+fn too_many_for_one_message() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "too many buffers or fds for one message",
+    )
+}
+
+/// Without fds, sends one buffer, or several small ones gathered into one, with `send`;
+/// `None` for anything larger, which needs `sendmsg`.
+fn send_gathered(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    flags: libc::c_int,
+) -> Option<io::Result<usize>> {
+    if let [one] = bufs {
+        return Some(send_one(sock, one, flags));
+    }
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if total > SMALL_SEND {
+        return None;
+    }
+    let mut gathered = [0u8; SMALL_SEND];
+    let mut at = 0;
+    for b in bufs {
+        if let Some(dst) = gathered.get_mut(at..at + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        at += b.len();
+    }
+    Some(send_one(
+        sock,
+        gathered.get(..total).unwrap_or_default(),
+        flags,
+    ))
+}
+
+/// Points `msg`'s control data at `cmsg` and writes into it one `SCM_RIGHTS` message
+/// carrying `fds` (at most [`MAX_SEND_FDS`]).
+fn attach_rights(msg: &mut libc::msghdr, cmsg: &mut CmsgBuf, fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_SEND_FDS {
+        return Err(too_many_for_one_message());
+    }
+    let data_len = mem::size_of_val(fds);
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(fds.len()) as _;
+    // SAFETY: `msg_control` points to `cmsg`, which is aligned for cmsghdr and at least
+    // `msg_controllen` bytes long (`fds.len() <= MAX_SEND_FDS`, checked above, and
+    // `cmsg_space(MAX_SEND_FDS) <= CMSG_BUF_LEN`, tested), so CMSG_FIRSTHDR returns a
+    // non-null pointer to its start, the header fields lie inside it, and CMSG_DATA(c) has
+    // room for `data_len` bytes after the header.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as _;
+        ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), data_len);
+    }
+    Ok(())
+}
+
+/// Like [`try_send_with_fds`], but blocking or not as the socket does (tests write with it
+/// to blocking sockets).
+#[cfg(test)]
+pub(crate) fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
     sendmsg_fds(sock, bufs, fds, 0)
 }
 
@@ -153,7 +188,7 @@ pub fn send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Re
 /// `sendmsg` (`MSG_NOSIGNAL`), so that large data goes from guest memory to the socket
 /// without a copy in between. Returns the number of bytes written, which may be fewer than
 /// offered.
-pub fn send_volatile<B: BitmapSlice>(
+pub(crate) fn send_volatile<B: BitmapSlice>(
     sock: &UnixStream,
     prefix: &[&[u8]],
     slices: &[VolatileSlice<'_, B>],
@@ -201,8 +236,18 @@ pub fn send_volatile<B: BitmapSlice>(
     }
 }
 
-/// Like [`send_with_fds`], but never waits: a full socket gives `WouldBlock`.
-pub fn try_send_with_fds(sock: &UnixStream, bufs: &[&[u8]], fds: &[RawFd]) -> io::Result<usize> {
+/// Sends the concatenation of `bufs` (at most `MAX_SEND_BUFS`) with `fds` (at most
+/// `MAX_SEND_FDS`) attached to the first byte, without waiting: a full socket gives
+/// `WouldBlock`, whatever the socket's mode.
+///
+/// Returns the number of bytes written, which may be fewer than offered; the fds were sent
+/// when the return value is non-zero. `MSG_NOSIGNAL` is used: a closed peer gives `EPIPE`,
+/// not a signal.
+pub(crate) fn try_send_with_fds(
+    sock: &UnixStream,
+    bufs: &[&[u8]],
+    fds: &[RawFd],
+) -> io::Result<usize> {
     sendmsg_fds(sock, bufs, fds, libc::MSG_DONTWAIT)
 }
 
@@ -238,8 +283,7 @@ unsafe fn recvmsg_fds(
         // is writable and ours alone for the call (it may be uninitialised: it is only
         // written), and the control buffer is `cmsg`, at least `msg_controllen` bytes
         // (uninitialised memory is fine: it is only written); the kernel writes only within
-        // them. MSG_CMSG_CLOEXEC: received fds are
-        // close-on-exec from the start.
+        // them. MSG_CMSG_CLOEXEC: received fds are close-on-exec from the start.
         let r =
             unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
         if r >= 0 {
@@ -251,13 +295,30 @@ unsafe fn recvmsg_fds(
             return Err(e);
         }
     };
+    // SAFETY: `msg` was just filled in by a successful recvmsg.
+    let fds = unsafe { take_rights(&msg) };
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
+        // Dropping `fds` closes them.
+        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+    }
+    Ok((n, fds))
+}
+
+/// Takes ownership of the fds in `msg`'s control data.
+///
+/// # Safety
+///
+/// `msg` must have just been filled in by a successful `recvmsg`: `msg_control` and
+/// `msg_controllen` then describe the control data the kernel wrote, and every fd in it
+/// was installed for that call and is owned by nobody else.
+unsafe fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
-    // SAFETY: `msg` was filled in by recvmsg: `msg_control`/`msg_controllen` now describe
-    // the control data the kernel wrote into `cmsg`. CMSG_FIRSTHDR and CMSG_NXTHDR return
-    // either null or a pointer to a header that lies wholly within that data.
-    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: per the caller, `msg_control`/`msg_controllen` describe the control data the
+    // kernel wrote. CMSG_FIRSTHDR and CMSG_NXTHDR return either null or a pointer to a
+    // header that lies wholly within that data.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
     while !c.is_null() {
-        // SAFETY: `c` is non-null, so it points to a complete cmsghdr within `cmsg`.
+        // SAFETY: `c` is non-null, so it points to a complete cmsghdr within the data.
         let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
         if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
             // SAFETY: arithmetic only.
@@ -273,19 +334,15 @@ unsafe fn recvmsg_fds(
                 // SAFETY: entry `i < count` lies within the control data (see above); it
                 // may be unaligned, hence read_unaligned.
                 let fd = unsafe { ptr::read_unaligned(data.add(i)) };
-                // SAFETY: the kernel just installed this fd in our table for this message;
-                // nothing else refers to it, so this is its only owner.
+                // SAFETY: per the caller, the kernel just installed this fd in our table
+                // for this message; nothing else refers to it, so this is its only owner.
                 fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
         // SAFETY: `c` came from CMSG_FIRSTHDR/CMSG_NXTHDR on the same `msg`.
-        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
-        // Dropping `fds` closes them.
-        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
-    }
-    Ok((n, fds))
+    fds
 }
 
 /// Receives up to `buf.len()` bytes and up to `max_fds` fds (at most [`MAX_RECV_FDS`]),
@@ -296,7 +353,7 @@ unsafe fn recvmsg_fds(
 /// nothing leaks when the caller drops it. A message carrying more fds than `max_fds` fails
 /// with `ENOBUFS` after the delivered fds were closed. `Ok((0, _))` means the peer closed
 /// the connection.
-pub fn recv_with_fds(
+pub(crate) fn recv_with_fds(
     sock: &UnixStream,
     buf: &mut [u8],
     max_fds: usize,
@@ -306,7 +363,7 @@ pub fn recv_with_fds(
 }
 
 /// Like [`recv_with_fds`], but never waits: no data gives `WouldBlock`.
-pub fn try_recv_with_fds(
+pub(crate) fn try_recv_with_fds(
     sock: &UnixStream,
     buf: &mut [u8],
     max_fds: usize,
@@ -327,7 +384,7 @@ pub fn try_recv_with_fds(
 /// to `buf`, reading at most `limit` of them into its spare capacity, which need not be
 /// zeroed first: a large message's buffer is allocated once at its final size and filled
 /// by the kernel alone. Returns the number of bytes appended (`buf.len()` grows by it).
-pub fn recv_into_spare(
+pub(crate) fn recv_into_spare(
     sock: &UnixStream,
     buf: &mut Vec<u8>,
     limit: usize,
@@ -348,21 +405,10 @@ pub fn recv_into_spare(
     Ok((n, fds))
 }
 
-/// Receives into `buf` without fds, blocking or not as the socket does. `Ok(0)` means EOF.
-pub fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    loop {
-        match (&*sock).read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
 /// Waits until `sock` is readable (or `writable`), for at most `timeout_ms` (negative:
 /// forever). Returns whether it became ready; hang-up and errors count as ready so that the
 /// next read reports them.
-pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
+pub(crate) fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
         events: if writable {
@@ -387,7 +433,7 @@ pub fn poll_fd(fd: RawFd, writable: bool, timeout_ms: i32) -> io::Result<bool> {
 
 /// Connects a Unix stream socket to `path`, waiting at most `timeout` when the server's
 /// listen backlog is full (a busy or stuck server), and returns it non-blocking.
-pub fn connect_with_timeout(
+pub(crate) fn connect_with_timeout(
     path: &std::path::Path,
     timeout: std::time::Duration,
 ) -> io::Result<UnixStream> {
@@ -451,7 +497,7 @@ pub fn connect_with_timeout(
 }
 
 /// Duplicates borrowed fds (close-on-exec) so that a queued message owns what it will send.
-pub fn dup_fds(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+pub(crate) fn dup_fds(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
     fds.iter()
         .map(|&fd| {
             // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads the fd number; an invalid number

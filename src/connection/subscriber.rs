@@ -1,7 +1,8 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The event-manager side of a connection.
+//! The event-manager side of a connection: the [`ConnectionSubscriber`] a VMM registers,
+//! and the [`EventLoop`] that runs it on a thread of its own for everyone else.
 
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -13,34 +14,73 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::twin::TwinSubscriber;
 use super::{Error, Inner};
 
-/// Drives a connection from an event loop: drains the send queue when the socket becomes
+/// Everything a connection needs watched: its main socket and, in twin-socket mode, the
+/// second socket on which the server sends its requests. Register it in the VMM's
+/// [`EventManager`] (see [`Connection::connect_with_subscriber`](super::Connection::connect_with_subscriber)).
+pub struct ConnectionSubscriber {
+    main: MainSubscriber,
+    twin: Option<TwinSubscriber>,
+}
+
+impl fmt::Debug for ConnectionSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSubscriber")
+            .field("main", &self.main)
+            .field("twin", &self.twin)
+            .finish()
+    }
+}
+
+impl ConnectionSubscriber {
+    /// Both subscribers of a connection; `twin` is `None` without twin-socket mode.
+    pub(super) fn new(main: MainSubscriber, twin: Option<TwinSubscriber>) -> Self {
+        ConnectionSubscriber { main, twin }
+    }
+}
+
+impl MutEventSubscriber for ConnectionSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.main.init(ops);
+        if let Some(t) = &mut self.twin {
+            t.init(ops);
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match &mut self.twin {
+            Some(t) if events.fd() == t.fd() => t.process(events, ops),
+            _ => self.main.process(events, ops),
+        }
+    }
+}
+
+/// Drives the main socket from an event loop: drains the send queue when the socket becomes
 /// writable (`EPOLLOUT` is watched only while the queue is not empty), reads server requests
 /// and replies while no caller waits, and notices a hang-up.
 ///
 /// It watches the connection's private epoll set rather than the socket itself, so that
 /// callers can stop it from being woken by the replies they read themselves.
-///
-/// Register it in the VMM's [`EventManager`], or run it with an [`EventLoop`].
-pub struct ProxySubscriber {
+pub(super) struct MainSubscriber {
     inner: Arc<Inner>,
     out_armed: bool,
     watching: bool,
 }
 
-impl fmt::Debug for ProxySubscriber {
+impl fmt::Debug for MainSubscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxySubscriber")
+        f.debug_struct("MainSubscriber")
             .field("out_armed", &self.out_armed)
             .field("watching", &self.watching)
             .finish_non_exhaustive()
     }
 }
 
-impl ProxySubscriber {
+impl MainSubscriber {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
-        ProxySubscriber {
+        MainSubscriber {
             inner,
             out_armed: false,
             watching: false,
@@ -76,7 +116,7 @@ impl ProxySubscriber {
     }
 }
 
-impl MutEventSubscriber for ProxySubscriber {
+impl MutEventSubscriber for MainSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.inner.watch, EventSet::IN)) {
             log::error!("cannot watch the vfio-user socket's epoll set: {e:?}");
@@ -154,9 +194,10 @@ impl MutEventSubscriber for Stopper {
     }
 }
 
-/// An event loop on its own thread, for users that do not own an [`EventManager`] (tests,
-/// tools). Stops and joins the thread when dropped.
-pub struct EventLoop {
+/// An event loop on its own thread, for users that do not own an [`EventManager`] (tools,
+/// tests, [`Connection::connect`](super::Connection::connect)). Stops and joins the thread
+/// when dropped.
+pub(crate) struct EventLoop {
     evt: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -171,7 +212,9 @@ type BoxedSubscriber = Box<dyn MutEventSubscriber + Send>;
 
 impl EventLoop {
     /// Starts a thread running an event manager with `subscriber` registered.
-    pub fn spawn(subscriber: impl MutEventSubscriber + Send + 'static) -> Result<EventLoop, Error> {
+    pub(crate) fn spawn(
+        subscriber: impl MutEventSubscriber + Send + 'static,
+    ) -> Result<EventLoop, Error> {
         let evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Io {
             what: "creating the event loop's stop eventfd",
             source,

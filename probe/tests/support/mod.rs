@@ -1,0 +1,338 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Scripted peers that break one rule at a time: the sample GPIO server behind a relay that
+//! refuses, edits or drops what passes through it. Each peer is a plain function, for
+//! [`ScriptedServer::start`](vfio_user_sample_server::test_support::peers::ScriptedServer),
+//! and serves one connection with a sample server of its own.
+//!
+//! The relay handles one message at a time, in order, as a server does: a request is
+//! forwarded (with its fds) and its reply passed back (with its fds) before the next request
+//! is read. Replies to `No_reply` commands are not waited for.
+
+// Each test file uses some of the peers.
+#![allow(dead_code)]
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use vfio_user_client::protocol::{Command, HEADER_SIZE};
+use vfio_user_sample_server::test_support::script::{serve_pair, PATIENCE};
+use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
+use vfio_user_sample_server::{GpioDevice, ServerConfig};
+
+/// `EINVAL` as the protocol carries it.
+pub const EINVAL: u32 = libc::EINVAL as u32;
+/// `EIO` as the protocol carries it.
+pub const EIO: u32 = libc::EIO as u32;
+/// The DMA windows libvfio-user holds at most, without advertising it.
+pub const LIBVFIO_USER_DMA_REGIONS: u32 = 64;
+/// PCI config space.
+const CONFIG: u32 = 7;
+/// MSI-X.
+const MSIX: u32 = 2;
+
+/// What the relay does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it, and pass its reply back.
+    Forward,
+    /// Answer it with an error reply carrying this errno, without forwarding it.
+    Refuse(u32),
+    /// Close the connection instead (the server died).
+    HangUp,
+    /// Read it and never answer (the server hangs).
+    Swallow,
+}
+
+/// Serves `client` with a sample GPIO server behind a relay: `on_request` decides the fate
+/// of each request, `on_reply` may edit a forwarded request's reply (its header's size is
+/// set to the edited payload's).
+pub fn relay(
+    client: UnixStream,
+    mut on_request: impl FnMut(&RawMsg) -> Step,
+    mut on_reply: impl FnMut(&RawMsg, &mut RawMsg),
+) {
+    let (device, _) = GpioDevice::new(Default::default()).expect("GPIO device");
+    let (mut server, _handle) = serve_pair(ServerConfig::default(), Box::new(device));
+    let mut client = RawEndpoint::new(client, PATIENCE);
+    while let Ok(request) = client.recv() {
+        let h = request.header;
+        match on_request(&request) {
+            Step::HangUp => return,
+            Step::Refuse(errno) => {
+                if !h.no_reply() && client.reply_error(&h, errno).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Step::Swallow => continue,
+            Step::Forward => {}
+        }
+        if server
+            .send_message(&h, &request.payload, &raw(&request))
+            .is_err()
+        {
+            return;
+        }
+        if h.no_reply() {
+            continue;
+        }
+        let Ok(mut reply) = server.recv() else { return };
+        on_reply(&request, &mut reply);
+        reply.header.size = (HEADER_SIZE + reply.payload.len()) as u32;
+        if client
+            .send_message(&reply.header, &reply.payload, &raw(&reply))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn raw(m: &RawMsg) -> Vec<RawFd> {
+    m.fds.iter().map(|f| f.as_raw_fd()).collect()
+}
+
+fn is(m: &RawMsg, command: Command) -> bool {
+    m.header.command == command as u16
+}
+
+/// The region and count of a REGION_READ or REGION_WRITE request.
+fn access(m: &RawMsg) -> Option<(u32, u32)> {
+    if !(is(m, Command::RegionRead) || is(m, Command::RegionWrite)) {
+        return None;
+    }
+    let word = |at: usize| {
+        m.payload
+            .get(at..at + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    };
+    Some((word(8)?, word(12)?))
+}
+
+fn is_config_read(m: &RawMsg) -> bool {
+    is(m, Command::RegionRead) && access(m).is_some_and(|(region, _)| region == CONFIG)
+}
+
+/// Applies `edit` to the payload of every successful config space read reply.
+fn edit_config_reads(s: UnixStream, edit: fn(&mut Vec<u8>)) {
+    relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if is_config_read(request) && !reply.is_error() {
+                edit(&mut reply.payload);
+            }
+        },
+    );
+}
+
+/// Config space read replies lack their last two data bytes.
+pub fn short_config_reads(s: UnixStream) {
+    edit_config_reads(s, |p| p.truncate(p.len().saturating_sub(2)));
+}
+
+/// Config space read replies carry four bytes more than asked for.
+pub fn long_config_reads(s: UnixStream) {
+    edit_config_reads(s, |p| p.extend_from_slice(&[0; 4]));
+}
+
+/// Config space read replies echo an offset four bytes further on.
+pub fn config_reads_echo_another_offset(s: UnixStream) {
+    edit_config_reads(s, |p| {
+        let offset = u64::from_ne_bytes(p[..8].try_into().expect("8 bytes")) + 4;
+        p[..8].copy_from_slice(&offset.to_ne_bytes());
+    });
+}
+
+/// Config space reads are refused with `EIO`.
+pub fn config_reads_refused(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is_config_read(m) {
+                Step::Refuse(EIO)
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// IRQ_INFO says MSI-X has 4096 vectors (PCI allows 2048).
+pub fn too_many_msix_vectors(s: UnixStream) {
+    relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            let index = request.payload.get(8..12);
+            if is(request, Command::DeviceGetIrqInfo)
+                && !reply.is_error()
+                && index == Some(&MSIX.to_ne_bytes()[..])
+            {
+                reply.payload[12..16].copy_from_slice(&4096u32.to_ne_bytes());
+            }
+        },
+    );
+}
+
+/// BAR accesses of other than 4 or 8 bytes are refused with `EINVAL`, as SPDK's NVMe
+/// target does on BAR0.
+pub fn dword_only_bars(s: UnixStream) {
+    relay(
+        s,
+        |m| match access(m) {
+            Some((region, count)) if region <= 5 && count != 4 && count != 8 => {
+                Step::Refuse(EINVAL)
+            }
+            _ => Step::Forward,
+        },
+        |_, _| {},
+    );
+}
+
+/// DMA_MAP beyond 64 windows held is refused with `EINVAL`, as libvfio-user does without
+/// advertising `max_dma_maps`.
+pub fn dma_regions_capped_at_64(s: UnixStream) {
+    let mut held = 0u32;
+    relay(
+        s,
+        |m| {
+            if is(m, Command::DmaMap) {
+                if held == LIBVFIO_USER_DMA_REGIONS {
+                    return Step::Refuse(EINVAL);
+                }
+                held += 1;
+            } else if is(m, Command::DmaUnmap) {
+                held = held.saturating_sub(1);
+            }
+            Step::Forward
+        },
+        |_, _| {},
+    );
+}
+
+/// The server dies at the first REGION_WRITE larger than 8 bytes.
+pub fn dies_during_large_writes(s: UnixStream) {
+    relay(
+        s,
+        |m| match access(m) {
+            Some((_, count)) if is(m, Command::RegionWrite) && count > 8 => Step::HangUp,
+            _ => Step::Forward,
+        },
+        |_, _| {},
+    );
+}
+
+/// The server dies at the first DMA_MAP.
+pub fn dies_at_the_first_dma_map(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is(m, Command::DmaMap) {
+                Step::HangUp
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// Refuses every `command` whose payload holds `index` at byte 8 (REGION_INFO and
+/// IRQ_INFO requests) with `EINVAL`.
+fn refuse_index(s: UnixStream, command: Command, index: u32) {
+    relay(
+        s,
+        |m| {
+            if is(m, command) && m.payload.get(8..12) == Some(&index.to_ne_bytes()[..]) {
+                Step::Refuse(EINVAL)
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// REGION_INFO of region 3 is refused: the client library refuses the device.
+pub fn region_3_info_refused(s: UnixStream) {
+    refuse_index(s, Command::DeviceGetRegionInfo, 3);
+}
+
+/// DEVICE_GET_INFO is refused.
+pub fn device_info_refused(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is(m, Command::DeviceGetInfo) {
+                Step::Refuse(EINVAL)
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// The server dies at the first config space read.
+pub fn dies_at_the_first_config_read(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is_config_read(m) {
+                Step::HangUp
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
+
+/// BAR reads of more than 8 bytes are refused with `EINVAL`; writes of any size pass.
+pub fn large_bar_reads_refused(s: UnixStream) {
+    relay(
+        s,
+        |m| match access(m) {
+            Some((region, count)) if is(m, Command::RegionRead) && region <= 5 && count > 8 => {
+                Step::Refuse(EINVAL)
+            }
+            _ => Step::Forward,
+        },
+        |_, _| {},
+    );
+}
+
+/// DEVICE_GET_REGION_IO_FDS replies for region 0 name region 5.
+pub fn io_fds_for_another_region(s: UnixStream) {
+    relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if is(request, Command::DeviceGetRegionIoFds)
+                && !reply.is_error()
+                && request.payload.get(8..12) == Some(&0u32.to_ne_bytes()[..])
+            {
+                reply.payload[8..12].copy_from_slice(&5u32.to_ne_bytes());
+            }
+        },
+    );
+}
+
+/// The server stops answering at the first DMA_MAP (it reads, and never replies).
+pub fn hangs_at_the_first_dma_map(s: UnixStream) {
+    relay(
+        s,
+        |m| {
+            if is(m, Command::DmaMap) {
+                Step::Swallow
+            } else {
+                Step::Forward
+            }
+        },
+        |_, _| {},
+    );
+}
