@@ -35,3 +35,14 @@ else
     echo "install: cargo install cargo-llvm-cov --locked"
     cargo install cargo-llvm-cov --locked
 fi
+
+# cargo-fuzz builds with the nightly toolchain: without nightly, rust-vmm-ci/fuzz.sh
+# skips, and there is nothing to install it for.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "install: no nightly toolchain; cargo-fuzz not installed (fuzz.sh will skip)"
+elif cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "install: $(cargo +nightly fuzz --version) already present"
+else
+    echo "install: cargo +nightly install cargo-fuzz --locked"
+    cargo +nightly install cargo-fuzz --locked
+fi

@@ -9,7 +9,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-steps=(fmt clippy docs tests demo coverage)
+steps=(fmt clippy docs tests demo coverage fuzz)
 failed=()
 summary=()
 

@@ -194,6 +194,9 @@ pub mod connection;
 pub mod device;
 pub mod dma;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod negotiate;
 pub mod pci;
 pub mod protocol;

@@ -14,13 +14,13 @@ use vfio_bindings::bindings::vfio::{
 };
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 
-use super::caps::{self, SnapshotOverlay};
-use super::config::{self, Bars, COMMAND, CONFIG_SIZE, HEADER_TYPE};
+use super::config::{self, CONFIG_SIZE, HEADER_TYPE};
 use super::interrupts::{server_masks, WiredInterrupts};
 use super::irq_counts::{self, Offered};
 use super::memory;
 use super::msi::Msi;
 use super::msix::Msix;
+use super::shadow::ConfigShadow;
 use super::status::DeviceStatus;
 use super::{BarInfo, Error, InterruptKind, InterruptProvider, PciSubscriber, VfioUserPciDevice};
 use crate::connection::{ConnectOptions, Connection};
@@ -133,16 +133,13 @@ impl VfioUserPciDevice {
             device.reset()?;
         }
         let config = read_config(&device)?;
-        let Shadows {
-            snapshot,
-            bars,
-            msi,
-            msix,
-        } = Shadows::discover(&device, &config)?;
+        let shadow = ConfigShadow::discover(&config, config_size, |i| {
+            device.region(i).map_or((0, 0), |r| (r.size(), r.flags()))
+        })?;
         let offered = Offered {
             pin: config[config::INTERRUPT_PIN],
-            msi: msi.as_ref().map(Msi::capable_vectors),
-            msix: msix.as_ref().map(Msix::size),
+            msi: shadow.msi.as_ref().map(Msi::capable_vectors),
+            msix: shadow.msix.as_ref().map(Msix::size),
         };
         irq_counts::check(offered, |kind| {
             device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
@@ -156,24 +153,19 @@ impl VfioUserPciDevice {
             "PCI device: {:04x}:{:04x}, BARs {:?}, MSI {}, MSI-X {}, INTx {intx}",
             u16::from_le_bytes([config[0], config[1]]),
             u16::from_le_bytes([config[2], config[3]]),
-            bars.infos(),
-            msi.is_some(),
-            msix.as_ref().map_or(0, Msix::size),
+            shadow.bars.infos(),
+            shadow.msi.is_some(),
+            shadow.msix.as_ref().map_or(0, Msix::size),
         );
         let mut dev = VfioUserPciDevice {
             device: Arc::new(device),
             status,
             interrupts,
             dma: None,
-            config_size,
-            snapshot,
-            bars,
-            msi,
-            msix,
+            shadow,
             intx,
             intx_maskable,
             notifiers: Vec::new(),
-            command: u16::from_le_bytes([config[COMMAND], config[COMMAND + 1]]),
             wired: WiredInterrupts::default(),
             event_loop: None,
         };
@@ -207,11 +199,14 @@ impl VfioUserPciDevice {
 
     pub(super) fn place_bars(&mut self, placement: &BarPlacement) -> Result<(), Error> {
         if let BarPlacement::Fixed(list) = placement {
-            if let Some((bar, _)) = list.iter().find(|(b, _)| self.bars.get(*b).is_none()) {
+            if let Some((bar, _)) = list
+                .iter()
+                .find(|(b, _)| self.shadow.bars.get(*b).is_none())
+            {
                 return Err(Error::NoSuchBar(*bar));
             }
         }
-        for bar in self.bars.infos() {
+        for bar in self.shadow.bars.infos() {
             let base = match placement {
                 BarPlacement::Guest => None,
                 BarPlacement::Fixed(list) => {
@@ -220,7 +215,7 @@ impl VfioUserPciDevice {
                 BarPlacement::Allocator(alloc) => alloc(&bar),
             };
             if let Some(base) = base {
-                self.bars.place(bar.index, base)?;
+                self.shadow.bars.place(bar.index, base)?;
             }
         }
         Ok(())
@@ -253,43 +248,6 @@ fn read_config(device: &VfioUserDevice) -> Result<Vec<u8>, Error> {
         return Err(Error::HeaderType(header));
     }
     Ok(config)
-}
-
-/// What the device answers locally, discovered from the config space read at attach.
-struct Shadows {
-    snapshot: SnapshotOverlay,
-    bars: Bars,
-    msi: Option<Msi>,
-    msix: Option<Msix>,
-}
-
-impl Shadows {
-    fn discover(device: &VfioUserDevice, config: &[u8]) -> Result<Shadows, Error> {
-        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        let bars = Bars::discover(config, |i| {
-            device
-                .region(i)
-                .map_or(0, |r| if r.flags() & rw != 0 { r.size() } else { 0 })
-        })?;
-        let found = caps::walk(config)?;
-        let msi = caps::find(&found, caps::CAP_ID_MSI)
-            .map(|at| Msi::parse(config, at))
-            .transpose()?;
-        let msix_at = caps::find(&found, caps::CAP_ID_MSIX);
-        let msix = msix_at
-            .map(|at| {
-                Msix::parse(config, at, &bars.infos(), |i| {
-                    device.region(i).map_or(0, |r| r.size())
-                })
-            })
-            .transpose()?;
-        Ok(Shadows {
-            snapshot: SnapshotOverlay::new(config, &found, msix_at),
-            bars,
-            msi,
-            msix,
-        })
-    }
 }
 
 /// Connects, negotiates, and hooks the connection's loss to the device's state.

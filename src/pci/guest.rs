@@ -9,18 +9,16 @@ use std::sync::atomic::Ordering;
 
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 
-use super::config::{merge, Bars, COMMAND, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY};
-use super::interrupts::{reconcile, update_vectors, GuestInterrupts};
+use super::interrupts::{reconcile, update_vectors};
 use super::msi::Msi;
-use super::msix::Msix;
-use super::{Activity, BarInfo, BarKind, BarReprogramming, Error, InterruptKind};
+use super::shadow::{piece, ConfigRead};
+use super::{Activity, BarKind, BarReprogramming, Error, InterruptKind};
 use super::{InterruptMode, VfioUserPciDevice};
 
 impl VfioUserPciDevice {
     pub(super) fn try_sync_interrupts(&mut self) -> Result<(), Error> {
         let device = &self.device;
-        let intx = self.intx && self.command & COMMAND_INTX_DISABLE == 0;
-        let wanted = GuestInterrupts::read(self.msi.as_ref(), self.msix.as_ref(), intx, |k| {
+        let wanted = self.shadow.interrupts(self.intx, |k| {
             device.irq(k.irq_index()).map_or(0, |i| i.count)
         });
         if wanted.mode != self.wired.mode {
@@ -44,7 +42,7 @@ impl VfioUserPciDevice {
     /// After a write to MSI-X table entries `vectors`: only those are compared and sent,
     /// unless the mode itself is not set up yet.
     fn sync_msix_vectors(&mut self, vectors: RangeInclusive<u32>) {
-        let Some(m) = self.msix.as_ref().filter(|m| m.enabled()) else {
+        let Some(m) = self.shadow.msix.as_ref().filter(|m| m.enabled()) else {
             return;
         };
         if self.wired.mode != InterruptMode::Msix {
@@ -67,18 +65,12 @@ impl VfioUserPciDevice {
     }
 
     pub(super) fn config_read(&mut self, reg: usize) -> u32 {
-        let Some(offset) = reg
-            .checked_mul(4)
-            .filter(|o| o.checked_add(4).is_some_and(|end| end <= self.config_size))
-        else {
-            return u32::MAX;
+        let offset = match self.shadow.read(reg) {
+            ConfigRead::Invalid => return u32::MAX,
+            _ if self.is_lost() => return u32::MAX,
+            ConfigRead::Local(value) => return value,
+            ConfigRead::Server(offset) => offset,
         };
-        if self.is_lost() {
-            return u32::MAX;
-        }
-        if Bars::owns(reg) {
-            return self.bars.read(reg);
-        }
         let _budget = self.device.connection().budget();
         let mut b = [0u8; 4];
         if let Err(e) = self
@@ -89,15 +81,9 @@ impl VfioUserPciDevice {
                 .record(Activity::ConfigRead { offset }, e.into());
             return u32::MAX;
         }
-        self.snapshot.overlay(offset, &mut b);
-        if let Some(m) = &self.msi {
-            m.overlay(offset, &mut b);
-        }
-        if let Some(m) = &self.msix {
-            m.overlay(offset, &mut b);
-        }
+        self.shadow.overlay(offset, &mut b);
         let mut value = u32::from_le_bytes(b);
-        let msi_pending = self.msi.as_ref().and_then(Msi::pending_offset);
+        let msi_pending = self.shadow.msi.as_ref().and_then(Msi::pending_offset);
         if msi_pending == Some(offset) && self.wired.mode == InterruptMode::Msi {
             for v in 0..(self.wired.vector_count() as u32).min(32) {
                 if self.wired.pending(v) {
@@ -114,46 +100,22 @@ impl VfioUserPciDevice {
         offset: u64,
         data: &[u8],
     ) -> Vec<BarReprogramming> {
-        let start = reg
-            .checked_mul(4)
-            .filter(|s| s.checked_add(4).is_some_and(|end| end <= self.config_size));
-        let within = usize::try_from(offset)
-            .ok()
-            .filter(|o| *o < 4 && o + data.len() <= 4);
-        let (Some(start), Some(offset), true) = (start, within, matches!(data.len(), 1 | 2 | 4))
-        else {
+        if self.is_lost() {
+            return Vec::new();
+        }
+        let Some(write) = self.shadow.write(reg, offset, data) else {
             log::debug!(
                 "config write of {} bytes at register {reg} + {offset} ignored",
                 data.len()
             );
             return Vec::new();
         };
-        if self.is_lost() {
-            return Vec::new();
-        }
-        if Bars::owns(reg) {
-            let memory = self.command & COMMAND_MEMORY != 0;
-            self.bars.write(reg, offset, data, memory);
-            return self.bar_moves();
-        }
+        let Some(at) = write.forward else {
+            return write.moves;
+        };
         // One reply timeout for the whole access, however many requests it sends.
         let _budget = self.device.connection().budget();
-        let at = start + offset;
-        let mut interrupts = false;
-        if let Some(m) = &mut self.msi {
-            interrupts |= m.write(at, data);
-        }
-        if let Some(m) = &mut self.msix {
-            interrupts |= m.write(at, data);
-        }
-        let mut moves = Vec::new();
-        if reg == COMMAND / 4 && offset < 2 {
-            let old = self.command;
-            self.command = merge(u32::from(old), offset, data) as u16;
-            interrupts |= (old ^ self.command) & COMMAND_INTX_DISABLE != 0;
-            moves = self.bar_moves();
-        }
-        if interrupts {
+        if write.interrupts {
             self.sync_interrupts();
         }
         if let Err(e) = self
@@ -163,22 +125,7 @@ impl VfioUserPciDevice {
             self.status
                 .record(Activity::ConfigWrite { offset: at }, e.into());
         }
-        moves
-    }
-
-    fn bar_moves(&mut self) -> Vec<BarReprogramming> {
-        self.bars.moves(
-            self.command & COMMAND_IO != 0,
-            self.command & COMMAND_MEMORY != 0,
-        )
-    }
-
-    fn decodes(&self, info: &BarInfo) -> bool {
-        match info.kind {
-            BarKind::Io => self.command & COMMAND_IO != 0,
-            BarKind::Rom => self.command & COMMAND_MEMORY != 0 && self.bars.rom_enabled(),
-            _ => self.command & COMMAND_MEMORY != 0,
-        }
+        write.moves
     }
 
     /// Reads `data.len()` bytes at `offset` of BAR `bar`'s window, as a guest access would:
@@ -188,23 +135,23 @@ impl VfioUserPciDevice {
     /// into the server's.
     pub fn bar_read(&mut self, bar: u32, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        let Some(info) = self.bars.get(bar) else {
+        let Some(info) = self.shadow.bars.get(bar) else {
             return;
         };
-        if self.is_lost() || !self.decodes(&info) {
+        if self.is_lost() || !self.shadow.decodes(&info) {
             return;
         }
         if offset.checked_add(data.len() as u64).is_none() {
             log::debug!("BAR {bar} read at {offset:#x} wraps around: dropped");
             return;
         }
-        let table = self.msix_table(bar);
+        let table = self.shadow.msix_table(bar);
         let mut done = 0usize;
         while done < data.len() {
             let at = offset + done as u64;
             let (len, in_table) = piece(at, data.len() - done, table);
             let buf = &mut data[done..done + len];
-            match (in_table, &self.msix, table) {
+            match (in_table, &self.shadow.msix, table) {
                 (true, Some(m), Some((start, _))) => m.read_table(at - start, buf),
                 _ => {
                     self.region_read(bar, at, buf);
@@ -213,14 +160,6 @@ impl VfioUserPciDevice {
             }
             done += len;
         }
-    }
-
-    /// The MSI-X table's (offset, length) when it lives in BAR `bar`.
-    fn msix_table(&self, bar: u32) -> Option<(u64, u64)> {
-        self.msix
-            .as_ref()
-            .filter(|m| m.table_bar == bar)
-            .map(|m| (m.table_offset, m.table_len()))
     }
 
     /// Whether `len` bytes at `at` lie inside region `bar`. The rest of a BAR's window (a BAR
@@ -259,6 +198,7 @@ impl VfioUserPciDevice {
     /// read at `at`.
     fn overlay_pba(&mut self, bar: u32, at: u64, buf: &mut [u8]) {
         let Some((pba, len)) = self
+            .shadow
             .msix
             .as_ref()
             .filter(|m| m.pba_bar == bar)
@@ -290,27 +230,26 @@ impl VfioUserPciDevice {
     ///
     /// [`DeviceOptions::posted_writes`]: crate::device::DeviceOptions::posted_writes
     pub fn bar_write(&mut self, bar: u32, offset: u64, data: &[u8]) {
-        let Some(info) = self.bars.get(bar) else {
+        let Some(info) = self.shadow.bars.get(bar) else {
             return;
         };
-        if self.is_lost() || !self.decodes(&info) || info.kind == BarKind::Rom {
+        if self.is_lost() || !self.shadow.decodes(&info) || info.kind == BarKind::Rom {
             return;
         }
         if offset.checked_add(data.len() as u64).is_none() {
             log::debug!("BAR {bar} write at {offset:#x} wraps around: dropped");
             return;
         }
-        let table = self.msix_table(bar);
+        let table = self.shadow.msix_table(bar);
         let mut done = 0usize;
         let mut written: Option<RangeInclusive<u32>> = None;
         while done < data.len() {
             let at = offset + done as u64;
             let (len, in_table) = piece(at, data.len() - done, table);
             let buf = &data[done..done + len];
-            match (in_table, &mut self.msix, table) {
-                (true, Some(m), Some((start, _))) => {
-                    m.write_table(at - start, buf);
-                    let entries = Msix::entries(at - start, len as u64);
+            match (in_table, table) {
+                (true, Some((start, _))) => {
+                    let entries = self.shadow.write_msix_table(at - start, buf);
                     written = Some(match written {
                         Some(w) => *w.start().min(entries.start())..=*w.end().max(entries.end()),
                         None => entries,
@@ -323,38 +262,5 @@ impl VfioUserPciDevice {
         if let Some(vectors) = written {
             self.sync_msix_vectors(vectors);
         }
-    }
-}
-
-/// The length of the next piece of an access at `at` of `len` bytes that lies wholly inside
-/// or wholly outside `table` (offset, length), and which it is.
-fn piece(at: u64, len: usize, table: Option<(u64, u64)>) -> (usize, bool) {
-    let Some((start, tlen)) = table else {
-        return (len, false);
-    };
-    let end = start.saturating_add(tlen);
-    let len64 = len as u64;
-    if at >= start && at < end {
-        ((end - at).min(len64) as usize, true)
-    } else if at < start && at.saturating_add(len64) > start {
-        ((start - at) as usize, false)
-    } else {
-        (len, false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::piece;
-
-    #[test]
-    fn pieces_split_at_the_table() {
-        let t = Some((0x800, 0x40));
-        assert_eq!(piece(0, 8, t), (8, false));
-        assert_eq!(piece(0x7fc, 8, t), (4, false));
-        assert_eq!(piece(0x800, 8, t), (8, true));
-        assert_eq!(piece(0x83c, 8, t), (4, true));
-        assert_eq!(piece(0x840, 8, t), (8, false));
-        assert_eq!(piece(0x10, 4, None), (4, false));
     }
 }

@@ -177,7 +177,7 @@ impl WiredInterrupts {
 pub(crate) struct GuestInterrupts {
     pub(crate) mode: InterruptMode,
     /// Per vector of the mode (MSI / MSI-X): message and mask.
-    vectors: Vec<(MsiMessage, bool)>,
+    pub(crate) vectors: Vec<(MsiMessage, bool)>,
 }
 
 impl GuestInterrupts {

@@ -54,6 +54,7 @@ mod irq_counts;
 mod memory;
 mod msi;
 mod msix;
+pub(crate) mod shadow;
 mod status;
 mod subscriber;
 
@@ -80,12 +81,9 @@ use crate::dma::DmaRegion;
 use crate::error::ConnectionCause;
 use crate::sync::lock;
 use attach::connect;
-use caps::SnapshotOverlay;
-use config::Bars;
 use interrupts::WiredInterrupts;
 use memory::GuestDma;
-use msi::Msi;
-use msix::Msix;
+use shadow::ConfigShadow;
 use status::DeviceStatus;
 
 /// A mappable area of a placed BAR: host memory the VMM may install as a guest memory slot
@@ -154,19 +152,14 @@ pub struct VfioUserPciDevice {
     status: Arc<DeviceStatus>,
     interrupts: Arc<dyn InterruptProvider>,
     dma: Option<Box<dyn GuestDma>>,
-    config_size: usize,
-    /// Config bits answered from the attach snapshot.
-    snapshot: SnapshotOverlay,
-    bars: Bars,
-    msi: Option<Msi>,
-    msix: Option<Msix>,
+    /// The config space answered here: BARs, MSI, MSI-X, the attach snapshot's bits.
+    shadow: ConfigShadow,
     /// The device has an interrupt pin and an INTx vector.
     intx: bool,
     /// The server masks INTx (so an end of interrupt unmasks it there).
     intx_maskable: bool,
     /// ERR and REQ were connected at attach.
     notifiers: Vec<InterruptKind>,
-    command: u16,
     wired: WiredInterrupts,
     // Declared last: stopped after the connection is shut down.
     event_loop: Option<EventLoop>,
@@ -175,7 +168,7 @@ pub struct VfioUserPciDevice {
 impl fmt::Debug for VfioUserPciDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VfioUserPciDevice")
-            .field("bars", &self.bars.infos())
+            .field("bars", &self.shadow.bars.infos())
             .field("mode", &self.wired.mode)
             .field("lost", &self.is_lost())
             .finish_non_exhaustive()
@@ -337,14 +330,7 @@ impl VfioUserPciDevice {
         let disabled = interrupts::disable(&self.device, &*self.interrupts, &mut self.wired);
         let reset = self.device.reset().map_err(Error::from);
         if reset.is_ok() {
-            if let Some(m) = &mut self.msi {
-                m.reset();
-            }
-            if let Some(m) = &mut self.msix {
-                m.reset();
-            }
-            self.bars.reset();
-            self.command = 0;
+            self.shadow.reset();
         }
         let armed = self.arm_notifiers();
         let synced = self.try_sync_interrupts();
@@ -355,7 +341,7 @@ impl VfioUserPciDevice {
     /// After a move, the VMM removes the slots it installed for the old base and installs
     /// these.
     pub fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
-        let Some(info) = self.bars.get(bar) else {
+        let Some(info) = self.shadow.bars.get(bar) else {
             return Vec::new();
         };
         let (Some(base), true) = (info.base, info.kind.is_memory()) else {
@@ -367,7 +353,7 @@ impl VfioUserPciDevice {
         let page = crate::negotiate::host_page_size();
         // Pages that must trap: the MSI-X table's and the pending bits'.
         let mut holes = Vec::new();
-        if let Some(m) = &self.msix {
+        if let Some(m) = &self.shadow.msix {
             if m.table_bar == bar {
                 holes.push(page_span(m.table_offset, m.table_len(), page));
             }
@@ -438,21 +424,21 @@ impl PciConfig for VfioUserPciDevice {
     }
 
     fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error> {
-        self.bars.place(bar, new_base)
+        self.shadow.bars.place(bar, new_base)
     }
 
     fn unmap_bar(&mut self, bar: u32) -> Result<(), Error> {
-        self.bars.unplace(bar)
+        self.shadow.bars.unplace(bar)
     }
 
     fn bars(&self) -> Vec<BarInfo> {
-        self.bars.infos()
+        self.shadow.bars.infos()
     }
 }
 
 impl MutDeviceMmio for VfioUserPciDevice {
     fn mmio_read(&mut self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
-        match self.bars.at(base.0, true) {
+        match self.shadow.bars.at(base.0, true) {
             Some(bar) => self.bar_read(bar.index, offset, data),
             None => {
                 log::debug!("MMIO read at {:#x}+{offset:#x}: no BAR there", base.0);
@@ -462,7 +448,7 @@ impl MutDeviceMmio for VfioUserPciDevice {
     }
 
     fn mmio_write(&mut self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
-        match self.bars.at(base.0, true) {
+        match self.shadow.bars.at(base.0, true) {
             Some(bar) => self.bar_write(bar.index, offset, data),
             None => log::debug!("MMIO write at {:#x}+{offset:#x}: no BAR there", base.0),
         }
@@ -471,7 +457,7 @@ impl MutDeviceMmio for VfioUserPciDevice {
 
 impl MutDevicePio for VfioUserPciDevice {
     fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
-        match self.bars.at(u64::from(base.0), false) {
+        match self.shadow.bars.at(u64::from(base.0), false) {
             Some(bar) => self.bar_read(bar.index, u64::from(offset), data),
             None => {
                 log::debug!("port read at {:#x}+{offset:#x}: no BAR there", base.0);
@@ -481,7 +467,7 @@ impl MutDevicePio for VfioUserPciDevice {
     }
 
     fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
-        match self.bars.at(u64::from(base.0), false) {
+        match self.shadow.bars.at(u64::from(base.0), false) {
             Some(bar) => self.bar_write(bar.index, u64::from(offset), data),
             None => log::debug!("port write at {:#x}+{offset:#x}: no BAR there", base.0),
         }

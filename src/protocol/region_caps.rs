@@ -5,8 +5,10 @@
 //!
 //! Each capability starts with an 8-byte header {`id` u16, `version` u16, `next` u32}; `next`
 //! is the payload offset of the following capability, 0 at the end. The parser requires every
-//! `next` to be strictly greater than the offset of the capability holding it, so a chain
-//! visits each offset at most once and a cyclic chain is rejected rather than followed.
+//! `next` to lie at or past the end of the capability holding it (its header and the body
+//! read for it), so capabilities never overlap: a cyclic chain is rejected rather than
+//! followed, and what a chain decodes to is never more than the bytes it occupies (a chain
+//! of overlapping capabilities could make a 64 KiB reply decode to gigabytes of areas).
 
 use std::mem::size_of;
 
@@ -71,8 +73,8 @@ impl RegionCap {
 /// Parses the capability chain starting at payload offset `cap_offset`.
 ///
 /// Offsets are from the start of `payload`; the caller bounds `payload` (for example to
-/// `argsz`). A `cap_offset` of 0 means no capabilities. Errors: a `next` at or before the
-/// capability holding it ([`DecodeError::InvalidField`]), a capability or its body past the
+/// `argsz`). A `cap_offset` of 0 means no capabilities. Errors: a `next` before the end of
+/// the capability holding it ([`DecodeError::InvalidField`]), a capability or its body past the
 /// end of `payload` ([`DecodeError::OutOfBounds`] / [`DecodeError::Short`]), and an
 /// `nr_areas` that the bytes present cannot hold ([`DecodeError::TooLarge`]).
 pub(super) fn parse_region_caps(
@@ -92,48 +94,59 @@ pub(super) fn parse_region_caps(
         let id = r.u16()?;
         let version = r.u16()?;
         let next = r.u32()?;
-        caps.push(match id {
-            SPARSE_MMAP => {
-                let mut r = Reader::new(r.rest(), "sparse mmap cap");
-                let nr_areas = r.u32()?;
-                let _reserved = r.u32()?;
-                let limit = r.remaining() / SPARSE_MMAP_AREA_SIZE;
-                let n = usize::try_from(nr_areas).unwrap_or(usize::MAX);
-                if n > limit {
-                    return Err(DecodeError::TooLarge {
-                        field: "sparse mmap nr_areas",
-                        value: u64::from(nr_areas),
-                        limit: u64::try_from(limit).unwrap_or(u64::MAX),
-                    });
-                }
-                let mut areas = Vec::with_capacity(n);
-                for _ in 0..n {
-                    areas.push(vfio_region_sparse_mmap_area {
-                        offset: r.u64()?,
-                        size: r.u64()?,
-                    });
-                }
-                RegionCap::SparseMmap(areas)
-            }
-            TYPE => {
-                let mut r = Reader::new(r.rest(), "type cap");
-                RegionCap::Type {
-                    region_type: r.u32()?,
-                    subtype: r.u32()?,
-                }
-            }
-            MSIX_MAPPABLE => RegionCap::MsixMappable,
-            _ => RegionCap::Unknown { id, version },
-        });
-        if next != 0 && next <= at {
+        let body = r.rest();
+        let (parsed, body_len) = parse_body(id, version, body)?;
+        caps.push(parsed);
+        let end = u64::from(at) + (HEADER_SIZE + body_len) as u64;
+        if next != 0 && u64::from(next) < end {
             return Err(DecodeError::InvalidField {
-                field: "region cap next (must move forward)",
+                field: "region cap next (must not point into the capability holding it)",
                 value: u64::from(next),
             });
         }
         at = next;
     }
     Ok(caps)
+}
+
+/// Parses the body of capability `id` (the bytes after its header, up to the end of the
+/// payload); returns it and the bytes it occupies.
+fn parse_body(id: u16, version: u16, body: &[u8]) -> Result<(RegionCap, usize), DecodeError> {
+    Ok(match id {
+        SPARSE_MMAP => {
+            let mut r = Reader::new(body, "sparse mmap cap");
+            let nr_areas = r.u32()?;
+            let _reserved = r.u32()?;
+            let limit = r.remaining() / SPARSE_MMAP_AREA_SIZE;
+            let n = usize::try_from(nr_areas).unwrap_or(usize::MAX);
+            if n > limit {
+                return Err(DecodeError::TooLarge {
+                    field: "sparse mmap nr_areas",
+                    value: u64::from(nr_areas),
+                    limit: u64::try_from(limit).unwrap_or(u64::MAX),
+                });
+            }
+            let mut areas = Vec::with_capacity(n);
+            for _ in 0..n {
+                areas.push(vfio_region_sparse_mmap_area {
+                    offset: r.u64()?,
+                    size: r.u64()?,
+                });
+            }
+            let len = body.len().saturating_sub(r.remaining());
+            (RegionCap::SparseMmap(areas), len)
+        }
+        TYPE => {
+            let mut r = Reader::new(body, "type cap");
+            let cap = RegionCap::Type {
+                region_type: r.u32()?,
+                subtype: r.u32()?,
+            };
+            (cap, TYPE_SIZE - HEADER_SIZE)
+        }
+        MSIX_MAPPABLE => (RegionCap::MsixMappable, 0),
+        _ => (RegionCap::Unknown { id, version }, 0),
+    })
 }
 
 /// Appends `caps` as a chain whose first capability sits at payload offset `start`, which
@@ -232,6 +245,59 @@ mod tests {
         assert!(matches!(
             parse_region_caps(&p, 8),
             Err(DecodeError::InvalidField { .. })
+        ));
+    }
+
+    #[test]
+    fn overlapping_capabilities_are_rejected() {
+        // Found by the region_info fuzz target: headers one byte apart each decoded as a
+        // capability, so that N bytes made up to N capabilities, and sparse areas shared by
+        // overlapping capabilities were decoded once for each (quadratic in the reply).
+        let mut p = vec![0u8; 8];
+        cap_header(&mut p, 3, 9);
+        p.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            parse_region_caps(&p, 8),
+            Err(DecodeError::InvalidField {
+                field: "region cap next (must not point into the capability holding it)",
+                value: 9
+            })
+        );
+        // The next capability inside the areas of a SPARSE_MMAP one.
+        let mut p = vec![0u8; 8];
+        cap_header(&mut p, 1, 24);
+        put_u32(&mut p, 2);
+        put_u32(&mut p, 0);
+        for _ in 0..2 {
+            put_u64(&mut p, 0);
+            put_u64(&mut p, 0x1000);
+        }
+        assert!(matches!(
+            parse_region_caps(&p, 8),
+            Err(DecodeError::InvalidField { value: 24, .. })
+        ));
+        // Right after it: accepted.
+        p[12..16].copy_from_slice(&56u32.to_ne_bytes());
+        cap_header(&mut p, 3, 0);
+        assert_eq!(parse_region_caps(&p, 8).map(|c| c.len()), Ok(2));
+    }
+
+    #[test]
+    fn a_chain_decodes_to_no_more_than_its_bytes() {
+        // 64 KiB (the largest REGION_INFO reply discovery accepts) of SPARSE_MMAP headers
+        // 16 bytes apart, each claiming every area after it, decoded to about 128 million
+        // areas (2 GiB) before overlapping was refused; now the first one fails.
+        const LEN: usize = 64 << 10;
+        let mut p = vec![0u8; LEN];
+        for at in (16..LEN - 16).step_by(16) {
+            let areas = ((LEN - at - 16) / 16) as u32;
+            p[at..at + 2].copy_from_slice(&1u16.to_ne_bytes());
+            p[at + 4..at + 8].copy_from_slice(&((at + 16) as u32).to_ne_bytes());
+            p[at + 8..at + 12].copy_from_slice(&areas.to_ne_bytes());
+        }
+        assert!(matches!(
+            parse_region_caps(&p, 16),
+            Err(DecodeError::InvalidField { value: 32, .. })
         ));
     }
 
