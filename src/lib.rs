@@ -63,7 +63,10 @@
 //! }
 //!
 //! fn hot_plug(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
-//!     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
+//!     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(
+//!         GuestAddress(0),
+//!         64 << 20,
+//!     )])?);
 //!     let (device, subscriber) = VfioUserPciDevice::attach_with_subscriber(
 //!         socket,
 //!         memory,
@@ -81,7 +84,9 @@
 //! #   assert_eq!(vendor_and_device, 0x0dc8_494f);
 //!
 //!     // Unplug: off the buses, detach, and the subscriber out of the event manager.
-//!     let device = Arc::try_unwrap(device).map_err(|_| "still on a bus")?.into_inner()?;
+//!     let device = Arc::try_unwrap(device)
+//!         .map_err(|_| "still on a bus")?
+//!         .into_inner()?;
 //!     device.detach()?;
 //!     events.remove_subscriber(id)?;
 //!     Ok(())

@@ -246,14 +246,20 @@ impl Default for Settings {
 /// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
 /// # let socket = server.socket_path().ok_or("no socket")?;
 /// let conn = Connection::connect(socket, &ConnectOptions::default())?;
-/// println!("the server takes {} fds per message", conn.capabilities().max_msg_fds);
+/// println!(
+///     "the server takes {} fds per message",
+///     conn.capabilities().max_msg_fds
+/// );
 ///
 /// // A request and its reply, within the reply timeout; an error reply is `Error::Server`.
 /// let mut request = Vec::new();
 /// DeviceInfo::request().encode_into(&mut request);
 /// let reply = conn.request(Command::DeviceGetInfo, &request, &[])?;
 /// let info = DeviceInfo::decode(&reply.payload)?;
-/// println!("{} regions, {} IRQ indexes", info.num_regions, info.num_irqs);
+/// println!(
+///     "{} regions, {} IRQ indexes",
+///     info.num_regions, info.num_irqs
+/// );
 ///
 /// // The same request pipelined: sent now, its reply collected later.
 /// let pending = conn.send_request(Command::DeviceGetInfo, &request, &[])?;

@@ -113,7 +113,12 @@ impl Default for DeviceOptions {
 ///
 /// // MSI-X vectors 0 and 1 signal these eventfds (a VMM passes its irqfds).
 /// let (v0, v1) = (EventFd::new(0)?, EventFd::new(0)?);
-/// dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, IrqAction::Trigger, 0, &[Some(&v0), Some(&v1)])?;
+/// dev.set_irq_eventfds(
+///     VFIO_PCI_MSIX_IRQ_INDEX,
+///     IrqAction::Trigger,
+///     0,
+///     &[Some(&v0), Some(&v1)],
+/// )?;
 /// # assert_eq!(probe.raise_irq(VFIO_PCI_MSIX_IRQ_INDEX, 1), Ok(true));
 /// # assert_eq!(v1.read()?, 1);
 /// dev.disable_irqs(VFIO_PCI_MSIX_IRQ_INDEX)?;

@@ -128,7 +128,10 @@ pub struct BarMapping {
 /// # let (gpio, _) = GpioDevice::new(Default::default())?;
 /// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
 /// # let socket = server.socket_path().ok_or("no socket")?;
-/// let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
+/// let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(
+///     GuestAddress(0),
+///     64 << 20,
+/// )])?);
 /// let options = AttachOptions {
 ///     bars: BarPlacement::Fixed(vec![(0, 0xc000_0000)]),
 ///     ..AttachOptions::default()
