@@ -66,22 +66,13 @@ pub(super) fn cap(deadline: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use crate::connection::testing::read_request;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     use crate::connection::inner::Inner;
     use crate::connection::{Error, Health, Settings};
-    use crate::protocol::{Command, Header, HEADER_SIZE};
-
-    /// Reads one request on the server's end.
-    fn read_request(server: &mut UnixStream) -> Header {
-        let mut hdr = [0u8; HEADER_SIZE];
-        server.read_exact(&mut hdr).unwrap();
-        let header = Header::from_bytes(&hdr);
-        let mut payload = vec![0u8; header.payload_len()];
-        server.read_exact(&mut payload).unwrap();
-        header
-    }
+    use crate::protocol::{Command, Header};
 
     #[test]
     fn a_budget_bounds_several_requests_together() {

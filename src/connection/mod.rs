@@ -80,6 +80,8 @@ mod serve;
 pub(crate) mod socket;
 mod solo;
 mod subscriber;
+#[cfg(test)]
+mod testing;
 mod twin;
 mod wait;
 mod watch;

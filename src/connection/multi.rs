@@ -113,13 +113,13 @@ fn multi_header(id: u16, entries: usize) -> Option<Header> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
     use super::*;
+    use crate::connection::testing::read_msg;
     use crate::connection::{socket, Settings};
-    use crate::protocol::{RegionAccess, HEADER_SIZE};
+    use crate::protocol::RegionAccess;
 
     fn write(at: u64, v: u32) -> (Vec<u8>, WriteMultiEntry) {
         let data = v.to_ne_bytes();
@@ -131,15 +131,6 @@ mod tests {
         }
         .encode_with_data(&data, &mut payload);
         (payload, WriteMultiEntry::new(1, at, &data).unwrap())
-    }
-
-    fn read_msg(sock: &mut UnixStream) -> (Header, Vec<u8>) {
-        let mut hdr = [0u8; HEADER_SIZE];
-        sock.read_exact(&mut hdr).unwrap();
-        let h = Header::from_bytes(&hdr);
-        let mut body = vec![0u8; h.payload_len()];
-        sock.read_exact(&mut body).unwrap();
-        (h, body)
     }
 
     #[test]

@@ -225,6 +225,7 @@ fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::testing::read_msg;
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
@@ -232,7 +233,6 @@ mod tests {
     use crate::connection::send::WRITE_WAIT;
     use crate::connection::{socket, Settings};
     use crate::protocol::{Command, HEADER_SIZE};
-    use std::io::Read;
 
     /// Answers DMA_READ with `U` and 1 MiB of 7s sent unbuffered, or (buffered) with `B`
     /// and the request's payload; counts which path served.
@@ -291,15 +291,6 @@ mod tests {
             fds: Vec::new(),
             data_in_buffer: false,
         }
-    }
-
-    fn read_msg(sock: &mut UnixStream) -> (Header, Vec<u8>) {
-        let mut hdr = [0u8; HEADER_SIZE];
-        sock.read_exact(&mut hdr).unwrap();
-        let h = Header::from_bytes(&hdr);
-        let mut body = vec![0u8; h.payload_len()];
-        sock.read_exact(&mut body).unwrap();
-        (h, body)
     }
 
     #[test]

@@ -204,36 +204,13 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
+    use std::io::Write;
     use std::sync::Arc;
 
     use super::*;
     use crate::connection::pending::Completion;
-    use crate::connection::subscriber::MainSubscriber;
-    use crate::connection::{Health, Settings};
-    use crate::protocol::HEADER_SIZE;
-
-    fn pair(timeout: Duration) -> (Arc<Inner>, MainSubscriber, UnixStream) {
-        let (client, server) = UnixStream::pair().unwrap();
-        let settings = Settings {
-            reply_timeout: timeout,
-            busy_poll: Duration::ZERO,
-            ..Settings::default()
-        };
-        // No event loop runs the subscriber: only callers read.
-        let (inner, sub) = Inner::new(client, settings).unwrap();
-        (inner, sub, server)
-    }
-
-    fn read_request(server: &mut UnixStream) -> Header {
-        let mut hdr = [0u8; HEADER_SIZE];
-        server.read_exact(&mut hdr).unwrap();
-        let header = Header::from_bytes(&hdr);
-        let mut payload = vec![0u8; header.payload_len()];
-        server.read_exact(&mut payload).unwrap();
-        header
-    }
+    use crate::connection::testing::{pair, read_request};
+    use crate::connection::Health;
 
     /// A reply to `request` with a 16-byte head and `len` bytes of data.
     fn reply(request: &Header, len: usize) -> Vec<u8> {

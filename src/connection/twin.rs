@@ -226,8 +226,9 @@ impl MutEventSubscriber for TwinSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::testing::read_msg as read_reply;
     use crate::connection::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
-    use crate::protocol::{Command, Header, HEADER_SIZE};
+    use crate::protocol::{Command, Header};
     use std::io::{self, Write};
     use std::os::fd::OwnedFd;
 
@@ -285,16 +286,6 @@ mod tests {
         let mut v = h.to_bytes().to_vec();
         v.extend_from_slice(payload);
         v
-    }
-
-    fn read_reply(sock: &mut UnixStream) -> (Header, Vec<u8>) {
-        use std::io::Read;
-        let mut hdr = [0u8; HEADER_SIZE];
-        sock.read_exact(&mut hdr).unwrap();
-        let h = Header::from_bytes(&hdr);
-        let mut body = vec![0u8; h.payload_len()];
-        sock.read_exact(&mut body).unwrap();
-        (h, body)
     }
 
     #[test]

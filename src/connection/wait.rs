@@ -454,36 +454,14 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use crate::connection::testing::{pair, read_request};
     use std::os::unix::net::UnixStream;
 
-    use crate::connection::subscriber::MainSubscriber;
-    use crate::connection::{Health, Settings, DEFAULT_TIMEOUT};
+    use crate::connection::{Health, DEFAULT_TIMEOUT};
     use crate::protocol::{Header, HEADER_SIZE};
     use std::io::Write;
 
     const DATA: usize = 50_000;
-
-    fn pair(timeout: Duration) -> (Arc<Inner>, MainSubscriber, UnixStream) {
-        let (client, server) = UnixStream::pair().unwrap();
-        let settings = Settings {
-            reply_timeout: timeout,
-            busy_poll: Duration::ZERO,
-            ..Settings::default()
-        };
-        let (inner, sub) = Inner::new(client, settings).unwrap();
-        (inner, sub, server)
-    }
-
-    /// Reads one request on the server's end; returns its header.
-    fn read_request(server: &mut UnixStream) -> Header {
-        let mut hdr = [0u8; HEADER_SIZE];
-        server.read_exact(&mut hdr).unwrap();
-        let header = Header::from_bytes(&hdr);
-        let mut payload = vec![0u8; header.payload_len()];
-        server.read_exact(&mut payload).unwrap();
-        header
-    }
 
     /// A reply to `request`: a 16-byte head then `len` bytes of data.
     fn reply(request: &Header, len: usize) -> (Vec<u8>, Vec<u8>) {
