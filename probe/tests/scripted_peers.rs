@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! `check`, `info` and `bench` against peers that break one rule at a time (the sample
-//! server behind a relay, see `support`): each breach is named, and the rest still runs.
+//! server behind the shared `test_support::relay`, with the peers in `support`): each breach
+//! is named, and the rest still runs.
 
 mod support;
 
@@ -13,6 +14,7 @@ use vfio_user_probe::bench::{self, BenchOptions, BenchReport};
 use vfio_user_probe::check::{self, CheckOptions, CheckReport, Status};
 use vfio_user_probe::info::{self, InfoReport};
 use vfio_user_sample_server::test_support::peers::{ScriptedServer, SHORT};
+use vfio_user_sample_server::test_support::relay::Step;
 
 use support::*;
 

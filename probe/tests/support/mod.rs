@@ -1,25 +1,24 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Scripted peers that break one rule at a time: the sample GPIO server behind a relay that
-//! refuses, edits or drops what passes through it. Each peer is a plain function, for
+//! The probe's scripted peers, which break one rule at a time: the sample GPIO server
+//! behind the shared relay
+//! ([`serve_in_step`](vfio_user_sample_server::test_support::relay::serve_in_step)), told
+//! which requests to refuse, drop or swallow and which replies to edit. Each peer is a plain
+//! function, for
 //! [`ScriptedServer::start`](vfio_user_sample_server::test_support::peers::ScriptedServer),
-//! and serves one connection with a sample server of its own.
-//!
-//! The relay handles one message at a time, in order, as a server does: a request is
-//! forwarded (with its fds) and its reply passed back (with its fds) before the next request
-//! is read. Replies to `No_reply` commands are not waited for.
+//! and serves one connection with a sample server of its own. The relay itself lives in
+//! `test_support::relay`; only what the probe's tests aim at stays here.
 
 // Each test file uses some of the peers.
 #![allow(dead_code)]
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use vfio_user_client::protocol::{Command, HEADER_SIZE};
-use vfio_user_sample_server::test_support::script::{serve_pair, PATIENCE};
-use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
-use vfio_user_sample_server::{GpioDevice, ServerConfig};
+use vfio_user_client::protocol::Command;
+use vfio_user_sample_server::test_support::relay::{serve_in_step, Step};
+use vfio_user_sample_server::wire::RawMsg;
+use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
 
 /// `EINVAL` as the protocol carries it.
 pub const EINVAL: u32 = libc::EINVAL as u32;
@@ -32,66 +31,16 @@ const CONFIG: u32 = 7;
 /// MSI-X.
 const MSIX: u32 = 2;
 
-/// What the relay does with a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Forward it, and pass its reply back.
-    Forward,
-    /// Answer it with an error reply carrying this errno, without forwarding it.
-    Refuse(u32),
-    /// Close the connection instead (the server died).
-    HangUp,
-    /// Read it and never answer (the server hangs).
-    Swallow,
-}
-
-/// Serves `client` with a sample GPIO server behind a relay: `on_request` decides the fate
-/// of each request, `on_reply` may edit a forwarded request's reply (its header's size is
-/// set to the edited payload's).
+/// Serves `client` with a sample GPIO server of its own behind the shared in-step relay
+/// (see [`serve_in_step`]).
 pub fn relay(
     client: UnixStream,
-    mut on_request: impl FnMut(&RawMsg) -> Step,
-    mut on_reply: impl FnMut(&RawMsg, &mut RawMsg),
+    on_request: impl FnMut(&RawMsg) -> Step,
+    on_reply: impl FnMut(&RawMsg, &mut RawMsg),
 ) {
     let (device, _) = GpioDevice::new(Default::default()).expect("GPIO device");
-    let (mut server, _handle) = serve_pair(ServerConfig::default(), Box::new(device));
-    let mut client = RawEndpoint::new(client, PATIENCE);
-    while let Ok(request) = client.recv() {
-        let h = request.header;
-        match on_request(&request) {
-            Step::HangUp => return,
-            Step::Refuse(errno) => {
-                if !h.no_reply() && client.reply_error(&h, errno).is_err() {
-                    return;
-                }
-                continue;
-            }
-            Step::Swallow => continue,
-            Step::Forward => {}
-        }
-        if server
-            .send_message(&h, &request.payload, &raw(&request))
-            .is_err()
-        {
-            return;
-        }
-        if h.no_reply() {
-            continue;
-        }
-        let Ok(mut reply) = server.recv() else { return };
-        on_reply(&request, &mut reply);
-        reply.header.size = (HEADER_SIZE + reply.payload.len()) as u32;
-        if client
-            .send_message(&reply.header, &reply.payload, &raw(&reply))
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-fn raw(m: &RawMsg) -> Vec<RawFd> {
-    m.fds.iter().map(|f| f.as_raw_fd()).collect()
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    serve_in_step(server, client, on_request, on_reply);
 }
 
 fn is(m: &RawMsg, command: Command) -> bool {

@@ -10,7 +10,8 @@
 //! * [`peers`]: listeners run by a script (including peers that are not vfio-user servers),
 //!   socket paths nobody listens on, the sample GPIO server on a path;
 //! * [`relay`]: a relay in front of the sample server that breaks one chosen reply (cut
-//!   short, wrong id or command, Error flag, wrong size, stray fds, silence, lateness);
+//!   short, wrong id or command, Error flag, wrong size, stray fds, silence, lateness), or
+//!   that refuses, drops, swallows or edits requests and replies one at a time;
 //! * [`rust_vmm`]: the crates.io `vfio_user` server with a small backend, an independent
 //!   peer for the client and the probe;
 //! * [`config`]: a PCI config-space image with a capability of every common kind;

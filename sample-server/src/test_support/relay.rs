@@ -1,7 +1,11 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A relay between a client and a real sample server that breaks one reply on purpose.
+//! A relay between a client and a real sample server that breaks what passes on purpose.
+//!
+//! It comes in two forms. [`Relay`] faults one chosen reply of a pipelined conversation;
+//! [`serve_in_step`] handles one request at a time and lets hooks decide each request's
+//! fate ([`Step`]: forward, refuse with an errno, hang up, swallow) and edit its reply.
 //!
 //! [`Relay::start`] listens on a socket path and serves one client: everything the client
 //! sends goes to the server unchanged (with its fds), everything the server sends comes
@@ -31,6 +35,7 @@ use vfio_user_client::protocol::{Command, FLAGS_ERROR, HEADER_SIZE};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempdir::TempDir;
 
+use crate::test_support::script::PATIENCE;
 use crate::wire::{RawEndpoint, RawMsg};
 use crate::Server;
 
@@ -322,4 +327,80 @@ fn apply(fault: Fault, mut m: RawMsg, to: &mut RawEndpoint) -> std::io::Result<b
     fds.extend(extra.iter().map(AsRawFd::as_raw_fd));
     to.send_message(&m.header, &m.payload, &fds)?;
     Ok(true)
+}
+
+/// What [`serve_in_step`] does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it, and pass its reply back.
+    Forward,
+    /// Answer it with an error reply carrying this errno, without forwarding it.
+    Refuse(u32),
+    /// Close the connection instead (the server died).
+    HangUp,
+    /// Read it and never answer (the server hangs).
+    Swallow,
+}
+
+/// Serves `client` with `server` behind a relay that handles one message at a time, in
+/// order, as a server does: `on_request` decides the fate of each request; a forwarded
+/// request (with its fds) has its reply (with its fds) passed to `on_reply`, which may edit
+/// it (the header's size is then set to the edited payload's), and sent back before the
+/// next request is read. Replies to `No_reply` commands are not waited for. Returns when
+/// either side ends or a hook hangs up; the server is stopped by then.
+pub fn serve_in_step(
+    server: Server,
+    client: UnixStream,
+    on_request: impl FnMut(&RawMsg) -> Step,
+    on_reply: impl FnMut(&RawMsg, &mut RawMsg),
+) {
+    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+    let handle = server.serve_stream(theirs);
+    let mut server = RawEndpoint::new(ours, PATIENCE);
+    let mut client = RawEndpoint::new(client, PATIENCE);
+    step(&mut client, &mut server, on_request, on_reply);
+    drop(client);
+    drop(server);
+    handle.stop();
+}
+
+/// The loop of [`serve_in_step`].
+fn step(
+    client: &mut RawEndpoint,
+    server: &mut RawEndpoint,
+    mut on_request: impl FnMut(&RawMsg) -> Step,
+    mut on_reply: impl FnMut(&RawMsg, &mut RawMsg),
+) {
+    while let Ok(request) = client.recv() {
+        let h = request.header;
+        match on_request(&request) {
+            Step::HangUp => return,
+            Step::Refuse(errno) => {
+                if !h.no_reply() && client.reply_error(&h, errno).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Step::Swallow => continue,
+            Step::Forward => {}
+        }
+        if server
+            .send_message(&h, &request.payload, &raw_fds(&request.fds))
+            .is_err()
+        {
+            return;
+        }
+        if h.no_reply() {
+            continue;
+        }
+        let Ok(mut reply) = server.recv() else { return };
+        on_reply(&request, &mut reply);
+        reply.header.size = u32::try_from(HEADER_SIZE + reply.payload.len()).expect("size");
+        if client
+            .send_message(&reply.header, &reply.payload, &raw_fds(&reply.fds))
+            .is_err()
+        {
+            return;
+        }
+    }
 }
