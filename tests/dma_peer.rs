@@ -188,6 +188,8 @@ fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
 fn good_requests_are_served_across_adjacent_mappings() {
     let mem = Arc::new(guest());
     let mut s = setup(Arc::clone(&mem));
+    // DMA_WRITEs are recorded while dirty logging is on.
+    s.mapper.dirty_log().start();
     let data = pattern(48 << 10, 5);
     mem.write_slice(&data, GuestAddress(B - (16 << 10)))
         .unwrap();

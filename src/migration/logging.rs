@@ -1,0 +1,477 @@
+// Copyright 2026 The vfio-user-client Authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! DMA dirty logging: DMA_LOGGING_START over the DMA windows, DMA_LOGGING_REPORT merged with
+//! the client's own [`DirtyLog`], DMA_LOGGING_STOP.
+
+use std::sync::Arc;
+
+use vfio_bindings::bindings::vfio::{
+    vfio_device_feature_dma_logging_range, VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET,
+};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
+
+use super::{bad_feature, feature, Error, Migration};
+use crate::connection::{self, PendingReply, Reply};
+use crate::dma::{DirtyLog, DmaMapper, DmaMapping, DmaRegion};
+use crate::protocol::{Command, DeviceFeature, DmaLoggingReport, DmaLoggingStart, HEADER_SIZE};
+
+/// Reports in flight at once.
+const PIPELINE: usize = 16;
+const BITS: u64 = 64;
+
+/// One range of guest memory with its dirty bits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyRange {
+    /// First IOVA of the range (page aligned), as the server sees it.
+    pub iova: u64,
+    /// Guest-physical address of `iova`.
+    pub gpa: u64,
+    /// Length in bytes (whole pages).
+    pub len: u64,
+    /// Bit `i % 64` of word `i / 64` set: page `i` (at `gpa + i * page_size`) is dirty; the
+    /// layout of `KVM_GET_DIRTY_LOG`.
+    pub bitmap: Vec<u64>,
+}
+
+/// What [`Migration::dirty_report`] returns: the pages the server reported dirty (through
+/// its mappings of guest memory) and the pages the client wrote for it (DMA_WRITE), one
+/// bitmap per range of DMA windows that are contiguous in both IOVA and guest-physical
+/// space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    page_size: u64,
+    ranges: Vec<DirtyRange>,
+}
+
+impl DirtyBitmap {
+    /// The page size each bit stands for (the negotiated migration page size).
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// The ranges, by IOVA.
+    pub fn ranges(&self) -> &[DirtyRange] {
+        &self.ranges
+    }
+
+    /// Whether the page holding guest-physical address `gpa` is dirty.
+    pub fn is_dirty(&self, gpa: u64) -> bool {
+        self.ranges.iter().any(|r| {
+            gpa.checked_sub(r.gpa)
+                .filter(|off| *off < r.len)
+                .map(|off| off / self.page_size)
+                .is_some_and(|page| bit(&r.bitmap, page))
+        })
+    }
+
+    /// The number of dirty pages.
+    pub fn count(&self) -> u64 {
+        self.ranges
+            .iter()
+            .flat_map(|r| r.bitmap.iter())
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+
+    /// The guest-physical address of every dirty page, range by range.
+    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let ps = self.page_size;
+        self.ranges.iter().flat_map(move |r| {
+            r.bitmap.iter().enumerate().flat_map(move |(w, &bits)| {
+                Ones(bits).map(move |b| r.gpa + (w as u64 * BITS + b) * ps)
+            })
+        })
+    }
+}
+
+/// The set bits of a word, lowest first.
+struct Ones(u64);
+
+impl Iterator for Ones {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        (self.0 != 0).then(|| {
+            let b = u64::from(self.0.trailing_zeros());
+            self.0 &= self.0 - 1;
+            b
+        })
+    }
+}
+
+fn bit(bitmap: &[u64], page: u64) -> bool {
+    usize::try_from(page / BITS)
+        .ok()
+        .and_then(|w| bitmap.get(w))
+        .is_some_and(|w| w & (1 << (page % BITS)) != 0)
+}
+
+/// Dirty logging in progress.
+#[derive(Debug)]
+pub(super) struct Logging {
+    page_size: u64,
+    /// `(iova, gpa, len)`, page aligned, by IOVA.
+    ranges: Vec<(u64, u64, u64)>,
+    log: Arc<DirtyLog>,
+}
+
+/// The windows as page-aligned ranges, merged where contiguous in IOVA and guest-physical
+/// space alike.
+fn ranges(mut maps: Vec<DmaMapping>, page_size: u64) -> Vec<(u64, u64, u64)> {
+    maps.sort_by_key(|m| m.iova);
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    for m in maps {
+        let start = m.iova - m.iova % page_size;
+        let end = m.end().saturating_add(page_size - 1) / page_size * page_size;
+        let gpa = m.gpa.saturating_sub(m.iova - start);
+        if let Some(last) = out.last_mut() {
+            let last_end = last.0.saturating_add(last.2);
+            if start <= last_end && gpa.wrapping_sub(start) == last.1.wrapping_sub(last.0) {
+                last.2 = last.2.max(end - last.0);
+                continue;
+            }
+        }
+        out.push((start, gpa, end - start));
+    }
+    out
+}
+
+impl Migration<'_> {
+    /// The largest bitmap of one DMA_LOGGING_REPORT reply: the smaller `max_bitmap_size`
+    /// of ours and the server's, bounded by our receive limit, in whole words.
+    fn max_bitmap(&self) -> u64 {
+        let conn = self.device.connection();
+        let ours = conn
+            .offer()
+            .migration
+            .map_or(u64::MAX, |m| m.max_bitmap_size);
+        let theirs = conn
+            .capabilities()
+            .migration
+            .map_or(u64::MAX, |m| m.max_bitmap_size);
+        let overhead =
+            (HEADER_SIZE + DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE) as u64;
+        let recv = u64::from(conn.max_recv_size()).saturating_sub(overhead);
+        (ours.min(theirs).min(recv) / 8 * 8).max(8)
+    }
+
+    /// The negotiated migration page size.
+    pub fn page_size(&self) -> u64 {
+        let conn = self.device.connection();
+        conn.capabilities()
+            .migration
+            .map_or(crate::negotiate::MIN_PAGE_SIZE, |m| m.pgsize)
+    }
+
+    /// Starts DMA dirty logging (DMA_LOGGING_START) over the windows `mapper` holds now, at
+    /// the migration page size, and starts the mapper's [`DirtyLog`].
+    ///
+    /// A server that refuses is [`Error::LoggingUnsupported`]. When the ranges do not fit
+    /// one message, the server is asked to log everything (no ranges).
+    pub fn start_dirty_logging<AS>(&mut self, mapper: &DmaMapper<AS>) -> Result<(), Error>
+    where
+        AS: GuestAddressSpace + Send + Sync + 'static,
+        AS::M: GuestMemoryBackend,
+        <AS::M as GuestMemoryBackend>::R: DmaRegion,
+    {
+        if self.logging.is_some() {
+            return Err(Error::LoggingState(true));
+        }
+        let page_size = self.page_size();
+        let ranges = ranges(mapper.mappings(), page_size);
+        let mut start = DmaLoggingStart {
+            page_size,
+            ranges: ranges
+                .iter()
+                .map(|&(iova, _, length)| vfio_device_feature_dma_logging_range { iova, length })
+                .collect(),
+        };
+        let limit = self.device.capabilities().max_data_xfer_size as usize;
+        if 16usize.saturating_add(start.ranges.len().saturating_mul(16)) > limit {
+            log::info!(
+                "migration: {} logging ranges do not fit; logging all",
+                ranges.len()
+            );
+            start.ranges.clear();
+        }
+        let mut data = Vec::new();
+        start.encode_into(&mut data);
+        let log = Arc::clone(mapper.dirty_log());
+        // On before the server starts: no page written meanwhile is missed.
+        log.start();
+        let r = feature(
+            self.device,
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+            VFIO_DEVICE_FEATURE_SET,
+            data,
+            0,
+        );
+        if let Err(e) = r {
+            log.stop();
+            return Err(logging_refused(e));
+        }
+        self.logging = Some(Logging {
+            page_size,
+            ranges,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Whether dirty logging is on.
+    pub fn is_logging(&self) -> bool {
+        self.logging.is_some()
+    }
+
+    /// Stops DMA dirty logging (DMA_LOGGING_STOP) and the mapper's [`DirtyLog`]. Take the
+    /// last [`dirty_report`](Migration::dirty_report) first.
+    pub fn stop_dirty_logging(&mut self) -> Result<(), Error> {
+        let logging = self.logging.take().ok_or(Error::LoggingState(false))?;
+        logging.log.stop();
+        feature(
+            self.device,
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+            VFIO_DEVICE_FEATURE_SET,
+            Vec::new(),
+            0,
+        )
+        .map(drop)
+        .map_err(logging_refused)
+    }
+
+    /// The pages dirtied since logging started or since the last report: the server's
+    /// DMA_LOGGING_REPORTs (split so that no bitmap exceeds `max_bitmap_size`, pipelined)
+    /// merged with the client's [`DirtyLog`]. Both are cleared by the report.
+    pub fn dirty_report(&mut self) -> Result<DirtyBitmap, Error> {
+        let logging = self.logging.as_ref().ok_or(Error::LoggingState(false))?;
+        let page_size = logging.page_size;
+        let pages_per_report = self.max_bitmap() * 8;
+        let mut out: Vec<DirtyRange> = logging
+            .ranges
+            .iter()
+            .map(|&(iova, gpa, len)| DirtyRange {
+                iova,
+                gpa,
+                len,
+                bitmap: vec![0; words(len / page_size)],
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        for (i, r) in out.iter().enumerate() {
+            let pages = r.len / page_size;
+            let mut first = 0;
+            while first < pages {
+                let n = (pages - first).min(pages_per_report);
+                jobs.push((i, first, n));
+                first += n;
+            }
+        }
+        for batch in jobs.chunks(PIPELINE) {
+            self.report_batch(batch, page_size, &mut out)?;
+        }
+        for r in &mut out {
+            logging
+                .log
+                .take_into(r.gpa, r.len, page_size, &mut r.bitmap);
+        }
+        Ok(DirtyBitmap {
+            page_size,
+            ranges: out,
+        })
+    }
+
+    /// Sends one batch of reports `(range, first page, pages)` and merges their bitmaps.
+    fn report_batch(
+        &self,
+        batch: &[(usize, u64, u64)],
+        page_size: u64,
+        out: &mut [DirtyRange],
+    ) -> Result<(), Error> {
+        let conn = self.device.connection();
+        let mut pending: Vec<PendingReply> = Vec::with_capacity(batch.len());
+        let mut asked = Vec::with_capacity(batch.len());
+        for &(i, first, n) in batch {
+            let iova = out.get(i).map_or(0, |r| r.iova) + first * page_size;
+            let rq = DmaLoggingReport {
+                iova,
+                length: n * page_size,
+                page_size,
+                bitmap: Vec::new(),
+            };
+            let mut data = Vec::with_capacity(DmaLoggingReport::HEAD_SIZE);
+            rq.encode_into(&mut data);
+            let bitmap_len = words(n) * 8;
+            let mut payload = Vec::new();
+            DeviceFeature::new(
+                VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                VFIO_DEVICE_FEATURE_GET,
+                data,
+                DmaLoggingReport::HEAD_SIZE + bitmap_len,
+            )
+            .encode_into(&mut payload);
+            match conn.send_request(Command::DeviceFeature, &payload, &[]) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    // Collect what was sent, so that the connection stays in step.
+                    drop(conn.wait_all(pending));
+                    return Err(logging_refused(report_error(e)));
+                }
+            }
+            asked.push((rq, bitmap_len, i, first));
+        }
+        let replies = conn.wait_all(pending);
+        let mut first_error = None;
+        for (reply, (rq, bitmap_len, i, first)) in replies.into_iter().zip(asked) {
+            let r = reply
+                .map_err(|e| logging_refused(report_error(e)))
+                .and_then(|reply| report_bitmap(&reply, &rq, bitmap_len));
+            match r {
+                Ok(bits) => {
+                    if let Some(range) = out.get_mut(i) {
+                        merge_words(&mut range.bitmap, first / BITS, &bits);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn words(pages: u64) -> usize {
+    usize::try_from(pages.div_ceil(BITS)).unwrap_or(usize::MAX)
+}
+
+fn report_error(source: connection::Error) -> Error {
+    Error::Request {
+        command: Command::DeviceFeature,
+        feature: Some(VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT),
+        source,
+    }
+}
+
+/// A refused logging request becomes [`Error::LoggingUnsupported`].
+fn logging_refused(e: Error) -> Error {
+    match e {
+        Error::Request {
+            source: source @ connection::Error::Server { .. },
+            ..
+        } => Error::LoggingUnsupported(source),
+        e => e,
+    }
+}
+
+/// The bitmap of a report reply, checked against the request.
+fn report_bitmap(
+    reply: &Reply,
+    rq: &DmaLoggingReport,
+    bitmap_len: usize,
+) -> Result<Vec<u64>, Error> {
+    let f = DeviceFeature::decode(&reply.payload).map_err(|e| bad_feature(e.to_string()))?;
+    if f.feature() != VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT {
+        return Err(bad_feature(format!(
+            "reply names feature {}, not {VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT}",
+            f.feature()
+        )));
+    }
+    let data = f.data;
+    let head = data
+        .get(..DmaLoggingReport::HEAD_SIZE)
+        .ok_or_else(|| bad_feature(format!("DMA_LOGGING_REPORT data of {} bytes", data.len())))?;
+    let echo = DmaLoggingReport::decode(head).map_err(|e| bad_feature(e.to_string()))?;
+    if (echo.iova, echo.length, echo.page_size) != (rq.iova, rq.length, rq.page_size) {
+        return Err(bad_feature(format!(
+            "DMA_LOGGING_REPORT reply for {:#x}+{:#x} (page {:#x}), asked {:#x}+{:#x} (page {:#x})",
+            echo.iova, echo.length, echo.page_size, rq.iova, rq.length, rq.page_size
+        )));
+    }
+    let bitmap = data.get(DmaLoggingReport::HEAD_SIZE..).unwrap_or_default();
+    if bitmap.len() != bitmap_len {
+        return Err(Error::BitmapSize {
+            iova: rq.iova,
+            length: rq.length,
+            expected: bitmap_len,
+            got: bitmap.len(),
+        });
+    }
+    Ok(bitmap
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_ne_bytes(w)
+        })
+        .collect())
+}
+
+/// ORs `bits` into `bitmap` from word `at`.
+fn merge_words(bitmap: &mut [u64], at: u64, bits: &[u64]) {
+    let at = usize::try_from(at).unwrap_or(usize::MAX);
+    if let Some(dst) = bitmap.get_mut(at..) {
+        for (d, s) in dst.iter_mut().zip(bits) {
+            *d |= s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dma::{Access, MappingKind};
+
+    fn map(iova: u64, gpa: u64, size: u64) -> DmaMapping {
+        DmaMapping {
+            iova,
+            size,
+            gpa,
+            access: Access::default(),
+            fd_backed: true,
+            kind: MappingKind::Iova,
+            host_region: 0,
+        }
+    }
+
+    #[test]
+    fn ranges_merge_where_contiguous_in_both_spaces() {
+        let r = ranges(
+            vec![
+                map(0x3000, 0x3000, 0x1000),
+                map(0, 0, 0x2000),
+                map(0x2000, 0x2000, 0x800),
+                map(0x10000, 0x50000, 0x1000),
+                map(0x11000, 0x11000, 0x1000),
+            ],
+            0x1000,
+        );
+        assert_eq!(
+            r,
+            vec![
+                (0, 0, 0x4000),
+                (0x10000, 0x50000, 0x1000),
+                (0x11000, 0x11000, 0x1000)
+            ]
+        );
+    }
+
+    #[test]
+    fn bitmap_queries() {
+        let b = DirtyBitmap {
+            page_size: 0x1000,
+            ranges: vec![DirtyRange {
+                iova: 0x10000,
+                gpa: 0x20000,
+                len: 0x100000,
+                bitmap: vec![0b101, 1 << 63, 0, 0],
+            }],
+        };
+        assert_eq!(b.count(), 3);
+        assert!(b.is_dirty(0x20fff) && b.is_dirty(0x22000) && !b.is_dirty(0x21000));
+        assert!(!b.is_dirty(0x10000) && !b.is_dirty(0x20000 + 0x100000));
+        let pages: Vec<u64> = b.dirty_pages().collect();
+        assert_eq!(pages, vec![0x20000, 0x22000, 0x20000 + 127 * 0x1000]);
+    }
+}
