@@ -152,7 +152,7 @@ pub struct DataReader<'m, 'd> {
 
 impl DataReader<'_, '_> {
     /// Device data bytes read through this device's migration so far.
-    pub fn bytes(&self) -> u64 {
+    pub fn bytes_read(&self) -> u64 {
         self.migration.bytes_read
     }
 }
@@ -176,7 +176,7 @@ pub struct DataWriter<'m, 'd> {
 
 impl DataWriter<'_, '_> {
     /// Device data bytes written through this device's migration so far.
-    pub fn bytes(&self) -> u64 {
+    pub fn bytes_written(&self) -> u64 {
         self.migration.bytes_written
     }
 }
