@@ -267,6 +267,40 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// `take_into` at any page size sets exactly the pages that hold a marked page, and
+        /// clears what it took.
+        #[test]
+        fn take_into_matches_a_model(
+            writes in proptest::collection::vec((0u64..1 << 22, 1u64..1 << 16), 0..10),
+            shift in 12u32..17,
+            start in 0u64..64,
+            pages in 1u64..300,
+        ) {
+            let log = DirtyLog::new(4096);
+            log.start();
+            let mut model = std::collections::BTreeSet::new();
+            for (gpa, len) in writes {
+                log.mark(gpa, len);
+                model.extend(gpa / 4096..=(gpa + len - 1) / 4096);
+            }
+            let ps = 1u64 << shift;
+            let gpa = start * ps;
+            let mut bm = vec![0u64; pages.div_ceil(64) as usize];
+            log.take_into(gpa, pages * ps, ps, &mut bm);
+            for i in 0..pages {
+                let lo = (gpa + i * ps) / 4096;
+                let hi = (gpa + (i + 1) * ps - 1) / 4096;
+                let want = model.range(lo..=hi).next().is_some();
+                proptest::prop_assert_eq!(bm[(i / 64) as usize] & (1 << (i % 64)) != 0, want);
+            }
+            let left: Vec<u64> = model
+                .iter()
+                .filter(|p| **p * 4096 < gpa || **p * 4096 >= gpa + pages * ps)
+                .map(|p| p * 4096)
+                .collect();
+            proptest::prop_assert_eq!(log.dirty_pages(), left);
+        }
+
         /// Marked ranges and the pages reported agree with a set of page numbers.
         #[test]
         fn marks_match_a_page_set(

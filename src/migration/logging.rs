@@ -457,6 +457,81 @@ mod tests {
         );
     }
 
+    fn reply(payload: Vec<u8>) -> Reply {
+        Reply {
+            header: crate::protocol::Header::default(),
+            payload,
+            fds: Vec::new(),
+            data_in_buffer: false,
+        }
+    }
+
+    fn request(iova: u64, pages: u64) -> DmaLoggingReport {
+        DmaLoggingReport {
+            iova,
+            length: pages * 4096,
+            page_size: 4096,
+            bitmap: Vec::new(),
+        }
+    }
+
+    proptest::proptest! {
+        /// No reply payload panics the report decoder; only the exact layout is accepted.
+        #[test]
+        fn report_replies_never_panic(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            pages in 1u64..1000,
+        ) {
+            let rq = request(0x1000, pages);
+            let len = words(pages) * 8;
+            if let Ok(bits) = report_bitmap(&reply(payload.clone()), &rq, len) {
+                proptest::prop_assert_eq!(bits.len() * 8, len);
+                proptest::prop_assert_eq!(payload.len(), 8 + 24 + len);
+            }
+        }
+
+        /// A well-formed reply gives back its words, whatever the range.
+        #[test]
+        fn report_replies_round_trip(
+            iova in 0u64..1 << 40,
+            words_in in proptest::collection::vec(proptest::num::u64::ANY, 1..40),
+        ) {
+            let pages = words_in.len() as u64 * 64;
+            let rq = request(iova * 4096, pages);
+            let mut data = Vec::new();
+            DmaLoggingReport {
+                bitmap: words_in.iter().flat_map(|w| w.to_ne_bytes()).collect(),
+                ..rq.clone()
+            }
+            .encode_into(&mut data);
+            let mut payload = Vec::new();
+            DeviceFeature::new(
+                VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                VFIO_DEVICE_FEATURE_GET,
+                data,
+                0,
+            )
+            .encode_into(&mut payload);
+            let got = report_bitmap(&reply(payload), &rq, words_in.len() * 8);
+            proptest::prop_assert_eq!(got.ok(), Some(words_in));
+        }
+
+        /// Merging words at an offset is a bitwise OR of the overlap, never out of bounds.
+        #[test]
+        fn merge_is_an_or(
+            dst in proptest::collection::vec(proptest::num::u64::ANY, 0..20),
+            src in proptest::collection::vec(proptest::num::u64::ANY, 0..20),
+            at in 0u64..25,
+        ) {
+            let mut out = dst.clone();
+            merge_words(&mut out, at, &src);
+            for (i, w) in out.iter().enumerate() {
+                let s = (i as u64).checked_sub(at).and_then(|j| src.get(j as usize));
+                proptest::prop_assert_eq!(*w, dst[i] | s.copied().unwrap_or(0));
+            }
+        }
+    }
+
     #[test]
     fn bitmap_queries() {
         let b = DirtyBitmap {
