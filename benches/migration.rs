@@ -160,7 +160,7 @@ fn serve(mut sock: UnixStream) {
 
 fn device() -> VfioUserDevice {
     let (client, server) = UnixStream::pair().expect("socketpair");
-    thread::spawn(move || serve(server));
+    support::placement().server(|| thread::spawn(move || serve(server)));
     let options = ConnectOptions {
         offer: vfio_user_client::Offer {
             twin_socket: false,
@@ -182,7 +182,7 @@ struct Raw {
 impl Raw {
     fn new() -> Raw {
         let (client, server) = UnixStream::pair().expect("socketpair");
-        thread::spawn(move || serve(server));
+        support::placement().server(|| thread::spawn(move || serve(server)));
         Raw {
             sock: client,
             id: 0,
@@ -214,14 +214,17 @@ fn mig_data_read(c: &mut Criterion, size: u32, label: &str) {
     let mut m = Migration::new(&dev).expect("migration");
     m.set_state(DeviceState::StopCopy).expect("stop copy");
     let mut buf = vec![0u8; size as usize];
-    group.bench_function("ours", |b| {
-        b.iter(|| {
-            let mut r = m.reader().expect("reader");
-            let mut left = DATA;
-            while left > 0 {
-                let n = r.read(&mut buf).expect("read");
-                left -= n;
-            }
+    let at = support::placement();
+    at.client(|| {
+        group.bench_function("ours", |b| {
+            b.iter(|| {
+                let mut r = m.reader().expect("reader");
+                let mut left = DATA;
+                while left > 0 {
+                    let n = r.read(&mut buf).expect("read");
+                    left -= n;
+                }
+            })
         })
     });
     let mut raw = Raw::new();
@@ -232,11 +235,13 @@ fn mig_data_read(c: &mut Criterion, size: u32, label: &str) {
     }
     .encode_into(&mut rq);
     let mut reply = Vec::new();
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            for _ in 0..DATA / size as usize {
-                raw.call(Command::MigDataRead, &rq, &mut reply);
-            }
+    at.client(|| {
+        group.bench_function("floor", |b| {
+            b.iter(|| {
+                for _ in 0..DATA / size as usize {
+                    raw.call(Command::MigDataRead, &rq, &mut reply);
+                }
+            })
         })
     });
     group.finish();
@@ -254,11 +259,14 @@ fn logging_report(c: &mut Criterion) {
     mapper.map(0, 0, GUEST).expect("map");
     let mut m = Migration::new(&dev).expect("migration");
     m.start_dirty_logging(&mapper).expect("start");
-    group.bench_function("ours", |b| {
-        b.iter(|| {
-            // A few pages the client wrote for the server, merged in.
-            mapper.dirty_log().mark(0x1000, 0x3000);
-            m.dirty_report().expect("report")
+    let at = support::placement();
+    at.client(|| {
+        group.bench_function("ours", |b| {
+            b.iter(|| {
+                // A few pages the client wrote for the server, merged in.
+                mapper.dirty_log().mark(0x1000, 0x3000);
+                m.dirty_report().expect("report")
+            })
         })
     });
     // The client's split: bitmaps as large as its receive limit (1 MiB of data and 64 KiB
@@ -267,30 +275,32 @@ fn logging_report(c: &mut Criterion) {
     let chunk_pages = per_reply * 8;
     let mut raw = Raw::new();
     let mut reply = Vec::new();
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            let mut iova = 0;
-            while iova < GUEST {
-                let len = (chunk_pages * PAGE).min(GUEST - iova);
-                let mut data = Vec::new();
-                DmaLoggingReport {
-                    iova,
-                    length: len,
-                    page_size: PAGE,
-                    bitmap: Vec::new(),
+    at.client(|| {
+        group.bench_function("floor", |b| {
+            b.iter(|| {
+                let mut iova = 0;
+                while iova < GUEST {
+                    let len = (chunk_pages * PAGE).min(GUEST - iova);
+                    let mut data = Vec::new();
+                    DmaLoggingReport {
+                        iova,
+                        length: len,
+                        page_size: PAGE,
+                        bitmap: Vec::new(),
+                    }
+                    .encode_into(&mut data);
+                    let mut payload = Vec::new();
+                    DeviceFeature::new(
+                        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                        VFIO_DEVICE_FEATURE_GET,
+                        data,
+                        24 + (len / PAGE / 8) as usize,
+                    )
+                    .encode_into(&mut payload);
+                    raw.call(Command::DeviceFeature, &payload, &mut reply);
+                    iova += len;
                 }
-                .encode_into(&mut data);
-                let mut payload = Vec::new();
-                DeviceFeature::new(
-                    VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                    VFIO_DEVICE_FEATURE_GET,
-                    data,
-                    24 + (len / PAGE / 8) as usize,
-                )
-                .encode_into(&mut payload);
-                raw.call(Command::DeviceFeature, &payload, &mut reply);
-                iova += len;
-            }
+            })
         })
     });
     group.finish();
@@ -300,10 +310,13 @@ fn state_round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("state_round_trip");
     let dev = device();
     let mut m = Migration::new(&dev).expect("migration");
-    group.bench_function("ours", |b| {
-        b.iter(|| {
-            m.set_state(DeviceState::Stop).expect("stop");
-            m.set_state(DeviceState::Running).expect("run");
+    let at = support::placement();
+    at.client(|| {
+        group.bench_function("ours", |b| {
+            b.iter(|| {
+                m.set_state(DeviceState::Stop).expect("stop");
+                m.set_state(DeviceState::Running).expect("run");
+            })
         })
     });
     let mut raw = Raw::new();
@@ -326,10 +339,12 @@ fn state_round_trip(c: &mut Criterion) {
         payload
     };
     let (stop, run) = (set(DeviceState::Stop), set(DeviceState::Running));
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            raw.call(Command::DeviceFeature, &stop, &mut reply);
-            raw.call(Command::DeviceFeature, &run, &mut reply);
+    at.client(|| {
+        group.bench_function("floor", |b| {
+            b.iter(|| {
+                raw.call(Command::DeviceFeature, &stop, &mut reply);
+                raw.call(Command::DeviceFeature, &run, &mut reply);
+            })
         })
     });
     group.finish();

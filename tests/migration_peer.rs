@@ -682,6 +682,40 @@ fn a_reply_with_another_state_is_reported() {
 }
 
 #[test]
+fn a_short_state_reply_reads_the_state_back() {
+    let s = Setup::with(
+        STOP_COPY,
+        Box::new(|h, body, dev| {
+            if is_feature(
+                h,
+                body,
+                VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+                VFIO_DEVICE_FEATURE_SET,
+            ) {
+                // Takes the arc but answers with the head only.
+                dev.state = MigDeviceState::decode(&body[8..]).unwrap().device_state;
+                return Answer::Reply(body[..8].to_vec());
+            }
+            Answer::Default
+        }),
+    );
+    let mut m = Migration::new(&s.dev).unwrap();
+    let e = m.set_state(Stop).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BadReply {
+                command: Command::DeviceFeature,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(m.state(), Stop, "read back");
+    s.in_step();
+}
+
+#[test]
 fn unknown_states_are_reported() {
     let s = Setup::plain(STOP_COPY);
     s.device().state = 99;

@@ -51,8 +51,9 @@ pub enum Error {
         /// The device's migration flags.
         flags: u64,
     },
-    /// The server refused one arc of a transition; `now` is the state it then reported
-    /// (`None` when reading it back failed too).
+    /// One arc of a transition failed (the server refused it, or its reply did not come in
+    /// time); `now` is the state the server then reported (`None` when reading it back
+    /// failed too).
     #[error("{from:?} -> {step:?} (on the way to {to:?}) failed: {source}; device now in {now:?}")]
     Transition {
         /// The state the arc started from.

@@ -48,6 +48,7 @@ use vfio_bindings::bindings::vfio::{
 use crate::connection;
 use crate::device::VfioUserDevice;
 use crate::protocol::{Command, DeviceFeature, MigDeviceState, MigrationFeature};
+use crate::ConnectionCause;
 
 pub use crate::protocol::DeviceState;
 pub use data::{DataReader, DataWriter};
@@ -246,24 +247,30 @@ impl<'d> Migration<'d> {
             data,
             8,
         );
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(Error::Request { source, .. }) if !source.is_disconnected() => {
+        let echoed = reply.and_then(|reply| {
+            MigDeviceState::decode(&reply.data)
+                .map(|d| d.device_state)
+                .map_err(|e| bad_feature(e.to_string()))
+        });
+        let echoed = match echoed {
+            Ok(echoed) => echoed,
+            Err(e) if e.is_disconnected() => return Err(e),
+            Err(e) => {
+                // Whatever went wrong, ask where the device is.
                 let now = self.read_state().ok();
-                log::warn!("migration: {from:?} -> {step:?} refused ({source}); now {now:?}");
-                return Err(Error::Transition {
-                    from,
-                    step,
-                    to: target,
-                    source,
-                    now,
+                log::warn!("migration: {from:?} -> {step:?} failed ({e}); now {now:?}");
+                return Err(match e {
+                    Error::Request { source, .. } => Error::Transition {
+                        from,
+                        step,
+                        to: target,
+                        source,
+                        now,
+                    },
+                    e => e,
                 });
             }
-            Err(e) => return Err(e),
         };
-        let echoed = MigDeviceState::decode(&reply.data)
-            .map_err(|e| bad_feature(e.to_string()))?
-            .device_state;
         if echoed != step as u32 {
             // Whatever the reply says, ask where the device is.
             let _ = self.read_state();
