@@ -169,7 +169,8 @@
 //!
 //! Each layer has its own error type: [`connection::Error`], [`negotiate::NegotiateError`],
 //! [`device::Error`], [`dma::Error`] and [`pci::Error`]. The crate-level [`Error`] has one
-//! variant per layer. All are `#[non_exhaustive]`.
+//! variant per layer. The migration layer's [`migration::Error`] is returned as it is. All
+//! are `#[non_exhaustive]`.
 //!
 //! * **Refusals before sending** cost no round trip and leave the connection usable.
 //!   Examples are a region index the device lacks, an access past a region's end, or a DMA

@@ -11,7 +11,8 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
     VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET,
 };
-use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{bad_feature, feature, Error, Migration};
 use crate::connection::{self, PendingReply, Reply};
@@ -84,6 +85,24 @@ impl DirtyBitmap {
                 Ones(bits).map(move |b| r.gpa + (w as u64 * BITS + b) * ps)
             })
         })
+    }
+}
+
+impl DirtyBitmap {
+    /// Marks every dirty page in the dirty bitmaps of `memory`'s regions (vm-memory's
+    /// [`Bitmap`], e.g. `GuestMemoryMmap<AtomicBitmap>`), where a VMM's own dirty tracking
+    /// already looks. Returns the number of pages marked; pages outside `memory` are skipped.
+    pub fn mark_guest_memory<M: GuestMemoryBackend>(&self, memory: &M) -> u64 {
+        let len = usize::try_from(self.page_size).unwrap_or(usize::MAX);
+        let mut marked = 0;
+        for gpa in self.dirty_pages() {
+            if let Some((region, at)) = memory.to_region_addr(GuestAddress(gpa)) {
+                let offset = usize::try_from(at.raw_value()).unwrap_or(usize::MAX);
+                region.bitmap().mark_dirty(offset, len);
+                marked += 1;
+            }
+        }
+        marked
     }
 }
 
@@ -533,6 +552,35 @@ mod tests {
                 proptest::prop_assert_eq!(*w, dst[i] | s.copied().unwrap_or(0));
             }
         }
+    }
+
+    #[test]
+    fn marks_vm_memory_bitmaps() {
+        use vm_memory::bitmap::AtomicBitmap;
+        use vm_memory::GuestMemoryMmap;
+        let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x100000), 0x10000),
+        ])
+        .unwrap();
+        let b = DirtyBitmap {
+            page_size: 0x1000,
+            ranges: vec![DirtyRange {
+                iova: 0,
+                gpa: 0xf0000,
+                len: 0x40000,
+                // 0xf0000 (outside), 0x101000, 0x10f000 and 0x110000 (outside).
+                bitmap: vec![1 | 1 << 0x11 | 1 << 0x1f | 1 << 0x20],
+            }],
+        };
+        assert_eq!(b.mark_guest_memory(&mem), 2);
+        let region = mem.find_region(GuestAddress(0x100000)).unwrap();
+        assert!(region.bitmap().dirty_at(0x1000) && region.bitmap().dirty_at(0xf000));
+        assert!(!region.bitmap().dirty_at(0x2000));
+        let low = mem.find_region(GuestAddress(0)).unwrap();
+        assert!((0..0x10000)
+            .step_by(0x1000)
+            .all(|o| !low.bitmap().dirty_at(o)));
     }
 
     #[test]
