@@ -63,7 +63,7 @@ pub use device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
     IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
-pub use devices::dma_engine::{DmaEngine, DmaEngineHandle, DmaEngineStatus};
+pub use devices::dma_engine::{DmaEngine, DmaEngineHandle, DmaEngineOptions, DmaEngineStatus};
 pub use devices::gpio::{GpioConfig, GpioDevice, GpioHandle};
 pub use dma::{DmaAccessMode, DmaMapInfo};
 pub use irq::IrqVectorState;

@@ -3,20 +3,24 @@
 
 //! A DMA engine: copies guest memory when its doorbell is rung, then interrupts.
 
+use std::io;
 use std::sync::{Arc, Mutex};
 
 use crate::conn::{lock, DeviceContext};
 use crate::device::{
-    Device, DeviceInfo, Errno, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX, IRQ_MSI, IRQ_MSIX,
-    IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
+    Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
+    IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
 use crate::devices::{dwords, read_pba, read_regs};
 use crate::dma::DmaMapInfo;
+use crate::memory::SharedMemory;
 use crate::pci::ConfigSpace;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
+use vfio_user_client::protocol::{IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Largest piece copied at once (bounds the engine's buffer).
 const COPY_CHUNK: usize = 1 << 20;
@@ -65,12 +69,35 @@ struct EngineState {
 pub struct DmaEngine {
     pci: ConfigSpace,
     state: Arc<Mutex<EngineState>>,
+    extras: Extras,
 }
 
 /// A test's handle on a [`DmaEngine`].
 #[derive(Clone, Debug)]
 pub struct DmaEngineHandle {
     state: Arc<Mutex<EngineState>>,
+    extras: Extras,
+}
+
+/// What a VMM can use to skip exits: see [`DmaEngineOptions`].
+#[derive(Clone, Debug, Default)]
+struct Extras {
+    doorbell: Option<Arc<EventFd>>,
+    buffer: Option<Arc<SharedMemory>>,
+}
+
+/// Optional parts of a [`DmaEngine`], for VMMs that install memory slots and ioeventfds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaEngineOptions {
+    /// DEVICE_GET_REGION_IO_FDS offers an ioeventfd for the doorbell (region 0,
+    /// [`DmaEngine::REG_DOORBELL`], 4 bytes, data match 1); the other regions have none.
+    /// The engine takes its signals, and copies once per signal, before each message-based
+    /// access, so a status read through the socket sees the copies rung before it. Without
+    /// it the query is answered `EINVAL`, as before.
+    pub doorbell_ioeventfd: bool,
+    /// Region 2 (BAR2, 32-bit memory) is a [`DmaEngine::BUFFER_SIZE`] buffer of shared
+    /// memory, mappable as a whole; [`DmaEngineHandle::buffer`] reads it.
+    pub buffer_bar: bool,
 }
 
 impl DmaEngine {
@@ -101,12 +128,39 @@ impl DmaEngine {
     /// Size of the BAR1 I/O window onto the registers.
     pub const IO_BAR_SIZE: u64 = 64;
 
+    /// Size of the region 2 buffer ([`DmaEngineOptions::buffer_bar`]).
+    pub const BUFFER_SIZE: u64 = 4096;
+
     /// A device and the test handle on its state.
     pub fn new() -> (DmaEngine, DmaEngineHandle) {
+        Self::build(Extras::default(), false)
+    }
+
+    /// A device with the optional parts `options` asks for, and its test handle.
+    pub fn with_options(options: DmaEngineOptions) -> io::Result<(DmaEngine, DmaEngineHandle)> {
+        let doorbell = match options.doorbell_ioeventfd {
+            true => Some(Arc::new(EventFd::new(EFD_NONBLOCK)?)),
+            false => None,
+        };
+        let buffer = match options.buffer_bar {
+            true => Some(Arc::new(SharedMemory::new(
+                "dma-engine-buffer",
+                Self::BUFFER_SIZE,
+            )?)),
+            false => None,
+        };
+        Ok(Self::build(Extras { doorbell, buffer }, options.buffer_bar))
+    }
+
+    fn build(extras: Extras, buffer_bar: bool) -> (DmaEngine, DmaEngineHandle) {
         let state = Arc::new(Mutex::new(EngineState::default()));
-        let pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
+        let mut pci = ConfigSpace::new(Self::VENDOR_ID, Self::DEVICE_ID, 0x08_80_00, 0)
             .with_bar(0, Self::BAR0_SIZE as u32)
-            .with_io_bar(1, Self::IO_BAR_SIZE as u32)
+            .with_io_bar(1, Self::IO_BAR_SIZE as u32);
+        if buffer_bar {
+            pci = pci.with_bar(2, Self::BUFFER_SIZE as u32);
+        }
+        let pci = pci
             .with_interrupt_pin(1)
             .with_pm()
             .with_msi(1, false, false)
@@ -116,9 +170,59 @@ impl DmaEngine {
             DmaEngine {
                 pci,
                 state: state.clone(),
+                extras: extras.clone(),
             },
-            DmaEngineHandle { state },
+            DmaEngineHandle { state, extras },
         )
+    }
+
+    /// Takes the doorbell ioeventfd's signals and rings the doorbell once for each.
+    fn drain_doorbell(&mut self, ctx: &mut DeviceContext<'_>) {
+        let Some(fd) = &self.extras.doorbell else {
+            return;
+        };
+        // EAGAIN (nothing signalled) is the only error a non-blocking eventfd read has.
+        let Ok(rings) = fd.read() else { return };
+        for _ in 0..rings {
+            self.ring(ctx);
+        }
+    }
+
+    /// The doorbell: copies `length` bytes from `source` to `destination`, sets the status
+    /// and raises the completion interrupt.
+    fn ring(&mut self, ctx: &mut DeviceContext<'_>) {
+        let (source, destination, length) = {
+            let st = lock(&self.state);
+            (st.source, st.destination, st.length)
+        };
+        let result = Self::copy(ctx, source, destination, length);
+        {
+            let mut st = lock(&self.state);
+            match result {
+                Ok(()) => {
+                    st.status = DmaEngineStatus::Done;
+                    st.errno = 0;
+                    st.completions += 1;
+                }
+                Err(e) => {
+                    log::debug!("DMA engine copy failed: {e:?}");
+                    st.status = DmaEngineStatus::Error;
+                    st.errno = e.0 as u32;
+                }
+            }
+        }
+        let irq = if ctx.irq_assigned(IRQ_MSIX, 0) {
+            IRQ_MSIX
+        } else if ctx.irq_assigned(IRQ_MSI, 0) {
+            IRQ_MSI
+        } else if !self.pci.intx_disabled() {
+            IRQ_INTX
+        } else {
+            return;
+        };
+        if ctx.raise_irq(irq, 0).unwrap_or(false) {
+            lock(&self.state).interrupts += 1;
+        }
     }
 
     fn copy(
@@ -166,6 +270,17 @@ impl Device for DmaEngine {
     }
 
     fn region(&self, index: u32) -> Option<RegionSpec> {
+        if let (2, Some(buffer)) = (index, &self.extras.buffer) {
+            return Some(RegionSpec {
+                flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+                size: Self::BUFFER_SIZE,
+                mmap: Some(RegionMmap {
+                    memory: buffer.clone(),
+                    offset: 0,
+                    areas: Vec::new(),
+                }),
+            });
+        }
         let size = match index {
             0 => Self::BAR0_SIZE,
             1 => Self::IO_BAR_SIZE,
@@ -194,6 +309,10 @@ impl Device for DmaEngine {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), Errno> {
+        self.drain_doorbell(ctx);
+        if let (2, Some(buffer)) = (index, &self.extras.buffer) {
+            return buffer.read_at(offset, data).map_err(|e| Errno::from_io(&e));
+        }
         match index {
             0 if offset >= Self::MSIX_TABLE => read_pba(ctx, Self::MSIX_PBA, offset, data),
             0 | 1 => {
@@ -224,9 +343,15 @@ impl Device for DmaEngine {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Errno> {
+        self.drain_doorbell(ctx);
         if index == PCI_CONFIG_REGION {
             self.pci.write(offset, data);
             return Ok(());
+        }
+        if let (2, Some(buffer)) = (index, &self.extras.buffer) {
+            return buffer
+                .write_at(offset, data)
+                .map_err(|e| Errno::from_io(&e));
         }
         if index > 1 {
             return Err(Errno::INVAL);
@@ -236,7 +361,7 @@ impl Device for DmaEngine {
             return Ok(());
         }
         for (reg, v) in dwords(offset, data)? {
-            let job = {
+            let ring = {
                 let mut st = lock(&self.state);
                 match reg {
                     0x00 | 0x04 => set_half(&mut st.source, reg == 0x04, v),
@@ -244,45 +369,32 @@ impl Device for DmaEngine {
                     0x10 | 0x14 => set_half(&mut st.length, reg == 0x14, v),
                     _ => {}
                 }
-                (reg == Self::REG_DOORBELL && v == 1).then_some((
-                    st.source,
-                    st.destination,
-                    st.length,
-                ))
+                reg == Self::REG_DOORBELL && v == 1
             };
-            let Some((source, destination, length)) = job else {
-                continue;
-            };
-            let result = Self::copy(ctx, source, destination, length);
-            {
-                let mut st = lock(&self.state);
-                match result {
-                    Ok(()) => {
-                        st.status = DmaEngineStatus::Done;
-                        st.errno = 0;
-                        st.completions += 1;
-                    }
-                    Err(e) => {
-                        log::debug!("DMA engine copy failed: {e:?}");
-                        st.status = DmaEngineStatus::Error;
-                        st.errno = e.0 as u32;
-                    }
-                }
-            }
-            let irq = if ctx.irq_assigned(IRQ_MSIX, 0) {
-                IRQ_MSIX
-            } else if ctx.irq_assigned(IRQ_MSI, 0) {
-                IRQ_MSI
-            } else if !self.pci.intx_disabled() {
-                IRQ_INTX
-            } else {
-                continue;
-            };
-            if ctx.raise_irq(irq, 0).unwrap_or(false) {
-                lock(&self.state).interrupts += 1;
+            if ring {
+                self.ring(ctx);
             }
         }
         Ok(())
+    }
+
+    fn region_io_fds(&self, index: u32) -> Result<Vec<RegionIoFd>, Errno> {
+        let Some(fd) = &self.extras.doorbell else {
+            return Err(Errno::INVAL);
+        };
+        match index {
+            0 => Ok(vec![RegionIoFd {
+                offset: Self::REG_DOORBELL,
+                size: 4,
+                kind: IO_FD_TYPE_IOEVENTFD,
+                flags: IOEVENTFD_FLAG_DATAMATCH,
+                datamatch: 1,
+                fd: fd.clone(),
+            }]),
+            1 | PCI_CONFIG_REGION => Ok(Vec::new()),
+            2 if self.extras.buffer.is_some() => Ok(Vec::new()),
+            _ => Err(Errno::INVAL),
+        }
     }
 
     fn reset(&mut self, _reason: ResetReason) -> Result<(), Errno> {
@@ -316,6 +428,19 @@ impl Device for DmaEngine {
 }
 
 impl DmaEngineHandle {
+    /// The region 2 buffer's bytes as the server sees them (empty without
+    /// [`DmaEngineOptions::buffer_bar`]).
+    pub fn buffer(&self) -> Vec<u8> {
+        let Some(buffer) = &self.extras.buffer else {
+            return Vec::new();
+        };
+        let mut bytes = vec![0u8; DmaEngine::BUFFER_SIZE as usize];
+        match buffer.read_at(0, &mut bytes) {
+            Ok(()) => bytes,
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The status register.
     pub fn status(&self) -> DmaEngineStatus {
         lock(&self.state).status
