@@ -354,15 +354,28 @@ impl VfioUserPciDevice {
     pub fn manage_slots(&mut self, vmm: Arc<dyn GuestSlots>) -> Result<(), Error> {
         // Another VMM handle: what the old one holds goes first.
         self.withdraw_slots();
+        self.slots.vmm = Some(vmm);
+        self.reload_slots()
+    }
+
+    /// Asks the server for its ioeventfds again and re-derives everything: for a server
+    /// that is new (reconnect) or whose fds changed. What the VMM holds is withdrawn first,
+    /// so nothing stays registered on a stale fd or mapping. Nothing happens without
+    /// [`VfioUserPciDevice::manage_slots`].
+    pub(crate) fn reload_slots(&mut self) -> Result<(), Error> {
+        if self.slots.vmm.is_none() {
+            return Ok(());
+        }
+        self.withdraw_slots();
+        self.slots.io_fds.clear();
+        let _budget = self.device.connection().budget();
         let mut io_fds = Vec::new();
         for bar in self.shadow.bars.infos() {
             if bar.index < 6 {
-                let _budget = self.device.connection().budget();
                 io_fds.extend(query_io_fds(&self.device, bar.index)?);
             }
         }
         self.slots.io_fds = io_fds;
-        self.slots.vmm = Some(vmm);
         self.resync_slots()
     }
 
