@@ -7,13 +7,14 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vfio_user_client::pci::{
     AttachOptions, BarMapping, BarPlacement, BarReprogramming, BarSpace, Doorbell, GuestSlots,
     PciConfig, VfioUserPciDevice,
 };
 use vfio_user_sample_server::test_support::guest::guest_memory;
-use vfio_user_sample_server::test_support::pci::{cfg_write, Irqs};
+use vfio_user_sample_server::test_support::pci::{cfg_write, fired_within, Irqs};
 use vfio_user_sample_server::{
     DmaEngine, DmaEngineHandle, DmaEngineOptions, DmaEngineStatus, GpioConfig, GpioDevice,
     GpioHandle, Server, ServerConfig, ServerHandle,
@@ -355,4 +356,20 @@ fn the_dma_engine_buffer_is_one_slot_the_server_sees() {
     dev.detach().unwrap();
     assert_eq!(vmm.held(), (vec![], vec![]));
     server.stop();
+}
+
+#[test]
+fn a_lost_device_takes_its_slots_out_at_the_next_change() {
+    let (server, _handle, mut dev) = gpio();
+    let vmm = Arc::new(Recorder::default());
+    dev.manage_slots(vmm.clone()).unwrap();
+    command(&mut dev, 0x0002);
+    assert_eq!(vmm.held(), gpio_held(BAR2));
+    server.stop();
+    assert!(fired_within(dev.event(), Duration::from_secs(5)));
+    // The guest's next config write (or the VMM's next BAR call) withdraws everything, so
+    // that guest accesses trap and read all ones.
+    command(&mut dev, 0x0002);
+    assert_eq!(vmm.held(), (vec![], vec![]));
+    dev.detach().unwrap();
 }

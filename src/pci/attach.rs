@@ -238,16 +238,24 @@ impl VfioUserPciDevice {
         mut allocator: impl FnMut(&BarInfo) -> Option<u64>,
     ) -> Result<Vec<BarReprogramming>, Error> {
         let mut placed = Vec::new();
+        let mut result = Ok(());
         for bar in self.shadow.bars.infos() {
             if bar.base.is_some() {
                 continue;
             }
-            if let Some(base) = allocator(&bar) {
-                placed.push(self.shadow.bars.relocate(bar.index, base)?);
+            let Some(base) = allocator(&bar) else {
+                continue;
+            };
+            match self.shadow.bars.relocate(bar.index, base) {
+                Ok(relocation) => placed.push(relocation),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         self.sync_slots();
-        Ok(placed)
+        result.map(|()| placed)
     }
 
     /// Takes every placed BAR off the bus and returns them as they were placed (bases

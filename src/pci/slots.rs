@@ -92,6 +92,10 @@ impl Eq for Doorbell {}
 /// and does not call back into the device. A failing call is logged and counted
 /// ([`VfioUserPciDevice::error_count`]); the device carries on (the area stays trapped, the
 /// doorbell a message), and tries again at the next change.
+///
+/// When the connection is lost, what the VMM holds stays until the next change (a config
+/// write, a BAR call, detach), which withdraws it all: until then guest accesses to a slot
+/// reach the dead server's memory, which stays mapped, instead of reading all ones.
 pub trait GuestSlots: Send + Sync {
     /// Installs `slot`: guest accesses to `guest_addr .. guest_addr + size` reach the host
     /// memory at `host_addr` directly (read-only when not `writable`). Guest and host
@@ -421,6 +425,10 @@ impl VfioUserPciDevice {
     fn wanted_slots(&self) -> (Vec<BarMapping>, Vec<Doorbell>) {
         let mut slots = Vec::new();
         let mut doorbells = Vec::new();
+        if self.is_lost() {
+            // Guest accesses are to read all ones now: everything traps again.
+            return (slots, doorbells);
+        }
         for info in self.shadow.bars.infos() {
             let Some(base) = info.base.filter(|_| self.shadow.decodes(&info)) else {
                 continue;
@@ -572,6 +580,44 @@ mod tests {
             doorbells(&io, u64::MAX - 4, &fds).is_empty(),
             "no wrap-around"
         );
+    }
+
+    proptest::proptest! {
+        /// Slots lie inside the areas, outside every hole, do not overlap, and cover every
+        /// byte of the areas that no hole covers.
+        #[test]
+        fn slots_are_the_areas_minus_the_holes(
+            raw_areas in proptest::collection::vec((0u64..16, 1u64..8), 0..4),
+            raw_holes in proptest::collection::vec((0u64..24, 1u64..4), 0..4),
+            base_page in 0u64..1024,
+        ) {
+            let mut areas = Vec::new();
+            let mut at = 0;
+            for (gap, pages) in raw_areas {
+                areas.push(area((at + gap) * PAGE, pages * PAGE));
+                at += gap + pages;
+            }
+            let holes: Vec<(u64, u64)> =
+                raw_holes.iter().map(|&(s, n)| (s * PAGE, (s + n) * PAGE)).collect();
+            let base = base_page * PAGE;
+            let m = mappings(2, base, &areas, &holes);
+            let in_slot = |off: u64| m.iter().filter(|s| {
+                s.guest_addr - base <= off && off < s.guest_addr - base + s.size
+            }).count();
+            for page in 0..(at + 1) {
+                let off = page * PAGE;
+                let in_area = areas.iter().any(|a| a.offset <= off && off < a.offset + a.size);
+                let in_hole = holes.iter().any(|&(s, e)| s <= off && off < e);
+                proptest::prop_assert_eq!(in_slot(off), usize::from(in_area && !in_hole));
+            }
+            for s in &m {
+                let a = areas.iter().find(|a| {
+                    a.offset <= s.guest_addr - base && s.guest_addr - base < a.offset + a.size
+                });
+                let a = a.expect("in an area");
+                proptest::prop_assert_eq!(s.host_addr - a.host_addr, s.guest_addr - base - a.offset);
+            }
+        }
     }
 
     /// Records the VMM's calls.
