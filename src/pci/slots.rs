@@ -96,6 +96,79 @@ impl Eq for Doorbell {}
 /// When the connection is lost, what the VMM holds stays until the next change (a config
 /// write, a BAR call, detach), which withdraws it all: until then guest accesses to a slot
 /// reach the dead server's memory, which stays mapped, instead of reading all ones.
+///
+/// ```
+/// use std::io;
+/// use std::sync::{Arc, Mutex};
+///
+/// use vfio_user_client::pci::{
+///     BarMapping, BarPlacement, Doorbell, GuestSlots, InterruptKind, InterruptProvider,
+///     PciConfig,
+/// };
+/// use vfio_user_client::{AttachOptions, VfioUserPciDevice};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// use vmm_sys_util::eventfd::EventFd;
+///
+/// /// A VMM's hypervisor state; a KVM VMM calls KVM_SET_USER_MEMORY_REGION and
+/// /// KVM_IOEVENTFD here.
+/// #[derive(Default)]
+/// struct Hypervisor {
+///     slots: Mutex<Vec<BarMapping>>,
+///     doorbells: Mutex<Vec<Doorbell>>,
+/// }
+///
+/// impl GuestSlots for Hypervisor {
+///     fn add_slot(&self, slot: &BarMapping) -> io::Result<()> {
+///         self.slots.lock().unwrap().push(*slot);
+///         Ok(())
+///     }
+///     fn remove_slot(&self, slot: &BarMapping) -> io::Result<()> {
+///         self.slots.lock().unwrap().retain(|s| s != slot);
+///         Ok(())
+///     }
+///     fn add_ioeventfd(&self, doorbell: &Doorbell) -> io::Result<()> {
+///         self.doorbells.lock().unwrap().push(doorbell.clone());
+///         Ok(())
+///     }
+///     fn remove_ioeventfd(&self, doorbell: &Doorbell) -> io::Result<()> {
+///         self.doorbells.lock().unwrap().retain(|d| d != doorbell);
+///         Ok(())
+///     }
+/// }
+/// # struct NoInterrupts;
+/// # impl InterruptProvider for NoInterrupts {
+/// #     fn eventfd(&self, _kind: InterruptKind, _vector: u32) -> Option<Arc<EventFd>> {
+/// #         None
+/// #     }
+/// # }
+///
+/// # use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+/// # let (gpio, _) = GpioDevice::new(Default::default())?;
+/// # let server = Server::new(ServerConfig::default(), Box::new(gpio)).listen_temp()?;
+/// # let socket = server.socket_path().ok_or("no socket")?;
+/// # let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])?);
+/// let options = AttachOptions {
+///     bars: BarPlacement::Fixed(vec![(0, 0xc000_0000), (2, 0x1_0000_0000)]),
+///     ..AttachOptions::default()
+/// };
+/// let mut device = VfioUserPciDevice::attach(socket, memory, Arc::new(NoInterrupts), &options)?;
+/// let hypervisor = Arc::new(Hypervisor::default());
+/// device.manage_slots(hypervisor.clone())?;
+///
+/// // Nothing decodes yet. The guest turns memory decoding on: BAR2's mappable areas become
+/// // slots, BAR0's doorbells ioeventfds.
+/// device.write_config_register(1, 0, &[0x02]);
+/// assert_eq!(hypervisor.slots.lock().unwrap().len(), 2);
+/// assert_eq!(hypervisor.doorbells.lock().unwrap().len(), 2);
+///
+/// // The VMM moves BAR2: its slots follow.
+/// device.move_bar(2, 0x2_0000_0000)?;
+/// assert_eq!(hypervisor.slots.lock().unwrap()[0].guest_addr, 0x2_0000_0000);
+///
+/// device.detach()?;
+/// assert!(hypervisor.slots.lock().unwrap().is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait GuestSlots: Send + Sync {
     /// Installs `slot`: guest accesses to `guest_addr .. guest_addr + size` reach the host
     /// memory at `host_addr` directly (read-only when not `writable`). Guest and host
