@@ -29,6 +29,7 @@ use crate::device::Errno;
 use crate::device::ResetReason;
 use crate::dma::Segment;
 use crate::irq::IrqTable;
+use crate::migration;
 use crate::server::{ClientInfo, Shared};
 use crate::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
@@ -399,6 +400,22 @@ impl Link {
     }
 }
 
+/// The client's `migration` capability: an object whose `pgsize`, if any, is a number, equal
+/// to ours when the server offers migration (libvfio-user fails VERSION otherwise).
+fn client_migration_ok(
+    value: &serde_json::Value,
+    ours: Option<&crate::config::MigrationConfig>,
+) -> bool {
+    let Some(obj) = value.as_object() else {
+        return false;
+    };
+    match (obj.get("pgsize"), ours) {
+        (None, _) => true,
+        (Some(p), None) => p.is_u64(),
+        (Some(p), Some(m)) => p.as_u64() == Some(m.pgsize),
+    }
+}
+
 fn check_reply_error(h: &Header) -> Result<(), Errno> {
     if h.is_error() {
         let errno = i32::try_from(h.error).ok().filter(|e| *e > 0 && *e < 4096);
@@ -445,8 +462,10 @@ impl DeviceContext<'_> {
         Ok(())
     }
 
-    /// Writes `data` to guest memory at `address`; see [`DeviceContext::dma_read`].
+    /// Writes `data` to guest memory at `address`; see [`DeviceContext::dma_read`]. While
+    /// DMA logging is on, the pages written are logged, whichever way they are reached.
     pub fn dma_write(&mut self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        crate::migration::log_write(&self.shared.dirty, address, data.len());
         let mut done = 0;
         while done < data.len() {
             let at = address.checked_add(done as u64).ok_or(Errno::FAULT)?;
@@ -559,10 +578,24 @@ impl Conn<'_> {
                 Incoming::Oversized(_) => {}
                 Incoming::Message(m) => {
                     self.shared.wait_while_paused();
-                    self.handle(m)
+                    self.handle(m);
+                    self.step_device();
                 }
             }
         }
+    }
+
+    /// Lets a running device work between messages.
+    fn step_device(&mut self) {
+        if !self.version_done || self.link.broken || !migration::device_running(self.shared) {
+            return;
+        }
+        let shared = self.shared;
+        let mut ctx = DeviceContext {
+            link: &mut self.link,
+            shared,
+        };
+        lock(&shared.device).step(&mut ctx);
     }
 
     fn teardown(&mut self) {
@@ -575,6 +608,8 @@ impl Conn<'_> {
         if let Err(e) = device.reset(ResetReason::LostConnection) {
             log::warn!("reset after disconnect: {e:?}");
         }
+        drop(device);
+        migration::reset(self.shared, true);
     }
 
     fn handle(&mut self, m: Message) {
@@ -611,6 +646,11 @@ impl Conn<'_> {
             self.reply(&header, Err(errno));
             return;
         }
+        if !migration::command_allowed(self.shared, header.known_command()) {
+            log::debug!("{header} refused while the device is stopped");
+            self.reply(&header, Err(Errno::INVAL));
+            return;
+        }
         let result = match header.known_command() {
             Some(Command::DmaMap) => self.dma_map(m),
             Some(Command::DmaUnmap) => self.dma_unmap(&m),
@@ -623,6 +663,16 @@ impl Conn<'_> {
             Some(Command::RegionWrite) => self.region_write(&m),
             Some(Command::RegionWriteMulti) => self.region_write_multi(&m),
             Some(Command::DeviceReset) => self.reset(),
+            Some(Command::DeviceFeature) => {
+                migration::device_feature(self.shared, &m.body).map(Reply::with)
+            }
+            Some(Command::MigDataRead) => {
+                migration::data_read(self.shared, &m.body, self.link.client_max_xfer)
+                    .map(Reply::with)
+            }
+            Some(Command::MigDataWrite) => {
+                migration::data_write(self.shared, &m.body).map(Reply::with)
+            }
             _ => {
                 log::debug!("unsupported command {header}");
                 Err(Errno::INVAL)
@@ -707,7 +757,7 @@ impl Conn<'_> {
                                     t.get("supported") == Some(&serde_json::Value::Bool(true))
                             })
                             .is_some(),
-                        "migration" => v.is_object(),
+                        "migration" => client_migration_ok(v, self.shared.migration_config()),
                         _ => true,
                     };
                     if !ok {
@@ -744,7 +794,9 @@ impl Conn<'_> {
         }
         .encode_into(&mut payload);
         // Appended raw: the configuration may ask for malformed JSON.
-        payload.extend_from_slice(&config.version_json_bytes(twin.as_ref().map(|_| 0)));
+        payload.extend_from_slice(
+            &config.version_json_bytes(twin.as_ref().map(|_| 0), self.shared.migration_config()),
+        );
         let fds: Vec<Arc<dyn ReplyFd>> = match twin {
             Some(t) => vec![Arc::new(t)],
             None => Vec::new(),
@@ -1103,6 +1155,7 @@ impl Conn<'_> {
         }
         device.reset(ResetReason::Client)?;
         drop(device);
+        migration::reset(self.shared, false);
         if self.shared.config.reset_clears_irqs {
             lock(&self.shared.irqs).clear();
         }

@@ -49,6 +49,7 @@ mod devices;
 mod dma;
 mod irq;
 mod memory;
+mod migration;
 mod pci;
 mod server;
 mod socket;
@@ -57,7 +58,7 @@ mod socket;
 pub mod test_support;
 pub mod wire;
 
-pub use config::{IrqMasking, Quirks, ServerConfig, VersionPayload};
+pub use config::{IrqMasking, MigrationConfig, Quirks, ServerConfig, VersionPayload};
 pub use conn::DeviceContext;
 pub use device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
