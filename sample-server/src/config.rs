@@ -78,6 +78,15 @@ impl IrqMasking {
 /// their state ([`Device::migratable`](crate::Device::migratable)); without it every
 /// DEVICE_FEATURE and MIG_DATA_* request is `EINVAL`, as libvfio-user answers a device that
 /// set up no migration.
+///
+/// The sample devices' migration data is a sequence of records: `tag` u16, `flags` u16 (0),
+/// `len` u32, then `len` bytes, every integer little-endian. Each part the server hands out
+/// (pre-copy data, then the state) starts with a header record (tag 0: `VUSD`, format
+/// version u16 1, device kind u16); the destination reads the parts in order, a later record
+/// replacing an earlier one. See [`GpioDevice`](crate::GpioDevice) and
+/// [`DmaEngine`](crate::DmaEngine) for their records. Data that does not load (another
+/// device kind, a record missing or cut short) fails the RESUMING → STOP arc with `EINVAL`
+/// and leaves the device in ERROR, unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MigrationConfig {
     /// The dirty-tracking page size: advertised as `migration.pgsize`, required of the client's

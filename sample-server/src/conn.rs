@@ -400,6 +400,60 @@ impl Link {
     }
 }
 
+/// What the server takes from a client's VERSION capabilities.
+struct ClientCaps {
+    max_fds: u64,
+    max_xfer: u64,
+    wants_twin: bool,
+}
+
+/// Reads the client's VERSION JSON (spec defaults without it). Known keys with the wrong
+/// type are fatal (`EINVAL`), as in libvfio-user and QEMU.
+fn client_caps(
+    json: Option<&str>,
+    migration: Option<&crate::config::MigrationConfig>,
+) -> Result<ClientCaps, Errno> {
+    let mut c = ClientCaps {
+        max_fds: 1,
+        max_xfer: 1 << 20,
+        wants_twin: false,
+    };
+    let Some(text) = json else {
+        return Ok(c);
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Errno::INVAL)?;
+    let obj = value.as_object().ok_or(Errno::INVAL)?;
+    let Some(caps) = obj.get("capabilities") else {
+        return Ok(c);
+    };
+    for (key, v) in caps.as_object().ok_or(Errno::INVAL)? {
+        let ok = match key.as_str() {
+            "max_msg_fds" => v
+                .as_u64()
+                .filter(|n| *n <= MAX_CLIENT_MSG_FDS)
+                .map(|n| c.max_fds = n)
+                .is_some(),
+            "max_data_xfer_size" => v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .map(|n| c.max_xfer = n)
+                .is_some(),
+            "max_dma_maps" | "pgsizes" => v.is_u64(),
+            "write_multiple" => v.is_boolean(),
+            "twin_socket" => v
+                .as_object()
+                .map(|t| c.wants_twin = t.get("supported") == Some(&serde_json::Value::Bool(true)))
+                .is_some(),
+            "migration" => client_migration_ok(v, migration),
+            _ => true,
+        };
+        if !ok {
+            return Err(Errno::INVAL);
+        }
+    }
+    Ok(c)
+}
+
 /// The client's `migration` capability: an object whose `pgsize`, if any, is a number, equal
 /// to ours when the server offers migration (libvfio-user fails VERSION otherwise).
 fn client_migration_ok(
@@ -727,45 +781,11 @@ impl Conn<'_> {
         if request.major != config.major {
             return Err(Errno::INVAL);
         }
-        let mut max_fds = 1;
-        let mut max_xfer = 1 << 20;
-        let mut wants_twin = false;
-        if let Some(text) = &request.json {
-            let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Errno::INVAL)?;
-            let obj = value.as_object().ok_or(Errno::INVAL)?;
-            if let Some(caps) = obj.get("capabilities") {
-                let caps = caps.as_object().ok_or(Errno::INVAL)?;
-                for (key, v) in caps {
-                    // Known keys with the wrong type are fatal, as in libvfio-user and QEMU.
-                    let ok = match key.as_str() {
-                        "max_msg_fds" => v
-                            .as_u64()
-                            .filter(|n| *n <= MAX_CLIENT_MSG_FDS)
-                            .map(|n| max_fds = n)
-                            .is_some(),
-                        "max_data_xfer_size" => v
-                            .as_u64()
-                            .filter(|n| *n > 0)
-                            .map(|n| max_xfer = n)
-                            .is_some(),
-                        "max_dma_maps" | "pgsizes" => v.is_u64(),
-                        "write_multiple" => v.is_boolean(),
-                        "twin_socket" => v
-                            .as_object()
-                            .map(|t| {
-                                wants_twin =
-                                    t.get("supported") == Some(&serde_json::Value::Bool(true))
-                            })
-                            .is_some(),
-                        "migration" => client_migration_ok(v, self.shared.migration_config()),
-                        _ => true,
-                    };
-                    if !ok {
-                        return Err(Errno::INVAL);
-                    }
-                }
-            }
-        }
+        let ClientCaps {
+            max_fds,
+            max_xfer,
+            wants_twin,
+        } = client_caps(request.json.as_deref(), self.shared.migration_config())?;
         self.link.client_max_fds = max_fds;
         self.link.client_max_xfer = max_xfer;
         // As libvfio-user: only for a client that asked and accepts fds.

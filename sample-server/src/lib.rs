@@ -18,7 +18,9 @@
 //! * a [`Probe`] lets a test look at the server's side: raise an IRQ vector, list DMA maps,
 //!   see what the client negotiated, wait for disconnects;
 //! * [`ServerConfig`] shapes the VERSION reply and [`Quirks`] make the server misbehave on
-//!   purpose;
+//!   purpose; with [`ServerConfig::migration`] set ([`MigrationConfig`]) the server offers
+//!   migration v2 and DMA dirty logging for devices that can move their state (both sample
+//!   devices can);
 //! * a [`wire::RawEndpoint`] is the other way round: one end of a vfio-user stream driven by
 //!   hand, for tests and conformance checks that must send or see what a well-behaved peer
 //!   never would.

@@ -308,7 +308,10 @@ fn logging_start(
     data: &[u8],
 ) -> Result<(), Errno> {
     let start = DmaLoggingStart::decode(data)?;
-    if argsz < HEAD + 16 + 16 * start.ranges.len() || start.page_size != config.pgsize {
+    if argsz < HEAD + 16 + 16 * start.ranges.len()
+        || start.page_size == 0
+        || start.page_size != config.pgsize
+    {
         return Err(Errno::INVAL);
     }
     // Every range is checked; like libvfio-user, the device then logs all its writes.
@@ -347,7 +350,8 @@ fn logging_report(
 ) -> Result<Vec<u8>, Errno> {
     let report = DmaLoggingReport::decode(&request.data)?;
     let page = report.page_size;
-    if page != config.pgsize
+    if page == 0
+        || page != config.pgsize
         || report.length == 0
         || report.iova % page != 0
         || report.iova.checked_add(report.length).is_none()

@@ -83,9 +83,12 @@ struct EngineState {
 /// the command register's Interrupt Disable bit is set.
 ///
 /// Migration: a stopped engine copies nothing and raises nothing (a doorbell rung then starts
-/// the copy when it runs again). Its migration data is the registers, the progress of a copy
-/// under way and the config space; on the destination the copy carries on from where it
-/// stopped. No pre-copy data.
+/// the copy when it runs again). Its data, records as
+/// [`MigrationConfig`](crate::MigrationConfig) lays them out (device kind 2), is the state
+/// only (no pre-copy data): record 1 holds source, destination and length (u64), burst,
+/// status, errno and "copy under way" (u32), then progress and completions (u64); record 2
+/// the 256 config space bytes. On the destination a copy under way carries on from where it
+/// stopped once the device runs.
 #[derive(Debug)]
 pub struct DmaEngine {
     pci: ConfigSpace,
