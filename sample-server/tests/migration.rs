@@ -19,7 +19,7 @@ use vfio_user_sample_server::test_support::script::*;
 use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
     Device, DmaEngine, DmaEngineHandle, DmaEngineStatus, GpioDevice, GpioHandle, MigrationConfig,
-    ServerConfig, ServerHandle, SharedMemory, IRQ_MSIX, PCI_CONFIG_REGION,
+    Server, ServerConfig, ServerHandle, SharedMemory, IRQ_MSIX, PCI_CONFIG_REGION,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -769,4 +769,33 @@ proptest! {
         let reported = report(&mut c, base, 0x28000);
         prop_assert_eq!(reported, written.into_iter().collect::<Vec<_>>());
     }
+}
+
+#[test]
+fn a_new_client_finds_the_device_running_and_not_logging() {
+    let (dev, engine) = DmaEngine::new();
+    let server = Server::new(mig(), Box::new(dev)).listen_temp().unwrap();
+    let path = server.socket_path().unwrap().to_path_buf();
+    let mut c = RawEndpoint::connect(&path, PATIENCE).unwrap();
+    c.version();
+    log_start(&mut c, pgsize()).assert_ok();
+    c.write_u32(0, DmaEngine::REG_BURST, 0x1000);
+    go(&mut c, PRE_COPY);
+    assert_eq!(data_read(&mut c, 64).u32_at(4), 0, "no pre-copy data");
+    go(&mut c, STOP);
+    c.write_u32(0, DmaEngine::REG_DOORBELL, 1);
+    assert_eq!(engine.status(), DmaEngineStatus::Busy);
+    drop(c);
+    assert!(server.probe().wait_disconnects(1, PATIENCE));
+    assert_eq!(server.probe().migration_state(), DeviceState::Running);
+    assert!(!server.probe().dma_logging());
+    assert_eq!(
+        engine.status(),
+        DmaEngineStatus::Idle,
+        "reset on disconnect"
+    );
+    let mut c = RawEndpoint::connect(&path, PATIENCE).unwrap();
+    c.version();
+    assert_eq!(state(&mut c), RUNNING);
+    assert_eq!(report_with(&mut c, 0, PAGE, PAGE, 40).errno(), EINVAL);
 }
