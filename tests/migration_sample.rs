@@ -101,7 +101,7 @@ fn every_arc_and_every_refusal() {
                 }
                 m.set_state(from).unwrap();
                 let r = m.set_state(to);
-                let refused = (from == StopCopy && to == PreCopy) || (to == PreCopy && !pre_copy);
+                let refused = to == PreCopy && (from == StopCopy || !pre_copy);
                 if refused {
                     let e = r.unwrap_err();
                     assert!(
