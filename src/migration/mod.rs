@@ -31,6 +31,58 @@
 //! destination VMM: `set_state(Resuming)`, copy the stream into `writer()`,
 //! `set_state(Running)`.
 //!
+//! ```
+//! use std::io::{Read, Write};
+//!
+//! use vfio_user_client::migration::{DeviceState, Migration};
+//! use vfio_user_client::VfioUserDevice;
+//!
+//! /// Moves the device state of `source` into `destination` (both attached, the destination
+//! /// to a fresh server). The VMM stops its vCPUs between the pre-copy and STOP_COPY.
+//! fn migrate(
+//!     source: &VfioUserDevice,
+//!     destination: &VfioUserDevice,
+//! ) -> Result<u64, Box<dyn std::error::Error>> {
+//!     // An `Unsupported` error here is a migration blocker.
+//!     let mut out = Migration::new(source)?;
+//!     let mut into = Migration::new(destination)?;
+//!     into.set_state(DeviceState::Resuming)?;
+//!     let mut stream = Vec::new();
+//!     if out.flags().pre_copy() {
+//!         out.set_state(DeviceState::PreCopy)?;
+//!         // One round; a VMM repeats while the guest runs.
+//!         out.reader()?.read_to_end(&mut stream)?;
+//!     }
+//!     // ... stop the vCPUs ...
+//!     out.set_state(DeviceState::StopCopy)?;
+//!     out.reader()?.read_to_end(&mut stream)?;
+//!     out.set_state(DeviceState::Stop)?;
+//!     into.writer()?.write_all(&stream)?;
+//!     into.set_state(DeviceState::Running)?;
+//!     Ok(out.bytes_read())
+//! }
+//! #
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #     use vfio_user_client::{ConnectOptions, DeviceOptions};
+//! #     use vfio_user_sample_server::{GpioDevice, MigrationConfig, Server, ServerConfig};
+//! #     let config = ServerConfig {
+//! #         migration: Some(MigrationConfig::default()),
+//! #         ..ServerConfig::default()
+//! #     };
+//! #     let attach = || -> Result<_, Box<dyn std::error::Error>> {
+//! #         let (gpio, _) = GpioDevice::new(Default::default())?;
+//! #         let server = Server::new(config.clone(), Box::new(gpio)).listen_temp()?;
+//! #         let path = server.socket_path().ok_or("no socket")?.to_owned();
+//! #         let dev =
+//! #             VfioUserDevice::connect(&path, &ConnectOptions::default(), &DeviceOptions::default())?;
+//! #         Ok((dev, server))
+//! #     };
+//! #     let ((a, _sa), (b, _sb)) = (attach()?, attach()?);
+//! #     assert!(migrate(&a, &b)? > 0);
+//! #     Ok(())
+//! # }
+//! ```
+//!
 //! [`DmaMapper`]: crate::DmaMapper
 //! [`DirtyLog`]: crate::dma::DirtyLog
 
