@@ -187,19 +187,31 @@ impl Migration<'_> {
     /// Starts DMA dirty logging (DMA_LOGGING_START) over the windows `mapper` holds now, at
     /// the migration page size, and starts the mapper's [`DirtyLog`].
     ///
-    /// A server that refuses is [`Error::LoggingUnsupported`]. When the ranges do not fit
-    /// one message, the server is asked to log everything (no ranges).
+    /// Windows mapped later are not logged: stop and start again after a change of guest
+    /// memory. A server that refuses is [`Error::LoggingUnsupported`]. When the ranges do not
+    /// fit one message, the server is asked to log everything (no ranges).
     pub fn start_dirty_logging<AS>(&mut self, mapper: &DmaMapper<AS>) -> Result<(), Error>
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
         <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
+        self.start_dirty_logging_over(&mapper.mappings(), Arc::clone(mapper.dirty_log()))
+    }
+
+    /// [`start_dirty_logging`](Migration::start_dirty_logging) over `windows` (the
+    /// [`DmaMapper::mappings`] of the mapper that serves the connection) and the mapper's
+    /// `log` ([`DmaMapper::dirty_log`]), for a caller that holds them rather than the mapper.
+    pub fn start_dirty_logging_over(
+        &mut self,
+        windows: &[DmaMapping],
+        log: Arc<DirtyLog>,
+    ) -> Result<(), Error> {
         if self.logging.is_some() {
             return Err(Error::LoggingState(true));
         }
         let page_size = self.page_size();
-        let ranges = ranges(mapper.mappings(), page_size);
+        let ranges = ranges(windows.to_vec(), page_size);
         let mut start = DmaLoggingStart {
             page_size,
             ranges: ranges
@@ -217,7 +229,6 @@ impl Migration<'_> {
         }
         let mut data = Vec::new();
         start.encode_into(&mut data);
-        let log = Arc::clone(mapper.dirty_log());
         // On before the server starts: no page written meanwhile is missed.
         log.start();
         let r = feature(
