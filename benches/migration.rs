@@ -353,6 +353,7 @@ fn state_round_trip(c: &mut Criterion) {
 fn main() {
     let started = support::run_started();
     let mut criterion = support::criterion();
+    println!("{}", support::placement().describe());
     for (size, label) in READ_SIZES {
         let group = format!("mig_data_read_{label}");
         if support::selected(&group) {

@@ -799,38 +799,64 @@ fn on_read(f: impl Fn(&[u8]) -> Answer + Send + 'static) -> Hook {
 fn mig_data(size: u32, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     MigData {
-        argsz: 8 + size,
+        argsz: size.saturating_add(8),
         size,
     }
     .encode_with_data(data, &mut out);
     out
 }
 
+/// The chunk a small read asks for: the scripted server's `max_data_xfer_size` is 64 KiB,
+/// ours 1 MiB.
+const CHUNK: u32 = 1 << 20;
+
 #[test]
 fn an_oversized_data_reply_is_refused() {
-    let e = read_error(on_read(|_| Answer::Reply(mig_data(600, &[7; 600]))));
+    let e = read_error(on_read(|_| Answer::Reply(mig_data(CHUNK + 1, &[7; 600]))));
+    assert!(
+        matches!(e, Error::DataOversized { asked: CHUNK, got } if got == CHUNK + 1),
+        "{e:?}"
+    );
+    // The most a size can claim, in a message of the size asked.
+    let e = read_error(on_read(|rq| {
+        let mut out = mig_data(u32::MAX, &[]);
+        out.resize(8 + MigData::decode(rq).unwrap().size as usize, 7);
+        Answer::Reply(out)
+    }));
     assert!(
         matches!(
             e,
             Error::DataOversized {
-                asked: 512,
-                got: 600
+                asked: CHUNK,
+                got: u32::MAX
             }
         ),
         "{e:?}"
     );
-    // A size beyond what came, in a message of the size asked.
-    let e = read_error(on_read(|_| Answer::Reply(mig_data(100_000, &[7; 504]))));
-    assert!(
-        matches!(
-            e,
-            Error::DataOversized {
-                asked: 512,
-                got: 100_000
-            }
-        ),
-        "{e:?}"
-    );
+}
+
+#[test]
+fn small_reads_move_whole_chunks() {
+    let s = Setup::plain(STOP_COPY);
+    let data = pattern(3 * CHUNK as usize + 1000, 5);
+    s.device().stopcopy = data.clone();
+    let mut m = Migration::new(&s.dev).unwrap();
+    m.set_state(StopCopy).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1000];
+    // A first small read through one reader, the rest through another.
+    let n = m.reader().unwrap().read(&mut buf).unwrap();
+    got.extend_from_slice(&buf[..n]);
+    let mut r = m.reader().unwrap();
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, data);
+    assert_eq!(s.device().read_sizes, vec![CHUNK; 5]);
 }
 
 #[test]

@@ -57,6 +57,37 @@ impl<'d> Migration<'d> {
         }
     }
 
+    /// Reads into `buf`: first what an earlier MIG_DATA_READ left over, then one
+    /// MIG_DATA_READ, straight into `buf` when it holds a whole chunk, else into the staging
+    /// buffer (so that small reads, such as `io::copy`'s, still move whole chunks).
+    fn read_into(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        if self.staged_at < self.staged.len() {
+            let left = self.staged.get(self.staged_at..).unwrap_or_default();
+            let n = left.len().min(buf.len());
+            buf.get_mut(..n)
+                .unwrap_or_default()
+                .copy_from_slice(left.get(..n).unwrap_or_default());
+            self.staged_at += n;
+            return Ok(n);
+        }
+        let chunk = self.read_chunk as usize;
+        if buf.len() >= chunk {
+            return self.read_data(buf);
+        }
+        let mut staged = std::mem::take(&mut self.staged);
+        staged.resize(chunk, 0);
+        let r = self.read_data(&mut staged);
+        let size = *r.as_ref().unwrap_or(&0);
+        staged.truncate(size);
+        self.staged = staged;
+        self.staged_at = 0;
+        r?;
+        if size == 0 {
+            return Ok(0);
+        }
+        self.read_into(buf)
+    }
+
     /// One MIG_DATA_READ of at most `buf.len()` bytes (and of one message).
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let len = buf.len().min(self.read_chunk as usize);
@@ -141,17 +172,21 @@ impl<'d> Migration<'d> {
     }
 }
 
-/// The source's device data ([`Migration::reader`]): each `read` is one MIG_DATA_READ.
+/// The source's device data ([`Migration::reader`]).
 ///
-/// `Ok(0)` means the server has nothing more for now: the end of a pre-copy round, or in
-/// STOP_COPY the end of the data. Errors wrap an [`Error`] ([`Error::from_io`]).
+/// Each MIG_DATA_READ asks for a whole chunk (the largest a message may carry either way);
+/// a `read` into a buffer of at least a chunk receives it in place, a smaller `read` gets
+/// it through a staging buffer that later reads (through this or a later reader) empty
+/// first. `Ok(0)` means the server has nothing more for now: the end of a pre-copy round,
+/// or in STOP_COPY the end of the data; read until then before changing state. Errors wrap
+/// an [`Error`] ([`Error::from_io`]).
 #[derive(Debug)]
 pub struct DataReader<'m, 'd> {
     migration: &'m mut Migration<'d>,
 }
 
 impl DataReader<'_, '_> {
-    /// Device data bytes read through this device's migration so far.
+    /// Device data bytes received through this device's migration so far.
     pub fn bytes_read(&self) -> u64 {
         self.migration.bytes_read
     }
@@ -162,7 +197,7 @@ impl Read for DataReader<'_, '_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.migration.read_data(buf).map_err(io_error)
+        self.migration.read_into(buf).map_err(io_error)
     }
 }
 

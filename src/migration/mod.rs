@@ -147,6 +147,10 @@ pub struct Migration<'d> {
     state: DeviceState,
     read_chunk: u32,
     write_chunk: u32,
+    /// Data of a MIG_DATA_READ not yet returned (from `staged_at`), for reads smaller than
+    /// a chunk.
+    staged: Vec<u8>,
+    staged_at: usize,
     bytes_read: u64,
     bytes_written: u64,
     logging: Option<Logging>,
@@ -196,6 +200,8 @@ impl<'d> Migration<'d> {
             state: DeviceState::Error,
             read_chunk,
             write_chunk,
+            staged: Vec::new(),
+            staged_at: 0,
             bytes_read: 0,
             bytes_written: 0,
             logging: None,
@@ -224,7 +230,7 @@ impl<'d> Migration<'d> {
         self.state
     }
 
-    /// Device data bytes read (MIG_DATA_READ) so far.
+    /// Device data bytes received (MIG_DATA_READ) so far.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
