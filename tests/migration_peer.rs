@@ -773,6 +773,34 @@ fn device_data_moves_in_chunks_through_pre_copy_and_stop_copy() {
 
 /// A MIG_DATA_READ of 512 bytes in STOP_COPY against `hook`; its error, after checking that
 /// the connection is still in step.
+/// Reads sent ahead of the caller are not lost when the state changes mid-stream: their
+/// data comes first from the next reader, in stream order.
+#[test]
+fn a_state_change_mid_stream_keeps_every_byte() {
+    let s = Setup::plain(STOP_COPY | PRE_COPY);
+    let pre = pattern(3 * CHUNK as usize + 5, 1);
+    let stop = pattern(CHUNK as usize + 7, 2);
+    s.device().precopy = pre.clone();
+    s.device().stopcopy = stop.clone();
+    let mut m = Migration::new(&s.dev).unwrap();
+    m.set_state(PreCopy).unwrap();
+    let mut got = vec![0u8; 2 * CHUNK as usize];
+    let mut r = m.reader().unwrap();
+    r.read_exact(&mut got).unwrap();
+    m.set_state(StopCopy).unwrap();
+    // Two chunks read, a third asked for ahead (before the state changed).
+    assert_eq!(s.device().read_sizes.len(), 3);
+    m.reader().unwrap().read_to_end(&mut got).unwrap();
+    let mut want = pre.clone();
+    // The last 5 pre-copy bytes were never asked for: they stay on the script's side (a
+    // device sends what it still needs in STOP_COPY).
+    want.truncate(3 * CHUNK as usize);
+    want.extend_from_slice(&stop);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want);
+    assert_eq!(m.bytes_read(), want.len() as u64);
+}
+
 fn read_error(hook: Hook) -> Error {
     let s = Setup::with(STOP_COPY, hook);
     s.device().stopcopy = pattern(1000, 3);
