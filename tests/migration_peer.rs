@@ -1060,7 +1060,15 @@ fn dirty_logging_merges_the_servers_report_and_the_clients_writes() {
     let reports = std::mem::take(&mut s.device().reports);
     assert_eq!(reports.len(), 4, "{reports:?}");
     assert!(reports.iter().all(|r| r.1 == 128 * PAGE));
-    // Reported pages are cleared.
+    // Reported pages are cleared; a bitmap reused for the next reports holds only theirs.
+    let mut reused = report.clone();
+    m.dirty_report_into(&mut reused).unwrap();
+    assert_eq!(reused.count(), 0);
+    s.device().dirty.insert(200);
+    server_writes(&s, 0x10000);
+    m.dirty_report_into(&mut reused).unwrap();
+    let pages: Vec<u64> = reused.dirty_pages().collect();
+    assert_eq!(pages, vec![0x10000, 200 * PAGE]);
     assert_eq!(m.dirty_report().unwrap().count(), 0);
 
     m.stop_dirty_logging().unwrap();
