@@ -16,10 +16,12 @@
 //!   address, relocation with rollback as Cloud Hypervisor's device relocation does) and the
 //!   example VMM's Rust guest: find the DMA engine, move its BARs, enable MSI-X, copy a
 //!   buffer with DMA, use the buffer BAR; plus a BAR move the buses refuse, rolled back.
+//!   The same VMM also runs the example's real-mode guest (`guest.S`) in a KVM vCPU where
+//!   `/dev/kvm` is usable, every exit going through the adapter.
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
 use vfio_user_client::pci::{
@@ -28,8 +30,15 @@ use vfio_user_client::pci::{
 };
 use vfio_user_sample_server::test_support::guest::guest_memory;
 use vfio_user_sample_server::test_support::pci::{fired, Irqs};
-use vfio_user_sample_server::{DmaEngine, DmaEngineOptions, Server, ServerConfig};
-use vm_memory::{Bytes, GuestAddress};
+use vfio_user_sample_server::{
+    DmaEngine, DmaEngineHandle, DmaEngineOptions, Server, ServerConfig, ServerHandle,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// The example VMM, for its guest code and its KVM check.
+#[allow(dead_code)]
+#[path = "../examples/vmm/main.rs"]
+mod vmm;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -434,26 +443,45 @@ impl Vmm {
     }
 
     // The guest's accesses.
-    fn out32(&self, port: u64, v: u32) {
-        if port == CONFIG_ADDRESS {
-            *lock(&self.config_address) = v;
-        } else if (CONFIG_ADDRESS + 4..CONFIG_ADDRESS + 8).contains(&port) {
-            self.config_write(port - CONFIG_ADDRESS - 4, &v.to_le_bytes());
-        } else {
-            self.pio.write(port, &v.to_le_bytes());
+    fn pio_write(&self, port: u64, data: &[u8]) {
+        match port {
+            CONFIG_ADDRESS => {
+                if let Ok(v) = <[u8; 4]>::try_from(data) {
+                    *lock(&self.config_address) = u32::from_le_bytes(v);
+                }
+            }
+            p if (CONFIG_ADDRESS + 4..CONFIG_ADDRESS + 8).contains(&p) => {
+                self.config_write(p - CONFIG_ADDRESS - 4, data)
+            }
+            _ => self.pio.write(port, data),
         }
+    }
+
+    fn pio_read(&self, port: u64, data: &mut [u8]) {
+        let (value, at) = match port {
+            CONFIG_ADDRESS => (*lock(&self.config_address), 0),
+            p if (CONFIG_ADDRESS + 4..CONFIG_ADDRESS + 8).contains(&p) => {
+                (self.config_read(), (p - CONFIG_ADDRESS - 4) as usize)
+            }
+            _ => return self.pio.read(port, data),
+        };
+        let bytes = value.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = bytes.get(at + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    fn out32(&self, port: u64, v: u32) {
+        self.pio_write(port, &v.to_le_bytes());
     }
 
     fn out16(&self, port: u64, v: u16) {
-        self.config_write(port - CONFIG_ADDRESS - 4, &v.to_le_bytes());
+        self.pio_write(port, &v.to_le_bytes());
     }
 
     fn in32(&self, port: u64) -> u32 {
-        if port == CONFIG_ADDRESS + 4 {
-            return self.config_read();
-        }
         let mut b = [0u8; 4];
-        self.pio.read(port, &mut b);
+        self.pio_read(port, &mut b);
         u32::from_le_bytes(b)
     }
 
@@ -486,8 +514,23 @@ const DESTINATION: u64 = 0x3000;
 const COPY_LEN: usize = 64;
 const BUFFER_WORD: u32 = 0x5a17_cafe;
 
-#[test]
-fn dma_engine_runs_behind_a_cloud_hypervisor_shaped_pci_device() {
+/// The DMA engine's server, guest memory with the source buffer, and the VMM with the
+/// engine plugged in through the adapter.
+struct Setup {
+    server: ServerHandle,
+    engine: DmaEngineHandle,
+    memory: Arc<GuestMemoryMmap>,
+    irqs: Arc<Irqs>,
+    vmm: Vmm,
+    adapter: Arc<Mutex<ChAdapter>>,
+    bars: Vec<PciBarConfiguration>,
+}
+
+fn pattern() -> Vec<u8> {
+    (0..COPY_LEN).map(|i| (i as u8).wrapping_mul(37)).collect()
+}
+
+fn plugged() -> Setup {
     let (engine, handle) = DmaEngine::with_options(DmaEngineOptions {
         doorbell_ioeventfd: true,
         buffer_bar: true,
@@ -505,14 +548,61 @@ fn dma_engine_runs_behind_a_cloud_hypervisor_shaped_pci_device() {
         &AttachOptions::default(),
     )
     .unwrap();
-    let pattern: Vec<u8> = (0..COPY_LEN).map(|i| (i as u8).wrapping_mul(37)).collect();
-    memory.write_slice(&pattern, GuestAddress(SOURCE)).unwrap();
-
-    // Plug: BARs from the VMM's allocators, windows on its buses.
+    memory
+        .write_slice(&pattern(), GuestAddress(SOURCE))
+        .unwrap();
+    // BARs from the VMM's allocators, windows on its buses.
     let vmm = Vmm::new();
     let adapter = Arc::new(Mutex::new(ChAdapter(dev)));
     let bars = vmm.plug(adapter.clone());
-    let bar = |idx: usize| *bars.iter().find(|b| b.idx == idx).unwrap();
+    Setup {
+        server,
+        engine: handle,
+        memory,
+        irqs,
+        vmm,
+        adapter,
+        bars,
+    }
+}
+
+impl Setup {
+    fn bar(&self, idx: usize) -> PciBarConfiguration {
+        *self.bars.iter().find(|b| b.idx == idx).unwrap()
+    }
+
+    /// The copy landed, its MSI-X interrupt fired, the server holds the buffer word.
+    fn check_engine_run(&self) {
+        let mut copy = vec![0u8; COPY_LEN];
+        self.memory
+            .read_slice(&mut copy, GuestAddress(DESTINATION))
+            .unwrap();
+        assert_eq!(copy, pattern());
+        assert!(fired(&self.irqs.fd(InterruptKind::Msix, 0)));
+        assert_eq!(self.engine.buffer()[0x10..0x14], BUFFER_WORD.to_le_bytes());
+    }
+
+    /// Unplug: off the buses, BARs freed where they are now, detached.
+    fn unplug(self) {
+        self.vmm.unplug();
+        let a = lock(&self.vmm.allocators);
+        assert_eq!(a.mmio32.freed, [(BAR0_GUEST, 256), (BAR2_GUEST, 4096)]);
+        assert_eq!(a.io.freed, [(self.bar(1).addr, self.bar(1).size)]);
+        drop(a);
+        assert!(lock(&self.vmm.mmio.windows).is_empty());
+        assert!(lock(&self.vmm.pio.windows).is_empty());
+        let adapter = Arc::try_unwrap(self.adapter).ok().unwrap();
+        let adapter = adapter.into_inner().unwrap();
+        assert_eq!(adapter.0.error_count(), 0, "{:?}", adapter.0.last_error());
+        adapter.0.detach().unwrap();
+        self.server.stop();
+    }
+}
+
+#[test]
+fn dma_engine_runs_behind_a_cloud_hypervisor_shaped_pci_device() {
+    let s = plugged();
+    let (vmm, adapter, bar) = (&s.vmm, &s.adapter, |i| s.bar(i));
     assert_eq!(
         (bar(0).addr, bar(0).size, bar(0).region_type),
         (0xc000_0000, 256, PciBarRegionType::Memory32BitRegion)
@@ -541,7 +631,7 @@ fn dma_engine_runs_behind_a_cloud_hypervisor_shaped_pci_device() {
     let table = u64::from(vmm.cfg_read(cfg, cap + 4) & !7);
     vmm.cfg_write(cfg, 0x04, 0x0007);
     {
-        let mut a = lock(&adapter);
+        let mut a = lock(adapter);
         let placed: Vec<(u32, Option<u64>)> =
             a.0.bars().iter().map(|b| (b.index, b.base)).collect();
         assert_eq!(
@@ -593,13 +683,7 @@ fn dma_engine_runs_behind_a_cloud_hypervisor_shaped_pci_device() {
     vmm.mmio_write32(BAR2_GUEST + 0x10, BUFFER_WORD);
     assert_eq!(vmm.mmio_read32(BAR2_GUEST + 0x10), BUFFER_WORD);
 
-    let mut copy = vec![0u8; COPY_LEN];
-    memory
-        .read_slice(&mut copy, GuestAddress(DESTINATION))
-        .unwrap();
-    assert_eq!(copy, pattern);
-    assert!(fired(&irqs.fd(InterruptKind::Msix, 0)));
-    assert_eq!(handle.buffer()[0x10..0x14], BUFFER_WORD.to_le_bytes());
+    s.check_engine_run();
 
     // The VMM moves BAR2 on its own, by address, then rolls the move back.
     let moved = BarReprogrammingParams {
@@ -609,27 +693,93 @@ fn dma_engine_runs_behind_a_cloud_hypervisor_shaped_pci_device() {
         region_type: PciBarRegionType::Memory32BitRegion,
     };
     vmm.mmio.relocate(BAR2_GUEST, 0xf_0000, moved.len).unwrap();
-    lock(&adapter).move_bar(BAR2_GUEST, 0xf_0000).unwrap();
+    lock(adapter).move_bar(BAR2_GUEST, 0xf_0000).unwrap();
     assert_eq!(vmm.cfg_read(cfg, 0x18), 0xf_0000);
     assert_eq!(vmm.mmio_read32(0xf_0010), BUFFER_WORD);
     vmm.mmio.relocate(0xf_0000, BAR2_GUEST, moved.len).unwrap();
-    lock(&adapter).restore_bar_addr(&moved);
+    lock(adapter).restore_bar_addr(&moved);
     assert_eq!(u64::from(vmm.cfg_read(cfg, 0x18)), BAR2_GUEST);
     assert_eq!(vmm.mmio_read32(BAR2_GUEST + 0x10), BUFFER_WORD);
     assert!(
-        lock(&adapter).move_bar(0x1234_0000, 0).is_err(),
+        lock(adapter).move_bar(0x1234_0000, 0).is_err(),
         "no BAR there"
     );
 
-    // Unplug: off the buses, BARs freed where they are now, detached.
-    vmm.unplug();
-    let a = lock(&vmm.allocators);
-    assert_eq!(a.mmio32.freed, [(BAR0_GUEST, 256), (BAR2_GUEST, 4096)]);
-    assert_eq!(a.io.freed, [(bar(1).addr, bar(1).size)]);
-    drop(a);
-    assert!(lock(&vmm.mmio.windows).is_empty() && lock(&vmm.pio.windows).is_empty());
-    let adapter = Arc::try_unwrap(adapter).ok().unwrap().into_inner().unwrap();
-    assert_eq!(adapter.0.error_count(), 0, "{:?}", adapter.0.last_error());
-    adapter.0.detach().unwrap();
-    server.stop();
+    s.unplug();
+}
+
+/// The example VMM's real-mode guest in a KVM vCPU, its port and MMIO exits on the
+/// Cloud Hypervisor-shaped VMM's buses (so BAR accesses reach the device through the
+/// adapter's `read_bar` / `write_bar`).
+#[test]
+fn kvm_guest_drives_the_dma_engine_through_the_adapter() {
+    use kvm_ioctls::VcpuExit;
+    use vm_memory::GuestMemoryBackend;
+
+    if let Some(reason) = vmm::kvm_unavailable() {
+        let required = std::env::var("VFIO_USER_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "VFIO_USER_REQUIRE_KVM=1 but KVM is not usable: {reason}"
+        );
+        let _ = writeln!(
+            io::stderr(),
+            "SKIPPED kvm_guest_drives_the_dma_engine_through_the_adapter: {reason}"
+        );
+        return;
+    }
+    let s = plugged();
+    let vm = kvm_ioctls::Kvm::new().unwrap().create_vm().unwrap();
+    vm.set_tss_address(0xfffb_d000).unwrap();
+    let ram = 1u64 << 16;
+    let host = s.memory.get_host_address(GuestAddress(0)).unwrap() as u64;
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: ram,
+        userspace_addr: host,
+    };
+    // SAFETY: `host..host + ram` is the guest memory mapping, which `s` keeps until after
+    // the VM (dropped at the end of this function, before `s`) is gone.
+    unsafe { vm.set_user_memory_region(region) }.unwrap();
+    s.memory
+        .write_slice(vmm::GUEST_CODE, GuestAddress(0x1000))
+        .unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let mut sregs = vcpu.get_sregs().unwrap();
+    (sregs.cs.base, sregs.cs.selector) = (0, 0);
+    vcpu.set_sregs(&sregs).unwrap();
+    let mut regs = vcpu.get_regs().unwrap();
+    (regs.rip, regs.rflags) = (0x1000, 2);
+    vcpu.set_regs(&regs).unwrap();
+    let mut exits = 0;
+    loop {
+        exits += 1;
+        assert!(exits < 100_000, "the guest does not halt");
+        match vcpu.run().unwrap() {
+            VcpuExit::IoIn(port, data) => s.vmm.pio_read(port.into(), data),
+            VcpuExit::IoOut(port, data) => s.vmm.pio_write(port.into(), data),
+            VcpuExit::MmioRead(addr, data) => s.vmm.mmio.read(addr, data),
+            VcpuExit::MmioWrite(addr, data) => s.vmm.mmio.write(addr, data),
+            VcpuExit::Hlt => break,
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+    // The guest's mailbox: done, the slot it found, the engine's status, the buffer word.
+    let mailbox = |at: u64| s.memory.read_obj::<u32>(GuestAddress(0x500 + at)).unwrap();
+    assert_eq!(mailbox(0) & 0xffff, 0x600d, "the guest finished");
+    assert_eq!(mailbox(4), SLOT);
+    assert_eq!(mailbox(12), 1, "engine done");
+    assert_eq!(mailbox(16), BUFFER_WORD);
+    s.check_engine_run();
+    // The guest moved BAR0 and BAR2 from where the VMM allocated them.
+    let bases: Vec<Option<u64>> = lock(&s.adapter).0.bars().iter().map(|b| b.base).collect();
+    assert_eq!(
+        bases,
+        [Some(BAR0_GUEST), Some(s.bar(1).addr), Some(BAR2_GUEST)]
+    );
+    drop(vcpu);
+    drop(vm);
+    s.unplug();
 }

@@ -275,9 +275,10 @@ impl IrqTable {
                 }
                 (_, SET_ACTION_MASK) if selected(i) => v.masked = true,
                 (_, SET_ACTION_UNMASK) if selected(i) => {
-                    v.masked = false;
-                    // Level-triggered: a held line signals again.
-                    if std::mem::take(&mut v.pending) || v.level {
+                    let was_masked = std::mem::replace(&mut v.masked, false);
+                    // Level-triggered: a line still held signals again (as vfio-pci's
+                    // unmask does); an unmask of an unmasked line does nothing.
+                    if std::mem::take(&mut v.pending) || (was_masked && v.level) {
                         v.fire();
                     }
                 }
