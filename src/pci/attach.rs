@@ -21,8 +21,11 @@ use super::memory;
 use super::msi::Msi;
 use super::msix::Msix;
 use super::shadow::ConfigShadow;
+use super::state::DeviceIdentity;
 use super::status::DeviceStatus;
-use super::{BarInfo, Error, InterruptKind, InterruptProvider, PciSubscriber, VfioUserPciDevice};
+use super::subscriber::SubscriberSwap;
+use super::ReconnectPolicy;
+use super::{BarInfo, Core, Error, InterruptKind, InterruptProvider, PciSubscriber};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{DeviceOptions, IrqAction, VfioUserDevice};
 use crate::dma::DmaRegion;
@@ -100,6 +103,9 @@ pub struct AttachOptions {
     pub reset: bool,
     /// Where the BARs go.
     pub bars: BarPlacement,
+    /// Reconnect when the connection is lost, and restore the device; `None` (the
+    /// default): a lost device stays lost.
+    pub reconnect: Option<ReconnectPolicy>,
 }
 
 impl Default for AttachOptions {
@@ -109,11 +115,12 @@ impl Default for AttachOptions {
             device: DeviceOptions::default(),
             reset: true,
             bars: BarPlacement::default(),
+            reconnect: None,
         }
     }
 }
 
-impl VfioUserPciDevice {
+impl Core {
     /// Attaches the device behind a negotiated connection: discovery, reset, config space
     /// and its shadows, BAR placement, guest memory, notifiers and interrupts.
     pub(super) fn build<AS>(
@@ -121,29 +128,17 @@ impl VfioUserPciDevice {
         memory: AS,
         interrupts: Arc<dyn InterruptProvider>,
         options: &AttachOptions,
-    ) -> Result<VfioUserPciDevice, Error>
+    ) -> Result<Core, Error>
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
         <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let device = VfioUserDevice::new(connection, &options.device)?;
-        let config_size = config_size(&device)?;
-        if options.reset && device.resettable() {
+        if options.reset && device.is_pci() && device.resettable() {
             device.reset()?;
         }
-        let config = read_config(&device)?;
-        let shadow = ConfigShadow::discover(&config, config_size, |i| {
-            device.region(i).map_or((0, 0), |r| (r.size(), r.flags()))
-        })?;
-        let offered = Offered {
-            pin: config[config::INTERRUPT_PIN],
-            msi: shadow.msi.as_ref().map(Msi::capable_vectors),
-            msix: shadow.msix.as_ref().map(Msix::size),
-        };
-        irq_counts::check(offered, |kind| {
-            device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
-        })?;
+        let (identity, config, shadow) = discover(&device)?;
         let intx = config[config::INTERRUPT_PIN] != 0
             && device
                 .irq(VFIO_PCI_INTX_IRQ_INDEX)
@@ -157,16 +152,18 @@ impl VfioUserPciDevice {
             shadow.msi.is_some(),
             shadow.msix.as_ref().map_or(0, Msix::size),
         );
-        let mut dev = VfioUserPciDevice {
+        let mut dev = Core {
             device: Arc::new(device),
             status,
             interrupts,
             dma: None,
             shadow,
+            identity,
             intx,
             intx_maskable,
             notifiers: Vec::new(),
             wired: WiredInterrupts::default(),
+            retired: None,
             event_loop: None,
         };
         dev.place_bars(&options.bars)?;
@@ -222,6 +219,29 @@ impl VfioUserPciDevice {
     }
 }
 
+/// Discovers what the device is from its config space (the standard header and
+/// capabilities), regions and IRQs: its identity, the config bytes read and a fresh shadow.
+/// Checks that config space does not offer more vectors than the server reports.
+pub(super) fn discover(
+    device: &VfioUserDevice,
+) -> Result<(DeviceIdentity, Vec<u8>, ConfigShadow), Error> {
+    let config_size = config_size(device)?;
+    let config = read_config(device)?;
+    let shadow = ConfigShadow::discover(&config, config_size, |i| {
+        device.region(i).map_or((0, 0), |r| (r.size(), r.flags()))
+    })?;
+    let offered = Offered {
+        pin: config[config::INTERRUPT_PIN],
+        msi: shadow.msi.as_ref().map(Msi::capable_vectors),
+        msix: shadow.msix.as_ref().map(Msix::size),
+    };
+    irq_counts::check(offered, |kind| {
+        device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
+    })?;
+    let identity = DeviceIdentity::of(device, &config, &shadow);
+    Ok((identity, config, shadow))
+}
+
 /// The size of config space the device serves, after checking that it is a PCI device with
 /// a usable config space region.
 fn config_size(device: &VfioUserDevice) -> Result<usize, Error> {
@@ -250,29 +270,49 @@ fn read_config(device: &VfioUserDevice) -> Result<Vec<u8>, Error> {
     Ok(config)
 }
 
+/// What [`connect`] returns: the connection and the device status it reports its loss
+/// to, the subscriber, and with a reconnect policy the subscriber's swap slot.
+pub(super) type Connected = (
+    (Connection, Arc<DeviceStatus>),
+    PciSubscriber,
+    Option<Arc<SubscriberSwap>>,
+);
+
 /// Connects, negotiates, and hooks the connection's loss to the device's state.
 pub(super) fn connect(
     path: &Path,
-    options: &ConnectOptions,
+    options: &AttachOptions,
     interrupts: &Arc<dyn InterruptProvider>,
-) -> Result<((Connection, Arc<DeviceStatus>), PciSubscriber), Error> {
+) -> Result<Connected, Error> {
     let (connection, connection_subscriber) =
-        Connection::connect_with_subscriber(path, options).map_err(connect_error)?;
+        Connection::connect_with_subscriber(path, &options.connect).map_err(connect_error)?;
     let status = Arc::new(DeviceStatus::new()?);
-    let for_callback = Arc::clone(&status);
-    connection.on_disconnect(move |reason| for_callback.lose(reason.clone()));
+    watch_loss(&connection, &status);
+    let swap = match options.reconnect {
+        Some(_) => Some(Arc::new(SubscriberSwap::new()?)),
+        None => None,
+    };
     let subscriber = PciSubscriber {
         connection_subscriber,
         connection: connection.handle(),
         status: Arc::clone(&status),
         resample: interrupts.intx_resample(),
+        swap: swap.clone(),
     };
-    Ok(((connection, status), subscriber))
+    Ok(((connection, status), subscriber, swap))
+}
+
+/// Reports the loss of `connection`, the newest, to `status`.
+pub(super) fn watch_loss(connection: &Connection, status: &Arc<DeviceStatus>) {
+    let generation = status.next_generation();
+    let for_callback = Arc::clone(status);
+    connection
+        .on_disconnect(move |reason| for_callback.lose_generation(generation, reason.clone()));
 }
 
 /// The error of connecting: the connection's or the negotiation's. (The crate-level error
 /// has room for every layer's; connecting produces only those two.)
-fn connect_error(e: crate::Error) -> Error {
+pub(super) fn connect_error(e: crate::Error) -> Error {
     match e {
         crate::Error::Connection(e) => Error::Connect(e),
         crate::Error::Negotiate(e) => Error::Negotiate(e),
