@@ -484,3 +484,54 @@ fn pci_state_restores_onto_a_fresh_attach_and_refuses_another_device() {
     b.detach().unwrap();
     c.detach().unwrap();
 }
+
+#[test]
+fn a_late_reply_after_an_unresponsive_spell_is_resynchronised() {
+    let server = Server::new(ServerConfig::default(), engine());
+    let probe = server.probe();
+    let server = server.listen_temp().unwrap();
+    let irqs = Irqs::new();
+    let mut options = AttachOptions {
+        bars: placement(),
+        ..AttachOptions::default()
+    };
+    options.connect.reply_timeout = Duration::from_millis(300);
+    let mut dev = VfioUserPciDevice::attach(
+        server.socket_path().unwrap(),
+        guest_memory(RAM),
+        irqs.clone(),
+        &options,
+    )
+    .unwrap();
+    program(&mut dev);
+    let vector_control = DmaEngine::MSIX_TABLE + 12;
+    let masked = || probe.irq_state(IRQ_MSIX)[0].masked;
+    assert!(!masked());
+
+    // The guest masks vector 0; the server holds the MASK past the reply timeout. The guest
+    // unmasks it again while the connection is unresponsive: nothing is sent for that.
+    probe.pause();
+    dev.mmio_write(MmioAddress(MEM_BASE), vector_control, &1u32.to_le_bytes());
+    assert!(dev.error_count() >= 1);
+    dev.mmio_write(MmioAddress(MEM_BASE), vector_control, &0u32.to_le_bytes());
+
+    // The late MASK is applied when the server goes on: it now differs from the guest.
+    probe.resume();
+    let device = dev.device();
+    let conn = device.connection();
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(conn.health(), vfio_user_client::connection::Health::Healthy) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "still {}", conn.health());
+        fired_within(conn.health_event(), left);
+    }
+    assert!(masked(), "the late MASK was applied");
+
+    // The next guest access replays the state: unmasked at the server, and it fires.
+    assert_eq!(mmio_u32(&mut dev, DmaEngine::REG_STATUS), 0);
+    assert!(!masked(), "resynchronised");
+    assert_eq!(probe.raise_irq(IRQ_MSIX, 0), Ok(true));
+    assert!(fired(&irqs.fd(InterruptKind::Msix, 0)));
+    drop(device);
+    dev.detach().unwrap();
+}

@@ -289,12 +289,14 @@ impl VfioUserPciDevice {
     /// while a reconnect is under way, so that a vCPU never waits for the supervisor.
     fn for_guest(&self, write: bool, what: &'static str) -> Option<MutexGuard<'_, Core>> {
         if !self.status.reconnecting() {
-            if let Some(core) = try_lock(&self.core) {
+            // Held by a caller of a `&self` method when not by the supervisor.
+            let core = try_lock(&self.core)
+                .or_else(|| (!self.status.reconnecting()).then(|| lock(&self.core)));
+            if let Some(mut core) = core {
+                if self.status.resync.load(Ordering::Acquire) {
+                    core.resync();
+                }
                 return Some(core);
-            }
-            // Held by a caller of a `&self` method, not by the supervisor.
-            if !self.status.reconnecting() {
-                return Some(lock(&self.core));
             }
         }
         self.status.dropped(write, what);

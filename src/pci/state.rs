@@ -30,7 +30,8 @@ use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use super::config::COMMAND;
 use super::interrupts::{self, WiredInterrupts};
 use super::shadow::ConfigShadow;
-use super::{BarKind, Core, Error};
+use super::{Activity, BarKind, Core, Error, InterruptKind};
+use crate::connection::Health;
 use crate::device::VfioUserDevice;
 
 /// The version of [`PciState`] this client writes, and the only one it restores.
@@ -289,6 +290,35 @@ impl Core {
         interrupts::disable(&self.device, &*self.interrupts, &mut self.wired)?;
         self.shadow = shadow;
         self.replay(&state.pending)
+    }
+
+    /// After the server recovered from being unresponsive (a late reply may have applied
+    /// an interrupt change the device recorded as failed, and what failed fast was never
+    /// sent): every interrupt index is taken down at the server, and the state replayed.
+    /// Done at the next guest access once the connection is healthy; within one reply
+    /// timeout of its own.
+    pub(super) fn resync(&mut self) {
+        if !matches!(self.device.connection().health(), Health::Healthy)
+            || !self
+                .status
+                .resync
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        log::info!("vfio-user PCI device: the server recovered, replaying the PCI state");
+        let _budget = self.device.connection().budget();
+        let pending = self.wired.pending_vectors();
+        let mut result = interrupts::disable(&self.device, &*self.interrupts, &mut self.wired);
+        for kind in [InterruptKind::Intx, InterruptKind::Msi, InterruptKind::Msix] {
+            if self.device.irq(kind.irq_index()).is_ok_and(|i| i.count > 0) {
+                let taken = self.device.disable_irqs(kind.irq_index());
+                result = result.and(taken.map_err(Error::from));
+            }
+        }
+        if let Err(e) = result.and_then(|()| self.replay(&pending)) {
+            self.status.record(Activity::InterruptSetup, e);
+        }
     }
 
     /// Pushes the shadow to a server that holds none of it; `pending` are the vectors

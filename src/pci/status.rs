@@ -46,6 +46,9 @@ pub(super) struct DeviceStatus {
     pub(super) dropped_writes: AtomicU64,
     /// How the last reconnect found the server.
     pub(super) last_reconnect: Mutex<Option<Reconnected>>,
+    /// An interrupt setup or config write timed out or failed fast while the server was
+    /// unresponsive: the PCI state is replayed once the connection is healthy again.
+    pub(super) resync: AtomicBool,
 }
 
 impl DeviceStatus {
@@ -70,6 +73,7 @@ impl DeviceStatus {
             dropped_reads: AtomicU64::new(0),
             dropped_writes: AtomicU64::new(0),
             last_reconnect: Mutex::new(None),
+            resync: AtomicBool::new(false),
         })
     }
 
@@ -180,6 +184,19 @@ impl DeviceStatus {
         let unresponsive = e
             .connection_errors()
             .any(|c| matches!(c, connection::Error::Unresponsive { .. }));
+        let timed_out = unresponsive
+            || e.connection_errors()
+                .any(|c| matches!(c, connection::Error::Timeout { .. }));
+        if timed_out
+            && matches!(
+                activity,
+                Activity::InterruptSetup | Activity::ConfigWrite { .. }
+            )
+        {
+            // A late reply may have applied what the device thinks failed, and what failed
+            // fast was never sent: the server and the shadow may differ from here on.
+            self.resync.store(true, Ordering::Release);
+        }
         self.errors.fetch_add(1, Ordering::Relaxed);
         let e = Error::During {
             activity,
