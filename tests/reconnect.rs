@@ -535,3 +535,34 @@ fn a_late_reply_after_an_unresponsive_spell_is_resynchronised() {
     drop(device);
     dev.detach().unwrap();
 }
+
+#[test]
+fn a_server_matching_the_shadow_is_resumed_without_a_reset() {
+    let mut server = RestartableServer::start(ServerConfig::default(), engine);
+    let options = options(&server, PATIENCE);
+    let mut dev =
+        VfioUserPciDevice::attach(server.path(), guest_memory(RAM), Irqs::new(), &options).unwrap();
+    let event = state_event(&dev);
+    // The guest has not enabled the device: a fresh server's command register matches.
+    assert_eq!(cfg_read(&mut dev, 0x04, 2) & 0x7, 0);
+    let (device, handle) = DmaEngine::new();
+    server.kill();
+    wait_state(
+        &event,
+        || dev.connection_state(),
+        ConnectionState::Reconnecting,
+    );
+    server.restart_with(Box::new(device));
+    wait_state(
+        &event,
+        || dev.connection_state(),
+        ConnectionState::Connected,
+    );
+    assert_eq!(dev.last_reconnect(), Some(Reconnected::Resumed));
+    assert_eq!(handle.resets(), 0, "no DEVICE_RESET");
+    assert_eq!(
+        dev.read_config_register(0) >> 16,
+        u32::from(DmaEngine::DEVICE_ID)
+    );
+    dev.detach().unwrap();
+}

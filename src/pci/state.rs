@@ -376,3 +376,70 @@ fn load(shadow: &mut ConfigShadow, state: &PciState) -> Result<(), Error> {
     shadow.command = state.command;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> DeviceIdentity {
+        DeviceIdentity {
+            vendor_id: 0x1af4,
+            device_id: 0x1041,
+            subsystem_vendor_id: 0x1af4,
+            subsystem_id: 1,
+            class_code: 0x02_00_00,
+            revision: 1,
+            config_size: 256,
+            bars: vec![(0, "mem32".into(), false, 0x1000)],
+            msi: None,
+            msix: Some((0x40, 2, 0, 0x800, 0, 0xc00)),
+            irq_counts: vec![1, 1, 2, 1, 1],
+            regions: vec![(0, 0x1000, 3), (7, 256, 3)],
+        }
+    }
+
+    #[test]
+    fn identities_name_their_first_difference() {
+        let a = identity();
+        assert_eq!(a.difference(&a.clone()), None);
+        assert!(a.check(&a.clone()).is_ok());
+        let mut b = a.clone();
+        b.irq_counts[2] = 4;
+        b.revision = 2;
+        let what = a.difference(&b).unwrap();
+        assert!(what.starts_with("revision"), "{what}");
+        assert!(matches!(a.check(&b), Err(Error::DifferentDevice { .. })));
+        assert_eq!(
+            a.to_string(),
+            "1af4:1041 (subsystem 1af4:0001, class 020000, revision 0x1)"
+        );
+    }
+
+    #[test]
+    fn a_state_survives_serde_and_keeps_its_version() {
+        let state = PciState {
+            version: PCI_STATE_VERSION,
+            identity: identity(),
+            command: 0x0406,
+            bars: vec![BarState {
+                index: 0,
+                base: Some(0xc000_0000),
+                reg: 0xc000_0000,
+                rom_enable: false,
+            }],
+            msi: None,
+            msix: Some(MsixState {
+                control: 0x8000,
+                table: vec![0; 32],
+            }),
+            pending: vec![1],
+        };
+        let json = serde_json::to_string(&state).unwrap();
+        let back: PciState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        assert_eq!((back.version(), back.command()), (1, 0x0406));
+        assert_eq!(back.identity(), &identity());
+        // Hostile or truncated input is a serde error, not a panic.
+        assert!(serde_json::from_str::<PciState>(&json[..json.len() / 2]).is_err());
+    }
+}
