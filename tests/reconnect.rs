@@ -21,7 +21,7 @@ use vfio_user_client::pci::{
 use vfio_user_client::{AttachOptions, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{guest_memory, memory, pattern, shared};
 use vfio_user_sample_server::test_support::pci::{
-    cfg_read, cfg_write, find_cap, fired, fired_within, Irqs,
+    cfg_read, cfg_write, fds_and_maps, find_cap, fired, fired_within, Irqs,
 };
 use vfio_user_sample_server::test_support::restart::RestartableServer;
 use vfio_user_sample_server::{DmaEngine, GpioDevice, Server, ServerConfig, IRQ_MSIX};
@@ -35,6 +35,13 @@ const IO_BASE: u16 = 0xc000;
 const RAM: usize = 1 << 20;
 /// Long enough for anything that is not broken.
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The tests run one at a time, so that one can count the process's fds.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn engine() -> Box<dyn vfio_user_sample_server::Device> {
     Box::new(DmaEngine::new().0)
@@ -126,6 +133,7 @@ fn copy<M: Bytes<GuestAddress>>(
 
 #[test]
 fn killed_and_restarted_mid_io_three_times_dma_and_msix_work_after() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let mem = guest_memory(RAM);
     let irqs = Irqs::new();
@@ -202,6 +210,7 @@ fn killed_and_restarted_mid_io_three_times_dma_and_msix_work_after() {
 
 #[test]
 fn a_different_device_is_refused() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let options = options(&server, PATIENCE);
     let mut dev =
@@ -228,6 +237,7 @@ fn a_different_device_is_refused() {
 
 #[test]
 fn a_server_that_never_comes_back_is_given_up_at_the_deadline() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let give_up = Duration::from_millis(300);
     let options = options(&server, give_up);
@@ -262,6 +272,7 @@ fn a_server_that_never_comes_back_is_given_up_at_the_deadline() {
 
 #[test]
 fn without_a_policy_lost_is_lost() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let options = AttachOptions {
         bars: placement(),
@@ -280,6 +291,7 @@ fn without_a_policy_lost_is_lost() {
 
 #[test]
 fn reconnect_during_a_dma_map_transaction() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let atomic = GuestMemoryAtomic::new(memory(vec![shared(0, RAM)]));
     let irqs = Irqs::new();
@@ -341,6 +353,7 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 #[test]
 fn the_vmm_event_manager_follows_the_new_connection() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     // Anonymous memory: the engine reaches it with DMA_READ / DMA_WRITE on the twin
     // socket, which only the event loop reads.
@@ -392,6 +405,7 @@ fn the_vmm_event_manager_follows_the_new_connection() {
 
 #[test]
 fn pci_state_restores_onto_a_fresh_attach_and_refuses_another_device() {
+    let _serial = serial();
     // Device A: programmed by its guest.
     let first = Server::new(ServerConfig::default(), engine())
         .listen_temp()
@@ -487,6 +501,7 @@ fn pci_state_restores_onto_a_fresh_attach_and_refuses_another_device() {
 
 #[test]
 fn a_late_reply_after_an_unresponsive_spell_is_resynchronised() {
+    let _serial = serial();
     let server = Server::new(ServerConfig::default(), engine());
     let probe = server.probe();
     let server = server.listen_temp().unwrap();
@@ -538,6 +553,7 @@ fn a_late_reply_after_an_unresponsive_spell_is_resynchronised() {
 
 #[test]
 fn a_server_matching_the_shadow_is_resumed_without_a_reset() {
+    let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let options = options(&server, PATIENCE);
     let mut dev =
@@ -565,4 +581,37 @@ fn a_server_matching_the_shadow_is_resumed_without_a_reset() {
         u32::from(DmaEngine::DEVICE_ID)
     );
     dev.detach().unwrap();
+}
+
+#[test]
+fn restarts_leak_no_fd_and_no_mapping() {
+    let _serial = serial();
+    let before = fds_and_maps();
+    {
+        let mut server = RestartableServer::start(ServerConfig::default(), engine);
+        let mem = guest_memory(RAM);
+        let irqs = Irqs::new();
+        let options = options(&server, PATIENCE);
+        let mut dev =
+            VfioUserPciDevice::attach(server.path(), mem.clone(), irqs.clone(), &options).unwrap();
+        let event = state_event(&dev);
+        program(&mut dev);
+        for round in 0..5u8 {
+            server.kill();
+            wait_state(
+                &event,
+                || dev.connection_state(),
+                ConnectionState::Reconnecting,
+            );
+            server.restart();
+            wait_state(
+                &event,
+                || dev.connection_state(),
+                ConnectionState::Connected,
+            );
+            copy(&mut dev, &*mem, &irqs, (0x1000, 0x8000, 64), round);
+        }
+        dev.detach().unwrap();
+    }
+    assert_eq!(fds_and_maps(), before);
 }
