@@ -36,7 +36,13 @@
 //!   file-backed regions by fd, the rest served through DMA_READ / DMA_WRITE), places the
 //!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost
 //!   connection makes guest reads return all ones, is logged once, and signals
-//!   [`VfioUserPciDevice::event`].
+//!   [`VfioUserPciDevice::event`]; with a [`ReconnectPolicy`] a supervisor thread connects
+//!   again instead, checks that the server offers the same device ([`DeviceIdentity`]) and
+//!   replays the DMA mappings and the [`PciState`] ([`ConnectionState`] says where it is).
+//! * **State**: [`VfioUserPciDevice::pci_state`] captures what the client owns (command
+//!   register, BARs, MSI / MSI-X registers and table, emulated pending bits) and
+//!   [`VfioUserPciDevice::restore_pci_state`] applies it to another attach of the same
+//!   device (migration's destination), replaying it to the server.
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
 //! [`PciConfig`], modelled on Cloud Hypervisor's `PciDevice`. BAR windows implement
@@ -89,7 +95,6 @@ use interrupts::WiredInterrupts;
 use memory::GuestDma;
 use reconnect::Supervisor;
 use shadow::ConfigShadow;
-use state::DeviceIdentity as Identity;
 use status::DeviceStatus;
 use subscriber::SubscriberSwap;
 
@@ -177,7 +182,7 @@ pub(crate) struct Core {
     /// The config space answered here: BARs, MSI, MSI-X, the attach snapshot's bits.
     shadow: ConfigShadow,
     /// What the device is: checked after a reconnect and on a restore.
-    identity: Identity,
+    identity: DeviceIdentity,
     /// The device has an interrupt pin and an INTx vector.
     intx: bool,
     /// The server masks INTx (so an end of interrupt unmasks it there).
