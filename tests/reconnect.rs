@@ -14,6 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
+use vfio_user_client::device::IrqAction;
 use vfio_user_client::pci::{
     BarInfo, BarKind, BarPlacement, ConnectionState, Error, InterruptKind, InterruptMode,
     PciConfig, PciState, ReconnectPolicy, Reconnected,
@@ -24,7 +26,7 @@ use vfio_user_sample_server::test_support::pci::{
     cfg_read, cfg_write, fds_and_maps, find_cap, fired, fired_within, Irqs,
 };
 use vfio_user_sample_server::test_support::restart::RestartableServer;
-use vfio_user_sample_server::{DmaEngine, GpioDevice, Server, ServerConfig, IRQ_MSIX};
+use vfio_user_sample_server::{DmaEngine, GpioDevice, Server, ServerConfig, IRQ_INTX, IRQ_MSIX};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{MutDeviceMmio, MutDevicePio};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -614,4 +616,54 @@ fn restarts_leak_no_fd_and_no_mapping() {
         dev.detach().unwrap();
     }
     assert_eq!(fds_and_maps(), before);
+}
+
+#[test]
+fn intx_and_its_end_of_interrupt_follow_the_new_connection() {
+    let _serial = serial();
+    let gpio = || -> Box<dyn vfio_user_sample_server::Device> {
+        Box::new(GpioDevice::new(Default::default()).unwrap().0)
+    };
+    let mut server = RestartableServer::start(ServerConfig::default(), gpio);
+    let irqs = Irqs::with_resample();
+    let options = AttachOptions {
+        bars: BarPlacement::Guest,
+        ..options(&server, PATIENCE)
+    };
+    let mut dev =
+        VfioUserPciDevice::attach(server.path(), guest_memory(RAM), irqs.clone(), &options)
+            .unwrap();
+    let event = state_event(&dev);
+    cfg_write(&mut dev, 0x04, &0x0006u16.to_le_bytes());
+    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    server.kill();
+    wait_state(
+        &event,
+        || dev.connection_state(),
+        ConnectionState::Reconnecting,
+    );
+    server.restart();
+    wait_state(
+        &event,
+        || dev.connection_state(),
+        ConnectionState::Connected,
+    );
+    assert_eq!(
+        dev.last_reconnect(),
+        Some(Reconnected::Restarted { reset: true })
+    );
+    let probe = server.probe();
+    let intx = irqs.fd(InterruptKind::Intx, 0);
+    assert_eq!(probe.raise_irq(IRQ_INTX, 0), Ok(true), "INTx replayed");
+    assert!(fired(&intx));
+    // Masked at the new server; the guest's end of interrupt (the resample eventfd, read by
+    // the event loop) unmasks it there.
+    dev.device()
+        .irq_action(VFIO_PCI_INTX_IRQ_INDEX, IrqAction::Mask, 0, 1)
+        .unwrap();
+    assert_eq!(probe.raise_irq(IRQ_INTX, 0), Ok(false));
+    irqs.resample.as_ref().unwrap().write(1).unwrap();
+    assert!(fired(&intx), "unmasked through the new connection");
+    assert!(!probe.irq_state(IRQ_INTX)[0].masked);
+    dev.detach().unwrap();
 }
