@@ -512,7 +512,7 @@ fn a_late_reply_after_an_unresponsive_spell_is_resynchronised() {
         bars: placement(),
         ..AttachOptions::default()
     };
-    options.connect.reply_timeout = Duration::from_millis(300);
+    options.connect.reply_timeout = Duration::from_secs(1);
     let mut dev = VfioUserPciDevice::attach(
         server.socket_path().unwrap(),
         guest_memory(RAM),
