@@ -25,7 +25,10 @@ use super::state::DeviceIdentity;
 use super::status::DeviceStatus;
 use super::subscriber::SubscriberSwap;
 use super::ReconnectPolicy;
-use super::{BarInfo, Core, Error, InterruptKind, InterruptProvider, PciSubscriber};
+use super::{
+    BarInfo, BarReprogramming, Core, Error, InterruptKind, InterruptProvider, PciSubscriber,
+    VfioUserPciDevice,
+};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{DeviceOptions, IrqAction, VfioUserDevice};
 use crate::dma::DmaRegion;
@@ -164,6 +167,7 @@ impl Core {
             notifiers: Vec::new(),
             wired: WiredInterrupts::default(),
             retired: None,
+            slots: Default::default(),
             event_loop: None,
         };
         dev.place_bars(&options.bars)?;
@@ -240,6 +244,60 @@ pub(super) fn discover(
     })?;
     let identity = DeviceIdentity::of(device, &config, &shadow);
     Ok((identity, config, shadow))
+}
+
+impl VfioUserPciDevice {
+    /// Places every BAR that is not placed yet at the base `allocator` gives it (`None`
+    /// leaves it to the guest), as Cloud Hypervisor's `allocate_bars`, and returns the
+    /// first placements (relocations without an old base) for the VMM to register on its
+    /// buses. A base must be aligned to the BAR's size, I/O BARs included (see
+    /// [`PciConfig`](super::PciConfig#alignment)); on an error, the BARs placed before it
+    /// stay placed.
+    pub fn allocate_bars(
+        &mut self,
+        mut allocator: impl FnMut(&BarInfo) -> Option<u64>,
+    ) -> Result<Vec<BarReprogramming>, Error> {
+        let mut core = self.core();
+        let mut placed = Vec::new();
+        let mut result = Ok(());
+        for bar in core.shadow.bars.infos() {
+            if bar.base.is_some() {
+                continue;
+            }
+            let Some(base) = allocator(&bar) else {
+                continue;
+            };
+            match core.shadow.bars.relocate(bar.index, base) {
+                Ok(relocation) => placed.push(relocation),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        core.sync_slots();
+        result.map(|()| placed)
+    }
+
+    /// Takes every placed BAR off the bus and returns them as they were placed (bases
+    /// included), for the VMM to free their addresses (Cloud Hypervisor's `free_bars`) and
+    /// take the windows off its buses. The registers keep what the guest wrote.
+    pub fn free_bars(&mut self) -> Vec<BarInfo> {
+        let mut core = self.core();
+        let placed: Vec<BarInfo> = core
+            .shadow
+            .bars
+            .infos()
+            .into_iter()
+            .filter(|b| b.base.is_some())
+            .collect();
+        for bar in &placed {
+            // Every BAR listed exists.
+            let _ = core.shadow.bars.unplace(bar.index);
+        }
+        core.sync_slots();
+        placed
+    }
 }
 
 /// The size of config space the device serves, after checking that it is a PCI device with

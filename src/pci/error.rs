@@ -313,6 +313,8 @@ pub enum Activity {
     IntxUnmask,
     /// Reconnecting to the server and restoring the device there.
     Reconnect,
+    /// Bringing the VMM's guest memory slots and ioeventfds in step with the BARs.
+    GuestSlots,
 }
 
 impl fmt::Display for Activity {
@@ -325,6 +327,7 @@ impl fmt::Display for Activity {
             Activity::InterruptSetup => f.write_str("interrupt setup"),
             Activity::IntxUnmask => f.write_str("INTx unmask"),
             Activity::Reconnect => f.write_str("reconnect"),
+            Activity::GuestSlots => f.write_str("guest memory slots and ioeventfds"),
         }
     }
 }

@@ -19,7 +19,9 @@
 //!   device returns a [`BarReprogramming`], the VMM moves the window and calls
 //!   [`PciConfig::move_bar`]. Accesses through the window reach the server as region
 //!   messages (through [`VfioUserDevice`], so splitting and posted writes apply); mappable
-//!   areas are offered to the VMM as memory slots ([`VfioUserPciDevice::bar_mappings`]).
+//!   areas are offered to the VMM as memory slots ([`VfioUserPciDevice::bar_mappings`]),
+//!   or installed by the device itself through the VMM's [`GuestSlots`], together with the
+//!   server's ioeventfds ([`VfioUserPciDevice::manage_slots`]).
 //! * **Interrupts**: the VMM's [`InterruptProvider`] hands out eventfds (its irqfds) and
 //!   hears how the guest routes and masks each MSI/MSI-X vector. The MSI-X table is emulated
 //!   here. A masked vector never signals the guest: when the server can mask (IRQ_INFO
@@ -62,15 +64,17 @@ mod msi;
 mod msix;
 mod reconnect;
 pub(crate) mod shadow;
+mod slots;
 mod state;
 mod status;
 mod subscriber;
 
 pub use attach::{AttachOptions, BarAllocator, BarPlacement};
-pub use config::{BarInfo, BarKind, BarReprogramming, PciConfig};
+pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
 pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected, SocketSource};
+pub use slots::{BarMapping, Doorbell, GuestSlots};
 pub use state::{DeviceIdentity, PciState, PCI_STATE_VERSION};
 pub use subscriber::PciSubscriber;
 
@@ -97,23 +101,6 @@ use reconnect::Supervisor;
 use shadow::ConfigShadow;
 use status::DeviceStatus;
 use subscriber::SubscriberSwap;
-
-/// A mappable area of a placed BAR: host memory the VMM may install as a guest memory slot
-/// so that guest accesses there do not exit. The MSI-X table's and pending bits' pages are
-/// left out (they must trap).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BarMapping {
-    /// The BAR.
-    pub bar: u32,
-    /// Guest physical address of the area.
-    pub guest_addr: u64,
-    /// Host virtual address of the area (mapped for as long as the device is attached).
-    pub host_addr: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// Whether the guest may write it.
-    pub writable: bool,
-}
 
 /// A vfio-user device on a VMM's PCI bus. See the [module documentation](self), and the
 /// [crate documentation](crate#attaching-a-device) for a device in a VMM's `EventManager`.
@@ -194,6 +181,8 @@ pub(crate) struct Core {
     /// reconnect, so memory slots the VMM installed from [`VfioUserPciDevice::bar_mappings`]
     /// stay backed until it installs the new ones.
     retired: Option<Arc<VfioUserDevice>>,
+    /// The VMM's guest memory slots and ioeventfds, when the device manages them.
+    slots: slots::Slots,
     // Declared last: stopped after the connection is shut down.
     event_loop: Option<EventLoop>,
 }
@@ -395,14 +384,6 @@ impl VfioUserPciDevice {
         self.core().reset()
     }
 
-    /// The mappable areas of BAR `bar` at its current base (none while it is unplaced).
-    /// After a move, the VMM removes the slots it installed for the old base and installs
-    /// these; after a reconnect ([`ConnectionState::Connected`] again) too, since the new
-    /// connection maps the areas anew.
-    pub fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
-        self.core().bar_mappings(bar)
-    }
-
     /// The PCI and interrupt state the client owns (command register, BARs, MSI and MSI-X
     /// registers and table, emulated pending bits), with the device's identity: what
     /// [`VfioUserPciDevice::restore_pci_state`] applies to another attach of the same device.
@@ -474,6 +455,7 @@ impl VfioUserPciDevice {
 impl Core {
     fn detach(&mut self) -> Result<(), Error> {
         self.status.eoi_unmasks_intx.store(false, Ordering::Release);
+        self.withdraw_slots();
         if self.is_lost() {
             return Ok(());
         }
@@ -518,72 +500,12 @@ impl Core {
         let reset = self.device.reset().map_err(Error::from);
         if reset.is_ok() {
             self.shadow.reset();
+            self.sync_slots();
         }
         let armed = self.arm_notifiers();
         let synced = self.try_sync_interrupts();
         reset.and(disabled).and(armed).and(synced)
     }
-
-    fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
-        let Some(info) = self.shadow.bars.get(bar) else {
-            return Vec::new();
-        };
-        let (Some(base), true) = (info.base, info.kind.is_memory()) else {
-            return Vec::new();
-        };
-        let Ok(region) = self.device.region(bar) else {
-            return Vec::new();
-        };
-        let page = crate::negotiate::host_page_size();
-        // Pages that must trap: the MSI-X table's and the pending bits'.
-        let mut holes = Vec::new();
-        if let Some(m) = &self.shadow.msix {
-            if m.table_bar == bar {
-                holes.push(page_span(m.table_offset, m.table_len(), page));
-            }
-            if m.pba_bar == bar {
-                holes.push(page_span(m.pba_offset, m.pba_len(), page));
-            }
-        }
-        let mut out = Vec::new();
-        for area in region.mapped_areas() {
-            let mut pieces = vec![(area.offset(), area.offset() + area.size())];
-            for &(hs, he) in &holes {
-                pieces = pieces
-                    .into_iter()
-                    .flat_map(|(s, e)| {
-                        if he <= s || hs >= e {
-                            vec![(s, e)]
-                        } else {
-                            [(s, hs), (he, e)]
-                                .into_iter()
-                                .filter(|(a, b)| a < b)
-                                .collect()
-                        }
-                    })
-                    .collect();
-            }
-            for (s, e) in pieces {
-                out.push(BarMapping {
-                    bar,
-                    guest_addr: base + s,
-                    host_addr: area.host_addr() as u64 + (s - area.offset()),
-                    size: e - s,
-                    writable: area.writable(),
-                });
-            }
-        }
-        out
-    }
-}
-
-fn page_span(offset: u64, len: u64, page: u64) -> (u64, u64) {
-    let start = offset / page * page;
-    let end = offset
-        .saturating_add(len)
-        .div_ceil(page)
-        .saturating_mul(page);
-    (start, end)
 }
 
 impl Drop for VfioUserPciDevice {
@@ -593,6 +515,8 @@ impl Drop for VfioUserPciDevice {
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.stop();
         }
+        // The BARs' mappings go with the device: the VMM's slots must go first.
+        self.core().withdraw_slots();
     }
 }
 
@@ -611,17 +535,34 @@ impl PciConfig for VfioUserPciDevice {
         data: &[u8],
     ) -> Vec<BarReprogramming> {
         match self.for_guest(true, "config") {
-            Some(mut core) => core.config_write(reg_idx, offset, data),
+            Some(mut core) => {
+                let moves = core.config_write(reg_idx, offset, data);
+                core.sync_slots();
+                moves
+            }
             None => Vec::new(),
         }
     }
 
-    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error> {
-        self.core().shadow.bars.place(bar, new_base)
+    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<BarReprogramming, Error> {
+        let mut core = self.core();
+        let relocation = core.shadow.bars.relocate(bar, new_base)?;
+        core.sync_slots();
+        Ok(relocation)
+    }
+
+    fn restore_bar(&mut self, relocation: &BarReprogramming) -> Result<(), Error> {
+        let mut core = self.core();
+        core.shadow.bars.restore(relocation)?;
+        core.sync_slots();
+        Ok(())
     }
 
     fn unmap_bar(&mut self, bar: u32) -> Result<(), Error> {
-        self.core().shadow.bars.unplace(bar)
+        let mut core = self.core();
+        core.shadow.bars.unplace(bar)?;
+        core.sync_slots();
+        Ok(())
     }
 
     fn bars(&self) -> Vec<BarInfo> {
@@ -678,16 +619,5 @@ impl MutDevicePio for VfioUserPciDevice {
             Some(bar) => core.bar_write(bar.index, u64::from(offset), data),
             None => log::debug!("port write at {:#x}+{offset:#x}: no BAR there", base.0),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::page_span;
-
-    #[test]
-    fn holes_cover_whole_pages() {
-        assert_eq!(page_span(0x800, 0x40, 0x1000), (0, 0x1000));
-        assert_eq!(page_span(0xff8, 0x10, 0x1000), (0, 0x2000));
     }
 }
