@@ -5,9 +5,13 @@
 //! the same socket path: DMA and MSI-X work after each restart, a different device is
 //! refused, a server that never comes back is given up at the deadline, a DMA map
 //! transaction under way survives, and the VMM's `EventManager` follows the new
-//! connection. Also the PCI state on its own: saved from one attach, restored onto another.
+//! connection, and memory slots and doorbells the device manages follow the new server.
+//! Also the PCI state on its own: saved from one attach, restored onto another (managed
+//! slots follow the restored BARs).
 //! Every wait is on an eventfd (the device's state event, the interrupt eventfds).
 
+use std::fs::File;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,8 +21,8 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::device::IrqAction;
 use vfio_user_client::pci::{
-    BarInfo, BarKind, BarPlacement, ConnectionState, Error, InterruptKind, InterruptMode,
-    PciConfig, PciState, ReconnectPolicy, Reconnected,
+    BarInfo, BarKind, BarMapping, BarPlacement, ConnectionState, Doorbell, Error, GuestSlots,
+    InterruptKind, InterruptMode, PciConfig, PciState, ReconnectPolicy, Reconnected,
 };
 use vfio_user_client::{AttachOptions, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{guest_memory, memory, pattern, shared};
@@ -26,7 +30,10 @@ use vfio_user_sample_server::test_support::pci::{
     cfg_read, cfg_write, fds_and_maps, find_cap, fired, fired_within, Irqs,
 };
 use vfio_user_sample_server::test_support::restart::RestartableServer;
-use vfio_user_sample_server::{DmaEngine, GpioDevice, Server, ServerConfig, IRQ_INTX, IRQ_MSIX};
+use vfio_user_sample_server::{
+    DmaEngine, DmaEngineHandle, DmaEngineOptions, DmaEngineStatus, GpioDevice, Server,
+    ServerConfig, IRQ_INTX, IRQ_MSIX,
+};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{MutDeviceMmio, MutDevicePio};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -666,4 +673,316 @@ fn intx_and_its_end_of_interrupt_follow_the_new_connection() {
     assert!(fired(&intx), "unmasked through the new connection");
     assert!(!probe.irq_state(IRQ_INTX)[0].masked);
     dev.detach().unwrap();
+}
+
+/// Where the buffer BAR (BAR2 of an engine with [`DmaEngineOptions::buffer_bar`]) goes.
+const BUF_BASE: u64 = 0xe010_0000;
+
+/// An engine with a mappable buffer BAR and a doorbell ioeventfd.
+fn slotted_engine() -> (DmaEngine, DmaEngineHandle) {
+    DmaEngine::with_options(DmaEngineOptions {
+        doorbell_ioeventfd: true,
+        buffer_bar: true,
+    })
+    .unwrap()
+}
+
+fn slotted_placement(mem: u64, io: u16, buf: u64) -> BarPlacement {
+    BarPlacement::Fixed(vec![(0, mem), (1, u64::from(io)), (2, buf)])
+}
+
+/// A fake hypervisor: the slots and ioeventfds it holds. Adding what it holds, or removing
+/// what it does not, fails the test. Each call signals `changed`.
+struct Hypervisor {
+    held: Mutex<(Vec<BarMapping>, Vec<Doorbell>)>,
+    changed: EventFd,
+}
+
+impl Default for Hypervisor {
+    fn default() -> Hypervisor {
+        Hypervisor {
+            held: Mutex::default(),
+            changed: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        }
+    }
+}
+
+impl Hypervisor {
+    /// Waits on `changed` until it holds nothing.
+    fn wait_empty(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            {
+                let held = self.held.lock().unwrap();
+                if held.0.is_empty() && held.1.is_empty() {
+                    return;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "slots still installed");
+            fired_within(&self.changed, left);
+        }
+    }
+
+    fn slots(&self) -> Vec<BarMapping> {
+        self.held.lock().unwrap().0.clone()
+    }
+
+    fn doorbells(&self) -> Vec<Doorbell> {
+        self.held.lock().unwrap().1.clone()
+    }
+}
+
+impl GuestSlots for Hypervisor {
+    fn add_slot(&self, slot: &BarMapping) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap();
+        assert!(!held.0.contains(slot), "added twice: {slot:?}");
+        held.0.push(*slot);
+        drop(held);
+        self.changed.write(1).unwrap();
+        Ok(())
+    }
+
+    fn remove_slot(&self, slot: &BarMapping) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap();
+        let at = held.0.iter().position(|s| s == slot).expect("not held");
+        held.0.remove(at);
+        drop(held);
+        self.changed.write(1).unwrap();
+        Ok(())
+    }
+
+    fn add_ioeventfd(&self, doorbell: &Doorbell) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap();
+        assert!(!held.1.contains(doorbell), "added twice: {doorbell:?}");
+        held.1.push(doorbell.clone());
+        drop(held);
+        self.changed.write(1).unwrap();
+        Ok(())
+    }
+
+    fn remove_ioeventfd(&self, doorbell: &Doorbell) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap();
+        let at = held.1.iter().position(|d| d == doorbell).expect("not held");
+        held.1.remove(at);
+        drop(held);
+        self.changed.write(1).unwrap();
+        Ok(())
+    }
+}
+
+/// What a hypervisor does on a guest write that matches the doorbell: signal its fd.
+fn ring(doorbell: &Doorbell) {
+    let mut f = File::from(doorbell.fd.try_clone().unwrap());
+    f.write_all(&1u64.to_ne_bytes()).unwrap();
+}
+
+/// The host address of BAR2's mapping in the device's current connection.
+fn buffer_mapping(dev: &VfioUserPciDevice) -> u64 {
+    let device = dev.device();
+    let areas = device.region(2).unwrap().mapped_areas();
+    areas[0].host_addr() as u64
+}
+
+/// One copy with the doorbell rung through `doorbell`'s fd, as the hypervisor would: the
+/// status read (a message) is what makes the engine take the ring.
+fn copy_through<M: Bytes<GuestAddress>>(
+    dev: &mut VfioUserPciDevice,
+    mem: &M,
+    (io, mem_base): (u16, u64),
+    doorbell: &Doorbell,
+    seed: u8,
+) -> Option<Vec<u8>>
+where
+    M::E: std::fmt::Debug,
+{
+    let (src, dst, len) = (0x3000u64, 0xa000u64, 256usize);
+    let data = pattern(len, seed);
+    mem.write_slice(&data, GuestAddress(src)).unwrap();
+    mem.write_slice(&vec![0u8; len], GuestAddress(dst)).unwrap();
+    let w32 = |dev: &mut VfioUserPciDevice, reg: u64, v: u32| {
+        dev.pio_write(PioAddress(io), reg as u16, &v.to_le_bytes())
+    };
+    w32(dev, DmaEngine::REG_SOURCE, src as u32);
+    w32(dev, DmaEngine::REG_DESTINATION, dst as u32);
+    w32(dev, DmaEngine::REG_LENGTH, len as u32);
+    ring(doorbell);
+    let mut status = [0u8; 4];
+    dev.mmio_read(MmioAddress(mem_base), DmaEngine::REG_STATUS, &mut status);
+    if u32::from_le_bytes(status) != DmaEngineStatus::Done as u32 {
+        return None;
+    }
+    let mut out = vec![0u8; len];
+    mem.read_slice(&mut out, GuestAddress(dst)).unwrap();
+    assert!(out == data, "the copy landed");
+    Some(out)
+}
+
+#[test]
+fn managed_slots_and_doorbells_follow_the_new_server() {
+    let _serial = serial();
+    let handles: Arc<Mutex<Vec<DmaEngineHandle>>> = Arc::default();
+    let make = {
+        let handles = handles.clone();
+        move || -> Box<dyn vfio_user_sample_server::Device> {
+            let (device, handle) = slotted_engine();
+            handles.lock().unwrap().push(handle);
+            Box::new(device)
+        }
+    };
+    let mut server = RestartableServer::start(ServerConfig::default(), make);
+    let mem = guest_memory(RAM);
+    let irqs = Irqs::new();
+    let options = AttachOptions {
+        bars: slotted_placement(MEM_BASE, IO_BASE, BUF_BASE),
+        ..options(&server, PATIENCE)
+    };
+    let mut dev =
+        VfioUserPciDevice::attach(server.path(), mem.clone(), irqs.clone(), &options).unwrap();
+    let event = state_event(&dev);
+    let hv = Arc::new(Hypervisor::default());
+    dev.manage_slots(hv.clone()).unwrap();
+    program(&mut dev);
+    let bell = MEM_BASE + DmaEngine::REG_DOORBELL;
+    let installed = |hv: &Hypervisor| {
+        let slots: Vec<(u64, u64)> = hv.slots().iter().map(|s| (s.guest_addr, s.size)).collect();
+        let bells: Vec<(u64, Option<u64>)> = hv
+            .doorbells()
+            .iter()
+            .map(|d| (d.guest_addr, d.datamatch))
+            .collect();
+        (slots, bells)
+    };
+    let expected = (
+        vec![(BUF_BASE, DmaEngine::BUFFER_SIZE)],
+        vec![(bell, Some(1))],
+    );
+    assert_eq!(installed(&hv), expected);
+    assert_eq!(hv.slots()[0].host_addr, buffer_mapping(&dev));
+    let first = hv.doorbells()[0].clone();
+    assert!(copy_through(&mut dev, &*mem, (IO_BASE, MEM_BASE), &first, 0).is_some());
+    assert_eq!(handles.lock().unwrap()[0].completions(), 1);
+    assert!(fired(&irqs.fd(InterruptKind::Msix, 0)));
+
+    let mut old = (hv.slots()[0].host_addr, first);
+    for round in 1..=2u8 {
+        server.kill();
+        wait_state(
+            &event,
+            || dev.connection_state(),
+            ConnectionState::Reconnecting,
+        );
+        // The dead server's mappings and doorbell leave the hypervisor (the supervisor
+        // withdraws them as soon as it is woken, before any attempt).
+        hv.wait_empty();
+        server.restart();
+        wait_state(
+            &event,
+            || dev.connection_state(),
+            ConnectionState::Connected,
+        );
+        assert_eq!(
+            dev.last_reconnect(),
+            Some(Reconnected::Restarted { reset: true })
+        );
+        // Installed again with no call from the VMM: the new server's mapping and fd.
+        assert_eq!(installed(&hv), expected, "round {round}");
+        let slot = hv.slots()[0];
+        assert_eq!(slot.host_addr, buffer_mapping(&dev), "the new mapping");
+        assert_ne!(slot.host_addr, old.0, "not the old mapping");
+        let doorbell = hv.doorbells()[0].clone();
+        assert_ne!(doorbell, old.1, "not the old fd");
+        let engine = handles.lock().unwrap()[usize::from(round)].clone();
+        // The old fd reaches nobody; the new one rings the new server's engine.
+        assert!(copy_through(&mut dev, &*mem, (IO_BASE, MEM_BASE), &old.1, round).is_none());
+        assert_eq!(engine.completions(), 0);
+        assert!(copy_through(&mut dev, &*mem, (IO_BASE, MEM_BASE), &doorbell, round).is_some());
+        assert_eq!(engine.completions(), 1);
+        assert!(fired(&irqs.fd(InterruptKind::Msix, 0)), "MSI-X replayed");
+        // The buffer the slot maps is the new server's: it sees what the guest writes
+        // there (here through a message, the same memory).
+        dev.mmio_write(MmioAddress(BUF_BASE), 8, &[round; 4]);
+        assert_eq!(engine.buffer()[8..12], [round; 4]);
+        assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
+        old = (slot.host_addr, doorbell);
+    }
+    dev.detach().unwrap();
+    assert_eq!(installed(&hv), (vec![], vec![]));
+}
+
+#[test]
+fn managed_slots_follow_a_restored_pci_state() {
+    let _serial = serial();
+    let mem = guest_memory(RAM);
+    // Device A: placed and programmed by its guest.
+    let (device, _) = slotted_engine();
+    let first = Server::new(ServerConfig::default(), Box::new(device))
+        .listen_temp()
+        .unwrap();
+    let options = AttachOptions {
+        bars: slotted_placement(MEM_BASE, IO_BASE, BUF_BASE),
+        ..AttachOptions::default()
+    };
+    let mut a = VfioUserPciDevice::attach(
+        first.socket_path().unwrap(),
+        mem.clone(),
+        Irqs::new(),
+        &options,
+    )
+    .unwrap();
+    program(&mut a);
+    let state = a.pci_state();
+    a.detach().unwrap();
+    drop(first);
+
+    // Device B: placed elsewhere, decoding, its slots installed there.
+    let (device, engine) = slotted_engine();
+    let second = Server::new(ServerConfig::default(), Box::new(device))
+        .listen_temp()
+        .unwrap();
+    let (other_mem, other_io, other_buf) = (0xd000_0000, 0xd000, 0xd010_0000);
+    let options = AttachOptions {
+        bars: slotted_placement(other_mem, other_io, other_buf),
+        ..AttachOptions::default()
+    };
+    let irqs = Irqs::new();
+    let mut b = VfioUserPciDevice::attach(
+        second.socket_path().unwrap(),
+        mem.clone(),
+        irqs.clone(),
+        &options,
+    )
+    .unwrap();
+    let hv = Arc::new(Hypervisor::default());
+    b.manage_slots(hv.clone()).unwrap();
+    assert!(hv.slots().is_empty(), "not decoding yet");
+    cfg_write(&mut b, 0x04, &0x0002u16.to_le_bytes());
+    assert_eq!(hv.slots()[0].guest_addr, other_buf);
+    assert_eq!(
+        hv.doorbells()[0].guest_addr,
+        other_mem + DmaEngine::REG_DOORBELL
+    );
+
+    b.restore_pci_state(&state).unwrap();
+    // At the restored bases, and only there.
+    let slots = hv.slots();
+    assert_eq!(slots.len(), 1);
+    assert_eq!(
+        (slots[0].guest_addr, slots[0].size, slots[0].host_addr),
+        (BUF_BASE, DmaEngine::BUFFER_SIZE, buffer_mapping(&b))
+    );
+    let doorbells = hv.doorbells();
+    assert_eq!(doorbells.len(), 1);
+    assert_eq!(
+        (doorbells[0].guest_addr, doorbells[0].datamatch),
+        (MEM_BASE + DmaEngine::REG_DOORBELL, Some(1))
+    );
+    assert_eq!(b.installed_slots(), (slots, doorbells.clone()));
+    // The doorbell there rings B's engine, whose completion reaches the restored vector.
+    assert!(copy_through(&mut b, &*mem, (IO_BASE, MEM_BASE), &doorbells[0], 7).is_some());
+    assert_eq!(engine.completions(), 1);
+    assert!(fired(&irqs.fd(InterruptKind::Msix, 0)));
+    assert_eq!(b.error_count(), 0, "{:?}", b.last_error());
+    b.detach().unwrap();
+    assert!(hv.slots().is_empty() && hv.doorbells().is_empty());
 }

@@ -40,7 +40,9 @@
 //!   connection makes guest reads return all ones, is logged once, and signals
 //!   [`VfioUserPciDevice::event`]; with a [`ReconnectPolicy`] a supervisor thread connects
 //!   again instead, checks that the server offers the same device ([`DeviceIdentity`]) and
-//!   replays the DMA mappings and the [`PciState`] ([`ConnectionState`] says where it is).
+//!   replays the DMA mappings and the [`PciState`] ([`ConnectionState`] says where it is);
+//!   managed slots ([`VfioUserPciDevice::manage_slots`]) follow the new server's mappings
+//!   and ioeventfds by themselves.
 //! * **State**: [`VfioUserPciDevice::pci_state`] captures what the client owns (command
 //!   register, BARs, MSI / MSI-X registers and table, emulated pending bits) and
 //!   [`VfioUserPciDevice::restore_pci_state`] applies it to another attach of the same
@@ -179,7 +181,7 @@ pub(crate) struct Core {
     wired: WiredInterrupts,
     /// The device the last reconnect replaced: its mapped areas stay mapped until the next
     /// reconnect, so memory slots the VMM installed from [`VfioUserPciDevice::bar_mappings`]
-    /// stay backed until it installs the new ones.
+    /// itself (without managed slots) stay backed until it installs the new ones.
     retired: Option<Arc<VfioUserDevice>>,
     /// The VMM's guest memory slots and ioeventfds, when the device manages them.
     slots: slots::Slots,
@@ -396,8 +398,11 @@ impl VfioUserPciDevice {
     /// server: the interrupts wired now are taken down, ERR and REQ armed, every interrupt
     /// eventfd connected as the state says (the VMM is told every route), then the command
     /// register and the MSI / MSI-X controls are forwarded. The BARs take the state's bases:
-    /// the VMM moves its windows to where [`PciConfig::bars`] says afterwards. The device's
-    /// own internal state is the server's business (migration carries it).
+    /// the VMM moves its windows to where [`PciConfig::bars`] says afterwards; with
+    /// [`VfioUserPciDevice::manage_slots`] the slots and doorbells follow by themselves (a
+    /// failing [`GuestSlots`] call is counted in [`VfioUserPciDevice::error_count`], not
+    /// returned), without it the VMM installs [`VfioUserPciDevice::bar_mappings`] again. The
+    /// device's own internal state is the server's business (migration carries it).
     pub fn restore_pci_state(&mut self, state: &PciState) -> Result<(), Error> {
         self.core().restore_pci_state(state)
     }

@@ -42,8 +42,8 @@
 //!    [`Reconnected::Restarted`]; otherwise [`Reconnected::Resumed`];
 //! 5. replays the DMA mapping table (same windows, same fds), swaps the new connection in,
 //!    replays the PCI state (see [`state`](super::state): interrupt eventfds, masks,
-//!    command register, MSI / MSI-X enables) and maps guest memory that was hot-plugged
-//!    meanwhile;
+//!    command register, MSI / MSI-X enables), maps guest memory that was hot-plugged
+//!    meanwhile and, with managed slots, installs the new server's slots and doorbells;
 //! 6. marks the device connected.
 //!
 //! A failed attempt is retried after a backoff (doubling from
@@ -53,10 +53,17 @@
 //! Detach and drop stop the supervisor (waiting for an attempt under way, at most its
 //! connect and reply timeouts).
 //!
-//! REGION_IO_FDS: the client keeps no ioeventfd registration of its own (the VMM asks
-//! [`VfioUserDevice::region_io_fds`](crate::device::VfioUserDevice::region_io_fds) and
-//! installs what it gets), so after [`ConnectionState::Connected`] the VMM asks the new
-//! connection again, as it refreshes [`bar_mappings`](super::VfioUserPciDevice::bar_mappings).
+//! Memory slots and REGION_IO_FDS: the new server maps the BARs' areas anew and hands out
+//! ioeventfds of its own. With [`manage_slots`](super::VfioUserPciDevice::manage_slots)
+//! this happens automatically: the supervisor withdraws the VMM's slots and doorbells as
+//! soon as it is woken (guest accesses there then exit, and are dropped like the others),
+//! and at the end of step 5 asks the new server for its ioeventfds (DEVICE_GET_REGION_IO_FDS)
+//! and installs the new mappings and doorbells at the BARs' bases, with no call from the
+//! VMM. Without it, that is the VMM's job: after [`ConnectionState::Connected`] it asks
+//! [`VfioUserDevice::region_io_fds`](crate::device::VfioUserDevice::region_io_fds) of the
+//! new [`device`](super::VfioUserPciDevice::device) again and refreshes its slots from
+//! [`bar_mappings`](super::VfioUserPciDevice::bar_mappings) (the old mappings stay until
+//! the next reconnect, so its slots stay backed meanwhile).
 
 use std::fmt;
 use std::io;
@@ -71,7 +78,7 @@ use super::config::{COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY};
 use super::state::DeviceIdentity;
 use super::status::DeviceStatus;
 use super::subscriber::SubscriberSwap;
-use super::{AttachOptions, Core, Error};
+use super::{Activity, AttachOptions, Core, Error};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{DeviceOptions, VfioUserDevice};
 use crate::sync::lock;
@@ -276,6 +283,8 @@ impl Context {
                 Ok(Wake::Disconnected) => {}
                 Ok(Wake::Stop) | Err(_) => return,
             }
+            // The dead server's mappings and ioeventfds: out of the VMM until restored.
+            lock(&self.core).withdraw_slots();
             match self.reconnect(waiting) {
                 Ok(how) => {
                     log::info!("vfio-user PCI device reconnected: {how:?}");
@@ -381,6 +390,8 @@ impl Core {
             None => None,
         };
         let pending = self.wired.pending_vectors();
+        // The VMM's slots and doorbells belong to the old device's mappings and fds.
+        self.withdraw_slots();
         self.retired = Some(std::mem::replace(&mut self.device, Arc::new(device)));
         if dma.is_some() {
             self.dma = dma;
@@ -388,6 +399,10 @@ impl Core {
         self.replay(&pending)?;
         if let Some(dma) = &self.dma {
             dma.sync()?;
+        }
+        // The device is restored: a failure here leaves the areas trapped, not it lost.
+        if let Err(e) = self.reload_slots() {
+            self.status.record(Activity::GuestSlots, e);
         }
         Ok(if restarted {
             Reconnected::Restarted { reset }

@@ -93,9 +93,13 @@ impl Eq for Doorbell {}
 /// ([`VfioUserPciDevice::error_count`]); the device carries on (the area stays trapped, the
 /// doorbell a message), and tries again at the next change.
 ///
-/// When the connection is lost, what the VMM holds stays until the next change (a config
-/// write, a BAR call, detach), which withdraws it all: until then guest accesses to a slot
-/// reach the dead server's memory, which stays mapped, instead of reading all ones.
+/// With a [`ReconnectPolicy`](super::ReconnectPolicy), a lost connection withdraws
+/// everything at once (the reconnect supervisor does it), and a reconnect installs the new
+/// server's mappings and ioeventfds (it asks DEVICE_GET_REGION_IO_FDS again); restoring a
+/// [`PciState`](super::PciState) moves them to the restored BAR bases. Without a policy,
+/// what the VMM holds after a loss stays until the next change (a config write, a BAR
+/// call, detach), which withdraws it all: until then guest accesses to a slot reach the
+/// dead server's memory, which stays mapped, instead of reading all ones.
 ///
 /// ```
 /// use std::io;
@@ -513,8 +517,9 @@ impl Core {
     fn wanted_slots(&self) -> (Vec<BarMapping>, Vec<Doorbell>) {
         let mut slots = Vec::new();
         let mut doorbells = Vec::new();
-        if self.is_lost() {
-            // Guest accesses are to read all ones now: everything traps again.
+        if self.is_lost() && self.device.connection().disconnect_reason().is_some() {
+            // Guest accesses are to read all ones now: everything traps again. (A reconnect
+            // restoring the device on a new connection is still marked lost: it installs.)
             return (slots, doorbells);
         }
         for info in self.shadow.bars.infos() {

@@ -289,7 +289,10 @@ impl Core {
             .store(false, std::sync::atomic::Ordering::Release);
         interrupts::disable(&self.device, &*self.interrupts, &mut self.wired)?;
         self.shadow = shadow;
-        self.replay(&state.pending)
+        let replayed = self.replay(&state.pending);
+        // The BARs moved and the command register changed: the VMM's slots follow.
+        self.sync_slots();
+        replayed
     }
 
     /// After the server recovered from being unresponsive (a late reply may have applied
