@@ -11,6 +11,7 @@ use crate::device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
     IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
+use crate::devices::state::{self, put_u32, put_u64, Fields, Writer, KIND_DMA_ENGINE};
 use crate::devices::{dwords, read_pba, read_regs};
 use crate::dma::DmaMapInfo;
 use crate::memory::SharedMemory;
@@ -36,6 +37,17 @@ pub enum DmaEngineStatus {
     Done = 1,
     /// The last copy failed; the errno register says why.
     Error = 2,
+    /// A copy is under way (paced by [`DmaEngine::REG_BURST`], or waiting for a stopped
+    /// device to run again).
+    Busy = 3,
+}
+
+impl DmaEngineStatus {
+    fn from_u32(v: u32) -> Option<Self> {
+        [Self::Idle, Self::Done, Self::Error, Self::Busy]
+            .into_iter()
+            .find(|s| *s as u32 == v)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +62,13 @@ struct EngineState {
     maps_added: u64,
     maps_removed: u64,
     resets: u64,
+    /// Bytes copied per step; 0 copies all at the doorbell.
+    burst: u32,
+    /// A copy is under way, `done` bytes of it copied.
+    active: bool,
+    done: u64,
+    /// The device is stopped (migration): no copying, no interrupts.
+    stopped: bool,
 }
 
 /// The device. Region 0 (BAR0, 256 B, 32-bit memory) holds the registers (`REG_*`; writes
@@ -62,9 +81,18 @@ struct EngineState {
 ///
 /// Writing 1 to the doorbell copies `length` bytes from `source` to `destination` (guest
 /// addresses), through mmapped windows or DMA_READ/DMA_WRITE messages, before the doorbell
-/// write completes; then sets the status and raises the completion interrupt: MSI-X vector 0
-/// if the client attached an eventfd to it, else MSI vector 0 if it attached one there, else
-/// INTx unless the command register's Interrupt Disable bit is set.
+/// write completes (or [`DmaEngine::REG_BURST`] bytes after each later message, when set);
+/// then sets the status and raises the completion interrupt: MSI-X vector 0 if the client
+/// attached an eventfd to it, else MSI vector 0 if it attached one there, else INTx unless
+/// the command register's Interrupt Disable bit is set.
+///
+/// Migration: a stopped engine copies nothing and raises nothing (a doorbell rung then starts
+/// the copy when it runs again). Its data, records as
+/// [`MigrationConfig`](crate::MigrationConfig) lays them out (device kind 2), is the state
+/// only (no pre-copy data): record 1 holds source, destination and length (u64), burst,
+/// status, errno and "copy under way" (u32), then progress and completions (u64); record 2
+/// the 256 config space bytes. On the destination a copy under way carries on from where it
+/// stopped once the device runs.
 #[derive(Debug)]
 pub struct DmaEngine {
     pci: ConfigSpace,
@@ -121,6 +149,13 @@ impl DmaEngine {
     pub const REG_ERRNO: u64 = 0x20;
     /// BAR0: completed copies (low 32 bits, read-only).
     pub const REG_COMPLETIONS: u64 = 0x24;
+    /// BAR0: bytes copied per step (u32): 0 (the default) copies everything before the
+    /// doorbell write completes; otherwise the doorbell starts the copy (status
+    /// [`DmaEngineStatus::Busy`]) and each message the server handles afterwards copies this
+    /// many bytes more, a transfer in flight between messages.
+    pub const REG_BURST: u64 = 0x28;
+    /// BAR0: bytes copied of the current or last copy (low 32 bits, read-only).
+    pub const REG_PROGRESS: u64 = 0x2c;
     /// BAR0: offset of the MSI-X table (2 vectors; the client emulates it).
     pub const MSIX_TABLE: u64 = 0x80;
     /// BAR0: offset of the MSI-X pending bit array.
@@ -130,6 +165,11 @@ impl DmaEngine {
 
     /// Size of the region 2 buffer ([`DmaEngineOptions::buffer_bar`]).
     pub const BUFFER_SIZE: u64 = 4096;
+    /// Migration record: source, destination, length (u64), burst, status, errno, active
+    /// (u32), progress, completions (u64).
+    const TAG_ENGINE: u16 = 1;
+    /// Migration record: the 256 config space bytes.
+    const TAG_CONFIG: u16 = 2;
 
     /// A device and the test handle on its state.
     pub fn new() -> (DmaEngine, DmaEngineHandle) {
@@ -188,18 +228,48 @@ impl DmaEngine {
         }
     }
 
-    /// The doorbell: copies `length` bytes from `source` to `destination`, sets the status
-    /// and raises the completion interrupt.
+    /// The doorbell: starts copying `length` bytes from `source` to `destination` (ignored
+    /// while a copy is under way). With no burst set the whole copy is done at once;
+    /// otherwise `Device::step` advances it one burst per message.
     fn ring(&mut self, ctx: &mut DeviceContext<'_>) {
-        let (source, destination, length) = {
-            let st = lock(&self.state);
-            (st.source, st.destination, st.length)
+        let burst = {
+            let mut st = lock(&self.state);
+            if st.active {
+                return;
+            }
+            st.active = true;
+            st.done = 0;
+            st.status = DmaEngineStatus::Busy;
+            st.burst
         };
-        let result = Self::copy(ctx, source, destination, length);
+        if burst == 0 {
+            self.advance(ctx, u64::MAX);
+        }
+    }
+
+    /// Copies up to `budget` more bytes of the copy under way, if the device runs; at its
+    /// end (or failure) sets the status and raises the completion interrupt.
+    fn advance(&mut self, ctx: &mut DeviceContext<'_>, budget: u64) {
+        let (source, destination, length, done) = {
+            let st = lock(&self.state);
+            if !st.active || st.stopped {
+                return;
+            }
+            (st.source, st.destination, st.length, st.done)
+        };
+        let n = (length - done).min(budget);
+        let result = match (source.checked_add(done), destination.checked_add(done)) {
+            (Some(s), Some(d)) => Self::copy(ctx, s, d, n),
+            _ => Err(Errno::FAULT),
+        };
         {
             let mut st = lock(&self.state);
             match result {
                 Ok(()) => {
+                    st.done += n;
+                    if st.done < st.length {
+                        return;
+                    }
                     st.status = DmaEngineStatus::Done;
                     st.errno = 0;
                     st.completions += 1;
@@ -210,6 +280,7 @@ impl DmaEngine {
                     st.errno = e.0 as u32;
                 }
             }
+            st.active = false;
         }
         let irq = if ctx.irq_assigned(IRQ_MSIX, 0) {
             IRQ_MSIX
@@ -249,6 +320,50 @@ impl DmaEngine {
             done += n as u64;
         }
         Ok(())
+    }
+}
+
+/// The engine's registers and progress, read back from migration data.
+struct LoadedEngine {
+    source: u64,
+    destination: u64,
+    length: u64,
+    burst: u32,
+    status: DmaEngineStatus,
+    errno: u32,
+    active: bool,
+    done: u64,
+    completions: u64,
+}
+
+impl LoadedEngine {
+    /// Reads the record; `EINVAL` for an unknown status, a flag other than 0/1, or progress
+    /// beyond the length.
+    fn read(f: &mut Fields<'_>) -> Result<LoadedEngine, Errno> {
+        let (source, destination, length) = (f.u64()?, f.u64()?, f.u64()?);
+        let burst = f.u32()?;
+        let status = DmaEngineStatus::from_u32(f.u32()?).ok_or(Errno::INVAL)?;
+        let errno = f.u32()?;
+        let active = match f.u32()? {
+            0 => false,
+            1 => true,
+            _ => return Err(Errno::INVAL),
+        };
+        let (done, completions) = (f.u64()?, f.u64()?);
+        if done > length {
+            return Err(Errno::INVAL);
+        }
+        Ok(LoadedEngine {
+            source,
+            destination,
+            length,
+            burst,
+            status,
+            errno,
+            active,
+            done,
+            completions,
+        })
     }
 }
 
@@ -327,6 +442,8 @@ impl Device for DmaEngine {
                     Self::REG_STATUS => st.status as u32,
                     Self::REG_ERRNO => st.errno,
                     Self::REG_COMPLETIONS => st.completions as u32,
+                    Self::REG_BURST => st.burst,
+                    Self::REG_PROGRESS => st.done as u32,
                     _ => 0,
                 });
             }
@@ -367,6 +484,7 @@ impl Device for DmaEngine {
                     0x00 | 0x04 => set_half(&mut st.source, reg == 0x04, v),
                     0x08 | 0x0c => set_half(&mut st.destination, reg == 0x0c, v),
                     0x10 | 0x14 => set_half(&mut st.length, reg == 0x14, v),
+                    Self::REG_BURST => st.burst = v,
                     _ => {}
                 }
                 reg == Self::REG_DOORBELL && v == 1
@@ -422,6 +540,73 @@ impl Device for DmaEngine {
         lock(&self.state).maps_added += 1;
     }
 
+    fn migratable(&self) -> bool {
+        true
+    }
+
+    fn set_running(&mut self, running: bool) {
+        lock(&self.state).stopped = !running;
+    }
+
+    fn step(&mut self, ctx: &mut DeviceContext<'_>) {
+        let burst = lock(&self.state).burst;
+        self.advance(
+            ctx,
+            if burst == 0 {
+                u64::MAX
+            } else {
+                u64::from(burst)
+            },
+        );
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, Errno> {
+        let st = lock(&self.state);
+        let mut engine = Vec::with_capacity(56);
+        put_u64(&mut engine, st.source);
+        put_u64(&mut engine, st.destination);
+        put_u64(&mut engine, st.length);
+        put_u32(&mut engine, st.burst);
+        put_u32(&mut engine, st.status as u32);
+        put_u32(&mut engine, st.errno);
+        put_u32(&mut engine, u32::from(st.active));
+        put_u64(&mut engine, st.done);
+        put_u64(&mut engine, st.completions);
+        let mut w = Writer::new(KIND_DMA_ENGINE);
+        w.record(Self::TAG_ENGINE, &engine)
+            .record(Self::TAG_CONFIG, self.pci.snapshot());
+        Ok(w.finish())
+    }
+
+    fn load_state(&mut self, data: &[u8]) -> Result<(), Errno> {
+        let mut engine = None;
+        let mut config = None;
+        for (tag, body) in state::records(data, KIND_DMA_ENGINE)? {
+            let mut f = Fields::new(body);
+            match tag {
+                Self::TAG_ENGINE => engine = Some(LoadedEngine::read(&mut f)?),
+                Self::TAG_CONFIG => config = Some(f.bytes(ConfigSpace::SIZE as usize)?),
+                _ => return Err(Errno::INVAL),
+            }
+            f.end()?;
+        }
+        let (Some(e), Some(config)) = (engine, config) else {
+            return Err(Errno::INVAL);
+        };
+        self.pci.load(config)?;
+        let mut st = lock(&self.state);
+        st.source = e.source;
+        st.destination = e.destination;
+        st.length = e.length;
+        st.burst = e.burst;
+        st.status = e.status;
+        st.errno = e.errno;
+        st.active = e.active;
+        st.done = e.done;
+        st.completions = e.completions;
+        Ok(())
+    }
+
     fn dma_unmapped(&mut self, _map: &DmaMapInfo) {
         lock(&self.state).maps_removed += 1;
     }
@@ -449,6 +634,11 @@ impl DmaEngineHandle {
     /// The errno register (0 after a success).
     pub fn errno(&self) -> u32 {
         lock(&self.state).errno
+    }
+
+    /// Bytes copied of the current or last copy.
+    pub fn progress(&self) -> u64 {
+        lock(&self.state).done
     }
 
     /// Copies completed so far.
