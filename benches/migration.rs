@@ -387,6 +387,12 @@ fn main() {
         Some(GUEST / (PAGE * 8)),
         started,
     );
+    for id in ["ours", "floor"] {
+        if let Some(e) = support::estimate("dma_logging_report_64GiB", id, started) {
+            let gib = (GUEST >> 30) as f64 / (e.mean / 1e9);
+            println!("dma_logging_report_64GiB/{id}: {gib:.0} GiB of guest memory per second");
+        }
+    }
     support::report(
         "state_round_trip",
         &["ours", "floor"],
