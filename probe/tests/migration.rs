@@ -399,3 +399,25 @@ fn exit_status_with_and_without_migration() {
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).contains("\nMigration: unsupported ("));
 }
+
+#[test]
+fn data_the_device_cannot_load_fails_the_round_trip_and_the_device_is_reset() {
+    let r = check_of_peer(support::corrupted_data_reads);
+    assert_eq!(
+        failed_ids(&r),
+        ["migration.round-trip"],
+        "{}",
+        r.render_text()
+    );
+    let (_, reason) = result(&r, "migration.round-trip");
+    assert!(
+        reason.starts_with("loading the ")
+            && reason.ends_with(
+                "RESUMING -> STOP: refused: Invalid argument (errno 22) (then reset out of ERROR \
+                 to RUNNING)"
+            ),
+        "{reason}"
+    );
+    // Back in RUNNING: the invalid requests that follow are answered in step.
+    assert_eq!(result(&r, "error.unknown-command").0, Status::Pass);
+}

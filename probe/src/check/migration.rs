@@ -408,8 +408,16 @@ impl Checker<'_> {
         self.walk(&[Running, Stop, StopCopy])
             .map_err(|e| format!("reaching STOP_COPY: {e}"))?;
         let first = self.refused(StopCopy, PreCopy as u32)?;
-        self.back_to_running()?;
-        let second = self.refused(Running, UNDEFINED_STATE)?;
+        let back = self.back_to_running()?;
+        let mut second = self.refused(Running, UNDEFINED_STATE)?;
+        // A refusal may leave ERROR; that is allowed, and left here, as the first one was.
+        if let Some(r) = self.back_to_running()? {
+            second.push_str(&format!(" ({r})"));
+        }
+        let first = match back {
+            Some(r) if r.contains("ERROR") => format!("{first} ({r})"),
+            _ => first,
+        };
         Ok(format!("{first}; {second}"))
     }
 

@@ -416,3 +416,19 @@ pub fn oversized_data_reads(s: UnixStream) {
         },
     );
 }
+
+/// The first MIG_DATA_READ reply has its first data byte flipped: the device cannot load
+/// the data written back, and its RESUMING → STOP arc fails into ERROR.
+pub fn corrupted_data_reads(s: UnixStream) {
+    let mut first = true;
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        move |request, reply| {
+            if is(request, Command::MigDataRead) && !reply.is_error() && first {
+                first = false;
+                reply.payload[8] ^= 0xff;
+            }
+        },
+    );
+}
