@@ -69,6 +69,14 @@ fn feature_name(feature: u32) -> &'static str {
     }
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 fn path_text(path: &[DeviceState]) -> String {
     let names: Vec<&str> = path.iter().map(|s| state_name(*s)).collect();
     names.join(" -> ")
@@ -476,9 +484,11 @@ impl Checker<'_> {
             _ => "",
         };
         Ok(format!(
-            "{} bytes of STOP_COPY data in {reads} MIG_DATA_READs, written back in RESUMING \
-             in {writes} MIG_DATA_WRITEs and loaded; RUNNING again, the device answers{header}",
-            data.len()
+            "{} bytes of STOP_COPY data in {reads} MIG_DATA_READ{}, written back in RESUMING \
+             in {writes} MIG_DATA_WRITE{} and loaded; RUNNING again, the device answers{header}",
+            data.len(),
+            plural(reads),
+            plural(writes)
         ))
     }
 
