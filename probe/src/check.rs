@@ -37,6 +37,8 @@ use crate::error::{errno_text, ProbeError};
 use crate::pci;
 use crate::wire::{self, Exchange, RawEndpoint, RawMsg};
 
+mod migration;
+
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -194,6 +196,7 @@ pub fn run(path: &Path, options: &CheckOptions) -> Result<CheckReport, ProbeErro
     c.dma_map(false);
     c.reset();
     c.destructive_writes();
+    c.migration();
     c.invalid_requests();
     c.no_reply();
     c.unknown_command();
