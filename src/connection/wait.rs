@@ -458,7 +458,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use crate::connection::{Health, DEFAULT_TIMEOUT};
-    use crate::protocol::{Header, HEADER_SIZE};
+    use crate::protocol::Header;
     use std::io::Write;
 
     const DATA: usize = 50_000;
@@ -538,9 +538,9 @@ mod tests {
         // An error reply of exactly the awaited size is still an error.
         let (t, r) = send(&inner, &mut server);
         let mut header = Header::error_reply(&r, libc::EIO as u32);
-        header.size = (HEADER_SIZE + 16 + DATA) as u32;
+        header.size = (Header::SIZE + 16 + DATA) as u32;
         let mut bytes = header.to_bytes().to_vec();
-        bytes.resize(HEADER_SIZE + 16 + DATA, 0xaa);
+        bytes.resize(Header::SIZE + 16 + DATA, 0xaa);
         write_in_pieces(&mut server, &bytes);
         let e = inner.wait_into(t, 16, &mut out).unwrap_err();
         assert!(
