@@ -360,6 +360,7 @@ impl Framer {
     ///
     /// Whoever stops reading must first take every buffered message, so that an empty
     /// socket always means that there is nothing to dispatch.
+    #[inline]
     pub(super) fn buffered(
         &mut self,
         reply_buffer: Option<&mut ReplyBuffer<'_>>,
@@ -367,6 +368,14 @@ impl Framer {
         if self.is_idle() {
             return Ok(None);
         }
+        self.parse_buffered(reply_buffer)
+    }
+
+    /// [`buffered`](Self::buffered) when the framer holds something.
+    fn parse_buffered(
+        &mut self,
+        reply_buffer: Option<&mut ReplyBuffer<'_>>,
+    ) -> Result<Option<Incoming>, DisconnectReason> {
         if self.transfer.is_some() {
             self.orphan_buffer(
                 reply_buffer.as_ref().map(|b| b.token),
