@@ -27,8 +27,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user_client::negotiate::{negotiate_reply, Capabilities, Offer};
 use vfio_user_client::protocol::{
-    Command, DeviceInfo, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionCap, RegionInfo, SetIrqs,
-    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, HEADER_SIZE,
+    Command, DeviceInfo, DmaMap, DmaUnmap, Header, IrqInfo, MessageType, RegionAccess, RegionCap,
+    RegionInfo, SetIrqs,
 };
 use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -242,7 +242,7 @@ fn judge_error_reply(command: u16, ex: &Exchange) -> Result<String, String> {
             h.command
         ));
     }
-    if h.size as usize != HEADER_SIZE {
+    if h.size as usize != Header::SIZE {
         return Err(format!(
             "error reply carries {} payload bytes (must be header only)",
             h.payload_len()
@@ -876,7 +876,7 @@ impl Checker<'_> {
         };
         let mut payload = Vec::new();
         DmaMap::new(
-            DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+            DmaMap::FLAG_READ | DmaMap::FLAG_WRITE,
             0,
             address,
             DMA_WINDOW,
@@ -1147,7 +1147,7 @@ impl Checker<'_> {
         self.record(WRITE, result);
         let posted = match self.conn.send(
             Command::RegionWrite as u16,
-            FLAGS_TYPE_COMMAND | FLAGS_NO_REPLY,
+            MessageType::Command as u32 | Header::FLAG_NO_REPLY,
             &payload,
             &[],
         ) {
@@ -1177,7 +1177,7 @@ impl Checker<'_> {
         }
         let ex = self
             .conn
-            .exchange(command, FLAGS_TYPE_COMMAND, payload, &[]);
+            .exchange(command, MessageType::Command as u32, payload, &[]);
         let mut result = judge_error_reply(command, &ex);
         if let (Ok(_), Some(o)) = (&result, ex.others.first()) {
             result = Err(format!(

@@ -14,9 +14,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::device::{Error as DeviceError, Region, RegionIoFd};
-use vfio_user_client::protocol::{
-    RegionCap, IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
-};
+use vfio_user_client::protocol::{IoSubregion, RegionCap};
 use vfio_user_client::{Capabilities, ConnectionCause, VfioUserDevice};
 
 use crate::error::{errno_text, ProbeError};
@@ -386,9 +384,9 @@ fn io_fd(f: &RegionIoFd) -> IoFd {
         offset: f.offset,
         size: f.size,
         kind: match f.kind {
-            IO_FD_TYPE_IOEVENTFD => "ioeventfd".into(),
-            IO_FD_TYPE_IOREGIONFD => "ioregionfd".into(),
-            IO_FD_TYPE_IOEVENTFD_SHADOW => "ioeventfd-shadow".into(),
+            IoSubregion::TYPE_IOEVENTFD => "ioeventfd".into(),
+            IoSubregion::TYPE_IOREGIONFD => "ioregionfd".into(),
+            IoSubregion::TYPE_IOEVENTFD_SHADOW => "ioeventfd-shadow".into(),
             other => format!("type {other}"),
         },
         flags: f.flags,
