@@ -15,7 +15,7 @@
 
 use std::os::unix::net::UnixStream;
 
-use vfio_user_client::protocol::{Command, DeviceState, FLAGS_ERROR};
+use vfio_user_client::protocol::{Command, DeviceState, Header};
 use vfio_user_sample_server::test_support::relay::{serve_in_step, Step};
 use vfio_user_sample_server::wire::RawMsg;
 use vfio_user_sample_server::{GpioDevice, MigrationConfig, Server, ServerConfig};
@@ -378,7 +378,7 @@ pub fn illegal_arc_accepted(s: UnixStream) {
         |_| Step::Forward,
         |request, reply| {
             if state_set(request) == Some(DeviceState::PreCopy as u32) && reply.is_error() {
-                reply.header.flags &= !FLAGS_ERROR;
+                reply.header.flags &= !Header::FLAG_ERROR;
                 reply.header.error = 0;
                 reply.payload = request.payload.clone();
             }
