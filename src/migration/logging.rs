@@ -15,7 +15,7 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{bad_feature, feature, Error, Migration};
-use crate::connection::{self, PendingReply, Reply};
+use crate::connection::{self, PendingReply};
 use crate::dma::{DirtyLog, DmaMapper, DmaMapping, DmaRegion};
 use crate::protocol::{Command, DeviceFeature, DmaLoggingReport, DmaLoggingStart, Header};
 
@@ -356,26 +356,21 @@ impl Migration<'_> {
                     return Err(logging_refused(report_error(e)));
                 }
             }
-            asked.push((rq, bitmap_len, i, first));
+            asked.push((rq, bitmap_len, i, first, n));
         }
         let mut first_error = None;
-        for (p, (rq, bitmap_len, i, first)) in pending.into_iter().zip(asked) {
+        for (p, (rq, bitmap_len, i, first, n)) in pending.into_iter().zip(asked) {
             scratch.resize(bitmap_len, 0);
             let head = DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE;
             let r = conn
                 .wait_into(p, head, scratch)
                 .map_err(|e| logging_refused(report_error(e)))
                 .and_then(|reply| {
-                    let bits = if reply.data_in_buffer {
-                        check_report_head(&reply.payload, &rq)?;
-                        scratch.as_slice()
-                    } else {
-                        report_bitmap(&reply, &rq, bitmap_len)?
-                    };
-                    if let Some(range) = out.get_mut(i) {
-                        copy_words(&mut range.bitmap, first / BITS, bits);
+                    let in_buffer = reply.data_in_buffer.then_some(scratch.as_slice());
+                    match out.get_mut(i) {
+                        Some(range) => take_report(&reply.payload, in_buffer, &rq, range, first, n),
+                        None => Ok(()),
                     }
-                    Ok(())
                 });
             if let Err(e) = r {
                 first_error.get_or_insert(e);
@@ -476,18 +471,22 @@ fn check_report_head(payload: &[u8], rq: &DmaLoggingReport) -> Result<(), Error>
     Ok(())
 }
 
-/// The bitmap of a buffered report reply, checked against the request, borrowed from the
-/// reply.
+/// The bitmap of a buffered report reply's `payload`, checked against the request,
+/// borrowed from the payload.
 fn report_bitmap<'r>(
-    reply: &'r Reply,
+    payload: &'r [u8],
     rq: &DmaLoggingReport,
     bitmap_len: usize,
 ) -> Result<&'r [u8], Error> {
-    check_report_head(&reply.payload, rq)?;
-    let bitmap = reply
-        .payload
+    check_report_head(payload, rq)?;
+    let bitmap = payload
         .get(DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE..)
         .unwrap_or_default();
+    check_bitmap_len(bitmap, rq, bitmap_len)?;
+    Ok(bitmap)
+}
+
+fn check_bitmap_len(bitmap: &[u8], rq: &DmaLoggingReport, bitmap_len: usize) -> Result<(), Error> {
     if bitmap.len() != bitmap_len {
         return Err(Error::BitmapSize {
             iova: rq.iova,
@@ -496,7 +495,39 @@ fn report_bitmap<'r>(
             got: bitmap.len(),
         });
     }
-    Ok(bitmap)
+    Ok(())
+}
+
+/// Checks the reply to the report `rq` of `pages` pages from page `first` (a multiple of 64)
+/// of `range`, and copies its bitmap into `range`: from `in_buffer` where the reply's
+/// bitmap was received there, else from `payload`. Bits past the last page asked are
+/// dropped, so a server cannot report pages outside the range.
+pub(crate) fn take_report(
+    payload: &[u8],
+    in_buffer: Option<&[u8]>,
+    rq: &DmaLoggingReport,
+    range: &mut DirtyRange,
+    first: u64,
+    pages: u64,
+) -> Result<(), Error> {
+    let bitmap_len = words(pages).saturating_mul(8);
+    let bits = match in_buffer {
+        Some(bits) => {
+            check_report_head(payload, rq)?;
+            check_bitmap_len(bits, rq, bitmap_len)?;
+            bits
+        }
+        None => report_bitmap(payload, rq, bitmap_len)?,
+    };
+    copy_words(&mut range.bitmap, first / BITS, bits);
+    let end = first.saturating_add(pages);
+    if end % BITS != 0 {
+        let last = usize::try_from(end / BITS).ok();
+        if let Some(w) = last.and_then(|w| range.bitmap.get_mut(w)) {
+            *w &= (1 << (end % BITS)) - 1;
+        }
+    }
+    Ok(())
 }
 
 /// Copies `bytes` (native-endian u64 words) into `bitmap` from word `at`.
@@ -550,15 +581,6 @@ mod tests {
         );
     }
 
-    fn reply(payload: Vec<u8>) -> Reply {
-        Reply {
-            header: crate::protocol::Header::default(),
-            payload,
-            fds: Vec::new(),
-            data_in_buffer: false,
-        }
-    }
-
     fn request(iova: u64, pages: u64) -> DmaLoggingReport {
         DmaLoggingReport {
             iova,
@@ -577,7 +599,7 @@ mod tests {
         ) {
             let rq = request(0x1000, pages);
             let len = words(pages) * 8;
-            if let Ok(bits) = report_bitmap(&reply(payload.clone()), &rq, len) {
+            if let Ok(bits) = report_bitmap(&payload, &rq, len) {
                 proptest::prop_assert_eq!(bits.len(), len);
                 proptest::prop_assert_eq!(payload.len(), 8 + 24 + len);
             }
@@ -605,8 +627,7 @@ mod tests {
                 0,
             )
             .encode_into(&mut payload);
-            let reply = reply(payload);
-            let got = report_bitmap(&reply, &rq, words_in.len() * 8);
+            let got = report_bitmap(&payload, &rq, words_in.len() * 8);
             let mut words = vec![0u64; words_in.len()];
             copy_words(&mut words, 0, got.unwrap_or_default());
             proptest::prop_assert_eq!(words, words_in);
@@ -627,6 +648,58 @@ mod tests {
                 proptest::prop_assert_eq!(*w, s.copied().unwrap_or(dst[i]));
             }
         }
+    }
+
+    /// A report reply encoded as a server sends it.
+    fn report_payload(rq: &DmaLoggingReport, words: &[u64]) -> Vec<u8> {
+        let mut data = Vec::new();
+        DmaLoggingReport {
+            bitmap: words.iter().flat_map(|w| w.to_ne_bytes()).collect(),
+            ..rq.clone()
+        }
+        .encode_into(&mut data);
+        let mut payload = Vec::new();
+        DeviceFeature::new(
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+            VFIO_DEVICE_FEATURE_GET,
+            data,
+            0,
+        )
+        .encode_into(&mut payload);
+        payload
+    }
+
+    /// Regression: bits a server set past the pages asked for were kept, and the report
+    /// named pages outside the range (`dirty_pages`, `count`, `mark_guest_memory`).
+    #[test]
+    fn bits_past_the_range_are_dropped() {
+        let mut range = DirtyRange {
+            iova: 0x10000,
+            gpa: 0x80000,
+            len: 70 * 4096,
+            bitmap: vec![0; 2],
+        };
+        let rq = request(0x10000, 70);
+        let payload = report_payload(&rq, &[u64::MAX, u64::MAX]);
+        take_report(&payload, None, &rq, &mut range, 0, 70).unwrap();
+        assert_eq!(range.bitmap, vec![u64::MAX, (1 << 6) - 1]);
+        let bitmap = DirtyBitmap {
+            page_size: 4096,
+            ranges: vec![range.clone()],
+        };
+        assert_eq!(bitmap.count(), 70);
+        assert!(bitmap.dirty_pages().all(|gpa| gpa < 0x80000 + 70 * 4096));
+        // The same through the receive buffer.
+        let head = &payload[..DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE];
+        let bits = &payload[head.len()..];
+        range.bitmap = vec![0; 2];
+        take_report(head, Some(bits), &rq, &mut range, 0, 70).unwrap();
+        assert_eq!(range.bitmap, vec![u64::MAX, (1 << 6) - 1]);
+        let short = &bits[..8];
+        assert!(matches!(
+            take_report(head, Some(short), &rq, &mut range, 0, 70),
+            Err(Error::BitmapSize { .. })
+        ));
     }
 
     #[test]
