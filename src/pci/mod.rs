@@ -67,7 +67,7 @@ mod msix;
 mod reconnect;
 pub(crate) mod shadow;
 mod slots;
-mod state;
+pub(crate) mod state;
 mod status;
 mod subscriber;
 

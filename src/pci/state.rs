@@ -80,6 +80,26 @@ impl DeviceIdentity {
         config: &[u8],
         shadow: &ConfigShadow,
     ) -> DeviceIdentity {
+        DeviceIdentity::from_parts(
+            config,
+            shadow,
+            device.irqs().iter().map(|i| i.count).collect(),
+            device
+                .regions()
+                .iter()
+                .map(|r| (r.index(), r.size(), r.flags()))
+                .collect(),
+        )
+    }
+
+    /// The identity of a device whose config space read `config` and gave `shadow`, with
+    /// `irq_counts` vectors per IRQ index and `regions` as (index, size, flags).
+    pub(crate) fn from_parts(
+        config: &[u8],
+        shadow: &ConfigShadow,
+        irq_counts: Vec<u32>,
+        regions: Vec<(u32, u64, u32)>,
+    ) -> DeviceIdentity {
         let u16_at = |o: usize| {
             u16::from_le_bytes([
                 config.get(o).copied().unwrap_or(0),
@@ -103,12 +123,8 @@ impl DeviceIdentity {
                 .collect(),
             msi: shadow.msi.as_ref().map(|m| m.layout()),
             msix: shadow.msix.as_ref().map(|m| m.layout()),
-            irq_counts: device.irqs().iter().map(|i| i.count).collect(),
-            regions: device
-                .regions()
-                .iter()
-                .map(|r| (r.index(), r.size(), r.flags()))
-                .collect(),
+            irq_counts,
+            regions,
         }
     }
 
@@ -240,49 +256,14 @@ impl PciState {
 impl Core {
     /// Captures the state (the emulated pending bits are polled first).
     pub(super) fn pci_state(&mut self) -> PciState {
-        let shadow = &self.shadow;
-        PciState {
-            version: PCI_STATE_VERSION,
-            identity: self.identity.clone(),
-            command: shadow.command,
-            bars: shadow
-                .bars
-                .saved()
-                .into_iter()
-                .map(|(index, base, reg, rom_enable)| BarState {
-                    index,
-                    base,
-                    reg,
-                    rom_enable,
-                })
-                .collect(),
-            msi: shadow.msi.as_ref().map(|m| MsiState {
-                regs: m.regs().to_vec(),
-            }),
-            msix: shadow.msix.as_ref().map(|m| {
-                let (control, table) = m.saved();
-                MsixState {
-                    control,
-                    table: table.to_vec(),
-                }
-            }),
-            pending: self.wired.pending_vectors(),
-        }
+        capture(&self.identity, &self.shadow, self.wired.pending_vectors())
     }
 
     /// Applies `state` to the shadow and replays it to the server, after checking its
     /// version and identity. The interrupts wired now are taken down first (the server
     /// is told; a fresh attach has INTx connected).
     pub(super) fn restore_pci_state(&mut self, state: &PciState) -> Result<(), Error> {
-        if state.version != PCI_STATE_VERSION {
-            return Err(Error::StateVersion {
-                found: state.version,
-                supported: PCI_STATE_VERSION,
-            });
-        }
-        self.identity.check(&state.identity)?;
-        let mut shadow = self.shadow.clone();
-        load(&mut shadow, state)?;
+        let shadow = checked_load(&self.identity, &self.shadow, state)?;
         let _budget = self.device.connection().budget();
         self.status
             .eoi_unmasks_intx
@@ -338,8 +319,8 @@ impl Core {
             .write(config, COMMAND as u64, &command.to_le_bytes())?;
         if let Some(m) = &self.shadow.msi {
             let at = m.control_offset();
-            let control = [m.regs()[0], m.regs()[1]];
-            self.device.write(config, at as u64, &control)?;
+            let control = m.regs().get(..2).unwrap_or_default();
+            self.device.write(config, at as u64, control)?;
         }
         if let Some(m) = &self.shadow.msix {
             let (at, control) = m.control_register();
@@ -350,8 +331,63 @@ impl Core {
     }
 }
 
+/// The state of the device of `identity` whose shadow is `shadow`, with the emulated
+/// `pending` vectors.
+pub(crate) fn capture(
+    identity: &DeviceIdentity,
+    shadow: &ConfigShadow,
+    pending: Vec<u32>,
+) -> PciState {
+    PciState {
+        version: PCI_STATE_VERSION,
+        identity: identity.clone(),
+        command: shadow.command,
+        bars: shadow
+            .bars
+            .saved()
+            .into_iter()
+            .map(|(index, base, reg, rom_enable)| BarState {
+                index,
+                base,
+                reg,
+                rom_enable,
+            })
+            .collect(),
+        msi: shadow.msi.as_ref().map(|m| MsiState {
+            regs: m.regs().to_vec(),
+        }),
+        msix: shadow.msix.as_ref().map(|m| {
+            let (control, table) = m.saved();
+            MsixState {
+                control,
+                table: table.to_vec(),
+            }
+        }),
+        pending,
+    }
+}
+
+/// `shadow` (of the device of `identity`) with `state` loaded, after checking the state's
+/// version and identity.
+pub(crate) fn checked_load(
+    identity: &DeviceIdentity,
+    shadow: &ConfigShadow,
+    state: &PciState,
+) -> Result<ConfigShadow, Error> {
+    if state.version != PCI_STATE_VERSION {
+        return Err(Error::StateVersion {
+            found: state.version,
+            supported: PCI_STATE_VERSION,
+        });
+    }
+    identity.check(&state.identity)?;
+    let mut shadow = shadow.clone();
+    load(&mut shadow, state)?;
+    Ok(shadow)
+}
+
 /// Loads `state` into `shadow` (a device of the same identity): every part must fit.
-fn load(shadow: &mut ConfigShadow, state: &PciState) -> Result<(), Error> {
+pub(crate) fn load(shadow: &mut ConfigShadow, state: &PciState) -> Result<(), Error> {
     let mismatch = |what: &str| Error::DifferentDevice {
         what: format!("the saved state's {what} does not fit this device"),
     };
