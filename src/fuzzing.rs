@@ -10,8 +10,14 @@
 
 use std::ops::RangeInclusive;
 
+use crate::migration::{self, DirtyBitmap, DirtyRange};
 use crate::pci::shadow::{self, ConfigRead, ConfigShadow};
-use crate::pci::{BarInfo, BarReprogramming, Error, InterruptKind, InterruptMode, MsiMessage};
+use crate::pci::state;
+use crate::pci::{
+    BarInfo, BarReprogramming, DeviceIdentity, Error, InterruptKind, InterruptMode, MsiMessage,
+    PciState,
+};
+use crate::protocol::DmaLoggingReport;
 
 /// The config-space shadow of a PCI device (`VfioUserPciDevice` answers guest config
 /// accesses through one), without the device.
@@ -109,10 +115,75 @@ impl PciConfigShadow {
     pub fn write_msix_table(&mut self, offset: u64, data: &[u8]) -> RangeInclusive<u32> {
         self.0.write_msix_table(offset, data)
     }
+
+    /// The identity of the device the shadow was discovered from (`config` its config
+    /// space), with `irq_counts` vectors per IRQ index and `regions` (index, size, flags).
+    pub fn identity(
+        &self,
+        config: &[u8],
+        irq_counts: Vec<u32>,
+        regions: Vec<(u32, u64, u32)>,
+    ) -> DeviceIdentity {
+        DeviceIdentity::from_parts(config, &self.0, irq_counts, regions)
+    }
+
+    /// `VfioUserPciDevice::pci_state` of a device of `identity` with this shadow and no
+    /// pending vectors.
+    pub fn pci_state(&self, identity: &DeviceIdentity) -> PciState {
+        state::capture(identity, &self.0, Vec::new())
+    }
+
+    /// What `VfioUserPciDevice::restore_pci_state` does to the shadow of a device of
+    /// `identity`: checks `state`'s version and identity, then loads it (the shadow is left
+    /// as it was on an error).
+    pub fn restore_pci_state(
+        &mut self,
+        identity: &DeviceIdentity,
+        state: &PciState,
+    ) -> Result<(), Error> {
+        self.0 = state::checked_load(identity, &self.0, state)?;
+        Ok(())
+    }
+
+    /// Loads `state` without the version and identity checks: the parts that do not fit
+    /// this shadow are still refused (the shadow is then partly loaded).
+    pub fn load_pci_state(&mut self, state: &PciState) -> Result<(), Error> {
+        state::load(&mut self.0, state)
+    }
+
+    /// The MSI message control and MSI-X message control as a replay forwards them.
+    pub fn replayed_controls(&self) -> (Option<Vec<u8>>, Option<(usize, u16)>) {
+        (
+            self.0
+                .msi
+                .as_ref()
+                .map(|m| m.regs().get(..2).unwrap_or_default().to_vec()),
+            self.0.msix.as_ref().map(|m| m.control_register()),
+        )
+    }
 }
 
 /// How a BAR access at `at` of `len` bytes splits at the MSI-X table (offset, length):
 /// the length of the next piece, and whether it lies in the table.
 pub fn bar_piece(at: u64, len: usize, table: Option<(u64, u64)>) -> (usize, bool) {
     shadow::piece(at, len, table)
+}
+
+/// Checks a DMA_LOGGING_REPORT reply to `rq` (`pages` pages from page `first`, a multiple
+/// of 64, of `range`) and copies its bitmap into `range`, as a dirty report does: from
+/// `in_buffer` where the bitmap was received into the report buffer, else from `payload`.
+pub fn take_report(
+    payload: &[u8],
+    in_buffer: Option<&[u8]>,
+    rq: &DmaLoggingReport,
+    range: &mut DirtyRange,
+    first: u64,
+    pages: u64,
+) -> Result<(), migration::Error> {
+    migration::take_report(payload, in_buffer, rq, range, first, pages)
+}
+
+/// A dirty bitmap of `ranges` at `page_size`, as `Migration::dirty_report` returns.
+pub fn dirty_bitmap(page_size: u64, ranges: Vec<DirtyRange>) -> DirtyBitmap {
+    DirtyBitmap::new(page_size, ranges)
 }

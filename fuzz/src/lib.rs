@@ -8,12 +8,16 @@
 //! module (so child modules are named with `#[path]`) and runs every file of
 //! `corpus/<name>/` through the same function on stable. A body panics on any finding.
 
+#[path = "dirty_report.rs"]
+pub mod dirty_report;
 #[path = "input.rs"]
 mod input;
 #[path = "negotiate.rs"]
 pub mod negotiate;
 #[path = "pci_config.rs"]
 pub mod pci_config;
+#[path = "pci_state.rs"]
+pub mod pci_state;
 #[path = "protocol.rs"]
 pub mod protocol;
 #[path = "recv.rs"]
@@ -33,4 +37,6 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("region_info", region_info::region_info),
     ("pci_config", pci_config::pci_config),
     ("recv_stream", recv::recv_stream),
+    ("dirty_report", dirty_report::dirty_report),
+    ("pci_state", pci_state::pci_state),
 ];

@@ -51,25 +51,49 @@ pub fn region_flags(b: u8) -> u32 {
     flags
 }
 
+/// A device as the front of a `pci_config` (or `pci_state`) input describes it: the region
+/// table, then standard config space.
+pub(crate) struct Device {
+    /// (size, flags) per region.
+    pub(crate) regions: [(u64, u32); REGIONS],
+    /// The server's config space, as large as the config region (256 B to 4 KiB).
+    pub(crate) server: Vec<u8>,
+}
+
+impl Device {
+    /// Reads the region table and config space off `input`.
+    pub(crate) fn read(input: &mut Input) -> Device {
+        let mut regions = [(0u64, 0u32); REGIONS];
+        for r in &mut regions {
+            let shift = u32::from(input.u8() % 64);
+            let mantissa = u64::from(input.u16());
+            *r = (
+                mantissa.checked_shl(shift).unwrap_or(0),
+                region_flags(input.u8()),
+            );
+        }
+        let size = regions[7].0.clamp(CONFIG_LEN as u64, 4096) as usize;
+        let mut server = input.bytes(CONFIG_LEN).to_vec();
+        server.resize(size, 0);
+        Device { regions, server }
+    }
+
+    /// The shadow a device attach discovers, if the device is one it accepts.
+    pub(crate) fn discover(&self) -> Option<PciConfigShadow> {
+        let region = |i: u32| self.regions.get(i as usize).copied().unwrap_or((0, 0));
+        PciConfigShadow::discover(&self.server[..CONFIG_LEN], self.server.len(), region).ok()
+    }
+}
+
 /// The `pci_config` target.
 pub fn pci_config(data: &[u8]) {
     let mut input = Input::new(data);
-    let mut regions = [(0u64, 0u32); REGIONS];
-    for r in &mut regions {
-        let shift = u32::from(input.u8() % 64);
-        let mantissa = u64::from(input.u16());
-        *r = (
-            mantissa.checked_shl(shift).unwrap_or(0),
-            region_flags(input.u8()),
-        );
-    }
-    let size = regions[7].0.clamp(CONFIG_LEN as u64, 4096) as usize;
-    let mut server = input.bytes(CONFIG_LEN).to_vec();
-    server.resize(size, 0);
-    let region = |i: u32| regions.get(i as usize).copied().unwrap_or((0, 0));
-    let Ok(mut shadow) = PciConfigShadow::discover(&server[..CONFIG_LEN], size, region) else {
+    let device = Device::read(&mut input);
+    let Some(mut shadow) = device.discover() else {
         return;
     };
+    let mut server = device.server;
+    let size = server.len();
     let frozen = Frozen::of(&server);
     while !input.is_empty() {
         match input.u8() % OPS {

@@ -6,8 +6,9 @@
 
 use vfio_bindings::bindings::vfio::{
     vfio_device_feature_dma_logging_range, vfio_region_sparse_mmap_area,
-    VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET,
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
+    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET, VFIO_DEVICE_FLAGS_PCI,
+    VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_MASK,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_MIGRATION_STOP_COPY, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
@@ -23,8 +24,11 @@ use vfio_user_client::protocol::{
 };
 use vfio_user_sample_server::ConfigSpace;
 
+use super::dirty_report::{IN_BUFFER, WELL_FORMED};
+use super::input::Input;
 use super::negotiate::{JSON_ONLY, OFFER_LEN, OFFER_MIGRATION, OFFER_TWIN};
-use super::pci_config::{OP_BAR, OP_INTERRUPTS, OP_MOVE, OP_READ, OP_RESET, OP_WRITE};
+use super::pci_config::{Device, OP_BAR, OP_INTERRUPTS, OP_MOVE, OP_READ, OP_RESET, OP_WRITE};
+use super::pci_state::UNCHECKED;
 use super::protocol::DECODERS;
 use super::recv::{CHUNK_TWIN, TWIN};
 
@@ -39,6 +43,8 @@ pub fn all() -> Vec<Seed> {
     out.extend(region_info());
     out.extend(pci_config());
     out.extend(recv());
+    out.extend(dirty_report());
+    out.extend(pci_state());
     out
 }
 
@@ -539,7 +545,9 @@ fn guest_program(msix_cap: u16, msi_cap: u16) -> Vec<u8> {
     ops
 }
 
-fn pci_config() -> Vec<Seed> {
+/// The region table and config space of a device with every kind of BAR, MSI and MSI-X;
+/// with the offsets of its MSI and MSI-X capabilities.
+fn pci_device() -> (Vec<u8>, u16, u16) {
     let bar_rw = 3u8;
     let config = ConfigSpace::new(0x494f, 0x0dc8, 0xff_0000, 1)
         .with_bar(0, 256)
@@ -570,7 +578,13 @@ fn pci_config() -> Vec<Seed> {
         .flat_map(|&(s, f)| region_entry(s, f))
         .collect();
     input.extend_from_slice(&bytes);
-    let discovery = input.clone();
+    (input, msi, msix)
+}
+
+fn pci_config() -> Vec<Seed> {
+    let bar_rw = 3u8;
+    let (discovery, msi, msix) = pci_device();
+    let mut input = discovery.clone();
     input.extend(guest_program(msix, msi));
 
     let io = ConfigSpace::new(0x1af4, 0x1000, 0x02_0000, 0)
@@ -669,5 +683,105 @@ fn recv() -> Vec<Seed> {
         ("recv_stream", "seed-dma".to_owned(), dma),
         ("recv_stream", "seed-twin".to_owned(), twin),
         ("recv_stream", "seed-errors".to_owned(), errors),
+    ]
+}
+
+/// A `dirty_report` input: 4 KiB pages, a range of 200 pages at IOVA 1 MiB (guest-physical
+/// 512 KiB) reported 128 pages at a time, its second report (72 pages), then the mode and
+/// the reply's bytes.
+fn dirty_report_input(mode: u8, reply: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&199u16.to_le_bytes());
+    out.extend_from_slice(&[1, 1, mode]);
+    out.extend_from_slice(&0x100u32.to_le_bytes());
+    out.extend_from_slice(&0x80u32.to_le_bytes());
+    out.extend_from_slice(reply);
+    out
+}
+
+fn dirty_report() -> Vec<Seed> {
+    let bits: Vec<u8> = [0x8000_0000_0000_0001u64, 0xff]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    let rq = DmaLoggingReport {
+        iova: 0x100000 + 128 * 0x1000,
+        length: 72 * 0x1000,
+        page_size: 0x1000,
+        bitmap: bits.clone(),
+    };
+    let mut data = Vec::new();
+    rq.encode_into(&mut data);
+    let mut reply = Vec::new();
+    DeviceFeature::new(
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+        VFIO_DEVICE_FEATURE_GET,
+        data,
+        0,
+    )
+    .encode_into(&mut reply);
+    vec![
+        (
+            "dirty_report",
+            "seed-reply".to_owned(),
+            dirty_report_input(0, &reply),
+        ),
+        (
+            "dirty_report",
+            "seed-reply-in-buffer".to_owned(),
+            dirty_report_input(IN_BUFFER, &reply),
+        ),
+        (
+            "dirty_report",
+            "seed-bitmap".to_owned(),
+            dirty_report_input(WELL_FORMED, &bits),
+        ),
+        (
+            "dirty_report",
+            "seed-bitmap-in-buffer".to_owned(),
+            dirty_report_input(WELL_FORMED | IN_BUFFER, &bits),
+        ),
+    ]
+}
+
+fn pci_state() -> Vec<Seed> {
+    let (discovery, msi, msix) = pci_device();
+    let mut input = Input::new(&discovery);
+    let device = Device::read(&mut input);
+    let mut shadow = device.discover().expect("the seed device is discovered");
+    let identity = super::pci_state::identity(&device, &shadow);
+    let writes = [
+        (1, 0, 0x0106u32.to_le_bytes()),
+        (4, 0, 0xc000_0000u32.to_le_bytes()),
+        (usize::from(msi) / 4 + 1, 0, 0xfee0_0000u32.to_le_bytes()),
+        (usize::from(msix) / 4, 2, 0x8000u32.to_le_bytes()),
+    ];
+    for (reg, offset, value) in writes {
+        let len = if offset == 2 { 2 } else { 4 };
+        shadow.write(reg, offset, &value[..len]);
+    }
+    let state = serde_json::to_vec(&shadow.pci_state(&identity)).expect("a state serialises");
+    let text = String::from_utf8(state.clone()).expect("JSON is UTF-8");
+    let other = text
+        .replacen("\"version\":1", "\"version\":2", 1)
+        .into_bytes();
+    let seed = |mode: u8, json: &[u8]| {
+        let mut out = discovery.clone();
+        out.push(mode);
+        out.extend_from_slice(json);
+        out
+    };
+    vec![
+        ("pci_state", "seed-own-state".to_owned(), seed(0, &state)),
+        (
+            "pci_state",
+            "seed-other-version".to_owned(),
+            seed(0, &other),
+        ),
+        (
+            "pci_state",
+            "seed-unchecked".to_owned(),
+            seed(UNCHECKED, &state),
+        ),
     ]
 }

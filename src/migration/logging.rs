@@ -88,6 +88,14 @@ impl DirtyBitmap {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+impl DirtyBitmap {
+    /// A bitmap of `ranges` at `page_size`.
+    pub(crate) fn new(page_size: u64, ranges: Vec<DirtyRange>) -> DirtyBitmap {
+        DirtyBitmap { page_size, ranges }
+    }
+}
+
 impl DirtyBitmap {
     /// Marks every dirty page in the dirty bitmaps of `memory`'s regions (vm-memory's
     /// [`Bitmap`], e.g. `GuestMemoryMmap<AtomicBitmap>`), where a VMM's own dirty tracking

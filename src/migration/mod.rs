@@ -106,6 +106,8 @@ use crate::ConnectionCause;
 pub use crate::protocol::DeviceState;
 pub use data::{DataReader, DataWriter};
 pub use error::{Error, Unsupported};
+#[cfg(feature = "fuzzing")]
+pub(crate) use logging::take_report;
 pub use logging::{DirtyBitmap, DirtyRange};
 
 use logging::Logging;
