@@ -56,8 +56,8 @@ pub fn bench_options(timeout: Duration, progress: bool) -> BenchOptions {
     }
 }
 
-/// Starts a sample GPIO server (with migration) on a temporary socket and runs the three subcommands
-/// against it; the server stops when this returns.
+/// Starts a sample GPIO server (with migration) on a temporary socket and runs the three
+/// subcommands against it; the server stops when this returns.
 pub fn run(timeout: Duration, bench: &BenchOptions) -> Result<DemoReport, ProbeError> {
     let (device, _handle) = GpioDevice::new(Default::default()).map_err(ProbeError::Demo)?;
     let config = ServerConfig {

@@ -5,8 +5,8 @@
 //!
 //! Servers do not report pages they wrote through messages (libvfio-user never marks them),
 //! so the client records them itself, while dirty logging is on ([`DirtyLog::start`], done by
-//! [`DirtyLogging`](crate::migration::DirtyLogging)). Writes through a mapped fd are the
-//! server's to report (DMA_LOGGING_REPORT).
+//! [`Migration::start_dirty_logging`](crate::migration::Migration::start_dirty_logging)).
+//! Writes through a mapped fd are the server's to report (DMA_LOGGING_REPORT).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

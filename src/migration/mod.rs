@@ -73,8 +73,8 @@
 //! #         let (gpio, _) = GpioDevice::new(Default::default())?;
 //! #         let server = Server::new(config.clone(), Box::new(gpio)).listen_temp()?;
 //! #         let path = server.socket_path().ok_or("no socket")?.to_owned();
-//! #         let dev =
-//! #             VfioUserDevice::connect(&path, &ConnectOptions::default(), &DeviceOptions::default())?;
+//! #         let (conn, dev) = (ConnectOptions::default(), DeviceOptions::default());
+//! #         let dev = VfioUserDevice::connect(&path, &conn, &dev)?;
 //! #         Ok((dev, server))
 //! #     };
 //! #     let ((a, _sa), (b, _sb)) = (attach()?, attach()?);

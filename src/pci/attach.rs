@@ -40,7 +40,7 @@ const MAX_CONFIG_SIZE: u64 = 4096;
 #[derive(Clone, Default)]
 pub enum BarPlacement {
     /// Nowhere yet: the guest (its firmware) programs them, and each first placement comes
-    /// back as a [`BarReprogramming`](super::BarReprogramming) without an old base.
+    /// back as a [`BarReprogramming`] without an old base.
     #[default]
     Guest,
     /// These `(bar, base)` pairs; BARs not named are left to the guest.

@@ -28,7 +28,7 @@
 //! The disconnect callback marks the device reconnecting and wakes it. Each attempt:
 //!
 //! 1. connects to the path the policy gives and negotiates;
-//! 2. discovers the device and checks its [`DeviceIdentity`](super::DeviceIdentity)
+//! 2. discovers the device and checks its [`DeviceIdentity`]
 //!    (device info, region layout, IRQ counts, config-space identity): a different device
 //!    ends reconnecting at once ([`Error::DifferentDevice`], lost);
 //! 3. hands the new connection's subscriber to the device's

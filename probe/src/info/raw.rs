@@ -5,7 +5,7 @@
 //! after the handshake (an error reply or a reply it cannot use, anywhere in discovery):
 //! each region and IRQ index is asked for on its own, so that the report shows everything
 //! the server does answer and names each section it does not. As with a handshake the
-//! library cannot complete ([`session`](crate::session)), the second connection says what
+//! library cannot complete ([`session`]), the second connection says what
 //! the peer actually sent.
 
 use std::path::Path;

@@ -129,12 +129,13 @@ impl GpioState {
 /// REGION_READ through the socket are ordered only by that.
 ///
 /// Migration (with [`ServerConfig::migration`](crate::ServerConfig::migration)): the data
-/// is records as [`MigrationConfig`](crate::MigrationConfig) lays them out (device kind 1). Pre-copy data is the BAR1
-/// scratch RAM (record 3: a generation count, then every byte); the state (STOP_COPY) is
-/// the registers (record 1: input, output, sequence as u32, then sequence writes, sequence
-/// errors and doorbells as u64), config space (record 2, 256 bytes), BAR2 (record 4,
-/// 64 KiB) and the scratch RAM again, or only its generation (record 5) when no BAR1 write
-/// came since the pre-copy record. Statistics (region accesses, resets) stay behind.
+/// is records as [`MigrationConfig`](crate::MigrationConfig) lays them out (device kind 1).
+/// Pre-copy data is the BAR1 scratch RAM (record 3: a generation count, then every byte);
+/// the state (STOP_COPY) is the registers (record 1: input, output, sequence as u32, then
+/// sequence writes, sequence errors and doorbells as u64), config space (record 2, 256
+/// bytes), BAR2 (record 4, 64 KiB) and the scratch RAM again, or only its generation
+/// (record 5) when no BAR1 write came since the pre-copy record. Statistics (region
+/// accesses, resets) stay behind.
 #[derive(Debug)]
 pub struct GpioDevice {
     config: GpioConfig,
