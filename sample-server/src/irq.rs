@@ -202,42 +202,12 @@ impl IrqTable {
     /// index); ERR/REQ: TRIGGER with `count` at most 1; fds only with DATA_EVENTFD, and then
     /// none (de-assign the range) or exactly `count`.
     pub(crate) fn set(&mut self, req: &SetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
-        let data = req.flags & SET_DATA;
-        let action = req.flags & SET_ACTION;
-        if req.flags & !(SET_DATA | SET_ACTION) != 0
-            || data.count_ones() != 1
-            || action.count_ones() != 1
-        {
-            return Err(Errno::INVAL);
-        }
         let vectors = self
             .indexes
             .get_mut(req.index as usize)
             .ok_or(Errno::INVAL)?;
         let max = u32::try_from(vectors.len()).unwrap_or(u32::MAX);
-        if (req.index == IRQ_ERR || req.index == IRQ_REQ)
-            && (action != SET_ACTION_TRIGGER || req.count > 1)
-        {
-            return Err(Errno::INVAL);
-        }
-        if req.start >= max || req.start.checked_add(req.count).is_none_or(|end| end > max) {
-            return Err(Errno::INVAL);
-        }
-        // An empty range only as DATA_NONE + TRIGGER from vector 0: "disable the index".
-        if req.count == 0
-            && (req.start != 0 || data != SET_DATA_NONE || action != SET_ACTION_TRIGGER)
-        {
-            return Err(Errno::INVAL);
-        }
-        if data != SET_DATA_EVENTFD && !fds.is_empty() {
-            return Err(Errno::INVAL);
-        }
-        if data == SET_DATA_EVENTFD && !fds.is_empty() && fds.len() != req.count as usize {
-            return Err(Errno::INVAL);
-        }
-        if data == SET_DATA_BOOL && req.bools.len() != req.count as usize {
-            return Err(Errno::INVAL);
-        }
+        let (data, action) = check_set(req, max, fds.len())?;
         let mask_action = action == SET_ACTION_MASK || action == SET_ACTION_UNMASK;
         if mask_action && data != SET_DATA_EVENTFD && !self.masking.masks(req.index) {
             // libvfio-user answers 0 and does nothing; the kernel refuses MSI/MSI-X masking.
@@ -246,45 +216,87 @@ impl IrqTable {
                 _ => Ok(()),
             };
         }
-        let range = req.start as usize..(req.start + req.count) as usize;
         if data == SET_DATA_NONE && action == SET_ACTION_TRIGGER && req.count == 0 {
             vectors.iter_mut().for_each(Vector::disconnect);
             return Ok(());
         }
-        let selected = |i: usize| -> bool {
-            data != SET_DATA_BOOL || req.bools.get(i - range.start).copied().unwrap_or(false)
+        apply_set(vectors, req, data, action, fds);
+        Ok(())
+    }
+}
+
+/// The DATA and ACTION flags of a DEVICE_SET_IRQS request `req` with `fds` fds, to an
+/// index of `max` vectors, after the checks [`IrqTable::set`] lists.
+fn check_set(req: &SetIrqs, max: u32, fds: usize) -> Result<(u32, u32), Errno> {
+    let data = req.flags & SET_DATA;
+    let action = req.flags & SET_ACTION;
+    if req.flags & !(SET_DATA | SET_ACTION) != 0
+        || data.count_ones() != 1
+        || action.count_ones() != 1
+    {
+        return Err(Errno::INVAL);
+    }
+    if (req.index == IRQ_ERR || req.index == IRQ_REQ)
+        && (action != SET_ACTION_TRIGGER || req.count > 1)
+    {
+        return Err(Errno::INVAL);
+    }
+    if req.start >= max || req.start.checked_add(req.count).is_none_or(|end| end > max) {
+        return Err(Errno::INVAL);
+    }
+    // An empty range only as DATA_NONE + TRIGGER from vector 0: "disable the index".
+    if req.count == 0 && (req.start != 0 || data != SET_DATA_NONE || action != SET_ACTION_TRIGGER) {
+        return Err(Errno::INVAL);
+    }
+    if data != SET_DATA_EVENTFD && fds != 0 {
+        return Err(Errno::INVAL);
+    }
+    if data == SET_DATA_EVENTFD && fds != 0 && fds != req.count as usize {
+        return Err(Errno::INVAL);
+    }
+    if data == SET_DATA_BOOL && req.bools.len() != req.count as usize {
+        return Err(Errno::INVAL);
+    }
+    Ok((data, action))
+}
+
+/// Applies a checked DEVICE_SET_IRQS request to the `vectors` of its index.
+fn apply_set(vectors: &mut [Vector], req: &SetIrqs, data: u32, action: u32, fds: Vec<OwnedFd>) {
+    let range = req.start as usize..(req.start + req.count) as usize;
+    let selected = |i: usize| -> bool {
+        data != SET_DATA_BOOL || req.bools.get(i - range.start).copied().unwrap_or(false)
+    };
+    let mut fds = fds.into_iter();
+    for i in range.clone() {
+        let Some(v) = vectors.get_mut(i) else {
+            return;
         };
-        let mut fds = fds.into_iter();
-        for i in range.clone() {
-            let v = &mut vectors[i];
-            match (data, action) {
-                (SET_DATA_EVENTFD, _) => {
-                    let fd = fds.next().map(File::from);
-                    if action == SET_ACTION_TRIGGER {
-                        v.trigger = fd;
-                        // A held line signals its new eventfd.
-                        if v.level && v.trigger.is_some() {
-                            v.fire();
-                        }
-                    } else {
-                        v.unmask = fd;
-                    }
-                }
-                (_, SET_ACTION_TRIGGER) if selected(i) => {
-                    v.fire();
-                }
-                (_, SET_ACTION_MASK) if selected(i) => v.masked = true,
-                (_, SET_ACTION_UNMASK) if selected(i) => {
-                    let was_masked = std::mem::replace(&mut v.masked, false);
-                    // Level-triggered: a line still held signals again (as vfio-pci's
-                    // unmask does); an unmask of an unmasked line does nothing.
-                    if std::mem::take(&mut v.pending) || (was_masked && v.level) {
+        match (data, action) {
+            (SET_DATA_EVENTFD, _) => {
+                let fd = fds.next().map(File::from);
+                if action == SET_ACTION_TRIGGER {
+                    v.trigger = fd;
+                    // A held line signals its new eventfd.
+                    if v.level && v.trigger.is_some() {
                         v.fire();
                     }
+                } else {
+                    v.unmask = fd;
                 }
-                _ => {}
             }
+            (_, SET_ACTION_TRIGGER) if selected(i) => {
+                v.fire();
+            }
+            (_, SET_ACTION_MASK) if selected(i) => v.masked = true,
+            (_, SET_ACTION_UNMASK) if selected(i) => {
+                let was_masked = std::mem::replace(&mut v.masked, false);
+                // Level-triggered: a line still held signals again (as vfio-pci's
+                // unmask does); an unmask of an unmasked line does nothing.
+                if std::mem::take(&mut v.pending) || (was_masked && v.level) {
+                    v.fire();
+                }
+            }
+            _ => {}
         }
-        Ok(())
     }
 }
