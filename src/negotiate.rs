@@ -437,13 +437,7 @@ fn apply_capability(
 
 /// The host's page size, or 4096 if the system will not say.
 pub(crate) fn host_page_size() -> u64 {
-    // SAFETY: sysconf takes no pointers and only reads a system constant; any return value,
-    // including -1 for an error, is handled below.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size)
-        .ok()
-        .filter(|&s| s > 0)
-        .unwrap_or(MIN_PAGE_SIZE)
+    crate::connection::socket::sysconf_page_size().unwrap_or(MIN_PAGE_SIZE)
 }
 
 fn number(value: &Value, key: &'static str) -> Result<u64, NegotiateError> {

@@ -3,8 +3,8 @@
 
 //! Safe wrappers over `sendmsg`/`recvmsg` with `SCM_RIGHTS` fd passing.
 //!
-//! This file holds the crate's fd-ownership `unsafe`; everything above it deals in
-//! [`OwnedFd`] and byte slices. `recv_with_fds` (and, for tests, `send_with_fds`) follow the
+//! This file holds the crate's `unsafe` (fd ownership, and the host page size query);
+//! everything above it deals in [`OwnedFd`] and byte slices. `recv_with_fds` (and, for tests, `send_with_fds`) follow the
 //! socket's own blocking mode; the `try_` forms never block (`MSG_DONTWAIT`), whatever the
 //! mode. (The connection keeps its socket blocking, with a receive timeout, so that a caller
 //! waiting for its reply can sleep in `recvmsg` itself instead of in `poll` first.) The
@@ -40,6 +40,14 @@ const CMSG_BUF_LEN: usize = 32 + MAX_SEND_FDS * mem::size_of::<RawFd>();
 
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_BUF_LEN]);
+
+/// The host's page size from `sysconf`, `None` if the system will not say.
+pub(crate) fn sysconf_page_size() -> Option<u64> {
+    // SAFETY: sysconf takes no pointers and only reads a system constant; any return value,
+    // including -1 for an error, is handled below.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0)
+}
 
 /// `CMSG_SPACE` for `count` fds.
 fn cmsg_space(count: usize) -> usize {
