@@ -621,20 +621,7 @@ mod tests {
         ) {
             let pages = words_in.len() as u64 * 64;
             let rq = request(iova * 4096, pages);
-            let mut data = Vec::new();
-            DmaLoggingReport {
-                bitmap: words_in.iter().flat_map(|w| w.to_ne_bytes()).collect(),
-                ..rq.clone()
-            }
-            .encode_into(&mut data);
-            let mut payload = Vec::new();
-            DeviceFeature::new(
-                VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                VFIO_DEVICE_FEATURE_GET,
-                data,
-                0,
-            )
-            .encode_into(&mut payload);
+            let payload = report_payload(&rq, &words_in);
             let got = report_bitmap(&payload, &rq, words_in.len() * 8);
             let mut words = vec![0u64; words_in.len()];
             copy_words(&mut words, 0, got.unwrap_or_default());
