@@ -27,6 +27,7 @@
 mod dirty;
 mod error;
 mod handler;
+mod replay;
 mod table;
 
 pub use dirty::DirtyLog;

@@ -26,6 +26,9 @@ pub(crate) trait GuestDma: Send + Sync + fmt::Debug {
 
     /// Unmaps everything that was mapped.
     fn unmap_all(&self) -> Result<(), Error>;
+
+    /// The same mappings on a new connection (see [`DmaMapper::replay_on`]).
+    fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error>;
 }
 
 impl<AS> GuestDma for DmaMapper<AS>
@@ -40,6 +43,10 @@ where
 
     fn unmap_all(&self) -> Result<(), Error> {
         Ok(DmaMapper::unmap_all(self)?)
+    }
+
+    fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error> {
+        Ok(Box::new(DmaMapper::replay_on(self, connection)?))
     }
 }
 
