@@ -12,12 +12,13 @@
 //! be generic over the guest memory type.
 
 use std::fmt;
+use std::sync::Arc;
 
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 
 use super::Error;
 use crate::connection::Connection;
-use crate::dma::{DmaMapper, DmaRegion};
+use crate::dma::{DirtyLog, DmaMapper, DmaMapping, DmaRegion};
 
 /// Guest memory shared with one server.
 pub(crate) trait GuestDma: Send + Sync + fmt::Debug {
@@ -29,6 +30,12 @@ pub(crate) trait GuestDma: Send + Sync + fmt::Debug {
 
     /// The same mappings on a new connection (see [`DmaMapper::replay_on`]).
     fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error>;
+
+    /// The windows mapped now (for DMA dirty logging).
+    fn mappings(&self) -> Vec<DmaMapping>;
+
+    /// The mapper's log of the pages the client wrote for the server.
+    fn dirty_log(&self) -> Arc<DirtyLog>;
 }
 
 impl<AS> GuestDma for DmaMapper<AS>
@@ -47,6 +54,14 @@ where
 
     fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error> {
         Ok(Box::new(DmaMapper::replay_on(self, connection)?))
+    }
+
+    fn mappings(&self) -> Vec<DmaMapping> {
+        DmaMapper::mappings(self)
+    }
+
+    fn dirty_log(&self) -> Arc<DirtyLog> {
+        Arc::clone(DmaMapper::dirty_log(self))
     }
 }
 
