@@ -23,8 +23,10 @@ pub const MAX_STATE_LEN: u32 = 1 << 20;
 /// The largest chunk of device data accepted.
 pub const MAX_CHUNK_LEN: u32 = 1 << 20;
 
-/// The chunk size used when saving.
-const SAVE_CHUNK: usize = 256 << 10;
+/// The chunk size used when saving: reads of at least the migration layer's chunk (the
+/// negotiated `max_data_xfer_size`, 1 MiB by default) receive it in place, without
+/// staging.
+const SAVE_CHUNK: usize = MAX_CHUNK_LEN as usize;
 
 /// Errors of saving and restoring a [`VfioUserPciDevice`].
 ///
@@ -228,7 +230,7 @@ fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u64, Snapshot
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(data_error(e)),
         };
-        // `n` is at most SAVE_CHUNK, below MAX_CHUNK_LEN.
+        // `n` is at most SAVE_CHUNK, which is MAX_CHUNK_LEN.
         let len = u32::try_from(n).unwrap_or(u32::MAX);
         out.write_all(&len.to_le_bytes())
             .map_err(SnapshotError::Io)?;
