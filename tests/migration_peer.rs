@@ -773,6 +773,34 @@ fn device_data_moves_in_chunks_through_pre_copy_and_stop_copy() {
 
 /// A MIG_DATA_READ of 512 bytes in STOP_COPY against `hook`; its error, after checking that
 /// the connection is still in step.
+/// Reads sent ahead of the caller are not lost when the state changes mid-stream: their
+/// data comes first from the next reader, in stream order.
+#[test]
+fn a_state_change_mid_stream_keeps_every_byte() {
+    let s = Setup::plain(STOP_COPY | PRE_COPY);
+    let pre = pattern(3 * CHUNK as usize + 5, 1);
+    let stop = pattern(CHUNK as usize + 7, 2);
+    s.device().precopy = pre.clone();
+    s.device().stopcopy = stop.clone();
+    let mut m = Migration::new(&s.dev).unwrap();
+    m.set_state(PreCopy).unwrap();
+    let mut got = vec![0u8; 2 * CHUNK as usize];
+    let mut r = m.reader().unwrap();
+    r.read_exact(&mut got).unwrap();
+    m.set_state(StopCopy).unwrap();
+    // Two chunks read, a third asked for ahead (before the state changed).
+    assert_eq!(s.device().read_sizes.len(), 3);
+    m.reader().unwrap().read_to_end(&mut got).unwrap();
+    let mut want = pre.clone();
+    // The last 5 pre-copy bytes were never asked for: they stay on the script's side (a
+    // device sends what it still needs in STOP_COPY).
+    want.truncate(3 * CHUNK as usize);
+    want.extend_from_slice(&stop);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want);
+    assert_eq!(m.bytes_read(), want.len() as u64);
+}
+
 fn read_error(hook: Hook) -> Error {
     let s = Setup::with(STOP_COPY, hook);
     s.device().stopcopy = pattern(1000, 3);
@@ -1032,7 +1060,15 @@ fn dirty_logging_merges_the_servers_report_and_the_clients_writes() {
     let reports = std::mem::take(&mut s.device().reports);
     assert_eq!(reports.len(), 4, "{reports:?}");
     assert!(reports.iter().all(|r| r.1 == 128 * PAGE));
-    // Reported pages are cleared.
+    // Reported pages are cleared; a bitmap reused for the next reports holds only theirs.
+    let mut reused = report.clone();
+    m.dirty_report_into(&mut reused).unwrap();
+    assert_eq!(reused.count(), 0);
+    s.device().dirty.insert(200);
+    server_writes(&s, 0x10000);
+    m.dirty_report_into(&mut reused).unwrap();
+    let pages: Vec<u64> = reused.dirty_pages().collect();
+    assert_eq!(pages, vec![0x10000, 200 * PAGE]);
     assert_eq!(m.dirty_report().unwrap().count(), 0);
 
     m.stop_dirty_logging().unwrap();

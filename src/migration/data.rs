@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 
 use super::{Error, Migration};
-use crate::connection::Connection;
+use crate::connection::{self, Connection, PendingReply};
 use crate::protocol::{Command, DeviceState, MigData, HEADER_SIZE};
 
 /// The largest read and write of one message: what we accept (our `max_data_xfer_size` and
@@ -24,6 +24,14 @@ impl Error {
     /// The migration error inside an [`io::Error`] of a [`DataReader`] or [`DataWriter`].
     pub fn from_io(e: &io::Error) -> Option<&Error> {
         e.get_ref().and_then(|e| e.downcast_ref::<Error>())
+    }
+}
+
+fn read_failed(source: connection::Error) -> Error {
+    Error::Request {
+        command: Command::MigDataRead,
+        feature: None,
+        source,
     }
 }
 
@@ -61,6 +69,9 @@ impl<'d> Migration<'d> {
     /// MIG_DATA_READ, straight into `buf` when it holds a whole chunk, else into the staging
     /// buffer (so that small reads, such as `io::copy`'s, still move whole chunks).
     fn read_into(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        if let Some(e) = self.read_error.take() {
+            return Err(e);
+        }
         if self.staged_at < self.staged.len() {
             let left = self.staged.get(self.staged_at..).unwrap_or_default();
             let n = left.len().min(buf.len());
@@ -88,26 +99,48 @@ impl<'d> Migration<'d> {
         self.read_into(buf)
     }
 
-    /// One MIG_DATA_READ of at most `buf.len()` bytes (and of one message).
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        let len = buf.len().min(self.read_chunk as usize);
-        let asked = u32::try_from(len).unwrap_or(u32::MAX);
+    /// Sends a MIG_DATA_READ of a chunk.
+    fn send_read(&self) -> Result<PendingReply, Error> {
+        let asked = self.read_chunk;
         let mut payload = Vec::with_capacity(MigData::HEAD_SIZE);
         MigData {
             argsz: asked.saturating_add(MigData::HEAD_SIZE as u32),
             size: asked,
         }
         .encode_into(&mut payload);
-        let dst = buf.get_mut(..len).unwrap_or_default();
+        self.device
+            .connection()
+            .send_request(Command::MigDataRead, &payload, &[])
+            .map_err(read_failed)
+    }
+
+    /// One MIG_DATA_READ of a chunk into `buf` (at least a chunk long). While the server
+    /// fills whole chunks, the next one is asked for before this one is waited for, so that
+    /// the server prepares it meanwhile ([`Migration::settle_reads`] keeps its data).
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let current = match self.ahead.take() {
+            Some(p) => p,
+            None => self.send_read()?,
+        };
+        if self.streaming {
+            // Nothing is lost if this fails: nothing was sent.
+            self.ahead = self.send_read().ok();
+        }
+        self.streaming = false;
+        let size = self.finish_read(current, buf)?;
+        self.streaming = size == self.read_chunk as usize;
+        Ok(size)
+    }
+
+    /// Waits for a MIG_DATA_READ of a chunk, its data into `buf` (at least a chunk long).
+    fn finish_read(&mut self, pending: PendingReply, buf: &mut [u8]) -> Result<usize, Error> {
+        let asked = self.read_chunk;
+        let dst = buf.get_mut(..asked as usize).unwrap_or_default();
         let reply = self
             .device
             .connection()
-            .request_into(Command::MigDataRead, &payload, &[], MigData::HEAD_SIZE, dst)
-            .map_err(|source| Error::Request {
-                command: Command::MigDataRead,
-                feature: None,
-                source,
-            })?;
+            .wait_into(pending, MigData::HEAD_SIZE, dst)
+            .map_err(read_failed)?;
         let head = MigData::decode(&reply.payload).map_err(|e| Error::BadReply {
             command: Command::MigDataRead,
             what: e.to_string(),
@@ -132,6 +165,28 @@ impl<'d> Migration<'d> {
         }
         self.bytes_read = self.bytes_read.saturating_add(size as u64);
         Ok(size)
+    }
+
+    /// Collects a MIG_DATA_READ sent ahead, before the state changes: its data goes to the
+    /// staging buffer, for the next reader; an error is kept for the next read.
+    pub(super) fn settle_reads(&mut self) {
+        self.streaming = false;
+        let Some(pending) = self.ahead.take() else {
+            return;
+        };
+        let mut chunk = vec![0u8; self.read_chunk as usize];
+        match self.finish_read(pending, &mut chunk) {
+            Ok(n) => {
+                self.staged.drain(..self.staged_at.min(self.staged.len()));
+                self.staged_at = 0;
+                self.staged
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            Err(e) => {
+                log::warn!("migration: a MIG_DATA_READ sent ahead failed: {e}");
+                self.read_error = Some(e);
+            }
+        }
     }
 
     /// One MIG_DATA_WRITE of at most `buf.len()` bytes (and of one message).
@@ -177,7 +232,9 @@ impl<'d> Migration<'d> {
 /// Each MIG_DATA_READ asks for a whole chunk (the largest a message may carry either way);
 /// a `read` into a buffer of at least a chunk receives it in place, a smaller `read` gets
 /// it through a staging buffer that later reads (through this or a later reader) empty
-/// first. `Ok(0)` means the server has nothing more for now: the end of a pre-copy round,
+/// first. While the server fills whole chunks, the next MIG_DATA_READ is sent before the
+/// current one is waited for; if the state changes meanwhile, its data is kept for the
+/// next reader. `Ok(0)` means the server has nothing more for now: the end of a pre-copy round,
 /// or in STOP_COPY the end of the data; read until then before changing state. Errors wrap
 /// an [`Error`] ([`Error::from_io`]).
 #[derive(Debug)]

@@ -131,6 +131,8 @@ fn bit(bitmap: &[u64], page: u64) -> bool {
 #[derive(Debug)]
 pub(super) struct Logging {
     page_size: u64,
+    /// Where report bitmaps are received.
+    scratch: Vec<u8>,
     /// `(iova, gpa, len)`, page aligned, by IOVA.
     ranges: Vec<(u64, u64, u64)>,
     log: Arc<DirtyLog>,
@@ -244,6 +246,7 @@ impl Migration<'_> {
         }
         self.logging = Some(Logging {
             page_size,
+            scratch: Vec::new(),
             ranges,
             log,
         });
@@ -275,21 +278,25 @@ impl Migration<'_> {
     /// DMA_LOGGING_REPORTs (split so that no bitmap exceeds `max_bitmap_size`, pipelined)
     /// merged with the client's [`DirtyLog`]. Both are cleared by the report.
     pub fn dirty_report(&mut self) -> Result<DirtyBitmap, Error> {
-        let logging = self.logging.as_ref().ok_or(Error::LoggingState(false))?;
-        let page_size = logging.page_size;
+        let mut bitmap = DirtyBitmap {
+            page_size: 0,
+            ranges: Vec::new(),
+        };
+        self.dirty_report_into(&mut bitmap)?;
+        Ok(bitmap)
+    }
+
+    /// [`dirty_report`](Migration::dirty_report) into `bitmap`, whose memory is reused when
+    /// it holds the ranges of an earlier report (as in pre-copy rounds). Its content is
+    /// replaced; after an error it is unspecified.
+    pub fn dirty_report_into(&mut self, bitmap: &mut DirtyBitmap) -> Result<(), Error> {
         let pages_per_report = self.max_bitmap() * 8;
-        let mut out: Vec<DirtyRange> = logging
-            .ranges
-            .iter()
-            .map(|&(iova, gpa, len)| DirtyRange {
-                iova,
-                gpa,
-                len,
-                bitmap: vec![0; words(len / page_size)],
-            })
-            .collect();
+        let logging = self.logging.as_mut().ok_or(Error::LoggingState(false))?;
+        let page_size = logging.page_size;
+        shape(bitmap, page_size, &logging.ranges);
+        let mut scratch = std::mem::take(&mut logging.scratch);
         let mut jobs = Vec::new();
-        for (i, r) in out.iter().enumerate() {
+        for (i, r) in bitmap.ranges.iter().enumerate() {
             let pages = r.len / page_size;
             let mut first = 0;
             while first < pages {
@@ -298,26 +305,32 @@ impl Migration<'_> {
                 first += n;
             }
         }
+        let mut result = Ok(());
         for batch in jobs.chunks(PIPELINE) {
-            self.report_batch(batch, page_size, &mut out)?;
+            result = self.report_batch(batch, page_size, &mut bitmap.ranges, &mut scratch);
+            if result.is_err() {
+                break;
+            }
         }
-        for r in &mut out {
+        let logging = self.logging.as_mut().ok_or(Error::LoggingState(false))?;
+        logging.scratch = scratch;
+        result?;
+        for r in &mut bitmap.ranges {
             logging
                 .log
                 .take_into(r.gpa, r.len, page_size, &mut r.bitmap);
         }
-        Ok(DirtyBitmap {
-            page_size,
-            ranges: out,
-        })
+        Ok(())
     }
 
-    /// Sends one batch of reports `(range, first page, pages)` and merges their bitmaps.
+    /// Sends one batch of reports `(range, first page, pages)` and copies their bitmaps in,
+    /// each received into `scratch` straight from the socket when it has the size asked.
     fn report_batch(
         &self,
         batch: &[(usize, u64, u64)],
         page_size: u64,
         out: &mut [DirtyRange],
+        scratch: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let conn = self.device.connection();
         let mut pending: Vec<PendingReply> = Vec::with_capacity(batch.len());
@@ -330,18 +343,12 @@ impl Migration<'_> {
                 page_size,
                 bitmap: Vec::new(),
             };
-            let mut data = Vec::with_capacity(DmaLoggingReport::HEAD_SIZE);
-            rq.encode_into(&mut data);
             let bitmap_len = words(n) * 8;
-            let mut payload = Vec::new();
-            DeviceFeature::new(
-                VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                VFIO_DEVICE_FEATURE_GET,
-                data,
-                DmaLoggingReport::HEAD_SIZE + bitmap_len,
-            )
-            .encode_into(&mut payload);
-            match conn.send_request(Command::DeviceFeature, &payload, &[]) {
+            match conn.send_request(
+                Command::DeviceFeature,
+                &report_request(&rq, bitmap_len),
+                &[],
+            ) {
                 Ok(p) => pending.push(p),
                 Err(e) => {
                     // Collect what was sent, so that the connection stays in step.
@@ -351,15 +358,22 @@ impl Migration<'_> {
             }
             asked.push((rq, bitmap_len, i, first));
         }
-        let replies = conn.wait_all(pending);
         let mut first_error = None;
-        for (reply, (rq, bitmap_len, i, first)) in replies.into_iter().zip(asked) {
-            let r = reply
+        for (p, (rq, bitmap_len, i, first)) in pending.into_iter().zip(asked) {
+            scratch.resize(bitmap_len, 0);
+            let head = DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE;
+            let r = conn
+                .wait_into(p, head, scratch)
                 .map_err(|e| logging_refused(report_error(e)))
                 .and_then(|reply| {
-                    let bits = report_bitmap(&reply, &rq, bitmap_len)?;
+                    let bits = if reply.data_in_buffer {
+                        check_report_head(&reply.payload, &rq)?;
+                        scratch.as_slice()
+                    } else {
+                        report_bitmap(&reply, &rq, bitmap_len)?
+                    };
                     if let Some(range) = out.get_mut(i) {
-                        merge_words(&mut range.bitmap, first / BITS, bits);
+                        copy_words(&mut range.bitmap, first / BITS, bits);
                     }
                     Ok(())
                 });
@@ -369,6 +383,46 @@ impl Migration<'_> {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Gives `bitmap` the shape of `ranges` at `page_size`, keeping its memory when it has it.
+fn shape(bitmap: &mut DirtyBitmap, page_size: u64, ranges: &[(u64, u64, u64)]) {
+    let same = bitmap.page_size == page_size
+        && bitmap.ranges.len() == ranges.len()
+        && bitmap
+            .ranges
+            .iter()
+            .zip(ranges)
+            .all(|(r, &(iova, gpa, len))| (r.iova, r.gpa, r.len) == (iova, gpa, len));
+    if same {
+        return;
+    }
+    bitmap.page_size = page_size;
+    bitmap.ranges = ranges
+        .iter()
+        .map(|&(iova, gpa, len)| DirtyRange {
+            iova,
+            gpa,
+            len,
+            bitmap: vec![0; words(len / page_size)],
+        })
+        .collect();
+}
+
+/// The DEVICE_FEATURE payload of a report of `rq`'s range, accepting a bitmap of
+/// `bitmap_len` bytes.
+fn report_request(rq: &DmaLoggingReport, bitmap_len: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(DmaLoggingReport::HEAD_SIZE);
+    rq.encode_into(&mut data);
+    let mut payload = Vec::with_capacity(DeviceFeature::HEAD_SIZE + data.len());
+    DeviceFeature::new(
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+        VFIO_DEVICE_FEATURE_GET,
+        data,
+        DmaLoggingReport::HEAD_SIZE + bitmap_len,
+    )
+    .encode_into(&mut payload);
+    payload
 }
 
 fn words(pages: u64) -> usize {
@@ -394,13 +448,9 @@ fn logging_refused(e: Error) -> Error {
     }
 }
 
-/// The bitmap of a report reply, checked against the request, borrowed from the reply.
-fn report_bitmap<'r>(
-    reply: &'r Reply,
-    rq: &DmaLoggingReport,
-    bitmap_len: usize,
-) -> Result<&'r [u8], Error> {
-    let payload = &reply.payload;
+/// Checks the head of a report reply (the feature's head and the echoed range) against
+/// the request.
+fn check_report_head(payload: &[u8], rq: &DmaLoggingReport) -> Result<(), Error> {
     // The head alone: decoding the whole payload would copy the bitmap.
     let head = payload
         .get(..DeviceFeature::HEAD_SIZE)
@@ -423,7 +473,21 @@ fn report_bitmap<'r>(
             echo.iova, echo.length, echo.page_size, rq.iova, rq.length, rq.page_size
         )));
     }
-    let bitmap = data.get(DmaLoggingReport::HEAD_SIZE..).unwrap_or_default();
+    Ok(())
+}
+
+/// The bitmap of a buffered report reply, checked against the request, borrowed from the
+/// reply.
+fn report_bitmap<'r>(
+    reply: &'r Reply,
+    rq: &DmaLoggingReport,
+    bitmap_len: usize,
+) -> Result<&'r [u8], Error> {
+    check_report_head(&reply.payload, rq)?;
+    let bitmap = reply
+        .payload
+        .get(DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE..)
+        .unwrap_or_default();
     if bitmap.len() != bitmap_len {
         return Err(Error::BitmapSize {
             iova: rq.iova,
@@ -435,14 +499,14 @@ fn report_bitmap<'r>(
     Ok(bitmap)
 }
 
-/// ORs `bytes` (native-endian u64 words) into `bitmap` from word `at`.
-fn merge_words(bitmap: &mut [u64], at: u64, bytes: &[u8]) {
+/// Copies `bytes` (native-endian u64 words) into `bitmap` from word `at`.
+fn copy_words(bitmap: &mut [u64], at: u64, bytes: &[u8]) {
     let at = usize::try_from(at).unwrap_or(usize::MAX);
     if let Some(dst) = bitmap.get_mut(at..) {
         for (d, s) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
             let mut w = [0u8; 8];
             w.copy_from_slice(s);
-            *d |= u64::from_ne_bytes(w);
+            *d = u64::from_ne_bytes(w);
         }
     }
 }
@@ -544,23 +608,23 @@ mod tests {
             let reply = reply(payload);
             let got = report_bitmap(&reply, &rq, words_in.len() * 8);
             let mut words = vec![0u64; words_in.len()];
-            merge_words(&mut words, 0, got.unwrap_or_default());
+            copy_words(&mut words, 0, got.unwrap_or_default());
             proptest::prop_assert_eq!(words, words_in);
         }
 
-        /// Merging words at an offset is a bitwise OR of the overlap, never out of bounds.
+        /// Copying words at an offset replaces the overlap, never out of bounds.
         #[test]
-        fn merge_is_an_or(
+        fn copy_replaces_the_overlap(
             dst in proptest::collection::vec(proptest::num::u64::ANY, 0..20),
             src in proptest::collection::vec(proptest::num::u64::ANY, 0..20),
             at in 0u64..25,
         ) {
             let mut out = dst.clone();
             let bytes: Vec<u8> = src.iter().flat_map(|w| w.to_ne_bytes()).collect();
-            merge_words(&mut out, at, &bytes);
+            copy_words(&mut out, at, &bytes);
             for (i, w) in out.iter().enumerate() {
                 let s = (i as u64).checked_sub(at).and_then(|j| src.get(j as usize));
-                proptest::prop_assert_eq!(*w, dst[i] | s.copied().unwrap_or(0));
+                proptest::prop_assert_eq!(*w, s.copied().unwrap_or(dst[i]));
             }
         }
     }

@@ -151,6 +151,12 @@ pub struct Migration<'d> {
     /// a chunk.
     staged: Vec<u8>,
     staged_at: usize,
+    /// A MIG_DATA_READ sent before the caller asked (while the server fills whole chunks).
+    ahead: Option<connection::PendingReply>,
+    /// The last MIG_DATA_READ was a whole chunk: read ahead.
+    streaming: bool,
+    /// The error of a MIG_DATA_READ sent ahead, for the next read.
+    read_error: Option<Error>,
     bytes_read: u64,
     bytes_written: u64,
     logging: Option<Logging>,
@@ -202,6 +208,9 @@ impl<'d> Migration<'d> {
             write_chunk,
             staged: Vec::new(),
             staged_at: 0,
+            ahead: None,
+            streaming: false,
+            read_error: None,
             bytes_read: 0,
             bytes_written: 0,
             logging: None,
@@ -269,6 +278,7 @@ impl<'d> Migration<'d> {
     /// device is first reset to RUNNING. A refused arc is [`Error::Transition`], with the
     /// state read back; a reply naming another state is [`Error::WrongState`].
     pub fn set_state(&mut self, target: DeviceState) -> Result<(), Error> {
+        self.settle_reads();
         let flags = self.flags.0;
         let unreachable = |from| Error::Unreachable {
             from,
