@@ -516,4 +516,59 @@ mod tests {
             Err(SnapshotError::Truncated { what: "magic" })
         ));
     }
+
+    /// A `Read` that counts what was read of it.
+    struct Counted<'a>(&'a [u8], usize);
+
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes, and any damage to a good container: a typed error or a value, never a
+        /// panic, and never a read past the container's end.
+        #[test]
+        fn hostile_containers_are_typed_errors(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            flip in proptest::num::usize::ANY,
+            cut in proptest::num::usize::ANY,
+        ) {
+            let _ = read_head(&mut &noise[..]);
+            let _ = load_data(&mut &noise[..], &mut Vec::new());
+            let mut good = Vec::new();
+            save_data(&mut &data[..], &mut good).unwrap();
+            let mut bad = good.clone();
+            let at = flip % bad.len();
+            bad[at] ^= 0x41;
+            let mut out = Vec::new();
+            match load_data(&mut &bad[..], &mut out) {
+                Ok(n) => proptest::prop_assert_eq!(n as usize, out.len()),
+                Err(
+                    SnapshotError::Truncated { .. }
+                    | SnapshotError::TooLong { .. }
+                    | SnapshotError::DataLength { .. },
+                ) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected {e:?}"),
+            }
+            let cut = cut % good.len();
+            let truncated = matches!(
+                load_data(&mut &good[..cut], &mut Vec::new()),
+                Err(SnapshotError::Truncated { .. })
+            );
+            proptest::prop_assert!(truncated);
+            // Followed by more bytes: exactly the container is read.
+            let mut followed = good.clone();
+            followed.extend_from_slice(&noise);
+            let mut input = Counted(&followed, 0);
+            let mut back = Vec::new();
+            load_data(&mut input, &mut back).unwrap();
+            proptest::prop_assert_eq!(back, data);
+            proptest::prop_assert_eq!(input.1, good.len());
+        }
+    }
 }
