@@ -28,7 +28,6 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use vfio_user_client::migration::{DeviceState, Migration};
-use vfio_user_client::VfioUserDevice;
 use vfio_user_sample_server::{DmaEngineStatus, MigrationConfig};
 use vm_memory::GuestMemoryBackend;
 
@@ -512,7 +511,7 @@ fn retire(vmm: &mut Vmm) -> Result<(), BoxError> {
     vmm.events.remove(p.subscriber)
 }
 
-/// The destination's migration handle and the device data moved in pre-copy.
+/// What the pre-copy rounds moved.
 struct PreCopy {
     rounds: u32,
     device_bytes: u64,
@@ -552,6 +551,78 @@ fn pre_copy(
     Ok(done)
 }
 
+/// What the stop moved, and how long the guest was stopped.
+struct SwitchOver {
+    stopped_at: u32,
+    device_bytes: u64,
+    container_bytes: usize,
+    in_flight: bool,
+    pages: u64,
+    downtime: Duration,
+}
+
+/// The stop: the vCPU halts at its next yield and stays stopped; the device is saved, the
+/// last dirty pages copied and the registers taken; the destination device is restored,
+/// its BAR windows registered and the vCPU created there. Returns the destination's CPU.
+fn switch_over(
+    cpu: Cpu,
+    src: &mut Vmm,
+    dst: &mut Vmm,
+    (out, into): (&mut Migration<'_>, &mut Migration<'_>),
+    kvm_log: bool,
+) -> Result<(Cpu, SwitchOver), BoxError> {
+    let mut cpu = cpu;
+    if cpu.run(src)? == Stop::Done {
+        return Err("the guest finished during pre-copy".into());
+    }
+    let stopped = Instant::now();
+    let (src_dev, dst_dev) = match (&src.plugged, &dst.plugged) {
+        (Some(a), Some(b)) => (a.device.clone(), b.device.clone()),
+        _ => return Err("a device is not plugged".into()),
+    };
+    let mut container = Vec::new();
+    let device_bytes = lock(&src_dev).save_with(out, &mut container)?;
+    let in_flight = src
+        .engine
+        .as_ref()
+        .is_some_and(|e| e.status() == DmaEngineStatus::Busy);
+    let pages = dirty_pages(out, src, kvm_log, true)?;
+    let pages = copy_pages(&src.memory, &dst.memory, pages)?;
+    out.stop_dirty_logging()?;
+    let regs = cpu.save()?;
+    lock(&dst_dev).restore_with(into, &container[..])?;
+    adopt_bars(dst)?;
+    let cpu = Cpu::restore(dst, regs)?;
+    let downtime = stopped.elapsed();
+    Ok((
+        cpu,
+        SwitchOver {
+            stopped_at: src.memory.read_obj(GuestAddress(ITERATIONS_DONE))?,
+            device_bytes,
+            container_bytes: container.len(),
+            in_flight,
+            pages,
+            downtime,
+        },
+    ))
+}
+
+/// Runs the guest on `vmm` to its end.
+fn finish(cpu: &mut Cpu, vmm: &mut Vmm) -> Result<bool, BoxError> {
+    for _ in 0..=ITERATIONS {
+        if cpu.run(vmm)? == Stop::Done {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// MSI-X vector 0's signals on `vmm` since the last call.
+fn interrupts(vmm: &Vmm) -> Result<u64, BoxError> {
+    let fd = vmm.interrupts.fd(InterruptKind::Msix, 0)?;
+    Ok(fd.read().unwrap_or(0))
+}
+
 /// Runs the migration scenario (see the [module documentation](self)).
 pub fn run(kvm: bool) -> Result<MigrationReport, BoxError> {
     let (_server_a, mut src) = migrating_vmm(kvm)?;
@@ -562,78 +633,43 @@ pub fn run(kvm: bool) -> Result<MigrationReport, BoxError> {
         }
     }
     let (_server_b, mut dst) = migrating_vmm(kvm)?;
-    let (src_dev, dst_dev) = match (&src.plugged, &dst.plugged) {
-        (Some(a), Some(b)) => (a.device.clone(), b.device.clone()),
+    let (a, b) = match (&src.plugged, &dst.plugged) {
+        (Some(a), Some(b)) => (lock(&a.device).device(), lock(&b.device).device()),
         _ => return Err("a device is not plugged".into()),
     };
-    let (a, b): (Arc<VfioUserDevice>, Arc<VfioUserDevice>) =
-        (lock(&src_dev).device(), lock(&dst_dev).device());
     let mut out = Migration::new(&a)?;
     let mut into = Migration::new(&b)?;
     into.set_state(DeviceState::Resuming)?;
-    lock(&src_dev).start_dirty_logging(&mut out)?;
+    if let Some(p) = &src.plugged {
+        lock(&p.device).start_dirty_logging(&mut out)?;
+    }
     let kvm_log = kvm_dirty_log_on(&src);
     if out.flags().pre_copy() {
         out.set_state(DeviceState::PreCopy)?;
     }
     let pre = pre_copy(&mut cpu, &mut src, &dst, (&mut out, &mut into), kvm_log)?;
-
-    // The stop: the vCPU halts at its next yield and stays stopped.
-    if cpu.run(&mut src)? == Stop::Done {
-        return Err("the guest finished during pre-copy".into());
-    }
-    let stopped = Instant::now();
-    let stopped_at = src.memory.read_obj(GuestAddress(ITERATIONS_DONE))?;
-    let mut container = Vec::new();
-    let stop_bytes = lock(&src_dev).save_with(&mut out, &mut container)?;
-    let in_flight = src
-        .engine
-        .as_ref()
-        .is_some_and(|e| e.status() == DmaEngineStatus::Busy);
-    let pages = dirty_pages(&mut out, &src, kvm_log, true)?;
-    let stop_pages = copy_pages(&src.memory, &dst.memory, pages)?;
-    out.stop_dirty_logging()?;
-    let regs = cpu.save()?;
-    lock(&dst_dev).restore_with(&mut into, &container[..])?;
-    adopt_bars(&mut dst)?;
-    let mut cpu = Cpu::restore(&dst, regs)?;
-    let downtime = stopped.elapsed();
+    let (mut cpu, stop) = switch_over(cpu, &mut src, &mut dst, (&mut out, &mut into), kvm_log)?;
     drop((out, into));
     retire(&mut src)?;
-    drop((src_dev, a));
 
-    let mut finished = Stop::Yield;
-    for _ in 0..=ITERATIONS {
-        finished = cpu.run(&mut dst)?;
-        if finished == Stop::Done {
-            break;
-        }
-    }
-    let interrupts = |vmm: &Vmm| -> Result<u64, BoxError> {
-        Ok(vmm
-            .interrupts
-            .fd(InterruptKind::Msix, 0)?
-            .read()
-            .unwrap_or(0))
-    };
+    let finished = finish(&mut cpu, &mut dst)?;
     let report = MigrationReport {
         guest: if kvm { "KVM" } else { "Rust" },
         mailbox: dst.memory.read_obj(GuestAddress(MAILBOX))?,
         iterations: dst.memory.read_obj(GuestAddress(ITERATIONS_DONE))?,
-        stopped_at,
+        stopped_at: stop.stopped_at,
         rounds: pre.rounds,
-        device_bytes: (pre.device_bytes, stop_bytes),
-        container_bytes: container.len(),
-        in_flight,
-        pages: (pre.pages, stop_pages),
+        device_bytes: (pre.device_bytes, stop.device_bytes),
+        container_bytes: stop.container_bytes,
+        in_flight: stop.in_flight,
+        pages: (pre.pages, stop.pages),
         kvm_dirty_log: kvm_log,
         interrupts: (interrupts(&src)?, interrupts(&dst)?),
-        downtime,
+        downtime: stop.downtime,
     };
-    if finished != Stop::Done {
+    if !finished {
         return Err(format!("the guest did not finish: {report}").into());
     }
-    drop(dst_dev);
     dst.unplug()?;
     Ok(report)
 }
