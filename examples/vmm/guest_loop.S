@@ -3,8 +3,10 @@
 #
 # The migrating guest of examples/vmm (`--migrate`): 16-bit real mode, loaded at 0x1000.
 # It finds the DMA engine as guest.S does, places BAR0 at 0xd0000, programs MSI-X vector 0,
-# enables memory decoding, bus mastering and MSI-X, and sets the engine's burst to 64 bytes
-# (a copy then takes several messages). Then, 64 times: it fills 256 bytes at 0x2000 with
+# enables memory decoding, bus mastering and MSI-X, sets the engine's burst to 64 bytes
+# (a copy then takes several messages) and the copy's registers, and reads the status once
+# (register writes may be posted, and the doorbell, an ioeventfd with KVM, bypasses them: a
+# read flushes them, as a PCI driver does). Then, 64 times: it fills 256 bytes at 0x2000 with
 # (iteration << 16 | offset) dwords, rings the doorbell (copy 0x2000 -> 0x3000), reads the
 # status once (the server takes the doorbell), halts (a yield point: the VMM may migrate
 # it there, mid-copy), polls the status until done, compares the copy dword by dword and
@@ -117,6 +119,7 @@ msix_found:
     mov dword ptr [0x0c], 0
     mov dword ptr [0x10], 256
     mov dword ptr [0x14], 0
+    mov eax, dword ptr [0x1c]
     xor ax, ax
     mov ds, ax
     xor ebp, ebp
