@@ -32,7 +32,7 @@ use vfio_user_client::dma::DmaMapper;
 use vfio_user_client::migration::{DeviceState, Migration};
 use vfio_user_client::protocol::{
     Command, DeviceFeature, DeviceInfo, DmaLoggingReport, Header, MigData, MigDeviceState,
-    MigrationFeature, Version, HEADER_SIZE,
+    MigrationFeature, Version,
 };
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::bench as support;
@@ -136,7 +136,7 @@ fn serve(mut sock: UnixStream) {
         state: DeviceState::Running as u32,
         zeros: vec![0; 4 << 20],
     };
-    let mut head = [0u8; HEADER_SIZE];
+    let mut head = [0u8; Header::SIZE];
     let mut body = Vec::new();
     let mut reply = Vec::new();
     while sock.read_exact(&mut head).is_ok() {
@@ -198,7 +198,7 @@ impl Raw {
         self.msg.extend_from_slice(&h.to_bytes());
         self.msg.extend_from_slice(payload);
         self.sock.write_all(&self.msg).expect("send");
-        let mut head = [0u8; HEADER_SIZE];
+        let mut head = [0u8; Header::SIZE];
         self.sock.read_exact(&mut head).expect("reply header");
         let h = Header::decode(&head, u32::MAX).expect("header");
         buf.resize(h.payload_len(), 0);

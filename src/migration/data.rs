@@ -7,14 +7,14 @@ use std::io::{self, Read, Write};
 
 use super::{Error, Migration};
 use crate::connection::{self, Connection, PendingReply};
-use crate::protocol::{Command, DeviceState, MigData, HEADER_SIZE};
+use crate::protocol::{Command, DeviceState, Header, MigData};
 
 /// The largest read and write of one message: what we accept (our `max_data_xfer_size` and
 /// receive limit) and what the server accepts (its `max_data_xfer_size`).
 pub(super) fn chunks(conn: &Connection) -> (u32, u32) {
     let recv = conn
         .max_recv_size()
-        .saturating_sub((HEADER_SIZE + MigData::HEAD_SIZE) as u32);
+        .saturating_sub((Header::SIZE + MigData::HEAD_SIZE) as u32);
     let read = conn.offer().max_data_xfer_size.min(recv).max(1);
     let write = conn.capabilities().max_data_xfer_size.max(1);
     (read, write)

@@ -17,7 +17,7 @@ use vm_memory::{Address, GuestAddress, GuestAddressSpace, GuestMemoryBackend, Gu
 use super::{bad_feature, feature, Error, Migration};
 use crate::connection::{self, PendingReply, Reply};
 use crate::dma::{DirtyLog, DmaMapper, DmaMapping, DmaRegion};
-use crate::protocol::{Command, DeviceFeature, DmaLoggingReport, DmaLoggingStart, HEADER_SIZE};
+use crate::protocol::{Command, DeviceFeature, DmaLoggingReport, DmaLoggingStart, Header};
 
 /// Reports in flight at once.
 const PIPELINE: usize = 16;
@@ -173,7 +173,7 @@ impl Migration<'_> {
             .migration
             .map_or(u64::MAX, |m| m.max_bitmap_size);
         let overhead =
-            (HEADER_SIZE + DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE) as u64;
+            (Header::SIZE + DeviceFeature::HEAD_SIZE + DmaLoggingReport::HEAD_SIZE) as u64;
         let recv = u64::from(conn.max_recv_size()).saturating_sub(overhead);
         (ours.min(theirs).min(recv) / 8 * 8).max(8)
     }

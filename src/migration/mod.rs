@@ -90,6 +90,7 @@ mod arcs;
 mod data;
 mod error;
 mod logging;
+mod offered;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
