@@ -290,6 +290,39 @@ fn pre_copy_and_dirty_logging_through_the_pci_device() {
     assert!(fired(&b.irqs.fd(InterruptKind::Msix, 0)));
 }
 
+/// The GPIO's pre-copy data (its scratch RAM) moves in rounds before the stop.
+#[test]
+fn a_gpio_moves_with_pre_copy_rounds() {
+    let mem = guest_memory(RAM);
+    let mut a = gpio(migrating(), &mem, true);
+    let mut b = gpio(migrating(), &mem, true);
+    cfg_write(&mut a.dev, 0x04, &0x0002u16.to_le_bytes());
+    w32(&mut a.dev, GpioDevice::REG_OUTPUT, 0xfeed);
+    let (da, db) = (a.dev.device(), b.dev.device());
+    let mut out = Migration::new(&da).unwrap();
+    let mut into = Migration::new(&db).unwrap();
+    assert!(out.flags().pre_copy());
+    into.set_state(DeviceState::Resuming).unwrap();
+    out.set_state(DeviceState::PreCopy).unwrap();
+    let mut round = Vec::new();
+    std::io::Read::read_to_end(&mut out.reader().unwrap(), &mut round).unwrap();
+    assert!(!round.is_empty(), "pre-copy data");
+    std::io::Write::write_all(&mut into.writer().unwrap(), &round).unwrap();
+    // The guest keeps running between rounds.
+    w32(&mut a.dev, GpioDevice::REG_OUTPUT, 0xbeef);
+    let mut saved = Vec::new();
+    let at_stop = a.dev.save_with(&mut out, &mut saved).unwrap();
+    assert_eq!(out.state(), DeviceState::Stop);
+    assert_eq!(b.dev.restore_with(&mut into, &saved[..]).unwrap(), at_stop);
+    assert_eq!(into.bytes_written(), round.len() as u64 + at_stop);
+    assert_eq!(r32(&mut b.dev, GpioDevice::REG_OUTPUT), 0xbeef);
+    // A restore with the source's handle is refused.
+    assert!(matches!(
+        b.dev.restore_with(&mut out, &saved[..]),
+        Err(SnapshotError::OtherDevice)
+    ));
+}
+
 #[test]
 fn a_server_without_migration_is_unsupported_and_nothing_is_written() {
     let mem = guest_memory(RAM);

@@ -313,25 +313,32 @@ impl VfioUserPciDevice {
     ///
     /// # The order a VMM follows
     ///
-    /// On the source: stop the vCPUs, then `save` (the device goes to
-    /// STOP_COPY, the PCI state is captured, the device data read to its end, and the device is
-    /// left in STOP). To keep the VM on the source after all, take the device back to RUNNING
-    /// with a [`Migration`] and resume the vCPUs. Once the VM runs on the destination, drop
-    /// the source device: a stopped device refuses interrupt changes (libvfio-user's rule),
-    /// so [`detach`](VfioUserPciDevice::detach) would report the server's refusals.
+    /// A snapshot, or the stop of a migration:
     ///
-    /// On the destination: attach the device to the new server with the VM's guest memory (the
-    /// DMA mappings are made at attach), then [`VfioUserPciDevice::restore`] (RESUMING, the
-    /// device data loaded, the PCI state restored: the BARs re-placed, every interrupt eventfd
-    /// re-armed; then RUNNING), move the VMM's BAR windows to [`PciConfig::bars`], and resume
-    /// the vCPUs.
+    /// 1. On the source, stop the vCPUs, then `save`: the device goes to STOP_COPY, the
+    ///    PCI state is captured, the device data read to its end, and the device is left
+    ///    in STOP. Save the vCPUs and guest memory after it (a stopped device writes no
+    ///    more guest memory). To keep the VM on the source after all, take the device back
+    ///    to RUNNING with a [`Migration`] and resume the vCPUs.
+    /// 2. On the destination, attach the device to the new server with the VM's guest
+    ///    memory (in place before the device runs; the DMA mappings are made at attach),
+    ///    then [`restore`](VfioUserPciDevice::restore): RESUMING, the device data loaded,
+    ///    the PCI state restored (the BARs re-placed, every interrupt eventfd re-armed,
+    ///    managed slots and doorbells installed), then RUNNING. Move the VMM's BAR windows
+    ///    to [`PciConfig::bars`], restore the vCPUs and resume them.
+    /// 3. Drop the source device. A stopped device refuses interrupt changes
+    ///    (libvfio-user's rule), so [`detach`](VfioUserPciDevice::detach) would report the
+    ///    server's refusals.
     ///
-    /// A live migration keeps its own [`Migration`] handle on each side
-    /// (`Migration::new(&device.device())`) for the pre-copy rounds, with DMA dirty logging
-    /// over the device's own mapper ([`VfioUserPciDevice::start_dirty_logging`]), and ends
-    /// with [`VfioUserPciDevice::save_with`] and [`VfioUserPciDevice::restore_with`] on those
-    /// handles. A device that cannot migrate answers
-    /// [`migration::Error::Unsupported`] (through
+    /// A live migration keeps a [`Migration`] handle on each side
+    /// (`Migration::new(&device.device())`) for the pre-copy rounds while the guest runs:
+    /// the destination in RESUMING takes each round's device data; dirty logging over the
+    /// device's own mapper ([`VfioUserPciDevice::start_dirty_logging`]) says which guest
+    /// pages to copy again. The stop is then [`save_with`](VfioUserPciDevice::save_with)
+    /// and [`restore_with`](VfioUserPciDevice::restore_with) on those handles, with a last
+    /// dirty report in between. `examples/vmm` (`--migrate`) does all of it.
+    ///
+    /// A device that cannot migrate answers [`migration::Error::Unsupported`] (through
     /// [`SnapshotError::Migration`]) before anything is written: a VMM turns it into a
     /// migration blocker.
     ///
