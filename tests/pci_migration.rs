@@ -17,7 +17,7 @@ use vfio_user_client::pci::{
     BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, InterruptMode, PciConfig,
     SnapshotError, MAX_CHUNK_LEN, SNAPSHOT_MAGIC,
 };
-use vfio_user_client::{AttachOptions, VfioUserPciDevice};
+use vfio_user_client::{AttachOptions, ConnectionCause, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{guest_memory, pattern};
 use vfio_user_sample_server::test_support::pci::{
     cfg_read, cfg_write, find_cap, fired, quiet, Irqs,
@@ -331,6 +331,7 @@ fn a_server_without_migration_is_unsupported_and_nothing_is_written() {
     let mut saved = Vec::new();
     let e = a.dev.save(&mut saved).unwrap_err();
     assert!(e.is_unsupported(), "{e:?}");
+    assert!(!e.is_disconnected());
     assert!(saved.is_empty());
     assert_eq!(r32(&mut a.dev, GpioDevice::REG_ID), GpioDevice::ID);
     // Nor can it be restored into.
@@ -449,7 +450,7 @@ fn the_crates_io_server_is_unsupported_cleanly() {
             ),
             "{e:?}"
         );
-        assert!(e.is_unsupported());
+        assert!(e.is_unsupported() && !e.is_disconnected());
         assert!(saved.is_empty());
         // The connection stays in step.
         assert_eq!(r32(&mut dev, 0), value);

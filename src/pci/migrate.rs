@@ -9,6 +9,8 @@
 use std::io::{self, Read, Write};
 
 use super::{PciState, VfioUserPciDevice, PCI_STATE_VERSION};
+use crate::connection;
+use crate::error::ConnectionCause;
 use crate::migration::{self, DeviceState, Migration};
 
 /// The first 8 bytes of a saved device.
@@ -28,7 +30,8 @@ pub const MAX_CHUNK_LEN: u32 = 1 << 20;
 /// staging.
 const SAVE_CHUNK: usize = MAX_CHUNK_LEN as usize;
 
-/// Errors of saving and restoring a [`VfioUserPciDevice`].
+/// Errors of saving and restoring a [`VfioUserPciDevice`] ([`ConnectionCause`] finds the
+/// server's errno and whether the connection is gone).
 ///
 /// # The container (version 1, little-endian)
 ///
@@ -113,6 +116,18 @@ impl SnapshotError {
     /// Whether the device cannot migrate at all (a migration blocker).
     pub fn is_unsupported(&self) -> bool {
         matches!(self, SnapshotError::Migration(e) if e.is_unsupported())
+    }
+}
+
+impl ConnectionCause for SnapshotError {
+    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
+        let (migration, pci) = match self {
+            SnapshotError::Migration(e) => (Some(e), None),
+            SnapshotError::Pci(e) => (None, Some(e)),
+            _ => (None, None),
+        };
+        let migration = migration.into_iter().flat_map(|e| e.connection_errors());
+        migration.chain(pci.into_iter().flat_map(|e| e.connection_errors()))
     }
 }
 
