@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use vfio_user_client::migration::{self, DeviceState, Migration, Unsupported};
 use vfio_user_client::pci::{
     BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, InterruptMode, PciConfig,
-    SnapshotError, MAX_CHUNK_LEN, SNAPSHOT_MAGIC,
+    SnapshotError,
 };
 use vfio_user_client::{AttachOptions, ConnectionCause, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{guest_memory, pattern};
@@ -162,7 +162,7 @@ fn gpio_round_trip(twin: bool) {
     let mut saved = Vec::new();
     let n = a.dev.save(&mut saved).unwrap();
     assert!(n > 0);
-    assert_eq!(&saved[..8], &SNAPSHOT_MAGIC);
+    assert_eq!(&saved[..8], &VfioUserPciDevice::SNAPSHOT_MAGIC);
     assert_eq!(a.probe.migration_state(), DeviceState::Stop);
 
     let mut b = gpio(migrating(), &mem, twin);
@@ -539,7 +539,7 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
         (
             {
                 let mut s = saved[..data_at].to_vec();
-                s.extend_from_slice(&(MAX_CHUNK_LEN + 1).to_le_bytes());
+                s.extend_from_slice(&(VfioUserPciDevice::SNAPSHOT_MAX_CHUNK_LEN + 1).to_le_bytes());
                 s
             },
             |e| matches!(e, SnapshotError::TooLong { .. }),

@@ -8,22 +8,30 @@
 
 use std::io::{self, Read, Write};
 
-use super::{PciState, VfioUserPciDevice, PCI_STATE_VERSION};
+use super::{PciState, VfioUserPciDevice};
 use crate::connection;
 use crate::error::ConnectionCause;
 use crate::migration::{self, DeviceState, Migration};
 
-/// The first 8 bytes of a saved device.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"VUPCISNP";
+const SNAPSHOT_MAGIC: [u8; 8] = VfioUserPciDevice::SNAPSHOT_MAGIC;
+const SNAPSHOT_VERSION: u32 = VfioUserPciDevice::SNAPSHOT_VERSION;
+const MAX_STATE_LEN: u32 = VfioUserPciDevice::SNAPSHOT_MAX_STATE_LEN;
+const MAX_CHUNK_LEN: u32 = VfioUserPciDevice::SNAPSHOT_MAX_CHUNK_LEN;
 
-/// The container's version.
-pub const SNAPSHOT_VERSION: u32 = 1;
+impl VfioUserPciDevice {
+    /// The first 8 bytes of a saved device ([`save`](Self::save)).
+    pub const SNAPSHOT_MAGIC: [u8; 8] = *b"VUPCISNP";
 
-/// The largest PCI state accepted (its JSON).
-pub const MAX_STATE_LEN: u32 = 1 << 20;
+    /// The version of the container [`save`](Self::save) writes, and the only one
+    /// [`restore`](Self::restore) reads.
+    pub const SNAPSHOT_VERSION: u32 = 1;
 
-/// The largest chunk of device data accepted.
-pub const MAX_CHUNK_LEN: u32 = 1 << 20;
+    /// The largest PCI state a container may hold (its JSON).
+    pub const SNAPSHOT_MAX_STATE_LEN: u32 = 1 << 20;
+
+    /// The largest chunk of device data a container may hold.
+    pub const SNAPSHOT_MAX_CHUNK_LEN: u32 = 1 << 20;
+}
 
 /// The chunk size used when saving: reads of at least the migration layer's chunk (the
 /// negotiated `max_data_xfer_size`, 1 MiB by default) receive it in place, without
@@ -37,12 +45,12 @@ const SAVE_CHUNK: usize = MAX_CHUNK_LEN as usize;
 ///
 /// | field | bytes |
 /// |---|---|
-/// | magic [`SNAPSHOT_MAGIC`] | 8 |
-/// | version [`SNAPSHOT_VERSION`] | 4 |
+/// | magic [`SNAPSHOT_MAGIC`](VfioUserPciDevice::SNAPSHOT_MAGIC) | 8 |
+/// | version [`SNAPSHOT_VERSION`](VfioUserPciDevice::SNAPSHOT_VERSION) | 4 |
 /// | flags (0) | 4 |
-/// | length of the PCI state, at most [`MAX_STATE_LEN`] | 4 |
+/// | length of the PCI state, at most [`SNAPSHOT_MAX_STATE_LEN`](VfioUserPciDevice::SNAPSHOT_MAX_STATE_LEN) | 4 |
 /// | the [`PciState`] as JSON | length |
-/// | device data: chunks of a length (1 to [`MAX_CHUNK_LEN`], 4 bytes) and its bytes, then a length of 0 | |
+/// | device data: chunks of a length (1 to [`SNAPSHOT_MAX_CHUNK_LEN`](VfioUserPciDevice::SNAPSHOT_MAX_CHUNK_LEN), 4 bytes) and its bytes, then a length of 0 | |
 /// | total device data bytes | 8 |
 ///
 /// Reading never allocates more than one bounded piece at a time, stops at the end of the
@@ -62,10 +70,10 @@ pub enum SnapshotError {
     /// The `Write` (saving) or `Read` (restoring) failed.
     #[error("the snapshot stream failed: {0}")]
     Io(io::Error),
-    /// The container does not start with [`SNAPSHOT_MAGIC`].
+    /// The container does not start with [`SNAPSHOT_MAGIC`](VfioUserPciDevice::SNAPSHOT_MAGIC).
     #[error("not a saved vfio-user PCI device (magic {0:02x?})")]
     BadMagic([u8; 8]),
-    /// The container's version is not [`SNAPSHOT_VERSION`].
+    /// The container's version is not [`SNAPSHOT_VERSION`](VfioUserPciDevice::SNAPSHOT_VERSION).
     #[error("snapshot version {found} (supported: {supported})")]
     Version {
         /// The version found.
@@ -224,10 +232,10 @@ fn read_head(input: &mut impl Read) -> Result<PciState, SnapshotError> {
         .read_exact(&mut json)
         .map_err(read_error("PCI state"))?;
     let state: PciState = serde_json::from_slice(&json).map_err(SnapshotError::BadState)?;
-    if state.version() != PCI_STATE_VERSION {
+    if state.version() != PciState::VERSION {
         return Err(super::Error::StateVersion {
             found: state.version(),
-            supported: PCI_STATE_VERSION,
+            supported: PciState::VERSION,
         }
         .into());
     }

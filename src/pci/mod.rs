@@ -82,10 +82,10 @@ pub use attach::{AttachOptions, BarAllocator, BarPlacement};
 pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
-pub use migrate::{SnapshotError, MAX_CHUNK_LEN, MAX_STATE_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
+pub use migrate::SnapshotError;
 pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected, SocketSource};
 pub use slots::{BarMapping, Doorbell, GuestSlots};
-pub use state::{DeviceIdentity, PciState, PCI_STATE_VERSION};
+pub use state::{DeviceIdentity, PciState};
 pub use subscriber::PciSubscriber;
 
 use std::fmt;
