@@ -7,10 +7,11 @@
 //! loop, or the twin socket's reader), so it never blocks on anything but the mapping
 //! table's read lock, and never sends a request of its own.
 
-use std::fmt;
+use std::any::Any;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vm_memory::{
@@ -21,7 +22,7 @@ use vm_memory::{
 use super::dirty::DirtyLog;
 use super::table::{Access, Piece, Table};
 use super::DmaRegion;
-use crate::connection::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
+use crate::connection::{socket, Handle, ReplyData, ServerRequestHandler, UnbufferedReply};
 use crate::protocol::{Command, DmaAccess, Header};
 
 /// DMA_READ replies from this size up are sent straight from guest memory where the
@@ -39,100 +40,217 @@ const WRITE: Access = Access {
     write: true,
 };
 
-/// Answers DMA_READ and DMA_WRITE through the mapping table of a
-/// [`DmaMapper`](super::DmaMapper); installed on the connection by the mapper.
-///
-/// Errors, each answered with an error reply and with guest memory left untouched:
-/// `EINVAL` for a malformed request or one that carries fds, `E2BIG` for a `count` above
-/// our `max_data_xfer_size`, `EFAULT` for a range not wholly inside live mappings (or whose
-/// guest memory has gone), `EPERM` for a mapping without the needed access, `ENOSYS` for
-/// other server requests.
-pub(crate) struct DmaRequestHandler<AS> {
+/// The DMA state a connection's mappers share: the server has one DMA address space per
+/// connection, so there is one table of windows, one handler serving all of them (whichever
+/// mapper made them) and one dirty log.
+#[derive(Debug)]
+pub(crate) struct DmaSpace {
     pub(super) table: Arc<RwLock<Table>>,
-    pub(super) memory: AS,
     pub(super) dirty: Arc<DirtyLog>,
-    pub(super) max_data_xfer_size: u64,
+    /// Our `max_data_xfer_size`, as the latest mapper saw it.
+    max_data_xfer_size: AtomicU64,
+    /// No fd is sent with any DMA_MAP on this connection (sticky: see `DmaMode`).
+    message_only: AtomicBool,
+    next_owner: AtomicU64,
 }
 
-impl<AS> fmt::Debug for DmaRequestHandler<AS> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DmaRequestHandler")
-            .field("max_data_xfer_size", &self.max_data_xfer_size)
-            .finish_non_exhaustive()
+impl DmaSpace {
+    /// The connection's space, created on first use; (re)installs its request handler,
+    /// replacing any other, as a mapper always did.
+    pub(super) fn of(connection: &Handle, max_data_xfer_size: u64) -> Arc<DmaSpace> {
+        let mut slot = crate::sync::lock(&connection.dma_space);
+        let existing = slot.clone().and_then(|any| any.downcast::<DmaSpace>().ok());
+        let space = existing.unwrap_or_else(|| {
+            let space = Arc::new(DmaSpace {
+                table: Arc::new(RwLock::new(Table::default())),
+                dirty: Arc::new(DirtyLog::default()),
+                max_data_xfer_size: AtomicU64::new(max_data_xfer_size),
+                message_only: AtomicBool::new(false),
+                next_owner: AtomicU64::new(0),
+            });
+            *slot = Some(Arc::clone(&space) as Arc<dyn Any + Send + Sync>);
+            space
+        });
+        drop(slot);
+        space
+            .max_data_xfer_size
+            .store(max_data_xfer_size, Ordering::Relaxed);
+        connection.set_request_handler(Some(Arc::new(DmaRequestHandler {
+            space: Arc::clone(&space),
+        })));
+        space
+    }
+
+    /// A fresh owner id for a mapper.
+    pub(super) fn new_owner(&self) -> u64 {
+        self.next_owner.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes every later DMA_MAP on the connection go without an fd.
+    pub(super) fn set_message_only(&self) {
+        self.message_only.store(true, Ordering::Release);
+    }
+
+    pub(super) fn message_only(&self) -> bool {
+        self.message_only.load(Ordering::Acquire)
     }
 }
 
-impl<AS> DmaRequestHandler<AS>
+/// One mapper's guest memory, as the handler reaches it (not generic, so that mappers of
+/// different memory types share a handler).
+pub(crate) trait GuestSource: Send + Sync {
+    /// `Err(EFAULT)` unless every piece lies in guest memory granting `need`.
+    fn check(&self, pieces: &[Piece], need: Access) -> Result<(), u32>;
+
+    /// Appends the bytes of `pieces` to `out`.
+    fn read(&self, pieces: &[Piece], out: &mut Vec<u8>) -> Result<(), u32>;
+
+    /// Writes `data` (as long as the pieces together) into `pieces`, marking them dirty;
+    /// the caller checked them.
+    fn write(&self, pieces: &[Piece], data: &[u8], dirty: &DirtyLog) -> Result<(), u32>;
+
+    /// The bytes of `pieces`, to be sent later straight from guest memory.
+    fn reply_data(&self, pieces: Vec<Piece>, len: usize) -> Box<dyn ReplyData>;
+}
+
+/// A mapper's guest memory behind [`GuestSource`].
+pub(crate) struct MemorySource<AS> {
+    pub(super) memory: AS,
+}
+
+impl<AS> GuestSource for MemorySource<AS>
 where
-    AS: GuestAddressSpace,
+    AS: GuestAddressSpace + Send + Sync + 'static,
     AS::M: GuestMemoryBackend,
     <AS::M as GuestMemoryBackend>::R: DmaRegion,
 {
-    /// Translates and checks a request's range: every byte in a live mapping granting
-    /// `need`, and in guest memory that still allows it.
-    fn pieces(
-        &self,
-        mem: &AS::M,
-        address: u64,
-        count: u64,
-        need: Access,
-    ) -> Result<Vec<Piece>, u32> {
-        if count > self.max_data_xfer_size {
-            return Err(libc::E2BIG as u32);
-        }
-        let pieces = crate::sync::read(&self.table)
-            .translate(address, count, need)
-            .map_err(|e| e as u32)?;
-        for p in &pieces {
-            region_for(mem, p, need).ok_or(libc::EFAULT as u32)?;
-        }
-        Ok(pieces)
-    }
-
-    /// Decodes and checks a DMA_READ request.
-    fn read_request(&self, mem: &AS::M, payload: &[u8]) -> Result<(DmaAccess, Vec<Piece>), u32> {
-        if payload.len() != DmaAccess::HEAD_SIZE {
-            return Err(libc::EINVAL as u32);
-        }
-        let head = DmaAccess::decode(payload).map_err(|_| libc::EINVAL as u32)?;
-        let pieces = self.pieces(mem, head.address, head.count, READ)?;
-        Ok((head, pieces))
-    }
-
-    fn dma_read(&self, payload: &[u8], reply: &mut Vec<u8>) -> Result<(), u32> {
+    fn check(&self, pieces: &[Piece], need: Access) -> Result<(), u32> {
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
-        let (head, pieces) = self.read_request(mem, payload)?;
-        // `count` is bounded by max_data_xfer_size above.
-        reply.reserve(DmaAccess::HEAD_SIZE + head.count as usize);
-        head.encode_into(reply);
-        for p in &pieces {
+        for p in pieces {
+            region_for(mem, p, need).ok_or(libc::EFAULT as u32)?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, pieces: &[Piece], out: &mut Vec<u8>) -> Result<(), u32> {
+        let guard = self.memory.memory();
+        let mem: &AS::M = &guard;
+        for p in pieces {
             let (region, offset) = region_for(mem, p, READ).ok_or(libc::EFAULT as u32)?;
             let slice = region
                 .get_slice(offset, p.len)
                 .map_err(|_| libc::EFAULT as u32)?;
-            reply
-                .write_all_volatile(&slice)
+            out.write_all_volatile(&slice)
                 .map_err(|_| libc::EFAULT as u32)?;
         }
         Ok(())
     }
 
-    fn dma_write(&self, payload: &[u8], reply: &mut Vec<u8>) -> Result<(), u32> {
-        let (head, data) = DmaAccess::decode_with_data(payload).map_err(|_| libc::EINVAL as u32)?;
+    fn write(&self, pieces: &[Piece], data: &[u8], dirty: &DirtyLog) -> Result<(), u32> {
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
-        let pieces = self.pieces(mem, head.address, head.count, WRITE)?;
-        // Every piece was checked before the first byte is written.
         let mut rest = data;
-        for p in &pieces {
+        for p in pieces {
             let (region, offset) = region_for(mem, p, WRITE).ok_or(libc::EFAULT as u32)?;
             let (now, later) = rest.split_at(p.len.min(rest.len()));
             let slice = region
                 .get_slice(offset, now.len())
                 .map_err(|_| libc::EFAULT as u32)?;
             slice.copy_from(now);
-            self.dirty.mark(p.gpa, now.len() as u64);
+            dirty.mark(p.gpa, now.len() as u64);
+            rest = later;
+        }
+        Ok(())
+    }
+
+    fn reply_data(&self, pieces: Vec<Piece>, len: usize) -> Box<dyn ReplyData> {
+        Box::new(GuestData {
+            memory: self.memory.clone(),
+            pieces,
+            len,
+        })
+    }
+}
+
+/// Answers DMA_READ and DMA_WRITE through the connection's one mapping table, whichever
+/// [`DmaMapper`](super::DmaMapper) made the windows; installed on the connection by the
+/// first mapper.
+///
+/// Errors, each answered with an error reply and with guest memory left untouched:
+/// `EINVAL` for a malformed request or one that carries fds, `E2BIG` for a `count` above
+/// our `max_data_xfer_size`, `EFAULT` for a range not wholly inside live mappings (or whose
+/// guest memory has gone), `EPERM` for a mapping without the needed access, `ENOSYS` for
+/// other server requests.
+#[derive(Debug)]
+pub(crate) struct DmaRequestHandler {
+    space: Arc<DmaSpace>,
+}
+
+/// The pieces of one request, with the guest memory of each run of pieces of one owner.
+type Runs<'a> = Vec<(&'a Arc<dyn GuestSource>, &'a [Piece])>;
+
+impl DmaRequestHandler {
+    /// Translates and checks a request's range: every byte in a live mapping granting
+    /// `need`, and in guest memory that still allows it.
+    fn pieces(
+        &self,
+        table: &Table,
+        address: u64,
+        count: u64,
+        need: Access,
+    ) -> Result<Vec<Piece>, u32> {
+        if count > self.space.max_data_xfer_size.load(Ordering::Relaxed) {
+            return Err(libc::E2BIG as u32);
+        }
+        table.translate(address, count, need).map_err(|e| e as u32)
+    }
+
+    /// Groups `pieces` by owner and checks each group against its guest memory.
+    fn runs<'a>(table: &'a Table, pieces: &'a [Piece], need: Access) -> Result<Runs<'a>, u32> {
+        let mut runs = Vec::new();
+        for run in pieces.chunk_by(|a, b| a.owner == b.owner) {
+            let owner = run.first().map_or(0, |p| p.owner);
+            let source = table.source(owner).ok_or(libc::EFAULT as u32)?;
+            source.check(run, need)?;
+            runs.push((source, run));
+        }
+        Ok(runs)
+    }
+
+    /// Decodes a DMA_READ request.
+    fn read_request(payload: &[u8]) -> Result<DmaAccess, u32> {
+        if payload.len() != DmaAccess::HEAD_SIZE {
+            return Err(libc::EINVAL as u32);
+        }
+        DmaAccess::decode(payload).map_err(|_| libc::EINVAL as u32)
+    }
+
+    fn dma_read(&self, payload: &[u8], reply: &mut Vec<u8>) -> Result<(), u32> {
+        let head = Self::read_request(payload)?;
+        let table = crate::sync::read(&self.space.table);
+        let pieces = self.pieces(&table, head.address, head.count, READ)?;
+        let runs = Self::runs(&table, &pieces, READ)?;
+        // `count` is bounded by max_data_xfer_size above.
+        reply.reserve(DmaAccess::HEAD_SIZE + head.count as usize);
+        head.encode_into(reply);
+        for (source, run) in runs {
+            source.read(run, reply)?;
+        }
+        Ok(())
+    }
+
+    fn dma_write(&self, payload: &[u8], reply: &mut Vec<u8>) -> Result<(), u32> {
+        let (head, data) = DmaAccess::decode_with_data(payload).map_err(|_| libc::EINVAL as u32)?;
+        let table = crate::sync::read(&self.space.table);
+        let pieces = self.pieces(&table, head.address, head.count, WRITE)?;
+        // Every piece is checked before the first byte is written.
+        let runs = Self::runs(&table, &pieces, WRITE)?;
+        let mut rest = data;
+        for (source, run) in runs {
+            let len = run.iter().map(|p| p.len).sum::<usize>().min(rest.len());
+            let (now, later) = rest.split_at(len);
+            source.write(run, now, &self.space.dirty)?;
             rest = later;
         }
         head.encode_into(reply);
@@ -193,12 +311,7 @@ where
     }
 }
 
-impl<AS> ServerRequestHandler for DmaRequestHandler<AS>
-where
-    AS: GuestAddressSpace + Send + Sync + 'static,
-    AS::M: GuestMemoryBackend,
-    <AS::M as GuestMemoryBackend>::R: DmaRegion,
-{
+impl ServerRequestHandler for DmaRequestHandler {
     fn handle_unbuffered(
         &self,
         header: &Header,
@@ -208,25 +321,25 @@ where
         if header.known_command() != Some(Command::DmaRead) || !fds.is_empty() {
             return None;
         }
-        let guard = self.memory.memory();
-        let mem: &AS::M = &guard;
-        let (head, pieces) = match self.read_request(mem, payload) {
-            Ok(r) if r.0.count >= UNBUFFERED_MIN => r,
-            // Small, or refused: the buffered path answers (and reports the refusal).
-            _ => return None,
-        };
+        // Small, refused, or spanning the windows of several mappers: the buffered path
+        // answers (and reports a refusal).
+        let head = Self::read_request(payload).ok()?;
+        if head.count < UNBUFFERED_MIN {
+            return None;
+        }
+        let table = crate::sync::read(&self.space.table);
+        let pieces = self.pieces(&table, head.address, head.count, READ).ok()?;
+        let owner = pieces.first()?.owner;
+        if pieces.iter().any(|p| p.owner != owner) {
+            return None;
+        }
+        let source = table.source(owner)?;
+        source.check(&pieces, READ).ok()?;
         let mut reply = Vec::with_capacity(DmaAccess::HEAD_SIZE);
         head.encode_into(&mut reply);
         // `count` is bounded by max_data_xfer_size.
-        let data = GuestData {
-            memory: self.memory.clone(),
-            pieces,
-            len: head.count as usize,
-        };
-        Some(Ok(UnbufferedReply {
-            head: reply,
-            data: Box::new(data),
-        }))
+        let data = source.reply_data(pieces, head.count as usize);
+        Some(Ok(UnbufferedReply { head: reply, data }))
     }
 
     fn handle(

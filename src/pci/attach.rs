@@ -25,7 +25,7 @@ use super::status::DeviceStatus;
 use super::{BarInfo, Error, InterruptKind, InterruptProvider, PciSubscriber, VfioUserPciDevice};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{DeviceOptions, IrqAction, VfioUserDevice};
-use crate::dma::DmaRegion;
+use crate::dma::{DmaOptions, DmaRegion};
 
 /// Largest config space the device serves (PCI Express extended config space).
 const MAX_CONFIG_SIZE: u64 = 4096;
@@ -100,6 +100,10 @@ pub struct AttachOptions {
     pub reset: bool,
     /// Where the BARs go.
     pub bars: BarPlacement,
+    /// Which guest memory the server may reach, and how (default: all of it, shared files
+    /// by fd). See [`DmaOptions`] and [`VfioUserPciDevice::dma`] for the windows the VMM
+    /// maps itself.
+    pub dma: DmaOptions,
 }
 
 impl Default for AttachOptions {
@@ -109,6 +113,7 @@ impl Default for AttachOptions {
             device: DeviceOptions::default(),
             reset: true,
             bars: BarPlacement::default(),
+            dma: DmaOptions::default(),
         }
     }
 }
@@ -170,7 +175,11 @@ impl VfioUserPciDevice {
             event_loop: None,
         };
         dev.place_bars(&options.bars)?;
-        dev.dma = Some(memory::map_guest_memory(dev.device.connection(), memory)?);
+        dev.dma = Some(memory::map_guest_memory(
+            dev.device.connection(),
+            memory,
+            &options.dma,
+        )?);
         dev.arm_notifiers()?;
         dev.try_sync_interrupts()?;
         Ok(dev)
