@@ -106,7 +106,7 @@ pub(crate) trait GuestSource: Send + Sync {
     fn read(&self, pieces: &[Piece], out: &mut Vec<u8>) -> Result<(), u32>;
 
     /// Writes `data` (as long as the pieces together) into `pieces`, marking them dirty;
-    /// the caller checked them.
+    /// nothing is written unless every piece is in guest memory that allows it.
     fn write(&self, pieces: &[Piece], data: &[u8], dirty: &DirtyLog) -> Result<(), u32>;
 
     /// The bytes of `pieces`, to be sent later straight from guest memory.
@@ -150,6 +150,10 @@ where
     fn write(&self, pieces: &[Piece], data: &[u8], dirty: &DirtyLog) -> Result<(), u32> {
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
+        // Checked again in this snapshot, all before the first byte is written.
+        for p in pieces {
+            region_for(mem, p, WRITE).ok_or(libc::EFAULT as u32)?;
+        }
         let mut rest = data;
         for p in pieces {
             let (region, offset) = region_for(mem, p, WRITE).ok_or(libc::EFAULT as u32)?;

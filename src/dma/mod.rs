@@ -14,15 +14,24 @@
 //! * A **mapping** (window) is `iova..iova + size` of the server's DMA address space, backed
 //!   by `gpa..gpa + size` of guest memory, lying inside one guest memory region. When that
 //!   region is a shared file mapping, DMA_MAP carries its fd and offset and the server maps
-//!   it; otherwise no fd is sent and the server reaches the window through DMA_READ /
-//!   DMA_WRITE messages, which the mapper answers from the same table.
+//!   it; otherwise (or in [`DmaMode::MessageOnly`], always) no fd is sent and the server
+//!   reaches the window through DMA_READ / DMA_WRITE messages, answered from the same table.
+//! * The **DMA space** of a connection: the server has one DMA address space per
+//!   connection, so a connection has one table of windows and one request handler, shared
+//!   by every [`DmaMapper`] made on it. Each mapper owns its windows (they reach its guest
+//!   memory; only it unmaps them); no two windows overlap, whoever made them.
+//! * **Sharing** ([`GuestMemorySharing`]) chooses the guest memory regions mapped whole at
+//!   their own addresses: all, those a filter selects, or none. The rest is the VMM's to map
+//!   through a [`DmaHandle`], an IOVA range onto a guest-physical range: virtio-mem blocks as
+//!   they are plugged, a vIOMMU's mappings as the guest makes them.
 //! * A **transaction** pipelines maps and unmaps (NOWAIT) and waits once, at commit. Each
 //!   operation is checked locally before it is sent (page alignment, overlap, the server's
 //!   `max_dma_maps`, guest memory bounds), enters the table when it is sent (the server may
 //!   use a window as soon as it has processed the map), and leaves it again if the server
 //!   refuses it: the table always ends up as the server accepted it.
 //!
-//! [`DmaMapper`] shows guest memory shared with a server.
+//! [`DmaMapper`] shows guest memory shared with a server, [`DmaHandle`] IOVA windows and
+//! [`DmaOptions`] the choices of an attach.
 
 mod dirty;
 mod error;
