@@ -191,12 +191,9 @@ pub(crate) struct DmaRequestHandler {
     space: Arc<DmaSpace>,
 }
 
-/// The pieces of one request, with the guest memory of each run of pieces of one owner.
-type Runs<'a> = Vec<(&'a Arc<dyn GuestSource>, &'a [Piece])>;
-
 impl DmaRequestHandler {
     /// Translates and checks a request's range: every byte in a live mapping granting
-    /// `need`, and in guest memory that still allows it.
+    /// `need`.
     fn pieces(
         &self,
         table: &Table,
@@ -210,16 +207,12 @@ impl DmaRequestHandler {
         table.translate(address, count, need).map_err(|e| e as u32)
     }
 
-    /// Groups `pieces` by owner and checks each group against its guest memory.
-    fn runs<'a>(table: &'a Table, pieces: &'a [Piece], need: Access) -> Result<Runs<'a>, u32> {
-        let mut runs = Vec::new();
-        for run in pieces.chunk_by(|a, b| a.owner == b.owner) {
-            let owner = run.first().map_or(0, |p| p.owner);
-            let source = table.source(owner).ok_or(libc::EFAULT as u32)?;
-            source.check(run, need)?;
-            runs.push((source, run));
+    /// Checks every run of pieces of one owner against that owner's guest memory.
+    fn check_runs(table: &Table, pieces: &[Piece], need: Access) -> Result<(), u32> {
+        for run in runs(pieces) {
+            source_of(table, run)?.check(run, need)?;
         }
-        Ok(runs)
+        Ok(())
     }
 
     /// Decodes a DMA_READ request.
@@ -234,12 +227,12 @@ impl DmaRequestHandler {
         let head = Self::read_request(payload)?;
         let table = crate::sync::read(&self.space.table);
         let pieces = self.pieces(&table, head.address, head.count, READ)?;
-        let runs = Self::runs(&table, &pieces, READ)?;
+        Self::check_runs(&table, &pieces, READ)?;
         // `count` is bounded by max_data_xfer_size above.
         reply.reserve(DmaAccess::HEAD_SIZE + head.count as usize);
         head.encode_into(reply);
-        for (source, run) in runs {
-            source.read(run, reply)?;
+        for run in runs(&pieces) {
+            source_of(&table, run)?.read(run, reply)?;
         }
         Ok(())
     }
@@ -249,17 +242,28 @@ impl DmaRequestHandler {
         let table = crate::sync::read(&self.space.table);
         let pieces = self.pieces(&table, head.address, head.count, WRITE)?;
         // Every piece is checked before the first byte is written.
-        let runs = Self::runs(&table, &pieces, WRITE)?;
+        Self::check_runs(&table, &pieces, WRITE)?;
         let mut rest = data;
-        for (source, run) in runs {
+        for run in runs(&pieces) {
             let len = run.iter().map(|p| p.len).sum::<usize>().min(rest.len());
             let (now, later) = rest.split_at(len);
-            source.write(run, now, &self.space.dirty)?;
+            source_of(&table, run)?.write(run, now, &self.space.dirty)?;
             rest = later;
         }
         head.encode_into(reply);
         Ok(())
     }
+}
+
+/// `pieces` in runs of one owner each.
+fn runs(pieces: &[Piece]) -> impl Iterator<Item = &[Piece]> {
+    pieces.chunk_by(|a, b| a.owner == b.owner)
+}
+
+/// The guest memory of the owner of a run of pieces.
+fn source_of<'a>(table: &'a Table, run: &[Piece]) -> Result<&'a Arc<dyn GuestSource>, u32> {
+    let owner = run.first().map_or(0, |p| p.owner);
+    table.source(owner).ok_or(libc::EFAULT as u32)
 }
 
 /// The guest memory region holding all of `p`, if it grants `need`, with `p`'s offset in it.

@@ -278,7 +278,7 @@ mod tests {
 
     proptest::proptest! {
         /// `translate` agrees with a byte-by-byte model: every byte of the range in a window
-        /// granting the access, mapped to that window's guest address, or the first byte's
+        /// granting the access, mapped to that window's guest address and owner, or the first byte's
         /// error (EFAULT outside every window, EPERM in a window without the access).
         #[test]
         fn translate_matches_a_byte_model(
@@ -291,7 +291,8 @@ mod tests {
             for (iova, size, gpa, writable) in windows {
                 let access = Access { read: true, write: writable };
                 if t.overlapping(iova, iova + size).is_none() {
-                    t.insert(m(iova, size, gpa, access));
+                    // Windows of three owners (mappers sharing the connection's table).
+                    t.insert(DmaMapping { owner: iova % 3, ..m(iova, size, gpa, access) });
                 }
             }
             let need = Access { read: !write_access, write: write_access };
@@ -301,14 +302,14 @@ mod tests {
                 match (w, &mut model) {
                     (None, Ok(_)) => model = Err(libc::EFAULT),
                     (Some(w), Ok(_)) if !w.access.allows(need) => model = Err(libc::EPERM),
-                    (Some(w), Ok(bytes)) => bytes.push(w.gpa + (byte - w.iova)),
+                    (Some(w), Ok(bytes)) => bytes.push((w.gpa + (byte - w.iova), w.owner)),
                     (_, Err(_)) => {}
                 }
             }
             let got = t.translate(address, count, need).map(|pieces| {
                 pieces
                     .iter()
-                    .flat_map(|p| p.gpa..p.gpa + p.len as u64)
+                    .flat_map(|p| (p.gpa..p.gpa + p.len as u64).map(move |g| (g, p.owner)))
                     .collect::<Vec<_>>()
             });
             proptest::prop_assert_eq!(got, model);
