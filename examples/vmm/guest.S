@@ -2,9 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
 # The guest of examples/vmm: 16-bit real mode, loaded at 0x1000. It finds the DMA engine
-# through PCI config mechanism #1, places BAR0 at 0xd0000, walks the capability list to
-# MSI-X, programs vector 0 in the table, enables memory decoding and MSI-X, copies 64 bytes
-# from 0x2000 to 0x3000 with the engine, stores the status at 0x50c and 0x600d at 0x500.
+# through PCI config mechanism #1, places BAR0 at 0xd0000 and BAR2 (the engine's mappable
+# buffer) at 0xe0000, walks the capability list to MSI-X, programs vector 0 in the table,
+# enables memory decoding and MSI-X, copies 64 bytes from 0x2000 to 0x3000 with the engine
+# (the doorbell write at 0xd0018 is an ioeventfd with KVM), stores the status at 0x50c,
+# writes 0x5a17cafe to the buffer at 0xe0010 and stores what it reads back there at 0x510
+# (a memory slot with KVM), and stores 0x600d at 0x500.
 #
 # Rebuild the bytes in vmm/main.rs (GUEST_CODE) with:
 #   as --32 -o guest.o guest.S
@@ -44,6 +47,13 @@ found:
     out dx, eax
     mov dx, 0xcfc
     mov eax, 0x000d0000
+    out dx, eax
+    mov eax, ecx
+    or eax, 0x18
+    mov dx, 0xcf8
+    out dx, eax
+    mov dx, 0xcfc
+    mov eax, 0x000e0000
     out dx, eax
     mov eax, ecx
     or eax, 0x34
@@ -116,5 +126,12 @@ msix_found:
     xor bx, bx
     mov ds, bx
     mov dword ptr [0x50c], eax
+    mov ax, 0xe000
+    mov ds, ax
+    mov dword ptr [0x10], 0x5a17cafe
+    mov eax, dword ptr [0x10]
+    xor bx, bx
+    mov ds, bx
+    mov dword ptr [0x510], eax
     mov word ptr [0x500], 0x600d
     hlt

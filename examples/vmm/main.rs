@@ -20,10 +20,18 @@
 //!   port and MMIO exits reach the buses; without it, the same steps as a Rust "guest
 //!   driver" on the same buses.
 //!
-//! The device is the sample DMA engine. The guest finds it, places BAR0 below 1 MiB,
-//! enables memory decoding and MSI-X (vector 0 programmed in the emulated table), and rings
-//! the engine's doorbell to copy a buffer; the VMM then checks the copy in guest memory and
-//! that vector 0's eventfd fired (a KVM VMM would have registered it as an irqfd).
+//! * memory slots and doorbells (with KVM): the VMM implements `GuestSlots` with KVM user
+//!   memory regions and KVM ioeventfds, and the device installs, moves and removes them
+//!   itself (`VfioUserPciDevice::manage_slots`);
+//!
+//! The device is the sample DMA engine, with its doorbell ioeventfd and its mappable buffer
+//! BAR. The guest finds it, places BAR0 and BAR2 below 1 MiB, enables memory decoding and
+//! MSI-X (vector 0 programmed in the emulated table), rings the engine's doorbell to copy a
+//! buffer, and writes and reads back a word of the engine's BAR2 buffer; the VMM then
+//! checks the copy in guest memory, that vector 0's eventfd fired (a KVM VMM would have
+//! registered it as an irqfd), and that the server sees the word. With KVM the doorbell
+//! write and the buffer accesses reach the server without an exit to the VMM: the report
+//! counts the exits per access.
 //!
 //! `cargo run --example vmm` (add `-- --rust-guest` to skip KVM).
 
@@ -31,18 +39,21 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use vfio_user_client::pci::{
-    AttachOptions, BarKind, BarReprogramming, InterruptKind, InterruptProvider, PciConfig,
-    VfioUserPciDevice,
+    AttachOptions, BarKind, BarMapping, BarReprogramming, BarSpace, Doorbell, GuestSlots,
+    InterruptKind, InterruptProvider, PciConfig, VfioUserPciDevice,
 };
-use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle};
+use vfio_user_sample_server::{
+    DmaEngine, DmaEngineHandle, DmaEngineOptions, Server, ServerConfig, ServerHandle,
+};
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioAddressOffset, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::DevicePio;
@@ -70,6 +81,14 @@ const BAR0_GUEST: u64 = 0xd_0000;
 const CONFIG_ADDRESS: u16 = 0xcf8;
 /// Guest exits after which a run is declared stuck.
 const MAX_EXITS: usize = 100_000;
+/// Where the guest places BAR2, the engine's buffer (a memory slot with KVM).
+const BAR2_GUEST: u64 = 0xe_0000;
+/// Where in the buffer the guest writes [`BUFFER_WORD`], and reads it back to 0x510.
+const BUFFER_OFFSET: u64 = 0x10;
+const BUFFER_WORD: u32 = 0x5a17_cafe;
+/// Guest accesses to the buffer (a write and a read) and to the doorbell (a write).
+const BUFFER_ACCESSES: usize = 2;
+const DOORBELL_ACCESSES: usize = 1;
 
 /// `guest.S`, assembled (see the file for the commands).
 const GUEST_CODE: &[u8] = &[
@@ -79,23 +98,26 @@ const GUEST_CODE: &[u8] = &[
     0x06, 0x00, 0x05, 0xad, 0xde, 0xf4, 0x66, 0x89, 0x1e, 0x04, 0x05, 0x66, 0x89, 0xd9, 0x66, 0xc1,
     0xe1, 0x0b, 0x66, 0x81, 0xc9, 0x00, 0x00, 0x00, 0x80, 0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x10,
     0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xb8, 0x00, 0x00, 0x0d, 0x00, 0x66, 0xef,
-    0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x34, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66,
-    0xed, 0x66, 0x25, 0xfc, 0x00, 0x00, 0x00, 0x66, 0x89, 0xc6, 0x66, 0x85, 0xf6, 0x74, 0x21, 0x66,
-    0x89, 0xc8, 0x66, 0x09, 0xf0, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed, 0x3c,
-    0x11, 0x74, 0x14, 0x66, 0x0f, 0xb6, 0xf4, 0x66, 0x81, 0xe6, 0xfc, 0x00, 0x00, 0x00, 0xeb, 0xda,
-    0xc7, 0x06, 0x00, 0x05, 0xd1, 0xba, 0xf4, 0x66, 0x89, 0x36, 0x08, 0x05, 0x66, 0x89, 0xc8, 0x66,
-    0x09, 0xf0, 0x66, 0x83, 0xc0, 0x04, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed,
-    0x66, 0x83, 0xe0, 0xf8, 0x66, 0x89, 0xc7, 0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x04, 0xba, 0xf8,
-    0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0xb8, 0x06, 0x00, 0xef, 0xb8, 0x00, 0xd0, 0x8e, 0xd8, 0x66,
-    0xc7, 0x05, 0x00, 0x00, 0xe0, 0xfe, 0x66, 0xc7, 0x45, 0x04, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7,
-    0x45, 0x08, 0x31, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x45, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x31, 0xc0,
-    0x8e, 0xd8, 0x66, 0x89, 0xc8, 0x66, 0x09, 0xf0, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfe, 0x0c,
-    0xb8, 0x00, 0x80, 0xef, 0xb8, 0x00, 0xd0, 0x8e, 0xd8, 0x66, 0xc7, 0x06, 0x00, 0x00, 0x00, 0x20,
-    0x00, 0x00, 0x66, 0xc7, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x08, 0x00,
-    0x00, 0x30, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06,
-    0x10, 0x00, 0x40, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66,
-    0xc7, 0x06, 0x18, 0x00, 0x01, 0x00, 0x00, 0x00, 0x66, 0xa1, 0x1c, 0x00, 0x31, 0xdb, 0x8e, 0xdb,
-    0x66, 0xa3, 0x0c, 0x05, 0xc7, 0x06, 0x00, 0x05, 0x0d, 0x60, 0xf4,
+    0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x18, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66,
+    0xb8, 0x00, 0x00, 0x0e, 0x00, 0x66, 0xef, 0x66, 0x89, 0xc8, 0x66, 0x83, 0xc8, 0x34, 0xba, 0xf8,
+    0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed, 0x66, 0x25, 0xfc, 0x00, 0x00, 0x00, 0x66, 0x89,
+    0xc6, 0x66, 0x85, 0xf6, 0x74, 0x21, 0x66, 0x89, 0xc8, 0x66, 0x09, 0xf0, 0xba, 0xf8, 0x0c, 0x66,
+    0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed, 0x3c, 0x11, 0x74, 0x14, 0x66, 0x0f, 0xb6, 0xf4, 0x66, 0x81,
+    0xe6, 0xfc, 0x00, 0x00, 0x00, 0xeb, 0xda, 0xc7, 0x06, 0x00, 0x05, 0xd1, 0xba, 0xf4, 0x66, 0x89,
+    0x36, 0x08, 0x05, 0x66, 0x89, 0xc8, 0x66, 0x09, 0xf0, 0x66, 0x83, 0xc0, 0x04, 0xba, 0xf8, 0x0c,
+    0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed, 0x66, 0x83, 0xe0, 0xf8, 0x66, 0x89, 0xc7, 0x66, 0x89,
+    0xc8, 0x66, 0x83, 0xc8, 0x04, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0xb8, 0x06, 0x00,
+    0xef, 0xb8, 0x00, 0xd0, 0x8e, 0xd8, 0x66, 0xc7, 0x05, 0x00, 0x00, 0xe0, 0xfe, 0x66, 0xc7, 0x45,
+    0x04, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x45, 0x08, 0x31, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x45,
+    0x0c, 0x00, 0x00, 0x00, 0x00, 0x31, 0xc0, 0x8e, 0xd8, 0x66, 0x89, 0xc8, 0x66, 0x09, 0xf0, 0xba,
+    0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfe, 0x0c, 0xb8, 0x00, 0x80, 0xef, 0xb8, 0x00, 0xd0, 0x8e, 0xd8,
+    0x66, 0xc7, 0x06, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x04, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x66, 0xc7, 0x06, 0x08, 0x00, 0x00, 0x30, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x0c, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x10, 0x00, 0x40, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06,
+    0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x18, 0x00, 0x01, 0x00, 0x00, 0x00, 0x66,
+    0xa1, 0x1c, 0x00, 0x31, 0xdb, 0x8e, 0xdb, 0x66, 0xa3, 0x0c, 0x05, 0xb8, 0x00, 0xe0, 0x8e, 0xd8,
+    0x66, 0xc7, 0x06, 0x10, 0x00, 0xfe, 0xca, 0x17, 0x5a, 0x66, 0xa1, 0x10, 0x00, 0x31, 0xdb, 0x8e,
+    0xdb, 0x66, 0xa3, 0x10, 0x05, 0xc7, 0x06, 0x00, 0x05, 0x0d, 0x60, 0xf4,
 ];
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -266,6 +288,161 @@ impl Drop for EventThread {
     }
 }
 
+/// The VMM's KVM memory slots and ioeventfds for the device (`GuestSlots`): the device
+/// calls these as its BARs move, decode and go away.
+struct KvmSlots {
+    vm: Arc<kvm_ioctls::VmFd>,
+    state: Mutex<KvmSlotState>,
+}
+
+#[derive(Default)]
+struct KvmSlotState {
+    /// KVM slot numbers in use by guest address; slot 0 is guest RAM.
+    slots: HashMap<u64, u32>,
+    next_slot: u32,
+    /// The ioeventfds registered, by guest address (the eventfd KVM holds).
+    ioeventfds: HashMap<u64, EventFd>,
+    /// Every call, for the report.
+    calls: Vec<String>,
+}
+
+impl KvmSlots {
+    fn new(vm: Arc<kvm_ioctls::VmFd>) -> KvmSlots {
+        KvmSlots {
+            vm,
+            state: Mutex::new(KvmSlotState {
+                next_slot: 1,
+                ..KvmSlotState::default()
+            }),
+        }
+    }
+
+    fn set_region(&self, slot: u32, m: &BarMapping, size: u64) -> io::Result<()> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: if m.writable {
+                0
+            } else {
+                kvm_bindings::KVM_MEM_READONLY
+            },
+            guest_phys_addr: m.guest_addr,
+            memory_size: size,
+            userspace_addr: m.host_addr,
+        };
+        // SAFETY: `m.host_addr .. + m.size` is the device's mapping of a BAR area, which
+        // the device keeps mapped until it has removed this slot (GuestSlots' contract:
+        // detach and drop remove every slot before the mappings go); with size 0 the slot is
+        // deleted and nothing is mapped.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(io::Error::from)
+    }
+
+    fn calls(&self) -> Vec<String> {
+        lock(&self.state).calls.clone()
+    }
+}
+
+impl GuestSlots for KvmSlots {
+    fn add_slot(&self, m: &BarMapping) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let slot = st.next_slot;
+        self.set_region(slot, m, m.size)?;
+        st.next_slot += 1;
+        st.slots.insert(m.guest_addr, slot);
+        st.calls.push(format!(
+            "+slot {slot} at {:#x} ({:#x} bytes)",
+            m.guest_addr, m.size
+        ));
+        Ok(())
+    }
+
+    fn remove_slot(&self, m: &BarMapping) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let slot = st
+            .slots
+            .remove(&m.guest_addr)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        self.set_region(slot, m, 0)?;
+        st.calls
+            .push(format!("-slot {slot} at {:#x}", m.guest_addr));
+        Ok(())
+    }
+
+    fn add_ioeventfd(&self, d: &Doorbell) -> io::Result<()> {
+        let fd = d.fd.try_clone()?;
+        // SAFETY: `fd` is a fresh duplicate of the server's eventfd, owned by nothing else;
+        // the EventFd takes it over.
+        let event = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        let addr = match d.space {
+            BarSpace::Memory => IoEventAddress::Mmio(d.guest_addr),
+            BarSpace::Io => IoEventAddress::Pio(d.guest_addr),
+        };
+        let e = |e: kvm_ioctls::Error| io::Error::from(e);
+        match (d.size, d.datamatch) {
+            (1, Some(v)) => self
+                .vm
+                .register_ioevent(&event, &addr, v as u8)
+                .map_err(e)?,
+            (2, Some(v)) => self
+                .vm
+                .register_ioevent(&event, &addr, v as u16)
+                .map_err(e)?,
+            (4, Some(v)) => self
+                .vm
+                .register_ioevent(&event, &addr, v as u32)
+                .map_err(e)?,
+            (8, Some(v)) => self.vm.register_ioevent(&event, &addr, v).map_err(e)?,
+            _ => self
+                .vm
+                .register_ioevent(&event, &addr, NoDatamatch)
+                .map_err(e)?,
+        }
+        let mut st = lock(&self.state);
+        st.calls.push(format!("+ioeventfd at {:#x}", d.guest_addr));
+        st.ioeventfds.insert(d.guest_addr, event);
+        Ok(())
+    }
+
+    fn remove_ioeventfd(&self, d: &Doorbell) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let event = st
+            .ioeventfds
+            .remove(&d.guest_addr)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let addr = match d.space {
+            BarSpace::Memory => IoEventAddress::Mmio(d.guest_addr),
+            BarSpace::Io => IoEventAddress::Pio(d.guest_addr),
+        };
+        let e = |e: kvm_ioctls::Error| io::Error::from(e);
+        match (d.size, d.datamatch) {
+            (1, Some(v)) => self
+                .vm
+                .unregister_ioevent(&event, &addr, v as u8)
+                .map_err(e)?,
+            (2, Some(v)) => self
+                .vm
+                .unregister_ioevent(&event, &addr, v as u16)
+                .map_err(e)?,
+            (4, Some(v)) => self
+                .vm
+                .unregister_ioevent(&event, &addr, v as u32)
+                .map_err(e)?,
+            (8, Some(v)) => self.vm.unregister_ioevent(&event, &addr, v).map_err(e)?,
+            _ => self
+                .vm
+                .unregister_ioevent(&event, &addr, NoDatamatch)
+                .map_err(e)?,
+        }
+        st.calls.push(format!("-ioeventfd at {:#x}", d.guest_addr));
+        Ok(())
+    }
+}
+
+/// The KVM VM of a VMM that runs its guest in KVM, and its slots for the device.
+struct KvmVm {
+    vm: Arc<kvm_ioctls::VmFd>,
+    slots: Arc<KvmSlots>,
+}
+
 /// A plugged device and where its BAR windows are on the buses.
 struct Plugged {
     slot: u32,
@@ -284,6 +461,10 @@ pub struct Vmm {
     plugged: Option<Plugged>,
     /// BAR moves the buses could not take, and why.
     refused: Vec<(BarReprogramming, String)>,
+    /// The KVM VM, when the guest runs in KVM.
+    kvm: Option<KvmVm>,
+    /// The engine's test handle (what the server sees).
+    engine: Option<DmaEngineHandle>,
 }
 
 fn memfd_memory(size: usize) -> Result<Arc<GuestMemoryMmap>, BoxError> {
@@ -304,13 +485,41 @@ fn memfd_memory(size: usize) -> Result<Arc<GuestMemoryMmap>, BoxError> {
     Ok(Arc::new(memory))
 }
 
+/// A KVM VM with guest RAM in slot 0.
+fn kvm_vm(memory: &GuestMemoryMmap) -> Result<KvmVm, BoxError> {
+    use vm_memory::GuestMemoryBackend;
+
+    let vm = kvm_ioctls::Kvm::new()?.create_vm()?;
+    // Real mode on Intel needs a TSS page outside guest RAM.
+    vm.set_tss_address(0xfffb_d000)?;
+    let host = memory.get_host_address(GuestAddress(0))? as u64;
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: RAM_SIZE as u64,
+        userspace_addr: host,
+    };
+    // SAFETY: `host..host + RAM_SIZE` is the mapping of guest RAM that the VMM's
+    // `GuestMemoryMmap` keeps for as long as the VMM, which owns the VM, lives; KVM accesses
+    // the guest's memory only through it.
+    unsafe { vm.set_user_memory_region(region)? };
+    let vm = Arc::new(vm);
+    Ok(KvmVm {
+        slots: Arc::new(KvmSlots::new(vm.clone())),
+        vm,
+    })
+}
+
 impl Vmm {
-    /// Guest RAM, the buses with the PCI host bridge, and the event loop.
-    pub fn new() -> Result<Vmm, BoxError> {
+    /// Guest RAM, the buses with the PCI host bridge, the event loop, and with `kvm` a KVM
+    /// VM whose memory slots and ioeventfds the device manages.
+    pub fn new(kvm: bool) -> Result<Vmm, BoxError> {
         let memory = memfd_memory(RAM_SIZE)?;
         let root = Arc::new(PciRoot::default());
         let mut io = IoManager::new();
         io.register_pio(PioRange::new(PioAddress(CONFIG_ADDRESS), 8)?, root.clone())?;
+        let kvm = if kvm { Some(kvm_vm(&memory)?) } else { None };
         Ok(Vmm {
             memory,
             io,
@@ -319,6 +528,8 @@ impl Vmm {
             interrupts: Arc::new(Interrupts::default()),
             plugged: None,
             refused: Vec::new(),
+            kvm,
+            engine: None,
         })
     }
 
@@ -331,6 +542,10 @@ impl Vmm {
             self.interrupts.clone(),
             &AttachOptions::default(),
         )?;
+        let mut device = device;
+        if let Some(kvm) = &self.kvm {
+            device.manage_slots(kvm.slots.clone())?;
+        }
         let subscriber = self.events.add(Box::new(subscriber))?;
         let device = Arc::new(Mutex::new(device));
         lock(&self.root.slots).insert(SLOT, device.clone());
@@ -470,7 +685,7 @@ fn deregister(io: &mut IoManager, kind: BarKind, base: u64) {
 
 /// The guest's steps as Rust code on the buses (for machines without KVM): exactly what
 /// `guest.S` does, one bus access at a time, with the VMM's BAR moves applied after each.
-fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
+fn run_rust_guest(vmm: &mut Vmm) -> Result<Exits, BoxError> {
     let mut exits = 0usize;
     let out32 = |vmm: &mut Vmm, port: u16, v: u32| -> Result<(), BoxError> {
         vmm.pio_write(port, &v.to_le_bytes());
@@ -496,9 +711,11 @@ fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
     let cfg = 0x8000_0000 | slot << 11;
     out32(vmm, CONFIG_ADDRESS, cfg | 0x10)?;
     out32(vmm, CONFIG_ADDRESS + 4, BAR0_GUEST as u32)?;
+    out32(vmm, CONFIG_ADDRESS, cfg | 0x18)?;
+    out32(vmm, CONFIG_ADDRESS + 4, BAR2_GUEST as u32)?;
     out32(vmm, CONFIG_ADDRESS, cfg | 0x34)?;
     let mut cap = in32(vmm, CONFIG_ADDRESS + 4) & 0xfc;
-    exits += 5;
+    exits += 7;
     while cap != 0 {
         out32(vmm, CONFIG_ADDRESS, cfg | cap)?;
         let header = in32(vmm, CONFIG_ADDRESS + 4);
@@ -538,36 +755,54 @@ fn run_rust_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
     let mut status = [0u8; 4];
     vmm.mmio_read(BAR0_GUEST + DmaEngine::REG_STATUS, &mut status);
     exits += regs.len() + 1;
+    // Without KVM every buffer access is a bus access, a message to the server.
+    vmm.mmio_write(BAR2_GUEST + BUFFER_OFFSET, &BUFFER_WORD.to_le_bytes());
+    let mut word = [0u8; 4];
+    vmm.mmio_read(BAR2_GUEST + BUFFER_OFFSET, &mut word);
+    exits += BUFFER_ACCESSES;
     let memory = &vmm.memory;
     memory.write_obj(slot, GuestAddress(MAILBOX + 4))?;
     memory.write_obj(cap, GuestAddress(MAILBOX + 8))?;
     memory.write_obj(u32::from_le_bytes(status), GuestAddress(MAILBOX + 12))?;
+    memory.write_obj(u32::from_le_bytes(word), GuestAddress(MAILBOX + 16))?;
     memory.write_obj(GUEST_DONE, GuestAddress(MAILBOX))?;
-    Ok(exits)
+    Ok(Exits {
+        total: exits,
+        buffer: BUFFER_ACCESSES,
+        doorbell: DOORBELL_ACCESSES,
+    })
+}
+
+/// The guest's exits to the VMM: all of them, and those of its buffer and doorbell
+/// accesses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exits {
+    /// Every exit.
+    pub total: usize,
+    /// Exits of the guest's [`BUFFER_ACCESSES`] accesses to the BAR2 buffer.
+    pub buffer: usize,
+    /// Exits of the guest's [`DOORBELL_ACCESSES`] doorbell writes.
+    pub doorbell: usize,
+}
+
+impl Exits {
+    /// Counts an MMIO exit at `addr`.
+    fn mmio(&mut self, addr: u64, write: bool) {
+        if (BAR2_GUEST..BAR2_GUEST + DmaEngine::BUFFER_SIZE).contains(&addr) {
+            self.buffer += 1;
+        }
+        if write && addr == BAR0_GUEST + DmaEngine::REG_DOORBELL {
+            self.doorbell += 1;
+        }
+    }
 }
 
 /// Runs `guest.S` in a KVM vCPU: 16-bit real mode at `CODE`; every port and MMIO exit goes
-/// to the buses.
-fn run_kvm_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
-    use kvm_ioctls::{Kvm, VcpuExit};
-    use vm_memory::GuestMemoryBackend;
+/// to the buses and is counted.
+fn run_kvm_guest(vmm: &mut Vmm) -> Result<Exits, BoxError> {
+    use kvm_ioctls::VcpuExit;
 
-    let kvm = Kvm::new()?;
-    let vm = kvm.create_vm()?;
-    // Real mode on Intel needs a TSS page outside guest RAM.
-    vm.set_tss_address(0xfffb_d000)?;
-    let host = vmm.memory.get_host_address(GuestAddress(0))? as u64;
-    let region = kvm_bindings::kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: RAM_SIZE as u64,
-        userspace_addr: host,
-    };
-    // SAFETY: `host..host + RAM_SIZE` is the mapping of guest RAM that `vmm.memory` keeps
-    // for longer than `vm` lives (`vm` is dropped when this function returns, and `vmm`
-    // outlives the call); KVM accesses the guest's memory only through it.
-    unsafe { vm.set_user_memory_region(region)? };
+    let vm = vmm.kvm.as_ref().ok_or("the VMM has no KVM VM")?.vm.clone();
     vmm.memory.write_slice(GUEST_CODE, GuestAddress(CODE))?;
     let mut vcpu = vm.create_vcpu(0)?;
     let mut sregs = vcpu.get_sregs()?;
@@ -578,12 +813,20 @@ fn run_kvm_guest(vmm: &mut Vmm) -> Result<usize, BoxError> {
     regs.rip = CODE;
     regs.rflags = 2;
     vcpu.set_regs(&regs)?;
-    for exits in 1..=MAX_EXITS {
+    let mut exits = Exits::default();
+    for total in 1..=MAX_EXITS {
+        exits.total = total;
         match vcpu.run()? {
             VcpuExit::IoIn(port, data) => vmm.pio_read(port, data),
             VcpuExit::IoOut(port, data) => vmm.pio_write(port, data),
-            VcpuExit::MmioRead(addr, data) => vmm.mmio_read(addr, data),
-            VcpuExit::MmioWrite(addr, data) => vmm.mmio_write(addr, data),
+            VcpuExit::MmioRead(addr, data) => {
+                exits.mmio(addr, false);
+                vmm.mmio_read(addr, data)
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                exits.mmio(addr, true);
+                vmm.mmio_write(addr, data)
+            }
             VcpuExit::Hlt => return Ok(exits),
             other => return Err(format!("unexpected vCPU exit {other:?}").into()),
         }
@@ -605,8 +848,8 @@ pub fn kvm_unavailable() -> Option<String> {
 pub struct Report {
     /// "KVM" or "Rust".
     pub guest: &'static str,
-    /// Bus accesses (vCPU exits) the guest made.
-    pub exits: usize,
+    /// The guest's exits to the VMM (bus accesses).
+    pub exits: Exits,
     /// The slot the guest found the device in.
     pub slot: u32,
     /// The engine's status register as the guest read it (1: done).
@@ -615,6 +858,26 @@ pub struct Report {
     pub copied: bool,
     /// MSI-X vector 0's eventfd fired.
     pub msix_fired: bool,
+    /// The buffer word the guest read back from BAR2.
+    pub buffer_read: u32,
+    /// The buffer word the server sees.
+    pub buffer_seen: u32,
+    /// The calls the device made to the VMM's `GuestSlots` (KVM only).
+    pub slot_calls: Vec<String>,
+}
+
+impl Report {
+    /// The guest's run did everything it should: the copy, its interrupt, the buffer word
+    /// at the server and back, and with KVM no exit for the buffer and doorbell accesses.
+    pub fn ok(&self) -> bool {
+        let no_exits = self.guest != "KVM" || (self.exits.buffer, self.exits.doorbell) == (0, 0);
+        self.copied
+            && self.msix_fired
+            && self.status == 1
+            && self.buffer_read == BUFFER_WORD
+            && self.buffer_seen == BUFFER_WORD
+            && no_exits
+    }
 }
 
 impl fmt::Display for Report {
@@ -622,10 +885,12 @@ impl fmt::Display for Report {
         write!(
             f,
             "{} guest: found the DMA engine in slot {}, {} bus exits, engine status {}, \
-             {COPY_LEN} bytes {} guest memory, MSI-X vector 0 {}",
+             {COPY_LEN} bytes {} guest memory, MSI-X vector 0 {}; exits per access: \
+             buffer {}/{BUFFER_ACCESSES}, doorbell {}/{DOORBELL_ACCESSES}; buffer word \
+             {:#x} read back, {:#x} at the server",
             self.guest,
             self.slot,
-            self.exits,
+            self.exits.total,
             self.status,
             if self.copied {
                 "landed in"
@@ -636,7 +901,11 @@ impl fmt::Display for Report {
                 "fired"
             } else {
                 "DID NOT FIRE"
-            }
+            },
+            self.exits.buffer,
+            self.exits.doorbell,
+            self.buffer_read,
+            self.buffer_seen,
         )
     }
 }
@@ -644,20 +913,31 @@ impl fmt::Display for Report {
 /// Starts the sample DMA engine server, builds the VMM, hot-plugs the device, runs the
 /// guest (in KVM or as Rust code), checks the results and unplugs.
 pub fn run(kvm: bool) -> Result<Report, BoxError> {
-    let (server, mut vmm) = start()?;
-    let report = drive(&mut vmm, kvm)?;
+    let (server, mut vmm) = start(kvm)?;
+    let mut report = drive(&mut vmm, kvm)?;
     vmm.unplug()?;
+    // With the device's removals at unplug.
+    report.slot_calls = vmm
+        .kvm
+        .as_ref()
+        .map(|k| k.slots.calls())
+        .unwrap_or_default();
     server.stop();
     Ok(report)
 }
 
-/// The sample DMA engine's server, and a VMM with the engine hot-plugged and the source
-/// buffer in guest memory.
-pub fn start() -> Result<(ServerHandle, Vmm), BoxError> {
-    let (engine, _handle) = DmaEngine::new();
+/// The sample DMA engine's server (with its doorbell ioeventfd and buffer BAR), and a VMM
+/// (with a KVM VM when `kvm`) with the engine hot-plugged and the source buffer in guest
+/// memory.
+pub fn start(kvm: bool) -> Result<(ServerHandle, Vmm), BoxError> {
+    let (engine, handle) = DmaEngine::with_options(DmaEngineOptions {
+        doorbell_ioeventfd: true,
+        buffer_bar: true,
+    })?;
     let server: ServerHandle =
         Server::new(ServerConfig::default(), Box::new(engine)).listen_temp()?;
-    let mut vmm = Vmm::new()?;
+    let mut vmm = Vmm::new(kvm)?;
+    vmm.engine = Some(handle);
     vmm.hot_plug(server.socket_path().ok_or("the server has no socket")?)?;
     vmm.memory.write_slice(&pattern(), GuestAddress(SOURCE))?;
     Ok((server, vmm))
@@ -686,6 +966,12 @@ pub fn drive(vmm: &mut Vmm, kvm: bool) -> Result<Report, BoxError> {
     // The doorbell write was posted, but the guest's status read came after it on the
     // socket, so the copy and its interrupt are complete.
     let msix_fired = vmm.interrupts.fd(InterruptKind::Msix, 0)?.read().is_ok();
+    let buffer = vmm.engine.as_ref().map(|e| e.buffer()).unwrap_or_default();
+    let at = BUFFER_OFFSET as usize;
+    let buffer_seen = buffer
+        .get(at..at + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
     Ok(Report {
         guest: if kvm { "KVM" } else { "Rust" },
         exits,
@@ -693,6 +979,13 @@ pub fn drive(vmm: &mut Vmm, kvm: bool) -> Result<Report, BoxError> {
         status: vmm.memory.read_obj(GuestAddress(MAILBOX + 12))?,
         copied: copy == pattern(),
         msix_fired,
+        buffer_read: vmm.memory.read_obj(GuestAddress(MAILBOX + 16))?,
+        buffer_seen,
+        slot_calls: vmm
+            .kvm
+            .as_ref()
+            .map(|k| k.slots.calls())
+            .unwrap_or_default(),
     })
 }
 
@@ -707,8 +1000,11 @@ fn main() -> std::process::ExitCode {
         println!("{reason}: running the Rust guest driver instead");
     }
     match run(reason.is_none()) {
-        Ok(report) if report.copied && report.msix_fired && report.status == 1 => {
+        Ok(report) if report.ok() => {
             println!("{report}");
+            for call in &report.slot_calls {
+                println!("  GuestSlots: {call}");
+            }
             std::process::ExitCode::SUCCESS
         }
         Ok(report) => {

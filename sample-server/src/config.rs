@@ -11,7 +11,8 @@ pub enum VersionPayload {
     /// `{"capabilities":{...}}` built from [`ServerConfig::max_msg_fds`],
     /// [`ServerConfig::max_data_xfer_size`], [`ServerConfig::max_dma_maps`] and
     /// [`ServerConfig::pgsizes`] (a `None` omits the key), plus `write_multiple` when
-    /// [`ServerConfig::write_multiple`] is set and `twin_socket` when granted,
+    /// [`ServerConfig::write_multiple`] is set, `migration` when [`ServerConfig::migration`]
+    /// is set and the device is migratable, and `twin_socket` when granted,
     /// NUL-terminated.
     #[default]
     Standard,
@@ -65,6 +66,61 @@ impl IrqMasking {
             IrqMasking::Implemented => matches!(index, IRQ_INTX | IRQ_MSI | IRQ_MSIX),
             IrqMasking::Ignored => false,
             IrqMasking::Rejected => index == IRQ_INTX,
+        }
+    }
+}
+
+/// Migration v2 and DMA dirty logging, when the server offers them
+/// ([`ServerConfig::migration`]).
+///
+/// The server then advertises `migration` (`pgsize`, `max_bitmap_size`) in its VERSION reply
+/// and answers DEVICE_FEATURE, MIG_DATA_READ and MIG_DATA_WRITE for devices that can move
+/// their state ([`Device::migratable`](crate::Device::migratable)); without it every
+/// DEVICE_FEATURE and MIG_DATA_* request is `EINVAL`, as libvfio-user answers a device that
+/// set up no migration.
+///
+/// The sample devices' migration data is a sequence of records: `tag` u16, `flags` u16 (0),
+/// `len` u32, then `len` bytes, every integer little-endian. Each part the server hands out
+/// (pre-copy data, then the state) starts with a header record (tag 0: `VUSD`, format
+/// version u16 1, device kind u16); the destination reads the parts in order, a later record
+/// replacing an earlier one. See [`GpioDevice`](crate::GpioDevice) and
+/// [`DmaEngine`](crate::DmaEngine) for their records. Data that does not load (another
+/// device kind, a record missing or cut short) fails the RESUMING → STOP arc with `EINVAL`
+/// and leaves the device in ERROR, unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationConfig {
+    /// The dirty-tracking page size: advertised as `migration.pgsize`, required of the client's
+    /// own `migration.pgsize` (a different one fails VERSION with `EINVAL`, as libvfio-user
+    /// fails it), and the only page size DMA_LOGGING_START and _REPORT accept. Default: the
+    /// host page size.
+    pub pgsize: u64,
+    /// Advertised `migration.max_bitmap_size`: the largest DMA_LOGGING_REPORT bitmap answered,
+    /// in bytes; a larger request is `EINVAL` (default 1 MiB).
+    pub max_bitmap_size: u64,
+    /// The MIGRATION feature reports `PRE_COPY` besides `STOP_COPY` and PRE_COPY is reachable
+    /// (default `true`, as libvfio-user).
+    pub pre_copy: bool,
+    /// Offer the DMA_LOGGING_START / _STOP / _REPORT features (default `true`); off, they are
+    /// `EINVAL`, PROBE included.
+    pub dma_logging: bool,
+    /// libvfio-user's restriction: in STOP and STOP_COPY only REGION_READ/WRITE,
+    /// DEVICE_FEATURE and MIG_DATA_READ are served, every other command is `EINVAL`
+    /// (default `true`).
+    pub restrict_stopped: bool,
+    /// Pad MIG_DATA_READ replies to the size asked for, as libvfio-user does (default
+    /// `true`); off, a reply carries exactly the bytes returned, as the spec shapes it.
+    pub pad_data_reads: bool,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            pgsize: crate::memory::page_size(),
+            max_bitmap_size: 1 << 20,
+            pre_copy: true,
+            dma_logging: true,
+            restrict_stopped: true,
+            pad_data_reads: true,
         }
     }
 }
@@ -131,6 +187,11 @@ pub struct ServerConfig {
     /// DEVICE_RESET also disconnects every interrupt eventfd, as a device whose reset takes
     /// its interrupt setup down with it (default `false`: libvfio-user keeps them).
     pub reset_clears_irqs: bool,
+    /// Migration v2 and DMA logging, offered with `Some` (e.g.
+    /// `Some(MigrationConfig::default())`, as libvfio-user's sample server offers them).
+    /// Default `None`, as [`ServerConfig::write_multiple`]: no `migration` capability, and
+    /// DEVICE_FEATURE, MIG_DATA_READ and MIG_DATA_WRITE are `EINVAL`.
+    pub migration: Option<MigrationConfig>,
     /// Deliberate misbehaviour.
     pub quirks: Quirks,
 }
@@ -159,6 +220,7 @@ impl Default for ServerConfig {
             io_fds_layout: IoFdsLayout::LibVfioUser,
             irq_masking: IrqMasking::default(),
             reset_clears_irqs: false,
+            migration: None,
             quirks: Quirks::default(),
         }
     }
@@ -167,7 +229,11 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// The JSON-and-NUL bytes of the VERSION reply; `twin_fd_index` when twin-socket mode is
     /// granted.
-    pub(crate) fn version_json_bytes(&self, twin_fd_index: Option<usize>) -> Vec<u8> {
+    pub(crate) fn version_json_bytes(
+        &self,
+        twin_fd_index: Option<usize>,
+        migration: Option<&MigrationConfig>,
+    ) -> Vec<u8> {
         let value = match &self.version_payload {
             VersionPayload::Raw(bytes) => return bytes.clone(),
             VersionPayload::Json(v) => v.clone(),
@@ -187,6 +253,15 @@ impl ServerConfig {
                 }
                 if self.write_multiple {
                     caps.insert("write_multiple".into(), true.into());
+                }
+                if let Some(m) = migration {
+                    caps.insert(
+                        "migration".into(),
+                        serde_json::json!({
+                            "pgsize": m.pgsize,
+                            "max_bitmap_size": m.max_bitmap_size,
+                        }),
+                    );
                 }
                 if let Some(i) = twin_fd_index {
                     caps.insert(

@@ -29,6 +29,7 @@ use crate::device::Errno;
 use crate::device::ResetReason;
 use crate::dma::Segment;
 use crate::irq::IrqTable;
+use crate::migration;
 use crate::server::{ClientInfo, Shared};
 use crate::socket::{recv_with_fds, send_with_fds, MAX_RECV_FDS};
 
@@ -399,6 +400,76 @@ impl Link {
     }
 }
 
+/// What the server takes from a client's VERSION capabilities.
+struct ClientCaps {
+    max_fds: u64,
+    max_xfer: u64,
+    wants_twin: bool,
+}
+
+/// Reads the client's VERSION JSON (spec defaults without it). Known keys with the wrong
+/// type are fatal (`EINVAL`), as in libvfio-user and QEMU.
+fn client_caps(
+    json: Option<&str>,
+    migration: Option<&crate::config::MigrationConfig>,
+) -> Result<ClientCaps, Errno> {
+    let mut c = ClientCaps {
+        max_fds: 1,
+        max_xfer: 1 << 20,
+        wants_twin: false,
+    };
+    let Some(text) = json else {
+        return Ok(c);
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Errno::INVAL)?;
+    let obj = value.as_object().ok_or(Errno::INVAL)?;
+    let Some(caps) = obj.get("capabilities") else {
+        return Ok(c);
+    };
+    for (key, v) in caps.as_object().ok_or(Errno::INVAL)? {
+        let ok = match key.as_str() {
+            "max_msg_fds" => v
+                .as_u64()
+                .filter(|n| *n <= MAX_CLIENT_MSG_FDS)
+                .map(|n| c.max_fds = n)
+                .is_some(),
+            "max_data_xfer_size" => v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .map(|n| c.max_xfer = n)
+                .is_some(),
+            "max_dma_maps" | "pgsizes" => v.is_u64(),
+            "write_multiple" => v.is_boolean(),
+            "twin_socket" => v
+                .as_object()
+                .map(|t| c.wants_twin = t.get("supported") == Some(&serde_json::Value::Bool(true)))
+                .is_some(),
+            "migration" => client_migration_ok(v, migration),
+            _ => true,
+        };
+        if !ok {
+            return Err(Errno::INVAL);
+        }
+    }
+    Ok(c)
+}
+
+/// The client's `migration` capability: an object whose `pgsize`, if any, is a number, equal
+/// to ours when the server offers migration (libvfio-user fails VERSION otherwise).
+fn client_migration_ok(
+    value: &serde_json::Value,
+    ours: Option<&crate::config::MigrationConfig>,
+) -> bool {
+    let Some(obj) = value.as_object() else {
+        return false;
+    };
+    match (obj.get("pgsize"), ours) {
+        (None, _) => true,
+        (Some(p), None) => p.is_u64(),
+        (Some(p), Some(m)) => p.as_u64() == Some(m.pgsize),
+    }
+}
+
 fn check_reply_error(h: &Header) -> Result<(), Errno> {
     if h.is_error() {
         let errno = i32::try_from(h.error).ok().filter(|e| *e > 0 && *e < 4096);
@@ -445,8 +516,10 @@ impl DeviceContext<'_> {
         Ok(())
     }
 
-    /// Writes `data` to guest memory at `address`; see [`DeviceContext::dma_read`].
+    /// Writes `data` to guest memory at `address`; see [`DeviceContext::dma_read`]. While
+    /// DMA logging is on, the pages written are logged, whichever way they are reached.
     pub fn dma_write(&mut self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        crate::migration::log_write(&self.shared.dirty, address, data.len());
         let mut done = 0;
         while done < data.len() {
             let at = address.checked_add(done as u64).ok_or(Errno::FAULT)?;
@@ -559,10 +632,24 @@ impl Conn<'_> {
                 Incoming::Oversized(_) => {}
                 Incoming::Message(m) => {
                     self.shared.wait_while_paused();
-                    self.handle(m)
+                    self.handle(m);
+                    self.step_device();
                 }
             }
         }
+    }
+
+    /// Lets a running device work between messages.
+    fn step_device(&mut self) {
+        if !self.version_done || self.link.broken || !migration::device_running(self.shared) {
+            return;
+        }
+        let shared = self.shared;
+        let mut ctx = DeviceContext {
+            link: &mut self.link,
+            shared,
+        };
+        lock(&shared.device).step(&mut ctx);
     }
 
     fn teardown(&mut self) {
@@ -575,6 +662,8 @@ impl Conn<'_> {
         if let Err(e) = device.reset(ResetReason::LostConnection) {
             log::warn!("reset after disconnect: {e:?}");
         }
+        drop(device);
+        migration::reset(self.shared, true);
     }
 
     fn handle(&mut self, m: Message) {
@@ -611,6 +700,11 @@ impl Conn<'_> {
             self.reply(&header, Err(errno));
             return;
         }
+        if !migration::command_allowed(self.shared, header.known_command()) {
+            log::debug!("{header} refused while the device is stopped");
+            self.reply(&header, Err(Errno::INVAL));
+            return;
+        }
         let result = match header.known_command() {
             Some(Command::DmaMap) => self.dma_map(m),
             Some(Command::DmaUnmap) => self.dma_unmap(&m),
@@ -623,6 +717,16 @@ impl Conn<'_> {
             Some(Command::RegionWrite) => self.region_write(&m),
             Some(Command::RegionWriteMulti) => self.region_write_multi(&m),
             Some(Command::DeviceReset) => self.reset(),
+            Some(Command::DeviceFeature) => {
+                migration::device_feature(self.shared, &m.body).map(Reply::with)
+            }
+            Some(Command::MigDataRead) => {
+                migration::data_read(self.shared, &m.body, self.link.client_max_xfer)
+                    .map(Reply::with)
+            }
+            Some(Command::MigDataWrite) => {
+                migration::data_write(self.shared, &m.body).map(Reply::with)
+            }
             _ => {
                 log::debug!("unsupported command {header}");
                 Err(Errno::INVAL)
@@ -677,45 +781,11 @@ impl Conn<'_> {
         if request.major != config.major {
             return Err(Errno::INVAL);
         }
-        let mut max_fds = 1;
-        let mut max_xfer = 1 << 20;
-        let mut wants_twin = false;
-        if let Some(text) = &request.json {
-            let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Errno::INVAL)?;
-            let obj = value.as_object().ok_or(Errno::INVAL)?;
-            if let Some(caps) = obj.get("capabilities") {
-                let caps = caps.as_object().ok_or(Errno::INVAL)?;
-                for (key, v) in caps {
-                    // Known keys with the wrong type are fatal, as in libvfio-user and QEMU.
-                    let ok = match key.as_str() {
-                        "max_msg_fds" => v
-                            .as_u64()
-                            .filter(|n| *n <= MAX_CLIENT_MSG_FDS)
-                            .map(|n| max_fds = n)
-                            .is_some(),
-                        "max_data_xfer_size" => v
-                            .as_u64()
-                            .filter(|n| *n > 0)
-                            .map(|n| max_xfer = n)
-                            .is_some(),
-                        "max_dma_maps" | "pgsizes" => v.is_u64(),
-                        "write_multiple" => v.is_boolean(),
-                        "twin_socket" => v
-                            .as_object()
-                            .map(|t| {
-                                wants_twin =
-                                    t.get("supported") == Some(&serde_json::Value::Bool(true))
-                            })
-                            .is_some(),
-                        "migration" => v.is_object(),
-                        _ => true,
-                    };
-                    if !ok {
-                        return Err(Errno::INVAL);
-                    }
-                }
-            }
-        }
+        let ClientCaps {
+            max_fds,
+            max_xfer,
+            wants_twin,
+        } = client_caps(request.json.as_deref(), self.shared.migration_config())?;
         self.link.client_max_fds = max_fds;
         self.link.client_max_xfer = max_xfer;
         // As libvfio-user: only for a client that asked and accepts fds.
@@ -744,7 +814,9 @@ impl Conn<'_> {
         }
         .encode_into(&mut payload);
         // Appended raw: the configuration may ask for malformed JSON.
-        payload.extend_from_slice(&config.version_json_bytes(twin.as_ref().map(|_| 0)));
+        payload.extend_from_slice(
+            &config.version_json_bytes(twin.as_ref().map(|_| 0), self.shared.migration_config()),
+        );
         let fds: Vec<Arc<dyn ReplyFd>> = match twin {
             Some(t) => vec![Arc::new(t)],
             None => Vec::new(),
@@ -1103,6 +1175,7 @@ impl Conn<'_> {
         }
         device.reset(ResetReason::Client)?;
         drop(device);
+        migration::reset(self.shared, false);
         if self.shared.config.reset_clears_irqs {
             lock(&self.shared.irqs).clear();
         }

@@ -189,4 +189,43 @@ pub trait Device: Send {
 
     /// A DMA window was removed; the device must not use it any more.
     fn dma_unmapped(&mut self, _map: &DmaMapInfo) {}
+
+    /// Whether the device can move its state (the default `false`: the server then offers
+    /// no migration for it, whatever [`ServerConfig::migration`](crate::ServerConfig::migration)
+    /// says).
+    fn migratable(&self) -> bool {
+        false
+    }
+
+    /// The device runs (`true`: RUNNING, PRE_COPY) or stops (every other migration state).
+    /// A stopped device must not touch guest memory nor raise interrupts; register
+    /// accesses are still served.
+    fn set_running(&mut self, _running: bool) {}
+
+    /// Work the device does between messages while it runs: called once after each message
+    /// the server handled (its reply sent). The default does nothing.
+    fn step(&mut self, _ctx: &mut DeviceContext<'_>) {}
+
+    /// Migration data offered on entering PRE_COPY, read while the device keeps running
+    /// (default: none).
+    fn save_precopy(&mut self) -> Result<Vec<u8>, Errno> {
+        Ok(Vec::new())
+    }
+
+    /// The device's state, taken on entering STOP_COPY (the device is stopped). The
+    /// destination gets it after the pre-copy data, if any.
+    fn save_state(&mut self) -> Result<Vec<u8>, Errno> {
+        Err(Errno::INVAL)
+    }
+
+    /// Loads everything the client wrote in RESUMING (pre-copy data, then the state), on
+    /// leaving RESUMING. An error leaves the device as it was and the migration state ERROR.
+    fn load_state(&mut self, _data: &[u8]) -> Result<(), Errno> {
+        Err(Errno::INVAL)
+    }
+
+    /// The most migration data the device accepts in RESUMING; more is `EINVAL`.
+    fn migration_data_limit(&self) -> u64 {
+        64 << 20
+    }
 }

@@ -18,7 +18,9 @@
 //! * a [`Probe`] lets a test look at the server's side: raise an IRQ vector, list DMA maps,
 //!   see what the client negotiated, wait for disconnects;
 //! * [`ServerConfig`] shapes the VERSION reply and [`Quirks`] make the server misbehave on
-//!   purpose;
+//!   purpose; with [`ServerConfig::migration`] set ([`MigrationConfig`]) the server offers
+//!   migration v2 and DMA dirty logging for devices that can move their state (both sample
+//!   devices can);
 //! * a [`wire::RawEndpoint`] is the other way round: one end of a vfio-user stream driven by
 //!   hand, for tests and conformance checks that must send or see what a well-behaved peer
 //!   never would.
@@ -49,6 +51,7 @@ mod devices;
 mod dma;
 mod irq;
 mod memory;
+mod migration;
 mod pci;
 mod server;
 mod socket;
@@ -57,13 +60,13 @@ mod socket;
 pub mod test_support;
 pub mod wire;
 
-pub use config::{IrqMasking, Quirks, ServerConfig, VersionPayload};
+pub use config::{IrqMasking, MigrationConfig, Quirks, ServerConfig, VersionPayload};
 pub use conn::DeviceContext;
 pub use device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
     IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
-pub use devices::dma_engine::{DmaEngine, DmaEngineHandle, DmaEngineStatus};
+pub use devices::dma_engine::{DmaEngine, DmaEngineHandle, DmaEngineOptions, DmaEngineStatus};
 pub use devices::gpio::{GpioConfig, GpioDevice, GpioHandle};
 pub use dma::{DmaAccessMode, DmaMapInfo};
 pub use irq::IrqVectorState;

@@ -1,16 +1,19 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `vfio-user-sample-server --socket PATH [--device gpio|dma] [--write-multiple]`: serves a
-//! sample device on a Unix socket until killed, one client at a time. `--write-multiple`
-//! offers and accepts REGION_WRITE_MULTI.
+//! `vfio-user-sample-server --socket PATH [--device gpio|dma] [--write-multiple]
+//! [--migration]`: serves a sample device on a Unix socket until killed, one client at a
+//! time. `--write-multiple` offers and accepts REGION_WRITE_MULTI; `--migration` offers
+//! migration v2 and DMA logging.
 
 use std::process::ExitCode;
 
-use vfio_user_sample_server::{Device, DmaEngine, GpioDevice, Server, ServerConfig};
+use vfio_user_sample_server::{
+    Device, DmaEngine, GpioDevice, MigrationConfig, Server, ServerConfig,
+};
 
-const USAGE: &str =
-    "usage: vfio-user-sample-server --socket PATH [--device gpio|dma] [--write-multiple]";
+const USAGE: &str = "usage: vfio-user-sample-server --socket PATH [--device gpio|dma] \
+                     [--write-multiple] [--migration]";
 
 fn main() -> ExitCode {
     let mut socket = None;
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
             }
             "--socket" | "--socket-path" => socket = inline.or_else(|| args.next()),
             "--write-multiple" => config.write_multiple = true,
+            "--migration" => config.migration = Some(MigrationConfig::default()),
             "--device" => match inline.or_else(|| args.next()) {
                 Some(d) => device = d,
                 None => socket = None,

@@ -74,6 +74,13 @@ impl AsRawFd for SharedMemory {
     }
 }
 
+/// The host page size (4 KiB if the system cannot tell).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)
+}
+
 /// A shared mapping of (part of) a file: the server's view of a fd-backed DMA window.
 ///
 /// The memory is shared with the client process, which may change it at any time; it is only
@@ -99,9 +106,7 @@ impl Mmap {
     /// Maps `len` bytes of `file` from `offset` with `prot` (`PROT_READ`/`PROT_WRITE`).
     pub(crate) fn new(file: &File, offset: u64, len: u64, prot: i32) -> io::Result<Mmap> {
         let inval = || io::Error::from_raw_os_error(libc::EINVAL);
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page = u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096);
+        let page = page_size();
         let aligned = offset - offset % page;
         let skew = offset - aligned;
         let map_len = len.checked_add(skew).ok_or_else(inval)?;

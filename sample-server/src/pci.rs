@@ -291,6 +291,30 @@ impl ConfigSpace {
             != 0
     }
 
+    /// The register bytes, for a device's migration data.
+    pub(crate) fn snapshot(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Loads register bytes saved by [`Self::snapshot`]; `EINVAL` unless they are
+    /// [`Self::SIZE`] bytes whose read-only bits (ids, BAR types and sizes, capability
+    /// layout), which no write changes, match this device's.
+    pub(crate) fn load(&mut self, bytes: &[u8]) -> Result<(), crate::Errno> {
+        if bytes.len() != self.bytes.len() {
+            return Err(crate::Errno::INVAL);
+        }
+        let other_device = bytes
+            .iter()
+            .zip(&self.initial)
+            .zip(&self.wmask)
+            .any(|((b, init), mask)| (b & !mask) != (init & !mask));
+        if other_device {
+            return Err(crate::Errno::INVAL);
+        }
+        self.bytes.copy_from_slice(bytes);
+        Ok(())
+    }
+
     /// Restores the state after construction.
     pub fn reset(&mut self) {
         self.bytes.clone_from(&self.initial);

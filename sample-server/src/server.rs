@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use vfio_user_client::protocol::Command;
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::config::ServerConfig;
+use crate::config::{MigrationConfig, ServerConfig};
 use crate::conn::{lock, serve};
 use crate::device::{Device, Errno};
 use crate::dma::{DmaMapInfo, DmaTable, Segment};
 use crate::irq::{IrqTable, IrqVectorState};
+use crate::migration::{log_write, DirtyLog, MigrationState};
 
 /// What the client sent in VERSION, as the server understood it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,11 +63,20 @@ pub(crate) struct Shared {
     pub(crate) device: Mutex<Box<dyn Device>>,
     pub(crate) dma: Mutex<DmaTable>,
     pub(crate) irqs: Mutex<IrqTable>,
+    pub(crate) migration: Mutex<MigrationState>,
+    pub(crate) dirty: Mutex<Option<DirtyLog>>,
+    /// The device can move its state (asked once, at construction).
+    migratable: bool,
     status: Mutex<Status>,
     changed: Condvar,
 }
 
 impl Shared {
+    /// The migration configuration, when migration is offered for this device.
+    pub(crate) fn migration_config(&self) -> Option<&MigrationConfig> {
+        self.config.migration.as_ref().filter(|_| self.migratable)
+    }
+
     pub(crate) fn connection_started(&self) {
         let mut s = lock(&self.status);
         s.connections += 1;
@@ -143,12 +153,16 @@ impl Server {
     /// A server for `device`. The device outlives connections: a client that reconnects
     /// finds its state (after the reset that follows every disconnect, as in libvfio-user).
     pub fn new(config: ServerConfig, device: Box<dyn Device>) -> Server {
+        let migratable = device.migratable();
         Server {
             shared: Arc::new(Shared {
                 config,
                 device: Mutex::new(device),
                 dma: Mutex::new(DmaTable::default()),
                 irqs: Mutex::new(IrqTable::default()),
+                migration: Mutex::new(MigrationState::default()),
+                dirty: Mutex::new(None),
+                migratable,
                 status: Mutex::new(Status::default()),
                 changed: Condvar::new(),
             }),
@@ -393,8 +407,10 @@ impl Probe {
     }
 
     /// Writes guest memory at `address` as the server would, through fd-backed windows;
-    /// errors as [`Probe::dma_read`] (`EPERM` without WRITE access).
+    /// errors as [`Probe::dma_read`] (`EPERM` without WRITE access). DMA logging sees the
+    /// write as the device's.
     pub fn dma_write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        log_write(&self.shared.dirty, address, data.len());
         let table = lock(&self.shared.dma);
         let mut done = 0;
         while done < data.len() {
@@ -405,6 +421,16 @@ impl Probe {
             }
         }
         Ok(())
+    }
+
+    /// The device's migration state (RUNNING when the server offers no migration).
+    pub fn migration_state(&self) -> vfio_user_client::protocol::DeviceState {
+        lock(&self.shared.migration).state()
+    }
+
+    /// Whether DMA logging is on.
+    pub fn dma_logging(&self) -> bool {
+        lock(&self.shared.dirty).is_some()
     }
 
     /// What the current (or last) client sent in VERSION; `None` before a valid VERSION.

@@ -10,7 +10,8 @@ use vfio_user_client::protocol::{Command, Header};
 use vfio_user_sample_server::test_support::script::*;
 use vfio_user_sample_server::wire::RawEndpoint;
 use vfio_user_sample_server::{
-    GpioDevice, Quirks, ResetReason, ServerConfig, VersionPayload, PCI_CONFIG_REGION,
+    GpioDevice, MigrationConfig, Quirks, ResetReason, ServerConfig, VersionPayload,
+    PCI_CONFIG_REGION,
 };
 
 fn gpio() -> (
@@ -45,6 +46,21 @@ fn version_reply_matches_libvfio_user() {
     assert_eq!(
         &m.payload[4..],
         &b"{\"capabilities\":{\"max_data_xfer_size\":1048576,\"max_msg_fds\":8}}\0"[..]
+    );
+    // With migration, libvfio-user adds it.
+    let (mut c, _s, _) = gpio_with(ServerConfig {
+        migration: Some(MigrationConfig::default()),
+        ..ServerConfig::default()
+    });
+    let m = c.version();
+    let pgsize = MigrationConfig::default().pgsize;
+    assert_eq!(
+        m.payload[4..].to_vec(),
+        format!(
+            "{{\"capabilities\":{{\"max_data_xfer_size\":1048576,\"max_msg_fds\":8,\
+             \"migration\":{{\"max_bitmap_size\":1048576,\"pgsize\":{pgsize}}}}}}}\0"
+        )
+        .into_bytes()
     );
     let client = server.probe().client().unwrap();
     assert_eq!(

@@ -22,7 +22,10 @@ use super::msi::Msi;
 use super::msix::Msix;
 use super::shadow::ConfigShadow;
 use super::status::DeviceStatus;
-use super::{BarInfo, Error, InterruptKind, InterruptProvider, PciSubscriber, VfioUserPciDevice};
+use super::{
+    BarInfo, BarReprogramming, Error, InterruptKind, InterruptProvider, PciSubscriber,
+    VfioUserPciDevice,
+};
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{DeviceOptions, IrqAction, VfioUserDevice};
 use crate::dma::{DmaOptions, DmaRegion};
@@ -172,6 +175,7 @@ impl VfioUserPciDevice {
             intx_maskable,
             notifiers: Vec::new(),
             wired: WiredInterrupts::default(),
+            slots: Default::default(),
             event_loop: None,
         };
         dev.place_bars(&options.bars)?;
@@ -228,6 +232,58 @@ impl VfioUserPciDevice {
             }
         }
         Ok(())
+    }
+}
+
+impl VfioUserPciDevice {
+    /// Places every BAR that is not placed yet at the base `allocator` gives it (`None`
+    /// leaves it to the guest), as Cloud Hypervisor's `allocate_bars`, and returns the
+    /// first placements (relocations without an old base) for the VMM to register on its
+    /// buses. A base must be aligned to the BAR's size, I/O BARs included (see
+    /// [`PciConfig`](super::PciConfig#alignment)); on an error, the BARs placed before it
+    /// stay placed.
+    pub fn allocate_bars(
+        &mut self,
+        mut allocator: impl FnMut(&BarInfo) -> Option<u64>,
+    ) -> Result<Vec<BarReprogramming>, Error> {
+        let mut placed = Vec::new();
+        let mut result = Ok(());
+        for bar in self.shadow.bars.infos() {
+            if bar.base.is_some() {
+                continue;
+            }
+            let Some(base) = allocator(&bar) else {
+                continue;
+            };
+            match self.shadow.bars.relocate(bar.index, base) {
+                Ok(relocation) => placed.push(relocation),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.sync_slots();
+        result.map(|()| placed)
+    }
+
+    /// Takes every placed BAR off the bus and returns them as they were placed (bases
+    /// included), for the VMM to free their addresses (Cloud Hypervisor's `free_bars`) and
+    /// take the windows off its buses. The registers keep what the guest wrote.
+    pub fn free_bars(&mut self) -> Vec<BarInfo> {
+        let placed: Vec<BarInfo> = self
+            .shadow
+            .bars
+            .infos()
+            .into_iter()
+            .filter(|b| b.base.is_some())
+            .collect();
+        for bar in &placed {
+            // Every BAR listed exists.
+            let _ = self.shadow.bars.unplace(bar.index);
+        }
+        self.sync_slots();
+        placed
     }
 }
 

@@ -64,6 +64,24 @@ impl BarKind {
     pub fn is_memory(self) -> bool {
         self != BarKind::Io
     }
+
+    /// The address space the window is in.
+    pub fn space(self) -> BarSpace {
+        if self.is_memory() {
+            BarSpace::Memory
+        } else {
+            BarSpace::Io
+        }
+    }
+}
+
+/// The address space of a BAR's window: a VMM's MMIO bus or its port bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BarSpace {
+    /// Memory space (memory BARs and the expansion ROM).
+    Memory,
+    /// I/O (port) space.
+    Io,
 }
 
 /// One BAR of the device: what the VMM needs to place it on a bus.
@@ -81,8 +99,14 @@ pub struct BarInfo {
     pub base: Option<u64>,
 }
 
-/// The guest moved a BAR: the VMM moves the window on its bus (and any memory slots of its
-/// mappable areas), then calls [`PciConfig::move_bar`].
+/// A BAR relocation: where the window was and where it goes.
+///
+/// A config write returns one when the guest moves a BAR; the VMM moves the window on its
+/// bus (and, without [`GuestSlots`](super::GuestSlots), any memory slots of its mappable
+/// areas), then calls [`PciConfig::move_bar`]. [`PciConfig::move_bar`] and
+/// [`VfioUserPciDevice::allocate_bars`](super::VfioUserPciDevice::allocate_bars) return one
+/// for the relocation they record, the first placement included (no old base), and
+/// [`PciConfig::restore_bar`] undoes one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarReprogramming {
     /// The BAR.
@@ -105,6 +129,26 @@ pub struct BarReprogramming {
 /// config writes, and with the BAR named in each request instead of found by its old address
 /// (a BAR that was never placed has none). BAR window accesses go through vm-device's
 /// `MutDeviceMmio` / `MutDevicePio`.
+///
+/// # Alignment
+///
+/// A BAR's window is a power of two (its region rounded up, at least 16 bytes for memory,
+/// 4 for I/O and 2 KiB for the ROM) and is aligned to its own size: a 64 KiB BAR starts at
+/// a multiple of 64 KiB. I/O BARs too: a 64-byte I/O BAR starts at a multiple of 64. The
+/// guest cannot write anything else (the low address bits read as zero), and
+/// [`PciConfig::move_bar`] refuses a base that is not aligned, or that lies outside the
+/// BAR's address space (32-bit memory and ROM below 4 GiB, I/O below 4 GiB, of which an x86
+/// port bus takes only the first 64 KiB). A VMM allocator hands out bases with
+/// `base.next_multiple_of(bar.size)`.
+///
+/// # Placement in a VMM's shape
+///
+/// A VMM that allocates BAR addresses itself, as Cloud Hypervisor does, maps its calls so:
+/// `allocate_bars` is [`VfioUserPciDevice::allocate_bars`](super::VfioUserPciDevice::allocate_bars)
+/// (and `free_bars` is [`VfioUserPciDevice::free_bars`](super::VfioUserPciDevice::free_bars));
+/// `detect_bar_reprogramming` is the [`BarReprogramming`] a config write returns;
+/// `move_bar(old_base, new_base)` is [`PciConfig::bar_at`] on the old base, then
+/// [`PciConfig::move_bar`]; `restore_bar_addr` is [`PciConfig::restore_bar`].
 pub trait PciConfig {
     /// Reads the 32-bit config register `reg_idx` (config offset `reg_idx * 4`).
     fn read_config_register(&mut self, reg_idx: usize) -> u32;
@@ -133,8 +177,17 @@ pub trait PciConfig {
 
     /// Records that BAR `bar`'s window is now at `new_base` on the VMM's bus: after a
     /// [`BarReprogramming`], or when the VMM moves the BAR on its own (the guest then reads
-    /// the new address).
-    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error>;
+    /// the new address). Returns the relocation recorded: the old base (`None` for a first
+    /// placement) and the new one. `new_base` must be aligned to the BAR's size and lie in
+    /// its address space (see [the alignment rules](PciConfig#alignment)).
+    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<BarReprogramming, Error>;
+
+    /// Rolls `relocation` back: BAR `relocation.bar` is at `relocation.old_base` again, on
+    /// the bus and in its register (the guest reads the old address back), or on no bus
+    /// with its register 0 when there was no old base. For a VMM that could not carry out
+    /// a [`BarReprogramming`] (Cloud Hypervisor's `restore_bar_addr`), or that undoes a move
+    /// it recorded with [`PciConfig::move_bar`]. Nothing is reported for the rollback.
+    fn restore_bar(&mut self, relocation: &BarReprogramming) -> Result<(), Error>;
 
     /// Records that BAR `bar`'s window is on no bus: the VMM could not carry out a
     /// [`BarReprogramming`] (the address overlaps something, or lies outside the bus). The
@@ -145,6 +198,16 @@ pub trait PciConfig {
 
     /// The BARs the function has.
     fn bars(&self) -> Vec<BarInfo>;
+
+    /// The placed BAR whose window in `space` holds `addr`, and `addr`'s offset in it: how
+    /// a VMM that routes by address (Cloud Hypervisor's `read_bar(base, offset)`, or its
+    /// `move_bar(old_base, new_base)`) finds the BAR.
+    fn bar_at(&self, space: BarSpace, addr: u64) -> Option<(BarInfo, u64)> {
+        self.bars().into_iter().find_map(|bar| {
+            let offset = addr.checked_sub(bar.base?)?;
+            (bar.kind.space() == space && offset < bar.size).then_some((bar, offset))
+        })
+    }
 }
 
 /// Replaces bytes `offset..offset + data.len()` of a little-endian dword.
@@ -406,6 +469,42 @@ impl Bars {
         out
     }
 
+    /// Places BAR `index` at `base` (the register follows); returns the relocation.
+    pub(crate) fn relocate(&mut self, index: u32, base: u64) -> Result<BarReprogramming, Error> {
+        let old_base = self.get(index).and_then(|info| info.base);
+        self.place(index, base)?;
+        let info = self.get(index).ok_or(Error::NoSuchBar(index))?;
+        Ok(BarReprogramming {
+            bar: index,
+            old_base,
+            new_base: base,
+            len: info.size,
+            kind: info.kind,
+        })
+    }
+
+    /// Puts BAR `relocation.bar` back at its old base, or on no bus with its register 0.
+    pub(crate) fn restore(&mut self, relocation: &BarReprogramming) -> Result<(), Error> {
+        match relocation.old_base {
+            Some(old) => self.place(relocation.bar, old),
+            None => {
+                let bar = self.find_mut(relocation.bar)?;
+                bar.info.base = None;
+                bar.reg = 0;
+                bar.low_only = false;
+                bar.reported = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn find_mut(&mut self, index: u32) -> Result<&mut Bar, Error> {
+        self.bars
+            .iter_mut()
+            .find(|b| b.info.index == index)
+            .ok_or(Error::NoSuchBar(index))
+    }
+
     /// Places BAR `index` at `base` (the register follows).
     pub(crate) fn place(&mut self, index: u32, base: u64) -> Result<(), Error> {
         let bar = self
@@ -639,5 +738,33 @@ mod tests {
         assert!(b.place(1, 0x1000).is_err());
         b.place(0, 0x2000).unwrap();
         assert_eq!(b.read(4), 0x2000);
+    }
+
+    #[test]
+    fn relocations_report_and_roll_back() {
+        let c = config(&[(0, 0), (1, 0x1)]);
+        let mut b = Bars::discover(&c, sizes(&[(0, 4096), (1, 64)])).unwrap();
+        let first = b.relocate(1, 0xc040).unwrap();
+        assert_eq!(
+            (first.old_base, first.new_base, first.len, first.kind),
+            (None, 0xc040, 64, BarKind::Io)
+        );
+        assert!(b.relocate(1, 0xc020).is_err(), "I/O BARs are aligned too");
+        let moved = b.relocate(1, 0xc080).unwrap();
+        assert_eq!((moved.old_base, moved.new_base), (Some(0xc040), 0xc080));
+        b.restore(&moved).unwrap();
+        assert_eq!(b.get(1).unwrap().base, Some(0xc040));
+        assert_eq!(b.read(5), 0xc041);
+        // A guest move the VMM could not carry out: the register goes back too.
+        b.write(5, 0, &0xd000u32.to_le_bytes(), true);
+        let m = b.moves(true, true);
+        assert_eq!((m[0].old_base, m[0].new_base), (Some(0xc040), 0xd000));
+        b.restore(&m[0]).unwrap();
+        assert_eq!(b.read(5), 0xc041);
+        assert!(b.moves(true, true).is_empty(), "nothing to move any more");
+        // Rolling back a first placement leaves the BAR unassigned.
+        b.restore(&first).unwrap();
+        assert_eq!((b.get(1).unwrap().base, b.read(5)), (None, 0x1));
+        assert!(b.moves(true, true).is_empty());
     }
 }

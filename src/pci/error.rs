@@ -286,6 +286,8 @@ pub enum Activity {
     InterruptSetup,
     /// Unmasking INTx at the server after the guest ended an interrupt.
     IntxUnmask,
+    /// Bringing the VMM's guest memory slots and ioeventfds in step with the BARs.
+    GuestSlots,
 }
 
 impl fmt::Display for Activity {
@@ -297,6 +299,7 @@ impl fmt::Display for Activity {
             Activity::BarWrite { bar, offset } => write!(f, "BAR {bar} write at {offset:#x}"),
             Activity::InterruptSetup => f.write_str("interrupt setup"),
             Activity::IntxUnmask => f.write_str("INTx unmask"),
+            Activity::GuestSlots => f.write_str("guest memory slots and ioeventfds"),
         }
     }
 }

@@ -19,7 +19,9 @@
 //!   device returns a [`BarReprogramming`], the VMM moves the window and calls
 //!   [`PciConfig::move_bar`]. Accesses through the window reach the server as region
 //!   messages (through [`VfioUserDevice`], so splitting and posted writes apply); mappable
-//!   areas are offered to the VMM as memory slots ([`VfioUserPciDevice::bar_mappings`]).
+//!   areas are offered to the VMM as memory slots ([`VfioUserPciDevice::bar_mappings`]),
+//!   or installed by the device itself through the VMM's [`GuestSlots`], together with the
+//!   server's ioeventfds ([`VfioUserPciDevice::manage_slots`]).
 //! * **Interrupts**: the VMM's [`InterruptProvider`] hands out eventfds (its irqfds) and
 //!   hears how the guest routes and masks each MSI/MSI-X vector. The MSI-X table is emulated
 //!   here. A masked vector never signals the guest: when the server can mask (IRQ_INFO
@@ -55,13 +57,15 @@ mod memory;
 mod msi;
 mod msix;
 pub(crate) mod shadow;
+mod slots;
 mod status;
 mod subscriber;
 
 pub use attach::{AttachOptions, BarAllocator, BarPlacement};
-pub use config::{BarInfo, BarKind, BarReprogramming, PciConfig};
+pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
+pub use slots::{BarMapping, Doorbell, GuestSlots};
 pub use subscriber::PciSubscriber;
 
 use std::fmt;
@@ -85,23 +89,6 @@ use interrupts::WiredInterrupts;
 use memory::GuestDma;
 use shadow::ConfigShadow;
 use status::DeviceStatus;
-
-/// A mappable area of a placed BAR: host memory the VMM may install as a guest memory slot
-/// so that guest accesses there do not exit. The MSI-X table's and pending bits' pages are
-/// left out (they must trap).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BarMapping {
-    /// The BAR.
-    pub bar: u32,
-    /// Guest physical address of the area.
-    pub guest_addr: u64,
-    /// Host virtual address of the area (mapped for as long as the device is attached).
-    pub host_addr: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// Whether the guest may write it.
-    pub writable: bool,
-}
 
 /// A vfio-user device on a VMM's PCI bus. See the [module documentation](self), and the
 /// [crate documentation](crate#attaching-a-device) for a device in a VMM's `EventManager`.
@@ -164,6 +151,8 @@ pub struct VfioUserPciDevice {
     /// ERR and REQ were connected at attach.
     notifiers: Vec<InterruptKind>,
     wired: WiredInterrupts,
+    /// The VMM's guest memory slots and ioeventfds, when the device manages them.
+    slots: slots::Slots,
     // Declared last: stopped after the connection is shut down.
     event_loop: Option<EventLoop>,
 }
@@ -241,6 +230,7 @@ impl VfioUserPciDevice {
     pub fn detach(mut self) -> Result<(), Error> {
         self.status.detaching.store(true, Ordering::Release);
         self.status.eoi_unmasks_intx.store(false, Ordering::Release);
+        self.withdraw_slots();
         if self.is_lost() {
             return Ok(());
         }
@@ -342,81 +332,20 @@ impl VfioUserPciDevice {
         let reset = self.device.reset().map_err(Error::from);
         if reset.is_ok() {
             self.shadow.reset();
+            self.sync_slots();
         }
         let armed = self.arm_notifiers();
         let synced = self.try_sync_interrupts();
         reset.and(disabled).and(armed).and(synced)
     }
-
-    /// The mappable areas of BAR `bar` at its current base (none while it is unplaced).
-    /// After a move, the VMM removes the slots it installed for the old base and installs
-    /// these.
-    pub fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
-        let Some(info) = self.shadow.bars.get(bar) else {
-            return Vec::new();
-        };
-        let (Some(base), true) = (info.base, info.kind.is_memory()) else {
-            return Vec::new();
-        };
-        let Ok(region) = self.device.region(bar) else {
-            return Vec::new();
-        };
-        let page = crate::negotiate::host_page_size();
-        // Pages that must trap: the MSI-X table's and the pending bits'.
-        let mut holes = Vec::new();
-        if let Some(m) = &self.shadow.msix {
-            if m.table_bar == bar {
-                holes.push(page_span(m.table_offset, m.table_len(), page));
-            }
-            if m.pba_bar == bar {
-                holes.push(page_span(m.pba_offset, m.pba_len(), page));
-            }
-        }
-        let mut out = Vec::new();
-        for area in region.mapped_areas() {
-            let mut pieces = vec![(area.offset(), area.offset() + area.size())];
-            for &(hs, he) in &holes {
-                pieces = pieces
-                    .into_iter()
-                    .flat_map(|(s, e)| {
-                        if he <= s || hs >= e {
-                            vec![(s, e)]
-                        } else {
-                            [(s, hs), (he, e)]
-                                .into_iter()
-                                .filter(|(a, b)| a < b)
-                                .collect()
-                        }
-                    })
-                    .collect();
-            }
-            for (s, e) in pieces {
-                out.push(BarMapping {
-                    bar,
-                    guest_addr: base + s,
-                    host_addr: area.host_addr() as u64 + (s - area.offset()),
-                    size: e - s,
-                    writable: area.writable(),
-                });
-            }
-        }
-        out
-    }
-}
-
-fn page_span(offset: u64, len: u64, page: u64) -> (u64, u64) {
-    let start = offset / page * page;
-    let end = offset
-        .saturating_add(len)
-        .div_ceil(page)
-        .saturating_mul(page);
-    (start, end)
 }
 
 impl Drop for VfioUserPciDevice {
     fn drop(&mut self) {
         // Closing is not losing: the disconnect callback stays quiet.
         self.status.detaching.store(true, Ordering::Release);
+        // The BARs' mappings go with the device: the VMM's slots must go first.
+        self.withdraw_slots();
     }
 }
 
@@ -431,15 +360,27 @@ impl PciConfig for VfioUserPciDevice {
         offset: u64,
         data: &[u8],
     ) -> Vec<BarReprogramming> {
-        self.config_write(reg_idx, offset, data)
+        let moves = self.config_write(reg_idx, offset, data);
+        self.sync_slots();
+        moves
     }
 
-    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<(), Error> {
-        self.shadow.bars.place(bar, new_base)
+    fn move_bar(&mut self, bar: u32, new_base: u64) -> Result<BarReprogramming, Error> {
+        let relocation = self.shadow.bars.relocate(bar, new_base)?;
+        self.sync_slots();
+        Ok(relocation)
+    }
+
+    fn restore_bar(&mut self, relocation: &BarReprogramming) -> Result<(), Error> {
+        self.shadow.bars.restore(relocation)?;
+        self.sync_slots();
+        Ok(())
     }
 
     fn unmap_bar(&mut self, bar: u32) -> Result<(), Error> {
-        self.shadow.bars.unplace(bar)
+        self.shadow.bars.unplace(bar)?;
+        self.sync_slots();
+        Ok(())
     }
 
     fn bars(&self) -> Vec<BarInfo> {
@@ -482,16 +423,5 @@ impl MutDevicePio for VfioUserPciDevice {
             Some(bar) => self.bar_write(bar.index, u64::from(offset), data),
             None => log::debug!("port write at {:#x}+{offset:#x}: no BAR there", base.0),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::page_span;
-
-    #[test]
-    fn holes_cover_whole_pages() {
-        assert_eq!(page_span(0x800, 0x40, 0x1000), (0, 0x1000));
-        assert_eq!(page_span(0xff8, 0x10, 0x1000), (0, 0x2000));
     }
 }

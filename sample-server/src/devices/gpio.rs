@@ -19,6 +19,7 @@ use crate::device::{
     Device, DeviceInfo, Errno, RegionIoFd, RegionMmap, RegionSpec, ResetReason, IRQ_ERR, IRQ_INTX,
     IRQ_MSI, IRQ_MSIX, IRQ_REQ, PCI_CONFIG_REGION, PCI_NUM_IRQS, PCI_NUM_REGIONS,
 };
+use crate::devices::state::{self, put_u32, put_u64, Fields, Writer, KIND_GPIO};
 use crate::devices::{dwords, read_config, read_pba, read_regs};
 use crate::memory::SharedMemory;
 use crate::pci::ConfigSpace;
@@ -70,6 +71,10 @@ struct GpioState {
     doorbells: u64,
     ioeventfd_signals: [u64; GpioDevice::IOEVENTFDS],
     fail_region: Option<(u32, i32)>,
+    /// Counts BAR1 writes: the scratch RAM's version.
+    scratch_generation: u64,
+    /// The scratch version handed out as pre-copy data last.
+    precopy_generation: Option<u64>,
 }
 
 impl GpioState {
@@ -122,6 +127,14 @@ impl GpioState {
 /// region without ioeventfds); absent regions are `EINVAL`. The device takes the signals
 /// before each message-based access (and when the handle asks), so a signal and a later
 /// REGION_READ through the socket are ordered only by that.
+///
+/// Migration (with [`ServerConfig::migration`](crate::ServerConfig::migration)): the data
+/// is records as [`MigrationConfig`](crate::MigrationConfig) lays them out (device kind 1). Pre-copy data is the BAR1
+/// scratch RAM (record 3: a generation count, then every byte); the state (STOP_COPY) is
+/// the registers (record 1: input, output, sequence as u32, then sequence writes, sequence
+/// errors and doorbells as u64), config space (record 2, 256 bytes), BAR2 (record 4,
+/// 64 KiB) and the scratch RAM again, or only its generation (record 5) when no BAR1 write
+/// came since the pre-copy record. Statistics (region accesses, resets) stay behind.
 #[derive(Debug)]
 pub struct GpioDevice {
     config: GpioConfig,
@@ -461,6 +474,7 @@ impl Device for GpioDevice {
                     let mut s = lock(&self.scratch);
                     let start = offset as usize;
                     s[start..start + data.len()].copy_from_slice(data);
+                    st.scratch_generation += 1;
                 }
                 2 => {
                     if Self::touches_gap(offset, data.len()) {
@@ -494,6 +508,146 @@ impl Device for GpioDevice {
         st.last_reset = Some(reason);
         self.pci.reset();
         Ok(())
+    }
+
+    fn migratable(&self) -> bool {
+        true
+    }
+
+    fn save_precopy(&mut self) -> Result<Vec<u8>, Errno> {
+        let mut st = lock(&self.state);
+        let generation = st.scratch_generation;
+        st.precopy_generation = Some(generation);
+        let mut record = generation.to_le_bytes().to_vec();
+        record.extend_from_slice(&lock(&self.scratch));
+        let mut w = Writer::new(KIND_GPIO);
+        w.record(Self::TAG_SCRATCH, &record);
+        Ok(w.finish())
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, Errno> {
+        let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        let mut regs = Vec::with_capacity(36);
+        put_u32(&mut regs, st.input);
+        put_u32(&mut regs, st.output);
+        put_u32(&mut regs, st.sequence);
+        put_u64(&mut regs, st.sequence_writes);
+        put_u64(&mut regs, st.sequence_errors);
+        put_u64(&mut regs, st.doorbells);
+        let mut bar2 = vec![0u8; Self::BAR2_SIZE as usize];
+        self.mappable
+            .read_at(0, &mut bar2)
+            .map_err(|e| Errno::from_io(&e))?;
+        let mut w = Writer::new(KIND_GPIO);
+        w.record(Self::TAG_REGISTERS, &regs)
+            .record(Self::TAG_CONFIG, self.pci.snapshot())
+            .record(Self::TAG_BAR2, &bar2);
+        let generation = st.scratch_generation;
+        if st.precopy_generation.take() == Some(generation) {
+            w.record(Self::TAG_SCRATCH_UNCHANGED, &generation.to_le_bytes());
+        } else {
+            let mut record = generation.to_le_bytes().to_vec();
+            record.extend_from_slice(&lock(&self.scratch));
+            w.record(Self::TAG_SCRATCH, &record);
+        }
+        Ok(w.finish())
+    }
+
+    fn load_state(&mut self, data: &[u8]) -> Result<(), Errno> {
+        let loaded = self.parse_state(data)?;
+        let mut pci = self.pci.clone();
+        pci.load(&loaded.config)?;
+        self.mappable
+            .write_at(0, &loaded.bar2)
+            .map_err(|e| Errno::from_io(&e))?;
+        self.pci = pci;
+        lock(&self.scratch).copy_from_slice(&loaded.scratch);
+        let mut st = lock(&self.state);
+        st.drain_ioeventfds(&self.ioeventfds);
+        (
+            st.input,
+            st.output,
+            st.sequence,
+            st.sequence_writes,
+            st.sequence_errors,
+            st.doorbells,
+        ) = loaded.registers;
+        st.scratch_generation = 0;
+        st.precopy_generation = None;
+        Ok(())
+    }
+
+    fn migration_data_limit(&self) -> u64 {
+        // Pre-copy scratch, then state with the scratch again, BAR2 and headers.
+        2 * self.config.scratch_size + Self::BAR2_SIZE + (64 << 10)
+    }
+}
+
+/// A GPIO state read back from migration data, not yet applied.
+struct LoadedGpio {
+    registers: (u32, u32, u32, u64, u64, u64),
+    config: Vec<u8>,
+    bar2: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl GpioDevice {
+    /// Migration record: registers (input, output, sequence u32; sequence writes, sequence
+    /// errors, doorbells u64).
+    const TAG_REGISTERS: u16 = 1;
+    /// Migration record: the 256 config space bytes.
+    const TAG_CONFIG: u16 = 2;
+    /// Migration record: BAR1 scratch RAM, as a generation u64 then every byte.
+    const TAG_SCRATCH: u16 = 3;
+    /// Migration record: BAR2's 64 KiB.
+    const TAG_BAR2: u16 = 4;
+    /// Migration record: BAR1 is as in the pre-copy record of this generation (u64).
+    const TAG_SCRATCH_UNCHANGED: u16 = 5;
+
+    /// Reads a whole migration stream; every record must be there (the scratch RAM in full,
+    /// or unchanged since a pre-copy record earlier in the stream).
+    fn parse_state(&self, data: &[u8]) -> Result<LoadedGpio, Errno> {
+        let mut registers = None;
+        let mut config = None;
+        let mut bar2 = None;
+        let mut scratch: Option<(u64, &[u8])> = None;
+        let mut scratch_final = false;
+        for (tag, body) in state::records(data, KIND_GPIO)? {
+            let mut f = Fields::new(body);
+            match tag {
+                Self::TAG_REGISTERS => {
+                    registers = Some((f.u32()?, f.u32()?, f.u32()?, f.u64()?, f.u64()?, f.u64()?));
+                }
+                Self::TAG_CONFIG => config = Some(f.bytes(ConfigSpace::SIZE as usize)?.to_vec()),
+                Self::TAG_BAR2 => bar2 = Some(f.bytes(Self::BAR2_SIZE as usize)?.to_vec()),
+                Self::TAG_SCRATCH => {
+                    let generation = f.u64()?;
+                    scratch = Some((generation, f.bytes(self.config.scratch_size as usize)?));
+                    scratch_final = true;
+                }
+                Self::TAG_SCRATCH_UNCHANGED => {
+                    let generation = f.u64()?;
+                    if scratch.map(|(g, _)| g) != Some(generation) {
+                        return Err(Errno::INVAL);
+                    }
+                    scratch_final = true;
+                }
+                _ => return Err(Errno::INVAL),
+            }
+            f.end()?;
+        }
+        match (registers, config, bar2, scratch) {
+            (Some(registers), Some(config), Some(bar2), Some((_, scratch))) if scratch_final => {
+                Ok(LoadedGpio {
+                    registers,
+                    config,
+                    bar2,
+                    scratch: scratch.to_vec(),
+                })
+            }
+            _ => Err(Errno::INVAL),
+        }
     }
 }
 

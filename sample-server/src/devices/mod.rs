@@ -5,6 +5,7 @@
 
 pub(crate) mod dma_engine;
 pub(crate) mod gpio;
+pub(crate) mod state;
 
 use crate::conn::DeviceContext;
 use crate::device::{Errno, IRQ_MSI, IRQ_MSIX};
