@@ -5,7 +5,7 @@
 //! memory type.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 
@@ -60,7 +60,7 @@ where
 /// A device's DMA windows, for the VMM to control: map an IOVA range onto a guest-physical
 /// range and unmap it (the shape of a vIOMMU's, or virtio-mem's, needs), from any thread,
 /// without holding the device's lock. Cheap to clone; every clone controls the same
-/// windows. [`VfioUserPciDevice::dma`](crate::VfioUserPciDevice::dma) hands one out;
+/// windows, and keeps doing so when the device moves them to a new connection. [`VfioUserPciDevice::dma`](crate::VfioUserPciDevice::dma) hands one out;
 /// any [`DmaMapper`] becomes one with `DmaHandle::from`.
 ///
 /// The connection's one DMA request handler serves these windows with the others of the
@@ -95,14 +95,15 @@ where
 /// ```
 #[derive(Clone)]
 pub struct DmaHandle {
-    windows: Arc<dyn Windows>,
+    /// The mapper behind every clone; replaced when the windows move to a new connection.
+    current: Arc<RwLock<Arc<dyn Windows>>>,
 }
 
 impl fmt::Debug for DmaHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DmaHandle")
             .field("mode", &self.mode())
-            .field("mappings", &self.windows.mappings().len())
+            .field("mappings", &self.windows().mappings().len())
             .finish()
     }
 }
@@ -115,49 +116,62 @@ where
 {
     fn from(mapper: DmaMapper<AS>) -> DmaHandle {
         DmaHandle {
-            windows: Arc::new(mapper),
+            current: Arc::new(RwLock::new(Arc::new(mapper))),
         }
     }
 }
 
 impl DmaHandle {
+    fn windows(&self) -> Arc<dyn Windows> {
+        Arc::clone(&crate::sync::read(&self.current))
+    }
+
+    /// Makes this handle, and every clone of it, control `next`'s windows from now on
+    /// (after a reconnect replayed them on a new connection).
+    // Used by the reconnect replay, merged separately.
+    #[allow(dead_code)]
+    pub(crate) fn redirect(&self, next: &DmaHandle) {
+        let windows = next.windows();
+        *crate::sync::write(&self.current) = windows;
+    }
+
     /// Maps `iova..iova + size` onto guest memory `gpa..gpa + size`, which must lie inside
     /// one guest memory region, is page aligned and overlaps no live window (see
     /// [`DmaMapper::map`]). Refusals name the rule broken, and nothing is sent.
     pub fn map(&self, iova: u64, gpa: u64, size: u64) -> Result<(), Error> {
-        self.windows.map(iova, gpa, size)
+        self.windows().map(iova, gpa, size)
     }
 
     /// Unmaps the window that is exactly `iova..iova + size` (no partial unmaps); it stops
     /// being served at once.
     pub fn unmap(&self, iova: u64, size: u64) -> Result<(), Error> {
-        self.windows.unmap(iova, size)
+        self.windows().unmap(iova, size)
     }
 
     /// Unmaps every window of this handle, the guest memory shared at attach included.
     pub fn unmap_all(&self) -> Result<(), Error> {
-        self.windows.unmap_all()
+        self.windows().unmap_all()
     }
 
     /// Follows guest memory hot-plug for the regions the sharing selects (see
     /// [`DmaMapper::sync_guest_memory`]); windows mapped with [`DmaHandle::map`] are left
     /// alone.
     pub fn sync_guest_memory(&self) -> Result<(), Error> {
-        self.windows.sync_guest_memory()
+        self.windows().sync_guest_memory()
     }
 
     /// The live windows of this handle, by IOVA.
     pub fn mappings(&self) -> Vec<DmaMapping> {
-        self.windows.mappings()
+        self.windows().mappings()
     }
 
     /// How the server reaches guest memory through them.
     pub fn mode(&self) -> DmaMode {
-        self.windows.mode()
+        self.windows().mode()
     }
 
     /// Pages written by the server's DMA_WRITE messages on this connection.
     pub fn dirty_log(&self) -> Arc<DirtyLog> {
-        Arc::clone(self.windows.dirty_log())
+        Arc::clone(self.windows().dirty_log())
     }
 }

@@ -57,13 +57,18 @@ pub(crate) struct DmaSpace {
 impl DmaSpace {
     /// The connection's space, created on first use; (re)installs its request handler,
     /// replacing any other, as a mapper always did.
-    pub(super) fn of(connection: &Handle, max_data_xfer_size: u64) -> Arc<DmaSpace> {
+    /// A new space starts with `dirty` when given (a successor keeps its predecessor's log).
+    pub(super) fn of(
+        connection: &Handle,
+        max_data_xfer_size: u64,
+        dirty: Option<Arc<DirtyLog>>,
+    ) -> Arc<DmaSpace> {
         let mut slot = crate::sync::lock(&connection.dma_space);
         let existing = slot.clone().and_then(|any| any.downcast::<DmaSpace>().ok());
         let space = existing.unwrap_or_else(|| {
             let space = Arc::new(DmaSpace {
                 table: Arc::new(RwLock::new(Table::default())),
-                dirty: Arc::new(DirtyLog::default()),
+                dirty: dirty.unwrap_or_default(),
                 max_data_xfer_size: AtomicU64::new(max_data_xfer_size),
                 message_only: AtomicBool::new(false),
                 next_owner: AtomicU64::new(0),

@@ -226,8 +226,32 @@ where
 
     /// A mapper with explicit limits (tests, or limits below what was negotiated).
     pub fn with_limits(conn: &Connection, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+        DmaMapper::on(conn, limits, memory, None)
+    }
+
+    /// A mapper on `conn` (a new connection, after a reconnect) for the same guest memory,
+    /// with this one's sharing, mode and dirty log (when the connection has no DMA space
+    /// yet) and no windows: what a replay of [`DmaMapper::mappings`] starts from. The mode
+    /// must carry over: a message-only device stays message-only on its new connection.
+    // Used by the reconnect replay (`replay.rs`), merged separately.
+    #[allow(dead_code)]
+    pub(crate) fn successor(&self, conn: &Connection) -> DmaMapper<AS> {
+        let options = DmaOptions {
+            guest_memory: self.sharing.clone(),
+            mode: self.mode(),
+        };
+        let dirty = Some(Arc::clone(&self.dirty));
+        DmaMapper::on(conn, DmaLimits::of(conn), self.memory.clone(), dirty).with_options(&options)
+    }
+
+    fn on(
+        conn: &Connection,
+        limits: DmaLimits,
+        memory: AS,
+        dirty: Option<Arc<DirtyLog>>,
+    ) -> DmaMapper<AS> {
         let connection = conn.handle();
-        let space = DmaSpace::of(&connection, limits.max_data_xfer_size);
+        let space = DmaSpace::of(&connection, limits.max_data_xfer_size, dirty);
         let owner = space.new_owner();
         let source = MemorySource {
             memory: memory.clone(),
