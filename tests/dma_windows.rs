@@ -632,3 +632,48 @@ fn dma_outside_the_iova_windows_gets_an_errno_and_touches_nothing() {
     assert_eq!(dma_write(&mut peer, W + 0x100, b"landed"), Ok(()));
     assert_eq!(read_guest(&*mem, RW_GPA + 0x100, 6), b"landed");
 }
+
+#[test]
+fn hot_plug_follows_the_filter() {
+    let (device, _engine) = DmaEngine::new();
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let probe = server.probe();
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let _running = server.serve_stream(server_end);
+    let conn = Connection::connect(client, &ConnectOptions::default()).unwrap();
+    // Regions from 4 GiB up are hot-pluggable memory the VMM maps itself.
+    const HOTPLUG: u64 = 1 << 32;
+    let atomic = GuestMemoryAtomic::new(memory(vec![shared(0, MIB as usize)]));
+    let options = DmaOptions {
+        guest_memory: GuestMemorySharing::Filter(Arc::new(|r: &GuestRegionInfo| r.gpa < HOTPLUG)),
+        ..DmaOptions::default()
+    };
+    let mapper = DmaMapper::new(&conn, atomic.clone()).with_options(&options);
+    mapper.map_guest_memory().unwrap();
+    let ranges = |probe: &Probe| {
+        server_windows(probe)
+            .iter()
+            .map(|w| (w.0, w.1))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ranges(&probe), vec![(0, MIB)]);
+
+    // Plugged: one region the filter selects, one it leaves to the VMM.
+    let next = atomic
+        .memory()
+        .insert_region(Arc::new(shared(2 * MIB, MIB as usize)))
+        .unwrap()
+        .insert_region(Arc::new(anon(HOTPLUG, 4 * MIB as usize)))
+        .unwrap();
+    atomic.lock().unwrap().replace(next);
+    mapper.sync_guest_memory().unwrap();
+    assert_eq!(ranges(&probe), vec![(0, MIB), (2 * MIB, MIB)]);
+    // The VMM maps a block of the other; a second sync leaves it alone.
+    mapper.map(HOTPLUG + MIB, HOTPLUG + MIB, MIB).unwrap();
+    mapper.sync_guest_memory().unwrap();
+    assert_eq!(
+        ranges(&probe),
+        vec![(0, MIB), (2 * MIB, MIB), (HOTPLUG + MIB, MIB)]
+    );
+    assert_eq!(mapper.len(), 3);
+}
