@@ -677,3 +677,66 @@ fn hot_plug_follows_the_filter() {
     );
     assert_eq!(mapper.len(), 3);
 }
+
+#[test]
+fn message_only_never_serves_memory_unmapped_while_a_reply_waits() {
+    const W: u64 = 0x1_0000_0000;
+    const GPA: u64 = 0x10_0000;
+    const SIZE: u64 = MIB;
+    let mem = Arc::new(memory(vec![shared(0, 4 * MIB as usize)]));
+    let (conn, mut peer) = common::pair();
+    let only = DmaOptions {
+        guest_memory: GuestMemorySharing::None,
+        mode: DmaMode::MessageOnly,
+    };
+    let limits = DmaLimits {
+        max_data_xfer_size: MIB,
+        ..limits()
+    };
+    let iommu = DmaHandle::from(
+        DmaMapper::with_limits(&conn, limits, Arc::clone(&mem)).with_options(&only),
+    );
+    let (r, _) = with_peer(&mut peer, 1, || iommu.map(W, GPA, SIZE));
+    r.unwrap();
+    let before = pattern(SIZE as usize, 6);
+    mem.write_slice(&before, GuestAddress(GPA)).unwrap();
+
+    // A DMA_READ whose 1 MiB reply does not fit the socket: the peer does not read it yet.
+    let mut p = Vec::new();
+    DmaAccess {
+        address: W,
+        count: SIZE,
+    }
+    .encode_into(&mut p);
+    let h = Header::command(0x77, Command::DmaRead, p.len(), false).unwrap();
+    peer.send_message(&h, &p, &[]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while conn.queued_messages() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reply never queued"
+        );
+        thread::yield_now();
+    }
+    // The guest's IOMMU unmaps the window (the DMA_UNMAP waits behind the reply) and the
+    // guest reuses the memory.
+    thread::scope(|s| {
+        let unmap = s.spawn(|| iommu.unmap(W, SIZE));
+        while !iommu.mappings().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never unmapped");
+            thread::yield_now();
+        }
+        mem.write_slice(&vec![0xee; SIZE as usize], GuestAddress(GPA))
+            .unwrap();
+        // The server finally reads: what was mapped when it asked, nothing after.
+        let reply = peer.recv().unwrap();
+        assert_eq!((reply.header.id, reply.header.is_error()), (0x77, false));
+        let (_, data) = DmaAccess::decode_with_data(&reply.payload).unwrap();
+        assert!(
+            data == before.as_slice(),
+            "the reply carried memory unmapped meanwhile"
+        );
+        accept(&mut peer, 1);
+        unmap.join().unwrap().unwrap();
+    });
+}

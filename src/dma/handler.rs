@@ -6,6 +6,16 @@
 //! Runs on whichever thread reads the socket (a caller waiting for its own reply, the event
 //! loop, or the twin socket's reader), so it never blocks on anything but the mapping
 //! table's read lock, and never sends a request of its own.
+//!
+//! A connection has one [`DmaSpace`]: one table and one handler for the windows of every
+//! mapper made on it. A request is translated through the table into pieces, each tagged
+//! with the mapper that owns its window; each run of one owner's pieces is checked against,
+//! and copied from or into, that mapper's guest memory ([`GuestSource`], which hides the
+//! memory's type). Every piece is checked before anything is copied, under the table's read
+//! lock, which is held until the copy is done (an unmap waits for it). A large DMA_READ
+//! within one owner's windows is sent straight from guest memory, except in message-only
+//! mode (see `handle_unbuffered`); one spanning several owners is copied into the reply
+//! buffer.
 
 use std::any::Any;
 use std::io;
@@ -332,6 +342,13 @@ impl ServerRequestHandler for DmaRequestHandler {
         fds: &[OwnedFd],
     ) -> Option<Result<UnbufferedReply, u32>> {
         if header.known_command() != Some(Command::DmaRead) || !fds.is_empty() {
+            return None;
+        }
+        // Data sent straight from guest memory is read when it is sent: for a server that
+        // does not read its socket, possibly after the window was unmapped and the guest
+        // reused the memory. A server trusted with no fd gets a copy made now, under the
+        // table's lock, so that it reads nothing outside what is mapped.
+        if self.space.message_only() {
             return None;
         }
         // Small, refused, or spanning the windows of several mappers: the buffered path

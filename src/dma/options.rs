@@ -20,7 +20,10 @@ pub enum DmaMode {
     /// No guest memory fd is ever sent, even for shared memory: every DMA_MAP goes without
     /// one, and the server reaches guest memory only through DMA_READ / DMA_WRITE messages,
     /// which the client checks against the live windows (bytes outside them, or without the
-    /// window's access, get an errno and touch nothing).
+    /// window's access, get an errno and touch nothing). DMA_READ data is copied while the
+    /// request is checked, so a server that is slow to read its socket cannot receive memory
+    /// unmapped meanwhile (in [`DmaMode::Mapped`] large replies are sent straight from guest
+    /// memory, read as the socket takes them).
     ///
     /// Use it when the server is not trusted with guest memory: a server holding an fd can
     /// read and write the whole region behind it, whatever the windows say, and keeps doing
