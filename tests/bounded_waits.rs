@@ -322,7 +322,8 @@ fn a_config_write_waits_one_reply_timeout_and_the_device_recovers() {
         timeout()
     );
     assert!(a.dev.error_count() >= 1);
-    let conn = a.dev.device().connection();
+    let device = a.dev.device();
+    let conn = device.connection();
     assert_eq!(overdue(conn).command, Command::DeviceSetIrqs);
 
     // Later accesses fail at once: all ones.

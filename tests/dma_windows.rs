@@ -206,7 +206,8 @@ fn a_filter_leaves_virtio_mem_to_be_plugged_block_by_block() {
         ..DmaOptions::default()
     };
     let dev = attach(&env, Arc::clone(&mem), dma);
-    let conn = dev.device().connection();
+    let device = dev.device();
+    let conn = device.connection();
     assert_eq!(
         server_windows(&env.probe),
         vec![(0, 16 * MIB, DmaAccessMode::Mmap)]
@@ -294,7 +295,8 @@ fn viommu_windows(mode: DmaMode, expected: DmaAccessMode) {
         mode,
     };
     let dev = attach(&env, Arc::clone(&mem), dma);
-    let conn = dev.device().connection();
+    let device = dev.device();
+    let conn = device.connection();
     assert_eq!(env.probe.dma_map_count(), 0);
     let iommu = dev.dma().unwrap();
     assert_eq!(iommu.mode(), mode);
@@ -372,7 +374,8 @@ fn message_only_runs_the_engine_through_messages_on_shared_memory() {
         ..DmaOptions::default()
     };
     let dev = attach(&env, Arc::clone(&mem), dma);
-    let conn = dev.device().connection();
+    let device = dev.device();
+    let conn = device.connection();
     // The server got the window without an fd: it can reach memory only through messages.
     assert_eq!(
         server_windows(&env.probe),

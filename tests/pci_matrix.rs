@@ -251,7 +251,8 @@ fn run_script(relay: &Relay, faulted: Option<(Step, Fault)>) -> Run {
         let check_next = fault.is_some() && !a.dev.is_lost();
         run.steps.push((*step, outcome, took));
         if check_next {
-            let conn = a.dev.device().connection();
+            let device = a.dev.device();
+            let conn = device.connection();
             run.health = Some(conn.health());
             if let Some(Fault::Late(late)) = fault {
                 run.recovered = Some(healthy_within(conn, late + RECOVERY));

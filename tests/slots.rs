@@ -172,7 +172,8 @@ fn slots_follow_decoding_moves_reset_and_detach() {
     command(&mut dev, 0x0002);
     assert_eq!(vmm.held(), gpio_held(BAR2));
     // The slots are the device's mappings of BAR2, the pages the guest reaches directly.
-    let areas = dev.device().region(2).unwrap().mapped_areas();
+    let device = dev.device();
+    let areas = device.region(2).unwrap().mapped_areas();
     assert_eq!(
         dev.installed_slots().0[0].host_addr,
         areas[0].host_addr() as u64

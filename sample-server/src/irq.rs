@@ -2,6 +2,13 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The eventfds a client attached with DEVICE_SET_IRQS, and their mask state.
+//!
+//! INTx is level-triggered, as the kernel's vfio-pci and QEMU serve it: when the server
+//! masks INTx ([`IrqMasking::masks`]), signalling it masks it (auto-mask), so that the
+//! client's UNMASK (the guest's end of interrupt) comes before the next signal. A line
+//! held by [`IrqTable::set_level`] signals again at each unmask while it stays held, and
+//! when a trigger eventfd is attached to it; a line raised while masked is delivered on
+//! unmask. [`IrqTable::raise`] is a pulse: it signals (or leaves pending) once.
 
 use std::fs::File;
 use std::io::Write;
@@ -15,7 +22,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user_client::protocol::SetIrqs;
 
 use crate::config::IrqMasking;
-use crate::device::{Errno, IRQ_ERR, IRQ_REQ};
+use crate::device::{Errno, IRQ_ERR, IRQ_INTX, IRQ_REQ};
 const SET_DATA: u32 = SET_DATA_NONE | SET_DATA_BOOL | SET_DATA_EVENTFD;
 const SET_ACTION: u32 = SET_ACTION_MASK | SET_ACTION_UNMASK | SET_ACTION_TRIGGER;
 
@@ -32,6 +39,10 @@ pub struct IrqVectorState {
     pub pending: bool,
     /// Times the vector was signalled on its eventfd.
     pub signalled: u64,
+    /// The device holds the line (level-triggered INTx, see [`Probe::set_irq_level`]).
+    ///
+    /// [`Probe::set_irq_level`]: crate::Probe::set_irq_level
+    pub level: bool,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +52,10 @@ struct Vector {
     masked: bool,
     pending: bool,
     signalled: u64,
+    /// The device holds the line.
+    level: bool,
+    /// Signalling masks the vector (INTx at a server that masks it).
+    automask: bool,
 }
 
 impl Vector {
@@ -56,16 +71,20 @@ impl Vector {
                 // the client has a signal pending anyway.
                 let _ = f.write_all(&1u64.to_ne_bytes());
                 self.signalled += 1;
+                self.masked = self.automask;
                 true
             }
             None => false,
         }
     }
 
-    /// Back to the state before any SET_IRQS (the signal count is kept).
+    /// Back to the state before any SET_IRQS (the signal count, the line and the
+    /// auto-mask are the device's and are kept).
     fn disconnect(&mut self) {
         *self = Vector {
             signalled: self.signalled,
+            level: self.level,
+            automask: self.automask,
             ..Vector::default()
         };
     }
@@ -77,6 +96,7 @@ impl Vector {
             masked: self.masked,
             pending: self.pending,
             signalled: self.signalled,
+            level: self.level,
         }
     }
 }
@@ -95,23 +115,55 @@ impl IrqTable {
         IrqTable {
             indexes: counts
                 .iter()
-                .map(|&n| (0..n).map(|_| Vector::default()).collect())
+                .enumerate()
+                .map(|(index, &n)| {
+                    let automask = index as u32 == IRQ_INTX && masking.masks(IRQ_INTX);
+                    (0..n)
+                        .map(|_| Vector {
+                            automask,
+                            ..Vector::default()
+                        })
+                        .collect()
+                })
                 .collect(),
             masking,
         }
     }
 
-    /// Disconnects every vector, as a reset of the interrupt setup (signal counts kept).
+    /// Disconnects every vector and drops every line, as a device reset (signal counts
+    /// kept).
     pub(crate) fn clear(&mut self) {
-        self.indexes
-            .iter_mut()
-            .flatten()
-            .for_each(Vector::disconnect);
+        self.indexes.iter_mut().flatten().for_each(|v| {
+            v.disconnect();
+            v.level = false;
+        });
     }
 
     /// Signals `vector` of `index`: `Ok(true)` if an eventfd was written.
     pub(crate) fn raise(&mut self, index: u32, vector: u32) -> Result<bool, Errno> {
         self.vector(index, vector).map(Vector::fire)
+    }
+
+    /// Holds (`level`) or releases the line of `vector` of `index`. Raising a line that was
+    /// released signals it as [`IrqTable::raise`] does (`Ok(true)` if an eventfd was
+    /// written); releasing it withdraws a pending signal. Setting the level it has does
+    /// nothing.
+    pub(crate) fn set_level(
+        &mut self,
+        index: u32,
+        vector: u32,
+        level: bool,
+    ) -> Result<bool, Errno> {
+        let v = self.vector(index, vector)?;
+        if v.level == level {
+            return Ok(false);
+        }
+        v.level = level;
+        if level {
+            return Ok(v.fire());
+        }
+        v.pending = false;
+        Ok(false)
     }
 
     /// Whether a trigger eventfd is attached to `vector` of `index`.
@@ -210,6 +262,10 @@ impl IrqTable {
                     let fd = fds.next().map(File::from);
                     if action == SET_ACTION_TRIGGER {
                         v.trigger = fd;
+                        // A held line signals its new eventfd.
+                        if v.level && v.trigger.is_some() {
+                            v.fire();
+                        }
                     } else {
                         v.unmask = fd;
                     }
@@ -219,8 +275,10 @@ impl IrqTable {
                 }
                 (_, SET_ACTION_MASK) if selected(i) => v.masked = true,
                 (_, SET_ACTION_UNMASK) if selected(i) => {
-                    v.masked = false;
-                    if std::mem::take(&mut v.pending) {
+                    let was_masked = std::mem::replace(&mut v.masked, false);
+                    // Level-triggered: a line still held signals again (as vfio-pci's
+                    // unmask does); an unmask of an unmasked line does nothing.
+                    if std::mem::take(&mut v.pending) || (was_masked && v.level) {
                         v.fire();
                     }
                 }

@@ -374,6 +374,21 @@ impl Probe {
         lock(&self.shared.irqs).raise(index, vector)
     }
 
+    /// Holds (`true`) or releases the line of `vector` of IRQ type `index`, as a device
+    /// with a level-triggered interrupt condition (INTx) does. Raising a released line
+    /// signals it as [`Probe::raise_irq`] does; while it is held, every unmask signals it
+    /// again, and so does attaching a trigger eventfd. Releasing it withdraws a signal left
+    /// pending.
+    ///
+    /// INTx is level-triggered as the kernel's vfio-pci and QEMU serve it: a server that
+    /// masks INTx ([`IrqMasking::Implemented`](crate::IrqMasking::Implemented) or
+    /// [`IrqMasking::Rejected`](crate::IrqMasking::Rejected)) masks it when it signals it
+    /// (auto-mask), so the client's UNMASK, the guest's end of interrupt, comes before the
+    /// next signal.
+    pub fn set_irq_level(&self, index: u32, vector: u32, level: bool) -> Result<bool, Errno> {
+        lock(&self.shared.irqs).set_level(index, vector, level)
+    }
+
     /// The state of every vector of IRQ type `index` (empty when no client is connected).
     pub fn irq_state(&self, index: u32) -> Vec<IrqVectorState> {
         lock(&self.shared.irqs).states(index)

@@ -39,6 +39,15 @@ impl ConnectionSubscriber {
     pub(super) fn new(main: MainSubscriber, twin: Option<TwinSubscriber>) -> Self {
         ConnectionSubscriber { main, twin }
     }
+
+    /// Removes every registration this subscriber made (a reconnected device's subscriber
+    /// hands its place to the new connection's).
+    pub(crate) fn retire(&mut self, ops: &mut EventOps) {
+        self.main.stop_watching(ops);
+        if let Some(t) = &mut self.twin {
+            t.stop_watching(ops);
+        }
+    }
 }
 
 impl MutEventSubscriber for ConnectionSubscriber {

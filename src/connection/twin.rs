@@ -109,7 +109,7 @@ impl TwinSubscriber {
         Events::new(&*self.sock, set)
     }
 
-    fn stop_watching(&mut self, ops: &mut EventOps) {
+    pub(super) fn stop_watching(&mut self, ops: &mut EventOps) {
         if self.watching {
             let _ = ops.remove(self.events(self.out_armed));
             self.watching = false;

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 
 use super::{DirtyLog, DmaMapper, DmaMapping, DmaMode, DmaRegion, Error};
+use crate::connection::Connection;
 
 /// What a [`DmaHandle`] needs of a mapper.
 trait Windows: Send + Sync {
@@ -20,6 +21,7 @@ trait Windows: Send + Sync {
     fn mappings(&self) -> Vec<DmaMapping>;
     fn mode(&self) -> DmaMode;
     fn dirty_log(&self) -> &Arc<DirtyLog>;
+    fn replay_on(&self, conn: &Connection) -> Result<DmaHandle, Error>;
 }
 
 impl<AS> Windows for DmaMapper<AS>
@@ -54,6 +56,10 @@ where
 
     fn dirty_log(&self) -> &Arc<DirtyLog> {
         DmaMapper::dirty_log(self)
+    }
+
+    fn replay_on(&self, conn: &Connection) -> Result<DmaHandle, Error> {
+        Ok(DmaHandle::from(DmaMapper::replay_on(self, conn)?))
     }
 }
 
@@ -126,10 +132,14 @@ impl DmaHandle {
         Arc::clone(&crate::sync::read(&self.current))
     }
 
+    /// A new handle with these windows mapped again on `conn` (after a reconnect; see
+    /// [`DmaMapper::replay_on`]).
+    pub(crate) fn replay_on(&self, conn: &Connection) -> Result<DmaHandle, Error> {
+        self.windows().replay_on(conn)
+    }
+
     /// Makes this handle, and every clone of it, control `next`'s windows from now on
     /// (after a reconnect replayed them on a new connection).
-    // Used by the reconnect replay, merged separately.
-    #[allow(dead_code)]
     pub(crate) fn redirect(&self, next: &DmaHandle) {
         let windows = next.windows();
         *crate::sync::write(&self.current) = windows;

@@ -38,6 +38,7 @@ mod error;
 mod handle;
 mod handler;
 mod options;
+mod replay;
 mod table;
 
 pub use dirty::DirtyLog;
@@ -233,8 +234,6 @@ where
     /// with this one's sharing, mode and dirty log (when the connection has no DMA space
     /// yet) and no windows: what a replay of [`DmaMapper::mappings`] starts from. The mode
     /// must carry over: a message-only device stays message-only on its new connection.
-    // Used by the reconnect replay (`replay.rs`), merged separately.
-    #[allow(dead_code)]
     pub(crate) fn successor(&self, conn: &Connection) -> DmaMapper<AS> {
         let options = DmaOptions {
             guest_memory: self.sharing.clone(),

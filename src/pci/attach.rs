@@ -21,9 +21,12 @@ use super::memory;
 use super::msi::Msi;
 use super::msix::Msix;
 use super::shadow::ConfigShadow;
+use super::state::DeviceIdentity;
 use super::status::DeviceStatus;
+use super::subscriber::SubscriberSwap;
+use super::ReconnectPolicy;
 use super::{
-    BarInfo, BarReprogramming, Error, InterruptKind, InterruptProvider, PciSubscriber,
+    BarInfo, BarReprogramming, Core, Error, InterruptKind, InterruptProvider, PciSubscriber,
     VfioUserPciDevice,
 };
 use crate::connection::{ConnectOptions, Connection};
@@ -103,6 +106,9 @@ pub struct AttachOptions {
     pub reset: bool,
     /// Where the BARs go.
     pub bars: BarPlacement,
+    /// Reconnect when the connection is lost, and restore the device; `None` (the
+    /// default): a lost device stays lost.
+    pub reconnect: Option<ReconnectPolicy>,
     /// Which guest memory the server may reach, and how (default: all of it, shared files
     /// by fd). See [`DmaOptions`] and [`VfioUserPciDevice::dma`] for the windows the VMM
     /// maps itself.
@@ -116,12 +122,13 @@ impl Default for AttachOptions {
             device: DeviceOptions::default(),
             reset: true,
             bars: BarPlacement::default(),
+            reconnect: None,
             dma: DmaOptions::default(),
         }
     }
 }
 
-impl VfioUserPciDevice {
+impl Core {
     /// Attaches the device behind a negotiated connection: discovery, reset, config space
     /// and its shadows, BAR placement, guest memory, notifiers and interrupts.
     pub(super) fn build<AS>(
@@ -129,29 +136,17 @@ impl VfioUserPciDevice {
         memory: AS,
         interrupts: Arc<dyn InterruptProvider>,
         options: &AttachOptions,
-    ) -> Result<VfioUserPciDevice, Error>
+    ) -> Result<Core, Error>
     where
         AS: GuestAddressSpace + Send + Sync + 'static,
         AS::M: GuestMemoryBackend,
         <AS::M as GuestMemoryBackend>::R: DmaRegion,
     {
         let device = VfioUserDevice::new(connection, &options.device)?;
-        let config_size = config_size(&device)?;
-        if options.reset && device.resettable() {
+        if options.reset && device.is_pci() && device.resettable() {
             device.reset()?;
         }
-        let config = read_config(&device)?;
-        let shadow = ConfigShadow::discover(&config, config_size, |i| {
-            device.region(i).map_or((0, 0), |r| (r.size(), r.flags()))
-        })?;
-        let offered = Offered {
-            pin: config[config::INTERRUPT_PIN],
-            msi: shadow.msi.as_ref().map(Msi::capable_vectors),
-            msix: shadow.msix.as_ref().map(Msix::size),
-        };
-        irq_counts::check(offered, |kind| {
-            device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
-        })?;
+        let (identity, config, shadow) = discover(&device)?;
         let intx = config[config::INTERRUPT_PIN] != 0
             && device
                 .irq(VFIO_PCI_INTX_IRQ_INDEX)
@@ -165,16 +160,18 @@ impl VfioUserPciDevice {
             shadow.msi.is_some(),
             shadow.msix.as_ref().map_or(0, Msix::size),
         );
-        let mut dev = VfioUserPciDevice {
+        let mut dev = Core {
             device: Arc::new(device),
             status,
             interrupts,
             dma: None,
             shadow,
+            identity,
             intx,
             intx_maskable,
             notifiers: Vec::new(),
             wired: WiredInterrupts::default(),
+            retired: None,
             slots: Default::default(),
             event_loop: None,
         };
@@ -235,6 +232,29 @@ impl VfioUserPciDevice {
     }
 }
 
+/// Discovers what the device is from its config space (the standard header and
+/// capabilities), regions and IRQs: its identity, the config bytes read and a fresh shadow.
+/// Checks that config space does not offer more vectors than the server reports.
+pub(super) fn discover(
+    device: &VfioUserDevice,
+) -> Result<(DeviceIdentity, Vec<u8>, ConfigShadow), Error> {
+    let config_size = config_size(device)?;
+    let config = read_config(device)?;
+    let shadow = ConfigShadow::discover(&config, config_size, |i| {
+        device.region(i).map_or((0, 0), |r| (r.size(), r.flags()))
+    })?;
+    let offered = Offered {
+        pin: config[config::INTERRUPT_PIN],
+        msi: shadow.msi.as_ref().map(Msi::capable_vectors),
+        msix: shadow.msix.as_ref().map(Msix::size),
+    };
+    irq_counts::check(offered, |kind| {
+        device.irq(kind.irq_index()).map_or(0, |irq| irq.count)
+    })?;
+    let identity = DeviceIdentity::of(device, &config, &shadow);
+    Ok((identity, config, shadow))
+}
+
 impl VfioUserPciDevice {
     /// Places every BAR that is not placed yet at the base `allocator` gives it (`None`
     /// leaves it to the guest), as Cloud Hypervisor's `allocate_bars`, and returns the
@@ -246,16 +266,17 @@ impl VfioUserPciDevice {
         &mut self,
         mut allocator: impl FnMut(&BarInfo) -> Option<u64>,
     ) -> Result<Vec<BarReprogramming>, Error> {
+        let mut core = self.core();
         let mut placed = Vec::new();
         let mut result = Ok(());
-        for bar in self.shadow.bars.infos() {
+        for bar in core.shadow.bars.infos() {
             if bar.base.is_some() {
                 continue;
             }
             let Some(base) = allocator(&bar) else {
                 continue;
             };
-            match self.shadow.bars.relocate(bar.index, base) {
+            match core.shadow.bars.relocate(bar.index, base) {
                 Ok(relocation) => placed.push(relocation),
                 Err(e) => {
                     result = Err(e);
@@ -263,7 +284,7 @@ impl VfioUserPciDevice {
                 }
             }
         }
-        self.sync_slots();
+        core.sync_slots();
         result.map(|()| placed)
     }
 
@@ -271,7 +292,8 @@ impl VfioUserPciDevice {
     /// included), for the VMM to free their addresses (Cloud Hypervisor's `free_bars`) and
     /// take the windows off its buses. The registers keep what the guest wrote.
     pub fn free_bars(&mut self) -> Vec<BarInfo> {
-        let placed: Vec<BarInfo> = self
+        let mut core = self.core();
+        let placed: Vec<BarInfo> = core
             .shadow
             .bars
             .infos()
@@ -280,9 +302,9 @@ impl VfioUserPciDevice {
             .collect();
         for bar in &placed {
             // Every BAR listed exists.
-            let _ = self.shadow.bars.unplace(bar.index);
+            let _ = core.shadow.bars.unplace(bar.index);
         }
-        self.sync_slots();
+        core.sync_slots();
         placed
     }
 }
@@ -315,29 +337,49 @@ fn read_config(device: &VfioUserDevice) -> Result<Vec<u8>, Error> {
     Ok(config)
 }
 
+/// What [`connect`] returns: the connection and the device status it reports its loss
+/// to, the subscriber, and with a reconnect policy the subscriber's swap slot.
+pub(super) type Connected = (
+    (Connection, Arc<DeviceStatus>),
+    PciSubscriber,
+    Option<Arc<SubscriberSwap>>,
+);
+
 /// Connects, negotiates, and hooks the connection's loss to the device's state.
 pub(super) fn connect(
     path: &Path,
-    options: &ConnectOptions,
+    options: &AttachOptions,
     interrupts: &Arc<dyn InterruptProvider>,
-) -> Result<((Connection, Arc<DeviceStatus>), PciSubscriber), Error> {
+) -> Result<Connected, Error> {
     let (connection, connection_subscriber) =
-        Connection::connect_with_subscriber(path, options).map_err(connect_error)?;
+        Connection::connect_with_subscriber(path, &options.connect).map_err(connect_error)?;
     let status = Arc::new(DeviceStatus::new()?);
-    let for_callback = Arc::clone(&status);
-    connection.on_disconnect(move |reason| for_callback.lose(reason.clone()));
+    watch_loss(&connection, &status);
+    let swap = match options.reconnect {
+        Some(_) => Some(Arc::new(SubscriberSwap::new()?)),
+        None => None,
+    };
     let subscriber = PciSubscriber {
         connection_subscriber,
         connection: connection.handle(),
         status: Arc::clone(&status),
         resample: interrupts.intx_resample(),
+        swap: swap.clone(),
     };
-    Ok(((connection, status), subscriber))
+    Ok(((connection, status), subscriber, swap))
+}
+
+/// Reports the loss of `connection`, the newest, to `status`.
+pub(super) fn watch_loss(connection: &Connection, status: &Arc<DeviceStatus>) {
+    let generation = status.next_generation();
+    let for_callback = Arc::clone(status);
+    connection
+        .on_disconnect(move |reason| for_callback.lose_generation(generation, reason.clone()));
 }
 
 /// The error of connecting: the connection's or the negotiation's. (The crate-level error
 /// has room for every layer's; connecting produces only those two.)
-fn connect_error(e: crate::Error) -> Error {
+pub(super) fn connect_error(e: crate::Error) -> Error {
     match e {
         crate::Error::Connection(e) => Error::Connect(e),
         crate::Error::Negotiate(e) => Error::Negotiate(e),

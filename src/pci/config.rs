@@ -541,6 +541,28 @@ impl Bars {
         Ok(())
     }
 
+    /// Each BAR's saved state: index, base, register, ROM enable.
+    pub(crate) fn saved(&self) -> Vec<(u32, Option<u64>, u64, bool)> {
+        self.bars
+            .iter()
+            .map(|b| (b.info.index, b.info.base, b.reg, b.rom_enable))
+            .collect()
+    }
+
+    /// Loads BAR `index`'s saved base, register and ROM enable (the register through the
+    /// BAR's address mask); `false` when the device has no such BAR.
+    pub(crate) fn load(&mut self, index: u32, base: Option<u64>, reg: u64, rom: bool) -> bool {
+        let Some(bar) = self.bars.iter_mut().find(|b| b.info.index == index) else {
+            return false;
+        };
+        bar.reg = reg & bar.addr_mask();
+        bar.info.base = base.map(|b| b & bar.addr_mask());
+        bar.rom_enable = rom && bar.info.kind == BarKind::Rom;
+        bar.low_only = false;
+        bar.reported = bar.info.base;
+        true
+    }
+
     /// Restores every register to the placed address (after a device reset).
     pub(crate) fn reset(&mut self) {
         for bar in &mut self.bars {

@@ -133,6 +133,30 @@ pub enum Error {
     /// [`connection::Error::Disconnected`]); the device answers all-ones until detached.
     #[error("the device is lost: {0}")]
     Lost(connection::Error),
+    /// The server offers another device than the one attached (after a reconnect), or a
+    /// saved [`PciState`](super::PciState) is another device's: `what` names the first
+    /// difference found.
+    #[error("a different device: {what}")]
+    DifferentDevice {
+        /// What differs, with both values.
+        what: String,
+    },
+    /// A saved [`PciState`](super::PciState) of a version this client does not know.
+    #[error("PCI state version {found} is not supported (this client restores {supported})")]
+    StateVersion {
+        /// The version in the state.
+        found: u32,
+        /// The version this client writes and reads.
+        supported: u32,
+    },
+    /// Reconnecting gave up at the policy's deadline; `last` is the last attempt's error.
+    #[error("reconnecting gave up after {attempts} attempt(s): {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<Error>,
+    },
     /// An error met where it could not be returned (see
     /// [`VfioUserPciDevice::last_error`](super::VfioUserPciDevice::last_error)).
     #[error("{activity}: {source}")]
@@ -152,6 +176,7 @@ impl Error {
             Error::Device(e) => (e.connection_error(), &[]),
             Error::Dma(e) => (None, e.failures()),
             Error::During { source, .. } => source.causes(),
+            Error::GaveUp { last, .. } => last.causes(),
             _ => (None, &[]),
         }
     }
@@ -286,6 +311,8 @@ pub enum Activity {
     InterruptSetup,
     /// Unmasking INTx at the server after the guest ended an interrupt.
     IntxUnmask,
+    /// Reconnecting to the server and restoring the device there.
+    Reconnect,
     /// Bringing the VMM's guest memory slots and ioeventfds in step with the BARs.
     GuestSlots,
 }
@@ -299,6 +326,7 @@ impl fmt::Display for Activity {
             Activity::BarWrite { bar, offset } => write!(f, "BAR {bar} write at {offset:#x}"),
             Activity::InterruptSetup => f.write_str("interrupt setup"),
             Activity::IntxUnmask => f.write_str("INTx unmask"),
+            Activity::Reconnect => f.write_str("reconnect"),
             Activity::GuestSlots => f.write_str("guest memory slots and ioeventfds"),
         }
     }

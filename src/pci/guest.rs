@@ -13,9 +13,9 @@ use super::interrupts::{reconcile, update_vectors};
 use super::msi::Msi;
 use super::shadow::{piece, ConfigRead};
 use super::{Activity, BarKind, BarReprogramming, Error, InterruptKind};
-use super::{InterruptMode, VfioUserPciDevice};
+use super::{Core, InterruptMode};
 
-impl VfioUserPciDevice {
+impl Core {
     pub(super) fn try_sync_interrupts(&mut self) -> Result<(), Error> {
         let device = &self.device;
         let wanted = self.shadow.interrupts(self.intx, |k| {
@@ -133,7 +133,7 @@ impl VfioUserPciDevice {
     /// the region or the end of the address space, or the server failed (the error is
     /// recorded). MSI-X table reads are answered here; pending bits the VMM keeps are ORed
     /// into the server's.
-    pub fn bar_read(&mut self, bar: u32, offset: u64, data: &mut [u8]) {
+    pub(super) fn bar_read(&mut self, bar: u32, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         let Some(info) = self.shadow.bars.get(bar) else {
             return;
@@ -229,7 +229,7 @@ impl VfioUserPciDevice {
     /// posting off).
     ///
     /// [`DeviceOptions::posted_writes`]: crate::device::DeviceOptions::posted_writes
-    pub fn bar_write(&mut self, bar: u32, offset: u64, data: &[u8]) {
+    pub(super) fn bar_write(&mut self, bar: u32, offset: u64, data: &[u8]) {
         let Some(info) = self.shadow.bars.get(bar) else {
             return;
         };

@@ -172,6 +172,30 @@ impl WiredInterrupts {
     }
 }
 
+impl WiredInterrupts {
+    /// The vectors of the current MSI or MSI-X mode pending in the VMM's emulation of
+    /// masking.
+    pub(crate) fn pending_vectors(&mut self) -> Vec<u32> {
+        (0..self.vectors.len() as u32)
+            .filter(|&v| self.pending(v))
+            .collect()
+    }
+
+    /// Marks `vectors` pending where masking is emulated and the vector is masked (its
+    /// parking eventfd is the server's); others are left alone.
+    pub(crate) fn set_pending(&mut self, vectors: &[u32]) {
+        for &v in vectors {
+            if let Some(vector) = self
+                .vectors
+                .get_mut(v as usize)
+                .filter(|x| x.parked.is_some())
+            {
+                vector.pending = true;
+            }
+        }
+    }
+}
+
 /// The guest's interrupt setup, read from the MSI and MSI-X shadows and the command
 /// register: what [`reconcile`] wires.
 pub(crate) struct GuestInterrupts {

@@ -30,6 +30,10 @@ pub(crate) trait GuestDma: Send + Sync + fmt::Debug {
 
     /// The windows, for the VMM.
     fn handle(&self) -> DmaHandle;
+
+    /// The same mappings on a new connection (see [`DmaMapper::replay_on`]); the handles
+    /// the VMM holds follow them there.
+    fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error>;
 }
 
 impl GuestDma for DmaHandle {
@@ -43,6 +47,13 @@ impl GuestDma for DmaHandle {
 
     fn handle(&self) -> DmaHandle {
         self.clone()
+    }
+
+    fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error> {
+        let next = DmaHandle::replay_on(self, connection)?;
+        // Every clone the VMM holds now controls the windows on the new connection.
+        self.redirect(&next);
+        Ok(Box::new(self.clone()))
     }
 }
 

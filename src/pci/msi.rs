@@ -190,6 +190,38 @@ impl Msi {
     pub(crate) fn reset(&mut self) {
         self.regs.clone_from(&self.initial);
     }
+
+    /// The layout: capability offset, vectors capable, 64-bit addresses, per-vector mask.
+    pub(crate) fn layout(&self) -> (usize, u32, bool, bool) {
+        (
+            self.cap,
+            self.capable_vectors(),
+            self.addr64,
+            self.per_vector_mask,
+        )
+    }
+
+    /// The registers as the guest wrote them (saved state).
+    pub(crate) fn regs(&self) -> &[u8] {
+        &self.regs
+    }
+
+    /// Loads saved registers through the write masks; `false` (nothing loaded) when their
+    /// length is not this capability's.
+    pub(crate) fn load(&mut self, regs: &[u8]) -> bool {
+        if regs.len() != self.regs.len() {
+            return false;
+        }
+        for (r, b) in regs.iter().enumerate() {
+            self.regs[r] = (self.initial[r] & !self.wmask[r]) | (b & self.wmask[r]);
+        }
+        true
+    }
+
+    /// The config offset of message control.
+    pub(crate) fn control_offset(&self) -> usize {
+        self.cap + 2
+    }
 }
 
 #[cfg(test)]

@@ -205,6 +205,40 @@ impl Msix {
         }
     }
 
+    /// The layout: capability offset, table size, table BAR and offset, PBA BAR and offset.
+    pub(crate) fn layout(&self) -> (usize, u32, u32, u64, u32, u64) {
+        (
+            self.cap,
+            self.size,
+            self.table_bar,
+            self.table_offset,
+            self.pba_bar,
+            self.pba_offset,
+        )
+    }
+
+    /// Message control's guest bits, and the table (saved state).
+    pub(crate) fn saved(&self) -> (u16, &[u8]) {
+        (self.control, &self.table)
+    }
+
+    /// Loads saved message control and table; `false` (nothing loaded) when the table's
+    /// length is not this one's.
+    pub(crate) fn load(&mut self, control: u16, table: &[u8]) -> bool {
+        if table.len() != self.table.len() {
+            return false;
+        }
+        self.control = control & 0xc000;
+        self.write_table(0, table);
+        true
+    }
+
+    /// The config offset of message control, and its value as the server should see it
+    /// (the table size bits with the guest's enable and function mask).
+    pub(crate) fn control_register(&self) -> (usize, u16) {
+        (self.cap + 2, self.control | (self.size - 1) as u16)
+    }
+
     /// Every vector masked, message control cleared: the state after reset.
     pub(crate) fn reset(&mut self) {
         self.control = 0;

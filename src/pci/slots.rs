@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use super::config::{BarInfo, BarSpace};
 use super::msix::Msix;
-use super::{Activity, Error, VfioUserPciDevice};
+use super::{Activity, Core, Error, VfioUserPciDevice};
 use crate::device::{self, VfioUserDevice};
 use crate::protocol::{IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD};
 
@@ -93,9 +93,13 @@ impl Eq for Doorbell {}
 /// ([`VfioUserPciDevice::error_count`]); the device carries on (the area stays trapped, the
 /// doorbell a message), and tries again at the next change.
 ///
-/// When the connection is lost, what the VMM holds stays until the next change (a config
-/// write, a BAR call, detach), which withdraws it all: until then guest accesses to a slot
-/// reach the dead server's memory, which stays mapped, instead of reading all ones.
+/// With a [`ReconnectPolicy`](super::ReconnectPolicy), a lost connection withdraws
+/// everything at once (the reconnect supervisor does it), and a reconnect installs the new
+/// server's mappings and ioeventfds (it asks DEVICE_GET_REGION_IO_FDS again); restoring a
+/// [`PciState`](super::PciState) moves them to the restored BAR bases. Without a policy,
+/// what the VMM holds after a loss stays until the next change (a config write, a BAR
+/// call, detach), which withdraws it all: until then guest accesses to a slot reach the
+/// dead server's memory, which stays mapped, instead of reading all ones.
 ///
 /// ```
 /// use std::io;
@@ -429,6 +433,30 @@ impl VfioUserPciDevice {
     /// answer to the ioeventfd query, or the VMM's first failing call (the rest is tried).
     /// A VMM that does not call this installs [`VfioUserPciDevice::bar_mappings`] itself.
     pub fn manage_slots(&mut self, vmm: Arc<dyn GuestSlots>) -> Result<(), Error> {
+        self.core().manage_slots(vmm)
+    }
+
+    /// The slots and doorbells installed in the VMM now (none without
+    /// [`VfioUserPciDevice::manage_slots`]).
+    pub fn installed_slots(&self) -> (Vec<BarMapping>, Vec<Doorbell>) {
+        let core = self.core();
+        let (slots, doorbells) = core.slots.installed();
+        (slots.to_vec(), doorbells.to_vec())
+    }
+
+    /// The mappable areas of BAR `bar` at its current base (none while it is unplaced),
+    /// without the pages that must trap. After a move, the VMM removes the slots it
+    /// installed for the old base and installs these; after a reconnect
+    /// ([`ConnectionState::Connected`](super::ConnectionState::Connected) again) too, since
+    /// the new connection maps the areas anew. With [`VfioUserPciDevice::manage_slots`] the
+    /// device does that itself.
+    pub fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
+        self.core().bar_mappings(bar)
+    }
+}
+
+impl Core {
+    fn manage_slots(&mut self, vmm: Arc<dyn GuestSlots>) -> Result<(), Error> {
         // Another VMM handle: what the old one holds goes first.
         self.withdraw_slots();
         self.slots.vmm = Some(vmm);
@@ -456,18 +484,9 @@ impl VfioUserPciDevice {
         self.resync_slots()
     }
 
-    /// The slots and doorbells installed in the VMM now (none without
-    /// [`VfioUserPciDevice::manage_slots`]).
-    pub fn installed_slots(&self) -> (Vec<BarMapping>, Vec<Doorbell>) {
-        let (slots, doorbells) = self.slots.installed();
-        (slots.to_vec(), doorbells.to_vec())
-    }
-
-    /// The mappable areas of BAR `bar` at its current base (none while it is unplaced),
-    /// without the pages that must trap. After a move, the VMM removes the slots it
-    /// installed for the old base and installs these; with
-    /// [`VfioUserPciDevice::manage_slots`] the device does that itself.
-    pub fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
+    /// The mappable areas of BAR `bar` at its current base, without the pages that must
+    /// trap.
+    pub(super) fn bar_mappings(&self, bar: u32) -> Vec<BarMapping> {
         let Some(info) = self.shadow.bars.get(bar) else {
             return Vec::new();
         };
@@ -498,8 +517,9 @@ impl VfioUserPciDevice {
     fn wanted_slots(&self) -> (Vec<BarMapping>, Vec<Doorbell>) {
         let mut slots = Vec::new();
         let mut doorbells = Vec::new();
-        if self.is_lost() {
-            // Guest accesses are to read all ones now: everything traps again.
+        if self.is_lost() && self.device.connection().disconnect_reason().is_some() {
+            // Guest accesses are to read all ones now: everything traps again. (A reconnect
+            // restoring the device on a new connection is still marked lost: it installs.)
             return (slots, doorbells);
         }
         for info in self.shadow.bars.infos() {
@@ -527,7 +547,7 @@ impl VfioUserPciDevice {
         self.slots.apply(slots, doorbells)
     }
 
-    /// [`VfioUserPciDevice::resync_slots`] from a path that cannot return its error.
+    /// [`Core::resync_slots`] from a path that cannot return its error.
     pub(crate) fn sync_slots(&mut self) {
         if let Err(e) = self.resync_slots() {
             self.status.record(Activity::GuestSlots, e);

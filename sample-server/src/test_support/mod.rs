@@ -12,6 +12,8 @@
 //! * [`relay`]: a relay in front of the sample server that breaks one chosen reply (cut
 //!   short, wrong id or command, Error flag, wrong size, stray fds, silence, lateness), or
 //!   that refuses, drops, swallows or edits requests and replies one at a time;
+//! * [`restart`]: a sample server killed and started again on the same socket path (a
+//!   fresh device, or another one), for reconnect tests;
 //! * [`rust_vmm`]: the crates.io `vfio_user` server with a small backend, an independent
 //!   peer for the client and the probe;
 //! * [`config`]: a PCI config-space image with a capability of every common kind;
@@ -27,5 +29,6 @@ pub mod guest;
 pub mod pci;
 pub mod peers;
 pub mod relay;
+pub mod restart;
 pub mod rust_vmm;
 pub mod script;
