@@ -19,10 +19,12 @@ use vfio_user_client::dma::{
     DmaHandle, DmaLimits, DmaMapper, DmaMode, DmaOptions, Error as DmaError, GuestMemorySharing,
     GuestRegionInfo,
 };
+use vfio_user_client::pci::{ConnectionState, ReconnectPolicy};
 use vfio_user_client::protocol::{Command, DmaAccess, DmaMap, Header, HEADER_SIZE};
 use vfio_user_client::{AttachOptions, ConnectOptions, Connection, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
-use vfio_user_sample_server::test_support::pci::Irqs;
+use vfio_user_sample_server::test_support::pci::{fired_within, Irqs};
+use vfio_user_sample_server::test_support::restart::RestartableServer;
 use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
     DmaAccessMode, DmaEngine, DmaEngineHandle, DmaEngineStatus, Probe, Server, ServerConfig,
@@ -742,4 +744,105 @@ fn message_only_never_serves_memory_unmapped_while_a_reply_waits() {
         accept(&mut peer, 1);
         unmap.join().unwrap().unwrap();
     });
+}
+
+/// The engine copies through `dev`'s current connection; `Err(errno)` when it failed.
+fn engine_copy_via(
+    dev: &VfioUserPciDevice,
+    source: u64,
+    destination: u64,
+    length: u64,
+) -> Result<(), u32> {
+    let device = dev.device();
+    let w = |reg: u64, v: u64| device.write(0, reg, &v.to_le_bytes()).unwrap();
+    w(DmaEngine::REG_SOURCE, source);
+    w(DmaEngine::REG_DESTINATION, destination);
+    w(DmaEngine::REG_LENGTH, length);
+    device
+        .write(0, DmaEngine::REG_DOORBELL, &1u32.to_le_bytes())
+        .unwrap();
+    let mut status = [0u8; 4];
+    device.read(0, DmaEngine::REG_STATUS, &mut status).unwrap();
+    let mut errno = [0u8; 4];
+    device.read(0, DmaEngine::REG_ERRNO, &mut errno).unwrap();
+    match u32::from_le_bytes(status) {
+        s if s == DmaEngineStatus::Done as u32 => Ok(()),
+        _ => Err(u32::from_le_bytes(errno)),
+    }
+}
+
+/// Waits on the device's state event until its state is `want`.
+fn wait_state(
+    dev: &VfioUserPciDevice,
+    event: &vmm_sys_util::eventfd::EventFd,
+    want: ConnectionState,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dev.connection_state() != want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "still {:?}, waiting for {want:?}",
+            dev.connection_state()
+        );
+        fired_within(event, left);
+    }
+}
+
+#[test]
+fn viommu_windows_and_message_only_survive_a_server_restart() {
+    const SRC_IOVA: u64 = 0x1_0000_0000;
+    const DST_IOVA: u64 = 0x2_0000_0000;
+    let mut server = RestartableServer::start(ServerConfig::default(), || {
+        Box::new(DmaEngine::new().0) as Box<dyn vfio_user_sample_server::Device>
+    });
+    let mem = Arc::new(memory(vec![shared(0, 4 * MIB as usize)]));
+    let options = AttachOptions {
+        reconnect: Some(ReconnectPolicy {
+            initial_backoff: std::time::Duration::from_millis(2),
+            max_backoff: std::time::Duration::from_millis(20),
+            ..ReconnectPolicy::new(server.path())
+        }),
+        dma: DmaOptions {
+            guest_memory: GuestMemorySharing::None,
+            mode: DmaMode::MessageOnly,
+        },
+        ..AttachOptions::default()
+    };
+    let dev =
+        VfioUserPciDevice::attach(server.path(), Arc::clone(&mem), Irqs::new(), &options).unwrap();
+    let event = dev.state_event().try_clone().unwrap();
+    // The VMM's vIOMMU keeps its own clone of the handle.
+    let iommu = dev.dma().unwrap();
+    iommu.map(SRC_IOVA, 0x10_0000, 0x1_0000).unwrap();
+    iommu.map(DST_IOVA, 0x20_0000, 0x1_0000).unwrap();
+    let data = pattern(0x1_0000, 5);
+    mem.write_slice(&data, GuestAddress(0x10_0000)).unwrap();
+    assert_eq!(engine_copy_via(&dev, SRC_IOVA, DST_IOVA, 0x1_0000), Ok(()));
+
+    server.kill();
+    wait_state(&dev, &event, ConnectionState::Reconnecting);
+    server.restart();
+    wait_state(&dev, &event, ConnectionState::Connected);
+    // The restarted server got the same IOVA windows, and no fd.
+    assert_eq!(
+        server_windows(&server.probe()),
+        vec![
+            (SRC_IOVA, 0x1_0000, DmaAccessMode::Message),
+            (DST_IOVA, 0x1_0000, DmaAccessMode::Message),
+        ]
+    );
+    // The handle taken before the restart controls the windows on the new connection.
+    iommu.map(0x3_0000_0000, 0x30_0000, 0x1000).unwrap();
+    assert_eq!(server.probe().dma_map_count(), 3);
+    assert_eq!(iommu.mappings().len(), 3);
+    assert_eq!(iommu.mode(), DmaMode::MessageOnly);
+    mem.write_slice(&[0u8; 0x1_0000], GuestAddress(0x20_0000))
+        .unwrap();
+    assert_eq!(engine_copy_via(&dev, SRC_IOVA, DST_IOVA, 0x1_0000), Ok(()));
+    assert_eq!(read_guest(&*mem, 0x20_0000, 0x1_0000), data);
+    iommu.unmap(SRC_IOVA, 0x1_0000).unwrap();
+    assert_eq!(engine_copy_via(&dev, SRC_IOVA, DST_IOVA, 0x10), Err(EFAULT));
+    dev.detach().unwrap();
+    assert_eq!(server.probe().dma_map_count(), 0);
 }
