@@ -36,7 +36,9 @@ pub enum DmaMode {
     /// memory (SPDK, DPDK-based ones) refuse such windows or fail their DMA; libvfio-user
     /// and QEMU's server handle them.
     ///
-    /// Once set on a connection it holds for every mapper on it.
+    /// Once set on a connection it holds for every mapper on it, and for the mappers a
+    /// reconnect makes. Set it before the first map: windows mapped earlier with an fd keep
+    /// it at the server until they are unmapped.
     MessageOnly,
 }
 
