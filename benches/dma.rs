@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
 use vfio_user_client::dma::{DmaLimits, DmaMapper, DmaMode, DmaOptions};
-use vfio_user_client::protocol::{Command, DmaAccess, Header, Version, HEADER_SIZE};
+use vfio_user_client::protocol::{Command, DmaAccess, Header, Version};
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::bench as support;
 use vfio_user_sample_server::test_support::guest::{memfd, memory, region};
@@ -155,7 +155,7 @@ impl Requester {
         Requester {
             sock,
             request,
-            reply: vec![0; HEADER_SIZE + DmaAccess::HEAD_SIZE + size],
+            reply: vec![0; Header::SIZE + DmaAccess::HEAD_SIZE + size],
         }
     }
 
@@ -173,7 +173,7 @@ impl Requester {
         Requester {
             sock,
             request,
-            reply: vec![0; HEADER_SIZE + DmaAccess::HEAD_SIZE],
+            reply: vec![0; Header::SIZE + DmaAccess::HEAD_SIZE],
         }
     }
 
@@ -348,7 +348,7 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
     map_4mib(&mapper, &server);
     let mut requester = Requester::new(dma_socket, size);
     requester.round_trip();
-    assert!(requester.reply[HEADER_SIZE + DmaAccess::HEAD_SIZE..]
+    assert!(requester.reply[Header::SIZE + DmaAccess::HEAD_SIZE..]
         .iter()
         .all(|&b| b == 0x5a));
     let id = if twin { "ours-twin" } else { "ours" };
@@ -366,8 +366,8 @@ fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {
     let echo = support::placement().client(|| {
         std::thread::spawn(move || {
             let mut client = client;
-            let mut request = [0u8; HEADER_SIZE + DmaAccess::HEAD_SIZE];
-            let mut reply = vec![0x5au8; HEADER_SIZE + DmaAccess::HEAD_SIZE + size];
+            let mut request = [0u8; Header::SIZE + DmaAccess::HEAD_SIZE];
+            let mut reply = vec![0x5au8; Header::SIZE + DmaAccess::HEAD_SIZE + size];
             while client.read_exact(&mut request).is_ok() {
                 reply[..request.len()].copy_from_slice(&request);
                 if client.write_all(&reply).is_err() {

@@ -113,6 +113,7 @@
 //! | [`connection`] | [`Connection`]: one negotiated connection. It offers requests with deadlines, pipelined requests, messages without a reply, the handler for server requests, and disconnect notification. Its [`ConnectionSubscriber`] runs in an event manager. |
 //! | [`device`] | [`VfioUserDevice`]: the device behind a connection. It covers discovery, region access, mapped areas, I/O fds, SET_IRQS and reset; [`DeviceOptions`] tunes it. |
 //! | [`dma`] | [`DmaMapper`]: guest memory shared with the server (DMA_MAP / DMA_UNMAP), and the server's DMA_READ / DMA_WRITE served from it. |
+//! | [`migration`] | [`Migration`](migration::Migration): migration v2 over a [`VfioUserDevice`] (states, device data, DMA dirty logging). |
 //! | [`pci`] | [`VfioUserPciDevice`]: the device on a VMM's PCI bus, with [`AttachOptions`]. |
 //!
 //! Most VMMs need only [`pci`]. Tools, and VMMs without PCI, can use [`Connection`],
@@ -168,7 +169,8 @@
 //!
 //! Each layer has its own error type: [`connection::Error`], [`negotiate::NegotiateError`],
 //! [`device::Error`], [`dma::Error`] and [`pci::Error`]. The crate-level [`Error`] has one
-//! variant per layer. All are `#[non_exhaustive]`.
+//! variant per layer. The migration layer's [`migration::Error`] is returned as it is. All
+//! are `#[non_exhaustive]`.
 //!
 //! * **Refusals before sending** cost no round trip and leave the connection usable.
 //!   Examples are a region index the device lacks, an access past a region's end, or a DMA
@@ -202,6 +204,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod migration;
 pub mod negotiate;
 pub mod pci;
 pub mod protocol;

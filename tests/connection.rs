@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use vfio_user_client::connection::{DisconnectReason, Error, ServerRequestHandler};
-use vfio_user_client::protocol::{Command, Header, FLAGS_ERROR, FLAGS_TYPE_COMMAND};
+use vfio_user_client::protocol::{Command, Header, MessageType};
 use vfio_user_client::ConnectOptions;
 use vfio_user_sample_server::test_support::script::echo_forever;
 use vfio_user_sample_server::wire::RawMsg;
@@ -74,8 +74,11 @@ fn error_reply_carries_errno_and_stream_stays_in_step() {
             .unwrap();
         // rust-vmm servers before 2026-04: type command with only the Error bit.
         let RawMsg { header: h, .. } = peer.recv().unwrap();
-        peer.send_bytes(&raw_header(h.id, Command::DmaMap, 16, FLAGS_ERROR, 22), &[])
-            .unwrap();
+        peer.send_bytes(
+            &raw_header(h.id, Command::DmaMap, 16, Header::FLAG_ERROR, 22),
+            &[],
+        )
+        .unwrap();
         echo_forever(peer);
     });
     let e = conn.request(Command::DmaMap, &[0; 32], &[]).unwrap_err();
@@ -315,7 +318,7 @@ fn server_request_without_handler_gets_enosys() {
     assert_eq!(r.error, libc::ENOSYS as u32);
     assert_eq!(r.id, 5);
     h.command = 77;
-    h.flags = FLAGS_TYPE_COMMAND;
+    h.flags = MessageType::Command as u32;
     peer.send_message(&h, &[0; 16], &[]).unwrap();
     let RawMsg { header: r, .. } = peer.recv().unwrap();
     assert_eq!((r.error, r.command), (libc::ENOSYS as u32, 77));

@@ -492,7 +492,7 @@ fn connect_by_path_discovers_the_device() {
 
 #[test]
 fn io_fds_of_the_gpio_device_in_both_layouts() {
-    use vfio_user_client::protocol::{IoFdsLayout, IOEVENTFD_FLAG_DATAMATCH};
+    use vfio_user_client::protocol::{IoFdsLayout, IoSubregion};
     for layout in [IoFdsLayout::LibVfioUser, IoFdsLayout::Spec] {
         let config = ServerConfig {
             io_fds_layout: layout,
@@ -503,7 +503,7 @@ fn io_fds_of_the_gpio_device_in_both_layouts() {
         assert_eq!(fds.len(), GpioDevice::IOEVENTFDS);
         let out = &fds[GpioDevice::IOEVENTFD_OUTPUT];
         assert_eq!((out.offset, out.size), (GpioDevice::REG_OUTPUT, 4));
-        assert_eq!(out.flags, IOEVENTFD_FLAG_DATAMATCH);
+        assert_eq!(out.flags, IoSubregion::FLAG_DATAMATCH);
         assert_eq!(out.data, Some(u64::from(GpioDevice::OUTPUT_DATAMATCH)));
         let bell = &fds[GpioDevice::IOEVENTFD_DOORBELL];
         assert_eq!((bell.offset, bell.flags), (GpioDevice::REG_DOORBELL, 0));

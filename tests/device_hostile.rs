@@ -19,7 +19,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user_client::device::{Error as DeviceError, IrqAction};
 use vfio_user_client::protocol::{
     Command, DeviceInfo, Header, IoFdsLayout, IoSubregion, IrqInfo, RegionAccess, RegionCap,
-    RegionInfo, RegionIoFds, Version, IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD,
+    RegionInfo, RegionIoFds, Version,
 };
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, Error, VfioUserDevice};
@@ -609,8 +609,8 @@ fn io_fds_in_either_layout() {
         offset: 0x10,
         size: 4,
         fd_index,
-        kind: IO_FD_TYPE_IOEVENTFD,
-        flags: IOEVENTFD_FLAG_DATAMATCH,
+        kind: IoSubregion::TYPE_IOEVENTFD,
+        flags: IoSubregion::FLAG_DATAMATCH,
         data: Some(0xabcd),
         shadow: None,
     };
@@ -631,7 +631,7 @@ fn io_fds_in_either_layout() {
         for f in &fds {
             assert_eq!(
                 (f.offset, f.size, f.flags),
-                (0x10, 4, IOEVENTFD_FLAG_DATAMATCH)
+                (0x10, 4, IoSubregion::FLAG_DATAMATCH)
             );
             assert_eq!(f.data, Some(0xabcd));
         }
@@ -771,7 +771,7 @@ fn io_fds_are_asked_again_and_checked() {
             offset: i * 8,
             size: 8,
             fd_index: 0,
-            kind: vfio_user_client::protocol::IO_FD_TYPE_IOEVENTFD_SHADOW,
+            kind: vfio_user_client::protocol::IoSubregion::TYPE_IOEVENTFD_SHADOW,
             flags: 0,
             data: Some(0),
             shadow: Some(vfio_user_client::protocol::ShadowMem {

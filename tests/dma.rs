@@ -171,7 +171,9 @@ fn same_bytes_both_paths_both_directions(twin: bool) {
     env.probe.dma_read(RW_FD + 0x4_0000, &mut seen).unwrap();
     assert_eq!(seen, c);
 
-    // Message path, server -> guest: DMA_WRITEs across the same boundary.
+    // Message path, server -> guest: DMA_WRITEs across the same boundary, recorded while
+    // dirty logging is on.
+    mapper.dirty_log().start();
     let d = pattern(150 << 10, 4);
     env.probe.dma_write(RW_FD + 0x8_0000, &d).unwrap();
     let to = ANON_B - (50 << 10);

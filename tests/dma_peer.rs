@@ -19,7 +19,7 @@ use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{
-    Command, DmaAccess, DmaMap, DmaUnmap, Header, MessageType, RegionAccess, Version, HEADER_SIZE,
+    Command, DmaAccess, DmaMap, DmaUnmap, Header, MessageType, RegionAccess, Version,
 };
 use vfio_user_client::{connection, ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
@@ -141,7 +141,8 @@ fn dma_read(peer: &mut RawEndpoint, address: u64, count: u64) -> Result<Vec<u8>,
     let (h, body) = dma(peer, Command::DmaRead, &p);
     if h.is_error() {
         assert_eq!(
-            h.size as usize, HEADER_SIZE,
+            h.size as usize,
+            Header::SIZE,
             "error replies are header-only"
         );
         return Err(h.error);
@@ -188,6 +189,8 @@ fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
 fn good_requests_are_served_across_adjacent_mappings() {
     let mem = Arc::new(guest());
     let mut s = setup(Arc::clone(&mem));
+    // DMA_WRITEs are recorded while dirty logging is on.
+    s.mapper.dirty_log().start();
     let data = pattern(48 << 10, 5);
     mem.write_slice(&data, GuestAddress(B - (16 << 10)))
         .unwrap();
@@ -407,7 +410,7 @@ fn read_dma_reply_slowly(
     chunk: usize,
     pause: Duration,
 ) {
-    let mut hdr = [0u8; HEADER_SIZE];
+    let mut hdr = [0u8; Header::SIZE];
     peer.socket().read_exact(&mut hdr).unwrap();
     let h = Header::from_bytes(&hdr);
     assert!(!h.is_error(), "{h}");

@@ -20,7 +20,7 @@ use vfio_user_client::dma::{
     GuestRegionInfo,
 };
 use vfio_user_client::pci::{ConnectionState, ReconnectPolicy};
-use vfio_user_client::protocol::{Command, DmaAccess, DmaMap, Header, HEADER_SIZE};
+use vfio_user_client::protocol::{Command, DmaAccess, DmaMap, Header};
 use vfio_user_client::{AttachOptions, ConnectOptions, Connection, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
 use vfio_user_sample_server::test_support::pci::{fired_within, Irqs};
@@ -401,6 +401,7 @@ fn message_only_runs_the_engine_through_messages_on_shared_memory() {
     let data = pattern(3 * MIB as usize, 4);
     mem.write_slice(&data, GuestAddress(MIB)).unwrap();
     let dirty = handle.dirty_log();
+    dirty.start();
     assert!(!dirty.is_dirty(8 * MIB));
     assert_eq!(
         engine_copy(conn, &env.engine, MIB, 8 * MIB, 3 * MIB),
@@ -513,7 +514,7 @@ fn dma_read(peer: &mut RawEndpoint, address: u64, count: u64) -> Result<Vec<u8>,
     DmaAccess { address, count }.encode_into(&mut p);
     let (h, body) = dma(peer, Command::DmaRead, &p);
     if h.is_error() {
-        assert_eq!(h.size as usize, HEADER_SIZE);
+        assert_eq!(h.size as usize, Header::SIZE);
         return Err(h.error);
     }
     let (head, data) = DmaAccess::decode_with_data(&body).unwrap();

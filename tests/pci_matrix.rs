@@ -40,7 +40,7 @@ use vfio_user_client::connection::Health;
 use vfio_user_client::pci::{
     AttachOptions, BarPlacement, Error as PciError, PciConfig, VfioUserPciDevice,
 };
-use vfio_user_client::protocol::{Command, HEADER_SIZE};
+use vfio_user_client::protocol::{Command, Header};
 use vfio_user_client::{ConnectOptions, Connection, ConnectionCause};
 use vfio_user_sample_server::test_support::guest::guest_memory;
 use vfio_user_sample_server::test_support::pci::{
@@ -356,7 +356,7 @@ fn targets(log: &Log, marks: &[usize]) -> Vec<Target> {
     for (step, &end) in STEPS.iter().zip(marks) {
         for p in &log.replies[start..end] {
             let command = Command::from_u16(p.command).expect("a known command");
-            let caps = command == Command::DeviceGetRegionInfo && p.size > HEADER_SIZE + 32;
+            let caps = command == Command::DeviceGetRegionInfo && p.size > Header::SIZE + 32;
             if out
                 .iter()
                 .any(|t| t.step == *step && t.command == command && t.caps == caps)
@@ -391,7 +391,7 @@ fn faults(t: &Target) -> Vec<Fault> {
         Fault::Silence,
         Fault::Late(LATE),
     ];
-    let payload = t.size - HEADER_SIZE;
+    let payload = t.size - Header::SIZE;
     if payload > 0 {
         v.push(Fault::Undersize(1));
     }
@@ -402,8 +402,8 @@ fn faults(t: &Target) -> Vec<Fault> {
         (0..t.size).collect()
     } else {
         // The header's start, middle and end, the payload's start and middle, the last byte.
-        let mut o = vec![0, 1, HEADER_SIZE / 2, HEADER_SIZE - 1, HEADER_SIZE];
-        o.extend([(HEADER_SIZE + t.size) / 2, t.size - 1]);
+        let mut o = vec![0, 1, Header::SIZE / 2, Header::SIZE - 1, Header::SIZE];
+        o.extend([(Header::SIZE + t.size) / 2, t.size - 1]);
         o.retain(|&n| n < t.size);
         o.sort_unstable();
         o.dedup();

@@ -11,7 +11,7 @@ use vfio_user_client::protocol::{
     DecodeError, DeviceFeature, DeviceInfo, DeviceReset, DirtyPages, DmaAccess, DmaLoggingReport,
     DmaLoggingStart, DmaMap, DmaUnmap, Header, IrqInfo, MigData, MigDeviceState, MigrationFeature,
     RegionAccess, RegionIoFds, RegionWriteMulti, RegionWriteMultiReply, SetIrqs, Version,
-    WriteMultiEntry, HEADER_SIZE,
+    WriteMultiEntry,
 };
 
 /// The decoders, in selector order (the first input byte modulo the count).
@@ -105,12 +105,12 @@ fn header(p: &[u8]) {
     let strict = Header::decode(p, 4096);
     match Header::decode(p, u32::MAX) {
         Ok(h) => {
-            assert!(h.size as usize >= HEADER_SIZE);
+            assert!(h.size as usize >= Header::SIZE);
             assert_eq!(Header::decode(&h.to_bytes(), u32::MAX), Ok(h));
             let mut out = Vec::new();
             h.encode_into(&mut out);
             assert_eq!(out, h.to_bytes());
-            assert_eq!(h.payload_len(), h.size as usize - HEADER_SIZE);
+            assert_eq!(h.payload_len(), h.size as usize - Header::SIZE);
             let _ = (h.to_string(), h.message_type(), h.known_command());
             match strict {
                 Ok(s) => assert_eq!(s, h),

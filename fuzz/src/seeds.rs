@@ -19,8 +19,7 @@ use vfio_user_client::protocol::{
     DmaAccess, DmaLoggingReport, DmaLoggingStart, DmaMap, DmaUnmap, Header, IoFdsLayout,
     IoSubregion, IrqInfo, MigData, MigDeviceState, MigrationFeature, RegionAccess, RegionCap,
     RegionInfo, RegionIoFds, RegionWriteMulti, RegionWriteMultiReply, SetIrqs, ShadowMem, Version,
-    WriteMultiEntry, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, IOEVENTFD_FLAG_DATAMATCH,
-    IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
+    WriteMultiEntry,
 };
 use vfio_user_sample_server::ConfigSpace;
 
@@ -90,8 +89,8 @@ fn io_fds(layout: IoFdsLayout) -> RegionIoFds {
             offset: 0x10,
             size: 4,
             fd_index: 0,
-            kind: IO_FD_TYPE_IOEVENTFD,
-            flags: IOEVENTFD_FLAG_DATAMATCH,
+            kind: IoSubregion::TYPE_IOEVENTFD,
+            flags: IoSubregion::FLAG_DATAMATCH,
             data: Some(0xa5a5_0001),
             shadow: None,
         },
@@ -99,7 +98,7 @@ fn io_fds(layout: IoFdsLayout) -> RegionIoFds {
             offset: 0x20,
             size: 8,
             fd_index: 1,
-            kind: IO_FD_TYPE_IOEVENTFD_SHADOW,
+            kind: IoSubregion::TYPE_IOEVENTFD_SHADOW,
             flags: 0,
             data: Some(0),
             shadow: Some(ShadowMem {
@@ -111,7 +110,7 @@ fn io_fds(layout: IoFdsLayout) -> RegionIoFds {
             offset: 0x40,
             size: 0,
             fd_index: 1,
-            kind: IO_FD_TYPE_IOREGIONFD,
+            kind: IoSubregion::TYPE_IOREGIONFD,
             flags: 0,
             data: Some(7),
             shadow: None,
@@ -192,7 +191,7 @@ fn protocol_payloads() -> Vec<(&'static str, Vec<u8>)> {
             "dma_map",
             encoded(|o| {
                 DmaMap::new(
-                    DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+                    DmaMap::FLAG_READ | DmaMap::FLAG_WRITE,
                     0,
                     0x1_0000,
                     0x20_0000,

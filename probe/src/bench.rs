@@ -18,9 +18,7 @@ use serde::Serialize;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vfio_user_client::connection::{self, Connection};
 use vfio_user_client::device::Error as DeviceError;
-use vfio_user_client::protocol::{
-    Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
-};
+use vfio_user_client::protocol::{Command, DmaMap, DmaUnmap};
 use vfio_user_client::{ConnectionCause, VfioUserDevice};
 use vfio_user_sample_server::SharedMemory;
 
@@ -667,7 +665,7 @@ fn map_windows(
         };
         payload.clear();
         DmaMap::new(
-            DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+            DmaMap::FLAG_READ | DmaMap::FLAG_WRITE,
             offset,
             window_address(i),
             DMA_WINDOW,

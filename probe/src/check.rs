@@ -27,8 +27,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user_client::negotiate::{negotiate_reply, Capabilities, Offer};
 use vfio_user_client::protocol::{
-    Command, DeviceInfo, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionCap, RegionInfo, SetIrqs,
-    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, HEADER_SIZE,
+    Command, DeviceInfo, DmaMap, DmaUnmap, Header, IrqInfo, MessageType, RegionAccess, RegionCap,
+    RegionInfo, SetIrqs,
 };
 use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -36,6 +36,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::error::{errno_text, ProbeError};
 use crate::pci;
 use crate::wire::{self, Exchange, RawEndpoint, RawMsg};
+
+mod migration;
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -194,6 +196,7 @@ pub fn run(path: &Path, options: &CheckOptions) -> Result<CheckReport, ProbeErro
     c.dma_map(false);
     c.reset();
     c.destructive_writes();
+    c.migration();
     c.invalid_requests();
     c.no_reply();
     c.unknown_command();
@@ -239,7 +242,7 @@ fn judge_error_reply(command: u16, ex: &Exchange) -> Result<String, String> {
             h.command
         ));
     }
-    if h.size as usize != HEADER_SIZE {
+    if h.size as usize != Header::SIZE {
         return Err(format!(
             "error reply carries {} payload bytes (must be header only)",
             h.payload_len()
@@ -873,7 +876,7 @@ impl Checker<'_> {
         };
         let mut payload = Vec::new();
         DmaMap::new(
-            DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+            DmaMap::FLAG_READ | DmaMap::FLAG_WRITE,
             0,
             address,
             DMA_WINDOW,
@@ -1144,7 +1147,7 @@ impl Checker<'_> {
         self.record(WRITE, result);
         let posted = match self.conn.send(
             Command::RegionWrite as u16,
-            FLAGS_TYPE_COMMAND | FLAGS_NO_REPLY,
+            MessageType::Command as u32 | Header::FLAG_NO_REPLY,
             &payload,
             &[],
         ) {
@@ -1174,7 +1177,7 @@ impl Checker<'_> {
         }
         let ex = self
             .conn
-            .exchange(command, FLAGS_TYPE_COMMAND, payload, &[]);
+            .exchange(command, MessageType::Command as u32, payload, &[]);
         let mut result = judge_error_reply(command, &ex);
         if let (Ok(_), Some(o)) = (&result, ex.others.first()) {
             result = Err(format!(

@@ -2,12 +2,13 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! `demo`: the built-in sample server, started in this process, put through `info`, `check`
-//! (with the destructive checks: the device is ours) and a short `bench`.
+//! (with the destructive checks: the device is ours) and a short `bench`. The server offers
+//! migration v2 and DMA dirty logging, so that the migration section and checks run too.
 
 use std::time::Duration;
 
 use serde::Serialize;
-use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+use vfio_user_sample_server::{GpioDevice, MigrationConfig, Server, ServerConfig};
 
 use crate::bench::{self, BenchOptions, BenchReport};
 use crate::check::{self, CheckOptions, CheckReport};
@@ -55,11 +56,15 @@ pub fn bench_options(timeout: Duration, progress: bool) -> BenchOptions {
     }
 }
 
-/// Starts a sample GPIO server on a temporary socket and runs the three subcommands
+/// Starts a sample GPIO server (with migration) on a temporary socket and runs the three subcommands
 /// against it; the server stops when this returns.
 pub fn run(timeout: Duration, bench: &BenchOptions) -> Result<DemoReport, ProbeError> {
     let (device, _handle) = GpioDevice::new(Default::default()).map_err(ProbeError::Demo)?;
-    let server = Server::new(ServerConfig::default(), Box::new(device))
+    let config = ServerConfig {
+        migration: Some(MigrationConfig::default()),
+        ..ServerConfig::default()
+    };
+    let server = Server::new(config, Box::new(device))
         .listen_temp()
         .map_err(ProbeError::Demo)?;
     let path = server

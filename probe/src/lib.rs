@@ -4,7 +4,8 @@
 //! `vfio-user-probe`: look at a vfio-user server the way a VMM would, without booting one.
 //!
 //! * [`info`]: the negotiated version and capabilities, the device's regions and IRQs, and
-//!   its PCI config space decoded like `lspci -vv`;
+//!   its PCI config space decoded like `lspci -vv`, its migration flags and whether DMA
+//!   dirty logging is offered;
 //! * [`check`]: a conformance run of what the protocol requires of a server, each check
 //!   PASS, FAIL or SKIP with its reason;
 //! * [`bench`](mod@bench): region access latency and throughput, and the DMA map rate;
@@ -22,6 +23,7 @@ pub mod check;
 pub mod demo;
 mod error;
 pub mod info;
+pub mod migration;
 pub mod pci;
 pub mod session;
 pub mod wire;

@@ -21,8 +21,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
     MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti,
-    RegionWriteMultiReply, SetIrqs, Version, FLAGS_ERROR, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK,
-    HEADER_SIZE,
+    RegionWriteMultiReply, SetIrqs, Version,
 };
 
 use crate::device::Errno;
@@ -103,13 +102,13 @@ pub(crate) struct Link {
 /// Sends one message (blocking), fds with its first byte.
 fn send_on(stream: &UnixStream, header: &Header, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let hdr = header.to_bytes();
-    let total = HEADER_SIZE + payload.len();
+    let total = Header::SIZE + payload.len();
     let mut sent = send_with_fds(stream, &[&hdr, payload], fds)?;
     while sent < total {
-        let n = if sent < HEADER_SIZE {
+        let n = if sent < Header::SIZE {
             send_with_fds(stream, &[&hdr[sent..], payload], &[])?
         } else {
-            send_with_fds(stream, &[&payload[sent - HEADER_SIZE..]], &[])?
+            send_with_fds(stream, &[&payload[sent - Header::SIZE..]], &[])?
         };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -213,21 +212,21 @@ impl ReadAhead {
         max_msg_size: u32,
         max_fds: usize,
     ) -> io::Result<Option<Incoming>> {
-        if !self.fill_to(stream, HEADER_SIZE)? {
+        if !self.fill_to(stream, Header::SIZE)? {
             return if self.buffered() == 0 {
                 Ok(None)
             } else {
                 Err(io::ErrorKind::UnexpectedEof.into())
             };
         }
-        let mut hdr = [0u8; HEADER_SIZE];
-        hdr.copy_from_slice(&self.buf[self.start..][..HEADER_SIZE]);
+        let mut hdr = [0u8; Header::SIZE];
+        hdr.copy_from_slice(&self.buf[self.start..][..Header::SIZE]);
         let header = match Header::decode(&hdr, max_msg_size) {
             Ok(header) => header,
             Err(DecodeError::TooLarge { .. }) => {
                 // Drained unread, in steps of at most one read.
                 let header = Header::from_bytes(&hdr);
-                let mut left = HEADER_SIZE + header.payload_len();
+                let mut left = Header::SIZE + header.payload_len();
                 while left > 0 {
                     if self.buffered() == 0 && !self.fill(stream, left)? {
                         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -240,11 +239,11 @@ impl ReadAhead {
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
-        let total = HEADER_SIZE + header.payload_len();
+        let total = Header::SIZE + header.payload_len();
         if total <= READ_AHEAD && !self.fill_to(stream, total)? {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut fds = self.skip(HEADER_SIZE);
+        let mut fds = self.skip(Header::SIZE);
         let (mut body, more) = self.take(self.buffered().min(header.payload_len()));
         fds.extend(more);
         // What is buffered; the rest of a message larger than a read goes straight into
@@ -344,7 +343,7 @@ impl Link {
 
     fn chunk(&self) -> usize {
         // A DMA_READ reply (header, 16-byte head, data) must also fit what we accept.
-        let ours = (self.max_msg_size as usize).saturating_sub(HEADER_SIZE + DmaAccess::HEAD_SIZE);
+        let ours = (self.max_msg_size as usize).saturating_sub(Header::SIZE + DmaAccess::HEAD_SIZE);
         usize::try_from(self.client_max_xfer)
             .unwrap_or(usize::MAX)
             .min(ours)
@@ -757,10 +756,10 @@ impl Conn<'_> {
             Err(e) => {
                 let mut h = Header::error_reply(request, e.0 as u32);
                 if quirks.error_without_error_flag {
-                    h.flags &= !FLAGS_ERROR;
+                    h.flags &= !Header::FLAG_ERROR;
                 }
                 if quirks.error_as_command_type {
-                    h.flags = (h.flags & !FLAGS_TYPE_MASK) | FLAGS_TYPE_COMMAND;
+                    h.flags = (h.flags & !Header::TYPE_MASK) | MessageType::Command as u32;
                 }
                 (h, Reply::default())
             }

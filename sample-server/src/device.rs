@@ -119,13 +119,13 @@ pub struct RegionIoFd {
     pub offset: u64,
     /// Size of the write (0 = any).
     pub size: u64,
-    /// `IO_FD_TYPE_*` from [`vfio_user_client::protocol`] (an ioeventfd is
-    /// `IO_FD_TYPE_IOEVENTFD`).
+    /// `IoSubregion::TYPE_*` from [`vfio_user_client::protocol`] (an ioeventfd is
+    /// `IoSubregion::TYPE_IOEVENTFD`).
     pub kind: u32,
-    /// `IOEVENTFD_FLAG_*` from [`vfio_user_client::protocol`], e.g.
-    /// `IOEVENTFD_FLAG_DATAMATCH`.
+    /// `IoSubregion::FLAG_*` from [`vfio_user_client::protocol`], e.g.
+    /// `IoSubregion::FLAG_DATAMATCH`.
     pub flags: u32,
-    /// The value a write must carry to signal `fd`, with `IOEVENTFD_FLAG_DATAMATCH`.
+    /// The value a write must carry to signal `fd`, with `IoSubregion::FLAG_DATAMATCH`.
     pub datamatch: u64,
     /// The eventfd, owned by the device; the reply carries a duplicate.
     pub fd: Arc<EventFd>,

@@ -8,13 +8,14 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use vfio_user_client::protocol::{
-    DMA_MAP_FLAG_ACCESS_FILE_IO as MAP_ACCESS_FILE_IO, DMA_MAP_FLAG_ACCESS_MMAP as MAP_ACCESS_MMAP,
-    DMA_MAP_FLAG_READ as MAP_READ, DMA_MAP_FLAG_WRITE as MAP_WRITE,
-};
+use vfio_user_client::protocol::DmaMap;
 
 use crate::device::Errno;
 use crate::memory::Mmap;
+const MAP_READ: u32 = DmaMap::FLAG_READ;
+const MAP_WRITE: u32 = DmaMap::FLAG_WRITE;
+const MAP_ACCESS_MMAP: u32 = DmaMap::FLAG_ACCESS_MMAP;
+const MAP_ACCESS_FILE_IO: u32 = DmaMap::FLAG_ACCESS_FILE_IO;
 const MAP_KNOWN: u32 = MAP_READ | MAP_WRITE | MAP_ACCESS_MMAP | MAP_ACCESS_FILE_IO;
 
 /// How the server reaches a DMA window.

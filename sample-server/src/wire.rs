@@ -38,10 +38,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vfio_user_client::protocol::{
-    Command, Header, FLAGS_ERROR, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, FLAGS_TYPE_MASK,
-    FLAGS_TYPE_REPLY, HEADER_SIZE,
-};
+use vfio_user_client::protocol::{Command, Header, MessageType};
 
 use crate::socket::{self, MAX_RECV_FDS};
 
@@ -59,12 +56,12 @@ pub struct RawMsg {
 impl RawMsg {
     /// Whether the type bits say "reply".
     pub fn is_reply(&self) -> bool {
-        self.header.flags & FLAGS_TYPE_MASK == FLAGS_TYPE_REPLY
+        self.header.flags & Header::TYPE_MASK == MessageType::Reply as u32
     }
 
     /// Whether the Error bit is set.
     pub fn is_error(&self) -> bool {
-        self.header.flags & FLAGS_ERROR != 0
+        self.header.flags & Header::FLAG_ERROR != 0
     }
 
     /// A short description for reasons: `id 3, command 4, flags 0x21, errno 22, 16 bytes`.
@@ -94,7 +91,7 @@ pub enum RecvError {
     /// undefined type bits); the stream cannot be followed past it.
     BadHeader {
         /// The 16 header bytes.
-        bytes: [u8; HEADER_SIZE],
+        bytes: [u8; Header::SIZE],
         /// What is wrong with them.
         why: String,
     },
@@ -239,7 +236,7 @@ impl RawEndpoint {
         payload: &[u8],
         fds: &[RawFd],
     ) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
+        let mut buf = Vec::with_capacity(Header::SIZE + payload.len());
         buf.extend_from_slice(&header.to_bytes());
         buf.extend_from_slice(payload);
         self.send_bytes(&buf, fds)
@@ -259,7 +256,7 @@ impl RawEndpoint {
         let header = Header {
             id,
             command,
-            size: u32::try_from(HEADER_SIZE + payload.len())
+            size: u32::try_from(Header::SIZE + payload.len())
                 .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
             flags,
             error: 0,
@@ -275,14 +272,14 @@ impl RawEndpoint {
         payload: &[u8],
         fds: &[RawFd],
     ) -> io::Result<u16> {
-        self.send(command as u16, FLAGS_TYPE_COMMAND, payload, fds)
+        self.send(command as u16, MessageType::Command as u32, payload, fds)
     }
 
     /// Sends a command with `No_reply`; returns its id.
     pub fn post(&mut self, command: Command, payload: &[u8]) -> io::Result<u16> {
         self.send(
             command as u16,
-            FLAGS_TYPE_COMMAND | FLAGS_NO_REPLY,
+            MessageType::Command as u32 | Header::FLAG_NO_REPLY,
             payload,
             &[],
         )
@@ -327,18 +324,18 @@ impl RawEndpoint {
     }
 
     fn recv_message(&mut self, deadline: Option<Instant>) -> Result<RawMsg, RecvError> {
-        let mut hdr = [0u8; HEADER_SIZE];
+        let mut hdr = [0u8; Header::SIZE];
         let mut fds = Vec::new();
         self.recv_exact(&mut hdr, &[], &mut fds, deadline)?;
         let header = Header::from_bytes(&hdr);
-        let why = if (header.size as usize) < HEADER_SIZE {
+        let why = if (header.size as usize) < Header::SIZE {
             Some(format!("message size {} is below 16", header.size))
         } else if header.size > self.max_message {
             Some(format!(
                 "message size {} is above {}",
                 header.size, self.max_message
             ))
-        } else if header.flags & FLAGS_TYPE_MASK > FLAGS_TYPE_REPLY {
+        } else if header.flags & Header::TYPE_MASK > MessageType::Reply as u32 {
             Some(format!("undefined type bits in flags {:#x}", header.flags))
         } else {
             None
@@ -400,7 +397,7 @@ impl RawEndpoint {
         let mut others = Vec::new();
         loop {
             match self.recv_until(deadline) {
-                Ok(m) if m.header.id == id && m.header.flags & FLAGS_NO_REPLY == 0 => {
+                Ok(m) if m.header.id == id && m.header.flags & Header::FLAG_NO_REPLY == 0 => {
                     return Exchange {
                         id,
                         reply: Ok(m),
@@ -439,7 +436,7 @@ impl RawEndpoint {
 
     /// Sends a command and waits for its reply.
     pub fn request(&mut self, command: Command, payload: &[u8], fds: &[RawFd]) -> Exchange {
-        self.exchange(command as u16, FLAGS_TYPE_COMMAND, payload, fds)
+        self.exchange(command as u16, MessageType::Command as u32, payload, fds)
     }
 
     /// Collects whatever arrives within `window` (for messages that should *not* come).
@@ -570,7 +567,7 @@ mod tests {
             client.into_socket()
         });
         let m = server.recv().unwrap();
-        assert!(m.header.flags & FLAGS_NO_REPLY != 0);
+        assert!(m.header.flags & Header::FLAG_NO_REPLY != 0);
         drop(t.join().unwrap());
         server.set_timeout(Duration::from_millis(10));
         assert!(server.socket().peer_addr().is_ok());

@@ -8,9 +8,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use vfio_user_client::protocol::{
-    Command, IoFdsLayout, RegionIoFds, IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD,
-};
+use vfio_user_client::protocol::{Command, IoFdsLayout, IoSubregion, RegionIoFds};
 use vfio_user_sample_server::test_support::script::*;
 use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
@@ -69,8 +67,8 @@ fn io_fds_libvfio_user_layout_and_argsz_requery() {
         (
             GpioDevice::REG_OUTPUT,
             4,
-            IO_FD_TYPE_IOEVENTFD,
-            IOEVENTFD_FLAG_DATAMATCH,
+            IoSubregion::TYPE_IOEVENTFD,
+            IoSubregion::FLAG_DATAMATCH,
             Some(u64::from(GpioDevice::OUTPUT_DATAMATCH))
         )
     );
@@ -78,7 +76,7 @@ fn io_fds_libvfio_user_layout_and_argsz_requery() {
     let bell = r.subregions[GpioDevice::IOEVENTFD_DOORBELL];
     assert_eq!(
         (bell.offset, bell.size, bell.kind, bell.flags),
-        (GpioDevice::REG_DOORBELL, 4, IO_FD_TYPE_IOEVENTFD, 0)
+        (GpioDevice::REG_DOORBELL, 4, IoSubregion::TYPE_IOEVENTFD, 0)
     );
     assert_ne!(out.fd_index, bell.fd_index);
 

@@ -33,7 +33,7 @@ use std::os::unix::net::UnixStream;
 
 use super::error::DisconnectReason;
 use super::socket;
-use crate::protocol::{DecodeError, Header, MessageType, HEADER_SIZE};
+use crate::protocol::{DecodeError, Header, MessageType};
 
 /// Bytes read at once from the main socket, for messages that fit (header included): a
 /// typical reply, and a small server request, in one read.
@@ -260,13 +260,13 @@ impl Framer {
     /// `max_size` bytes (header included) and at most `max_fds` fds each.
     pub(super) fn new(read_size: usize, max_size: u32, max_fds: usize) -> Self {
         Framer {
-            buf: vec![0; read_size.max(HEADER_SIZE)].into_boxed_slice(),
+            buf: vec![0; read_size.max(Header::SIZE)].into_boxed_slice(),
             start: 0,
             end: 0,
             fds: Vec::new(),
             tail_fds: Vec::new(),
             transfer: None,
-            max_size: max_size.max(HEADER_SIZE as u32),
+            max_size: max_size.max(Header::SIZE as u32),
             max_fds,
         }
     }
@@ -305,7 +305,16 @@ impl Framer {
         self.start < self.end
     }
 
+    /// Whether the framer holds nothing at all: no bytes, no fds, no transfer. The common
+    /// state between messages, checked first so that looking for a buffered message there
+    /// costs a few instructions.
+    #[inline]
+    fn is_idle(&self) -> bool {
+        self.start == self.end && self.transfer.is_none() && self.tail_fds.is_empty()
+    }
+
     /// Whether a transfer into the reply buffer with `token` is under way.
+    #[inline]
     pub(super) fn buffer_busy(&self, token: u64) -> bool {
         matches!(&self.transfer, Some(Transfer::IntoReplyBuffer { token: t, .. }) if *t == token)
     }
@@ -314,6 +323,7 @@ impl Framer {
     /// rest of the message is drained by whoever reads next, and nothing more is written to
     /// the buffer. Returns whether there was one. The buffer's owner calls this before it
     /// lets go of the receive lock.
+    #[inline]
     pub(super) fn abandon_buffer(&mut self, token: u64) -> bool {
         if !self.buffer_busy(token) {
             return false;
@@ -350,7 +360,19 @@ impl Framer {
     ///
     /// Whoever stops reading must first take every buffered message, so that an empty
     /// socket always means that there is nothing to dispatch.
+    #[inline]
     pub(super) fn buffered(
+        &mut self,
+        reply_buffer: Option<&mut ReplyBuffer<'_>>,
+    ) -> Result<Option<Incoming>, DisconnectReason> {
+        if self.is_idle() {
+            return Ok(None);
+        }
+        self.parse_buffered(reply_buffer)
+    }
+
+    /// [`buffered`](Self::buffered) when the framer holds something.
+    fn parse_buffered(
         &mut self,
         reply_buffer: Option<&mut ReplyBuffer<'_>>,
     ) -> Result<Option<Incoming>, DisconnectReason> {
@@ -365,8 +387,8 @@ impl Framer {
         let Some(hdr) = self
             .buf
             .get(self.start..self.end)
-            .and_then(|b| b.get(..HEADER_SIZE))
-            .and_then(|b| <[u8; HEADER_SIZE]>::try_from(b).ok())
+            .and_then(|b| b.get(..Header::SIZE))
+            .and_then(|b| <[u8; Header::SIZE]>::try_from(b).ok())
         else {
             // The head message holds the buffer's last byte.
             self.adopt_tail_fds()?;
@@ -418,7 +440,7 @@ impl Framer {
         // The body, or the part of it that is here.
         let have = self
             .buf
-            .get(self.start + HEADER_SIZE..self.start + size.min(avail))
+            .get(self.start + Header::SIZE..self.start + size.min(avail))
             .unwrap_or_default();
         if size <= avail {
             // A spare of this thread's if it has one (see `reuse.rs`).
@@ -455,7 +477,7 @@ impl Framer {
         let size = header.size as usize;
         let have = self
             .buf
-            .get(self.start + HEADER_SIZE..self.start + size.min(avail))
+            .get(self.start + Header::SIZE..self.start + size.min(avail))
             .unwrap_or_default();
         let got = have.len();
         let head_len = buffer.head_len;
@@ -468,7 +490,7 @@ impl Framer {
         }
         let data_len = buffer.data.len();
         let data_got = in_data.len();
-        self.consume(HEADER_SIZE + got);
+        self.consume(Header::SIZE + got);
         if size <= avail {
             let fds = std::mem::take(&mut self.fds);
             return Some(Incoming::Message(Received {
@@ -493,8 +515,8 @@ impl Framer {
     /// buffered of it is dropped, and the rest drained.
     fn discard(&mut self, raw: Header, avail: usize, why: String) -> Option<Incoming> {
         let left = raw.payload_len();
-        let skip = left.min(avail - HEADER_SIZE);
-        self.consume(HEADER_SIZE + skip);
+        let skip = left.min(avail - Header::SIZE);
+        self.consume(Header::SIZE + skip);
         let left = left - skip;
         if left == 0 {
             self.fds.clear();
@@ -588,7 +610,7 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Command, FLAGS_ERROR, FLAGS_TYPE_REPLY};
+    use crate::protocol::{Command, Header, MessageType};
     use std::io::Write;
 
     fn msg(id: u16, payload: &[u8], flags: u32) -> Vec<u8> {
@@ -798,7 +820,7 @@ mod tests {
     /// A reply of id `id`: a 16-byte head then `len` bytes of data.
     fn reply(id: u16, len: usize) -> (Vec<u8>, Vec<u8>) {
         let payload: Vec<u8> = (0..16 + len).map(|i| (i * 7 + 3) as u8).collect();
-        (msg(id, &payload, FLAGS_TYPE_REPLY), payload)
+        (msg(id, &payload, MessageType::Reply as u32), payload)
     }
 
     #[test]
@@ -807,7 +829,7 @@ mod tests {
         let mut r = Framer::new(MAIN_READ_SIZE, 1 << 20, 4);
         let (bytes, payload) = reply(5, 50_000);
         let mut bytes = bytes;
-        bytes.extend(msg(6, b"after", FLAGS_TYPE_REPLY));
+        bytes.extend(msg(6, b"after", MessageType::Reply as u32));
         let mut out = vec![0u8; 50_000];
         let mut got = None;
         // Pieces that straddle the head, the small buffer and the data.
@@ -868,7 +890,8 @@ mod tests {
         let mut wrong_command = good.clone();
         wrong_command[2..4].copy_from_slice(&(Command::RegionWrite as u16).to_ne_bytes());
         let mut error = good.clone();
-        error[8..12].copy_from_slice(&(FLAGS_TYPE_REPLY | FLAGS_ERROR).to_ne_bytes());
+        error[8..12]
+            .copy_from_slice(&(MessageType::Reply as u32 | Header::FLAG_ERROR).to_ne_bytes());
         let cases = [
             ("other size", reply(5, 20_001).0),
             ("other id", reply(4, 20_000).0),
@@ -889,7 +912,7 @@ mod tests {
             match got {
                 Some(Incoming::Message(m)) => {
                     assert!(!m.data_in_buffer, "{what}");
-                    assert_eq!(m.payload, bytes[HEADER_SIZE..], "{what}");
+                    assert_eq!(m.payload, bytes[Header::SIZE..], "{what}");
                 }
                 other => panic!("{what}: unexpected {other:?}"),
             }
@@ -912,11 +935,12 @@ mod tests {
         assert!(!r.abandon_buffer(8));
         assert!(r.abandon_buffer(7));
         assert!(!r.buffer_busy(7));
-        assert_eq!(out[..10_000 - 32], payload[16..10_000 - HEADER_SIZE]);
+        assert_eq!(out[..10_000 - 32], payload[16..10_000 - Header::SIZE]);
         // Nothing more goes to the buffer; the rest is drained, and what follows is read.
         let before = out.clone();
         a.write_all(&bytes[10_000..]).unwrap();
-        a.write_all(&msg(6, b"next", FLAGS_TYPE_REPLY)).unwrap();
+        a.write_all(&msg(6, b"next", MessageType::Reply as u32))
+            .unwrap();
         assert!(matches!(
             r.step(&b, false, None).unwrap(),
             Some(Incoming::Discarded { header, .. }) if header.id == 5
@@ -948,7 +972,8 @@ mod tests {
         ));
         assert!(other.iter().all(|&b| b == 0));
         assert!(out.iter().all(|&b| b == 0));
-        a.write_all(&msg(6, b"next", FLAGS_TYPE_REPLY)).unwrap();
+        a.write_all(&msg(6, b"next", MessageType::Reply as u32))
+            .unwrap();
         assert_eq!(message(&mut r, &b).payload, b"next");
     }
 
@@ -1166,7 +1191,7 @@ mod tests {
                 let _a = writer.join().unwrap();
                 for (i, &n) in sizes.iter().enumerate() {
                     let id = i as u16;
-                    if HEADER_SIZE + n > max {
+                    if Header::SIZE + n > max {
                         proptest::prop_assert_eq!(&got[i], &(id | 0x8000, vec![]));
                     } else {
                         proptest::prop_assert_eq!(&got[i], &(id, vec![i as u8; n]));

@@ -192,10 +192,16 @@ impl Inner {
     /// to wait, which read anyway: what is read is dispatched, and server requests among it
     /// are served, so the caller must hold no lock the handler takes (a DMA transaction
     /// sends under its mapping table's lock, and must not come here).
+    #[inline]
     pub(super) fn read_late_reply(&self) {
-        if self.responsive.load(Ordering::Acquire) {
-            return;
+        if !self.responsive.load(Ordering::Acquire) {
+            self.read_late_reply_now();
         }
+    }
+
+    /// [`read_late_reply`](Self::read_late_reply) once the connection is known unresponsive.
+    #[cold]
+    fn read_late_reply_now(&self) {
         let Some(mut framer) = try_lock(&self.recv) else {
             return;
         };

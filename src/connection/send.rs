@@ -24,7 +24,7 @@ use super::inner::{io_err, Inner};
 use super::pending::{PendingReply, NO_REPLY_ID_BIT};
 use super::serve::{panic_message, ReplyData};
 use super::{error, reuse, socket, DisconnectReason, Error};
-use crate::protocol::{Command, Header, HEADER_SIZE};
+use crate::protocol::{Command, Header};
 use crate::sync::lock;
 
 /// How long answering a request may wait for the server to make room for the reply before
@@ -39,7 +39,7 @@ pub(super) const MAX_QUEUED_BYTES: usize = 256 << 20;
 /// then any unbuffered reply data, sent straight from its owner's memory. fds ride with the
 /// first byte.
 pub(super) struct Outgoing {
-    pub(super) head: [u8; HEADER_SIZE],
+    pub(super) head: [u8; Header::SIZE],
     pub(super) body: Vec<u8>,
     data: Option<Box<dyn ReplyData>>,
     fds: Vec<OwnedFd>,
@@ -79,7 +79,7 @@ impl Outgoing {
     }
 
     fn len(&self) -> usize {
-        HEADER_SIZE + self.body.len() + self.data.as_ref().map_or(0, |d| d.len())
+        Header::SIZE + self.body.len() + self.data.as_ref().map_or(0, |d| d.len())
     }
 
     /// Writes what the socket takes without waiting; `Ok(true)` once all of it has gone.
@@ -87,7 +87,7 @@ impl Outgoing {
         while self.sent < self.len() {
             // What is left of the header and of the body, without empty pieces.
             let head = self.head.get(self.sent..).unwrap_or_default();
-            let body_sent = self.sent.saturating_sub(HEADER_SIZE);
+            let body_sent = self.sent.saturating_sub(Header::SIZE);
             let body = self.body.get(body_sent..).unwrap_or_default();
             let mut parts: [&[u8]; 2] = [&[], &[]];
             let mut count = 0;
@@ -248,7 +248,7 @@ pub(super) fn command_header(
     Header::command(id, command, len, no_reply).ok_or(Error::MessageTooLarge {
         command,
         len,
-        limit: u32::MAX as usize - HEADER_SIZE,
+        limit: u32::MAX as usize - Header::SIZE,
     })
 }
 
@@ -315,7 +315,7 @@ impl Inner {
         let max = self
             .max_send_size
             .load(Ordering::Relaxed)
-            .min(u32::MAX as usize - HEADER_SIZE);
+            .min(u32::MAX as usize - Header::SIZE);
         if len > max {
             return Err(Error::MessageTooLarge {
                 command,
@@ -348,7 +348,7 @@ impl Inner {
         let mut sent = 0;
         if q.queue.is_empty() {
             match socket::try_send_with_fds(&self.sock, &[&hdr, payload], fds) {
-                Ok(n) if n == HEADER_SIZE + payload.len() => return Ok(()),
+                Ok(n) if n == Header::SIZE + payload.len() => return Ok(()),
                 Ok(n) => sent = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {

@@ -232,7 +232,7 @@ mod tests {
 
     use crate::connection::send::WRITE_WAIT;
     use crate::connection::{socket, Settings};
-    use crate::protocol::{Command, HEADER_SIZE};
+    use crate::protocol::{Command, Header};
 
     /// Answers DMA_READ with `U` and 1 MiB of 7s sent unbuffered, or (buffered) with `B`
     /// and the request's payload; counts which path served.
@@ -406,7 +406,7 @@ mod tests {
         assert!(started.elapsed() >= WRITE_WAIT);
         assert!(started.elapsed() < WRITE_WAIT * 50);
         assert_eq!(inner.queued_messages(), 1);
-        assert_eq!(lock(&inner.send).bytes(), HEADER_SIZE + 1 + (1 << 20));
+        assert_eq!(lock(&inner.send).bytes(), Header::SIZE + 1 + (1 << 20));
         inner
             .send_no_reply(Command::RegionWrite, b"after", &[])
             .unwrap();

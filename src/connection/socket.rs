@@ -53,13 +53,20 @@ const SMALL_SEND: usize = 512;
 
 fn send_one(sock: &UnixStream, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is a valid slice for the whole call and send only reads it.
+        // The raw system call rather than libc's `send`, a thread-cancellation point whose
+        // wrapper costs two more calls per message (nothing here cancels threads).
+        // SAFETY: `buf` is a valid slice for the whole call and sendto only reads it; no
+        // address is passed (a null pointer of length 0). Every argument is widened to the
+        // register width the system call reads.
         let r = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                buf.as_ptr().cast(),
+            libc::syscall(
+                libc::SYS_sendto,
+                libc::c_long::from(sock.as_raw_fd()),
+                buf.as_ptr(),
                 buf.len(),
-                flags | libc::MSG_NOSIGNAL,
+                libc::c_long::from(flags | libc::MSG_NOSIGNAL),
+                ptr::null::<libc::sockaddr>(),
+                0 as libc::c_long,
             )
         };
         if r >= 0 {
@@ -293,13 +300,20 @@ unsafe fn recvmsg_fds(
     msg.msg_control = cmsg.as_mut_ptr().cast();
     msg.msg_controllen = cmsg_space(MAX_RECV_FDS) as _;
     let n = loop {
+        // The raw system call, not libc's cancellation-point wrapper (see `send_one`).
         // SAFETY: the single iovec describes `dst..dst + len`, which the caller guarantees
         // is writable and ours alone for the call (it may be uninitialised: it is only
         // written), and the control buffer is `cmsg`, at least `msg_controllen` bytes
         // (uninitialised memory is fine: it is only written); the kernel writes only within
         // them. MSG_CMSG_CLOEXEC: received fds are close-on-exec from the start.
-        let r =
-            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_recvmsg,
+                libc::c_long::from(sock.as_raw_fd()),
+                &mut msg as *mut libc::msghdr,
+                libc::c_long::from(flags | libc::MSG_CMSG_CLOEXEC),
+            )
+        };
         if r >= 0 {
             // A stream socket returns at most the iovec's length.
             break (r as usize).min(len);

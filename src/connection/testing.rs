@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::inner::Inner;
 use super::subscriber::MainSubscriber;
 use super::Settings;
-use crate::protocol::{Header, HEADER_SIZE};
+use crate::protocol::Header;
 
 /// A connection over a socket pair with `timeout` as its reply timeout and no busy poll,
 /// and the server's end. No event loop runs the subscriber: only callers read.
@@ -28,7 +28,7 @@ pub(super) fn pair(timeout: Duration) -> (Arc<Inner>, MainSubscriber, UnixStream
 
 /// Reads one whole message on the server's end.
 pub(super) fn read_msg(sock: &mut UnixStream) -> (Header, Vec<u8>) {
-    let mut hdr = [0u8; HEADER_SIZE];
+    let mut hdr = [0u8; Header::SIZE];
     sock.read_exact(&mut hdr).unwrap();
     let h = Header::from_bytes(&hdr);
     let mut body = vec![0u8; h.payload_len()];

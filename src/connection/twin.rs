@@ -328,7 +328,7 @@ mod tests {
                 Command::RegionRead,
                 3,
                 &[3; 4],
-                crate::protocol::FLAGS_NO_REPLY,
+                crate::protocol::Header::FLAG_NO_REPLY,
             ))
             .unwrap();
         theirs

@@ -321,7 +321,12 @@ impl Inner {
         mut now: Instant,
         mut buffer: Option<&mut ReplyBuffer<'_>>,
     ) {
-        let spin_until = now.checked_add(self.settings.busy_poll).unwrap_or(deadline);
+        // Without busy polling (one CPU), no spinning at all: not even a time to compare.
+        let spin_until = if self.settings.busy_poll.is_zero() {
+            now
+        } else {
+            now.checked_add(self.settings.busy_poll).unwrap_or(deadline)
+        };
         // Past this, a blocking read could overshoot the deadline: wait in `poll` instead.
         let block_until = deadline.checked_sub(2 * BLOCKING_READ_SLICE);
         // Another reader may have handed the reply over between our last look and taking
@@ -421,11 +426,16 @@ impl Inner {
 
     /// Called after letting go of the receive lock: wakes every sleeping waiter so that one
     /// of them takes over reading if its reply has not come yet.
+    #[inline]
     pub(super) fn after_reading(&self) {
         self.reader_epoch.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) == 0 {
-            return;
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.nudge_sleepers();
         }
+    }
+
+    /// Wakes every sleeping waiter (see [`after_reading`](Self::after_reading)).
+    fn nudge_sleepers(&self) {
         let waiters: Vec<Arc<Completion>> = lock(&self.waiters).values().cloned().collect();
         for c in waiters {
             c.nudge();
@@ -458,7 +468,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use crate::connection::{Health, DEFAULT_TIMEOUT};
-    use crate::protocol::{Header, HEADER_SIZE};
+    use crate::protocol::Header;
     use std::io::Write;
 
     const DATA: usize = 50_000;
@@ -538,9 +548,9 @@ mod tests {
         // An error reply of exactly the awaited size is still an error.
         let (t, r) = send(&inner, &mut server);
         let mut header = Header::error_reply(&r, libc::EIO as u32);
-        header.size = (HEADER_SIZE + 16 + DATA) as u32;
+        header.size = (Header::SIZE + 16 + DATA) as u32;
         let mut bytes = header.to_bytes().to_vec();
-        bytes.resize(HEADER_SIZE + 16 + DATA, 0xaa);
+        bytes.resize(Header::SIZE + 16 + DATA, 0xaa);
         write_in_pieces(&mut server, &bytes);
         let e = inner.wait_into(t, 16, &mut out).unwrap_err();
         assert!(

@@ -137,12 +137,17 @@ impl SocketWatch {
     }
 
     /// A caller starts waiting for a reply: data no longer wakes the event loop.
+    #[inline]
     pub(super) fn enter(&self) {
         self.callers.fetch_add(1, Ordering::SeqCst);
         // Watching for a hang-up only, the entry stays as it is: no lock needed.
-        if self.hang_up_only.load(Ordering::SeqCst) {
-            return;
+        if !self.hang_up_only.load(Ordering::SeqCst) {
+            self.disarm();
         }
+    }
+
+    /// [`enter`](Self::enter) for an entry that may be armed: disarms it.
+    fn disarm(&self) {
         let mut state = lock(&self.state);
         if state.hang_up_only {
             return;
@@ -156,6 +161,7 @@ impl SocketWatch {
 
     /// A caller stops waiting (after letting go of the receive state); the last one arms
     /// the entry again. An error means the event loop can no longer be told about data.
+    #[inline]
     pub(super) fn leave(&self) -> io::Result<()> {
         self.callers.fetch_sub(1, Ordering::SeqCst);
         if self.hang_up_only.load(Ordering::SeqCst) {

@@ -21,9 +21,9 @@ pub struct RegionIoFd {
     pub offset: u64,
     /// Size of the access that triggers it (0: any).
     pub size: u64,
-    /// `IO_FD_TYPE_*` from [`crate::protocol`].
+    /// `IoSubregion::TYPE_*` from [`crate::protocol`].
     pub kind: u32,
-    /// `IOEVENTFD_FLAG_*` (or ioregionfd flags).
+    /// `IoSubregion::FLAG_*` (or ioregionfd flags).
     pub flags: u32,
     /// The value to match (ioeventfd) or the user data (ioregionfd), when the reply's entry
     /// layout has it.

@@ -33,7 +33,7 @@ use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RES
 
 use crate::connection::{ConnectOptions, Connection};
 use crate::negotiate::{host_page_size, Capabilities};
-use crate::protocol::{Command, DeviceInfo, RegionAccess, HEADER_SIZE};
+use crate::protocol::{Command, DeviceInfo, Header, RegionAccess};
 use irqs::{check_count, get_irq};
 use region::{get_region, map_region};
 
@@ -178,7 +178,7 @@ impl VfioUserDevice {
         let max_xfer = caps.max_data_xfer_size as usize;
         // Our own receive limit bounds read replies too (head room for the headers).
         let recv_limit =
-            (conn.max_recv_size() as usize).saturating_sub(HEADER_SIZE + RegionAccess::HEAD_SIZE);
+            (conn.max_recv_size() as usize).saturating_sub(Header::SIZE + RegionAccess::HEAD_SIZE);
         let read_chunk = max_xfer
             .min(recv_limit)
             .min(options.read_chunk as usize)

@@ -59,7 +59,7 @@ use vm_memory::{
 };
 
 use crate::connection::{self, Connection, Handle, PendingReply};
-use crate::protocol::{Command, DmaMap, DmaUnmap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
+use crate::protocol::{Command, DmaMap, DmaUnmap};
 use handler::{DmaSpace, MemorySource};
 use table::Table;
 
@@ -502,10 +502,10 @@ where
         }
         let mut flags = 0;
         if mapping.access.read {
-            flags |= DMA_MAP_FLAG_READ;
+            flags |= DmaMap::FLAG_READ;
         }
         if mapping.access.write {
-            flags |= DMA_MAP_FLAG_WRITE;
+            flags |= DmaMap::FLAG_WRITE;
         }
         let offset = file.map_or(0, |(_, o)| o);
         payload.clear();

@@ -25,7 +25,7 @@ use super::config::{BarInfo, BarSpace};
 use super::msix::Msix;
 use super::{Activity, Core, Error, VfioUserPciDevice};
 use crate::device::{self, VfioUserDevice};
-use crate::protocol::{IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD};
+use crate::protocol::IoSubregion;
 
 /// A mappable area of a placed BAR: host memory the VMM may install as a guest memory slot
 /// so that guest accesses there do not exit. The MSI-X table's and pending bits' pages are
@@ -342,11 +342,13 @@ fn query_io_fds(device: &VfioUserDevice, bar: u32) -> Result<Vec<IoEventFd>, dev
     };
     let mut out = Vec::new();
     for fd in fds {
-        if fd.kind != IO_FD_TYPE_IOEVENTFD || !matches!(fd.size, 0 | 1 | 2 | 4 | 8) {
+        if fd.kind != IoSubregion::TYPE_IOEVENTFD || !matches!(fd.size, 0 | 1 | 2 | 4 | 8) {
             log::debug!("BAR {bar}: io fd {fd:?} is not a plain ioeventfd: left out");
             continue;
         }
-        let datamatch = fd.data.filter(|_| fd.flags & IOEVENTFD_FLAG_DATAMATCH != 0);
+        let datamatch = fd
+            .data
+            .filter(|_| fd.flags & IoSubregion::FLAG_DATAMATCH != 0);
         if datamatch.is_some() && fd.size == 0 {
             log::debug!("BAR {bar}: io fd {fd:?} matches data of any size: left out");
             continue;

@@ -177,20 +177,6 @@ impl RegionInfo {
     }
 }
 
-/// Sub-region type: an ioeventfd.
-pub const IO_FD_TYPE_IOEVENTFD: u32 = 0;
-/// Sub-region type: an ioregionfd.
-pub const IO_FD_TYPE_IOREGIONFD: u32 = 1;
-/// Sub-region type (libvfio-user only): an ioeventfd with shadow memory.
-pub const IO_FD_TYPE_IOEVENTFD_SHADOW: u32 = 2;
-
-/// ioeventfd flag `KVM_IOEVENTFD_FLAG_DATAMATCH`.
-pub const IOEVENTFD_FLAG_DATAMATCH: u32 = 1 << 0;
-/// ioeventfd flag `KVM_IOEVENTFD_FLAG_PIO`.
-pub const IOEVENTFD_FLAG_PIO: u32 = 1 << 1;
-/// ioeventfd flag `KVM_IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY`.
-pub const IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY: u32 = 1 << 3;
-
 /// The size of one sub-region entry in a `DEVICE_GET_REGION_IO_FDS` reply.
 ///
 /// The spec describes 40-byte entries; libvfio-user sends 48-byte ones (a union with shadow
@@ -249,14 +235,29 @@ pub struct IoSubregion {
     pub size: u64,
     /// Index of the fd among the reply's fds.
     pub fd_index: u32,
-    /// `IO_FD_TYPE_*`.
+    /// `IoSubregion::TYPE_*`.
     pub kind: u32,
-    /// `IOEVENTFD_FLAG_*` or ioregionfd flags.
+    /// `IoSubregion::FLAG_*` (ioeventfd) or ioregionfd flags.
     pub flags: u32,
     /// `datamatch` (ioeventfd) or `user_data` (ioregionfd); `None` for an unknown stride.
     pub data: Option<u64>,
-    /// Shadow memory: only for [`IO_FD_TYPE_IOEVENTFD_SHADOW`] in the libvfio-user layout.
+    /// Shadow memory: only for [`IoSubregion::TYPE_IOEVENTFD_SHADOW`] in the libvfio-user layout.
     pub shadow: Option<ShadowMem>,
+}
+
+impl IoSubregion {
+    /// [`kind`](Self::kind): an ioeventfd.
+    pub const TYPE_IOEVENTFD: u32 = 0;
+    /// [`kind`](Self::kind): an ioregionfd.
+    pub const TYPE_IOREGIONFD: u32 = 1;
+    /// [`kind`](Self::kind) (libvfio-user only): an ioeventfd with shadow memory.
+    pub const TYPE_IOEVENTFD_SHADOW: u32 = 2;
+    /// ioeventfd [`flags`](Self::flags): `KVM_IOEVENTFD_FLAG_DATAMATCH`.
+    pub const FLAG_DATAMATCH: u32 = 1 << 0;
+    /// ioeventfd [`flags`](Self::flags): `KVM_IOEVENTFD_FLAG_PIO`.
+    pub const FLAG_PIO: u32 = 1 << 1;
+    /// ioeventfd [`flags`](Self::flags): `KVM_IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY`.
+    pub const FLAG_VIRTIO_CCW_NOTIFY: u32 = 1 << 3;
 }
 
 impl IoSubregion {
@@ -273,7 +274,7 @@ impl IoSubregion {
                 e.u32()?;
                 (Some(e.u64()?), None)
             }
-            IoFdsLayout::LibVfioUser if kind == IO_FD_TYPE_IOREGIONFD => {
+            IoFdsLayout::LibVfioUser if kind == IoSubregion::TYPE_IOREGIONFD => {
                 e.u32()?;
                 (Some(e.u64()?), None)
             }
@@ -283,7 +284,7 @@ impl IoSubregion {
                     offset: e.u64()?,
                 };
                 let data = e.u64()?;
-                let shadow = (kind == IO_FD_TYPE_IOEVENTFD_SHADOW).then_some(shadow);
+                let shadow = (kind == IoSubregion::TYPE_IOEVENTFD_SHADOW).then_some(shadow);
                 (Some(data), shadow)
             }
             IoFdsLayout::Other { .. } => (None, None),
@@ -351,7 +352,7 @@ impl RegionIoFds {
                     put_u32(out, 0);
                     put_u64(out, data);
                 }
-                IoFdsLayout::LibVfioUser if s.kind == IO_FD_TYPE_IOREGIONFD => {
+                IoFdsLayout::LibVfioUser if s.kind == IoSubregion::TYPE_IOREGIONFD => {
                     put_u32(out, 0);
                     put_u64(out, data);
                     put_u64(out, 0);
@@ -642,7 +643,7 @@ mod tests {
     fn io_fds_spec_40_byte_entries() {
         let mut p = Vec::new();
         io_fds_head(&mut p, 16 + 2 * 40, 2);
-        for (i, kind) in [IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOREGIONFD]
+        for (i, kind) in [IoSubregion::TYPE_IOEVENTFD, IoSubregion::TYPE_IOREGIONFD]
             .into_iter()
             .enumerate()
         {
@@ -650,7 +651,7 @@ mod tests {
             put_u64(&mut p, 4);
             put_u32(&mut p, i as u32);
             put_u32(&mut p, kind);
-            put_u32(&mut p, IOEVENTFD_FLAG_DATAMATCH);
+            put_u32(&mut p, IoSubregion::FLAG_DATAMATCH);
             put_u32(&mut p, 0);
             put_u64(&mut p, 0xdead + i as u64);
         }
@@ -659,7 +660,7 @@ mod tests {
         assert_eq!(d.subregions.len(), 2);
         assert_eq!(d.subregions[0].data, Some(0xdead));
         assert_eq!(d.subregions[1].offset, 0x100);
-        assert_eq!(d.subregions[1].kind, IO_FD_TYPE_IOREGIONFD);
+        assert_eq!(d.subregions[1].kind, IoSubregion::TYPE_IOREGIONFD);
         assert_eq!(d.subregions[1].data, Some(0xdeae));
         let mut out = Vec::new();
         d.encode_into(&mut out);
@@ -675,15 +676,15 @@ mod tests {
         put_u64(&mut p, 0x10);
         put_u64(&mut p, 4);
         put_u32(&mut p, 0);
-        put_u32(&mut p, IO_FD_TYPE_IOEVENTFD);
-        put_u32(&mut p, IOEVENTFD_FLAG_DATAMATCH);
+        put_u32(&mut p, IoSubregion::TYPE_IOEVENTFD);
+        put_u32(&mut p, IoSubregion::FLAG_DATAMATCH);
         put_u32(&mut p, 0);
         put_u64(&mut p, 0);
         put_u64(&mut p, 0x1234);
         put_u64(&mut p, 0x20);
         put_u64(&mut p, 8);
         put_u32(&mut p, 1);
-        put_u32(&mut p, IO_FD_TYPE_IOEVENTFD_SHADOW);
+        put_u32(&mut p, IoSubregion::TYPE_IOEVENTFD_SHADOW);
         put_u32(&mut p, 0);
         put_u32(&mut p, 2);
         put_u64(&mut p, 0x3000);

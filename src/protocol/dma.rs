@@ -9,21 +9,12 @@ use vfio_bindings::bindings::vfio::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
 use super::wire::{exact_data, put_u32, put_u64, Reader};
 use super::DecodeError;
 
-/// DMA_MAP flag: the server may read the window.
-pub const DMA_MAP_FLAG_READ: u32 = 1 << 0;
-/// DMA_MAP flag: the server may write the window.
-pub const DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
-/// DMA_MAP flag (newer spec revision): access the fd by mmap. Older servers reject it.
-pub const DMA_MAP_FLAG_ACCESS_MMAP: u32 = 1 << 2;
-/// DMA_MAP flag (newer spec revision): access the fd by file I/O. Older servers reject it.
-pub const DMA_MAP_FLAG_ACCESS_FILE_IO: u32 = 1 << 3;
-
 /// The `DMA_MAP` request payload (32 bytes). The reply has no payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DmaMap {
     /// Size of this structure: [`DmaMap::SIZE`].
     pub argsz: u32,
-    /// `DMA_MAP_FLAG_*`.
+    /// `DmaMap::FLAG_*`.
     pub flags: u32,
     /// Offset into the accompanying fd (0 without one).
     pub offset: u64,
@@ -36,6 +27,16 @@ pub struct DmaMap {
 impl DmaMap {
     /// Size of the payload.
     pub const SIZE: usize = 32;
+    /// [`flags`](Self::flags): the server may read the window.
+    pub const FLAG_READ: u32 = 1 << 0;
+    /// [`flags`](Self::flags): the server may write the window.
+    pub const FLAG_WRITE: u32 = 1 << 1;
+    /// [`flags`](Self::flags) (newer spec revision): access the fd by mmap. Older servers
+    /// reject it.
+    pub const FLAG_ACCESS_MMAP: u32 = 1 << 2;
+    /// [`flags`](Self::flags) (newer spec revision): access the fd by file I/O. Older
+    /// servers reject it.
+    pub const FLAG_ACCESS_FILE_IO: u32 = 1 << 3;
 
     /// A request with `argsz` set to [`DmaMap::SIZE`].
     pub fn new(flags: u32, offset: u64, address: u64, size: u64) -> Self {
@@ -225,7 +226,7 @@ mod tests {
 
     #[test]
     fn dma_map_layout() {
-        let m = DmaMap::new(DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE, 0x10, 0x2000, 0x3000);
+        let m = DmaMap::new(DmaMap::FLAG_READ | DmaMap::FLAG_WRITE, 0x10, 0x2000, 0x3000);
         let mut out = Vec::new();
         m.encode_into(&mut out);
         assert_eq!(out.len(), 32);

@@ -3,20 +3,6 @@
 
 use std::fmt;
 
-/// Size of the message header in bytes.
-pub const HEADER_SIZE: usize = 16;
-
-/// Mask of the message type bits in [`Header::flags`].
-pub const FLAGS_TYPE_MASK: u32 = 0xf;
-/// Message type: a command (request).
-pub const FLAGS_TYPE_COMMAND: u32 = 0x0;
-/// Message type: a reply.
-pub const FLAGS_TYPE_REPLY: u32 = 0x1;
-/// The sender of a command does not want a reply.
-pub const FLAGS_NO_REPLY: u32 = 0x10;
-/// The reply reports a failure; [`Header::error`] holds an errno.
-pub const FLAGS_ERROR: u32 = 0x20;
-
 /// Why a message, or a part of one, could not be decoded.
 ///
 /// Every variant names the field that was wrong, so that an error reaching a user says what
@@ -191,13 +177,15 @@ impl fmt::Display for Command {
     }
 }
 
-/// The type of a message, from the low bits of [`Header::flags`].
+/// The type of a message, from the low bits of [`Header::flags`] ([`Header::TYPE_MASK`]);
+/// `MessageType::Reply as u32` is its value there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum MessageType {
     /// A command (request).
-    Command,
+    Command = 0,
     /// A reply.
-    Reply,
+    Reply = 1,
 }
 
 /// The 16-byte header that starts every message.
@@ -216,6 +204,15 @@ pub struct Header {
 }
 
 impl Header {
+    /// Size of the message header in bytes.
+    pub const SIZE: usize = 16;
+    /// Mask of the message type bits ([`MessageType`]) in [`Header::flags`].
+    pub const TYPE_MASK: u32 = 0xf;
+    /// Flag: the sender of a command does not want a reply.
+    pub const FLAG_NO_REPLY: u32 = 0x10;
+    /// Flag: the reply reports a failure; [`Header::error`] holds an errno.
+    pub const FLAG_ERROR: u32 = 0x20;
+
     /// A command header for a payload of `payload_len` bytes.
     ///
     /// Returns `None` when the message would not fit the 32-bit size field.
@@ -225,24 +222,24 @@ impl Header {
         payload_len: usize,
         no_reply: bool,
     ) -> Option<Header> {
-        let size = u32::try_from(payload_len.checked_add(HEADER_SIZE)?).ok()?;
+        let size = u32::try_from(payload_len.checked_add(Header::SIZE)?).ok()?;
         Some(Header {
             id,
             command: command as u16,
             size,
-            flags: FLAGS_TYPE_COMMAND | if no_reply { FLAGS_NO_REPLY } else { 0 },
+            flags: MessageType::Command as u32 | if no_reply { Header::FLAG_NO_REPLY } else { 0 },
             error: 0,
         })
     }
 
     /// A successful reply header answering `request`, for a payload of `payload_len` bytes.
     pub fn reply(request: &Header, payload_len: usize) -> Option<Header> {
-        let size = u32::try_from(payload_len.checked_add(HEADER_SIZE)?).ok()?;
+        let size = u32::try_from(payload_len.checked_add(Header::SIZE)?).ok()?;
         Some(Header {
             id: request.id,
             command: request.command,
             size,
-            flags: FLAGS_TYPE_REPLY,
+            flags: MessageType::Reply as u32,
             error: 0,
         })
     }
@@ -252,29 +249,29 @@ impl Header {
         Header {
             id: request.id,
             command: request.command,
-            size: HEADER_SIZE as u32,
-            flags: FLAGS_TYPE_REPLY | FLAGS_ERROR,
+            size: Header::SIZE as u32,
+            flags: MessageType::Reply as u32 | Header::FLAG_ERROR,
             error: errno,
         }
     }
 
     /// The message type, or `None` for type bits the protocol does not define.
     pub fn message_type(&self) -> Option<MessageType> {
-        match self.flags & FLAGS_TYPE_MASK {
-            FLAGS_TYPE_COMMAND => Some(MessageType::Command),
-            FLAGS_TYPE_REPLY => Some(MessageType::Reply),
+        match self.flags & Header::TYPE_MASK {
+            0 => Some(MessageType::Command),
+            1 => Some(MessageType::Reply),
             _ => None,
         }
     }
 
     /// Whether the `No_reply` bit is set.
     pub fn no_reply(&self) -> bool {
-        self.flags & FLAGS_NO_REPLY != 0
+        self.flags & Header::FLAG_NO_REPLY != 0
     }
 
     /// Whether the `Error` bit is set.
     pub fn is_error(&self) -> bool {
-        self.flags & FLAGS_ERROR != 0
+        self.flags & Header::FLAG_ERROR != 0
     }
 
     /// The command, if its number is known.
@@ -284,12 +281,12 @@ impl Header {
 
     /// Bytes of payload that follow the header. Only meaningful after [`Header::decode`].
     pub fn payload_len(&self) -> usize {
-        (self.size as usize).saturating_sub(HEADER_SIZE)
+        (self.size as usize).saturating_sub(Header::SIZE)
     }
 
     /// The header's wire bytes.
-    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
+    pub fn to_bytes(&self) -> [u8; Header::SIZE] {
+        let mut b = [0u8; Header::SIZE];
         b[0..2].copy_from_slice(&self.id.to_ne_bytes());
         b[2..4].copy_from_slice(&self.command.to_ne_bytes());
         b[4..8].copy_from_slice(&self.size.to_ne_bytes());
@@ -306,16 +303,16 @@ impl Header {
     /// Decodes and validates a header: at least 16 bytes present, `size` at least 16 and no
     /// more than `max_size`, and defined type bits.
     pub fn decode(bytes: &[u8], max_size: u32) -> Result<Header, DecodeError> {
-        let b: &[u8; HEADER_SIZE] = bytes
-            .get(..HEADER_SIZE)
+        let b: &[u8; Header::SIZE] = bytes
+            .get(..Header::SIZE)
             .and_then(|s| s.try_into().ok())
             .ok_or(DecodeError::Short {
                 what: "header",
-                need: HEADER_SIZE,
+                need: Header::SIZE,
                 got: bytes.len(),
             })?;
         let header = Header::from_bytes(b);
-        if (header.size as usize) < HEADER_SIZE {
+        if (header.size as usize) < Header::SIZE {
             return Err(DecodeError::InvalidField {
                 field: "header.msg_size",
                 value: u64::from(header.size),
@@ -338,7 +335,7 @@ impl Header {
     }
 
     /// Reads the fields of a header without validating them.
-    pub fn from_bytes(b: &[u8; HEADER_SIZE]) -> Header {
+    pub fn from_bytes(b: &[u8; Header::SIZE]) -> Header {
         Header {
             id: u16::from_ne_bytes([b[0], b[1]]),
             command: u16::from_ne_bytes([b[2], b[3]]),
@@ -420,7 +417,7 @@ mod tests {
     fn error_reply_form() {
         let rq = Header::command(9, Command::DmaMap, 32, false).unwrap();
         let e = Header::error_reply(&rq, 22);
-        assert_eq!(e.size as usize, HEADER_SIZE);
+        assert_eq!(e.size as usize, Header::SIZE);
         assert!(e.is_error());
         assert_eq!(e.message_type(), Some(MessageType::Reply));
         assert_eq!(e.id, 9);

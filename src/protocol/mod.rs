@@ -41,17 +41,10 @@ mod proptests;
 
 pub use device::{
     DeviceInfo, DeviceReset, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs,
-    ShadowMem, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY,
-    IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
+    ShadowMem,
 };
-pub use dma::{
-    DirtyBitmap, DmaAccess, DmaMap, DmaUnmap, DMA_MAP_FLAG_ACCESS_FILE_IO,
-    DMA_MAP_FLAG_ACCESS_MMAP, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
-};
-pub use header::{
-    Command, DecodeError, Header, MessageType, FLAGS_ERROR, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND,
-    FLAGS_TYPE_MASK, FLAGS_TYPE_REPLY, HEADER_SIZE,
-};
+pub use dma::{DirtyBitmap, DmaAccess, DmaMap, DmaUnmap};
+pub use header::{Command, DecodeError, Header, MessageType};
 pub use migration::{
     DeviceFeature, DeviceState, DirtyPages, DirtyPagesRange, DmaLoggingReport, DmaLoggingStart,
     MigData, MigDeviceState, MigrationFeature,

@@ -56,7 +56,7 @@ fn io_fds_layout() -> impl Strategy<Value = IoFdsLayout> {
 fn canonical(layout: IoFdsLayout, mut s: IoSubregion) -> IoSubregion {
     match layout {
         IoFdsLayout::Spec => s.shadow = None,
-        IoFdsLayout::LibVfioUser if s.kind == IO_FD_TYPE_IOEVENTFD_SHADOW => {
+        IoFdsLayout::LibVfioUser if s.kind == IoSubregion::TYPE_IOEVENTFD_SHADOW => {
             s.shadow = Some(s.shadow.unwrap_or_default())
         }
         IoFdsLayout::LibVfioUser => s.shadow = None,

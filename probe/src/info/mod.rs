@@ -14,12 +14,11 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::device::{Error as DeviceError, Region, RegionIoFd};
-use vfio_user_client::protocol::{
-    RegionCap, IO_FD_TYPE_IOEVENTFD, IO_FD_TYPE_IOEVENTFD_SHADOW, IO_FD_TYPE_IOREGIONFD,
-};
+use vfio_user_client::protocol::{IoSubregion, RegionCap};
 use vfio_user_client::{Capabilities, ConnectionCause, VfioUserDevice};
 
 use crate::error::{errno_text, ProbeError};
+use crate::migration::{self, MigrationReport, Trouble};
 use crate::pci::{self, size_text};
 use crate::session;
 
@@ -45,6 +44,8 @@ pub struct Negotiated {
     pub pgsizes: u64,
     /// The `migration` capability's page size, if sent.
     pub migration_pgsize: Option<u64>,
+    /// The `migration` capability's `max_bitmap_size` (as the library uses it), if sent.
+    pub migration_max_bitmap_size: Option<u64>,
     /// The server agreed to twin-socket mode (absent: not offered by us).
     pub twin_socket: Option<bool>,
     /// The server accepts REGION_WRITE_MULTI.
@@ -220,6 +221,9 @@ pub struct InfoReport {
     pub regions: Vec<RegionReport>,
     /// Every IRQ index described.
     pub irqs: Vec<IrqReport>,
+    /// Migration v2 and DMA dirty logging (`None`: not asked, as when the device was
+    /// described over a raw connection).
+    pub migration: Option<MigrationReport>,
     /// The decoded PCI config space (PCI devices with a readable config region).
     pub pci: Option<pci::ConfigSpace>,
     /// Why the config space could not be read, if it could not.
@@ -309,6 +313,7 @@ pub fn report(device: &VfioUserDevice, path: &Path) -> InfoReport {
     for i in device.irqs() {
         report.add_irq(is_pci, i.index, i.count, i.flags);
     }
+    report.add_migration(device);
     if report.lost.is_none() {
         let sizes: Vec<u64> = device.regions().iter().take(6).map(|r| r.size()).collect();
         let config = read_config(device);
@@ -326,6 +331,7 @@ fn negotiated(caps: &Capabilities) -> Negotiated {
         max_dma_maps: caps.max_dma_maps,
         pgsizes: caps.pgsizes,
         migration_pgsize: caps.migration.map(|m| m.pgsize),
+        migration_max_bitmap_size: caps.migration.map(|m| m.max_bitmap_size),
         twin_socket: caps.twin_socket.map(|t| t.supported),
         write_multiple: caps.write_multiple,
     }
@@ -378,9 +384,9 @@ fn io_fd(f: &RegionIoFd) -> IoFd {
         offset: f.offset,
         size: f.size,
         kind: match f.kind {
-            IO_FD_TYPE_IOEVENTFD => "ioeventfd".into(),
-            IO_FD_TYPE_IOREGIONFD => "ioregionfd".into(),
-            IO_FD_TYPE_IOEVENTFD_SHADOW => "ioeventfd-shadow".into(),
+            IoSubregion::TYPE_IOEVENTFD => "ioeventfd".into(),
+            IoSubregion::TYPE_IOREGIONFD => "ioregionfd".into(),
+            IoSubregion::TYPE_IOEVENTFD_SHADOW => "ioeventfd-shadow".into(),
             other => format!("type {other}"),
         },
         flags: f.flags,
@@ -436,6 +442,7 @@ impl InfoReport {
             device: None,
             regions: Vec::new(),
             irqs: Vec::new(),
+            migration: None,
             pci: None,
             pci_error: None,
             failed: Vec::new(),
@@ -490,6 +497,22 @@ impl InfoReport {
                     }
                 }
             },
+        }
+    }
+
+    /// Asks for migration v2 and DMA dirty logging. A device that cannot migrate is no
+    /// failure; an error reply other than the refusal of the feature, or a reply that breaks
+    /// the protocol, is.
+    fn add_migration(&mut self, device: &VfioUserDevice) {
+        if self.lost.is_some() {
+            return;
+        }
+        let (section, trouble) = migration::describe(device);
+        self.migration = section;
+        match trouble {
+            None => {}
+            Some(Trouble::Lost(why)) => self.lose("the migration features", why),
+            Some(Trouble::Failed(section, why)) => self.fail(section, why),
         }
     }
 
@@ -590,6 +613,9 @@ impl InfoReport {
                     i.flag_names.join(",")
                 }
             ));
+        }
+        if let Some(m) = &self.migration {
+            out.extend(m.lines(self.negotiated.migration_max_bitmap_size));
         }
         if let Some(p) = &self.pci {
             out.push("PCI config space:".into());

@@ -15,10 +15,10 @@
 
 use std::os::unix::net::UnixStream;
 
-use vfio_user_client::protocol::Command;
+use vfio_user_client::protocol::{Command, DeviceState, Header};
 use vfio_user_sample_server::test_support::relay::{serve_in_step, Step};
 use vfio_user_sample_server::wire::RawMsg;
-use vfio_user_sample_server::{GpioDevice, Server, ServerConfig};
+use vfio_user_sample_server::{GpioDevice, MigrationConfig, Server, ServerConfig};
 
 /// `EINVAL` as the protocol carries it.
 pub const EINVAL: u32 = libc::EINVAL as u32;
@@ -38,8 +38,18 @@ pub fn relay(
     on_request: impl FnMut(&RawMsg) -> Step,
     on_reply: impl FnMut(&RawMsg, &mut RawMsg),
 ) {
+    relay_with(ServerConfig::default(), client, on_request, on_reply);
+}
+
+/// [`relay`] in front of a sample server configured by `config`.
+pub fn relay_with(
+    config: ServerConfig,
+    client: UnixStream,
+    on_request: impl FnMut(&RawMsg) -> Step,
+    on_reply: impl FnMut(&RawMsg, &mut RawMsg),
+) {
     let (device, _) = GpioDevice::new(Default::default()).expect("GPIO device");
-    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let server = Server::new(config, Box::new(device));
     serve_in_step(server, client, on_request, on_reply);
 }
 
@@ -283,5 +293,142 @@ pub fn hangs_at_the_first_dma_map(s: UnixStream) {
             }
         },
         |_, _| {},
+    );
+}
+
+/// DEVICE_FEATURE feature indexes (`VFIO_DEVICE_FEATURE_*`).
+pub const FEATURE_MIG_DEVICE_STATE: u32 = 2;
+/// DMA_LOGGING_START.
+pub const FEATURE_DMA_LOGGING_START: u32 = 6;
+/// GET, SET and PROBE bits of DEVICE_FEATURE.
+const FEATURE_GET: u32 = 1 << 16;
+const FEATURE_SET: u32 = 1 << 17;
+
+/// The feature index and operation bits of a DEVICE_FEATURE request.
+fn feature_of(m: &RawMsg) -> Option<(u32, u32)> {
+    if !is(m, Command::DeviceFeature) {
+        return None;
+    }
+    let flags = u32::from_ne_bytes(m.payload.get(4..8)?.try_into().ok()?);
+    Some((flags & 0xffff, flags & !0xffff))
+}
+
+/// The state a SET of MIG_DEVICE_STATE asks for.
+fn state_set(m: &RawMsg) -> Option<u32> {
+    match feature_of(m)? {
+        (FEATURE_MIG_DEVICE_STATE, FEATURE_SET) => {
+            Some(u32::from_ne_bytes(m.payload.get(8..12)?.try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// The sample server with migration, behind the relay with these hooks.
+fn migration_relay(
+    s: UnixStream,
+    on_request: impl FnMut(&RawMsg) -> Step,
+    on_reply: impl FnMut(&RawMsg, &mut RawMsg),
+) {
+    let config = ServerConfig {
+        migration: Some(MigrationConfig::default()),
+        ..ServerConfig::default()
+    };
+    relay_with(config, s, on_request, on_reply);
+}
+
+/// The sample server with migration, nothing changed.
+pub fn migrating_server(s: UnixStream) {
+    migration_relay(s, |_| Step::Forward, |_, _| {});
+}
+
+/// GET MIG_DEVICE_STATE replies stop after the 8-byte head: no state in them.
+pub fn state_replies_without_a_state(s: UnixStream) {
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if feature_of(request) == Some((FEATURE_MIG_DEVICE_STATE, FEATURE_GET))
+                && !reply.is_error()
+            {
+                reply.payload.truncate(8);
+            }
+        },
+    );
+}
+
+/// The reply to SET MIG_DEVICE_STATE RESUMING names STOP_COPY (the device did move to
+/// RESUMING).
+pub fn resuming_echoed_as_stop_copy(s: UnixStream) {
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if state_set(request) == Some(DeviceState::Resuming as u32) && !reply.is_error() {
+                reply.payload[8..12].copy_from_slice(&(DeviceState::StopCopy as u32).to_ne_bytes());
+            }
+        },
+    );
+}
+
+/// The refusal of STOP_COPY → PRE_COPY is turned into a success reply echoing the request
+/// (the device stays in STOP_COPY).
+pub fn illegal_arc_accepted(s: UnixStream) {
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if state_set(request) == Some(DeviceState::PreCopy as u32) && reply.is_error() {
+                reply.header.flags &= !Header::FLAG_ERROR;
+                reply.header.error = 0;
+                reply.payload = request.payload.clone();
+            }
+        },
+    );
+}
+
+/// The PROBE of DMA_LOGGING_START is answered for feature 7 (DMA_LOGGING_STOP).
+pub fn logging_probe_names_another_feature(s: UnixStream) {
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if feature_of(request).is_some_and(|(f, _)| f == FEATURE_DMA_LOGGING_START)
+                && !reply.is_error()
+            {
+                let flags = u32::from_ne_bytes(reply.payload[4..8].try_into().expect("4 bytes"));
+                reply.payload[4..8].copy_from_slice(&((flags & !0xffff) | 7).to_ne_bytes());
+            }
+        },
+    );
+}
+
+/// MIG_DATA_READ replies claim one byte more than was asked for.
+pub fn oversized_data_reads(s: UnixStream) {
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        |request, reply| {
+            if is(request, Command::MigDataRead) && !reply.is_error() {
+                let asked = u32::from_ne_bytes(request.payload[4..8].try_into().expect("4 bytes"));
+                reply.payload[4..8].copy_from_slice(&(asked + 1).to_ne_bytes());
+                reply.payload.resize(8 + asked as usize + 1, 0);
+            }
+        },
+    );
+}
+
+/// The first MIG_DATA_READ reply has its first data byte flipped: the device cannot load
+/// the data written back, and its RESUMING → STOP arc fails into ERROR.
+pub fn corrupted_data_reads(s: UnixStream) {
+    let mut first = true;
+    migration_relay(
+        s,
+        |_| Step::Forward,
+        move |request, reply| {
+            if is(request, Command::MigDataRead) && !reply.is_error() && first {
+                first = false;
+                reply.payload[8] ^= 0xff;
+            }
+        },
     );
 }

@@ -20,7 +20,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::protocol::{IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD};
+use vfio_user_client::protocol::IoSubregion;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Largest piece copied at once (bounds the engine's buffer).
@@ -504,8 +504,8 @@ impl Device for DmaEngine {
             0 => Ok(vec![RegionIoFd {
                 offset: Self::REG_DOORBELL,
                 size: 4,
-                kind: IO_FD_TYPE_IOEVENTFD,
-                flags: IOEVENTFD_FLAG_DATAMATCH,
+                kind: IoSubregion::TYPE_IOEVENTFD,
+                flags: IoSubregion::FLAG_DATAMATCH,
                 datamatch: 1,
                 fd: fd.clone(),
             }]),

@@ -11,7 +11,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_region_sparse_mmap_area as SparseMmapArea, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::protocol::{IOEVENTFD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD};
+use vfio_user_client::protocol::IoSubregion;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::conn::{lock, DeviceContext};
@@ -350,7 +350,7 @@ impl Device for GpioDevice {
         let fd = |i: usize, offset, flags, datamatch| RegionIoFd {
             offset,
             size: 4,
-            kind: IO_FD_TYPE_IOEVENTFD,
+            kind: IoSubregion::TYPE_IOEVENTFD,
             flags,
             datamatch,
             fd: self.ioeventfds[i].clone(),
@@ -360,7 +360,7 @@ impl Device for GpioDevice {
                 fd(
                     Self::IOEVENTFD_OUTPUT,
                     Self::REG_OUTPUT,
-                    IOEVENTFD_FLAG_DATAMATCH,
+                    IoSubregion::FLAG_DATAMATCH,
                     u64::from(Self::OUTPUT_DATAMATCH),
                 ),
                 fd(Self::IOEVENTFD_DOORBELL, Self::REG_DOORBELL, 0, 0),

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use vfio_user_client::protocol::{Command, FLAGS_ERROR, HEADER_SIZE};
+use vfio_user_client::protocol::{Command, Header};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempdir::TempDir;
 
@@ -256,7 +256,7 @@ fn forward_replies(
         let passed = Passed {
             command,
             nth: *nth,
-            size: HEADER_SIZE + m.payload.len(),
+            size: Header::SIZE + m.payload.len(),
             error: m.is_error(),
         };
         *nth += 1;
@@ -309,7 +309,7 @@ fn apply(fault: Fault, mut m: RawMsg, to: &mut RawEndpoint) -> std::io::Result<b
         Fault::WrongId => m.header.id ^= 0x8000,
         Fault::WrongCommand => m.header.command = other_command(m.header.command),
         Fault::ErrorFlag(errno) => {
-            m.header.flags |= FLAGS_ERROR;
+            m.header.flags |= Header::FLAG_ERROR;
             m.header.error = errno;
             m.payload.clear();
             m.fds.clear();
@@ -322,7 +322,7 @@ fn apply(fault: Fault, mut m: RawMsg, to: &mut RawEndpoint) -> std::io::Result<b
                 .collect::<Vec<_>>();
         }
     }
-    m.header.size = u32::try_from(HEADER_SIZE + m.payload.len()).expect("message size");
+    m.header.size = u32::try_from(Header::SIZE + m.payload.len()).expect("message size");
     let mut fds = raw_fds(&m.fds);
     fds.extend(extra.iter().map(AsRawFd::as_raw_fd));
     to.send_message(&m.header, &m.payload, &fds)?;
@@ -395,7 +395,7 @@ fn step(
         }
         let Ok(mut reply) = server.recv() else { return };
         on_reply(&request, &mut reply);
-        reply.header.size = u32::try_from(HEADER_SIZE + reply.payload.len()).expect("size");
+        reply.header.size = u32::try_from(Header::SIZE + reply.payload.len()).expect("size");
         if client
             .send_message(&reply.header, &reply.payload, &raw_fds(&reply.fds))
             .is_err()

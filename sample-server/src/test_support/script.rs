@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use vfio_user_client::protocol::{Command, HEADER_SIZE};
+use vfio_user_client::protocol::{Command, Header};
 
 use crate::wire::{RawEndpoint, RawMsg, RecvError};
 use crate::{Device, Server, ServerConfig, ServerHandle};
@@ -117,7 +117,8 @@ impl MsgExt for RawMsg {
 
     fn errno(&self) -> u32 {
         assert_eq!(
-            self.header.size as usize, HEADER_SIZE,
+            self.header.size as usize,
+            Header::SIZE,
             "error replies are header only"
         );
         assert_eq!(self.header.flags, 0x21, "type reply + Error");
