@@ -13,12 +13,13 @@
 //! itself (vIOMMU, virtio-mem blocks).
 
 use std::fmt;
+use std::sync::Arc;
 
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 
 use super::Error;
 use crate::connection::Connection;
-use crate::dma::{DmaHandle, DmaMapper, DmaOptions, DmaRegion};
+use crate::dma::{DirtyLog, DmaHandle, DmaMapper, DmaMapping, DmaOptions, DmaRegion};
 
 /// Guest memory shared with one server.
 pub(crate) trait GuestDma: Send + Sync + fmt::Debug {
@@ -34,6 +35,12 @@ pub(crate) trait GuestDma: Send + Sync + fmt::Debug {
     /// The same mappings on a new connection (see [`DmaMapper::replay_on`]); the handles
     /// the VMM holds follow them there.
     fn replay_on(&self, connection: &Connection) -> Result<Box<dyn GuestDma>, Error>;
+
+    /// The windows mapped now (for DMA dirty logging).
+    fn mappings(&self) -> Vec<DmaMapping>;
+
+    /// The mapper's log of the pages the client wrote for the server.
+    fn dirty_log(&self) -> Arc<DirtyLog>;
 }
 
 impl GuestDma for DmaHandle {
@@ -54,6 +61,14 @@ impl GuestDma for DmaHandle {
         // Every clone the VMM holds now controls the windows on the new connection.
         self.redirect(&next);
         Ok(Box::new(self.clone()))
+    }
+
+    fn mappings(&self) -> Vec<DmaMapping> {
+        DmaHandle::mappings(self)
+    }
+
+    fn dirty_log(&self) -> Arc<DirtyLog> {
+        DmaHandle::dirty_log(self)
     }
 }
 

@@ -47,6 +47,12 @@
 //!   register, BARs, MSI / MSI-X registers and table, emulated pending bits) and
 //!   [`VfioUserPciDevice::restore_pci_state`] applies it to another attach of the same
 //!   device (migration's destination), replaying it to the server.
+//! * **Save and restore**: [`VfioUserPciDevice::save`] writes the [`PciState`] and the
+//!   device data stream (migration v2) to any `Write`, [`VfioUserPciDevice::restore`] reads
+//!   them back into a device attached to another server; a live migration drives the
+//!   pre-copy rounds with its own [`Migration`](crate::migration::Migration) handle and
+//!   [`VfioUserPciDevice::start_dirty_logging`] (the order a VMM follows is on
+//!   [`VfioUserPciDevice::save`], the container on [`SnapshotError`]).
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
 //! [`PciConfig`], modelled on Cloud Hypervisor's `PciDevice`. BAR windows implement
@@ -62,6 +68,7 @@ mod guest;
 mod interrupts;
 mod irq_counts;
 mod memory;
+mod migrate;
 mod msi;
 mod msix;
 mod reconnect;
@@ -75,6 +82,7 @@ pub use attach::{AttachOptions, BarAllocator, BarPlacement};
 pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
+pub use migrate::{SnapshotError, MAX_CHUNK_LEN, MAX_STATE_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected, SocketSource};
 pub use slots::{BarMapping, Doorbell, GuestSlots};
 pub use state::{DeviceIdentity, PciState, PCI_STATE_VERSION};
