@@ -101,7 +101,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::connection::EventLoop;
 use crate::device::{self, IrqAction, VfioUserDevice};
-use crate::dma::DmaRegion;
+use crate::dma::{DmaHandle, DmaRegion};
 use crate::error::ConnectionCause;
 use crate::sync::{lock, try_lock};
 use attach::connect;
@@ -335,6 +335,15 @@ impl VfioUserPciDevice {
             Some(dma) => dma.sync(),
             None => Ok(()),
         }
+    }
+
+    /// The device's DMA windows, for the VMM to map and unmap its own (a vIOMMU's IOVA
+    /// mappings, virtio-mem blocks) next to the guest memory shared at attach
+    /// ([`AttachOptions::dma`]); usable from any thread without the device's lock. The
+    /// handle follows the windows across reconnects. `None` only while no guest memory is
+    /// set up.
+    pub fn dma(&self) -> Option<DmaHandle> {
+        self.core().dma.as_ref().map(|d| d.handle())
     }
 
     /// The transport-level device underneath (a new one after each reconnect).
