@@ -13,6 +13,17 @@
 //!   is a raw `UnixStream::pair()` whose other end answers with a ready buffer of the same
 //!   size (blocking `read_exact` / `write_all`): the socket cost alone.
 //!
+//! - `dma_mode_read_<size>` / `dma_mode_write_<size>`: what one DMA access of 4 KiB, 64 KiB
+//!   and 1 MiB costs the server in each [`DmaMode`]. `fd-mapped`: the window came with its
+//!   memfd, which the server side maps (as a server does) and copies from or into.
+//!   `message-only`: the window came without an fd; the server side sends `DMA_READ` /
+//!   `DMA_WRITE` and reads the reply, served by this crate's handler on the event loop
+//!   (main socket). Same guest memory (a memfd), same connection.
+//! - `dma_engine_copy_<size>`: the sample DMA engine copies 4 KiB, 64 KiB or 1 MiB of guest
+//!   memory (one read and one write of that size) when its doorbell is rung, a REGION_WRITE
+//!   round trip. `fd-mapped`: through its mappings of the guest memfd; `message-only`:
+//!   through DMA_READ and DMA_WRITE to this crate.
+//!
 //! Ratios of the means are printed at the end. Run with `cargo bench --bench dma`; see
 //! BENCHMARKS.md.
 //!
@@ -27,13 +38,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
-use vfio_user_client::dma::{DmaLimits, DmaMapper};
+use vfio_user_client::dma::{DmaLimits, DmaMapper, DmaMode, DmaOptions};
 use vfio_user_client::protocol::{Command, DmaAccess, Header, Version};
-use vfio_user_client::{ConnectOptions, Connection};
+use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::bench as support;
 use vfio_user_sample_server::test_support::guest::{memfd, memory, region};
 use vfio_user_sample_server::wire::RawEndpoint;
-use vfio_user_sample_server::{DmaEngine, Server, ServerConfig, ServerHandle};
+use vfio_user_sample_server::wire::RawMsg;
+use vfio_user_sample_server::{DmaEngine, DmaEngineStatus, Server, ServerConfig, ServerHandle};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PAGE: u64 = 4096;
@@ -147,6 +159,24 @@ impl Requester {
         }
     }
 
+    /// DMA_WRITE of `size` bytes at 0x1000; the reply is the 16-byte head.
+    fn write(sock: UnixStream, size: usize) -> Requester {
+        let mut payload = Vec::new();
+        DmaAccess {
+            address: 0x1000,
+            count: size as u64,
+        }
+        .encode_with_data(&vec![0xa5; size], &mut payload);
+        let header = Header::command(8, Command::DmaWrite, payload.len(), false).expect("header");
+        let mut request = header.to_bytes().to_vec();
+        request.extend_from_slice(&payload);
+        Requester {
+            sock,
+            request,
+            reply: vec![0; Header::SIZE + DmaAccess::HEAD_SIZE],
+        }
+    }
+
     fn round_trip(&mut self) {
         self.sock.write_all(&self.request).expect("request");
         self.sock.read_exact(&mut self.reply).expect("reply");
@@ -179,11 +209,110 @@ fn answer_version(sock: &UnixStream, twin: Option<&UnixStream>) {
 }
 
 /// Answers the one DMA_MAP that sets up the handler's table.
-fn answer_map(sock: &UnixStream) {
+fn answer_map(sock: &UnixStream) -> RawMsg {
     let sock = sock.try_clone().expect("clone");
     let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
     let map = peer.recv().expect("DMA_MAP");
     peer.reply(&map.header, &[], &[]).expect("DMA_MAP reply");
+    map
+}
+
+/// Maps guest memory 0..4 MiB through `mapper`, answering as the server; returns the
+/// DMA_MAP as it came (with its fds).
+fn map_4mib<AS>(mapper: &DmaMapper<AS>, server: &UnixStream) -> RawMsg
+where
+    AS: vm_memory::GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
+{
+    std::thread::scope(|s| {
+        let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
+        let map = answer_map(server);
+        t.join().expect("map thread").expect("map");
+        map
+    })
+}
+
+/// Unmaps everything `mapper` mapped, answering as the server.
+fn unmap_all<AS>(mapper: &DmaMapper<AS>, server: &UnixStream)
+where
+    AS: vm_memory::GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
+{
+    std::thread::scope(|s| {
+        let t = s.spawn(|| mapper.unmap_all());
+        let sock = server.try_clone().expect("clone");
+        let mut peer = RawEndpoint::new(sock, Duration::from_secs(20));
+        let unmap = peer.recv().expect("DMA_UNMAP");
+        peer.reply(&unmap.header, &unmap.payload, &[])
+            .expect("DMA_UNMAP reply");
+        t.join().expect("unmap thread").expect("unmap");
+    });
+}
+
+/// One DMA access of `size` bytes in each mode: the server side's copy through its own
+/// mapping of the window's fd, against a DMA_READ / DMA_WRITE round trip.
+fn bench_modes(c: &mut Criterion, size: usize, label: &str) {
+    let (client, server) = UnixStream::pair().expect("socket pair");
+    let answer = std::thread::spawn(move || {
+        answer_version(&server, None);
+        server
+    });
+    let conn = support::placement()
+        .client(|| Connection::connect(client, &ConnectOptions::default()).expect("connect"));
+    let server = answer.join().expect("VERSION answer");
+    let mem = Arc::new(guest(4 << 20, Some(memfd(4 << 20))));
+    mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
+        .expect("fill");
+    let limits = DmaLimits {
+        page_size: PAGE,
+        max_dma_maps: 16,
+        max_data_xfer_size: 1 << 20,
+    };
+
+    // fd-mapped: the server maps the fd it was sent and copies.
+    let mapper = DmaMapper::with_limits(&conn, limits, Arc::clone(&mem));
+    let mut map = map_4mib(&mapper, &server);
+    let fd = map.fds.pop().expect("an fd with the DMA_MAP");
+    let offset = vfio_user_client::protocol::DmaMap::decode(&map.payload)
+        .expect("DMA_MAP")
+        .offset;
+    let view = memory(vec![region(
+        0,
+        4 << 20,
+        Some((File::from(fd), offset)),
+        true,
+    )]);
+    let mut buf = vec![0u8; size];
+    support::placement().server(|| {
+        c.benchmark_group(format!("dma_mode_read_{label}"))
+            .bench_function("fd-mapped", |b| {
+                b.iter(|| view.read_slice(black_box(&mut buf), GuestAddress(0x1000)))
+            });
+        c.benchmark_group(format!("dma_mode_write_{label}"))
+            .bench_function("fd-mapped", |b| {
+                b.iter(|| view.write_slice(black_box(&buf), GuestAddress(0x1000)))
+            });
+    });
+    unmap_all(&mapper, &server);
+
+    // message-only: no fd; DMA_READ / DMA_WRITE served from the window table.
+    let options = DmaOptions {
+        mode: DmaMode::MessageOnly,
+        ..DmaOptions::default()
+    };
+    let mapper = DmaMapper::with_limits(&conn, limits, mem).with_options(&options);
+    let map = map_4mib(&mapper, &server);
+    assert!(map.fds.is_empty(), "message-only sent an fd");
+    let mut reads = Requester::new(server.try_clone().expect("clone"), size);
+    let mut writes = Requester::write(server.try_clone().expect("clone"), size);
+    reads.round_trip();
+    writes.round_trip();
+    support::placement().server(|| {
+        c.benchmark_group(format!("dma_mode_read_{label}"))
+            .bench_function("message-only", |b| b.iter(|| reads.round_trip()));
+        c.benchmark_group(format!("dma_mode_write_{label}"))
+            .bench_function("message-only", |b| b.iter(|| writes.round_trip()));
+    });
+    drop(mapper);
+    drop(conn);
 }
 
 /// Our client serving DMA_READ, on its main socket or on a twin socket.
@@ -216,11 +345,7 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
         max_data_xfer_size: 1 << 20,
     };
     let mapper = DmaMapper::with_limits(&conn, limits, mem);
-    std::thread::scope(|s| {
-        let t = s.spawn(|| mapper.map(0, 0, 4 << 20));
-        answer_map(&server);
-        t.join().expect("map thread").expect("map");
-    });
+    map_4mib(&mapper, &server);
     let mut requester = Requester::new(dma_socket, size);
     requester.round_trip();
     assert!(requester.reply[Header::SIZE + DmaAccess::HEAD_SIZE..]
@@ -260,6 +385,58 @@ fn bench_read_floor(c: &mut Criterion, size: usize, label: &str) {
     echo.join().expect("echo thread");
 }
 
+/// The sample DMA engine copying `size` bytes per doorbell, with guest memory mapped by fd
+/// or reached through messages only.
+fn bench_engine(c: &mut Criterion, size: usize, label: &str) {
+    for (id, mode) in [
+        ("fd-mapped", DmaMode::Mapped),
+        ("message-only", DmaMode::MessageOnly),
+    ] {
+        let (device, engine) = DmaEngine::new();
+        let server = support::placement().server(|| {
+            Server::new(support::server_config(), Box::new(device))
+                .listen_temp()
+                .expect("sample server")
+        });
+        let path = server.socket_path().expect("socket path");
+        let conn = support::placement()
+            .client(|| Connection::connect(path, &ConnectOptions::default()).expect("connect"));
+        let mem = Arc::new(guest(8 << 20, Some(memfd(8 << 20))));
+        mem.write_slice(&vec![0x5a; size], GuestAddress(0x1000))
+            .expect("fill");
+        let options = DmaOptions {
+            mode,
+            ..DmaOptions::default()
+        };
+        let mapper = DmaMapper::new(&conn, Arc::clone(&mem)).with_options(&options);
+        mapper.map_guest_memory().expect("map guest memory");
+        let dev = VfioUserDevice::new(conn, &DeviceOptions::default()).expect("device");
+        let w64 = |reg: u64, v: u64| dev.write(0, reg, &v.to_le_bytes()).expect("register");
+        w64(DmaEngine::REG_SOURCE, 0x1000);
+        w64(DmaEngine::REG_DESTINATION, 4 << 20);
+        w64(DmaEngine::REG_LENGTH, size as u64);
+        let ring = || {
+            dev.write(0, DmaEngine::REG_DOORBELL, &1u32.to_le_bytes())
+                .expect("doorbell")
+        };
+        ring();
+        assert_eq!(engine.status(), DmaEngineStatus::Done, "{id}: copy failed");
+        support::placement().client(|| {
+            c.benchmark_group(format!("dma_engine_copy_{label}"))
+                .bench_function(id, |b| b.iter(ring));
+        });
+        assert_eq!(engine.status(), DmaEngineStatus::Done, "{id}: copy failed");
+        let mut copied = vec![0u8; size];
+        mem.read_slice(&mut copied, GuestAddress(4 << 20))
+            .expect("read back");
+        assert!(copied.iter().all(|&b| b == 0x5a), "{id}: wrong data");
+        mapper.unmap_all().expect("unmap");
+        drop(dev);
+        drop(mapper);
+        server.stop();
+    }
+}
+
 /// Criterion's mean for `group/id` in ns, if this run wrote it.
 fn mean_ns(group: &str, id: &str, started: SystemTime) -> Option<f64> {
     support::estimate(group, id, started).map(|e| e.mean)
@@ -289,6 +466,19 @@ fn main() {
         bench_read_ours(&mut criterion, size, label, false);
         bench_read_ours(&mut criterion, size, label, true);
         bench_read_floor(&mut criterion, size, label);
+    }
+    for (size, label) in READ_SIZES {
+        if !support::selected(&format!("dma_mode_read_{label}"))
+            && !support::selected(&format!("dma_mode_write_{label}"))
+        {
+            continue;
+        }
+        bench_modes(&mut criterion, size, label);
+    }
+    for (size, label) in READ_SIZES {
+        if support::selected(&format!("dma_engine_copy_{label}")) {
+            bench_engine(&mut criterion, size, label);
+        }
     }
     criterion.final_summary();
 
@@ -331,6 +521,46 @@ fn main() {
             if let (Some(f), true) = (floor, id != "floor") {
                 line(format!("throughput {group} {id}/floor = {:.2}", f / m));
             }
+        }
+    }
+    for (size, label) in READ_SIZES {
+        for dir in ["read", "write"] {
+            let group = format!("dma_mode_{dir}_{label}");
+            let mapped = mean_ns(&group, "fd-mapped", started);
+            let messages = mean_ns(&group, "message-only", started);
+            for (id, m) in [("fd-mapped", mapped), ("message-only", messages)] {
+                if let Some(m) = m {
+                    let gb_s = size as f64 / m;
+                    line(format!(
+                        "mean {group}/{id} = {:.2} µs ({gb_s:.2} GB/s)",
+                        m / 1000.0
+                    ));
+                }
+            }
+            if let (Some(f), Some(m)) = (mapped, messages) {
+                line(format!(
+                    "cost {group} message-only/fd-mapped = {:.1}x",
+                    m / f
+                ));
+            }
+        }
+        let group = format!("dma_engine_copy_{label}");
+        let mapped = mean_ns(&group, "fd-mapped", started);
+        let messages = mean_ns(&group, "message-only", started);
+        for (id, m) in [("fd-mapped", mapped), ("message-only", messages)] {
+            if let Some(m) = m {
+                line(format!(
+                    "mean {group}/{id} = {:.2} µs ({:.2} GB/s copied)",
+                    m / 1000.0,
+                    size as f64 / m
+                ));
+            }
+        }
+        if let (Some(f), Some(m)) = (mapped, messages) {
+            line(format!(
+                "cost {group} message-only/fd-mapped = {:.1}x",
+                m / f
+            ));
         }
     }
 }

@@ -161,16 +161,22 @@ fn killed_and_restarted_mid_io_three_times_dma_and_msix_work_after() {
         // A vCPU keeps reading a register while the server goes away and comes back.
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));
+        let (first_read, read_once) = std::sync::mpsc::channel();
         let vcpu = {
             let (dev, stop, reads) = (dev.clone(), stop.clone(), reads.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let v = mmio_u32(&mut dev.lock().unwrap(), DmaEngine::REG_STATUS);
                     assert!(v == 1 || v == 0 || v == u32::MAX, "status {v:#x}");
-                    reads.fetch_add(1, Ordering::Relaxed);
+                    if reads.fetch_add(1, Ordering::Relaxed) == 0 {
+                        let _ = first_read.send(());
+                    }
                 }
             })
         };
+        // The vCPU is under way before the server goes (on a loaded machine the thread may
+        // not have run yet).
+        read_once.recv().unwrap();
         server.kill();
         wait_state(&event, state, ConnectionState::Reconnecting);
         {

@@ -9,6 +9,11 @@
 //! With KVM it checks that the guest's accesses to the engine's mappable buffer (a KVM
 //! memory slot) and its doorbell writes (a KVM ioeventfd) cause no exit to the VMM, and
 //! prints the exit counts.
+//!
+//! The `--migrate` scenario too: the guest loops on the engine, is live-migrated mid-loop
+//! (pre-copy, stop, device data, PCI state, vCPU registers, guest memory) to a second VMM
+//! with a second server, finishes its loop there with every copy checked, and the
+//! downtime is printed. The KVM variant follows the same rule for a missing `/dev/kvm`.
 
 use std::io::Write;
 
@@ -167,4 +172,66 @@ fn a_stalled_device_does_not_hold_up_the_host_bridge() {
     });
     vmm.unplug().unwrap();
     server.stop();
+}
+
+fn check_migration(report: &vmm::migrate::MigrationReport) {
+    assert_eq!(report.mailbox, 0x600d, "every copy checked: {report}");
+    assert_eq!(report.iterations, vmm::migrate::ITERATIONS, "{report}");
+    assert!(
+        report.stopped_at > vmm::migrate::PRE_COPY_FROM
+            && report.stopped_at < vmm::migrate::ITERATIONS,
+        "moved mid-loop: {report}"
+    );
+    assert_eq!(report.rounds, vmm::migrate::PRE_COPY_ROUNDS, "{report}");
+    assert!(report.device_bytes.1 > 0, "device data moved: {report}");
+    assert!(report.in_flight, "a copy in flight at the stop: {report}");
+    assert!(
+        report.interrupts.1 > 0,
+        "MSI-X on the destination: {report}"
+    );
+    assert_eq!(
+        report.interrupts.0 + report.interrupts.1,
+        u64::from(vmm::migrate::ITERATIONS),
+        "one interrupt per copy: {report}"
+    );
+    assert!(report.ok(), "{report}");
+    // Straight to stderr: the downtime is the point of the run.
+    let _ = writeln!(std::io::stderr(), "{report}");
+}
+
+#[test]
+fn rust_guest_is_migrated_mid_loop_to_a_second_vmm() {
+    let report = vmm::migrate::run(false).unwrap();
+    assert_eq!(report.guest, "Rust");
+    assert!(!report.kvm_dirty_log);
+    // Without a log of the guest's writes, all of memory is copied at the stop.
+    assert!(report.pages.1 >= 16, "{report}");
+    check_migration(&report);
+}
+
+#[test]
+fn kvm_guest_is_migrated_mid_loop_to_a_second_vmm() {
+    if let Some(reason) = vmm::kvm_unavailable() {
+        let required = std::env::var("VFIO_USER_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "VFIO_USER_REQUIRE_KVM=1 but KVM is not usable: {reason}"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED kvm_guest_is_migrated_mid_loop_to_a_second_vmm: {reason} \
+             (VFIO_USER_REQUIRE_KVM=1 makes this a failure)"
+        );
+        return;
+    }
+    let report = vmm::migrate::run(true).unwrap();
+    assert_eq!(report.guest, "KVM");
+    if !report.kvm_dirty_log {
+        let _ = writeln!(
+            std::io::stderr(),
+            "kvm_guest_is_migrated_mid_loop_to_a_second_vmm: KVM gives no dirty log here; \
+             guest memory was copied whole at the stop"
+        );
+    }
+    check_migration(&report);
 }

@@ -33,7 +33,9 @@
 //! write and the buffer accesses reach the server without an exit to the VMM: the report
 //! counts the exits per access.
 //!
-//! `cargo run --example vmm` (add `-- --rust-guest` to skip KVM).
+//! `cargo run --example vmm` (add `-- --rust-guest` to skip KVM). With `-- --migrate` the
+//! guest loops on the engine instead and is live-migrated mid-loop to a second VMM instance
+//! with a second server (see [`migrate`]); the example prints the downtime.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -59,6 +61,9 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::DevicePio;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+#[path = "migrate.rs"]
+pub mod migrate;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Subscriber = Box<dyn MutEventSubscriber + Send>;
@@ -998,6 +1003,22 @@ fn main() -> std::process::ExitCode {
     };
     if let Some(reason) = &reason {
         println!("{reason}: running the Rust guest driver instead");
+    }
+    if std::env::args().any(|a| a == "--migrate") {
+        return match migrate::run(reason.is_none()) {
+            Ok(report) if report.ok() => {
+                println!("{report}");
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(report) => {
+                eprintln!("{report}");
+                std::process::ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("vmm: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     match run(reason.is_none()) {
         Ok(report) if report.ok() => {

@@ -6,7 +6,7 @@
 //! load into the config-space shadow; with mode bit [`UNCHECKED`], the load alone.
 
 use vfio_user_client::fuzzing::PciConfigShadow;
-use vfio_user_client::pci::{DeviceIdentity, Error, PciState, PCI_STATE_VERSION};
+use vfio_user_client::pci::{DeviceIdentity, Error, PciState};
 
 use super::input::Input;
 use super::pci_config::{Device, CONFIG_LEN};
@@ -50,7 +50,7 @@ pub fn pci_state(data: &[u8]) {
         return;
     }
     let result = restored.restore_pci_state(&identity, &state);
-    if state.version() != PCI_STATE_VERSION {
+    if state.version() != PciState::VERSION {
         assert!(
             matches!(result, Err(Error::StateVersion { .. })),
             "{result:?}"

@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     /// Signalled once when the connection ends, for owners that poll.
     pub(super) disconnect_event: EventFd,
     pub(super) handler: Mutex<Option<Arc<dyn ServerRequestHandler>>>,
+    /// The DMA layer's state for this connection (its one table of windows, shared by every
+    /// mapper), kept here untyped because the connection sits below the DMA layer.
+    pub(crate) dma_space: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
     on_disconnect: Mutex<Vec<DisconnectCallback>>,
     /// fd limit for messages we send (the server's `max_msg_fds`).
     pub(super) max_send_fds: AtomicUsize,
@@ -130,6 +133,7 @@ impl Inner {
             kick,
             disconnect_event,
             handler: Mutex::new(None),
+            dma_space: Mutex::new(None),
             on_disconnect: Mutex::new(Vec::new()),
             max_send_fds: AtomicUsize::new(1),
             max_send_size: AtomicUsize::new(usize::MAX),

@@ -14,24 +14,37 @@
 //! * A **mapping** (window) is `iova..iova + size` of the server's DMA address space, backed
 //!   by `gpa..gpa + size` of guest memory, lying inside one guest memory region. When that
 //!   region is a shared file mapping, DMA_MAP carries its fd and offset and the server maps
-//!   it; otherwise no fd is sent and the server reaches the window through DMA_READ /
-//!   DMA_WRITE messages, which the mapper answers from the same table.
+//!   it; otherwise (or in [`DmaMode::MessageOnly`], always) no fd is sent and the server
+//!   reaches the window through DMA_READ / DMA_WRITE messages, answered from the same table.
+//! * The **DMA space** of a connection: the server has one DMA address space per
+//!   connection, so a connection has one table of windows and one request handler, shared
+//!   by every [`DmaMapper`] made on it. Each mapper owns its windows (they reach its guest
+//!   memory; only it unmaps them); no two windows overlap, whoever made them.
+//! * **Sharing** ([`GuestMemorySharing`]) chooses the guest memory regions mapped whole at
+//!   their own addresses: all, those a filter selects, or none. The rest is the VMM's to map
+//!   through a [`DmaHandle`], an IOVA range onto a guest-physical range: virtio-mem blocks as
+//!   they are plugged, a vIOMMU's mappings as the guest makes them.
 //! * A **transaction** pipelines maps and unmaps (NOWAIT) and waits once, at commit. Each
 //!   operation is checked locally before it is sent (page alignment, overlap, the server's
 //!   `max_dma_maps`, guest memory bounds), enters the table when it is sent (the server may
 //!   use a window as soon as it has processed the map), and leaves it again if the server
 //!   refuses it: the table always ends up as the server accepted it.
 //!
-//! [`DmaMapper`] shows guest memory shared with a server.
+//! [`DmaMapper`] shows guest memory shared with a server, [`DmaHandle`] IOVA windows and
+//! [`DmaOptions`] the choices of an attach.
 
 mod dirty;
 mod error;
+mod handle;
 mod handler;
+mod options;
 mod replay;
 mod table;
 
 pub use dirty::DirtyLog;
 pub use error::{DmaFailure, DmaOp, Error};
+pub use handle::DmaHandle;
+pub use options::{DmaMode, DmaOptions, GuestMemorySharing, GuestRegionInfo, RegionFilter};
 pub use table::{Access, DmaMapping, MappingKind};
 
 use std::collections::{HashSet, VecDeque};
@@ -47,7 +60,7 @@ use vm_memory::{
 
 use crate::connection::{self, Connection, Handle, PendingReply};
 use crate::protocol::{Command, DmaMap, DmaUnmap};
-use handler::DmaRequestHandler;
+use handler::{DmaSpace, MemorySource};
 use table::Table;
 
 /// Outstanding NOWAIT operations of one transaction before the older half is collected.
@@ -121,11 +134,17 @@ impl DmaLimits {
 
 /// Maps guest memory for one connection's server and serves its DMA requests.
 ///
-/// Creating it installs its DMA_READ / DMA_WRITE handler on the connection (replacing any other
-/// handler). Operations take the table's write lock only briefly and never across a wait, so
-/// DMA requests keep being served while a transaction waits for its replies. Dropping the
-/// mapper leaves the handler installed and the windows mapped (the server may still use
-/// them); call [`DmaMapper::unmap_all`] first to tear them down.
+/// A connection has one table of windows and one DMA_READ / DMA_WRITE handler, shared by
+/// every mapper made on it: the first mapper installs the handler (replacing any other), and
+/// each mapper's windows are served from its own guest memory. Windows of different mappers
+/// may not overlap (the server has one DMA address space), and the server's `max_dma_maps`
+/// counts them all. [`DmaMapper::mappings`] and [`DmaMapper::unmap_all`] see only the
+/// mapper's own windows.
+///
+/// Operations take the table's write lock only briefly and never across a wait, so DMA
+/// requests keep being served while a transaction waits for its replies. Dropping the
+/// mapper leaves the windows mapped and served (the server may still use them); call
+/// [`DmaMapper::unmap_all`] first to tear them down.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -166,8 +185,14 @@ pub struct DmaMapper<AS> {
     connection: Handle,
     limits: DmaLimits,
     memory: AS,
+    /// The connection's one table (in `space`), shared with its other mappers.
     table: Arc<RwLock<Table>>,
     dirty: Arc<DirtyLog>,
+    space: Arc<DmaSpace>,
+    /// This mapper's id in the table: its windows, and the guest memory they reach.
+    owner: u64,
+    /// Which guest memory regions [`DmaMapper::sync_guest_memory`] shares.
+    sharing: GuestMemorySharing,
     /// Serialises hot-plug syncs so two of them do not both map a new region.
     sync: Mutex<()>,
 }
@@ -202,22 +227,66 @@ where
 
     /// A mapper with explicit limits (tests, or limits below what was negotiated).
     pub fn with_limits(conn: &Connection, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
+        DmaMapper::on(conn, limits, memory, None)
+    }
+
+    /// A mapper on `conn` (a new connection, after a reconnect) for the same guest memory,
+    /// with this one's sharing, mode and dirty log (when the connection has no DMA space
+    /// yet) and no windows: what a replay of [`DmaMapper::mappings`] starts from. The mode
+    /// must carry over: a message-only device stays message-only on its new connection.
+    pub(crate) fn successor(&self, conn: &Connection) -> DmaMapper<AS> {
+        let options = DmaOptions {
+            guest_memory: self.sharing.clone(),
+            mode: self.mode(),
+        };
+        let dirty = Some(Arc::clone(&self.dirty));
+        DmaMapper::on(conn, DmaLimits::of(conn), self.memory.clone(), dirty).with_options(&options)
+    }
+
+    fn on(
+        conn: &Connection,
+        limits: DmaLimits,
+        memory: AS,
+        dirty: Option<Arc<DirtyLog>>,
+    ) -> DmaMapper<AS> {
         let connection = conn.handle();
-        let table = Arc::new(RwLock::new(Table::default()));
-        let dirty = Arc::new(DirtyLog::default());
-        connection.set_request_handler(Some(Arc::new(DmaRequestHandler {
-            table: Arc::clone(&table),
+        let space = DmaSpace::of(&connection, limits.max_data_xfer_size, dirty);
+        let owner = space.new_owner();
+        let source = MemorySource {
             memory: memory.clone(),
-            dirty: Arc::clone(&dirty),
-            max_data_xfer_size: limits.max_data_xfer_size,
-        })));
+        };
+        write(&space.table).add_source(owner, Arc::new(source));
         DmaMapper {
             connection,
             limits,
             memory,
-            table,
-            dirty,
+            table: Arc::clone(&space.table),
+            dirty: Arc::clone(&space.dirty),
+            space,
+            owner,
+            sharing: GuestMemorySharing::All,
             sync: Mutex::new(()),
+        }
+    }
+
+    /// Applies `options`: which guest memory [`DmaMapper::map_guest_memory`] and
+    /// [`DmaMapper::sync_guest_memory`] share, and the [`DmaMode`]. Call it before mapping
+    /// anything. [`DmaMode::MessageOnly`] holds for the whole connection from then on,
+    /// whichever mapper maps.
+    pub fn with_options(mut self, options: &DmaOptions) -> DmaMapper<AS> {
+        self.sharing = options.guest_memory.clone();
+        if options.mode == DmaMode::MessageOnly {
+            self.space.set_message_only();
+        }
+        self
+    }
+
+    /// How the server reaches guest memory through this connection's windows.
+    pub fn mode(&self) -> DmaMode {
+        if self.space.message_only() {
+            DmaMode::MessageOnly
+        } else {
+            DmaMode::Mapped
         }
     }
 
@@ -231,14 +300,21 @@ where
         &self.dirty
     }
 
-    /// The live mappings, by IOVA.
+    /// The live mappings this mapper made, by IOVA.
     pub fn mappings(&self) -> Vec<DmaMapping> {
-        read(&self.table).iter().copied().collect()
+        read(&self.table)
+            .iter()
+            .filter(|m| m.owner == self.owner)
+            .copied()
+            .collect()
     }
 
-    /// Number of live mappings.
+    /// Number of live mappings this mapper made.
     pub fn len(&self) -> usize {
-        read(&self.table).len()
+        read(&self.table)
+            .iter()
+            .filter(|m| m.owner == self.owner)
+            .count()
     }
 
     /// Whether nothing is mapped.
@@ -258,9 +334,10 @@ where
         }
     }
 
-    /// Maps every region of the current guest memory at its own guest address, in one
-    /// transaction. Every region is checked before anything is sent; regions already mapped
-    /// this way are left alone.
+    /// Maps every region of the current guest memory that the [`GuestMemorySharing`]
+    /// selects (all of them by default) at its own guest address, in one transaction. Every
+    /// region is checked before anything is sent; regions already mapped this way are left
+    /// alone.
     pub fn map_guest_memory(&self) -> Result<(), Error> {
         self.sync_guest_memory()
     }
@@ -268,18 +345,22 @@ where
     /// Brings the guest-memory mappings in step with the current snapshot of guest memory
     /// (after a hot-plug through a [`vm_memory::GuestMemoryAtomic`]): regions that appeared
     /// are mapped, regions that went are unmapped, in one transaction. A region counts as the
-    /// same when its guest address, size, host address and permissions are.
+    /// same when its guest address, size, host address and permissions are. Only regions the
+    /// [`GuestMemorySharing`] selects are mapped (a region it stops selecting is unmapped);
+    /// windows mapped with [`DmaMapper::map`] are left alone.
     pub fn sync_guest_memory(&self) -> Result<(), Error> {
         let _sync = crate::sync::lock(&self.sync);
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
-        let current: HashSet<(u64, u64, usize, Access)> = mem
+        let shared: Vec<&<AS::M as GuestMemoryBackend>::R> =
+            mem.iter().filter(|r| self.shares(*r)).collect();
+        let current: HashSet<(u64, u64, usize, Access)> = shared
             .iter()
             .map(|r| (r.start_addr().0, r.len(), r.host_base(), r.dma_access()))
             .collect();
         let mapped: Vec<DmaMapping> = read(&self.table)
             .iter()
-            .filter(|m| m.kind == MappingKind::GuestRegion)
+            .filter(|m| m.kind == MappingKind::GuestRegion && m.owner == self.owner)
             .copied()
             .collect();
         let known: HashSet<(u64, u64, usize, Access)> = mapped
@@ -290,8 +371,8 @@ where
             .iter()
             .filter(|m| !current.contains(&(m.gpa, m.size, m.host_region, m.access)))
             .collect();
-        let new: Vec<&<AS::M as GuestMemoryBackend>::R> = mem
-            .iter()
+        let new: Vec<&<AS::M as GuestMemoryBackend>::R> = shared
+            .into_iter()
             .filter(|r| {
                 !known.contains(&(r.start_addr().0, r.len(), r.host_base(), r.dma_access()))
             })
@@ -358,6 +439,20 @@ where
         tx.commit()
     }
 
+    /// Whether the sharing selects guest memory region `r`.
+    fn shares(&self, r: &<AS::M as GuestMemoryBackend>::R) -> bool {
+        match &self.sharing {
+            GuestMemorySharing::All => true,
+            GuestMemorySharing::None => false,
+            GuestMemorySharing::Filter(filter) => filter(&GuestRegionInfo {
+                gpa: r.start_addr().0,
+                size: r.len(),
+                access: r.dma_access(),
+                shared_file: r.shared_file().is_some(),
+            }),
+        }
+    }
+
     /// The checks that need no table: non-empty, no wrap-around, page alignment.
     fn check_window(&self, op: DmaOp) -> Result<(), Error> {
         let (DmaOp::Map { iova, size } | DmaOp::Unmap { iova, size }) = op;
@@ -420,6 +515,13 @@ where
             mapping,
             fd: file.map(|(fd, _)| fd),
         })
+    }
+}
+
+impl<AS> Drop for DmaMapper<AS> {
+    fn drop(&mut self) {
+        // Windows left mapped stay served from this mapper's memory.
+        write(&self.table).release_source(self.owner);
     }
 }
 
@@ -512,7 +614,10 @@ where
             return Err(Error::NoAccess { op, gpa });
         }
         let in_region = gpa - region.start_addr().0;
-        let file = match region.shared_file() {
+        let shared_file = region
+            .shared_file()
+            .filter(|_| !mapper.space.message_only());
+        let file = match shared_file {
             Some(fo) => Some((
                 fo.file().as_raw_fd(),
                 fo.start()
@@ -529,6 +634,7 @@ where
             fd_backed: file.is_some(),
             kind,
             host_region: region.host_base(),
+            owner: mapper.owner,
         };
         let mut table = write(&mapper.table);
         let planned = mapper.plan_map(&mut table, mapping, file, &mut self.payload)?;
@@ -548,6 +654,10 @@ where
         let mapper = self.mapper;
         let op = DmaOp::Unmap { iova, size };
         let mut table = write(&mapper.table);
+        // Only the mapper's own windows: another mapper's are not its to take down.
+        if table.owner_at(iova) != Some(mapper.owner) {
+            return Err(Error::NoSuchMapping { op });
+        }
         let removed = table
             .remove_exact(iova, size)
             .ok_or(Error::NoSuchMapping { op })?;

@@ -4,13 +4,9 @@
 //! Replaying a mapper's table on a new connection (after a reconnect): the same windows,
 //! with the same guest memory and fds, for a server that holds none of them.
 
-use std::sync::{Arc, Mutex, RwLock};
-
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 
-use super::handler::DmaRequestHandler;
-use super::table::Table;
-use super::{read, DmaLimits, DmaMapper, DmaRegion, Error};
+use super::{DmaMapper, DmaRegion, Error};
 use crate::connection::Connection;
 
 impl<AS> DmaMapper<AS>
@@ -21,32 +17,18 @@ where
 {
     /// A mapper on `conn` (a new connection to a server that holds no mapping) with this
     /// mapper's windows mapped again there, in one pipelined transaction: each window onto
-    /// the same guest memory, with its region's fd when it is a shared file mapping. The
-    /// new mapper serves the server's DMA_READ / DMA_WRITE on `conn` and shares this one's
-    /// dirty log. A window whose guest memory region went meanwhile (hot-unplug) is left
+    /// the same guest memory, with its region's fd when it is a shared file mapping (never
+    /// in [`DmaMode::MessageOnly`](super::DmaMode::MessageOnly), which carries over). The
+    /// new mapper serves the server's DMA_READ / DMA_WRITE on `conn` (the connection's one
+    /// handler) and shares this one's dirty log and sharing choice. A window whose guest memory region went meanwhile (hot-unplug) is left
     /// out; [`DmaMapper::sync_guest_memory`] maps regions that appeared.
     ///
     /// On failure the new mapper is dropped: the server keeps what it accepted until the
     /// caller closes the new connection (a failed replay is a failed reconnect attempt).
     pub fn replay_on(&self, conn: &Connection) -> Result<DmaMapper<AS>, Error> {
-        let limits = DmaLimits::of(conn);
-        let connection = conn.handle();
-        let table = Arc::new(RwLock::new(Table::default()));
-        connection.set_request_handler(Some(Arc::new(DmaRequestHandler {
-            table: Arc::clone(&table),
-            memory: self.memory.clone(),
-            dirty: Arc::clone(&self.dirty),
-            max_data_xfer_size: limits.max_data_xfer_size,
-        })));
-        let mapper = DmaMapper {
-            connection,
-            limits,
-            memory: self.memory.clone(),
-            table,
-            dirty: Arc::clone(&self.dirty),
-            sync: Mutex::new(()),
-        };
-        let windows: Vec<_> = read(&self.table).iter().copied().collect();
+        // Same memory, sharing, mode (message-only stays so) and dirty log.
+        let mapper = self.successor(conn);
+        let windows = self.mappings();
         let guard = self.memory.memory();
         let mem: &AS::M = &guard;
         let mut tx = mapper.transaction();

@@ -5,6 +5,10 @@
 //! DMA request into guest-physical pieces.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::handler::GuestSource;
 
 /// What the server may do with a window (the DMA_MAP READ/WRITE flags).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -64,6 +68,9 @@ pub struct DmaMapping {
     /// Host address of the guest memory region the window lies in, to recognise the region
     /// across memory snapshots (0 when the region has no host mapping).
     pub(crate) host_region: usize,
+    /// The mapper that made the window (whose guest memory it reaches): a connection's
+    /// mappers share one table, as the server has one DMA address space per connection.
+    pub(crate) owner: u64,
 }
 
 impl DmaMapping {
@@ -78,15 +85,46 @@ impl DmaMapping {
 pub(crate) struct Piece {
     pub(crate) gpa: u64,
     pub(crate) len: usize,
+    /// The window's owner, whose guest memory holds the piece.
+    pub(crate) owner: u64,
 }
 
-/// Live windows by first IOVA; windows never overlap.
-#[derive(Debug, Default)]
+/// Live windows by first IOVA (windows never overlap), and the guest memory of each mapper
+/// that owns windows, so that one handler serves every window of a connection.
+#[derive(Default)]
 pub(crate) struct Table {
     map: BTreeMap<u64, DmaMapping>,
+    sources: BTreeMap<u64, Arc<dyn GuestSource>>,
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("map", &self.map)
+            .field("owners", &self.sources.len())
+            .finish()
+    }
 }
 
 impl Table {
+    /// Registers the guest memory of mapper `owner`.
+    pub(crate) fn add_source(&mut self, owner: u64, source: Arc<dyn GuestSource>) {
+        self.sources.insert(owner, source);
+    }
+
+    /// Forgets mapper `owner`'s guest memory, unless windows of its are still live (a mapper
+    /// dropped without unmapping leaves them served).
+    pub(crate) fn release_source(&mut self, owner: u64) {
+        if !self.map.values().any(|m| m.owner == owner) {
+            self.sources.remove(&owner);
+        }
+    }
+
+    /// The guest memory of mapper `owner`.
+    pub(crate) fn source(&self, owner: u64) -> Option<&Arc<dyn GuestSource>> {
+        self.sources.get(&owner)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -112,6 +150,11 @@ impl Table {
     /// Adds a window; the caller checked that it overlaps nothing.
     pub(crate) fn insert(&mut self, m: DmaMapping) {
         self.map.insert(m.iova, m);
+    }
+
+    /// The owner of the window starting at `iova`.
+    pub(crate) fn owner_at(&self, iova: u64) -> Option<u64> {
+        self.map.get(&iova).map(|m| m.owner)
     }
 
     /// Removes the window that is exactly `iova..iova + size`.
@@ -151,7 +194,11 @@ impl Table {
             let len = usize::try_from(n).map_err(|_| libc::EFAULT)?;
             // One piece per window even when guest addresses run on: each window lies in one
             // guest memory region, the next may lie in another.
-            pieces.push(Piece { gpa, len });
+            pieces.push(Piece {
+                gpa,
+                len,
+                owner: m.owner,
+            });
             at += n;
         }
         Ok(pieces)
@@ -171,6 +218,7 @@ mod tests {
             fd_backed: false,
             kind: MappingKind::Iova,
             host_region: 0,
+            owner: 0,
         }
     }
 
@@ -206,15 +254,18 @@ mod tests {
             Ok(vec![
                 Piece {
                     gpa: 0x10800,
-                    len: 0x800
+                    len: 0x800,
+                    owner: 0
                 },
                 Piece {
                     gpa: 0x11000,
-                    len: 0x1000
+                    len: 0x1000,
+                    owner: 0
                 },
                 Piece {
                     gpa: 0x50000,
-                    len: 0x800
+                    len: 0x800,
+                    owner: 0
                 }
             ])
         );
@@ -227,7 +278,7 @@ mod tests {
 
     proptest::proptest! {
         /// `translate` agrees with a byte-by-byte model: every byte of the range in a window
-        /// granting the access, mapped to that window's guest address, or the first byte's
+        /// granting the access, mapped to that window's guest address and owner, or the first byte's
         /// error (EFAULT outside every window, EPERM in a window without the access).
         #[test]
         fn translate_matches_a_byte_model(
@@ -240,7 +291,8 @@ mod tests {
             for (iova, size, gpa, writable) in windows {
                 let access = Access { read: true, write: writable };
                 if t.overlapping(iova, iova + size).is_none() {
-                    t.insert(m(iova, size, gpa, access));
+                    // Windows of three owners (mappers sharing the connection's table).
+                    t.insert(DmaMapping { owner: iova % 3, ..m(iova, size, gpa, access) });
                 }
             }
             let need = Access { read: !write_access, write: write_access };
@@ -250,14 +302,14 @@ mod tests {
                 match (w, &mut model) {
                     (None, Ok(_)) => model = Err(libc::EFAULT),
                     (Some(w), Ok(_)) if !w.access.allows(need) => model = Err(libc::EPERM),
-                    (Some(w), Ok(bytes)) => bytes.push(w.gpa + (byte - w.iova)),
+                    (Some(w), Ok(bytes)) => bytes.push((w.gpa + (byte - w.iova), w.owner)),
                     (_, Err(_)) => {}
                 }
             }
             let got = t.translate(address, count, need).map(|pieces| {
                 pieces
                     .iter()
-                    .flat_map(|p| p.gpa..p.gpa + p.len as u64)
+                    .flat_map(|p| (p.gpa..p.gpa + p.len as u64).map(move |g| (g, p.owner)))
                     .collect::<Vec<_>>()
             });
             proptest::prop_assert_eq!(got, model);

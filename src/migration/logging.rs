@@ -564,6 +564,7 @@ mod tests {
             fd_backed: true,
             kind: MappingKind::Iova,
             host_region: 0,
+            owner: 0,
         }
     }
 

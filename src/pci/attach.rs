@@ -31,7 +31,7 @@ use super::{
 };
 use crate::connection::{ConnectOptions, Connection};
 use crate::device::{DeviceOptions, IrqAction, VfioUserDevice};
-use crate::dma::DmaRegion;
+use crate::dma::{DmaOptions, DmaRegion};
 
 /// Largest config space the device serves (PCI Express extended config space).
 const MAX_CONFIG_SIZE: u64 = 4096;
@@ -109,6 +109,10 @@ pub struct AttachOptions {
     /// Reconnect when the connection is lost, and restore the device; `None` (the
     /// default): a lost device stays lost.
     pub reconnect: Option<ReconnectPolicy>,
+    /// Which guest memory the server may reach, and how (default: all of it, shared files
+    /// by fd). See [`DmaOptions`] and [`VfioUserPciDevice::dma`] for the windows the VMM
+    /// maps itself.
+    pub dma: DmaOptions,
 }
 
 impl Default for AttachOptions {
@@ -119,6 +123,7 @@ impl Default for AttachOptions {
             reset: true,
             bars: BarPlacement::default(),
             reconnect: None,
+            dma: DmaOptions::default(),
         }
     }
 }
@@ -171,7 +176,11 @@ impl Core {
             event_loop: None,
         };
         dev.place_bars(&options.bars)?;
-        dev.dma = Some(memory::map_guest_memory(dev.device.connection(), memory)?);
+        dev.dma = Some(memory::map_guest_memory(
+            dev.device.connection(),
+            memory,
+            &options.dma,
+        )?);
         dev.arm_notifiers()?;
         dev.try_sync_interrupts()?;
         Ok(dev)

@@ -47,6 +47,12 @@
 //!   register, BARs, MSI / MSI-X registers and table, emulated pending bits) and
 //!   [`VfioUserPciDevice::restore_pci_state`] applies it to another attach of the same
 //!   device (migration's destination), replaying it to the server.
+//! * **Save and restore**: [`VfioUserPciDevice::save`] writes the [`PciState`] and the
+//!   device data stream (migration v2) to any `Write`, [`VfioUserPciDevice::restore`] reads
+//!   them back into a device attached to another server; a live migration drives the
+//!   pre-copy rounds with its own [`Migration`](crate::migration::Migration) handle and
+//!   [`VfioUserPciDevice::start_dirty_logging`] (the order a VMM follows is on
+//!   [`VfioUserPciDevice::save`], the container on [`SnapshotError`]).
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
 //! [`PciConfig`], modelled on Cloud Hypervisor's `PciDevice`. BAR windows implement
@@ -62,6 +68,7 @@ mod guest;
 mod interrupts;
 mod irq_counts;
 mod memory;
+mod migrate;
 mod msi;
 mod msix;
 mod reconnect;
@@ -75,9 +82,10 @@ pub use attach::{AttachOptions, BarAllocator, BarPlacement};
 pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
+pub use migrate::SnapshotError;
 pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected, SocketSource};
 pub use slots::{BarMapping, Doorbell, GuestSlots};
-pub use state::{DeviceIdentity, PciState, PCI_STATE_VERSION};
+pub use state::{DeviceIdentity, PciState};
 pub use subscriber::PciSubscriber;
 
 use std::fmt;
@@ -93,7 +101,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::connection::EventLoop;
 use crate::device::{self, IrqAction, VfioUserDevice};
-use crate::dma::DmaRegion;
+use crate::dma::{DmaHandle, DmaRegion};
 use crate::error::ConnectionCause;
 use crate::sync::{lock, try_lock};
 use attach::connect;
@@ -327,6 +335,15 @@ impl VfioUserPciDevice {
             Some(dma) => dma.sync(),
             None => Ok(()),
         }
+    }
+
+    /// The device's DMA windows, for the VMM to map and unmap its own (a vIOMMU's IOVA
+    /// mappings, virtio-mem blocks) next to the guest memory shared at attach
+    /// ([`AttachOptions::dma`]); usable from any thread without the device's lock. The
+    /// handle follows the windows across reconnects. `None` only while no guest memory is
+    /// set up.
+    pub fn dma(&self) -> Option<DmaHandle> {
+        self.core().dma.as_ref().map(|d| d.handle())
     }
 
     /// The transport-level device underneath (a new one after each reconnect).

@@ -34,9 +34,6 @@ use super::{Activity, BarKind, Core, Error, InterruptKind};
 use crate::connection::Health;
 use crate::device::VfioUserDevice;
 
-/// The version of [`PciState`] this client writes, and the only one it restores.
-pub const PCI_STATE_VERSION: u32 = 1;
-
 /// What a device is, as far as its state goes: two devices of the same identity take each
 /// other's [`PciState`], and a reconnect accepts only a server offering the same identity.
 /// Compared as a whole; [`DeviceIdentity::difference`] names the first field that differs.
@@ -223,7 +220,7 @@ struct MsixState {
 /// [`VfioUserPciDevice::pci_state`](super::VfioUserPciDevice::pci_state), applied with
 /// [`VfioUserPciDevice::restore_pci_state`](super::VfioUserPciDevice::restore_pci_state) to
 /// a device of the same [`DeviceIdentity`]. Serialisable (serde); versioned
-/// ([`PCI_STATE_VERSION`]), and a state of another version is refused.
+/// ([`PciState::VERSION`]), and a state of another version is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciState {
     version: u32,
@@ -237,6 +234,9 @@ pub struct PciState {
 }
 
 impl PciState {
+    /// The version of [`PciState`] this client writes, and the only one it restores.
+    pub const VERSION: u32 = 1;
+
     /// The identity of the device the state was taken from.
     pub fn identity(&self) -> &DeviceIdentity {
         &self.identity
@@ -339,7 +339,7 @@ pub(crate) fn capture(
     pending: Vec<u32>,
 ) -> PciState {
     PciState {
-        version: PCI_STATE_VERSION,
+        version: PciState::VERSION,
         identity: identity.clone(),
         command: shadow.command,
         bars: shadow
@@ -374,10 +374,10 @@ pub(crate) fn checked_load(
     shadow: &ConfigShadow,
     state: &PciState,
 ) -> Result<ConfigShadow, Error> {
-    if state.version != PCI_STATE_VERSION {
+    if state.version != PciState::VERSION {
         return Err(Error::StateVersion {
             found: state.version,
-            supported: PCI_STATE_VERSION,
+            supported: PciState::VERSION,
         });
     }
     identity.check(&state.identity)?;
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn a_state_survives_serde_and_keeps_its_version() {
         let state = PciState {
-            version: PCI_STATE_VERSION,
+            version: PciState::VERSION,
             identity: identity(),
             command: 0x0406,
             bars: vec![BarState {
