@@ -12,10 +12,10 @@ use std::ops::RangeInclusive;
 
 use crate::migration::{self, DirtyBitmap, DirtyRange};
 use crate::pci::shadow::{self, ConfigRead, ConfigShadow};
-use crate::pci::state;
+use crate::pci::{migrate, state};
 use crate::pci::{
     BarInfo, BarReprogramming, DeviceIdentity, Error, InterruptKind, InterruptMode, MsiMessage,
-    PciState,
+    PciState, SnapshotError,
 };
 use crate::protocol::DmaLoggingReport;
 
@@ -186,4 +186,25 @@ pub fn take_report(
 /// A dirty bitmap of `ranges` at `page_size`, as `Migration::dirty_report` returns.
 pub fn dirty_bitmap(page_size: u64, ranges: Vec<DirtyRange>) -> DirtyBitmap {
     DirtyBitmap::new(page_size, ranges)
+}
+
+/// Reads a saved device's container as `VfioUserPciDevice::restore` does, without the
+/// device: the head's PCI state, then the device data into `data`. Returns the state, the
+/// device data bytes, and how many bytes of `input` the container took.
+pub fn read_snapshot(
+    input: &[u8],
+    data: &mut Vec<u8>,
+) -> Result<(PciState, u64, usize), SnapshotError> {
+    let mut rest = input;
+    let state = migrate::read_head(&mut rest)?;
+    let total = migrate::load_data(&mut rest, data)?;
+    Ok((state, total, input.len() - rest.len()))
+}
+
+/// The container `VfioUserPciDevice::save` writes for `state` and the device data `data`.
+pub fn write_snapshot(state: &PciState, data: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::new();
+    migrate::write_head(&mut out, state)?;
+    migrate::save_data(&mut { data }, &mut out)?;
+    Ok(out)
 }

@@ -26,6 +26,8 @@ pub mod recv;
 pub mod region_info;
 #[path = "seeds.rs"]
 pub mod seeds;
+#[path = "snapshot.rs"]
+pub mod snapshot;
 
 /// A target's body: takes one input, panics on a finding.
 pub type Body = fn(&[u8]);
@@ -39,4 +41,5 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("recv_stream", recv::recv_stream),
     ("dirty_report", dirty_report::dirty_report),
     ("pci_state", pci_state::pci_state),
+    ("snapshot", snapshot::snapshot),
 ];

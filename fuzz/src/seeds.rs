@@ -14,7 +14,9 @@ use vfio_bindings::bindings::vfio::{
     VFIO_MIGRATION_STOP_COPY, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
+use vfio_user_client::fuzzing::write_snapshot;
 use vfio_user_client::negotiate::Offer;
+use vfio_user_client::pci::PciState;
 use vfio_user_client::protocol::{
     Command, DeviceFeature, DeviceInfo, DeviceState, DirtyBitmap, DirtyPages, DirtyPagesRange,
     DmaAccess, DmaLoggingReport, DmaLoggingStart, DmaMap, DmaUnmap, Header, IoFdsLayout,
@@ -45,6 +47,7 @@ pub fn all() -> Vec<Seed> {
     out.extend(recv());
     out.extend(dirty_report());
     out.extend(pci_state());
+    out.extend(snapshot());
     out
 }
 
@@ -744,7 +747,9 @@ fn dirty_report() -> Vec<Seed> {
     ]
 }
 
-fn pci_state() -> Vec<Seed> {
+/// The device of [`pci_device`] and a state of it with BAR0 placed, MSI addressed and
+/// MSI-X enabled.
+fn device_state() -> (Vec<u8>, PciState) {
     let (discovery, msi, msix) = pci_device();
     let mut input = Input::new(&discovery);
     let device = Device::read(&mut input);
@@ -760,7 +765,13 @@ fn pci_state() -> Vec<Seed> {
         let len = if offset == 2 { 2 } else { 4 };
         shadow.write(reg, offset, &value[..len]);
     }
-    let state = serde_json::to_vec(&shadow.pci_state(&identity)).expect("a state serialises");
+    let state = shadow.pci_state(&identity);
+    (discovery, state)
+}
+
+fn pci_state() -> Vec<Seed> {
+    let (discovery, state) = device_state();
+    let state = serde_json::to_vec(&state).expect("a state serialises");
     let text = String::from_utf8(state.clone()).expect("JSON is UTF-8");
     let other = text
         .replacen("\"version\":1", "\"version\":2", 1)
@@ -783,5 +794,19 @@ fn pci_state() -> Vec<Seed> {
             "seed-unchecked".to_owned(),
             seed(UNCHECKED, &state),
         ),
+    ]
+}
+
+fn snapshot() -> Vec<Seed> {
+    let (_, state) = device_state();
+    let data: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+    let container = write_snapshot(&state, &data).expect("a container is written");
+    let empty = write_snapshot(&state, &[]).expect("a container is written");
+    let mut followed = container.clone();
+    followed.extend_from_slice(b"the VMM's own state follows");
+    vec![
+        ("snapshot", "seed-container".to_owned(), container),
+        ("snapshot", "seed-no-device-data".to_owned(), empty),
+        ("snapshot", "seed-followed".to_owned(), followed),
     ]
 }

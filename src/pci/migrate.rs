@@ -190,7 +190,7 @@ fn read_len(input: &mut impl Read, what: &'static str, max: u32) -> Result<u32, 
 }
 
 /// Writes the container's head: magic, version, flags and the PCI state.
-fn write_head(out: &mut impl Write, state: &PciState) -> Result<(), SnapshotError> {
+pub(crate) fn write_head(out: &mut impl Write, state: &PciState) -> Result<(), SnapshotError> {
     let json = serde_json::to_vec(state).map_err(SnapshotError::BadState)?;
     let len = u32::try_from(json.len())
         .ok()
@@ -210,7 +210,7 @@ fn write_head(out: &mut impl Write, state: &PciState) -> Result<(), SnapshotErro
 }
 
 /// Reads the container's head and returns its PCI state (its version checked).
-fn read_head(input: &mut impl Read) -> Result<PciState, SnapshotError> {
+pub(crate) fn read_head(input: &mut impl Read) -> Result<PciState, SnapshotError> {
     let magic: [u8; 8] = read_array(input, "magic")?;
     if magic != SNAPSHOT_MAGIC {
         return Err(SnapshotError::BadMagic(magic));
@@ -244,7 +244,7 @@ fn read_head(input: &mut impl Read) -> Result<PciState, SnapshotError> {
 
 /// Copies the device data from `data` to `out` as chunks, the end mark and the trailer;
 /// returns the bytes copied.
-fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u64, SnapshotError> {
+pub(crate) fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u64, SnapshotError> {
     let mut buf = vec![0u8; SAVE_CHUNK];
     let mut total = 0u64;
     loop {
@@ -272,7 +272,10 @@ fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u64, Snapshot
 
 /// Copies the device data chunks of `input` into `data` and checks the trailer; returns the
 /// bytes copied.
-fn load_data(input: &mut impl Read, data: &mut impl Write) -> Result<u64, SnapshotError> {
+pub(crate) fn load_data(
+    input: &mut impl Read,
+    data: &mut impl Write,
+) -> Result<u64, SnapshotError> {
     let mut buf = Vec::new();
     let mut total = 0u64;
     loop {

@@ -68,7 +68,7 @@ mod guest;
 mod interrupts;
 mod irq_counts;
 mod memory;
-mod migrate;
+pub(crate) mod migrate;
 mod msi;
 mod msix;
 mod reconnect;
