@@ -18,10 +18,10 @@ use vfio_user_client::fuzzing::write_snapshot;
 use vfio_user_client::negotiate::Offer;
 use vfio_user_client::pci::PciState;
 use vfio_user_client::protocol::{
-    Command, DeviceFeature, DeviceInfo, DeviceState, DirtyBitmap, DirtyPages, DirtyPagesRange,
-    DmaAccess, DmaLoggingReport, DmaLoggingStart, DmaMap, DmaUnmap, Header, IoFdsLayout,
-    IoSubregion, IrqInfo, MigData, MigDeviceState, MigrationFeature, RegionAccess, RegionCap,
-    RegionInfo, RegionIoFds, RegionWriteMulti, RegionWriteMultiReply, SetIrqs, ShadowMem, Version,
+    Command, DeviceFeature, DeviceInfo, DeviceState, DirtyPages, DirtyPagesRange, DmaAccess,
+    DmaLoggingReport, DmaLoggingStart, DmaMap, DmaUnmap, Header, IoFdsLayout, IoSubregion, IrqInfo,
+    MigData, MigDeviceState, MigrationFeature, RegionAccess, RegionCap, RegionInfo, RegionIoFds,
+    RegionWriteMulti, RegionWriteMultiReply, SetIrqs, ShadowMem, UnmapBitmap, Version,
     WriteMultiEntry,
 };
 use vfio_user_sample_server::ConfigSpace;
@@ -220,7 +220,7 @@ fn protocol_payloads() -> Vec<(&'static str, Vec<u8>)> {
                     flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
                     address: 0,
                     size: 16 * 4096,
-                    bitmap: Some(DirtyBitmap {
+                    bitmap: Some(UnmapBitmap {
                         pgsize: 4096,
                         size: 2,
                         data: vec![0xff, 0x01],

@@ -73,7 +73,7 @@ impl DmaMap {
 
 /// The deprecated dirty bitmap of a `DMA_UNMAP` with [`VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DirtyBitmap {
+pub struct UnmapBitmap {
     /// Page size each bit stands for.
     pub pgsize: u64,
     /// Size of the bitmap in bytes.
@@ -97,7 +97,7 @@ pub struct DmaUnmap {
     /// Size of the window (0 with `VFIO_DMA_UNMAP_FLAG_ALL`).
     pub size: u64,
     /// The bitmap; present exactly when the GET_DIRTY_BITMAP flag is set.
-    pub bitmap: Option<DirtyBitmap>,
+    pub bitmap: Option<UnmapBitmap>,
 }
 
 impl DmaUnmap {
@@ -151,7 +151,7 @@ impl DmaUnmap {
                 let head = Self::SIZE + Self::BITMAP_HEAD_SIZE;
                 exact_data("dma unmap dirty bitmap", head, rest, bsize)?.to_vec()
             };
-            Some(DirtyBitmap {
+            Some(UnmapBitmap {
                 pgsize,
                 size: bsize,
                 data,
@@ -263,7 +263,7 @@ mod tests {
             flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
             address: 0,
             size: 16 * 4096,
-            bitmap: Some(DirtyBitmap {
+            bitmap: Some(UnmapBitmap {
                 pgsize: 4096,
                 size: 2,
                 data: vec![],
@@ -298,7 +298,7 @@ mod tests {
         let mut out = Vec::new();
         DmaUnmap {
             flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
-            bitmap: Some(DirtyBitmap {
+            bitmap: Some(UnmapBitmap {
                 pgsize: 4096,
                 size: u64::MAX,
                 data: vec![1],

@@ -43,7 +43,7 @@ pub use device::{
     DeviceInfo, DeviceReset, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs,
     ShadowMem,
 };
-pub use dma::{DirtyBitmap, DmaAccess, DmaMap, DmaUnmap};
+pub use dma::{DmaAccess, DmaMap, DmaUnmap, UnmapBitmap};
 pub use header::{Command, DecodeError, Header, MessageType};
 pub use migration::{
     DeviceFeature, DeviceState, DirtyPages, DirtyPagesRange, DmaLoggingReport, DmaLoggingStart,

@@ -114,7 +114,7 @@ proptest! {
     #[test]
     fn dma_unmap_round_trip(argsz: u32, flags: u32, address: u64, size: u64, pgsize: u64, bm in bitmap()) {
         let bitmap = (flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0)
-            .then_some(DirtyBitmap { pgsize, size: bm.0, data: bm.1 });
+            .then_some(UnmapBitmap { pgsize, size: bm.0, data: bm.1 });
         round_trip(&DmaUnmap { argsz, flags, address, size, bitmap }, DmaUnmap::encode_into, DmaUnmap::decode);
     }
 
