@@ -47,12 +47,13 @@ fn replies_read_by_callers_do_not_wake_the_event_loop() {
         assert_eq!(r.payload, i.to_ne_bytes());
     }
     let woken = event_loop_sleeps() - before;
-    // Before the private epoll set, every reply woke the loop (about N). A loaded machine
-    // adds a few wake-ups (a caller preempted while the loop is armed): 28 were seen with
-    // six builds running beside the test, so the bound leaves room for that and still
-    // catches the regression by a factor of 20.
+    // Before the private epoll set, every reply woke the loop (about N). A quiet machine
+    // sees almost none; a loaded one more (28 in a debug build beside six builds, 206 in a
+    // release build beside one, where the count also takes in the loop's other voluntary
+    // switches), so the bound is N/4: it still catches the regression by a factor of 4
+    // without failing on load.
     assert!(
-        woken <= u64::from(N / 20),
+        woken <= u64::from(N / 4),
         "the event loop was woken {woken} times for {N} replies"
     );
     conn.shutdown();
