@@ -6,7 +6,8 @@
 //! MSI-X works on the destination; dirty logging over the device's own mapper; devices
 //! that cannot migrate (the sample server without migration, the crates.io `vfio_user`
 //! server) are `Unsupported` with nothing written; corrupt, truncated and oversized
-//! containers are typed errors.
+//! containers are typed errors. A saved source detaches cleanly (no SET_IRQS or DMA_UNMAP
+//! to a stopped device) and refuses a reset; restored or resumed, it detaches in full.
 
 use std::fs::File;
 use std::io;
@@ -17,6 +18,7 @@ use vfio_user_client::pci::{
     BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, InterruptMode, PciConfig,
     SnapshotError,
 };
+use vfio_user_client::protocol::Command;
 use vfio_user_client::{AttachOptions, ConnectionCause, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{guest_memory, pattern};
 use vfio_user_sample_server::test_support::pci::{
@@ -177,9 +179,8 @@ fn gpio_round_trip(twin: bool) {
     assert_eq!(cfg_read(&mut b.dev, 0x04, 2) & 0x2, 0x2, "memory decoding");
     assert_eq!(b.dev.bars(), a.dev.bars());
     assert_eq!(b.dev.pci_state(), a.dev.pci_state());
-    // The source stays stopped; a stopped device refuses interrupt changes, so it is
-    // dropped rather than detached.
-    drop(a);
+    // The source stays stopped, and detaches cleanly.
+    a.dev.detach().unwrap();
     b.dev.detach().unwrap();
 }
 
@@ -232,9 +233,8 @@ fn engine_round_trip(twin: bool) {
     mem.read_slice(&mut out, GuestAddress(0x20000)).unwrap();
     assert_eq!(out, data[..512]);
     assert!(fired(&b.irqs.fd(InterruptKind::Msix, 0)));
-    // The source stays stopped; a stopped device refuses interrupt changes, so it is
-    // dropped rather than detached.
-    drop(a);
+    // The source stays stopped, and detaches cleanly.
+    a.dev.detach().unwrap();
     b.dev.detach().unwrap();
 }
 
@@ -246,6 +246,106 @@ fn a_dma_engine_moves_mid_copy_and_interrupts_on_the_destination() {
 #[test]
 fn a_dma_engine_moves_mid_copy_twin_socket() {
     engine_round_trip(true);
+}
+
+/// The commands the server received since it had received `since` in all (the server
+/// records them before it answers, so a returned request is in).
+fn commands_since(probe: &Probe, since: u64) -> Vec<Command> {
+    let recent = probe.recent_commands();
+    let new = usize::try_from(probe.commands() - since).unwrap();
+    assert!(new <= recent.len(), "more commands than the probe keeps");
+    recent[recent.len() - new..].to_vec()
+}
+
+/// Whether detach undid the server's side: SET_IRQS and DMA_UNMAP.
+fn server_side_teardown(commands: &[Command]) -> (bool, bool) {
+    (
+        commands.contains(&Command::DeviceSetIrqs),
+        commands.contains(&Command::DmaUnmap),
+    )
+}
+
+/// An engine with guest memory mapped and MSI-X on, saved: left in STOP.
+fn saved_engine(mem: &Arc<GuestMemoryMmap>) -> (Side, Vec<u8>) {
+    let mut a = engine(migrating(), mem, false);
+    program_engine(&mut a.dev);
+    assert!(a.probe.dma_map_count() > 0);
+    let mut saved = Vec::new();
+    a.dev.save(&mut saved).unwrap();
+    assert_eq!(a.probe.migration_state(), DeviceState::Stop);
+    a.irqs.disabled.lock().unwrap().clear();
+    (a, saved)
+}
+
+/// A saved source detaches without SET_IRQS or DMA_UNMAP (a stopped device refuses
+/// them), is not resumed, undoes the VMM's side, and the server drops its side when the
+/// connection closes.
+#[test]
+fn a_saved_device_detaches_leaving_the_server_alone() {
+    let mem = guest_memory(RAM);
+    let (a, _) = saved_engine(&mem);
+    let since = a.probe.commands();
+    a.dev.detach().unwrap();
+    // Only the state asked (Migration::new: PROBE, GET of MIGRATION and of
+    // MIG_DEVICE_STATE): no SET_IRQS, no DMA_UNMAP, no SET of the state.
+    let sent = commands_since(&a.probe, since);
+    assert_eq!(sent, [Command::DeviceFeature; 3]);
+    assert_eq!(*a.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
+    assert!(a
+        .probe
+        .wait_disconnects(1, std::time::Duration::from_secs(10)));
+    assert_eq!(a.probe.dma_map_count(), 0, "dropped on disconnect");
+}
+
+/// A saved device's reset is refused before anything reaches the server.
+#[test]
+fn a_saved_device_refuses_a_reset() {
+    let mem = guest_memory(RAM);
+    let (mut a, _) = saved_engine(&mem);
+    let since = a.probe.commands();
+    assert!(matches!(a.dev.reset(), Err(PciError::Saved)));
+    let sent = commands_since(&a.probe, since);
+    assert!(!sent.contains(&Command::DeviceReset), "{sent:?}");
+    assert_eq!(server_side_teardown(&sent), (false, false), "{sent:?}");
+    assert_eq!(a.probe.migration_state(), DeviceState::Stop);
+    assert!(a.irqs.disabled.lock().unwrap().is_empty());
+    a.dev.detach().unwrap();
+}
+
+/// Saved, then restored onto itself (a snapshot the VM goes on from): RUNNING again, so
+/// detach and reset do their whole work.
+#[test]
+fn a_saved_then_restored_device_detaches_with_the_server_side_teardown() {
+    let mem = guest_memory(RAM);
+    let (mut a, saved) = saved_engine(&mem);
+    a.dev.restore(&saved[..]).unwrap();
+    assert_eq!(a.probe.migration_state(), DeviceState::Running);
+    a.dev.reset().unwrap();
+    program_engine(&mut a.dev);
+    a.irqs.disabled.lock().unwrap().clear();
+    let since = a.probe.commands();
+    a.dev.detach().unwrap();
+    let sent = commands_since(&a.probe, since);
+    assert_eq!(server_side_teardown(&sent), (true, true), "{sent:?}");
+    assert_eq!(*a.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
+}
+
+/// Saved, then taken back to RUNNING through the VMM's own handle (the VM stays on the
+/// source after all): detach asks the server and does its whole work.
+#[test]
+fn a_saved_device_resumed_by_the_vmm_detaches_with_the_server_side_teardown() {
+    let mem = guest_memory(RAM);
+    let (a, _) = saved_engine(&mem);
+    {
+        let device = a.dev.device();
+        let mut migration = Migration::new(&device).unwrap();
+        migration.set_state(DeviceState::Running).unwrap();
+    }
+    let since = a.probe.commands();
+    a.dev.detach().unwrap();
+    let sent = commands_since(&a.probe, since);
+    assert_eq!(server_side_teardown(&sent), (true, true), "{sent:?}");
+    assert_eq!(*a.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
 }
 
 /// A live migration's pieces: pre-copy with dirty logging over the device's own mapper,

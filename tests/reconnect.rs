@@ -7,7 +7,8 @@
 //! transaction under way survives, and the VMM's `EventManager` follows the new
 //! connection, and memory slots and doorbells the device manages follow the new server.
 //! Also the PCI state on its own: saved from one attach, restored onto another (managed
-//! slots follow the restored BARs).
+//! slots follow the restored BARs). A reconnect clears the mark a save left (detach does
+//! its whole work again).
 //! Every wait is on an eventfd (the device's state event, the interrupt eventfds).
 
 use std::fs::File;
@@ -24,6 +25,7 @@ use vfio_user_client::pci::{
     BarInfo, BarKind, BarMapping, BarPlacement, ConnectionState, Doorbell, Error, GuestSlots,
     InterruptKind, InterruptMode, PciConfig, PciState, ReconnectPolicy, Reconnected,
 };
+use vfio_user_client::protocol::Command;
 use vfio_user_client::{AttachOptions, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::{guest_memory, memory, pattern, shared};
 use vfio_user_sample_server::test_support::pci::{
@@ -31,8 +33,8 @@ use vfio_user_sample_server::test_support::pci::{
 };
 use vfio_user_sample_server::test_support::restart::RestartableServer;
 use vfio_user_sample_server::{
-    DmaEngine, DmaEngineHandle, DmaEngineOptions, DmaEngineStatus, GpioDevice, Server,
-    ServerConfig, IRQ_INTX, IRQ_MSIX,
+    DmaEngine, DmaEngineHandle, DmaEngineOptions, DmaEngineStatus, GpioDevice, MigrationConfig,
+    Server, ServerConfig, IRQ_INTX, IRQ_MSIX,
 };
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{MutDeviceMmio, MutDevicePio};
@@ -283,6 +285,50 @@ fn a_server_that_never_comes_back_is_given_up_at_the_deadline() {
     server.restart();
     assert_eq!(dev.connection_state(), ConnectionState::Lost);
     dev.detach().unwrap();
+}
+
+/// A saved (stopped) device whose server restarts: the reconnect replays the state to a
+/// device that runs, so detach does its whole work again without asking the state.
+#[test]
+fn a_reconnect_clears_the_saved_mark() {
+    let _serial = serial();
+    let config = ServerConfig {
+        migration: Some(MigrationConfig::default()),
+        ..ServerConfig::default()
+    };
+    let mut server = RestartableServer::start(config, engine);
+    let irqs = Irqs::new();
+    let mut dev = VfioUserPciDevice::attach(
+        server.path(),
+        guest_memory(RAM),
+        irqs.clone(),
+        &options(&server, PATIENCE),
+    )
+    .unwrap();
+    program(&mut dev);
+    dev.save(io::sink()).unwrap();
+    let event = state_event(&dev);
+    server.kill();
+    wait_state(
+        &event,
+        || dev.connection_state(),
+        ConnectionState::Reconnecting,
+    );
+    server.restart();
+    wait_state(
+        &event,
+        || dev.connection_state(),
+        ConnectionState::Connected,
+    );
+    assert!(dev.last_reconnect().is_some());
+    let probe = server.probe();
+    let since = probe.commands();
+    dev.detach().unwrap();
+    let recent = probe.recent_commands();
+    let sent = &recent[recent.len() - usize::try_from(probe.commands() - since).unwrap()..];
+    assert!(sent.contains(&Command::DeviceSetIrqs), "{sent:?}");
+    assert!(sent.contains(&Command::DmaUnmap), "{sent:?}");
+    assert!(!sent.contains(&Command::DeviceFeature), "{sent:?}");
 }
 
 #[test]

@@ -501,19 +501,6 @@ fn adopt_bars(vmm: &mut Vmm) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Takes the migrated device off the source VMM. It stays stopped at its server, which
-/// refuses interrupt changes then: it is dropped, not detached.
-fn retire(vmm: &mut Vmm) -> Result<(), BoxError> {
-    let Some(p) = vmm.plugged.take() else {
-        return Ok(());
-    };
-    lock(&vmm.root.slots).remove(&p.slot);
-    for (kind, base) in p.windows {
-        deregister(&mut vmm.io, kind, base);
-    }
-    vmm.events.remove(p.subscriber)
-}
-
 /// What the pre-copy rounds moved.
 struct PreCopy {
     rounds: u32,
@@ -667,7 +654,8 @@ pub fn run(kvm: bool) -> Result<MigrationReport, BoxError> {
     let pre = pre_copy(&mut cpu, &mut src, &dst, (&mut out, &mut into), kvm_log)?;
     let (mut cpu, stop) = switch_over(cpu, &mut src, &mut dst, (&mut out, &mut into), kvm_log)?;
     drop((out, into));
-    retire(&mut src)?;
+    // The source stays stopped; its detach undoes only this VMM's side.
+    src.unplug()?;
 
     let finished = finish(&mut cpu, &mut dst)?;
     let report = MigrationReport {

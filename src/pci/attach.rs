@@ -170,6 +170,7 @@ impl Core {
             intx,
             intx_maskable,
             notifiers: Vec::new(),
+            saved: false,
             wired: WiredInterrupts::default(),
             retired: None,
             slots: Default::default(),

@@ -149,6 +149,11 @@ pub enum Error {
         /// The version this client writes and reads.
         supported: u32,
     },
+    /// [`save`](super::VfioUserPciDevice::save) left the device stopped, and it still is: a
+    /// reset would take it back to RUNNING (or be refused by the server), and a device whose
+    /// state moved elsewhere must not run again. Detach it, or restore it first.
+    #[error("the device was saved and is stopped: detach it, or restore it first")]
+    Saved,
     /// Reconnecting gave up at the policy's deadline; `last` is the last attempt's error.
     #[error("reconnecting gave up after {attempts} attempt(s): {last}")]
     GaveUp {

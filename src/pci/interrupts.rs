@@ -306,6 +306,21 @@ pub(crate) fn disable(
     server.and(vmm)
 }
 
+/// Takes the interrupts down at the VMM only (its MSI / MSI-X routes), leaving the server
+/// alone: a device [`save`](super::VfioUserPciDevice::save) stopped refuses SET_IRQS, and
+/// drops its eventfds when the connection closes.
+pub(crate) fn disable_vmm(
+    provider: &dyn InterruptProvider,
+    wired: &mut WiredInterrupts,
+) -> Result<(), Error> {
+    match kind_of(std::mem::take(wired).mode) {
+        Some(kind) if kind != InterruptKind::Intx => {
+            provider.disable(kind).map_err(provider_error(kind, 0))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Brings the server and the VMM in step with the `guest` setup, sending only what changed.
 ///
 /// A mode change disables the old mode (server, then VMM), tells the VMM every route of the

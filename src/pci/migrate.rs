@@ -352,9 +352,13 @@ impl VfioUserPciDevice {
     ///    the PCI state restored (the BARs re-placed, every interrupt eventfd re-armed,
     ///    managed slots and doorbells installed), then RUNNING. Move the VMM's BAR windows
     ///    to [`PciConfig::bars`], restore the vCPUs and resume them.
-    /// 3. Drop the source device. A stopped device refuses interrupt changes
-    ///    (libvfio-user's rule), so [`detach`](VfioUserPciDevice::detach) would report the
-    ///    server's refusals.
+    /// 3. Detach (or drop) the source device; it stays stopped and never runs again. A
+    ///    stopped device refuses SET_IRQS and DMA_UNMAP (libvfio-user's rule), so
+    ///    [`detach`](VfioUserPciDevice::detach) of a saved device undoes only the VMM's
+    ///    side (the [`InterruptProvider::disable`] of the interrupts wired, managed slots)
+    ///    and closes the connection: the server drops its eventfds and DMA mappings then.
+    ///    [`reset`](VfioUserPciDevice::reset) of a saved device is [`Error::Saved`]: it
+    ///    would run the device again.
     ///
     /// A live migration keeps a [`Migration`] handle on each side
     /// (`Migration::new(&device.device())`) for the pre-copy rounds while the guest runs:
@@ -369,6 +373,8 @@ impl VfioUserPciDevice {
     /// migration blocker.
     ///
     /// [`PciConfig::bars`]: super::PciConfig::bars
+    /// [`InterruptProvider::disable`]: super::InterruptProvider::disable
+    /// [`Error::Saved`]: super::Error::Saved
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -405,6 +411,7 @@ impl VfioUserPciDevice {
     /// let mut destination = VfioUserPciDevice::attach(socket_b, memory, irqs, &options)?;
     /// destination.restore(&saved[..])?;
     /// // ... the VMM moves its BAR windows and resumes its vCPUs ...
+    /// source.detach()?; // stays stopped; the VMM's side is undone
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn save(&self, out: impl Write) -> Result<u64, SnapshotError> {
@@ -426,6 +433,8 @@ impl VfioUserPciDevice {
     ) -> Result<u64, SnapshotError> {
         self.check_handle(migration)?;
         migration.set_state(DeviceState::StopCopy)?;
+        // From here on the device refuses interrupt changes and unmaps: see `detach`.
+        self.core().saved = true;
         // Captured once the device stopped: its emulated pending bits no longer change.
         let state = self.pci_state();
         write_head(&mut out, &state)?;
@@ -465,6 +474,7 @@ impl VfioUserPciDevice {
         let total = load_data(&mut input, &mut migration.writer()?)?;
         self.restore_pci_state(&state)?;
         migration.set_state(DeviceState::Running)?;
+        self.core().saved = false;
         log::debug!("restored the PCI state and {total} bytes of device data");
         Ok(total)
     }

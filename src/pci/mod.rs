@@ -103,6 +103,7 @@ use crate::connection::EventLoop;
 use crate::device::{self, IrqAction, VfioUserDevice};
 use crate::dma::{DmaHandle, DmaRegion};
 use crate::error::ConnectionCause;
+use crate::migration::DeviceState;
 use crate::sync::{lock, try_lock};
 use attach::connect;
 use interrupts::WiredInterrupts;
@@ -187,6 +188,10 @@ pub(crate) struct Core {
     /// ERR and REQ were connected at attach.
     notifiers: Vec<InterruptKind>,
     wired: WiredInterrupts,
+    /// [`VfioUserPciDevice::save`] stopped the device (STOP_COPY, then STOP), and no
+    /// restore or reconnect took it back to RUNNING since (the VMM's own `Migration`
+    /// doing so is found out when the server is asked: [`Core::stopped_by_save`]).
+    saved: bool,
     /// The device the last reconnect replaced: its mapped areas stay mapped until the next
     /// reconnect, so memory slots the VMM installed from [`VfioUserPciDevice::bar_mappings`]
     /// itself (without managed slots) stay backed until it installs the new ones.
@@ -319,6 +324,12 @@ impl VfioUserPciDevice {
     /// Detach waits for the server for one reply timeout in total, not one per request: a
     /// server that does not answer in time makes the connection unresponsive, and what is
     /// left fails at once ([`connection::Error::Unresponsive`](crate::connection::Error::Unresponsive)).
+    ///
+    /// A device [`save`](VfioUserPciDevice::save) left stopped (the server, asked, still
+    /// says STOP or STOP_COPY) refuses SET_IRQS and DMA_UNMAP, and drops its eventfds and
+    /// DMA mappings when the connection closes: only the VMM's side is undone (the
+    /// provider's [`InterruptProvider::disable`], managed slots), and the device is not
+    /// resumed.
     pub fn detach(mut self) -> Result<(), Error> {
         self.status.detaching.store(true, Ordering::Release);
         if let Some(supervisor) = self.supervisor.take() {
@@ -399,6 +410,9 @@ impl VfioUserPciDevice {
     /// MSI-X disabled, every MSI-X vector masked, INTx as the command register allows).
     /// The BARs keep their placement. When DEVICE_RESET fails the shadows are kept and the
     /// interrupts reconnected as they were.
+    ///
+    /// A device [`save`](VfioUserPciDevice::save) left stopped is [`Error::Saved`], with
+    /// nothing changed: a reset would run it again.
     pub fn reset(&mut self) -> Result<(), Error> {
         self.core().reset()
     }
@@ -482,6 +496,12 @@ impl Core {
             return Ok(());
         }
         let _budget = self.device.connection().budget();
+        if self.stopped_by_save() {
+            // A stopped device refuses SET_IRQS and DMA_UNMAP; closing the connection
+            // drops its eventfds and DMA mappings, so only the VMM's side is undone.
+            self.notifiers.clear();
+            return interrupts::disable_vmm(&*self.interrupts, &mut self.wired);
+        }
         let mut first_error =
             interrupts::disable(&self.device, &*self.interrupts, &mut self.wired).err();
         for kind in std::mem::take(&mut self.notifiers) {
@@ -504,6 +524,28 @@ impl Core {
         self.status.lost.load(Ordering::Acquire)
     }
 
+    /// Whether [`VfioUserPciDevice::save`] left the device stopped and it still is. The
+    /// server is asked (the VMM may have taken the device back to RUNNING through its own
+    /// [`Migration`](crate::migration::Migration) since); without an answer the device is
+    /// taken to be stopped.
+    fn stopped_by_save(&mut self) -> bool {
+        if !self.saved {
+            return false;
+        }
+        match crate::migration::Migration::new(&self.device).map(|m| m.state()) {
+            Ok(DeviceState::Stop | DeviceState::StopCopy) => true,
+            Ok(state) => {
+                log::debug!("the saved device is in {state:?} again");
+                self.saved = false;
+                false
+            }
+            Err(e) => {
+                log::warn!("the saved device's migration state is unknown ({e}): taken as stopped");
+                true
+            }
+        }
+    }
+
     fn end_of_interrupt(&self) -> Result<(), Error> {
         if self.wired.mode != InterruptMode::Intx || !self.intx_maskable || self.is_lost() {
             return Ok(());
@@ -516,6 +558,9 @@ impl Core {
     fn reset(&mut self) -> Result<(), Error> {
         if !self.device.resettable() {
             return Err(device::Error::ResetNotSupported.into());
+        }
+        if self.stopped_by_save() {
+            return Err(Error::Saved);
         }
         self.status.eoi_unmasks_intx.store(false, Ordering::Release);
         let disabled = interrupts::disable(&self.device, &*self.interrupts, &mut self.wired);

@@ -397,6 +397,8 @@ impl Core {
             self.dma = dma;
         }
         self.replay(&pending)?;
+        // The new connection's device took the interrupts: it runs.
+        self.saved = false;
         if let Some(dma) = &self.dma {
             dma.sync()?;
         }
