@@ -12,21 +12,22 @@
 //! held across an end of interrupt signals again, one released before it does not, and
 //! one raised while INTx is masked is delivered at the next end of interrupt.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
-use vfio_user_client::pci::{
-    AttachOptions, InterruptKind, InterruptMode, PciSubscriber, VfioUserPciDevice,
-};
+use vfio_user_client::pci::{AttachOptions, InterruptKind, InterruptMode, VfioUserPciDevice};
 use vfio_user_sample_server::test_support::guest::guest_memory;
 use vfio_user_sample_server::test_support::pci::{cfg_write, consumed_within, quiet, Irqs};
 use vfio_user_sample_server::{
     GpioConfig, GpioDevice, IrqMasking, Probe, Server, ServerConfig, ServerHandle, IRQ_INTX,
 };
 use vmm_sys_util::eventfd::EventFd;
+
+#[path = "common/vmm_loop.rs"]
+mod vmm_loop;
+
+use vmm_loop::Loop;
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -252,57 +253,6 @@ fn level_intx_ends_through_end_of_interrupt() {
     level_rounds(&mut s.dev, &s.probe, &s.irqs, Eoi::Call);
     s.dev.detach().unwrap();
     s.server.stop();
-}
-
-type Subscriber = Box<dyn MutEventSubscriber + Send>;
-
-/// A VMM's event manager on its own thread.
-struct Loop {
-    endpoint: RemoteEndpoint<Subscriber>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Loop {
-    fn start() -> Loop {
-        let mut manager = EventManager::<Subscriber>::new().unwrap();
-        let endpoint = manager.remote_endpoint();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            while !stopping.load(Ordering::Acquire) {
-                manager.run().unwrap();
-            }
-        });
-        Loop {
-            endpoint,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn add(&self, subscriber: PciSubscriber) -> SubscriberId {
-        let subscriber: Subscriber = Box::new(subscriber);
-        self.endpoint
-            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(subscriber)))
-            .unwrap()
-    }
-
-    fn remove(&self, id: SubscriberId) {
-        self.endpoint
-            .call_blocking(move |ops| ops.remove_subscriber(id).map(drop))
-            .unwrap();
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.endpoint.kick();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]

@@ -15,6 +15,8 @@ mod hostile;
 mod interrupts;
 #[path = "pci_cases/masking.rs"]
 mod masking;
+#[path = "common/vmm_loop.rs"]
+mod vmm_loop;
 
 use std::fs::File;
 use std::io::{self, Write};

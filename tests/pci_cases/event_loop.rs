@@ -5,66 +5,13 @@
 //! while another device ends INTx interrupts through the loop, and a stalled server that
 //! must not stall the loop.
 
-use std::thread::JoinHandle;
-
-use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
 use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
-use vfio_user_client::pci::PciSubscriber;
 use vfio_user_client::ConnectOptions;
 
 use super::*;
+use crate::vmm_loop::Loop;
+use event_manager::SubscriberId;
 use vfio_user_sample_server::test_support::pci::consumed_within;
-
-type Subscriber = Box<dyn MutEventSubscriber + Send>;
-
-/// An event manager running on its own thread, reached through its remote endpoint.
-struct Loop {
-    endpoint: RemoteEndpoint<Subscriber>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Loop {
-    fn start() -> Loop {
-        let mut manager = EventManager::<Subscriber>::new().unwrap();
-        let endpoint = manager.remote_endpoint();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            while !stopping.load(Ordering::Acquire) {
-                manager.run().unwrap();
-            }
-        });
-        Loop {
-            endpoint,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn add(&self, subscriber: PciSubscriber) -> SubscriberId {
-        let subscriber: Subscriber = Box::new(subscriber);
-        self.endpoint
-            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(subscriber)))
-            .unwrap()
-    }
-
-    fn remove(&self, id: SubscriberId) {
-        self.endpoint
-            .call_blocking(move |ops| ops.remove_subscriber(id).map(drop))
-            .unwrap();
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.endpoint.kick();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 struct InLoop {
     dev: VfioUserPciDevice,
