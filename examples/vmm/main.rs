@@ -346,6 +346,41 @@ impl KvmSlots {
     }
 }
 
+impl KvmSlots {
+    /// Registers (or unregisters) `event` as a KVM ioeventfd for the doorbell `d`, with its
+    /// data match of the doorbell's access size.
+    fn doorbell_ioevent(&self, event: &EventFd, d: &Doorbell, register: bool) -> io::Result<()> {
+        let addr = match d.space {
+            BarSpace::Memory => IoEventAddress::Mmio(d.guest_addr),
+            BarSpace::Io => IoEventAddress::Pio(d.guest_addr),
+        };
+        let vm = &*self.vm;
+        match (d.size, d.datamatch) {
+            (1, Some(v)) => kvm_ioevent(vm, event, &addr, v as u8, register),
+            (2, Some(v)) => kvm_ioevent(vm, event, &addr, v as u16, register),
+            (4, Some(v)) => kvm_ioevent(vm, event, &addr, v as u32, register),
+            (8, Some(v)) => kvm_ioevent(vm, event, &addr, v, register),
+            _ => kvm_ioevent(vm, event, &addr, NoDatamatch, register),
+        }
+        .map_err(io::Error::from)
+    }
+}
+
+/// KVM_IOEVENTFD, assigning or deassigning, with a data match of `T`'s size.
+fn kvm_ioevent<T: Into<u64>>(
+    vm: &kvm_ioctls::VmFd,
+    event: &EventFd,
+    addr: &IoEventAddress,
+    datamatch: T,
+    register: bool,
+) -> Result<(), kvm_ioctls::Error> {
+    if register {
+        vm.register_ioevent(event, addr, datamatch)
+    } else {
+        vm.unregister_ioevent(event, addr, datamatch)
+    }
+}
+
 impl GuestSlots for KvmSlots {
     fn add_slot(&self, m: &BarMapping) -> io::Result<()> {
         let mut st = lock(&self.state);
@@ -377,30 +412,7 @@ impl GuestSlots for KvmSlots {
         // SAFETY: `fd` is a fresh duplicate of the server's eventfd, owned by nothing else;
         // the EventFd takes it over.
         let event = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
-        let addr = match d.space {
-            BarSpace::Memory => IoEventAddress::Mmio(d.guest_addr),
-            BarSpace::Io => IoEventAddress::Pio(d.guest_addr),
-        };
-        let e = |e: kvm_ioctls::Error| io::Error::from(e);
-        match (d.size, d.datamatch) {
-            (1, Some(v)) => self
-                .vm
-                .register_ioevent(&event, &addr, v as u8)
-                .map_err(e)?,
-            (2, Some(v)) => self
-                .vm
-                .register_ioevent(&event, &addr, v as u16)
-                .map_err(e)?,
-            (4, Some(v)) => self
-                .vm
-                .register_ioevent(&event, &addr, v as u32)
-                .map_err(e)?,
-            (8, Some(v)) => self.vm.register_ioevent(&event, &addr, v).map_err(e)?,
-            _ => self
-                .vm
-                .register_ioevent(&event, &addr, NoDatamatch)
-                .map_err(e)?,
-        }
+        self.doorbell_ioevent(&event, d, true)?;
         let mut st = lock(&self.state);
         st.calls.push(format!("+ioeventfd at {:#x}", d.guest_addr));
         st.ioeventfds.insert(d.guest_addr, event);
@@ -413,30 +425,7 @@ impl GuestSlots for KvmSlots {
             .ioeventfds
             .remove(&d.guest_addr)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        let addr = match d.space {
-            BarSpace::Memory => IoEventAddress::Mmio(d.guest_addr),
-            BarSpace::Io => IoEventAddress::Pio(d.guest_addr),
-        };
-        let e = |e: kvm_ioctls::Error| io::Error::from(e);
-        match (d.size, d.datamatch) {
-            (1, Some(v)) => self
-                .vm
-                .unregister_ioevent(&event, &addr, v as u8)
-                .map_err(e)?,
-            (2, Some(v)) => self
-                .vm
-                .unregister_ioevent(&event, &addr, v as u16)
-                .map_err(e)?,
-            (4, Some(v)) => self
-                .vm
-                .unregister_ioevent(&event, &addr, v as u32)
-                .map_err(e)?,
-            (8, Some(v)) => self.vm.unregister_ioevent(&event, &addr, v).map_err(e)?,
-            _ => self
-                .vm
-                .unregister_ioevent(&event, &addr, NoDatamatch)
-                .map_err(e)?,
-        }
+        self.doorbell_ioevent(&event, d, false)?;
         st.calls.push(format!("-ioeventfd at {:#x}", d.guest_addr));
         Ok(())
     }
