@@ -62,7 +62,7 @@ pub struct TwinSocket {
 
 /// What a VERSION reply says about twin-socket mode ([`Capabilities::twin_socket_grant`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TwinSocketGrant {
+pub(crate) enum TwinSocketGrant {
     /// Not granted: the reply has no `twin_socket` capability, or `supported` is false.
     NotGranted,
     /// Granted: the second socket is the reply's fd at `fd_index`.
@@ -191,9 +191,54 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
+    /// Checks the server's VERSION reply `payload` against `offer` and returns what it grants.
+    ///
+    /// Rules: the major version must be ours and the minor no higher than ours. JSON is
+    /// optional; when present it must be a NUL-terminated UTF-8 object. A `capabilities` key, if
+    /// present, must be an object; every known key must have its type (numbers are non-negative
+    /// integers). Absent keys take the spec defaults; over-large limits are clamped with a
+    /// warning; unknown keys are logged and ignored.
+    ///
+    /// `offer` is what we sent: a twin socket granted without being offered is logged and
+    /// ignored.
+    pub fn from_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, NegotiateError> {
+        let version = Version::decode(payload)?;
+        check_version(&version)?;
+        let mut caps = Capabilities {
+            major: version.major,
+            minor: version.minor,
+            ..Capabilities::default()
+        };
+        let Some(text) = version.json else {
+            return Ok(caps);
+        };
+        let top: Value =
+            serde_json::from_str(&text).map_err(|e| NegotiateError::InvalidJson(e.to_string()))?;
+        let Value::Object(top) = top else {
+            return Err(NegotiateError::JsonNotObject);
+        };
+        for key in top.keys().filter(|k| *k != "capabilities") {
+            log::info!("ignoring unknown key {key:?} in the server's VERSION JSON");
+        }
+        let Some(c) = top.get("capabilities") else {
+            return Ok(caps);
+        };
+        let c = c.as_object().ok_or(NegotiateError::WrongType {
+            key: "capabilities",
+            expected: "an object",
+        })?;
+        for (key, value) in c {
+            apply_capability(&mut caps, key, value)?;
+        }
+        if caps.twin_socket.is_some_and(|t| t.supported) && !offer.twin_socket {
+            log::warn!("server granted twin-socket mode, which we did not offer; ignoring it");
+        }
+        Ok(caps)
+    }
+
     /// Whether the server granted twin-socket mode, and which of the reply's fds is the
     /// second socket. A grant we did not ask for is ignored by the handshake.
-    pub fn twin_socket_grant(&self) -> TwinSocketGrant {
+    pub(crate) fn twin_socket_grant(&self) -> TwinSocketGrant {
         match self.twin_socket {
             Some(TwinSocket {
                 supported: true,
@@ -322,51 +367,6 @@ impl From<DecodeError> for NegotiateError {
             other => NegotiateError::Decode(other),
         }
     }
-}
-
-/// Checks the server's VERSION reply `payload` against `offer` and returns what it grants.
-///
-/// Rules: the major version must be ours and the minor no higher than ours. JSON is
-/// optional; when present it must be a NUL-terminated UTF-8 object. A `capabilities` key, if
-/// present, must be an object; every known key must have its type (numbers are non-negative
-/// integers). Absent keys take the spec defaults; over-large limits are clamped with a
-/// warning; unknown keys are logged and ignored.
-///
-/// `offer` is what we sent: a twin socket granted without being offered is logged and
-/// ignored.
-pub fn negotiate_reply(offer: &Offer, payload: &[u8]) -> Result<Capabilities, NegotiateError> {
-    let version = Version::decode(payload)?;
-    check_version(&version)?;
-    let mut caps = Capabilities {
-        major: version.major,
-        minor: version.minor,
-        ..Capabilities::default()
-    };
-    let Some(text) = version.json else {
-        return Ok(caps);
-    };
-    let top: Value =
-        serde_json::from_str(&text).map_err(|e| NegotiateError::InvalidJson(e.to_string()))?;
-    let Value::Object(top) = top else {
-        return Err(NegotiateError::JsonNotObject);
-    };
-    for key in top.keys().filter(|k| *k != "capabilities") {
-        log::info!("ignoring unknown key {key:?} in the server's VERSION JSON");
-    }
-    let Some(c) = top.get("capabilities") else {
-        return Ok(caps);
-    };
-    let c = c.as_object().ok_or(NegotiateError::WrongType {
-        key: "capabilities",
-        expected: "an object",
-    })?;
-    for (key, value) in c {
-        apply_capability(&mut caps, key, value)?;
-    }
-    if caps.twin_socket.is_some_and(|t| t.supported) && !offer.twin_socket {
-        log::warn!("server granted twin-socket mode, which we did not offer; ignoring it");
-    }
-    Ok(caps)
 }
 
 /// The major version must be ours and the minor no higher than ours.
@@ -552,12 +552,12 @@ mod tests {
     }
 
     fn caps_of(json: &str) -> Result<Capabilities, NegotiateError> {
-        negotiate_reply(&Offer::default(), &reply(0, 0, Some(json)))
+        Capabilities::from_reply(&Offer::default(), &reply(0, 0, Some(json)))
     }
 
     #[test]
     fn no_json_means_defaults() {
-        let c = negotiate_reply(&Offer::default(), &reply(0, 0, None)).unwrap();
+        let c = Capabilities::from_reply(&Offer::default(), &reply(0, 0, None)).unwrap();
         assert_eq!(c, Capabilities::default());
         assert_eq!(c.max_msg_fds, 1);
         assert_eq!(c.max_data_xfer_size, 1 << 20);
@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn version_rules() {
         let offer = Offer::default();
-        let e = negotiate_reply(&offer, &reply(1, 0, None)).unwrap_err();
+        let e = Capabilities::from_reply(&offer, &reply(1, 0, None)).unwrap_err();
         assert_eq!(
             e,
             NegotiateError::MajorMismatch {
@@ -674,11 +674,11 @@ mod tests {
         );
         assert_eq!(e.to_string(), "server replied version 1.0, we support 0.0");
         assert!(matches!(
-            negotiate_reply(&offer, &reply(0, 2, None)),
+            Capabilities::from_reply(&offer, &reply(0, 2, None)),
             Err(NegotiateError::MinorTooHigh { minor: 2, .. })
         ));
         assert_eq!(
-            negotiate_reply(&offer, &[0, 0]),
+            Capabilities::from_reply(&offer, &[0, 0]),
             Err(NegotiateError::Truncated { len: 2 })
         );
     }
@@ -689,13 +689,13 @@ mod tests {
         let mut p = reply(0, 0, None);
         p.extend_from_slice(b"{}");
         assert_eq!(
-            negotiate_reply(&offer, &p),
+            Capabilities::from_reply(&offer, &p),
             Err(NegotiateError::JsonNotNulTerminated)
         );
         let mut p = reply(0, 0, None);
         p.extend_from_slice(&[0xc3, 0x28, 0]);
         assert!(matches!(
-            negotiate_reply(&offer, &p),
+            Capabilities::from_reply(&offer, &p),
             Err(NegotiateError::JsonNotUtf8(_))
         ));
         assert!(matches!(caps_of("{"), Err(NegotiateError::InvalidJson(_))));
@@ -881,7 +881,7 @@ mod tests {
     #[test]
     fn our_offer_read_back_as_a_reply() {
         let offer = Offer::default();
-        let c = negotiate_reply(&offer, &offer.version_payload()).unwrap();
+        let c = Capabilities::from_reply(&offer, &offer.version_payload()).unwrap();
         assert_eq!(c.max_msg_fds, 16);
         assert_eq!(c.migration.map(|m| m.pgsize), Some(host_page_size()));
     }

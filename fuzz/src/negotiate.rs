@@ -1,9 +1,10 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `negotiate_reply`: the server's VERSION reply checked against an arbitrary offer.
+//! `negotiate_reply`: the server's VERSION reply checked against an arbitrary offer
+//! (`Capabilities::from_reply`).
 
-use vfio_user_client::negotiate::{negotiate_reply as negotiate, MigrationCaps, Offer};
+use vfio_user_client::negotiate::{Capabilities, MigrationCaps, Offer};
 use vfio_user_client::protocol::Version;
 
 use super::input::Input;
@@ -52,7 +53,7 @@ pub fn negotiate_reply(data: &[u8]) {
         serde_json::from_str(ours.json.as_deref().expect("our JSON")).expect("our JSON parses");
     assert!(json["capabilities"].is_object());
 
-    let caps = match negotiate(&offer, &payload) {
+    let caps = match Capabilities::from_reply(&offer, &payload) {
         Ok(caps) => caps,
         Err(e) => {
             let _ = e.to_string();
@@ -71,5 +72,4 @@ pub fn negotiate_reply(data: &[u8]) {
         assert!(m.pgsize != 0 && m.pgsize % 4096 == 0);
         assert!(m.max_bitmap_size <= 256 << 20);
     }
-    let _ = caps.twin_socket_grant();
 }

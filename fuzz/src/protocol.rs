@@ -8,10 +8,9 @@
 use std::fmt::Debug;
 
 use vfio_user_client::protocol::{
-    DecodeError, DeviceFeature, DeviceInfo, DeviceReset, DirtyPages, DmaAccess, DmaLoggingReport,
-    DmaLoggingStart, DmaMap, DmaUnmap, Header, IrqInfo, MigData, MigDeviceState, MigrationFeature,
-    RegionAccess, RegionIoFds, RegionWriteMulti, RegionWriteMultiReply, SetIrqs, Version,
-    WriteMultiEntry,
+    DecodeError, DeviceFeature, DeviceInfo, DmaAccess, DmaLoggingReport, DmaLoggingStart, DmaMap,
+    DmaUnmap, Header, IrqInfo, MigData, MigDeviceState, MigrationFeature, RegionAccess,
+    RegionIoFds, RegionWriteMulti, SetIrqs, Version, WriteMultiEntry,
 };
 
 /// The decoders, in selector order (the first input byte modulo the count).
@@ -29,9 +28,6 @@ pub const DECODERS: &[(&str, super::Body)] = &[
         round_trip(p, IrqInfo::decode, IrqInfo::encode_into);
     }),
     ("set_irqs", set_irqs),
-    ("device_reset", |p| {
-        round_trip(p, DeviceReset::decode, DeviceReset::encode_into);
-    }),
     ("dma_map", |p| {
         round_trip(p, DmaMap::decode, DmaMap::encode_into);
     }),
@@ -40,11 +36,9 @@ pub const DECODERS: &[(&str, super::Body)] = &[
     ("region_access", region_access),
     ("region_write_multi", region_write_multi),
     ("region_write_multi_reply", |p| {
-        round_trip(
-            p,
-            RegionWriteMultiReply::decode,
-            RegionWriteMultiReply::encode_into,
-        );
+        round_trip(p, RegionWriteMulti::decode_reply, |c, out| {
+            RegionWriteMulti::encode_reply(*c, out)
+        });
     }),
     ("device_feature", |p| {
         if let Some(f) = round_trip(p, DeviceFeature::decode, DeviceFeature::encode_into) {
@@ -66,9 +60,6 @@ pub const DECODERS: &[(&str, super::Body)] = &[
         round_trip(p, DmaLoggingReport::decode, DmaLoggingReport::encode_into);
     }),
     ("mig_data", mig_data),
-    ("dirty_pages", |p| {
-        round_trip(p, DirtyPages::decode, DirtyPages::encode_into);
-    }),
 ];
 
 /// The `protocol_decode` target.

@@ -8,21 +8,19 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_feature_dma_logging_range, vfio_region_sparse_mmap_area,
     VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
     VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET, VFIO_DEVICE_FLAGS_PCI,
-    VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
-    VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_MASK,
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_MIGRATION_STOP_COPY, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_MIGRATION_STOP_COPY, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::fuzzing::write_snapshot;
 use vfio_user_client::negotiate::Offer;
 use vfio_user_client::pci::PciState;
 use vfio_user_client::protocol::{
-    Command, DeviceFeature, DeviceInfo, DeviceState, DirtyPages, DirtyPagesRange, DmaAccess,
-    DmaLoggingReport, DmaLoggingStart, DmaMap, DmaUnmap, Header, IoFdsLayout, IoSubregion, IrqInfo,
-    MigData, MigDeviceState, MigrationFeature, RegionAccess, RegionCap, RegionInfo, RegionIoFds,
-    RegionWriteMulti, RegionWriteMultiReply, SetIrqs, ShadowMem, UnmapBitmap, Version,
-    WriteMultiEntry,
+    Command, DeviceFeature, DeviceInfo, DeviceState, DmaAccess, DmaLoggingReport, DmaLoggingStart,
+    DmaMap, DmaUnmap, Header, IoFdsLayout, IoSubregion, IrqInfo, MigData, MigDeviceState,
+    MigrationFeature, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti, SetIrqs,
+    ShadowMem, UnmapBitmap, Version, WriteMultiEntry,
 };
 use vfio_user_sample_server::ConfigSpace;
 
@@ -195,7 +193,6 @@ fn protocol_payloads() -> Vec<(&'static str, Vec<u8>)> {
                 SetIrqs::new(flags, 2, 0, 8, vec![]).encode_into(o)
             }),
         ),
-        ("device_reset", Vec::new()),
         (
             "dma_map",
             encoded(|o| {
@@ -274,7 +271,7 @@ fn protocol_payloads() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "region_write_multi_reply",
-            encoded(|o| RegionWriteMultiReply { wr_cnt: 2 }.encode_into(o)),
+            encoded(|o| RegionWriteMulti::encode_reply(2, o)),
         ),
         (
             "device_feature",
@@ -342,23 +339,6 @@ fn protocol_payloads() -> Vec<(&'static str, Vec<u8>)> {
         (
             "mig_data",
             encoded(|o| MigData { argsz: 12, size: 4 }.encode_with_data(&[9, 8, 7, 6], o)),
-        ),
-        (
-            "dirty_pages",
-            encoded(|o| {
-                DirtyPages {
-                    argsz: 48,
-                    flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
-                    range: Some(DirtyPagesRange {
-                        iova: 0,
-                        size: 8 * 4096,
-                        pgsize: 4096,
-                        bitmap_size: 8,
-                        bitmap: vec![0x3, 0, 0, 0, 0, 0, 0, 0],
-                    }),
-                }
-                .encode_into(o)
-            }),
         ),
     ];
     for layout in [IoFdsLayout::Spec, IoFdsLayout::LibVfioUser] {

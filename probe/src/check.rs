@@ -25,7 +25,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_user_client::negotiate::{negotiate_reply, Capabilities, Offer};
+use vfio_user_client::negotiate::{Capabilities, Offer};
 use vfio_user_client::protocol::{
     Command, DeviceInfo, DmaMap, DmaUnmap, Header, IrqInfo, MessageType, RegionAccess, RegionCap,
     RegionInfo, SetIrqs,
@@ -526,7 +526,10 @@ impl Checker<'_> {
                 // capabilities alone: the version is checked above.
                 let mut patched = p.clone();
                 patched[..4].copy_from_slice(&[0; 4]);
-                let result = match (result, negotiate_reply(&Offer::default(), &patched)) {
+                let result = match (
+                    result,
+                    Capabilities::from_reply(&Offer::default(), &patched),
+                ) {
                     (Ok(s), Ok(caps)) => {
                         self.caps = caps;
                         Ok(s)

@@ -20,8 +20,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
-    MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti,
-    RegionWriteMultiReply, SetIrqs, Version,
+    MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti, SetIrqs,
+    Version,
 };
 
 use crate::device::Errno;
@@ -1091,10 +1091,7 @@ impl Conn<'_> {
             lock(&shared.device).region_write(&mut ctx, w.region, w.offset, w.bytes())?;
         }
         let mut payload = Vec::with_capacity(8);
-        RegionWriteMultiReply {
-            wr_cnt: multi.writes.len() as u64,
-        }
-        .encode_into(&mut payload);
+        RegionWriteMulti::encode_reply(multi.writes.len() as u64, &mut payload);
         Ok(Reply::with(payload))
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::twin::TwinSubscriber;
 use super::{ConnectOptions, Inner, Settings};
-use crate::negotiate::{negotiate_reply, Capabilities, NegotiateError, TwinSocketGrant};
+use crate::negotiate::{Capabilities, NegotiateError, TwinSocketGrant};
 use crate::protocol::Command;
 use crate::Error;
 
@@ -48,7 +48,7 @@ pub(super) fn handshake(
     let payload = options.offer.version_payload();
     let mut reply =
         inner.request_with_timeout(Command::Version, &payload, &[], options.handshake_timeout)?;
-    let capabilities = negotiate_reply(&options.offer, &reply.payload)?;
+    let capabilities = Capabilities::from_reply(&options.offer, &reply.payload)?;
     let fd_index = match capabilities.twin_socket_grant() {
         TwinSocketGrant::Granted { fd_index } => Some(fd_index),
         TwinSocketGrant::GrantedWithoutFd => None,

@@ -18,33 +18,6 @@ use super::{Error, VfioUserDevice};
 use crate::connection::{self, Connection};
 use crate::protocol::{Command, IrqInfo, SetIrqs};
 
-/// Most vectors of any IRQ index that is not one of the PCI ones (a non-PCI device's, or a
-/// PCI device's device-specific index): as many as the largest VFIO interrupt type has
-/// (MSI-X's 2048). No known server has such indexes: libvfio-user (and so SPDK and QEMU's
-/// server) reports the five PCI ones, as the kernel's vfio-pci does.
-pub const MAX_VECTORS: u32 = 2048;
-
-/// Most vectors IRQ index `index` may report: for a PCI device (`pci`), INTx 1, MSI 32
-/// (the MSI capability's Multiple Message Capable field tops out at 2^5), MSI-X 2048 (an
-/// 11-bit table size), ERR 1 and REQ 1; any other index, and every index of a non-PCI
-/// device (whose numbering is not the PCI one), [`MAX_VECTORS`].
-///
-/// Real servers stay within these: libvfio-user reports ERR 1, REQ 1 and the count its
-/// application configured for INTx, MSI and MSI-X (0 when unused), e.g. SPDK's NVMe
-/// controller INTx 1 and MSI-X 512; QEMU's server INTx 1 and the device's MSI-X table size
-/// (or else its MSI vectors).
-pub fn max_vectors(pci: bool, index: u32) -> u32 {
-    if !pci {
-        return MAX_VECTORS;
-    }
-    match index {
-        VFIO_PCI_INTX_IRQ_INDEX | VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => 1,
-        VFIO_PCI_MSI_IRQ_INDEX => 32,
-        VFIO_PCI_MSIX_IRQ_INDEX => 2048,
-        _ => MAX_VECTORS,
-    }
-}
-
 /// One IRQ index of the device, as DEVICE_GET_IRQ_INFO described it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Irq {
@@ -54,6 +27,35 @@ pub struct Irq {
     pub flags: u32,
     /// Number of vectors.
     pub count: u32,
+}
+
+impl Irq {
+    /// Most vectors of any IRQ index that is not one of the PCI ones (a non-PCI device's,
+    /// or a PCI device's device-specific index): as many as the largest VFIO interrupt type
+    /// has (MSI-X's 2048). No known server has such indexes: libvfio-user (and so SPDK and
+    /// QEMU's server) reports the five PCI ones, as the kernel's vfio-pci does.
+    pub const MAX_VECTORS: u32 = 2048;
+
+    /// Most vectors IRQ index `index` may report: for a PCI device (`pci`), INTx 1, MSI 32
+    /// (the MSI capability's Multiple Message Capable field tops out at 2^5), MSI-X 2048
+    /// (an 11-bit table size), ERR 1 and REQ 1; any other index, and every index of a
+    /// non-PCI device (whose numbering is not the PCI one), [`Irq::MAX_VECTORS`].
+    ///
+    /// Real servers stay within these: libvfio-user reports ERR 1, REQ 1 and the count its
+    /// application configured for INTx, MSI and MSI-X (0 when unused), e.g. SPDK's NVMe
+    /// controller INTx 1 and MSI-X 512; QEMU's server INTx 1 and the device's MSI-X table
+    /// size (or else its MSI vectors).
+    pub fn max_vectors(pci: bool, index: u32) -> u32 {
+        if !pci {
+            return Irq::MAX_VECTORS;
+        }
+        match index {
+            VFIO_PCI_INTX_IRQ_INDEX | VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => 1,
+            VFIO_PCI_MSI_IRQ_INDEX => 32,
+            VFIO_PCI_MSIX_IRQ_INDEX => 2048,
+            _ => Irq::MAX_VECTORS,
+        }
+    }
 }
 
 /// What a SET_IRQS request does to the vectors it names.
@@ -241,10 +243,10 @@ pub(super) fn get_irq(conn: &Connection, index: u32) -> Result<Irq, Error> {
     })
 }
 
-/// Refuses an IRQ index whose vector count is above [`max_vectors`] (0 is always accepted:
+/// Refuses an IRQ index whose vector count is above [`Irq::max_vectors`] (0 is always accepted:
 /// libvfio-user reports 0 for every interrupt type its application does not use).
 pub(super) fn check_count(pci: bool, irq: &Irq) -> Result<(), Error> {
-    let limit = max_vectors(pci, irq.index);
+    let limit = Irq::max_vectors(pci, irq.index);
     if irq.count > limit {
         return Err(Error::TooManyVectors {
             index: irq.index,

@@ -39,7 +39,7 @@ use region::{get_region, map_region};
 
 pub use error::Error;
 pub use io_fds::RegionIoFd;
-pub use irqs::{max_vectors, Irq, IrqAction, MAX_VECTORS};
+pub use irqs::{Irq, IrqAction};
 pub use mmap::MappedArea;
 pub use region::Region;
 
@@ -152,7 +152,7 @@ impl VfioUserDevice {
     /// region (re-asking with the larger `argsz` the server names) and every IRQ index, and
     /// maps the mappable areas when `options.map_regions` is set.
     ///
-    /// An IRQ index with more vectors than [`max_vectors`] allows is
+    /// An IRQ index with more vectors than [`Irq::max_vectors`] allows is
     /// [`Error::TooManyVectors`].
     pub fn new(connection: Connection, options: &DeviceOptions) -> Result<VfioUserDevice, Error> {
         let conn = &connection;

@@ -44,7 +44,7 @@ mod table;
 pub use dirty::DirtyLog;
 pub use error::{DmaFailure, DmaOp, Error};
 pub use handle::DmaHandle;
-pub use options::{DmaMode, DmaOptions, GuestMemorySharing, GuestRegionInfo, RegionFilter};
+pub use options::{DmaMode, DmaOptions, GuestMemorySharing, GuestRegionInfo};
 pub use table::{Access, DmaMapping, MappingKind};
 
 use std::collections::{HashSet, VecDeque};

@@ -42,7 +42,7 @@ pub enum DmaMode {
     MessageOnly,
 }
 
-/// Facts about one guest memory region, for a [`RegionFilter`].
+/// Facts about one guest memory region, for a [`GuestMemorySharing::Filter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GuestRegionInfo {
@@ -56,10 +56,6 @@ pub struct GuestRegionInfo {
     pub shared_file: bool,
 }
 
-/// Chooses the guest memory regions shared whole: `true` maps the region at its own
-/// address, `false` leaves it to the VMM (through a [`DmaHandle`](super::DmaHandle)).
-pub type RegionFilter = Arc<dyn Fn(&GuestRegionInfo) -> bool + Send + Sync>;
-
 /// Which guest memory is shared with the server at attach and after each
 /// `sync_guest_memory` (memory hot-plug).
 #[derive(Clone, Default)]
@@ -67,12 +63,12 @@ pub enum GuestMemorySharing {
     /// Every region, each mapped whole at its own guest address.
     #[default]
     All,
-    /// The regions the filter selects, each whole at its own guest address. The others are
-    /// the VMM's to map, in whatever pieces it likes, through a
+    /// The regions the filter selects (`true`), each whole at its own guest address. The
+    /// others (`false`) are the VMM's to map, in whatever pieces it likes, through a
     /// [`DmaHandle`](super::DmaHandle): a hot-pluggable region such as virtio-mem's is left
     /// out and mapped block by block as the VMM plugs blocks (and unmapped as it unplugs
     /// them), so that no two windows ever overlap.
-    Filter(RegionFilter),
+    Filter(Arc<dyn Fn(&GuestRegionInfo) -> bool + Send + Sync>),
     /// None: the VMM maps every window itself through a [`DmaHandle`](super::DmaHandle),
     /// an IOVA range onto a guest-physical range, as a vIOMMU's mappings come and go. The
     /// server then reaches only what the guest's IOMMU mapped.

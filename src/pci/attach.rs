@@ -45,12 +45,13 @@ pub enum BarPlacement {
     Guest,
     /// These `(bar, base)` pairs; BARs not named are left to the guest.
     Fixed(Vec<(u32, u64)>),
-    /// The VMM's allocator is asked for each BAR in turn; `None` leaves it to the guest.
-    Allocator(BarAllocator),
+    /// The VMM's allocator is asked for each BAR in turn: it returns the BAR's base, or
+    /// `None` to leave it to the guest.
+    Allocator(AllocateBar),
 }
 
-/// A VMM's BAR allocator: the base for a BAR, or `None` to leave it to the guest.
-pub type BarAllocator = Arc<dyn Fn(&BarInfo) -> Option<u64> + Send + Sync>;
+/// The VMM's BAR allocator of [`BarPlacement::Allocator`].
+type AllocateBar = Arc<dyn Fn(&BarInfo) -> Option<u64> + Send + Sync>;
 
 impl fmt::Debug for BarPlacement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

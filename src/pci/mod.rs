@@ -78,7 +78,7 @@ pub(crate) mod state;
 mod status;
 mod subscriber;
 
-pub use attach::{AttachOptions, BarAllocator, BarPlacement};
+pub use attach::{AttachOptions, BarPlacement};
 pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};

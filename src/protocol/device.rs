@@ -2,8 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Device discovery and control: `DEVICE_GET_INFO` (4), `DEVICE_GET_REGION_INFO` (5),
-//! `DEVICE_GET_REGION_IO_FDS` (6), `DEVICE_GET_IRQ_INFO` (7), `DEVICE_SET_IRQS` (8) and
-//! `DEVICE_RESET` (13).
+//! `DEVICE_GET_REGION_IO_FDS` (6), `DEVICE_GET_IRQ_INFO` (7) and `DEVICE_SET_IRQS` (8).
+//! `DEVICE_RESET` (13) has no payload in either direction.
 
 use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_DATA_BOOL, VFIO_REGION_INFO_FLAG_CAPS};
 
@@ -538,20 +538,6 @@ impl SetIrqs {
     }
 }
 
-/// `DEVICE_RESET`: no payload in the request or the reply.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeviceReset;
-
-impl DeviceReset {
-    /// Appends nothing.
-    pub fn encode_into(&self, _out: &mut Vec<u8>) {}
-
-    /// Accepts any payload; bytes present are ignored.
-    pub fn decode(_payload: &[u8]) -> Result<Self, DecodeError> {
-        Ok(DeviceReset)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,13 +747,5 @@ mod tests {
         let mut out = Vec::new();
         e.encode_into(&mut out);
         assert_eq!(SetIrqs::decode(&out), Ok(e));
-    }
-
-    #[test]
-    fn device_reset_is_empty() {
-        let mut out = Vec::new();
-        DeviceReset.encode_into(&mut out);
-        assert!(out.is_empty());
-        assert_eq!(DeviceReset::decode(&out), Ok(DeviceReset));
     }
 }

@@ -1,8 +1,9 @@
 // Copyright 2026 The vfio-user-client Authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Migration and dirty tracking: `DEVICE_FEATURE` (16) with its feature data,
-//! `MIG_DATA_READ` (17) / `MIG_DATA_WRITE` (18), and the removed `DIRTY_PAGES` (14).
+//! Migration and dirty tracking: `DEVICE_FEATURE` (16) with its feature data, and
+//! `MIG_DATA_READ` (17) / `MIG_DATA_WRITE` (18). The `DIRTY_PAGES` (14) of spec 0.9.1,
+//! removed in 0.9.2, is neither sent nor decoded.
 
 use std::mem::size_of;
 
@@ -15,7 +16,6 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P,
     vfio_device_mig_state_VFIO_DEVICE_STATE_STOP,
     vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY, VFIO_DEVICE_FEATURE_MASK,
-    VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
 };
 
 use super::wire::{exact_data, len_u32, len_u64, put_u32, put_u64, Reader};
@@ -314,91 +314,12 @@ impl MigData {
     }
 }
 
-/// The range and bitmap of an old DIRTY_PAGES GET_BITMAP.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DirtyPagesRange {
-    /// Start address.
-    pub iova: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// Page size each bit stands for.
-    pub pgsize: u64,
-    /// Size of the bitmap in bytes.
-    pub bitmap_size: u64,
-    /// The bitmap: empty in a request, `bitmap_size` bytes in a reply.
-    pub bitmap: Vec<u8>,
-}
-
-/// The `DIRTY_PAGES` (14) request and reply payload of spec 0.9.1 (removed in 0.9.2; decoded
-/// for completeness).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DirtyPages {
-    /// Largest reply payload accepted / size of the answer.
-    pub argsz: u32,
-    /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_*`.
-    pub flags: u32,
-    /// Present exactly when `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP` is set.
-    pub range: Option<DirtyPagesRange>,
-}
-
-impl DirtyPages {
-    const RANGE_END: usize = 8 + 32;
-
-    /// Appends the payload; the range is written when `range` is `Some`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        put_u32(out, self.argsz);
-        put_u32(out, self.flags);
-        if let Some(range) = &self.range {
-            put_u64(out, range.iova);
-            put_u64(out, range.size);
-            put_u64(out, range.pgsize);
-            put_u64(out, range.bitmap_size);
-            out.extend_from_slice(&range.bitmap);
-        }
-    }
-
-    /// Decodes a request or reply. With GET_BITMAP the range must be present, followed by no
-    /// bytes (request) or exactly `bitmap_size` bytes (reply).
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(payload, "dirty pages");
-        let argsz = r.u32()?;
-        let flags = r.u32()?;
-        let range = if flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP != 0 {
-            let iova = r.u64()?;
-            let size = r.u64()?;
-            let pgsize = r.u64()?;
-            let bitmap_size = r.u64()?;
-            let rest = r.rest();
-            let bitmap = if rest.is_empty() {
-                Vec::new()
-            } else {
-                exact_data("dirty pages bitmap", Self::RANGE_END, rest, bitmap_size)?.to_vec()
-            };
-            Some(DirtyPagesRange {
-                iova,
-                size,
-                pgsize,
-                bitmap_size,
-                bitmap,
-            })
-        } else {
-            None
-        };
-        Ok(DirtyPages {
-            argsz,
-            flags,
-            range,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use vfio_bindings::bindings::vfio::{
         vfio_device_feature_dma_logging_range, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-        VFIO_DEVICE_FEATURE_SET, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
-        VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
+        VFIO_DEVICE_FEATURE_SET, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
     };
 
     #[test]
@@ -490,39 +411,5 @@ mod tests {
             MigData::decode_with_data_prefix(&out[..10]),
             Err(DecodeError::Short { .. })
         ));
-    }
-
-    #[test]
-    fn dirty_pages_old_layout() {
-        let mut p = Vec::new();
-        put_u32(&mut p, 48);
-        put_u32(&mut p, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP);
-        for v in [0x1000u64, 0x8000, 0x1000, 1] {
-            put_u64(&mut p, v);
-        }
-        let rq = DirtyPages::decode(&p).unwrap();
-        assert_eq!(rq.range.as_ref().map(|r| r.bitmap_size), Some(1));
-        p.push(0x81);
-        let rp = DirtyPages::decode(&p).unwrap();
-        assert_eq!(
-            rp.range.as_ref().map(|r| r.bitmap.clone()),
-            Some(vec![0x81])
-        );
-        let mut out = Vec::new();
-        rp.encode_into(&mut out);
-        assert_eq!(out, p);
-        p.push(0);
-        assert!(matches!(
-            DirtyPages::decode(&p),
-            Err(DecodeError::LengthMismatch { .. })
-        ));
-        let start = DirtyPages {
-            argsz: 8,
-            flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
-            range: None,
-        };
-        let mut out = Vec::new();
-        start.encode_into(&mut out);
-        assert_eq!(DirtyPages::decode(&out), Ok(start));
     }
 }

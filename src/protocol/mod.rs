@@ -40,15 +40,14 @@ mod wire;
 mod proptests;
 
 pub use device::{
-    DeviceInfo, DeviceReset, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs,
-    ShadowMem,
+    DeviceInfo, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs, ShadowMem,
 };
 pub use dma::{DmaAccess, DmaMap, DmaUnmap, UnmapBitmap};
 pub use header::{Command, DecodeError, Header, MessageType};
 pub use migration::{
-    DeviceFeature, DeviceState, DirtyPages, DirtyPagesRange, DmaLoggingReport, DmaLoggingStart,
-    MigData, MigDeviceState, MigrationFeature,
+    DeviceFeature, DeviceState, DmaLoggingReport, DmaLoggingStart, MigData, MigDeviceState,
+    MigrationFeature,
 };
-pub use region::{RegionAccess, RegionWriteMulti, RegionWriteMultiReply, WriteMultiEntry};
+pub use region::{RegionAccess, RegionWriteMulti, WriteMultiEntry};
 pub use region_caps::RegionCap;
 pub use version::Version;

@@ -113,7 +113,8 @@ impl WriteMultiEntry {
 }
 
 /// The `REGION_WRITE_MULTI` request payload: `wr_cnt` u64 and the entries. Only send it to a
-/// server that advertised `write_multiple`.
+/// server that advertised `write_multiple`. The reply payload is the `wr_cnt` of the writes
+/// completed alone ([`RegionWriteMulti::encode_reply`], [`RegionWriteMulti::decode_reply`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegionWriteMulti {
     /// The writes, in order.
@@ -164,25 +165,15 @@ impl RegionWriteMulti {
         }
         Ok(RegionWriteMulti { writes })
     }
-}
 
-/// The `REGION_WRITE_MULTI` reply payload.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegionWriteMultiReply {
-    /// Number of writes completed.
-    pub wr_cnt: u64,
-}
-
-impl RegionWriteMultiReply {
-    /// Appends the payload.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        put_u64(out, self.wr_cnt);
+    /// Appends the reply payload: `wr_cnt`, the number of writes completed.
+    pub fn encode_reply(wr_cnt: u64, out: &mut Vec<u8>) {
+        put_u64(out, wr_cnt);
     }
 
-    /// Decodes a payload; bytes past the count are ignored.
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(payload, "region write multi reply");
-        Ok(RegionWriteMultiReply { wr_cnt: r.u64()? })
+    /// Decodes a reply payload into its `wr_cnt`; bytes past the count are ignored.
+    pub fn decode_reply(payload: &[u8]) -> Result<u64, DecodeError> {
+        Reader::new(payload, "region write multi reply").u64()
     }
 }
 
@@ -270,9 +261,13 @@ mod tests {
             RegionWriteMulti::decode(&out),
             Err(DecodeError::TooLarge { value: 9, .. })
         ));
-        let r = RegionWriteMultiReply { wr_cnt: 2 };
         let mut out = Vec::new();
-        r.encode_into(&mut out);
-        assert_eq!(RegionWriteMultiReply::decode(&out), Ok(r));
+        RegionWriteMulti::encode_reply(2, &mut out);
+        assert_eq!(out, 2u64.to_ne_bytes());
+        assert_eq!(RegionWriteMulti::decode_reply(&out), Ok(2));
+        assert!(matches!(
+            RegionWriteMulti::decode_reply(&out[..7]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 }
