@@ -14,8 +14,8 @@ use crate::migration::{self, DirtyBitmap, DirtyRange};
 use crate::pci::shadow::{self, ConfigRead, ConfigShadow};
 use crate::pci::{migrate, state};
 use crate::pci::{
-    BarInfo, BarReprogramming, DeviceIdentity, Error, InterruptKind, InterruptMode, MsiMessage,
-    PciState, SnapshotError,
+    BarInfo, BarReprogramming, Error, InterruptKind, InterruptMode, MsiMessage, PciState,
+    SnapshotError,
 };
 use crate::protocol::DmaLoggingReport;
 
@@ -23,6 +23,23 @@ use crate::protocol::DmaLoggingReport;
 /// accesses through one), without the device.
 #[derive(Clone, Debug)]
 pub struct PciConfigShadow(ConfigShadow);
+
+/// What a device is, as far as its [`PciState`] goes (the check a restore and a reconnect
+/// make).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceIdentity(state::DeviceIdentity);
+
+impl DeviceIdentity {
+    /// The identity of the device `state` was taken from.
+    pub fn of_state(state: &PciState) -> DeviceIdentity {
+        DeviceIdentity(state.identity().clone())
+    }
+
+    /// The first field in which `other` differs; `None` when they are the same device.
+    pub fn difference(&self, other: &DeviceIdentity) -> Option<String> {
+        self.0.difference(&other.0)
+    }
+}
 
 /// What a guest config write did: the BAR moves, whether the interrupt setup may have
 /// changed, and the config offset the device forwards the write to.
@@ -124,13 +141,15 @@ impl PciConfigShadow {
         irq_counts: Vec<u32>,
         regions: Vec<(u32, u64, u32)>,
     ) -> DeviceIdentity {
-        DeviceIdentity::from_parts(config, &self.0, irq_counts, regions)
+        DeviceIdentity(state::DeviceIdentity::from_parts(
+            config, &self.0, irq_counts, regions,
+        ))
     }
 
     /// `VfioUserPciDevice::pci_state` of a device of `identity` with this shadow and no
     /// pending vectors.
     pub fn pci_state(&self, identity: &DeviceIdentity) -> PciState {
-        state::capture(identity, &self.0, Vec::new())
+        state::capture(&identity.0, &self.0, Vec::new())
     }
 
     /// What `VfioUserPciDevice::restore_pci_state` does to the shadow of a device of
@@ -141,7 +160,7 @@ impl PciConfigShadow {
         identity: &DeviceIdentity,
         state: &PciState,
     ) -> Result<(), Error> {
-        self.0 = state::checked_load(identity, &self.0, state)?;
+        self.0 = state::checked_load(&identity.0, &self.0, state)?;
         Ok(())
     }
 

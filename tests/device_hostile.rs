@@ -774,10 +774,7 @@ fn io_fds_are_asked_again_and_checked() {
             kind: vfio_user_client::protocol::IoSubregion::TYPE_IOEVENTFD_SHADOW,
             flags: 0,
             data: Some(0),
-            shadow: Some(vfio_user_client::protocol::ShadowMem {
-                fd_index: 1,
-                offset: i * 0x1000,
-            }),
+            shadow: Some((1, i * 0x1000)),
         })
         .collect();
     let mut asked = Vec::new();

@@ -15,7 +15,7 @@ use std::thread;
 
 use common::{read_u32, write_region};
 use vfio_user_client::connection;
-use vfio_user_client::dma::{Access, DmaMapper, DmaOp, Error as DmaError, MappingKind};
+use vfio_user_client::dma::{Access, DmaMapper, DmaOp, Error as DmaError};
 use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memfd, memory, pattern, region, shared};
@@ -129,9 +129,7 @@ fn same_bytes_both_paths_both_directions(twin: bool) {
     );
     let ours = mapper.mappings();
     assert_eq!(ours.len(), 4);
-    assert!(ours
-        .iter()
-        .all(|m| m.kind == MappingKind::GuestRegion && m.iova == m.gpa));
+    assert!(ours.iter().all(|m| m.is_guest_region() && m.iova == m.gpa));
     assert_eq!(
         ours.iter()
             .map(|m| (m.fd_backed, m.access))

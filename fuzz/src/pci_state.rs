@@ -5,8 +5,8 @@
 //! onto a device discovered as in `pci_config`: the version and identity checks, then the
 //! load into the config-space shadow; with mode bit [`UNCHECKED`], the load alone.
 
-use vfio_user_client::fuzzing::PciConfigShadow;
-use vfio_user_client::pci::{DeviceIdentity, Error, PciState};
+use vfio_user_client::fuzzing::{DeviceIdentity, PciConfigShadow};
+use vfio_user_client::pci::{Error, PciState};
 
 use super::input::Input;
 use super::pci_config::{Device, CONFIG_LEN};
@@ -55,12 +55,14 @@ pub fn pci_state(data: &[u8]) {
             matches!(result, Err(Error::StateVersion { .. })),
             "{result:?}"
         );
-    } else if state.identity() != &identity {
+    } else if DeviceIdentity::of_state(&state) != identity {
         assert!(
             matches!(result, Err(Error::DifferentDevice { .. })),
             "{result:?}"
         );
-        assert!(state.identity().difference(&identity).is_some());
+        assert!(DeviceIdentity::of_state(&state)
+            .difference(&identity)
+            .is_some());
     }
     match result {
         Ok(()) => settled(&shadow, &restored, &identity, &device.server),

@@ -20,7 +20,7 @@ use vfio_user_client::protocol::{
     Command, DeviceFeature, DeviceInfo, DeviceState, DmaAccess, DmaLoggingReport, DmaLoggingStart,
     DmaMap, DmaUnmap, Header, IoFdsLayout, IoSubregion, IrqInfo, MigData, MigDeviceState,
     MigrationFeature, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti, SetIrqs,
-    ShadowMem, UnmapBitmap, Version, WriteMultiEntry,
+    UnmapBitmap, Version, WriteMultiEntry,
 };
 use vfio_user_sample_server::ConfigSpace;
 
@@ -108,10 +108,7 @@ fn io_fds(layout: IoFdsLayout) -> RegionIoFds {
             kind: IoSubregion::TYPE_IOEVENTFD_SHADOW,
             flags: 0,
             data: Some(0),
-            shadow: Some(ShadowMem {
-                fd_index: 2,
-                offset: 0x1000,
-            }),
+            shadow: Some((2, 0x1000)),
         },
         IoSubregion {
             offset: 0x40,

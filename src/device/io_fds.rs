@@ -56,7 +56,7 @@ impl VfioUserDevice {
                 )));
             }
             let shadow = match s.shadow {
-                Some(sh) => Some((fd(sh.fd_index)?, sh.offset)),
+                Some((fd_index, offset)) => Some((fd(fd_index)?, offset)),
                 None => None,
             };
             out.push(RegionIoFd {

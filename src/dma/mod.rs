@@ -45,7 +45,7 @@ pub use dirty::DirtyLog;
 pub use error::{DmaFailure, DmaOp, Error};
 pub use handle::DmaHandle;
 pub use options::{DmaMode, DmaOptions, GuestMemorySharing, GuestRegionInfo};
-pub use table::{Access, DmaMapping, MappingKind};
+pub use table::{Access, DmaMapping};
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -61,6 +61,7 @@ use vm_memory::{
 use crate::connection::{self, Connection, Handle, PendingReply};
 use crate::protocol::{Command, DmaMap, DmaUnmap};
 use handler::{DmaSpace, MemorySource};
+pub(crate) use table::MappingKind;
 use table::Table;
 
 /// Outstanding NOWAIT operations of one transaction before the older half is collected.

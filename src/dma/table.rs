@@ -37,9 +37,9 @@ impl Access {
     }
 }
 
-/// Where a mapping came from.
+/// Where a mapping came from ([`DmaMapping::is_guest_region`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MappingKind {
+pub(crate) enum MappingKind {
     /// A whole guest memory region mapped at its own address
     /// ([`DmaMapper::map_guest_memory`](super::DmaMapper::map_guest_memory)); kept in step with
     /// memory hot-plug by [`DmaMapper::sync_guest_memory`](super::DmaMapper::sync_guest_memory).
@@ -64,7 +64,7 @@ pub struct DmaMapping {
     /// reaches it through DMA_READ / DMA_WRITE messages.
     pub fd_backed: bool,
     /// Where the mapping came from.
-    pub kind: MappingKind,
+    pub(crate) kind: MappingKind,
     /// Host address of the guest memory region the window lies in, to recognise the region
     /// across memory snapshots (0 when the region has no host mapping).
     pub(crate) host_region: usize,
@@ -74,6 +74,15 @@ pub struct DmaMapping {
 }
 
 impl DmaMapping {
+    /// Whether the window is a whole guest memory region mapped at its own address
+    /// ([`DmaMapper::map_guest_memory`](super::DmaMapper::map_guest_memory)), kept in step
+    /// with memory hot-plug by
+    /// [`DmaMapper::sync_guest_memory`](super::DmaMapper::sync_guest_memory); otherwise an
+    /// IOVA window mapped by [`DmaMapper::map`](super::DmaMapper::map) (vIOMMU, virtio-mem).
+    pub fn is_guest_region(&self) -> bool {
+        self.kind == MappingKind::GuestRegion
+    }
+
     /// One past the last IOVA.
     pub fn end(&self) -> u64 {
         self.iova.saturating_add(self.size)

@@ -39,8 +39,8 @@
 //!   BARs and connects INTx, ERR and REQ; [`VfioUserPciDevice::detach`] undoes that. A lost
 //!   connection makes guest reads return all ones, is logged once, and signals
 //!   [`VfioUserPciDevice::event`]; with a [`ReconnectPolicy`] a supervisor thread connects
-//!   again instead, checks that the server offers the same device ([`DeviceIdentity`]) and
-//!   replays the DMA mappings and the [`PciState`] ([`ConnectionState`] says where it is);
+//!   again instead, checks that the server offers the same device (config-space identity,
+//!   BARs, capabilities, regions and IRQ counts) and replays the DMA mappings and the [`PciState`] ([`ConnectionState`] says where it is);
 //!   managed slots ([`VfioUserPciDevice::manage_slots`]) follow the new server's mappings
 //!   and ioeventfds by themselves.
 //! * **State**: [`VfioUserPciDevice::pci_state`] captures what the client owns (command
@@ -83,9 +83,10 @@ pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
 pub use migrate::SnapshotError;
-pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected, SocketSource};
+pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected};
 pub use slots::{BarMapping, Doorbell, GuestSlots};
-pub use state::{DeviceIdentity, PciState};
+use state::DeviceIdentity;
+pub use state::PciState;
 pub use subscriber::PciSubscriber;
 
 use std::fmt;

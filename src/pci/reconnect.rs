@@ -126,24 +126,6 @@ pub enum Reconnected {
     },
 }
 
-/// Where a reconnect finds the server's socket.
-#[derive(Clone)]
-pub enum SocketSource {
-    /// Always this path.
-    Path(PathBuf),
-    /// Asked before every attempt; `None` skips the attempt (the server is not there yet).
-    Callback(Arc<dyn Fn() -> Option<PathBuf> + Send + Sync>),
-}
-
-impl fmt::Debug for SocketSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SocketSource::Path(p) => f.debug_tuple("Path").field(p).finish(),
-            SocketSource::Callback(_) => f.write_str("Callback(..)"),
-        }
-    }
-}
-
 /// How a device reconnects when its connection is lost: after a disconnect the device is
 /// [`ConnectionState::Reconnecting`] while a supervisor thread connects again, checks that
 /// the server offers the same device, replays the DMA mappings, interrupt eventfds and PCI
@@ -164,10 +146,11 @@ impl fmt::Debug for SocketSource {
 /// };
 /// # assert!(options.reconnect.is_some());
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReconnectPolicy {
-    /// The server's socket.
-    pub socket: SocketSource,
+    /// The path of the server's socket, asked before every attempt; `None` skips the attempt
+    /// (the server is not there yet).
+    pub socket: SocketPath,
     /// The wait after the first failed attempt (default 10 ms); it doubles after each.
     pub initial_backoff: Duration,
     /// The longest wait between attempts (default 1 s).
@@ -176,11 +159,24 @@ pub struct ReconnectPolicy {
     pub give_up_after: Duration,
 }
 
+/// Where a reconnect finds the server's socket ([`ReconnectPolicy::socket`]).
+type SocketPath = Arc<dyn Fn() -> Option<PathBuf> + Send + Sync>;
+
 impl ReconnectPolicy {
     /// A policy reconnecting to `path`, with the default backoff and deadline.
     pub fn new(path: impl Into<PathBuf>) -> ReconnectPolicy {
+        let path = path.into();
+        ReconnectPolicy::with_socket(move || Some(path.clone()))
+    }
+
+    /// A policy that asks `socket` for the server's socket path before every attempt
+    /// (`None` skips the attempt: the server is not there yet), with the default backoff and
+    /// deadline.
+    pub fn with_socket(
+        socket: impl Fn() -> Option<PathBuf> + Send + Sync + 'static,
+    ) -> ReconnectPolicy {
         ReconnectPolicy {
-            socket: SocketSource::Path(path.into()),
+            socket: Arc::new(socket),
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(1),
             give_up_after: Duration::from_secs(30),
@@ -188,10 +184,18 @@ impl ReconnectPolicy {
     }
 
     fn path(&self) -> Option<PathBuf> {
-        match &self.socket {
-            SocketSource::Path(p) => Some(p.clone()),
-            SocketSource::Callback(f) => f(),
-        }
+        (self.socket)()
+    }
+}
+
+impl fmt::Debug for ReconnectPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconnectPolicy")
+            .field("socket", &format_args!(".."))
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("give_up_after", &self.give_up_after)
+            .finish()
     }
 }
 

@@ -38,7 +38,7 @@ use crate::device::VfioUserDevice;
 /// other's [`PciState`], and a reconnect accepts only a server offering the same identity.
 /// Compared as a whole; [`DeviceIdentity::difference`] names the first field that differs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceIdentity {
+pub(crate) struct DeviceIdentity {
     vendor_id: u16,
     device_id: u16,
     subsystem_vendor_id: u16,
@@ -125,19 +125,9 @@ impl DeviceIdentity {
         }
     }
 
-    /// The PCI vendor id.
-    pub fn vendor_id(&self) -> u16 {
-        self.vendor_id
-    }
-
-    /// The PCI device id.
-    pub fn device_id(&self) -> u16 {
-        self.device_id
-    }
-
     /// The first field in which `other` differs, with both values; `None` when they are
     /// the same device.
-    pub fn difference(&self, other: &DeviceIdentity) -> Option<String> {
+    pub(crate) fn difference(&self, other: &DeviceIdentity) -> Option<String> {
         macro_rules! field {
             ($name:ident) => {
                 if self.$name != other.$name {
@@ -219,7 +209,8 @@ struct MsixState {
 /// The PCI and interrupt state of a device: taken with
 /// [`VfioUserPciDevice::pci_state`](super::VfioUserPciDevice::pci_state), applied with
 /// [`VfioUserPciDevice::restore_pci_state`](super::VfioUserPciDevice::restore_pci_state) to
-/// a device of the same [`DeviceIdentity`]. Serialisable (serde); versioned
+/// the same device (same config-space identity, BARs, capabilities, regions and IRQ
+/// counts). Serialisable (serde); versioned
 /// ([`PciState::VERSION`]), and a state of another version is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciState {
@@ -238,7 +229,7 @@ impl PciState {
     pub const VERSION: u32 = 1;
 
     /// The identity of the device the state was taken from.
-    pub fn identity(&self) -> &DeviceIdentity {
+    pub(crate) fn identity(&self) -> &DeviceIdentity {
         &self.identity
     }
 

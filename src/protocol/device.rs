@@ -217,15 +217,6 @@ impl IoFdsLayout {
     }
 }
 
-/// The shadow memory of a libvfio-user `IOEVENTFD_SHADOW` sub-region.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ShadowMem {
-    /// Index of the shadow memory fd among the reply's fds.
-    pub fd_index: u32,
-    /// Offset in the shadow memory fd.
-    pub offset: u64,
-}
-
 /// One sub-region of a `DEVICE_GET_REGION_IO_FDS` reply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoSubregion {
@@ -241,8 +232,9 @@ pub struct IoSubregion {
     pub flags: u32,
     /// `datamatch` (ioeventfd) or `user_data` (ioregionfd); `None` for an unknown stride.
     pub data: Option<u64>,
-    /// Shadow memory: only for [`IoSubregion::TYPE_IOEVENTFD_SHADOW`] in the libvfio-user layout.
-    pub shadow: Option<ShadowMem>,
+    /// Shadow memory, as (index of its fd among the reply's fds, offset in that fd): only
+    /// for [`IoSubregion::TYPE_IOEVENTFD_SHADOW`] in the libvfio-user layout.
+    pub shadow: Option<(u32, u64)>,
 }
 
 impl IoSubregion {
@@ -279,10 +271,7 @@ impl IoSubregion {
                 (Some(e.u64()?), None)
             }
             IoFdsLayout::LibVfioUser => {
-                let shadow = ShadowMem {
-                    fd_index: e.u32()?,
-                    offset: e.u64()?,
-                };
+                let shadow = (e.u32()?, e.u64()?);
                 let data = e.u64()?;
                 let shadow = (kind == IoSubregion::TYPE_IOEVENTFD_SHADOW).then_some(shadow);
                 (Some(data), shadow)
@@ -358,9 +347,9 @@ impl RegionIoFds {
                     put_u64(out, 0);
                 }
                 IoFdsLayout::LibVfioUser => {
-                    let shadow = s.shadow.unwrap_or_default();
-                    put_u32(out, shadow.fd_index);
-                    put_u64(out, shadow.offset);
+                    let (fd_index, offset) = s.shadow.unwrap_or_default();
+                    put_u32(out, fd_index);
+                    put_u64(out, offset);
                     put_u64(out, data);
                 }
                 IoFdsLayout::Other { stride } => {
@@ -680,13 +669,7 @@ mod tests {
         assert_eq!(d.subregions[0].data, Some(0x1234));
         assert_eq!(d.subregions[0].shadow, None);
         assert_eq!(d.subregions[1].data, Some(0x5678));
-        assert_eq!(
-            d.subregions[1].shadow,
-            Some(ShadowMem {
-                fd_index: 2,
-                offset: 0x3000
-            })
-        );
+        assert_eq!(d.subregions[1].shadow, Some((2, 0x3000)));
         let mut out = Vec::new();
         d.encode_into(&mut out);
         assert_eq!(out, p);

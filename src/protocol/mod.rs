@@ -39,9 +39,7 @@ mod wire;
 #[cfg(test)]
 mod proptests;
 
-pub use device::{
-    DeviceInfo, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs, ShadowMem,
-};
+pub use device::{DeviceInfo, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs};
 pub use dma::{DmaAccess, DmaMap, DmaUnmap, UnmapBitmap};
 pub use header::{Command, DecodeError, Header, MessageType};
 pub use migration::{

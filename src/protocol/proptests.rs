@@ -86,7 +86,7 @@ fn io_subregion() -> impl Strategy<Value = IoSubregion> {
                 kind,
                 flags,
                 data,
-                shadow: shadow.map(|(fd_index, offset)| ShadowMem { fd_index, offset }),
+                shadow,
             },
         )
 }
