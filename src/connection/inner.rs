@@ -21,7 +21,7 @@ use super::framer::{Framer, MAIN_READ_SIZE};
 use super::health::Overdue;
 use super::pending::{Completion, PendingTable};
 use super::send::SendQueue;
-use super::serve::ServerRequestHandler;
+use super::serve::Responder;
 use super::solo::NO_SOLO;
 use super::subscriber::MainSubscriber;
 use super::wait::BLOCKING_READ_SLICE;
@@ -64,7 +64,7 @@ pub(crate) struct Inner {
     pub(super) kick: EventFd,
     /// Signalled once when the connection ends, for owners that poll.
     pub(super) disconnect_event: EventFd,
-    pub(super) handler: Mutex<Option<Arc<dyn ServerRequestHandler>>>,
+    pub(super) handler: Mutex<Option<Arc<dyn Responder>>>,
     /// The DMA layer's state for this connection (its one table of windows, shared by every
     /// mapper), kept here untyped because the connection sits below the DMA layer.
     pub(crate) dma_space: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,

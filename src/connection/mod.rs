@@ -91,7 +91,9 @@ pub use error::{DisconnectReason, Error};
 pub use health::{Health, Overdue};
 pub use pending::PendingReply;
 pub(crate) use reuse::recycle_reply;
-pub use serve::{ReplyData, ServerRequestHandler, UnbufferedReply};
+use serve::OwnersHandler;
+pub use serve::ServerRequestHandler;
+pub(crate) use serve::{ReplyData, Responder, UnbufferedReply};
 pub use subscriber::ConnectionSubscriber;
 pub(crate) use subscriber::EventLoop;
 
@@ -444,7 +446,8 @@ impl Connection {
     /// Installs the handler for server requests. Without one, every server request gets an
     /// `ENOSYS` error reply.
     pub fn set_request_handler(&self, handler: Option<Arc<dyn ServerRequestHandler>>) {
-        self.inner.set_request_handler(handler)
+        self.inner
+            .set_request_handler(handler.map(|h| Arc::new(OwnersHandler(h)) as Arc<dyn Responder>))
     }
 
     /// Registers a callback run once, on the thread that notices, when the connection ends.

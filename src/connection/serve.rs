@@ -2,11 +2,11 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Serving the server's requests (DMA_READ, DMA_WRITE, ...) through the connection's
-//! [`ServerRequestHandler`].
+//! [`Responder`]: the owner's [`ServerRequestHandler`], or the DMA layer's handler.
 //!
 //! The handler runs on whichever thread reads the request: a waiting caller, or the event
 //! loop. A reply whose bulk data the handler can send straight from its own memory
-//! ([`ServerRequestHandler::handle_unbuffered`]) is not copied into a buffer.
+//! ([`Responder::handle_unbuffered`], the crate's DMA handler) is not copied into a buffer.
 //!
 //! A handler that panics takes down neither that thread nor the connection: the panic is
 //! caught and logged, and the server gets an `EIO` error reply for that request (the
@@ -44,13 +44,28 @@ pub trait ServerRequestHandler: Send + Sync {
         fds: Vec<OwnedFd>,
         reply: &mut Vec<u8>,
     ) -> Result<(), u32>;
+}
+
+/// What the connection asks to answer a server request: an owner's
+/// [`ServerRequestHandler`], or the crate's DMA handler, which can also send a reply's bulk
+/// data straight from guest memory.
+pub(crate) trait Responder: Send + Sync {
+    /// See [`ServerRequestHandler::handle`].
+    fn handle(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), u32>;
 
     /// Optionally answers a request whose reply carries bulk data without copying that data
     /// into a buffer: returns the reply payload's head and a [`ReplyData`] that sends the
-    /// rest straight from the handler's memory ([`UnbufferedReply`]). `None` (the default) means "use
-    /// [`handle`](Self::handle)". Used on the twin socket, and on the main socket when no
-    /// message is queued before the reply; the data may be sent after the call returns (a
-    /// reply that does not fit the socket keeps the [`ReplyData`] until it is written).
+    /// rest straight from the responder's memory ([`UnbufferedReply`]). `None` (the default)
+    /// means "use [`handle`](Self::handle)". Used on the twin socket, and on the main socket
+    /// when no message is queued before the reply; the data may be sent after the call
+    /// returns (a reply that does not fit the socket keeps the [`ReplyData`] until it is
+    /// written).
     fn handle_unbuffered(
         &self,
         _header: &Header,
@@ -61,17 +76,26 @@ pub trait ServerRequestHandler: Send + Sync {
     }
 }
 
+/// An owner's [`ServerRequestHandler`] as the connection's [`Responder`].
+pub(crate) struct OwnersHandler(pub(crate) Arc<dyn ServerRequestHandler>);
+
+impl Responder for OwnersHandler {
+    fn handle(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), u32> {
+        self.0.handle(header, payload, fds, reply)
+    }
+}
+
 /// Bulk reply data sent straight from memory its owner keeps alive, without being copied
-/// into a buffer first (see
-/// [`ServerRequestHandler::handle_unbuffered`]).
-pub trait ReplyData: Send {
+/// into a buffer first (see [`Responder::handle_unbuffered`]).
+pub(crate) trait ReplyData: Send {
     /// Bytes of data.
     fn len(&self) -> usize;
-
-    /// Whether there is no data.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 
     /// Sends the bytes of `prefix`, then the data from `offset` on, in one non-blocking write
     /// (`MSG_DONTWAIT`, whatever the socket's mode); returns the bytes written, `prefix`
@@ -80,11 +104,11 @@ pub trait ReplyData: Send {
 }
 
 /// A reply whose bulk data is not copied into a buffer: the payload's head, then the data.
-pub struct UnbufferedReply {
+pub(crate) struct UnbufferedReply {
     /// The start of the reply payload (for DMA_READ, the 16-byte address/count head).
-    pub head: Vec<u8>,
+    pub(crate) head: Vec<u8>,
     /// The rest of the payload.
-    pub data: Box<dyn ReplyData>,
+    pub(crate) data: Box<dyn ReplyData>,
 }
 
 impl fmt::Debug for UnbufferedReply {
@@ -98,7 +122,7 @@ impl fmt::Debug for UnbufferedReply {
 
 impl Inner {
     /// See [`Connection::set_request_handler`](super::Connection::set_request_handler).
-    pub(crate) fn set_request_handler(&self, handler: Option<Arc<dyn ServerRequestHandler>>) {
+    pub(crate) fn set_request_handler(&self, handler: Option<Arc<dyn Responder>>) {
         *lock(&self.handler) = handler;
     }
 
@@ -173,7 +197,7 @@ type ReplyPayload = (Vec<u8>, Option<Box<dyn ReplyData>>);
 /// [`handle`], with a panic of the handler caught: logged, and answered with `EIO` (see the
 /// module documentation).
 fn handle_guarded(
-    handler: &dyn ServerRequestHandler,
+    handler: &dyn Responder,
     msg: Received,
     unbuffered: bool,
 ) -> Result<ReplyPayload, u32> {
@@ -206,11 +230,7 @@ pub(super) fn panic_message(panic: &(dyn Any + Send)) -> &str {
 
 /// A reply's payload from `handler`: unbuffered when allowed and offered, buffered
 /// otherwise; `Err(errno)` for an error reply.
-fn handle(
-    handler: &dyn ServerRequestHandler,
-    msg: Received,
-    unbuffered: bool,
-) -> Result<ReplyPayload, u32> {
+fn handle(handler: &dyn Responder, msg: Received, unbuffered: bool) -> Result<ReplyPayload, u32> {
     if unbuffered {
         if let Some(result) = handler.handle_unbuffered(&msg.header, &msg.payload, &msg.fds) {
             return result.map(|u| (u.head, Some(u.data)));
@@ -256,7 +276,7 @@ mod tests {
         }
     }
 
-    impl ServerRequestHandler for Handler {
+    impl Responder for Handler {
         fn handle(
             &self,
             _header: &Header,
@@ -298,7 +318,7 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let (inner, _sub) = Inner::new(ours, Settings::default()).unwrap();
         let handler = Arc::new(Handler::default());
-        inner.set_request_handler(Some(Arc::clone(&handler) as Arc<dyn ServerRequestHandler>));
+        inner.set_request_handler(Some(Arc::clone(&handler) as Arc<dyn Responder>));
 
         // The queue is empty: 1 MiB goes from the handler's memory while the server reads,
         // within the wait for room, and nothing is queued.
@@ -359,7 +379,7 @@ mod tests {
 
     struct HandsOutTreacherousData;
 
-    impl ServerRequestHandler for HandsOutTreacherousData {
+    impl Responder for HandsOutTreacherousData {
         fn handle(
             &self,
             _: &Header,

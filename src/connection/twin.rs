@@ -7,7 +7,7 @@
 //!
 //! The second socket is read by a [`TwinSubscriber`] in the same event loop as the main
 //! socket's subscriber ([`ConnectionSubscriber`](super::ConnectionSubscriber) holds both). Requests are answered through
-//! the connection's [`ServerRequestHandler`](super::ServerRequestHandler); replies go back on
+//! the connection's [`Responder`](super::Responder); replies go back on
 //! the second socket, queued when it is full. Either socket failing ends the connection: a
 //! lost main connection shuts the twin socket down, and an error or hang-up on the twin
 //! socket fails the connection.
@@ -227,7 +227,7 @@ impl MutEventSubscriber for TwinSubscriber {
 mod tests {
     use super::*;
     use crate::connection::testing::read_msg as read_reply;
-    use crate::connection::{socket, ReplyData, ServerRequestHandler, UnbufferedReply};
+    use crate::connection::{socket, ReplyData, Responder, UnbufferedReply};
     use crate::protocol::{Command, Header};
     use std::io::{self, Write};
     use std::os::fd::OwnedFd;
@@ -250,7 +250,7 @@ mod tests {
         }
     }
 
-    impl ServerRequestHandler for TestHandler {
+    impl Responder for TestHandler {
         fn handle(
             &self,
             header: &Header,
@@ -373,7 +373,7 @@ mod tests {
             head: vec![1],
             data: Box::new(Bulk(vec![])),
         };
-        assert!(reply.data.is_empty());
+        assert_eq!(reply.data.len(), 0);
         assert!(format!("{reply:?}").contains("data_len: 0"));
     }
 }

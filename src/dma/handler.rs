@@ -32,7 +32,7 @@ use vm_memory::{
 use super::dirty::DirtyLog;
 use super::table::{Access, Piece, Table};
 use super::DmaRegion;
-use crate::connection::{socket, Handle, ReplyData, ServerRequestHandler, UnbufferedReply};
+use crate::connection::{socket, Handle, ReplyData, Responder, UnbufferedReply};
 use crate::protocol::{Command, DmaAccess, Header};
 
 /// DMA_READ replies from this size up are sent straight from guest memory where the
@@ -334,7 +334,7 @@ where
     }
 }
 
-impl ServerRequestHandler for DmaRequestHandler {
+impl Responder for DmaRequestHandler {
     fn handle_unbuffered(
         &self,
         header: &Header,
