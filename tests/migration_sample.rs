@@ -90,7 +90,7 @@ fn every_arc_and_every_refusal() {
         if pre_copy {
             flags |= u64::from(VFIO_MIGRATION_PRE_COPY);
         }
-        assert_eq!(m.flags().0, flags);
+        assert_eq!(m.flags(), flags);
         assert_eq!(m.state(), Running);
         for from in STATES {
             for to in STATES {

@@ -401,7 +401,7 @@ fn a_gpio_moves_with_pre_copy_rounds() {
     let (da, db) = (a.dev.device(), b.dev.device());
     let mut out = Migration::new(&da).unwrap();
     let mut into = Migration::new(&db).unwrap();
-    assert!(out.flags().pre_copy());
+    assert!(out.can_reach(DeviceState::PreCopy));
     into.set_state(DeviceState::Resuming).unwrap();
     out.set_state(DeviceState::PreCopy).unwrap();
     let mut round = Vec::new();

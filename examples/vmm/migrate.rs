@@ -528,7 +528,7 @@ fn pre_copy(
         if cpu.run(src)? == Stop::Done {
             return Err(guest_stopped(src, "during pre-copy"));
         }
-        if out.flags().pre_copy() {
+        if out.state() == DeviceState::PreCopy {
             data.clear();
             out.reader()?.read_to_end(&mut data)?;
             into.writer()?.write_all(&data)?;
@@ -648,7 +648,7 @@ pub fn run(kvm: bool) -> Result<MigrationReport, BoxError> {
         lock(&p.device).start_dirty_logging(&mut out)?;
     }
     let kvm_log = kvm_dirty_log_on(&src);
-    if out.flags().pre_copy() {
+    if out.can_reach(DeviceState::PreCopy) {
         out.set_state(DeviceState::PreCopy)?;
     }
     let pre = pre_copy(&mut cpu, &mut src, &dst, (&mut out, &mut into), kvm_log)?;

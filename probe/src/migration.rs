@@ -154,7 +154,7 @@ pub(crate) fn describe(device: &VfioUserDevice) -> (Option<MigrationReport>, Opt
             );
         }
     };
-    let flags = migration.flags().0;
+    let flags = migration.flags();
     let (dma_logging, trouble) = match migration.probe_dma_logging() {
         Ok(()) => (DmaLogging::Offered, None),
         Err(Error::LoggingUnsupported(e)) => {

@@ -48,7 +48,7 @@
 //!     let mut into = Migration::new(destination)?;
 //!     into.set_state(DeviceState::Resuming)?;
 //!     let mut stream = Vec::new();
-//!     if out.flags().pre_copy() {
+//!     if out.can_reach(DeviceState::PreCopy) {
 //!         out.set_state(DeviceState::PreCopy)?;
 //!         // One round; a VMM repeats while the guest runs.
 //!         out.reader()?.read_to_end(&mut stream)?;
@@ -94,8 +94,7 @@ mod offered;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-    VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET, VFIO_MIGRATION_P2P,
-    VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
+    VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET, VFIO_MIGRATION_STOP_COPY,
 };
 
 use crate::connection;
@@ -119,34 +118,14 @@ use logging::Logging;
 /// id, which the connection drops, and stays in step.
 const PROBE_ARGSZ: u32 = 0x8010;
 
-/// The migration flags of a device (`VFIO_MIGRATION_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MigrationFlags(pub u64);
-
-impl MigrationFlags {
-    /// STOP_COPY (always set for a device that migrates).
-    pub fn stop_copy(self) -> bool {
-        self.0 & u64::from(VFIO_MIGRATION_STOP_COPY) != 0
-    }
-
-    /// RUNNING_P2P and PRE_COPY_P2P.
-    pub fn p2p(self) -> bool {
-        self.0 & u64::from(VFIO_MIGRATION_P2P) != 0
-    }
-
-    /// PRE_COPY.
-    pub fn pre_copy(self) -> bool {
-        self.0 & u64::from(VFIO_MIGRATION_PRE_COPY) != 0
-    }
-}
-
 /// The migration side of a device: one per device, borrowed from its [`VfioUserDevice`].
 ///
 /// It remembers the device's state between calls; nothing else should change it meanwhile.
 #[derive(Debug)]
 pub struct Migration<'d> {
     device: &'d VfioUserDevice,
-    flags: MigrationFlags,
+    /// `VFIO_MIGRATION_*`.
+    flags: u64,
     state: DeviceState,
     read_chunk: u32,
     write_chunk: u32,
@@ -196,11 +175,8 @@ impl<'d> Migration<'d> {
         let flags = MigrationFeature::decode(&reply.data)
             .map_err(|e| bad_feature(e.to_string()))?
             .flags;
-        let flags = MigrationFlags(flags);
-        if !flags.stop_copy() {
-            return Err(Error::Unsupported(Unsupported::NoStopCopy {
-                flags: flags.0,
-            }));
+        if flags & u64::from(VFIO_MIGRATION_STOP_COPY) == 0 {
+            return Err(Error::Unsupported(Unsupported::NoStopCopy { flags }));
         }
         let (read_chunk, write_chunk) = data::chunks(conn);
         let mut migration = Migration {
@@ -221,7 +197,7 @@ impl<'d> Migration<'d> {
         migration.read_state()?;
         log::debug!(
             "migration: flags {:#x}, state {:?}, chunks {read_chunk}/{write_chunk}",
-            flags.0,
+            flags,
             migration.state
         );
         Ok(migration)
@@ -232,8 +208,10 @@ impl<'d> Migration<'d> {
         self.device
     }
 
-    /// The device's migration flags.
-    pub fn flags(&self) -> MigrationFlags {
+    /// The device's migration flags: `VFIO_MIGRATION_*` of `vfio_bindings::bindings::vfio`,
+    /// STOP_COPY always among them. Whether the device has PRE_COPY or the P2P states is
+    /// also [`Migration::can_reach`] from RUNNING.
+    pub fn flags(&self) -> u64 {
         self.flags
     }
 
@@ -271,8 +249,8 @@ impl<'d> Migration<'d> {
 
     /// Whether `target` can be reached from the current state with the device's flags.
     pub fn can_reach(&self, target: DeviceState) -> bool {
-        self.state == DeviceState::Error && arcs::supported(target, self.flags.0)
-            || arcs::path(self.state, target, self.flags.0).is_some()
+        self.state == DeviceState::Error && arcs::supported(target, self.flags)
+            || arcs::path(self.state, target, self.flags).is_some()
     }
 
     /// Takes the device to `target`, one arc at a time.
@@ -282,20 +260,20 @@ impl<'d> Migration<'d> {
     /// state read back; a reply naming another state is [`Error::WrongState`].
     pub fn set_state(&mut self, target: DeviceState) -> Result<(), Error> {
         self.settle_reads();
-        let flags = self.flags.0;
+        let flags = self.flags;
         let unreachable = |from| Error::Unreachable {
             from,
             to: target,
             flags,
         };
         if self.state == DeviceState::Error {
-            if !arcs::supported(target, self.flags.0) {
+            if !arcs::supported(target, self.flags) {
                 return Err(unreachable(self.state));
             }
             self.leave_error()?;
         }
         let steps =
-            arcs::path(self.state, target, self.flags.0).ok_or_else(|| unreachable(self.state))?;
+            arcs::path(self.state, target, self.flags).ok_or_else(|| unreachable(self.state))?;
         for step in steps {
             self.arc(step, target)?;
         }
