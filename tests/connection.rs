@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use vfio_user_client::connection::{DisconnectReason, Error, ServerRequestHandler};
-use vfio_user_client::protocol::{Command, Header, MessageType};
+use vfio_user_client::protocol::{Command, Header};
 use vfio_user_client::ConnectOptions;
 use vfio_user_sample_server::test_support::script::echo_forever;
 use vfio_user_sample_server::wire::RawMsg;
@@ -318,7 +318,7 @@ fn server_request_without_handler_gets_enosys() {
     assert_eq!(r.error, libc::ENOSYS as u32);
     assert_eq!(r.id, 5);
     h.command = 77;
-    h.flags = MessageType::Command as u32;
+    h.flags = Header::TYPE_COMMAND;
     peer.send_message(&h, &[0; 16], &[]).unwrap();
     let RawMsg { header: r, .. } = peer.recv().unwrap();
     assert_eq!((r.error, r.command), (libc::ENOSYS as u32, 77));

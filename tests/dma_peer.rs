@@ -19,7 +19,7 @@ use serde_json::json;
 use vfio_user_client::dma::{DmaLimits, DmaMapper};
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{
-    Command, DmaAccess, DmaMap, DmaUnmap, Header, MessageType, RegionAccess, Version,
+    Command, DmaAccess, DmaMap, DmaUnmap, Header, RegionAccess, Version,
 };
 use vfio_user_client::{connection, ConnectOptions, Connection, Error};
 use vfio_user_sample_server::test_support::guest::{anon, memory, pattern, region, shared};
@@ -542,7 +542,7 @@ fn large_dma_reads_on_the_main_socket_interleave_with_caller_requests() {
                 payload: body,
                 ..
             } = s.peer.recv().unwrap();
-            if h.message_type() == Some(MessageType::Reply) {
+            if h.is_reply() {
                 let (id, off) = outstanding.take().expect("an unexpected reply");
                 assert_eq!((h.id, h.command, h.error), (id, Command::DmaRead as u16, 0));
                 let (head, got) = DmaAccess::decode_with_data(&body).unwrap();

@@ -102,7 +102,12 @@ fn header(p: &[u8]) {
             h.encode_into(&mut out);
             assert_eq!(out, h.to_bytes());
             assert_eq!(h.payload_len(), h.size as usize - Header::SIZE);
-            let _ = (h.to_string(), h.message_type(), h.known_command());
+            let _ = (
+                h.to_string(),
+                h.is_command(),
+                h.is_reply(),
+                h.known_command(),
+            );
             match strict {
                 Ok(s) => assert_eq!(s, h),
                 Err(e) => assert!(h.size > 4096, "{e}"),

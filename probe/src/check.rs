@@ -27,8 +27,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user_client::negotiate::{Capabilities, Offer};
 use vfio_user_client::protocol::{
-    Command, DeviceInfo, DmaMap, DmaUnmap, Header, IrqInfo, MessageType, RegionAccess, RegionCap,
-    RegionInfo, SetIrqs,
+    Command, DeviceInfo, DmaMap, DmaUnmap, Header, IrqInfo, RegionAccess, RegionCap, RegionInfo,
+    SetIrqs,
 };
 use vfio_user_sample_server::SharedMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -1150,7 +1150,7 @@ impl Checker<'_> {
         self.record(WRITE, result);
         let posted = match self.conn.send(
             Command::RegionWrite as u16,
-            MessageType::Command as u32 | Header::FLAG_NO_REPLY,
+            Header::TYPE_COMMAND | Header::FLAG_NO_REPLY,
             &payload,
             &[],
         ) {
@@ -1180,7 +1180,7 @@ impl Checker<'_> {
         }
         let ex = self
             .conn
-            .exchange(command, MessageType::Command as u32, payload, &[]);
+            .exchange(command, Header::TYPE_COMMAND, payload, &[]);
         let mut result = judge_error_reply(command, &ex);
         if let (Ok(_), Some(o)) = (&result, ex.others.first()) {
             result = Err(format!(

@@ -20,8 +20,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user_client::protocol::{
     Command, DecodeError, DeviceInfo, DmaAccess, DmaMap, DmaUnmap, Header, IoSubregion, IrqInfo,
-    MessageType, RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti, SetIrqs,
-    Version,
+    RegionAccess, RegionCap, RegionInfo, RegionIoFds, RegionWriteMulti, SetIrqs, Version,
 };
 
 use crate::device::Errno;
@@ -314,9 +313,7 @@ impl Link {
         }
         loop {
             match self.read_message_from(twin) {
-                Ok(Some(Incoming::Message(m)))
-                    if m.header.message_type() == Some(MessageType::Reply) =>
-                {
+                Ok(Some(Incoming::Message(m))) if m.header.is_reply() => {
                     if m.header.id == id && m.header.command == command as u16 {
                         return Ok(m);
                     }
@@ -624,7 +621,7 @@ impl Conn<'_> {
                 },
             };
             match incoming {
-                Incoming::Oversized(h) if h.message_type() == Some(MessageType::Command) => {
+                Incoming::Oversized(h) if h.is_command() => {
                     log::warn!("oversized message {h}");
                     self.reply(&h, Err(Errno::INVAL));
                 }
@@ -666,7 +663,7 @@ impl Conn<'_> {
     }
 
     fn handle(&mut self, m: Message) {
-        if m.header.message_type() != Some(MessageType::Command) {
+        if !m.header.is_command() {
             log::debug!("discarding unsolicited reply {}", m.header);
             return;
         }
@@ -759,7 +756,7 @@ impl Conn<'_> {
                     h.flags &= !Header::FLAG_ERROR;
                 }
                 if quirks.error_as_command_type {
-                    h.flags = (h.flags & !Header::TYPE_MASK) | MessageType::Command as u32;
+                    h.flags = (h.flags & !Header::TYPE_MASK) | Header::TYPE_COMMAND;
                 }
                 (h, Reply::default())
             }

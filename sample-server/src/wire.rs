@@ -38,7 +38,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vfio_user_client::protocol::{Command, Header, MessageType};
+use vfio_user_client::protocol::{Command, Header};
 
 use crate::socket::{self, MAX_RECV_FDS};
 
@@ -56,7 +56,7 @@ pub struct RawMsg {
 impl RawMsg {
     /// Whether the type bits say "reply".
     pub fn is_reply(&self) -> bool {
-        self.header.flags & Header::TYPE_MASK == MessageType::Reply as u32
+        self.header.is_reply()
     }
 
     /// Whether the Error bit is set.
@@ -272,14 +272,14 @@ impl RawEndpoint {
         payload: &[u8],
         fds: &[RawFd],
     ) -> io::Result<u16> {
-        self.send(command as u16, MessageType::Command as u32, payload, fds)
+        self.send(command as u16, Header::TYPE_COMMAND, payload, fds)
     }
 
     /// Sends a command with `No_reply`; returns its id.
     pub fn post(&mut self, command: Command, payload: &[u8]) -> io::Result<u16> {
         self.send(
             command as u16,
-            MessageType::Command as u32 | Header::FLAG_NO_REPLY,
+            Header::TYPE_COMMAND | Header::FLAG_NO_REPLY,
             payload,
             &[],
         )
@@ -335,7 +335,7 @@ impl RawEndpoint {
                 "message size {} is above {}",
                 header.size, self.max_message
             ))
-        } else if header.flags & Header::TYPE_MASK > MessageType::Reply as u32 {
+        } else if header.flags & Header::TYPE_MASK > Header::TYPE_REPLY {
             Some(format!("undefined type bits in flags {:#x}", header.flags))
         } else {
             None
@@ -436,7 +436,7 @@ impl RawEndpoint {
 
     /// Sends a command and waits for its reply.
     pub fn request(&mut self, command: Command, payload: &[u8], fds: &[RawFd]) -> Exchange {
-        self.exchange(command as u16, MessageType::Command as u32, payload, fds)
+        self.exchange(command as u16, Header::TYPE_COMMAND, payload, fds)
     }
 
     /// Collects whatever arrives within `window` (for messages that should *not* come).

@@ -14,7 +14,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_PROBE as PROBE, VFIO_DEVICE_FEATURE_SET as SET, VFIO_MIGRATION_PRE_COPY,
     VFIO_MIGRATION_STOP_COPY,
 };
-use vfio_user_client::protocol::{Command, DeviceState, Header, MessageType};
+use vfio_user_client::protocol::{Command, DeviceState, Header};
 use vfio_user_sample_server::test_support::script::*;
 use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
@@ -699,7 +699,7 @@ fn spec_shaped_data_replies_and_partial_reads() {
 fn serve_dma(c: &mut RawEndpoint, mem: &mut [u8], base: u64, id: u16) -> RawMsg {
     loop {
         let m = c.recv().unwrap();
-        if m.header.message_type() == Some(MessageType::Reply) {
+        if m.header.is_reply() {
             assert_eq!(m.header.id, id);
             return m;
         }

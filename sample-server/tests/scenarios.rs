@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use vfio_user_client::protocol::{Command, Header, MessageType};
+use vfio_user_client::protocol::{Command, Header};
 use vfio_user_sample_server::test_support::script::*;
 use vfio_user_sample_server::wire::{RawEndpoint, RawMsg};
 use vfio_user_sample_server::{
@@ -140,7 +140,7 @@ fn serve_dma(
 ) -> RawMsg {
     loop {
         let m = c.recv().unwrap();
-        if m.header.message_type() == Some(MessageType::Reply) {
+        if m.header.is_reply() {
             assert_eq!(m.header.id, id);
             return m;
         }

@@ -177,15 +177,15 @@ impl fmt::Display for Command {
     }
 }
 
-/// The type of a message, from the low bits of [`Header::flags`] ([`Header::TYPE_MASK`]);
-/// `MessageType::Reply as u32` is its value there.
+/// The type of a message, from the low bits of [`Header::flags`] ([`Header::TYPE_MASK`]):
+/// [`Header::TYPE_COMMAND`] or [`Header::TYPE_REPLY`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-pub enum MessageType {
+pub(crate) enum MessageType {
     /// A command (request).
-    Command = 0,
+    Command = Header::TYPE_COMMAND,
     /// A reply.
-    Reply = 1,
+    Reply = Header::TYPE_REPLY,
 }
 
 /// The 16-byte header that starts every message.
@@ -206,8 +206,12 @@ pub struct Header {
 impl Header {
     /// Size of the message header in bytes.
     pub const SIZE: usize = 16;
-    /// Mask of the message type bits ([`MessageType`]) in [`Header::flags`].
+    /// Mask of the message type bits in [`Header::flags`].
     pub const TYPE_MASK: u32 = 0xf;
+    /// Message type (under [`Header::TYPE_MASK`]): a command (request).
+    pub const TYPE_COMMAND: u32 = 0;
+    /// Message type (under [`Header::TYPE_MASK`]): a reply.
+    pub const TYPE_REPLY: u32 = 1;
     /// Flag: the sender of a command does not want a reply.
     pub const FLAG_NO_REPLY: u32 = 0x10;
     /// Flag: the reply reports a failure; [`Header::error`] holds an errno.
@@ -255,8 +259,18 @@ impl Header {
         }
     }
 
+    /// Whether the message is a command (request).
+    pub fn is_command(&self) -> bool {
+        self.flags & Header::TYPE_MASK == Header::TYPE_COMMAND
+    }
+
+    /// Whether the message is a reply.
+    pub fn is_reply(&self) -> bool {
+        self.flags & Header::TYPE_MASK == Header::TYPE_REPLY
+    }
+
     /// The message type, or `None` for type bits the protocol does not define.
-    pub fn message_type(&self) -> Option<MessageType> {
+    pub(crate) fn message_type(&self) -> Option<MessageType> {
         match self.flags & Header::TYPE_MASK {
             0 => Some(MessageType::Command),
             1 => Some(MessageType::Reply),

@@ -41,7 +41,8 @@ mod proptests;
 
 pub use device::{DeviceInfo, IoFdsLayout, IoSubregion, IrqInfo, RegionInfo, RegionIoFds, SetIrqs};
 pub use dma::{DmaAccess, DmaMap, DmaUnmap, UnmapBitmap};
-pub use header::{Command, DecodeError, Header, MessageType};
+pub(crate) use header::MessageType;
+pub use header::{Command, DecodeError, Header};
 pub use migration::{
     DeviceFeature, DeviceState, DmaLoggingReport, DmaLoggingStart, MigData, MigDeviceState,
     MigrationFeature,
