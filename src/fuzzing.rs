@@ -14,8 +14,7 @@ use crate::migration::{self, DirtyBitmap, DirtyRange};
 use crate::pci::shadow::{self, ConfigRead, ConfigShadow};
 use crate::pci::{migrate, state};
 use crate::pci::{
-    BarInfo, BarReprogramming, Error, InterruptKind, InterruptMode, MsiMessage, PciState,
-    SnapshotError,
+    BarInfo, BarReprogramming, Error, InterruptKind, MsiMessage, PciState, SnapshotError,
 };
 use crate::protocol::DmaLoggingReport;
 
@@ -105,14 +104,15 @@ impl PciConfigShadow {
         self.0.reset();
     }
 
-    /// The interrupt mode and vectors (message, masked) the guest set up.
+    /// The interrupt mode (`None`: no interrupt) and vectors (message, masked) the guest
+    /// set up.
     pub fn interrupts(
         &self,
         intx_pin: bool,
         device_vectors: impl Fn(InterruptKind) -> u32,
-    ) -> (InterruptMode, Vec<(MsiMessage, bool)>) {
+    ) -> (Option<InterruptKind>, Vec<(MsiMessage, bool)>) {
         let wanted = self.0.interrupts(intx_pin, device_vectors);
-        (wanted.mode, wanted.vectors)
+        (crate::pci::interrupts::kind_of(wanted.mode), wanted.vectors)
     }
 
     /// The MSI-X table's (offset, length) when it lives in BAR `bar`.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use vfio_user_client::connection::{DisconnectReason, Error, Health, Overdue};
-use vfio_user_client::pci::{InterruptMode, PciConfig, VfioUserPciDevice};
+use vfio_user_client::pci::{InterruptKind, PciConfig, VfioUserPciDevice};
 use vfio_user_client::protocol::{Command, Header};
 use vfio_user_client::{
     AttachOptions, Connection, ConnectionCause, ConnectionSubscriber, DmaMapper,
@@ -273,7 +273,7 @@ fn detach_of_a_silent_server_takes_one_reply_timeout() {
     // Detach then has interrupts (MSI-X, ERR, REQ) and guest memory to undo: four round
     // trips, each of which would wait a whole reply timeout.
     enable_msix(&mut a.dev);
-    assert_eq!(a.dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(a.dev.interrupt_mode(), Some(InterruptKind::Msix));
     assert_eq!(a.dev.error_count(), 0, "{:?}", a.dev.last_error());
     a.probe.pause();
     let started = Instant::now();

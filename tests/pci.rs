@@ -28,8 +28,8 @@ use std::time::Duration;
 use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::device::IrqAction;
 use vfio_user_client::pci::{
-    AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, InterruptMode,
-    MsiMessage, PciConfig, VfioUserPciDevice,
+    AttachOptions, BarInfo, BarKind, BarPlacement, BarReprogramming, InterruptKind, MsiMessage,
+    PciConfig, VfioUserPciDevice,
 };
 use vfio_user_client::ConnectionCause;
 use vfio_user_sample_server::test_support::guest::guest_memory;
@@ -367,7 +367,7 @@ fn msix_vectors_fire_and_follow_the_table_masks() {
     let mut g = gpio();
     let dev = &mut g.dev;
     enable_memory(dev);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     let writes = g.handle.region_writes();
     for v in 0..4 {
         program_vector(dev, BAR4_BASE, 0, v, false);
@@ -382,7 +382,7 @@ fn msix_vectors_fire_and_follow_the_table_masks() {
     assert_eq!(&entry[8..12], &0x42u32.to_le_bytes());
 
     let cap = enable_msix(dev);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     assert_eq!(cfg_read(dev, cap + 2, 2), 0x8003);
     for v in 0..4 {
         assert_eq!(
@@ -450,9 +450,9 @@ fn msi_vector_fires_and_masks() {
     cfg_write(dev, cap + 4, &0xfee0_1000u32.to_le_bytes());
     cfg_write(dev, cap + 8, &0u32.to_le_bytes());
     cfg_write(dev, cap + 12, &0x55u16.to_le_bytes());
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     cfg_write(dev, cap + 2, &[0x01]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msi);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msi));
     assert_eq!(cfg_read(dev, cap + 2, 2), control | 1);
     assert_eq!(cfg_read(dev, cap + 4, 4), 0xfee0_1000);
     let msg = MsiMessage {
@@ -481,7 +481,7 @@ fn intx_is_unmasked_on_end_of_interrupt_not_on_bar_access() {
     let mut g = gpio_with(GpioConfig::default(), irqs);
     let dev = &mut g.dev;
     enable_memory(dev);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     let intx = g.irqs.fd(InterruptKind::Intx, 0);
     assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(true));
     assert!(fired(&intx));
@@ -544,35 +544,35 @@ fn interrupt_modes_switch() {
     let msix = find_cap(dev, 0x11).unwrap();
 
     cfg_write(dev, msi + 2, &[0x01]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msi);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msi));
     assert!(!assigned(&g.probe, IRQ_INTX) && assigned(&g.probe, IRQ_MSI));
 
     cfg_write(dev, msi + 2, &[0x00]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     assert!(assigned(&g.probe, IRQ_INTX) && !assigned(&g.probe, IRQ_MSI));
     assert_eq!(*g.irqs.disabled.lock().unwrap(), [InterruptKind::Msi]);
 
     cfg_write(dev, msix + 3, &[0x80]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     assert!(!assigned(&g.probe, IRQ_INTX) && assigned(&g.probe, IRQ_MSIX));
     // Every vector starts masked in the table, and so at the server.
     assert!(g.probe.irq_state(IRQ_MSIX).iter().all(|s| s.masked));
 
     // MSI enabled too (a buggy guest): MSI-X keeps the device.
     cfg_write(dev, msi + 2, &[0x01]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     cfg_write(dev, msix + 3, &[0x00]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msi);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msi));
     assert!(!assigned(&g.probe, IRQ_MSIX) && assigned(&g.probe, IRQ_MSI));
     cfg_write(dev, msi + 2, &[0x00]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     assert_eq!(g.probe.raise_irq(IRQ_INTX, 0), Ok(true));
     assert!(fired(&g.irqs.fd(InterruptKind::Intx, 0)));
 
     // A device reset goes back to INTx with MSI-X disabled and masked.
     cfg_write(dev, msix + 3, &[0x80]);
     dev.reset().unwrap();
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     assert_eq!(cfg_read(dev, msix + 2, 2), 0x0003);
     assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
 }
@@ -1020,7 +1020,7 @@ fn msix_against_the_crates_io_server() {
     let mut dev =
         VfioUserPciDevice::attach(&path, guest_memory(GUEST_RAM), irqs.clone(), &options).unwrap();
     assert_eq!(dev.read_config_register(0), 0x0dc9_494f);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     assert_eq!(state.lock().unwrap().dma_maps, 1);
     enable_memory(&mut dev);
     assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 0), 0x5256_4d4d);
@@ -1033,7 +1033,7 @@ fn msix_against_the_crates_io_server() {
     }
     let cap = find_cap(&mut dev, 0x11).unwrap();
     cfg_write(&mut dev, cap + 3, &[0x80]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     // The server takes one fd per message (max_msg_fds 1): every vector got its own.
     for v in 0..RV_VECTORS {
         let st = state.lock().unwrap();

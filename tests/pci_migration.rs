@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use vfio_user_client::migration::{self, DeviceState, Migration, Unsupported};
 use vfio_user_client::pci::{
-    BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, InterruptMode, PciConfig,
-    SnapshotError,
+    BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, PciConfig, SnapshotError,
 };
 use vfio_user_client::protocol::Command;
 use vfio_user_client::{AttachOptions, ConnectionCause, VfioUserPciDevice};
@@ -127,7 +126,7 @@ fn program_engine(dev: &mut VfioUserPciDevice) {
     }
     let cap = find_cap(dev, 0x11).unwrap();
     cfg_write(dev, cap + 3, &[0x80]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
 }
 
 /// Rings a copy of `len` bytes from `src` to `dst`.
@@ -221,7 +220,7 @@ fn engine_round_trip(twin: bool) {
 
     let mut b = engine(migrating(), &mem, twin);
     b.dev.restore(&saved[..]).unwrap();
-    assert_eq!(b.dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(b.dev.interrupt_mode(), Some(InterruptKind::Msix));
     wait_done(&mut b.dev);
     assert_eq!(progress(), 4096, "the copy finished on the destination");
     assert!(fired(&b.irqs.fd(InterruptKind::Msix, 0)), "MSI-X on B");

@@ -23,7 +23,7 @@ use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::device::IrqAction;
 use vfio_user_client::pci::{
     BarInfo, BarKind, BarMapping, BarPlacement, ConnectionState, Doorbell, Error, GuestSlots,
-    InterruptKind, InterruptMode, PciConfig, PciState, ReconnectPolicy, Reconnected,
+    InterruptKind, PciConfig, PciState, ReconnectPolicy, Reconnected,
 };
 use vfio_user_client::protocol::Command;
 use vfio_user_client::{AttachOptions, VfioUserPciDevice};
@@ -208,7 +208,7 @@ fn killed_and_restarted_mid_io_three_times_dma_and_msix_work_after() {
             Some(Reconnected::Restarted { reset: true })
         );
         assert_eq!(cfg_read(&mut *d, 0x04, 2) & 0x7, 0x7, "command replayed");
-        assert_eq!(d.interrupt_mode(), InterruptMode::Msix);
+        assert_eq!(d.interrupt_mode(), Some(InterruptKind::Msix));
         assert!(probe.irq_state(IRQ_MSIX)[0].assigned, "eventfd replayed");
         let maps = probe.dma_maps();
         assert_eq!(maps.len(), 1, "round {round}");
@@ -514,7 +514,7 @@ fn pci_state_restores_onto_a_fresh_attach_and_refuses_another_device() {
     b.restore_pci_state(&loaded).unwrap();
     let bases: Vec<Option<u64>> = b.bars().iter().map(|bar| bar.base).collect();
     assert_eq!(bases, vec![Some(MEM_BASE), Some(u64::from(IO_BASE))]);
-    assert_eq!(b.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(b.interrupt_mode(), Some(InterruptKind::Msix));
     assert_eq!(
         cfg_read(&mut b, 0x04, 2) & 0x7,
         0x7,
@@ -694,7 +694,7 @@ fn intx_and_its_end_of_interrupt_follow_the_new_connection() {
             .unwrap();
     let event = state_event(&dev);
     cfg_write(&mut dev, 0x04, &0x0006u16.to_le_bytes());
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Intx);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
     server.kill();
     wait_state(
         &event,

@@ -108,9 +108,10 @@ pub trait InterruptProvider: Send + Sync {
     }
 }
 
-/// How the device interrupts the guest now.
+/// How the device interrupts the guest now
+/// ([`VfioUserPciDevice::interrupt_mode`](super::VfioUserPciDevice::interrupt_mode)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum InterruptMode {
+pub(crate) enum InterruptMode {
     /// No interrupts are connected.
     #[default]
     None,
@@ -239,7 +240,7 @@ impl GuestInterrupts {
     }
 }
 
-fn kind_of(mode: InterruptMode) -> Option<InterruptKind> {
+pub(crate) fn kind_of(mode: InterruptMode) -> Option<InterruptKind> {
     match mode {
         InterruptMode::None => None,
         InterruptMode::Intx => Some(InterruptKind::Intx),

@@ -65,7 +65,7 @@ mod caps;
 mod config;
 mod error;
 mod guest;
-mod interrupts;
+pub(crate) mod interrupts;
 mod irq_counts;
 mod memory;
 pub(crate) mod migrate;
@@ -81,7 +81,8 @@ mod subscriber;
 pub use attach::{AttachOptions, BarPlacement};
 pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
-pub use interrupts::{InterruptKind, InterruptMode, InterruptProvider, MsiMessage};
+use interrupts::InterruptMode;
+pub use interrupts::{InterruptKind, InterruptProvider, MsiMessage};
 pub use migrate::SnapshotError;
 pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected};
 pub use slots::{BarMapping, Doorbell, GuestSlots};
@@ -389,9 +390,10 @@ impl VfioUserPciDevice {
         lock(&self.status.last_error).clone()
     }
 
-    /// How the device interrupts the guest now.
-    pub fn interrupt_mode(&self) -> InterruptMode {
-        self.core().wired.mode
+    /// How the device interrupts the guest now: INTx, MSI or MSI-X, or `None` while no
+    /// interrupt is connected.
+    pub fn interrupt_mode(&self) -> Option<InterruptKind> {
+        interrupts::kind_of(self.core().wired.mode)
     }
 
     /// Unmasks INTx at the server: the guest ended an INTx interrupt. For VMMs whose

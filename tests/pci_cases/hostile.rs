@@ -133,7 +133,7 @@ fn the_server_cannot_move_capabilities_after_attach() {
     enable_memory(&mut dev);
     program_vector(&mut dev, BAR4_BASE, 0, 1, false);
     cfg_write(&mut dev, 0x43, &[0x80]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     assert_eq!(cfg_read(&mut dev, 0x42, 2), 0x8003);
     assert_eq!(
         irqs.route(InterruptKind::Msix, 1),
@@ -158,7 +158,7 @@ fn msix_with_2048_vectors() {
     assert_eq!(cfg_read(dev, cap + 2, 2), 0x7ff);
     program_vector(dev, BAR4_BASE, 0, 2047, false);
     cfg_write(dev, cap + 3, &[0x80]);
-    assert_eq!(dev.interrupt_mode(), InterruptMode::Msix);
+    assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     let fd = g.irqs.fd(InterruptKind::Msix, 2047);
     assert_eq!(g.probe.raise_irq(IRQ_MSIX, 2047), Ok(true));
     assert!(fired(&fd));
