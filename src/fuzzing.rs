@@ -13,9 +13,7 @@ use std::ops::RangeInclusive;
 use crate::migration::{self, DirtyBitmap, DirtyRange};
 use crate::pci::shadow::{self, ConfigRead, ConfigShadow};
 use crate::pci::{migrate, state};
-use crate::pci::{
-    BarInfo, BarReprogramming, Error, InterruptKind, MsiMessage, PciState, SnapshotError,
-};
+use crate::pci::{BarInfo, BarReprogramming, Error, InterruptKind, MsiMessage, PciState};
 use crate::protocol::DmaLoggingReport;
 
 /// The config-space shadow of a PCI device (`VfioUserPciDevice` answers guest config
@@ -210,10 +208,7 @@ pub fn dirty_bitmap(page_size: u64, ranges: Vec<DirtyRange>) -> DirtyBitmap {
 /// Reads a saved device's container as `VfioUserPciDevice::restore` does, without the
 /// device: the head's PCI state, then the device data into `data`. Returns the state, the
 /// device data bytes, and how many bytes of `input` the container took.
-pub fn read_snapshot(
-    input: &[u8],
-    data: &mut Vec<u8>,
-) -> Result<(PciState, u64, usize), SnapshotError> {
+pub fn read_snapshot(input: &[u8], data: &mut Vec<u8>) -> Result<(PciState, u64, usize), Error> {
     let mut rest = input;
     let state = migrate::read_head(&mut rest)?;
     let total = migrate::load_data(&mut rest, data)?;
@@ -221,7 +216,7 @@ pub fn read_snapshot(
 }
 
 /// The container `VfioUserPciDevice::save` writes for `state` and the device data `data`.
-pub fn write_snapshot(state: &PciState, data: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+pub fn write_snapshot(state: &PciState, data: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     migrate::write_head(&mut out, state)?;
     migrate::save_data(&mut { data }, &mut out)?;

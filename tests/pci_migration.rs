@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use vfio_user_client::migration::{self, DeviceState, Migration, Unsupported};
 use vfio_user_client::pci::{
-    BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, PciConfig, SnapshotError,
+    BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, PciConfig,
 };
 use vfio_user_client::protocol::Command;
 use vfio_user_client::{AttachOptions, ConnectionCause, VfioUserPciDevice};
@@ -363,7 +363,7 @@ fn pre_copy_and_dirty_logging_through_the_pci_device() {
     // A handle of another device is refused.
     assert!(matches!(
         b.dev.start_dirty_logging(&mut out),
-        Err(SnapshotError::OtherDevice)
+        Err(PciError::ForeignMigration)
     ));
     a.dev.start_dirty_logging(&mut out).unwrap();
     out.set_state(DeviceState::PreCopy).unwrap();
@@ -418,7 +418,7 @@ fn a_gpio_moves_with_pre_copy_rounds() {
     // A restore with the source's handle is refused.
     assert!(matches!(
         b.dev.restore_with(&mut out, &saved[..]),
-        Err(SnapshotError::OtherDevice)
+        Err(PciError::ForeignMigration)
     ));
 }
 
@@ -545,7 +545,7 @@ fn the_crates_io_server_is_unsupported_cleanly() {
         assert!(
             matches!(
                 e,
-                SnapshotError::Migration(migration::Error::Unsupported(Unsupported::Refused(_)))
+                PciError::Migration(migration::Error::Unsupported(Unsupported::Refused(_)))
             ),
             "{e:?}"
         );
@@ -562,7 +562,7 @@ fn the_crates_io_server_is_unsupported_cleanly() {
 }
 
 /// Damaged container bytes, and the error they must give.
-type Case = (Vec<u8>, fn(&SnapshotError) -> bool);
+type Case = (Vec<u8>, fn(&PciError) -> bool);
 
 /// A saved GPIO, and a fresh destination for each damaged copy of it.
 #[test]
@@ -580,13 +580,13 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
     // Refused before anything is sent: the destination stays RUNNING.
     let head_cases: Vec<Case> = vec![
         (b"garbage!".to_vec(), |e| {
-            matches!(e, SnapshotError::BadMagic(_))
+            matches!(e, PciError::SnapshotMagic(_))
         }),
         (saved[..3].to_vec(), |e| {
-            matches!(e, SnapshotError::Truncated { what: "magic" })
+            matches!(e, PciError::SnapshotTruncated { what: "magic" })
         }),
         (saved[..data_at - 1].to_vec(), |e| {
-            matches!(e, SnapshotError::Truncated { what: "PCI state" })
+            matches!(e, PciError::SnapshotTruncated { what: "PCI state" })
         }),
         (
             {
@@ -594,7 +594,7 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
                 s[8] = 9;
                 s
             },
-            |e| matches!(e, SnapshotError::Version { found: 9, .. }),
+            |e| matches!(e, PciError::SnapshotVersion { found: 9, .. }),
         ),
         (
             {
@@ -602,7 +602,7 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
                 s[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
                 s
             },
-            |e| matches!(e, SnapshotError::TooLong { .. }),
+            |e| matches!(e, PciError::SnapshotTooLong { .. }),
         ),
         (
             {
@@ -610,7 +610,7 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
                 s[20] = b'[';
                 s
             },
-            |e| matches!(e, SnapshotError::BadState(_)),
+            |e| matches!(e, PciError::SnapshotState(_)),
         ),
     ];
     for (bytes, ok) in head_cases {
@@ -621,19 +621,16 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
     // Another device's state: refused before anything is sent.
     let mut c = engine(migrating(), &mem, false);
     let e = c.dev.restore(&saved[..]).unwrap_err();
-    assert!(
-        matches!(e, SnapshotError::Pci(PciError::DifferentDevice { .. })),
-        "{e:?}"
-    );
+    assert!(matches!(e, PciError::DifferentDevice { .. }), "{e:?}");
     assert_eq!(c.probe.migration_state(), DeviceState::Running);
 
     // Damage inside the device data: found while loading.
     let data_cases: Vec<Case> = vec![
         (saved[..data_at + 2].to_vec(), |e| {
-            matches!(e, SnapshotError::Truncated { .. })
+            matches!(e, PciError::SnapshotTruncated { .. })
         }),
         (saved[..saved.len() - 3].to_vec(), |e| {
-            matches!(e, SnapshotError::Truncated { what: "trailer" })
+            matches!(e, PciError::SnapshotTruncated { what: "trailer" })
         }),
         (
             {
@@ -641,7 +638,7 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
                 s.extend_from_slice(&(VfioUserPciDevice::SNAPSHOT_MAX_CHUNK_LEN + 1).to_le_bytes());
                 s
             },
-            |e| matches!(e, SnapshotError::TooLong { .. }),
+            |e| matches!(e, PciError::SnapshotTooLong { .. }),
         ),
         (
             {
@@ -650,7 +647,7 @@ fn corrupt_truncated_and_oversized_containers_are_typed_errors() {
                 s[at] ^= 0x80;
                 s
             },
-            |e| matches!(e, SnapshotError::DataLength { .. }),
+            |e| matches!(e, PciError::SnapshotDataLength { .. }),
         ),
     ];
     for (bytes, ok) in data_cases {

@@ -11,6 +11,7 @@ use crate::connection;
 use crate::device;
 use crate::dma;
 use crate::error::{iter_causes, Causes, ConnectionCause};
+use crate::migration;
 use crate::negotiate::NegotiateError;
 
 /// Errors of [`VfioUserPciDevice`](super::VfioUserPciDevice).
@@ -154,6 +155,61 @@ pub enum Error {
     /// state moved elsewhere must not run again. Detach it, or restore it first.
     #[error("the device was saved and is stopped: detach it, or restore it first")]
     Saved,
+    /// Saving or restoring the device data failed in the migration layer;
+    /// [`migration::Error::Unsupported`] when the device cannot migrate at all
+    /// ([`Error::is_unsupported`]).
+    #[error(transparent)]
+    Migration(#[from] migration::Error),
+    /// A saved device does not start with
+    /// [`SNAPSHOT_MAGIC`](super::VfioUserPciDevice::SNAPSHOT_MAGIC).
+    #[error("not a saved vfio-user PCI device (magic {0:02x?})")]
+    SnapshotMagic([u8; 8]),
+    /// A saved device's container version is not
+    /// [`SNAPSHOT_VERSION`](super::VfioUserPciDevice::SNAPSHOT_VERSION).
+    #[error("snapshot version {found} (supported: {supported})")]
+    SnapshotVersion {
+        /// The version found.
+        found: u32,
+        /// The version this library reads.
+        supported: u32,
+    },
+    /// A saved device's container sets flags this version does not know.
+    #[error("unknown snapshot flags {0:#x}")]
+    SnapshotFlags(u32),
+    /// A length in a saved device's container is over its bound.
+    #[error("{what} of {len} bytes (at most {max})")]
+    SnapshotTooLong {
+        /// What the length is of.
+        what: &'static str,
+        /// The length found.
+        len: u64,
+        /// Its bound.
+        max: u64,
+    },
+    /// A saved device's container ends early.
+    #[error("the snapshot ends inside its {what}")]
+    SnapshotTruncated {
+        /// The part that was being read.
+        what: &'static str,
+    },
+    /// The PCI state of a saved device is no valid JSON of a [`PciState`](super::PciState).
+    #[error("the saved PCI state does not parse: {0}")]
+    SnapshotState(serde_json::Error),
+    /// A saved device's trailer does not count the bytes its chunks hold.
+    #[error("the snapshot says {declared} bytes of device data, its chunks hold {found}")]
+    SnapshotDataLength {
+        /// The trailer's count.
+        declared: u64,
+        /// The bytes of the chunks.
+        found: u64,
+    },
+    /// The device was attached without guest memory: there is nothing to log.
+    #[error("the device has no guest memory mapped")]
+    NoGuestMemory,
+    /// The [`Migration`](crate::migration::Migration) handle given belongs to another
+    /// device (or to the connection a reconnect replaced).
+    #[error("the migration handle belongs to another device")]
+    ForeignMigration,
     /// Reconnecting gave up at the policy's deadline; `last` is the last attempt's error.
     #[error("reconnecting gave up after {attempts} attempt(s): {last}")]
     GaveUp {
@@ -174,6 +230,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the device cannot migrate at all (a migration blocker).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Migration(e) if e.is_unsupported())
+    }
+
+    /// The migration error behind this error.
+    fn migration(&self) -> Option<&migration::Error> {
+        match self {
+            Error::Migration(e) => Some(e),
+            Error::During { source, .. } => source.migration(),
+            Error::GaveUp { last, .. } => last.migration(),
+            _ => None,
+        }
+    }
+
     /// The connection errors behind this error.
     pub(crate) fn causes(&self) -> Causes<'_> {
         match self {
@@ -189,7 +260,8 @@ impl Error {
 
 impl ConnectionCause for Error {
     fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
-        iter_causes(self.causes())
+        let migration = self.migration().into_iter();
+        iter_causes(self.causes()).chain(migration.flat_map(|e| e.connection_errors()))
     }
 }
 

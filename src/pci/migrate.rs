@@ -3,14 +3,12 @@
 
 //! Saving and restoring a [`VfioUserPciDevice`]: its [`PciState`] and the device data
 //! stream (migration v2) in one small versioned container. The container's layout is
-//! documented on [`SnapshotError`], the order a VMM follows on
+//! documented on [`VfioUserPciDevice::SNAPSHOT_VERSION`], the order a VMM follows on
 //! [`VfioUserPciDevice::save`].
 
 use std::io::{self, Read, Write};
 
-use super::{PciState, VfioUserPciDevice};
-use crate::connection;
-use crate::error::ConnectionCause;
+use super::{Error, PciState, VfioUserPciDevice};
 use crate::migration::{self, DeviceState, Migration};
 
 const SNAPSHOT_MAGIC: [u8; 8] = VfioUserPciDevice::SNAPSHOT_MAGIC;
@@ -24,6 +22,23 @@ impl VfioUserPciDevice {
 
     /// The version of the container [`save`](Self::save) writes, and the only one
     /// [`restore`](Self::restore) reads.
+    ///
+    /// The container (version 1, little-endian):
+    ///
+    /// | field | bytes |
+    /// |---|---|
+    /// | magic [`SNAPSHOT_MAGIC`](VfioUserPciDevice::SNAPSHOT_MAGIC) | 8 |
+    /// | version [`SNAPSHOT_VERSION`](VfioUserPciDevice::SNAPSHOT_VERSION) | 4 |
+    /// | flags (0) | 4 |
+    /// | length of the PCI state, at most [`SNAPSHOT_MAX_STATE_LEN`](VfioUserPciDevice::SNAPSHOT_MAX_STATE_LEN) | 4 |
+    /// | the [`PciState`] as JSON | length |
+    /// | device data: chunks of a length (1 to [`SNAPSHOT_MAX_CHUNK_LEN`](VfioUserPciDevice::SNAPSHOT_MAX_CHUNK_LEN), 4 bytes) and its bytes, then a length of 0 | |
+    /// | total device data bytes | 8 |
+    ///
+    /// Reading never allocates more than one bounded piece at a time, stops at the end of
+    /// the container (what follows in the reader is the VMM's), and reports what is wrong
+    /// as an [`Error`]: a wrong magic, version or flags, a length over its
+    /// bound, a truncated container, a PCI state that does not parse or fit the device.
     pub const SNAPSHOT_VERSION: u32 = 1;
 
     /// The largest PCI state a container may hold (its JSON).
@@ -38,149 +53,53 @@ impl VfioUserPciDevice {
 /// staging.
 const SAVE_CHUNK: usize = MAX_CHUNK_LEN as usize;
 
-/// Errors of saving and restoring a [`VfioUserPciDevice`] ([`ConnectionCause`] finds the
-/// server's errno and whether the connection is gone).
-///
-/// # The container (version 1, little-endian)
-///
-/// | field | bytes |
-/// |---|---|
-/// | magic [`SNAPSHOT_MAGIC`](VfioUserPciDevice::SNAPSHOT_MAGIC) | 8 |
-/// | version [`SNAPSHOT_VERSION`](VfioUserPciDevice::SNAPSHOT_VERSION) | 4 |
-/// | flags (0) | 4 |
-/// | length of the PCI state, at most [`SNAPSHOT_MAX_STATE_LEN`](VfioUserPciDevice::SNAPSHOT_MAX_STATE_LEN) | 4 |
-/// | the [`PciState`] as JSON | length |
-/// | device data: chunks of a length (1 to [`SNAPSHOT_MAX_CHUNK_LEN`](VfioUserPciDevice::SNAPSHOT_MAX_CHUNK_LEN), 4 bytes) and its bytes, then a length of 0 | |
-/// | total device data bytes | 8 |
-///
-/// Reading never allocates more than one bounded piece at a time, stops at the end of the
-/// container (what follows in the reader is the VMM's), and reports what is wrong as a
-/// [`SnapshotError`]: a wrong magic, version or flags, a length over its bound, a
-/// truncated container, a PCI state that does not parse or fit the device.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SnapshotError {
-    /// The migration layer failed; [`migration::Error::Unsupported`] when the device cannot
-    /// migrate at all.
-    #[error(transparent)]
-    Migration(#[from] migration::Error),
-    /// The PCI state could not be restored (another device, another version).
-    #[error(transparent)]
-    Pci(#[from] super::Error),
-    /// The `Write` (saving) or `Read` (restoring) failed.
-    #[error("the snapshot stream failed: {0}")]
-    Io(io::Error),
-    /// The container does not start with [`SNAPSHOT_MAGIC`](VfioUserPciDevice::SNAPSHOT_MAGIC).
-    #[error("not a saved vfio-user PCI device (magic {0:02x?})")]
-    BadMagic([u8; 8]),
-    /// The container's version is not [`SNAPSHOT_VERSION`](VfioUserPciDevice::SNAPSHOT_VERSION).
-    #[error("snapshot version {found} (supported: {supported})")]
-    Version {
-        /// The version found.
-        found: u32,
-        /// The version this library reads.
-        supported: u32,
-    },
-    /// Flags this version does not know are set.
-    #[error("unknown snapshot flags {0:#x}")]
-    Flags(u32),
-    /// A length is over its bound.
-    #[error("{what} of {len} bytes (at most {max})")]
-    TooLong {
-        /// What the length is of.
-        what: &'static str,
-        /// The length found.
-        len: u64,
-        /// Its bound.
-        max: u64,
-    },
-    /// The container ends early.
-    #[error("the snapshot ends inside its {what}")]
-    Truncated {
-        /// The part that was being read.
-        what: &'static str,
-    },
-    /// The PCI state is no valid JSON of a [`PciState`].
-    #[error("the saved PCI state does not parse: {0}")]
-    BadState(serde_json::Error),
-    /// The trailer's byte count is not what the chunks held.
-    #[error("the snapshot says {declared} bytes of device data, its chunks hold {found}")]
-    DataLength {
-        /// The trailer's count.
-        declared: u64,
-        /// The bytes of the chunks.
-        found: u64,
-    },
-    /// The device was attached without guest memory: there is nothing to log.
-    #[error("the device has no guest memory mapped")]
-    NoGuestMemory,
-    /// The [`Migration`] handle given belongs to another device (or to the connection a
-    /// reconnect replaced).
-    #[error("the migration handle belongs to another device")]
-    OtherDevice,
-}
-
-impl SnapshotError {
-    /// Whether the device cannot migrate at all (a migration blocker).
-    pub fn is_unsupported(&self) -> bool {
-        matches!(self, SnapshotError::Migration(e) if e.is_unsupported())
-    }
-}
-
-impl ConnectionCause for SnapshotError {
-    fn connection_errors(&self) -> impl Iterator<Item = &connection::Error> {
-        let (migration, pci) = match self {
-            SnapshotError::Migration(e) => (Some(e), None),
-            SnapshotError::Pci(e) => (None, Some(e)),
-            _ => (None, None),
-        };
-        let migration = migration.into_iter().flat_map(|e| e.connection_errors());
-        migration.chain(pci.into_iter().flat_map(|e| e.connection_errors()))
+/// A failure of the snapshot stream (the VMM's `Write` when saving, `Read` when restoring).
+fn stream_error(source: io::Error) -> Error {
+    Error::Io {
+        what: "the snapshot stream",
+        source,
     }
 }
 
 /// The migration error inside an error of a [`migration::DataReader`] or
 /// [`migration::DataWriter`], or the I/O error itself.
-fn data_error(e: io::Error) -> SnapshotError {
+fn data_error(e: io::Error) -> Error {
     if migration::Error::from_io(&e).is_none() {
-        return SnapshotError::Io(e);
+        return stream_error(e);
     }
     match e
         .into_inner()
         .map(|inner| inner.downcast::<migration::Error>())
     {
-        Some(Ok(e)) => SnapshotError::Migration(*e),
-        Some(Err(other)) => SnapshotError::Io(io::Error::other(other)),
-        None => SnapshotError::Io(io::Error::other("device data stream failed")),
+        Some(Ok(e)) => Error::Migration(*e),
+        Some(Err(other)) => stream_error(io::Error::other(other)),
+        None => stream_error(io::Error::other("device data stream failed")),
     }
 }
 
-/// An error of reading `what`: the end of the input is [`SnapshotError::Truncated`].
-fn read_error(what: &'static str) -> impl Fn(io::Error) -> SnapshotError {
+/// An error of reading `what`: the end of the input is [`Error::SnapshotTruncated`].
+fn read_error(what: &'static str) -> impl Fn(io::Error) -> Error {
     move |e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => SnapshotError::Truncated { what },
-        _ => SnapshotError::Io(e),
+        io::ErrorKind::UnexpectedEof => Error::SnapshotTruncated { what },
+        _ => stream_error(e),
     }
 }
 
-fn read_array<const N: usize>(
-    input: &mut impl Read,
-    what: &'static str,
-) -> Result<[u8; N], SnapshotError> {
+fn read_array<const N: usize>(input: &mut impl Read, what: &'static str) -> Result<[u8; N], Error> {
     let mut b = [0u8; N];
     input.read_exact(&mut b).map_err(read_error(what))?;
     Ok(b)
 }
 
-fn read_u32(input: &mut impl Read, what: &'static str) -> Result<u32, SnapshotError> {
+fn read_u32(input: &mut impl Read, what: &'static str) -> Result<u32, Error> {
     read_array(input, what).map(u32::from_le_bytes)
 }
 
 /// A length of `what` read from `input`, refused over `max`.
-fn read_len(input: &mut impl Read, what: &'static str, max: u32) -> Result<u32, SnapshotError> {
+fn read_len(input: &mut impl Read, what: &'static str, max: u32) -> Result<u32, Error> {
     let len = read_u32(input, what)?;
     if len > max {
-        return Err(SnapshotError::TooLong {
+        return Err(Error::SnapshotTooLong {
             what,
             len: u64::from(len),
             max: u64::from(max),
@@ -190,12 +109,12 @@ fn read_len(input: &mut impl Read, what: &'static str, max: u32) -> Result<u32, 
 }
 
 /// Writes the container's head: magic, version, flags and the PCI state.
-pub(crate) fn write_head(out: &mut impl Write, state: &PciState) -> Result<(), SnapshotError> {
-    let json = serde_json::to_vec(state).map_err(SnapshotError::BadState)?;
+pub(crate) fn write_head(out: &mut impl Write, state: &PciState) -> Result<(), Error> {
+    let json = serde_json::to_vec(state).map_err(Error::SnapshotState)?;
     let len = u32::try_from(json.len())
         .ok()
         .filter(|&l| l <= MAX_STATE_LEN)
-        .ok_or(SnapshotError::TooLong {
+        .ok_or(Error::SnapshotTooLong {
             what: "PCI state",
             len: json.len() as u64,
             max: u64::from(MAX_STATE_LEN),
@@ -206,45 +125,44 @@ pub(crate) fn write_head(out: &mut impl Write, state: &PciState) -> Result<(), S
     head.extend_from_slice(&0u32.to_le_bytes());
     head.extend_from_slice(&len.to_le_bytes());
     head.extend_from_slice(&json);
-    out.write_all(&head).map_err(SnapshotError::Io)
+    out.write_all(&head).map_err(stream_error)
 }
 
 /// Reads the container's head and returns its PCI state (its version checked).
-pub(crate) fn read_head(input: &mut impl Read) -> Result<PciState, SnapshotError> {
+pub(crate) fn read_head(input: &mut impl Read) -> Result<PciState, Error> {
     let magic: [u8; 8] = read_array(input, "magic")?;
     if magic != SNAPSHOT_MAGIC {
-        return Err(SnapshotError::BadMagic(magic));
+        return Err(Error::SnapshotMagic(magic));
     }
     let version = read_u32(input, "version")?;
     if version != SNAPSHOT_VERSION {
-        return Err(SnapshotError::Version {
+        return Err(Error::SnapshotVersion {
             found: version,
             supported: SNAPSHOT_VERSION,
         });
     }
     let flags = read_u32(input, "flags")?;
     if flags != 0 {
-        return Err(SnapshotError::Flags(flags));
+        return Err(Error::SnapshotFlags(flags));
     }
     let len = read_len(input, "PCI state", MAX_STATE_LEN)?;
     let mut json = vec![0u8; len as usize];
     input
         .read_exact(&mut json)
         .map_err(read_error("PCI state"))?;
-    let state: PciState = serde_json::from_slice(&json).map_err(SnapshotError::BadState)?;
+    let state: PciState = serde_json::from_slice(&json).map_err(Error::SnapshotState)?;
     if state.version() != PciState::VERSION {
-        return Err(super::Error::StateVersion {
+        return Err(Error::StateVersion {
             found: state.version(),
             supported: PciState::VERSION,
-        }
-        .into());
+        });
     }
     Ok(state)
 }
 
 /// Copies the device data from `data` to `out` as chunks, the end mark and the trailer;
 /// returns the bytes copied.
-pub(crate) fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u64, SnapshotError> {
+pub(crate) fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u64, Error> {
     let mut buf = vec![0u8; SAVE_CHUNK];
     let mut total = 0u64;
     loop {
@@ -255,27 +173,22 @@ pub(crate) fn save_data(data: &mut impl Read, out: &mut impl Write) -> Result<u6
         };
         // `n` is at most SAVE_CHUNK, which is MAX_CHUNK_LEN.
         let len = u32::try_from(n).unwrap_or(u32::MAX);
-        out.write_all(&len.to_le_bytes())
-            .map_err(SnapshotError::Io)?;
+        out.write_all(&len.to_le_bytes()).map_err(stream_error)?;
         if n == 0 {
             break;
         }
         out.write_all(buf.get(..n).unwrap_or_default())
-            .map_err(SnapshotError::Io)?;
+            .map_err(stream_error)?;
         total += n as u64;
     }
-    out.write_all(&total.to_le_bytes())
-        .map_err(SnapshotError::Io)?;
-    out.flush().map_err(SnapshotError::Io)?;
+    out.write_all(&total.to_le_bytes()).map_err(stream_error)?;
+    out.flush().map_err(stream_error)?;
     Ok(total)
 }
 
 /// Copies the device data chunks of `input` into `data` and checks the trailer; returns the
 /// bytes copied.
-pub(crate) fn load_data(
-    input: &mut impl Read,
-    data: &mut impl Write,
-) -> Result<u64, SnapshotError> {
+pub(crate) fn load_data(input: &mut impl Read, data: &mut impl Write) -> Result<u64, Error> {
     let mut buf = Vec::new();
     let mut total = 0u64;
     loop {
@@ -292,7 +205,7 @@ pub(crate) fn load_data(
     }
     let declared = u64::from_le_bytes(read_array(input, "trailer")?);
     if declared != total {
-        return Err(SnapshotError::DataLength {
+        return Err(Error::SnapshotDataLength {
             declared,
             found: total,
         });
@@ -302,12 +215,12 @@ pub(crate) fn load_data(
 
 impl VfioUserPciDevice {
     /// Refuses a [`Migration`] handle of another device.
-    fn check_handle(&self, migration: &Migration<'_>) -> Result<(), SnapshotError> {
+    fn check_handle(&self, migration: &Migration<'_>) -> Result<(), Error> {
         let ours = self.device();
         if std::ptr::eq(migration.device(), &*ours) {
             Ok(())
         } else {
-            Err(SnapshotError::OtherDevice)
+            Err(Error::ForeignMigration)
         }
     }
 
@@ -318,13 +231,13 @@ impl VfioUserPciDevice {
     /// [`Migration::stop_dirty_logging`] ends it. Windows mapped later (guest memory
     /// hot-plug) are not logged: stop and start again.
     ///
-    /// [`SnapshotError::NoGuestMemory`] without guest memory,
+    /// [`Error::NoGuestMemory`] without guest memory,
     /// [`migration::Error::LoggingUnsupported`] from a server without DMA logging.
-    pub fn start_dirty_logging(&self, migration: &mut Migration<'_>) -> Result<(), SnapshotError> {
+    pub fn start_dirty_logging(&self, migration: &mut Migration<'_>) -> Result<(), Error> {
         self.check_handle(migration)?;
         let (windows, log) = {
             let core = self.core();
-            let dma = core.dma.as_ref().ok_or(SnapshotError::NoGuestMemory)?;
+            let dma = core.dma.as_ref().ok_or(Error::NoGuestMemory)?;
             (dma.mappings(), dma.dirty_log())
         };
         Ok(migration.start_dirty_logging_over(&windows, log)?)
@@ -369,8 +282,8 @@ impl VfioUserPciDevice {
     /// dirty report in between. `examples/vmm` (`--migrate`) does all of it.
     ///
     /// A device that cannot migrate answers [`migration::Error::Unsupported`] (through
-    /// [`SnapshotError::Migration`]) before anything is written: a VMM turns it into a
-    /// migration blocker.
+    /// [`Error::Migration`], [`Error::is_unsupported`]) before anything is written: a VMM
+    /// turns it into a migration blocker.
     ///
     /// [`PciConfig::bars`]: super::PciConfig::bars
     /// [`InterruptProvider::disable`]: super::InterruptProvider::disable
@@ -414,7 +327,7 @@ impl VfioUserPciDevice {
     /// source.detach()?; // stays stopped; the VMM's side is undone
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn save(&self, out: impl Write) -> Result<u64, SnapshotError> {
+    pub fn save(&self, out: impl Write) -> Result<u64, Error> {
         let device = self.device();
         let mut migration = Migration::new(&device)?;
         self.save_with(&mut migration, out)
@@ -430,7 +343,7 @@ impl VfioUserPciDevice {
         &self,
         migration: &mut Migration<'_>,
         mut out: impl Write,
-    ) -> Result<u64, SnapshotError> {
+    ) -> Result<u64, Error> {
         self.check_handle(migration)?;
         migration.set_state(DeviceState::StopCopy)?;
         // From here on the device refuses interrupt changes and unmaps: see `detach`.
@@ -452,7 +365,7 @@ impl VfioUserPciDevice {
     /// The container's head and PCI state are checked (version, this device's identity)
     /// before anything is sent to the server. A failure later leaves the device in
     /// RESUMING (or ERROR) with part of the data: detach it.
-    pub fn restore(&mut self, input: impl Read) -> Result<u64, SnapshotError> {
+    pub fn restore(&mut self, input: impl Read) -> Result<u64, Error> {
         let device = self.device();
         let mut migration = Migration::new(&device)?;
         self.restore_with(&mut migration, input)
@@ -464,7 +377,7 @@ impl VfioUserPciDevice {
         &mut self,
         migration: &mut Migration<'_>,
         mut input: impl Read,
-    ) -> Result<u64, SnapshotError> {
+    ) -> Result<u64, Error> {
         self.check_handle(migration)?;
         let state = read_head(&mut input)?;
         self.core().identity.check(state.identity())?;
@@ -503,13 +416,13 @@ mod tests {
         bad[at] ^= 1;
         assert!(matches!(
             load_data(&mut &bad[..], &mut Vec::new()),
-            Err(SnapshotError::DataLength { .. })
+            Err(Error::SnapshotDataLength { .. })
         ));
         for cut in [0, 3, 4, 100, saved.len() - 1] {
             assert!(
                 matches!(
                     load_data(&mut &saved[..cut], &mut Vec::new()),
-                    Err(SnapshotError::Truncated { .. })
+                    Err(Error::SnapshotTruncated { .. })
                 ),
                 "cut at {cut}"
             );
@@ -517,7 +430,7 @@ mod tests {
         let over = (MAX_CHUNK_LEN + 1).to_le_bytes();
         assert!(matches!(
             load_data(&mut &over[..], &mut Vec::new()),
-            Err(SnapshotError::TooLong { .. })
+            Err(Error::SnapshotTooLong { .. })
         ));
     }
 
@@ -533,30 +446,30 @@ mod tests {
         let r = |b: Vec<u8>| read_head(&mut &b[..]);
         assert!(matches!(
             r(head(b"VUPCISNQ", 1, 0, 0)),
-            Err(SnapshotError::BadMagic(_))
+            Err(Error::SnapshotMagic(_))
         ));
         assert!(matches!(
             r(head(&SNAPSHOT_MAGIC, 2, 0, 0)),
-            Err(SnapshotError::Version { found: 2, .. })
+            Err(Error::SnapshotVersion { found: 2, .. })
         ));
         assert!(matches!(
             r(head(&SNAPSHOT_MAGIC, 1, 1, 0)),
-            Err(SnapshotError::Flags(1))
+            Err(Error::SnapshotFlags(1))
         ));
         assert!(matches!(
             r(head(&SNAPSHOT_MAGIC, 1, 0, u32::MAX)),
-            Err(SnapshotError::TooLong { .. })
+            Err(Error::SnapshotTooLong { .. })
         ));
         assert!(matches!(
             r(head(&SNAPSHOT_MAGIC, 1, 0, 10)),
-            Err(SnapshotError::Truncated { what: "PCI state" })
+            Err(Error::SnapshotTruncated { what: "PCI state" })
         ));
         let mut b = head(&SNAPSHOT_MAGIC, 1, 0, 2);
         b.extend_from_slice(b"{}");
-        assert!(matches!(r(b), Err(SnapshotError::BadState(_))));
+        assert!(matches!(r(b), Err(Error::SnapshotState(_))));
         assert!(matches!(
             r(SNAPSHOT_MAGIC[..5].to_vec()),
-            Err(SnapshotError::Truncated { what: "magic" })
+            Err(Error::SnapshotTruncated { what: "magic" })
         ));
     }
 
@@ -592,16 +505,16 @@ mod tests {
             match load_data(&mut &bad[..], &mut out) {
                 Ok(n) => proptest::prop_assert_eq!(n as usize, out.len()),
                 Err(
-                    SnapshotError::Truncated { .. }
-                    | SnapshotError::TooLong { .. }
-                    | SnapshotError::DataLength { .. },
+                    Error::SnapshotTruncated { .. }
+                    | Error::SnapshotTooLong { .. }
+                    | Error::SnapshotDataLength { .. },
                 ) => {}
                 Err(e) => proptest::prop_assert!(false, "unexpected {e:?}"),
             }
             let cut = cut % good.len();
             let truncated = matches!(
                 load_data(&mut &good[..cut], &mut Vec::new()),
-                Err(SnapshotError::Truncated { .. })
+                Err(Error::SnapshotTruncated { .. })
             );
             proptest::prop_assert!(truncated);
             // Followed by more bytes: exactly the container is read.

@@ -40,8 +40,8 @@
 //!   connection makes guest reads return all ones, is logged once, and signals
 //!   [`VfioUserPciDevice::event`]; with a [`ReconnectPolicy`] a supervisor thread connects
 //!   again instead, checks that the server offers the same device (config-space identity,
-//!   BARs, capabilities, regions and IRQ counts) and replays the DMA mappings and the [`PciState`] ([`ConnectionState`] says where it is);
-//!   managed slots ([`VfioUserPciDevice::manage_slots`]) follow the new server's mappings
+//!   BARs, capabilities, regions and IRQ counts) and replays the DMA mappings and the
+//!   [`PciState`] ([`ConnectionState`] says where it is); managed slots ([`VfioUserPciDevice::manage_slots`]) follow the new server's mappings
 //!   and ioeventfds by themselves.
 //! * **State**: [`VfioUserPciDevice::pci_state`] captures what the client owns (command
 //!   register, BARs, MSI / MSI-X registers and table, emulated pending bits) and
@@ -52,7 +52,7 @@
 //!   them back into a device attached to another server; a live migration drives the
 //!   pre-copy rounds with its own [`Migration`](crate::migration::Migration) handle and
 //!   [`VfioUserPciDevice::start_dirty_logging`] (the order a VMM follows is on
-//!   [`VfioUserPciDevice::save`], the container on [`SnapshotError`]).
+//!   [`VfioUserPciDevice::save`], the container on [`VfioUserPciDevice::SNAPSHOT_VERSION`]).
 //!
 //! rust-vmm has no PCI crate, so the config-space side is our own small trait,
 //! [`PciConfig`], modelled on Cloud Hypervisor's `PciDevice`. BAR windows implement
@@ -83,7 +83,6 @@ pub use config::{BarInfo, BarKind, BarReprogramming, BarSpace, PciConfig};
 pub use error::{Activity, CapabilityProblem, Error};
 use interrupts::InterruptMode;
 pub use interrupts::{InterruptKind, InterruptProvider, MsiMessage};
-pub use migrate::SnapshotError;
 pub use reconnect::{ConnectionState, ReconnectPolicy, Reconnected};
 pub use slots::{BarMapping, Doorbell, GuestSlots};
 use state::DeviceIdentity;
