@@ -41,8 +41,9 @@
 //!   [`VfioUserPciDevice::event`]; with a [`ReconnectPolicy`] a supervisor thread connects
 //!   again instead, checks that the server offers the same device (config-space identity,
 //!   BARs, capabilities, regions and IRQ counts) and replays the DMA mappings and the
-//!   [`PciState`] ([`ConnectionState`] says where it is); managed slots ([`VfioUserPciDevice::manage_slots`]) follow the new server's mappings
-//!   and ioeventfds by themselves.
+//!   [`PciState`] ([`ConnectionState`] says where it is); managed slots
+//!   ([`VfioUserPciDevice::manage_slots`]) follow the new server's mappings and ioeventfds
+//!   by themselves.
 //! * **State**: [`VfioUserPciDevice::pci_state`] captures what the client owns (command
 //!   register, BARs, MSI / MSI-X registers and table, emulated pending bits) and
 //!   [`VfioUserPciDevice::restore_pci_state`] applies it to another attach of the same
