@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
-use vfio_user_client::dma::{DmaLimits, DmaMapper, DmaMode, DmaOptions};
+use vfio_user_client::dma::{DmaMapper, DmaMode, DmaOptions};
 use vfio_user_client::protocol::{Command, DmaAccess, Header, Version};
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::bench as support;
@@ -261,14 +261,9 @@ fn bench_modes(c: &mut Criterion, size: usize, label: &str) {
     let mem = Arc::new(guest(4 << 20, Some(memfd(4 << 20))));
     mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
         .expect("fill");
-    let limits = DmaLimits {
-        page_size: PAGE,
-        max_dma_maps: 16,
-        max_data_xfer_size: 1 << 20,
-    };
 
     // fd-mapped: the server maps the fd it was sent and copies.
-    let mapper = DmaMapper::with_limits(&conn, limits, Arc::clone(&mem));
+    let mapper = DmaMapper::new(&conn, Arc::clone(&mem));
     let mut map = map_4mib(&mapper, &server);
     let fd = map.fds.pop().expect("an fd with the DMA_MAP");
     let offset = vfio_user_client::protocol::DmaMap::decode(&map.payload)
@@ -298,7 +293,7 @@ fn bench_modes(c: &mut Criterion, size: usize, label: &str) {
         mode: DmaMode::MessageOnly,
         ..DmaOptions::default()
     };
-    let mapper = DmaMapper::with_limits(&conn, limits, mem).with_options(&options);
+    let mapper = DmaMapper::new(&conn, mem).with_options(&options);
     let map = map_4mib(&mapper, &server);
     assert!(map.fds.is_empty(), "message-only sent an fd");
     let mut reads = Requester::new(server.try_clone().expect("clone"), size);
@@ -339,12 +334,7 @@ fn bench_read_ours(c: &mut Criterion, size: usize, label: &str, twin: bool) {
     let mem = Arc::new(guest(4 << 20, None));
     mem.write_slice(&vec![0x5a; 2 << 20], GuestAddress(0))
         .expect("fill");
-    let limits = DmaLimits {
-        page_size: PAGE,
-        max_dma_maps: 16,
-        max_data_xfer_size: 1 << 20,
-    };
-    let mapper = DmaMapper::with_limits(&conn, limits, mem);
+    let mapper = DmaMapper::new(&conn, mem);
     map_4mib(&mapper, &server);
     let mut requester = Requester::new(dma_socket, size);
     requester.round_trip();

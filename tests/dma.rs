@@ -221,9 +221,8 @@ fn bad_maps_are_refused_locally_with_the_limit_and_values() {
         shared(0, 0x10_0000),
         anon(0x10_0000, 0x10_0000),
     ]));
+    // The negotiated limits: 3 windows (TooManyMappings below), 4 KiB pages (Unaligned).
     let mapper = DmaMapper::new(&env.conn, mem);
-    assert_eq!(mapper.limits().max_dma_maps, 3);
-    assert_eq!(mapper.limits().page_size, 4096);
     let commands = env.probe.commands();
 
     let map = |iova, size| DmaOp::Map { iova, size };

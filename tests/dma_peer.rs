@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vfio_user_client::dma::{DmaLimits, DmaMapper};
+use vfio_user_client::dma::DmaMapper;
 use vfio_user_client::negotiate::NegotiateError;
 use vfio_user_client::protocol::{
     Command, DmaAccess, DmaMap, DmaUnmap, Header, RegionAccess, Version,
@@ -87,16 +87,11 @@ fn setup_with<AS>(memory: AS, max_data_xfer_size: u64) -> Setup<AS>
 where
     AS: GuestAddressSpace<M = GuestMemoryMmap> + Send + Sync + 'static,
 {
-    let (conn, mut peer) = common::pair();
-    let mapper = DmaMapper::with_limits(
-        &conn,
-        DmaLimits {
-            page_size: 4096,
-            max_dma_maps: 100,
-            max_data_xfer_size,
-        },
-        memory,
-    );
+    // The offer's max_data_xfer_size bounds the DMA_READ / DMA_WRITE the mapper serves.
+    let mut options = ConnectOptions::default();
+    options.offer.max_data_xfer_size = max_data_xfer_size as u32;
+    let (conn, mut peer) = common::pair_with(options);
+    let mapper = DmaMapper::new(&conn, memory);
     let regions = thread::scope(|s| {
         let t = s.spawn(|| mapper.map_guest_memory());
         let got = accept(&mut peer, 4);

@@ -16,7 +16,7 @@ use std::thread;
 
 use common::write_region;
 use vfio_user_client::dma::{
-    DmaHandle, DmaLimits, DmaMapper, DmaMode, DmaOptions, Error as DmaError, GuestMemorySharing,
+    DmaHandle, DmaMapper, DmaMode, DmaOptions, Error as DmaError, GuestMemorySharing,
     GuestRegionInfo,
 };
 use vfio_user_client::pci::{ConnectionState, ReconnectPolicy};
@@ -437,14 +437,6 @@ fn accept(peer: &mut RawEndpoint, n: usize) -> Vec<RawMsg> {
         .collect()
 }
 
-fn limits() -> DmaLimits {
-    DmaLimits {
-        page_size: 4096,
-        max_dma_maps: 100,
-        max_data_xfer_size: 64 << 10,
-    }
-}
-
 /// Runs `op` while the peer accepts `n` operations; returns what the peer saw.
 fn with_peer<T: Send>(
     peer: &mut RawEndpoint,
@@ -466,7 +458,7 @@ fn message_only_never_sends_an_fd() {
     ]));
     // Control: the same memory, mapped normally, goes with its fd.
     let (conn, mut peer) = common::pair();
-    let mapper = DmaMapper::with_limits(&conn, limits(), Arc::clone(&mem));
+    let mapper = DmaMapper::new(&conn, Arc::clone(&mem));
     let (r, seen) = with_peer(&mut peer, 2, || mapper.map_guest_memory());
     r.unwrap();
     assert_eq!(
@@ -479,7 +471,7 @@ fn message_only_never_sends_an_fd() {
         mode: DmaMode::MessageOnly,
         ..DmaOptions::default()
     };
-    let mapper = DmaMapper::with_limits(&conn, limits(), Arc::clone(&mem)).with_options(&only);
+    let mapper = DmaMapper::new(&conn, Arc::clone(&mem)).with_options(&only);
     assert_eq!(mapper.mode(), DmaMode::MessageOnly);
     let (r, mut seen) = with_peer(&mut peer, 3, || {
         mapper.map_guest_memory()?;
@@ -487,7 +479,7 @@ fn message_only_never_sends_an_fd() {
     });
     r.unwrap();
     // A second mapper on the connection, without options: message-only holds.
-    let other = DmaMapper::with_limits(&conn, limits(), Arc::clone(&mem));
+    let other = DmaMapper::new(&conn, Arc::clone(&mem));
     assert_eq!(other.mode(), DmaMode::MessageOnly);
     let (r, more) = with_peer(&mut peer, 1, || other.map(0x2_0000_0000, 2 * MIB, 0x1000));
     r.unwrap();
@@ -566,9 +558,7 @@ fn dma_outside_the_iova_windows_gets_an_errno_and_touches_nothing() {
         guest_memory: GuestMemorySharing::None,
         mode: DmaMode::MessageOnly,
     };
-    let iommu = DmaHandle::from(
-        DmaMapper::with_limits(&conn, limits(), Arc::clone(&mem)).with_options(&none),
-    );
+    let iommu = DmaHandle::from(DmaMapper::new(&conn, Arc::clone(&mem)).with_options(&none));
     let (r, seen) = with_peer(&mut peer, 2, || {
         iommu.sync_guest_memory()?; // maps nothing: no sharing
         iommu.map(W, RW_GPA, 0x2000)?;
@@ -695,13 +685,7 @@ fn message_only_never_serves_memory_unmapped_while_a_reply_waits() {
         guest_memory: GuestMemorySharing::None,
         mode: DmaMode::MessageOnly,
     };
-    let limits = DmaLimits {
-        max_data_xfer_size: MIB,
-        ..limits()
-    };
-    let iommu = DmaHandle::from(
-        DmaMapper::with_limits(&conn, limits, Arc::clone(&mem)).with_options(&only),
-    );
+    let iommu = DmaHandle::from(DmaMapper::new(&conn, Arc::clone(&mem)).with_options(&only));
     let (r, _) = with_peer(&mut peer, 1, || iommu.map(W, GPA, SIZE));
     r.unwrap();
     let before = pattern(SIZE as usize, 6);

@@ -111,19 +111,21 @@ impl<B: Bitmap> DmaRegion for GuestRegionMmap<B> {
 
 /// The negotiated limits the DMA layer works within.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DmaLimits {
-    /// Smallest page size the server supports: every window's IOVA, size and guest address
-    /// must be multiples of it.
-    pub page_size: u64,
+struct DmaLimits {
+    /// Smallest page size the server supports ([`Capabilities::min_page_size`]): every
+    /// window's IOVA, size and guest address must be multiples of it.
+    ///
+    /// [`Capabilities::min_page_size`]: crate::Capabilities::min_page_size
+    page_size: u64,
     /// Most live windows the server holds.
-    pub max_dma_maps: u32,
+    max_dma_maps: u32,
     /// Our `max_data_xfer_size`: the largest DMA_READ / DMA_WRITE we serve.
-    pub max_data_xfer_size: u64,
+    max_data_xfer_size: u64,
 }
 
 impl DmaLimits {
     /// The limits of a negotiated connection.
-    pub fn of(conn: &Connection) -> DmaLimits {
+    fn of(conn: &Connection) -> DmaLimits {
         let caps = conn.capabilities();
         DmaLimits {
             page_size: caps.min_page_size(),
@@ -221,14 +223,13 @@ where
     AS::M: GuestMemoryBackend,
     <AS::M as GuestMemoryBackend>::R: DmaRegion,
 {
-    /// A mapper for `memory` on a negotiated connection, with the connection's limits.
+    /// A mapper for `memory` on a negotiated connection, within the connection's limits:
+    /// the server's smallest page size ([`Capabilities::min_page_size`]) and `max_dma_maps`,
+    /// and our offer's `max_data_xfer_size` for the DMA_READ / DMA_WRITE it serves.
+    ///
+    /// [`Capabilities::min_page_size`]: crate::Capabilities::min_page_size
     pub fn new(conn: &Connection, memory: AS) -> DmaMapper<AS> {
-        DmaMapper::with_limits(conn, DmaLimits::of(conn), memory)
-    }
-
-    /// A mapper with explicit limits (tests, or limits below what was negotiated).
-    pub fn with_limits(conn: &Connection, limits: DmaLimits, memory: AS) -> DmaMapper<AS> {
-        DmaMapper::on(conn, limits, memory, None)
+        DmaMapper::on(conn, DmaLimits::of(conn), memory, None)
     }
 
     /// A mapper on `conn` (a new connection, after a reconnect) for the same guest memory,
@@ -289,11 +290,6 @@ where
         } else {
             DmaMode::Mapped
         }
-    }
-
-    /// The limits in force.
-    pub fn limits(&self) -> DmaLimits {
-        self.limits
     }
 
     /// Pages written by the server's DMA_WRITE messages.
