@@ -17,7 +17,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
 };
-use vfio_user_client::device::{Error as DeviceError, Irq};
+use vfio_user_client::device::Error as DeviceError;
 use vfio_user_client::pci::{AttachOptions, Error as PciError, InterruptKind, VfioUserPciDevice};
 use vfio_user_client::protocol::{Command, DeviceInfo, IrqInfo, Version};
 use vfio_user_client::{ConnectOptions, DeviceOptions, Error, VfioUserDevice};
@@ -87,7 +87,7 @@ fn answer(mut ep: RawEndpoint, flags: u32, counts: &[u32]) {
 
 /// Discovers a device whose server reports `flags` and `counts`: the IRQ indexes, or the
 /// device layer's error.
-fn discover(flags: u32, counts: &[u32]) -> Result<Vec<Irq>, DeviceError> {
+fn discover(flags: u32, counts: &[u32]) -> Result<Vec<IrqInfo>, DeviceError> {
     let (_dir, path) = missing_socket();
     let listener = UnixListener::bind(&path).unwrap();
     let counts = counts.to_vec();
@@ -124,7 +124,7 @@ fn too_many(e: &DeviceError) -> (u32, u32, u32) {
 #[test]
 fn every_pci_index_is_bounded() {
     for (index, bound) in PCI_BOUNDS {
-        assert_eq!(Irq::max_vectors(true, index), bound);
+        assert_eq!(VfioUserDevice::max_vectors(true, index), bound);
         let mut counts = [0; 5];
         counts[index as usize] = bound;
         let irqs = discover(PCI, &counts).unwrap();
@@ -172,8 +172,11 @@ fn what_real_servers_report_is_accepted() {
 
 #[test]
 fn device_specific_indexes_keep_the_general_bound() {
-    assert_eq!(Irq::MAX_VECTORS, 2048);
-    assert_eq!(Irq::max_vectors(true, 5), Irq::MAX_VECTORS);
+    assert_eq!(VfioUserDevice::MAX_VECTORS, 2048);
+    assert_eq!(
+        VfioUserDevice::max_vectors(true, 5),
+        VfioUserDevice::MAX_VECTORS
+    );
     let irqs = discover(PCI, &[1, 1, 1, 1, 1, 2048, 0]).unwrap();
     assert_eq!((irqs[5].count, irqs[6].count), (2048, 0));
     let e = discover(PCI, &[1, 1, 1, 1, 1, 0, 2049]).unwrap_err();
@@ -184,8 +187,8 @@ fn device_specific_indexes_keep_the_general_bound() {
 fn a_non_pci_device_has_the_general_bound_on_every_index() {
     // Its indexes are not the PCI ones: index 0 may have many vectors.
     assert_eq!(
-        Irq::max_vectors(false, VFIO_PCI_INTX_IRQ_INDEX),
-        Irq::MAX_VECTORS
+        VfioUserDevice::max_vectors(false, VFIO_PCI_INTX_IRQ_INDEX),
+        VfioUserDevice::MAX_VECTORS
     );
     let irqs = discover(0, &[2048, 2048, 1]).unwrap();
     assert_eq!(irqs[0].count, 2048);

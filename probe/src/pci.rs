@@ -13,7 +13,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
 };
-use vfio_user_client::device::Irq;
+use vfio_user_client::VfioUserDevice;
 
 /// A vendor id, its name, and the names of some of its devices.
 type VendorEntry = (u16, &'static str, &'static [(u16, &'static str)]);
@@ -552,7 +552,7 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
 /// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ): one INTx
 /// pin, 32 MSI vectors (Multiple Message Capable), 2048 MSI-X table entries (Table Size is 11
 /// bits), and one ERR and one REQ notification, as the client library bounds them
-/// ([`Irq::max_vectors`]).
+/// ([`VfioUserDevice::max_vectors`]).
 pub fn irq_bound(index: u32) -> Option<(&'static str, u32)> {
     let name = match index {
         VFIO_PCI_INTX_IRQ_INDEX => "INTx",
@@ -562,7 +562,7 @@ pub fn irq_bound(index: u32) -> Option<(&'static str, u32)> {
         VFIO_PCI_REQ_IRQ_INDEX => "REQ",
         _ => return None,
     };
-    Some((name, Irq::max_vectors(true, index)))
+    Some((name, VfioUserDevice::max_vectors(true, index)))
 }
 
 /// Why IRQ index `index` of a PCI device with `count` vectors breaks its PCI bound, if it

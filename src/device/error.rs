@@ -70,7 +70,7 @@ pub enum Error {
         limit: u32,
     },
     /// DEVICE_GET_IRQ_INFO reports more vectors for an IRQ index than that index can have
-    /// (see [`Irq::max_vectors`](super::Irq::max_vectors)).
+    /// (see [`VfioUserDevice::max_vectors`](super::VfioUserDevice::max_vectors)).
     #[error("IRQ index {index} reports {count} vectors; at most {limit} are accepted")]
     TooManyVectors {
         /// The IRQ index.

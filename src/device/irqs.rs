@@ -18,18 +18,7 @@ use super::{Error, VfioUserDevice};
 use crate::connection::{self, Connection};
 use crate::protocol::{Command, IrqInfo, SetIrqs};
 
-/// One IRQ index of the device, as DEVICE_GET_IRQ_INFO described it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Irq {
-    /// The IRQ index.
-    pub index: u32,
-    /// `VFIO_IRQ_INFO_*` flags.
-    pub flags: u32,
-    /// Number of vectors.
-    pub count: u32,
-}
-
-impl Irq {
+impl VfioUserDevice {
     /// Most vectors of any IRQ index that is not one of the PCI ones (a non-PCI device's,
     /// or a PCI device's device-specific index): as many as the largest VFIO interrupt type
     /// has (MSI-X's 2048). No known server has such indexes: libvfio-user (and so SPDK and
@@ -39,7 +28,7 @@ impl Irq {
     /// Most vectors IRQ index `index` may report: for a PCI device (`pci`), INTx 1, MSI 32
     /// (the MSI capability's Multiple Message Capable field tops out at 2^5), MSI-X 2048
     /// (an 11-bit table size), ERR 1 and REQ 1; any other index, and every index of a
-    /// non-PCI device (whose numbering is not the PCI one), [`Irq::MAX_VECTORS`].
+    /// non-PCI device (whose numbering is not the PCI one), [`VfioUserDevice::MAX_VECTORS`].
     ///
     /// Real servers stay within these: libvfio-user reports ERR 1, REQ 1 and the count its
     /// application configured for INTx, MSI and MSI-X (0 when unused), e.g. SPDK's NVMe
@@ -47,13 +36,13 @@ impl Irq {
     /// size (or else its MSI vectors).
     pub fn max_vectors(pci: bool, index: u32) -> u32 {
         if !pci {
-            return Irq::MAX_VECTORS;
+            return VfioUserDevice::MAX_VECTORS;
         }
         match index {
             VFIO_PCI_INTX_IRQ_INDEX | VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => 1,
             VFIO_PCI_MSI_IRQ_INDEX => 32,
             VFIO_PCI_MSIX_IRQ_INDEX => 2048,
-            _ => Irq::MAX_VECTORS,
+            _ => VfioUserDevice::MAX_VECTORS,
         }
     }
 }
@@ -216,7 +205,7 @@ impl VfioUserDevice {
     }
 }
 
-pub(super) fn get_irq(conn: &Connection, index: u32) -> Result<Irq, Error> {
+pub(super) fn get_irq(conn: &Connection, index: u32) -> Result<IrqInfo, Error> {
     let mut payload = Vec::with_capacity(IrqInfo::SIZE);
     IrqInfo::request(index).encode_into(&mut payload);
     let reply = conn
@@ -236,17 +225,13 @@ pub(super) fn get_irq(conn: &Connection, index: u32) -> Result<Irq, Error> {
             what: format!("answers IRQ index {} instead of {index}", info.index),
         });
     }
-    Ok(Irq {
-        index,
-        flags: info.flags,
-        count: info.count,
-    })
+    Ok(info)
 }
 
-/// Refuses an IRQ index whose vector count is above [`Irq::max_vectors`] (0 is always accepted:
+/// Refuses an IRQ index whose vector count is above [`VfioUserDevice::max_vectors`] (0 is always accepted:
 /// libvfio-user reports 0 for every interrupt type its application does not use).
-pub(super) fn check_count(pci: bool, irq: &Irq) -> Result<(), Error> {
-    let limit = Irq::max_vectors(pci, irq.index);
+pub(super) fn check_count(pci: bool, irq: &IrqInfo) -> Result<(), Error> {
+    let limit = VfioUserDevice::max_vectors(pci, irq.index);
     if irq.count > limit {
         return Err(Error::TooManyVectors {
             index: irq.index,

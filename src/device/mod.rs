@@ -33,13 +33,13 @@ use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RES
 
 use crate::connection::{ConnectOptions, Connection};
 use crate::negotiate::{host_page_size, Capabilities};
-use crate::protocol::{Command, DeviceInfo, Header, RegionAccess};
+use crate::protocol::{Command, DeviceInfo, Header, IrqInfo, RegionAccess};
 use irqs::{check_count, get_irq};
 use region::{get_region, map_region};
 
 pub use error::Error;
 pub use io_fds::RegionIoFd;
-pub use irqs::{Irq, IrqAction};
+pub use irqs::IrqAction;
 pub use mmap::MappedArea;
 pub use region::Region;
 
@@ -129,7 +129,7 @@ pub struct VfioUserDevice {
     connection: Connection,
     info: DeviceInfo,
     regions: Vec<Region>,
-    irqs: Vec<Irq>,
+    irqs: Vec<IrqInfo>,
     read_chunk: usize,
     write_chunk: usize,
     posted_writes: bool,
@@ -152,7 +152,7 @@ impl VfioUserDevice {
     /// region (re-asking with the larger `argsz` the server names) and every IRQ index, and
     /// maps the mappable areas when `options.map_regions` is set.
     ///
-    /// An IRQ index with more vectors than [`Irq::max_vectors`] allows is
+    /// An IRQ index with more vectors than [`VfioUserDevice::max_vectors`] allows is
     /// [`Error::TooManyVectors`].
     pub fn new(connection: Connection, options: &DeviceOptions) -> Result<VfioUserDevice, Error> {
         let conn = &connection;
@@ -244,13 +244,14 @@ impl VfioUserDevice {
         })
     }
 
-    /// Every IRQ index.
-    pub fn irqs(&self) -> &[Irq] {
+    /// Every IRQ index, as DEVICE_GET_IRQ_INFO described it (`VFIO_IRQ_INFO_*` flags and
+    /// the number of vectors).
+    pub fn irqs(&self) -> &[IrqInfo] {
         &self.irqs
     }
 
     /// IRQ index `index`.
-    pub fn irq(&self, index: u32) -> Result<Irq, Error> {
+    pub fn irq(&self, index: u32) -> Result<IrqInfo, Error> {
         self.irqs
             .get(index as usize)
             .copied()
