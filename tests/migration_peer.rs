@@ -22,7 +22,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_MIGRATION_STOP_COPY, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::dma::DmaMapper;
-use vfio_user_client::migration::{DeviceState, Error, Migration, Unsupported};
+use vfio_user_client::migration::{DeviceState, Error, Migration};
 use vfio_user_client::protocol::{
     Command, DeviceFeature, DeviceInfo, DmaAccess, DmaLoggingReport, DmaLoggingStart, Header,
     MigData, MigDeviceState, MigrationFeature, RegionAccess, RegionInfo, Version,
@@ -424,10 +424,7 @@ fn without_the_migration_capability_nothing_is_sent() {
     };
     let s = Setup::new(config, device, Box::new(|_, _, _| Answer::Default));
     let e = Migration::new(&s.dev).unwrap_err();
-    assert!(
-        matches!(e, Error::Unsupported(Unsupported::NotNegotiated)),
-        "{e:?}"
-    );
+    assert!(matches!(e, Error::NotNegotiated), "{e:?}");
     assert!(e.is_unsupported());
     assert_eq!(s.feature_requests(), 0);
 }
@@ -446,10 +443,7 @@ fn a_refused_feature_is_unsupported_with_the_errno() {
             }),
         );
         let e = Migration::new(&s.dev).unwrap_err();
-        assert!(
-            matches!(e, Error::Unsupported(Unsupported::Refused(_))),
-            "{e:?}"
-        );
+        assert!(matches!(e, Error::NoMigrationFeature(_)), "{e:?}");
         assert_eq!(e.server_errno(), Some(errno));
         assert!(!e.is_disconnected());
         s.in_step();
@@ -463,7 +457,7 @@ fn flags_without_stop_copy_are_unsupported() {
     assert!(
         matches!(
             e,
-            Error::Unsupported(Unsupported::NoStopCopy { flags }) if flags == PRE_COPY | P2P
+            Error::NoStopCopy { flags } if flags == PRE_COPY | P2P
         ),
         "{e:?}"
     );
@@ -1218,10 +1212,7 @@ fn the_crates_io_server_is_unsupported_cleanly() {
     assert!(dev.capabilities().migration.is_some());
     for _ in 0..3 {
         let e = Migration::new(&dev).unwrap_err();
-        assert!(
-            matches!(e, Error::Unsupported(Unsupported::Refused(_))),
-            "{e:?}"
-        );
+        assert!(matches!(e, Error::NoMigrationFeature(_)), "{e:?}");
         assert!(e.is_unsupported() && !e.is_disconnected());
         // In step: every later request gets its own answer.
         for _ in 0..20 {

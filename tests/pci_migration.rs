@@ -5,15 +5,15 @@
 //! and the DMA engine with a copy in flight move (with and without the twin socket), and
 //! MSI-X works on the destination; dirty logging over the device's own mapper; devices
 //! that cannot migrate (the sample server without migration, the crates.io `vfio_user`
-//! server) are `Unsupported` with nothing written; corrupt, truncated and oversized
-//! containers are typed errors. A saved source detaches cleanly (no SET_IRQS or DMA_UNMAP
+//! server) are unsupported (`is_unsupported`) with nothing written; corrupt, truncated and
+//! oversized containers are typed errors. A saved source detaches cleanly (no SET_IRQS or DMA_UNMAP
 //! to a stopped device) and refuses a reset; restored or resumed, it detaches in full.
 
 use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use vfio_user_client::migration::{self, DeviceState, Migration, Unsupported};
+use vfio_user_client::migration::{self, DeviceState, Migration};
 use vfio_user_client::pci::{
     BarInfo, BarKind, BarPlacement, Error as PciError, InterruptKind, PciConfig,
 };
@@ -545,7 +545,7 @@ fn the_crates_io_server_is_unsupported_cleanly() {
         assert!(
             matches!(
                 e,
-                PciError::Migration(migration::Error::Unsupported(Unsupported::Refused(_)))
+                PciError::Migration(migration::Error::NoMigrationFeature(_))
             ),
             "{e:?}"
         );

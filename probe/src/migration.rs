@@ -9,7 +9,7 @@ use serde::Serialize;
 use vfio_bindings::bindings::vfio::{
     VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
 };
-use vfio_user_client::migration::{DeviceState, Error, Migration, Unsupported};
+use vfio_user_client::migration::{DeviceState, Error, Migration};
 use vfio_user_client::{ConnectionCause, VfioUserDevice};
 
 use crate::error::errno_text;
@@ -117,19 +117,22 @@ fn lost(e: &Error) -> bool {
     e.connection_errors().any(crate::session::request_lost)
 }
 
-/// Why the device cannot migrate, in words.
-fn unsupported_text(u: &Unsupported) -> String {
-    match u {
-        Unsupported::NotNegotiated => {
+/// Why the device cannot migrate (`e.is_unsupported()`), in words.
+fn unsupported_text(e: &Error) -> String {
+    match e {
+        Error::NotNegotiated => {
             "the server did not offer the migration capability in VERSION".into()
         }
-        Unsupported::Refused(e) => match e.server_errno() {
+        Error::NoMigrationFeature(e) => match e.server_errno() {
             Some(errno) => format!(
                 "the server refused DEVICE_FEATURE MIGRATION: {}",
                 errno_text(errno)
             ),
             None => format!("the server refused DEVICE_FEATURE MIGRATION: {e}"),
         },
+        Error::NoStopCopy { flags } => {
+            format!("the device's migration flags {flags:#x} lack STOP_COPY")
+        }
         other => other.to_string(),
     }
 }
@@ -139,8 +142,8 @@ fn unsupported_text(u: &Unsupported) -> String {
 pub(crate) fn describe(device: &VfioUserDevice) -> (Option<MigrationReport>, Option<Trouble>) {
     let migration = match Migration::new(device) {
         Ok(m) => m,
-        Err(Error::Unsupported(u)) => {
-            let reason = unsupported_text(&u);
+        Err(e) if e.is_unsupported() => {
+            let reason = unsupported_text(&e);
             return (Some(MigrationReport::Unsupported { reason }), None);
         }
         Err(e) if lost(&e) => return (None, Some(Trouble::Lost(e.to_string()))),

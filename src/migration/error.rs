@@ -8,36 +8,34 @@ use crate::device;
 use crate::error::{iter_causes, ConnectionCause};
 use crate::protocol::{Command, DeviceState};
 
-/// Why a device cannot migrate: what a VMM turns into a migration blocker.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Unsupported {
-    /// The VERSION exchange did not negotiate the `migration` capability.
-    #[error("the connection did not negotiate the migration capability")]
-    NotNegotiated,
-    /// The server refused DEVICE_FEATURE MIGRATION (PROBE or GET).
-    #[error("the server has no migration feature: {0}")]
-    Refused(connection::Error),
-    /// The device's migration flags lack `VFIO_MIGRATION_STOP_COPY`, which v2 requires.
-    #[error("the device's migration flags {flags:#x} lack STOP_COPY")]
-    NoStopCopy {
-        /// The flags reported.
-        flags: u64,
-    },
-}
-
 /// Errors of [`Migration`](super::Migration), its data streams and its dirty logging.
 ///
 /// Refusals made before sending (unreachable states, data in the wrong state) leave the
 /// device as it was. Every malformed reply is reported as such, after its message has been
 /// read whole, so the connection stays in step. Errors from the server carry its errno
 /// ([`ConnectionCause::server_errno`]).
+///
+/// Three say that the device cannot migrate at all, what a VMM turns into a migration
+/// blocker ([`Error::is_unsupported`]): [`Error::NotNegotiated`], [`Error::NoMigrationFeature`]
+/// and [`Error::NoStopCopy`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The device cannot migrate.
-    #[error("migration unsupported: {0}")]
-    Unsupported(Unsupported),
+    /// The device cannot migrate: the VERSION exchange did not negotiate the `migration`
+    /// capability.
+    #[error("migration unsupported: the connection did not negotiate the migration capability")]
+    NotNegotiated,
+    /// The device cannot migrate: the server refused DEVICE_FEATURE MIGRATION (PROBE or
+    /// GET).
+    #[error("migration unsupported: the server has no migration feature: {0}")]
+    NoMigrationFeature(connection::Error),
+    /// The device cannot migrate: its migration flags lack `VFIO_MIGRATION_STOP_COPY`,
+    /// which v2 requires.
+    #[error("migration unsupported: the device's migration flags {flags:#x} lack STOP_COPY")]
+    NoStopCopy {
+        /// The flags reported.
+        flags: u64,
+    },
     /// The server does not offer DMA dirty logging (DEVICE_FEATURE DMA_LOGGING_* refused).
     #[error("DMA dirty logging unsupported: {0}")]
     LoggingUnsupported(connection::Error),
@@ -152,7 +150,7 @@ fn feature_text(feature: Option<u32>) -> String {
 impl Error {
     fn connection_error(&self) -> Option<&connection::Error> {
         match self {
-            Error::Unsupported(Unsupported::Refused(e))
+            Error::NoMigrationFeature(e)
             | Error::LoggingUnsupported(e)
             | Error::Transition { source: e, .. }
             | Error::Request { source: e, .. } => Some(e),
@@ -161,9 +159,13 @@ impl Error {
         }
     }
 
-    /// Whether this error means the device cannot migrate at all (a migration blocker).
+    /// Whether this error means the device cannot migrate at all (a migration blocker):
+    /// [`Error::NotNegotiated`], [`Error::NoMigrationFeature`] or [`Error::NoStopCopy`].
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, Error::Unsupported(_))
+        matches!(
+            self,
+            Error::NotNegotiated | Error::NoMigrationFeature(_) | Error::NoStopCopy { .. }
+        )
     }
 }
 

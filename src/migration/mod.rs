@@ -5,9 +5,9 @@
 //! data stream and DMA dirty logging.
 //!
 //! [`Migration::new`] asks the server for the `MIGRATION` feature. A server without it, or
-//! a connection that did not negotiate the `migration` capability, is
-//! [`Error::Unsupported`]: the device cannot migrate, and a VMM should put a migration
-//! blocker in place rather than lose the device's state.
+//! a connection that did not negotiate the `migration` capability, is an error whose
+//! [`Error::is_unsupported`] is true: the device cannot migrate, and a VMM should put a
+//! migration blocker in place rather than lose the device's state.
 //!
 //! * **States.** [`Migration::set_state`] reaches any state the device's flags allow, one
 //!   v2 arc at a time, as Linux's `vfio_mig_get_next_state` does. Unreachable targets are
@@ -43,7 +43,7 @@
 //!     source: &VfioUserDevice,
 //!     destination: &VfioUserDevice,
 //! ) -> Result<u64, Box<dyn std::error::Error>> {
-//!     // An `Unsupported` error here is a migration blocker.
+//!     // An error whose `is_unsupported()` is true here is a migration blocker.
 //!     let mut out = Migration::new(source)?;
 //!     let mut into = Migration::new(destination)?;
 //!     into.set_state(DeviceState::Resuming)?;
@@ -104,7 +104,7 @@ use crate::ConnectionCause;
 
 pub use crate::protocol::DeviceState;
 pub use data::{DataReader, DataWriter};
-pub use error::{Error, Unsupported};
+pub use error::Error;
 #[cfg(feature = "fuzzing")]
 pub(crate) use logging::take_report;
 pub use logging::{DirtyBitmap, DirtyRange};
@@ -148,13 +148,14 @@ impl<'d> Migration<'d> {
     /// Discovers the device's migration support: DEVICE_FEATURE PROBE then GET of
     /// `MIGRATION`, then GET of `MIG_DEVICE_STATE`.
     ///
-    /// [`Error::Unsupported`] when the connection did not negotiate the `migration`
-    /// capability (nothing is sent), when the server refuses the feature, or when the flags
-    /// lack STOP_COPY.
+    /// [`Error::NotNegotiated`] when the connection did not negotiate the `migration`
+    /// capability (nothing is sent), [`Error::NoMigrationFeature`] when the server refuses
+    /// the feature, [`Error::NoStopCopy`] when the flags lack STOP_COPY
+    /// ([`Error::is_unsupported`] for all three).
     pub fn new(device: &'d VfioUserDevice) -> Result<Migration<'d>, Error> {
         let conn = device.connection();
         if conn.capabilities().migration.is_none() {
-            return Err(Error::Unsupported(Unsupported::NotNegotiated));
+            return Err(Error::NotNegotiated);
         }
         let mut probe = Vec::with_capacity(16);
         DeviceFeature {
@@ -176,7 +177,7 @@ impl<'d> Migration<'d> {
             .map_err(|e| bad_feature(e.to_string()))?
             .flags;
         if flags & u64::from(VFIO_MIGRATION_STOP_COPY) == 0 {
-            return Err(Error::Unsupported(Unsupported::NoStopCopy { flags }));
+            return Err(Error::NoStopCopy { flags });
         }
         let (read_chunk, write_chunk) = data::chunks(conn);
         let mut migration = Migration {
@@ -354,7 +355,7 @@ fn unsupported(e: Error) -> Error {
         Error::Request {
             source: source @ connection::Error::Server { .. },
             ..
-        } => Error::Unsupported(Unsupported::Refused(source)),
+        } => Error::NoMigrationFeature(source),
         e => e,
     }
 }

@@ -155,9 +155,8 @@ pub enum Error {
     /// state moved elsewhere must not run again. Detach it, or restore it first.
     #[error("the device was saved and is stopped: detach it, or restore it first")]
     Saved,
-    /// Saving or restoring the device data failed in the migration layer;
-    /// [`migration::Error::Unsupported`] when the device cannot migrate at all
-    /// ([`Error::is_unsupported`]).
+    /// Saving or restoring the device data failed in the migration layer, or the device
+    /// cannot migrate at all ([`Error::is_unsupported`]).
     #[error(transparent)]
     Migration(#[from] migration::Error),
     /// A saved device does not start with

@@ -247,8 +247,8 @@ impl VfioUserPciDevice {
     /// STOP_COPY, and is left in STOP; stop the vCPUs first. Returns the device data bytes
     /// saved.
     ///
-    /// A device that cannot migrate is [`migration::Error::Unsupported`], with nothing
-    /// written to `out`.
+    /// A device that cannot migrate is an error whose [`Error::is_unsupported`] is true,
+    /// with nothing written to `out`.
     ///
     /// # The order a VMM follows
     ///
@@ -281,9 +281,9 @@ impl VfioUserPciDevice {
     /// and [`restore_with`](VfioUserPciDevice::restore_with) on those handles, with a last
     /// dirty report in between. `examples/vmm` (`--migrate`) does all of it.
     ///
-    /// A device that cannot migrate answers [`migration::Error::Unsupported`] (through
-    /// [`Error::Migration`], [`Error::is_unsupported`]) before anything is written: a VMM
-    /// turns it into a migration blocker.
+    /// A device that cannot migrate answers an error whose [`Error::is_unsupported`] is
+    /// true (a [`migration::Error`] through [`Error::Migration`]) before anything is
+    /// written: a VMM turns it into a migration blocker.
     ///
     /// [`PciConfig::bars`]: super::PciConfig::bars
     /// [`InterruptProvider::disable`]: super::InterruptProvider::disable
