@@ -6,8 +6,9 @@
 //! MSI-X works on the destination; dirty logging over the device's own mapper; devices
 //! that cannot migrate (the sample server without migration, the crates.io `vfio_user`
 //! server) are unsupported (`is_unsupported`) with nothing written; corrupt, truncated and
-//! oversized containers are typed errors. A saved source detaches cleanly (no SET_IRQS or DMA_UNMAP
-//! to a stopped device) and refuses a reset; restored or resumed, it detaches in full.
+//! oversized containers are typed errors. A saved source detaches cleanly (no SET_IRQS or
+//! DMA_UNMAP to a stopped device) and refuses a reset; restored or resumed, it detaches in
+//! full.
 
 use std::fs::File;
 use std::io;
