@@ -7,11 +7,12 @@
 //! writes.
 //!
 //! Groups `device_read_<size>` and `device_write_<size>` for 4 B, 64 KiB and 1 MiB, each
-//! with `ours`, `crates.io` and `floor`; group `device_posted_4B_x1000` with `posted`
-//! (1000 posted writes and one read that waits for them), `posted-multi` (the same against
-//! a server that offers REGION_WRITE_MULTI, into which writes that find the socket backed up
-//! are coalesced) and `sync` (1000 synchronous writes). Ratios are printed at the end. Run with `cargo bench --bench device`; see
-//! BENCHMARKS.md.
+//! with `ours`, `crates.io` and `floor`; group `device_posted_4B_x1000` with `posted` (1000
+//! posted writes and one read that waits for them), `posted-multi` (the same against a
+//! server that offers REGION_WRITE_MULTI, into which writes that find the socket backed up
+//! are coalesced) and `sync` (1000 synchronous writes). Ratios are printed at the end. Run
+//! with `cargo bench --bench device`; see BENCHMARKS.md. `BENCH_ONLY` (a comma-separated
+//! list of group-name substrings) sets up only the groups it names.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -54,7 +55,19 @@ fn group(op: &str, name: &str) -> String {
     format!("device_{op}_{name}")
 }
 
-fn bench_ours(c: &mut Criterion, at: &Placement) {
+/// The sizes whose read or write group `BENCH_ONLY` selects: the sizes to set up for.
+fn selected_sizes() -> Vec<(usize, &'static str)> {
+    SIZES
+        .into_iter()
+        .filter(|(_, name)| {
+            ["read", "write"]
+                .iter()
+                .any(|op| support::selected(&group(op, name)))
+        })
+        .collect()
+}
+
+fn bench_ours(c: &mut Criterion, at: &Placement, sizes: &[(usize, &str)]) {
     let server = at.server(|| gpio_server(GpioConfig::default()));
     let options = DeviceOptions::default();
     let dev = VfioUserDevice::connect(
@@ -63,28 +76,32 @@ fn bench_ours(c: &mut Criterion, at: &Placement) {
         &options,
     )
     .expect("attach");
-    for (size, name) in SIZES {
+    for &(size, name) in sizes {
         let data = vec![0x5au8; size];
         let mut buf = vec![0u8; size];
         dev.write(SCRATCH, 0, &data).expect("write");
         dev.read(SCRATCH, 0, &mut buf).expect("read");
         assert_eq!(buf, data);
         at.client(|| {
-            c.benchmark_group(group("read", name))
-                .bench_function(OURS, |b| {
-                    b.iter(|| dev.read(SCRATCH, 0, black_box(&mut buf)).expect("read"))
-                });
-            c.benchmark_group(group("write", name))
-                .bench_function(OURS, |b| {
-                    b.iter(|| dev.write(SCRATCH, 0, black_box(&data)).expect("write"))
-                });
+            if support::selected(&group("read", name)) {
+                c.benchmark_group(group("read", name))
+                    .bench_function(OURS, |b| {
+                        b.iter(|| dev.read(SCRATCH, 0, black_box(&mut buf)).expect("read"))
+                    });
+            }
+            if support::selected(&group("write", name)) {
+                c.benchmark_group(group("write", name))
+                    .bench_function(OURS, |b| {
+                        b.iter(|| dev.write(SCRATCH, 0, black_box(&data)).expect("write"))
+                    });
+            }
         });
     }
     drop(dev);
     server.stop();
 }
 
-fn bench_crates_io(c: &mut Criterion, at: &Placement) {
+fn bench_crates_io(c: &mut Criterion, at: &Placement, sizes: &[(usize, &str)]) {
     let server = at.server(|| gpio_server(GpioConfig::default()));
     let path = server.socket_path().expect("socket path");
     let mut client = match vfio_user::Client::new(path) {
@@ -94,29 +111,33 @@ fn bench_crates_io(c: &mut Criterion, at: &Placement) {
             return;
         }
     };
-    for (size, name) in SIZES {
+    for &(size, name) in sizes {
         let data = vec![0x5au8; size];
         let mut buf = vec![0u8; size];
         client.region_write(SCRATCH, 0, &data).expect("write");
         client.region_read(SCRATCH, 0, &mut buf).expect("read");
         assert_eq!(buf, data);
         at.client(|| {
-            c.benchmark_group(group("read", name))
-                .bench_function(CRATES_IO, |b| {
-                    b.iter(|| {
-                        client
-                            .region_read(SCRATCH, 0, black_box(&mut buf))
-                            .expect("read")
-                    })
-                });
-            c.benchmark_group(group("write", name))
-                .bench_function(CRATES_IO, |b| {
-                    b.iter(|| {
-                        client
-                            .region_write(SCRATCH, 0, black_box(&data))
-                            .expect("write")
-                    })
-                });
+            if support::selected(&group("read", name)) {
+                c.benchmark_group(group("read", name))
+                    .bench_function(CRATES_IO, |b| {
+                        b.iter(|| {
+                            client
+                                .region_read(SCRATCH, 0, black_box(&mut buf))
+                                .expect("read")
+                        })
+                    });
+            }
+            if support::selected(&group("write", name)) {
+                c.benchmark_group(group("write", name))
+                    .bench_function(CRATES_IO, |b| {
+                        b.iter(|| {
+                            client
+                                .region_write(SCRATCH, 0, black_box(&data))
+                                .expect("write")
+                        })
+                    });
+            }
         });
     }
     drop(client);
@@ -152,10 +173,15 @@ fn floor(c: &mut Criterion, at: &Placement, group: &str, request: usize, reply: 
     echo.join().expect("echo thread");
 }
 
-fn bench_floor(c: &mut Criterion, at: &Placement) {
-    for (size, name) in SIZES {
-        floor(c, at, &group("read", name), HEAD, HEAD + size);
-        floor(c, at, &group("write", name), HEAD + size, HEAD);
+fn bench_floor(c: &mut Criterion, at: &Placement, sizes: &[(usize, &str)]) {
+    for &(size, name) in sizes {
+        let (read, write) = (group("read", name), group("write", name));
+        if support::selected(&read) {
+            floor(c, at, &read, HEAD, HEAD + size);
+        }
+        if support::selected(&write) {
+            floor(c, at, &write, HEAD + size, HEAD);
+        }
     }
 }
 
@@ -223,10 +249,15 @@ fn main() {
     let at = support::placement();
     println!("{}", at.describe());
     println!("{}", support::describe_server());
-    bench_ours(&mut criterion, at);
-    bench_crates_io(&mut criterion, at);
-    bench_floor(&mut criterion, at);
-    bench_posted(&mut criterion, at);
+    let sizes = selected_sizes();
+    if !sizes.is_empty() {
+        bench_ours(&mut criterion, at, &sizes);
+        bench_crates_io(&mut criterion, at, &sizes);
+        bench_floor(&mut criterion, at, &sizes);
+    }
+    if support::selected(POSTED_GROUP) {
+        bench_posted(&mut criterion, at);
+    }
     criterion.final_summary();
 
     let ids = [OURS, CRATES_IO, FLOOR];

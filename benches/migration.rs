@@ -25,8 +25,7 @@ use std::thread;
 use criterion::{Criterion, SamplingMode, Throughput};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
-    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
-    VFIO_MIGRATION_STOP_COPY,
+    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_PROBE, VFIO_MIGRATION_STOP_COPY,
 };
 use vfio_user_client::dma::DmaMapper;
 use vfio_user_client::migration::{DeviceState, Migration};
@@ -326,20 +325,8 @@ fn state_round_trip(c: &mut Criterion) {
     let mut raw = Raw::new();
     let mut reply = Vec::new();
     let set = |state: DeviceState| {
-        let mut data = Vec::new();
-        MigDeviceState {
-            device_state: state as u32,
-            data_fd: 0,
-        }
-        .encode_into(&mut data);
         let mut payload = Vec::new();
-        DeviceFeature::new(
-            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-            VFIO_DEVICE_FEATURE_SET,
-            data,
-            8,
-        )
-        .encode_into(&mut payload);
+        DeviceFeature::set_mig_device_state(state as u32).encode_into(&mut payload);
         payload
     };
     let (stop, run) = (set(DeviceState::Stop), set(DeviceState::Running));

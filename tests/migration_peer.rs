@@ -364,12 +364,17 @@ impl Setup {
     }
 
     fn with(flags: u64, hook: Hook) -> Setup {
+        Setup::with_config(Config::default(), flags, hook)
+    }
+
+    /// A device with `flags`, RUNNING, behind a server configured by `config`.
+    fn with_config(config: Config, flags: u64, hook: Hook) -> Setup {
         let device = Device {
             flags,
             state: Running as u32,
             ..Device::default()
         };
-        Setup::new(Config::default(), device, hook)
+        Setup::new(config, device, hook)
     }
 
     fn device(&self) -> std::sync::MutexGuard<'_, Device> {
@@ -394,6 +399,40 @@ impl Setup {
 fn is_feature(h: &Header, body: &[u8], feature: u32, op: u32) -> bool {
     h.command == Command::DeviceFeature as u16
         && DeviceFeature::decode(body).is_ok_and(|f| f.feature() == feature && f.flags & op != 0)
+}
+
+/// A hook that hands every SET of MIG_DEVICE_STATE (its body) to `f`.
+fn on_state_set(f: impl Fn(&[u8], &mut Device) -> Answer + Send + 'static) -> Hook {
+    Box::new(move |h, body, dev| {
+        if is_feature(
+            h,
+            body,
+            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            VFIO_DEVICE_FEATURE_SET,
+        ) {
+            f(body, dev)
+        } else {
+            Answer::Default
+        }
+    })
+}
+
+/// `e` is a [`Error::BadReply`] to `command`.
+#[track_caller]
+fn assert_bad_reply(e: &Error, command: Command) {
+    assert!(
+        matches!(e, Error::BadReply { command: c, .. } if *c == command),
+        "{e:?}"
+    );
+}
+
+/// `e` is a [`Error::DataState`]: no `op` ("read" or "write") in `state`.
+#[track_caller]
+fn assert_data_state(e: &Error, op: &str, state: DeviceState) {
+    assert!(
+        matches!(e, Error::DataState { op: o, state: st } if *o == op && *st == state),
+        "{e:?}"
+    );
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -482,16 +521,7 @@ fn short_feature_replies_are_bad_replies() {
         }),
     );
     let e = Migration::new(&s.dev).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::BadReply {
-                command: Command::DeviceFeature,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_bad_reply(&e, Command::DeviceFeature);
     s.in_step();
 }
 
@@ -560,18 +590,11 @@ fn unreachable_targets_are_refused_before_sending() {
 fn a_refused_arc_reads_the_state_back() {
     let s = Setup::with(
         STOP_COPY | P2P,
-        Box::new(|h, body, dev| {
-            if is_feature(
-                h,
-                body,
-                VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-                VFIO_DEVICE_FEATURE_SET,
-            ) {
-                let to = MigDeviceState::decode(&body[8..]).unwrap().device_state;
-                if to == Stop as u32 {
-                    dev.state = Err_ as u32;
-                    return Answer::Error(libc::EIO as u32);
-                }
+        on_state_set(|body, dev| {
+            let to = MigDeviceState::decode(&body[8..]).unwrap().device_state;
+            if to == Stop as u32 {
+                dev.state = Err_ as u32;
+                return Answer::Error(libc::EIO as u32);
             }
             Answer::Default
         }),
@@ -642,20 +665,12 @@ fn a_reset_that_does_not_reach_running_is_reported() {
 fn a_reply_with_another_state_is_reported() {
     let s = Setup::with(
         STOP_COPY,
-        Box::new(|h, body, dev| {
-            if is_feature(
-                h,
-                body,
-                VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-                VFIO_DEVICE_FEATURE_SET,
-            ) {
-                // Claims RUNNING whatever was set, and stays there.
-                let mut out = body.to_vec();
-                out[8..12].copy_from_slice(&(Running as u32).to_ne_bytes());
-                dev.state = Running as u32;
-                return Answer::Reply(out);
-            }
-            Answer::Default
+        on_state_set(|body, dev| {
+            // Claims RUNNING whatever was set, and stays there.
+            let mut out = body.to_vec();
+            out[8..12].copy_from_slice(&(Running as u32).to_ne_bytes());
+            dev.state = Running as u32;
+            Answer::Reply(out)
         }),
     );
     let mut m = Migration::new(&s.dev).unwrap();
@@ -678,32 +693,15 @@ fn a_reply_with_another_state_is_reported() {
 fn a_short_state_reply_reads_the_state_back() {
     let s = Setup::with(
         STOP_COPY,
-        Box::new(|h, body, dev| {
-            if is_feature(
-                h,
-                body,
-                VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-                VFIO_DEVICE_FEATURE_SET,
-            ) {
-                // Takes the arc but answers with the head only.
-                dev.state = MigDeviceState::decode(&body[8..]).unwrap().device_state;
-                return Answer::Reply(body[..8].to_vec());
-            }
-            Answer::Default
+        on_state_set(|body, dev| {
+            // Takes the arc but answers with the head only.
+            dev.state = MigDeviceState::decode(&body[8..]).unwrap().device_state;
+            Answer::Reply(body[..8].to_vec())
         }),
     );
     let mut m = Migration::new(&s.dev).unwrap();
     let e = m.set_state(Stop).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::BadReply {
-                command: Command::DeviceFeature,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_bad_reply(&e, Command::DeviceFeature);
     assert_eq!(m.state(), Stop, "read back");
     s.in_step();
 }
@@ -726,16 +724,7 @@ fn device_data_moves_in_chunks_through_pre_copy_and_stop_copy() {
     s.device().stopcopy = stop.clone();
     let mut m = Migration::new(&s.dev).unwrap();
     let e = m.reader().unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::DataState {
-                op: "read",
-                state: Running
-            }
-        ),
-        "{e:?}"
-    );
+    assert_data_state(&e, "read", Running);
     m.set_state(PreCopy).unwrap();
     let mut got = Vec::new();
     m.reader().unwrap().read_to_end(&mut got).unwrap();
@@ -752,16 +741,7 @@ fn device_data_moves_in_chunks_through_pre_copy_and_stop_copy() {
     let sizes = s.device().read_sizes.clone();
     assert!(sizes.iter().all(|n| *n <= 1 << 20 && *n > 0), "{sizes:?}");
     let e = m.writer().unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::DataState {
-                op: "write",
-                state: StopCopy
-            }
-        ),
-        "{e:?}"
-    );
+    assert_data_state(&e, "write", StopCopy);
 }
 
 /// A MIG_DATA_READ of 512 bytes in STOP_COPY against `hook`; its error, after checking that
@@ -894,16 +874,7 @@ fn a_truncated_data_reply_is_refused() {
         "{e:?}"
     );
     let e = read_error(on_read(|_| Answer::Reply(vec![1, 2, 3])));
-    assert!(
-        matches!(
-            e,
-            Error::BadReply {
-                command: Command::MigDataRead,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_bad_reply(&e, Command::MigDataRead);
 }
 
 #[test]
@@ -937,16 +908,7 @@ fn the_destination_writes_in_the_servers_chunks() {
     let s = Setup::plain(STOP_COPY);
     let mut m = Migration::new(&s.dev).unwrap();
     let e = m.writer().unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::DataState {
-                op: "write",
-                state: Running
-            }
-        ),
-        "{e:?}"
-    );
+    assert_data_state(&e, "write", Running);
     m.set_state(Resuming).unwrap();
     let data = pattern(300_000, 9);
     let mut w = m.writer().unwrap();
@@ -977,16 +939,7 @@ fn a_partial_write_reply_is_refused() {
     m.set_state(Resuming).unwrap();
     let e = m.writer().unwrap().write(&[1; 100]).unwrap_err();
     let e = Error::from_io(&e).unwrap();
-    assert!(
-        matches!(
-            e,
-            Error::BadReply {
-                command: Command::MigDataWrite,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_bad_reply(e, Command::MigDataWrite);
     s.in_step();
 }
 
@@ -1018,12 +971,7 @@ fn dirty_logging_merges_the_servers_report_and_the_clients_writes() {
         max_bitmap: 16,
         ..Config::default()
     };
-    let device = Device {
-        flags: STOP_COPY,
-        state: Running as u32,
-        ..Device::default()
-    };
-    let s = Setup::new(config, device, Box::new(|_, _, _| Answer::Default));
+    let s = Setup::with_config(config, STOP_COPY, Box::new(|_, _, _| Answer::Default));
     let mapper = mapped(&s);
     let mut m = Migration::new(&s.dev).unwrap();
     // Before logging: written, not counted.
@@ -1072,6 +1020,27 @@ fn dirty_logging_merges_the_servers_report_and_the_clients_writes() {
         m.stop_dirty_logging(),
         Err(Error::LoggingState(false))
     ));
+}
+
+/// A hook that answers DMA_LOGGING_REPORT as the device does, with `edit` applied to the
+/// reply's payload.
+fn on_report(edit: impl Fn(&mut Vec<u8>) + Send + 'static) -> Hook {
+    Box::new(move |h, body, dev| {
+        if is_feature(
+            h,
+            body,
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+            VFIO_DEVICE_FEATURE_GET,
+        ) {
+            let rq = DeviceFeature::decode(body).unwrap();
+            let Answer::Reply(mut out) = dev.report(&rq) else {
+                unreachable!()
+            };
+            edit(&mut out);
+            return Answer::Reply(out);
+        }
+        Answer::Default
+    })
 }
 
 fn logging_hook(feature: u32, answer: fn(&[u8]) -> Answer) -> Hook {
@@ -1127,22 +1096,9 @@ fn a_refused_report_carries_the_errno() {
 #[test]
 fn bitmaps_of_the_wrong_size_are_refused() {
     for delta in [-8i64, 8, -1, 3] {
-        let hook: Hook = Box::new(move |h, body, dev| {
-            if is_feature(
-                h,
-                body,
-                VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                VFIO_DEVICE_FEATURE_GET,
-            ) {
-                let rq = DeviceFeature::decode(body).unwrap();
-                let Answer::Reply(mut out) = dev.report(&rq) else {
-                    unreachable!()
-                };
-                let len = (out.len() as i64 + delta) as usize;
-                out.resize(len, 0);
-                return Answer::Reply(out);
-            }
-            Answer::Default
+        let hook = on_report(move |out| {
+            let len = (out.len() as i64 + delta) as usize;
+            out.resize(len, 0);
         });
         let s = Setup::with(STOP_COPY, hook);
         let mapper = mapped(&s);
@@ -1162,37 +1118,13 @@ fn bitmaps_of_the_wrong_size_are_refused() {
 
 #[test]
 fn a_report_for_another_range_is_refused() {
-    let hook: Hook = Box::new(|h, body, dev| {
-        if is_feature(
-            h,
-            body,
-            VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-            VFIO_DEVICE_FEATURE_GET,
-        ) {
-            let rq = DeviceFeature::decode(body).unwrap();
-            let Answer::Reply(mut out) = dev.report(&rq) else {
-                unreachable!()
-            };
-            out[8] ^= 0x10; // iova
-            return Answer::Reply(out);
-        }
-        Answer::Default
-    });
+    let hook = on_report(|out| out[8] ^= 0x10); // iova
     let s = Setup::with(STOP_COPY, hook);
     let mapper = mapped(&s);
     let mut m = Migration::new(&s.dev).unwrap();
     m.start_dirty_logging(&mapper).unwrap();
     let e = m.dirty_report().unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::BadReply {
-                command: Command::DeviceFeature,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_bad_reply(&e, Command::DeviceFeature);
     s.in_step();
 }
 

@@ -13,12 +13,11 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET, VFIO_MIGRATION_PRE_COPY,
-    VFIO_MIGRATION_STOP_COPY, VFIO_PCI_BAR0_REGION_INDEX as BAR0,
+    VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY, VFIO_PCI_BAR0_REGION_INDEX as BAR0,
 };
 use vfio_user_client::dma::DmaMapper;
 use vfio_user_client::migration::{DeviceState, Error, Migration};
-use vfio_user_client::protocol::{Command, DeviceFeature, MigDeviceState};
+use vfio_user_client::protocol::{Command, DeviceFeature};
 use vfio_user_client::{
     ConnectOptions, Connection, ConnectionCause, DeviceOptions, VfioUserDevice,
 };
@@ -127,20 +126,8 @@ fn the_server_refuses_an_illegal_arc() {
     let (dev, _s, _h) = gpio(with_migration(MigrationConfig::default()), false);
     let mut m = Migration::new(&dev).unwrap();
     m.set_state(StopCopy).unwrap();
-    let mut data = Vec::new();
-    MigDeviceState {
-        device_state: PreCopy as u32,
-        data_fd: 0,
-    }
-    .encode_into(&mut data);
     let mut payload = Vec::new();
-    DeviceFeature::new(
-        VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-        VFIO_DEVICE_FEATURE_SET,
-        data,
-        8,
-    )
-    .encode_into(&mut payload);
+    DeviceFeature::set_mig_device_state(PreCopy as u32).encode_into(&mut payload);
     let e = dev
         .connection()
         .request(Command::DeviceFeature, &payload, &[])

@@ -10,8 +10,6 @@
 //! DMA_UNMAP to a stopped device) and refuses a reset; restored or resumed, it detaches in
 //! full.
 
-use std::fs::File;
-use std::io;
 use std::sync::{Arc, Mutex};
 
 use vfio_user_client::migration::{self, DeviceState, Migration};
@@ -24,9 +22,10 @@ use vfio_user_sample_server::test_support::guest::{guest_memory, pattern};
 use vfio_user_sample_server::test_support::pci::{
     cfg_read, cfg_write, find_cap, fired, quiet, Irqs,
 };
+use vfio_user_sample_server::test_support::rust_vmm::{self, RustVmmServer};
 use vfio_user_sample_server::{
-    ConfigSpace, Device, DmaEngine, DmaEngineStatus, GpioDevice, MigrationConfig, Probe, Server,
-    ServerConfig, ServerHandle,
+    Device, DmaEngine, DmaEngineStatus, GpioDevice, MigrationConfig, Probe, Server, ServerConfig,
+    ServerHandle,
 };
 use vm_device::bus::MmioAddress;
 use vm_device::MutDeviceMmio;
@@ -441,106 +440,20 @@ fn a_server_without_migration_is_unsupported_and_nothing_is_written() {
     assert!(e.is_unsupported(), "{e:?}");
 }
 
-/// A crates.io `vfio_user` backend: config space in region 7, a register in region 0.
-struct Plain {
-    config: ConfigSpace,
-    reg: u32,
-}
-
-impl vfio_user::ServerBackend for Plain {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
-        match region {
-            0 => {
-                let b = self.reg.to_le_bytes();
-                for (i, d) in data.iter_mut().enumerate() {
-                    *d = b.get(offset as usize + i).copied().unwrap_or(0);
-                }
-            }
-            7 => self.config.read(offset, data),
-            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        }
-        Ok(())
-    }
-
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        match region {
-            0 => self.reg = u32::from_le_bytes(data.try_into().unwrap_or_default()),
-            7 => self.config.write(offset, data),
-            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        }
-        Ok(())
-    }
-
-    fn dma_map(
-        &mut self,
-        _: vfio_user::DmaMapFlags,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: Option<File>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn dma_unmap(&mut self, _: vfio_user::DmaUnmapFlags, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn reset(&mut self) -> io::Result<()> {
-        self.config.reset();
-        Ok(())
-    }
-
-    fn set_irqs(&mut self, _: u32, _: u32, _: u32, _: u32, _: Vec<File>) -> io::Result<()> {
-        Ok(())
-    }
-}
-
+/// The crates.io `vfio_user` server knows no DEVICE_FEATURE: a save is `Unsupported`, with
+/// nothing written, and the connection stays in step.
 #[test]
 fn the_crates_io_server_is_unsupported_cleanly() {
-    use vfio_bindings::bindings::vfio::{
-        vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
-        VFIO_REGION_INFO_FLAG_WRITE,
-    };
-    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
-    let path = dir.as_path().join("sock");
-    let size = |i: u32| [256, 0, 0, 0, 0, 0, 0, 256, 0][i as usize];
-    let regions = (0..9)
-        .map(|index| vfio_user::ServerRegion {
-            region_info: vfio_region_info {
-                argsz: std::mem::size_of::<vfio_region_info>() as u32,
-                flags: if size(index) > 0 {
-                    VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
-                } else {
-                    0
-                },
-                index,
-                cap_offset: 0,
-                size: size(index),
-                offset: 0,
-            },
-            sparse_areas: Vec::new(),
-            mmap_fd: None,
-        })
-        .collect();
-    let irqs = (0..5)
-        .map(|index| vfio_user::IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: 1,
-        })
-        .collect();
-    let server = vfio_user::Server::new(&path, true, irqs, regions).unwrap();
-    let mut backend = Plain {
-        config: ConfigSpace::new(0x494f, 0x0dca, 0x08_80_00, 0).with_bar(0, 256),
-        reg: 0x600d,
-    };
-    let thread = std::thread::spawn(move || server.run(&mut backend));
-    let mut dev =
-        VfioUserPciDevice::attach(&path, guest_memory(RAM), Irqs::new(), &options(false)).unwrap();
+    let server = RustVmmServer::start(false);
+    let mut dev = VfioUserPciDevice::attach(
+        &server.path,
+        guest_memory(RAM),
+        Irqs::new(),
+        &options(false),
+    )
+    .unwrap();
     cfg_write(&mut dev, 0x04, &0x0002u16.to_le_bytes());
-    let mut value = 0x600d;
-    for _ in 0..2 {
+    for value in [0x600d, 0x600e] {
         let mut saved = Vec::new();
         let e = dev.save(&mut saved).unwrap_err();
         assert!(
@@ -553,13 +466,13 @@ fn the_crates_io_server_is_unsupported_cleanly() {
         assert!(e.is_unsupported() && !e.is_disconnected());
         assert!(saved.is_empty());
         // The connection stays in step.
-        assert_eq!(r32(&mut dev, 0), value);
-        value += 1;
-        w32(&mut dev, 0, value);
-        assert_eq!(r32(&mut dev, 0), value);
+        assert_eq!(r32(&mut dev, rust_vmm::REG_ID), rust_vmm::ID);
+        w32(&mut dev, rust_vmm::REG_OUTPUT, value);
+        assert_eq!(r32(&mut dev, rust_vmm::REG_OUTPUT), value);
     }
+    assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
     dev.detach().unwrap();
-    drop(thread);
+    server.finish().unwrap();
 }
 
 /// Damaged container bytes, and the error they must give.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 use vfio_user_client::device::IrqAction;
+use vfio_user_client::dma::DmaRegion;
 use vfio_user_client::pci::{
     BarInfo, BarKind, BarMapping, BarPlacement, ConnectionState, Doorbell, Error, GuestSlots,
     InterruptKind, PciConfig, PciState, ReconnectPolicy, Reconnected,
@@ -38,7 +39,9 @@ use vfio_user_sample_server::{
 };
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{MutDeviceMmio, MutDevicePio};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_BASE: u64 = 0xe000_0000;
@@ -96,6 +99,41 @@ fn state_event(dev: &VfioUserPciDevice) -> EventFd {
     dev.state_event().try_clone().unwrap()
 }
 
+/// Waits on the state event until `dev` is in `want`.
+fn wait_for(event: &EventFd, dev: &VfioUserPciDevice, want: ConnectionState) {
+    wait_state(event, || dev.connection_state(), want);
+}
+
+/// Kills the server and waits until `dev` sees it gone.
+fn kill(server: &mut RestartableServer, event: &EventFd, dev: &VfioUserPciDevice) {
+    server.kill();
+    wait_for(event, dev, ConnectionState::Reconnecting);
+}
+
+/// Starts the server again and waits until `dev` is connected to it.
+fn restart(server: &mut RestartableServer, event: &EventFd, dev: &VfioUserPciDevice) {
+    server.restart();
+    wait_for(event, dev, ConnectionState::Connected);
+}
+
+/// Attaches to `server` with [`options`]: the device and a copy of its state event.
+fn attach<AS>(
+    server: &RestartableServer,
+    mem: AS,
+    irqs: Arc<Irqs>,
+    give_up_after: Duration,
+) -> (VfioUserPciDevice, EventFd)
+where
+    AS: GuestAddressSpace + Send + Sync + 'static,
+    AS::M: GuestMemoryBackend,
+    <AS::M as GuestMemoryBackend>::R: DmaRegion,
+{
+    let options = options(server, give_up_after);
+    let dev = VfioUserPciDevice::attach(server.path(), mem, irqs, &options).unwrap();
+    let event = state_event(&dev);
+    (dev, event)
+}
+
 /// The guest's driver: decoding and bus mastering on, MSI-X vector 0 programmed, MSI-X on.
 fn program(dev: &mut VfioUserPciDevice) {
     cfg_write(dev, 0x04, &0x0007u16.to_le_bytes());
@@ -148,12 +186,9 @@ fn killed_and_restarted_mid_io_three_times_dma_and_msix_work_after() {
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let mem = guest_memory(RAM);
     let irqs = Irqs::new();
-    let options = options(&server, PATIENCE);
-    let mut dev =
-        VfioUserPciDevice::attach(server.path(), mem.clone(), irqs.clone(), &options).unwrap();
+    let (mut dev, event) = attach(&server, mem.clone(), irqs.clone(), PATIENCE);
     assert_eq!(dev.connection_state(), ConnectionState::Connected);
     assert_eq!(dev.last_reconnect(), None);
-    let event = state_event(&dev);
     program(&mut dev);
     copy(&mut dev, &*mem, &irqs, (0x1000, 0x8000, 64), 0);
     let dev = Arc::new(Mutex::new(dev));
@@ -229,20 +264,12 @@ fn killed_and_restarted_mid_io_three_times_dma_and_msix_work_after() {
 fn a_different_device_is_refused() {
     let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
-    let options = options(&server, PATIENCE);
-    let mut dev =
-        VfioUserPciDevice::attach(server.path(), guest_memory(RAM), Irqs::new(), &options).unwrap();
-    let event = state_event(&dev);
+    let (mut dev, event) = attach(&server, guest_memory(RAM), Irqs::new(), PATIENCE);
     program(&mut dev);
     let (gpio, _) = GpioDevice::new(Default::default()).unwrap();
-    server.kill();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Reconnecting,
-    );
+    kill(&mut server, &event, &dev);
     server.restart_with(Box::new(gpio));
-    wait_state(&event, || dev.connection_state(), ConnectionState::Lost);
+    wait_for(&event, &dev, ConnectionState::Lost);
     assert!(fired(dev.event()), "lost is signalled");
     let e = dev.last_error().unwrap();
     assert!(matches!(*e, Error::DifferentDevice { .. }), "{e}");
@@ -257,18 +284,10 @@ fn a_server_that_never_comes_back_is_given_up_at_the_deadline() {
     let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let give_up = Duration::from_millis(300);
-    let options = options(&server, give_up);
-    let dev =
-        VfioUserPciDevice::attach(server.path(), guest_memory(RAM), Irqs::new(), &options).unwrap();
-    let event = state_event(&dev);
+    let (dev, event) = attach(&server, guest_memory(RAM), Irqs::new(), give_up);
     let killed = Instant::now();
-    server.kill();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Reconnecting,
-    );
-    wait_state(&event, || dev.connection_state(), ConnectionState::Lost);
+    kill(&mut server, &event, &dev);
+    wait_for(&event, &dev, ConnectionState::Lost);
     let took = killed.elapsed();
     assert!(took >= give_up, "gave up after {took:?}");
     assert!(
@@ -298,28 +317,11 @@ fn a_reconnect_clears_the_saved_mark() {
     };
     let mut server = RestartableServer::start(config, engine);
     let irqs = Irqs::new();
-    let mut dev = VfioUserPciDevice::attach(
-        server.path(),
-        guest_memory(RAM),
-        irqs.clone(),
-        &options(&server, PATIENCE),
-    )
-    .unwrap();
+    let (mut dev, event) = attach(&server, guest_memory(RAM), irqs.clone(), PATIENCE);
     program(&mut dev);
     dev.save(io::sink()).unwrap();
-    let event = state_event(&dev);
-    server.kill();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Reconnecting,
-    );
-    server.restart();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Connected,
-    );
+    kill(&mut server, &event, &dev);
+    restart(&mut server, &event, &dev);
     assert!(dev.last_reconnect().is_some());
     let probe = server.probe();
     let since = probe.commands();
@@ -343,7 +345,7 @@ fn without_a_policy_lost_is_lost() {
         VfioUserPciDevice::attach(server.path(), guest_memory(RAM), Irqs::new(), &options).unwrap();
     let event = state_event(&dev);
     server.kill();
-    wait_state(&event, || dev.connection_state(), ConnectionState::Lost);
+    wait_for(&event, &dev, ConnectionState::Lost);
     assert!(fired(dev.event()));
     assert!(matches!(*dev.last_error().unwrap(), Error::Lost(_)));
     server.restart();
@@ -356,10 +358,7 @@ fn reconnect_during_a_dma_map_transaction() {
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
     let atomic = GuestMemoryAtomic::new(memory(vec![shared(0, RAM)]));
     let irqs = Irqs::new();
-    let options = options(&server, PATIENCE);
-    let mut dev =
-        VfioUserPciDevice::attach(server.path(), atomic.clone(), irqs.clone(), &options).unwrap();
-    let event = state_event(&dev);
+    let (mut dev, event) = attach(&server, atomic.clone(), irqs.clone(), PATIENCE);
     program(&mut dev);
     let dev = Arc::new(dev);
 
@@ -374,21 +373,11 @@ fn reconnect_during_a_dma_map_transaction() {
         thread::spawn(move || dev.sync_guest_memory())
     };
     assert!(probe.wait_holding(PATIENCE), "the map reached the server");
-    server.kill();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Reconnecting,
-    );
+    kill(&mut server, &event, &dev);
     // Whether the map failed with the connection or got its reply first, the table is
     // consistent and the reconnect maps both regions.
     let _ = syncing.join().unwrap();
-    server.restart();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Connected,
-    );
+    restart(&mut server, &event, &dev);
     let mut windows: Vec<(u64, u64)> = server
         .probe()
         .dma_maps()
@@ -444,18 +433,8 @@ fn the_vmm_event_manager_follows_the_new_connection() {
     assert!(server.probe().client().is_some_and(|c| c.twin_socket));
     copy(&mut dev, &*mem, &irqs, (0x1000, 0x8000, 512), 1);
     for round in 2..4u8 {
-        server.kill();
-        wait_state(
-            &event,
-            || dev.connection_state(),
-            ConnectionState::Reconnecting,
-        );
-        server.restart();
-        wait_state(
-            &event,
-            || dev.connection_state(),
-            ConnectionState::Connected,
-        );
+        kill(&mut server, &event, &dev);
+        restart(&mut server, &event, &dev);
         assert!(server.probe().client().is_some_and(|c| c.twin_socket));
         copy(&mut dev, &*mem, &irqs, (0x1000, 0x8000, 512), round);
     }
@@ -616,25 +595,13 @@ fn a_late_reply_after_an_unresponsive_spell_is_resynchronised() {
 fn a_server_matching_the_shadow_is_resumed_without_a_reset() {
     let _serial = serial();
     let mut server = RestartableServer::start(ServerConfig::default(), engine);
-    let options = options(&server, PATIENCE);
-    let mut dev =
-        VfioUserPciDevice::attach(server.path(), guest_memory(RAM), Irqs::new(), &options).unwrap();
-    let event = state_event(&dev);
+    let (mut dev, event) = attach(&server, guest_memory(RAM), Irqs::new(), PATIENCE);
     // The guest has not enabled the device: a fresh server's command register matches.
     assert_eq!(cfg_read(&mut dev, 0x04, 2) & 0x7, 0);
     let (device, handle) = DmaEngine::new();
-    server.kill();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Reconnecting,
-    );
+    kill(&mut server, &event, &dev);
     server.restart_with(Box::new(device));
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Connected,
-    );
+    wait_for(&event, &dev, ConnectionState::Connected);
     assert_eq!(dev.last_reconnect(), Some(Reconnected::Resumed));
     assert_eq!(handle.resets(), 0, "no DEVICE_RESET");
     assert_eq!(
@@ -652,24 +619,11 @@ fn restarts_leak_no_fd_and_no_mapping() {
         let mut server = RestartableServer::start(ServerConfig::default(), engine);
         let mem = guest_memory(RAM);
         let irqs = Irqs::new();
-        let options = options(&server, PATIENCE);
-        let mut dev =
-            VfioUserPciDevice::attach(server.path(), mem.clone(), irqs.clone(), &options).unwrap();
-        let event = state_event(&dev);
+        let (mut dev, event) = attach(&server, mem.clone(), irqs.clone(), PATIENCE);
         program(&mut dev);
         for round in 0..5u8 {
-            server.kill();
-            wait_state(
-                &event,
-                || dev.connection_state(),
-                ConnectionState::Reconnecting,
-            );
-            server.restart();
-            wait_state(
-                &event,
-                || dev.connection_state(),
-                ConnectionState::Connected,
-            );
+            kill(&mut server, &event, &dev);
+            restart(&mut server, &event, &dev);
             copy(&mut dev, &*mem, &irqs, (0x1000, 0x8000, 64), round);
         }
         dev.detach().unwrap();
@@ -695,18 +649,8 @@ fn intx_and_its_end_of_interrupt_follow_the_new_connection() {
     let event = state_event(&dev);
     cfg_write(&mut dev, 0x04, &0x0006u16.to_le_bytes());
     assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
-    server.kill();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Reconnecting,
-    );
-    server.restart();
-    wait_state(
-        &event,
-        || dev.connection_state(),
-        ConnectionState::Connected,
-    );
+    kill(&mut server, &event, &dev);
+    restart(&mut server, &event, &dev);
     assert_eq!(
         dev.last_reconnect(),
         Some(Reconnected::Restarted { reset: true })
@@ -920,21 +864,11 @@ fn managed_slots_and_doorbells_follow_the_new_server() {
 
     let mut old = (hv.slots()[0].host_addr, first);
     for round in 1..=2u8 {
-        server.kill();
-        wait_state(
-            &event,
-            || dev.connection_state(),
-            ConnectionState::Reconnecting,
-        );
+        kill(&mut server, &event, &dev);
         // The dead server's mappings and doorbell leave the hypervisor (the supervisor
         // withdraws them as soon as it is woken, before any attempt).
         hv.wait_empty();
-        server.restart();
-        wait_state(
-            &event,
-            || dev.connection_state(),
-            ConnectionState::Connected,
-        );
+        restart(&mut server, &event, &dev);
         assert_eq!(
             dev.last_reconnect(),
             Some(Reconnected::Restarted { reset: true })

@@ -17,7 +17,7 @@ use common::{read_region, read_u32, write_region};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::connection;
 use vfio_user_client::device::{Error as DeviceError, IrqAction};
@@ -29,8 +29,8 @@ use vfio_user_client::ConnectionCause;
 use vfio_user_client::{ConnectOptions, Connection, DeviceOptions, VfioUserDevice};
 use vfio_user_sample_server::test_support::guest::host_page_size;
 use vfio_user_sample_server::test_support::rust_vmm::{
-    RustVmmServer, State, CONFIG, CONFIG_SIZE, DEVICE_ID, ID, MSIX_VECTORS, NUM_IRQS, NUM_REGIONS,
-    RAM, RAM_SIZE, REGS, REGS_SIZE, REG_ID, REG_OUTPUT, VENDOR_ID,
+    RustVmmServer, State, CONFIG, CONFIG_SIZE, DEVICE_ID, ID, MSI, MSIX, MSIX_VECTORS, MSI_VECTORS,
+    NUM_IRQS, NUM_REGIONS, RAM, RAM_SIZE, REGS, REGS_SIZE, REG_ID, REG_OUTPUT, VENDOR_ID,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -159,7 +159,11 @@ fn device_region_and_irq_info_decode() {
         IrqInfoPayload::request(index).encode_into(&mut payload);
         let reply = p.request(Command::DeviceGetIrqInfo, &payload, &[]).unwrap();
         let info = IrqInfoPayload::decode(&reply.payload).unwrap();
-        let count = if index == 2 { MSIX_VECTORS } else { 1 };
+        let count = match index {
+            1 => MSI_VECTORS,
+            2 => MSIX_VECTORS,
+            _ => 1,
+        };
         assert_eq!(
             info,
             IrqInfoPayload {
@@ -320,7 +324,7 @@ fn device_layer_against_the_crates_io_server() {
     assert_eq!(dev.region(RAM).unwrap().size(), RAM_SIZE);
     assert!(!dev.region(RAM).unwrap().mappable());
     let counts: Vec<u32> = dev.irqs().iter().map(|i| i.count).collect();
-    assert_eq!(counts, [1, 1, MSIX_VECTORS, 1, 1]);
+    assert_eq!(counts, [1, MSI_VECTORS, MSIX_VECTORS, 1, 1]);
     // Nothing is mappable: writes may be posted.
     assert!(dev.posted_writes());
 
@@ -364,15 +368,31 @@ fn device_layer_against_the_crates_io_server() {
         .unwrap();
     {
         let mut st = server.state();
-        assert_eq!(st.msix.iter().filter(|f| f.is_some()).count(), 3);
-        assert!(st.msix[2].is_none());
-        for f in st.msix.iter_mut().flatten() {
+        let msix = &mut st.triggers[MSIX as usize];
+        assert_eq!(msix.iter().filter(|f| f.is_some()).count(), 3);
+        assert!(msix[2].is_none());
+        for f in msix.iter_mut().flatten() {
             f.write_all(&1u64.to_ne_bytes()).unwrap();
         }
     }
     for (i, e) in efds.iter().enumerate() {
         assert_eq!(e.read().is_ok(), i != 2, "vector {i}");
     }
+    // MSI: every vector its capability in config space offers.
+    let msi: Vec<EventFd> = (0..MSI_VECTORS)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let list: Vec<Option<&EventFd>> = msi.iter().map(Some).collect();
+    dev.set_irq_eventfds(VFIO_PCI_MSI_IRQ_INDEX, IrqAction::Trigger, 0, &list)
+        .unwrap();
+    {
+        let mut st = server.state();
+        let msi = &mut st.triggers[MSI as usize];
+        assert_eq!(msi.iter().flatten().count(), MSI_VECTORS as usize);
+        let last = msi[MSI_VECTORS as usize - 1].as_mut().unwrap();
+        last.write_all(&1u64.to_ne_bytes()).unwrap();
+    }
+    assert_eq!(msi[MSI_VECTORS as usize - 1].read().unwrap(), 1);
 
     dev.reset().unwrap();
     assert_eq!(server.state().resets, 1);

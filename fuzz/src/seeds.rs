@@ -7,11 +7,10 @@
 use vfio_bindings::bindings::vfio::{
     vfio_device_feature_dma_logging_range, vfio_region_sparse_mmap_area,
     VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
-    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET, VFIO_DEVICE_FLAGS_PCI,
-    VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_MIGRATION_STOP_COPY, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_MIGRATION_STOP_COPY,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user_client::fuzzing::write_snapshot;
 use vfio_user_client::negotiate::Offer;
@@ -273,20 +272,7 @@ fn protocol_payloads() -> Vec<(&'static str, Vec<u8>)> {
         (
             "device_feature",
             encoded(|o| {
-                let state = encoded(|d| {
-                    MigDeviceState {
-                        device_state: DeviceState::StopCopy as u32,
-                        data_fd: 0,
-                    }
-                    .encode_into(d)
-                });
-                DeviceFeature::new(
-                    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-                    VFIO_DEVICE_FEATURE_SET,
-                    state,
-                    0,
-                )
-                .encode_into(o)
+                DeviceFeature::set_mig_device_state(DeviceState::StopCopy as u32).encode_into(o)
             }),
         ),
         (

@@ -390,6 +390,82 @@ pub(crate) fn judge_read_reply(
     Ok(data.to_vec())
 }
 
+/// The JSON after the version numbers of a VERSION reply: `None` when there is none, the
+/// object when it is NUL-terminated UTF-8 JSON holding an object, why not otherwise.
+fn version_json(json: &[u8]) -> Result<Option<Value>, String> {
+    if json.is_empty() {
+        return Ok(None);
+    }
+    if json.last() != Some(&0) {
+        return Err(format!(
+            "the {}-byte JSON is not NUL-terminated (last byte {:#04x})",
+            json.len(),
+            json.last().copied().unwrap_or(0)
+        ));
+    }
+    if json[..json.len() - 1].contains(&0) {
+        return Err("the JSON contains a NUL before its end".into());
+    }
+    let text = std::str::from_utf8(&json[..json.len() - 1])
+        .map_err(|e| format!("the JSON is not UTF-8: {e}"))?;
+    let v =
+        serde_json::from_str::<Value>(text).map_err(|e| format!("the JSON does not parse: {e}"))?;
+    if v.is_object() {
+        Ok(Some(v))
+    } else {
+        Err(format!("the JSON is {v}, not an object"))
+    }
+}
+
+/// Adds to `problems` what is inconsistent in region `index`, described as `r` with `fds`
+/// file descriptors: MMAP without an fd, CAPS with a capability offset inside the head,
+/// sparse areas outside the region.
+fn region_problems(index: u32, r: &RegionInfo, fds: usize, problems: &mut Vec<String>) {
+    if r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && fds == 0 {
+        problems.push(format!("region {index}: MMAP set but no fd came"));
+    }
+    if r.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 && r.cap_offset < RegionInfo::HEAD_SIZE as u32 {
+        problems.push(format!(
+            "region {index}: CAPS set with cap_offset {}",
+            r.cap_offset
+        ));
+    }
+    for cap in &r.caps {
+        if let RegionCap::SparseMmap(areas) = cap {
+            for a in areas {
+                if a.offset.checked_add(a.size).is_none_or(|e| e > r.size) {
+                    problems.push(format!(
+                        "region {index}: sparse area {:#x}+{:#x} outside its {:#x} bytes",
+                        a.offset, a.size, r.size
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Judges the reply `ex` to a REGION_WRITE of 4 bytes at 0 of `region`: a well-formed
+/// refusal, or a success that echoes the access.
+fn judge_write_reply(region: u32, ex: &Exchange) -> Result<String, String> {
+    if let Ok(m) = &ex.reply {
+        if m.is_error() {
+            return judge_error_reply(Command::RegionWrite as u16, ex)
+                .map(|s| format!("the device refused the write ({s}); the reply is well-formed"));
+        }
+    }
+    let m = judge_success(Command::RegionWrite, ex)?;
+    match RegionAccess::decode(&m.payload) {
+        Ok(h) if h.region == region && h.offset == 0 && h.count == 4 => Ok(format!(
+            "4 bytes written back to region {region} at 0; the reply echoes the access"
+        )),
+        Ok(h) => Err(format!(
+            "the REGION_WRITE reply answers region {} at {:#x}, {} bytes",
+            h.region, h.offset, h.count
+        )),
+        Err(e) => Err(format!("the REGION_WRITE reply: {e}")),
+    }
+}
+
 fn head_u32(payload: &[u8], at: usize) -> u32 {
     payload
         .get(at..at + 4)
@@ -455,8 +531,31 @@ impl Checker<'_> {
             }
             return;
         }
-        let major = u16::from_ne_bytes([p[0], p[1]]);
-        let minor = u16::from_ne_bytes([p[2], p[3]]);
+        self.version_numbers(
+            u16::from_ne_bytes([p[0], p[1]]),
+            u16::from_ne_bytes([p[2], p[3]]),
+        );
+        let json = &p[4..];
+        let parsed = version_json(json);
+        match &parsed {
+            Ok(None) => self.record(
+                "version.json",
+                Ok("no JSON (allowed; the spec's defaults apply)".into()),
+            ),
+            Ok(Some(_)) => self.record(
+                "version.json",
+                Ok(format!(
+                    "{} bytes of NUL-terminated JSON, an object",
+                    json.len()
+                )),
+            ),
+            Err(e) => self.record("version.json", Err(e.clone())),
+        }
+        self.version_capabilities(p, parsed);
+    }
+
+    /// The major and minor version the server answered, against the 0.0 proposed.
+    fn version_numbers(&mut self, major: u16, minor: u16) {
         self.record(
             "version.major",
             if major == 0 {
@@ -473,73 +572,37 @@ impl Checker<'_> {
                 Err(format!("minor {minor} is above the proposed 0"))
             },
         );
-        let json = &p[4..];
-        let parsed: Result<Option<Value>, String> = if json.is_empty() {
-            Ok(None)
-        } else if json.last() != Some(&0) {
-            Err(format!(
-                "the {}-byte JSON is not NUL-terminated (last byte {:#04x})",
-                json.len(),
-                json.last().copied().unwrap_or(0)
-            ))
-        } else if json[..json.len() - 1].contains(&0) {
-            Err("the JSON contains a NUL before its end".into())
-        } else {
-            std::str::from_utf8(&json[..json.len() - 1])
-                .map_err(|e| format!("the JSON is not UTF-8: {e}"))
-                .and_then(|t| {
-                    serde_json::from_str::<Value>(t)
-                        .map_err(|e| format!("the JSON does not parse: {e}"))
-                })
-                .and_then(|v| {
-                    if v.is_object() {
-                        Ok(Some(v))
-                    } else {
-                        Err(format!("the JSON is {v}, not an object"))
-                    }
-                })
+    }
+
+    /// The "capabilities" object of the VERSION reply `payload`, whose JSON parsed as
+    /// `parsed`: its member types, then the library's own judgement of its values.
+    fn version_capabilities(&mut self, payload: &[u8], parsed: Result<Option<Value>, String>) {
+        let v = match parsed {
+            Ok(None) => return self.skip("version.capabilities", "no JSON"),
+            Err(_) => return self.skip("version.capabilities", "the JSON is unusable"),
+            Ok(Some(v)) => v,
         };
-        match &parsed {
-            Ok(None) => self.record(
-                "version.json",
-                Ok("no JSON (allowed; the spec's defaults apply)".into()),
-            ),
-            Ok(Some(_)) => self.record(
-                "version.json",
-                Ok(format!(
-                    "{} bytes of NUL-terminated JSON, an object",
-                    json.len()
-                )),
-            ),
-            Err(e) => self.record("version.json", Err(e.clone())),
-        }
-        match parsed {
-            Ok(None) => self.skip("version.capabilities", "no JSON"),
-            Err(_) => self.skip("version.capabilities", "the JSON is unusable"),
-            Ok(Some(v)) => {
-                let result = match v.get("capabilities") {
-                    None => Ok("no \"capabilities\" object (spec defaults apply)".into()),
-                    Some(Value::Object(caps)) => capability_types(caps),
-                    Some(other) => Err(format!("\"capabilities\" is {other}, not an object")),
-                };
-                // The library's own judgement (bounds, impossible values), on the
-                // capabilities alone: the version is checked above.
-                let mut patched = p.clone();
-                patched[..4].copy_from_slice(&[0; 4]);
-                let result = match (
-                    result,
-                    Capabilities::from_reply(&Offer::default(), &patched),
-                ) {
-                    (Ok(s), Ok(caps)) => {
-                        self.caps = caps;
-                        Ok(s)
-                    }
-                    (Ok(_), Err(e)) => Err(e.to_string()),
-                    (Err(e), _) => Err(e),
-                };
-                self.record("version.capabilities", result);
+        let result = match v.get("capabilities") {
+            None => Ok("no \"capabilities\" object (spec defaults apply)".into()),
+            Some(Value::Object(caps)) => capability_types(caps),
+            Some(other) => Err(format!("\"capabilities\" is {other}, not an object")),
+        };
+        // The library's own judgement (bounds, impossible values), on the
+        // capabilities alone: the version is checked above.
+        let mut patched = payload.to_vec();
+        patched[..4].copy_from_slice(&[0; 4]);
+        let result = match (
+            result,
+            Capabilities::from_reply(&Offer::default(), &patched),
+        ) {
+            (Ok(s), Ok(caps)) => {
+                self.caps = caps;
+                Ok(s)
             }
-        }
+            (Ok(_), Err(e)) => Err(e.to_string()),
+            (Err(e), _) => Err(e),
+        };
+        self.record("version.capabilities", result);
     }
 
     fn get_info(&mut self) -> Exchange {
@@ -639,80 +702,20 @@ impl Checker<'_> {
         let mut problems = Vec::new();
         let mut requeried = Vec::new();
         for index in 0..info.num_regions {
-            let head = RegionInfo::HEAD_SIZE as u32;
-            let first = match self.region_query(index, head) {
+            let first = match self.region_query(index, RegionInfo::HEAD_SIZE as u32) {
                 Ok(m) => m,
                 Err(e) => {
                     problems.push(format!("region {index}: {e}"));
                     break;
                 }
             };
-            let p = &first.payload;
-            if p.len() < RegionInfo::HEAD_SIZE {
-                problems.push(format!("region {index}: reply of {} bytes", p.len()));
+            let Some((full, fds)) = self.region_reply(index, first, &mut problems, &mut requeried)
+            else {
                 continue;
-            }
-            let (argsz, reply_index) = (head_u32(p, 0), head_u32(p, 8));
-            if reply_index != index {
-                problems.push(format!(
-                    "region {index}: reply describes region {reply_index}"
-                ));
-                continue;
-            }
-            if p.len() > head as usize {
-                problems.push(format!(
-                    "region {index}: {} payload bytes, more than the {head} offered",
-                    p.len()
-                ));
-            }
-            let (full, fds) = if argsz > head {
-                if argsz > MAX_REGION_ARGSZ {
-                    problems.push(format!("region {index}: asks for argsz {argsz}"));
-                    continue;
-                }
-                match self.region_query(index, argsz) {
-                    Ok(m) => {
-                        let again = head_u32(&m.payload, 0);
-                        if again > argsz {
-                            problems.push(format!(
-                                "region {index}: asks for argsz {again} after {argsz}"
-                            ));
-                        }
-                        requeried.push(format!("region {index} (argsz {head} -> {argsz})"));
-                        let n = m.fds.len();
-                        (m.payload, n)
-                    }
-                    Err(e) => {
-                        problems.push(format!("region {index} re-query: {e}"));
-                        continue;
-                    }
-                }
-            } else {
-                (first.payload.clone(), first.fds.len())
             };
             match RegionInfo::decode(&full) {
                 Ok(r) => {
-                    if r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && fds == 0 {
-                        problems.push(format!("region {index}: MMAP set but no fd came"));
-                    }
-                    if r.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 && r.cap_offset < head {
-                        problems.push(format!(
-                            "region {index}: CAPS set with cap_offset {}",
-                            r.cap_offset
-                        ));
-                    }
-                    for cap in &r.caps {
-                        if let RegionCap::SparseMmap(areas) = cap {
-                            for a in areas {
-                                if a.offset.checked_add(a.size).is_none_or(|e| e > r.size) {
-                                    problems.push(format!(
-                                        "region {index}: sparse area {:#x}+{:#x} outside its {:#x} bytes",
-                                        a.offset, a.size, r.size
-                                    ));
-                                }
-                            }
-                        }
-                    }
+                    region_problems(index, &r, fds, &mut problems);
                     self.found.regions.push(r);
                 }
                 Err(e) => problems.push(format!("region {index}: {e}")),
@@ -727,6 +730,69 @@ impl Checker<'_> {
                 Err(problems.join("; "))
             },
         );
+        self.record_requery(&requeried);
+    }
+
+    /// The whole reply (payload and fd count) describing region `index`, given the `first`
+    /// answer to a query with the 32-byte head: that one, or the answer to a query with the
+    /// argsz it asked for (noted in `requeried`). `None`, with the reason in `problems`, when
+    /// the first answer is unusable or the re-query fails.
+    fn region_reply(
+        &mut self,
+        index: u32,
+        first: RawMsg,
+        problems: &mut Vec<String>,
+        requeried: &mut Vec<String>,
+    ) -> Option<(Vec<u8>, usize)> {
+        let head = RegionInfo::HEAD_SIZE as u32;
+        let p = &first.payload;
+        if p.len() < RegionInfo::HEAD_SIZE {
+            problems.push(format!("region {index}: reply of {} bytes", p.len()));
+            return None;
+        }
+        let (argsz, reply_index) = (head_u32(p, 0), head_u32(p, 8));
+        if reply_index != index {
+            problems.push(format!(
+                "region {index}: reply describes region {reply_index}"
+            ));
+            return None;
+        }
+        if p.len() > head as usize {
+            problems.push(format!(
+                "region {index}: {} payload bytes, more than the {head} offered",
+                p.len()
+            ));
+        }
+        if argsz <= head {
+            let fds = first.fds.len();
+            return Some((first.payload, fds));
+        }
+        if argsz > MAX_REGION_ARGSZ {
+            problems.push(format!("region {index}: asks for argsz {argsz}"));
+            return None;
+        }
+        match self.region_query(index, argsz) {
+            Ok(m) => {
+                let again = head_u32(&m.payload, 0);
+                if again > argsz {
+                    problems.push(format!(
+                        "region {index}: asks for argsz {again} after {argsz}"
+                    ));
+                }
+                requeried.push(format!("region {index} (argsz {head} -> {argsz})"));
+                let fds = m.fds.len();
+                Some((m.payload, fds))
+            }
+            Err(e) => {
+                problems.push(format!("region {index} re-query: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Records whether the regions with capabilities sent them (and their fds) only when
+    /// asked with a larger argsz, the re-queries being those in `requeried`.
+    fn record_requery(&mut self, requeried: &[String]) {
         if !requeried.is_empty() {
             self.record(
                 "region.requery",
@@ -1126,52 +1192,35 @@ impl Checker<'_> {
         }
         .encode_with_data(&value, &mut payload);
         let ex = self.conn.request(Command::RegionWrite, &payload, &[]);
-        let result = match &ex.reply {
-            Ok(m) if m.is_error() => judge_error_reply(Command::RegionWrite as u16, &ex)
-                .map(|s| format!("the device refused the write ({s}); the reply is well-formed")),
-            _ => {
-                judge_success(Command::RegionWrite, &ex).and_then(|m| {
-                    match RegionAccess::decode(&m.payload) {
-                        Ok(h) if h.region == r.index && h.offset == 0 && h.count == 4 => {
-                            Ok(format!(
-                        "4 bytes written back to region {} at 0; the reply echoes the access",
-                        r.index
-                    ))
-                        }
-                        Ok(h) => Err(format!(
-                            "the REGION_WRITE reply answers region {} at {:#x}, {} bytes",
-                            h.region, h.offset, h.count
-                        )),
-                        Err(e) => Err(format!("the REGION_WRITE reply: {e}")),
-                    }
-                })
-            }
-        };
-        self.record(WRITE, result);
-        let posted = match self.conn.send(
-            Command::RegionWrite as u16,
-            Header::TYPE_COMMAND | Header::FLAG_NO_REPLY,
-            &payload,
-            &[],
-        ) {
-            Ok(id) => id,
-            Err(e) => return self.record(POSTED, Err(format!("sending: {e}"))),
-        };
-        let (ex, data) = self.read4(r.index, 0);
-        let result = if let Some(o) = ex.others.iter().find(|o| o.header.id == posted) {
-            Err(format!(
+        self.record(WRITE, judge_write_reply(r.index, &ex));
+        let result = self.posted_write(r.index, &payload);
+        self.record(POSTED, result);
+    }
+
+    /// Sends the REGION_WRITE `payload` (4 bytes at 0 of `region`) with No_reply, then reads
+    /// the same bytes: the read must be answered in order, and the write not at all.
+    fn posted_write(&mut self, region: u32, payload: &[u8]) -> Result<String, String> {
+        let posted = self
+            .conn
+            .send(
+                Command::RegionWrite as u16,
+                Header::TYPE_COMMAND | Header::FLAG_NO_REPLY,
+                payload,
+                &[],
+            )
+            .map_err(|e| format!("sending: {e}"))?;
+        let (ex, data) = self.read4(region, 0);
+        if let Some(o) = ex.others.iter().find(|o| o.header.id == posted) {
+            return Err(format!(
                 "the server replied to a No_reply REGION_WRITE ({})",
                 o.describe()
-            ))
-        } else {
-            data.map(|_| {
-                format!(
-                    "a posted write to region {} got no reply; the read after it was answered in order",
-                    r.index
-                )
-            })
-        };
-        self.record(POSTED, result);
+            ));
+        }
+        data.map(|_| {
+            format!(
+                "a posted write to region {region} got no reply; the read after it was answered in order"
+            )
+        })
     }
 
     fn invalid(&mut self, id: &str, command: u16, payload: &[u8]) {

@@ -437,96 +437,21 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
     let header_type = u8_at(b, 0x0e) & 0x7f;
     let status = u16_at(b, 6);
     let mut warnings = Vec::new();
-    let mut bars = Vec::new();
-    if header_type == 0 {
-        let mut i = 0usize;
-        while i < 6 {
-            let raw = u32_at(b, 0x10 + 4 * i);
-            let size = bar_sizes.get(i).copied().unwrap_or(0);
-            if raw & 1 == 1 {
-                bars.push(Bar {
-                    index: i as u32,
-                    kind: "io",
-                    bits: 32,
-                    prefetchable: false,
-                    address: u64::from(raw & !0x3),
-                    size,
-                });
-                i += 1;
-                continue;
-            }
-            let is64 = (raw >> 1) & 0x3 == 0x2;
-            let mut address = u64::from(raw & !0xf);
-            if is64 {
-                address |= u64::from(u32_at(b, 0x10 + 4 * (i + 1))) << 32;
-            }
-            if raw != 0 || size != 0 {
-                bars.push(Bar {
-                    index: i as u32,
-                    kind: "memory",
-                    bits: if is64 { 64 } else { 32 },
-                    prefetchable: raw & 0x8 != 0,
-                    address,
-                    size,
-                });
-            }
-            i += if is64 { 2 } else { 1 };
-        }
-    }
-    let mut capabilities = Vec::new();
-    if status & (1 << 4) != 0 {
-        let mut ptr = usize::from(u8_at(b, 0x34) & !0x3);
-        let mut seen = Vec::new();
-        while ptr != 0 {
-            if ptr < 0x40 || ptr + 2 > b.len().min(256) {
-                warnings.push(format!(
-                    "capability pointer {ptr:#x} outside the capability area"
-                ));
-                break;
-            }
-            if seen.contains(&ptr) || seen.len() >= 48 {
-                warnings.push(format!("capability list loops at {ptr:#x}"));
-                break;
-            }
-            seen.push(ptr);
-            let id = u8_at(b, ptr);
-            capabilities.push(Capability {
-                offset: ptr as u16,
-                id: u16::from(id),
-                name: cap_name(id),
-                details: decode_cap(b, ptr, id),
-            });
-            ptr = usize::from(u8_at(b, ptr + 1) & !0x3);
-        }
-    }
-    let mut extended_capabilities = Vec::new();
-    if b.len() >= 4096 {
-        let mut ptr = 0x100usize;
-        let mut steps = 0;
-        loop {
-            let header = u32_at(b, ptr);
-            if header == 0 || header == 0xffff_ffff {
-                break;
-            }
-            let id = (header & 0xffff) as u16;
-            extended_capabilities.push(Capability {
-                offset: ptr as u16,
-                id,
-                name: ext_cap_name(id),
-                details: CapDetails::Other,
-            });
-            let next = (header >> 20) as usize & !0x3;
-            steps += 1;
-            if next == 0 {
-                break;
-            }
-            if next < 0x100 || next + 4 > b.len() || next <= ptr || steps >= 960 {
-                warnings.push(format!("extended capability pointer {next:#x} is invalid"));
-                break;
-            }
-            ptr = next;
-        }
-    }
+    let bars = if header_type == 0 {
+        decode_bars(b, bar_sizes)
+    } else {
+        Vec::new()
+    };
+    let capabilities = if status & (1 << 4) != 0 {
+        decode_capabilities(b, &mut warnings)
+    } else {
+        Vec::new()
+    };
+    let extended_capabilities = if b.len() >= 4096 {
+        decode_extended_capabilities(b, &mut warnings)
+    } else {
+        Vec::new()
+    };
     ConfigSpace {
         vendor_id,
         vendor_name,
@@ -547,6 +472,108 @@ pub fn decode(bytes: &[u8], bar_sizes: &[u64]) -> ConfigSpace {
         extended_capabilities,
         warnings,
     }
+}
+
+/// The six BARs of a type 0 header: I/O BARs, and memory BARs that are programmed or have
+/// a size (a 64-bit BAR takes two slots).
+fn decode_bars(b: &[u8], bar_sizes: &[u64]) -> Vec<Bar> {
+    let mut bars = Vec::new();
+    let mut i = 0usize;
+    while i < 6 {
+        let raw = u32_at(b, 0x10 + 4 * i);
+        let size = bar_sizes.get(i).copied().unwrap_or(0);
+        if raw & 1 == 1 {
+            bars.push(Bar {
+                index: i as u32,
+                kind: "io",
+                bits: 32,
+                prefetchable: false,
+                address: u64::from(raw & !0x3),
+                size,
+            });
+            i += 1;
+            continue;
+        }
+        let is64 = (raw >> 1) & 0x3 == 0x2;
+        let mut address = u64::from(raw & !0xf);
+        if is64 {
+            address |= u64::from(u32_at(b, 0x10 + 4 * (i + 1))) << 32;
+        }
+        if raw != 0 || size != 0 {
+            bars.push(Bar {
+                index: i as u32,
+                kind: "memory",
+                bits: if is64 { 64 } else { 32 },
+                prefetchable: raw & 0x8 != 0,
+                address,
+                size,
+            });
+        }
+        i += if is64 { 2 } else { 1 };
+    }
+    bars
+}
+
+/// The capability list from the pointer at 0x34, at most 48 steps; a pointer outside the
+/// capability area or a loop ends it with a warning.
+fn decode_capabilities(b: &[u8], warnings: &mut Vec<String>) -> Vec<Capability> {
+    let mut capabilities = Vec::new();
+    let mut ptr = usize::from(u8_at(b, 0x34) & !0x3);
+    let mut seen = Vec::new();
+    while ptr != 0 {
+        if ptr < 0x40 || ptr + 2 > b.len().min(256) {
+            warnings.push(format!(
+                "capability pointer {ptr:#x} outside the capability area"
+            ));
+            break;
+        }
+        if seen.contains(&ptr) || seen.len() >= 48 {
+            warnings.push(format!("capability list loops at {ptr:#x}"));
+            break;
+        }
+        seen.push(ptr);
+        let id = u8_at(b, ptr);
+        capabilities.push(Capability {
+            offset: ptr as u16,
+            id: u16::from(id),
+            name: cap_name(id),
+            details: decode_cap(b, ptr, id),
+        });
+        ptr = usize::from(u8_at(b, ptr + 1) & !0x3);
+    }
+    capabilities
+}
+
+/// The extended capability list of a 4 KiB space, from 0x100; an invalid next pointer ends
+/// it with a warning.
+fn decode_extended_capabilities(b: &[u8], warnings: &mut Vec<String>) -> Vec<Capability> {
+    let mut extended_capabilities = Vec::new();
+    let mut ptr = 0x100usize;
+    let mut steps = 0;
+    loop {
+        let header = u32_at(b, ptr);
+        if header == 0 || header == 0xffff_ffff {
+            break;
+        }
+        let id = (header & 0xffff) as u16;
+        extended_capabilities.push(Capability {
+            offset: ptr as u16,
+            id,
+            name: ext_cap_name(id),
+            details: CapDetails::Other,
+        });
+        let next = (header >> 20) as usize & !0x3;
+        steps += 1;
+        if next == 0 {
+            break;
+        }
+        if next < 0x100 || next + 4 > b.len() || next <= ptr || steps >= 960 {
+            warnings.push(format!("extended capability pointer {next:#x} is invalid"));
+            break;
+        }
+        ptr = next;
+    }
+    extended_capabilities
 }
 
 /// The name and PCI bound of IRQ index `index` of a PCI device (`None` past REQ): one INTx
@@ -597,26 +624,52 @@ pub fn size_text(size: u64) -> String {
 impl ConfigSpace {
     /// lspci -vv style lines, each indented by `indent`.
     pub fn render(&self, indent: &str) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.render_header(indent);
+        out.extend(self.bars.iter().map(|bar| bar.render(indent)));
+        if self.capabilities.is_empty() {
+            out.push(format!("{indent}Capabilities: none"));
+        }
+        let more = format!("{indent}        ");
+        for cap in &self.capabilities {
+            let head = format!("{indent}Capabilities: [{:02x}] {}", cap.offset, cap.name);
+            out.extend(cap.details.render(&head, &more, cap.id));
+        }
+        for cap in &self.extended_capabilities {
+            out.push(format!(
+                "{indent}Capabilities: [{:03x} v?] {} (id {:04x})",
+                cap.offset, cap.name, cap.id
+            ));
+        }
+        for w in &self.warnings {
+            out.push(format!("{indent}Warning: {w}"));
+        }
+        out
+    }
+
+    /// The lines before the BARs: ids and class, subsystem, command and status registers,
+    /// and the interrupt pin if there is one.
+    fn render_header(&self, indent: &str) -> Vec<String> {
         let name = |id: u16, n: &Option<String>| match n {
             Some(n) => format!("{n} [{id:04x}]"),
             None => format!("[{id:04x}]"),
         };
-        out.push(format!(
-            "{indent}{} [{:04x}]: {} {} (rev {:02x})",
-            self.class_name,
-            self.class_code >> 8,
-            name(self.vendor_id, &self.vendor_name),
-            name(self.device_id, &self.device_name),
-            self.revision
-        ));
-        out.push(format!(
-            "{indent}Subsystem: [{:04x}:{:04x}]  prog-if {:02x}  header type {}",
-            self.subsystem_vendor_id,
-            self.subsystem_id,
-            self.class_code & 0xff,
-            self.header_type
-        ));
+        let mut out = vec![
+            format!(
+                "{indent}{} [{:04x}]: {} {} (rev {:02x})",
+                self.class_name,
+                self.class_code >> 8,
+                name(self.vendor_id, &self.vendor_name),
+                name(self.device_id, &self.device_name),
+                self.revision
+            ),
+            format!(
+                "{indent}Subsystem: [{:04x}:{:04x}]  prog-if {:02x}  header type {}",
+                self.subsystem_vendor_id,
+                self.subsystem_id,
+                self.class_code & 0xff,
+                self.header_type
+            ),
+        ];
         let c = self.command;
         out.push(format!(
             "{indent}Control: {} {} {} {} {} {}",
@@ -645,130 +698,109 @@ impl ConfigSpace {
                 self.interrupt_line
             ));
         }
-        for bar in &self.bars {
-            let size = if bar.size > 0 {
-                format!(" [size={}]", size_text(bar.size))
-            } else {
-                String::new()
-            };
-            if bar.kind == "io" {
-                out.push(format!(
-                    "{indent}Region {}: I/O ports at {:04x}{size}",
-                    bar.index, bar.address
-                ));
-            } else {
-                out.push(format!(
-                    "{indent}Region {}: Memory at {:08x} ({}-bit, {}){size}",
-                    bar.index,
-                    bar.address,
-                    bar.bits,
-                    if bar.prefetchable {
-                        "prefetchable"
-                    } else {
-                        "non-prefetchable"
-                    }
-                ));
-            }
-        }
-        if self.capabilities.is_empty() {
-            out.push(format!("{indent}Capabilities: none"));
-        }
-        let more = format!("{indent}        ");
-        for cap in &self.capabilities {
-            let head = format!("{indent}Capabilities: [{:02x}] {}", cap.offset, cap.name);
-            match &cap.details {
-                CapDetails::PowerManagement {
-                    version,
-                    d1,
-                    d2,
-                    state,
-                    pme_enable,
-                } => {
-                    out.push(format!("{head} version {version}"));
-                    out.push(format!(
-                        "{more}Flags: {} {}",
-                        flag("D1", *d1),
-                        flag("D2", *d2)
-                    ));
-                    out.push(format!(
-                        "{more}Status: D{state} {}",
-                        flag("PME-Enable", *pme_enable)
-                    ));
-                }
-                CapDetails::Msi {
-                    enable,
-                    count,
-                    max_count,
-                    addr64,
-                    maskable,
-                    address,
-                    data,
-                } => {
-                    out.push(format!(
-                        "{head}: {} Count={count}/{max_count} {} {}",
-                        flag("Enable", *enable),
-                        flag("Maskable", *maskable),
-                        flag("64bit", *addr64)
-                    ));
-                    out.push(format!("{more}Address: {address:016x}  Data: {data:04x}"));
-                }
-                CapDetails::MsiX {
-                    enable,
-                    masked,
-                    count,
-                    table_bar,
-                    table_offset,
-                    pba_bar,
-                    pba_offset,
-                } => {
-                    out.push(format!(
-                        "{head}: {} Count={count} {}",
-                        flag("Enable", *enable),
-                        flag("Masked", *masked)
-                    ));
-                    out.push(format!(
-                        "{more}Vector table: BAR={table_bar} offset={table_offset:08x}"
-                    ));
-                    out.push(format!("{more}PBA: BAR={pba_bar} offset={pba_offset:08x}"));
-                }
-                CapDetails::Express {
-                    version,
-                    port_type,
-                    max_payload_supported,
-                    max_payload,
-                    max_read_request,
-                    link_speed_cap,
-                    link_width_cap,
-                    link_speed,
-                    link_width,
-                } => {
-                    out.push(format!("{head} (v{version}) {port_type}"));
-                    out.push(format!(
-                        "{more}DevCap: MaxPayload {max_payload_supported} bytes"
-                    ));
-                    out.push(format!(
-                        "{more}DevCtl: MaxPayload {max_payload} bytes, MaxReadReq {max_read_request} bytes"
-                    ));
-                    out.push(format!(
-                        "{more}LnkCap: Speed {link_speed_cap}, Width x{link_width_cap}"
-                    ));
-                    out.push(format!(
-                        "{more}LnkSta: Speed {link_speed}, Width x{link_width}"
-                    ));
-                }
-                CapDetails::Other => out.push(format!("{head} (id {:02x})", cap.id)),
-            }
-        }
-        for cap in &self.extended_capabilities {
-            out.push(format!(
-                "{indent}Capabilities: [{:03x} v?] {} (id {:04x})",
-                cap.offset, cap.name, cap.id
-            ));
-        }
-        for w in &self.warnings {
-            out.push(format!("{indent}Warning: {w}"));
-        }
         out
+    }
+}
+
+impl Bar {
+    /// Its `Region` line, indented by `indent`.
+    fn render(&self, indent: &str) -> String {
+        let size = if self.size > 0 {
+            format!(" [size={}]", size_text(self.size))
+        } else {
+            String::new()
+        };
+        if self.kind == "io" {
+            return format!(
+                "{indent}Region {}: I/O ports at {:04x}{size}",
+                self.index, self.address
+            );
+        }
+        format!(
+            "{indent}Region {}: Memory at {:08x} ({}-bit, {}){size}",
+            self.index,
+            self.address,
+            self.bits,
+            if self.prefetchable {
+                "prefetchable"
+            } else {
+                "non-prefetchable"
+            }
+        )
+    }
+}
+
+impl CapDetails {
+    /// Its lines: the first after `head` (the capability's offset and name), the others
+    /// after `more`; `id` is the capability id, shown for one not decoded.
+    fn render(&self, head: &str, more: &str, id: u16) -> Vec<String> {
+        match self {
+            CapDetails::PowerManagement {
+                version,
+                d1,
+                d2,
+                state,
+                pme_enable,
+            } => vec![
+                format!("{head} version {version}"),
+                format!("{more}Flags: {} {}", flag("D1", *d1), flag("D2", *d2)),
+                format!("{more}Status: D{state} {}", flag("PME-Enable", *pme_enable)),
+            ],
+            CapDetails::Msi {
+                enable,
+                count,
+                max_count,
+                addr64,
+                maskable,
+                address,
+                data,
+            } => vec![
+                format!(
+                    "{head}: {} Count={count}/{max_count} {} {}",
+                    flag("Enable", *enable),
+                    flag("Maskable", *maskable),
+                    flag("64bit", *addr64)
+                ),
+                format!("{more}Address: {address:016x}  Data: {data:04x}"),
+            ],
+            CapDetails::MsiX {
+                enable,
+                masked,
+                count,
+                table_bar,
+                table_offset,
+                pba_bar,
+                pba_offset,
+            } => vec![
+                format!(
+                    "{head}: {} Count={count} {}",
+                    flag("Enable", *enable),
+                    flag("Masked", *masked)
+                ),
+                format!("{more}Vector table: BAR={table_bar} offset={table_offset:08x}"),
+                format!("{more}PBA: BAR={pba_bar} offset={pba_offset:08x}"),
+            ],
+            CapDetails::Express {
+                version,
+                port_type,
+                max_payload_supported,
+                max_payload,
+                max_read_request,
+                link_speed_cap,
+                link_width_cap,
+                link_speed,
+                link_width,
+            } => vec![
+                format!("{head} (v{version}) {port_type}"),
+                format!("{more}DevCap: MaxPayload {max_payload_supported} bytes"),
+                format!(
+                    "{more}DevCtl: MaxPayload {max_payload} bytes, MaxReadReq {max_read_request} bytes"
+                ),
+                format!("{more}LnkCap: Speed {link_speed_cap}, Width x{link_width_cap}"),
+                format!("{more}LnkSta: Speed {link_speed}, Width x{link_width}"),
+            ],
+            CapDetails::Other => vec![format!("{head} (id {id:02x})")],
+        }
     }
 }
 

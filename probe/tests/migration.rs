@@ -81,6 +81,15 @@ fn failed_ids(r: &CheckReport) -> Vec<&str> {
         .collect()
 }
 
+/// The destructive check against `script`, whose failed checks must be exactly `failed`:
+/// the report, and the reason the first of them gives.
+fn failing_check(script: fn(UnixStream), failed: &[&str]) -> (CheckReport, String) {
+    let r = check_of_peer(script);
+    assert_eq!(failed_ids(&r), failed, "{}", r.render_text());
+    let reason = result(&r, failed[0]).1.to_owned();
+    (r, reason)
+}
+
 fn probe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vfio-user-probe"))
         .args(args)
@@ -269,12 +278,12 @@ fn a_state_reply_without_a_state_fails_info_and_check() {
     assert!(r.pci.is_some() && r.regions.len() == 9);
     assert!(matches!(r.migration, Some(MigrationReport::Failed { .. })));
 
-    let r = check_of_peer(support::state_replies_without_a_state);
-    assert_eq!(failed_ids(&r), ["migration.feature"], "{}", r.render_text());
+    let (r, reason) = failing_check(
+        support::state_replies_without_a_state,
+        &["migration.feature"],
+    );
     assert!(
-        result(&r, "migration.feature")
-            .1
-            .starts_with("GET of MIG_DEVICE_STATE: "),
+        reason.starts_with("GET of MIG_DEVICE_STATE: "),
         "{}",
         r.render_text()
     );
@@ -289,15 +298,11 @@ fn a_state_reply_without_a_state_fails_info_and_check() {
 
 #[test]
 fn a_set_reply_naming_another_state_fails_the_arc_and_the_device_is_taken_back() {
-    let r = check_of_peer(support::resuming_echoed_as_stop_copy);
     // The round trip goes through RESUMING too.
-    assert_eq!(
-        failed_ids(&r),
-        ["migration.arcs", "migration.round-trip"],
-        "{}",
-        r.render_text()
+    let (r, reason) = failing_check(
+        support::resuming_echoed_as_stop_copy,
+        &["migration.arcs", "migration.round-trip"],
     );
-    let (_, reason) = result(&r, "migration.arcs");
     assert!(
         reason.starts_with("STOP -> RESUMING: the SET reply names STOP_COPY (then taken back RESUMING -> STOP -> RUNNING)"),
         "{reason}"
@@ -309,14 +314,7 @@ fn a_set_reply_naming_another_state_fails_the_arc_and_the_device_is_taken_back()
 
 #[test]
 fn an_accepted_illegal_arc_fails() {
-    let r = check_of_peer(support::illegal_arc_accepted);
-    assert_eq!(
-        failed_ids(&r),
-        ["migration.illegal-arcs"],
-        "{}",
-        r.render_text()
-    );
-    let (_, reason) = result(&r, "migration.illegal-arcs");
+    let (r, reason) = failing_check(support::illegal_arc_accepted, &["migration.illegal-arcs"]);
     assert!(
         reason.starts_with(
             "STOP_COPY -> PRE_COPY was accepted; it must be refused (EINVAL) (then taken back"
@@ -328,14 +326,7 @@ fn an_accepted_illegal_arc_fails() {
 
 #[test]
 fn oversized_data_reads_fail_the_round_trip() {
-    let r = check_of_peer(support::oversized_data_reads);
-    assert_eq!(
-        failed_ids(&r),
-        ["migration.round-trip"],
-        "{}",
-        r.render_text()
-    );
-    let (_, reason) = result(&r, "migration.round-trip");
+    let (_, reason) = failing_check(support::oversized_data_reads, &["migration.round-trip"]);
     assert!(
         reason.starts_with("MIG_DATA_READ returned 1048577 bytes; 1048576 were asked for (then taken back STOP_COPY -> STOP -> RUNNING)"),
         "{reason}"
@@ -352,11 +343,11 @@ fn a_logging_probe_answered_for_another_feature_fails_info() {
         "{}",
         r.failed[0].reason
     );
-    let r = check_of_peer(support::logging_probe_names_another_feature);
-    assert_eq!(failed_ids(&r), ["migration.feature"], "{}", r.render_text());
-    assert!(result(&r, "migration.feature")
-        .1
-        .contains("PROBE of DMA_LOGGING_START: the reply names feature 7 instead of 6"));
+    let (_, reason) = failing_check(
+        support::logging_probe_names_another_feature,
+        &["migration.feature"],
+    );
+    assert!(reason.contains("PROBE of DMA_LOGGING_START: the reply names feature 7 instead of 6"));
 }
 
 #[test]
@@ -402,14 +393,7 @@ fn exit_status_with_and_without_migration() {
 
 #[test]
 fn data_the_device_cannot_load_fails_the_round_trip_and_the_device_is_reset() {
-    let r = check_of_peer(support::corrupted_data_reads);
-    assert_eq!(
-        failed_ids(&r),
-        ["migration.round-trip"],
-        "{}",
-        r.render_text()
-    );
-    let (_, reason) = result(&r, "migration.round-trip");
+    let (r, reason) = failing_check(support::corrupted_data_reads, &["migration.round-trip"]);
     assert!(
         reason.starts_with("loading the ")
             && reason.ends_with(

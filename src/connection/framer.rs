@@ -87,6 +87,18 @@ pub(super) enum Incoming {
     Discarded { header: Header, why: String },
 }
 
+/// What [`Framer::quick_reply`] found.
+#[derive(Debug)]
+pub(super) enum Quick {
+    /// The awaited reply, whole, from one read.
+    Reply(Received),
+    /// Anything else. What was read, if anything, is buffered as `fill` leaves it, for the
+    /// general path to take from there.
+    Fallback,
+    /// The stream is unusable.
+    Failed(DisconnectReason),
+}
+
 /// A message whose body is read past the read buffer, with exact lengths.
 #[derive(Debug)]
 enum Transfer {
@@ -291,6 +303,77 @@ impl Framer {
                 return Ok(None);
             }
         }
+    }
+
+    /// The common case of a request waited for alone: the framer holds nothing, and one
+    /// read (waiting for data if `block`) brings exactly the reply with `id` and `command`,
+    /// whole, not an error, and without fds; with a `buffer`, the reply it waits for. That
+    /// costs one read, one header check and the copies; a typical small reply needs nothing
+    /// else. Anything else leaves the framer as [`fill`](Self::fill) does (the bytes
+    /// buffered, the fds kept for the message that holds the last byte), and the general
+    /// path takes it from there.
+    ///
+    /// With `plain`, the read takes no fds (see [`socket::recv_plain`]); the caller makes
+    /// sure that no message which may carry fds can come meanwhile.
+    pub(super) fn quick_reply(
+        &mut self,
+        sock: &UnixStream,
+        (block, plain): (bool, bool),
+        (id, command): (u16, u16),
+        buffer: Option<&mut ReplyBuffer<'_>>,
+    ) -> Quick {
+        if !self.is_idle() {
+            return Quick::Fallback;
+        }
+        let received = if plain {
+            socket::recv_plain(sock, &mut self.buf, block).map(|n| (n, Vec::new()))
+        } else {
+            recv(sock, &mut self.buf, self.max_fds, block)
+        };
+        let (n, fds) = match received {
+            Ok((0, _)) => return Quick::Failed(DisconnectReason::PeerClosed),
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Quick::Fallback,
+            Err(e) => return Quick::Failed(disconnect(e)),
+        };
+        let answers = |h: &Header| match &buffer {
+            Some(b) => b.accepts(h),
+            None => {
+                h.id == id
+                    && h.command == command
+                    && h.message_type() == Some(MessageType::Reply)
+                    && !h.is_error()
+            }
+        };
+        let header = self
+            .buf
+            .get(..Header::SIZE)
+            .and_then(|b| Header::decode(b, self.max_size).ok())
+            .filter(|h| fds.is_empty() && h.size as usize == n && answers(h));
+        let (Some(header), Some(body)) = (header, self.buf.get(Header::SIZE..n)) else {
+            self.end = n;
+            self.tail_fds = fds;
+            return Quick::Fallback;
+        };
+        let mut payload = super::reuse::buffer();
+        let data_in_buffer = buffer.is_some();
+        match buffer {
+            Some(b) => {
+                // `accepts` checked that the body is `head_len + data.len()` bytes.
+                let (head, data) = body.split_at(b.head_len.min(body.len()));
+                payload.extend_from_slice(head);
+                if let Some(dst) = b.data.get_mut(..data.len()) {
+                    dst.copy_from_slice(data);
+                }
+            }
+            None => payload.extend_from_slice(body),
+        }
+        Quick::Reply(Received {
+            header,
+            payload,
+            fds,
+            data_in_buffer,
+        })
     }
 
     /// Reads once without waiting, for whoever then takes the complete messages with
@@ -862,6 +945,94 @@ mod tests {
         let m = message(&mut r, &b);
         assert_eq!((m.header.id, m.data_in_buffer), (6, false));
         assert_eq!(m.payload, b"after");
+    }
+
+    const RR: u16 = Command::RegionRead as u16;
+
+    /// The message `step` returns next, without waiting.
+    fn stepped(r: &mut Framer, sock: &UnixStream) -> Received {
+        match r.step(sock, false, None).unwrap() {
+            Some(Incoming::Message(m)) => m,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn quick_reply_takes_a_whole_reply_in_one_read() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut r = Framer::new(MAIN_READ_SIZE, 1 << 20, 4);
+        let (bytes, payload) = reply(9, 100);
+        for plain in [false, true] {
+            a.write_all(&bytes).unwrap();
+            let mut out = [0u8; 100];
+            let mut s = buffer(1, 9, &mut out);
+            let Quick::Reply(m) = r.quick_reply(&b, (true, plain), (9, RR), Some(&mut s)) else {
+                panic!("not taken");
+            };
+            assert!(m.data_in_buffer);
+            assert_eq!(m.payload, payload[..16]);
+            assert_eq!(out[..], payload[16..]);
+            assert!(r.is_idle());
+            // Without a buffer, the whole payload.
+            a.write_all(&bytes).unwrap();
+            let Quick::Reply(m) = r.quick_reply(&b, (true, plain), (9, RR), None) else {
+                panic!("not taken");
+            };
+            assert!(!m.data_in_buffer);
+            assert_eq!(m.payload, payload);
+        }
+        // No data, not waiting: nothing read, nothing changed.
+        assert!(matches!(
+            r.quick_reply(&b, (false, true), (9, RR), None),
+            Quick::Fallback
+        ));
+        assert!(r.is_idle());
+        drop(a);
+        assert!(matches!(
+            r.quick_reply(&b, (true, false), (9, RR), None),
+            Quick::Failed(DisconnectReason::PeerClosed)
+        ));
+    }
+
+    #[test]
+    fn quick_reply_leaves_anything_else_to_the_general_path() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut r = Framer::new(MAIN_READ_SIZE, 1 << 20, 4);
+        let (bytes, payload) = reply(9, 4);
+        // Another reply, an error reply, half a reply, a server request: each is left
+        // buffered as `fill` leaves it, and `step` takes it from there.
+        let mut error = Header::error_reply(
+            &Header::from_bytes(&msg(9, &[], 0)[..16].try_into().unwrap()),
+            5,
+        );
+        error.command = RR;
+        let server_request = msg(3, b"dma", 0);
+        for (first, rest) in [
+            (reply(8, 4).0, vec![]),
+            (error.to_bytes().to_vec(), vec![]),
+            (bytes[..20].to_vec(), bytes[20..].to_vec()),
+            (server_request.clone(), vec![]),
+        ] {
+            a.write_all(&first).unwrap();
+            assert!(matches!(
+                r.quick_reply(&b, (true, false), (9, RR), None),
+                Quick::Fallback
+            ));
+            a.write_all(&rest).unwrap();
+            let m = stepped(&mut r, &b);
+            assert_eq!(m.header.to_bytes()[..], first[..16]);
+            assert!(r.is_idle());
+        }
+        // A reply with fds is the general path's too, fds and all.
+        let _evs = send_fds(&a, &bytes, 2);
+        let mut out = [0u8; 4];
+        let mut s = buffer(1, 9, &mut out);
+        assert!(matches!(
+            r.quick_reply(&b, (true, false), (9, RR), Some(&mut s)),
+            Quick::Fallback
+        ));
+        let m = stepped(&mut r, &b);
+        assert_eq!((m.payload.as_slice(), m.fds.len()), (&payload[..], 2));
     }
 
     #[test]

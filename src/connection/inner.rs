@@ -52,6 +52,9 @@ pub(crate) struct Inner {
     /// The id of the request a caller makes outside the pending table (`solo.rs`), or
     /// `NO_SOLO`; set and read under the table's lock.
     pub(super) solo_id: AtomicU32,
+    /// A solo request's reader is in a read that takes no fds (`solo.rs`): meanwhile no
+    /// request whose reply may carry fds enters the table. Set and read under its lock.
+    pub(super) plain_read: AtomicBool,
     pub(super) connected: AtomicBool,
     reason: Mutex<Option<DisconnectReason>>,
     /// `false` while a request is overdue (the fast path's view of `overdue`).
@@ -125,6 +128,7 @@ impl Inner {
             sleepers: AtomicUsize::new(0),
             waiters: Mutex::new(PendingTable::default()),
             solo_id: AtomicU32::new(NO_SOLO),
+            plain_read: AtomicBool::new(false),
             connected: AtomicBool::new(true),
             reason: Mutex::new(None),
             responsive: AtomicBool::new(true),

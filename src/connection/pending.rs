@@ -129,6 +129,15 @@ impl Inner {
     /// Picks an id not used by any waiting request and enters the completion under it.
     pub(super) fn register(&self, completion: &Arc<Completion>) -> Result<u16, Error> {
         let mut table = lock(&self.waiters);
+        while self.plain_read.load(Ordering::Relaxed) && reply_may_carry_fds(completion.command) {
+            // A solo reader takes no fds in its current read (`solo.rs`), and holds the
+            // receive lock until it is done: wait for that, so that this reply's fds are
+            // read with it. (This thread does not hold the receive lock: its holder is in
+            // the read, not dispatching.)
+            drop(table);
+            drop(lock(&self.recv));
+            table = lock(&self.waiters);
+        }
         if table.len() + self.reserved_ids() >= usize::from(NO_REPLY_ID_BIT) {
             return Err(Error::TooManyPending);
         }
@@ -272,6 +281,16 @@ impl Inner {
 }
 
 /// What a reply (one with the request's id) means for a request of `command`.
+/// Whether the reply to `command` may carry fds: VERSION's (the twin socket),
+/// GET_REGION_INFO's (a region's mmap fd) and GET_REGION_IO_FDS's. No other message of the
+/// protocol carries fds from the server.
+pub(super) fn reply_may_carry_fds(command: Command) -> bool {
+    matches!(
+        command,
+        Command::Version | Command::DeviceGetRegionInfo | Command::DeviceGetRegionIoFds
+    )
+}
+
 pub(super) fn reply_result(command: Command, msg: Received) -> Result<Reply, Error> {
     let header = msg.header;
     if header.command != command as u16 {

@@ -398,6 +398,40 @@ pub(crate) fn recv_with_fds(
     unsafe { recvmsg_fds(sock, buf.as_mut_ptr(), buf.len(), max_fds, 0) }
 }
 
+/// Receives up to `buf.len()` bytes with `recvfrom`, which costs the kernel less than
+/// `recvmsg` (no `msghdr` to copy in and out), and no fds: any that came with the bytes are
+/// closed by the kernel. Only for a read where no message may legitimately carry fds.
+/// Blocking as [`recv_with_fds`] is (the receive timeout gives `WouldBlock`), or not with
+/// `block` false. `Ok(0)` means the peer closed the connection.
+pub(crate) fn recv_plain(sock: &UnixStream, buf: &mut [u8], block: bool) -> io::Result<usize> {
+    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        // The raw system call, not libc's cancellation-point wrapper (see `send_one`).
+        // SAFETY: `buf` is exclusively borrowed for the call and `buf.len()` bytes long; the
+        // kernel writes only within it. No address is asked for (null pointers). Every
+        // argument is widened to the register width the system call reads.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                libc::c_long::from(sock.as_raw_fd()),
+                buf.as_mut_ptr(),
+                buf.len(),
+                libc::c_long::from(flags),
+                ptr::null_mut::<libc::sockaddr>(),
+                ptr::null_mut::<libc::socklen_t>(),
+            )
+        };
+        if r >= 0 {
+            // A stream socket returns at most the buffer's length.
+            return Ok((r as usize).min(buf.len()));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Like [`recv_with_fds`], but never waits: no data gives `WouldBlock`.
 pub(crate) fn try_recv_with_fds(
     sock: &UnixStream,
@@ -581,6 +615,29 @@ mod tests {
         let mut buf = [0u8; 1];
         let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOBUFS));
+    }
+
+    #[test]
+    fn plain_receive_closes_fds_that_came_along() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            recv_plain(&b, &mut buf, false).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let (mut read_end, write_end) = std::io::pipe().unwrap();
+        send_with_fds(&a, &[b"data"], &[write_end.as_raw_fd()]).unwrap();
+        drop(write_end);
+        assert_eq!(recv_plain(&b, &mut buf, true).unwrap(), 4);
+        assert_eq!(&buf[..4], b"data");
+        // The only other write end travelled with the bytes: the kernel closed it.
+        let mut rest = Vec::new();
+        assert_eq!(
+            std::io::Read::read_to_end(&mut read_end, &mut rest).unwrap(),
+            0
+        );
+        drop(a);
+        assert_eq!(recv_plain(&b, &mut buf, true).unwrap(), 0);
     }
 
     #[test]

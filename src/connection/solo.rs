@@ -25,11 +25,11 @@ use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use super::budget;
-use super::framer::{Framer, Incoming, ReplyBuffer};
+use super::framer::{Framer, Incoming, Quick, ReplyBuffer};
 use super::inner::Inner;
-use super::pending::{reply_result, NO_REPLY_ID_BIT};
+use super::pending::{reply_may_carry_fds, reply_result, NO_REPLY_ID_BIT};
 use super::send::command_header;
-use super::wait::{next_buffer_token, Awaited};
+use super::wait::{next_buffer_token, Awaited, BLOCKING_READ_SLICE};
 use super::{Error, Reply};
 use crate::protocol::{Command, Header, MessageType};
 use crate::sync::lock;
@@ -115,14 +115,21 @@ impl Inner {
     ) -> Result<Reply, Error> {
         let started = Instant::now();
         self.check_send(command, payload.len(), fds.len())?;
-        let id = self.reserve_solo_id()?;
+        let deadline = budget::cap(started + timeout);
+        // Without busy polling, the first read may wait for the reply at once, as `lead`
+        // would (it waits in `poll` instead only this close to the deadline).
+        let quick = self.settings.busy_poll.is_zero()
+            && deadline
+                .checked_sub(2 * BLOCKING_READ_SLICE)
+                .is_some_and(|b| started <= b);
+        let (id, plain) = self.reserve_solo_id(command, quick)?;
         let sent = command_header(id, command, payload.len(), false)
             .and_then(|header| self.send(&header, payload, fds));
         if let Err(e) = sent {
+            self.plain_read.store(false, Ordering::Relaxed);
             self.solo_id.store(NO_SOLO, Ordering::Relaxed);
             return Err(e);
         }
-        let deadline = budget::cap(started + timeout);
         let mut solo = Solo {
             id,
             command,
@@ -135,10 +142,15 @@ impl Inner {
             head_len,
             data,
         });
+        if quick {
+            self.quick_read(framer, &mut solo, plain, buffer.as_mut());
+        }
         let mut now = started;
-        loop {
+        // Every reader leaves nothing complete in the framer: with the reply taken, or the
+        // connection lost, there is nothing left to read or dispatch.
+        while solo.result.is_none() && self.is_connected() {
             self.lead(framer, &mut solo, deadline, now, buffer.as_mut());
-            if solo.result.is_some() || !self.is_connected() {
+            if solo.result.is_some() {
                 break;
             }
             now = Instant::now();
@@ -160,8 +172,37 @@ impl Inner {
         result
     }
 
-    /// Picks an id for a solo request, as `register` does, and reserves it.
-    fn reserve_solo_id(&self) -> Result<u16, Error> {
+    /// The first read of a solo request, waiting for data: usually the whole reply (see
+    /// [`Framer::quick_reply`]); `lead` takes over otherwise. A plain read ends here,
+    /// before anything is dispatched.
+    fn quick_read(
+        &self,
+        framer: &mut Framer,
+        solo: &mut Solo,
+        plain: bool,
+        buffer: Option<&mut ReplyBuffer<'_>>,
+    ) {
+        let expected = (solo.id, solo.command as u16);
+        let quick = framer.quick_reply(&self.sock, (true, plain), expected, buffer);
+        if plain {
+            self.plain_read.store(false, Ordering::Relaxed);
+        }
+        match quick {
+            Quick::Reply(msg) => {
+                log::debug!("recv {} fds={}", msg.header, msg.fds.len());
+                solo.result = Some(reply_result(solo.command, msg));
+            }
+            Quick::Failed(reason) => self.fail(reason),
+            Quick::Fallback => {}
+        }
+    }
+
+    /// Picks an id for a solo request, as `register` does, and reserves it. With `quick`
+    /// (its first read is [`quick_read`](Self::quick_read)), also says whether that
+    /// read may be plain, taking no fds: when the command's reply carries none and no other
+    /// request waits; [`Inner::plain_read`] then keeps requests whose replies may carry fds
+    /// out of the table until the read is over.
+    fn reserve_solo_id(&self, command: Command, quick: bool) -> Result<(u16, bool), Error> {
         let table = lock(&self.waiters);
         if table.len() + self.reserved_ids() >= usize::from(NO_REPLY_ID_BIT) {
             return Err(Error::TooManyPending);
@@ -172,7 +213,11 @@ impl Inner {
                 continue;
             }
             self.solo_id.store(u32::from(id), Ordering::Relaxed);
-            return Ok(id);
+            let plain = quick && table.is_empty() && !reply_may_carry_fds(command);
+            if plain {
+                self.plain_read.store(true, Ordering::Relaxed);
+            }
+            return Ok((id, plain));
         }
     }
 
@@ -300,6 +345,47 @@ mod tests {
         assert!(got.data_in_buffer);
         drop(peer.join().unwrap());
         assert_eq!(inner.solo_id.load(Ordering::Relaxed), NO_SOLO);
+    }
+
+    #[test]
+    fn requests_whose_replies_carry_fds_wait_out_a_plain_read() {
+        use crate::connection::socket::{poll_fd, send_with_fds};
+        use std::os::fd::AsRawFd;
+
+        let (inner, _sub, mut server) = pair(Duration::from_secs(5));
+        let solo = {
+            let inner = Arc::clone(&inner);
+            std::thread::spawn(move || inner.request(Command::RegionWrite, b"w", &[]))
+        };
+        let first = read_request(&mut server);
+        // Its reader now reads without taking fds, until its reply comes.
+        assert!(inner.plain_read.load(Ordering::Relaxed));
+        // A request whose reply carries no fds goes out meanwhile ...
+        let other = inner.send_request(Command::RegionRead, b"r", &[]).unwrap();
+        assert_eq!(
+            read_request(&mut server).command,
+            Command::RegionRead as u16
+        );
+        // ... one whose reply may carry fds waits until the read is over.
+        let info = {
+            let inner = Arc::clone(&inner);
+            std::thread::spawn(move || {
+                let pending = inner
+                    .send_request(Command::DeviceGetRegionInfo, b"i", &[])
+                    .unwrap();
+                inner.wait(pending)
+            })
+        };
+        assert!(!poll_fd(server.as_raw_fd(), false, 200).unwrap());
+        server.write_all(&reply(&first, 0)).unwrap();
+        assert_eq!(solo.join().unwrap().unwrap().header.id, first.id);
+        assert!(!inner.plain_read.load(Ordering::Relaxed));
+        let request = read_request(&mut server);
+        assert_eq!(request.command, Command::DeviceGetRegionInfo as u16);
+        let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        send_with_fds(&server, &[&reply(&request, 0)], &[fd.as_raw_fd()]).unwrap();
+        assert_eq!(info.join().unwrap().unwrap().fds.len(), 1);
+        drop(other);
     }
 
     #[test]

@@ -67,11 +67,11 @@ impl Inner {
             .map_err(io_err("checking the twin socket fd"))?;
         sock.set_nonblocking(true)
             .map_err(io_err("setting the twin socket non-blocking"))?;
-        // Server requests now come on the twin socket: data on the main socket need not
-        // wake the event loop, so callers need not take the socket out of its view.
-        self.watch
-            .watch_hang_up_only()
-            .map_err(io_err("watching the main socket for hang-ups only"))?;
+        // Server requests now come on the twin socket, which reports the server's hang-up:
+        // the main socket leaves the event loop's view, and callers need not touch it.
+        self.watch.leave_to_twin().map_err(io_err(
+            "taking the main socket out of the event loop's view",
+        ))?;
         let sock = Arc::new(sock);
         let on_end = Arc::clone(&sock);
         self.on_disconnect(move |_| {

@@ -21,15 +21,18 @@
 //! and the event loop collects that event from the set ([`SocketWatch::collect`]).
 //!
 //! With a twin socket the server sends its requests there, and the main socket carries
-//! only replies, which their waiters read. The entry then watches for a hang-up only and is
-//! never disarmed or re-armed: requests cost no `epoll_ctl` at all, and do not even take
-//! the watch's lock (they count themselves in an atomic, which is all a change of mode
-//! needs to know). Stray data (a reply that came after its waiter gave up) waits for the
-//! next caller to read and drop it; a server that sent a request on the main socket anyway
-//! would be served by the next caller too. Except while the connection is unresponsive
-//! (see `health.rs`): the late reply that makes it healthy again must be read when it
-//! comes, not when the next caller reads (callers fail fast meanwhile), so the entry then
-//! watches data as it does without a twin socket ([`SocketWatch::expect_late_reply`]).
+//! only replies, which their waiters read. The socket then leaves the set altogether: a
+//! server that goes away closes both sockets, and the twin socket's hang-up, which its own
+//! subscriber watches, ends the connection. Requests cost no `epoll_ctl` at all, do not
+//! even take the watch's lock (they count themselves in an atomic, which is all a change of
+//! mode needs to know), and a reply wakes no epoll entry on its way to its waiter. Stray
+//! data (a reply that came after its waiter gave up) waits for the next caller to read and
+//! drop it; a server that sent a request on the main socket anyway would be served by the
+//! next caller too, and one that closed the main socket alone is noticed by the next
+//! request. Except while the connection is unresponsive (see `health.rs`): the late reply
+//! that makes it healthy again must be read when it comes, not when the next caller reads
+//! (callers fail fast meanwhile), so the socket is then in the set, as it is without a twin
+//! socket ([`SocketWatch::expect_late_reply`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,15 +47,14 @@ use crate::sync::lock;
 /// Level-triggered: readable while the socket has data.
 const ARMED: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
 const DISARMED: EventSet = EventSet::ONE_SHOT;
-const HANG_UP_ONLY: EventSet = EventSet::READ_HANG_UP.union(EventSet::ONE_SHOT);
 
 #[derive(Debug)]
 struct State {
-    /// Whether the entry is armed (level-triggered, or for a hang-up only).
+    /// Whether the entry is armed (level-triggered); always `true` while `left_to_twin`.
     armed: bool,
-    /// Data on the socket need not wake the event loop (a twin socket carries the server's
-    /// requests, and no late reply is awaited): the entry watches for a hang-up only.
-    hang_up_only: bool,
+    /// The socket is out of the set: a twin socket carries the server's requests and
+    /// reports its hang-up, and no late reply is awaited.
+    left_to_twin: bool,
     /// The connection has a twin socket.
     twin: bool,
 }
@@ -64,12 +66,12 @@ pub(super) struct SocketWatch {
     state: Mutex<State>,
     /// Callers waiting for replies (between `enter` and `leave`), counted without the lock.
     callers: AtomicUsize,
-    /// `state.hang_up_only`, readable without the lock: callers then skip the lock.
+    /// `state.left_to_twin`, readable without the lock: callers then skip the lock.
     ///
     /// Both are sequentially consistent: a change of mode stores this, then reads
     /// `callers`; a caller changes `callers`, then reads this. So either the change of mode
     /// sees the caller, or the caller sees the new mode and takes the lock to act on it.
-    hang_up_only: AtomicBool,
+    left_to_twin: AtomicBool,
 }
 
 impl SocketWatch {
@@ -83,11 +85,11 @@ impl SocketWatch {
             sock: fd,
             state: Mutex::new(State {
                 armed: true,
-                hang_up_only: false,
+                left_to_twin: false,
                 twin: false,
             }),
             callers: AtomicUsize::new(0),
-            hang_up_only: AtomicBool::new(false),
+            left_to_twin: AtomicBool::new(false),
         })
     }
 
@@ -99,39 +101,48 @@ impl SocketWatch {
         )
     }
 
-    /// From now on only a hang-up wakes the event loop (the server's requests come on a
-    /// twin socket).
-    pub(super) fn watch_hang_up_only(&self) -> io::Result<()> {
+    fn remove(&self) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, self.sock, EpollEvent::default())
+    }
+
+    /// From now on the socket is out of the set: a twin socket carries the server's
+    /// requests and reports its hang-up.
+    pub(super) fn leave_to_twin(&self) -> io::Result<()> {
         let mut state = lock(&self.state);
-        self.set(HANG_UP_ONLY)?;
-        state.hang_up_only = true;
+        self.remove()?;
+        state.left_to_twin = true;
         state.twin = true;
         state.armed = true;
-        self.hang_up_only.store(true, Ordering::SeqCst);
+        self.left_to_twin.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// While `expect` (the connection is unresponsive), data wakes the event loop even with
-    /// a twin socket, so that the late reply is read when it comes; then a hang-up only
-    /// again. Nothing changes without a twin socket, where data always wakes it.
+    /// a twin socket, so that the late reply is read when it comes; then the socket leaves
+    /// the set again. Nothing changes without a twin socket, where data always wakes it.
     pub(super) fn expect_late_reply(&self, expect: bool) -> io::Result<()> {
         let mut state = lock(&self.state);
-        if !state.twin || state.hang_up_only != expect {
+        if !state.twin || state.left_to_twin != expect {
             return Ok(());
         }
         if expect {
             // Disarmed while callers wait (they read), level-triggered once none does.
-            self.set(DISARMED)?;
-            state.hang_up_only = false;
+            self.epoll.ctl(
+                ControlOperation::Add,
+                self.sock,
+                EpollEvent::new(DISARMED, self.sock as u64),
+            )?;
+            state.left_to_twin = false;
             state.armed = false;
-            // Before `arm_if_idle` reads the count (see `hang_up_only`).
-            self.hang_up_only.store(false, Ordering::SeqCst);
+            // Before `arm_if_idle` reads the count (see `left_to_twin`).
+            self.left_to_twin.store(false, Ordering::SeqCst);
             self.arm_if_idle(&mut state)
         } else {
-            self.set(HANG_UP_ONLY)?;
-            state.hang_up_only = true;
+            self.remove()?;
+            state.left_to_twin = true;
             state.armed = true;
-            self.hang_up_only.store(true, Ordering::SeqCst);
+            self.left_to_twin.store(true, Ordering::SeqCst);
             Ok(())
         }
     }
@@ -140,8 +151,8 @@ impl SocketWatch {
     #[inline]
     pub(super) fn enter(&self) {
         self.callers.fetch_add(1, Ordering::SeqCst);
-        // Watching for a hang-up only, the entry stays as it is: no lock needed.
-        if !self.hang_up_only.load(Ordering::SeqCst) {
+        // Out of the set, the socket stays so: no lock needed.
+        if !self.left_to_twin.load(Ordering::SeqCst) {
             self.disarm();
         }
     }
@@ -149,7 +160,7 @@ impl SocketWatch {
     /// [`enter`](Self::enter) for an entry that may be armed: disarms it.
     fn disarm(&self) {
         let mut state = lock(&self.state);
-        if state.hang_up_only {
+        if state.left_to_twin {
             return;
         }
         // If disarming fails the entry stays armed: the event loop is woken needlessly, but
@@ -164,7 +175,7 @@ impl SocketWatch {
     #[inline]
     pub(super) fn leave(&self) -> io::Result<()> {
         self.callers.fetch_sub(1, Ordering::SeqCst);
-        if self.hang_up_only.load(Ordering::SeqCst) {
+        if self.left_to_twin.load(Ordering::SeqCst) {
             return Ok(());
         }
         self.arm_if_idle(&mut lock(&self.state))
@@ -175,12 +186,11 @@ impl SocketWatch {
     /// wake-up came from a one-shot event that [`collect`](Self::collect) must take.
     pub(super) fn level_triggered(&self) -> bool {
         let state = lock(&self.state);
-        state.armed && !state.hang_up_only
+        state.armed && !state.left_to_twin
     }
 
     /// For the event loop: collects the entry's one-shot event, if any (a hang-up or error
-    /// of the disarmed entry, or the hang-up of a twin-socket connection), which disarms it.
-    /// Returns whether there was one.
+    /// of the disarmed entry), which disarms it. Returns whether there was one.
     pub(super) fn collect(&self) -> io::Result<bool> {
         let mut events = [EpollEvent::default()];
         let n = loop {
@@ -189,14 +199,7 @@ impl SocketWatch {
                 r => break r?,
             }
         };
-        if n > 0 {
-            let mut state = lock(&self.state);
-            // A level-triggered entry stays armed when it reports; a one-shot one (disarmed,
-            // or for a hang-up only) does not.
-            if state.hang_up_only {
-                state.armed = false;
-            }
-        }
+        // A disarmed entry reports once and stays disarmed; a level-triggered one stays armed.
         Ok(n > 0)
     }
 
@@ -206,17 +209,10 @@ impl SocketWatch {
         self.arm_if_idle(&mut lock(&self.state))
     }
 
-    /// Arms the entry unless callers wait (they read); a hang-up-only entry whether or not
-    /// they do (its callers do not take the lock to arm it when they leave, and a hang-up
-    /// does not get in their way).
+    /// Arms the entry unless callers wait (they read), or the socket is out of the set.
     fn arm_if_idle(&self, state: &mut State) -> io::Result<()> {
-        let idle = state.hang_up_only || self.callers.load(Ordering::SeqCst) == 0;
-        if idle && !state.armed {
-            self.set(if state.hang_up_only {
-                HANG_UP_ONLY
-            } else {
-                ARMED
-            })?;
+        if !state.armed && self.callers.load(Ordering::SeqCst) == 0 {
+            self.set(ARMED)?;
             state.armed = true;
         }
         Ok(())
@@ -236,23 +232,33 @@ mod tests {
 
     #[test]
     fn callers_that_skipped_the_lock_still_count_when_data_is_watched() {
-        let (sock, _peer) = UnixStream::pair().unwrap();
+        use std::io::Write;
+
+        use super::super::socket::poll_fd;
+
+        let (sock, mut peer) = UnixStream::pair().unwrap();
         let watch = SocketWatch::new(&sock).unwrap();
-        watch.watch_hang_up_only().unwrap();
-        // Enters without the lock (hang-up only), then the late reply is awaited.
+        let set_readable = |watch: &SocketWatch| poll_fd(watch.as_raw_fd(), false, 0).unwrap();
+        watch.leave_to_twin().unwrap();
+        peer.write_all(b"x").unwrap();
+        assert!(!set_readable(&watch), "out of the set: data wakes nobody");
+        // Enters without the lock (out of the set), then the late reply is awaited.
         watch.enter();
         watch.expect_late_reply(true).unwrap();
         assert!(
             !watch.level_triggered(),
             "a caller waits: it reads, not the loop"
         );
+        assert!(!set_readable(&watch));
         watch.enter();
         watch.leave().unwrap();
         assert!(!watch.level_triggered());
         watch.leave().unwrap();
         assert!(watch.level_triggered(), "the last caller to leave arms it");
-        // Back to a hang-up only: callers skip the lock again, and leave it armed.
+        assert!(set_readable(&watch), "armed, the data left unread shows");
+        // Out of the set again: callers skip the lock, and nothing is armed.
         watch.expect_late_reply(false).unwrap();
+        assert!(!set_readable(&watch));
         watch.enter();
         watch.leave().unwrap();
         assert!(lock(&watch.state).armed);

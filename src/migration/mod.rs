@@ -94,7 +94,7 @@ mod offered;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-    VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET, VFIO_MIGRATION_STOP_COPY,
+    VFIO_DEVICE_FEATURE_PROBE, VFIO_MIGRATION_STOP_COPY,
 };
 
 use crate::connection;
@@ -284,19 +284,8 @@ impl<'d> Migration<'d> {
     /// One arc: SET MIG_DEVICE_STATE `step`, its reply checked.
     fn arc(&mut self, step: DeviceState, target: DeviceState) -> Result<(), Error> {
         let from = self.state;
-        let mut data = Vec::with_capacity(8);
-        MigDeviceState {
-            device_state: step as u32,
-            data_fd: 0,
-        }
-        .encode_into(&mut data);
-        let reply = feature(
-            self.device,
-            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-            VFIO_DEVICE_FEATURE_SET,
-            data,
-            8,
-        );
+        let request = DeviceFeature::set_mig_device_state(step as u32);
+        let reply = send_feature(self.device, &request);
         let echoed = reply.and_then(|reply| {
             MigDeviceState::decode(&reply.data)
                 .map(|d| d.device_state)
@@ -376,9 +365,14 @@ fn feature(
     data: Vec<u8>,
     reply_data: usize,
 ) -> Result<DeviceFeature, Error> {
-    let mut payload = Vec::with_capacity(DeviceFeature::HEAD_SIZE + data.len());
-    DeviceFeature::new(feature, op, data, reply_data).encode_into(&mut payload);
-    feature_reply(device, feature, &payload)
+    send_feature(device, &DeviceFeature::new(feature, op, data, reply_data))
+}
+
+/// Sends `request`; the reply must name the same feature.
+fn send_feature(device: &VfioUserDevice, request: &DeviceFeature) -> Result<DeviceFeature, Error> {
+    let mut payload = Vec::with_capacity(DeviceFeature::HEAD_SIZE + request.data.len());
+    request.encode_into(&mut payload);
+    feature_reply(device, request.feature(), &payload)
 }
 
 fn feature_reply(

@@ -16,6 +16,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P,
     vfio_device_mig_state_VFIO_DEVICE_STATE_STOP,
     vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY, VFIO_DEVICE_FEATURE_MASK,
+    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET,
 };
 
 use super::wire::{exact_data, len_u32, len_u64, put_u32, put_u64, Reader};
@@ -47,6 +48,35 @@ impl DeviceFeature {
             flags: (op & !VFIO_DEVICE_FEATURE_MASK) | (feature & VFIO_DEVICE_FEATURE_MASK),
             data,
         }
+    }
+
+    /// The SET of `MIG_DEVICE_STATE` to the raw `device_state` (a [`DeviceState`] as
+    /// `u32`, or any other value to see a server refuse it), accepting the 8-byte
+    /// [`MigDeviceState`] the reply echoes.
+    ///
+    /// ```
+    /// # use vfio_user_client::protocol::{DeviceFeature, DeviceState, MigDeviceState};
+    /// let request = DeviceFeature::set_mig_device_state(DeviceState::Stop as u32);
+    /// let mut payload = Vec::new();
+    /// request.encode_into(&mut payload);
+    /// assert_eq!(payload.len(), 16);
+    /// let state = MigDeviceState::decode(&request.data).unwrap();
+    /// assert_eq!(state.state(), Some(DeviceState::Stop));
+    /// ```
+    pub fn set_mig_device_state(device_state: u32) -> Self {
+        let mut data = Vec::with_capacity(8);
+        MigDeviceState {
+            device_state,
+            data_fd: 0,
+        }
+        .encode_into(&mut data);
+        let reply_data = data.len();
+        Self::new(
+            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            VFIO_DEVICE_FEATURE_SET,
+            data,
+            reply_data,
+        )
     }
 
     /// The feature index.
@@ -318,33 +348,40 @@ impl MigData {
 mod tests {
     use super::*;
     use vfio_bindings::bindings::vfio::{
-        vfio_device_feature_dma_logging_range, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-        VFIO_DEVICE_FEATURE_SET, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
+        vfio_device_feature_dma_logging_range, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
     };
 
     #[test]
     fn device_feature_state_set() {
-        let mut data = Vec::new();
-        MigDeviceState {
-            device_state: DeviceState::StopCopy as u32,
-            data_fd: 0,
-        }
-        .encode_into(&mut data);
-        let f = DeviceFeature::new(
-            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-            VFIO_DEVICE_FEATURE_SET,
-            data,
-            0,
-        );
+        let f = DeviceFeature::set_mig_device_state(DeviceState::StopCopy as u32);
         assert_eq!(f.argsz, 16);
         assert_eq!(f.feature(), VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
+        assert_eq!(
+            f.flags,
+            VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE
+        );
         let mut out = Vec::new();
         f.encode_into(&mut out);
+        let mut expected = Vec::new();
+        for word in [
+            16,
+            VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            DeviceState::StopCopy as u32,
+            0,
+        ] {
+            expected.extend_from_slice(&word.to_ne_bytes());
+        }
+        assert_eq!(out, expected);
         let d = DeviceFeature::decode(&out).unwrap();
         assert_eq!(d, f);
         let s = MigDeviceState::decode(&d.data).unwrap();
         assert_eq!(s.state(), Some(DeviceState::StopCopy));
+        assert_eq!(s.data_fd, 0);
         assert_eq!(DeviceState::from_u32(8), None);
+        // A value that is no state is carried as given.
+        let raw = DeviceFeature::set_mig_device_state(8);
+        assert_eq!(MigDeviceState::decode(&raw.data).unwrap().device_state, 8);
+        assert_eq!(raw.argsz, 16);
     }
 
     #[test]

@@ -281,11 +281,15 @@ impl Checker<'_> {
     /// One DEVICE_FEATURE request, its answer judged: a success reply must name the feature
     /// and stay within `argsz`.
     fn feature(&mut self, feature: u32, op: u32, data: Vec<u8>, reply_data: usize) -> Answer {
-        let request = DeviceFeature::new(feature, op, data, reply_data);
+        self.send_feature(DeviceFeature::new(feature, op, data, reply_data))
+    }
+
+    /// Sends `request`, its answer judged as by [`feature`](Self::feature).
+    fn send_feature(&mut self, request: DeviceFeature) -> Answer {
         let mut payload = Vec::new();
         request.encode_into(&mut payload);
         let ex = self.conn.request(Command::DeviceFeature, &payload, &[]);
-        self.judge_feature(feature, request.argsz, &ex)
+        self.judge_feature(request.feature(), request.argsz, &ex)
     }
 
     /// Judges the answer to a DEVICE_FEATURE request for `feature` that offered `argsz`.
@@ -343,18 +347,7 @@ impl Checker<'_> {
 
     /// SET MIG_DEVICE_STATE to the raw `state`.
     fn set_state(&mut self, state: u32) -> Answer {
-        let mut data = Vec::with_capacity(8);
-        MigDeviceState {
-            device_state: state,
-            data_fd: 0,
-        }
-        .encode_into(&mut data);
-        self.feature(
-            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-            VFIO_DEVICE_FEATURE_SET,
-            data,
-            8,
-        )
+        self.send_feature(DeviceFeature::set_mig_device_state(state))
     }
 
     /// One arc from `from` to `to`: the SET accepted, its reply echoing `to`, and the state

@@ -6,9 +6,11 @@
 //!
 //! The device: registers in region 0 (a read-only identification register and an output
 //! latch; only the latch is writable), RAM in region 1, optionally a mappable region 2 with
-//! two sparse areas, and config space in region 7 ([`config::with_capabilities`]). IRQ
-//! index 2 (MSI-X) has four vectors whose trigger eventfds the backend keeps; DMA windows
-//! are recorded, not mapped.
+//! two sparse areas, and config space in region 7 ([`config::with_capabilities`], only its
+//! command register writable; DEVICE_RESET clears it). IRQ
+//! indexes 1 (MSI) and 2 (MSI-X) have four vectors each, as many as config space's MSI and
+//! MSI-X capabilities offer; the other indexes have one. The backend keeps every trigger
+//! eventfd; DMA windows are recorded, not mapped.
 //!
 //! That server desynchronises on commands it does not support (it replies without draining
 //! the body), and sends the backend's failures as errno 0.
@@ -66,9 +68,13 @@ pub const REG_ID: u64 = 0x0;
 pub const ID: u32 = 0x5256_4d4d;
 /// Read/write output latch.
 pub const REG_OUTPUT: u64 = 0x4;
-/// The IRQ index with several vectors (MSI-X).
+/// The IRQ index of MSI.
+pub const MSI: u32 = 1;
+/// Vectors of [`MSI`]: as many as the MSI capability in config space offers.
+pub const MSI_VECTORS: u32 = 4;
+/// The IRQ index of MSI-X.
 pub const MSIX: u32 = 2;
-/// Vectors of [`MSIX`].
+/// Vectors of [`MSIX`]: the MSI-X table size in config space.
 pub const MSIX_VECTORS: u32 = 4;
 
 /// What a test can see of the backend while the server owns it.
@@ -88,8 +94,9 @@ pub struct State {
     pub irq_index: Option<u32>,
     /// A copy of vector 0's trigger eventfd, when one SET_IRQS assigned vector 0 alone.
     pub irq: Option<File>,
-    /// Trigger eventfds of the MSI-X vectors, as assigned by SET_IRQS.
-    pub msix: Vec<Option<File>>,
+    /// Trigger eventfds as assigned by SET_IRQS, by IRQ index, then vector; an index no
+    /// SET_IRQS named may be absent.
+    pub triggers: Vec<Vec<Option<File>>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -105,6 +112,9 @@ struct Backend {
     state: Shared,
     config: Vec<u8>,
 }
+
+/// The command register's bytes in config space.
+const COMMAND: Range<usize> = 4..6;
 
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
@@ -156,6 +166,14 @@ impl ServerBackend for Backend {
                 let r = range(offset, data.len(), RAM_SIZE)?;
                 st.ram[r].copy_from_slice(data);
             }
+            // Only the command register is writable in config space.
+            CONFIG => {
+                let r = range(offset, data.len(), CONFIG_SIZE)?;
+                if !COMMAND.contains(&r.start) || r.end > COMMAND.end {
+                    return Err(einval());
+                }
+                self.config[r].copy_from_slice(data);
+            }
             _ => return Err(einval()),
         }
         Ok(())
@@ -190,11 +208,12 @@ impl ServerBackend for Backend {
         let mut st = self.state.lock();
         st.output = 0;
         st.resets += 1;
+        self.config[COMMAND].fill(0);
         Ok(())
     }
 
-    /// Eventfds for MSI-X vectors (one per vector, or none to clear them), or the whole
-    /// index disabled (DATA_NONE, count 0); anything else is EINVAL.
+    /// Trigger eventfds for the vectors of an index (one per vector, or none to clear
+    /// them), or the whole index disabled (DATA_NONE, count 0); anything else is EINVAL.
     fn set_irqs(
         &mut self,
         index: u32,
@@ -206,13 +225,18 @@ impl ServerBackend for Backend {
         let disable = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
         let assign = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
         let end = start.checked_add(count).ok_or_else(einval)?;
-        if index != MSIX || end > MSIX_VECTORS {
+        if index >= NUM_IRQS || end > vectors(index) {
             return Err(einval());
         }
         let mut st = self.state.lock();
-        st.msix.resize_with(MSIX_VECTORS as usize, || None);
+        let st = &mut *st;
+        if st.triggers.len() <= index as usize {
+            st.triggers.resize_with(index as usize + 1, Vec::new);
+        }
+        let eventfds = &mut st.triggers[index as usize];
+        eventfds.resize_with(vectors(index) as usize, || None);
         if flags == disable && count == 0 {
-            st.msix.iter_mut().for_each(|f| *f = None);
+            eventfds.iter_mut().for_each(|f| *f = None);
             st.irq = None;
         } else {
             if flags & assign != assign || (!fds.is_empty() && fds.len() != count as usize) {
@@ -220,10 +244,10 @@ impl ServerBackend for Backend {
             }
             let mut fds = fds.into_iter();
             for v in start..end {
-                st.msix[v as usize] = fds.next();
+                eventfds[v as usize] = fds.next();
             }
             if start == 0 && count == 1 {
-                st.irq = st.msix[0].as_ref().and_then(|f| f.try_clone().ok());
+                st.irq = eventfds[0].as_ref().and_then(|f| f.try_clone().ok());
             }
         }
         st.irq_index = Some(index);
@@ -267,12 +291,21 @@ fn regions(sparse: bool, memory: &SharedMemory) -> Vec<ServerRegion> {
         .collect()
 }
 
+/// The vectors IRQ `index` reports: what config space offers the guest for it.
+fn vectors(index: u32) -> u32 {
+    match index {
+        MSI => MSI_VECTORS,
+        MSIX => MSIX_VECTORS,
+        _ => 1,
+    }
+}
+
 fn irqs() -> Vec<IrqInfo> {
     (0..NUM_IRQS)
         .map(|index| IrqInfo {
             index,
             flags: VFIO_IRQ_INFO_EVENTFD,
-            count: if index == MSIX { MSIX_VECTORS } else { 1 },
+            count: vectors(index),
         })
         .collect()
 }
