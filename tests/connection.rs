@@ -454,9 +454,17 @@ fn fds_travel_with_requests_and_replies() {
     let e1 = EventFd::new(0).unwrap();
     let e2 = EventFd::new(0).unwrap();
     use std::os::fd::AsRawFd;
+    let (mut read_end, write_end) = std::io::pipe().unwrap();
     let t = thread::spawn(move || {
         let RawMsg { header: h, fds, .. } = peer.recv().unwrap();
         assert_eq!(fds.len(), 2);
+        // SET_IRQS replies carry no fds: one that comes anyway is closed.
+        let rh = Header::reply(&h, 0).unwrap();
+        peer.send_message(&rh, &[], &[write_end.as_raw_fd()])
+            .unwrap();
+        drop(write_end);
+        // GET_REGION_INFO's may (a region's mmap fd).
+        let RawMsg { header: h, .. } = peer.recv().unwrap();
         let back = EventFd::new(0).unwrap();
         back.write(5).unwrap();
         let rh = Header::reply(&h, 0).unwrap();
@@ -470,7 +478,21 @@ fn fds_travel_with_requests_and_replies() {
             &[e1.as_raw_fd(), e2.as_raw_fd()],
         )
         .unwrap();
+    assert!(r.fds.is_empty());
+    let r = conn
+        .request(Command::DeviceGetRegionInfo, &[0; 32], &[])
+        .unwrap();
     assert_eq!(r.fds.len(), 1);
+    let mut value = [0u8; 8];
+    let mut back = std::fs::File::from(r.fds.into_iter().next().unwrap());
+    std::io::Read::read_exact(&mut back, &mut value).unwrap();
+    assert_eq!(u64::from_ne_bytes(value), 5);
+    // The write end that came with the SET_IRQS reply was closed: the pipe is at its end.
+    let mut rest = Vec::new();
+    assert_eq!(
+        std::io::Read::read_to_end(&mut read_end, &mut rest).unwrap(),
+        0
+    );
     let e3 = EventFd::new(0).unwrap();
     let err = conn
         .request(

@@ -282,8 +282,8 @@ impl Inner {
 
 /// What a reply (one with the request's id) means for a request of `command`.
 /// Whether the reply to `command` may carry fds: VERSION's (the twin socket),
-/// GET_REGION_INFO's (a region's mmap fd) and GET_REGION_IO_FDS's. No other message of the
-/// protocol carries fds from the server.
+/// GET_REGION_INFO's (a region's mmap fd) and GET_REGION_IO_FDS's. No other reply of the
+/// protocol carries fds; any that come with one are closed ([`reply_result`]).
 pub(super) fn reply_may_carry_fds(command: Command) -> bool {
     matches!(
         command,
@@ -291,6 +291,8 @@ pub(super) fn reply_may_carry_fds(command: Command) -> bool {
     )
 }
 
+/// The result a reply gives its request: an error for another command or an error reply,
+/// else the reply, without fds its command's replies cannot carry.
 pub(super) fn reply_result(command: Command, msg: Received) -> Result<Reply, Error> {
     let header = msg.header;
     if header.command != command as u16 {
@@ -304,10 +306,17 @@ pub(super) fn reply_result(command: Command, msg: Received) -> Result<Reply, Err
             errno: header.error,
         })
     } else {
+        let mut fds = msg.fds;
+        if !fds.is_empty() && !reply_may_carry_fds(command) {
+            // Closed here as a plain read would have closed them: whichever way the reply
+            // was read, such fds never reach the caller.
+            log::warn!("closed {} fds that came with a {command} reply", fds.len());
+            fds.clear();
+        }
         Ok(Reply {
             header,
             payload: msg.payload,
-            fds: msg.fds,
+            fds,
             data_in_buffer: msg.data_in_buffer,
         })
     }
