@@ -656,7 +656,8 @@ fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
         &DeviceOptions::default(),
     )
     .unwrap();
-    // The main socket is then watched for hang-ups only: replies are read by their waiters.
+    // The main socket then leaves the event loop's view (replies are read by their
+    // waiters): the twin socket's hang-up tells the event loop that the server went.
     assert!(dev.connection().twin_socket());
     let (tx, rx) = std::sync::mpsc::channel();
     dev.connection()
@@ -672,4 +673,50 @@ fn an_idle_connection_with_a_twin_socket_notices_the_server_going() {
         .read(BAR0, 0, &mut [0u8; 4])
         .unwrap_err()
         .is_disconnected());
+}
+
+/// Without busy polling (one CPU), a lone caller takes its reply with one read checked in
+/// place, a plain one (no fds) when no reply may carry fds: reads and writes of every size,
+/// server errors, and replies that do carry fds (REGION_IO_FDS) asked for from another
+/// thread meanwhile, none of whose fds may be lost.
+#[test]
+fn a_lone_reader_on_one_cpu_loses_no_reply_and_no_fd() {
+    let (device, handle) = GpioDevice::new(GpioConfig::default()).unwrap();
+    let server = Server::new(ServerConfig::default(), Box::new(device));
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let _running = server.serve_stream(server_end);
+    let options = ConnectOptions {
+        busy_poll: std::time::Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let conn = Connection::connect(client, &options).unwrap();
+    let dev = std::sync::Arc::new(VfioUserDevice::new(conn, &DeviceOptions::default()).unwrap());
+    for (i, len) in [1usize, 4, 8, 100, 4000, 4096, 70_000]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(len, i as u8);
+        dev.write(SCRATCH, 8, &data).unwrap();
+        let mut back = vec![0u8; len];
+        dev.read(SCRATCH, 8, &mut back).unwrap();
+        assert_eq!(back, data, "{len} bytes");
+    }
+    let err = dev.write(BAR0, 1, &[1, 2]).unwrap_err();
+    assert_eq!(err.server_errno(), Some(libc::EINVAL as u32), "{err}");
+    let reader = {
+        let dev = std::sync::Arc::clone(&dev);
+        std::thread::spawn(move || {
+            let mut id = [0u8; 4];
+            for _ in 0..2000 {
+                dev.read(BAR0, GpioDevice::REG_ID, &mut id).unwrap();
+                assert_eq!(u32::from_le_bytes(id), GpioDevice::ID);
+            }
+        })
+    };
+    for _ in 0..50 {
+        let fds = dev.region_io_fds(BAR0).unwrap();
+        assert_eq!(fds.len(), GpioDevice::IOEVENTFDS);
+    }
+    reader.join().unwrap();
+    assert_eq!(handle.scratch(8, 70_000).unwrap(), pattern(70_000, 6));
 }
