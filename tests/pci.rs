@@ -18,8 +18,7 @@ mod masking;
 #[path = "common/vmm_loop.rs"]
 mod vmm_loop;
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread;
@@ -35,6 +34,9 @@ use vfio_user_client::ConnectionCause;
 use vfio_user_sample_server::test_support::guest::guest_memory;
 use vfio_user_sample_server::test_support::pci::{
     cfg_read, cfg_write, fds_and_maps, find_cap, fired, quiet, Irqs,
+};
+use vfio_user_sample_server::test_support::rust_vmm::{
+    Layout, RustVmmServer, State as RustVmmState,
 };
 use vfio_user_sample_server::{
     ConfigSpace, DmaAccessMode, DmaEngine, DmaEngineHandle, GpioConfig, GpioDevice, GpioHandle,
@@ -810,200 +812,24 @@ fn server_errors_are_recorded_not_dropped() {
     assert_eq!(mmio_u32(dev, BAR1_BASE, 0), 0);
 }
 
-// ---- The crates.io `vfio_user` server with a GPIO-like backend ----
-
-/// What the crates.io backend saw.
-#[derive(Debug, Default)]
-struct RustVmmState {
-    /// Config bytes the backend answers instead of its config space's: a server changing
-    /// what it reports.
-    patch: Vec<(usize, u8)>,
-    msix: Vec<Option<File>>,
-    set_irqs: Vec<(u32, u32, u32, u32, usize)>,
-    dma_maps: u32,
-    dma_unmaps: u32,
-    output: u32,
-}
-
-struct RustVmmGpio {
-    state: Arc<Mutex<RustVmmState>>,
-    config: ConfigSpace,
-}
+// ---- The crates.io `vfio_user` server ----
 
 const RV_VECTORS: u32 = 4;
 
-fn einval() -> io::Error {
-    io::Error::from_raw_os_error(libc::EINVAL)
-}
-
-impl vfio_user::ServerBackend for RustVmmGpio {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
-        match region {
-            0 => {
-                let v = match offset {
-                    0 => 0x5256_4d4d,
-                    4 => self.state.lock().unwrap().output,
-                    _ => 0,
-                };
-                let b = u32::to_le_bytes(v);
-                for (i, d) in data.iter_mut().enumerate() {
-                    *d = b.get(i).copied().unwrap_or(0);
-                }
-            }
-            4 => data.fill(0),
-            7 => {
-                self.config.read(offset, data);
-                for &(at, b) in &self.state.lock().unwrap().patch {
-                    if let Some(d) = at
-                        .checked_sub(offset as usize)
-                        .and_then(|i| data.get_mut(i))
-                    {
-                        *d = b;
-                    }
-                }
-            }
-            _ => return Err(einval()),
-        }
-        Ok(())
-    }
-
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        match region {
-            0 if offset == 4 && data.len() == 4 => {
-                self.state.lock().unwrap().output = u32::from_le_bytes(data.try_into().unwrap());
-            }
-            0 | 4 => {}
-            7 => self.config.write(offset, data),
-            _ => return Err(einval()),
-        }
-        Ok(())
-    }
-
-    fn dma_map(
-        &mut self,
-        _flags: vfio_user::DmaMapFlags,
-        _offset: u64,
-        _address: u64,
-        _size: u64,
-        _fd: Option<File>,
-    ) -> io::Result<()> {
-        self.state.lock().unwrap().dma_maps += 1;
-        Ok(())
-    }
-
-    fn dma_unmap(
-        &mut self,
-        _flags: vfio_user::DmaUnmapFlags,
-        _address: u64,
-        _size: u64,
-    ) -> io::Result<()> {
-        self.state.lock().unwrap().dma_unmaps += 1;
-        Ok(())
-    }
-
-    fn reset(&mut self) -> io::Result<()> {
-        self.config.reset();
-        Ok(())
-    }
-
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> io::Result<()> {
-        let mut st = self.state.lock().unwrap();
-        st.set_irqs.push((index, flags, start, count, fds.len()));
-        if index == IRQ_MSIX && flags & 0x4 != 0 && flags & 0x20 != 0 {
-            st.msix.resize_with(RV_VECTORS as usize, || None);
-            let mut fds = fds.into_iter();
-            for v in start..start.saturating_add(count).min(RV_VECTORS) {
-                st.msix[v as usize] = fds.next();
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A crates.io `vfio_user` server on a thread, serving one client.
-struct RustVmmServer {
-    _dir: vmm_sys_util::tempdir::TempDir,
-    path: std::path::PathBuf,
-    state: Arc<Mutex<RustVmmState>>,
-    thread: thread::JoinHandle<Result<(), vfio_user::Error>>,
-}
-
-/// Serves `config` with regions of `sizes` (region 7 is the config space's 256 bytes) and
-/// `RV_VECTORS` MSI-X vectors; every IRQ index reports EVENTFD only, as the crate does.
+/// The crates.io server offering `config` with regions of `sizes` (region 7 is the config
+/// space's 256 bytes) and `RV_VECTORS` MSI-X vectors; every IRQ index reports EVENTFD
+/// only, as the crate does.
 fn rust_vmm_server(sizes: &[(u32, u64)], config: ConfigSpace) -> RustVmmServer {
-    use vfio_bindings::bindings::vfio::{
-        vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
-        VFIO_REGION_INFO_FLAG_WRITE,
-    };
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix(
-        std::env::temp_dir().join("vfio-user-pci-"),
-    )
-    .unwrap();
-    let path = dir.as_path().join("sock");
-    let size = |i: u32| match i {
-        7 => 256,
-        _ => sizes.iter().find(|(r, _)| *r == i).map_or(0, |(_, s)| *s),
-    };
-    let regions = (0..9)
-        .map(|index| vfio_user::ServerRegion {
-            region_info: vfio_region_info {
-                argsz: std::mem::size_of::<vfio_region_info>() as u32,
-                flags: if size(index) > 0 {
-                    VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
-                } else {
-                    0
-                },
-                index,
-                cap_offset: 0,
-                size: size(index),
-                offset: 0,
-            },
-            sparse_areas: Vec::new(),
-            mmap_fd: None,
-        })
-        .collect();
-    let irqs_info = (0..5)
-        .map(|index| vfio_user::IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: match index {
-                2 => RV_VECTORS,
-                1 => 0,
-                _ => 1,
-            },
-        })
-        .collect();
-    let server = vfio_user::Server::new(&path, true, irqs_info, regions).unwrap();
-    let state = Arc::new(Mutex::new(RustVmmState::default()));
-    let mut backend = RustVmmGpio {
-        state: state.clone(),
-        config,
-    };
-    let thread = thread::spawn(move || server.run(&mut backend));
-    RustVmmServer {
-        _dir: dir,
-        path,
-        state,
-        thread,
-    }
+    RustVmmServer::with_layout(Layout {
+        msix_vectors: RV_VECTORS,
+        ..Layout::with_config_space(sizes, config)
+    })
 }
 
 #[test]
 fn msix_against_the_crates_io_server() {
     let _g = shared();
-    let RustVmmServer {
-        _dir,
-        path,
-        state,
-        thread,
-    } = rust_vmm_server(
+    let mut server = rust_vmm_server(
         &[(0, 256), (4, 4096)],
         ConfigSpace::new(0x494f, 0x0dc9, 0x08_80_00, 0)
             .with_bar(0, 256)
@@ -1017,17 +843,18 @@ fn msix_against_the_crates_io_server() {
         bars: BarPlacement::Fixed(vec![(0, BAR0_BASE), (4, BAR4_BASE)]),
         ..AttachOptions::default()
     };
+    let path = server.path.clone();
     let mut dev =
         VfioUserPciDevice::attach(&path, guest_memory(GUEST_RAM), irqs.clone(), &options).unwrap();
     assert_eq!(dev.read_config_register(0), 0x0dc9_494f);
     assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Intx));
-    assert_eq!(state.lock().unwrap().dma_maps, 1);
+    assert_eq!(server.state().dma_maps.len(), 1);
     enable_memory(&mut dev);
     assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 0), 0x5256_4d4d);
     // Posted (no region is mappable): the next read orders it.
     mmio_write_u32(&mut dev, BAR0_BASE, 4, 0xabcd);
     assert_eq!(mmio_u32(&mut dev, BAR0_BASE, 4), 0xabcd);
-    assert_eq!(state.lock().unwrap().output, 0xabcd);
+    assert_eq!(server.state().output, 0xabcd);
     for v in 0..u64::from(RV_VECTORS) {
         program_vector(&mut dev, BAR4_BASE, 0, v, false);
     }
@@ -1036,8 +863,8 @@ fn msix_against_the_crates_io_server() {
     assert_eq!(dev.interrupt_mode(), Some(InterruptKind::Msix));
     // The server takes one fd per message (max_msg_fds 1): every vector got its own.
     for v in 0..RV_VECTORS {
-        let st = state.lock().unwrap();
-        let mut f = st.msix[v as usize].as_ref().unwrap();
+        let st = server.state();
+        let mut f = st.triggers[IRQ_MSIX as usize][v as usize].as_ref().unwrap();
         f.write_all(&1u64.to_ne_bytes()).unwrap();
         drop(st);
         assert!(fired(&irqs.fd(InterruptKind::Msix, v)), "vector {v}");
@@ -1047,10 +874,10 @@ fn msix_against_the_crates_io_server() {
     // 2), whose signal shows in the PBA and is delivered on unmask.
     mmio_write_u32(&mut dev, BAR4_BASE, 2 * 16 + 12, 1);
     let park = (IRQ_MSIX, 0x4 | 0x20, 2, 1, 1);
-    assert_eq!(state.lock().unwrap().set_irqs.last(), Some(&park));
+    assert_eq!(server.state().irq_log.last(), Some(&park));
     {
-        let st = state.lock().unwrap();
-        let mut f = st.msix[2].as_ref().unwrap();
+        let st = server.state();
+        let mut f = st.triggers[IRQ_MSIX as usize][2].as_ref().unwrap();
         f.write_all(&1u64.to_ne_bytes()).unwrap();
     }
     assert!(quiet(&irqs.fd(InterruptKind::Msix, 2)));
@@ -1058,15 +885,15 @@ fn msix_against_the_crates_io_server() {
     mmio_write_u32(&mut dev, BAR4_BASE, 2 * 16 + 12, 0);
     assert!(fired(&irqs.fd(InterruptKind::Msix, 2)));
     assert_eq!(mmio_u32(&mut dev, BAR4_BASE, 0x800), 0);
-    let masks = |st: &RustVmmState| st.set_irqs.iter().any(|s| s.1 & (0x8 | 0x10) != 0);
-    assert!(!masks(&state.lock().unwrap()), "no MASK or UNMASK sent");
+    let masks = |st: &RustVmmState| st.irq_log.iter().any(|s| s.1 & (0x8 | 0x10) != 0);
+    assert!(!masks(&server.state()), "no MASK or UNMASK sent");
     assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
     dev.detach().unwrap();
-    thread.join().unwrap().unwrap();
-    let st = state.lock().unwrap();
+    server.stop().unwrap();
+    let st = server.state();
     assert_eq!(st.dma_unmaps, 1);
     assert!(
-        st.set_irqs.contains(&(IRQ_MSIX, 0x1 | 0x20, 0, 0, 0)),
+        st.irq_log.contains(&(IRQ_MSIX, 0x1 | 0x20, 0, 0, 0)),
         "disabled"
     );
 }

@@ -26,8 +26,8 @@ fn attach_to(server: &RustVmmServer, bars: Vec<(u32, u64)>) -> Result<VfioUserPc
 
 fn refused(server: RustVmmServer, bars: Vec<(u32, u64)>) -> PciError {
     let err = attach_to(&server, bars).unwrap_err();
-    // The server ends with its client.
-    let _ = server.thread.join().unwrap();
+    // The client's session ends with the refusal.
+    let _ = server.finish();
     err
 }
 
@@ -54,7 +54,7 @@ fn regions_that_are_not_powers_of_two() {
     dev.mmio_write(MmioAddress(0xe000_0000), 0x1ff0, &[1; 4]);
     assert_eq!(dev.error_count(), 0, "{:?}", dev.last_error());
     dev.detach().unwrap();
-    server.thread.join().unwrap().unwrap();
+    server.finish().unwrap();
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn an_msi_capability_past_config_space_is_refused() {
     let server = rust_vmm_server(&[(0, 256), (4, 4096)], gpio_config());
     // MSI-X at 0x40 now points on to an MSI capability at 0xf0 with 64-bit addresses
     // and per-vector masks: 24 bytes, 8 past the end.
-    server.state.lock().unwrap().patch = vec![
+    server.state().patch = vec![
         (0x41, 0xf0),
         (0xf0, 0x05),
         (0xf1, 0),
@@ -110,7 +110,7 @@ fn the_server_cannot_move_capabilities_after_attach() {
     .unwrap();
     // Now the server reports another chain, another table size and another table BAR,
     // and claims to be multi-function.
-    server.state.lock().unwrap().patch = vec![
+    server.state().patch = vec![
         (0x0e, 0x80),
         (0x34, 0x80),
         (0x40, 0x05),
@@ -140,7 +140,7 @@ fn the_server_cannot_move_capabilities_after_attach() {
         Some((message(1), false))
     );
     dev.detach().unwrap();
-    server.thread.join().unwrap().unwrap();
+    server.finish().unwrap();
 }
 
 #[test]

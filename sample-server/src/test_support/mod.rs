@@ -15,7 +15,8 @@
 //! * [`restart`]: a sample server killed and started again on the same socket path (a
 //!   fresh device, or another one), for reconnect tests;
 //! * [`rust_vmm`]: the crates.io `vfio_user` server with a small backend, an independent
-//!   peer for the client and the probe;
+//!   peer for the client and the probe, in a fixed layout or in one a test chooses (region
+//!   sizes, a [`ConfigSpace`](crate::ConfigSpace), vector counts);
 //! * [`config`]: a PCI config-space image with a capability of every common kind;
 //! * [`guest`]: guest memory, memfd-backed or anonymous;
 //! * [`pci`]: an interrupt provider that records what the device asks for, config-space

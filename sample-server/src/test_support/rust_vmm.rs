@@ -4,13 +4,18 @@
 //! An independent peer: the crates.io `vfio_user` crate's `Server` with a small GPIO-like
 //! backend, serving one client after another on a socket in a temporary directory.
 //!
-//! The device: registers in region 0 (a read-only identification register and an output
-//! latch; only the latch is writable), RAM in region 1, optionally a mappable region 2 with
-//! two sparse areas, and config space in region 7 ([`config::with_capabilities`], only its
-//! command register writable; DEVICE_RESET clears it). IRQ
-//! indexes 1 (MSI) and 2 (MSI-X) have four vectors each, as many as config space's MSI and
-//! MSI-X capabilities offer; the other indexes have one. The backend keeps every trigger
-//! eventfd; DMA windows are recorded, not mapped.
+//! The device of [`RustVmmServer::start`]: registers in region 0 (a read-only
+//! identification register and an output latch; only the latch is writable), RAM in
+//! region 1, optionally a mappable region 2 with two sparse areas, and config space in
+//! region 7 ([`config::with_capabilities`], only its command register writable;
+//! DEVICE_RESET clears it). IRQ indexes 1 (MSI) and 2 (MSI-X) have four vectors each, as
+//! many as config space's MSI and MSI-X capabilities offer; the other indexes have one. The
+//! backend keeps every trigger eventfd; DMA windows are recorded, not mapped.
+//!
+//! [`RustVmmServer::with_layout`] serves another [`Layout`]: other region sizes (a region
+//! other than those above reads as zeros and ignores writes, as a BAR whose contents the
+//! client emulates), a [`ConfigSpace`] that answers writes as a device does, other vector
+//! counts. [`State::patch`] makes the server report other config bytes at any time.
 //!
 //! That server desynchronises on commands it does not support (it replies without draining
 //! the body), and sends the backend's failures as errno 0.
@@ -36,7 +41,7 @@ use vfio_user::{
 use vmm_sys_util::tempdir::TempDir;
 
 use super::config;
-use crate::SharedMemory;
+use crate::{ConfigSpace, SharedMemory};
 
 /// PCI vendor id in config space (Red Hat, so that `lspci`-style decoding names it).
 pub const VENDOR_ID: u16 = 0x1b36;
@@ -77,6 +82,114 @@ pub const MSIX: u32 = 2;
 /// Vectors of [`MSIX`]: the MSI-X table size in config space.
 pub const MSIX_VECTORS: u32 = 4;
 
+/// Where the backend's config space reads and writes go.
+#[derive(Debug)]
+pub enum Config {
+    /// A fixed image whose command register alone is writable (other writes fail);
+    /// DEVICE_RESET clears the command register.
+    Image(Vec<u8>),
+    /// A config space with its own write masks (no write fails); DEVICE_RESET restores it.
+    Space(ConfigSpace),
+}
+
+impl Config {
+    fn read(&self, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        let r = range(offset, data.len(), CONFIG_SIZE)?;
+        match self {
+            Config::Image(bytes) => data.copy_from_slice(bytes.get(r).ok_or_else(einval)?),
+            Config::Space(space) => space.read(offset, data),
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let r = range(offset, data.len(), CONFIG_SIZE)?;
+        match self {
+            Config::Image(bytes) => {
+                if !COMMAND.contains(&r.start) || r.end > COMMAND.end {
+                    return Err(einval());
+                }
+                bytes[r].copy_from_slice(data);
+            }
+            Config::Space(space) => space.write(offset, data),
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Config::Image(bytes) => bytes[COMMAND].fill(0),
+            Config::Space(space) => space.reset(),
+        }
+    }
+}
+
+/// The regions, config space and interrupts a server offers.
+#[derive(Debug)]
+pub struct Layout {
+    /// Each region's size, by index; 0 for an absent region. [`CONFIG`]'s is always
+    /// [`CONFIG_SIZE`], and [`MAPPED`]'s is [`MAPPED_SIZE`] when `sparse`.
+    pub sizes: [u64; NUM_REGIONS as usize],
+    /// Whether [`MAPPED`] is mappable with two sparse areas (it is then [`MAPPED_SIZE`]
+    /// bytes, and its REGION_INFO needs the `argsz` re-query).
+    pub sparse: bool,
+    /// The config space.
+    pub config: Config,
+    /// Vectors of [`MSI`].
+    pub msi_vectors: u32,
+    /// Vectors of [`MSIX`].
+    pub msix_vectors: u32,
+}
+
+impl Layout {
+    /// The layout of [`RustVmmServer::start`].
+    pub fn standard(sparse: bool) -> Layout {
+        let mut sizes = [0; NUM_REGIONS as usize];
+        sizes[REGS as usize] = REGS_SIZE;
+        sizes[RAM as usize] = RAM_SIZE;
+        Layout {
+            sizes,
+            sparse,
+            config: Config::Image(config::with_capabilities(VENDOR_ID, DEVICE_ID)),
+            msi_vectors: MSI_VECTORS,
+            msix_vectors: MSIX_VECTORS,
+        }
+    }
+
+    /// Regions of `sizes` (index, size; the others absent), `config` as config space, no
+    /// MSI or MSI-X vectors.
+    pub fn with_config_space(sizes: &[(u32, u64)], config: ConfigSpace) -> Layout {
+        let mut all = [0; NUM_REGIONS as usize];
+        for &(index, size) in sizes {
+            all[index as usize] = size;
+        }
+        Layout {
+            sizes: all,
+            sparse: false,
+            config: Config::Space(config),
+            msi_vectors: 0,
+            msix_vectors: 0,
+        }
+    }
+
+    fn size(&self, region: u32) -> u64 {
+        match region {
+            CONFIG => CONFIG_SIZE,
+            MAPPED if self.sparse => MAPPED_SIZE,
+            _ => self.sizes.get(region as usize).copied().unwrap_or(0),
+        }
+    }
+
+    /// The vectors IRQ `index` reports.
+    fn vectors(&self, index: u32) -> u32 {
+        match index {
+            MSI => self.msi_vectors,
+            MSIX => self.msix_vectors,
+            _ => 1,
+        }
+    }
+}
+
 /// What a test can see of the backend while the server owns it.
 #[derive(Debug, Default)]
 pub struct State {
@@ -88,6 +201,10 @@ pub struct State {
     pub resets: u32,
     /// DMA windows mapped: address, size, whether an fd came with it.
     pub dma_maps: Vec<(u64, u64, bool)>,
+    /// DMA_UNMAPs served.
+    pub dma_unmaps: u32,
+    /// Every SET_IRQS received, accepted or not: index, flags, start, count, fds.
+    pub irq_log: Vec<(u32, u32, u32, u32, usize)>,
     /// SET_IRQS requests accepted.
     pub irq_sets: u32,
     /// The index of the last SET_IRQS accepted.
@@ -97,6 +214,9 @@ pub struct State {
     /// Trigger eventfds as assigned by SET_IRQS, by IRQ index, then vector; an index no
     /// SET_IRQS named may be absent.
     pub triggers: Vec<Vec<Option<File>>>,
+    /// Config bytes (offset, value) answered instead of config space's: a server changing
+    /// what it reports.
+    pub patch: Vec<(usize, u8)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -110,7 +230,7 @@ impl Shared {
 
 struct Backend {
     state: Shared,
-    config: Vec<u8>,
+    layout: Layout,
 }
 
 /// The command register's bytes in config space.
@@ -130,8 +250,10 @@ fn range(offset: u64, len: usize, size: u64) -> io::Result<Range<usize>> {
 
 impl ServerBackend for Backend {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        let size = self.layout.size(region);
         let st = self.state.lock();
         match region {
+            _ if size == 0 => return Err(einval()),
             REGS => {
                 if offset % 4 != 0 || data.len() != 4 {
                     return Err(einval());
@@ -139,21 +261,35 @@ impl ServerBackend for Backend {
                 let v = match offset {
                     REG_ID => ID,
                     REG_OUTPUT => st.output,
-                    o if o < REGS_SIZE => 0,
+                    o if o < size => 0,
                     _ => return Err(einval()),
                 };
                 data.copy_from_slice(&v.to_ne_bytes());
             }
-            RAM => data.copy_from_slice(&st.ram[range(offset, data.len(), RAM_SIZE)?]),
-            CONFIG => data.copy_from_slice(&self.config[range(offset, data.len(), CONFIG_SIZE)?]),
-            _ => return Err(einval()),
+            RAM => data.copy_from_slice(&st.ram[range(offset, data.len(), size)?]),
+            CONFIG => {
+                self.layout.config.read(offset, data)?;
+                for &(at, b) in &st.patch {
+                    let i = at.checked_sub(offset as usize);
+                    if let Some(d) = i.and_then(|i| data.get_mut(i)) {
+                        *d = b;
+                    }
+                }
+            }
+            MAPPED if self.layout.sparse => return Err(einval()),
+            _ => {
+                range(offset, data.len(), size)?;
+                data.fill(0);
+            }
         }
         Ok(())
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        let size = self.layout.size(region);
         let mut st = self.state.lock();
         match region {
+            _ if size == 0 => return Err(einval()),
             // Only the output latch is writable: other register writes fail.
             REGS => {
                 let v: [u8; 4] = data.try_into().map_err(|_| einval())?;
@@ -163,18 +299,14 @@ impl ServerBackend for Backend {
                 st.output = u32::from_ne_bytes(v);
             }
             RAM => {
-                let r = range(offset, data.len(), RAM_SIZE)?;
+                let r = range(offset, data.len(), size)?;
                 st.ram[r].copy_from_slice(data);
             }
-            // Only the command register is writable in config space.
-            CONFIG => {
-                let r = range(offset, data.len(), CONFIG_SIZE)?;
-                if !COMMAND.contains(&r.start) || r.end > COMMAND.end {
-                    return Err(einval());
-                }
-                self.config[r].copy_from_slice(data);
+            CONFIG => self.layout.config.write(offset, data)?,
+            MAPPED if self.layout.sparse => return Err(einval()),
+            _ => {
+                range(offset, data.len(), size)?;
             }
-            _ => return Err(einval()),
         }
         Ok(())
     }
@@ -196,6 +328,7 @@ impl ServerBackend for Backend {
 
     fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
         let mut st = self.state.lock();
+        st.dma_unmaps += 1;
         let before = st.dma_maps.len();
         st.dma_maps.retain(|m| (m.0, m.1) != (address, size));
         if st.dma_maps.len() == before {
@@ -208,7 +341,7 @@ impl ServerBackend for Backend {
         let mut st = self.state.lock();
         st.output = 0;
         st.resets += 1;
-        self.config[COMMAND].fill(0);
+        self.layout.config.reset();
         Ok(())
     }
 
@@ -224,17 +357,19 @@ impl ServerBackend for Backend {
     ) -> io::Result<()> {
         let disable = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
         let assign = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-        let end = start.checked_add(count).ok_or_else(einval)?;
-        if index >= NUM_IRQS || end > vectors(index) {
-            return Err(einval());
-        }
         let mut st = self.state.lock();
         let st = &mut *st;
+        st.irq_log.push((index, flags, start, count, fds.len()));
+        let vectors = self.layout.vectors(index);
+        let end = start.checked_add(count).ok_or_else(einval)?;
+        if index >= NUM_IRQS || end > vectors {
+            return Err(einval());
+        }
         if st.triggers.len() <= index as usize {
             st.triggers.resize_with(index as usize + 1, Vec::new);
         }
         let eventfds = &mut st.triggers[index as usize];
-        eventfds.resize_with(vectors(index) as usize, || None);
+        eventfds.resize_with(vectors as usize, || None);
         if flags == disable && count == 0 {
             eventfds.iter_mut().for_each(|f| *f = None);
             st.irq = None;
@@ -256,18 +391,17 @@ impl ServerBackend for Backend {
     }
 }
 
-fn regions(sparse: bool, memory: &SharedMemory) -> Vec<ServerRegion> {
+fn regions(layout: &Layout, memory: &SharedMemory) -> Vec<ServerRegion> {
     let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     (0..NUM_REGIONS)
         .map(|index| {
-            let (size, flags) = match index {
-                REGS => (REGS_SIZE, rw),
-                RAM => (RAM_SIZE, rw),
-                MAPPED if sparse => (MAPPED_SIZE, rw | VFIO_REGION_INFO_FLAG_MMAP),
-                CONFIG => (CONFIG_SIZE, rw),
-                _ => (0, 0),
+            let size = layout.size(index);
+            let mappable = index == MAPPED && layout.sparse;
+            let flags = match size {
+                0 => 0,
+                _ if mappable => rw | VFIO_REGION_INFO_FLAG_MMAP,
+                _ => rw,
             };
-            let mappable = index == MAPPED && sparse;
             let sparse_areas = [(0, 0x1000), (0x2000, 0x2000)]
                 .iter()
                 .filter(|_| mappable)
@@ -291,21 +425,12 @@ fn regions(sparse: bool, memory: &SharedMemory) -> Vec<ServerRegion> {
         .collect()
 }
 
-/// The vectors IRQ `index` reports: what config space offers the guest for it.
-fn vectors(index: u32) -> u32 {
-    match index {
-        MSI => MSI_VECTORS,
-        MSIX => MSIX_VECTORS,
-        _ => 1,
-    }
-}
-
-fn irqs() -> Vec<IrqInfo> {
+fn irqs(layout: &Layout) -> Vec<IrqInfo> {
     (0..NUM_IRQS)
         .map(|index| IrqInfo {
             index,
             flags: VFIO_IRQ_INFO_EVENTFD,
-            count: vectors(index),
+            count: layout.vectors(index),
         })
         .collect()
 }
@@ -328,17 +453,23 @@ impl RustVmmServer {
     /// Starts a server; with `sparse`, region 2 is mappable with two sparse areas (its
     /// REGION_INFO needs the `argsz` re-query).
     pub fn start(sparse: bool) -> RustVmmServer {
+        RustVmmServer::with_layout(Layout::standard(sparse))
+    }
+
+    /// Starts a server offering `layout`.
+    pub fn with_layout(layout: Layout) -> RustVmmServer {
         let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vfio-user-rust-vmm-"))
             .expect("temporary directory");
         let path = dir.as_path().join("sock");
         let memory = Arc::new(SharedMemory::new("rust-vmm-bar2", MAPPED_SIZE).expect("memfd"));
         // Bound before the thread starts: a connect cannot race the listener.
-        let server = Server::new(&path, true, irqs(), regions(sparse, &memory)).expect("server");
+        let regions = regions(&layout, &memory);
+        let server = Server::new(&path, true, irqs(&layout), regions).expect("server");
         let state = Shared::default();
-        state.lock().ram = vec![0; RAM_SIZE as usize];
+        state.lock().ram = vec![0; layout.size(RAM) as usize];
         let mut backend = Backend {
             state: state.clone(),
-            config: config::with_capabilities(VENDOR_ID, DEVICE_ID),
+            layout,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -370,6 +501,11 @@ impl RustVmmServer {
     /// Stops once the current client (if any) has gone, and returns the first error a
     /// client's session ended with: `Ok` when every client hung up cleanly.
     pub fn finish(mut self) -> Result<(), vfio_user::Error> {
+        self.stop()
+    }
+
+    /// As [`Self::finish`], but the backend's state stays readable; once stopped, `Ok`.
+    pub fn stop(&mut self) -> Result<(), vfio_user::Error> {
         match self.stop_thread() {
             Some(Ok(Some(e))) => Err(e),
             Some(Err(panic)) => std::panic::resume_unwind(panic),
