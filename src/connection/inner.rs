@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -53,8 +53,12 @@ pub(crate) struct Inner {
     /// `NO_SOLO`; set and read under the table's lock.
     pub(super) solo_id: AtomicU32,
     /// A solo request's reader is in a read that takes no fds (`solo.rs`): meanwhile no
-    /// request whose reply may carry fds enters the table. Set and read under its lock.
+    /// request whose reply may carry fds enters the table. Set under the table's lock.
     pub(super) plain_read: AtomicBool,
+    /// Requests waiting on `plain_done` for a plain read to end.
+    pub(super) plain_waiters: AtomicUsize,
+    /// Signalled (under the table's lock) when a plain read that has waiters ends.
+    pub(super) plain_done: Condvar,
     pub(super) connected: AtomicBool,
     reason: Mutex<Option<DisconnectReason>>,
     /// `false` while a request is overdue (the fast path's view of `overdue`).
@@ -129,6 +133,8 @@ impl Inner {
             waiters: Mutex::new(PendingTable::default()),
             solo_id: AtomicU32::new(NO_SOLO),
             plain_read: AtomicBool::new(false),
+            plain_waiters: AtomicUsize::new(0),
+            plain_done: Condvar::new(),
             connected: AtomicBool::new(true),
             reason: Mutex::new(None),
             responsive: AtomicBool::new(true),

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::framer::{Incoming, Received};
@@ -129,14 +129,8 @@ impl Inner {
     /// Picks an id not used by any waiting request and enters the completion under it.
     pub(super) fn register(&self, completion: &Arc<Completion>) -> Result<u16, Error> {
         let mut table = lock(&self.waiters);
-        while self.plain_read.load(Ordering::Relaxed) && reply_may_carry_fds(completion.command) {
-            // A solo reader takes no fds in its current read (`solo.rs`), and holds the
-            // receive lock until it is done: wait for that, so that this reply's fds are
-            // read with it. (This thread does not hold the receive lock: its holder is in
-            // the read, not dispatching.)
-            drop(table);
-            drop(lock(&self.recv));
-            table = lock(&self.waiters);
+        if reply_may_carry_fds(completion.command) {
+            table = self.wait_out_plain_read(table);
         }
         if table.len() + self.reserved_ids() >= usize::from(NO_REPLY_ID_BIT) {
             return Err(Error::TooManyPending);
@@ -150,6 +144,39 @@ impl Inner {
                 v.insert(Arc::clone(completion));
                 return Ok(id);
             }
+        }
+    }
+
+    /// Waits, with the table's lock (`table`), until no solo reader is in a plain read,
+    /// which would close the fds of any reply it read (`solo.rs`). A plain read lasts one
+    /// read, at most the socket's receive timeout. Whoever ends one stores `false` in
+    /// `plain_read` and then reads `plain_waiters`, and a waiter counts itself in and then
+    /// reads `plain_read` (both sequentially consistent), so either the waiter sees the end
+    /// or the reader sees the waiter and signals `plain_done` under the lock.
+    fn wait_out_plain_read<'a>(
+        &self,
+        mut table: MutexGuard<'a, PendingTable>,
+    ) -> MutexGuard<'a, PendingTable> {
+        if !self.plain_read.load(Ordering::SeqCst) {
+            return table;
+        }
+        self.plain_waiters.fetch_add(1, Ordering::SeqCst);
+        while self.plain_read.load(Ordering::SeqCst) {
+            table = self
+                .plain_done
+                .wait(table)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        self.plain_waiters.fetch_sub(1, Ordering::SeqCst);
+        table
+    }
+
+    /// Ends a solo reader's plain read (see [`wait_out_plain_read`](Self::wait_out_plain_read)).
+    pub(super) fn end_plain_read(&self) {
+        self.plain_read.store(false, Ordering::SeqCst);
+        if self.plain_waiters.load(Ordering::SeqCst) != 0 {
+            let _table = lock(&self.waiters);
+            self.plain_done.notify_all();
         }
     }
 

@@ -126,7 +126,9 @@ impl Inner {
         let sent = command_header(id, command, payload.len(), false)
             .and_then(|header| self.send(&header, payload, fds));
         if let Err(e) = sent {
-            self.plain_read.store(false, Ordering::Relaxed);
+            if plain {
+                self.end_plain_read();
+            }
             self.solo_id.store(NO_SOLO, Ordering::Relaxed);
             return Err(e);
         }
@@ -142,10 +144,14 @@ impl Inner {
             head_len,
             data,
         });
+        let mut now = started;
         if quick {
             self.quick_read(framer, &mut solo, plain, buffer.as_mut());
+            if solo.result.is_none() {
+                // The read may have waited up to the receive timeout.
+                now = Instant::now();
+            }
         }
-        let mut now = started;
         // Every reader leaves nothing complete in the framer: with the reply taken, or the
         // connection lost, there is nothing left to read or dispatch.
         while solo.result.is_none() && self.is_connected() {
@@ -185,7 +191,7 @@ impl Inner {
         let expected = (solo.id, solo.command as u16);
         let quick = framer.quick_reply(&self.sock, (true, plain), expected, buffer);
         if plain {
-            self.plain_read.store(false, Ordering::Relaxed);
+            self.end_plain_read();
         }
         match quick {
             Quick::Reply(msg) => {
@@ -215,7 +221,7 @@ impl Inner {
             self.solo_id.store(u32::from(id), Ordering::Relaxed);
             let plain = quick && table.is_empty() && !reply_may_carry_fds(command);
             if plain {
-                self.plain_read.store(true, Ordering::Relaxed);
+                self.plain_read.store(true, Ordering::SeqCst);
             }
             return Ok((id, plain));
         }
@@ -349,7 +355,7 @@ mod tests {
 
     #[test]
     fn requests_whose_replies_carry_fds_wait_out_a_plain_read() {
-        use crate::connection::socket::{poll_fd, send_with_fds};
+        use crate::connection::socket::send_with_fds;
         use std::os::fd::AsRawFd;
 
         let (inner, _sub, mut server) = pair(Duration::from_secs(5));
@@ -359,14 +365,15 @@ mod tests {
         };
         let first = read_request(&mut server);
         // Its reader now reads without taking fds, until its reply comes.
-        assert!(inner.plain_read.load(Ordering::Relaxed));
+        assert!(inner.plain_read.load(Ordering::SeqCst));
         // A request whose reply carries no fds goes out meanwhile ...
         let other = inner.send_request(Command::RegionRead, b"r", &[]).unwrap();
         assert_eq!(
             read_request(&mut server).command,
             Command::RegionRead as u16
         );
-        // ... one whose reply may carry fds waits until the read is over.
+        // ... one whose reply may carry fds waits until the read is over: the reader's
+        // receive timeout ends it, and the reader goes on with reads that take fds.
         let info = {
             let inner = Arc::clone(&inner);
             std::thread::spawn(move || {
@@ -376,15 +383,15 @@ mod tests {
                 inner.wait(pending)
             })
         };
-        assert!(!poll_fd(server.as_raw_fd(), false, 200).unwrap());
-        server.write_all(&reply(&first, 0)).unwrap();
-        assert_eq!(solo.join().unwrap().unwrap().header.id, first.id);
-        assert!(!inner.plain_read.load(Ordering::Relaxed));
         let request = read_request(&mut server);
         assert_eq!(request.command, Command::DeviceGetRegionInfo as u16);
+        assert!(!inner.plain_read.load(Ordering::SeqCst));
+        // Its reply, fd and all, comes before the solo one's, to the solo reader.
         let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
         send_with_fds(&server, &[&reply(&request, 0)], &[fd.as_raw_fd()]).unwrap();
+        server.write_all(&reply(&first, 0)).unwrap();
         assert_eq!(info.join().unwrap().unwrap().fds.len(), 1);
+        assert_eq!(solo.join().unwrap().unwrap().header.id, first.id);
         drop(other);
     }
 
