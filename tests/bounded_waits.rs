@@ -111,9 +111,9 @@ fn a_timeout_makes_requests_fail_fast_until_the_late_reply_arrives() {
 
 #[test]
 fn a_late_error_reply_on_a_twin_socket_connection_is_read_by_the_event_loop() {
-    // The main socket of a twin-socket connection carries only replies and normally wakes
-    // the event loop for a hang-up only; the late reply must still be noticed while
-    // nobody sends anything.
+    // The main socket of a twin-socket connection carries only replies and is normally out
+    // of the event loop's view; the late reply must still be noticed while nobody sends
+    // anything.
     let (conn, mut peer, _twin) = pair_with_twin(&short_timeout());
     let e = conn.request(Command::DeviceReset, b"", &[]).unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e}");

@@ -333,7 +333,16 @@ impl Framer {
         let (n, fds) = match received {
             Ok((0, _)) => return Quick::Failed(DisconnectReason::PeerClosed),
             Ok(received) => received,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Quick::Fallback,
+            // A receive timeout, or a signal (the general path reads again, watching the
+            // deadline).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Quick::Fallback
+            }
             Err(e) => return Quick::Failed(disconnect(e)),
         };
         let answers = |h: &Header| match &buffer {
@@ -351,6 +360,8 @@ impl Framer {
             .and_then(|b| Header::decode(b, self.max_size).ok())
             .filter(|h| fds.is_empty() && h.size as usize == n && answers(h));
         let (Some(header), Some(body)) = (header, self.buf.get(Header::SIZE..n)) else {
+            // An idle framer's buffer starts at 0 (`consume` resets it).
+            self.start = 0;
             self.end = n;
             self.tail_fds = fds;
             return Quick::Fallback;

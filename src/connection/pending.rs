@@ -307,7 +307,6 @@ impl Inner {
     }
 }
 
-/// What a reply (one with the request's id) means for a request of `command`.
 /// Whether the reply to `command` may carry fds: VERSION's (the twin socket),
 /// GET_REGION_INFO's (a region's mmap fd) and GET_REGION_IO_FDS's. No other reply of the
 /// protocol carries fds; any that come with one are closed ([`reply_result`]).
@@ -318,8 +317,9 @@ pub(super) fn reply_may_carry_fds(command: Command) -> bool {
     )
 }
 
-/// The result a reply gives its request: an error for another command or an error reply,
-/// else the reply, without fds its command's replies cannot carry.
+/// What a reply (one with the request's id) means for a request of `command`: an error for
+/// another command or an error reply, else the reply, without fds its command's replies
+/// cannot carry.
 pub(super) fn reply_result(command: Command, msg: Received) -> Result<Reply, Error> {
     let header = msg.header;
     if header.command != command as u16 {

@@ -402,7 +402,8 @@ pub(crate) fn recv_with_fds(
 /// `recvmsg` (no `msghdr` to copy in and out), and no fds: any that came with the bytes are
 /// closed by the kernel. Only for a read where no message may legitimately carry fds.
 /// Blocking as [`recv_with_fds`] is (the receive timeout gives `WouldBlock`), or not with
-/// `block` false. `Ok(0)` means the peer closed the connection.
+/// `block` false. A blocking read interrupted by a signal returns `Interrupted` rather than
+/// starting another receive timeout. `Ok(0)` means the peer closed the connection.
 pub(crate) fn recv_plain(sock: &UnixStream, buf: &mut [u8], block: bool) -> io::Result<usize> {
     let flags = if block { 0 } else { libc::MSG_DONTWAIT };
     loop {
@@ -426,7 +427,7 @@ pub(crate) fn recv_plain(sock: &UnixStream, buf: &mut [u8], block: bool) -> io::
             return Ok((r as usize).min(buf.len()));
         }
         let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
+        if block || e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
     }

@@ -34,6 +34,16 @@ use super::{Error, Reply};
 use crate::protocol::{Command, Header, MessageType};
 use crate::sync::lock;
 
+/// A solo reader's plain read, ended when this is dropped (see
+/// [`Inner::end_plain_read`]), so that no path can leave it on.
+pub(super) struct PlainRead<'a>(&'a Inner);
+
+impl Drop for PlainRead<'_> {
+    fn drop(&mut self) {
+        self.0.end_plain_read();
+    }
+}
+
 /// [`Inner::solo_id`] when no solo request is under way.
 pub(super) const NO_SOLO: u32 = u32::MAX;
 
@@ -123,12 +133,12 @@ impl Inner {
                 .checked_sub(2 * BLOCKING_READ_SLICE)
                 .is_some_and(|b| started <= b);
         let (id, plain) = self.reserve_solo_id(command, quick)?;
+        // Ends the plain read, if any, whichever way this call goes on.
+        let plain = plain.then_some(PlainRead(self));
         let sent = command_header(id, command, payload.len(), false)
             .and_then(|header| self.send(&header, payload, fds));
         if let Err(e) = sent {
-            if plain {
-                self.end_plain_read();
-            }
+            drop(plain);
             self.solo_id.store(NO_SOLO, Ordering::Relaxed);
             return Err(e);
         }
@@ -185,14 +195,12 @@ impl Inner {
         &self,
         framer: &mut Framer,
         solo: &mut Solo,
-        plain: bool,
+        plain: Option<PlainRead<'_>>,
         buffer: Option<&mut ReplyBuffer<'_>>,
     ) {
         let expected = (solo.id, solo.command as u16);
-        let quick = framer.quick_reply(&self.sock, (true, plain), expected, buffer);
-        if plain {
-            self.end_plain_read();
-        }
+        let quick = framer.quick_reply(&self.sock, (true, plain.is_some()), expected, buffer);
+        drop(plain);
         match quick {
             Quick::Reply(msg) => {
                 log::debug!("recv {} fds={}", msg.header, msg.fds.len());
@@ -219,7 +227,12 @@ impl Inner {
                 continue;
             }
             self.solo_id.store(u32::from(id), Ordering::Relaxed);
-            let plain = quick && table.is_empty() && !reply_may_carry_fds(command);
+            // Not while a request waits for a plain read to end: it would wait for ever
+            // behind a caller that keeps making requests.
+            let plain = quick
+                && table.is_empty()
+                && self.plain_waiters.load(Ordering::SeqCst) == 0
+                && !reply_may_carry_fds(command);
             if plain {
                 self.plain_read.store(true, Ordering::SeqCst);
             }
