@@ -21,7 +21,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
 use vfio_user_client::pci::{
@@ -35,6 +35,8 @@ use vfio_user_sample_server::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+#[path = "common/kvm.rs"]
+mod kvm;
 /// The example VMM, for its guest code and its KVM check.
 #[allow(dead_code)]
 #[path = "../examples/vmm/main.rs"]
@@ -716,16 +718,10 @@ fn kvm_guest_drives_the_dma_engine_through_the_adapter() {
     use kvm_ioctls::VcpuExit;
     use vm_memory::GuestMemoryBackend;
 
-    if let Some(reason) = vmm::kvm_unavailable() {
-        let required = std::env::var("VFIO_USER_REQUIRE_KVM").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "VFIO_USER_REQUIRE_KVM=1 but KVM is not usable: {reason}"
-        );
-        let _ = writeln!(
-            io::stderr(),
-            "SKIPPED kvm_guest_drives_the_dma_engine_through_the_adapter: {reason}"
-        );
+    if kvm::skip(
+        "kvm_guest_drives_the_dma_engine_through_the_adapter",
+        vmm::kvm_unavailable(),
+    ) {
         return;
     }
     let s = plugged();

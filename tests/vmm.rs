@@ -17,6 +17,8 @@
 
 use std::io::Write;
 
+#[path = "common/kvm.rs"]
+mod kvm;
 #[allow(dead_code)]
 #[path = "../examples/vmm/main.rs"]
 mod vmm;
@@ -51,18 +53,10 @@ fn rust_guest_driver_drives_the_hot_plugged_dma_engine() {
 
 #[test]
 fn kvm_guest_drives_the_hot_plugged_dma_engine() {
-    if let Some(reason) = vmm::kvm_unavailable() {
-        let required = std::env::var("VFIO_USER_REQUIRE_KVM").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "VFIO_USER_REQUIRE_KVM=1 but KVM is not usable: {reason}"
-        );
-        // Straight to stderr: the test harness captures print! and eprint!.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED kvm_guest_drives_the_hot_plugged_dma_engine: {reason} \
-             (VFIO_USER_REQUIRE_KVM=1 makes this a failure)"
-        );
+    if kvm::skip(
+        "kvm_guest_drives_the_hot_plugged_dma_engine",
+        vmm::kvm_unavailable(),
+    ) {
         return;
     }
     let report = vmm::run(true).unwrap();
@@ -211,17 +205,10 @@ fn rust_guest_is_migrated_mid_loop_to_a_second_vmm() {
 
 #[test]
 fn kvm_guest_is_migrated_mid_loop_to_a_second_vmm() {
-    if let Some(reason) = vmm::kvm_unavailable() {
-        let required = std::env::var("VFIO_USER_REQUIRE_KVM").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "VFIO_USER_REQUIRE_KVM=1 but KVM is not usable: {reason}"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED kvm_guest_is_migrated_mid_loop_to_a_second_vmm: {reason} \
-             (VFIO_USER_REQUIRE_KVM=1 makes this a failure)"
-        );
+    if kvm::skip(
+        "kvm_guest_is_migrated_mid_loop_to_a_second_vmm",
+        vmm::kvm_unavailable(),
+    ) {
         return;
     }
     let report = vmm::migrate::run(true).unwrap();
