@@ -264,6 +264,16 @@ fn server_side_teardown(commands: &[Command]) -> (bool, bool) {
     )
 }
 
+/// Detaches `a`'s device, which the server runs: SET_IRQS and DMA_UNMAP reach the server,
+/// and the VMM's MSI-X routing is undone.
+fn detach_with_the_server_side_teardown(a: Side) {
+    let since = a.probe.commands();
+    a.dev.detach().unwrap();
+    let sent = commands_since(&a.probe, since);
+    assert_eq!(server_side_teardown(&sent), (true, true), "{sent:?}");
+    assert_eq!(*a.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
+}
+
 /// An engine with guest memory mapped and MSI-X on, saved: left in STOP.
 fn saved_engine(mem: &Arc<GuestMemoryMmap>) -> (Side, Vec<u8>) {
     let mut a = engine(migrating(), mem, false);
@@ -322,11 +332,7 @@ fn a_saved_then_restored_device_detaches_with_the_server_side_teardown() {
     a.dev.reset().unwrap();
     program_engine(&mut a.dev);
     a.irqs.disabled.lock().unwrap().clear();
-    let since = a.probe.commands();
-    a.dev.detach().unwrap();
-    let sent = commands_since(&a.probe, since);
-    assert_eq!(server_side_teardown(&sent), (true, true), "{sent:?}");
-    assert_eq!(*a.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
+    detach_with_the_server_side_teardown(a);
 }
 
 /// Saved, then taken back to RUNNING through the VMM's own handle (the VM stays on the
@@ -340,11 +346,7 @@ fn a_saved_device_resumed_by_the_vmm_detaches_with_the_server_side_teardown() {
         let mut migration = Migration::new(&device).unwrap();
         migration.set_state(DeviceState::Running).unwrap();
     }
-    let since = a.probe.commands();
-    a.dev.detach().unwrap();
-    let sent = commands_since(&a.probe, since);
-    assert_eq!(server_side_teardown(&sent), (true, true), "{sent:?}");
-    assert_eq!(*a.irqs.disabled.lock().unwrap(), [InterruptKind::Msix]);
+    detach_with_the_server_side_teardown(a);
 }
 
 /// A live migration's pieces: pre-copy with dirty logging over the device's own mapper,
